@@ -1,0 +1,78 @@
+/*
+ * tether.h — the tether C API.
+ *
+ * XPMEM-shaped (make / get / attach / detach / release / remove) with
+ * segids that are valid across nodes, plus sync (write back), acquire
+ * (drop stale clean copies) and name publish/lookup.
+ *
+ * Errors: functions return -1 (tether_attach: TETHER_ATTACH_FAILED) and set
+ * errno; tether_strerror() returns the daemon's message for the calling
+ * thread's last error.
+ *
+ * Consistency (docs/consistency.md): home memory is authoritative. A mapper
+ * sees the home's contents as of its last fault or tether_acquire(); its
+ * writes reach the home at tether_sync(), tether_detach() or process exit.
+ *
+ * The library talks to the local tetherd at $TETHER_SOCKET (default
+ * /run/tether/tetherd.sock). All functions are thread-safe.
+ */
+#ifndef TETHER_TETHER_H_
+#define TETHER_TETHER_H_
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TETHER_API_VERSION 0x00010000
+
+typedef int64_t tether_segid_t; /* > 0; carries home node and incarnation */
+typedef int64_t tether_apid_t;  /* > 0; permission to attach, this process */
+
+/* permit_type for tether_make/tether_get */
+#define TETHER_PERMIT_MODE 0x1
+/* flags for tether_get */
+#define TETHER_RDONLY 0x1
+#define TETHER_RDWR 0x2
+
+#define TETHER_ATTACH_FAILED ((void *)-1)
+
+int tether_version(void);
+
+/* Exports [vaddr, vaddr+size) of the calling process (page aligned).
+ * permit_value is the mode, XPMEM style: (void *)(uintptr_t)0600. */
+tether_segid_t tether_make(void *vaddr, size_t size, int permit_type, void *permit_value);
+/* Revokes every attachment of the segment: mappers get SIGBUS or errors. */
+int tether_remove(tether_segid_t segid);
+
+/* Permission to map a segment of any node, checked at its home with the
+ * caller's credentials. size_out (may be NULL) gets the segment size. */
+tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void *permit_value);
+int tether_release(tether_apid_t apid);
+
+/* Maps [offset, offset+size) of the segment; returns the address, or
+ * TETHER_ATTACH_FAILED. vaddr != NULL asks for that address (MAP_FIXED). */
+void *tether_attach(tether_apid_t apid, off_t offset, size_t size, void *vaddr);
+/* Writes back, then unmaps the attachment that starts at vaddr. */
+int tether_detach(void *vaddr);
+
+/* Writes the caller's stores in [addr, addr+size) back to the home. */
+int tether_sync(void *addr, size_t size);
+/* Drops clean cached pages in the range: the next access refetches. */
+int tether_acquire(void *addr, size_t size);
+
+/* Names are cluster-wide; lookup asks this node, then its peers. */
+int tether_publish(tether_segid_t segid, const char *name);
+tether_segid_t tether_lookup(const char *name, size_t *size_out);
+
+/* The daemon's (or library's) message for this thread's last error. */
+const char *tether_strerror(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TETHER_TETHER_H_ */

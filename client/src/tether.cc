@@ -1,0 +1,263 @@
+// The C API (tether.h) on top of LocalChannel and EventChannel.
+#include "tether/tether.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "client/src/event_channel.h"
+#include "client/src/local_channel.h"
+#include "local.pb.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+#define TETHER_EXPORT __attribute__((visibility("default")))
+
+namespace tc = tether::client;
+
+namespace tether::client {
+extern thread_local std::string g_last_error;
+}
+
+namespace {
+constexpr uint64_t kPage = 4096;
+
+int PidfdOpenSelf() { return static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0)); }
+
+// A userfaultfd for this process's mm. /dev/userfaultfd first (it handles
+// kernel-mode faults too, unlike UFFD_USER_MODE_ONLY), the syscall second.
+int OpenUserfaultfd(bool writable) {
+  int uffd = -1;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev >= 0) {
+    uffd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    close(dev);
+  }
+  if (uffd < 0) uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) {
+    return tc::SetError(errno, std::string("no userfaultfd: ") + std::strerror(errno) +
+                                   " (grant access to /dev/userfaultfd, see deploy/)");
+  }
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_MISSING_SHMEM | (writable ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+  if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+    int err = errno;
+    close(uffd);
+    return tc::SetError(err, "userfaultfd lacks shmem missing/write-protect support");
+  }
+  return uffd;
+}
+
+bool Aligned(const void* p, size_t n) {
+  return (reinterpret_cast<uintptr_t>(p) % kPage) == 0 && n % kPage == 0;
+}
+}  // namespace
+
+extern "C" {
+
+TETHER_EXPORT int tether_version(void) { return TETHER_API_VERSION; }
+
+TETHER_EXPORT const char* tether_strerror(void) {
+  if (tc::g_last_error.empty()) return std::strerror(errno);
+  return tc::g_last_error.c_str();
+}
+
+TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_type,
+                                         void* permit_value) {
+  if (permit_type != TETHER_PERMIT_MODE)
+    return tc::SetError(EINVAL, "permit_type must be TETHER_PERMIT_MODE");
+  uintptr_t mode = reinterpret_cast<uintptr_t>(permit_value);
+  if (mode & ~uintptr_t{0777}) return tc::SetError(EINVAL, "permit mode has bits beyond 0777");
+  if (size == 0 || !Aligned(vaddr, size))
+    return tc::SetError(EINVAL, "address and size must be page aligned, size non-zero");
+  if (reinterpret_cast<uintptr_t>(vaddr) + size < reinterpret_cast<uintptr_t>(vaddr))
+    return tc::SetError(EINVAL, "range overflows");
+  int pidfd = PidfdOpenSelf();
+  if (pidfd < 0) return tc::SetError(errno, "pidfd_open failed");
+  tether::local::LocalRequest req;
+  auto* m = req.mutable_make();
+  m->set_vaddr(reinterpret_cast<uint64_t>(vaddr));
+  m->set_size(size);
+  m->set_permit_mode(static_cast<uint32_t>(mode));
+  tether::local::LocalResponse resp;
+  int rc = tc::LocalChannel::Get().Call(req, {pidfd}, &resp);
+  close(pidfd);
+  if (rc != 0) return -1;
+  return static_cast<tether_segid_t>(resp.make().segid());
+}
+
+TETHER_EXPORT int tether_remove(tether_segid_t segid) {
+  if (segid <= 0) return tc::SetError(EINVAL, "segids are positive");
+  tether::local::LocalRequest req;
+  req.mutable_remove()->set_segid(static_cast<uint64_t>(segid));
+  tether::local::LocalResponse resp;
+  return tc::LocalChannel::Get().Call(req, {}, &resp);
+}
+
+TETHER_EXPORT tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type,
+                                       void* permit_value) {
+  if (segid <= 0) return tc::SetError(EINVAL, "segids are positive");
+  if (flags != TETHER_RDONLY && flags != TETHER_RDWR)
+    return tc::SetError(EINVAL, "flags must be TETHER_RDONLY or TETHER_RDWR");
+  if (permit_type != TETHER_PERMIT_MODE)
+    return tc::SetError(EINVAL, "permit_type must be TETHER_PERMIT_MODE");
+  tether::local::LocalRequest req;
+  req.mutable_get()->set_segid(static_cast<uint64_t>(segid));
+  req.mutable_get()->set_write(flags == TETHER_RDWR);
+  tether::local::LocalResponse resp;
+  if (tc::LocalChannel::Get().Call(req, {}, &resp) != 0) return -1;
+  return static_cast<tether_apid_t>(resp.get().apid());
+}
+
+TETHER_EXPORT int tether_release(tether_apid_t apid) {
+  if (apid <= 0) return tc::SetError(EINVAL, "apids are positive");
+  tether::local::LocalRequest req;
+  req.mutable_release()->set_apid(static_cast<uint64_t>(apid));
+  tether::local::LocalResponse resp;
+  return tc::LocalChannel::Get().Call(req, {}, &resp);
+}
+
+TETHER_EXPORT void* tether_attach(tether_apid_t apid, off_t offset, size_t size, void* vaddr) {
+  if (apid <= 0) {
+    tc::SetError(EINVAL, "apids are positive");
+    return TETHER_ATTACH_FAILED;
+  }
+  if (offset < 0 || size == 0 || offset % static_cast<off_t>(kPage) || size % kPage ||
+      (vaddr && reinterpret_cast<uintptr_t>(vaddr) % kPage)) {
+    tc::SetError(EINVAL, "offset, size and address must be page aligned, size non-zero");
+    return TETHER_ATTACH_FAILED;
+  }
+  if (tc::EventChannel::Get().Ensure() != 0) return TETHER_ATTACH_FAILED;
+  // We do not know writability until the daemon answers; ask for WP support
+  // always (the feature is only used on writable attachments).
+  int uffd = OpenUserfaultfd(true);
+  if (uffd < 0) return TETHER_ATTACH_FAILED;
+  tether::local::LocalRequest req;
+  auto* a = req.mutable_attach();
+  a->set_apid(static_cast<uint64_t>(apid));
+  a->set_offset(static_cast<uint64_t>(offset));
+  a->set_size(size);
+  tether::local::LocalResponse resp;
+  std::vector<int> fds;
+  if (tc::LocalChannel::Get().Call(req, {uffd}, &resp, &fds) != 0) {
+    close(uffd);
+    return TETHER_ATTACH_FAILED;
+  }
+  uint64_t id = resp.attach().attach_id();
+  bool writable = resp.attach().writable();
+  auto undo = [&](int err, const std::string& msg, void* mapped) {
+    if (mapped && mapped != MAP_FAILED) munmap(mapped, size);
+    tether::local::LocalRequest d;
+    d.mutable_detach()->set_attach_id(id);
+    tether::local::LocalResponse r;
+    std::string saved = msg;
+    tc::LocalChannel::Get().Call(d, {}, &r);
+    close(uffd);
+    for (int fd : fds) close(fd);
+    tc::SetError(err, saved);
+    return TETHER_ATTACH_FAILED;
+  };
+  if (fds.size() != 1) return undo(EPROTO, "tetherd sent no memfd", nullptr);
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  int flags = MAP_SHARED | (vaddr ? MAP_FIXED : 0);
+  void* p = mmap(vaddr, size, prot, flags, fds[0], 0);
+  if (p == MAP_FAILED) return undo(errno, std::string("mmap: ") + std::strerror(errno), nullptr);
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(p), size};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | (writable ? UFFDIO_REGISTER_MODE_WP : 0);
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0)
+    return undo(errno, std::string("UFFDIO_REGISTER: ") + std::strerror(errno), p);
+  tether::local::LocalRequest mapped;
+  mapped.mutable_attach_mapped()->set_attach_id(id);
+  mapped.mutable_attach_mapped()->set_vaddr(reinterpret_cast<uint64_t>(p));
+  if (tc::LocalChannel::Get().Call(mapped, {}, &resp) != 0)
+    return undo(errno, tether_strerror(), p);
+  close(fds[0]);  // the mapping keeps the memfd
+  tc::ClientAttachment ca;
+  ca.id = id;
+  ca.addr = reinterpret_cast<uintptr_t>(p);
+  ca.size = size;
+  ca.uffd = uffd;  // our own reference: see event_channel.h
+  ca.writable = writable;
+  tc::EventChannel::Get().Add(ca);
+  return p;
+}
+
+TETHER_EXPORT int tether_detach(void* vaddr) {
+  tc::ClientAttachment ca;
+  if (!tc::EventChannel::Get().Take(reinterpret_cast<uintptr_t>(vaddr), &ca))
+    return tc::SetError(EINVAL, "no attachment starts at this address");
+  int rc = 0;
+  if (!ca.dead) {
+    tether::local::LocalRequest req;
+    req.mutable_detach()->set_attach_id(ca.id);
+    tether::local::LocalResponse resp;
+    rc = tc::LocalChannel::Get().Call(req, {}, &resp);
+  }
+  int err = errno;
+  std::string msg = tc::g_last_error;
+  munmap(vaddr, ca.size);
+  close(ca.uffd);
+  if (rc != 0) return tc::SetError(err, msg);
+  return 0;
+}
+
+static int RangeRequest(void* addr, size_t size, bool sync) {
+  if (size == 0) return 0;
+  tc::ClientAttachment ca;
+  uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  if (!tc::EventChannel::Get().Find(a, size, &ca))
+    return tc::SetError(EINVAL, "range is not inside one attachment");
+  if (ca.dead) return tc::SetError(ENOTCONN, "tetherd went away: the attachment is lost");
+  uint64_t off = (a - ca.addr) & ~(kPage - 1);
+  uint64_t end = a - ca.addr + size;
+  tether::local::LocalRequest req;
+  if (sync) {
+    req.mutable_sync()->set_attach_id(ca.id);
+    req.mutable_sync()->set_offset(off);
+    req.mutable_sync()->set_size(end - off);
+  } else {
+    req.mutable_acquire()->set_attach_id(ca.id);
+    req.mutable_acquire()->set_offset(off);
+    req.mutable_acquire()->set_size(end - off);
+  }
+  tether::local::LocalResponse resp;
+  return tc::LocalChannel::Get().Call(req, {}, &resp);
+}
+
+TETHER_EXPORT int tether_sync(void* addr, size_t size) { return RangeRequest(addr, size, true); }
+
+TETHER_EXPORT int tether_acquire(void* addr, size_t size) {
+  return RangeRequest(addr, size, false);
+}
+
+TETHER_EXPORT int tether_publish(tether_segid_t segid, const char* name) {
+  if (segid <= 0 || !name) return tc::SetError(EINVAL, "bad segid or name");
+  tether::local::LocalRequest req;
+  req.mutable_publish()->set_segid(static_cast<uint64_t>(segid));
+  req.mutable_publish()->set_name(name);
+  tether::local::LocalResponse resp;
+  return tc::LocalChannel::Get().Call(req, {}, &resp);
+}
+
+TETHER_EXPORT tether_segid_t tether_lookup(const char* name, size_t* size_out) {
+  if (!name) return tc::SetError(EINVAL, "name is NULL");
+  tether::local::LocalRequest req;
+  req.mutable_lookup()->set_name(name);
+  tether::local::LocalResponse resp;
+  if (tc::LocalChannel::Get().Call(req, {}, &resp) != 0) return -1;
+  if (size_out) *size_out = resp.lookup().size();
+  return static_cast<tether_segid_t>(resp.lookup().segid());
+}
+
+}  // extern "C"

@@ -1,0 +1,42 @@
+// AdminServer: the gRPC Admin service tetherctl talks to, on the daemon's
+// admin Unix socket (local administration only; never on the network).
+#ifndef TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
+#define TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/local/local_api.h"
+#include "daemon/peer/peer_directory.h"
+
+namespace tether {
+
+struct DaemonInfo {
+  uint32_t node_id = 0;
+  uint64_t incarnation = 0;
+  std::string local_socket, peer_address, data_address;
+  std::function<uint64_t()> budget_bytes, resident_bytes, uptime_ms;
+};
+
+class AdminServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<AdminServer>> Start(const std::string& socket_path,
+                                                            DaemonInfo info,
+                                                            SegmentRegistry* registry,
+                                                            PeerDirectory* peers,
+                                                            LocalApi* local);
+  ~AdminServer();
+  void Shutdown();
+
+ private:
+  struct Impl;
+  explicit AdminServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_

@@ -1,0 +1,265 @@
+#include "daemon/home/segment_registry.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "daemon/common/log.h"
+#include "daemon/common/segid.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+constexpr uint64_t kPageSize = 4096;
+// User address space limit on x86-64 with 4-level paging.
+constexpr uint64_t kUserAddressLimit = uint64_t{1} << 47;
+constexpr size_t kMaxNameLength = 255;
+}  // namespace
+
+SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
+    : node_id_(node_id), incarnation_(incarnation) {}
+
+SegmentRegistry::~SegmentRegistry() { Stop(); }
+
+absl::Status SegmentRegistry::Start() {
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  watcher_ = std::thread([this] { WatchExits(); });
+  return absl::OkStatus();
+}
+
+void SegmentRegistry::Stop() {
+  if (stopping_.exchange(true)) return;
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
+  if (watcher_.joinable()) watcher_.join();
+  if (epoll_fd_ >= 0) close(epoll_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+  epoll_fd_ = wake_fd_ = -1;
+}
+
+void SegmentRegistry::WatchExits() {
+  epoll_event events[16];
+  while (!stopping_) {
+    int n = epoll_wait(epoll_fd_, events, 16, -1);
+    for (int i = 0; i < n; ++i) {
+      if (events[i].data.u64 == 0) continue;  // wake-up
+      ExporterExited(events[i].data.u64);
+    }
+  }
+}
+
+void SegmentRegistry::ExporterExited(uint64_t segid) {
+  std::shared_ptr<ExporterMemory> memory;
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  Segment* seg = it->second.get();
+  if (seg->memory) {
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, seg->memory->pidfd(), nullptr);
+    memory = std::move(seg->memory);
+  }
+  if (seg->state == "live") {
+    seg->state = "exporter exited";
+    TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
+              seg->grants.size());
+  }
+  MaybeForget(seg);
+}
+
+// A segment that is no longer live stays listed while grants refer to it,
+// so that mappers get a precise error ("exporter exited") instead of ENOENT.
+void SegmentRegistry::MaybeForget(Segment* seg) {
+  if (seg->state == "live" || !seg->grants.empty()) return;
+  if (!seg->name.empty()) names_.erase(seg->name);
+  segments_.erase(seg->segid);
+}
+
+absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_t vaddr,
+                                               uint64_t size, uint32_t mode,
+                                               std::unique_ptr<ExporterMemory> memory) {
+  if (size == 0) return ErrnoStatus(EINVAL, "export size is zero");
+  if (vaddr % kPageSize != 0 || size % kPageSize != 0)
+    return ErrnoStatus(EINVAL, "export address and size must be page aligned");
+  if (vaddr + size < vaddr || vaddr + size > kUserAddressLimit)
+    return ErrnoStatus(EINVAL, "export range overflows the user address space");
+  if (mode & ~0777u) return ErrnoStatus(EINVAL, "permit mode has bits beyond 0777");
+  if (!memory) return ErrnoStatus(EINVAL, "no exporter memory");
+  auto seg = std::make_unique<Segment>();
+  seg->vaddr = vaddr;
+  seg->size = size;
+  seg->pid = memory->pid();
+  seg->uid = owner.uid;
+  seg->gid = owner.gid;
+  seg->mode = mode;
+  absl::MutexLock lock(&mu_);
+  if (next_local_ == 0) return ErrnoStatus(ENOSPC, "segment ids exhausted");
+  seg->segid = MakeSegid(node_id_, incarnation_, next_local_++);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = seg->segid;
+  if (epoll_fd_ >= 0 && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, memory->pidfd(), &ev) != 0)
+    return ErrnoStatus(errno, "watch exporter pidfd");
+  seg->memory = std::move(memory);
+  uint64_t segid = seg->segid;
+  TLOG_INFO("segment %#x: exported [%#x, +%d) of pid %d, mode %o", segid, vaddr, size,
+            seg->pid, mode);
+  segments_.emplace(segid, std::move(seg));
+  return segid;
+}
+
+absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) {
+  std::shared_ptr<ExporterMemory> memory;
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end() || it->second->state == "removed")
+    return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  if (caller.uid != seg->uid && caller.uid != 0)
+    return ErrnoStatus(EPERM, "only the segment's owner may remove it");
+  if (seg->memory) {
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, seg->memory->pidfd(), nullptr);
+    memory = std::move(seg->memory);
+  }
+  seg->state = "removed";
+  TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
+  MaybeForget(seg);
+  return absl::OkStatus();
+}
+
+absl::Status SegmentRegistry::Publish(uint64_t segid, const std::string& name,
+                                      const Credentials& caller) {
+  if (name.empty() || name.size() > kMaxNameLength)
+    return ErrnoStatus(EINVAL, "segment names are 1..255 bytes");
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end() || it->second->state != "live")
+    return ErrnoStatus(ENOENT, absl::StrFormat("no live segment %#x", segid));
+  Segment* seg = it->second.get();
+  if (caller.uid != seg->uid && caller.uid != 0)
+    return ErrnoStatus(EPERM, "only the segment's owner may publish it");
+  auto [nit, inserted] = names_.emplace(name, segid);
+  if (!inserted && nit->second != segid)
+    return ErrnoStatus(EEXIST, absl::StrCat("name '", name, "' is taken"));
+  if (!seg->name.empty() && seg->name != name) names_.erase(seg->name);
+  seg->name = name;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SegmentSummary> SegmentRegistry::Lookup(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = names_.find(name);
+  if (it == names_.end()) return ErrnoStatus(ENOENT, absl::StrCat("no segment named '", name, "'"));
+  const Segment& s = *segments_.at(it->second);
+  SegmentSummary out;
+  out.segid = s.segid;
+  out.size = s.size;
+  out.name = s.name;
+  out.state = s.state;
+  return out;
+}
+
+absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& cred,
+                                              bool write, uint32_t mapper_node) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  if (seg->state != "live")
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: %s", segid, seg->state));
+  if (!PermitAllows(seg->mode, seg->uid, seg->gid, cred, write ? 6 : 4))
+    return ErrnoStatus(EACCES, absl::StrFormat("segment %#x (mode %o, owner %d:%d) does not "
+                                               "permit %s by uid %d",
+                                               segid, seg->mode, seg->uid, seg->gid,
+                                               write ? "read-write" : "read", cred.uid));
+  Grant g;
+  g.id = next_grant_++;
+  g.segment_size = seg->size;
+  g.writable = write;
+  seg->grants.emplace(g.id, GrantRecord{mapper_node, write});
+  return g;
+}
+
+absl::Status SegmentRegistry::Detach(uint64_t segid, uint64_t grant, uint32_t mapper_node) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  auto git = seg->grants.find(grant);
+  if (git == seg->grants.end() || git->second.node != mapper_node)
+    return ErrnoStatus(ENOENT, "no such grant");
+  seg->grants.erase(git);
+  MaybeForget(seg);
+  return absl::OkStatus();
+}
+
+std::vector<SegmentSummary> SegmentRegistry::List() const {
+  std::vector<SegmentSummary> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, s] : segments_) {
+    SegmentSummary x;
+    x.segid = s->segid;
+    x.vaddr = s->vaddr;
+    x.size = s->size;
+    x.pid = s->pid;
+    x.uid = s->uid;
+    x.gid = s->gid;
+    x.mode = s->mode;
+    x.name = s->name;
+    x.grants = static_cast<uint32_t>(s->grants.size());
+    x.state = s->state;
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
+    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
+    bool write, uint64_t* addr) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  auto git = seg->grants.find(grant);
+  if (git == seg->grants.end() || git->second.node != peer_node)
+    return ErrnoStatus(EACCES, "no grant for this node");
+  if (write && !git->second.writable) return ErrnoStatus(EACCES, "read-only grant");
+  if (!seg->memory) {
+    return ErrnoStatus(seg->state == "removed" ? EIDRM : ESRCH,
+                       absl::StrFormat("segment %#x: %s", segid, seg->state));
+  }
+  if (len == 0 || offset >= seg->size || len > seg->size - offset)
+    return ErrnoStatus(EINVAL, "request past the end of the segment");
+  *addr = seg->vaddr + offset;
+  return seg->memory;
+}
+
+absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                         uint64_t offset, absl::Span<uint8_t> dst) {
+  uint64_t addr = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, dst.size(), false, &addr));
+  return memory->Read(addr, dst);
+}
+
+absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                          uint64_t offset, absl::Span<const uint8_t> src) {
+  uint64_t addr = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr));
+  return memory->Write(addr, src);
+}
+
+}  // namespace tether

@@ -1,0 +1,114 @@
+// SegmentRegistry: the home node's exported segments and the grants
+// (permissions to map) it handed out for them. It is also the BlockServer
+// through which the data transport reads and writes exporters' memory.
+//
+// Locking: one mutex guards the maps; memory accesses run outside it on a
+// shared_ptr to the segment's ExporterMemory, so a slow read never blocks
+// an export, a lookup or another segment's traffic.
+#ifndef TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
+#define TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/credentials.h"
+#include "daemon/home/exporter_memory.h"
+#include "daemon/transport/transport.h"
+
+namespace tether {
+
+struct SegmentSummary {
+  uint64_t segid = 0;
+  uint64_t vaddr = 0;
+  uint64_t size = 0;
+  pid_t pid = 0;
+  uint32_t uid = 0, gid = 0, mode = 0;
+  std::string name;
+  uint32_t grants = 0;
+  std::string state;  // "live", "removed", "exporter exited"
+};
+
+struct Grant {
+  uint64_t id = 0;
+  uint64_t segment_size = 0;
+  bool writable = false;
+};
+
+class SegmentRegistry : public BlockServer {
+ public:
+  SegmentRegistry(uint32_t node_id, uint32_t incarnation);
+  ~SegmentRegistry() override;
+
+  // Starts the thread that notices exporters exiting (pidfd poll).
+  absl::Status Start();
+  void Stop();
+
+  absl::StatusOr<uint64_t> Make(const Credentials& owner, uint64_t vaddr, uint64_t size,
+                                uint32_t mode, std::unique_ptr<ExporterMemory> memory);
+  absl::Status Remove(uint64_t segid, const Credentials& caller);
+  absl::Status Publish(uint64_t segid, const std::string& name, const Credentials& caller);
+  absl::StatusOr<SegmentSummary> Lookup(const std::string& name) const;
+
+  // Permission to map: checks the permit with `cred`; the grant is bound to
+  // `mapper_node` (data requests from other nodes are refused).
+  absl::StatusOr<Grant> Attach(uint64_t segid, const Credentials& cred, bool write,
+                               uint32_t mapper_node);
+  absl::Status Detach(uint64_t segid, uint64_t grant, uint32_t mapper_node);
+
+  std::vector<SegmentSummary> List() const;
+
+  absl::Status ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
+                          absl::Span<uint8_t> dst) override;
+  absl::Status WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
+                           absl::Span<const uint8_t> src) override;
+
+ private:
+  struct GrantRecord {
+    uint32_t node = 0;
+    bool writable = false;
+  };
+  struct Segment {
+    uint64_t segid = 0;
+    uint64_t vaddr = 0, size = 0;
+    pid_t pid = 0;
+    uint32_t uid = 0, gid = 0, mode = 0;
+    std::string name;
+    std::string state = "live";
+    std::shared_ptr<ExporterMemory> memory;  // null once removed or exited
+    absl::flat_hash_map<uint64_t, GrantRecord> grants;
+  };
+
+  // Checks a data request and returns the memory to use and the address.
+  absl::StatusOr<std::shared_ptr<ExporterMemory>> Resolve(uint32_t peer_node, uint64_t segid,
+                                                          uint64_t grant, uint64_t offset,
+                                                          uint64_t len, bool write,
+                                                          uint64_t* addr);
+  void WatchExits();
+  void ExporterExited(uint64_t segid);
+  void MaybeForget(Segment* seg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const uint32_t node_id_;
+  const uint32_t incarnation_;
+
+  mutable absl::Mutex mu_;
+  uint32_t next_local_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_grant_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> names_ ABSL_GUARDED_BY(mu_);
+
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  std::atomic<bool> stopping_{false};
+  std::thread watcher_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_

@@ -1,0 +1,369 @@
+#include "daemon/local/local_api.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "daemon/common/log.h"
+#include "daemon/common/segid.h"
+#include "daemon/common/status_macros.h"
+#include "daemon/home/exporter_memory.h"
+
+namespace tether {
+namespace {
+constexpr uint64_t kPage = 4096;
+
+bool IsUserfaultfd(int fd) {
+  char target[64] = {};
+  std::string link = absl::StrCat("/proc/self/fd/", fd);
+  ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+  return n > 0 && std::string(target, static_cast<size_t>(n)) == "anon_inode:[userfaultfd]";
+}
+
+int TakeFd(std::vector<int>& fds, size_t i) {
+  if (i >= fds.size()) return -1;
+  int fd = fds[i];
+  fds[i] = -1;
+  return fd;
+}
+}  // namespace
+
+LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
+                   PeerDirectory* peers, FaultService* faults)
+    : node_id_(node_id),
+      incarnation_(incarnation),
+      registry_(registry),
+      peers_(peers),
+      faults_(faults) {}
+
+void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& req,
+                      std::vector<int>& fds_in, local::LocalResponse* resp,
+                      std::vector<int>* fds_out) {
+  absl::Status st;
+  switch (req.body_case()) {
+    case local::LocalRequest::kMake:
+      st = Make(conn, req.make(), fds_in, resp);
+      break;
+    case local::LocalRequest::kRemove:
+      st = registry_->Remove(req.remove().segid(), conn.cred);
+      break;
+    case local::LocalRequest::kGet:
+      st = Get(conn, req.get(), resp);
+      break;
+    case local::LocalRequest::kRelease:
+      st = Release(conn, req.release().apid());
+      break;
+    case local::LocalRequest::kAttach:
+      st = Attach(conn, req.attach(), fds_in, resp, fds_out);
+      break;
+    case local::LocalRequest::kAttachMapped:
+      st = AttachMapped(conn, req.attach_mapped());
+      break;
+    case local::LocalRequest::kDetach:
+      st = Detach(conn, req.detach().attach_id());
+      break;
+    case local::LocalRequest::kSync: {
+      auto att = FindAttachment(conn, req.sync().attach_id());
+      st = att.ok() ? faults_->Sync(**att, req.sync().offset(), req.sync().size()) : att.status();
+      break;
+    }
+    case local::LocalRequest::kAcquire: {
+      auto att = FindAttachment(conn, req.acquire().attach_id());
+      st = att.ok() ? faults_->Acquire(**att, req.acquire().offset(), req.acquire().size())
+                    : att.status();
+      break;
+    }
+    case local::LocalRequest::kLookup:
+      st = Lookup(req.lookup().name(), resp);
+      break;
+    case local::LocalRequest::kPublish:
+      st = registry_->Publish(req.publish().segid(), req.publish().name(), conn.cred);
+      break;
+    case local::LocalRequest::kEvents: {
+      absl::MutexLock lock(&mu_);
+      event_fds_[conn.cred.pid] = conn.fd;
+      event_conns_[conn.id] = conn.cred.pid;
+      break;
+    }
+    default:
+      st = ErrnoStatus(EOPNOTSUPP, "unknown request");
+  }
+  if (!st.ok()) {
+    resp->Clear();
+    resp->set_err(ToErrno(st));
+    resp->set_message(std::string(st.message()));
+    for (int fd : *fds_out) close(fd);
+    fds_out->clear();
+  }
+}
+
+absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& r,
+                            std::vector<int>& fds, local::LocalResponse* resp) {
+  int pidfd = TakeFd(fds, 0);
+  if (pidfd < 0) return ErrnoStatus(EINVAL, "export needs the caller's pidfd");
+  if (r.size() == 0) {
+    close(pidfd);
+    return ErrnoStatus(EINVAL, "export size is zero");
+  }
+  ASSIGN_OR_RETURN(auto memory, ExporterMemory::Open(pidfd, c.cred.pid));
+  ASSIGN_OR_RETURN(uint64_t segid, registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(),
+                                                   std::move(memory)));
+  resp->mutable_make()->set_segid(segid);
+  return absl::OkStatus();
+}
+
+absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
+                           local::LocalResponse* resp) {
+  SegidParts parts;
+  if (!ParseSegid(r.segid(), &parts))
+    return ErrnoStatus(EINVAL, absl::StrFormat("%#x is not a segid", r.segid()));
+  Grant grant;
+  if (parts.node == node_id_) {
+    if (parts.incarnation != incarnation_)
+      return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x is from before this daemon's "
+                                                 "restart",
+                                                 r.segid()));
+    ASSIGN_OR_RETURN(grant, registry_->Attach(r.segid(), c.cred, r.write(), node_id_));
+  } else {
+    if (!peers_->Knows(parts.node))
+      return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: node %d is not in this "
+                                                 "cluster",
+                                                 r.segid(), parts.node));
+    ASSIGN_OR_RETURN(grant, peers_->Attach(parts.node, r.segid(), c.cred, r.write()));
+  }
+  absl::MutexLock lock(&mu_);
+  uint64_t apid = (uint64_t{incarnation_} << 32) | next_apid_++;
+  apids_[apid] = Apid{r.segid(), parts.node, grant, c.cred.uid, c.id};
+  resp->mutable_get()->set_apid(apid);
+  resp->mutable_get()->set_size(grant.segment_size);
+  return absl::OkStatus();
+}
+
+absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
+  Apid a;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = apids_.find(apid);
+    if (it == apids_.end() || (it->second.uid != c.cred.uid && c.cred.uid != 0))
+      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x", apid));
+    for (auto& [id, e] : atts_)
+      if (e.apid == apid) return ErrnoStatus(EBUSY, "apid still has attachments");
+    a = it->second;
+    apids_.erase(it);
+  }
+  absl::Status st = a.home == node_id_ ? registry_->Detach(a.segid, a.grant.id, node_id_)
+                                       : peers_->Detach(a.home, a.segid, a.grant.id);
+  // The grant is gone locally either way; a home that is unreachable or
+  // restarted has dropped it already.
+  if (!st.ok()) TLOG_INFO("release apid %#x: %s", apid, st.ToString());
+  return absl::OkStatus();
+}
+
+absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachRequest& r,
+                              std::vector<int>& fds, local::LocalResponse* resp,
+                              std::vector<int>* fds_out) {
+  Apid a;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = apids_.find(r.apid());
+    if (it == apids_.end() || (it->second.uid != c.cred.uid && c.cred.uid != 0))
+      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x", r.apid()));
+    a = it->second;
+  }
+  if (r.size() == 0) return ErrnoStatus(EINVAL, "attach size is zero");
+  if (r.offset() % kPage || r.size() % kPage)
+    return ErrnoStatus(EINVAL, "attach offset and size must be page aligned");
+  if (r.offset() >= a.grant.segment_size || r.size() > a.grant.segment_size - r.offset())
+    return ErrnoStatus(EINVAL, absl::StrFormat("attach range [%#x, +%#x) is outside the "
+                                               "segment (size %#x)",
+                                               r.offset(), r.size(), a.grant.segment_size));
+  int uffd = TakeFd(fds, 0);
+  if (uffd < 0 || !IsUserfaultfd(uffd)) {
+    if (uffd >= 0) close(uffd);
+    return ErrnoStatus(EINVAL, "attach needs the caller's userfaultfd");
+  }
+  auto att = std::make_shared<Attachment>();
+  att->segid = a.segid;
+  att->home = a.home;
+  att->grant = a.grant.id;
+  att->seg_offset = r.offset();
+  att->size = r.size();
+  att->writable = a.grant.writable;
+  att->pid = c.cred.pid;
+  att->uffd = uffd;  // closed by ~Attachment from here on
+  att->memfd = memfd_create("tether-attachment", MFD_CLOEXEC);
+  if (att->memfd < 0) return ErrnoStatus(errno, "memfd_create");
+  if (ftruncate(att->memfd, static_cast<off_t>(r.size())) != 0)
+    return ErrnoStatus(errno, "size the attachment memfd");
+  {
+    absl::MutexLock lock(&att->mu);
+    att->state.assign(att->pages(), PageState::kAbsent);
+  }
+  int memfd_copy = fcntl(att->memfd, F_DUPFD_CLOEXEC, 0);
+  if (memfd_copy < 0) return ErrnoStatus(errno, "dup memfd");
+  absl::MutexLock lock(&mu_);
+  att->id = (uint64_t{incarnation_} << 32) | next_attach_++;
+  atts_[att->id] = AttachmentEntry{att, c.id, r.apid()};
+  resp->mutable_attach()->set_attach_id(att->id);
+  resp->mutable_attach()->set_writable(att->writable);
+  fds_out->push_back(memfd_copy);
+  return absl::OkStatus();
+}
+
+absl::Status LocalApi::AttachMapped(const LocalConnection& c,
+                                    const local::AttachMappedRequest& r) {
+  ASSIGN_OR_RETURN(auto att, FindAttachment(c, r.attach_id()));
+  if (r.vaddr() == 0 || r.vaddr() % kPage) return ErrnoStatus(EINVAL, "bad mapping address");
+  uint64_t expected = 0;
+  if (!att->vaddr.compare_exchange_strong(expected, r.vaddr()))
+    return ErrnoStatus(EBUSY, "attachment already mapped");
+  return faults_->Add(att);
+}
+
+absl::StatusOr<std::shared_ptr<Attachment>> LocalApi::FindAttachment(const LocalConnection& c,
+                                                                     uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = atts_.find(id);
+  if (it == atts_.end() || it->second.att->pid != c.cred.pid)
+    return ErrnoStatus(EINVAL, absl::StrFormat("no attachment %#x", id));
+  return it->second.att;
+}
+
+absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
+  absl::Status st;
+  bool revoked;
+  {
+    absl::MutexLock lock(&att->mu);
+    revoked = att->revoked;
+  }
+  if (!revoked) st = faults_->Sync(*att, 0, att->size);
+  faults_->Remove(att);
+  return st;
+}
+
+absl::Status LocalApi::Detach(const LocalConnection& c, uint64_t attach_id) {
+  ASSIGN_OR_RETURN(auto att, FindAttachment(c, attach_id));
+  {
+    absl::MutexLock lock(&mu_);
+    atts_.erase(attach_id);
+  }
+  return DetachEntry(att);
+}
+
+absl::Status LocalApi::Lookup(const std::string& name, local::LocalResponse* resp) {
+  if (name.empty() || name.size() > 255) return ErrnoStatus(EINVAL, "bad segment name");
+  auto local_hit = registry_->Lookup(name);
+  if (local_hit.ok()) {
+    resp->mutable_lookup()->set_segid(local_hit->segid);
+    resp->mutable_lookup()->set_size(local_hit->size);
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(auto hit, peers_->Lookup(name));
+  resp->mutable_lookup()->set_segid(hit.segid);
+  resp->mutable_lookup()->set_size(hit.size);
+  return absl::OkStatus();
+}
+
+void LocalApi::Disconnected(const LocalConnection& conn) {
+  std::vector<std::shared_ptr<Attachment>> atts;
+  std::vector<std::pair<uint64_t, Apid>> apids;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ev = event_conns_.find(conn.id);
+    if (ev != event_conns_.end()) {
+      auto fit = event_fds_.find(ev->second);
+      if (fit != event_fds_.end() && fit->second == conn.fd) event_fds_.erase(fit);
+      event_conns_.erase(ev);
+    }
+    for (auto it = atts_.begin(); it != atts_.end();) {
+      if (it->second.conn == conn.id) {
+        atts.push_back(it->second.att);
+        atts_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = apids_.begin(); it != apids_.end();) {
+      if (it->second.conn == conn.id) {
+        apids.emplace_back(it->first, it->second);
+        apids_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // The client is gone (or closed its library): its writes still sit in
+  // the memfds, so write them back as detach would.
+  for (auto& att : atts) {
+    absl::Status st = DetachEntry(att);
+    if (!st.ok()) TLOG_WARN("attachment %#x of exited pid %d: write-back failed: %s", att->id,
+                            att->pid, st.ToString());
+  }
+  for (auto& [id, a] : apids) {
+    absl::Status st = a.home == node_id_ ? registry_->Detach(a.segid, a.grant.id, node_id_)
+                                         : peers_->Detach(a.home, a.segid, a.grant.id);
+    (void)st;
+  }
+}
+
+void LocalApi::SendSigbus(const Attachment& att, uint64_t offset, uint64_t len,
+                          const std::string& why) {
+  local::LocalEvent ev;
+  ev.set_kind(local::LocalEvent::SIGBUS_RANGE);
+  ev.set_attach_id(att.id);
+  ev.set_offset(offset);
+  ev.set_length(len);
+  ev.set_reason(why);
+  ev.set_version(1);
+  int fd = -1;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = event_fds_.find(att.pid);
+    if (it != event_fds_.end()) fd = it->second;
+    // Sent under the lock: the connection cannot close underneath us.
+    if (fd >= 0 && LocalServer::SendFrame(fd, ev)) return;
+  }
+  TLOG_WARN("attachment %#x: cannot tell pid %d to raise SIGBUS (%s)", att.id, att.pid, why);
+}
+
+std::vector<AttachmentSummary> LocalApi::ListAttachments() {
+  std::vector<std::shared_ptr<Attachment>> atts;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, e] : atts_) atts.push_back(e.att);
+  }
+  std::vector<AttachmentSummary> out;
+  for (auto& a : atts) {
+    AttachmentSummary s;
+    s.id = a->id;
+    s.segid = a->segid;
+    s.offset = a->seg_offset;
+    s.size = a->size;
+    s.pid = a->pid;
+    s.writable = a->writable;
+    s.faults = a->faults.load();
+    absl::MutexLock lock(&a->mu);
+    s.resident_bytes = a->resident * kPage;
+    s.dirty_bytes = a->dirty * kPage;
+    s.state = a->revoked ? "revoked: " + a->revoke_reason : "mapped";
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void LocalApi::DetachAll() {
+  std::vector<std::shared_ptr<Attachment>> atts;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, e] : atts_) atts.push_back(e.att);
+    atts_.clear();
+  }
+  for (auto& att : atts) (void)DetachEntry(att);
+}
+
+}  // namespace tether

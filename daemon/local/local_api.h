@@ -1,0 +1,94 @@
+// LocalApi: what the local socket's requests do. Export-side requests go to
+// the SegmentRegistry; map-side ones create grants (apids) at the home,
+// this node or another, and attachments served by the FaultService.
+#ifndef TETHER_DAEMON_LOCAL_LOCAL_API_H_
+#define TETHER_DAEMON_LOCAL_LOCAL_API_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/local/local_server.h"
+#include "daemon/mapper/attachment.h"
+#include "daemon/mapper/fault_service.h"
+#include "daemon/peer/peer_directory.h"
+
+namespace tether {
+
+struct AttachmentSummary {
+  uint64_t id = 0, segid = 0, offset = 0, size = 0;
+  pid_t pid = 0;
+  bool writable = false;
+  uint64_t resident_bytes = 0, dirty_bytes = 0, faults = 0;
+  std::string state;
+};
+
+class LocalApi : public LocalHandler {
+ public:
+  LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
+           PeerDirectory* peers, FaultService* faults);
+
+  void Handle(const LocalConnection& conn, const local::LocalRequest& req,
+              std::vector<int>& fds_in, local::LocalResponse* resp,
+              std::vector<int>* fds_out) override;
+  void Disconnected(const LocalConnection& conn) override;
+
+  // FaultService's SigbusSink.
+  void SendSigbus(const Attachment& att, uint64_t offset, uint64_t len, const std::string& why);
+
+  std::vector<AttachmentSummary> ListAttachments();
+  // Detaches everything (daemon shutdown), writing dirty pages back.
+  void DetachAll();
+
+ private:
+  struct Apid {
+    uint64_t segid = 0;
+    uint32_t home = 0;
+    Grant grant;
+    uint32_t uid = 0;
+    uint64_t conn = 0;
+  };
+  struct AttachmentEntry {
+    std::shared_ptr<Attachment> att;
+    uint64_t conn = 0;
+    uint64_t apid = 0;
+  };
+
+  absl::Status Make(const LocalConnection& c, const local::MakeRequest& r,
+                    std::vector<int>& fds, local::LocalResponse* resp);
+  absl::Status Get(const LocalConnection& c, const local::GetRequest& r,
+                   local::LocalResponse* resp);
+  absl::Status Release(const LocalConnection& c, uint64_t apid);
+  absl::Status Attach(const LocalConnection& c, const local::AttachRequest& r,
+                      std::vector<int>& fds, local::LocalResponse* resp,
+                      std::vector<int>* fds_out);
+  absl::Status AttachMapped(const LocalConnection& c, const local::AttachMappedRequest& r);
+  absl::Status Detach(const LocalConnection& c, uint64_t attach_id);
+  absl::StatusOr<std::shared_ptr<Attachment>> FindAttachment(const LocalConnection& c,
+                                                             uint64_t id);
+  absl::Status Lookup(const std::string& name, local::LocalResponse* resp);
+  absl::Status DetachEntry(const std::shared_ptr<Attachment>& att);
+
+  const uint32_t node_id_;
+  const uint32_t incarnation_;
+  SegmentRegistry* const registry_;
+  PeerDirectory* const peers_;
+  FaultService* const faults_;
+
+  absl::Mutex mu_;
+  uint64_t next_apid_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_attach_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Apid> apids_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, AttachmentEntry> atts_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<pid_t, int> event_fds_ ABSL_GUARDED_BY(mu_);  // pid -> conn fd
+  absl::flat_hash_map<uint64_t, pid_t> event_conns_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_LOCAL_LOCAL_API_H_

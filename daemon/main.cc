@@ -1,0 +1,114 @@
+// tetherd: the tether node daemon. Configuration by flags, or a config file
+// of the same flags (--flagfile=/etc/tether/tetherd.conf, one per line).
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "daemon/common/log.h"
+#include "daemon/tetherd.h"
+
+ABSL_FLAG(uint32_t, node_id, 0, "this node's id, 1..32767, unique in the cluster");
+ABSL_FLAG(std::string, local_socket, "/run/tether/tetherd.sock",
+          "client socket path (clients: TETHER_SOCKET)");
+ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
+          "tetherctl socket path (tetherctl: TETHER_ADMIN_SOCKET)");
+ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
+ABSL_FLAG(std::string, data_listen, "", "tcp data transport address (default: peer host, "
+                                        "any port)");
+ABSL_FLAG(std::string, peers, "", "other nodes: id=host:port,id=host:port (their peer_listen)");
+ABSL_FLAG(uint64_t, cache_budget_mb, 256, "bytes of remote pages this node may hold, in MiB");
+ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls");
+ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
+ABSL_FLAG(std::string, tls_ca, "", "cluster CA certificate (PEM file)");
+ABSL_FLAG(std::string, tls_cert, "", "this node's certificate (PEM file)");
+ABSL_FLAG(std::string, tls_key, "", "this node's private key (PEM file)");
+ABSL_FLAG(bool, verbose, false, "debug logging");
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream f(path);
+  if (!f) return false;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "tetherd: %s\n", msg.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("tether node daemon. See docs/ and deploy/tetherd.conf.");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_verbose)) tether::SetLogLevel(tether::LogLevel::kDebug);
+
+  tether::TetherdConfig cfg;
+  cfg.node_id = absl::GetFlag(FLAGS_node_id);
+  cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
+  cfg.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  cfg.peer_listen = absl::GetFlag(FLAGS_peer_listen);
+  cfg.data_listen = absl::GetFlag(FLAGS_data_listen);
+  if (cfg.data_listen.empty()) {
+    size_t colon = cfg.peer_listen.rfind(':');
+    cfg.data_listen = cfg.peer_listen.substr(0, colon) + ":0";
+  }
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_peers), ',', absl::SkipWhitespace())) {
+    std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    tether::PeerConfig pc;
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 ||
+        kv[1].empty())
+      return Fail("bad --peers entry '" + std::string(item) + "' (want id=host:port)");
+    pc.address = kv[1];
+    cfg.peers.push_back(pc);
+  }
+  cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
+  cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
+  cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
+  if (!cfg.tls.insecure) {
+    if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||
+        absl::GetFlag(FLAGS_tls_key).empty())
+      return Fail("node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
+                  "(deploy/make-certs makes them), or --insecure_peers for plaintext");
+    if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &cfg.tls.ca_pem) ||
+        !ReadFile(absl::GetFlag(FLAGS_tls_cert), &cfg.tls.cert_pem) ||
+        !ReadFile(absl::GetFlag(FLAGS_tls_key), &cfg.tls.key_pem))
+      return Fail("cannot read the TLS files");
+  }
+
+  // Signals are taken synchronously by this thread; every other thread
+  // inherits the mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  tether::Tetherd daemon(cfg);
+  absl::Status st = daemon.Start();
+  if (!st.ok()) {
+    daemon.Stop();
+    return Fail(std::string(st.message()));
+  }
+  int sig = 0;
+  while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+  }
+  daemon.Stop();
+  return 0;
+}

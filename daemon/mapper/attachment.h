@@ -1,0 +1,67 @@
+// Attachment: one mapper's mapping of (part of) a segment, as its local
+// daemon sees it. The client maps `memfd` (owned here) and registered it
+// with `uffd` (its own, sent to us; it keeps a reference too, DESIGN.md
+// "Data flow" 2). Page contents live in the memfd's page cache; `state`
+// says what each page is.
+#ifndef TETHER_DAEMON_MAPPER_ATTACHMENT_H_
+#define TETHER_DAEMON_MAPPER_ATTACHMENT_H_
+
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+
+namespace tether {
+
+enum class PageState : uint8_t {
+  kAbsent = 0,     // not in the memfd; an access faults to us
+  kFetching,       // a fetch is in flight; faults wait for its install
+  kClean,          // installed write-protected, same as the home's copy
+  kDirty,          // written by the mapper since the last write-back
+  kWriteback,      // being written back; a store meanwhile makes it kDirty
+  kPoisoned,       // could not be fetched; the client makes it raise SIGBUS
+};
+
+struct Attachment {
+  uint64_t id = 0;
+  uint64_t segid = 0;
+  uint32_t home = 0;
+  uint64_t grant = 0;
+  uint64_t seg_offset = 0;  // where the attachment starts in the segment
+  uint64_t size = 0;        // bytes, page multiple
+  bool writable = false;
+  pid_t pid = 0;            // the client
+  int memfd = -1;
+  int uffd = -1;
+  std::atomic<uint64_t> vaddr{0};  // in the client, 0 until mapped
+
+  absl::Mutex mu;
+  std::vector<PageState> state ABSL_GUARDED_BY(mu);
+  uint64_t next_seq_page ABSL_GUARDED_BY(mu) = ~uint64_t{0};
+  uint32_t readahead ABSL_GUARDED_BY(mu) = 1;
+  uint64_t evict_hand ABSL_GUARDED_BY(mu) = 0;
+  uint64_t resident ABSL_GUARDED_BY(mu) = 0;  // pages installed
+  uint64_t dirty ABSL_GUARDED_BY(mu) = 0;     // pages kDirty
+  bool revoked ABSL_GUARDED_BY(mu) = false;
+  std::string revoke_reason ABSL_GUARDED_BY(mu);
+  std::atomic<uint64_t> faults{0};
+
+  uint64_t pages() const { return size / 4096; }
+
+  // The fds live as long as the last reference: an in-flight fetch that
+  // completes after detach must not ioctl a closed (or reused) fd number.
+  ~Attachment() {
+    if (uffd >= 0) close(uffd);
+    if (memfd >= 0) close(memfd);
+  }
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_MAPPER_ATTACHMENT_H_

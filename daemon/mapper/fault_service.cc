@@ -1,0 +1,456 @@
+#include "daemon/mapper/fault_service.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+constexpr uint64_t kPage = 4096;
+constexpr uint32_t kMaxReadahead = 64;  // pages: one 256 KiB transport request
+constexpr size_t kBufferBytes = kMaxReadahead * kPage;
+
+void Wake(int uffd, uint64_t start, uint64_t len) {
+  uffdio_range r{start, len};
+  ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+// Protects (wp=true) or unprotects (and wakes) a range of the client's mapping.
+int WriteProtect(int uffd, uint64_t start, uint64_t len, bool wp) {
+  uffdio_writeprotect w{};
+  w.range = {start, len};
+  w.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0;
+  return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) == 0 ? 0 : errno;
+}
+
+void PunchHole(int memfd, uint64_t off, uint64_t len) {
+  if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                static_cast<off_t>(len)) != 0)
+    TLOG_WARN("punch hole in attachment memfd: %s", std::strerror(errno));
+}
+}  // namespace
+
+FaultService::FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus)
+    : data_(data),
+      budget_pages_(std::max<uint64_t>(budget_bytes / kPage, 4 * kMaxReadahead)),
+      sigbus_(std::move(sigbus)) {}
+
+FaultService::~FaultService() {
+  Stop();
+  absl::MutexLock lock(&pool_mu_);
+  for (uint8_t* b : pool_) std::free(b);
+}
+
+absl::Status FaultService::Start() {
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  fault_thread_ = std::thread([this] { FaultLoop(); });
+  evict_thread_ = std::thread([this] { EvictLoop(); });
+  return absl::OkStatus();
+}
+
+void FaultService::Stop() {
+  if (stopping_.exchange(true)) return;
+  if (wake_fd_ >= 0) {
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    evict_wanted_ = true;
+  }
+  if (fault_thread_.joinable()) fault_thread_.join();
+  if (evict_thread_.joinable()) evict_thread_.join();
+  if (epoll_fd_ >= 0) close(epoll_fd_);
+  if (wake_fd_ >= 0) close(wake_fd_);
+  epoll_fd_ = wake_fd_ = -1;
+}
+
+absl::Status FaultService::Add(std::shared_ptr<Attachment> att) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = att->id;
+  {
+    absl::MutexLock lock(&mu_);
+    atts_[att->id] = att;
+  }
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, att->uffd, &ev) != 0) {
+    int err = errno;
+    absl::MutexLock lock(&mu_);
+    atts_.erase(att->id);
+    return ErrnoStatus(err, "watch attachment uffd");
+  }
+  return absl::OkStatus();
+}
+
+void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, att->uffd, nullptr);
+  uint64_t resident;
+  {
+    absl::MutexLock lock(&att->mu);
+    resident = att->resident;
+    att->resident = 0;
+    att->revoked = true;  // late completions install nothing
+    if (att->revoke_reason.empty()) att->revoke_reason = "detached";
+  }
+  resident_pages_ -= resident;
+  absl::MutexLock lock(&mu_);
+  atts_.erase(att->id);
+}
+
+void FaultService::FaultLoop() {
+  epoll_event events[32];
+  uffd_msg msgs[32];
+  while (!stopping_) {
+    int n = epoll_wait(epoll_fd_, events, 32, -1);
+    for (int i = 0; i < n; ++i) {
+      uint64_t id = events[i].data.u64;
+      if (id == 0) continue;
+      std::shared_ptr<Attachment> att;
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = atts_.find(id);
+        if (it != atts_.end()) att = it->second;
+      }
+      if (!att) continue;
+      if (events[i].events & (EPOLLERR | EPOLLHUP)) {
+        // The client's mm is gone; nothing more will fault here.
+        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, att->uffd, nullptr);
+        continue;
+      }
+      while (true) {
+        ssize_t r = read(att->uffd, msgs, sizeof(msgs));
+        if (r <= 0) break;
+        size_t count = static_cast<size_t>(r) / sizeof(uffd_msg);
+        for (size_t m = 0; m < count; ++m) {
+          if (msgs[m].event != UFFD_EVENT_PAGEFAULT) continue;
+          uint64_t addr = msgs[m].arg.pagefault.address & ~(kPage - 1);
+          att->faults.fetch_add(1, std::memory_order_relaxed);
+          if (msgs[m].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+            HandleWriteProtect(*att, addr);
+          else
+            HandleMissing(att, addr);
+        }
+        if (count < 32) break;
+      }
+    }
+  }
+}
+
+void FaultService::HandleWriteProtect(Attachment& att, uint64_t addr) {
+  uint64_t base = att.vaddr.load();
+  if (addr < base || addr >= base + att.size) return;
+  uint64_t p = (addr - base) / kPage;
+  absl::MutexLock lock(&att.mu);
+  PageState& s = att.state[p];
+  if (s == PageState::kClean || s == PageState::kWriteback) {
+    s = PageState::kDirty;
+    ++att.dirty;
+  }
+  if (s == PageState::kDirty) {
+    WriteProtect(att.uffd, addr, kPage, false);  // also wakes the writer
+  } else {
+    Wake(att.uffd, addr, kPage);  // evicted meanwhile: it refaults as missing
+  }
+}
+
+void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr) {
+  uint64_t base = att->vaddr.load();
+  if (addr < base || addr >= base + att->size) return;
+  uint64_t p = (addr - base) / kPage;
+  uint64_t n = 0;
+  {
+    absl::MutexLock lock(&att->mu);
+    if (att->revoked) {
+      // The memfd is truncated: the retry raises SIGBUS.
+      Wake(att->uffd, addr, kPage);
+      return;
+    }
+    PageState s = att->state[p];
+    if (s == PageState::kFetching || s == PageState::kPoisoned) return;
+    if (s != PageState::kAbsent) {
+      Wake(att->uffd, addr, kPage);
+      return;
+    }
+    att->readahead = (p == att->next_seq_page)
+                         ? std::min<uint32_t>(att->readahead * 2, kMaxReadahead)
+                         : 1;
+    uint64_t limit = std::min<uint64_t>(att->pages(), p + att->readahead);
+    while (p + n < limit && att->state[p + n] == PageState::kAbsent) {
+      att->state[p + n] = PageState::kFetching;
+      ++n;
+    }
+    att->next_seq_page = p + n;
+  }
+  uint8_t* buf = GetBuffer();
+  data_->Read(att->home, att->segid, att->grant, att->seg_offset + p * kPage,
+              absl::MakeSpan(buf, n * kPage),
+              [this, att, p, n, buf](absl::Status st) { Install(att, p, n, buf, st); });
+}
+
+void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
+                           uint8_t* buf, absl::Status st) {
+  uint64_t base = att->vaddr.load();
+  if (!st.ok()) {
+    {
+      absl::MutexLock lock(&att->mu);
+      for (uint64_t i = 0; i < n; ++i)
+        if (att->state[first + i] == PageState::kFetching)
+          att->state[first + i] = i == 0 ? PageState::kPoisoned : PageState::kAbsent;
+    }
+    PutBuffer(buf);
+    TLOG_WARN("attachment %d: fetch of page %d failed: %s", att->id, first, st.ToString());
+    // Faulters on the read-ahead pages retry on their own; the faulting
+    // page is made to raise SIGBUS by the client library.
+    if (n > 1) Wake(att->uffd, base + (first + 1) * kPage, (n - 1) * kPage);
+    sigbus_(*att, first * kPage, kPage, std::string(st.message()));
+    return;
+  }
+  uint64_t installed = 0;
+  std::vector<bool> present(n, false);
+  bool need_wake = false;
+  uint64_t done = 0;
+  while (done < n) {
+    uffdio_copy c{};
+    c.dst = base + (first + done) * kPage;
+    c.src = reinterpret_cast<uint64_t>(buf + done * kPage);
+    c.len = (n - done) * kPage;
+    c.mode = att->writable ? UFFDIO_COPY_MODE_WP : 0;
+    if (ioctl(att->uffd, UFFDIO_COPY, &c) == 0) {
+      for (uint64_t i = done; i < n; ++i) present[i] = true;
+      break;
+    }
+    int err = errno;
+    uint64_t copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPage : 0;
+    for (uint64_t i = done; i < done + copied; ++i) present[i] = true;
+    done += copied;
+    if (err == EAGAIN) continue;
+    if (err == EEXIST) {  // already in the page cache: keep it, wake faulters
+      present[done] = true;
+      need_wake = true;
+      ++done;
+      continue;
+    }
+    break;  // ENOENT/ESRCH/EFAULT: the client unmapped or exited
+  }
+  {
+    absl::MutexLock lock(&att->mu);
+    for (uint64_t i = 0; i < n; ++i) {
+      PageState& s = att->state[first + i];
+      if (s != PageState::kFetching) continue;
+      if (present[i] && !att->revoked) {
+        s = PageState::kClean;
+        ++installed;
+      } else {
+        s = PageState::kAbsent;
+      }
+    }
+    att->resident += installed;
+  }
+  PutBuffer(buf);
+  if (need_wake) Wake(att->uffd, base + first * kPage, n * kPage);
+  if (resident_pages_.fetch_add(installed) + installed > budget_pages_) {
+    absl::MutexLock lock(&mu_);
+    evict_wanted_ = true;
+  }
+}
+
+absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) {
+  if (offset > att.size || len > att.size - offset)
+    return ErrnoStatus(EINVAL, "sync range outside the attachment");
+  if (!att.writable) return absl::OkStatus();
+  uint64_t p0 = offset / kPage, p1 = (offset + len + kPage - 1) / kPage;
+  uint64_t base = att.vaddr.load();
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
+  {
+    absl::MutexLock lock(&att.mu);
+    for (uint64_t p = p0; p < p1;) {
+      if (att.state[p] != PageState::kDirty) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && att.state[q] == PageState::kDirty) {
+        att.state[q] = PageState::kWriteback;
+        ++q;
+      }
+      // Protect before reading: a store from now on faults and re-dirties.
+      WriteProtect(att.uffd, base + p * kPage, (q - p) * kPage, true);
+      att.dirty -= q - p;
+      runs.emplace_back(p, q - p);
+      p = q;
+    }
+  }
+  absl::Status result;
+  std::vector<uint8_t> buf;
+  std::vector<bool> ok(runs.size(), false);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    auto [p, count] = runs[r];
+    buf.resize(count * kPage);
+    ssize_t got = pread(att.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPage));
+    absl::Status st;
+    if (got != static_cast<ssize_t>(buf.size())) {
+      st = ErrnoStatus(got < 0 ? errno : EIO, "read back dirty pages");
+    } else {
+      st = data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + p * kPage, buf);
+    }
+    ok[r] = st.ok();
+    if (!st.ok() && result.ok()) result = st;
+  }
+  absl::MutexLock lock(&att.mu);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    for (uint64_t p = runs[r].first; p < runs[r].first + runs[r].second; ++p) {
+      if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied
+      if (ok[r]) {
+        att.state[p] = PageState::kClean;
+      } else {
+        att.state[p] = PageState::kDirty;  // keep it: a later sync retries
+        ++att.dirty;
+      }
+    }
+  }
+  return result;
+}
+
+absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t len) {
+  if (offset > att.size || len > att.size - offset)
+    return ErrnoStatus(EINVAL, "acquire range outside the attachment");
+  uint64_t p0 = offset / kPage, p1 = (offset + len + kPage - 1) / kPage;
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&att.mu);
+    for (uint64_t p = p0; p < p1;) {
+      if (att.state[p] != PageState::kClean) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && att.state[q] == PageState::kClean) att.state[q++] = PageState::kAbsent;
+      PunchHole(att.memfd, p * kPage, (q - p) * kPage);
+      dropped += q - p;
+      p = q;
+    }
+    att.resident -= dropped;
+  }
+  resident_pages_ -= dropped;
+  return absl::OkStatus();
+}
+
+void FaultService::Revoke(Attachment& att, const std::string& why) {
+  uint64_t dropped;
+  {
+    absl::MutexLock lock(&att.mu);
+    if (att.revoked) return;
+    att.revoked = true;
+    att.revoke_reason = why;
+    dropped = att.resident;
+    att.resident = 0;
+    att.dirty = 0;
+    std::fill(att.state.begin(), att.state.end(), PageState::kAbsent);
+    // Truncating the memfd makes every access raise SIGBUS, held pages too.
+    if (ftruncate(att.memfd, 0) != 0) TLOG_WARN("revoke: ftruncate: %s", std::strerror(errno));
+  }
+  resident_pages_ -= dropped;
+  uint64_t base = att.vaddr.load();
+  if (base) Wake(att.uffd, base, att.size);
+}
+
+uint64_t FaultService::EvictClean(Attachment& att, uint64_t want) {
+  uint64_t dropped = 0;
+  absl::MutexLock lock(&att.mu);
+  uint64_t pages = att.pages();
+  for (uint64_t scanned = 0; scanned < pages && dropped < want;) {
+    uint64_t p = att.evict_hand % pages;
+    if (att.state[p] != PageState::kClean) {
+      att.evict_hand = p + 1;
+      ++scanned;
+      continue;
+    }
+    uint64_t q = p;
+    while (q < pages && dropped + (q - p) < want && att.state[q] == PageState::kClean)
+      att.state[q++] = PageState::kAbsent;
+    PunchHole(att.memfd, p * kPage, (q - p) * kPage);
+    dropped += q - p;
+    scanned += q - p;
+    att.evict_hand = q;
+  }
+  att.resident -= dropped;
+  return dropped;
+}
+
+void FaultService::EvictLoop() {
+  const uint64_t low_water = budget_pages_ - budget_pages_ / 8;
+  while (true) {
+    std::vector<std::shared_ptr<Attachment>> atts;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(&evict_wanted_));
+      evict_wanted_ = false;
+      if (stopping_) return;
+      for (auto& [id, a] : atts_) atts.push_back(a);
+    }
+    for (int round = 0; round < 2 && resident_pages_.load() > low_water; ++round) {
+      for (auto& a : atts) {
+        uint64_t cur = resident_pages_.load();
+        if (cur <= low_water) break;
+        uint64_t want = std::min<uint64_t>(cur - low_water, a->pages());
+        resident_pages_ -= EvictClean(*a, want);
+      }
+      if (resident_pages_.load() <= low_water) break;
+      // Not enough clean pages: write dirty ones back so they become
+      // evictable on the next round. Never drop them.
+      for (auto& a : atts) {
+        bool has_dirty;
+        {
+          absl::MutexLock lock(&a->mu);
+          has_dirty = a->dirty > 0 && !a->revoked;
+        }
+        if (!has_dirty) continue;
+        absl::Status st = Sync(*a, 0, a->size);
+        if (!st.ok()) TLOG_WARN("evictor: write-back of attachment %d failed: %s", a->id,
+                                st.ToString());
+      }
+    }
+  }
+}
+
+uint8_t* FaultService::GetBuffer() {
+  {
+    absl::MutexLock lock(&pool_mu_);
+    if (!pool_.empty()) {
+      uint8_t* b = pool_.back();
+      pool_.pop_back();
+      return b;
+    }
+  }
+  return static_cast<uint8_t*>(std::aligned_alloc(kPage, kBufferBytes));
+}
+
+void FaultService::PutBuffer(uint8_t* buf) {
+  absl::MutexLock lock(&pool_mu_);
+  if (pool_.size() < 256) {
+    pool_.push_back(buf);
+    return;
+  }
+  std::free(buf);
+}
+
+}  // namespace tether

@@ -1,0 +1,236 @@
+#include "daemon/peer/peer_directory.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/log.h"
+#include "daemon/common/segid.h"
+#include "daemon/peer/grpc_status.h"
+#include "peer.grpc.pb.h"
+
+namespace tether {
+
+struct PeerDirectory::Impl {
+  struct Peer {
+    PeerConfig config;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<peer::Peer::Stub> stub;
+    bool have_endpoint = false;
+    DataEndpoint endpoint;
+    uint64_t incarnation = 0;
+    std::string last_error;
+  };
+
+  uint32_t local_node;
+  uint64_t incarnation;
+  int rpc_timeout_ms;
+  mutable absl::Mutex mu;
+  absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
+
+  void SetDeadline(grpc::ClientContext* ctx) const {
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(rpc_timeout_ms));
+  }
+
+  absl::StatusOr<peer::Peer::Stub*> Stub(uint32_t node) {
+    absl::MutexLock lock(&mu);
+    auto it = peers.find(node);
+    if (it == peers.end())
+      return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " is not in this node's peer list"));
+    return it->second->stub.get();
+  }
+};
+
+PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
+                             std::vector<PeerConfig> peers, TlsConfig tls, int rpc_timeout_ms)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->local_node = local_node;
+  impl_->incarnation = incarnation;
+  impl_->rpc_timeout_ms = rpc_timeout_ms;
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  grpc::ChannelArguments args;
+  if (tls.insecure) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    grpc::SslCredentialsOptions opts;
+    opts.pem_root_certs = tls.ca_pem;
+    opts.pem_private_key = tls.key_pem;
+    opts.pem_cert_chain = tls.cert_pem;
+    creds = grpc::SslCredentials(opts);
+    args.SetSslTargetNameOverride(kNodeCertName);
+  }
+  // Reconnect quickly after a peer restarts (default backoff reaches 2 min).
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  absl::MutexLock lock(&impl_->mu);
+  for (auto& pc : peers) {
+    if (pc.node_id == local_node) continue;
+    auto p = std::make_unique<Impl::Peer>();
+    p->config = pc;
+    p->channel = grpc::CreateCustomChannel(pc.address, creds, args);
+    p->stub = peer::Peer::NewStub(p->channel);
+    impl_->peers.emplace(pc.node_id, std::move(p));
+  }
+}
+
+PeerDirectory::~PeerDirectory() = default;
+
+bool PeerDirectory::Knows(uint32_t node) const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->peers.contains(node);
+}
+
+std::vector<uint32_t> PeerDirectory::Nodes() const {
+  std::vector<uint32_t> out;
+  absl::MutexLock lock(&impl_->mu);
+  for (auto& [id, p] : impl_->peers) out.push_back(id);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::StatusOr<DataEndpoint> PeerDirectory::Endpoint(uint32_t node) {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    auto it = impl_->peers.find(node);
+    if (it == impl_->peers.end())
+      return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " is not in the peer list"));
+    if (it->second->have_endpoint) return it->second->endpoint;
+  }
+  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  grpc::ClientContext ctx;
+  impl_->SetDeadline(&ctx);
+  peer::HelloRequest req;
+  req.set_node_id(impl_->local_node);
+  req.set_incarnation(impl_->incarnation);
+  peer::HelloResponse resp;
+  grpc::Status st = stub->Hello(&ctx, req, &resp);
+  absl::MutexLock lock(&impl_->mu);
+  auto& p = *impl_->peers.at(node);
+  if (!st.ok()) {
+    p.last_error = st.error_message();
+    return FromGrpc(st, absl::StrCat("hello to node ", node));
+  }
+  if (resp.node_id() != node) {
+    p.last_error = absl::StrCat("answers as node ", resp.node_id());
+    return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " ", p.last_error));
+  }
+  p.endpoint.node_id = node;
+  p.endpoint.address = resp.data_address();
+  p.endpoint.token = resp.data_token();
+  p.incarnation = resp.incarnation();
+  p.have_endpoint = true;
+  p.last_error.clear();
+  return p.endpoint;
+}
+
+void PeerDirectory::Forget(uint32_t node) {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->peers.find(node);
+  if (it != impl_->peers.end()) it->second->have_endpoint = false;
+}
+
+absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid,
+                                            const Credentials& cred, bool write) {
+  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  grpc::ClientContext ctx;
+  impl_->SetDeadline(&ctx);
+  peer::AttachRequest req;
+  req.set_segid(segid);
+  req.mutable_cred()->set_uid(cred.uid);
+  req.mutable_cred()->set_gid(cred.gid);
+  for (uint32_t g : cred.groups) req.mutable_cred()->add_groups(g);
+  req.set_write(write);
+  req.set_mapper_node(impl_->local_node);
+  peer::AttachResponse resp;
+  grpc::Status st = stub->Attach(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpc(st, absl::StrFormat("attach segment %#x at node %d", segid, node));
+  Grant g;
+  g.id = resp.remote_attach_id();
+  g.segment_size = resp.segment_size();
+  g.writable = resp.writable();
+  return g;
+}
+
+absl::Status PeerDirectory::Detach(uint32_t node, uint64_t segid, uint64_t grant) {
+  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  grpc::ClientContext ctx;
+  impl_->SetDeadline(&ctx);
+  peer::DetachRequest req;
+  req.set_segid(segid);
+  req.set_remote_attach_id(grant);
+  req.set_mapper_node(impl_->local_node);
+  peer::DetachResponse resp;
+  return FromGrpc(stub->Detach(&ctx, req, &resp),
+                  absl::StrFormat("detach segment %#x at node %d", segid, node));
+}
+
+absl::StatusOr<SegmentSummary> PeerDirectory::Lookup(const std::string& name) {
+  for (uint32_t node : Nodes()) {
+    ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+    grpc::ClientContext ctx;
+    impl_->SetDeadline(&ctx);
+    peer::LookupRequest req;
+    req.set_name(name);
+    peer::LookupResponse resp;
+    grpc::Status st = stub->Lookup(&ctx, req, &resp);
+    if (st.ok()) {
+      SegmentSummary s;
+      s.segid = resp.segid();
+      s.size = resp.size();
+      s.name = name;
+      return s;
+    }
+  }
+  return ErrnoStatus(ENOENT, absl::StrCat("no segment named '", name, "' on any node"));
+}
+
+absl::StatusOr<std::vector<SegmentSummary>> PeerDirectory::ListSegments(uint32_t node) {
+  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  grpc::ClientContext ctx;
+  impl_->SetDeadline(&ctx);
+  peer::ListSegmentsRequest req;
+  peer::ListSegmentsResponse resp;
+  grpc::Status st = stub->ListSegments(&ctx, req, &resp);
+  if (!st.ok()) return FromGrpc(st, absl::StrCat("list segments at node ", node));
+  std::vector<SegmentSummary> out;
+  for (const auto& s : resp.segments()) {
+    SegmentSummary x;
+    x.segid = s.segid();
+    x.size = s.size();
+    x.vaddr = s.vaddr();
+    x.pid = s.pid();
+    x.uid = s.uid();
+    x.gid = s.gid();
+    x.mode = s.mode();
+    x.name = s.name();
+    x.grants = s.attachments();
+    x.state = s.state();
+    out.push_back(std::move(x));
+  }
+  return out;
+}
+
+std::vector<PeerState> PeerDirectory::States() {
+  std::vector<PeerState> out;
+  for (uint32_t node : Nodes()) {
+    // Hello afresh: status should say whether the peer answers now.
+    Forget(node);
+    auto ep = Endpoint(node);
+    PeerState s;
+    s.node_id = node;
+    absl::MutexLock lock(&impl_->mu);
+    s.address = impl_->peers.at(node)->config.address;
+    s.transport = "tcp";
+    s.reachable = ep.ok();
+    if (!ep.ok()) s.error = std::string(ep.status().message());
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace tether

@@ -1,0 +1,61 @@
+// PeerDirectory: this node's view of the other nodes, and the client side
+// of the Peer service (gRPC hidden behind a pimpl: including this header
+// costs nothing).
+#ifndef TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
+#define TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "daemon/common/credentials.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/peer/tls_config.h"
+#include "daemon/transport/transport.h"
+
+namespace tether {
+
+struct PeerConfig {
+  uint32_t node_id = 0;
+  std::string address;  // gRPC host:port
+};
+
+struct PeerState {
+  uint32_t node_id = 0;
+  std::string address;
+  std::string transport;
+  bool reachable = false;
+  std::string error;
+};
+
+class PeerDirectory {
+ public:
+  PeerDirectory(uint32_t local_node, uint64_t incarnation, std::vector<PeerConfig> peers,
+                TlsConfig tls, int rpc_timeout_ms);
+  ~PeerDirectory();
+
+  bool Knows(uint32_t node) const;
+  std::vector<uint32_t> Nodes() const;
+
+  // The peer's data endpoint (Hello, cached until Forget()).
+  absl::StatusOr<DataEndpoint> Endpoint(uint32_t node);
+  void Forget(uint32_t node);
+
+  absl::StatusOr<Grant> Attach(uint32_t node, uint64_t segid, const Credentials& cred,
+                               bool write);
+  absl::Status Detach(uint32_t node, uint64_t segid, uint64_t grant);
+  // Asks every peer; first match wins.
+  absl::StatusOr<SegmentSummary> Lookup(const std::string& name);
+  absl::StatusOr<std::vector<SegmentSummary>> ListSegments(uint32_t node);
+  std::vector<PeerState> States();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_PEER_PEER_DIRECTORY_H_

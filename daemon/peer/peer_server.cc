@@ -1,0 +1,125 @@
+#include "daemon/peer/peer_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include "daemon/common/log.h"
+#include "daemon/peer/grpc_status.h"
+#include "peer.grpc.pb.h"
+
+namespace tether {
+namespace {
+
+void ToProto(const SegmentSummary& s, peer::SegmentInfo* out) {
+  out->set_segid(s.segid);
+  out->set_size(s.size);
+  out->set_vaddr(s.vaddr);
+  out->set_pid(s.pid);
+  out->set_uid(s.uid);
+  out->set_gid(s.gid);
+  out->set_mode(s.mode);
+  out->set_name(s.name);
+  out->set_attachments(s.grants);
+  out->set_state(s.state);
+}
+
+class PeerServiceImpl final : public peer::Peer::Service {
+ public:
+  PeerServiceImpl(SegmentRegistry* registry, HelloInfo hello)
+      : registry_(registry), hello_(std::move(hello)) {}
+
+  grpc::Status Hello(grpc::ServerContext*, const peer::HelloRequest* req,
+                     peer::HelloResponse* resp) override {
+    resp->set_node_id(hello_.node_id);
+    resp->set_incarnation(hello_.incarnation);
+    resp->set_data_address(hello_.data_address);
+    resp->set_data_token(hello_.data_token);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Attach(grpc::ServerContext*, const peer::AttachRequest* req,
+                      peer::AttachResponse* resp) override {
+    Credentials cred;
+    cred.uid = req->cred().uid();
+    cred.gid = req->cred().gid();
+    cred.groups.assign(req->cred().groups().begin(), req->cred().groups().end());
+    if (req->mapper_node() == 0 || req->mapper_node() == hello_.node_id)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
+    auto g = registry_->Attach(req->segid(), cred, req->write(), req->mapper_node());
+    if (!g.ok()) return ToGrpc(g.status());
+    resp->set_remote_attach_id(g->id);
+    resp->set_segment_size(g->segment_size);
+    resp->set_writable(g->writable);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Detach(grpc::ServerContext*, const peer::DetachRequest* req,
+                      peer::DetachResponse*) override {
+    // Grants are bound to the node id recorded at Attach.
+    return ToGrpc(registry_->Detach(req->segid(), req->remote_attach_id(), req->mapper_node()));
+  }
+
+  grpc::Status Lookup(grpc::ServerContext*, const peer::LookupRequest* req,
+                      peer::LookupResponse* resp) override {
+    auto s = registry_->Lookup(req->name());
+    if (!s.ok()) return ToGrpc(s.status());
+    resp->set_segid(s->segid);
+    resp->set_size(s->size);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListSegments(grpc::ServerContext*, const peer::ListSegmentsRequest*,
+                            peer::ListSegmentsResponse* resp) override {
+    for (const auto& s : registry_->List()) ToProto(s, resp->add_segments());
+    return grpc::Status::OK;
+  }
+
+ private:
+  SegmentRegistry* registry_;
+  HelloInfo hello_;
+};
+
+}  // namespace
+
+struct PeerServer::Impl {
+  std::unique_ptr<PeerServiceImpl> service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+PeerServer::PeerServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+PeerServer::~PeerServer() { Shutdown(); }
+
+void PeerServer::Shutdown() {
+  if (impl_ && impl_->server) {
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    impl_->server->Wait();
+    impl_->server.reset();
+  }
+}
+
+absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const std::string& address,
+                                                              const TlsConfig& tls,
+                                                              SegmentRegistry* registry,
+                                                              HelloInfo hello) {
+  auto impl = std::make_unique<Impl>();
+  impl->service = std::make_unique<PeerServiceImpl>(registry, std::move(hello));
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (tls.insecure) {
+    creds = grpc::InsecureServerCredentials();
+  } else {
+    grpc::SslServerCredentialsOptions opts(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    opts.pem_root_certs = tls.ca_pem;
+    opts.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
+    creds = grpc::SslServerCredentials(opts);
+  }
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, creds, &port);
+  builder.RegisterService(impl->service.get());
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || port == 0)
+    return ErrnoStatus(EADDRNOTAVAIL, "start the Peer service on " + address);
+  return std::unique_ptr<PeerServer>(new PeerServer(std::move(impl)));
+}
+
+}  // namespace tether

@@ -1,0 +1,39 @@
+// PeerServer: the gRPC Peer service other nodes call (Hello, Attach,
+// Detach, Lookup, ListSegments), backed by the SegmentRegistry.
+#ifndef TETHER_DAEMON_PEER_PEER_SERVER_H_
+#define TETHER_DAEMON_PEER_PEER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/peer/tls_config.h"
+
+namespace tether {
+
+struct HelloInfo {
+  uint32_t node_id = 0;
+  uint64_t incarnation = 0;
+  std::string data_address;
+  std::string data_token;
+};
+
+class PeerServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const std::string& address,
+                                                           const TlsConfig& tls,
+                                                           SegmentRegistry* registry,
+                                                           HelloInfo hello);
+  ~PeerServer();
+  void Shutdown();
+
+ private:
+  struct Impl;
+  explicit PeerServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_PEER_PEER_SERVER_H_

@@ -1,0 +1,110 @@
+#include "daemon/tetherd.h"
+
+#include <sys/random.h>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "daemon/admin/admin_server.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/local/local_api.h"
+#include "daemon/local/local_server.h"
+#include "daemon/mapper/data_path.h"
+#include "daemon/mapper/fault_service.h"
+#include "daemon/peer/peer_server.h"
+#include "daemon/transport/tcp_transport.h"
+#include "daemon/transport/wire_format.h"
+
+namespace tether {
+
+Tetherd::Tetherd(TetherdConfig config) : config_(std::move(config)) {}
+
+Tetherd::~Tetherd() { Stop(); }
+
+absl::Status Tetherd::Start() {
+  if (config_.node_id == 0 || config_.node_id > 0x7fff)
+    return ErrnoStatus(EINVAL, "node id must be 1..32767");
+  if (config_.local_socket.empty() || config_.admin_socket.empty())
+    return ErrnoStatus(EINVAL, "local and admin socket paths are required");
+  started_ = absl::Now();
+  // The incarnation makes segids from before a restart recognisably stale.
+  uint16_t inc = 0;
+  while (inc == 0) {
+    if (getrandom(&inc, sizeof(inc), 0) != sizeof(inc)) return ErrnoStatus(errno, "getrandom");
+  }
+  incarnation_ = inc;
+  std::string token(kDataTokenSize, '\0');
+  if (getrandom(token.data(), token.size(), 0) != static_cast<ssize_t>(token.size()))
+    return ErrnoStatus(errno, "getrandom");
+  SetLogPrefix(absl::StrFormat("tetherd[node %d]", config_.node_id));
+
+  registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
+  RETURN_IF_ERROR(registry_->Start());
+
+  transport_ = std::make_unique<TcpTransport>(config_.node_id);
+  RETURN_IF_ERROR(transport_->Listen(config_.data_listen, token, registry_.get()));
+
+  peers_ = std::make_unique<PeerDirectory>(config_.node_id, incarnation_, config_.peers,
+                                           config_.tls, config_.rpc_timeout_ms);
+  data_path_ = std::make_unique<DataPath>(
+      config_.node_id, registry_.get(), transport_.get(),
+      [this](uint32_t node) { return peers_->Endpoint(node); });
+  faults_ = std::make_unique<FaultService>(
+      data_path_.get(), config_.cache_budget_bytes,
+      [this](const Attachment& att, uint64_t off, uint64_t len, const std::string& why) {
+        local_api_->SendSigbus(att, off, len, why);
+      });
+  RETURN_IF_ERROR(faults_->Start());
+  local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
+                                          peers_.get(), faults_.get());
+
+  HelloInfo hello{config_.node_id, incarnation_, transport_->bound_address(), token};
+  ASSIGN_OR_RETURN(peer_server_,
+                   PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(), hello));
+  DaemonInfo info;
+  info.node_id = config_.node_id;
+  info.incarnation = incarnation_;
+  info.local_socket = config_.local_socket;
+  info.peer_address = config_.peer_listen;
+  info.data_address = transport_->bound_address();
+  info.budget_bytes = [this] { return faults_->budget_bytes(); };
+  info.resident_bytes = [this] { return faults_->resident_bytes(); };
+  info.uptime_ms = [this] {
+    return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - started_));
+  };
+  ASSIGN_OR_RETURN(admin_server_, AdminServer::Start(config_.admin_socket, std::move(info),
+                                                     registry_.get(), peers_.get(),
+                                                     local_api_.get()));
+  local_server_ = std::make_unique<LocalServer>(local_api_.get());
+  RETURN_IF_ERROR(local_server_->Start(config_.local_socket));
+  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (%s), local socket %s, cache "
+            "budget %d MiB",
+            incarnation_, config_.peer_listen, transport_->bound_address(), transport_->name(),
+            config_.local_socket, config_.cache_budget_bytes >> 20);
+  return absl::OkStatus();
+}
+
+void Tetherd::Stop() {
+  if (!registry_) return;
+  TLOG_INFO("shutting down");
+  if (local_server_) local_server_->Stop();  // clients' attachments detach
+  if (local_api_) local_api_->DetachAll();
+  if (admin_server_) admin_server_->Shutdown();
+  if (peer_server_) peer_server_->Shutdown();
+  if (faults_) faults_->Stop();
+  if (transport_) transport_->Shutdown();
+  registry_->Stop();
+  local_server_.reset();
+  admin_server_.reset();
+  peer_server_.reset();
+  local_api_.reset();
+  faults_.reset();
+  data_path_.reset();
+  peers_.reset();
+  transport_.reset();
+  registry_.reset();
+  TLOG_INFO("stopped");
+}
+
+}  // namespace tether

@@ -1,0 +1,70 @@
+// Tetherd: one node's daemon, wiring the parts together:
+//
+//   LocalServer ── LocalApi ──┬── SegmentRegistry (home: exports, grants,
+//   (clients)                 │     BlockServer for the data transport)
+//                             ├── PeerDirectory (gRPC client to peers)
+//                             └── FaultService ── DataPath ── Transport
+//   PeerServer (gRPC, peers) ── SegmentRegistry
+//   AdminServer (gRPC, tetherctl)
+#ifndef TETHER_DAEMON_TETHERD_H_
+#define TETHER_DAEMON_TETHERD_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "daemon/peer/peer_directory.h"
+#include "daemon/peer/tls_config.h"
+
+namespace tether {
+
+struct TetherdConfig {
+  uint32_t node_id = 0;
+  std::string local_socket;
+  std::string admin_socket;
+  std::string peer_listen;  // gRPC host:port
+  std::string data_listen;  // tcp transport host:port
+  std::vector<PeerConfig> peers;
+  uint64_t cache_budget_bytes = 256ull << 20;
+  int rpc_timeout_ms = 5000;
+  TlsConfig tls;
+};
+
+class SegmentRegistry;
+class PeerServer;
+class AdminServer;
+class LocalServer;
+class LocalApi;
+class FaultService;
+class DataPath;
+class Transport;
+
+class Tetherd {
+ public:
+  explicit Tetherd(TetherdConfig config);
+  ~Tetherd();
+
+  absl::Status Start();
+  // Stops accepting work, writes attachments' dirty pages back, shuts down.
+  void Stop();
+
+ private:
+  TetherdConfig config_;
+  uint32_t incarnation_ = 0;
+  absl::Time started_;
+  std::unique_ptr<SegmentRegistry> registry_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<PeerDirectory> peers_;
+  std::unique_ptr<DataPath> data_path_;
+  std::unique_ptr<FaultService> faults_;
+  std::unique_ptr<LocalApi> local_api_;
+  std::unique_ptr<LocalServer> local_server_;
+  std::unique_ptr<PeerServer> peer_server_;
+  std::unique_ptr<AdminServer> admin_server_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_TETHERD_H_

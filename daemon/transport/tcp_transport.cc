@@ -1,0 +1,491 @@
+#include "daemon/transport/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+#include "daemon/transport/wire_format.h"
+
+namespace tether {
+
+struct TcpTransport::Connection {
+  uint32_t node = 0;
+  int fd = -1;
+  absl::Mutex send_mu;
+  absl::Mutex mu;
+  absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
+  bool dead ABSL_GUARDED_BY(mu) = false;
+  std::thread receiver;
+};
+
+namespace {
+
+// Reads exactly len bytes; false on EOF or error (errno set, 0 on EOF).
+bool ReadFull(int fd, void* buf, size_t len) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    ssize_t n = ::read(fd, p, len);
+    if (n > 0) {
+      p += n;
+      len -= static_cast<size_t>(n);
+    } else if (n == 0) {
+      errno = 0;
+      return false;
+    } else if (errno != EINTR) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool WriteFullV(int fd, struct iovec* iov, int iovcnt) {
+  while (iovcnt > 0) {
+    ssize_t n = ::writev(fd, iov, iovcnt);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    while (iovcnt > 0 && static_cast<size_t>(n) >= iov->iov_len) {
+      n -= static_cast<ssize_t>(iov->iov_len);
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + n;
+      iov->iov_len -= static_cast<size_t>(n);
+    }
+  }
+  return true;
+}
+
+bool SendFrame(int fd, const FrameHeader& h, absl::Span<const uint8_t> payload) {
+  uint8_t hdr[kFrameHeaderSize];
+  EncodeHeader(h, hdr);
+  struct iovec iov[2] = {{hdr, sizeof(hdr)},
+                         {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  return WriteFullV(fd, iov, payload.empty() ? 1 : 2);
+}
+
+void TuneSocket(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+  // A peer that vanishes without a FIN fails requests within ~15 s instead
+  // of the kernel's default of many minutes.
+  unsigned int user_timeout_ms = 15000;
+  setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+}
+
+absl::StatusOr<sockaddr_storage> ResolveNumeric(const std::string& address, socklen_t* len) {
+  std::string host;
+  uint16_t port = 0;
+  RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
+  sockaddr_storage ss{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    *len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    *len = sizeof(sockaddr_in6);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", address, "' is not a numeric host:port address"));
+  }
+  return ss;
+}
+
+bool TokenEquals(const uint8_t* a, const std::string& b) {
+  if (b.size() != kDataTokenSize) return false;
+  uint8_t diff = 0;
+  for (size_t i = 0; i < kDataTokenSize; ++i) diff |= a[i] ^ static_cast<uint8_t>(b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+absl::Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port) {
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' lacks host:port"));
+  std::string h = address.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  uint32_t p = 0;
+  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p > 65535)
+    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' has a bad port"));
+  *host = h;
+  *port = static_cast<uint16_t>(p);
+  return absl::OkStatus();
+}
+
+TcpTransport::TcpTransport(uint32_t local_node) : local_node_(local_node) {}
+
+TcpTransport::~TcpTransport() { Shutdown(); }
+
+absl::Status TcpTransport::Listen(const std::string& address, std::string token,
+                                  BlockServer* server) {
+  if (token.size() != kDataTokenSize) return absl::InvalidArgumentError("bad data token size");
+  socklen_t len = 0;
+  ASSIGN_OR_RETURN(sockaddr_storage ss, ResolveNumeric(address, &len));
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, absl::StrCat("bind data transport to ", address));
+  }
+  if (listen(fd, 64) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "listen");
+  }
+  sockaddr_storage bound{};
+  socklen_t blen = sizeof(bound);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+  char host[INET6_ADDRSTRLEN] = {};
+  uint16_t port = 0;
+  if (bound.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&bound);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    bound_address_ = absl::StrCat(host, ":", port);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&bound);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    port = ntohs(a->sin6_port);
+    bound_address_ = absl::StrCat("[", host, "]:", port);
+  }
+  listen_fd_ = fd;
+  token_ = std::move(token);
+  server_ = server;
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  return absl::OkStatus();
+}
+
+std::string TcpTransport::bound_address() const { return bound_address_; }
+
+void TcpTransport::AcceptLoop() {
+  while (!shutting_down_) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (shutting_down_) return;
+      if (errno == EMFILE || errno == ENFILE) {
+        usleep(10000);
+        continue;
+      }
+      return;  // listen socket shut down
+    }
+    TuneSocket(fd);
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      close(fd);
+      return;
+    }
+    server_fds_.push_back(fd);
+    threads_.emplace_back([this, fd] { ServeLoop(fd); });
+  }
+}
+
+void TcpTransport::ServeLoop(int fd) {
+  uint8_t buf[kFrameHeaderSize];
+  uint8_t token[kDataTokenSize];
+  std::vector<uint8_t> data;
+  uint32_t peer = 0;
+  // Authenticate first: nothing else is read from an unauthenticated peer.
+  // A bounded wait so that a silent connection cannot hold a thread forever.
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (!ReadFull(fd, buf, sizeof(buf))) goto out;
+  {
+    auto h = DecodeHeader(buf, sizeof(buf));
+    if (!h.ok() || h->type != FrameType::kHello) {
+      TLOG_WARN("data connection: bad hello: %s",
+                h.ok() ? "not a hello" : std::string(h.status().message()));
+      goto out;
+    }
+    if (!ReadFull(fd, token, sizeof(token))) goto out;
+    if (!TokenEquals(token, token_) || h->segid == 0 || h->segid > 0x7fff) {
+      TLOG_WARN("data connection: rejected a peer with a wrong token or node id");
+      FrameHeader nack{FrameType::kHelloAck, h->req_id, 0, 0, 0, 0, EACCES};
+      SendFrame(fd, nack, {});
+      goto out;
+    }
+    peer = static_cast<uint32_t>(h->segid);
+    FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, 0, 0};
+    if (!SendFrame(fd, ack, {})) goto out;
+  }
+  tv = {0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  while (!shutting_down_) {
+    if (!ReadFull(fd, buf, sizeof(buf))) break;
+    auto h = DecodeHeader(buf, sizeof(buf));
+    if (!h.ok() || (h->type != FrameType::kReadReq && h->type != FrameType::kWriteReq)) {
+      TLOG_WARN("data connection from node %d: protocol error (%s); closing", peer,
+                h.ok() ? "unexpected frame type" : std::string(h.status().message()));
+      break;
+    }
+    FrameHeader resp = *h;
+    resp.status = 0;
+    data.resize(h->length);
+    if (h->type == FrameType::kReadReq) {
+      resp.type = FrameType::kReadResp;
+      absl::Status st =
+          server_->ReadBlocks(peer, h->segid, h->grant, h->offset, absl::MakeSpan(data));
+      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      if (!SendFrame(fd, resp, st.ok() ? absl::Span<const uint8_t>(data)
+                                       : absl::Span<const uint8_t>()))
+        break;
+    } else {
+      resp.type = FrameType::kWriteResp;
+      if (!ReadFull(fd, data.data(), data.size())) break;
+      absl::Status st = server_->WriteBlocks(peer, h->segid, h->grant, h->offset, data);
+      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      resp.length = 0;
+      if (!SendFrame(fd, resp, {})) break;
+    }
+  }
+out:
+  shutdown(fd, SHUT_RDWR);
+  absl::MutexLock lock(&mu_);
+  for (auto& f : server_fds_) {
+    if (f == fd) f = -1;
+  }
+  close(fd);
+}
+
+absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConnection(
+    const DataEndpoint& home) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(home.node_id);
+    if (it != conns_.end()) return it->second;
+  }
+  if (home.address.empty())
+    return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
+  socklen_t len = 0;
+  ASSIGN_OR_RETURN(sockaddr_storage ss, ResolveNumeric(home.address, &len));
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return ErrnoStatus(errno, "socket");
+  auto fail = [&](int err, const std::string& what) {
+    close(fd);
+    return ErrnoStatus(err, absl::StrCat(what, " node ", home.node_id, " at ", home.address));
+  };
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    if (errno != EINPROGRESS) return fail(errno, "connect to");
+    pollfd p{fd, POLLOUT, 0};
+    if (poll(&p, 1, 3000) != 1) return fail(ETIMEDOUT, "connect to");
+    int err = 0;
+    socklen_t elen = sizeof(err);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+    if (err != 0) return fail(err, "connect to");
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  TuneSocket(fd);
+  FrameHeader hello{FrameType::kHello, 0, local_node_, 0, 0, kDataTokenSize, 0};
+  if (home.token.size() != kDataTokenSize) return fail(EINVAL, "no data token for");
+  if (!SendFrame(fd, hello,
+                 absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(home.token.data()),
+                                     home.token.size())))
+    return fail(errno, "hello to");
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  uint8_t buf[kFrameHeaderSize];
+  if (!ReadFull(fd, buf, sizeof(buf))) return fail(errno ? errno : ECONNRESET, "hello from");
+  auto ack = DecodeHeader(buf, sizeof(buf));
+  if (!ack.ok() || ack->type != FrameType::kHelloAck) return fail(EPROTO, "bad hello ack from");
+  if (ack->status != 0) return fail(static_cast<int>(ack->status), "rejected by");
+  tv = {0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+
+  auto conn = std::make_shared<Connection>();
+  conn->node = home.node_id;
+  conn->fd = fd;
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) {
+    close(fd);
+    return absl::UnavailableError("transport shutting down");
+  }
+  auto [it, inserted] = conns_.emplace(home.node_id, conn);
+  if (!inserted) {  // lost a race with another connector: use theirs
+    close(fd);
+    return it->second;
+  }
+  conn->receiver = std::thread([this, conn] { ReceiveLoop(conn); });
+  // Reap connections whose receiver has finished (only this list still
+  // holds them), then keep this one until it is done too.
+  for (auto rit = all_conns_.begin(); rit != all_conns_.end();) {
+    if (rit->use_count() == 1) {
+      (*rit)->receiver.join();
+      close((*rit)->fd);
+      rit = all_conns_.erase(rit);
+    } else {
+      ++rit;
+    }
+  }
+  all_conns_.push_back(conn);
+  return conn;
+}
+
+void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant,
+                        uint64_t offset, absl::Span<uint8_t> dst,
+                        absl::Span<const uint8_t> src, Done done) {
+  size_t len = type == static_cast<int>(FrameType::kReadReq) ? dst.size() : src.size();
+  if (len == 0 || len > kMaxPayload) {
+    std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
+    return;
+  }
+  auto conn_or = GetConnection(home);
+  if (!conn_or.ok()) {
+    std::move(done)(conn_or.status());
+    return;
+  }
+  std::shared_ptr<Connection> conn = *std::move(conn_or);
+  uint64_t id = next_req_id_.fetch_add(1, std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&conn->mu);
+    if (conn->dead) {
+      std::move(done)(absl::UnavailableError(
+          absl::StrCat("connection to node ", home.node_id, " lost")));
+      return;
+    }
+    conn->pending.emplace(id, Pending{dst, std::move(done)});
+  }
+  FrameHeader h{static_cast<FrameType>(type), id, segid, grant, offset,
+                static_cast<uint32_t>(len), 0};
+  bool ok;
+  {
+    absl::MutexLock lock(&conn->send_mu);
+    ok = SendFrame(conn->fd, h, src);
+  }
+  // On failure the receiver sees the shutdown and fails every pending
+  // request, this one included: exactly one completion either way.
+  if (!ok) shutdown(conn->fd, SHUT_RDWR);
+}
+
+void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                        uint64_t offset, absl::Span<uint8_t> dst, Done done) {
+  Send(home, static_cast<int>(FrameType::kReadReq), segid, grant, offset, dst, {},
+       std::move(done));
+}
+
+void TcpTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                         uint64_t offset, absl::Span<const uint8_t> src, Done done) {
+  Send(home, static_cast<int>(FrameType::kWriteReq), segid, grant, offset, {}, src,
+       std::move(done));
+}
+
+void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
+  uint8_t buf[kFrameHeaderSize];
+  std::string why = "connection closed";
+  while (true) {
+    if (!ReadFull(conn->fd, buf, sizeof(buf))) {
+      if (errno) why = std::strerror(errno);
+      break;
+    }
+    auto h = DecodeHeader(buf, sizeof(buf));
+    if (!h.ok()) {
+      why = std::string(h.status().message());
+      break;
+    }
+    Pending p;
+    {
+      absl::MutexLock lock(&conn->mu);
+      auto it = conn->pending.find(h->req_id);
+      if (it == conn->pending.end()) {
+        why = "response to an unknown request";
+        break;
+      }
+      p = std::move(it->second);
+      conn->pending.erase(it);
+    }
+    absl::Status st;
+    if (h->status != 0) {
+      st = ErrnoStatus(static_cast<int>(h->status),
+                       absl::StrCat("node ", conn->node, " refused the request"));
+    } else if (h->type == FrameType::kReadResp) {
+      if (h->length != p.dst.size()) {
+        std::move(p.done)(absl::DataLossError("read response of the wrong length"));
+        why = "read response of the wrong length";
+        break;
+      }
+      if (!ReadFull(conn->fd, p.dst.data(), p.dst.size())) {
+        std::move(p.done)(absl::UnavailableError("connection lost mid-response"));
+        break;
+      }
+    } else if (h->type != FrameType::kWriteResp) {
+      std::move(p.done)(absl::DataLossError("unexpected frame type"));
+      why = "unexpected frame type";
+      break;
+    }
+    std::move(p.done)(st);
+  }
+  absl::flat_hash_map<uint64_t, Pending> orphans;
+  {
+    absl::MutexLock lock(&conn->mu);
+    conn->dead = true;
+    orphans.swap(conn->pending);
+  }
+  shutdown(conn->fd, SHUT_RDWR);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(conn->node);
+    if (it != conns_.end() && it->second == conn) conns_.erase(it);
+  }
+  if (!shutting_down_)
+    TLOG_INFO("data connection to node %d closed: %s (%d requests failed)", conn->node, why,
+              orphans.size());
+  for (auto& [id, p] : orphans)
+    std::move(p.done)(absl::UnavailableError(
+        absl::StrCat("connection to node ", conn->node, " lost: ", why)));
+}
+
+void TcpTransport::Disconnect(uint32_t node) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(node);
+  if (it != conns_.end()) shutdown(it->second->fd, SHUT_RDWR);
+}
+
+void TcpTransport::Shutdown() {
+  if (shutting_down_.exchange(true)) return;
+  if (listen_fd_ >= 0) shutdown(listen_fd_, SHUT_RDWR);
+  if (accept_thread_.joinable()) accept_thread_.join();
+  if (listen_fd_ >= 0) close(listen_fd_);
+  std::vector<std::thread> threads;
+  std::vector<std::shared_ptr<Connection>> conns;
+  {
+    absl::MutexLock lock(&mu_);
+    for (int fd : server_fds_)
+      if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    threads.swap(threads_);
+  }
+  for (auto& t : threads) t.join();
+  {
+    absl::MutexLock lock(&mu_);
+    conns.swap(all_conns_);
+  }
+  for (auto& c : conns) shutdown(c->fd, SHUT_RDWR);
+  for (auto& c : conns) {
+    if (c->receiver.joinable()) c->receiver.join();
+    close(c->fd);
+  }
+}
+
+}  // namespace tether

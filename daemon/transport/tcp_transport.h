@@ -1,0 +1,79 @@
+// TcpTransport: the data transport over TCP, for nodes without a verbs
+// device (and the host test tier).
+//
+// Client side: one connection per home node, created on first use. Any
+// number of requests are in flight on it; a receiver thread matches
+// responses by req_id and reads READ_RESP payloads straight into the
+// caller's buffer (no intermediate copy). Server side: one thread per
+// connection serves requests in order through the BlockServer.
+#ifndef TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_
+#define TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/transport/transport.h"
+
+namespace tether {
+
+class TcpTransport : public Transport {
+ public:
+  explicit TcpTransport(uint32_t local_node);
+  ~TcpTransport() override;
+
+  const char* name() const override { return "tcp"; }
+  absl::Status Listen(const std::string& address, std::string token,
+                      BlockServer* server) override;
+  std::string bound_address() const override;
+  void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+            absl::Span<uint8_t> dst, Done done) override;
+  void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+             absl::Span<const uint8_t> src, Done done) override;
+  void Disconnect(uint32_t node) override;
+  void Shutdown() override;
+
+ private:
+  struct Connection;
+  struct Pending {
+    absl::Span<uint8_t> dst;
+    Done done;
+  };
+
+  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home);
+  void Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant,
+            uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+            Done done);
+  void ReceiveLoop(std::shared_ptr<Connection> conn);
+  void AcceptLoop();
+  void ServeLoop(int fd);
+
+  const uint32_t local_node_;
+  std::atomic<uint64_t> next_req_id_{1};
+  std::atomic<bool> shutting_down_{false};
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint32_t, std::shared_ptr<Connection>> conns_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Connection>> all_conns_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> server_fds_ ABSL_GUARDED_BY(mu_);
+
+  int listen_fd_ = -1;
+  std::string bound_address_;
+  std::string token_;
+  BlockServer* server_ = nullptr;
+  std::thread accept_thread_;
+};
+
+// Splits "host:port" / "[v6]:port"; resolves numerically only.
+absl::Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port);
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_

@@ -1,0 +1,64 @@
+// The data transport's frame format (tcp; the rdma transport reuses the
+// header for its send/recv control messages).
+//
+// Every frame is a fixed 48-byte little-endian header, followed by
+// `length` payload bytes for READ_RESP (status 0) and WRITE_REQ:
+//
+//   off size field
+//    0   4   magic     "TTHR" (0x52485454)
+//    4   2   version   kWireVersion
+//    6   2   type      FrameType
+//    8   8   req_id    chosen by the requester, echoed in the response
+//   16   8   segid
+//   24   8   grant     home-side grant id from Peer.Attach
+//   32   8   offset    byte offset within the segment
+//   40   4   length    payload length (<= kMaxPayload)
+//   44   4   status    0 or a positive errno (responses only)
+//
+// HELLO carries the 32-byte data token as payload and the sender's node id
+// in `segid`. Decode validates everything a peer could get wrong; nothing
+// past the header is trusted before that.
+#ifndef TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
+#define TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace tether {
+
+constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
+constexpr uint16_t kWireVersion = 1;
+constexpr size_t kFrameHeaderSize = 48;
+constexpr uint32_t kMaxPayload = 4u << 20;
+constexpr size_t kDataTokenSize = 32;
+
+enum class FrameType : uint16_t {
+  kHello = 1,
+  kHelloAck = 2,
+  kReadReq = 3,
+  kReadResp = 4,
+  kWriteReq = 5,
+  kWriteResp = 6,
+};
+
+struct FrameHeader {
+  FrameType type = FrameType::kHello;
+  uint64_t req_id = 0;
+  uint64_t segid = 0;
+  uint64_t grant = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint32_t status = 0;
+};
+
+void EncodeHeader(const FrameHeader& h, uint8_t out[kFrameHeaderSize]);
+absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len);
+// Bytes of payload that follow a header of this type and status.
+size_t PayloadLength(const FrameHeader& h);
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_

@@ -1,0 +1,233 @@
+/* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */
+/*
+ * tether.h - ioctl ABI of /dev/tether (tether.ko), shared by the kernel module
+ * and user space (libtether, tetherd, tests).
+ *
+ * Two kinds of file descriptors are opened on /dev/tether:
+ *
+ *  - an *exporter* fd: a process registers ranges of its OWN address space
+ *    (TETHER_IOC_REGISTER_RANGE).  The first registration binds the fd to the
+ *    caller's mm; later calls from another mm (a forked child, the daemon)
+ *    fail with EINVAL.  The exporter hands the fd to its daemon (SCM_RIGHTS).
+ *
+ *  - a *control* fd: opened by the daemon itself (TETHER_IOC_CONTROL, or
+ *    implicitly by the first TETHER_IOC_ATTACH).  The daemon attaches exporter
+ *    fds to it, marks the sub-ranges that some mapper caches
+ *    (TETHER_IOC_MARK_CACHED / UNMARK_CACHED), reads invalidation events with
+ *    read(2) (poll(2) says when there are some) and acknowledges them
+ *    (TETHER_IOC_ACK).  Waiters belong to the control fd: closing it releases
+ *    every exporter blocked on it at once.
+ *
+ * Only invalidations that overlap a marked sub-range are forwarded (G3);
+ * everything else returns at once.  A blockable BEGIN (flag
+ * TETHER_EVF_BLOCKABLE) holds the exporter's call until the daemon acks it,
+ * the control fd closes, the exporter gets a fatal signal, or the module's
+ * ack_timeout_ms expires (then the module logs it).
+ *
+ * All structures have fixed sizes, only __u64/__u32/__s32 fields, explicit
+ * padding that must be zero on input, and are identical for 32- and 64-bit
+ * user space.  Any change to a structure or a command is a new
+ * TETHER_ABI_VERSION; user space checks it with TETHER_IOC_GET_VERSION.
+ *
+ * Addresses and lengths (start, len, offset) must be multiples of the page
+ * size; len must not be zero and start + len must not wrap nor pass the end
+ * of the user address space.  Offsets are relative to the registered range.
+ */
+#ifndef _UAPI_LINUX_TETHER_H
+#define _UAPI_LINUX_TETHER_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+#define TETHER_ABI_VERSION	1
+#define TETHER_DEVICE		"/dev/tether"
+#define TETHER_IOC_MAGIC	0xB7
+
+/**
+ * struct tether_version - TETHER_IOC_GET_VERSION (any fd)
+ * @abi_version:  out: TETHER_ABI_VERSION of the module
+ * @event_size:   out: sizeof(struct tether_event) as the module sees it
+ * @features:     out: TETHER_FEAT_* bits
+ */
+struct tether_version {
+	__u32 abi_version;
+	__u32 event_size;
+	__u64 features;
+};
+
+#define TETHER_FEAT_SEQ		(1ULL << 0)	/* MARK returns seq, READ_RETRY exists */
+
+/**
+ * struct tether_range_reg - TETHER_IOC_REGISTER_RANGE (exporter fd)
+ * @start:    in: page-aligned user address in the caller's mm
+ * @len:      in: page-aligned length, > 0
+ * @flags:    in: must be 0
+ * @range_id: out: module-wide id of the range (> 0, never reused while the
+ *            module is loaded... modulo 2^32 wrap of the allocator)
+ *
+ * Errors: EINVAL (alignment, zero length, wrap, beyond the user address
+ * space, flags != 0, fd bound to another mm, exporter already gone),
+ * EBADFD (fd is a control fd), ENOSPC (too many ranges), ENOMEM, EFAULT.
+ * The range need not be mapped: it is a window of the address space.
+ */
+struct tether_range_reg {
+	__u64 start;
+	__u64 len;
+	__u64 flags;
+	__u64 range_id;
+};
+
+/**
+ * struct tether_attach - TETHER_IOC_ATTACH (control fd)
+ * @fd:          in: exporter fd (e.g. received with SCM_RIGHTS)
+ * @pad:         in: must be 0
+ * @flags:       in: must be 0
+ * @exporter_id: out: id carried in every event of this exporter
+ *
+ * Errors: EBADF (@fd not open), EINVAL (@fd is not a /dev/tether exporter fd
+ * with at least one range, is this fd itself, pad/flags != 0), EBUSY
+ * (already attached to a control fd), ESRCH (the exporter's mm is gone),
+ * EBADFD (this fd is an exporter fd).
+ */
+struct tether_attach {
+	__s32 fd;
+	__u32 pad;
+	__u64 flags;
+	__u64 exporter_id;
+};
+
+/**
+ * struct tether_mark - TETHER_IOC_MARK_CACHED / TETHER_IOC_UNMARK_CACHED
+ * (control fd)
+ * @range_id: in: a range of an exporter attached to THIS control fd
+ * @offset:   in: page-aligned offset into the range
+ * @len:      in: page-aligned length, > 0, offset + len <= range length
+ * @seq:      out: the range's invalidation sequence, taken under the same
+ *            lock as the filter.  Odd: an invalidation of the exporter's mm
+ *            is in progress (a fetch started now must be retried).  Pass it
+ *            to TETHER_IOC_READ_RETRY after reading the exporter's memory.
+ *
+ * MARK is idempotent (overlapping marks merge); UNMARK of unmarked space is
+ * a no-op.  Errors: ENOENT (unknown or foreign range id), EINVAL (alignment,
+ * zero length, wrap, outside the range), ESRCH (exporter exited), ENOSPC
+ * (too many separate marked intervals in one range), EBADFD (exporter fd).
+ */
+struct tether_mark {
+	__u64 range_id;
+	__u64 offset;
+	__u64 len;
+	__u64 seq;
+};
+
+/**
+ * struct tether_seq - TETHER_IOC_READ_RETRY (control fd)
+ * @range_id: in
+ * @seq:      in: value returned by MARK_CACHED (or a previous READ_RETRY)
+ *
+ * Returns 0 when no invalidation touched the range since @seq was taken and
+ * none is in progress (the data read meanwhile is valid), -1/EAGAIN when the
+ * caller must discard what it read and retry.  ENOENT/ESRCH as for MARK.
+ */
+struct tether_seq {
+	__u64 range_id;
+	__u64 seq;
+};
+
+/**
+ * struct tether_range_info - TETHER_IOC_RANGE_INFO (control fd)
+ * @range_id:    in: a range of an exporter attached to this control fd
+ * @exporter_id: out
+ * @start:       out: start address in the exporter's mm
+ * @len:         out
+ *
+ * Lets the daemon check what an exporter claims over its socket.
+ */
+struct tether_range_info {
+	__u64 range_id;
+	__u64 exporter_id;
+	__u64 start;
+	__u64 len;
+};
+
+/**
+ * struct tether_ack - TETHER_IOC_ACK (control fd)
+ * @event_id: in: id of a BEGIN or RELEASE event read from this control fd
+ * @flags:    in: must be 0
+ *
+ * Errors: ENOENT (no exporter waits for that event: unknown id, already
+ * acked, timed out, or an event that nobody waits for: harmless).
+ */
+struct tether_ack {
+	__u64 event_id;
+	__u64 flags;
+};
+
+/* struct tether_event.type: what the kernel is doing (mmu_notifier_event) */
+enum tether_event_type {
+	TETHER_EV_NONE            = 0,
+	TETHER_EV_UNMAP           = 1,	/* munmap, mremap (old place), OOM reaper */
+	TETHER_EV_CLEAR           = 2,	/* madvise DONTNEED/FREE, COW break, swap, THP, KSM */
+	TETHER_EV_PROTECTION_VMA  = 3,	/* mprotect, NUMA hinting */
+	TETHER_EV_PROTECTION_PAGE = 4,	/* fork (write-protect for COW) */
+	TETHER_EV_SOFT_DIRTY      = 5,
+	TETHER_EV_RELEASE         = 6,	/* the exporter's mm is torn down / fd closed */
+	TETHER_EV_MIGRATE         = 7,
+	TETHER_EV_EXCLUSIVE       = 8,
+	TETHER_EV_OTHER           = 15,	/* a kernel event this ABI does not name */
+};
+
+/* struct tether_event.kind */
+enum tether_event_kind {
+	TETHER_KIND_BEGIN    = 1,	/* drop cached copies of [start,end), then ack */
+	TETHER_KIND_END      = 2,	/* the kernel finished: fetches may resume */
+	TETHER_KIND_RELEASE  = 3,	/* range gone for good: revoke, then ack */
+	TETHER_KIND_OVERFLOW = 4,	/* events were lost (no memory / queue full):
+					 * treat every range of every exporter on
+					 * this control fd as invalidated */
+};
+
+/* struct tether_event.flags */
+#define TETHER_EVF_BLOCKABLE	(1U << 0)	/* the exporter waits for the ack */
+
+/**
+ * struct tether_event - one record returned by read(2) on a control fd
+ * @event_id:    id to pass to TETHER_IOC_ACK (unique per control fd, > 0)
+ * @exporter_id: from TETHER_IOC_ATTACH (0 for OVERFLOW)
+ * @range_id:    affected range (0 for OVERFLOW)
+ * @start:       byte offset in the range where the invalidation starts
+ * @end:         byte offset where it ends (exclusive), clamped to the range
+ * @seq:         the range's sequence (as MARK returns it) when queued
+ * @type:        enum tether_event_type
+ * @flags:       TETHER_EVF_*
+ * @kind:        enum tether_event_kind
+ * @pad:         0
+ *
+ * read(2) returns whole records only (count < sizeof -> EINVAL), blocks
+ * unless O_NONBLOCK (then EAGAIN).  Non-blockable BEGINs (no
+ * TETHER_EVF_BLOCKABLE) come from contexts that may not sleep (the OOM
+ * reaper): the kernel does not wait, the daemon revokes asynchronously.
+ */
+struct tether_event {
+	__u64 event_id;
+	__u64 exporter_id;
+	__u64 range_id;
+	__u64 start;
+	__u64 end;
+	__u64 seq;
+	__u32 type;
+	__u32 flags;
+	__u32 kind;
+	__u32 pad;
+};
+
+#define TETHER_IOC_GET_VERSION    _IOR(TETHER_IOC_MAGIC, 0x00, struct tether_version)
+#define TETHER_IOC_REGISTER_RANGE _IOWR(TETHER_IOC_MAGIC, 0x01, struct tether_range_reg)
+#define TETHER_IOC_CONTROL        _IO(TETHER_IOC_MAGIC, 0x02)
+#define TETHER_IOC_ATTACH         _IOWR(TETHER_IOC_MAGIC, 0x03, struct tether_attach)
+#define TETHER_IOC_MARK_CACHED    _IOWR(TETHER_IOC_MAGIC, 0x04, struct tether_mark)
+#define TETHER_IOC_UNMARK_CACHED  _IOWR(TETHER_IOC_MAGIC, 0x05, struct tether_mark)
+#define TETHER_IOC_READ_RETRY     _IOW(TETHER_IOC_MAGIC, 0x06, struct tether_seq)
+#define TETHER_IOC_ACK            _IOW(TETHER_IOC_MAGIC, 0x07, struct tether_ack)
+#define TETHER_IOC_RANGE_INFO     _IOWR(TETHER_IOC_MAGIC, 0x08, struct tether_range_info)
+
+#endif /* _UAPI_LINUX_TETHER_H */

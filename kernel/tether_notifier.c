@@ -1,0 +1,867 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * tether_notifier.c - exporters, ranges, marks and the mmu notifier.
+ *
+ * ==========================================================================
+ * Concurrency protocol
+ * ==========================================================================
+ *
+ * Objects and references
+ *   tether_file      one per open(2); its mutex only serialises role binding
+ *                    and setup ioctls of that fd.  Never taken by notifier
+ *                    callbacks.
+ *   tether_exporter  refs: the exporter file, the attachment to a ctl (the
+ *                    ctl's ->exporters list), short ioctl lookups.
+ *   tether_range     lives exactly as long as its exporter; found by id via
+ *                    the tether_ranges xarray (lookups take an exporter
+ *                    reference with kref_get_unless_zero under xa_lock).
+ *   tether_ctl       refs: the control file, each attached exporter
+ *                    (exp->ctl), each notifier call that queues to it.
+ *
+ * Locks, outermost first (a lock is only ever taken while holding locks
+ * above it in this list):
+ *   tether_file.lock (mutex)  ->  exp->lock (spinlock)  ->  ctl->lock (spinlock)
+ * plus xa_lock(tether_ranges), which nests inside nothing of ours except
+ * around kref_get_unless_zero.  Notifier callbacks take exp->lock and
+ * ctl->lock, never both at once, and never sleep while holding either.
+ *
+ * The notifier (classic mmu_notifier on the exporter's mm)
+ *   invalidate_range_start(r), under exp->lock:
+ *     1. exp->active++  (counts every invalidation of the mm, like KVM's
+ *        mn_active_invalidate_count; start/end calls of one subscription
+ *        are balanced because mmu_notifier_register() runs under
+ *        mm_take_all_locks()).
+ *     2. G3 filter: unless a ctl is attached and some range has marks,
+ *        return at once.  Otherwise, for every registered range that
+ *        overlaps r and has a marked interval overlapping r: allocate a
+ *        BEGIN and an END event (GFP_NOWAIT), bump range->seq, put END on
+ *        exp->inflight keyed by r, and BEGIN on a private list.
+ *     3. take a ctl reference.
+ *   then, without exp->lock: queue the BEGINs on the ctl and, if r is
+ *   blockable, wait (killable, bounded by ack_timeout_ms) for their acks.
+ *   invalidate_range_end(r), under exp->lock: exp->active--, take the END
+ *   events keyed by r off exp->inflight, bump range->seq; then queue them.
+ *
+ * Why marks and the filter share one lock and one sequence (G3 + G1)
+ *   The daemon calls MARK_CACHED before it reads the exporter's memory for
+ *   a fetch.  MARK takes exp->lock, adds the mark and returns
+ *   seq = range->seq << 1 | (exp->active != 0).  After reading, the daemon
+ *   calls READ_RETRY(seq): it succeeds only if no forwarded BEGIN/END
+ *   touched the range and no invalidation of the mm is in progress.
+ *   - An invalidation that starts after MARK sees the mark (same lock) and
+ *     is forwarded: the daemon drops the copy before the kernel goes on.
+ *   - One that started before MARK was not forwarded, but it keeps
+ *     exp->active > 0 until its end: MARK returns an odd seq or READ_RETRY
+ *     fails, and the daemon retries.  (This is the mmu_interval_notifier
+ *     read_begin/read_retry pattern, with a per-mm "in progress" count.)
+ *
+ * G4 - non-blockable invalidations: classic start/end ops
+ *   The kernel's rule (mm/mmu_notifier.c): a notifier whose
+ *   invalidate_range_start may fail with -EAGAIN must not implement
+ *   invalidate_range_end.  We implement invalidate_range_end (it is how the
+ *   daemon learns the kernel has finished, so mappers may fault again), so
+ *   invalidate_range_start NEVER fails.  When the range is not blockable
+ *   (today only the OOM reaper tearing down a dying exporter) we do not
+ *   sleep: the BEGIN is allocated with GFP_NOWAIT, queued under spinlocks
+ *   and delivered WITHOUT TETHER_EVF_BLOCKABLE; the kernel goes on at once
+ *   and the daemon revokes the remote copies asynchronously.  That is safe
+ *   because remote copies are copies, not references to the exporter's
+ *   pages: nothing remote can touch a page the reaper frees, and what a
+ *   mapper may still read for a moment is the content of a process that
+ *   is being killed (its RELEASE follows).  The alternative,
+ *   mmu_interval_notifier (return false when !blockable, no end callback,
+ *   end derived from the interval sequence), would need one interval per
+ *   range and an extra thread to turn sequence changes into END events;
+ *   the classic ops give us END for free and one filter walk per event.
+ *
+ * RELEASE (the mm is torn down, or the exporter file is released)
+ *   ->release() queues one RELEASE per range, marked or not (attachments
+ *   exist without cached pages).  From exit_mmap() it waits for the acks
+ *   like a blockable BEGIN (so exit() returns after remote copies are
+ *   revoked), bounded by the timeout; during that wait the OOM reaper may
+ *   still call invalidate_range_start non-blockably, so marks are cleared
+ *   only afterwards.  From our own mmu_notifier_unregister() (exporter file
+ *   released, exp->closing) it does not wait: the releasing thread may be
+ *   the daemon's own event loop.
+ *
+ * G5 - no deadlock
+ *   Callbacks may run with the exporter's mmap_lock (read or write), a page
+ *   lock or i_mmap_rwsem held.  While waiting for an ack we hold none of
+ *   our locks and never touch user memory; read(2)/ACK never take
+ *   mmap_lock of the exporter, so the daemon can always answer.  Nothing
+ *   here calls back into mm code except mmu_notifier_register/unregister,
+ *   which run from ioctl/file release (process context, our mutex only).
+ *
+ * Detach (ctl closed) clears every mark of the exporter and bumps
+ * attach_gen; an END whose BEGIN went to an older attachment is dropped.
+ * ==========================================================================
+ */
+#include <linux/atomic.h>
+#include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+
+#include "tether_internal.h"
+
+static atomic64_t tether_next_exporter_id = ATOMIC64_INIT(0);
+
+/* ---------------------------------------------------------------- marks */
+
+static bool tether_marks_overlap(struct tether_range *range, u64 s, u64 e)
+{
+	struct tether_ival *iv;
+
+	list_for_each_entry(iv, &range->marks, node) {
+		if (iv->start >= e)
+			break;
+		if (iv->end > s)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Add [s, e) to the sorted set of marked intervals, merging overlapping and
+ * adjacent ones.  *pre is consumed (set to NULL) if a new node is needed.
+ * Context: exp->lock held.
+ */
+static int tether_marks_add(struct tether_range *range, u64 s, u64 e,
+			    struct tether_ival **pre)
+{
+	struct tether_ival *iv, *tmp, *m = NULL;
+	struct list_head *pos = &range->marks;
+
+	list_for_each_entry_safe(iv, tmp, &range->marks, node) {
+		if (iv->end < s)
+			continue;
+		if (iv->start > (m ? m->end : e)) {
+			pos = &iv->node;
+			break;
+		}
+		if (!m) {
+			m = iv;
+			m->start = min(m->start, s);
+			m->end = max(m->end, e);
+		} else {
+			m->end = max(m->end, iv->end);
+			list_del(&iv->node);
+			kfree(iv);
+			range->nr_marks--;
+		}
+	}
+	if (m)
+		return 0;
+	if (range->nr_marks >= TETHER_MAX_MARKS)
+		return -ENOSPC;
+	m = *pre;
+	*pre = NULL;
+	m->start = s;
+	m->end = e;
+	list_add_tail(&m->node, pos);	/* before pos: keeps the list sorted */
+	range->nr_marks++;
+	return 0;
+}
+
+/*
+ * Remove [s, e) from the marked set; splitting one interval consumes *pre.
+ * Context: exp->lock held.
+ */
+static void tether_marks_remove(struct tether_range *range, u64 s, u64 e,
+				struct tether_ival **pre)
+{
+	struct tether_ival *iv, *tmp, *n;
+
+	list_for_each_entry_safe(iv, tmp, &range->marks, node) {
+		if (iv->start >= e)
+			break;
+		if (iv->end <= s)
+			continue;
+		if (iv->start < s && iv->end > e) {
+			n = *pre;
+			*pre = NULL;
+			n->start = e;
+			n->end = iv->end;
+			iv->end = s;
+			list_add(&n->node, &iv->node);
+			range->nr_marks++;
+			break;
+		}
+		if (iv->start >= s && iv->end <= e) {
+			list_del(&iv->node);
+			kfree(iv);
+			range->nr_marks--;
+		} else if (iv->start < s) {
+			iv->end = s;
+		} else {
+			iv->start = e;
+		}
+	}
+}
+
+/* Context: exp->lock held. */
+static void tether_marks_clear(struct tether_exporter *exp,
+			       struct tether_range *range)
+{
+	struct tether_ival *iv, *tmp;
+
+	if (list_empty(&range->marks))
+		return;
+	list_for_each_entry_safe(iv, tmp, &range->marks, node) {
+		list_del(&iv->node);
+		kfree(iv);
+	}
+	range->nr_marks = 0;
+	WARN_ON_ONCE(exp->nr_marked == 0);
+	exp->nr_marked--;
+}
+
+/* --------------------------------------------------------------- events */
+
+static u32 tether_event_type(enum mmu_notifier_event event)
+{
+	switch (event) {
+	case MMU_NOTIFY_UNMAP:		return TETHER_EV_UNMAP;
+	case MMU_NOTIFY_CLEAR:		return TETHER_EV_CLEAR;
+	case MMU_NOTIFY_PROTECTION_VMA:	return TETHER_EV_PROTECTION_VMA;
+	case MMU_NOTIFY_PROTECTION_PAGE: return TETHER_EV_PROTECTION_PAGE;
+	case MMU_NOTIFY_SOFT_DIRTY:	return TETHER_EV_SOFT_DIRTY;
+	case MMU_NOTIFY_RELEASE:	return TETHER_EV_RELEASE;
+	case MMU_NOTIFY_MIGRATE:	return TETHER_EV_MIGRATE;
+#if TETHER_HAVE_MMU_NOTIFY_EXCLUSIVE
+	case MMU_NOTIFY_EXCLUSIVE:	return TETHER_EV_EXCLUSIVE;
+#endif
+	default:			return TETHER_EV_OTHER;
+	}
+}
+
+/* Context: exp->lock held. */
+static u64 tether_range_seq(struct tether_exporter *exp,
+			    struct tether_range *range)
+{
+	return (range->seq << 1) | (exp->active ? 1 : 0);
+}
+
+static void tether_fill(struct tether_kevent *ev, struct tether_exporter *exp,
+			struct tether_range *range, u64 s, u64 e, u32 type,
+			u32 flags, u32 kind)
+{
+	ev->range = range;
+	ev->uev.exporter_id = exp->id;
+	ev->uev.range_id = range->id;
+	ev->uev.start = s;
+	ev->uev.end = e;
+	ev->uev.seq = tether_range_seq(exp, range);
+	ev->uev.type = type;
+	ev->uev.flags = flags;
+	ev->uev.kind = kind;
+	ev->attach_gen = exp->attach_gen;
+}
+
+static void tether_free_list(struct list_head *evs)
+{
+	struct tether_kevent *ev, *tmp;
+
+	list_for_each_entry_safe(ev, tmp, evs, node) {
+		list_del_init(&ev->node);
+		tether_kevent_free(ev);
+	}
+}
+
+/* ------------------------------------------------------------- notifier */
+
+/**
+ * tether_mn_start() - invalidate_range_start
+ * @mn: our subscription
+ * @r:  the range being invalidated
+ *
+ * Context: process context; blockable or not (mmu_notifier_range_blockable);
+ * the caller may hold the exporter's mmap_lock, page locks, i_mmap_rwsem.
+ * Takes exp->lock then ctl->lock (not nested); sleeps only if blockable.
+ * Return: always 0 (see G4 above: we implement invalidate_range_end).
+ */
+static int tether_mn_start(struct mmu_notifier *mn,
+			   const struct mmu_notifier_range *r)
+{
+	struct tether_exporter *exp = container_of(mn, struct tether_exporter, mn);
+	bool blockable = mmu_notifier_range_blockable(r);
+	struct interval_tree_node *it;
+	struct tether_ctl *ctl = NULL;
+	struct tether_kevent *ev, *end;
+	LIST_HEAD(to_send);
+	LIST_HEAD(waitlist);
+	bool overflow = false;
+	u32 type;
+
+	if (WARN_ON_ONCE(r->end <= r->start))
+		return 0;
+
+	spin_lock(&exp->lock);
+	exp->active++;
+	if (!exp->ctl || !exp->nr_marked) {
+		spin_unlock(&exp->lock);	/* G3 fast path */
+		return 0;
+	}
+	type = tether_event_type(r->event);
+	for (it = interval_tree_iter_first(&exp->ranges, r->start, r->end - 1);
+	     it; it = interval_tree_iter_next(it, r->start, r->end - 1)) {
+		struct tether_range *range =
+			container_of(it, struct tether_range, it);
+		u64 s = max_t(u64, r->start, range->start) - range->start;
+		u64 e = min_t(u64, r->end, range->start + range->len) -
+			range->start;
+
+		if (!tether_marks_overlap(range, s, e))
+			continue;
+		ev = tether_kevent_alloc(GFP_NOWAIT);
+		end = tether_kevent_alloc(GFP_NOWAIT);
+		if (!ev || !end) {
+			if (ev)
+				tether_kevent_free(ev);
+			if (end)
+				tether_kevent_free(end);
+			overflow = true;
+			continue;
+		}
+		range->seq++;
+		ev->waiter = blockable && READ_ONCE(tether_ack_timeout_ms);
+		tether_fill(ev, exp, range, s, e, type,
+			    ev->waiter ? TETHER_EVF_BLOCKABLE : 0,
+			    TETHER_KIND_BEGIN);
+		tether_fill(end, exp, range, s, e, type, 0, TETHER_KIND_END);
+		end->key = r;
+		list_add_tail(&end->node, &exp->inflight);
+		list_add_tail(&ev->node, &to_send);
+		if (ev->waiter)
+			list_add_tail(&ev->wnode, &waitlist);
+	}
+	if (!list_empty(&to_send) || overflow) {
+		ctl = exp->ctl;
+		tether_ctl_get(ctl);
+	}
+	spin_unlock(&exp->lock);
+
+	if (!ctl)
+		return 0;
+	tether_ctl_queue(ctl, &to_send, overflow);
+	if (!list_empty(&waitlist)) {
+		might_sleep();
+		tether_ctl_wait(ctl, &waitlist);
+	}
+	tether_ctl_put(ctl);
+	return 0;
+}
+
+/**
+ * tether_mn_end() - invalidate_range_end
+ * @mn: our subscription
+ * @r:  the same range object start saw
+ *
+ * Context: as tether_mn_start(); never sleeps.
+ */
+static void tether_mn_end(struct mmu_notifier *mn,
+			  const struct mmu_notifier_range *r)
+{
+	struct tether_exporter *exp = container_of(mn, struct tether_exporter, mn);
+	struct tether_kevent *ev, *tmp;
+	struct tether_ctl *ctl = NULL;
+	LIST_HEAD(to_send);
+	LIST_HEAD(stale);
+
+	spin_lock(&exp->lock);
+	if (!WARN_ON_ONCE(exp->active == 0))
+		exp->active--;
+	list_for_each_entry_safe(ev, tmp, &exp->inflight, node) {
+		if (ev->key != r)
+			continue;
+		ev->key = NULL;
+		ev->range->seq++;
+		ev->uev.seq = tether_range_seq(exp, ev->range);
+		if (exp->ctl && ev->attach_gen == exp->attach_gen)
+			list_move_tail(&ev->node, &to_send);
+		else
+			list_move_tail(&ev->node, &stale);
+	}
+	if (!list_empty(&to_send)) {
+		ctl = exp->ctl;
+		tether_ctl_get(ctl);
+	}
+	spin_unlock(&exp->lock);
+
+	tether_free_list(&stale);
+	if (ctl) {
+		tether_ctl_queue(ctl, &to_send, false);
+		tether_ctl_put(ctl);
+	}
+}
+
+/**
+ * tether_mn_release() - the exporter's address space goes away
+ * @mn: our subscription
+ * @mm: the mm
+ *
+ * Called once, from exit_mmap() (the exporter exits) or from
+ * mmu_notifier_unregister() (the exporter file is released first).
+ * Queues one RELEASE per range; waits for the acks only in the first case.
+ *
+ * Context: process context, may sleep; no mm locks held by the caller.
+ */
+static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	struct tether_exporter *exp = container_of(mn, struct tether_exporter, mn);
+	struct tether_kevent *ev, *tmp;
+	struct tether_range *range;
+	struct tether_ctl *ctl = NULL;
+	unsigned int n, i;
+	LIST_HEAD(prealloc);
+	LIST_HEAD(to_send);
+	LIST_HEAD(waitlist);
+	bool overflow = false, wait;
+
+	/*
+	 * No range can be added now: REGISTER needs current->mm == exp->mm
+	 * (dying) or the exporter file (being released).  So preallocate
+	 * outside the spinlock.
+	 */
+	spin_lock(&exp->lock);
+	n = exp->ctl ? exp->nr_ranges : 0;
+	spin_unlock(&exp->lock);
+	for (i = 0; i < n; i++) {
+		ev = tether_kevent_alloc(GFP_KERNEL);
+		if (!ev) {
+			overflow = true;
+			break;
+		}
+		list_add_tail(&ev->node, &prealloc);
+	}
+
+	spin_lock(&exp->lock);
+	WARN_ON(exp->mm_gone);
+	exp->mm_gone = true;
+	wait = !exp->closing && READ_ONCE(tether_ack_timeout_ms);
+	if (exp->ctl) {
+		list_for_each_entry(range, &exp->range_list, node) {
+			if (list_empty(&prealloc)) {
+				overflow = true;
+				break;
+			}
+			ev = list_first_entry(&prealloc, struct tether_kevent,
+					      node);
+			list_move_tail(&ev->node, &to_send);
+			range->seq++;
+			tether_fill(ev, exp, range, 0, range->len,
+				    TETHER_EV_RELEASE,
+				    wait ? TETHER_EVF_BLOCKABLE : 0,
+				    TETHER_KIND_RELEASE);
+			ev->waiter = wait;
+			if (wait)
+				list_add_tail(&ev->wnode, &waitlist);
+		}
+		ctl = exp->ctl;
+		tether_ctl_get(ctl);
+	}
+	spin_unlock(&exp->lock);
+	tether_free_list(&prealloc);
+
+	if (ctl) {
+		tether_ctl_queue(ctl, &to_send, overflow);
+		if (!list_empty(&waitlist))
+			tether_ctl_wait(ctl, &waitlist);
+		tether_ctl_put(ctl);
+	}
+
+	/* Nothing is cached for a dead address space. */
+	spin_lock(&exp->lock);
+	list_for_each_entry(range, &exp->range_list, node)
+		tether_marks_clear(exp, range);
+	list_for_each_entry_safe(ev, tmp, &exp->inflight, node)
+		list_move_tail(&ev->node, &prealloc);
+	spin_unlock(&exp->lock);
+	/* END events of invalidations still running will not be sent. */
+	tether_free_list(&prealloc);
+}
+
+static const struct mmu_notifier_ops tether_mn_ops = {
+	.release		= tether_mn_release,
+	.invalidate_range_start	= tether_mn_start,
+	.invalidate_range_end	= tether_mn_end,
+};
+
+/* ------------------------------------------------------------ exporters */
+
+/**
+ * tether_exporter_create() - allocate an exporter for current's mm
+ *
+ * Context: process context, may sleep.
+ * Return: exporter with one reference (the file's), or NULL.
+ */
+struct tether_exporter *tether_exporter_create(void)
+{
+	struct tether_exporter *exp = kzalloc(sizeof(*exp), GFP_KERNEL_ACCOUNT);
+
+	if (!exp)
+		return NULL;
+	kref_init(&exp->ref);
+	spin_lock_init(&exp->lock);
+	exp->ranges = RB_ROOT_CACHED;
+	INIT_LIST_HEAD(&exp->range_list);
+	INIT_LIST_HEAD(&exp->ctl_node);
+	INIT_LIST_HEAD(&exp->inflight);
+	exp->mn.ops = &tether_mn_ops;
+	exp->id = atomic64_inc_return(&tether_next_exporter_id);
+	return exp;
+}
+
+void tether_exporter_get(struct tether_exporter *exp)
+{
+	kref_get(&exp->ref);
+}
+
+static void tether_exporter_free(struct kref *ref)
+{
+	struct tether_exporter *exp = container_of(ref, struct tether_exporter, ref);
+	struct tether_range *range, *tmp;
+
+	/* The file release tore us down: notifier gone, not attached. */
+	WARN_ON(exp->registered && !exp->closing);
+	WARN_ON(exp->ctl || !list_empty(&exp->ctl_node));
+	WARN_ON(!list_empty(&exp->inflight));
+	list_for_each_entry_safe(range, tmp, &exp->range_list, node) {
+		struct tether_ival *iv, *t;
+
+		list_for_each_entry_safe(iv, t, &range->marks, node)
+			kfree(iv);
+		kfree(range);
+	}
+	if (exp->mm)
+		mmdrop(exp->mm);
+	kfree(exp);
+}
+
+/**
+ * tether_exporter_put() - drop a reference
+ * @exp: exporter
+ *
+ * Context: process context (the final put frees memory and calls mmdrop).
+ */
+void tether_exporter_put(struct tether_exporter *exp)
+{
+	kref_put(&exp->ref, tether_exporter_free);
+}
+
+/**
+ * tether_exporter_register() - bind @exp to current->mm, register notifier
+ * @exp: exporter not yet registered
+ *
+ * Context: process context, the exporter file's mutex held; takes the
+ * mm's mmap_lock for write (mmu_notifier_register).
+ * Return: 0 or a negative errno.
+ */
+int tether_exporter_register(struct tether_exporter *exp)
+{
+	struct mm_struct *mm = current->mm;
+	int ret;
+
+	if (WARN_ON(exp->registered))
+		return -EINVAL;
+	if (!mm)
+		return -EINVAL;
+	mmgrab(mm);
+	exp->mm = mm;
+	ret = mmu_notifier_register(&exp->mn, mm);
+	if (ret) {
+		exp->mm = NULL;
+		mmdrop(mm);
+		return ret;
+	}
+	exp->registered = true;
+	return 0;
+}
+
+/**
+ * tether_exporter_add_range() - register [start, start + len) of exp->mm
+ * @exp:      registered exporter; current->mm == exp->mm (checked by caller)
+ * @start:    page-aligned address (validated by caller)
+ * @len:      page-aligned length (validated by caller)
+ * @range_id: out
+ *
+ * Context: process context, the exporter file's mutex held; takes
+ * xa_lock and exp->lock.
+ * Return: 0, -ENOSPC, -ENOMEM, -EBUSY (id space exhausted).
+ */
+int tether_exporter_add_range(struct tether_exporter *exp, u64 start, u64 len,
+			      u64 *range_id)
+{
+	static u32 next_id;
+	struct tether_range *range;
+	u32 id;
+	int ret;
+
+	range = kzalloc(sizeof(*range), GFP_KERNEL_ACCOUNT);
+	if (!range)
+		return -ENOMEM;
+	range->start = start;
+	range->len = len;
+	range->exp = exp;
+	range->it.start = start;
+	range->it.last = start + len - 1;
+	INIT_LIST_HEAD(&range->marks);
+
+	ret = xa_alloc_cyclic(&tether_ranges, &id, range,
+			      XA_LIMIT(1, U32_MAX), &next_id, GFP_KERNEL);
+	if (ret < 0)
+		goto err_free;
+
+	spin_lock(&exp->lock);
+	if (exp->nr_ranges >= TETHER_MAX_RANGES || exp->mm_gone) {
+		ret = exp->mm_gone ? -EINVAL : -ENOSPC;
+		spin_unlock(&exp->lock);
+		goto err_erase;
+	}
+	range->id = id;
+	interval_tree_insert(&range->it, &exp->ranges);
+	list_add_tail(&range->node, &exp->range_list);
+	exp->nr_ranges++;
+	spin_unlock(&exp->lock);
+	*range_id = id;
+	return 0;
+
+err_erase:
+	xa_erase(&tether_ranges, id);
+err_free:
+	kfree(range);
+	return ret;
+}
+
+/**
+ * tether_exporter_teardown() - the exporter file is released
+ * @exp: exporter; the file's reference is dropped here
+ *
+ * Unregisters the notifier (which runs ->release() with exp->closing set if
+ * the mm still exists: RELEASE events without waiting), forgets the range
+ * ids, and detaches from the ctl.
+ *
+ * Context: process context (file release), may sleep; no locks held.
+ */
+void tether_exporter_teardown(struct tether_exporter *exp)
+{
+	struct tether_range *range;
+	struct tether_ctl *ctl;
+	bool drop = false;
+
+	spin_lock(&exp->lock);
+	exp->closing = true;
+	spin_unlock(&exp->lock);
+
+	if (exp->registered)
+		mmu_notifier_unregister(&exp->mn, exp->mm);	/* waits for callbacks */
+
+	/* No callback runs any more; the lists are ours (with the lock, for
+	 * ioctls of a ctl racing with us). */
+	list_for_each_entry(range, &exp->range_list, node)
+		xa_erase(&tether_ranges, range->id);
+
+	spin_lock(&exp->lock);
+	ctl = exp->ctl;
+	exp->ctl = NULL;
+	exp->attach_gen++;
+	spin_unlock(&exp->lock);
+	if (ctl) {
+		spin_lock(&ctl->lock);
+		if (!list_empty(&exp->ctl_node)) {
+			list_del_init(&exp->ctl_node);
+			drop = true;
+		}
+		spin_unlock(&ctl->lock);
+		tether_ctl_put(ctl);		/* exp->ctl's reference */
+		if (drop)
+			tether_exporter_put(exp);	/* the list's reference */
+	}
+	tether_exporter_put(exp);		/* the file's reference */
+}
+
+/**
+ * tether_exporter_attach() - attach @exp to @ctl
+ * @exp: exporter (caller holds a reference, which the ctl list takes over
+ *       on success)
+ * @ctl: control
+ *
+ * Context: process context; takes exp->lock then ctl->lock.
+ * Return: 0, -EBUSY (attached already), -ESRCH (mm gone / closing).
+ */
+int tether_exporter_attach(struct tether_exporter *exp, struct tether_ctl *ctl)
+{
+	int ret = 0;
+
+	spin_lock(&exp->lock);
+	if (exp->mm_gone || exp->closing) {
+		ret = -ESRCH;
+	} else if (exp->ctl) {
+		ret = -EBUSY;
+	} else {
+		spin_lock(&ctl->lock);
+		if (ctl->dead) {
+			ret = -EBADF;
+		} else {
+			list_add_tail(&exp->ctl_node, &ctl->exporters);
+			tether_ctl_get(ctl);
+			exp->ctl = ctl;
+			exp->attach_gen++;
+		}
+		spin_unlock(&ctl->lock);
+	}
+	spin_unlock(&exp->lock);
+	return ret;
+}
+
+/**
+ * tether_exporter_detach() - the ctl lets go of @exp
+ * @exp: exporter, already taken off ctl->exporters by the caller
+ * @ctl: control being released
+ *
+ * Clears all marks (nobody caches anything for this exporter now).
+ *
+ * Context: process context; takes exp->lock.
+ */
+void tether_exporter_detach(struct tether_exporter *exp, struct tether_ctl *ctl)
+{
+	struct tether_range *range;
+	bool put = false;
+
+	spin_lock(&exp->lock);
+	if (exp->ctl == ctl) {
+		exp->ctl = NULL;
+		exp->attach_gen++;
+		put = true;
+		list_for_each_entry(range, &exp->range_list, node)
+			tether_marks_clear(exp, range);
+	}
+	spin_unlock(&exp->lock);
+	if (put)
+		tether_ctl_put(ctl);
+}
+
+/* --------------------------------------------------------------- ranges */
+
+/**
+ * tether_range_lookup() - find a range by id and pin its exporter
+ * @range_id: id from REGISTER_RANGE
+ *
+ * Context: any process context; takes xa_lock.
+ * Return: the range with a reference on range->exp (drop it with
+ * tether_exporter_put()), or NULL.
+ */
+struct tether_range *tether_range_lookup(u64 range_id)
+{
+	struct tether_range *range;
+
+	if (!range_id || range_id > U32_MAX)
+		return NULL;
+	xa_lock(&tether_ranges);
+	range = xa_load(&tether_ranges, range_id);
+	if (range && !kref_get_unless_zero(&range->exp->ref))
+		range = NULL;
+	xa_unlock(&tether_ranges);
+	return range;
+}
+
+/**
+ * tether_range_mark() - MARK_CACHED / UNMARK_CACHED
+ * @ctl:    control the request came from
+ * @range:  looked-up range (exporter pinned)
+ * @offset: page-aligned, validated against the range by the caller
+ * @len:    page-aligned, > 0
+ * @mark:   true to mark, false to unmark
+ * @seq:    out: the range's sequence taken under the filter's lock
+ *
+ * Context: process context, may sleep (allocation before exp->lock).
+ * Return: 0, -ENOENT (range not attached to @ctl), -ESRCH (mm gone),
+ * -ENOSPC, -ENOMEM.
+ */
+int tether_range_mark(struct tether_ctl *ctl, struct tether_range *range,
+		      u64 offset, u64 len, bool mark, u64 *seq)
+{
+	struct tether_exporter *exp = range->exp;
+	struct tether_ival *pre;
+	bool was_marked;
+	int ret = 0;
+
+	pre = kmalloc(sizeof(*pre), GFP_KERNEL_ACCOUNT);
+	if (!pre)
+		return -ENOMEM;
+
+	spin_lock(&exp->lock);
+	if (exp->ctl != ctl) {
+		ret = -ENOENT;
+	} else if (exp->mm_gone) {
+		ret = -ESRCH;
+	} else {
+		was_marked = !list_empty(&range->marks);
+		if (mark)
+			ret = tether_marks_add(range, offset, offset + len, &pre);
+		else
+			tether_marks_remove(range, offset, offset + len, &pre);
+		if (!was_marked && !list_empty(&range->marks))
+			exp->nr_marked++;
+		else if (was_marked && list_empty(&range->marks))
+			exp->nr_marked--;
+		*seq = tether_range_seq(exp, range);
+	}
+	spin_unlock(&exp->lock);
+	kfree(pre);
+	return ret;
+}
+
+/**
+ * tether_range_read_retry() - did an invalidation race with a fetch?
+ * @ctl:   control
+ * @range: looked-up range
+ * @seq:   value from MARK (or an earlier READ_RETRY)
+ *
+ * Context: process context; takes exp->lock.
+ * Return: 0 (valid), -EAGAIN (retry), -ENOENT, -ESRCH.
+ */
+int tether_range_read_retry(struct tether_ctl *ctl, struct tether_range *range,
+			    u64 seq)
+{
+	struct tether_exporter *exp = range->exp;
+	int ret;
+
+	spin_lock(&exp->lock);
+	if (exp->ctl != ctl)
+		ret = -ENOENT;
+	else if (exp->mm_gone)
+		ret = -ESRCH;
+	else if ((seq & 1) || tether_range_seq(exp, range) != seq)
+		ret = -EAGAIN;
+	else
+		ret = 0;
+	spin_unlock(&exp->lock);
+	return ret;
+}
+
+/**
+ * tether_range_info() - RANGE_INFO
+ * @ctl:   control
+ * @range: looked-up range
+ * @info:  out
+ *
+ * Context: process context; takes exp->lock.
+ * Return: 0 or -ENOENT (not attached to @ctl).
+ */
+int tether_range_info(struct tether_ctl *ctl, struct tether_range *range,
+		      struct tether_range_info *info)
+{
+	struct tether_exporter *exp = range->exp;
+	int ret = 0;
+
+	spin_lock(&exp->lock);
+	if (exp->ctl != ctl) {
+		ret = -ENOENT;
+	} else {
+		info->exporter_id = exp->id;
+		info->start = range->start;
+		info->len = range->len;
+	}
+	spin_unlock(&exp->lock);
+	return ret;
+}

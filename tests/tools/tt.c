@@ -1,0 +1,184 @@
+/*
+ * tt — the test and demo client for tether, written against tether.h only.
+ *
+ *   tt export --size N --seed S [--name NAME] [--mode 0644]
+ *       Exports N bytes filled with pattern(S); prints "segid=ID" and
+ *       "ready", then obeys stdin lines until EOF:
+ *         verify SEED OFF LEN   -> "ok" | "mismatch at OFF"
+ *         fill SEED OFF LEN     -> rewrites that part; "ok"
+ *         quit
+ *   tt map (--name NAME | --segid ID) [--offset O] [--len L] [--rdonly]
+ *          [--verify SEED] [--write SEED OFF LEN] [--sync] [--uid U]
+ *          [--touch-stride BYTES] [--quiet]
+ *       Attaches, checks pattern(SEED) over [O, O+L) (segment offsets),
+ *       writes pattern(SEED2) into [OFF, OFF+LEN), syncs, detaches.
+ *       Exit 0 on success; on error prints "error: errno=E msg" and exits 1.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tether/tether.h>
+
+static uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+/* pattern(seed) at byte offset off: 8-byte words, word i = mix(seed ^ i). */
+static void fill(uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+  for (uint64_t i = 0; i < len;) {
+    uint64_t a = off + i, w = mix(seed * 0x100000001b3ull ^ (a / 8));
+    uint64_t k = a % 8;
+    for (; k < 8 && i < len; ++k, ++i) p[i] = (uint8_t)(w >> (8 * k));
+  }
+}
+
+static int64_t check(const uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+  uint8_t buf[4096];
+  for (uint64_t i = 0; i < len; i += sizeof buf) {
+    uint64_t n = len - i < sizeof buf ? len - i : sizeof buf;
+    fill(buf, off + i, n, seed);
+    if (memcmp(buf, p + i, n) != 0) {
+      for (uint64_t j = 0; j < n; ++j)
+        if (buf[j] != p[i + j]) return (int64_t)(off + i + j);
+    }
+  }
+  return -1;
+}
+
+static int fail(const char *what) {
+  printf("error: errno=%d %s: %s\n", errno, what, tether_strerror());
+  fflush(stdout);
+  return 1;
+}
+
+static const char *arg(int argc, char **argv, const char *name) {
+  for (int i = 2; i < argc - 1; ++i)
+    if (strcmp(argv[i], name) == 0) return argv[i + 1];
+  return NULL;
+}
+static int flag(int argc, char **argv, const char *name) {
+  for (int i = 2; i < argc; ++i)
+    if (strcmp(argv[i], name) == 0) return 1;
+  return 0;
+}
+static uint64_t num(const char *s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
+
+static int do_export(int argc, char **argv) {
+  uint64_t size = num(arg(argc, argv, "--size"), 1 << 20);
+  uint64_t seed = num(arg(argc, argv, "--seed"), 1);
+  uint64_t mode = num(arg(argc, argv, "--mode"), 0600);
+  const char *name = arg(argc, argv, "--name");
+  uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return fail("mmap");
+  fill(mem, 0, size, seed);
+  tether_segid_t segid = tether_make(mem, size, TETHER_PERMIT_MODE, (void *)(uintptr_t)mode);
+  if (segid < 0) return fail("tether_make");
+  if (name && tether_publish(segid, name) != 0) return fail("tether_publish");
+  printf("segid=%" PRId64 "\nready\n", segid);
+  fflush(stdout);
+  char line[256];
+  while (fgets(line, sizeof line, stdin)) {
+    uint64_t s, off, len;
+    if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
+      if (off > size || len > size - off) {
+        printf("error: range\n");
+      } else {
+        int64_t bad = check(mem + off, off, len, s);
+        if (bad < 0) printf("ok\n");
+        else printf("mismatch at %" PRId64 "\n", bad);
+      }
+    } else if (sscanf(line, "fill %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
+      if (off > size || len > size - off) printf("error: range\n");
+      else {
+        fill(mem + off, off, len, s);
+        printf("ok\n");
+      }
+    } else if (strncmp(line, "quit", 4) == 0) {
+      break;
+    } else {
+      printf("error: unknown command\n");
+    }
+    fflush(stdout);
+  }
+  return 0;
+}
+
+static int do_map(int argc, char **argv) {
+  const char *uid = arg(argc, argv, "--uid");
+  if (uid) {
+    uid_t u = (uid_t)num(uid, 65534);
+    if (setresgid(u, u, u) != 0 || setresuid(u, u, u) != 0) return fail("setresuid");
+  }
+  int quiet = flag(argc, argv, "--quiet");
+  tether_segid_t segid = (tether_segid_t)num(arg(argc, argv, "--segid"), 0);
+  const char *name = arg(argc, argv, "--name");
+  size_t segsize = 0;
+  if (name) {
+    segid = tether_lookup(name, &segsize);
+    if (segid < 0) return fail("tether_lookup");
+  }
+  uint64_t off = num(arg(argc, argv, "--offset"), 0);
+  uint64_t len = num(arg(argc, argv, "--len"), segsize ? segsize - off : 4096);
+  int rdonly = flag(argc, argv, "--rdonly");
+  tether_apid_t apid = tether_get(segid, rdonly ? TETHER_RDONLY : TETHER_RDWR,
+                                  TETHER_PERMIT_MODE, NULL);
+  if (apid < 0) return fail("tether_get");
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  uint8_t *p = tether_attach(apid, (off_t)off, len, NULL);
+  if (p == TETHER_ATTACH_FAILED) return fail("tether_attach");
+  if (!quiet) printf("attached %" PRIu64 " bytes at %p\n", len, (void *)p);
+  const char *verify = arg(argc, argv, "--verify");
+  if (verify) {
+    int64_t bad = check(p, off, len, num(verify, 0));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (bad >= 0) {
+      printf("error: mismatch at segment offset %" PRId64 "\n", bad);
+      return 1;
+    }
+    if (!quiet) printf("verified %" PRIu64 " bytes in %.3f s (%.1f MB/s)\n", len, secs,
+                       len / secs / 1e6);
+  }
+  const char *w = arg(argc, argv, "--write");
+  if (w) {
+    /* --write SEED OFF LEN: three values after the flag */
+    int i;
+    for (i = 2; i < argc && strcmp(argv[i], "--write") != 0; ++i) {}
+    if (i + 3 >= argc) return fail("--write needs SEED OFF LEN");
+    uint64_t ws = num(argv[i + 1], 0), wo = num(argv[i + 2], 0), wl = num(argv[i + 3], 0);
+    if (wo < off || wo + wl > off + len) {
+      errno = EINVAL;
+      return fail("--write range outside the attachment");
+    }
+    fill(p + (wo - off), wo, wl, ws);
+    if (!quiet) printf("wrote %" PRIu64 " bytes at segment offset %" PRIu64 "\n", wl, wo);
+  }
+  if (flag(argc, argv, "--sync")) {
+    if (tether_sync(p, len) != 0) return fail("tether_sync");
+    if (!quiet) printf("synced\n");
+  }
+  if (tether_detach(p) != 0) return fail("tether_detach");
+  if (tether_release(apid) != 0) return fail("tether_release");
+  printf("done\n");
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc >= 2 && strcmp(argv[1], "export") == 0) return do_export(argc, argv);
+  if (argc >= 2 && strcmp(argv[1], "map") == 0) return do_map(argc, argv);
+  fprintf(stderr, "usage: tt export|map ... (see the comment in tests/tools/tt.c)\n");
+  return 2;
+}

@@ -1,0 +1,1398 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * module_test - tests of tether.ko, run as root inside a tests/vm VM with
+ * the module loaded.  The process under test is the exporter; a forked
+ * child plays the daemon ("fake daemon"): it opens its own control fd,
+ * receives exporter fds over SCM_RIGHTS, marks ranges, reads events with
+ * poll/read and acks them after a configurable delay.  It must be another
+ * process: the daemon may not touch the exporter's mm while the exporter
+ * waits for it (G5), and a thread shares the mm.
+ *
+ * Output: one "PASS name" or "FAIL name: why" per check, "INFO ..." lines,
+ * and a final "N passed, N failed".  Exit 0 iff nothing failed.
+ * TETHER_TEST_SCALE (default 1) multiplies every upper time bound.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/tether.h>
+
+_Static_assert(sizeof(struct tether_event) == 64, "event ABI");
+_Static_assert(sizeof(struct tether_range_reg) == 32, "reg ABI");
+_Static_assert(sizeof(struct tether_attach) == 24, "attach ABI");
+_Static_assert(sizeof(struct tether_mark) == 32, "mark ABI");
+
+static long P;
+static double scale = 1.0;
+static int npass, nfail;
+
+static double now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static void pass(const char *name)
+{
+	printf("PASS %s\n", name);
+	fflush(stdout);
+	npass++;
+}
+
+static void __attribute__((format(printf, 2, 3))) fail(const char *name, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("FAIL %s: ", name);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+	nfail++;
+}
+
+static void __attribute__((format(printf, 1, 2))) info(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("INFO ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	fflush(stdout);
+}
+
+static const char *type_name(unsigned int t)
+{
+	static const char *const n[] = { "NONE", "UNMAP", "CLEAR", "PROTECTION_VMA",
+		"PROTECTION_PAGE", "SOFT_DIRTY", "RELEASE", "MIGRATE", "EXCLUSIVE" };
+	if (t < sizeof(n) / sizeof(n[0]))
+		return n[t];
+	return t == TETHER_EV_OTHER ? "OTHER" : "?";
+}
+
+static const char *kind_name(unsigned int k)
+{
+	switch (k) {
+	case TETHER_KIND_BEGIN: return "BEGIN";
+	case TETHER_KIND_END: return "END";
+	case TETHER_KIND_RELEASE: return "RELEASE";
+	case TETHER_KIND_OVERFLOW: return "OVERFLOW";
+	default: return "?";
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* fd passing                                                          */
+
+static int send_msg(int sock, const void *buf, size_t len, int fd)
+{
+	struct iovec iov = { (void *)buf, len };
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (fd >= 0) {
+		struct cmsghdr *c;
+
+		memset(cbuf, 0, sizeof(cbuf));
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	return sendmsg(sock, &mh, 0) == (ssize_t)len ? 0 : -1;
+}
+
+static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
+{
+	struct iovec iov = { buf, len };
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	if (fd)
+		*fd = -1;
+	n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	if (n <= 0)
+		return n;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && fd)
+			memcpy(fd, CMSG_DATA(c), sizeof(int));
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* fake daemon                                                         */
+
+enum {
+	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
+	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT,
+};
+
+struct dcmd {
+	int64_t op, a, b, c;
+};
+
+struct dreply {
+	int64_t ret;	/* 0 or -1 */
+	int64_t err;	/* errno */
+	uint64_t v, v2, v3;
+};
+
+struct rec {
+	struct tether_event ev;
+	double t_recv;
+	double t_ack;	/* 0: not acked */
+};
+
+#define MAXREC 8192
+#define CHUNK 64
+
+static void daemon_main(int sock)
+{
+	static struct rec log[MAXREC];
+	static struct { uint64_t id; double due; int idx; } acks[MAXREC];
+	int nlog = 0, nacks = 0, ctl;
+	int64_t ackdelay = 0, close_after = -1;
+	double close_due = 0;
+
+	ctl = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+	if (ctl < 0 || ioctl(ctl, TETHER_IOC_CONTROL)) {
+		perror("daemon: control fd");
+		_exit(3);
+	}
+	for (;;) {
+		struct pollfd pfd[2] = { { sock, POLLIN, 0 }, { ctl, POLLIN, 0 } };
+		double t = now_ms(), next = t + 1000;
+		int i, timeout;
+
+		for (i = 0; i < nacks; i++)
+			if (acks[i].due < next)
+				next = acks[i].due;
+		if (close_due && close_due < next)
+			next = close_due;
+		timeout = next > t ? (int)(next - t) + 1 : 0;
+		if (poll(pfd, ctl >= 0 ? 2 : 1, timeout) < 0 && errno != EINTR)
+			_exit(4);
+
+		/* due acks and close */
+		t = now_ms();
+		for (i = 0; i < nacks; i++) {
+			if (acks[i].due > t)
+				continue;
+			if (ctl >= 0) {
+				struct tether_ack a = { .event_id = acks[i].id };
+
+				log[acks[i].idx].t_ack = now_ms();
+				ioctl(ctl, TETHER_IOC_ACK, &a);
+			}
+			acks[i--] = acks[--nacks];
+		}
+		if (close_due && close_due <= t && ctl >= 0) {
+			close(ctl);
+			ctl = -1;
+			close_due = 0;
+			nacks = 0;
+		}
+
+		if (ctl >= 0 && (pfd[1].revents & POLLIN)) {
+			struct tether_event ev[32];
+			ssize_t n = read(ctl, ev, sizeof(ev));
+
+			for (i = 0; n > 0 && i < n / (ssize_t)sizeof(ev[0]); i++) {
+				struct rec *r;
+
+				if (nlog >= MAXREC)
+					break;
+				r = &log[nlog];
+				r->ev = ev[i];
+				r->t_recv = now_ms();
+				r->t_ack = 0;
+				if ((ev[i].kind == TETHER_KIND_BEGIN ||
+				     ev[i].kind == TETHER_KIND_RELEASE) &&
+				    ackdelay >= 0 && nacks < MAXREC) {
+					acks[nacks].id = ev[i].event_id;
+					acks[nacks].due = r->t_recv + ackdelay;
+					acks[nacks].idx = nlog;
+					nacks++;
+				}
+				if (ev[i].kind == TETHER_KIND_BEGIN && close_after >= 0 &&
+				    !close_due) {
+					close_due = r->t_recv + close_after;
+					close_after = -1;
+				}
+				nlog++;
+			}
+			continue;	/* ack without delay before serving commands */
+		}
+
+		if (pfd[0].revents & (POLLIN | POLLHUP)) {
+			struct dcmd c;
+			struct dreply r = { 0 };
+			int fd = -1;
+			ssize_t n = recv_msg(sock, &c, sizeof(c), &fd);
+
+			if (n <= 0)
+				_exit(0);
+			switch (c.op) {
+			case D_ATTACH: {
+				struct tether_attach a = { .fd = fd };
+
+				r.ret = ioctl(ctl, TETHER_IOC_ATTACH, &a);
+				r.err = errno;
+				r.v = a.exporter_id;
+				/* keep fd open, as tetherd does: closing the last
+				 * reference of an exporter fd ends the export */
+				break;
+			}
+			case D_MARK:
+			case D_UNMARK: {
+				struct tether_mark m = { .range_id = c.a, .offset = c.b, .len = c.c };
+
+				r.ret = ioctl(ctl, c.op == D_MARK ? TETHER_IOC_MARK_CACHED :
+					      TETHER_IOC_UNMARK_CACHED, &m);
+				r.err = errno;
+				r.v = m.seq;
+				break;
+			}
+			case D_RETRY: {
+				struct tether_seq s = { .range_id = c.a, .seq = c.b };
+
+				r.ret = ioctl(ctl, TETHER_IOC_READ_RETRY, &s);
+				r.err = errno;
+				break;
+			}
+			case D_INFO: {
+				struct tether_range_info ri = { .range_id = c.a };
+
+				r.ret = ioctl(ctl, TETHER_IOC_RANGE_INFO, &ri);
+				r.err = errno;
+				r.v = ri.exporter_id;
+				r.v2 = ri.start;
+				r.v3 = ri.len;
+				break;
+			}
+			case D_ACKDELAY:
+				ackdelay = c.a;
+				break;
+			case D_CLOSE_AFTER:
+				close_after = c.a;
+				break;
+			case D_REOPEN:
+				if (ctl >= 0)
+					close(ctl);
+				nacks = 0;
+				close_due = 0;
+				ctl = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+				r.ret = ctl < 0 ? -1 : ioctl(ctl, TETHER_IOC_CONTROL);
+				r.err = errno;
+				break;
+			case D_CLEAR:
+				nlog = 0;
+				nacks = 0;
+				break;
+			case D_EVENTS: {
+				int k;
+
+				r.v = nlog;
+				send_msg(sock, &r, sizeof(r), -1);
+				for (k = 0; k < nlog; k += CHUNK) {
+					int m = nlog - k < CHUNK ? nlog - k : CHUNK;
+
+					send_msg(sock, &log[k], m * sizeof(log[0]), -1);
+				}
+				continue;
+			}
+			case D_QUIT:
+				_exit(0);
+			}
+			if (fd >= 0 && c.op != D_ATTACH)
+				close(fd);
+			send_msg(sock, &r, sizeof(r), -1);
+		}
+	}
+}
+
+static int dsock = -1;
+static pid_t dpid;
+
+static struct dreply dcall(int64_t op, int64_t a, int64_t b, int64_t c, int fd)
+{
+	struct dcmd cmd = { op, a, b, c };
+	struct dreply r = { .ret = -1, .err = EPIPE };
+
+	if (send_msg(dsock, &cmd, sizeof(cmd), fd) ||
+	    recv_msg(dsock, &r, sizeof(r), NULL) != sizeof(r)) {
+		fail("daemon", "lost the fake daemon (op %lld): %s", (long long)op,
+		     strerror(errno));
+		exit(1);
+	}
+	return r;
+}
+
+static struct rec evs[MAXREC];
+
+static int devents(void)
+{
+	struct dreply r = dcall(D_EVENTS, 0, 0, 0, -1);
+	int n = (int)r.v, k = 0;
+
+	while (k < n) {
+		ssize_t got = recv_msg(dsock, &evs[k], CHUNK * sizeof(evs[0]), NULL);
+
+		if (got <= 0) {
+			fail("daemon", "event transfer broke");
+			exit(1);
+		}
+		k += got / sizeof(evs[0]);
+	}
+	return n;
+}
+
+static void start_daemon(void)
+{
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
+		perror("socketpair");
+		exit(1);
+	}
+	dpid = fork();
+	if (dpid == 0) {
+		close(sv[0]);
+		daemon_main(sv[1]);
+		_exit(0);
+	}
+	close(sv[1]);
+	dsock = sv[0];
+}
+
+/* ------------------------------------------------------------------ */
+/* exporter helpers                                                    */
+
+static int efd = -1;		/* this process's exporter fd */
+
+static char *map_pages(int n)
+{
+	char *p = mmap(NULL, n * P, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	memset(p, 0x5a, n * P);
+	return p;
+}
+
+static uint64_t reg_range(int fd, void *start, size_t len)
+{
+	struct tether_range_reg r = { .start = (uintptr_t)start, .len = len };
+
+	if (ioctl(fd, TETHER_IOC_REGISTER_RANGE, &r)) {
+		fail("register", "REGISTER_RANGE(%p, %zu): %s", start, len, strerror(errno));
+		return 0;
+	}
+	return r.range_id;
+}
+
+static int dmark(uint64_t rid, size_t off, size_t len)
+{
+	struct dreply r = dcall(D_MARK, rid, off, len, -1);
+
+	if (r.ret) {
+		fail("mark", "MARK_CACHED(range %llu): %s", (unsigned long long)rid,
+		     strerror(r.err));
+		return -1;
+	}
+	return 0;
+}
+
+/* find the first event matching; returns index or -1 */
+static int find_ev(int n, uint64_t rid, unsigned int kind, uint64_t off, uint64_t end)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (evs[i].ev.range_id == rid && evs[i].ev.kind == kind &&
+		    evs[i].ev.start < end && evs[i].ev.end > off)
+			return i;
+	return -1;
+}
+
+static int count_ev(int n, uint64_t rid, unsigned int kind)
+{
+	int i, c = 0;
+
+	for (i = 0; i < n; i++)
+		if (evs[i].ev.range_id == rid && evs[i].ev.kind == kind)
+			c++;
+	return c;
+}
+
+static void dump_events(int n)
+{
+	int i;
+
+	for (i = 0; i < n && i < 12; i++)
+		info("  event id=%llu exp=%llu range=%llu [%#llx,%#llx) %s %s flags=%u recv=%.1f ack=%.1f",
+		     (unsigned long long)evs[i].ev.event_id,
+		     (unsigned long long)evs[i].ev.exporter_id,
+		     (unsigned long long)evs[i].ev.range_id,
+		     (unsigned long long)evs[i].ev.start,
+		     (unsigned long long)evs[i].ev.end, kind_name(evs[i].ev.kind),
+		     type_name(evs[i].ev.type), evs[i].ev.flags, evs[i].t_recv,
+		     evs[i].t_ack);
+}
+
+static int set_timeout_ms(unsigned int ms)
+{
+	FILE *f = fopen("/sys/module/tether/parameters/ack_timeout_ms", "w");
+
+	if (!f)
+		return -1;
+	fprintf(f, "%u\n", ms);
+	return fclose(f);
+}
+
+/* ------------------------------------------------------------------ */
+/* (a) blocking BEGIN for munmap/madvise/mremap/mprotect               */
+
+enum op { OP_MUNMAP, OP_MADVISE, OP_MREMAP, OP_MPROTECT };
+
+static int do_op(enum op op, char *p, size_t len)
+{
+	static char *scratch;
+
+	switch (op) {
+	case OP_MUNMAP:
+		return munmap(p, len);
+	case OP_MADVISE:
+		return madvise(p, len, MADV_DONTNEED);
+	case OP_MREMAP:
+		if (!scratch)
+			scratch = mmap(NULL, 64 * P, PROT_NONE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		return mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+			      scratch) == MAP_FAILED ? -1 : 0;
+	case OP_MPROTECT:
+		return mprotect(p, len, PROT_READ);
+	}
+	return -1;
+}
+
+static void test_blocking(void)
+{
+	static const struct { enum op op; const char *name; unsigned int type; } ops[] = {
+		{ OP_MUNMAP, "munmap", TETHER_EV_UNMAP },
+		{ OP_MADVISE, "madvise_dontneed", TETHER_EV_CLEAR },
+		{ OP_MREMAP, "mremap", TETHER_EV_UNMAP },
+		{ OP_MPROTECT, "mprotect", TETHER_EV_PROTECTION_VMA },
+	};
+	const double delay = 200;
+	unsigned int i;
+
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		char name[64];
+		char *p = map_pages(16);
+		uint64_t rid = reg_range(efd, p, 16 * P);
+		double t0, t1;
+		int n, b, e, rc;
+
+		snprintf(name, sizeof(name), "blocking_%s", ops[i].name);
+		if (!rid || dmark(rid, 4 * P, 4 * P))
+			continue;
+		dcall(D_ACKDELAY, (int64_t)delay, 0, 0, -1);
+		dcall(D_CLEAR, 0, 0, 0, -1);
+		t0 = now_ms();
+		rc = do_op(ops[i].op, p + 4 * P, 2 * P);
+		t1 = now_ms();
+		n = devents();
+		b = find_ev(n, rid, TETHER_KIND_BEGIN, 4 * P, 6 * P);
+		e = find_ev(n, rid, TETHER_KIND_END, 4 * P, 6 * P);
+		if (rc) {
+			fail(name, "the call failed: %s", strerror(errno));
+		} else if (b < 0) {
+			fail(name, "no BEGIN for range %llu pages 4-5 (%d events)",
+			     (unsigned long long)rid, n);
+			dump_events(n);
+		} else if (evs[b].ev.type != ops[i].type) {
+			fail(name, "BEGIN type %s, expected %s", type_name(evs[b].ev.type),
+			     type_name(ops[i].type));
+		} else if (!(evs[b].ev.flags & TETHER_EVF_BLOCKABLE)) {
+			fail(name, "BEGIN not flagged BLOCKABLE");
+		} else if (evs[b].ev.start > 4 * (uint64_t)P || evs[b].ev.end < 6 * (uint64_t)P) {
+			fail(name, "BEGIN covers [%#llx,%#llx), not [%#lx,%#lx)",
+			     (unsigned long long)evs[b].ev.start,
+			     (unsigned long long)evs[b].ev.end, 4 * P, 6 * P);
+		} else if (!(evs[b].t_recv >= t0 && evs[b].t_recv <= t1)) {
+			fail(name, "BEGIN not received while the call ran");
+		} else if (!evs[b].t_ack || t1 < evs[b].t_ack) {
+			fail(name, "the call returned before the ack");
+		} else if (t1 - t0 < delay) {
+			fail(name, "the call took %.1f ms < ack delay %.0f ms", t1 - t0, delay);
+		} else if (t1 - t0 > delay + 1500 * scale) {
+			fail(name, "the call took %.1f ms, far more than the ack delay", t1 - t0);
+		} else if (e < 0 || evs[e].t_recv < evs[b].t_ack) {
+			fail(name, "no END after the ack");
+		} else {
+			info("%s: BEGIN %s after %.1f ms, call took %.1f ms (ack delay %.0f ms)",
+			     ops[i].name, type_name(evs[b].ev.type), evs[b].t_recv - t0,
+			     t1 - t0, delay);
+			pass(name);
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* (b) G3: unmarked sub-ranges are not forwarded and cost nothing      */
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void test_unmarked(void)
+{
+	char *p = map_pages(32), *q = map_pages(32);
+	uint64_t rid = reg_range(efd, p, 32 * P);
+	double t0, t1, worst = 0;
+	enum op ops[] = { OP_MADVISE, OP_MPROTECT, OP_MUNMAP };
+	static double treg[200], tun[200];
+	unsigned int i;
+	int n, k, bad = 0;
+
+	if (!rid || dmark(rid, 0, 4 * P))
+		return;
+	dcall(D_ACKDELAY, 200, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		t0 = now_ms();
+		do_op(ops[i], p + (8 + 4 * i) * P, 2 * P);	/* registered, unmarked */
+		do_op(ops[i], q + (8 + 4 * i) * P, 2 * P);	/* not registered */
+		t1 = now_ms();
+		if (t1 - t0 > worst)
+			worst = t1 - t0;
+	}
+	n = devents();
+	for (k = 0; k < n; k++)
+		if (evs[k].ev.range_id == rid)
+			bad++;
+	if (bad) {
+		fail("g3_unmarked_not_forwarded", "%d events for unmarked sub-ranges", bad);
+		dump_events(n);
+	} else if (worst > 100 * scale) {
+		fail("g3_unmarked_not_forwarded", "a call on unmarked pages took %.1f ms", worst);
+	} else {
+		pass("g3_unmarked_not_forwarded");
+	}
+
+	/* Cost: madvise(DONTNEED) + refault of one page, registered-unmarked
+	 * page vs a page of a mapping tether does not know. */
+	for (i = 0; i < 200; i++) {
+		t0 = now_ms();
+		madvise(p + 30 * P, P, MADV_DONTNEED);
+		p[30 * P] = 1;
+		t1 = now_ms();
+		treg[i] = t1 - t0;
+		t0 = now_ms();
+		madvise(q + 30 * P, P, MADV_DONTNEED);
+		q[30 * P] = 1;
+		t1 = now_ms();
+		tun[i] = t1 - t0;
+	}
+	qsort(treg, 200, sizeof(double), cmp_double);
+	qsort(tun, 200, sizeof(double), cmp_double);
+	info("g3 cost: madvise+refault median %.1f us on a registered unmarked page, %.1f us on an unknown page",
+	     treg[100] * 1e3, tun[100] * 1e3);
+	/* Loose bound: TCG timing is noisy; this catches waiting, not cycles. */
+	if (treg[100] > 3 * tun[100] + 0.05 * scale)
+		fail("g3_unmarked_cost", "median %.1f us vs %.1f us", treg[100] * 1e3,
+		     tun[100] * 1e3);
+	else
+		pass("g3_unmarked_cost");
+	n = devents();
+	if (count_ev(n, rid, TETHER_KIND_BEGIN))
+		fail("g3_unmarked_cost", "events were forwarded for unmarked pages");
+	munmap(q, 32 * P);
+}
+
+/* ------------------------------------------------------------------ */
+/* child exporters                                                     */
+
+struct child {
+	pid_t pid;
+	int sock;
+	int fd;			/* its exporter fd, received */
+	int nr;
+	uint64_t rid[64];
+	uint64_t addr[64];
+	uint64_t exp_id;
+};
+
+struct child_hello {
+	int64_t nr;
+	uint64_t rid[64];
+	uint64_t addr[64];
+};
+
+/*
+ * Fork a child that maps @nr ranges of @pages pages, registers them on its
+ * own exporter fd and sends fd + ids.  Then it waits for commands:
+ *   'u' munmap first page of every range (reports 'd' when done)
+ *   'm' munmap range 0 (reports 'd')
+ *   'o' allocate memory until killed (OOM)
+ *   'x' exit(0)
+ * If @cgroup is set, the child first moves itself there.
+ */
+static int spawn_child(struct child *c, int nr, int pages, const char *cgroup)
+{
+	int sv[2];
+
+	memset(c, 0, sizeof(*c));
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv))
+		return -1;
+	c->pid = fork();
+	if (c->pid == 0) {
+		struct child_hello h = { .nr = nr };
+		int fd, i;
+		char cmd;
+
+		close(sv[0]);
+		if (cgroup) {
+			FILE *f = fopen(cgroup, "w");
+
+			if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f))
+				_exit(5);
+		}
+		fd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			_exit(6);
+		for (i = 0; i < nr; i++) {
+			char *p = map_pages(pages);
+			struct tether_range_reg r = { .start = (uintptr_t)p, .len = pages * P };
+
+			if (ioctl(fd, TETHER_IOC_REGISTER_RANGE, &r))
+				_exit(7);
+			h.rid[i] = r.range_id;
+			h.addr[i] = (uintptr_t)p;
+		}
+		if (send_msg(sv[1], &h, sizeof(h), fd))
+			_exit(8);
+		close(fd);
+		while (read(sv[1], &cmd, 1) == 1) {
+			if (cmd == 'u' || cmd == 'm') {
+				for (i = 0; i < (cmd == 'm' ? 1 : nr); i++)
+					munmap((void *)(uintptr_t)h.addr[i], P);
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
+			} else if (cmd == 'o') {
+				for (;;) {
+					char *m = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE,
+						       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+					if (m != MAP_FAILED)
+						memset(m, 1, 1 << 20);
+				}
+			} else if (cmd == 'x') {
+				_exit(0);
+			}
+		}
+		_exit(0);
+	}
+	close(sv[1]);
+	c->sock = sv[0];
+	{
+		struct child_hello h;
+		ssize_t n = recv_msg(c->sock, &h, sizeof(h), &c->fd);
+
+		if (n != sizeof(h) || c->fd < 0)
+			return -1;
+		c->nr = h.nr;
+		memcpy(c->rid, h.rid, sizeof(h.rid));
+		memcpy(c->addr, h.addr, sizeof(h.addr));
+	}
+	return 0;
+}
+
+static int child_cmd(struct child *c, char cmd, int want_reply, int timeout_ms)
+{
+	char r;
+	struct pollfd pfd = { c->sock, POLLIN, 0 };
+
+	if (write(c->sock, &cmd, 1) != 1)
+		return -1;
+	if (!want_reply)
+		return 0;
+	if (poll(&pfd, 1, timeout_ms) != 1 || read(c->sock, &r, 1) != 1)
+		return -1;
+	return r == 'd' ? 0 : -1;
+}
+
+static int attach_child(struct child *c)
+{
+	struct dreply r = dcall(D_ATTACH, 0, 0, 0, c->fd);
+
+	close(c->fd);		/* the daemon holds it now */
+	c->fd = -1;
+	if (r.ret) {
+		fail("attach", "ATTACH of a child's exporter fd: %s", strerror(r.err));
+		return -1;
+	}
+	c->exp_id = r.v;
+	return 0;
+}
+
+/* wait for a child with a deadline; returns status or -1 */
+static int wait_child(pid_t pid, int timeout_ms)
+{
+	double end = now_ms() + timeout_ms;
+	int st;
+
+	while (now_ms() < end) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			return st;
+		usleep(2000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* (c) exporter exit gives RELEASE, and exit waits for the ack         */
+
+static void test_exit_release(void)
+{
+	struct child c;
+	double t0, t1;
+	int n, st, r0, r1;
+
+	if (spawn_child(&c, 2, 4, NULL) || attach_child(&c)) {
+		fail("exit_release", "could not set up a child exporter");
+		return;
+	}
+	dmark(c.rid[0], 0, P);
+	dcall(D_ACKDELAY, 200, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	t0 = now_ms();
+	child_cmd(&c, 'x', 0, 0);
+	st = wait_child(c.pid, 10000 * scale);
+	t1 = now_ms();
+	close(c.sock);
+	n = devents();
+	r0 = find_ev(n, c.rid[0], TETHER_KIND_RELEASE, 0, 4 * P);
+	r1 = find_ev(n, c.rid[1], TETHER_KIND_RELEASE, 0, 4 * P);
+	if (st < 0 || !WIFEXITED(st)) {
+		fail("exit_release", "child did not exit normally");
+	} else if (r0 < 0 || r1 < 0) {
+		fail("exit_release", "RELEASE missing (marked range: %s, unmarked: %s)",
+		     r0 < 0 ? "no" : "yes", r1 < 0 ? "no" : "yes");
+		dump_events(n);
+	} else if (evs[r0].ev.type != TETHER_EV_RELEASE ||
+		   evs[r0].ev.exporter_id != c.exp_id) {
+		fail("exit_release", "RELEASE has type %s exporter %llu (want %llu)",
+		     type_name(evs[r0].ev.type), (unsigned long long)evs[r0].ev.exporter_id,
+		     (unsigned long long)c.exp_id);
+	} else if (t1 - t0 < 200) {
+		fail("exit_release", "exit finished in %.1f ms, before the ack (200 ms)",
+		     t1 - t0);
+	} else {
+		info("exit_release: exit took %.1f ms with a 200 ms ack delay", t1 - t0);
+		pass("exit_release");
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* (d) closing the control fd releases a blocked exporter              */
+
+static void test_ctl_close(void)
+{
+	char *p = map_pages(8);
+	uint64_t rid = reg_range(efd, p, 8 * P);
+	struct dreply r;
+	double t0, t1;
+	int n;
+
+	if (!rid || dmark(rid, 0, 8 * P))
+		return;
+	dcall(D_ACKDELAY, -1, 0, 0, -1);
+	dcall(D_CLOSE_AFTER, 300, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	t0 = now_ms();
+	munmap(p, P);
+	t1 = now_ms();
+	if (t1 - t0 < 280 || t1 - t0 > 300 + 1500 * scale)
+		fail("ctl_close_releases", "munmap took %.1f ms (ctl closed after 300 ms, timeout 5000 ms)",
+		     t1 - t0);
+	else
+		pass("ctl_close_releases");
+	info("ctl_close: munmap took %.1f ms", t1 - t0);
+
+	/* A new control fd; the exporter was detached and can be attached
+	 * again, with no marks left over. */
+	r = dcall(D_REOPEN, 0, 0, 0, -1);
+	if (r.ret) {
+		fail("ctl_reattach", "REOPEN: %s", strerror(r.err));
+		return;
+	}
+	r = dcall(D_ATTACH, 0, 0, 0, efd);
+	if (r.ret) {
+		fail("ctl_reattach", "ATTACH after the old control closed: %s", strerror(r.err));
+		return;
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	munmap(p + P, P);
+	n = devents();
+	if (count_ev(n, rid, TETHER_KIND_BEGIN))
+		fail("ctl_reattach", "marks survived the control fd's close");
+	else
+		pass("ctl_reattach");
+}
+
+/* ------------------------------------------------------------------ */
+/* (e) no ack: the module's timeout releases the exporter              */
+
+static void test_timeout(void)
+{
+	char *p = map_pages(8);
+	uint64_t rid = reg_range(efd, p, 8 * P);
+	double t0, t1;
+	int n, b;
+
+	if (!rid || dmark(rid, 0, 8 * P))
+		return;
+	if (set_timeout_ms(500)) {
+		fail("ack_timeout", "cannot set ack_timeout_ms");
+		return;
+	}
+	dcall(D_ACKDELAY, -1, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	t0 = now_ms();
+	munmap(p, P);
+	t1 = now_ms();
+	set_timeout_ms(5000);
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	n = devents();
+	b = find_ev(n, rid, TETHER_KIND_BEGIN, 0, P);
+	if (b < 0)
+		fail("ack_timeout", "no BEGIN");
+	else if (t1 - t0 < 490 || t1 - t0 > 500 + 2000 * scale)
+		fail("ack_timeout", "munmap took %.1f ms with a 500 ms timeout", t1 - t0);
+	else if (system("dmesg | grep -q 'tether: .*no ack for event'") != 0)
+		fail("ack_timeout", "no timeout message in the kernel log");
+	else
+		pass("ack_timeout");
+	info("ack_timeout: munmap took %.1f ms (timeout 500 ms)", t1 - t0);
+}
+
+/* ------------------------------------------------------------------ */
+/* (f) bad ioctl arguments                                             */
+
+#define EXPECT_ERR(name, expr, want)                                         \
+	do {                                                                 \
+		errno = 0;                                                   \
+		long __r = (long)(expr);                                     \
+		if (__r != -1 || errno != (want)) {                          \
+			fail(name, "%s -> %ld errno %d (%s), want %s",       \
+			     #expr, __r, errno, strerror(errno), #want);     \
+			bad++;                                               \
+		}                                                            \
+	} while (0)
+
+static void test_bad_args(void)
+{
+	char *p = map_pages(8);
+	uint64_t rid = reg_range(efd, p, 8 * P), base = (uintptr_t)p;
+	struct tether_range_reg rr;
+	struct tether_mark m;
+	struct tether_attach a;
+	struct tether_ack ak;
+	struct tether_seq sq;
+	struct tether_range_info ri;
+	struct tether_event ev;
+	struct dreply r;
+	int bad = 0, pctl, unbound, devnull, n;
+	pid_t pid;
+
+	if (!rid)
+		return;
+#define REG(s, l, f) (rr = (struct tether_range_reg){ .start = (s), .len = (l), .flags = (f) }, \
+		      ioctl(efd, TETHER_IOC_REGISTER_RANGE, &rr))
+	EXPECT_ERR("bad_register_unaligned_start", REG(base + 1, P, 0), EINVAL);
+	EXPECT_ERR("bad_register_unaligned_len", REG(base, P + 1, 0), EINVAL);
+	EXPECT_ERR("bad_register_zero_len", REG(base, 0, 0), EINVAL);
+	EXPECT_ERR("bad_register_wrap", REG(~0ULL & ~(uint64_t)(P - 1), 2 * P, 0), EINVAL);
+	EXPECT_ERR("bad_register_kernel_half", REG(0xffff800000000000ULL, P, 0), EINVAL);
+	EXPECT_ERR("bad_register_flags", REG(base, P, 1), EINVAL);
+	EXPECT_ERR("bad_register_efault", ioctl(efd, TETHER_IOC_REGISTER_RANGE, (void *)8), EFAULT);
+	EXPECT_ERR("bad_unknown_cmd", ioctl(efd, _IO(TETHER_IOC_MAGIC, 0x7f)), ENOTTY);
+	EXPECT_ERR("bad_foreign_magic_cmd", ioctl(efd, _IOW('x', 1, int), &n), ENOTTY);
+	m = (struct tether_mark){ .range_id = rid, .offset = 0, .len = P };
+	EXPECT_ERR("bad_mark_on_exporter_fd", ioctl(efd, TETHER_IOC_MARK_CACHED, &m), EBADFD);
+	ak = (struct tether_ack){ .event_id = 1 };
+	EXPECT_ERR("bad_ack_on_exporter_fd", ioctl(efd, TETHER_IOC_ACK, &ak), EBADFD);
+	EXPECT_ERR("bad_read_on_exporter_fd", read(efd, &ev, sizeof(ev)), EBADFD);
+
+	/* a forked child may not register ranges of its mm on our fd */
+	pid = fork();
+	if (pid == 0) {
+		char *c = map_pages(1);
+
+		_exit(REG((uintptr_t)c, P, 0) == -1 && errno == EINVAL ? 0 : 1);
+	}
+	n = wait_child(pid, 5000);
+	if (n < 0 || !WIFEXITED(n) || WEXITSTATUS(n)) {
+		fail("bad_register_from_forked_child", "expected EINVAL");
+		bad++;
+	}
+
+	/* a second control fd that has nothing attached */
+	pctl = open(TETHER_DEVICE, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	unbound = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+	devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (pctl < 0 || unbound < 0 || devnull < 0 || ioctl(pctl, TETHER_IOC_CONTROL)) {
+		fail("bad_args_setup", "open: %s", strerror(errno));
+		return;
+	}
+	m = (struct tether_mark){ .range_id = rid, .offset = 0, .len = P };
+	EXPECT_ERR("bad_mark_foreign_range", ioctl(pctl, TETHER_IOC_MARK_CACHED, &m), ENOENT);
+	EXPECT_ERR("bad_unmark_foreign_range", ioctl(pctl, TETHER_IOC_UNMARK_CACHED, &m), ENOENT);
+	sq = (struct tether_seq){ .range_id = rid };
+	EXPECT_ERR("bad_retry_foreign_range", ioctl(pctl, TETHER_IOC_READ_RETRY, &sq), ENOENT);
+	ri = (struct tether_range_info){ .range_id = rid };
+	EXPECT_ERR("bad_info_foreign_range", ioctl(pctl, TETHER_IOC_RANGE_INFO, &ri), ENOENT);
+	m.range_id = 0;
+	EXPECT_ERR("bad_mark_range_zero", ioctl(pctl, TETHER_IOC_MARK_CACHED, &m), ENOENT);
+	m.range_id = 1ULL << 40;
+	EXPECT_ERR("bad_mark_range_huge", ioctl(pctl, TETHER_IOC_MARK_CACHED, &m), ENOENT);
+	ak = (struct tether_ack){ .event_id = 123456789 };
+	EXPECT_ERR("bad_ack_unknown", ioctl(pctl, TETHER_IOC_ACK, &ak), ENOENT);
+	ak = (struct tether_ack){ .event_id = 1, .flags = 1 };
+	EXPECT_ERR("bad_ack_flags", ioctl(pctl, TETHER_IOC_ACK, &ak), EINVAL);
+	a = (struct tether_attach){ .fd = -1 };
+	EXPECT_ERR("bad_attach_fd_minus1", ioctl(pctl, TETHER_IOC_ATTACH, &a), EBADF);
+	a = (struct tether_attach){ .fd = devnull };
+	EXPECT_ERR("bad_attach_not_tether", ioctl(pctl, TETHER_IOC_ATTACH, &a), EINVAL);
+	a = (struct tether_attach){ .fd = pctl };
+	EXPECT_ERR("bad_attach_self", ioctl(pctl, TETHER_IOC_ATTACH, &a), EINVAL);
+	a = (struct tether_attach){ .fd = unbound };
+	EXPECT_ERR("bad_attach_unbound", ioctl(pctl, TETHER_IOC_ATTACH, &a), EINVAL);
+	a = (struct tether_attach){ .fd = efd, .pad = 1 };
+	EXPECT_ERR("bad_attach_pad", ioctl(pctl, TETHER_IOC_ATTACH, &a), EINVAL);
+	a = (struct tether_attach){ .fd = efd };
+	EXPECT_ERR("bad_attach_busy", ioctl(pctl, TETHER_IOC_ATTACH, &a), EBUSY);
+	a = (struct tether_attach){ .fd = pctl };
+	EXPECT_ERR("bad_attach_from_exporter_fd", ioctl(efd, TETHER_IOC_ATTACH, &a), EBADFD);
+	rr = (struct tether_range_reg){ .start = base, .len = P };
+	EXPECT_ERR("bad_register_on_control_fd", ioctl(pctl, TETHER_IOC_REGISTER_RANGE, &rr), EBADFD);
+	EXPECT_ERR("bad_read_short", read(pctl, &ev, sizeof(ev) - 1), EINVAL);
+	EXPECT_ERR("bad_read_empty_nonblock", read(pctl, &ev, sizeof(ev)), EAGAIN);
+	EXPECT_ERR("bad_read_unbound", read(unbound, &ev, sizeof(ev)), EBADFD);
+
+	/* through the daemon's (attached) control fd */
+#define DMARK_ERR(name, off, len, want)                                        \
+	do {                                                                   \
+		r = dcall(D_MARK, rid, (off), (len), -1);                      \
+		if (r.ret != -1 || r.err != (want)) {                          \
+			fail(name, "MARK(%#llx, %#llx) -> %lld errno %lld, want %s", \
+			     (unsigned long long)(off), (unsigned long long)(len), \
+			     (long long)r.ret, (long long)r.err, #want);       \
+			bad++;                                                 \
+		}                                                              \
+	} while (0)
+	DMARK_ERR("bad_mark_unaligned_offset", 1, P, EINVAL);
+	DMARK_ERR("bad_mark_unaligned_len", 0, P - 1, EINVAL);
+	DMARK_ERR("bad_mark_zero_len", 0, 0, EINVAL);
+	DMARK_ERR("bad_mark_beyond_range", 4 * P, 8 * P, EINVAL);
+	DMARK_ERR("bad_mark_wrap", (uint64_t)-P, 2 * P, EINVAL);
+
+	/* nothing changed: the range is as registered, nothing is marked,
+	 * and a mark still works as before */
+	r = dcall(D_INFO, rid, 0, 0, -1);
+	if (r.ret || r.v2 != base || r.v3 != 8 * (uint64_t)P) {
+		fail("bad_args_nothing_changed", "RANGE_INFO: ret %lld start %#llx len %#llx",
+		     (long long)r.ret, (unsigned long long)r.v2, (unsigned long long)r.v3);
+		bad++;
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	madvise(p, 8 * P, MADV_DONTNEED);
+	n = devents();
+	if (count_ev(n, rid, TETHER_KIND_BEGIN)) {
+		fail("bad_args_nothing_changed", "a rejected MARK left a mark behind");
+		bad++;
+	}
+	dmark(rid, 2 * P, P);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	madvise(p, 8 * P, MADV_DONTNEED);
+	n = devents();
+	if (find_ev(n, rid, TETHER_KIND_BEGIN, 2 * P, 3 * P) < 0) {
+		fail("bad_args_nothing_changed", "a valid MARK after the rejected ones does not work");
+		bad++;
+	}
+	/* the exporter stayed attached to the daemon despite EBUSY etc. */
+	if (!bad)
+		pass("bad_args (all errors as specified, nothing changed)");
+	close(pctl);
+	close(unbound);
+	close(devnull);
+}
+
+/* ------------------------------------------------------------------ */
+/* (g) COW break after fork + store                                    */
+
+static void test_cow(void)
+{
+	char *p = map_pages(8);
+	uint64_t rid = reg_range(efd, p, 8 * P);
+	int pfd[2], n, b;
+	double t0, t1;
+	pid_t pid;
+	char x;
+
+	if (!rid || dmark(rid, 0, 8 * P) || pipe(pfd))
+		return;
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	pid = fork();		/* write-protects our pages: PROTECTION_PAGE */
+	if (pid == 0) {
+		close(pfd[1]);
+		if (read(pfd[0], &x, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(pfd[0]);
+	dcall(D_ACKDELAY, 200, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	t0 = now_ms();
+	p[3 * P] = 7;		/* COW break: the old page leaves our page table */
+	t1 = now_ms();
+	close(pfd[1]);
+	wait_child(pid, 5000);
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	n = devents();
+	b = find_ev(n, rid, TETHER_KIND_BEGIN, 3 * P, 4 * P);
+	if (b < 0) {
+		fail("cow_break", "no BEGIN for the COW break of page 3");
+		dump_events(n);
+	} else if (t1 - t0 < 200) {
+		fail("cow_break", "the store took %.1f ms: it did not wait for the ack", t1 - t0);
+	} else {
+		info("cow_break: BEGIN %s [%#llx,%#llx), store took %.1f ms",
+		     type_name(evs[b].ev.type), (unsigned long long)evs[b].ev.start,
+		     (unsigned long long)evs[b].ev.end, t1 - t0);
+		pass("cow_break");
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* (h) several processes, many ranges                                  */
+
+#define NPROC 3
+#define NRANGES 32
+
+static void test_many(void)
+{
+	struct child c[NPROC];
+	int i, j, n, st, bad = 0, ok = 1;
+	struct dreply r;
+
+	for (i = 0; i < NPROC; i++) {
+		if (spawn_child(&c[i], NRANGES, 2, NULL) || attach_child(&c[i])) {
+			fail("many", "child %d setup failed", i);
+			return;
+		}
+		for (j = 0; j < NRANGES; j++)
+			if (dmark(c[i].rid[j], 0, 2 * P))
+				return;
+	}
+	r = dcall(D_INFO, c[1].rid[5], 0, 0, -1);
+	if (r.ret || r.v != c[1].exp_id || r.v2 != c[1].addr[5] || r.v3 != 2 * (uint64_t)P)
+		fail("many_range_info", "RANGE_INFO does not match what the exporter registered");
+	else
+		pass("many_range_info");
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	for (i = 0; i < NPROC; i++)	/* all at once */
+		child_cmd(&c[i], 'u', 0, 0);
+	for (i = 0; i < NPROC; i++) {
+		char d;
+		struct pollfd pfd = { c[i].sock, POLLIN, 0 };
+
+		if (poll(&pfd, 1, 20000 * scale) != 1 || read(c[i].sock, &d, 1) != 1)
+			ok = 0;
+	}
+	for (i = 0; i < NPROC; i++) {
+		child_cmd(&c[i], 'x', 0, 0);
+		st = wait_child(c[i].pid, 20000 * scale);
+		if (st < 0 || !WIFEXITED(st))
+			ok = 0;
+		close(c[i].sock);
+	}
+	if (!ok) {
+		fail("many", "children did not finish");
+		return;
+	}
+	n = devents();
+	for (i = 0; i < NPROC; i++)
+		for (j = 0; j < NRANGES; j++) {
+			int b = find_ev(n, c[i].rid[j], TETHER_KIND_BEGIN, 0, P);
+			int e = find_ev(n, c[i].rid[j], TETHER_KIND_END, 0, P);
+			int rl = find_ev(n, c[i].rid[j], TETHER_KIND_RELEASE, 0, 2 * P);
+
+			if (b < 0 || e < 0 || rl < 0 ||
+			    evs[b].ev.exporter_id != c[i].exp_id ||
+			    evs[rl].ev.exporter_id != c[i].exp_id ||
+			    evs[b].ev.type != TETHER_EV_UNMAP) {
+				if (bad++ < 3)
+					fail("many", "child %d range %d: BEGIN %d END %d RELEASE %d",
+					     i, j, b, e, rl);
+			}
+		}
+	if (!bad)
+		pass("many_processes_many_ranges");
+	info("many: %d processes x %d ranges, %d events", NPROC, NRANGES, n);
+}
+
+/* ------------------------------------------------------------------ */
+/* (j) the sequence protocol (MARK seq / READ_RETRY)                   */
+
+static void test_seq(void)
+{
+	struct child c;
+	struct dreply r, r2;
+	int st;
+
+	if (spawn_child(&c, 2, 4, NULL) || attach_child(&c)) {
+		fail("seq", "setup failed");
+		return;
+	}
+	r = dcall(D_MARK, c.rid[1], 0, P, -1);
+	r2 = dcall(D_RETRY, c.rid[1], r.v, 0, -1);
+	if (r.ret || (r.v & 1) || r2.ret)
+		fail("seq_stable", "MARK seq %llu, READ_RETRY -> %lld (%s)",
+		     (unsigned long long)r.v, (long long)r2.ret, strerror(r2.err));
+	else
+		pass("seq_stable");
+
+	/* an invalidation in progress (child blocked on range 0) */
+	dmark(c.rid[0], 0, 4 * P);
+	dcall(D_ACKDELAY, 600, 0, 0, -1);
+	child_cmd(&c, 'm', 0, 0);
+	usleep(250000);
+	r2 = dcall(D_MARK, c.rid[1], P, P, -1);
+	if (r2.ret || !(r2.v & 1))
+		fail("seq_window_open", "MARK during an invalidation returned seq %llu (even)",
+		     (unsigned long long)r2.v);
+	else
+		pass("seq_window_open");
+	{
+		char d;
+		struct pollfd pfd = { c.sock, POLLIN, 0 };
+
+		if (poll(&pfd, 1, 10000 * scale) != 1 || read(c.sock, &d, 1) != 1)
+			fail("seq", "child did not finish its munmap");
+	}
+	r2 = dcall(D_RETRY, c.rid[1], r2.v, 0, -1);
+	if (r2.ret != -1 || r2.err != EAGAIN)
+		fail("seq_retry_after_window", "READ_RETRY of an odd seq did not say EAGAIN");
+	else
+		pass("seq_retry_after_window");
+	/* the window closed: a new MARK gives an even seq that holds */
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	r = dcall(D_MARK, c.rid[1], 0, P, -1);
+	r2 = dcall(D_RETRY, c.rid[1], r.v, 0, -1);
+	if (r.ret || (r.v & 1) || r2.ret)
+		fail("seq_settles", "after the window closed: seq %llu, retry %lld (%s)",
+		     (unsigned long long)r.v, (long long)r2.ret, strerror(r2.err));
+	else
+		pass("seq_settles");
+	/* a forwarded invalidation of range 1 (page 0 is marked) moves its seq */
+	child_cmd(&c, 'u', 1, 10000 * scale);	/* unmaps page 0 of both ranges */
+	r2 = dcall(D_RETRY, c.rid[1], r.v, 0, -1);
+	if (r2.ret != -1 || r2.err != EAGAIN)
+		fail("seq_changed_by_invalidation", "READ_RETRY after a forwarded munmap -> %lld",
+		     (long long)r2.ret);
+	else
+		pass("seq_changed_by_invalidation");
+	child_cmd(&c, 'x', 0, 0);
+	st = wait_child(c.pid, 10000 * scale);
+	(void)st;
+	close(c.sock);
+}
+
+/* ------------------------------------------------------------------ */
+/* (i) G4: OOM kill of an exporter in a memory cgroup                  */
+
+static void test_oom(void)
+{
+	const char *cg = "/sys/fs/cgroup/tether_oom";
+	struct child c;
+	char path[256];
+	int n, st, rel, nb, i;
+	double t0, t1;
+	FILE *f;
+
+	f = fopen("/sys/fs/cgroup/cgroup.controllers", "r");
+	if (!f) {
+		fail("oom_setup", "no cgroup2 at /sys/fs/cgroup");
+		return;
+	}
+	fclose(f);
+	f = fopen("/sys/fs/cgroup/cgroup.subtree_control", "w");
+	if (!f || fprintf(f, "+memory\n") < 0 || fclose(f)) {
+		fail("oom_setup", "cannot enable the memory controller");
+		return;
+	}
+	mkdir(cg, 0755);
+	snprintf(path, sizeof(path), "%s/memory.max", cg);
+	f = fopen(path, "w");
+	if (!f || fprintf(f, "%d\n", 48 << 20) < 0 || fclose(f)) {
+		fail("oom_setup", "cannot set memory.max");
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/memory.swap.max", cg);
+	f = fopen(path, "w");
+	if (f) {
+		fprintf(f, "0\n");
+		fclose(f);
+	}
+	snprintf(path, sizeof(path), "%s/cgroup.procs", cg);
+	if (spawn_child(&c, 1, 16, path) || attach_child(&c)) {
+		fail("oom_setup", "child setup failed");
+		return;
+	}
+	dmark(c.rid[0], 0, 16 * P);
+	set_timeout_ms(4000);
+	dcall(D_ACKDELAY, -1, 0, 0, -1);	/* a silent daemon */
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	t0 = now_ms();
+	child_cmd(&c, 'o', 0, 0);
+	st = wait_child(c.pid, 60000 * scale);
+	t1 = now_ms();
+	set_timeout_ms(5000);
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	close(c.sock);
+	usleep(200000);
+	n = devents();
+	rel = find_ev(n, c.rid[0], TETHER_KIND_RELEASE, 0, 16 * P);
+	nb = -1;
+	for (i = 0; i < n; i++)
+		if (evs[i].ev.range_id == c.rid[0] && evs[i].ev.kind == TETHER_KIND_BEGIN &&
+		    !(evs[i].ev.flags & TETHER_EVF_BLOCKABLE))
+			nb = i;
+	info("oom: child died after %.0f ms, %d events", t1 - t0, n);
+	dump_events(n);
+	if (st < 0 || !WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL)
+		fail("oom_kill_release", "child was not OOM-killed (status %#x)", st);
+	else if (rel < 0)
+		fail("oom_kill_release", "no RELEASE for the OOM-killed exporter");
+	else
+		pass("oom_kill_release");
+	if (nb < 0)
+		fail("oom_nonblockable_begin",
+		     "the OOM reaper's non-blockable invalidation was not forwarded");
+	else
+		pass("oom_nonblockable_begin");
+	rmdir(cg);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void watchdog(int sig)
+{
+	(void)sig;
+	printf("FAIL watchdog: module_test did not finish in time\n");
+	fflush(stdout);
+	_exit(1);
+}
+
+int main(void)
+{
+	struct tether_version v;
+	struct dreply r;
+	const char *s = getenv("TETHER_TEST_SCALE");
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	P = sysconf(_SC_PAGESIZE);
+	if (s && atof(s) > 0)
+		scale = atof(s);
+	signal(SIGALRM, watchdog);
+	alarm((unsigned int)(240 * scale));
+
+	efd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+	if (efd < 0) {
+		fail("open", "%s: %s", TETHER_DEVICE, strerror(errno));
+		return 1;
+	}
+	if (ioctl(efd, TETHER_IOC_GET_VERSION, &v) || v.abi_version != TETHER_ABI_VERSION ||
+	    v.event_size != sizeof(struct tether_event)) {
+		fail("version", "GET_VERSION: abi %u event_size %u", v.abi_version, v.event_size);
+		return 1;
+	}
+	pass("version");
+	set_timeout_ms(5000);
+
+	start_daemon();
+	{
+		char *p = map_pages(1);
+
+		reg_range(efd, p, P);	/* binds efd as an exporter fd */
+	}
+	r = dcall(D_ATTACH, 0, 0, 0, efd);
+	if (r.ret) {
+		fail("attach", "ATTACH: %s", strerror(r.err));
+		return 1;
+	}
+	pass("attach");
+
+	test_blocking();
+	test_unmarked();
+	test_exit_release();
+	test_ctl_close();
+	test_timeout();
+	test_bad_args();
+	test_cow();
+	test_many();
+	test_seq();
+	test_oom();
+
+	{
+		struct dcmd q = { D_QUIT, 0, 0, 0 };
+
+		send_msg(dsock, &q, sizeof(q), -1);
+		close(dsock);
+	}
+	wait_child(dpid, 5000);
+	printf("%d passed, %d failed\n", npass, nfail);
+	return nfail ? 1 : 0;
+}
