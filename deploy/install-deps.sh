@@ -13,7 +13,7 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libibverbs-dev librdmacm-dev
-  iproute2 procps util-linux
+  iproute2 procps util-linux bc openssl python3 kmod
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64

@@ -9,10 +9,16 @@
  *         quit
  *   tt map (--name NAME | --segid ID) [--offset O] [--len L] [--rdonly]
  *          [--verify SEED] [--write SEED OFF LEN] [--sync] [--uid U]
- *          [--touch-stride BYTES] [--quiet]
+ *          [--check-blocks] [--interactive] [--quiet]
  *       Attaches, checks pattern(SEED) over [O, O+L) (segment offsets),
  *       writes pattern(SEED2) into [OFF, OFF+LEN), syncs, detaches.
  *       Exit 0 on success; on error prints "error: errno=E msg" and exits 1.
+ *       --check-blocks: verify 1 MiB at a time and print the largest
+ *       allocation of the attachment's backing memfd seen ("max_blocks=N").
+ *       --interactive: after attaching, print "ready" and obey stdin lines:
+ *         read OFF | verify SEED OFF LEN | write SEED OFF LEN | sync |
+ *         acquire | detach   (offsets relative to the attachment)
+ *       An access that raises SIGBUS kills the process (exit by signal).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -114,6 +121,62 @@ static int do_export(int argc, char **argv) {
   return 0;
 }
 
+/* Bytes allocated in the memfd behind the mapping at p (st_blocks). */
+static long long memfd_bytes(const void *p) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  long long out = -1;
+  uintptr_t a = (uintptr_t)p;
+  while (f && fgets(line, sizeof line, f)) {
+    unsigned long s, e;
+    if (sscanf(line, "%lx-%lx", &s, &e) == 2 && s <= a && a < e) {
+      char path[128];
+      snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", s, e);
+      struct stat st;
+      if (stat(path, &st) == 0) out = (long long)st.st_blocks * 512;
+      break;
+    }
+  }
+  if (f) fclose(f);
+  return out;
+}
+
+static int interactive(uint8_t *p, uint64_t len, tether_apid_t apid) {
+  printf("ready\n");
+  fflush(stdout);
+  char line[256];
+  while (fgets(line, sizeof line, stdin)) {
+    uint64_t s, o, l;
+    if (sscanf(line, "read %" SCNu64, &o) == 1) {
+      if (o >= len) { printf("error: range\n"); fflush(stdout); continue; }
+      printf("byte %u\n", p[o]);
+    } else if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
+      int64_t bad = check(p + o, o, l, s);
+      if (bad < 0) printf("ok\n");
+      else printf("mismatch at %" PRId64 "\n", bad);
+    } else if (sscanf(line, "write %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
+      fill(p + o, o, l, s);
+      printf("ok\n");
+    } else if (strncmp(line, "sync", 4) == 0) {
+      if (tether_sync(p, len) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
+      else printf("ok\n");
+    } else if (strncmp(line, "acquire", 7) == 0) {
+      if (tether_acquire(p, len) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
+      else printf("ok\n");
+    } else if (strncmp(line, "detach", 6) == 0) {
+      if (tether_detach(p) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
+      else printf("ok\n");
+      fflush(stdout);
+      tether_release(apid);
+      return 0;
+    } else {
+      printf("error: unknown command\n");
+    }
+    fflush(stdout);
+  }
+  return 0;
+}
+
 static int do_map(int argc, char **argv) {
   const char *uid = arg(argc, argv, "--uid");
   if (uid) {
@@ -139,9 +202,22 @@ static int do_map(int argc, char **argv) {
   uint8_t *p = tether_attach(apid, (off_t)off, len, NULL);
   if (p == TETHER_ATTACH_FAILED) return fail("tether_attach");
   if (!quiet) printf("attached %" PRIu64 " bytes at %p\n", len, (void *)p);
+  if (flag(argc, argv, "--interactive")) return interactive(p, len, apid);
   const char *verify = arg(argc, argv, "--verify");
   if (verify) {
-    int64_t bad = check(p, off, len, num(verify, 0));
+    int64_t bad = -1;
+    if (flag(argc, argv, "--check-blocks")) {
+      long long max_blocks = 0;
+      for (uint64_t o = 0; o < len && bad < 0; o += 1 << 20) {
+        uint64_t n = len - o < (1u << 20) ? len - o : (1u << 20);
+        bad = check(p + o, off + o, n, num(verify, 0));
+        long long b = memfd_bytes(p);
+        if (b > max_blocks) max_blocks = b;
+      }
+      printf("max_blocks=%lld\n", max_blocks);
+    } else {
+      bad = check(p, off, len, num(verify, 0));
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (bad >= 0) {

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Runs tether's host benchmarks on a 2-node cluster (network namespaces,
+veth) and prints each figure beside its baseline measured in the same run
+over the same link, as a ratio. Rounds are interleaved; medians reported."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "multinode"))
+from cluster import Cluster, Exporter  # noqa: E402
+
+MiB = 1 << 20
+
+
+def kv(out):
+    d = {}
+    for tok in out.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            try:
+                d[k] = float(v)
+            except ValueError:
+                pass
+    return d
+
+
+def bench(node, *args, timeout=300):
+    r = subprocess.run(node.netns_cmd([BENCH] + [str(a) for a in args]), env=node.env(),
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError("tether_bench %s: %s" % (args, r.stdout + r.stderr))
+    return kv(r.stdout)
+
+
+def main():
+    global BENCH
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    BENCH = os.path.join(a.build_dir, "tests", "tether_bench")
+    rounds = 2 if a.quick else 5
+    faults = 300 if a.quick else 1500
+    size = 32 * MiB if a.quick else 128 * MiB
+    res = {k: [] for k in ("uffd", "rr", "rr99", "fault", "fault99", "uffd99", "stream", "seq")}
+    with Cluster(2, build_dir=a.build_dir) as c:
+        n1, n2 = c.node(1), c.node(2)
+        server = subprocess.Popen(n1.netns_cmd([BENCH, "tcp-serve", "7700"]),
+                                  stdout=subprocess.PIPE, text=True)
+        server.stdout.readline()
+        hp = "%s:7700" % n1.ip
+        e = Exporter(n1, size, 5)
+        for r in range(rounds):
+            u = bench(n2, "uffd-null", faults)
+            t = bench(n2, "tcp-rr", hp, faults)
+            f = bench(n2, "map-random", e.segid, size, faults)
+            res["uffd"].append(u["uffd_null_p50_us"])
+            res["uffd99"].append(u["uffd_null_p99_us"])
+            res["rr"].append(t["tcp_rr_p50_us"])
+            res["rr99"].append(t["tcp_rr_p99_us"])
+            res["fault"].append(f["map_fault_p50_us"])
+            res["fault99"].append(f["map_fault_p99_us"])
+            s = bench(n2, "tcp-stream", hp, size // MiB)
+            m = bench(n2, "map-seq", e.segid, size)
+            res["stream"].append(s["tcp_stream_mbps"])
+            res["seq"].append(m["map_seq_mbps"])
+        e.close()
+        server.kill()
+    med = {k: statistics.median(v) for k, v in res.items()}
+    floor50 = med["uffd"] + med["rr"]
+    floor99 = med["uffd99"] + med["rr99"]
+    rows = [
+        ("fault_latency_p50_4k", med["fault"], "us", "null uffd fault + raw TCP 4 KiB RTT (p50)",
+         floor50, med["fault"] / floor50, "<= 1.3", med["fault"] / floor50 <= 1.3),
+        ("fault_latency_p99_4k", med["fault99"], "us", "null uffd fault + raw TCP 4 KiB RTT (p99)",
+         floor99, med["fault99"] / floor99, "report", True),
+        ("seq_read_bandwidth", med["seq"], "MB/s", "raw TCP stream, same veth", med["stream"],
+         med["seq"] / med["stream"], ">= 0.7", med["seq"] / med["stream"] >= 0.7),
+    ]
+    print("\n%-24s %10s %-5s  %-44s %10s %7s %7s %s" %
+          ("benchmark", "value", "unit", "baseline", "baseline", "ratio", "target", "pass"))
+    for name, v, unit, base, bv, ratio, target, ok in rows:
+        print("%-24s %10.1f %-5s  %-44s %10.1f %7.2f %7s %s" %
+              (name, v, unit, base, bv, ratio, target, "yes" if ok else "NO"))
+    print("(medians of %d interleaved rounds; %d faults each; %d MiB segment)" %
+          (rounds, faults, size // MiB))
+    if a.json:
+        with open(a.json, "w") as f:
+            for name, v, unit, base, bv, ratio, target, ok in rows:
+                f.write(json.dumps({"name": name, "value": round(v, 2), "unit": unit,
+                                    "baseline": base, "baseline_value": round(bv, 2),
+                                    "ratio": round(ratio, 3), "target": target,
+                                    "pass": bool(ok)}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

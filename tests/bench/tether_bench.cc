@@ -1,0 +1,252 @@
+// tether_bench: the measuring half of tests/bench/run. Each mode prints one
+// line of key=value figures; the runner pairs each figure with its baseline
+// measured in the same run over the same link.
+//
+//   uffd-null N              null userfaultfd fault: a handler thread
+//                            resolves each fault at once (UFFDIO_ZEROPAGE)
+//   tcp-serve PORT           echo-style server: 4 KiB request/response and
+//                            a bulk stream sink/source
+//   tcp-rr HOST:PORT N       4 KiB request -> 4 KiB response round trips
+//   tcp-stream HOST:PORT MB  raw TCP stream, server to client
+//   map-random SEGID LEN N   N random 4 KiB page faults through a mapping
+//   map-seq SEGID LEN        sequential read of a whole mapping
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <tether/tether.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr size_t kPage = 4096;
+using Clock = std::chrono::steady_clock;
+
+double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
+
+void PrintLatencies(const char* prefix, std::vector<double>& v) {
+  std::sort(v.begin(), v.end());
+  auto pct = [&](double p) { return v[std::min(v.size() - 1, size_t(p * v.size()))]; };
+  std::printf("%s_p50_us=%.2f %s_p99_us=%.2f %s_n=%zu\n", prefix, pct(0.5), prefix, pct(0.99),
+              prefix, v.size());
+}
+
+[[noreturn]] void Die(const char* what) {
+  std::fprintf(stderr, "tether_bench: %s: %s\n", what, std::strerror(errno));
+  std::exit(1);
+}
+
+int UffdNull(int n) {
+  size_t len = size_t(n) * kPage;
+  auto* mem = static_cast<volatile uint8_t*>(
+      mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC));
+  if (uffd < 0) Die("userfaultfd");
+  uffdio_api api{UFFD_API, 0, 0};
+  if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(mem), len};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
+  std::atomic<bool> stop{false};
+  std::thread handler([&] {
+    uffd_msg msg;
+    while (!stop) {
+      pollfd p{uffd, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
+      uffdio_zeropage z{};
+      z.range = {msg.arg.pagefault.address & ~(kPage - 1), kPage};
+      ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+    }
+  });
+  std::vector<double> lat;
+  std::mt19937 rng(1);
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  for (int i : order) {
+    auto t0 = Clock::now();
+    (void)mem[size_t(i) * kPage];
+    lat.push_back(Us(Clock::now() - t0));
+  }
+  stop = true;
+  handler.join();
+  PrintLatencies("uffd_null", lat);
+  return 0;
+}
+
+int Connect(const std::string& hostport) {
+  auto colon = hostport.rfind(':');
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::atoi(hostport.c_str() + colon + 1)));
+  inet_pton(AF_INET, hostport.substr(0, colon).c_str(), &a.sin_addr);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  for (int i = 0; i < 100; ++i) {
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+      return fd;
+    }
+    usleep(50000);
+  }
+  Die("connect");
+}
+
+bool Full(int fd, void* buf, size_t len, bool wr) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len) {
+    ssize_t n = wr ? write(fd, p, len) : read(fd, p, len);
+    if (n <= 0) return false;
+    p += n;
+    len -= size_t(n);
+  }
+  return true;
+}
+
+// Protocol: 1 byte command ('r' = 4 KiB rr, 's' = stream N MiB), then data.
+int TcpServe(int port) {
+  int ls = socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof(a)) || listen(ls, 8)) Die("bind");
+  std::printf("listening\n");
+  std::fflush(stdout);
+  for (int conns = 0; conns < 16; ++conns) {  // bounded: the runner uses a few
+    int fd = accept(ls, nullptr, nullptr);
+    if (fd < 0) break;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    std::vector<uint8_t> buf(1 << 20, 0x5a);
+    char cmd;
+    while (Full(fd, &cmd, 1, false)) {
+      if (cmd == 'r') {
+        uint8_t req[64];
+        if (!Full(fd, req, sizeof(req), false) || !Full(fd, buf.data(), kPage, true)) break;
+      } else if (cmd == 's') {
+        uint32_t mb;
+        if (!Full(fd, &mb, 4, false)) break;
+        for (uint32_t i = 0; i < mb; ++i)
+          if (!Full(fd, buf.data(), buf.size(), true)) break;
+      }
+    }
+    close(fd);
+  }
+  return 0;
+}
+
+int TcpRr(const std::string& hp, int n) {
+  int fd = Connect(hp);
+  std::vector<double> lat;
+  uint8_t req[65] = {'r'}, resp[kPage];
+  for (int i = 0; i < n + 50; ++i) {
+    auto t0 = Clock::now();
+    if (!Full(fd, req, sizeof(req), true) || !Full(fd, resp, sizeof(resp), false)) Die("rr");
+    if (i >= 50) lat.push_back(Us(Clock::now() - t0));  // warm-up excluded
+  }
+  PrintLatencies("tcp_rr", lat);
+  return 0;
+}
+
+int TcpStream(const std::string& hp, uint32_t mb) {
+  int fd = Connect(hp);
+  std::vector<uint8_t> buf(1 << 20);
+  uint8_t cmd[5] = {'s'};
+  std::memcpy(cmd + 1, &mb, 4);
+  auto t0 = Clock::now();
+  Full(fd, cmd, 5, true);
+  for (uint32_t i = 0; i < mb; ++i)
+    if (!Full(fd, buf.data(), buf.size(), false)) Die("stream");
+  double s = Us(Clock::now() - t0) / 1e6;
+  std::printf("tcp_stream_mbps=%.1f\n", mb * 1.048576 / s);
+  return 0;
+}
+
+uint8_t* Attach(int64_t segid, size_t* len, tether_apid_t* apid) {
+  *apid = tether_get(segid, TETHER_RDONLY, TETHER_PERMIT_MODE, nullptr);
+  if (*apid < 0) {
+    std::fprintf(stderr, "tether_get: %s\n", tether_strerror());
+    std::exit(1);
+  }
+  void* p = tether_attach(*apid, 0, *len, nullptr);
+  if (p == TETHER_ATTACH_FAILED) {
+    std::fprintf(stderr, "tether_attach: %s\n", tether_strerror());
+    std::exit(1);
+  }
+  return static_cast<uint8_t*>(p);
+}
+
+int MapRandom(int64_t segid, size_t len, int n) {
+  tether_apid_t apid;
+  auto* p = Attach(segid, &len, &apid);
+  size_t pages = len / kPage;
+  std::mt19937 rng(7);
+  std::vector<size_t> order(pages);
+  for (size_t i = 0; i < pages; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<double> lat;
+  volatile uint8_t sink = 0;
+  for (int i = 0; i < n && i < int(pages); ++i) {
+    auto t0 = Clock::now();
+    sink = sink + p[order[i] * kPage];
+    lat.push_back(Us(Clock::now() - t0));
+  }
+  PrintLatencies("map_fault", lat);
+  tether_detach(p);
+  tether_release(apid);
+  return 0;
+}
+
+int MapSeq(int64_t segid, size_t len) {
+  tether_apid_t apid;
+  auto* p = Attach(segid, &len, &apid);
+  auto t0 = Clock::now();
+  uint64_t sum = 0;
+  const auto* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < len / 8; i += 8) sum += w[i];  // every cache line
+  double s = Us(Clock::now() - t0) / 1e6;
+  std::printf("map_seq_mbps=%.1f checksum=%llu\n", len / 1e6 / s,
+              static_cast<unsigned long long>(sum & 0xff));
+  tether_detach(p);
+  tether_release(apid);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "see the header comment of tests/bench/tether_bench.cc\n");
+    return 2;
+  }
+  std::string mode = argv[1];
+  if (mode == "uffd-null") return UffdNull(std::atoi(argv[2]));
+  if (mode == "tcp-serve") return TcpServe(std::atoi(argv[2]));
+  if (mode == "tcp-rr" && argc >= 4) return TcpRr(argv[2], std::atoi(argv[3]));
+  if (mode == "tcp-stream" && argc >= 4) return TcpStream(argv[2], std::atoi(argv[3]));
+  if (mode == "map-random" && argc >= 5)
+    return MapRandom(std::atoll(argv[2]), std::strtoull(argv[3], nullptr, 0), std::atoi(argv[4]));
+  if (mode == "map-seq" && argc >= 4)
+    return MapSeq(std::atoll(argv[2]), std::strtoull(argv[3], nullptr, 0));
+  return 2;
+}

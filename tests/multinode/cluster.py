@@ -1,0 +1,261 @@
+"""A local tether cluster for tests and the demo.
+
+Each node is a real tetherd in its own network namespace, joined to the
+others through veth pairs on a bridge that lives in a hub namespace, with
+mutual TLS between nodes (certificates made by deploy/make-certs). Clients
+are the real `tt` program linked against libtether. Everything is torn
+down on exit; all waits are bounded.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(list(cmd), check=check, capture_output=True, text=True, **kw)
+
+
+class Exporter:
+    """A `tt export` process: exports a pattern-filled range."""
+
+    def __init__(self, node, size, seed, name=None, mode=0o644):
+        args = [node.cluster.tt, "export", "--size", str(size), "--seed", str(seed),
+                "--mode", oct(mode).replace("0o", "0")]
+        if name:
+            args += ["--name", name]
+        self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.segid = None
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("exporter died: rc=%s" % self.proc.wait(5))
+            if line.startswith("segid="):
+                self.segid = int(line.split("=")[1])
+            if line.strip() == "ready":
+                return
+            if line.startswith("error"):
+                raise RuntimeError("exporter: " + line.strip())
+        raise RuntimeError("exporter did not get ready")
+
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def verify(self, seed, off, length):
+        return self.command("verify %d %d %d" % (seed, off, length))
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Mapper:
+    """A `tt map --interactive` process holding an attachment."""
+
+    def __init__(self, node, segid, offset=0, length=4096, rdonly=False):
+        args = [node.cluster.tt, "map", "--segid", str(segid), "--offset", str(offset),
+                "--len", str(length), "--interactive", "--quiet"]
+        if rdonly:
+            args.append("--rdonly")
+        self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError("mapper: " + line)
+
+    def command(self, line, timeout=30):
+        """Returns the reply, or 'signal:N' if the process died by signal N."""
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        import select
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not r:
+            return "timeout"
+        out = self.proc.stdout.readline().strip()
+        if out:
+            return out
+        rc = self.proc.wait(10)
+        return "signal:%d" % -rc if rc < 0 else "exit:%d" % rc
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Node:
+    def __init__(self, cluster, node_id):
+        self.cluster = cluster
+        self.id = node_id
+        self.ns = "%s-n%d" % (cluster.prefix, node_id)
+        self.ip = "%s.%d" % (cluster.subnet, node_id)
+        self.sock = os.path.join(cluster.dir, "n%d.sock" % node_id)
+        self.admin = os.path.join(cluster.dir, "a%d.sock" % node_id)
+        self.log = os.path.join(cluster.dir, "n%d.log" % node_id)
+        self.daemon = None
+
+    def env(self, client=True):
+        e = dict(os.environ)
+        e["TETHER_SOCKET"] = self.sock
+        e["TETHER_ADMIN_SOCKET"] = self.admin
+        if client:
+            # Tests expect clients to die by SIGBUS/SIGSEGV; under ASan let
+            # the signal through instead of turning it into an abort.
+            e["ASAN_OPTIONS"] = (e.get("ASAN_OPTIONS", "") +
+                                 ":handle_segv=0:handle_sigbus=0").lstrip(":")
+        return e
+
+    def netns_cmd(self, args):
+        return ["ip", "netns", "exec", self.ns] + list(args)
+
+    def start(self, budget_mb=256):
+        c = self.cluster
+        peers = ",".join("%d=%s.%d:7600" % (n, c.subnet, n) for n in range(1, c.n + 1)
+                         if n != self.id)
+        args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
+                "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
+                "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
+                "--rpc_timeout_ms=3000"]
+        if c.tls:
+            args += ["--tls_ca=%s/ca.pem" % c.certs,
+                     "--tls_cert=%s/node-%d.pem" % (c.certs, self.id),
+                     "--tls_key=%s/node-%d.key" % (c.certs, self.id)]
+        else:
+            args.append("--insecure_peers")
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        logf = open(self.log, "a")
+        self.daemon = subprocess.Popen(self.netns_cmd(args), stdout=logf, stderr=logf,
+                                       env=self.env(client=False))
+        deadline = time.time() + 30
+        while not os.path.exists(self.sock):
+            if self.daemon.poll() is not None:
+                raise RuntimeError("tetherd %d exited: see %s" % (self.id, self.log))
+            if time.time() > deadline:
+                raise RuntimeError("tetherd %d did not start" % self.id)
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.daemon and self.daemon.poll() is None:
+            self.daemon.send_signal(sig)
+            try:
+                return self.daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(10)
+                return None
+        return self.daemon.returncode if self.daemon else None
+
+    def tt(self, *args, timeout=120):
+        return subprocess.run(self.netns_cmd([self.cluster.tt] + [str(a) for a in args]),
+                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def ctl(self, *args, timeout=30):
+        return subprocess.run([self.cluster.tetherctl] + list(args), env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+
+class Cluster:
+    def __init__(self, n=3, build_dir=None, budgets=None, tls=True):
+        build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR", os.path.join(REPO, "build"))
+        self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
+        self.tetherctl = os.path.join(build_dir, "client", "tetherctl")
+        self.tt = os.path.join(build_dir, "tests", "tt")
+        for f in (self.tetherd, self.tetherctl, self.tt):
+            if not os.path.exists(f):
+                raise RuntimeError("missing %s: build first" % f)
+        self.n = n
+        self.tls = tls
+        tag = os.getpid() % 100000
+        self.prefix = "tt%d" % tag
+        self.subnet = "10.%d.%d" % (100 + tag % 100, (tag // 100) % 250)
+        self.dir = tempfile.mkdtemp(prefix="tether-cluster-")
+        self.certs = os.path.join(self.dir, "certs")
+        self.budgets = budgets or {}
+        self.nodes = [Node(self, i) for i in range(1, n + 1)]
+        self.hub = self.prefix + "-hub"
+
+    def node(self, i):
+        return self.nodes[i - 1]
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        if self.tls:
+            sh(os.path.join(REPO, "deploy", "make-certs"), self.certs,
+               *[str(i) for i in range(1, self.n + 1)])
+        sh("ip", "netns", "add", self.hub)
+        sh("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
+        sh("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
+        for node in self.nodes:
+            sh("ip", "netns", "add", node.ns)
+            sh("ip", "netns", "exec", node.ns, "ip", "link", "set", "lo", "up")
+            a, b = "%sv%d" % (self.prefix, node.id), "%sp%d" % (self.prefix, node.id)
+            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            sh("ip", "link", "set", a, "netns", node.ns)
+            sh("ip", "link", "set", b, "netns", self.hub)
+            sh("ip", "netns", "exec", node.ns, "ip", "link", "set", a, "name", "eth0")
+            sh("ip", "netns", "exec", node.ns, "ip", "addr", "add", node.ip + "/24", "dev", "eth0")
+            sh("ip", "netns", "exec", node.ns, "ip", "link", "set", "eth0", "up")
+            sh("ip", "netns", "exec", self.hub, "ip", "link", "set", b, "master", "br0")
+            sh("ip", "netns", "exec", self.hub, "ip", "link", "set", b, "up")
+        for node in self.nodes:
+            node.start(self.budgets.get(node.id, 256))
+
+    def stop(self):
+        for node in self.nodes:
+            try:
+                node.stop()
+            except Exception:
+                pass
+        for node in self.nodes:
+            sh("ip", "netns", "del", node.ns, check=False)
+        sh("ip", "netns", "del", self.hub, check=False)
+        if os.environ.get("TETHER_KEEP_LOGS"):
+            print("cluster logs kept in", self.dir)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self):
+        out = []
+        for node in self.nodes:
+            try:
+                with open(node.log) as f:
+                    out.append("--- node %d ---\n%s" % (node.id, f.read()[-4000:]))
+            except OSError:
+                pass
+        return "\n".join(out)

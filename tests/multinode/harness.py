@@ -1,0 +1,60 @@
+"""A tiny test runner for the multi-node tests: runs each test function in
+a fresh cluster, prints PASS/FAIL lines and a closing 'N passed, N failed'
+line, and exits non-zero on any failure. Select tests with -k SUBSTRING."""
+import argparse
+import sys
+import time
+import traceback
+
+from cluster import Cluster
+
+
+class Failure(Exception):
+    pass
+
+
+def expect(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def run(tests, default_nodes=3):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-k", default="")
+    ap.add_argument("--build-dir")
+    args = ap.parse_args()
+    passed = failed = 0
+    for fn in tests:
+        if args.k not in fn.__name__:
+            continue
+        nodes = getattr(fn, "nodes", default_nodes)
+        budgets = getattr(fn, "budgets", None)
+        t0 = time.time()
+        cluster = None
+        try:
+            with Cluster(nodes, build_dir=args.build_dir, budgets=budgets) as cluster:
+                fn(cluster)
+                for node in cluster.nodes:  # a clean SIGTERM shutdown is part of every test
+                    if node.daemon is None or node.daemon.poll() is not None:
+                        continue  # killed by the test itself
+                    rc = node.stop()
+                    expect(rc == 0, "tetherd %d exited with %s on SIGTERM" % (node.id, rc))
+            passed += 1
+            print("PASS %s (%.1f s)" % (fn.__name__, time.time() - t0), flush=True)
+        except Exception as e:
+            failed += 1
+            print("FAIL %s: %s" % (fn.__name__, e), flush=True)
+            if not isinstance(e, Failure):
+                traceback.print_exc()
+            if cluster is not None:
+                print(cluster.logs())
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed or not passed else 0)
+
+
+def with_nodes(n, budgets=None):
+    def deco(fn):
+        fn.nodes = n
+        fn.budgets = budgets
+        return fn
+    return deco

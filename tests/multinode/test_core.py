@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Host multi-node tests of the core (issue: export/map over TCP): real
+tetherd daemons in network namespaces, real gRPC with mutual TLS, the tcp
+transport, and real client processes (tests/tools/tt.c on libtether)."""
+import random
+import re
+import signal
+import subprocess
+import time
+
+from cluster import Exporter, Mapper
+from harness import expect, run, with_nodes
+
+EINVAL, ENOENT, EACCES, EHOSTUNREACH, ENOTCONN = 22, 2, 13, 113, 107
+SIGBUS, SIGSEGV = 7, 11
+MiB = 1 << 20
+
+
+def map_ok(node, *args):
+    r = node.tt("map", *args)
+    expect(r.returncode == 0 and "done" in r.stdout,
+           "tt map %s on node %d: rc=%d %s" % (" ".join(map(str, args)), node.id,
+                                               r.returncode, r.stdout + r.stderr))
+    return r.stdout
+
+
+def map_err(node, errno, *args):
+    r = node.tt("map", *args)
+    expect(r.returncode == 1 and ("errno=%d " % errno) in r.stdout,
+           "tt map %s on node %d: wanted errno %d, got rc=%d %s" %
+           (" ".join(map(str, args)), node.id, errno, r.returncode, r.stdout + r.stderr))
+    return r.stdout
+
+
+def test_content_random_sizes(c):
+    rng = random.Random(1234)
+    for size in (4096, 3 * 4096, 1 * MiB + 5 * 4096, 16 * MiB, 64 * MiB):
+        seed = rng.randrange(1, 1 << 30)
+        e = Exporter(c.node(1), size, seed)
+        out = map_ok(c.node(2), "--segid", e.segid, "--len", size, "--verify", seed)
+        expect("verified %d bytes" % size in out, out)
+        # a window in the middle, at an offset
+        if size > 8 * 4096:
+            off = (size // 4096 // 3) * 4096
+            map_ok(c.node(3), "--segid", e.segid, "--offset", off, "--len", 8 * 4096,
+                   "--verify", seed)
+        e.close()
+
+
+def test_concurrent_mappers_on_several_nodes(c):
+    size, seed = 16 * MiB, 99
+    e = Exporter(c.node(1), size, seed)
+    procs = []
+    for node in (c.node(2), c.node(2), c.node(3), c.node(3), c.node(1)):
+        procs.append(subprocess.Popen(
+            node.netns_cmd([c.tt, "map", "--segid", str(e.segid), "--len", str(size),
+                            "--verify", str(seed)]),
+            env=node.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=180)
+        expect(p.returncode == 0 and "done" in out, "concurrent mapper: " + out)
+    e.close()
+
+
+def test_writeback_from_two_mappers_disjoint_pages(c):
+    size = 1 * MiB
+    e = Exporter(c.node(1), size, 1)
+    a = subprocess.Popen(c.node(2).netns_cmd(
+        [c.tt, "map", "--segid", str(e.segid), "--len", str(size), "--write", "2", "0",
+         str(64 * 1024), "--sync"]), env=c.node(2).env(), stdout=subprocess.PIPE, text=True)
+    b = subprocess.Popen(c.node(3).netns_cmd(
+        [c.tt, "map", "--segid", str(e.segid), "--len", str(size), "--write", "3",
+         str(64 * 1024), str(64 * 1024), "--sync"]), env=c.node(3).env(),
+        stdout=subprocess.PIPE, text=True)
+    for p in (a, b):
+        out, _ = p.communicate(timeout=60)
+        expect(p.returncode == 0, "writer: " + out)
+    expect(e.verify(2, 0, 64 * 1024) == "ok", "node 2's write did not reach the exporter")
+    expect(e.verify(3, 64 * 1024, 64 * 1024) == "ok", "node 3's write did not reach the exporter")
+    expect(e.verify(1, 128 * 1024, size - 128 * 1024) == "ok", "untouched pages changed")
+    e.close()
+
+
+def test_detach_writes_back_and_dirty_pages_survive_eviction(c):
+    # Without --sync: detach alone must write back.
+    e = Exporter(c.node(1), 256 * 1024, 5)
+    map_ok(c.node(2), "--segid", e.segid, "--len", 256 * 1024, "--write", 6, 4096, 8192)
+    expect(e.verify(6, 4096, 8192) == "ok", "detach did not write back")
+    e.close()
+
+
+def test_same_node_mapper(c):
+    e = Exporter(c.node(1), 2 * MiB, 42)
+    map_ok(c.node(1), "--segid", e.segid, "--len", 2 * MiB, "--verify", 42, "--write", 43, 0,
+           4096, "--sync")
+    expect(e.verify(43, 0, 4096) == "ok", "same-node write-back lost")
+    e.close()
+
+
+def test_names_and_tetherctl(c):
+    e = Exporter(c.node(1), 1 * MiB, 8, name="matrix-a")
+    out = map_ok(c.node(3), "--name", "matrix-a", "--verify", 8)
+    expect("verified %d bytes" % MiB in out, out)
+    r = c.node(2).ctl("lookup", "matrix-a")
+    expect(r.returncode == 0 and str(e.segid) in r.stdout, "lookup: " + r.stdout + r.stderr)
+    r = c.node(2).ctl("--json", "segments", "--cluster")
+    expect(r.returncode == 0 and '"segid":%d' % e.segid in r.stdout, "segments: " + r.stdout)
+    r = c.node(2).ctl("status")
+    up = re.findall(r"^\d+\s+\S+\s+tcp\s+up\b", r.stdout, re.M)
+    expect(r.returncode == 0 and len(up) == 2, "status: " + r.stdout)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 8 0 8192") == "ok", "interactive verify")
+    r = c.node(2).ctl("--json", "attachments")
+    expect('"segid":%d' % e.segid in r.stdout and '"resident_bytes":' in r.stdout,
+           "attachments: " + r.stdout)
+    m.close()
+    r = c.node(2).ctl("lookup", "no-such-name")
+    expect(r.returncode != 0 and "no segment named" in r.stderr, "lookup miss: " + r.stderr)
+    e.close()
+
+
+def test_permissions(c):
+    e = Exporter(c.node(1), 64 * 1024, 3, mode=0o600)
+    map_err(c.node(2), EACCES, "--segid", e.segid, "--len", 65536, "--uid", 65534)
+    e.close()
+    e = Exporter(c.node(1), 64 * 1024, 3, mode=0o644)
+    # others may read but not write
+    map_err(c.node(3), EACCES, "--segid", e.segid, "--len", 65536, "--uid", 65534)
+    # a read-only attachment cannot write: the store faults (SIGSEGV)
+    r = c.node(2).tt("map", "--segid", e.segid, "--len", 65536, "--rdonly", "--write", 4, 0, 8)
+    expect(r.returncode == -SIGSEGV, "write through a read-only attachment: rc=%d" % r.returncode)
+    expect(e.verify(3, 0, 65536) == "ok", "read-only mapper changed the exporter")
+    e.close()
+
+
+def test_bad_input(c):
+    e = Exporter(c.node(1), 64 * 1024, 3)
+    n2 = c.node(2)
+    map_err(n2, EINVAL, "--segid", 12345)                       # not a segid
+    map_err(n2, ENOENT, "--segid", (9 << 48) | (1 << 32) | 1)   # node not in cluster
+    stale = (e.segid & ~(0xffff << 32)) | ((((e.segid >> 32) & 0xffff) ^ 0x5a5a) << 32)
+    map_err(n2, ENOENT, "--segid", stale)                       # another incarnation
+    map_err(n2, EINVAL, "--segid", e.segid, "--offset", 64 * 1024, "--len", 4096)  # past end
+    map_err(n2, EINVAL, "--segid", e.segid, "--offset", 100, "--len", 4096)        # unaligned
+    map_err(n2, EINVAL, "--segid", e.segid, "--len", 0)                            # zero length
+    map_err(n2, EINVAL, "--segid", e.segid, "--len", 1 << 63)                      # overflow
+    # the daemons are unaffected
+    map_ok(n2, "--segid", e.segid, "--len", 64 * 1024, "--verify", 3)
+    e.close()
+
+
+def test_peer_down_then_restarted(c):
+    e = Exporter(c.node(3), 64 * 1024, 11)
+    old = e.segid
+    c.node(3).stop()
+    map_err(c.node(2), EHOSTUNREACH, "--segid", old, "--len", 4096)
+    c.node(3).start()
+    # gRPC reconnects within its (1 s) backoff: wait for the peer to be back
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = c.node(2).tt("map", "--segid", old, "--len", 4096)
+        if "errno=%d " % EHOSTUNREACH not in r.stdout:
+            break
+        time.sleep(0.2)
+    # the old segid is from another incarnation: ENOENT, never another segment
+    map_err(c.node(2), ENOENT, "--segid", old, "--len", 4096)
+    e.close()
+    e = Exporter(c.node(3), 64 * 1024, 12)
+    map_ok(c.node(2), "--segid", e.segid, "--len", 64 * 1024, "--verify", 12)
+    e.close()
+
+
+def test_exporter_gone(c):
+    e = Exporter(c.node(1), 64 * 1024, 3)
+    m = Mapper(c.node(2), e.segid, length=64 * 1024)
+    expect(m.command("read 0").startswith("byte"), "first read")
+    e.kill()
+    time.sleep(0.5)
+    out = map_err(c.node(2), ENOENT, "--segid", e.segid, "--len", 4096)
+    expect("exporter exited" in out, "error should say why: " + out)
+    # a page the mapper did not hold cannot be fetched any more: SIGBUS
+    expect(m.command("read 32768") == "signal:%d" % SIGBUS, "unheld page after exporter exit")
+    m.close()
+
+
+def test_home_gone_sigbus_on_unheld_pages(c):
+    e = Exporter(c.node(1), 1 * MiB, 21)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 21 0 4096") == "ok", "held page")
+    c.node(1).stop(signal.SIGKILL)
+    expect(m.command("verify 21 0 4096") == "ok", "a held page stays readable")
+    expect(m.command("read 524288") == "signal:%d" % SIGBUS, "unheld page with home gone")
+    m.close()
+    e.kill()
+
+
+def test_daemon_restarted_under_client(c):
+    e = Exporter(c.node(1), 1 * MiB, 31)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 31 0 4096") == "ok", "before restart")
+    c.node(2).stop()
+    c.node(2).start()
+    r = m.command("read 600000")
+    expect(r == "signal:%d" % SIGBUS, "access after the mapper's daemon restarted: " + r)
+    map_ok(c.node(2), "--segid", e.segid, "--len", MiB, "--verify", 31)
+    e.close()
+
+
+@with_nodes(2, budgets={2: 8})
+def test_cache_budget_bounds_node_memory(c):
+    size = 32 * MiB  # 4x the budget
+    e = Exporter(c.node(1), size, 77)
+    out = map_ok(c.node(2), "--segid", e.segid, "--len", size, "--verify", 77, "--check-blocks")
+    peak = int(out.split("max_blocks=")[1].split()[0])
+    # The budget plus in-flight read-ahead (64 pages) and one eviction batch.
+    expect(0 < peak <= 8 * MiB + 2 * MiB,
+           "backing memfd held %.1f MiB with an 8 MiB budget" % (peak / MiB))
+    # dirty pages are written back before eviction, never dropped
+    m = Mapper(c.node(2), e.segid, length=size)
+    for off in range(0, size, MiB):
+        expect(m.command("write 78 %d 4096" % off) == "ok", "write")
+    expect(m.command("verify 77 0 %d" % (size // 2)).startswith("mismatch"), "sanity")
+    expect(m.command("detach") == "ok", "detach")
+    for off in range(0, size, MiB):
+        expect(e.verify(78, off, 4096) == "ok", "dirty page at %d lost under eviction" % off)
+    e.close()
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])

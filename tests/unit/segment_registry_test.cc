@@ -1,0 +1,158 @@
+// SegmentRegistry with real ExporterMemory: this test process and a forked
+// child act as exporters.
+#include "daemon/home/segment_registry.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "daemon/common/segid.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+std::unique_ptr<ExporterMemory> Self() {
+  auto m = ExporterMemory::Open(PidfdOpen(getpid()), getpid());
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(*m) : nullptr;
+}
+
+class RegistryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mem_ = static_cast<uint8_t*>(
+        mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    for (size_t i = 0; i < kSize; ++i) mem_[i] = static_cast<uint8_t>(i);
+    ASSERT_TRUE(reg_.Start().ok());
+    owner_.uid = 1000;
+    owner_.gid = 100;
+  }
+  void TearDown() override { munmap(mem_, kSize); }
+
+  static constexpr size_t kSize = 64 * 1024;
+  SegmentRegistry reg_{3, 0x77};
+  uint8_t* mem_ = nullptr;
+  Credentials owner_;
+};
+
+TEST_F(RegistryTest, ExportGrantReadWrite) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0640, Self());
+  ASSERT_TRUE(segid.ok()) << segid.status();
+  SegidParts p;
+  ASSERT_TRUE(ParseSegid(*segid, &p));
+  EXPECT_EQ(p.node, 3u);
+  EXPECT_EQ(p.incarnation, 0x77u);
+
+  Credentials member{0, 2000, 100, {}};
+  EXPECT_EQ(ToErrno(reg_.Attach(*segid, member, true, 5).status()), EACCES);
+  auto ro = reg_.Attach(*segid, member, false, 5);
+  ASSERT_TRUE(ro.ok());
+  EXPECT_EQ(ro->segment_size, kSize);
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(rw.ok());
+
+  uint8_t buf[4096];
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, ro->id, 4096, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(std::memcmp(buf, mem_ + 4096, sizeof(buf)), 0);
+  // grants are bound to the node they were given to
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(6, *segid, ro->id, 0, absl::MakeSpan(buf))), EACCES);
+  // bounds
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, ro->id, kSize - 100, absl::MakeSpan(buf))), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, ro->id, ~0ull - 10, absl::MakeSpan(buf))), EINVAL);
+  // writes need a writable grant
+  std::memset(buf, 0xee, sizeof(buf));
+  EXPECT_EQ(ToErrno(reg_.WriteBlocks(5, *segid, ro->id, 0, buf)), EACCES);
+  ASSERT_TRUE(reg_.WriteBlocks(5, *segid, rw->id, 8192, buf).ok());
+  EXPECT_EQ(mem_[8192], 0xee);
+  EXPECT_EQ(mem_[8191], static_cast<uint8_t>(8191));
+}
+
+TEST_F(RegistryTest, WritesRespectExporterProtections) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(rw.ok());
+  ASSERT_EQ(mprotect(mem_ + 4096, 4096, PROT_READ), 0);
+  uint8_t buf[4096] = {};
+  EXPECT_EQ(ToErrno(reg_.WriteBlocks(5, *segid, rw->id, 4096, buf)), EACCES);
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
+  ASSERT_EQ(munmap(mem_ + 8192, 4096), 0);
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, rw->id, 8192, absl::MakeSpan(buf))), EFAULT);
+  mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE);
+  mmap(mem_ + 8192, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+}
+
+TEST_F(RegistryTest, BadExports) {
+  uint64_t a = reinterpret_cast<uint64_t>(mem_);
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, a, 0, 0600, Self()).status()), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, a + 1, 4096, 0600, Self()).status()), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, a, 4095, 0600, Self()).status()), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, ~0ull & ~4095ull, 8192, 0600, Self()).status()), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, a, 4096, 01777, Self()).status()), EINVAL);
+  // a pidfd that names another process than the caller
+  int other = PidfdOpen(getppid());
+  EXPECT_EQ(ToErrno(ExporterMemory::Open(other, getpid()).status()), EACCES);
+  EXPECT_TRUE(reg_.List().empty());
+}
+
+TEST_F(RegistryTest, RemovePublishLookup) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0644, Self());
+  ASSERT_TRUE(segid.ok());
+  Credentials stranger{0, 3000, 300, {}};
+  EXPECT_EQ(ToErrno(reg_.Publish(*segid, "x", stranger)), EPERM);
+  ASSERT_TRUE(reg_.Publish(*segid, "x", owner_).ok());
+  EXPECT_EQ(reg_.Lookup("x")->segid, *segid);
+  EXPECT_EQ(ToErrno(reg_.Publish(*segid, "", owner_)), EINVAL);
+  auto g = reg_.Attach(*segid, stranger, false, 5);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(ToErrno(reg_.Remove(*segid, stranger)), EPERM);
+  ASSERT_TRUE(reg_.Remove(*segid, owner_).ok());
+  EXPECT_EQ(ToErrno(reg_.Remove(*segid, owner_)), ENOENT);  // double remove
+  uint8_t buf[4096];
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf))), EIDRM);
+  EXPECT_EQ(ToErrno(reg_.Attach(*segid, owner_, false, 5).status()), ENOENT);
+  ASSERT_TRUE(reg_.Detach(*segid, g->id, 5).ok());
+  EXPECT_TRUE(reg_.List().empty());  // forgotten once the last grant is gone
+}
+
+TEST_F(RegistryTest, ExporterExitIsNoticed) {
+  void* shared = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  std::memset(shared, 0x5a, 4096);
+  pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  auto m = ExporterMemory::Open(PidfdOpen(child), child);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(shared), 4096, 0600, std::move(*m));
+  ASSERT_TRUE(segid.ok());
+  auto g = reg_.Attach(*segid, owner_, false, 5);
+  ASSERT_TRUE(g.ok());
+  uint8_t buf[4096];
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(buf[0], 0x5a);  // the child's copy
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  absl::Status st;
+  for (int i = 0; i < 200; ++i) {
+    st = reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf));
+    if (ToErrno(st) == ESRCH) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(ToErrno(st), ESRCH) << st;
+  EXPECT_EQ(reg_.List()[0].state, "exporter exited");
+}
+
+}  // namespace
+}  // namespace tether
