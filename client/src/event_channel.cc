@@ -1,6 +1,7 @@
 #include "client/src/event_channel.h"
 
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -14,6 +15,23 @@
 #include "local.pb.h"
 
 namespace tether::client {
+
+EventChannel::EventChannel() {
+  pthread_atfork(&EventChannel::BeforeFork, &EventChannel::AfterForkParent,
+                 &EventChannel::AfterForkChild);
+}
+
+void EventChannel::BeforeFork() { Get().mu_.lock(); }
+void EventChannel::AfterForkParent() { Get().mu_.unlock(); }
+void EventChannel::AfterForkChild() {
+  EventChannel& c = Get();
+  for (auto& [addr, att] : c.atts_) close(att.uffd);
+  c.atts_.clear();
+  if (c.fd_ >= 0) close(c.fd_);  // the parent's listener thread is not in the child
+  c.fd_ = -1;
+  c.running_ = false;
+  c.mu_.unlock();
+}
 
 EventChannel& EventChannel::Get() {
   static EventChannel* channel = new EventChannel();

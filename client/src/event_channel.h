@@ -29,6 +29,7 @@ struct ClientAttachment {
 class EventChannel {
  public:
   static EventChannel& Get();
+  EventChannel();
 
   // Starts the listener (once per daemon connection); -1/errno on failure.
   int Ensure();
@@ -41,6 +42,12 @@ class EventChannel {
  private:
   void Listen(int fd);
   void Poison(const ClientAttachment& att, uint64_t offset, uint64_t len);
+
+  // fork(): attachments are MADV_DONTFORK (a child touching one gets
+  // SIGSEGV, never a silent zero page); the child starts with none.
+  static void BeforeFork();
+  static void AfterForkParent();
+  static void AfterForkChild();
 
   std::mutex mu_;
   std::map<uintptr_t, ClientAttachment> atts_;  // by address

@@ -1,5 +1,6 @@
 #include "client/src/local_channel.h"
 
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -101,6 +102,20 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
     return false;
   }
   return true;
+}
+
+LocalChannel::LocalChannel() {
+  pthread_atfork(&LocalChannel::BeforeFork, &LocalChannel::AfterForkParent,
+                 &LocalChannel::AfterForkChild);
+}
+
+void LocalChannel::BeforeFork() { Get().mu_.lock(); }
+void LocalChannel::AfterForkParent() { Get().mu_.unlock(); }
+void LocalChannel::AfterForkChild() {
+  LocalChannel& c = Get();
+  if (c.fd_ >= 0) close(c.fd_);
+  c.fd_ = -1;
+  c.mu_.unlock();
 }
 
 LocalChannel& LocalChannel::Get() {

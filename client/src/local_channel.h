@@ -25,11 +25,18 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
 class LocalChannel {
  public:
   static LocalChannel& Get();
+  LocalChannel();
   // Sends req; returns 0, or -1 with errno and the message for tether_strerror.
   int Call(const local::LocalRequest& req, const std::vector<int>& fds_out,
            local::LocalResponse* resp, std::vector<int>* fds_in = nullptr);
 
  private:
+  // fork(): the child must not share the parent's connection (the daemon
+  // knows it by the parent's SO_PEERCRED); it reconnects on first use.
+  static void BeforeFork();
+  static void AfterForkParent();
+  static void AfterForkChild();
+
   std::mutex mu_;
   int fd_ = -1;
 };

@@ -172,6 +172,9 @@ TETHER_EXPORT void* tether_attach(tether_apid_t apid, off_t offset, size_t size,
   int flags = MAP_SHARED | (vaddr ? MAP_FIXED : 0);
   void* p = mmap(vaddr, size, prot, flags, fds[0], 0);
   if (p == MAP_FAILED) return undo(errno, std::string("mmap: ") + std::strerror(errno), nullptr);
+  // Not inherited by fork(): the child would see the memfd without our
+  // uffd behind it, i.e. silent zero pages for everything not fetched.
+  madvise(p, size, MADV_DONTFORK);
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(p), size};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING | (writable ? UFFDIO_REGISTER_MODE_WP : 0);

@@ -138,7 +138,7 @@ absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
   }
   absl::MutexLock lock(&mu_);
   uint64_t apid = (uint64_t{incarnation_} << 32) | next_apid_++;
-  apids_[apid] = Apid{r.segid(), parts.node, grant, c.cred.uid, c.id};
+  apids_[apid] = Apid{r.segid(), parts.node, grant, c.cred.pid, c.id};
   resp->mutable_get()->set_apid(apid);
   resp->mutable_get()->set_size(grant.segment_size);
   return absl::OkStatus();
@@ -149,8 +149,8 @@ absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
   {
     absl::MutexLock lock(&mu_);
     auto it = apids_.find(apid);
-    if (it == apids_.end() || (it->second.uid != c.cred.uid && c.cred.uid != 0))
-      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x", apid));
+    if (it == apids_.end() || it->second.pid != c.cred.pid)
+      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x in this process", apid));
     for (auto& [id, e] : atts_)
       if (e.apid == apid) return ErrnoStatus(EBUSY, "apid still has attachments");
     a = it->second;
@@ -171,8 +171,8 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   {
     absl::MutexLock lock(&mu_);
     auto it = apids_.find(r.apid());
-    if (it == apids_.end() || (it->second.uid != c.cred.uid && c.cred.uid != 0))
-      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x", r.apid()));
+    if (it == apids_.end() || it->second.pid != c.cred.pid)
+      return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x in this process", r.apid()));
     a = it->second;
   }
   if (r.size() == 0) return ErrnoStatus(EINVAL, "attach size is zero");

@@ -50,7 +50,7 @@ class LocalApi : public LocalHandler {
     uint64_t segid = 0;
     uint32_t home = 0;
     Grant grant;
-    uint32_t uid = 0;
+    pid_t pid = 0;  // apids belong to the process that got them (XPMEM)
     uint64_t conn = 0;
   };
   struct AttachmentEntry {

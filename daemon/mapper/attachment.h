@@ -43,6 +43,9 @@ struct Attachment {
 
   absl::Mutex mu;
   std::vector<PageState> state ABSL_GUARDED_BY(mu);
+  // Sequential stream detection: faults inside [seq_lo, next_seq_page]
+  // extend the stream; next_seq_page is the end of what was requested.
+  uint64_t seq_lo ABSL_GUARDED_BY(mu) = ~uint64_t{0};
   uint64_t next_seq_page ABSL_GUARDED_BY(mu) = ~uint64_t{0};
   uint32_t readahead ABSL_GUARDED_BY(mu) = 1;
   uint64_t evict_hand ABSL_GUARDED_BY(mu) = 0;

@@ -20,6 +20,8 @@ namespace tether {
 namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint32_t kMaxReadahead = 64;  // pages: one 256 KiB transport request
+constexpr uint32_t kMaxAheadPages = 256;  // pages requested ahead of a sequential reader
+constexpr size_t kMaxAheadRequests = kMaxAheadPages / kMaxReadahead + 1;
 constexpr size_t kBufferBytes = kMaxReadahead * kPage;
 
 void Wake(int uffd, uint64_t start, uint64_t len) {
@@ -44,7 +46,7 @@ void PunchHole(int memfd, uint64_t off, uint64_t len) {
 
 FaultService::FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus)
     : data_(data),
-      budget_pages_(std::max<uint64_t>(budget_bytes / kPage, 4 * kMaxReadahead)),
+      budget_pages_(std::max<uint64_t>(budget_bytes / kPage, 4 * kMaxAheadPages)),
       sigbus_(std::move(sigbus)) {}
 
 FaultService::~FaultService() {
@@ -176,7 +178,9 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
   uint64_t base = att->vaddr.load();
   if (addr < base || addr >= base + att->size) return;
   uint64_t p = (addr - base) / kPage;
-  uint64_t n = 0;
+  // Up to kMaxAheadRequests requests of <= kMaxReadahead pages each.
+  std::pair<uint64_t, uint64_t> requests[kMaxAheadRequests];
+  size_t nreq = 0;
   {
     absl::MutexLock lock(&att->mu);
     if (att->revoked) {
@@ -185,25 +189,42 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
       return;
     }
     PageState s = att->state[p];
-    if (s == PageState::kFetching || s == PageState::kPoisoned) return;
-    if (s != PageState::kAbsent) {
+    if (s == PageState::kPoisoned) return;
+    if (s != PageState::kAbsent && s != PageState::kFetching) {
       Wake(att->uffd, addr, kPage);
       return;
     }
-    att->readahead = (p == att->next_seq_page)
-                         ? std::min<uint32_t>(att->readahead * 2, kMaxReadahead)
-                         : 1;
+    // A fault inside (or at the end of) the stream we are reading ahead
+    // for: keep kMaxAheadPages requested beyond it, so that the client
+    // mostly finds pages installed and the network stays busy.
+    bool sequential = att->seq_lo != ~uint64_t{0} && p >= att->seq_lo &&
+                      p <= att->next_seq_page;
+    att->readahead = sequential ? std::min<uint32_t>(att->readahead * 2, kMaxAheadPages) : 1;
+    if (!sequential && s == PageState::kFetching) return;  // its install wakes us
     uint64_t limit = std::min<uint64_t>(att->pages(), p + att->readahead);
-    while (p + n < limit && att->state[p + n] == PageState::kAbsent) {
-      att->state[p + n] = PageState::kFetching;
-      ++n;
+    for (uint64_t q = p; q < limit && nreq < kMaxAheadRequests;) {
+      if (att->state[q] != PageState::kAbsent) {
+        ++q;
+        continue;
+      }
+      uint64_t n = 0;
+      while (q + n < limit && n < kMaxReadahead && att->state[q + n] == PageState::kAbsent) {
+        att->state[q + n] = PageState::kFetching;
+        ++n;
+      }
+      requests[nreq++] = {q, n};
+      q += n;
     }
-    att->next_seq_page = p + n;
+    att->seq_lo = p;
+    att->next_seq_page = std::max<uint64_t>(sequential ? att->next_seq_page : 0, limit);
   }
-  uint8_t* buf = GetBuffer();
-  data_->Read(att->home, att->segid, att->grant, att->seg_offset + p * kPage,
-              absl::MakeSpan(buf, n * kPage),
-              [this, att, p, n, buf](absl::Status st) { Install(att, p, n, buf, st); });
+  for (size_t i = 0; i < nreq; ++i) {
+    auto [first, n] = requests[i];
+    uint8_t* buf = GetBuffer();
+    data_->Read(att->home, att->segid, att->grant, att->seg_offset + first * kPage,
+                absl::MakeSpan(buf, n * kPage),
+                [this, att, first, n, buf](absl::Status st) { Install(att, first, n, buf, st); });
+  }
 }
 
 void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,

@@ -2,8 +2,8 @@
 //
 // One thread waits on all attachments' userfaultfds (epoll). A missing-page
 // fault marks the page (and a read-ahead window of absent pages after it,
-// growing 1, 2, 4 … 64 pages while access stays sequential) kFetching and
-// sends one read to the home; the completion installs the pages with
+// growing 1, 2, 4 … 256 pages while access stays sequential, sent as reads
+// of up to 64 pages so that they pipeline) kFetching and asks the home; the completion installs the pages with
 // UFFDIO_COPY, write-protected when the attachment is writable, which wakes
 // the faulting threads. Many fetches are in flight at once: the fault
 // thread never waits for the network.

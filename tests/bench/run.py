@@ -87,8 +87,9 @@ def main():
     for name, v, unit, base, bv, ratio, target, ok in rows:
         print("%-24s %10.1f %-5s  %-44s %10.1f %7.2f %7s %s" %
               (name, v, unit, base, bv, ratio, target, "yes" if ok else "NO"))
-    print("(medians of %d interleaved rounds; %d faults each; %d MiB segment)" %
-          (rounds, faults, size // MiB))
+    print("(medians of %d interleaved rounds; %d faults each; %d MiB segment; floor parts: "
+          "null uffd fault p50 %.1f us, TCP 4 KiB RTT p50 %.1f us)" %
+          (rounds, faults, size // MiB, med["uffd"], med["rr"]))
     if a.json:
         with open(a.json, "w") as f:
             for name, v, unit, base, bv, ratio, target, ok in rows:

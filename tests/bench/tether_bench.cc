@@ -57,7 +57,7 @@ int UffdNull(int n) {
   size_t len = size_t(n) * kPage;
   auto* mem = static_cast<volatile uint8_t*>(
       mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC));
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (uffd < 0) Die("userfaultfd");
   uffdio_api api{UFFD_API, 0, 0};
   if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
@@ -70,7 +70,7 @@ int UffdNull(int n) {
     uffd_msg msg;
     while (!stop) {
       pollfd p{uffd, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
+      if (poll(&p, 1, 20) <= 0) continue;
       if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
       uffdio_zeropage z{};
       z.range = {msg.arg.pagefault.address & ~(kPage - 1), kPage};

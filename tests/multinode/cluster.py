@@ -195,6 +195,7 @@ class Cluster:
         self.prefix = "tt%d" % tag
         self.subnet = "10.%d.%d" % (100 + tag % 100, (tag // 100) % 250)
         self.dir = tempfile.mkdtemp(prefix="tether-cluster-")
+        os.chmod(self.dir, 0o711)  # unprivileged test clients reach the sockets
         self.certs = os.path.join(self.dir, "certs")
         self.budgets = budgets or {}
         self.nodes = [Node(self, i) for i in range(1, n + 1)]

@@ -49,7 +49,7 @@ tether_segid_t tether_make(void *vaddr, size_t size, int permit_type, void *perm
 int tether_remove(tether_segid_t segid);
 
 /* Permission to map a segment of any node, checked at its home with the
- * caller's credentials. size_out (may be NULL) gets the segment size. */
+ * caller's credentials. The apid belongs to the calling process. */
 tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void *permit_value);
 int tether_release(tether_apid_t apid);
 
