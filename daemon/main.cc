@@ -27,6 +27,9 @@ ABSL_FLAG(std::string, data_listen, "", "tcp data transport address (default: pe
 ABSL_FLAG(std::string, peers, "", "other nodes: id=host:port,id=host:port (their peer_listen)");
 ABSL_FLAG(uint64_t, cache_budget_mb, 256, "bytes of remote pages this node may hold, in MiB");
 ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls");
+ABSL_FLAG(int32_t, invalidate_deadline_ms, 2000,
+          "how long a home waits for mappers to acknowledge an invalidation before fencing "
+          "them");
 ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
 ABSL_FLAG(std::string, tls_ca, "", "cluster CA certificate (PEM file)");
 ABSL_FLAG(std::string, tls_cert, "", "this node's certificate (PEM file)");
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
   }
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
+  cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);
   cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
   if (!cfg.tls.insecure) {
     if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||

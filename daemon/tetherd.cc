@@ -8,7 +8,10 @@
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/invalidation/mapper_invalidation.h"
 #include "daemon/local/local_api.h"
+#include "daemon/notifier/uffd_notifier_source.h"
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
@@ -17,6 +20,26 @@
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
+
+// Notices to this node's own mappers are a direct call; others go by gRPC.
+class PeerInvalidationChannel : public InvalidationChannel {
+ public:
+  PeerInvalidationChannel(uint32_t self, PeerDirectory* peers, InvalidationTarget* local)
+      : self_(self), peers_(peers), local_(local) {}
+  void Send(uint32_t node, const InvalidationNotice& n, absl::Duration timeout,
+            Done done) override {
+    if (node == self_) {
+      std::move(done)(local_->Handle(n));
+      return;
+    }
+    peers_->Invalidate(node, n, timeout, std::move(done));
+  }
+
+ private:
+  uint32_t self_;
+  PeerDirectory* peers_;
+  InvalidationTarget* local_;
+};
 
 Tetherd::Tetherd(TetherdConfig config) : config_(std::move(config)) {}
 
@@ -58,10 +81,24 @@ absl::Status Tetherd::Start() {
   RETURN_IF_ERROR(faults_->Start());
   local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
                                           peers_.get(), faults_.get());
+  mapper_invalidation_ = std::make_unique<MapperInvalidation>(
+      faults_.get(), [this](uint64_t segid) { return local_api_->AttachmentsOf(segid); });
+  channel_ = std::make_unique<PeerInvalidationChannel>(config_.node_id, peers_.get(),
+                                                       mapper_invalidation_.get());
+  coordinator_ = std::make_unique<InvalidationCoordinator>(
+      config_.node_id, registry_.get(), channel_.get(),
+      absl::Milliseconds(config_.invalidate_deadline_ms));
+  registry_->SetGoneCallback([this](uint64_t segid, const std::string& why) {
+    coordinator_->RevokeAll(segid, why);
+  });
+  notifier_ = std::make_unique<UffdNotifierSource>(registry_.get(), coordinator_.get());
+  registry_->SetNotifierSource(notifier_.get());
+  local_api_->SetNotifierSource(notifier_.get());
 
   HelloInfo hello{config_.node_id, incarnation_, transport_->bound_address(), token};
   ASSIGN_OR_RETURN(peer_server_,
-                   PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(), hello));
+                   PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(),
+                                     mapper_invalidation_.get(), hello));
   DaemonInfo info;
   info.node_id = config_.node_id;
   info.incarnation = incarnation_;
@@ -92,12 +129,18 @@ void Tetherd::Stop() {
   if (local_api_) local_api_->DetachAll();
   if (admin_server_) admin_server_->Shutdown();
   if (peer_server_) peer_server_->Shutdown();
+  if (notifier_) notifier_->Stop();
   if (faults_) faults_->Stop();
   if (transport_) transport_->Shutdown();
   registry_->Stop();
   local_server_.reset();
   admin_server_.reset();
   peer_server_.reset();
+  registry_->SetNotifierSource(nullptr);
+  notifier_.reset();
+  coordinator_.reset();
+  channel_.reset();
+  mapper_invalidation_.reset();
   local_api_.reset();
   faults_.reset();
   data_path_.reset();

@@ -29,6 +29,9 @@ struct TetherdConfig {
   std::vector<PeerConfig> peers;
   uint64_t cache_budget_bytes = 256ull << 20;
   int rpc_timeout_ms = 5000;
+  // How long a home waits for mappers to acknowledge a range_begin before
+  // fencing them (DESIGN.md G2).
+  int invalidate_deadline_ms = 2000;
   TlsConfig tls;
 };
 
@@ -40,6 +43,10 @@ class LocalApi;
 class FaultService;
 class DataPath;
 class Transport;
+class InvalidationCoordinator;
+class MapperInvalidation;
+class NotifierSource;
+class PeerInvalidationChannel;
 
 class Tetherd {
  public:
@@ -60,6 +67,10 @@ class Tetherd {
   std::unique_ptr<DataPath> data_path_;
   std::unique_ptr<FaultService> faults_;
   std::unique_ptr<LocalApi> local_api_;
+  std::unique_ptr<MapperInvalidation> mapper_invalidation_;
+  std::unique_ptr<PeerInvalidationChannel> channel_;
+  std::unique_ptr<InvalidationCoordinator> coordinator_;
+  std::unique_ptr<NotifierSource> notifier_;
   std::unique_ptr<LocalServer> local_server_;
   std::unique_ptr<PeerServer> peer_server_;
   std::unique_ptr<AdminServer> admin_server_;

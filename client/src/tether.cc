@@ -58,6 +58,26 @@ int OpenUserfaultfd(bool writable) {
   return uffd;
 }
 
+int OpenEventsUserfaultfd() {
+  int uffd = -1;
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev >= 0) {
+    uffd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    close(dev);
+  }
+  if (uffd < 0) uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) return -1;
+  uffdio_api api{};
+  api.api = UFFD_API;
+  api.features = UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |
+                 UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+  if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+    close(uffd);
+    return -1;
+  }
+  return uffd;
+}
+
 bool Aligned(const void* p, size_t n) {
   return (reinterpret_cast<uintptr_t>(p) % kPage) == 0 && n % kPage == 0;
 }
@@ -90,8 +110,15 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   m->set_size(size);
   m->set_permit_mode(static_cast<uint32_t>(mode));
   tether::local::LocalResponse resp;
-  int rc = tc::LocalChannel::Get().Call(req, {pidfd}, &resp);
+  // A userfaultfd of this mm, for the daemon only (we keep no copy: if the
+  // daemon dies, the registration goes with it and our munmap/madvise never
+  // wait on a reader that is gone). It sees munmap/madvise/mremap events.
+  int events = OpenEventsUserfaultfd();
+  std::vector<int> fds{pidfd};
+  if (events >= 0) fds.push_back(events);
+  int rc = tc::LocalChannel::Get().Call(req, fds, &resp);
   close(pidfd);
+  if (events >= 0) close(events);
   if (rc != 0) return -1;
   return static_cast<tether_segid_t>(resp.make().segid());
 }

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +12,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/notifier/notifier_source.h"
 
 namespace tether {
 namespace {
@@ -18,6 +20,9 @@ constexpr uint64_t kPageSize = 4096;
 // User address space limit on x86-64 with 4-level paging.
 constexpr uint64_t kUserAddressLimit = uint64_t{1} << 47;
 constexpr size_t kMaxNameLength = 255;
+constexpr size_t kRecentWindows = 64;
+
+bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b1 && b0 < a1; }
 }  // namespace
 
 SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
@@ -63,6 +68,8 @@ void SegmentRegistry::WatchExits() {
 
 void SegmentRegistry::ExporterExited(uint64_t segid) {
   std::shared_ptr<ExporterMemory> memory;
+  bool notify = false;
+  {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return;
@@ -73,10 +80,18 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
   }
   if (seg->state == "live") {
     seg->state = "exporter exited";
+    notify = true;
     TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
               seg->grants.size());
   }
-  MaybeForget(seg);
+  if (!notify) MaybeForget(seg);  // after the callback has seen the grants
+  }
+  if (notify && gone_cb_) gone_cb_(segid, "exporter exited");
+  if (notify) {
+    absl::MutexLock lock(&mu_);
+    auto it = segments_.find(segid);
+    if (it != segments_.end()) MaybeForget(it->second.get());
+  }
 }
 
 // A segment that is no longer live stays listed while grants refer to it,
@@ -121,6 +136,7 @@ absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_
 }
 
 absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) {
+  {
   std::shared_ptr<ExporterMemory> memory;
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
@@ -135,7 +151,11 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
   }
   seg->state = "removed";
   TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
-  MaybeForget(seg);
+  }
+  if (gone_cb_) gone_cb_(segid, "segment removed by its exporter");
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it != segments_.end()) MaybeForget(it->second.get());
   return absl::OkStatus();
 }
 
@@ -227,11 +247,15 @@ std::vector<SegmentSummary> SegmentRegistry::List() const {
 
 absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
     uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
-    bool write, uint64_t* addr) {
+    bool write, uint64_t* addr, uint64_t* gen) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
   Segment* seg = it->second.get();
+  auto fit = seg->fenced.find(peer_node);
+  if (fit != seg->fenced.end())
+    return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
+                                              peer_node, fit->second));
   auto git = seg->grants.find(grant);
   if (git == seg->grants.end() || git->second.node != peer_node)
     return ErrnoStatus(EACCES, "no grant for this node");
@@ -242,23 +266,135 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
   }
   if (len == 0 || offset >= seg->size || len > seg->size - offset)
     return ErrnoStatus(EINVAL, "request past the end of the segment");
+  for (const auto& [id, w] : seg->windows) {
+    if (Overlap(offset, offset + len, w.first, w.second))
+      return ErrnoStatus(EAGAIN, "retry: an invalidation window is open over this range");
+  }
+  if (!write) seg->cached[peer_node].Add(offset, offset + len);  // before the read (G3)
   *addr = seg->vaddr + offset;
+  *gen = seg->gen;
   return seg->memory;
+}
+
+bool SegmentRegistry::OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return true;
+  const Segment& seg = *it->second;
+  if (seg.gen == gen) return false;
+  // The log holds the last kRecentWindows; older ones answer "yes".
+  if (seg.recent.empty() || seg.recent.front().gen > gen + 1) return true;
+  for (const auto& w : seg.recent)
+    if (w.gen > gen && Overlap(start, end, w.start, w.end)) return true;
+  return false;
+}
+
+absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_t start,
+                                                         uint64_t end) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  start = std::min(start, seg->size);
+  end = std::min(end, seg->size);
+  if (start >= end) return ErrnoStatus(EINVAL, "empty invalidation range");
+  OpenedWindow w;
+  w.id = next_window_++;
+  seg->windows.emplace(w.id, std::make_pair(start, end));
+  ++seg->gen;
+  seg->recent.push_back({seg->gen, start, end});
+  if (seg->recent.size() > kRecentWindows) seg->recent.erase(seg->recent.begin());
+  for (auto& [node, set] : seg->cached) {
+    if (set.Overlaps(start, end)) {
+      w.nodes.push_back(node);
+      set.Remove(start, end);
+    }
+  }
+  std::sort(w.nodes.begin(), w.nodes.end());
+  return w;
+}
+
+void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  it->second->windows.erase(window);
+}
+
+void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  Segment* seg = it->second.get();
+  seg->fenced[node] = why;
+  seg->cached.erase(node);
+  size_t revoked = 0;
+  for (auto g = seg->grants.begin(); g != seg->grants.end();) {
+    if (g->second.node == node) {
+      seg->grants.erase(g++);
+      ++revoked;
+    } else {
+      ++g;
+    }
+  }
+  TLOG_WARN("segment %#x: node %d fenced (%s): %d grants revoked", segid, node, why, revoked);
+}
+
+std::vector<uint32_t> SegmentRegistry::GrantNodes(uint64_t segid) const {
+  std::vector<uint32_t> out;
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return out;
+  for (const auto& [id, g] : it->second->grants) out.push_back(g.node);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+std::vector<SegmentRange> SegmentRegistry::SegmentsOf(pid_t pid, uint64_t addr,
+                                                      uint64_t len) const {
+  std::vector<SegmentRange> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, s] : segments_) {
+    if (s->pid != pid || s->state != "live") continue;
+    uint64_t a0 = std::max(addr, s->vaddr), a1 = std::min(addr + len, s->vaddr + s->size);
+    if (a0 < a1) out.push_back({s->segid, s->vaddr, a0 - s->vaddr, a1 - s->vaddr});
+  }
+  return out;
+}
+
+absl::StatusOr<SegmentSummary> SegmentRegistry::Get(uint64_t segid) const {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  SegmentSummary x;
+  x.segid = segid;
+  x.vaddr = it->second->vaddr;
+  x.size = it->second->size;
+  x.pid = it->second->pid;
+  x.state = it->second->state;
+  return x;
 }
 
 absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
                                          uint64_t offset, absl::Span<uint8_t> dst) {
-  uint64_t addr = 0;
+  uint64_t addr = 0, gen = 0;
   ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, dst.size(), false, &addr));
-  return memory->Read(addr, dst);
+                   Resolve(peer_node, segid, grant, offset, dst.size(), false, &addr, &gen));
+  // Events on the range must be seen before a copy of it leaves (G1, G3).
+  if (source_) RETURN_IF_ERROR(source_->Watch(segid, offset, offset + dst.size()));
+  RETURN_IF_ERROR(memory->Read(addr, dst));
+  // A window opened while we read: what we read may predate it (G5).
+  if (OpenedSince(segid, gen, offset, offset + dst.size()))
+    return ErrnoStatus(EAGAIN, "retry: an invalidation window opened during the read");
+  return absl::OkStatus();
 }
 
 absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
                                           uint64_t offset, absl::Span<const uint8_t> src) {
-  uint64_t addr = 0;
+  uint64_t addr = 0, gen = 0;
   ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr));
+                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr, &gen));
   return memory->Write(addr, src);
 }
 

@@ -9,6 +9,7 @@
 #define TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/credentials.h"
+#include "daemon/common/interval_set.h"
 #include "daemon/home/exporter_memory.h"
 #include "daemon/transport/transport.h"
 
@@ -35,14 +37,35 @@ struct SegmentSummary {
   std::string state;  // "live", "removed", "exporter exited"
 };
 
+// A segment's part inside an exporter address range.
+struct SegmentRange {
+  uint64_t segid = 0;
+  uint64_t vaddr = 0;  // the segment's start in the exporter
+  uint64_t start = 0, end = 0;  // segment offsets
+};
+
+struct OpenedWindow {
+  uint64_t id = 0;
+  std::vector<uint32_t> nodes;  // nodes that may cache part of the range
+};
+
 struct Grant {
   uint64_t id = 0;
   uint64_t segment_size = 0;
   bool writable = false;
 };
 
+class NotifierSource;
+
 class SegmentRegistry : public BlockServer {
  public:
+  // Called (outside the registry's lock) when a segment stops being live:
+  // removed, or its exporter exited. The coordinator revokes mappers.
+  using GoneCallback = std::function<void(uint64_t segid, const std::string& why)>;
+  void SetGoneCallback(GoneCallback cb) { gone_cb_ = std::move(cb); }
+  // Asked to watch a range before every read of it (see NotifierSource).
+  void SetNotifierSource(NotifierSource* source) { source_ = source; }
+
   SegmentRegistry(uint32_t node_id, uint32_t incarnation);
   ~SegmentRegistry() override;
 
@@ -64,6 +87,31 @@ class SegmentRegistry : public BlockServer {
 
   std::vector<SegmentSummary> List() const;
 
+  // --- Invalidation support (DESIGN.md G1, G3, G5) ---
+  //
+  // Every read of a segment marks the range cached by the reading node
+  // *before* it reads the exporter, under the same lock and sequence as the
+  // window check (G3), and is bracketed: a read that overlaps an open
+  // window, or one opened while it ran, is answered EAGAIN ("retry"),
+  // never with contents from before the window (G5: the home never waits
+  // for in-flight reads).
+  //
+  // Opens a window over [start, end) (segment offsets): no read or write
+  // of the range is served until CloseWindow(). Returns the nodes whose
+  // cached marks overlap; the marks are cleared (those nodes drop their
+  // copies, or are fenced).
+  absl::StatusOr<OpenedWindow> OpenWindow(uint64_t segid, uint64_t start, uint64_t end);
+  void CloseWindow(uint64_t segid, uint64_t window);
+  // Revokes every grant `node` holds on the segment: its later requests
+  // and write-backs are refused ("revoked"), never applied.
+  void FenceNode(uint64_t segid, uint32_t node, const std::string& why);
+  // Nodes holding grants on the segment.
+  std::vector<uint32_t> GrantNodes(uint64_t segid) const;
+  // Live segments of exporter `pid` overlapping [addr, addr + len).
+  std::vector<SegmentRange> SegmentsOf(pid_t pid, uint64_t addr, uint64_t len) const;
+  // A segment's exporter range (for notifier sources).
+  absl::StatusOr<SegmentSummary> Get(uint64_t segid) const;
+
   absl::Status ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
                           absl::Span<uint8_t> dst) override;
   absl::Status WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -74,8 +122,17 @@ class SegmentRegistry : public BlockServer {
     uint32_t node = 0;
     bool writable = false;
   };
+  struct RecentWindow {
+    uint64_t gen, start, end;
+  };
   struct Segment {
     uint64_t segid = 0;
+    // Invalidation state.
+    uint64_t gen = 0;  // windows opened so far
+    absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows;  // open
+    std::vector<RecentWindow> recent;  // last kRecentWindows opened
+    absl::flat_hash_map<uint32_t, IntervalSet> cached;  // by node
+    absl::flat_hash_map<uint32_t, std::string> fenced;  // node -> why
     uint64_t vaddr = 0, size = 0;
     pid_t pid = 0;
     uint32_t uid = 0, gid = 0, mode = 0;
@@ -89,7 +146,9 @@ class SegmentRegistry : public BlockServer {
   absl::StatusOr<std::shared_ptr<ExporterMemory>> Resolve(uint32_t peer_node, uint64_t segid,
                                                           uint64_t grant, uint64_t offset,
                                                           uint64_t len, bool write,
-                                                          uint64_t* addr);
+                                                          uint64_t* addr, uint64_t* gen);
+  // True if a window overlapping [start, end) opened after `gen`.
+  bool OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end);
   void WatchExits();
   void ExporterExited(uint64_t segid);
   void MaybeForget(Segment* seg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -100,9 +159,12 @@ class SegmentRegistry : public BlockServer {
   mutable absl::Mutex mu_;
   uint32_t next_local_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_grant_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_window_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> names_ ABSL_GUARDED_BY(mu_);
 
+  GoneCallback gone_cb_;
+  NotifierSource* source_ = nullptr;
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::atomic<bool> stopping_{false};

@@ -19,6 +19,7 @@ namespace {
 constexpr uint64_t kPage = 4096;
 
 bool IsUserfaultfd(int fd) {
+  if (fd < 0) return false;
   char target[64] = {};
   std::string link = absl::StrCat("/proc/self/fd/", fd);
   ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
@@ -110,10 +111,32 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     close(pidfd);
     return ErrnoStatus(EINVAL, "export size is zero");
   }
-  ASSIGN_OR_RETURN(auto memory, ExporterMemory::Open(pidfd, c.cred.pid));
-  ASSIGN_OR_RETURN(uint64_t segid, registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(),
-                                                   std::move(memory)));
-  resp->mutable_make()->set_segid(segid);
+  int events_fd = TakeFd(fds, 1);  // the exporter's userfaultfd, if it sent one
+  if (events_fd >= 0 && !IsUserfaultfd(events_fd)) {
+    close(events_fd);
+    close(pidfd);
+    return ErrnoStatus(EINVAL, "the second descriptor of an export must be a userfaultfd");
+  }
+  auto memory = ExporterMemory::Open(pidfd, c.cred.pid);
+  if (!memory.ok()) {
+    if (events_fd >= 0) close(events_fd);
+    return memory.status();
+  }
+  int pidfd_copy = fcntl((*memory)->pidfd(), F_DUPFD_CLOEXEC, 0);
+  auto segid = registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(), std::move(*memory));
+  if (!segid.ok()) {
+    if (events_fd >= 0) close(events_fd);
+    close(pidfd_copy);
+    return segid.status();
+  }
+  if (notifier_) {
+    absl::Status st = notifier_->AddExporter(*segid, c.cred.pid, pidfd_copy, events_fd);
+    if (!st.ok()) TLOG_WARN("segment %#x: notifier: %s", *segid, st.ToString());
+  } else {
+    if (events_fd >= 0) close(events_fd);
+    close(pidfd_copy);
+  }
+  resp->mutable_make()->set_segid(*segid);
   return absl::OkStatus();
 }
 
@@ -353,6 +376,14 @@ std::vector<AttachmentSummary> LocalApi::ListAttachments() {
     s.state = a->revoked ? "revoked: " + a->revoke_reason : "mapped";
     out.push_back(std::move(s));
   }
+  return out;
+}
+
+std::vector<std::shared_ptr<Attachment>> LocalApi::AttachmentsOf(uint64_t segid) {
+  std::vector<std::shared_ptr<Attachment>> out;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : atts_)
+    if (e.att->segid == segid) out.push_back(e.att);
   return out;
 }
 

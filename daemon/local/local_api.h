@@ -16,6 +16,7 @@
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/fault_service.h"
+#include "daemon/notifier/notifier_source.h"
 #include "daemon/peer/peer_directory.h"
 
 namespace tether {
@@ -38,10 +39,14 @@ class LocalApi : public LocalHandler {
               std::vector<int>* fds_out) override;
   void Disconnected(const LocalConnection& conn) override;
 
+  void SetNotifierSource(NotifierSource* source) { notifier_ = source; }
+
   // FaultService's SigbusSink.
   void SendSigbus(const Attachment& att, uint64_t offset, uint64_t len, const std::string& why);
 
   std::vector<AttachmentSummary> ListAttachments();
+  // This node's attachments of a segment (for invalidations).
+  std::vector<std::shared_ptr<Attachment>> AttachmentsOf(uint64_t segid);
   // Detaches everything (daemon shutdown), writing dirty pages back.
   void DetachAll();
 
@@ -79,6 +84,7 @@ class LocalApi : public LocalHandler {
   SegmentRegistry* const registry_;
   PeerDirectory* const peers_;
   FaultService* const faults_;
+  NotifierSource* notifier_ = nullptr;
 
   absl::Mutex mu_;
   uint64_t next_apid_ ABSL_GUARDED_BY(mu_) = 1;

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 
 namespace tether {
@@ -51,11 +53,27 @@ struct Attachment {
   uint64_t evict_hand ABSL_GUARDED_BY(mu) = 0;
   uint64_t resident ABSL_GUARDED_BY(mu) = 0;  // pages installed
   uint64_t dirty ABSL_GUARDED_BY(mu) = 0;     // pages kDirty
+  // Invalidation (DESIGN.md "The invalidation contract", mapper side).
+  // Open windows by key (home segid + window id): faults in them wait.
+  absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows ABSL_GUARDED_BY(mu);
+  // Bumped by every range_begin; a fetch issued under another value is
+  // discarded instead of installed (it may predate the window).
+  uint64_t inval_gen ABSL_GUARDED_BY(mu) = 0;
+  // Dirty pages a window took away, written back after it (page -> bytes).
+  absl::btree_map<uint64_t, std::string> kept_aside ABSL_GUARDED_BY(mu);
+  // Dirty pages discarded because their address went away (reported by
+  // the next sync).
+  uint64_t lost_pages ABSL_GUARDED_BY(mu) = 0;
   bool revoked ABSL_GUARDED_BY(mu) = false;
   std::string revoke_reason ABSL_GUARDED_BY(mu);
   std::atomic<uint64_t> faults{0};
 
   uint64_t pages() const { return size / 4096; }
+  bool InWindow(uint64_t page) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const auto& [key, w] : windows)
+      if (page >= w.first && page < w.second) return true;
+    return false;
+  }
 
   // The fds live as long as the last reference: an in-flight fetch that
   // completes after detach must not ioctl a closed (or reused) fd number.

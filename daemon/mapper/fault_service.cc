@@ -122,10 +122,20 @@ void FaultService::FaultLoop() {
   epoll_event events[32];
   uffd_msg msgs[32];
   while (!stopping_) {
-    int n = epoll_wait(epoll_fd_, events, 32, -1);
+    bool pending_retries;
+    {
+      absl::MutexLock lock(&retry_mu_);
+      pending_retries = !retries_.empty();
+    }
+    int n = epoll_wait(epoll_fd_, events, 32, pending_retries ? 1 : -1);
+    if (pending_retries) RunDueRetries();
     for (int i = 0; i < n; ++i) {
       uint64_t id = events[i].data.u64;
-      if (id == 0) continue;
+      if (id == 0) {
+        uint64_t v;
+        (void)!read(wake_fd_, &v, sizeof(v));
+        continue;
+      }
       std::shared_ptr<Attachment> att;
       {
         absl::MutexLock lock(&mu_);
@@ -181,6 +191,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
   // Up to kMaxAheadRequests requests of <= kMaxReadahead pages each.
   std::pair<uint64_t, uint64_t> requests[kMaxAheadRequests];
   size_t nreq = 0;
+  uint64_t gen = 0;
   {
     absl::MutexLock lock(&att->mu);
     if (att->revoked) {
@@ -188,6 +199,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
       Wake(att->uffd, addr, kPage);
       return;
     }
+    if (att->InWindow(p)) return;  // range_end wakes it
     PageState s = att->state[p];
     if (s == PageState::kPoisoned) return;
     if (s != PageState::kAbsent && s != PageState::kFetching) {
@@ -208,28 +220,45 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
         continue;
       }
       uint64_t n = 0;
-      while (q + n < limit && n < kMaxReadahead && att->state[q + n] == PageState::kAbsent) {
+      while (q + n < limit && n < kMaxReadahead && att->state[q + n] == PageState::kAbsent &&
+             !att->InWindow(q + n)) {
         att->state[q + n] = PageState::kFetching;
         ++n;
       }
+      if (n == 0) break;  // the next page is in a window
       requests[nreq++] = {q, n};
       q += n;
     }
     att->seq_lo = p;
     att->next_seq_page = std::max<uint64_t>(sequential ? att->next_seq_page : 0, limit);
+    gen = att->inval_gen;
   }
   for (size_t i = 0; i < nreq; ++i) {
     auto [first, n] = requests[i];
     uint8_t* buf = GetBuffer();
     data_->Read(att->home, att->segid, att->grant, att->seg_offset + first * kPage,
                 absl::MakeSpan(buf, n * kPage),
-                [this, att, first, n, buf](absl::Status st) { Install(att, first, n, buf, st); });
+                [this, att, first, n, buf, gen](absl::Status st) {
+                  Install(att, first, n, buf, gen, st);
+                });
   }
 }
 
 void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
-                           uint8_t* buf, absl::Status st) {
+                           uint8_t* buf, uint64_t gen, absl::Status st) {
   uint64_t base = att->vaddr.load();
+  if (!st.ok() && ToErrno(st) == EAGAIN) {
+    // The home has a window open over the range: fetch again shortly (or
+    // at range_end, if this node is being invalidated too).
+    {
+      absl::MutexLock lock(&att->mu);
+      for (uint64_t i = 0; i < n; ++i)
+        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+    }
+    PutBuffer(buf);
+    RetryLater(att, first, n);
+    return;
+  }
   if (!st.ok()) {
     {
       absl::MutexLock lock(&att->mu);
@@ -238,60 +267,200 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
           att->state[first + i] = i == 0 ? PageState::kPoisoned : PageState::kAbsent;
     }
     PutBuffer(buf);
-    TLOG_WARN("attachment %d: fetch of page %d failed: %s", att->id, first, st.ToString());
-    // Faulters on the read-ahead pages retry on their own; the faulting
-    // page is made to raise SIGBUS by the client library.
+    TLOG_WARN("attachment %#x: fetch of page %d failed: %s", att->id, first, st.ToString());
+    // Faulters on the read-ahead pages retry on their own; the first page
+    // is made to raise SIGBUS by the client library.
     if (n > 1) Wake(att->uffd, base + (first + 1) * kPage, (n - 1) * kPage);
     sigbus_(*att, first * kPage, kPage, std::string(st.message()));
     return;
   }
   uint64_t installed = 0;
-  std::vector<bool> present(n, false);
   bool need_wake = false;
-  uint64_t done = 0;
-  while (done < n) {
-    uffdio_copy c{};
-    c.dst = base + (first + done) * kPage;
-    c.src = reinterpret_cast<uint64_t>(buf + done * kPage);
-    c.len = (n - done) * kPage;
-    c.mode = att->writable ? UFFDIO_COPY_MODE_WP : 0;
-    if (ioctl(att->uffd, UFFDIO_COPY, &c) == 0) {
-      for (uint64_t i = done; i < n; ++i) present[i] = true;
-      break;
-    }
-    int err = errno;
-    uint64_t copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPage : 0;
-    for (uint64_t i = done; i < done + copied; ++i) present[i] = true;
-    done += copied;
-    if (err == EAGAIN) continue;
-    if (err == EEXIST) {  // already in the page cache: keep it, wake faulters
-      present[done] = true;
-      need_wake = true;
-      ++done;
-      continue;
-    }
-    break;  // ENOENT/ESRCH/EFAULT: the client unmapped or exited
-  }
   {
+    // Installed under the attachment lock, so that a range_begin cannot
+    // zap between our generation check and the copy (stale install).
     absl::MutexLock lock(&att->mu);
-    for (uint64_t i = 0; i < n; ++i) {
-      PageState& s = att->state[first + i];
-      if (s != PageState::kFetching) continue;
-      if (present[i] && !att->revoked) {
-        s = PageState::kClean;
-        ++installed;
-      } else {
-        s = PageState::kAbsent;
+    if (att->inval_gen != gen || att->revoked) {
+      // A window opened while this fetch was in flight: its data may
+      // predate it. Drop it; faulters outside windows fetch again now.
+      for (uint64_t i = 0; i < n; ++i)
+        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+      need_wake = true;
+    } else {
+      uint64_t done = 0;
+      while (done < n) {
+        uffdio_copy c{};
+        c.dst = base + (first + done) * kPage;
+        c.src = reinterpret_cast<uint64_t>(buf + done * kPage);
+        c.len = (n - done) * kPage;
+        c.mode = att->writable ? UFFDIO_COPY_MODE_WP : 0;
+        int err = 0;
+        uint64_t copied = n - done;
+        if (ioctl(att->uffd, UFFDIO_COPY, &c) != 0) {
+          err = errno;
+          copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPage : 0;
+        }
+        for (uint64_t i = done; i < done + copied; ++i) {
+          if (att->state[first + i] == PageState::kFetching) {
+            att->state[first + i] = PageState::kClean;
+            ++installed;
+          }
+        }
+        done += copied;
+        if (err == 0) break;
+        if (err == EAGAIN) continue;
+        if (err == EEXIST) {  // already in the page cache: keep it, wake faulters
+          if (att->state[first + done] == PageState::kFetching) {
+            att->state[first + done] = PageState::kClean;
+            ++installed;
+          }
+          need_wake = true;
+          ++done;
+          continue;
+        }
+        // ENOENT/ESRCH/EFAULT: the client unmapped or exited.
+        for (uint64_t i = done; i < n; ++i)
+          if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+        break;
       }
+      att->resident += installed;
     }
-    att->resident += installed;
   }
   PutBuffer(buf);
-  if (need_wake) Wake(att->uffd, base + first * kPage, n * kPage);
+  if (need_wake) {
+    absl::MutexLock lock(&att->mu);
+    for (uint64_t i = 0; i < n; ++i)
+      if (!att->InWindow(first + i)) Wake(att->uffd, base + (first + i) * kPage, kPage);
+  }
   if (resident_pages_.fetch_add(installed) + installed > budget_pages_) {
     absl::MutexLock lock(&mu_);
     evict_wanted_ = true;
   }
+}
+
+void FaultService::RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first,
+                              uint64_t n) {
+  {
+    absl::MutexLock lock(&retry_mu_);
+    retries_.push_back({att, first, n, absl::Now() + absl::Milliseconds(1)});
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));  // the fault loop shortens its wait
+}
+
+void FaultService::RunDueRetries() {
+  std::vector<Retry> due;
+  {
+    absl::MutexLock lock(&retry_mu_);
+    absl::Time now = absl::Now();
+    for (auto it = retries_.begin(); it != retries_.end();) {
+      if (it->due <= now) {
+        due.push_back(std::move(*it));
+        it = retries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& r : due) {
+    auto att = r.att.lock();
+    if (!att) continue;
+    absl::MutexLock lock(&att->mu);
+    uint64_t base = att->vaddr.load();
+    for (uint64_t i = 0; i < r.n; ++i)
+      if (!att->InWindow(r.first + i)) Wake(att->uffd, base + (r.first + i) * kPage, kPage);
+  }
+}
+
+void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1) {
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&att.mu);
+    p1 = std::min(p1, att.pages());
+    if (att.revoked || p0 >= p1) return;
+    att.windows[key] = {p0, p1};
+    ++att.inval_gen;
+    std::string page(kPage, '\0');
+    for (uint64_t p = p0; p < p1;) {
+      PageState s = att.state[p];
+      if (s != PageState::kClean && s != PageState::kDirty && s != PageState::kWriteback) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && (att.state[q] == PageState::kClean || att.state[q] == PageState::kDirty ||
+                        att.state[q] == PageState::kWriteback)) {
+        if (att.state[q] != PageState::kClean) {
+          // Dirty data is never dropped while the address exists: keep it
+          // aside, write it back after the window (G5: never inside it).
+          if (pread(att.memfd, page.data(), kPage, static_cast<off_t>(q * kPage)) ==
+              static_cast<ssize_t>(kPage))
+            att.kept_aside[q] = page;
+          if (att.state[q] == PageState::kDirty) --att.dirty;
+        }
+        att.state[q++] = PageState::kAbsent;
+      }
+      PunchHole(att.memfd, p * kPage, (q - p) * kPage);
+      dropped += q - p;
+      p = q;
+    }
+    att.resident -= dropped;
+  }
+  resident_pages_ -= dropped;
+}
+
+absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
+                                          absl::Span<const uint8_t> data) {
+  // The home refuses writes inside one of its windows (EAGAIN): retry for
+  // a bounded time, since windows close within the ack deadline.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (true) {
+    absl::Status st =
+        data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + first * kPage, data);
+    if (st.ok() || ToErrno(st) != EAGAIN || absl::Now() > deadline) return st;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
+                                     const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
+  std::vector<std::pair<uint64_t, std::string>> writeback;
+  uint64_t p0, p1;
+  {
+    absl::MutexLock lock(&att.mu);
+    auto it = att.windows.find(key);
+    if (it == att.windows.end()) return absl::OkStatus();  // duplicate or unknown
+    p0 = it->second.first;
+    p1 = it->second.second;
+    for (auto k = att.kept_aside.lower_bound(p0); k != att.kept_aside.end() && k->first < p1;) {
+      bool is_gone = false;
+      for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
+      if (is_gone) {
+        ++att.lost_pages;
+      } else {
+        writeback.emplace_back(k->first, std::move(k->second));
+      }
+      k = att.kept_aside.erase(k);
+    }
+  }
+  // Written back before the range reopens, so that our next fault fetches
+  // contents that include our own writes.
+  absl::Status result;
+  for (auto& [p, bytes] : writeback) {
+    absl::Status st = WriteBackPages(
+        att, p, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPage));
+    if (!st.ok()) {
+      absl::MutexLock lock(&att.mu);
+      att.kept_aside[p] = std::move(bytes);  // a later sync retries
+      if (result.ok()) result = st;
+    }
+  }
+  absl::MutexLock lock(&att.mu);
+  att.windows.erase(key);
+  uint64_t base = att.vaddr.load();
+  for (uint64_t p = p0; p < p1; ++p)
+    if (!att.InWindow(p) && base) Wake(att.uffd, base + p * kPage, kPage);
+  return result;
 }
 
 absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) {
@@ -301,8 +470,16 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   uint64_t p0 = offset / kPage, p1 = (offset + len + kPage - 1) / kPage;
   uint64_t base = att.vaddr.load();
   std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
+  absl::Status lost;
   {
     absl::MutexLock lock(&att.mu);
+    if (att.lost_pages > 0) {
+      lost = ErrnoStatus(EIO, absl::StrFormat(
+                                  "%d page(s) of writes not yet synced were discarded: the "
+                                  "exporter unmapped that memory",
+                                  att.lost_pages));
+      att.lost_pages = 0;
+    }
     for (uint64_t p = p0; p < p1;) {
       if (att.state[p] != PageState::kDirty) {
         ++p;
@@ -331,7 +508,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     if (got != static_cast<ssize_t>(buf.size())) {
       st = ErrnoStatus(got < 0 ? errno : EIO, "read back dirty pages");
     } else {
-      st = data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + p * kPage, buf);
+      st = WriteBackPages(att, p, buf);
     }
     ok[r] = st.ok();
     if (!st.ok() && result.ok()) result = st;
@@ -348,7 +525,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
       }
     }
   }
-  return result;
+  return lost.ok() ? result : lost;
 }
 
 absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t len) {
@@ -382,6 +559,9 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
     if (att.revoked) return;
     att.revoked = true;
     att.revoke_reason = why;
+    att.lost_pages += att.kept_aside.size();
+    att.kept_aside.clear();
+    att.windows.clear();
     dropped = att.resident;
     att.resident = 0;
     att.dirty = 0;

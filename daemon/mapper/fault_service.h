@@ -31,6 +31,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/data_path.h"
 
@@ -61,6 +62,16 @@ class FaultService {
   // Revokes the whole attachment: every access raises SIGBUS from now on.
   void Revoke(Attachment& att, const std::string& why);
 
+  // range_begin for pages [p0, p1) of the attachment: faults there wait,
+  // clean copies are dropped, dirty ones kept aside; in-flight fetches are
+  // discarded when they complete. Returns once no copy is mapped.
+  void BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1);
+  // range_end: writes kept-aside pages back unless they fall in `gone`
+  // (page ranges whose address no longer exists: counted as lost), then
+  // lets faults in the range fetch again.
+  absl::Status EndWindow(Attachment& att, uint64_t key,
+                         const std::vector<std::pair<uint64_t, uint64_t>>& gone);
+
   uint64_t budget_bytes() const { return budget_pages_ * 4096; }
   uint64_t resident_bytes() const { return resident_pages_.load() * 4096; }
 
@@ -69,7 +80,12 @@ class FaultService {
   void HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr);
   void HandleWriteProtect(Attachment& att, uint64_t addr);
   void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
-               uint8_t* buf, absl::Status st);
+               uint8_t* buf, uint64_t gen, absl::Status st);
+  // Wakes [first, first+n) after a short delay (home said "retry").
+  void RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n);
+  void RunDueRetries();
+  absl::Status WriteBackPages(Attachment& att, uint64_t first,
+                              absl::Span<const uint8_t> data);
   void EvictLoop();
   uint64_t EvictClean(Attachment& att, uint64_t want);
   uint8_t* GetBuffer();
@@ -89,6 +105,14 @@ class FaultService {
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Attachment>> atts_ ABSL_GUARDED_BY(mu_);
   bool evict_wanted_ ABSL_GUARDED_BY(mu_) = false;
+
+  struct Retry {
+    std::weak_ptr<Attachment> att;
+    uint64_t first, n;
+    absl::Time due;
+  };
+  absl::Mutex retry_mu_;
+  std::vector<Retry> retries_ ABSL_GUARDED_BY(retry_mu_);
 
   absl::Mutex pool_mu_;
   std::vector<uint8_t*> pool_ ABSL_GUARDED_BY(pool_mu_);

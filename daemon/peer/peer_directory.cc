@@ -234,3 +234,50 @@ std::vector<PeerState> PeerDirectory::States() {
 }
 
 }  // namespace tether
+
+namespace tether {
+
+void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
+                               absl::Duration timeout, InvalidationChannel::Done done) {
+  auto stub = impl_->Stub(node);
+  if (!stub.ok()) {
+    std::move(done)(stub.status());
+    return;
+  }
+  struct Call {
+    grpc::ClientContext ctx;
+    peer::InvalidateRequest req;
+    peer::InvalidateResponse resp;
+    InvalidationChannel::Done done;
+  };
+  auto* call = new Call;
+  call->ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
+  // Wait for a connection within the deadline rather than failing fast:
+  // a peer that restarts its channel still gets the notice.
+  call->ctx.set_wait_for_ready(true);
+  switch (n.kind) {
+    case InvalidationNotice::Kind::kBegin: call->req.set_kind(peer::InvalidateRequest::BEGIN); break;
+    case InvalidationNotice::Kind::kEnd: call->req.set_kind(peer::InvalidateRequest::END); break;
+    case InvalidationNotice::Kind::kRevoke: call->req.set_kind(peer::InvalidateRequest::REVOKE); break;
+  }
+  call->req.set_segid(n.segid);
+  call->req.set_start(n.start);
+  call->req.set_end(n.end);
+  call->req.set_window(n.window);
+  for (const auto& [a, b] : n.gone) {
+    call->req.add_gone(a);
+    call->req.add_gone(b);
+  }
+  call->req.set_reason(n.reason);
+  call->req.set_home_node(n.home_node);
+  call->done = std::move(done);
+  (*stub)->async()->Invalidate(&call->ctx, &call->req, &call->resp,
+                               [call, node](grpc::Status st) {
+                                 std::move(call->done)(FromGrpc(
+                                     st, absl::StrCat("invalidate at node ", node)));
+                                 delete call;
+                               });
+}
+
+}  // namespace tether

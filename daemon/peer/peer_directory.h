@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/common/credentials.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_config.h"
 #include "daemon/transport/transport.h"
 
@@ -50,6 +51,11 @@ class PeerDirectory {
   absl::StatusOr<SegmentSummary> Lookup(const std::string& name);
   absl::StatusOr<std::vector<SegmentSummary>> ListSegments(uint32_t node);
   std::vector<PeerState> States();
+
+  // Sends an invalidation notice (async, parallel: gRPC callback API);
+  // `done` runs once with the peer's answer.
+  void Invalidate(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
+                  InvalidationChannel::Done done);
 
  private:
   struct Impl;

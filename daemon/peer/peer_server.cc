@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "daemon/common/log.h"
+#include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
 #include "peer.grpc.pb.h"
 
@@ -24,8 +25,35 @@ void ToProto(const SegmentSummary& s, peer::SegmentInfo* out) {
 
 class PeerServiceImpl final : public peer::Peer::Service {
  public:
-  PeerServiceImpl(SegmentRegistry* registry, HelloInfo hello)
-      : registry_(registry), hello_(std::move(hello)) {}
+  PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper, HelloInfo hello)
+      : registry_(registry), mapper_(mapper), hello_(std::move(hello)) {}
+
+  grpc::Status Invalidate(grpc::ServerContext*, const peer::InvalidateRequest* req,
+                          peer::InvalidateResponse*) override {
+    InvalidationNotice n;
+    switch (req->kind()) {
+      case peer::InvalidateRequest::BEGIN: n.kind = InvalidationNotice::Kind::kBegin; break;
+      case peer::InvalidateRequest::END: n.kind = InvalidationNotice::Kind::kEnd; break;
+      case peer::InvalidateRequest::REVOKE: n.kind = InvalidationNotice::Kind::kRevoke; break;
+      default:
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown notice kind", "22");
+    }
+    SegidParts parts;
+    if (!ParseSegid(req->segid(), &parts) || parts.node != req->home_node() ||
+        req->start() > req->end() || req->start() % 4096 || req->end() % 4096)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed invalidation", "22");
+    n.segid = req->segid();
+    n.start = req->start();
+    n.end = req->end();
+    n.window = req->window();
+    if (req->gone_size() % 2 != 0 || req->gone_size() > 2048)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed gone ranges", "22");
+    for (int i = 0; i + 1 < req->gone_size(); i += 2)
+      n.gone.emplace_back(req->gone(i), req->gone(i + 1));
+    n.reason = req->reason();
+    n.home_node = req->home_node();
+    return ToGrpc(mapper_->Handle(n));
+  }
 
   grpc::Status Hello(grpc::ServerContext*, const peer::HelloRequest* req,
                      peer::HelloResponse* resp) override {
@@ -75,6 +103,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
 
  private:
   SegmentRegistry* registry_;
+  InvalidationTarget* mapper_;
   HelloInfo hello_;
 };
 
@@ -99,9 +128,10 @@ void PeerServer::Shutdown() {
 absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const std::string& address,
                                                               const TlsConfig& tls,
                                                               SegmentRegistry* registry,
+                                                              InvalidationTarget* mapper,
                                                               HelloInfo hello) {
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<PeerServiceImpl>(registry, std::move(hello));
+  impl->service = std::make_unique<PeerServiceImpl>(registry, mapper, std::move(hello));
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls.insecure) {
     creds = grpc::InsecureServerCredentials();

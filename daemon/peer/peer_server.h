@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_config.h"
 
 namespace tether {
@@ -24,6 +25,7 @@ class PeerServer {
   static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const std::string& address,
                                                            const TlsConfig& tls,
                                                            SegmentRegistry* registry,
+                                                           InvalidationTarget* mapper,
                                                            HelloInfo hello);
   ~PeerServer();
   void Shutdown();

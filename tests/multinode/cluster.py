@@ -140,7 +140,7 @@ class Node:
         args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
-                "--rpc_timeout_ms=3000"]
+                "--rpc_timeout_ms=3000"] + list(c.extra_args)
         if c.tls:
             args += ["--tls_ca=%s/ca.pem" % c.certs,
                      "--tls_cert=%s/node-%d.pem" % (c.certs, self.id),
@@ -181,7 +181,8 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, n=3, build_dir=None, budgets=None, tls=True):
+    def __init__(self, n=3, build_dir=None, budgets=None, tls=True, extra_args=()):
+        self.extra_args = extra_args
         build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR", os.path.join(REPO, "build"))
         self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
         self.tetherctl = os.path.join(build_dir, "client", "tetherctl")

@@ -29,10 +29,12 @@ def run(tests, default_nodes=3):
             continue
         nodes = getattr(fn, "nodes", default_nodes)
         budgets = getattr(fn, "budgets", None)
+        extra = getattr(fn, "daemon_args", ())
         t0 = time.time()
         cluster = None
         try:
-            with Cluster(nodes, build_dir=args.build_dir, budgets=budgets) as cluster:
+            with Cluster(nodes, build_dir=args.build_dir, budgets=budgets,
+                         extra_args=extra) as cluster:
                 fn(cluster)
                 for node in cluster.nodes:  # a clean SIGTERM shutdown is part of every test
                     if node.daemon is None or node.daemon.poll() is not None:
@@ -52,9 +54,10 @@ def run(tests, default_nodes=3):
     sys.exit(1 if failed or not passed else 0)
 
 
-def with_nodes(n, budgets=None):
+def with_nodes(n, budgets=None, daemon_args=()):
     def deco(fn):
         fn.nodes = n
         fn.budgets = budgets
+        fn.daemon_args = daemon_args
         return fn
     return deco

@@ -6,6 +6,11 @@
  *       "ready", then obeys stdin lines until EOF:
  *         verify SEED OFF LEN   -> "ok" | "mismatch at OFF"
  *         fill SEED OFF LEN     -> rewrites that part; "ok"
+ *         munmap OFF LEN        -> "ok MS" (how long the call took)
+ *         dontneed OFF LEN      -> madvise(MADV_DONTNEED); "ok MS"
+ *         remap SEED OFF LEN    -> new memory over the range (MAP_FIXED), filled
+ *                                  with pattern(SEED); "ok MS" (the mmap's time)
+ *         mremap OFF LEN        -> moves the range away, maps zeros in its place
  *         quit
  *   tt map (--name NAME | --segid ID) [--offset O] [--len L] [--rdonly]
  *          [--verify SEED] [--write SEED OFF LEN] [--sync] [--uid U]
@@ -110,6 +115,42 @@ static int do_export(int argc, char **argv) {
       else {
         fill(mem + off, off, len, s);
         printf("ok\n");
+      }
+    } else if (sscanf(line, "munmap %" SCNu64 " %" SCNu64, &off, &len) == 2 ||
+               sscanf(line, "dontneed %" SCNu64 " %" SCNu64, &off, &len) == 2 ||
+               sscanf(line, "remap %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3 ||
+               sscanf(line, "mremap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      if (line[0] == 'r') { /* remap SEED OFF LEN: shift the parsed values */
+        sscanf(line, "remap %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len);
+      }
+      if (off > size || len > size - off) {
+        printf("error: range\n");
+        fflush(stdout);
+        continue;
+      }
+      struct timespec a, b;
+      int rc = 0;
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      if (line[0] == 'm' && line[1] == 'u') {
+        rc = munmap(mem + off, len);
+      } else if (line[0] == 'd') {
+        rc = madvise(mem + off, len, MADV_DONTNEED);
+      } else if (line[0] == 'r') {
+        rc = mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                  -1, 0) == MAP_FAILED ? -1 : 0;
+      } else {
+        void *away = mremap(mem + off, len, len, MREMAP_MAYMOVE);
+        rc = away == MAP_FAILED ? -1 : 0;
+        if (rc == 0)
+          rc = mmap(mem + off, len, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED ? -1 : 0;
+      }
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      if (rc != 0) {
+        printf("error: errno=%d\n", errno);
+      } else {
+        if (line[0] == 'r') fill(mem + off, off, len, s);
+        printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
       }
     } else if (strncmp(line, "quit", 4) == 0) {
       break;

@@ -1,0 +1,113 @@
+#include "daemon/invalidation/invalidation_coordinator.h"
+
+#include <memory>
+
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/log.h"
+#include "daemon/invalidation/ack_collector.h"
+
+namespace tether {
+namespace {
+// Revocations must reach a node that was frozen when it was fenced: give
+// them time to be delivered once it runs again.
+constexpr absl::Duration kRevokeTimeout = absl::Minutes(5);
+}  // namespace
+
+InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
+                                                 InvalidationChannel* channel,
+                                                 absl::Duration ack_deadline)
+    : home_node_(home_node), registry_(registry), channel_(channel), ack_deadline_(ack_deadline) {}
+
+absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid, uint64_t start,
+                                                                  uint64_t end,
+                                                                  const std::string& why) {
+  auto opened = registry_->OpenWindow(segid, start, end);
+  if (!opened.ok()) return opened.status();
+  stats_.windows++;
+  InvalidationWindow w;
+  w.segid = segid;
+  w.id = opened->id;
+  w.start = start;
+  w.end = end;
+  if (opened->nodes.empty()) return w;  // nobody caches it: as cheap as unexported (G3)
+
+  struct Shared {
+    absl::Mutex mu;
+    AckCollector acks;
+    bool done = false;
+    explicit Shared(const std::vector<uint32_t>& n) : acks(n) {}
+  };
+  auto shared = std::make_shared<Shared>(opened->nodes);
+  InvalidationNotice n;
+  n.kind = InvalidationNotice::Kind::kBegin;
+  n.segid = segid;
+  n.start = start;
+  n.end = end;
+  n.window = w.id;
+  n.home_node = home_node_;
+  for (uint32_t node : opened->nodes) {
+    stats_.notices_sent++;
+    channel_->Send(node, n, ack_deadline_, [shared, node](absl::Status st) {
+      absl::MutexLock lock(&shared->mu);
+      if (shared->acks.OnReply(node, st)) shared->done = true;
+      if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
+    });
+  }
+  {
+    absl::MutexLock lock(&shared->mu);
+    shared->mu.AwaitWithTimeout(absl::Condition(&shared->done), ack_deadline_);
+    shared->acks.Expire();
+    w.acked = shared->acks.acked();
+    w.fenced = shared->acks.failed();
+  }
+  for (uint32_t node : w.fenced) {
+    std::string reason = absl::StrFormat(
+        "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node,
+        segid, absl::ToInt64Milliseconds(ack_deadline_), why);
+    registry_->FenceNode(segid, node, reason);
+    stats_.fenced++;
+    InvalidationNotice r;
+    r.kind = InvalidationNotice::Kind::kRevoke;
+    r.segid = segid;
+    r.home_node = home_node_;
+    r.reason = "fenced: " + reason;
+    channel_->Send(node, r, kRevokeTimeout, [](absl::Status) {});
+  }
+  return w;
+}
+
+void InvalidationCoordinator::End(const InvalidationWindow& w,
+                                  const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
+  registry_->CloseWindow(w.segid, w.id);
+  InvalidationNotice n;
+  n.kind = InvalidationNotice::Kind::kEnd;
+  n.segid = w.segid;
+  n.start = w.start;
+  n.end = w.end;
+  n.window = w.id;
+  n.gone = gone;
+  n.home_node = home_node_;
+  for (uint32_t node : w.acked) {
+    stats_.notices_sent++;
+    // range_end needs no ack; a node that misses it keeps the range blocked
+    // until its write-backs or faults are refused — never stale data.
+    channel_->Send(node, n, ack_deadline_, [node](absl::Status st) {
+      if (!st.ok()) TLOG_INFO("range_end to node %d: %s", node, st.ToString());
+    });
+  }
+}
+
+void InvalidationCoordinator::RevokeAll(uint64_t segid, const std::string& why) {
+  InvalidationNotice r;
+  r.kind = InvalidationNotice::Kind::kRevoke;
+  r.segid = segid;
+  r.home_node = home_node_;
+  r.reason = why;
+  for (uint32_t node : registry_->GrantNodes(segid)) {
+    stats_.notices_sent++;
+    channel_->Send(node, r, kRevokeTimeout, [](absl::Status) {});
+  }
+}
+
+}  // namespace tether

@@ -1,0 +1,74 @@
+// InvalidationCoordinator: the home side of the invalidation contract
+// (DESIGN.md G1–G5).
+//
+// Begin(): opens a window in the SegmentRegistry (from then on no read of
+// the range is served), fans range_begin out in parallel to every node
+// that may cache part of the range, and waits for their acks until the
+// deadline. A node that misses it, or answers with an error, is fenced:
+// its grants are revoked (later requests and write-backs refused) and a
+// REVOKE is sent to it without waiting. Begin() returns when every node
+// has acked or been fenced: the caller (a notifier source) then lets the
+// kernel go on. End() closes the window and sends range_end to the nodes
+// that acked. Nothing here touches the exporter's memory (G5).
+//
+// Windows on disjoint ranges, or on other segments, proceed concurrently:
+// no lock is held while waiting.
+#ifndef TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
+#define TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/notice.h"
+
+namespace tether {
+
+struct InvalidationWindow {
+  uint64_t segid = 0;
+  uint64_t id = 0;
+  uint64_t start = 0, end = 0;
+  std::vector<uint32_t> acked;   // to send range_end to
+  std::vector<uint32_t> fenced;
+};
+
+struct InvalidationStats {
+  std::atomic<uint64_t> windows{0};
+  std::atomic<uint64_t> notices_sent{0};
+  std::atomic<uint64_t> fenced{0};
+};
+
+class InvalidationCoordinator {
+ public:
+  InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
+                          InvalidationChannel* channel, absl::Duration ack_deadline);
+
+  absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
+                                           const std::string& why);
+  // `gone`: sub-ranges (segment offsets) that no longer exist in the
+  // exporter (unmap): mappers discard dirty data kept aside for them
+  // instead of writing it back over whatever is mapped there later.
+  void End(const InvalidationWindow& window,
+           const std::vector<std::pair<uint64_t, uint64_t>>& gone = {});
+  // The segment is gone (removed, exporter exited): every node holding a
+  // grant revokes its attachments. Does not wait.
+  void RevokeAll(uint64_t segid, const std::string& why);
+
+  const InvalidationStats& stats() const { return stats_; }
+  absl::Duration ack_deadline() const { return ack_deadline_; }
+
+ private:
+  const uint32_t home_node_;
+  SegmentRegistry* const registry_;
+  InvalidationChannel* const channel_;
+  const absl::Duration ack_deadline_;
+  InvalidationStats stats_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_

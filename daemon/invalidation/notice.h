@@ -1,0 +1,49 @@
+// What the home tells mapper nodes about a range of a segment.
+#ifndef TETHER_DAEMON_INVALIDATION_NOTICE_H_
+#define TETHER_DAEMON_INVALIDATION_NOTICE_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace tether {
+
+struct InvalidationNotice {
+  enum class Kind { kBegin, kEnd, kRevoke };
+  Kind kind = Kind::kBegin;
+  uint64_t segid = 0;
+  uint64_t start = 0, end = 0;  // segment offsets [start, end)
+  uint64_t window = 0;
+  // END: sub-ranges (segment offsets) whose address no longer exists:
+  // dirty data kept aside for them is discarded, not written back.
+  std::vector<std::pair<uint64_t, uint64_t>> gone;
+  std::string reason;
+  uint32_t home_node = 0;
+};
+
+// Delivers notices to mapper nodes: gRPC for peers, a direct call for this
+// node's own mappers. `done` runs once: OK means acknowledged.
+class InvalidationChannel {
+ public:
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
+  virtual ~InvalidationChannel() = default;
+  virtual void Send(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
+                    Done done) = 0;
+};
+
+// The mapper side of the protocol, on every node.
+class InvalidationTarget {
+ public:
+  virtual ~InvalidationTarget() = default;
+  // Returns once the node holds no copy of the range and blocks faults in it.
+  virtual absl::Status Handle(const InvalidationNotice& notice) = 0;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_INVALIDATION_NOTICE_H_

@@ -1,0 +1,209 @@
+#include "daemon/notifier/uffd_notifier_source.h"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+constexpr uint64_t kPage = 4096;
+// REMOVE arrives before the zap and nothing marks the zap's end: the home
+// keeps the window open until pagemap shows the pages gone, at most this.
+constexpr absl::Duration kZapWait = absl::Milliseconds(50);
+}  // namespace
+
+UffdNotifierSource::Exporter::~Exporter() {
+  for (int fd : {uffd, pidfd, pagemap, stop_fd})
+    if (fd >= 0) close(fd);
+}
+
+UffdNotifierSource::UffdNotifierSource(SegmentRegistry* registry,
+                                       InvalidationCoordinator* coordinator)
+    : registry_(registry), coordinator_(coordinator) {}
+
+UffdNotifierSource::~UffdNotifierSource() { Stop(); }
+
+void UffdNotifierSource::Stop() {
+  if (stopping_.exchange(true)) return;
+  absl::MutexLock lock(&mu_);
+  for (auto& [pid, ex] : exporters_) {
+    uint64_t one = 1;
+    (void)!write(ex->stop_fd, &one, sizeof(one));
+  }
+  mu_.Await(absl::Condition(+[](int* r) { return *r == 0; }, &running_));
+  exporters_.clear();
+  segments_.clear();
+}
+
+absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd) {
+  auto seg = registry_->Get(segid);
+  if (!seg.ok()) {
+    if (fd >= 0) close(fd);
+    close(pidfd);
+    return seg.status();
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = exporters_.find(pid);
+  if (it != exporters_.end()) {
+    // One userfaultfd per exporter mm: a range can be registered with one.
+    if (fd >= 0) close(fd);
+    close(pidfd);
+    segments_[segid] = {it->second, seg->vaddr, seg->size};
+    return absl::OkStatus();
+  }
+  if (fd < 0) {
+    close(pidfd);
+    TLOG_WARN("segment %#x: exporter pid %d sent no userfaultfd: its memory events cannot be "
+              "seen, so no copies of it will be handed out",
+              segid, pid);
+    return absl::OkStatus();
+  }
+  auto ex = std::make_shared<Exporter>();
+  ex->pid = pid;
+  ex->uffd = fd;
+  ex->pidfd = pidfd;
+  std::string path = absl::StrFormat("/proc/%d/pagemap", pid);
+  ex->pagemap = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ex->stop_fd = eventfd(0, EFD_CLOEXEC);
+  pollfd p{pidfd, POLLIN, 0};
+  if (ex->pagemap < 0 || ex->stop_fd < 0 || poll(&p, 1, 0) != 0)
+    return ErrnoStatus(ex->pagemap < 0 ? errno : ESRCH, "watch exporter " + path);
+  exporters_[pid] = ex;
+  segments_[segid] = {ex, seg->vaddr, seg->size};
+  ++running_;
+  std::thread([this, ex] { Run(ex); }).detach();
+  return absl::OkStatus();
+}
+
+absl::Status UffdNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t end) {
+  SegmentWatch w;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = segments_.find(segid);
+    if (it == segments_.end())
+      return ErrnoStatus(EOPNOTSUPP, absl::StrFormat(
+                                         "segment %#x: the exporter's memory events cannot be "
+                                         "seen (it sent no userfaultfd and tether.ko is not "
+                                         "loaded): refusing to hand out copies",
+                                         segid));
+    w = it->second;
+  }
+  Exporter& ex = *w.exporter;
+  uint64_t a0 = w.vaddr + start, a1 = w.vaddr + end;
+  absl::MutexLock lock(&ex.mu);
+  if (ex.registered.Contains(a0, a1)) return absl::OkStatus();
+  // Whole segment first; if part of it is unmapped now, just what is read.
+  for (auto [r0, r1] : {std::make_pair(w.vaddr, w.vaddr + w.size), std::make_pair(a0, a1)}) {
+    uffdio_register reg{};
+    reg.range = {r0, r1 - r0};
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    if (ioctl(ex.uffd, UFFDIO_REGISTER, &reg) == 0) {
+      ex.registered.Add(r0, r1);
+      return absl::OkStatus();
+    }
+  }
+  return ErrnoStatus(errno, absl::StrFormat(
+                                "segment %#x: cannot watch exporter range [%#x, %#x) with "
+                                "userfaultfd (only anonymous, shmem and hugetlb memory can be "
+                                "watched without tether.ko)",
+                                segid, a0, a1));
+}
+
+void UffdNotifierSource::Run(std::shared_ptr<Exporter> ex) {
+  while (!stopping_) {
+    pollfd p[3] = {{ex->uffd, POLLIN, 0}, {ex->pidfd, POLLIN, 0}, {ex->stop_fd, POLLIN, 0}};
+    int n = poll(p, 3, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || p[1].revents || p[2].revents) break;
+    if (p[0].revents & (POLLERR | POLLHUP)) break;
+    if (p[0].revents & POLLIN) HandleEvents(*ex);
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = exporters_.find(ex->pid);
+  if (it != exporters_.end() && it->second == ex) exporters_.erase(it);
+  for (auto s = segments_.begin(); s != segments_.end();) {
+    if (s->second.exporter == ex) segments_.erase(s++);
+    else ++s;
+  }
+  --running_;
+}
+
+void UffdNotifierSource::HandleEvents(Exporter& ex) {
+  // The exporter's thread waits in the kernel until we read its event. We
+  // cannot know the range before reading, so every segment of this
+  // exporter gets a window first (segments nobody caches cost nothing).
+  std::vector<SegmentRange> segs = registry_->SegmentsOf(ex.pid, 0, uint64_t{1} << 62);
+  std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
+  for (const auto& s : segs) {
+    auto w = coordinator_->Begin(s.segid, s.start, s.end, "exporter memory event");
+    if (w.ok()) windows.emplace_back(s, *w);
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> gone, removed;
+  uffd_msg msgs[16];
+  while (true) {
+    ssize_t r = read(ex.uffd, msgs, sizeof(msgs));
+    if (r <= 0) break;
+    for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(uffd_msg); ++i) {
+      const uffd_msg& m = msgs[i];
+      if (m.event == UFFD_EVENT_REMOVE) {
+        removed.emplace_back(m.arg.remove.start, m.arg.remove.end);
+      } else if (m.event == UFFD_EVENT_UNMAP) {
+        gone.emplace_back(m.arg.remove.start, m.arg.remove.end);
+      } else if (m.event == UFFD_EVENT_REMAP) {
+        gone.emplace_back(m.arg.remap.from, m.arg.remap.from + m.arg.remap.len);
+      }
+    }
+  }
+  {
+    absl::MutexLock lock(&ex.mu);
+    for (const auto& [a, b] : gone) ex.registered.Remove(a, b);  // registration went with it
+  }
+  for (const auto& [a, b] : removed) WaitForZap(ex, a, b);
+  for (auto& [s, w] : windows) {
+    std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
+    for (const auto& [a, b] : gone) {
+      uint64_t g0 = std::max(a, s.vaddr + s.start), g1 = std::min(b, s.vaddr + s.end);
+      if (g0 < g1) gone_offsets.emplace_back(g0 - s.vaddr, g1 - s.vaddr);
+    }
+    coordinator_->End(w, gone_offsets);
+  }
+}
+
+void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end) {
+  uint64_t pages = (end - start) / kPage;
+  if (pages == 0 || ex.pagemap < 0) return;
+  std::vector<uint64_t> entries(std::min<uint64_t>(pages, 1 << 16));
+  absl::Time deadline = absl::Now() + kZapWait;
+  while (true) {
+    bool present = false;
+    for (uint64_t done = 0; done < pages && !present;) {
+      uint64_t n = std::min<uint64_t>(entries.size(), pages - done);
+      ssize_t got = pread(ex.pagemap, entries.data(), n * 8,
+                          static_cast<off_t>((start / kPage + done) * 8));
+      if (got <= 0) return;
+      for (ssize_t i = 0; i < got / 8; ++i)
+        if (entries[i] & (uint64_t{3} << 62)) present = true;  // present or swapped
+      done += n;
+    }
+    if (!present) return;
+    if (absl::Now() > deadline) {
+      TLOG_DEBUG("pid %d: pages of [%#x, %#x) still present %d ms after REMOVE", ex.pid, start,
+                 end, absl::ToInt64Milliseconds(kZapWait));
+      return;
+    }
+    absl::SleepFor(absl::Microseconds(100));
+  }
+}
+
+}  // namespace tether

@@ -1,0 +1,77 @@
+// UffdNotifierSource: the user-space notifier source (no kernel module).
+//
+// Each exporting process hands its daemon a userfaultfd (features
+// EVENT_REMOVE | EVENT_UNMAP | EVENT_REMAP) with its first export. The
+// exported range is registered in write-protect mode only — first-touch
+// faults stay the kernel's — lazily, before the first read of it by a
+// mapper (so unshared ranges cost nothing), and again after an unmap
+// dropped the registration. One thread per exporter:
+//
+//   poll(uffd) readable  -> an event is queued and the exporter's calling
+//                           thread is blocked until we read it
+//   begin windows        -> for every segment of the exporter (we cannot
+//                           know the range before reading: conservative)
+//   read the events      -> the kernel goes on: REMOVE zaps after this,
+//                           UNMAP/REMAP already happened
+//   REMOVE: wait until the zap is visible in /proc/<pid>/pagemap (bounded)
+//   end windows          -> unmapped sub-ranges are reported as gone
+//
+// What it cannot see: mprotect (no uffd event; write-backs are still
+// checked against the exporter's protections at the home), kernel-internal
+// events (contents unchanged), memory other than anonymous/shmem/hugetlb.
+#ifndef TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_
+#define TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_
+
+#include <atomic>
+#include <memory>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "daemon/common/interval_set.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/notifier/notifier_source.h"
+
+namespace tether {
+
+class UffdNotifierSource : public NotifierSource {
+ public:
+  UffdNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator);
+  ~UffdNotifierSource() override;
+
+  absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd) override;
+  absl::Status Watch(uint64_t segid, uint64_t start, uint64_t end) override;
+  void Stop() override;
+
+ private:
+  struct Exporter {
+    pid_t pid = 0;
+    int uffd = -1, pidfd = -1, pagemap = -1, stop_fd = -1;
+    absl::Mutex mu;
+    IntervalSet registered ABSL_GUARDED_BY(mu);  // exporter addresses
+    ~Exporter();
+  };
+  struct SegmentWatch {
+    std::shared_ptr<Exporter> exporter;
+    uint64_t vaddr = 0, size = 0;
+  };
+
+  void Run(std::shared_ptr<Exporter> ex);
+  void HandleEvents(Exporter& ex);
+  void WaitForZap(Exporter& ex, uint64_t start, uint64_t end);
+
+  SegmentRegistry* const registry_;
+  InvalidationCoordinator* const coordinator_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<pid_t, std::shared_ptr<Exporter>> exporters_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, SegmentWatch> segments_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stopping_{false};
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // exporter threads (detached)
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_

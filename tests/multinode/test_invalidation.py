@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Host multi-node tests of invalidation (issue: range_begin/range_end,
+fencing, the user-space notifier source): real daemons in network
+namespaces, real exporter and mapper processes calling munmap, madvise,
+mmap(MAP_FIXED), mremap."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from cluster import Exporter, Mapper
+from harness import expect, run, with_nodes
+
+SIGBUS = 7
+MiB = 1 << 20
+DEADLINE_MS = 500
+FAST = ("--invalidate_deadline_ms=%d" % DEADLINE_MS,)
+
+
+def ms(reply):
+    expect(reply.startswith("ok "), "exporter call failed: " + reply)
+    return float(reply.split()[1])
+
+
+def test_dontneed_then_mapper_reads_zeros(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    ms(e.command("dontneed 0 8192"))
+    expect(m.command("read 0") == "byte 0", "page 0 after DONTNEED must read zero")
+    expect(m.command("read 4100") == "byte 0", "page 1 after DONTNEED must read zero")
+    expect(m.command("verify 1 8192 57344") == "ok", "untouched pages keep their contents")
+    m.close()
+    e.close()
+
+
+def test_remap_then_mapper_sees_new_contents(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m2 = Mapper(c.node(2), e.segid, length=MiB)
+    m3 = Mapper(c.node(3), e.segid, length=MiB)
+    for m in (m2, m3):
+        expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    ms(e.command("remap 7 4096 8192"))
+    for m in (m2, m3):
+        expect(m.command("verify 7 4096 8192") == "ok", "new contents after mmap(MAP_FIXED)")
+        expect(m.command("verify 1 0 4096") == "ok", "neighbour page unchanged")
+    # and again: the re-registered range is watched too
+    ms(e.command("remap 8 4096 4096"))
+    expect(m2.command("verify 8 4096 4096") == "ok", "second remap of the same range")
+    ms(e.command("mremap 65536 8192"))
+    expect(m3.command("read 65536") == "byte 0", "after mremap the old address has new zeros")
+    m2.close()
+    m3.close()
+    e.close()
+
+
+def test_munmap_then_sigbus(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    ms(e.command("munmap 0 4096"))
+    expect(m.command("verify 1 4096 4096") == "ok", "the rest stays readable")
+    expect(m.command("read 0") == "signal:%d" % SIGBUS, "an unmapped page raises SIGBUS")
+    m.close()
+    e.close()
+
+
+def test_dirty_data_survives_a_window(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("write 9 40960 4096") == "ok", "write")
+    # an unrelated DONTNEED opens a (conservative) window over the segment:
+    # the dirty page is kept aside and written back after it, not dropped
+    ms(e.command("dontneed 0 4096"))
+    time.sleep(0.2)
+    expect(e.verify(9, 40960, 4096) == "ok", "dirty page written back after the window")
+    expect(m.command("verify 9 40960 4096") == "ok", "the mapper still sees its write")
+    expect(m.command("sync") == "ok", "sync after the window")
+    m.close()
+    e.close()
+
+
+def test_dirty_data_of_unmapped_range_is_reported_lost(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("write 9 8192 4096") == "ok", "write")
+    ms(e.command("munmap 8192 4096"))
+    r = m.command("sync")
+    expect(r.startswith("error: errno=5") and "discarded" in r, "sync must report the loss: " + r)
+    expect(m.command("sync") == "ok", "reported once")
+    m.close()
+    e.close()
+
+
+def test_exporter_exit_revokes_held_pages(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    e.kill()
+    deadline = time.time() + 5
+    shown = False
+    while time.time() < deadline and not shown:
+        r = c.node(2).ctl("attachments")
+        shown = "revoked: exporter exited" in r.stdout
+        time.sleep(0.05)
+    expect(shown, "tetherctl should say why: " + r.stdout)
+    expect(m.command("read 0") == "signal:%d" % SIGBUS, "held pages raise SIGBUS after exit")
+    m.close()
+
+
+@with_nodes(3, daemon_args=FAST)
+def test_fencing_a_frozen_mapper(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m2 = Mapper(c.node(2), e.segid, length=MiB)
+    m3 = Mapper(c.node(3), e.segid, length=MiB)
+    expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
+    expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
+    expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties a page")
+    os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+    try:
+        took = ms(e.command("munmap 0 4096"))
+        expect(took < DEADLINE_MS + 1000,
+               "munmap took %.0f ms with a %d ms deadline" % (took, DEADLINE_MS))
+        expect(took >= DEADLINE_MS * 0.9, "munmap should have waited for the frozen node")
+        # node 3 acked in time and is unaffected
+        expect(m3.command("verify 1 4096 4096") == "ok", "node 3 keeps working")
+        expect(m3.command("read 0") == "signal:%d" % SIGBUS, "node 3: unmapped page")
+    finally:
+        os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+    # Once resumed, node 2 processes the revocation: held pages raise SIGBUS,
+    # its write-back is refused, never applied over newer contents.
+    deadline = time.time() + 10
+    revoked = False
+    while time.time() < deadline and not revoked:
+        revoked = "revoked: fenced" in c.node(2).ctl("attachments").stdout
+        time.sleep(0.05)
+    expect(revoked, "node 2 did not process its revocation")
+    r = m2.command("sync")
+    expect(r.startswith("error"), "a fenced mapper's sync must fail: " + r)
+    expect(e.verify(1, 32768, 4096) == "ok", "a fenced mapper's write reached the exporter")
+    expect(m2.command("read 8192") == "signal:%d" % SIGBUS, "fenced mapper: held pages SIGBUS")
+    out = c.node(2).tt("map", "--segid", e.segid, "--len", 4096)
+    expect("errno=" in out.stdout, "a fenced node gets errors for new requests: " + out.stdout)
+    m2.close()
+    m3.close()
+    e.close()
+
+
+@with_nodes(3, daemon_args=FAST)
+def test_kill_mapper_daemon_during_window(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m2 = Mapper(c.node(2), e.segid, length=MiB)
+    m3 = Mapper(c.node(3), e.segid, length=MiB)
+    for m in (m2, m3):
+        expect(m.command("verify 1 0 65536") == "ok", "cached")
+    c.node(2).stop(signal.SIGKILL)
+    took = ms(e.command("dontneed 0 65536"))
+    expect(took < DEADLINE_MS + 1000, "dontneed took %.0f ms" % took)
+    expect(m3.command("read 0") == "byte 0", "node 3 sees the new state")
+    expect(m2.command("read 4096") == "signal:%d" % SIGBUS,
+           "node 2's client: its daemon died, so SIGBUS, never stale data")
+    m2.close()
+    m3.close()
+    e.close()
+
+
+def test_kill_exporter_while_mappers_read(c):
+    e = Exporter(c.node(1), 8 * MiB, 3)
+    procs = [subprocess.Popen(n.netns_cmd([c.tt, "map", "--segid", str(e.segid), "--len",
+                                           str(8 * MiB), "--verify", "3"]),
+                              env=n.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for n in (c.node(2), c.node(3))]
+    time.sleep(0.05)
+    e.kill()
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        # either it finished before the exit, or it got SIGBUS: never wrong data
+        expect(p.returncode in (0, -SIGBUS) and "mismatch" not in out,
+               "mapper during exporter kill: rc=%d %s" % (p.returncode, out))
+    for n in c.nodes:
+        expect(n.daemon.poll() is None, "daemon %d died" % n.id)
+
+
+def test_stale_read_race(c):
+    """DESIGN.md G1: mappers on two nodes read in tight loops while the
+    exporter replaces, frees and moves pages; no read that starts after such
+    a call returned may see contents from before it."""
+    race = os.path.join(os.path.dirname(c.tt), "tt_race")
+    iters = int(os.environ.get("TETHER_RACE_ITERS", "2000"))
+    logdir = c.dir
+    exp = subprocess.Popen(c.node(1).netns_cmd(
+        [race, "export", "--pages", "64", "--iters", str(iters), "--seed", "42",
+         "--log", os.path.join(logdir, "exp.log"), "--name", "race"]),
+        env=c.node(1).env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = exp.stdout.readline().strip()
+    expect(line == "ready", "race exporter: " + line)
+    maps = []
+    for i, n in enumerate((c.node(2), c.node(2), c.node(3), c.node(3))):
+        maps.append(subprocess.Popen(n.netns_cmd(
+            [race, "map", "--name", "race", "--pages", "64", "--seed", str(i),
+             "--log", os.path.join(logdir, "map%d.log" % i)]),
+            env=n.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for p in maps:
+        line = p.stdout.readline().strip()
+        expect(line == "ready", "race mapper: " + line)
+    exp.stdin.write("go\n")
+    exp.stdin.flush()
+    out, _ = exp.communicate(timeout=600)
+    expect(exp.returncode == 0, "race exporter failed: " + out)
+    for p in maps:
+        p.stdin.write("stop\n")
+        p.stdin.flush()
+    for p in maps:
+        o, _ = p.communicate(timeout=120)
+        expect(p.returncode == 0, "race mapper failed: " + o)
+    r = subprocess.run([race, "check", "--log", os.path.join(logdir, "exp.log")] +
+                       [os.path.join(logdir, "map%d.log" % i) for i in range(len(maps))],
+                       capture_output=True, text=True, timeout=300)
+    print("   ", r.stdout.strip().replace("\n", "\n    "), flush=True)
+    expect(r.returncode == 0 and "violations=0 " in r.stdout, "stale reads: " + r.stdout + r.stderr)
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
