@@ -199,6 +199,10 @@ absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials&
   Segment* seg = it->second.get();
   if (seg->state != "live")
     return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: %s", segid, seg->state));
+  auto fit = seg->fenced.find(mapper_node);
+  if (fit != seg->fenced.end())
+    return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
+                                              mapper_node, fit->second));
   if (!PermitAllows(seg->mode, seg->uid, seg->gid, cred, write ? 6 : 4))
     return ErrnoStatus(EACCES, absl::StrFormat("segment %#x (mode %o, owner %d:%d) does not "
                                                "permit %s by uid %d",

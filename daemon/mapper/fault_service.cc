@@ -473,6 +473,14 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   absl::Status lost;
   {
     absl::MutexLock lock(&att.mu);
+    if (att.revoked) {
+      std::string msg = "attachment revoked (" + att.revoke_reason + ")";
+      if (att.lost_pages > 0)
+        msg += absl::StrFormat(": %d page(s) of writes not yet synced were discarded",
+                               att.lost_pages);
+      att.lost_pages = 0;
+      return ErrnoStatus(EIDRM, msg);
+    }
     if (att.lost_pages > 0) {
       lost = ErrnoStatus(EIO, absl::StrFormat(
                                   "%d page(s) of writes not yet synced were discarded: the "
@@ -559,6 +567,8 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
     if (att.revoked) return;
     att.revoked = true;
     att.revoke_reason = why;
+    for (PageState st : att.state)
+      if (st == PageState::kDirty || st == PageState::kWriteback) ++att.lost_pages;
     att.lost_pages += att.kept_aside.size();
     att.kept_aside.clear();
     att.windows.clear();

@@ -21,6 +21,8 @@ constexpr uint64_t kPage = 4096;
 // REMOVE arrives before the zap and nothing marks the zap's end: the home
 // keeps the window open until pagemap shows the pages gone, at most this.
 constexpr absl::Duration kZapWait = absl::Milliseconds(50);
+// Segments up to this size get a pagemap snapshot before events are read.
+constexpr uint64_t kSnapshotLimit = uint64_t{256} << 20;
 }  // namespace
 
 UffdNotifierSource::Exporter::~Exporter() {
@@ -149,6 +151,15 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     auto w = coordinator_->Begin(s.segid, s.start, s.end, "exporter memory event");
     if (w.ok()) windows.emplace_back(s, *w);
   }
+  // Before the kernel goes on: which frames back the exporter's segments now
+  // (small segments only), so that the end of a REMOVE's zap is recognised
+  // even if the exporter touches the pages again at once.
+  uint64_t snap_start = 0;
+  std::vector<uint64_t> snapshot;
+  if (segs.size() == 1 && segs[0].end - segs[0].start <= kSnapshotLimit) {
+    snap_start = segs[0].vaddr + segs[0].start;
+    if (!ReadPagemap(ex, snap_start, segs[0].vaddr + segs[0].end, &snapshot)) snapshot.clear();
+  }
   std::vector<std::pair<uint64_t, uint64_t>> gone, removed;
   uffd_msg msgs[16];
   while (true) {
@@ -169,7 +180,7 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     absl::MutexLock lock(&ex.mu);
     for (const auto& [a, b] : gone) ex.registered.Remove(a, b);  // registration went with it
   }
-  for (const auto& [a, b] : removed) WaitForZap(ex, a, b);
+  for (const auto& [a, b] : removed) WaitForZap(ex, a, b, snap_start, snapshot);
   for (auto& [s, w] : windows) {
     std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
     for (const auto& [a, b] : gone) {
@@ -180,29 +191,43 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
   }
 }
 
-void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end) {
+bool UffdNotifierSource::ReadPagemap(Exporter& ex, uint64_t start, uint64_t end,
+                                     std::vector<uint64_t>* out) {
   uint64_t pages = (end - start) / kPage;
-  if (pages == 0 || ex.pagemap < 0) return;
-  std::vector<uint64_t> entries(std::min<uint64_t>(pages, 1 << 16));
+  out->resize(pages);
+  ssize_t want = static_cast<ssize_t>(pages * 8);
+  return ex.pagemap >= 0 &&
+         pread(ex.pagemap, out->data(), pages * 8, static_cast<off_t>(start / kPage * 8)) == want;
+}
+
+void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end,
+                                    uint64_t snap_start, const std::vector<uint64_t>& snapshot) {
+  constexpr uint64_t kPresentOrSwapped = uint64_t{3} << 62;
+  constexpr uint64_t kFrame = (uint64_t{1} << 55) - 1;  // PFN or swap entry
+  if (end <= start || ex.pagemap < 0) return;
+  std::vector<uint64_t> now;
   absl::Time deadline = absl::Now() + kZapWait;
   while (true) {
-    bool present = false;
-    for (uint64_t done = 0; done < pages && !present;) {
-      uint64_t n = std::min<uint64_t>(entries.size(), pages - done);
-      ssize_t got = pread(ex.pagemap, entries.data(), n * 8,
-                          static_cast<off_t>((start / kPage + done) * 8));
-      if (got <= 0) return;
-      for (ssize_t i = 0; i < got / 8; ++i)
-        if (entries[i] & (uint64_t{3} << 62)) present = true;  // present or swapped
-      done += n;
+    if (!ReadPagemap(ex, start, end, &now)) return;
+    bool old_frame_left = false;
+    for (size_t i = 0; i < now.size() && !old_frame_left; ++i) {
+      if (!(now[i] & kPresentOrSwapped)) continue;
+      uint64_t idx = (start - snap_start) / kPage + i;
+      if (start >= snap_start && idx < snapshot.size()) {
+        // Present again is fine if it is a new frame (touched after the zap).
+        uint64_t before = snapshot[idx];
+        old_frame_left = (before & kPresentOrSwapped) && (before & kFrame) == (now[i] & kFrame);
+      } else {
+        old_frame_left = true;  // no snapshot: only "not present" proves the zap
+      }
     }
-    if (!present) return;
+    if (!old_frame_left) return;
     if (absl::Now() > deadline) {
-      TLOG_DEBUG("pid %d: pages of [%#x, %#x) still present %d ms after REMOVE", ex.pid, start,
+      TLOG_DEBUG("pid %d: frames of [%#x, %#x) still mapped %d ms after REMOVE", ex.pid, start,
                  end, absl::ToInt64Milliseconds(kZapWait));
       return;
     }
-    absl::SleepFor(absl::Microseconds(100));
+    absl::SleepFor(absl::Microseconds(50));
   }
 }
 

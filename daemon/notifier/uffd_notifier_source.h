@@ -25,6 +25,7 @@
 #include <atomic>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -61,7 +62,12 @@ class UffdNotifierSource : public NotifierSource {
 
   void Run(std::shared_ptr<Exporter> ex);
   void HandleEvents(Exporter& ex);
-  void WaitForZap(Exporter& ex, uint64_t start, uint64_t end);
+  // Reads /proc/<pid>/pagemap entries for [start, end) (exporter addresses).
+  bool ReadPagemap(Exporter& ex, uint64_t start, uint64_t end, std::vector<uint64_t>* out);
+  // Waits (bounded) until the kernel's zap after a REMOVE is visible: every
+  // page that held a frame before is gone or holds another frame.
+  void WaitForZap(Exporter& ex, uint64_t start, uint64_t end, uint64_t snap_start,
+                  const std::vector<uint64_t>& snapshot);
 
   SegmentRegistry* const registry_;
   InvalidationCoordinator* const coordinator_;
