@@ -1,0 +1,177 @@
+// InvalidationCoordinator over a real SegmentRegistry (this process is the
+// exporter) and a fake channel: which nodes are asked, fencing, windows
+// refusing reads (G5), concurrent windows on disjoint ranges.
+#include "daemon/invalidation/invalidation_coordinator.h"
+
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <map>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+
+constexpr uint64_t kSize = 16 * 4096;
+
+// Replies per node: kAck at once, kSilent never (until the test says),
+// kDead with an error.
+class FakeChannel : public InvalidationChannel {
+ public:
+  enum Mode { kAck, kSilent, kDead };
+  void Send(uint32_t node, const InvalidationNotice& n, absl::Duration,
+            Done done) override {
+    absl::MutexLock lock(&mu);
+    sent.push_back({node, n});
+    Mode m = modes.count(node) ? modes[node] : kAck;
+    if (m == kAck) {
+      mu.Unlock();
+      std::move(done)(absl::OkStatus());
+      mu.Lock();
+    } else if (m == kDead) {
+      mu.Unlock();
+      std::move(done)(absl::UnavailableError("peer died"));
+      mu.Lock();
+    } else {
+      held.push_back(std::move(done));
+    }
+  }
+  std::vector<std::pair<uint32_t, InvalidationNotice>> Sent() {
+    absl::MutexLock lock(&mu);
+    return sent;
+  }
+  absl::Mutex mu;
+  std::map<uint32_t, Mode> modes;
+  std::vector<std::pair<uint32_t, InvalidationNotice>> sent;
+  std::vector<Done> held;
+};
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    mem_ = static_cast<uint8_t*>(
+        mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    int pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+    auto m = ExporterMemory::Open(pidfd, getpid());
+    ASSERT_TRUE(m.ok());
+    Credentials owner{getpid(), 0, 0, {}};
+    auto segid = reg_.Make(owner, reinterpret_cast<uint64_t>(mem_), kSize, 0600, std::move(*m));
+    ASSERT_TRUE(segid.ok());
+    segid_ = *segid;
+    for (uint32_t node : {2u, 3u, 4u}) grants_[node] = reg_.Attach(segid_, owner, true, node)->id;
+  }
+  void TearDown() override {
+    for (auto& d : channel_.held) std::move(d)(absl::CancelledError("test over"));
+    munmap(mem_, kSize);
+  }
+  absl::Status Fetch(uint32_t node, uint64_t off, uint64_t len = 4096) {
+    std::vector<uint8_t> buf(len);
+    return reg_.ReadBlocks(node, segid_, grants_[node], off, absl::MakeSpan(buf));
+  }
+
+  SegmentRegistry reg_{1, 9};
+  FakeChannel channel_;
+  InvalidationCoordinator coord_{1, &reg_, &channel_, absl::Milliseconds(100)};
+  uint8_t* mem_ = nullptr;
+  uint64_t segid_ = 0;
+  std::map<uint32_t, uint64_t> grants_;
+};
+
+TEST_F(CoordinatorTest, OnlyNodesCachingTheRangeAreAsked) {
+  ASSERT_TRUE(Fetch(2, 0).ok());
+  ASSERT_TRUE(Fetch(3, 8 * 4096).ok());
+  auto w = coord_.Begin(segid_, 0, 4 * 4096, "test");
+  ASSERT_TRUE(w.ok());
+  auto sent = channel_.Sent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].first, 2u);
+  EXPECT_EQ(sent[0].second.kind, InvalidationNotice::Kind::kBegin);
+  EXPECT_EQ(w->acked, (std::vector<uint32_t>{2}));
+  coord_.End(*w, {{0, 4096}});
+  sent = channel_.Sent();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[1].second.kind, InvalidationNotice::Kind::kEnd);
+  EXPECT_EQ(sent[1].second.gone.size(), 1u);
+}
+
+TEST_F(CoordinatorTest, UnsharedRangesCostNoMessages) {
+  auto w = coord_.Begin(segid_, 0, kSize, "test");
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE(channel_.Sent().empty());
+  coord_.End(*w);
+  EXPECT_TRUE(channel_.Sent().empty());
+}
+
+TEST_F(CoordinatorTest, ReadsInsideAWindowAreRefusedWithRetry) {
+  auto w = coord_.Begin(segid_, 4 * 4096, 8 * 4096, "test");
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(ToErrno(Fetch(2, 5 * 4096)), EAGAIN);
+  EXPECT_TRUE(Fetch(2, 0).ok());  // disjoint: served
+  std::vector<uint8_t> page(4096);
+  EXPECT_EQ(ToErrno(reg_.WriteBlocks(2, segid_, grants_[2], 4 * 4096, page)), EAGAIN);
+  coord_.End(*w);
+  EXPECT_TRUE(Fetch(2, 5 * 4096).ok());
+}
+
+TEST_F(CoordinatorTest, SilentAndDeadNodesAreFenced) {
+  for (uint32_t n : {2u, 3u, 4u}) ASSERT_TRUE(Fetch(n, 0).ok());
+  channel_.modes[3] = FakeChannel::kSilent;
+  channel_.modes[4] = FakeChannel::kDead;
+  absl::Time t0 = absl::Now();
+  auto w = coord_.Begin(segid_, 0, 4096, "test");
+  absl::Duration took = absl::Now() - t0;
+  ASSERT_TRUE(w.ok());
+  EXPECT_GE(took, absl::Milliseconds(90));    // waited for the silent node...
+  EXPECT_LT(took, absl::Milliseconds(2000));  // ...but not forever (G2)
+  EXPECT_EQ(w->acked, (std::vector<uint32_t>{2}));
+  EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3, 4}));
+  coord_.End(*w);
+  // fenced nodes are refused from now on, even outside the window
+  EXPECT_EQ(ToErrno(Fetch(3, 8 * 4096)), EIDRM);
+  EXPECT_EQ(ToErrno(Fetch(4, 8 * 4096)), EIDRM);
+  EXPECT_TRUE(Fetch(2, 8 * 4096).ok());
+  // they were told (REVOKE), without waiting for them
+  int revokes = 0;
+  for (auto& [node, n] : channel_.Sent())
+    if (n.kind == InvalidationNotice::Kind::kRevoke) ++revokes;
+  EXPECT_EQ(revokes, 2);
+  // a late ack from the silent node changes nothing
+  for (auto& d : channel_.held) std::move(d)(absl::OkStatus());
+  channel_.held.clear();
+  EXPECT_EQ(ToErrno(Fetch(3, 8 * 4096)), EIDRM);
+}
+
+TEST_F(CoordinatorTest, DisjointWindowsDoNotSerialize) {
+  ASSERT_TRUE(Fetch(3, 0).ok());
+  ASSERT_TRUE(Fetch(2, 8 * 4096).ok());
+  channel_.modes[3] = FakeChannel::kSilent;  // this window waits for its deadline
+  absl::Duration other;
+  std::thread slow([&] { ASSERT_TRUE(coord_.Begin(segid_, 0, 4096, "slow").ok()); });
+  absl::SleepFor(absl::Milliseconds(10));
+  absl::Time t0 = absl::Now();
+  auto w = coord_.Begin(segid_, 8 * 4096, 9 * 4096, "fast");
+  other = absl::Now() - t0;
+  slow.join();
+  ASSERT_TRUE(w.ok());
+  EXPECT_LT(other, absl::Milliseconds(50));
+}
+
+TEST_F(CoordinatorTest, RevokeAllTellsEveryGrantHolder) {
+  coord_.RevokeAll(segid_, "exporter exited");
+  int revokes = 0;
+  for (auto& [node, n] : channel_.Sent()) {
+    EXPECT_EQ(n.kind, InvalidationNotice::Kind::kRevoke);
+    EXPECT_EQ(n.reason, "exporter exited");
+    ++revokes;
+  }
+  EXPECT_EQ(revokes, 3);
+}
+
+}  // namespace
+}  // namespace tether
