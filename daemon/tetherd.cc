@@ -11,6 +11,7 @@
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/invalidation/mapper_invalidation.h"
 #include "daemon/local/local_api.h"
+#include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/notifier/uffd_notifier_source.h"
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/data_path.h"
@@ -88,10 +89,22 @@ absl::Status Tetherd::Start() {
   coordinator_ = std::make_unique<InvalidationCoordinator>(
       config_.node_id, registry_.get(), channel_.get(),
       absl::Milliseconds(config_.invalidate_deadline_ms));
+  // The notifier source: tether.ko where /dev/tether exists (every kernel
+  // memory event, mprotect and kernel-internal ones included), else the
+  // user-space one (userfaultfd events; see the table in daemon/README.md).
+  if (KernelNotifierSource::Available()) {
+    ASSIGN_OR_RETURN(notifier_, KernelNotifierSource::Open(registry_.get(), coordinator_.get()));
+    TLOG_INFO("notifier source: tether.ko (%s)", KernelNotifierSource::kDevice);
+  } else {
+    notifier_ = std::make_unique<UffdNotifierSource>(registry_.get(), coordinator_.get());
+    TLOG_INFO("notifier source: user space (userfaultfd; %s absent)",
+              KernelNotifierSource::kDevice);
+  }
   registry_->SetGoneCallback([this](uint64_t segid, const std::string& why) {
     coordinator_->RevokeAll(segid, why);
+    // The kernel source keeps the exporter's /dev/tether fd: close it.
+    if (auto* k = dynamic_cast<KernelNotifierSource*>(notifier_.get())) k->Forget(segid);
   });
-  notifier_ = std::make_unique<UffdNotifierSource>(registry_.get(), coordinator_.get());
   registry_->SetNotifierSource(notifier_.get());
   local_api_->SetNotifierSource(notifier_.get());
 

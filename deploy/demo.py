@@ -68,14 +68,27 @@ def main():
                          "--verify", 9)
         show(r.stdout)
 
-        step(7, "The exporter exits: its segment is revoked; a new attach says why")
+        step(7, "Node 1 frees part of the range while node 2 reads it: madvise(DONTNEED) "
+                "on pages 4-5, then mmap(MAP_FIXED) of new memory over pages 6-7")
+        print("    node 2 reads page 4 (cached) ->", m.command("read 16384"))
+        took = e.command("dontneed 16384 8192")
+        print("    exporter: madvise(DONTNEED) ->", took,
+              "ms  (returned only after node 2 dropped its copy)")
+        print("    node 2 reads page 4 again    ->", m.command("read 16384"),
+              " (faulted, fetched the new state: zeros)")
+        took = e.command("remap 11 24576 8192")
+        print("    exporter: mmap(MAP_FIXED) new memory, pattern #11 ->", took, "ms")
+        print("    node 2 checks pages 6-7 hold pattern #11 ->", m.command("verify 11 24576 8192"))
+        show(c.node(2).ctl("attachments").stdout)
+
+        step(8, "The exporter exits: its segment is revoked; a new attach says why")
         m.command("detach")
         e.kill()
         import time
         time.sleep(0.3)
         r = c.node(2).tt("map", "--segid", e.segid, "--len", 4096)
         show(r.stdout)
-        step(8, "Stopping the cluster (SIGTERM: attachments are written back, sockets removed)")
+        step(9, "Stopping the cluster (SIGTERM: attachments are written back, sockets removed)")
     print("\ndone.")
 
 

@@ -2,6 +2,7 @@
 #include "tether/tether.h"
 
 #include <fcntl.h>
+#include <linux/tether.h>  // kernel/include/uapi (tether.ko ABI)
 #include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -78,6 +79,24 @@ int OpenEventsUserfaultfd() {
   return uffd;
 }
 
+// Where tether.ko is loaded: a fresh /dev/tether exporter fd with
+// [vaddr, vaddr + size) of this mm registered on it (one fd per export, so
+// that the daemon can attach each to its control fd). -1 if there is no
+// module or it refuses; the caller then falls back to the userfaultfd.
+int OpenTetherExporterFd(void* vaddr, size_t size, uint64_t* range_id) {
+  int fd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return -1;
+  tether_range_reg reg{};
+  reg.start = reinterpret_cast<uint64_t>(vaddr);
+  reg.len = size;
+  if (ioctl(fd, TETHER_IOC_REGISTER_RANGE, &reg) != 0) {
+    close(fd);
+    return -1;
+  }
+  *range_id = reg.range_id;
+  return fd;
+}
+
 bool Aligned(const void* p, size_t n) {
   return (reinterpret_cast<uintptr_t>(p) % kPage) == 0 && n % kPage == 0;
 }
@@ -110,10 +129,15 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   m->set_size(size);
   m->set_permit_mode(static_cast<uint32_t>(mode));
   tether::local::LocalResponse resp;
-  // A userfaultfd of this mm, for the daemon only (we keep no copy: if the
-  // daemon dies, the registration goes with it and our munmap/madvise never
-  // wait on a reader that is gone). It sees munmap/madvise/mremap events.
-  int events = OpenEventsUserfaultfd();
+  // The daemon's event handle for this mm, for the daemon only (we keep no
+  // copy: if the daemon dies, the registration goes with it and our
+  // munmap/madvise never wait on a reader that is gone): a /dev/tether fd
+  // with the range registered where tether.ko is loaded, else a
+  // userfaultfd (munmap/madvise/mremap events).
+  uint64_t range_id = 0;
+  int events = OpenTetherExporterFd(vaddr, size, &range_id);
+  if (events >= 0) m->set_tether_range_id(range_id);
+  else events = OpenEventsUserfaultfd();
   std::vector<int> fds{pidfd};
   if (events >= 0) fds.push_back(events);
   int rc = tc::LocalChannel::Get().Call(req, fds, &resp);

@@ -1,7 +1,9 @@
 #include "daemon/local/local_api.h"
 
 #include <fcntl.h>
+#include <linux/tether.h>  // kernel/include/uapi: TETHER_DEVICE
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,6 +26,15 @@ bool IsUserfaultfd(int fd) {
   std::string link = absl::StrCat("/proc/self/fd/", fd);
   ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
   return n > 0 && std::string(target, static_cast<size_t>(n)) == "anon_inode:[userfaultfd]";
+}
+
+// A descriptor of the tether.ko character device (same device number as
+// /dev/tether). What it is attached to is checked by the module (ATTACH,
+// RANGE_INFO) in KernelNotifierSource.
+bool IsTetherDevice(int fd) {
+  struct stat st, dev;
+  return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) &&
+         stat(TETHER_DEVICE, &dev) == 0 && S_ISCHR(dev.st_mode) && st.st_rdev == dev.st_rdev;
 }
 
 int TakeFd(std::vector<int>& fds, size_t i) {
@@ -111,11 +122,15 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     close(pidfd);
     return ErrnoStatus(EINVAL, "export size is zero");
   }
-  int events_fd = TakeFd(fds, 1);  // the exporter's userfaultfd, if it sent one
-  if (events_fd >= 0 && !IsUserfaultfd(events_fd)) {
+  // The exporter's event handle, if it sent one: its userfaultfd, or its
+  // /dev/tether fd with the range registered (tether.ko).
+  int events_fd = TakeFd(fds, 1);
+  if (events_fd >= 0 && !IsUserfaultfd(events_fd) && !IsTetherDevice(events_fd)) {
     close(events_fd);
     close(pidfd);
-    return ErrnoStatus(EINVAL, "the second descriptor of an export must be a userfaultfd");
+    return ErrnoStatus(EINVAL,
+                       "the second descriptor of an export must be a userfaultfd or a "
+                       "/dev/tether fd");
   }
   auto memory = ExporterMemory::Open(pidfd, c.cred.pid);
   if (!memory.ok()) {
@@ -130,7 +145,8 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     return segid.status();
   }
   if (notifier_) {
-    absl::Status st = notifier_->AddExporter(*segid, c.cred.pid, pidfd_copy, events_fd);
+    absl::Status st = notifier_->AddExporter(*segid, c.cred.pid, pidfd_copy, events_fd,
+                                             r.tether_range_id());
     if (!st.ok()) TLOG_WARN("segment %#x: notifier: %s", *segid, st.ToString());
   } else {
     if (events_fd >= 0) close(events_fd);

@@ -48,7 +48,8 @@ void UffdNotifierSource::Stop() {
   segments_.clear();
 }
 
-absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd) {
+absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
+                                             uint64_t /*tether_range_id*/) {
   auto seg = registry_->Get(segid);
   if (!seg.ok()) {
     if (fd >= 0) close(fd);

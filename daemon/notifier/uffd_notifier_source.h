@@ -43,7 +43,8 @@ class UffdNotifierSource : public NotifierSource {
   UffdNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator);
   ~UffdNotifierSource() override;
 
-  absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd) override;
+  absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
+                           uint64_t tether_range_id) override;
   absl::Status Watch(uint64_t segid, uint64_t start, uint64_t end) override;
   void Stop() override;
 

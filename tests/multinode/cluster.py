@@ -239,6 +239,10 @@ class Cluster:
             node.start(self.budgets.get(node.id, 256))
 
     def stop(self):
+        for p in getattr(self, "extra_procs", []):  # helpers a test started in our namespaces
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
         for node in self.nodes:
             try:
                 node.stop()

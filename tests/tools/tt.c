@@ -11,6 +11,9 @@
  *         remap SEED OFF LEN    -> new memory over the range (MAP_FIXED), filled
  *                                  with pattern(SEED); "ok MS" (the mmap's time)
  *         mremap OFF LEN        -> moves the range away, maps zeros in its place
+ *         mprotect OFF LEN r|rw|none -> mprotect(); "ok MS"
+ *         plain-munmap LEN      -> munmap of fresh, populated, unexported memory
+ *                                  (the baseline for the invalidation bench)
  *         quit
  *   tt map (--name NAME | --segid ID) [--offset O] [--len L] [--rdonly]
  *          [--verify SEED] [--write SEED OFF LEN] [--sync] [--uid U]
@@ -151,6 +154,35 @@ static int do_export(int argc, char **argv) {
       } else {
         if (line[0] == 'r') fill(mem + off, off, len, s);
         printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+      }
+    } else if (sscanf(line, "plain-munmap %" SCNu64, &len) == 1) {
+      uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) {
+        printf("error: errno=%d\n", errno);
+      } else {
+        fill(m, 0, len, 1);
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        munmap(m, len);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+      }
+    } else if (sscanf(line, "mprotect %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      /* mprotect OFF LEN r|rw|none -> "ok MS" (how long the call took) */
+      char p[8] = "";
+      sscanf(line, "mprotect %*u %*u %7s", p);
+      int prot = strcmp(p, "rw") == 0 ? PROT_READ | PROT_WRITE
+                 : strcmp(p, "r") == 0 ? PROT_READ
+                 : strcmp(p, "none") == 0 ? PROT_NONE : -1;
+      if (prot < 0 || off > size || len > size - off) {
+        printf("error: usage or range\n");
+      } else {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int rc = mprotect(mem + off, len, prot);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (rc != 0) printf("error: errno=%d\n", errno);
+        else printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
       }
     } else if (strncmp(line, "quit", 4) == 0) {
       break;

@@ -1,9 +1,13 @@
 #!/bin/sh
 # Runs inside a tests/vm VM (from /mnt/share/cmd.sh):
 #   guest-tests.sh <kernel build dir> <module_test binary> <scale>
-# Loads tether.ko, runs the module tests, unloads it.  Prints one
-# "PASS name" / "FAIL name: why" line per check (the host collects them).
-KB=$1 TEST=$2 SCALE=${3:-1}
+#                  [<Release build dir for the daemon tests>]
+# Loads tether.ko, runs the module tests, then (with a build dir) the daemon
+# tests with tetherd using tether.ko as its notifier source, unloads it.
+# Prints one "PASS name" / "FAIL name: why" line per check (the host
+# collects them).
+KB=$1 TEST=$2 SCALE=${3:-1} RELEASE=${4:-}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 echo "INFO kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
 # Pin the kernel-internal event sources the tests do not ask for (DESIGN:
 # NUMA hinting and THP policy), so that events come only when a test makes them.
@@ -22,6 +26,35 @@ dmesg | grep 'tether: ABI' | sed 's/^/INFO /'
 TETHER_TEST_SCALE=$SCALE timeout $((300 * SCALE)) "$TEST"
 rc=$?
 [ $rc -eq 124 ] && echo "FAIL module_test: timed out"
+
+# Daemon tests (tests/vm/daemon_test.py and the host tier's
+# tests/multinode/test_invalidation.py) on a 3-node cluster of network
+# namespaces inside this VM, tetherd choosing tether.ko.  Each harness line
+# "PASS x"/"FAIL x" is prefixed with its script; its "N passed, N failed"
+# line becomes INFO.  A script that dies without a summary line is a FAIL.
+daemon_suite() {  # <label> <script>
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200} \
+    timeout $((${TETHER_VM_DAEMON_TIMEOUT:-300} * SCALE)) \
+    /usr/bin/python3 "$2" --build-dir "$RELEASE" > "/tmp/$1.log" 2>&1
+  src=$?
+  sed -n -e "s/^\(PASS\|FAIL\) /\1 $1\//p" -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
+  echo "INFO $1: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
+  if ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "/tmp/$1.log"; then
+    echo "FAIL $1: the script ended without a summary (exit $src; 124 = timed out); log tail:"
+    tail -25 "/tmp/$1.log" | sed 's/^/    /'
+    rc=1
+  elif [ $src -ne 0 ]; then
+    # the harness printed its FAIL lines (with cluster logs in the log)
+    sed -n '/^FAIL /,/^PASS /p' "/tmp/$1.log" | grep -v '^PASS ' | head -60 | sed 's/^/    /'
+    rc=1
+  fi
+}
+if [ -n "$RELEASE" ]; then
+  modprobe veth 2>/dev/null; modprobe bridge 2>/dev/null
+  daemon_suite daemon "$REPO/tests/vm/daemon_test.py"
+  daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py"
+fi
 if rmmod tether; then echo "PASS rmmod"; else echo "FAIL rmmod: module still in use"; rc=1; fi
 echo "INFO done, uptime $(cut -d' ' -f1 /proc/uptime)s"
 exit $rc

@@ -1,0 +1,401 @@
+#include "daemon/notifier/kernel_notifier_source.h"
+
+#include <fcntl.h>
+#include <linux/tether.h>  // kernel/include/uapi: the tether.ko ioctl ABI
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_format.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+constexpr uint64_t kPage = 4096;
+static_assert(sizeof(tether_event) == 64, "ABI 1 event record");
+
+const char* TypeName(uint32_t type) {
+  switch (type) {
+    case TETHER_EV_UNMAP: return "unmap";
+    case TETHER_EV_CLEAR: return "clear (madvise, COW, swap, THP, KSM)";
+    case TETHER_EV_PROTECTION_VMA: return "protection change";
+    case TETHER_EV_PROTECTION_PAGE: return "write-protect (fork)";
+    case TETHER_EV_SOFT_DIRTY: return "soft-dirty";
+    case TETHER_EV_RELEASE: return "release";
+    case TETHER_EV_MIGRATE: return "migration";
+    case TETHER_EV_EXCLUSIVE: return "exclusive access";
+    default: return "kernel memory event";
+  }
+}
+}  // namespace
+
+bool KernelNotifierSource::Available(const std::string& device) {
+  struct stat st;
+  return stat(device.c_str(), &st) == 0 && S_ISCHR(st.st_mode);
+}
+
+absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open(
+    SegmentRegistry* registry, InvalidationCoordinator* coordinator, const std::string& device) {
+  int fd = open(device.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return ErrnoStatus(errno, "open " + device);
+  tether_version v{};
+  if (ioctl(fd, TETHER_IOC_GET_VERSION, &v) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, device + ": GET_VERSION");
+  }
+  if (v.abi_version != TETHER_ABI_VERSION || v.event_size != sizeof(tether_event) ||
+      !(v.features & TETHER_FEAT_SEQ)) {
+    close(fd);
+    return ErrnoStatus(EPROTO, absl::StrFormat("%s: module ABI %d, event size %d, features %#x; "
+                                               "this daemon needs ABI %d, size %d, SEQ",
+                                               device, v.abi_version, v.event_size, v.features,
+                                               TETHER_ABI_VERSION, sizeof(tether_event)));
+  }
+  if (ioctl(fd, TETHER_IOC_CONTROL) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, device + ": CONTROL");
+  }
+  int stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (stop_fd < 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "eventfd");
+  }
+  // The module gives up waiting after ack_timeout_ms; our acks come after the
+  // coordinator's deadline, so that must be shorter or fencing is moot.
+  std::ifstream p("/sys/module/tether/parameters/ack_timeout_ms");
+  int64_t ack_timeout_ms = -1;
+  if (p >> ack_timeout_ms && ack_timeout_ms > 0 &&
+      absl::Milliseconds(ack_timeout_ms) <= coordinator->ack_deadline())
+    TLOG_WARN("tether.ko ack_timeout_ms=%d is not above the invalidation deadline (%d ms): the "
+              "kernel may go on before late mappers are fenced",
+              ack_timeout_ms, absl::ToInt64Milliseconds(coordinator->ack_deadline()));
+  return std::unique_ptr<KernelNotifierSource>(
+      new KernelNotifierSource(registry, coordinator, fd, stop_fd));
+}
+
+KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
+                                           InvalidationCoordinator* coordinator, int ctl_fd,
+                                           int stop_fd)
+    : registry_(registry),
+      coordinator_(coordinator),
+      ctl_fd_(ctl_fd),
+      stop_fd_(stop_fd),
+      fallback_(registry, coordinator) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+KernelNotifierSource::~KernelNotifierSource() {
+  Stop();
+  close(stop_fd_);
+}
+
+void KernelNotifierSource::Stop() {
+  if (stopping_.exchange(true)) return;
+  uint64_t one = 1;
+  (void)!write(stop_fd_, &one, sizeof(one));
+  if (thread_.joinable()) thread_.join();
+  fallback_.Stop();
+  std::vector<Pending> pending = TakePending(0);
+  for (const Pending& p : pending) EndWindow(p, false);
+  absl::MutexLock lock(&mu_);
+  for (auto& [segid, ex] : by_segid_)
+    if (ex->fd >= 0) close(ex->fd);
+  by_segid_.clear();
+  by_range_.clear();
+  // Closing the control fd releases every exporter still waiting on it.
+  close(ctl_fd_);
+}
+
+absl::Status KernelNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
+                                               uint64_t tether_range_id) {
+  auto seg = registry_->Get(segid);
+  if (!seg.ok()) {
+    if (fd >= 0) close(fd);
+    close(pidfd);
+    return seg.status();
+  }
+  if (tether_range_id == 0 && fd >= 0) {
+    // A userfaultfd (local_api checked the kind): the user-space source.
+    {
+      absl::MutexLock lock(&mu_);
+      fallback_segids_.insert(segid);
+    }
+    TLOG_INFO("segment %#x: exporter pid %d sent a userfaultfd, not a /dev/tether fd: watched "
+              "by the user-space source",
+              segid, pid);
+    return fallback_.AddExporter(segid, pid, pidfd, fd, 0);
+  }
+  // The registry watches the exporter's exit through its own pidfd.
+  close(pidfd);
+  if (fd < 0) {
+    TLOG_WARN("segment %#x: exporter pid %d sent no event handle: its memory events cannot be "
+              "seen, so no copies of it will be handed out",
+              segid, pid);
+    return absl::OkStatus();
+  }
+  // Held across ATTACH and the insertion so that the event thread, which
+  // looks ranges up under mu_, cannot see (and drop) this exporter's
+  // RELEASE before we know the range.
+  absl::MutexLock lock(&mu_);
+  tether_attach at{};
+  at.fd = fd;
+  if (ioctl(ctl_fd_, TETHER_IOC_ATTACH, &at) != 0) {
+    int err = errno;
+    close(fd);
+    return ErrnoStatus(err, absl::StrFormat("segment %#x: attaching the exporter's /dev/tether "
+                                            "fd",
+                                            segid));
+  }
+  // Check what the exporter claims: its range, of the fd it sent, covering
+  // the segment.
+  tether_range_info info{};
+  info.range_id = tether_range_id;
+  if (ioctl(ctl_fd_, TETHER_IOC_RANGE_INFO, &info) != 0 || info.exporter_id != at.exporter_id ||
+      info.start > seg->vaddr || seg->vaddr + seg->size > info.start + info.len) {
+    int err = errno;
+    close(fd);  // detaches it again
+    return ErrnoStatus(err ? err : EINVAL,
+                       absl::StrFormat("segment %#x: tether range %d does not cover the export "
+                                       "[%#x, %#x) of this exporter fd",
+                                       segid, tether_range_id, seg->vaddr,
+                                       seg->vaddr + seg->size));
+  }
+  auto ex = std::make_shared<Export>();
+  ex->segid = segid;
+  ex->range_id = tether_range_id;
+  ex->exporter_id = at.exporter_id;
+  ex->fd = fd;
+  ex->pid = pid;
+  ex->size = seg->size;
+  ex->delta = seg->vaddr - info.start;
+  by_segid_[segid] = ex;
+  by_range_[tether_range_id] = ex;
+  TLOG_DEBUG("segment %#x: tether.ko range %d (exporter %d, pid %d)", segid, tether_range_id,
+             at.exporter_id, pid);
+  return absl::OkStatus();
+}
+
+absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t end) {
+  std::shared_ptr<Export> ex;
+  bool fallback = false;
+  {
+    absl::MutexLock lock(&mu_);
+    fallback = fallback_segids_.contains(segid);
+    auto it = by_segid_.find(segid);
+    if (it != by_segid_.end()) ex = it->second;
+  }
+  if (fallback) return fallback_.Watch(segid, start, end);
+  if (ex && ex->released)
+    return ErrnoStatus(ESRCH, absl::StrFormat("segment %#x: the exporter's address space is gone",
+                                              segid));
+  if (!ex)
+    return ErrnoStatus(EOPNOTSUPP, absl::StrFormat("segment %#x: the exporter's memory events "
+                                                   "cannot be seen (no /dev/tether range "
+                                                   "attached): refusing to hand out copies",
+                                                   segid));
+  uint64_t s = start / kPage * kPage, e = std::min<uint64_t>((end + kPage - 1) / kPage * kPage, ex->size);
+  if (s >= e) return ErrnoStatus(EINVAL, "empty watch range");
+  tether_mark m{};
+  m.range_id = ex->range_id;
+  m.offset = s + ex->delta;
+  m.len = e - s;
+  if (ioctl(ctl_fd_, TETHER_IOC_MARK_CACHED, &m) != 0) {
+    int err = errno;
+    return ErrnoStatus(err == ESRCH ? ESRCH : err,
+                       absl::StrFormat("segment %#x: marking [%#x, %#x) cached in tether.ko", segid,
+                                       s, e));
+  }
+  // Odd: an invalidation of the exporter's mm started before the mark and is
+  // still running; it was not forwarded and no END will tell us when it ends.
+  if (m.seq & 1)
+    return ErrnoStatus(EAGAIN, "retry: an invalidation of the exporter's memory is in progress");
+  return absl::OkStatus();
+}
+
+void KernelNotifierSource::Forget(uint64_t segid) {
+  std::shared_ptr<Export> ex;
+  {
+    absl::MutexLock lock(&mu_);
+    fallback_segids_.erase(segid);
+    auto it = by_segid_.find(segid);
+    if (it == by_segid_.end()) return;
+    ex = it->second;
+    by_segid_.erase(it);
+    by_range_.erase(ex->range_id);
+  }
+  for (const Pending& p : TakePending(ex->range_id)) EndWindow(p, true);
+  // The module unregisters the range; its RELEASE (not waited for) finds no
+  // range any more and is only acked.
+  close(ex->fd);
+}
+
+std::shared_ptr<KernelNotifierSource::Export> KernelNotifierSource::FindRange(uint64_t range_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = by_range_.find(range_id);
+  return it == by_range_.end() ? nullptr : it->second;
+}
+
+std::vector<KernelNotifierSource::Pending> KernelNotifierSource::TakePending(uint64_t range_id) {
+  absl::MutexLock lock(&mu_);
+  std::vector<Pending> out, keep;
+  for (Pending& p : pending_) (range_id == 0 || p.range_id == range_id ? out : keep).push_back(p);
+  pending_ = std::move(keep);
+  return out;
+}
+
+void KernelNotifierSource::Run() {
+  tether_event evs[16];
+  while (!stopping_) {
+    pollfd p[2] = {{ctl_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    int n = poll(p, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || p[1].revents) break;
+    if (p[0].revents & (POLLERR | POLLNVAL)) {
+      TLOG_ERROR("tether.ko control fd: poll error %#x; kernel events are no longer seen",
+                 p[0].revents);
+      break;
+    }
+    while (!stopping_) {
+      ssize_t r = read(ctl_fd_, evs, sizeof(evs));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;  // EAGAIN: drained
+      for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(tether_event); ++i)
+        HandleEvent(evs[i]);
+    }
+  }
+}
+
+void KernelNotifierSource::HandleEvent(const tether_event& ev) {
+  TLOG_DEBUG("tether.ko event %d: kind %d type %d flags %#x range %d [%#x, %#x) seq %d",
+             ev.event_id, ev.kind, ev.type, ev.flags, ev.range_id, ev.start, ev.end, ev.seq);
+  switch (ev.kind) {
+    case TETHER_KIND_BEGIN: HandleBegin(ev); break;
+    case TETHER_KIND_END: HandleEnd(ev); break;
+    case TETHER_KIND_RELEASE: HandleRelease(ev); break;
+    case TETHER_KIND_OVERFLOW: HandleOverflow(); break;
+    default: TLOG_WARN("tether.ko: unknown event kind %d", ev.kind);
+  }
+}
+
+void KernelNotifierSource::Ack(uint64_t event_id) {
+  tether_ack a{};
+  a.event_id = event_id;
+  // ENOENT: nobody waits any more (timed out, non-blockable): harmless.
+  if (ioctl(ctl_fd_, TETHER_IOC_ACK, &a) != 0 && errno != ENOENT)
+    TLOG_WARN("tether.ko: ACK of event %d: %s", event_id, strerror(errno));
+}
+
+void KernelNotifierSource::HandleBegin(const tether_event& ev) {
+  std::shared_ptr<Export> ex = FindRange(ev.range_id);
+  if (!ex) {
+    Ack(ev.event_id);
+    return;
+  }
+  // Range offsets -> segment offsets, clamped to the segment.
+  uint64_t s = ev.start > ex->delta ? ev.start - ex->delta : 0;
+  uint64_t e = ev.end > ex->delta ? std::min<uint64_t>(ev.end - ex->delta, ex->size) : 0;
+  if (s >= e) {
+    Ack(ev.event_id);
+    return;
+  }
+  if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
+    // G4: the kernel is not waiting and may already be freeing the pages.
+    // Never wait here either: revoke every mapper, without a window.
+    TLOG_INFO("segment %#x: non-blockable %s of [%#x, %#x) (OOM reaper): revoking all "
+              "attachments asynchronously",
+              ex->segid, TypeName(ev.type), s, e);
+    coordinator_->RevokeAll(ex->segid, "exporter's memory torn down (OOM)");
+    Ack(ev.event_id);
+    return;
+  }
+  auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type));
+  if (w.ok()) {
+    absl::MutexLock lock(&mu_);
+    pending_.push_back({ev.range_id, ev.start, ev.end, ev.type, s, e, *w});
+  }
+  // The exporter's call goes on now: every mapper acked or was fenced.
+  Ack(ev.event_id);
+}
+
+void KernelNotifierSource::HandleEnd(const tether_event& ev) {
+  Pending p;
+  bool found = false;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (it->range_id == ev.range_id && it->start == ev.start && it->end == ev.end) {
+        p = std::move(*it);
+        pending_.erase(it);
+        found = true;
+        break;
+      }
+    }
+  }
+  if (!found) return;  // non-blockable BEGIN, or the range was forgotten
+  EndWindow(p, p.type == TETHER_EV_UNMAP);
+}
+
+void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
+  // Nobody caches the range any more (OpenWindow dropped every node's
+  // marks): unmark it in the module (G3) while the window still refuses
+  // reads, so that no read after End() loses its mark.
+  if (!stopping_) {
+    tether_mark m{};
+    m.range_id = p.range_id;
+    m.offset = p.start / kPage * kPage;
+    m.len = (p.end + kPage - 1) / kPage * kPage - m.offset;
+    if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
+        errno != ESRCH)
+      TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
+  if (gone) gone_offsets.emplace_back(p.seg_start, p.seg_end);
+  coordinator_->End(p.window, gone_offsets);
+}
+
+void KernelNotifierSource::HandleRelease(const tether_event& ev) {
+  std::shared_ptr<Export> ex = FindRange(ev.range_id);
+  if (ex && !ex->released.exchange(true)) {
+    // The exporter's address space is gone (exit, exec) or its fd closed:
+    // revoke before acking, so that exit() returns after revocations went
+    // out. The registry's exit path (pidfd) marks the segment gone too.
+    coordinator_->RevokeAll(ex->segid, "exporter exited");
+    for (const Pending& p : TakePending(ex->range_id)) EndWindow(p, true);
+  }
+  Ack(ev.event_id);
+  // The exporter fd stays open until Forget() (the registry's gone callback,
+  // after the pidfd reported the exit): closing it here, right after the
+  // ack, would run mmu_notifier_unregister() while exit_mmap() is still
+  // inside the module's release callback, which then runs twice.
+}
+
+void KernelNotifierSource::HandleOverflow() {
+  TLOG_WARN("tether.ko: events were lost (OVERFLOW): invalidating every exported range");
+  // ENDs may be among the lost events: end every open window. Reads stay
+  // refused while the kernel is still inside an invalidation (odd MARK seq).
+  for (const Pending& p : TakePending(0)) EndWindow(p, false);
+  std::vector<std::shared_ptr<Export>> all;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [segid, ex] : by_segid_) all.push_back(ex);
+  }
+  for (auto& ex : all) {
+    auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events");
+    if (!w.ok()) continue;
+    Pending p{ex->range_id, ex->delta, ex->delta + ex->size, 0, 0, ex->size, *w};
+    EndWindow(p, false);
+  }
+}
+
+}  // namespace tether

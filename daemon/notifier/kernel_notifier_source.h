@@ -1,0 +1,165 @@
+// KernelNotifierSource: the notifier source backed by tether.ko (used when
+// /dev/tether exists; kernel/README.md describes the ABI and the module's
+// side of the protocol).
+//
+// Set-up. The daemon opens its own control fd on /dev/tether (waiters belong
+// to it, never to an exporter's fd, which forked children inherit). With
+// each export, libtether opens a fresh /dev/tether fd, registers the
+// segment's range of its own mm on it (REGISTER_RANGE) and sends that fd
+// and the range id with the export. AddExporter() ATTACHes the fd to the
+// control fd and checks the claim with RANGE_INFO (same exporter, range
+// covers the segment). One fd per export: the module binds an exporter fd
+// to one control fd, and closing it ends exactly that export.
+//
+// G3 - cheap when unshared. Watch() runs before the home reads the exporter
+// for a mapper: it MARKs the sub-range cached in the module, so from then on
+// invalidations overlapping it are forwarded; all others never reach us.
+// MARK returns the range's sequence; an odd one means an invalidation of
+// the exporter's mm is in progress that started before the mark and was not
+// forwarded, so Watch() answers EAGAIN ("retry": the mapper refetches
+// shortly) instead of letting the read run. READ_RETRY is not used: a
+// forwarded invalidation opens a registry window before it is acked, and the
+// registry already brackets every read with its window generation
+// (SegmentRegistry::ReadBlocks answers EAGAIN when one opened during the
+// read), so a read that raced a forwarded BEGIN is discarded there.
+//
+// One event thread reads the control fd (poll + read, O_NONBLOCK):
+//   BEGIN, BLOCKABLE  -> coordinator->Begin() on the segment's offsets (fan-out,
+//                        mapper acks or fencing, bounded by the coordinator's
+//                        deadline, which must stay below the module's
+//                        ack_timeout_ms), then ACK: the exporter's munmap /
+//                        madvise / mremap / mprotect returns only now (G1).
+//   END               -> UNMARK the range (the registry dropped every node's
+//                        cached marks when the window opened, so nobody
+//                        caches it any more) and then coordinator->End(), with
+//                        the range reported gone for UNMAP events (mappers
+//                        discard dirty data kept aside for it). UNMARK comes
+//                        first: a read that starts after End() must find no
+//                        stale mark to be removed under it.
+//   BEGIN, not BLOCKABLE (G4) -> see below.
+//   RELEASE           -> the range is gone for good (exit, exec, fd closed):
+//                        coordinator->RevokeAll(), end any window still open on
+//                        it, ACK (exit() waits for this ack, so it returns after
+//                        revocations were sent). The exporter fd is closed
+//                        later, by Forget() (see HandleRelease for why).
+//   OVERFLOW          -> events were lost: every open window is ended (the
+//                        MARK sequence still refuses reads while the kernel is
+//                        inside an invalidation) and every segment gets a
+//                        Begin/End over its whole range.
+//
+// G4 - non-blockable BEGIN (no TETHER_EVF_BLOCKABLE: today only the OOM
+// reaper tearing down a dying exporter). The module does not wait for it
+// (classic start/end ops, start never fails; kernel/README.md "G4"), and
+// neither do we: we do not open a window and wait for mapper acks, we call
+// coordinator->RevokeAll() (which only sends revocations), ACK (harmless: no
+// waiter), and ignore the matching END. Safe because remote copies are
+// copies, not references to the exporter's pages; for a moment a mapper may
+// still read what the dying process held. Its RELEASE revokes again.
+//
+// G5 - the event thread never touches the exporter's memory and never waits
+// for reads in flight: Begin() only opens a registry window and waits for
+// mapper acks; the reads themselves run on transport threads.
+//
+// Exporters that sent a userfaultfd instead (no /dev/tether access in their
+// mount namespace, old libtether) are handed to an embedded
+// UffdNotifierSource, so a mixed node still watches everything it can.
+#ifndef TETHER_DAEMON_NOTIFIER_KERNEL_NOTIFIER_SOURCE_H_
+#define TETHER_DAEMON_NOTIFIER_KERNEL_NOTIFIER_SOURCE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/notifier/notifier_source.h"
+#include "daemon/notifier/uffd_notifier_source.h"
+
+struct tether_event;  // kernel/include/uapi/linux/tether.h
+
+namespace tether {
+
+class KernelNotifierSource : public NotifierSource {
+ public:
+  static constexpr const char* kDevice = "/dev/tether";
+
+  // True if `device` exists and is a character device (the module is loaded).
+  static bool Available(const std::string& device = kDevice);
+
+  // Opens the control fd on `device` (TETHER_IOC_CONTROL), checks the ABI
+  // (version, event record size, TETHER_FEAT_SEQ) and starts the event thread.
+  static absl::StatusOr<std::unique_ptr<KernelNotifierSource>> Open(
+      SegmentRegistry* registry, InvalidationCoordinator* coordinator,
+      const std::string& device = kDevice);
+
+  ~KernelNotifierSource() override;
+
+  absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
+                           uint64_t tether_range_id) override;
+  absl::Status Watch(uint64_t segid, uint64_t start, uint64_t end) override;
+  void Stop() override;
+
+  // The segment is gone (removed, or its exporter exited): closes its
+  // exporter fd (the module unregisters the range) and ends windows still
+  // open on it. Call from the registry's gone callback.
+  void Forget(uint64_t segid);
+
+ private:
+  // One export: one exporter fd with (at least) the segment's range on it.
+  struct Export {
+    uint64_t segid = 0;
+    uint64_t range_id = 0;
+    uint64_t exporter_id = 0;
+    int fd = -1;
+    pid_t pid = 0;
+    uint64_t size = 0;   // segment size
+    uint64_t delta = 0;  // segment start - range start (range offset = segment offset + delta)
+    std::atomic<bool> released{false};  // RELEASE seen: the address space is gone
+  };
+  struct Pending {  // a window opened for a forwarded blockable BEGIN
+    uint64_t range_id = 0;
+    uint64_t start = 0, end = 0;  // range offsets, as in the event (END matches on them)
+    uint32_t type = 0;
+    uint64_t seg_start = 0, seg_end = 0;
+    InvalidationWindow window;
+  };
+
+  KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator,
+                       int ctl_fd, int stop_fd);
+  void Run();
+  void HandleEvent(const tether_event& ev);
+  void HandleBegin(const tether_event& ev);
+  void HandleEnd(const tether_event& ev);
+  void HandleRelease(const tether_event& ev);
+  void HandleOverflow();
+  void Ack(uint64_t event_id);
+  // Ends `p`'s window; `gone`: report its range as unmapped.
+  void EndWindow(const Pending& p, bool gone);
+  // Removes and returns the pending windows of `range_id` (all if 0).
+  std::vector<Pending> TakePending(uint64_t range_id);
+  std::shared_ptr<Export> FindRange(uint64_t range_id);
+
+  SegmentRegistry* const registry_;
+  InvalidationCoordinator* const coordinator_;
+  const int ctl_fd_;
+  const int stop_fd_;
+  UffdNotifierSource fallback_;  // exporters that sent a userfaultfd
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_segid_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_range_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> fallback_segids_ ABSL_GUARDED_BY(mu_);
+  std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_NOTIFIER_KERNEL_NOTIFIER_SOURCE_H_

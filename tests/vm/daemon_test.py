@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""VM tier: daemon checks that only the kernel notifier source (tether.ko)
+can pass. Runs inside a tests/vm VM with tether.ko loaded, on the host
+tier's cluster (tests/multinode/cluster.py: tetherd per network namespace,
+mutual TLS), next to a rerun of tests/multinode/test_invalidation.py.
+
+"Dropped its copy" is read directly from the mapper's backing memfd
+(/proc/<mapper>/map_files, SEEK_DATA), right after the exporter's call
+returned: with tether.ko the call returns only after the ack, so the page
+must already be gone. Needs root (map_files), which the VM has.
+
+    python3 tests/vm/daemon_test.py --build-dir build/release [-k NAME]
+"""
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "multinode"))
+from cluster import Exporter, Mapper  # noqa: E402
+from harness import expect, run, with_nodes  # noqa: E402
+
+MiB = 1 << 20
+PAGE = 4096
+SIGBUS = 7
+DEADLINE_MS = 500
+FAST = ("--invalidate_deadline_ms=%d" % DEADLINE_MS,)
+
+
+def ms(reply):
+    expect(reply.startswith("ok "), "exporter call failed: " + reply)
+    return float(reply.split()[1])
+
+
+def cached(m, off, length):
+    """True if page `off` of mapper m's attachment (length bytes) holds data
+    in its backing memfd (the page is cached on the mapper's node)."""
+    pid = m.proc.pid  # `ip netns exec` execs the command: same pid
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            a, b = (int(x, 16) for x in parts[0].split("-"))
+            if "tether-attachment" in line and b - a == length:
+                pgoff = int(parts[2], 16)
+                fd = os.open("/proc/%d/map_files/%s" % (pid, parts[0]), os.O_RDONLY)
+                try:
+                    return os.lseek(fd, pgoff + off, os.SEEK_DATA) == pgoff + off
+                except OSError:  # ENXIO: no data at or after off
+                    return False
+                finally:
+                    os.close(fd)
+    raise AssertionError("no tether-attachment mapping of %d bytes in mapper %d" % (length, pid))
+
+
+def test_kernel_source_in_use(c):
+    e = Exporter(c.node(1), MiB, 1)
+    for n in c.nodes:
+        with open(n.log) as f:
+            log = f.read()
+        expect("notifier source: tether.ko" in log,
+               "node %d does not use tether.ko: %s" % (n.id, log[-500:]))
+    e.close()
+
+
+def test_munmap_returns_after_mapper_dropped_copy(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    expect(cached(m, 0, MiB) and cached(m, PAGE, MiB), "pages 0 and 1 are cached")
+    ms(e.command("munmap 0 4096"))
+    # No sleep: the munmap has returned, so the copy must be gone already.
+    expect(not cached(m, 0, MiB), "munmap returned while the mapper still held page 0")
+    expect(cached(m, PAGE, MiB), "page 1 was not part of the munmap and stays cached")
+    expect(m.command("read 0") == "signal:%d" % SIGBUS, "an unmapped page raises SIGBUS")
+    e.close()
+
+
+def test_dontneed_returns_after_mapper_dropped_copy(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    m3 = Mapper(c.node(3), e.segid, length=MiB)
+    for x in (m, m3):
+        expect(x.command("verify 1 0 65536") == "ok", "cached before")
+    ms(e.command("dontneed 8192 8192"))
+    for x in (m, m3):
+        expect(not cached(x, 8192, MiB) and not cached(x, 12288, MiB),
+               "madvise(DONTNEED) returned while a mapper still held the pages")
+        expect(cached(x, 0, MiB), "page 0 was not part of the DONTNEED and stays cached")
+        expect(x.command("read 8192") == "byte 0", "zeros after DONTNEED")
+        expect(x.command("verify 1 0 8192") == "ok", "untouched pages keep their contents")
+    m.close()
+    m3.close()
+    e.close()
+
+
+def test_mprotect_is_seen(c):
+    """The user-space source cannot see mprotect at all; the module can."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    ms(e.command("mprotect 16384 8192 r"))
+    expect(not cached(m, 16384, MiB), "mprotect returned while the mapper still held the page")
+    expect(cached(m, 0, MiB), "page 0 was not part of the mprotect and stays cached")
+    expect(m.command("verify 1 16384 8192") == "ok", "read-only pages refetched unchanged")
+    ms(e.command("mprotect 16384 8192 rw"))
+    m.close()
+    e.close()
+
+
+@with_nodes(2, daemon_args=FAST)
+def test_mprotect_waits_for_a_frozen_mapper(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+    try:
+        took = ms(e.command("mprotect 0 4096 r"))
+    finally:
+        os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+    expect(took >= DEADLINE_MS * 0.9,
+           "mprotect took %.0f ms: it did not wait for the frozen mapper (deadline %d ms)"
+           % (took, DEADLINE_MS))
+    expect(took < DEADLINE_MS + 3000, "mprotect took %.0f ms" % took)
+    m.close()
+    e.close()
+
+
+def test_unshared_range_not_forwarded(c):
+    """G3: a munmap of pages no mapper caches opens no window, so the pages
+    a mapper does cache elsewhere in the segment stay cached (the user-space
+    source cannot tell and drops the whole segment)."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 16384") == "ok", "cached before")
+    expect(not cached(m, 768 * 1024, MiB), "the far page is not cached (no read-ahead there)")
+    took = ms(e.command("munmap %d 4096" % (768 * 1024)))
+    expect(cached(m, 0, MiB) and cached(m, 8192, MiB),
+           "an unshared munmap dropped the mapper's unrelated pages (took %.1f ms)" % took)
+    expect(m.command("verify 1 0 16384") == "ok", "still readable")
+    m.close()
+    e.close()
+
+
+def test_exporter_exit_revokes(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    e.kill()
+    deadline = time.time() + 10
+    r = m.command("read 0")
+    while r != "signal:%d" % SIGBUS and time.time() < deadline:
+        time.sleep(0.1)
+        r = m.command("read 0")
+    expect(r == "signal:%d" % SIGBUS, "held pages must raise SIGBUS after the exporter's exit: " + r)
+    for n in c.nodes:
+        expect(n.daemon.poll() is None, "daemon %d died" % n.id)
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
