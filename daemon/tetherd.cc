@@ -144,6 +144,7 @@ void Tetherd::Stop() {
   if (peer_server_) peer_server_->Shutdown();
   if (notifier_) notifier_->Stop();
   if (faults_) faults_->Stop();
+  if (peers_) peers_->Shutdown();
   if (transport_) transport_->Shutdown();
   registry_->Stop();
   local_server_.reset();

@@ -435,7 +435,17 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 	}
 
 	spin_lock(&exp->lock);
-	WARN_ON(exp->mm_gone);
+	/*
+	 * ->release may run twice: __mmu_notifier_release() calls it before it
+	 * unhashes the subscription, so an mmu_notifier_unregister() racing
+	 * with exit_mmap() (the exporter fd closed while the process exits)
+	 * calls it again.  The first call did all the work.
+	 */
+	if (exp->mm_gone) {
+		spin_unlock(&exp->lock);
+		tether_free_list(&prealloc);
+		return;
+	}
 	exp->mm_gone = true;
 	wait = !exp->closing && READ_ONCE(tether_ack_timeout_ms);
 	if (exp->ctl) {

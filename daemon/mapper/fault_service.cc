@@ -473,6 +473,18 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   absl::Status lost;
   {
     absl::MutexLock lock(&att.mu);
+    // Writes kept aside by an open window are written back (or found lost)
+    // when it ends: wait for that, bounded, so that sync reports them.
+    auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+      auto k = att.kept_aside.lower_bound(p0);
+      return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
+    };
+    absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (kept_in_window() && absl::Now() < deadline) {
+      att.mu.Unlock();
+      absl::SleepFor(absl::Milliseconds(1));
+      att.mu.Lock();
+    }
     if (att.revoked) {
       std::string msg = "attachment revoked (" + att.revoke_reason + ")";
       if (att.lost_pages > 0)

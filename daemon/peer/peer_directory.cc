@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
@@ -28,6 +29,9 @@ struct PeerDirectory::Impl {
 
   uint32_t local_node;
   uint64_t incarnation;
+  absl::Mutex calls_mu;
+  absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
+  bool shut_down ABSL_GUARDED_BY(calls_mu) = false;
   int rpc_timeout_ms;
   mutable absl::Mutex mu;
   absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
@@ -78,7 +82,15 @@ PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
   }
 }
 
-PeerDirectory::~PeerDirectory() = default;
+PeerDirectory::~PeerDirectory() { Shutdown(); }
+
+void PeerDirectory::Shutdown() {
+  absl::MutexLock lock(&impl_->calls_mu);
+  impl_->shut_down = true;
+  for (grpc::ClientContext* ctx : impl_->calls) ctx->TryCancel();
+  impl_->calls_mu.Await(absl::Condition(
+      +[](absl::flat_hash_set<grpc::ClientContext*>* c) { return c->empty(); }, &impl_->calls));
+}
 
 bool PeerDirectory::Knows(uint32_t node) const {
   absl::MutexLock lock(&impl_->mu);
@@ -272,10 +284,22 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
   call->req.set_reason(n.reason);
   call->req.set_home_node(n.home_node);
   call->done = std::move(done);
+  {
+    absl::MutexLock lock(&impl_->calls_mu);
+    if (impl_->shut_down) {
+      std::move(call->done)(absl::UnavailableError("daemon shutting down"));
+      delete call;
+      return;
+    }
+    impl_->calls.insert(&call->ctx);
+  }
+  Impl* impl = impl_.get();
   (*stub)->async()->Invalidate(&call->ctx, &call->req, &call->resp,
-                               [call, node](grpc::Status st) {
+                               [call, node, impl](grpc::Status st) {
                                  std::move(call->done)(FromGrpc(
                                      st, absl::StrCat("invalidate at node ", node)));
+                                 absl::MutexLock lock(&impl->calls_mu);
+                                 impl->calls.erase(&call->ctx);
                                  delete call;
                                });
 }

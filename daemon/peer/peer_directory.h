@@ -56,6 +56,9 @@ class PeerDirectory {
   // `done` runs once with the peer's answer.
   void Invalidate(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
                   InvalidationChannel::Done done);
+  // Cancels in-flight notices and waits until their callbacks ran: no gRPC
+  // call may outlive the daemon (its threads would run during exit).
+  void Shutdown();
 
  private:
   struct Impl;

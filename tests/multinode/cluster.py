@@ -166,6 +166,13 @@ class Node:
             try:
                 return self.daemon.wait(20)
             except subprocess.TimeoutExpired:
+                # A hung shutdown is a bug: keep the threads' stacks for it.
+                if shutil.which("gdb"):
+                    r = subprocess.run(["gdb", "-p", str(self.daemon.pid), "-batch", "-ex",
+                                        "thread apply all bt"], capture_output=True, text=True,
+                                       timeout=60)
+                    with open(self.log, "a") as f:
+                        f.write("\n--- tetherd did not stop in 20 s; stacks ---\n" + r.stdout)
                 self.daemon.kill()
                 self.daemon.wait(10)
                 return None
@@ -261,7 +268,7 @@ class Cluster:
         for node in self.nodes:
             try:
                 with open(node.log) as f:
-                    out.append("--- node %d ---\n%s" % (node.id, f.read()[-4000:]))
+                    out.append("--- node %d ---\n%s" % (node.id, f.read()[-20000:]))
             except OSError:
                 pass
         return "\n".join(out)

@@ -32,15 +32,19 @@ def run(tests, default_nodes=3):
         extra = getattr(fn, "daemon_args", ())
         t0 = time.time()
         cluster = None
+        logs = ""
         try:
             with Cluster(nodes, build_dir=args.build_dir, budgets=budgets,
                          extra_args=extra) as cluster:
-                fn(cluster)
-                for node in cluster.nodes:  # a clean SIGTERM shutdown is part of every test
-                    if node.daemon is None or node.daemon.poll() is not None:
-                        continue  # killed by the test itself
-                    rc = node.stop()
-                    expect(rc == 0, "tetherd %d exited with %s on SIGTERM" % (node.id, rc))
+                try:
+                    fn(cluster)
+                    for node in cluster.nodes:  # a clean SIGTERM shutdown is part of every test
+                        if node.daemon is None or node.daemon.poll() is not None:
+                            continue  # killed by the test itself
+                        rc = node.stop()
+                        expect(rc == 0, "tetherd %d exited with %s on SIGTERM" % (node.id, rc))
+                finally:
+                    logs = cluster.logs()  # before the cluster's directory goes
             passed += 1
             print("PASS %s (%.1f s)" % (fn.__name__, time.time() - t0), flush=True)
         except Exception as e:
@@ -48,8 +52,7 @@ def run(tests, default_nodes=3):
             print("FAIL %s: %s" % (fn.__name__, e), flush=True)
             if not isinstance(e, Failure):
                 traceback.print_exc()
-            if cluster is not None:
-                print(cluster.logs())
+            print(logs)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed or not passed else 0)
 

@@ -70,9 +70,9 @@ def test_dirty_data_survives_a_window(c):
     e = Exporter(c.node(1), MiB, 1)
     m = Mapper(c.node(2), e.segid, length=MiB)
     expect(m.command("write 9 40960 4096") == "ok", "write")
-    # an unrelated DONTNEED opens a (conservative) window over the segment:
-    # the dirty page is kept aside and written back after it, not dropped
-    ms(e.command("dontneed 0 4096"))
+    # DONTNEED over the dirty page: the address still exists, so the dirty
+    # page is kept aside and written back after the window, not dropped
+    ms(e.command("dontneed 36864 12288"))
     time.sleep(0.2)
     expect(e.verify(9, 40960, 4096) == "ok", "dirty page written back after the window")
     expect(m.command("verify 9 40960 4096") == "ok", "the mapper still sees its write")
@@ -175,8 +175,10 @@ def test_kill_exporter_while_mappers_read(c):
     e.kill()
     for p in procs:
         out, _ = p.communicate(timeout=60)
-        # either it finished before the exit, or it got SIGBUS: never wrong data
-        expect(p.returncode in (0, -SIGBUS) and "mismatch" not in out,
+        # it finished before the exit, got SIGBUS, or (slow start) found the
+        # segment already gone: never wrong data
+        ok = p.returncode in (0, -SIGBUS) or (p.returncode == 1 and "errno=2 " in out)
+        expect(ok and "mismatch" not in out,
                "mapper during exporter kill: rc=%d %s" % (p.returncode, out))
     for n in c.nodes:
         expect(n.daemon.poll() is None, "daemon %d died" % n.id)
