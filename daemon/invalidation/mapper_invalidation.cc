@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/time/clock.h"
 #include "daemon/common/log.h"
 
 namespace tether {
@@ -14,6 +15,7 @@ absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
   // cluster and window ids per segment's home.
   uint64_t key = (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
   absl::Status result;
+  absl::Time t0 = absl::Now();
   for (const auto& att : attachments_of_(n.segid)) {
     if (n.kind == InvalidationNotice::Kind::kRevoke) {
       faults_->Revoke(*att, n.reason.empty() ? "revoked by the home" : n.reason);
@@ -39,6 +41,9 @@ absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
       }
     }
   }
+  TLOG_DEBUG("notice kind %d for segment %#x [%#x, %#x): handled in %d us",
+             static_cast<int>(n.kind), n.segid, n.start, n.end,
+             absl::ToInt64Microseconds(absl::Now() - t0));
   return result;
 }
 
