@@ -81,7 +81,7 @@ def main():
         print("    node 2 checks pages 6-7 hold pattern #11 ->", m.command("verify 11 24576 8192"))
         show(c.node(2).ctl("attachments").stdout)
 
-        step(8, "The exporter exits: its segment is revoked; a new attach says why")
+        step(8, "The exporter exits: its segment is revoked and gone; a new attach gets ENOENT")
         m.command("detach")
         e.kill()
         import time
