@@ -23,13 +23,33 @@ void ToProto(const SegmentSummary& s, peer::SegmentInfo* out) {
   out->set_state(s.state);
 }
 
+// With mutual TLS, a request that speaks for node N must come from node N's
+// certificate (CN "tether node N", deploy/make-certs): a node cannot attach
+// in another's name, nor invalidate or revoke another home's segments.
+// Plaintext mode (--insecure_peers) has no identity to check.
+bool CallerIsNode(grpc::ServerContext* ctx, uint32_t node) {
+  auto auth = ctx->auth_context();
+  if (!auth || !auth->IsPeerAuthenticated()) return true;
+  std::string want = "tether node " + std::to_string(node);
+  for (const auto& cn : auth->FindPropertyValues("x509_common_name"))
+    if (std::string(cn.data(), cn.size()) == want) return true;
+  return false;
+}
+
+grpc::Status NotThatNode(uint32_t node) {
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                      "the caller's certificate is not node " + std::to_string(node) + "'s",
+                      "13");
+}
+
 class PeerServiceImpl final : public peer::Peer::Service {
  public:
   PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper, HelloInfo hello)
       : registry_(registry), mapper_(mapper), hello_(std::move(hello)) {}
 
-  grpc::Status Invalidate(grpc::ServerContext*, const peer::InvalidateRequest* req,
+  grpc::Status Invalidate(grpc::ServerContext* ctx, const peer::InvalidateRequest* req,
                           peer::InvalidateResponse*) override {
+    if (!CallerIsNode(ctx, req->home_node())) return NotThatNode(req->home_node());
     InvalidationNotice n;
     switch (req->kind()) {
       case peer::InvalidateRequest::BEGIN: n.kind = InvalidationNotice::Kind::kBegin; break;
@@ -64,8 +84,9 @@ class PeerServiceImpl final : public peer::Peer::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Attach(grpc::ServerContext*, const peer::AttachRequest* req,
+  grpc::Status Attach(grpc::ServerContext* ctx, const peer::AttachRequest* req,
                       peer::AttachResponse* resp) override {
+    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
     Credentials cred;
     cred.uid = req->cred().uid();
     cred.gid = req->cred().gid();
@@ -80,8 +101,9 @@ class PeerServiceImpl final : public peer::Peer::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Detach(grpc::ServerContext*, const peer::DetachRequest* req,
+  grpc::Status Detach(grpc::ServerContext* ctx, const peer::DetachRequest* req,
                       peer::DetachResponse*) override {
+    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
     // Grants are bound to the node id recorded at Attach.
     return ToGrpc(registry_->Detach(req->segid(), req->remote_attach_id(), req->mapper_node()));
   }
