@@ -34,32 +34,10 @@ constexpr uint64_t kPage = 4096;
 
 int PidfdOpenSelf() { return static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0)); }
 
-// A userfaultfd for this process's mm. /dev/userfaultfd first (it handles
-// kernel-mode faults too, unlike UFFD_USER_MODE_ONLY), the syscall second.
-int OpenUserfaultfd(bool writable) {
-  int uffd = -1;
-  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-  if (dev >= 0) {
-    uffd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-    close(dev);
-  }
-  if (uffd < 0) uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-  if (uffd < 0) {
-    return tc::SetError(errno, std::string("no userfaultfd: ") + std::strerror(errno) +
-                                   " (grant access to /dev/userfaultfd, see deploy/)");
-  }
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = UFFD_FEATURE_MISSING_SHMEM | (writable ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
-  if (ioctl(uffd, UFFDIO_API, &api) != 0) {
-    int err = errno;
-    close(uffd);
-    return tc::SetError(err, "userfaultfd lacks shmem missing/write-protect support");
-  }
-  return uffd;
-}
-
-int OpenEventsUserfaultfd() {
+// A non-blocking userfaultfd for this process's mm with `features`, or -1
+// with errno. /dev/userfaultfd first (it handles kernel-mode faults too,
+// unlike UFFD_USER_MODE_ONLY), the syscall second.
+int NewUserfaultfd(uint64_t features) {
   int uffd = -1;
   int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
   if (dev >= 0) {
@@ -70,13 +48,32 @@ int OpenEventsUserfaultfd() {
   if (uffd < 0) return -1;
   uffdio_api api{};
   api.api = UFFD_API;
-  api.features = UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP |
-                 UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+  api.features = features;
   if (ioctl(uffd, UFFDIO_API, &api) != 0) {
+    int err = errno;
     close(uffd);
+    errno = err;
     return -1;
   }
   return uffd;
+}
+
+// The uffd an attachment's faults arrive on (sent to the daemon, which
+// serves them; we keep our own reference: see event_channel.h).
+int OpenUserfaultfd(bool writable) {
+  int uffd = NewUserfaultfd(UFFD_FEATURE_MISSING_SHMEM |
+                            (writable ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0));
+  if (uffd < 0)
+    return tc::SetError(errno, std::string("no usable userfaultfd: ") + std::strerror(errno) +
+                                   " (grant access to /dev/userfaultfd, see deploy/)");
+  return uffd;
+}
+
+// The uffd through which an exporter's daemon sees munmap/madvise/mremap
+// of exported memory (the user-space notifier source).
+int OpenEventsUserfaultfd() {
+  return NewUserfaultfd(UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP |
+                        UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
 }
 
 // Where tether.ko is loaded: a fresh /dev/tether exporter fd with
