@@ -107,6 +107,7 @@ absl::Status Tetherd::Start() {
   });
   registry_->SetNotifierSource(notifier_.get());
   local_api_->SetNotifierSource(notifier_.get());
+  local_api_->SetCoordinator(coordinator_.get());
 
   HelloInfo hello{config_.node_id, incarnation_, transport_->bound_address(), token};
   ASSIGN_OR_RETURN(peer_server_,

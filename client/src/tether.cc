@@ -292,6 +292,36 @@ TETHER_EXPORT int tether_acquire(void* addr, size_t size) {
   return RangeRequest(addr, size, false);
 }
 
+TETHER_EXPORT int64_t tether_invalidate_begin(void* addr, size_t size) {
+  if (size == 0 || !Aligned(addr, size))
+    return tc::SetError(EINVAL, "address and size must be page aligned, size non-zero");
+  tether::local::LocalRequest req;
+  req.mutable_invalidate_begin()->set_vaddr(reinterpret_cast<uint64_t>(addr));
+  req.mutable_invalidate_begin()->set_size(size);
+  tether::local::LocalResponse resp;
+  if (tc::LocalChannel::Get().Call(req, {}, &resp) != 0) return -1;
+  return static_cast<int64_t>(resp.invalidate_begin().handle());
+}
+
+TETHER_EXPORT int tether_invalidate_end(int64_t handle, int gone) {
+  if (handle <= 0) return tc::SetError(EINVAL, "handles are positive");
+  tether::local::LocalRequest req;
+  req.mutable_invalidate_end()->set_handle(static_cast<uint64_t>(handle));
+  req.mutable_invalidate_end()->set_gone(gone != 0);
+  tether::local::LocalResponse resp;
+  return tc::LocalChannel::Get().Call(req, {}, &resp);
+}
+
+TETHER_EXPORT int tether_munmap(void* addr, size_t size) {
+  int64_t h = tether_invalidate_begin(addr, size);
+  if (h < 0) return -1;
+  int rc = munmap(addr, size);
+  int err = errno;
+  if (tether_invalidate_end(h, rc == 0) != 0) return -1;
+  if (rc != 0) return tc::SetError(err, std::string("munmap: ") + std::strerror(err));
+  return 0;
+}
+
 TETHER_EXPORT int tether_publish(tether_segid_t segid, const char* name) {
   if (segid <= 0 || !name) return tc::SetError(EINVAL, "bad segid or name");
   tether::local::LocalRequest req;

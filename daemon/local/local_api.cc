@@ -96,6 +96,12 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
     case local::LocalRequest::kPublish:
       st = registry_->Publish(req.publish().segid(), req.publish().name(), conn.cred);
       break;
+    case local::LocalRequest::kInvalidateBegin:
+      st = InvalidateBegin(conn, req.invalidate_begin(), resp);
+      break;
+    case local::LocalRequest::kInvalidateEnd:
+      st = InvalidateEnd(conn, req.invalidate_end());
+      break;
     case local::LocalRequest::kEvents: {
       absl::MutexLock lock(&mu_);
       event_fds_[conn.cred.pid] = conn.fd;
@@ -311,6 +317,7 @@ absl::Status LocalApi::Lookup(const std::string& name, local::LocalResponse* res
 void LocalApi::Disconnected(const LocalConnection& conn) {
   std::vector<std::shared_ptr<Attachment>> atts;
   std::vector<std::pair<uint64_t, Apid>> apids;
+  std::vector<Bracket> open_brackets;
   {
     absl::MutexLock lock(&mu_);
     auto ev = event_conns_.find(conn.id);
@@ -327,6 +334,14 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
         ++it;
       }
     }
+    for (auto it = brackets_.begin(); it != brackets_.end();) {
+      if (it->second.pid == conn.cred.pid) {
+        open_brackets.push_back(std::move(it->second));
+        brackets_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
     for (auto it = apids_.begin(); it != apids_.end();) {
       if (it->second.conn == conn.id) {
         apids.emplace_back(it->first, it->second);
@@ -336,6 +351,9 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
       }
     }
   }
+  // A bracket its exporter never ended: end it (conservatively: not gone).
+  for (auto& b : open_brackets)
+    for (auto& [s, w] : b.windows) coordinator_->End(w);
   // The client is gone (or closed its library): its writes still sit in
   // the memfds, so write them back as detach would.
   for (auto& att : atts) {
@@ -393,6 +411,45 @@ std::vector<AttachmentSummary> LocalApi::ListAttachments() {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+absl::Status LocalApi::InvalidateBegin(const LocalConnection& c,
+                                       const local::InvalidateBeginRequest& r,
+                                       local::LocalResponse* resp) {
+  if (!coordinator_) return ErrnoStatus(EOPNOTSUPP, "invalidation is not available");
+  if (r.size() == 0 || r.vaddr() % kPage || r.size() % kPage || r.vaddr() + r.size() < r.vaddr())
+    return ErrnoStatus(EINVAL, "range must be page aligned and non-empty");
+  Bracket b;
+  b.pid = c.cred.pid;
+  // Only the caller's own segments: SO_PEERCRED's pid is the exporter's.
+  for (const auto& s : registry_->SegmentsOf(c.cred.pid, r.vaddr(), r.size())) {
+    auto w = coordinator_->Begin(s.segid, s.start, s.end, "exporter's own bracket");
+    if (w.ok()) b.windows.emplace_back(s, *w);
+  }
+  absl::MutexLock lock(&mu_);
+  uint64_t handle = next_bracket_++;
+  brackets_[handle] = std::move(b);
+  resp->mutable_invalidate_begin()->set_handle(handle);
+  return absl::OkStatus();
+}
+
+absl::Status LocalApi::InvalidateEnd(const LocalConnection& c,
+                                     const local::InvalidateEndRequest& r) {
+  Bracket b;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = brackets_.find(r.handle());
+    if (it == brackets_.end() || it->second.pid != c.cred.pid)
+      return ErrnoStatus(EINVAL, "no such invalidation handle in this process");
+    b = std::move(it->second);
+    brackets_.erase(it);
+  }
+  for (auto& [s, w] : b.windows) {
+    std::vector<std::pair<uint64_t, uint64_t>> gone;
+    if (r.gone()) gone.emplace_back(s.start, s.end);
+    coordinator_->End(w, gone);
+  }
+  return absl::OkStatus();
 }
 
 std::vector<std::shared_ptr<Attachment>> LocalApi::AttachmentsOf(uint64_t segid) {

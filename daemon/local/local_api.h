@@ -17,6 +17,7 @@
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/fault_service.h"
 #include "daemon/notifier/notifier_source.h"
+#include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/peer/peer_directory.h"
 
 namespace tether {
@@ -40,6 +41,7 @@ class LocalApi : public LocalHandler {
   void Disconnected(const LocalConnection& conn) override;
 
   void SetNotifierSource(NotifierSource* source) { notifier_ = source; }
+  void SetCoordinator(InvalidationCoordinator* c) { coordinator_ = c; }
 
   // FaultService's SigbusSink.
   void SendSigbus(const Attachment& att, uint64_t offset, uint64_t len, const std::string& why);
@@ -85,6 +87,14 @@ class LocalApi : public LocalHandler {
   PeerDirectory* const peers_;
   FaultService* const faults_;
   NotifierSource* notifier_ = nullptr;
+  InvalidationCoordinator* coordinator_ = nullptr;
+  struct Bracket {
+    pid_t pid = 0;
+    std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
+  };
+  absl::Status InvalidateBegin(const LocalConnection& c, const local::InvalidateBeginRequest& r,
+                               local::LocalResponse* resp);
+  absl::Status InvalidateEnd(const LocalConnection& c, const local::InvalidateEndRequest& r);
 
   absl::Mutex mu_;
   uint64_t next_apid_ ABSL_GUARDED_BY(mu_) = 1;
@@ -93,6 +103,8 @@ class LocalApi : public LocalHandler {
   absl::flat_hash_map<uint64_t, AttachmentEntry> atts_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<pid_t, int> event_fds_ ABSL_GUARDED_BY(mu_);  // pid -> conn fd
   absl::flat_hash_map<uint64_t, pid_t> event_conns_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_bracket_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Bracket> brackets_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

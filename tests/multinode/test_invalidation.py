@@ -66,6 +66,20 @@ def test_munmap_then_sigbus(c):
     e.close()
 
 
+def test_library_bracketed_munmap(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "cached before")
+    expect(m.command("write 9 16384 4096") == "ok", "a dirty page in the range")
+    ms(e.command("tmunmap 12288 8192"))
+    expect(m.command("verify 1 0 12288") == "ok", "pages before the range keep their contents")
+    r = m.command("sync")
+    expect(r.startswith("error: errno=5"), "the dirty page of the unmapped range is lost: " + r)
+    expect(m.command("read 12288") == "signal:%d" % SIGBUS, "unmapped page raises SIGBUS")
+    m.close()
+    e.close()
+
+
 def test_dirty_data_survives_a_window(c):
     e = Exporter(c.node(1), MiB, 1)
     m = Mapper(c.node(2), e.segid, length=MiB)

@@ -12,6 +12,7 @@
  *                                  with pattern(SEED); "ok MS" (the mmap's time)
  *         mremap OFF LEN        -> moves the range away, maps zeros in its place
  *         mprotect OFF LEN r|rw|none -> mprotect(); "ok MS"
+ *         tmunmap OFF LEN       -> tether_munmap() (bracketed by the library); "ok MS"
  *         plain-munmap LEN      -> munmap of fresh, populated, unexported memory
  *                                  (the baseline for the invalidation bench)
  *         quit
@@ -155,6 +156,13 @@ static int do_export(int argc, char **argv) {
         if (line[0] == 'r') fill(mem + off, off, len, s);
         printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
       }
+    } else if (sscanf(line, "tmunmap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      struct timespec a, b;
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      int rc = tether_munmap(mem + off, len);
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      if (rc != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
+      else printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
     } else if (sscanf(line, "plain-munmap %" SCNu64, &len) == 1) {
       uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (m == MAP_FAILED) {

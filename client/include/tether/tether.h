@@ -64,6 +64,18 @@ int tether_sync(void *addr, size_t size);
 /* Drops clean cached pages in the range: the next access refetches. */
 int tether_acquire(void *addr, size_t size);
 
+/* Exporter side: bracket a change of this process's exported memory
+ * explicitly. When tether_invalidate_begin() returns, no mapper holds a copy
+ * of [addr, addr+size) and their faults there wait; tether_invalidate_end()
+ * lets them fetch again (gone != 0: the range no longer exists, so their
+ * unsynced writes to it are discarded). Returns a handle > 0, or -1.
+ * Works with or without tether.ko, for any change (also mprotect, which
+ * the user-space notifier cannot see). */
+int64_t tether_invalidate_begin(void *addr, size_t size);
+int tether_invalidate_end(int64_t handle, int gone);
+/* munmap(2) bracketed by the two above. */
+int tether_munmap(void *addr, size_t size);
+
 /* Names are cluster-wide; lookup asks this node, then its peers. */
 int tether_publish(tether_segid_t segid, const char *name);
 tether_segid_t tether_lookup(const char *name, size_t *size_out);
