@@ -2,6 +2,8 @@
 # Runs inside a tests/vm VM (from /mnt/share/cmd.sh):
 #   guest-tests.sh <kernel build dir> <module_test binary> <scale>
 #                  [<Release build dir for the daemon tests>]
+# With TETHER_VM_BENCH=1 (tests/vm/run --bench) it runs tests/vm/bench.py
+# instead, <module_test binary> being the baseline process plain_mm.
 # Loads tether.ko, runs the module tests, then (with a build dir) the daemon
 # tests with tetherd using tether.ko as its notifier source, unloads it.
 # Prints one "PASS name" / "FAIL name: why" line per check (the host
@@ -23,22 +25,42 @@ fi
 i=0; while [ ! -c /dev/tether ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 [ -c /dev/tether ] || { echo "FAIL devnode: /dev/tether did not appear"; exit 1; }
 dmesg | grep 'tether: ABI' | sed 's/^/INFO /'
-TETHER_TEST_SCALE=$SCALE timeout $((300 * SCALE)) "$TEST"
-rc=$?
-[ $rc -eq 124 ] && echo "FAIL module_test: timed out"
+if [ "${TETHER_VM_BENCH:-0}" = 1 ]; then
+  # tests/vm/run --bench: the benchmark only ($TEST is tests/vm/plain_mm,
+  # the baseline process); figures go to /mnt/share/bench.json.
+  modprobe veth 2>/dev/null; modprobe bridge 2>/dev/null
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  timeout $((${TETHER_VM_BENCH_TIMEOUT:-600} * SCALE)) /usr/bin/python3 "$REPO/tests/vm/bench.py" \
+    --build-dir "$RELEASE" --plain "$TEST" --json /mnt/share/bench.json
+  src=$?
+  echo "INFO bench: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
+  if [ $src -eq 0 ] && [ -s /mnt/share/bench.json ]; then
+    echo "PASS bench: $(wc -l < /mnt/share/bench.json) figures measured"
+    rc=0
+  else
+    echo "FAIL bench: bench.py exit $src (124 = timed out), no figures"
+    rc=1
+  fi
+  RELEASE=  # no daemon tests in a bench boot
+else
+  TETHER_TEST_SCALE=$SCALE timeout $((300 * SCALE)) "$TEST"
+  rc=$?
+  [ $rc -eq 124 ] && echo "FAIL module_test: timed out"
+fi
 
 # Daemon tests (tests/vm/daemon_test.py and the host tier's
 # tests/multinode/test_invalidation.py) on a 3-node cluster of network
 # namespaces inside this VM, tetherd choosing tether.ko.  Each harness line
 # "PASS x"/"FAIL x" is prefixed with its script; its "N passed, N failed"
 # line becomes INFO.  A script that dies without a summary line is a FAIL.
-daemon_suite() {  # <label> <script>
+daemon_suite() {  # <label> <script> [<-k filter>]
   t0=$(cut -d' ' -f1 /proc/uptime)
   TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200} \
     timeout $((${TETHER_VM_DAEMON_TIMEOUT:-300} * SCALE)) \
-    /usr/bin/python3 "$2" --build-dir "$RELEASE" > "/tmp/$1.log" 2>&1
+    /usr/bin/python3 "$2" --build-dir "$RELEASE" ${3:+-k "$3"} > "/tmp/$1.log" 2>&1
   src=$?
-  sed -n -e "s/^\(PASS\|FAIL\) /\1 $1\//p" -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
+  sed -n -e "s/^INFO /INFO $1: /p" -e "s/^\(PASS\|FAIL\) /\1 $1\//p" \
+    -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
   echo "INFO $1: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
   if ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "/tmp/$1.log"; then
     echo "FAIL $1: the script ended without a summary (exit $src; 124 = timed out); log tail:"
@@ -52,8 +74,10 @@ daemon_suite() {  # <label> <script>
 }
 if [ -n "$RELEASE" ]; then
   modprobe veth 2>/dev/null; modprobe bridge 2>/dev/null
-  daemon_suite daemon "$REPO/tests/vm/daemon_test.py"
-  daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py"
+  # TETHER_VM_DAEMON_K (debugging): only daemon_test.py's tests matching it
+  daemon_suite daemon "$REPO/tests/vm/daemon_test.py" "${TETHER_VM_DAEMON_K:-}"
+  [ -n "${TETHER_VM_DAEMON_K:-}" ] ||
+    daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py"
 fi
 if rmmod tether; then echo "PASS rmmod"; else echo "FAIL rmmod: module still in use"; rc=1; fi
 echo "INFO done, uptime $(cut -d' ' -f1 /proc/uptime)s"
