@@ -12,6 +12,7 @@ must already be gone. Needs root (map_files), which the VM has.
     python3 tests/vm/daemon_test.py --build-dir build/release [-k NAME]
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,13 +174,16 @@ def test_exporter_oom_killed_revokes(c):
     _oom_test(c, stall_home=False)
 
 
-@with_nodes(2)
+@with_nodes(2, daemon_args=("--verbose",))
 def test_exporter_oom_killed_home_stalled(c):
     """The same, with the home daemon stopped while the exporter dies: its
     exit waits in mmu_notifier_release for the RELEASE ack, so the OOM
-    reaper reaps meanwhile and tether.ko queues a non-blockable BEGIN. When
-    the home runs again it must take that event without waiting (revoke,
-    no window), and everything above still holds."""
+    reaper reaps meanwhile and tether.ko queues a non-blockable BEGIN (marks
+    are kept until the RELEASE is acked). The home, once it runs again, must
+    read that event (its debug log shows it) and take it without waiting,
+    and everything above still holds. Whether it logs "(OOM reaper)" depends
+    on the order it reads RELEASE and BEGIN in (a BEGIN of a range already
+    released is acked silently): told, not required."""
     _oom_test(c, stall_home=True)
 
 
@@ -245,10 +249,11 @@ def _oom_test(c, stall_home):
         # reaper's non-blockable BEGIN): told, not required.
         print("INFO oom%s: home saw a non-blockable BEGIN (OOM reaper): %s" %
               (" (home stalled)" if stall_home else "",
-               "yes" if "(OOM reaper)" in log else "no (RELEASE from exit came first)"))
+               "yes" if "(OOM reaper)" in log else "no (none, or read after the RELEASE)"))
         if stall_home:
-            expect("(OOM reaper)" in log,
-                   "the home never logged the OOM reaper's non-blockable BEGIN: " + log[-1500:])
+            nb = [m for m in re.finditer(r"tether\.ko event \d+: kind 1 type \d+ flags (\S+) ", log)
+                  if int(m.group(1), 0) & 1 == 0]  # BEGIN without TETHER_EVF_BLOCKABLE
+            expect(nb, "the home read no non-blockable BEGIN (OOM reaper): " + log[-1500:])
         # The daemons still serve: a fresh export is mapped and read.
         e2 = Exporter(c.node(1), MiB, 3)
         m2 = Mapper(c.node(2), e2.segid, length=MiB)

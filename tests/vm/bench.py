@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""VM tier benchmark (issue 4): what tether.ko costs the exporter.
+
+Runs inside a tests/vm VM with tether.ko loaded (`tests/vm/run --bench`),
+on the host tier's cluster (tests/multinode/cluster.py: 2 tetherd in
+network namespaces, veth, mutual TLS), tetherd using tether.ko.
+
+Figures (microseconds, medians of interleaved rounds: TCG is noisy):
+  * munmap / madvise(DONTNEED) of a 1 MiB populated exported range that no
+    mapper caches, beside the same call on 1 MiB in a process that never
+    touched tether (tests/vm/plain_mm.c); target <= 1.1x (G3).  Also
+    reported: munmap of fresh unexported memory in the exporter's own
+    process (tt's plain-munmap: the mm has tether's notifier, the range is
+    not exported), the host bench's baseline.
+  * the same with one remote mapper (tt map --interactive on node 2) that
+    cached the whole range just before (verify), beside the same baseline
+    (reported), and its extra cost over the baseline beside a raw 4 KiB TCP
+    round trip on the same veth (tether_bench tcp-rr, p50); target <= 3x,
+    as in tests/bench/run.py.
+
+    python3 tests/vm/bench.py --build-dir build/release --plain PLAIN_MM [--json F]
+    python3 tests/vm/bench.py --table F      # print F's table
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "multinode"))
+from cluster import Cluster, Exporter, Mapper  # noqa: E402
+
+MiB = 1 << 20
+LEN = MiB
+ZERO_REPS = 4
+
+
+def ms(reply, what):
+    if not reply.startswith("ok "):
+        raise RuntimeError("%s failed: %r" % (what, reply))
+    return float(reply.split()[1])
+
+
+def ok(reply, what):
+    if reply != "ok":
+        raise RuntimeError("%s failed: %r" % (what, reply))
+
+
+def print_table(rows):
+    print("\n%-30s %10s %-4s  %-46s %10s %7s %7s %s" %
+          ("benchmark", "value", "unit", "baseline", "baseline", "ratio", "target", "pass"))
+    for r in rows:
+        print("%-30s %10.1f %-4s  %-46s %10.1f %7.2f %7s %s" %
+              (r["name"], r["value"], r["unit"], r["baseline"], r["baseline_value"],
+               r["ratio"], r["target"], "yes" if r["pass"] else "NO"))
+
+
+def row(name, value, baseline, base_value, target):
+    ratio = value / base_value if base_value > 0 else float("inf")
+    limit = None if target == "report" else float(target.split()[-1])
+    return {"name": name, "value": round(value, 2), "unit": "us", "baseline": baseline,
+            "baseline_value": round(base_value, 2), "ratio": round(ratio, 3),
+            "target": target, "pass": bool(limit is None or ratio <= limit)}
+
+
+def measure(build_dir, plain_bin, rounds, warmup):
+    tt_bench = os.path.join(build_dir, "tests", "tether_bench")
+    keys = ("plain_munmap", "plain_dontneed", "munmap0", "dontneed0", "munmap1", "dontneed1",
+            "unexp_munmap", "rtt")
+    res = {k: [] for k in keys}
+    plain = subprocess.Popen([plain_bin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+
+    def plain_cmd(line):
+        plain.stdin.write(line + "\n")
+        plain.stdin.flush()
+        return plain.stdout.readline().strip()
+
+    verbose = os.environ.get("TETHER_VM_BENCH_VERBOSE") == "1"
+    with Cluster(2, build_dir=build_dir, extra_args=("--verbose",) if verbose else ()) as c:
+        home, far = c.node(1), c.node(2)
+        for n in c.nodes:
+            with open(n.log) as f:
+                if "notifier source: tether.ko" not in f.read():
+                    raise RuntimeError("node %d does not use tether.ko" % n.id)
+        c.extra_procs = [plain]
+        e0 = Exporter(home, LEN, 1)        # nobody ever maps it
+        e1 = Exporter(home, LEN, 1)        # one mapper on node 2 caches it
+        m = Mapper(far, e1.segid, length=LEN)
+        seed = {"e0": 1, "e1": 1}
+        rnd = random.Random(4)
+
+        def munmap(which):
+            def go():
+                if which == "plain":
+                    return "plain_munmap", ms(plain_cmd("munmap %d" % LEN), "plain munmap")
+                if which == "unexp":  # unexported memory, in the exporter's process
+                    return "unexp_munmap", ms(e0.command("plain-munmap %d" % LEN), "plain-munmap")
+                e = e0 if which == "e0" else e1
+                if which == "e1":
+                    ok(m.command("verify %d 0 %d" % (seed["e1"], LEN)), "mapper caching")
+                t = ms(e.command("munmap 0 %d" % LEN), which + " munmap")
+                seed[which] += 1
+                ms(e.command("remap %d 0 %d" % (seed[which], LEN)), which + " remap")
+                return ("munmap0" if which == "e0" else "munmap1"), t
+            return go
+
+        def dontneed(which):
+            def go():
+                if which == "plain":
+                    return "plain_dontneed", ms(plain_cmd("dontneed %d" % LEN), "plain dontneed")
+                e = e0 if which == "e0" else e1
+                if which == "e1":
+                    ok(m.command("verify %d 0 %d" % (seed["e1"], LEN)), "mapper caching")
+                t = ms(e.command("dontneed 0 %d" % LEN), which + " dontneed")
+                seed[which] += 1
+                ok(e.command("fill %d 0 %d" % (seed[which], LEN)), which + " refill")
+                return ("dontneed0" if which == "e0" else "dontneed1"), t
+            return go
+
+        for r in range(warmup + rounds):
+            for family in (munmap, dontneed):
+                # the cheap 0-mapper calls several times a round, the 1-mapper
+                # one (which needs a 1 MiB refetch first) once
+                zero = ("plain", "e0", "unexp") if family is munmap else ("plain", "e0")
+                steps = [family(w) for w in zero] * ZERO_REPS + [family("e1")]
+                rnd.shuffle(steps)  # interleaved, in a different order each round
+                for step in steps:
+                    k, t = step()
+                    if r >= warmup:
+                        res[k].append(t)
+            # a fresh server per round (tcp-serve takes at most 16 connections)
+            server = subprocess.Popen(home.netns_cmd([tt_bench, "tcp-serve", "7701"]),
+                                      stdout=subprocess.PIPE, text=True)
+            c.extra_procs.append(server)
+            server.stdout.readline()
+            out = subprocess.run(far.netns_cmd([tt_bench, "tcp-rr", "%s:7701" % home.ip, "200"]),
+                                 env=far.env(), capture_output=True, text=True, timeout=120)
+            server.kill()
+            server.wait(10)
+            kv = dict(t.split("=", 1) for t in out.stdout.split() if "=" in t)
+            if out.returncode != 0 or "tcp_rr_p50_us" not in kv:
+                raise RuntimeError("tether_bench tcp-rr: " + out.stdout + out.stderr)
+            if r >= warmup:
+                res["rtt"].append(float(kv["tcp_rr_p50_us"]) / 1000.0)
+        # The mapper still reads the exporter's current contents, and every
+        # daemon is alive: the figures come from a working cluster.
+        ok(m.command("verify %d 0 %d" % (seed["e1"], LEN)), "final mapper read")
+        for n in c.nodes:
+            if n.daemon.poll() is not None:
+                raise RuntimeError("tetherd %d died during the benchmark" % n.id)
+        if verbose:  # where the 1-mapper time goes, from the daemons' debug log
+            for n in c.nodes:
+                with open(n.log) as f:
+                    lines = [x.rstrip() for x in f if "handled in" in x or "to acks" in x or
+                             "window" in x]
+                print("--- node %d: %d timing lines, last 12:" % (n.id, len(lines)))
+                print("\n".join(lines[-12:]))
+        m.close()
+        e0.close()
+        e1.close()
+        plain_cmd("quit")
+    med = {k: statistics.median(v) * 1000.0 for k, v in res.items()}  # us
+    spread = {k: (min(v) * 1000.0, max(v) * 1000.0) for k, v in res.items()}
+    print("rounds: %d (+%d warm-up; 0-mapper calls and their baselines %d times a round), "
+          "medians in us; min..max:" % (rounds, warmup, ZERO_REPS))
+    for k in keys:
+        print("  %-15s median %9.1f   %9.1f .. %9.1f" % (k, med[k], *spread[k]))
+    pm, pd, rtt = med["plain_munmap"], med["plain_dontneed"], med["rtt"]
+    base_m = "munmap, process without tether"
+    base_d = "madvise(DONTNEED), process without tether"
+    rtt_b = "raw TCP 4 KiB RTT on the veth (p50)"
+    return [
+        row("vm_munmap_1mib_0_mappers", med["munmap0"], base_m, pm, "<= 1.1"),
+        row("vm_dontneed_1mib_0_mappers", med["dontneed0"], base_d, pd, "<= 1.1"),
+        row("vm_munmap_1mib_unexported", med["unexp_munmap"], base_m, pm, "report"),
+        row("vm_munmap_1mib_1_mapper", med["munmap1"], base_m, pm, "report"),
+        row("vm_munmap_1mib_1_mapper_extra", med["munmap1"] - pm, rtt_b, rtt, "<= 3"),
+        row("vm_dontneed_1mib_1_mapper", med["dontneed1"], base_d, pd, "report"),
+        row("vm_dontneed_1mib_1_mapper_extra", med["dontneed1"] - pd, rtt_b, rtt, "<= 3"),
+    ]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir")
+    ap.add_argument("--plain")
+    ap.add_argument("--json")
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("TETHER_VM_BENCH_ROUNDS", 31)))
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--table", help="print the table of an existing JSON file and exit")
+    a = ap.parse_args()
+    if a.table:
+        with open(a.table) as f:
+            print_table([json.loads(line) for line in f if line.strip()])
+        return 0
+    if not a.build_dir or not a.plain:
+        ap.error("--build-dir and --plain are needed")
+    rows = measure(a.build_dir, a.plain, a.rounds, a.warmup)
+    print_table(rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print("bench: %d figures, %d below target" % (len(rows), sum(not r["pass"] for r in rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
