@@ -7,6 +7,7 @@ are the real `tt` program linked against libtether. Everything is torn
 down on exit; all waits are bounded.
 """
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -70,20 +71,17 @@ class Exporter:
                 self.kill()
 
 
-class Mapper:
-    """A `tt map --interactive` process holding an attachment."""
+class InteractiveClient:
+    """A client process that prints "ready", then answers one line per
+    command line on stdin (tt map --interactive, xpmem_share consume ...)."""
 
-    def __init__(self, node, segid, offset=0, length=4096, rdonly=False):
-        args = [node.cluster.tt, "map", "--segid", str(segid), "--offset", str(offset),
-                "--len", str(length), "--interactive", "--quiet"]
-        if rdonly:
-            args.append("--rdonly")
+    def __init__(self, node, args, what):
         self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
-            raise RuntimeError("mapper: " + line)
+            raise RuntimeError("%s: %s" % (what, line))
 
     def command(self, line, timeout=30):
         """Returns the reply, or 'signal:N' if the process died by signal N."""
@@ -92,7 +90,6 @@ class Mapper:
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass
-        import select
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not r:
             return "timeout"
@@ -106,6 +103,17 @@ class Mapper:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class Mapper(InteractiveClient):
+    """A `tt map --interactive` process holding an attachment."""
+
+    def __init__(self, node, segid, offset=0, length=4096, rdonly=False):
+        args = [node.cluster.tt, "map", "--segid", str(segid), "--offset", str(offset),
+                "--len", str(length), "--interactive", "--quiet"]
+        if rdonly:
+            args.append("--rdonly")
+        super().__init__(node, args, "mapper")
 
 
 class Node:

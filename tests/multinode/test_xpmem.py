@@ -6,10 +6,10 @@ in the patterns tether's consistency model supports (docs/xpmem.md):
 a consumer that attaches after the producer wrote sees the data; the
 producer sees a consumer's stores once the consumer detached."""
 import os
-import select
 import subprocess
 import time
 
+from cluster import InteractiveClient
 from harness import expect, run
 
 EINVAL, ENOENT, EACCES = 22, 2, 13
@@ -76,39 +76,13 @@ class Producer:
                 self.kill()
 
 
-class Consumer:
+class Consumer(InteractiveClient):
     """`xpmem_share consume --interactive`: holds an attachment."""
 
     def __init__(self, node, segid, offset=0, length=4096, extra=()):
         args = [share_bin(node.cluster), "consume", "--segid", str(segid), "--offset",
                 str(offset), "--len", str(length), "--interactive"] + list(extra)
-        self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            raise RuntimeError("consumer: " + line)
-
-    def command(self, line, timeout=30):
-        """Returns the reply, or 'signal:N' if the process died by signal N."""
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not r:
-            return "timeout"
-        out = self.proc.stdout.readline().strip()
-        if out:
-            return out
-        rc = self.proc.wait(10)
-        return "signal:%d" % -rc if rc < 0 else "exit:%d" % rc
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        super().__init__(node, args, "consumer")
 
 
 def consume(node, *args, timeout=120):
