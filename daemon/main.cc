@@ -24,6 +24,16 @@ ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
 ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
 ABSL_FLAG(std::string, data_listen, "", "tcp data transport address (default: peer host, "
                                         "any port)");
+ABSL_FLAG(std::string, rdma, "auto",
+          "rdma data transport: auto (when a verbs device has an active port), on "
+          "(required), off");
+ABSL_FLAG(std::string, rdma_listen, "",
+          "rdma_cm address host:port (default: the data host, any port); the host must be an "
+          "address of the RDMA device's netdev (RoCE) or its IPoIB interface");
+ABSL_FLAG(uint32_t, rdma_queue_depth, 32, "rdma requests in flight per peer (1..1024)");
+ABSL_FLAG(uint32_t, rdma_slot_kb, 256,
+          "rdma registered buffer slot size in KiB (a multiple of 4, at most 4096); the "
+          "pool registers queue_depth x slot per peer connection");
 ABSL_FLAG(std::string, peers, "", "other nodes: id=host:port,id=host:port (their peer_listen)");
 ABSL_FLAG(uint64_t, cache_budget_mb, 256, "bytes of remote pages this node may hold, in MiB");
 ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls");
@@ -79,6 +89,27 @@ int main(int argc, char** argv) {
     pc.address = kv[1];
     cfg.peers.push_back(pc);
   }
+  const std::string rdma = absl::GetFlag(FLAGS_rdma);
+  if (rdma == "auto") {
+    cfg.rdma = tether::RdmaMode::kAuto;
+  } else if (rdma == "on") {
+    cfg.rdma = tether::RdmaMode::kOn;
+  } else if (rdma == "off") {
+    cfg.rdma = tether::RdmaMode::kOff;
+  } else {
+    return Fail("--rdma must be auto, on or off");
+  }
+  cfg.rdma_listen = absl::GetFlag(FLAGS_rdma_listen);
+  if (cfg.rdma_listen.empty()) {
+    size_t colon = cfg.data_listen.rfind(':');
+    cfg.rdma_listen = cfg.data_listen.substr(0, colon) + ":0";
+  }
+  cfg.rdma_queue_depth = absl::GetFlag(FLAGS_rdma_queue_depth);
+  cfg.rdma_slot_kb = absl::GetFlag(FLAGS_rdma_slot_kb);
+  if (cfg.rdma_queue_depth == 0 || cfg.rdma_queue_depth > 1024)
+    return Fail("--rdma_queue_depth must be 1..1024");
+  if (cfg.rdma_slot_kb == 0 || cfg.rdma_slot_kb % 4 != 0 || cfg.rdma_slot_kb > 4096)
+    return Fail("--rdma_slot_kb must be a multiple of 4 in 4..4096");
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);

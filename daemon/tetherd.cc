@@ -17,6 +17,7 @@
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
 #include "daemon/peer/peer_server.h"
+#include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/tcp_transport.h"
 #include "daemon/transport/wire_format.h"
 
@@ -68,12 +69,16 @@ absl::Status Tetherd::Start() {
 
   transport_ = std::make_unique<TcpTransport>(config_.node_id);
   RETURN_IF_ERROR(transport_->Listen(config_.data_listen, token, registry_.get()));
+  RETURN_IF_ERROR(StartRdma(token));
 
   peers_ = std::make_unique<PeerDirectory>(config_.node_id, incarnation_, config_.peers,
                                            config_.tls, config_.rpc_timeout_ms);
   data_path_ = std::make_unique<DataPath>(
-      config_.node_id, registry_.get(), transport_.get(),
+      config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
       [this](uint32_t node) { return peers_->Endpoint(node); });
+  peers_->SetTransportNamer([this](uint32_t node, const DataEndpoint& ep) {
+    return data_path_->TransportFor(node, ep);
+  });
   faults_ = std::make_unique<FaultService>(
       data_path_.get(), config_.cache_budget_bytes,
       [this](const Attachment& att, uint64_t off, uint64_t len, const std::string& why) {
@@ -109,7 +114,12 @@ absl::Status Tetherd::Start() {
   local_api_->SetNotifierSource(notifier_.get());
   local_api_->SetCoordinator(coordinator_.get());
 
-  HelloInfo hello{config_.node_id, incarnation_, transport_->bound_address(), token};
+  HelloInfo hello;
+  hello.node_id = config_.node_id;
+  hello.incarnation = incarnation_;
+  hello.data_address = transport_->bound_address();
+  hello.rdma_address = rdma_ ? rdma_->bound_address() : "";
+  hello.data_secret = token;
   ASSIGN_OR_RETURN(peer_server_,
                    PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(),
                                      mapper_invalidation_.get(), hello));
@@ -119,6 +129,7 @@ absl::Status Tetherd::Start() {
   info.local_socket = config_.local_socket;
   info.peer_address = config_.peer_listen;
   info.data_address = transport_->bound_address();
+  info.rdma_address = rdma_ ? rdma_->bound_address() : "";
   info.budget_bytes = [this] { return faults_->budget_bytes(); };
   info.resident_bytes = [this] { return faults_->resident_bytes(); };
   info.uptime_ms = [this] {
@@ -129,10 +140,39 @@ absl::Status Tetherd::Start() {
                                                      local_api_.get()));
   local_server_ = std::make_unique<LocalServer>(local_api_.get());
   RETURN_IF_ERROR(local_server_->Start(config_.local_socket));
-  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (%s), local socket %s, cache "
+  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
             "budget %d MiB",
-            incarnation_, config_.peer_listen, transport_->bound_address(), transport_->name(),
+            incarnation_, config_.peer_listen, transport_->bound_address(),
+            rdma_ ? absl::StrCat(" and ", rdma_->bound_address(), " (rdma)") : "",
             config_.local_socket, config_.cache_budget_bytes >> 20);
+  return absl::OkStatus();
+}
+
+absl::Status Tetherd::StartRdma(const std::string& secret) {
+  if (config_.rdma == RdmaMode::kOff) {
+    TLOG_INFO("rdma transport: off (--rdma=off)");
+    return absl::OkStatus();
+  }
+  std::string found;
+  if (!RdmaTransport::DeviceAvailable(&found)) {
+    if (config_.rdma == RdmaMode::kOn)
+      return ErrnoStatus(ENODEV, absl::StrCat("--rdma=on but ", found));
+    TLOG_INFO("rdma transport: not used (%s); tcp only", found);
+    return absl::OkStatus();
+  }
+  RdmaTransport::Options opts;
+  opts.queue_depth = config_.rdma_queue_depth;
+  opts.slot_bytes = config_.rdma_slot_kb * 1024;
+  auto rdma = std::make_unique<RdmaTransport>(config_.node_id, opts);
+  absl::Status st = rdma->Listen(config_.rdma_listen, secret, registry_.get());
+  if (!st.ok()) {
+    if (config_.rdma == RdmaMode::kOn) return st;
+    TLOG_WARN("rdma transport: cannot listen on %s (%s); tcp only", config_.rdma_listen,
+              st.message());
+    return absl::OkStatus();
+  }
+  TLOG_INFO("rdma transport: %s, listening on %s", found, rdma->bound_address());
+  rdma_ = std::move(rdma);
   return absl::OkStatus();
 }
 
@@ -146,6 +186,7 @@ void Tetherd::Stop() {
   if (notifier_) notifier_->Stop();
   if (faults_) faults_->Stop();
   if (peers_) peers_->Shutdown();
+  if (rdma_) rdma_->Shutdown();
   if (transport_) transport_->Shutdown();
   registry_->Stop();
   local_server_.reset();
@@ -160,6 +201,7 @@ void Tetherd::Stop() {
   faults_.reset();
   data_path_.reset();
   peers_.reset();
+  rdma_.reset();
   transport_.reset();
   registry_.reset();
   TLOG_INFO("stopped");

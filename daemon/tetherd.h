@@ -20,12 +20,20 @@
 
 namespace tether {
 
+enum class RdmaMode { kAuto, kOn, kOff };
+
 struct TetherdConfig {
   uint32_t node_id = 0;
   std::string local_socket;
   std::string admin_socket;
   std::string peer_listen;  // gRPC host:port
   std::string data_listen;  // tcp transport host:port
+  // The rdma transport: used with peers that have one too (auto: when a
+  // verbs device with an active port exists; on: required; off: never).
+  RdmaMode rdma = RdmaMode::kAuto;
+  std::string rdma_listen;  // rdma_cm host:port
+  uint32_t rdma_queue_depth = 32;
+  uint32_t rdma_slot_kb = 256;
   std::vector<PeerConfig> peers;
   uint64_t cache_budget_bytes = 256ull << 20;
   int rpc_timeout_ms = 5000;
@@ -58,11 +66,13 @@ class Tetherd {
   void Stop();
 
  private:
+  absl::Status StartRdma(const std::string& secret);
   TetherdConfig config_;
   uint32_t incarnation_ = 0;
   absl::Time started_;
   std::unique_ptr<SegmentRegistry> registry_;
-  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Transport> transport_;  // tcp
+  std::unique_ptr<Transport> rdma_;       // null without a usable verbs device
   std::unique_ptr<PeerDirectory> peers_;
   std::unique_ptr<DataPath> data_path_;
   std::unique_ptr<FaultService> faults_;

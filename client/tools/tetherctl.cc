@@ -90,11 +90,12 @@ int main(int argc, char** argv) {
             JsonEscape(p.error())));
       absl::PrintF(
           R"({"node_id":%d,"incarnation":%d,"local_socket":"%s","peer_address":"%s",)"
-          R"("data_address":"%s","cache_budget_bytes":%d,"cache_resident_bytes":%d,)"
-          R"("uptime_ms":%d,"peers":[%s]})"
+          R"("data_address":"%s","rdma_address":"%s","cache_budget_bytes":%d,)"
+          R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s]})"
           "\n",
           r.node_id(), r.incarnation(), JsonEscape(r.local_socket()),
-          JsonEscape(r.peer_address()), JsonEscape(r.data_address()), r.cache_budget_bytes(),
+          JsonEscape(r.peer_address()), JsonEscape(r.data_address()),
+          JsonEscape(r.rdma_address()), r.cache_budget_bytes(),
           r.cache_resident_bytes(), r.uptime_ms(), absl::StrJoin(peers, ","));
       return 0;
     }
@@ -102,6 +103,9 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long>(r.incarnation()), r.uptime_ms() / 1000.0);
     absl::PrintF("  local socket  %s\n  peer service  %s\n  data (tcp)    %s\n",
                 r.local_socket().c_str(), r.peer_address().c_str(), r.data_address().c_str());
+    absl::PrintF("  data (rdma)   %s\n",
+                r.rdma_address().empty() ? "- (no usable verbs device, or --rdma=off)"
+                                         : r.rdma_address().c_str());
     absl::PrintF("  cache         %.1f of %.1f MiB\n", r.cache_resident_bytes() / 1048576.0,
                 r.cache_budget_bytes() / 1048576.0);
     absl::PrintF("\n%-6s %-24s %-9s %-10s %s\n", "PEER", "ADDRESS", "TRANSPORT", "STATE", "ERROR");

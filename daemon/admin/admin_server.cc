@@ -36,6 +36,7 @@ class AdminServiceImpl final : public admin::Admin::Service {
     resp->set_local_socket(info_.local_socket);
     resp->set_peer_address(info_.peer_address);
     resp->set_data_address(info_.data_address);
+    resp->set_rdma_address(info_.rdma_address);
     resp->set_cache_budget_bytes(info_.budget_bytes());
     resp->set_cache_resident_bytes(info_.resident_bytes());
     resp->set_uptime_ms(info_.uptime_ms());

@@ -17,7 +17,7 @@ namespace tether {
 struct DaemonInfo {
   uint32_t node_id = 0;
   uint64_t incarnation = 0;
-  std::string local_socket, peer_address, data_address;
+  std::string local_socket, peer_address, data_address, rdma_address;
   std::function<uint64_t()> budget_bytes, resident_bytes, uptime_ms;
 };
 

@@ -5,9 +5,53 @@
 #include <memory>
 
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "daemon/common/log.h"
+#include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
+
+bool DataPath::UseRdma(uint32_t node, const DataEndpoint& ep) {
+  if (rdma_ == nullptr || ep.rdma_address.empty()) return false;
+  absl::MutexLock lock(&mu_);
+  auto it = tcp_until_.find(node);
+  if (it == tcp_until_.end()) return true;
+  if (absl::Now() < it->second) return false;
+  tcp_until_.erase(it);
+  return true;
+}
+
+std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
+  if (node == local_node_) return "local";
+  return UseRdma(node, ep) ? "rdma" : "tcp";
+}
+
+Transport::Done DataPath::FallBack(const DataEndpoint& ep, bool is_read, uint64_t segid,
+                                   uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+                                   absl::Span<const uint8_t> src, Transport::Done done) {
+  return [this, ep, is_read, segid, grant, offset, dst, src,
+          done = std::move(done)](absl::Status st) mutable {
+    if (st.ok() || !RdmaTransport::IsSetupFailure(st)) {
+      std::move(done)(std::move(st));
+      return;
+    }
+    bool first;
+    {
+      absl::MutexLock lock(&mu_);
+      first = tcp_until_.find(ep.node_id) == tcp_until_.end();
+      tcp_until_[ep.node_id] = absl::Now() + kRdmaRetryAfter;
+    }
+    if (first)
+      TLOG_WARN("node %d: %s; using tcp for %d s", ep.node_id, st.message(),
+                absl::ToInt64Seconds(kRdmaRetryAfter));
+    if (is_read) {
+      tcp_->Read(ep, segid, grant, offset, dst, std::move(done));
+    } else {
+      tcp_->Write(ep, segid, grant, offset, src, std::move(done));
+    }
+  };
+}
 
 void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                     absl::Span<uint8_t> dst, Transport::Done done) {
@@ -20,7 +64,12 @@ void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offs
     std::move(done)(ep.status());
     return;
   }
-  transport_->Read(*ep, segid, grant, offset, dst, std::move(done));
+  if (UseRdma(node, *ep)) {
+    rdma_->Read(*ep, segid, grant, offset, dst,
+                FallBack(*ep, true, segid, grant, offset, dst, {}, std::move(done)));
+    return;
+  }
+  tcp_->Read(*ep, segid, grant, offset, dst, std::move(done));
 }
 
 void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -34,7 +83,12 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
     std::move(done)(ep.status());
     return;
   }
-  transport_->Write(*ep, segid, grant, offset, src, std::move(done));
+  if (UseRdma(node, *ep)) {
+    rdma_->Write(*ep, segid, grant, offset, src,
+                 FallBack(*ep, false, segid, grant, offset, {}, src, std::move(done)));
+    return;
+  }
+  tcp_->Write(*ep, segid, grant, offset, src, std::move(done));
 }
 
 absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant,

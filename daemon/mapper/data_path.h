@@ -2,13 +2,24 @@
 // this node (a mapper beside its exporter: served straight from the
 // BlockServer) or another node (its data endpoint, learned from the peer's
 // Hello, over the transport chosen for it).
+//
+// Transport choice: rdma when this node runs an rdma transport and the
+// peer advertised an rdma address (both have a usable verbs device), tcp
+// otherwise. If an rdma connection cannot be set up (no route between the
+// devices, a device gone), the request goes over tcp instead and the peer
+// stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
+// failures never reach a faulting client, and no request is sent twice.
 #ifndef TETHER_DAEMON_MAPPER_DATA_PATH_H_
 #define TETHER_DAEMON_MAPPER_DATA_PATH_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
@@ -17,12 +28,19 @@ class DataPath {
  public:
   using EndpointResolver = absl::AnyInvocable<absl::StatusOr<DataEndpoint>(uint32_t node)>;
 
-  DataPath(uint32_t local_node, BlockServer* local_server, Transport* transport,
+  static constexpr absl::Duration kRdmaRetryAfter = absl::Seconds(30);
+
+  // `rdma` may be null (tcp only).
+  DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
            EndpointResolver resolve)
       : local_node_(local_node),
         local_server_(local_server),
-        transport_(transport),
+        tcp_(tcp),
+        rdma_(rdma),
         resolve_(std::move(resolve)) {}
+
+  // "local", "rdma" or "tcp": what requests to `node` use now.
+  std::string TransportFor(uint32_t node, const DataEndpoint& ep);
 
   void Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
             absl::Span<uint8_t> dst, Transport::Done done);
@@ -33,10 +51,19 @@ class DataPath {
                          absl::Span<const uint8_t> src);
 
  private:
+  bool UseRdma(uint32_t node, const DataEndpoint& ep);
+  // Wraps `done`: an rdma set-up failure reissues the request over tcp.
+  Transport::Done FallBack(const DataEndpoint& ep, bool is_read, uint64_t segid, uint64_t grant,
+                           uint64_t offset, absl::Span<uint8_t> dst,
+                           absl::Span<const uint8_t> src, Transport::Done done);
+
   const uint32_t local_node_;
   BlockServer* const local_server_;
-  Transport* const transport_;
+  Transport* const tcp_;
+  Transport* const rdma_;
   EndpointResolver resolve_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint32_t, absl::Time> tcp_until_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

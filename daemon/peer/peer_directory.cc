@@ -16,6 +16,20 @@
 
 namespace tether {
 
+namespace {
+
+// "0.0.0.0:p" / "[::]:p" -> "<host of via>:p"; anything else unchanged.
+std::string ReplaceWildcardHost(const std::string& addr, const std::string& via) {
+  size_t colon = addr.rfind(':');
+  size_t vcolon = via.rfind(':');
+  if (colon == std::string::npos || vcolon == std::string::npos) return addr;
+  std::string host = addr.substr(0, colon);
+  if (host != "0.0.0.0" && host != "[::]" && host != "::") return addr;
+  return via.substr(0, vcolon) + addr.substr(colon);
+}
+
+}  // namespace
+
 struct PeerDirectory::Impl {
   struct Peer {
     PeerConfig config;
@@ -33,6 +47,7 @@ struct PeerDirectory::Impl {
   absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
   bool shut_down ABSL_GUARDED_BY(calls_mu) = false;
   int rpc_timeout_ms;
+  std::function<std::string(uint32_t, const DataEndpoint&)> namer;  // set before use
   mutable absl::Mutex mu;
   absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
 
@@ -132,7 +147,10 @@ absl::StatusOr<DataEndpoint> PeerDirectory::Endpoint(uint32_t node) {
     return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " ", p.last_error));
   }
   p.endpoint.node_id = node;
-  p.endpoint.address = resp.data_address();
+  // A daemon listening on a wildcard address advertises it as such: reach
+  // it at the host we reach its control plane on.
+  p.endpoint.address = ReplaceWildcardHost(resp.data_address(), p.config.address);
+  p.endpoint.rdma_address = ReplaceWildcardHost(resp.rdma_address(), p.config.address);
   p.endpoint.token = resp.data_token();
   p.incarnation = resp.incarnation();
   p.have_endpoint = true;
@@ -227,6 +245,11 @@ absl::StatusOr<std::vector<SegmentSummary>> PeerDirectory::ListSegments(uint32_t
   return out;
 }
 
+void PeerDirectory::SetTransportNamer(
+    std::function<std::string(uint32_t, const DataEndpoint&)> namer) {
+  impl_->namer = std::move(namer);
+}
+
 std::vector<PeerState> PeerDirectory::States() {
   std::vector<PeerState> out;
   for (uint32_t node : Nodes()) {
@@ -237,7 +260,7 @@ std::vector<PeerState> PeerDirectory::States() {
     s.node_id = node;
     absl::MutexLock lock(&impl_->mu);
     s.address = impl_->peers.at(node)->config.address;
-    s.transport = "tcp";
+    s.transport = !ep.ok() ? "" : impl_->namer ? impl_->namer(node, *ep) : "tcp";
     s.reachable = ep.ok();
     if (!ep.ok()) s.error = std::string(ep.status().message());
     out.push_back(std::move(s));

@@ -5,6 +5,7 @@
 #define TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,6 +52,9 @@ class PeerDirectory {
   absl::StatusOr<SegmentSummary> Lookup(const std::string& name);
   absl::StatusOr<std::vector<SegmentSummary>> ListSegments(uint32_t node);
   std::vector<PeerState> States();
+  // Names the transport requests to a peer use (tetherctl status).
+  void SetTransportNamer(
+      std::function<std::string(uint32_t node, const DataEndpoint& ep)> namer);
 
   // Sends an invalidation notice (async, parallel: gRPC callback API);
   // `done` runs once with the peer's answer.

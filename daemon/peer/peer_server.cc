@@ -5,6 +5,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
+#include "daemon/transport/data_token.h"
 #include "peer.grpc.pb.h"
 
 namespace tether {
@@ -75,12 +76,18 @@ class PeerServiceImpl final : public peer::Peer::Service {
     return ToGrpc(mapper_->Handle(n));
   }
 
-  grpc::Status Hello(grpc::ServerContext*, const peer::HelloRequest* req,
+  grpc::Status Hello(grpc::ServerContext* ctx, const peer::HelloRequest* req,
                      peer::HelloResponse* resp) override {
+    // The data token is the caller's own (data_token.h): with TLS only the
+    // holder of node N's certificate learns node N's token.
+    if (req->node_id() == 0 || req->node_id() > 0x7fff || req->node_id() == hello_.node_id)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad caller node id", "22");
+    if (!CallerIsNode(ctx, req->node_id())) return NotThatNode(req->node_id());
     resp->set_node_id(hello_.node_id);
     resp->set_incarnation(hello_.incarnation);
     resp->set_data_address(hello_.data_address);
-    resp->set_data_token(hello_.data_token);
+    resp->set_rdma_address(hello_.rdma_address);
+    resp->set_data_token(DataTokenFor(hello_.data_secret, req->node_id()));
     return grpc::Status::OK;
   }
 

@@ -16,8 +16,9 @@ namespace tether {
 struct HelloInfo {
   uint32_t node_id = 0;
   uint64_t incarnation = 0;
-  std::string data_address;
-  std::string data_token;
+  std::string data_address;  // tcp transport
+  std::string rdma_address;  // rdma transport; empty without a verbs device
+  std::string data_secret;   // derives each caller's data token
 };
 
 class PeerServer {

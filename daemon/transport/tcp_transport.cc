@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/transport/data_token.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -110,13 +111,6 @@ absl::StatusOr<sockaddr_storage> ResolveNumeric(const std::string& address, sock
   return ss;
 }
 
-bool TokenEquals(const uint8_t* a, const std::string& b) {
-  if (b.size() != kDataTokenSize) return false;
-  uint8_t diff = 0;
-  for (size_t i = 0; i < kDataTokenSize; ++i) diff |= a[i] ^ static_cast<uint8_t>(b[i]);
-  return diff == 0;
-}
-
 }  // namespace
 
 absl::Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port) {
@@ -137,9 +131,9 @@ TcpTransport::TcpTransport(uint32_t local_node) : local_node_(local_node) {}
 
 TcpTransport::~TcpTransport() { Shutdown(); }
 
-absl::Status TcpTransport::Listen(const std::string& address, std::string token,
+absl::Status TcpTransport::Listen(const std::string& address, std::string secret,
                                   BlockServer* server) {
-  if (token.size() != kDataTokenSize) return absl::InvalidArgumentError("bad data token size");
+  if (secret.size() < 16) return absl::InvalidArgumentError("data token secret too short");
   socklen_t len = 0;
   ASSIGN_OR_RETURN(sockaddr_storage ss, ResolveNumeric(address, &len));
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -173,7 +167,7 @@ absl::Status TcpTransport::Listen(const std::string& address, std::string token,
     bound_address_ = absl::StrCat("[", host, "]:", port);
   }
   listen_fd_ = fd;
-  token_ = std::move(token);
+  secret_ = std::move(secret);
   server_ = server;
   accept_thread_ = std::thread([this] { AcceptLoop(); });
   return absl::OkStatus();
@@ -222,7 +216,8 @@ void TcpTransport::ServeLoop(int fd) {
       goto out;
     }
     if (!ReadFull(fd, token, sizeof(token))) goto out;
-    if (!TokenEquals(token, token_) || h->segid == 0 || h->segid > 0x7fff) {
+    if (h->segid == 0 || h->segid > 0x7fff ||
+        !DataTokenValid(secret_, static_cast<uint32_t>(h->segid), token)) {
       TLOG_WARN("data connection: rejected a peer with a wrong token or node id");
       FrameHeader nack{FrameType::kHelloAck, h->req_id, 0, 0, 0, 0, EACCES};
       SendFrame(fd, nack, {});

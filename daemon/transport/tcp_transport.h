@@ -29,7 +29,7 @@ class TcpTransport : public Transport {
   ~TcpTransport() override;
 
   const char* name() const override { return "tcp"; }
-  absl::Status Listen(const std::string& address, std::string token,
+  absl::Status Listen(const std::string& address, std::string secret,
                       BlockServer* server) override;
   std::string bound_address() const override;
   void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -66,7 +66,7 @@ class TcpTransport : public Transport {
 
   int listen_fd_ = -1;
   std::string bound_address_;
-  std::string token_;
+  std::string secret_;
   BlockServer* server_ = nullptr;
   std::thread accept_thread_;
 };

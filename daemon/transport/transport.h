@@ -30,8 +30,9 @@ class BlockServer {
 // the peer's Hello over the authenticated control plane).
 struct DataEndpoint {
   uint32_t node_id = 0;
-  std::string address;  // host:port
-  std::string token;    // kDataTokenSize bytes
+  std::string address;       // tcp: host:port
+  std::string rdma_address;  // rdma_cm: host:port, empty if the peer has no verbs device
+  std::string token;         // kDataTokenSize bytes: this node's token at the peer
 };
 
 class Transport {
@@ -43,8 +44,9 @@ class Transport {
   virtual const char* name() const = 0;
 
   // Server side: accept data connections at `address` (host:port; port 0
-  // picks one). Connections must present `token` before anything else.
-  virtual absl::Status Listen(const std::string& address, std::string token,
+  // picks one). A connection must first present the token that `secret`
+  // derives for the node it claims to be (data_token.h).
+  virtual absl::Status Listen(const std::string& address, std::string secret,
                               BlockServer* server) = 0;
   virtual std::string bound_address() const = 0;
 

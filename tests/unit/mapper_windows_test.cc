@@ -93,7 +93,7 @@ class MapperWindowsTest : public ::testing::Test {
   }
 
   FakeHome home_;
-  DataPath data_{1, &home_, nullptr, [](uint32_t) -> absl::StatusOr<DataEndpoint> {
+  DataPath data_{1, &home_, nullptr, nullptr, [](uint32_t) -> absl::StatusOr<DataEndpoint> {
                    return absl::UnavailableError("no peers in this test");
                  }};
   std::atomic<int> sigbus_{0};

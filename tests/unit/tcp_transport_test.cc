@@ -10,6 +10,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/transport/data_token.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -39,7 +40,16 @@ class MemoryServer : public BlockServer {
   std::atomic<uint32_t> last_peer{0};
 };
 
-const std::string kToken(kDataTokenSize, 'k');
+const std::string kToken(kDataTokenSize, 'k');  // the home's secret
+
+// Where node 2 (every mapper here) finds home node 1, with node 2's token.
+DataEndpoint Ep(const std::string& addr, std::string token = DataTokenFor(kToken, 2)) {
+  DataEndpoint e;
+  e.node_id = 1;
+  e.address = addr;
+  e.token = std::move(token);
+  return e;
+}
 
 absl::Status ReadSync(Transport& t, const DataEndpoint& ep, uint64_t segid, uint64_t off,
                       absl::Span<uint8_t> dst) {
@@ -57,7 +67,7 @@ TEST(TcpTransport, ReadsWritesAndErrors) {
   MemoryServer server(1 << 20);
   TcpTransport home(1), mapper(2);
   ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
-  DataEndpoint ep{1, home.bound_address(), kToken};
+  DataEndpoint ep = Ep(home.bound_address());
   std::vector<uint8_t> buf(8192);
   ASSERT_TRUE(ReadSync(mapper, ep, 1, 4096, absl::MakeSpan(buf)).ok());
   EXPECT_EQ(std::memcmp(buf.data(), server.mem.data() + 4096, buf.size()), 0);
@@ -90,7 +100,7 @@ TEST(TcpTransport, ManyRequestsInFlight) {
   MemoryServer server(4 << 20);
   TcpTransport home(1), mapper(2);
   ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
-  DataEndpoint ep{1, home.bound_address(), kToken};
+  DataEndpoint ep = Ep(home.bound_address());
   constexpr int kRequests = 512;
   std::vector<std::vector<uint8_t>> bufs(kRequests, std::vector<uint8_t>(8192));
   std::atomic<int> done{0}, ok{0};
@@ -109,11 +119,25 @@ TEST(TcpTransport, WrongTokenIsRefused) {
   MemoryServer server(1 << 16);
   TcpTransport home(1), mapper(2);
   ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
-  DataEndpoint ep{1, home.bound_address(), std::string(kDataTokenSize, 'x')};
+  DataEndpoint ep = Ep(home.bound_address(), std::string(kDataTokenSize, 'x'));
   std::vector<uint8_t> buf(4096);
   absl::Status st = ReadSync(mapper, ep, 1, 0, absl::MakeSpan(buf));
   EXPECT_FALSE(st.ok());
   EXPECT_EQ(ToErrno(st), EACCES) << st;
+}
+
+TEST(TcpTransport, AnotherNodesTokenIsRefused) {
+  // Node 3's token presented by a connection claiming node 2: the data
+  // path binds the token to the node the control plane authenticated.
+  MemoryServer server(1 << 16);
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+  std::vector<uint8_t> buf(4096);
+  absl::Status st = ReadSync(mapper, Ep(home.bound_address(), DataTokenFor(kToken, 3)), 1, 0,
+                             absl::MakeSpan(buf));
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  EXPECT_TRUE(ReadSync(mapper, Ep(home.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(server.last_peer.load(), 2u);
 }
 
 TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {
@@ -125,16 +149,16 @@ TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {
     ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
     addr = home.bound_address();
     std::vector<uint8_t> buf(4096);
-    ASSERT_TRUE(ReadSync(mapper, {1, addr, kToken}, 1, 0, absl::MakeSpan(buf)).ok());
+    ASSERT_TRUE(ReadSync(mapper, Ep(addr), 1, 0, absl::MakeSpan(buf)).ok());
   }  // home shuts down
   std::vector<uint8_t> buf(4096);
-  absl::Status st = ReadSync(mapper, {1, addr, kToken}, 1, 0, absl::MakeSpan(buf));
+  absl::Status st = ReadSync(mapper, Ep(addr), 1, 0, absl::MakeSpan(buf));
   EXPECT_FALSE(st.ok());
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   // a new home on another port: the mapper connects afresh
   TcpTransport home2(1);
   ASSERT_TRUE(home2.Listen("127.0.0.1:0", kToken, &server).ok());
-  EXPECT_TRUE(ReadSync(mapper, {1, home2.bound_address(), kToken}, 1, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_TRUE(ReadSync(mapper, Ep(home2.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
 }
 
 TEST(TcpTransport, BadAddresses) {

@@ -1,0 +1,69 @@
+// The rdma transport's control messages and connection private data.
+//
+// Page contents never travel in SEND/RECV messages: the requester names a
+// slot of its registered buffer pool and the home moves the bytes with a
+// one-sided RDMA WRITE (read requests) or RDMA READ (write requests). A
+// control message is the tcp frame header (wire_format.h) plus where the
+// requester's slot is:
+//
+//   off size field
+//    0  48   FrameHeader (READ_REQ, READ_RESP, WRITE_REQ, WRITE_RESP)
+//   48   8   addr      requester's slot address (requests; 0 in responses)
+//   56   4   rkey      its remote key (requests; 0 in responses)
+//   60   4   reserved  must be 0
+//
+// Responses carry no payload even for READ_RESP: the data was placed in
+// the requester's slot by an RDMA WRITE that RC delivers before the SEND.
+//
+// Connection private data (rdma_connect → CONNECT_REQUEST), 44 bytes,
+// within the 56 bytes rdma_cm allows for RC:
+//
+//    0   4   magic     "TTRD"
+//    4   2   version   kRdmaWireVersion
+//    6   2   reserved  0
+//    8   4   node      the connecting node's id
+//   12  32   token     the home's data token for that node (from Hello
+//                      over the authenticated control plane)
+//
+// Decoders validate everything a peer could get wrong.
+#ifndef TETHER_DAEMON_TRANSPORT_RDMA_WIRE_H_
+#define TETHER_DAEMON_TRANSPORT_RDMA_WIRE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "daemon/transport/wire_format.h"
+
+namespace tether {
+
+constexpr size_t kRdmaMessageSize = 64;
+constexpr uint32_t kRdmaConnectMagic = 0x44525454;  // "TTRD"
+constexpr uint16_t kRdmaWireVersion = 1;
+constexpr size_t kRdmaPrivateDataSize = 12 + kDataTokenSize;
+
+struct RdmaMessage {
+  FrameHeader header;
+  uint64_t addr = 0;
+  uint32_t rkey = 0;
+};
+
+void EncodeRdmaMessage(const RdmaMessage& m, uint8_t out[kRdmaMessageSize]);
+// `max_length`: the largest request the receiver accepts (its slot size).
+absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len,
+                                              uint32_t max_length);
+
+struct RdmaConnectData {
+  uint32_t node = 0;
+  std::string token;  // kDataTokenSize bytes
+};
+
+void EncodeRdmaConnectData(const RdmaConnectData& d, uint8_t out[kRdmaPrivateDataSize]);
+// rdma_cm may hand over more bytes than were sent (zero padding): `len` is
+// allowed to exceed kRdmaPrivateDataSize.
+absl::StatusOr<RdmaConnectData> DecodeRdmaConnectData(const void* buf, size_t len);
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_TRANSPORT_RDMA_WIRE_H_
