@@ -139,6 +139,8 @@ class Node:
         return e
 
     def netns_cmd(self, args):
+        if self.cluster.flat:
+            return list(args)
         return ["ip", "netns", "exec", self.ns] + list(args)
 
     def start(self, budget_mb=256):
@@ -149,6 +151,8 @@ class Node:
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
                 "--rpc_timeout_ms=3000"] + list(c.extra_args)
+        if c.rdma:
+            args.append("--rdma=on")
         if c.tls:
             args += ["--tls_ca=%s/ca.pem" % c.certs,
                      "--tls_cert=%s/node-%d.pem" % (c.certs, self.id),
@@ -216,6 +220,16 @@ class Cluster:
         self.budgets = budgets or {}
         self.nodes = [Node(self, i) for i in range(1, n + 1)]
         self.hub = self.prefix + "-hub"
+        # TETHER_CLUSTER_NET=flat: every node in this network namespace, each
+        # with its own address on one dummy link (Soft-RoCE on Linux 6.1
+        # works only in the initial namespace). TETHER_CLUSTER_RDMA=1 (flat
+        # only): an rdma_rxe device on that link, and tetherd --rdma=on.
+        self.flat = os.environ.get("TETHER_CLUSTER_NET", "netns") == "flat"
+        self.rdma = os.environ.get("TETHER_CLUSTER_RDMA", "0") == "1"
+        if self.rdma and not self.flat:
+            raise RuntimeError("TETHER_CLUSTER_RDMA=1 needs TETHER_CLUSTER_NET=flat")
+        self.dummy = self.prefix + "d"
+        self.rxe = self.prefix + "rxe"
 
     def node(self, i):
         return self.nodes[i - 1]
@@ -235,6 +249,18 @@ class Cluster:
         if self.tls:
             sh(os.path.join(REPO, "deploy", "make-certs"), self.certs,
                *[str(i) for i in range(1, self.n + 1)])
+        if self.flat:
+            sh("ip", "link", "add", self.dummy, "type", "dummy")
+            for node in self.nodes:
+                sh("ip", "addr", "add", node.ip + "/24", "dev", self.dummy)
+            sh("ip", "link", "set", self.dummy, "up")
+            if self.rdma:
+                sh("rdma", "link", "add", self.rxe, "type", "rxe", "netdev", self.dummy)
+            for node in self.nodes:
+                node.start(self.budgets.get(node.id, 256))
+            if self.rdma:
+                self.expect_rdma_peers()
+            return
         sh("ip", "netns", "add", self.hub)
         sh("ip", "netns", "exec", self.hub, "ip", "link", "add", "br0", "type", "bridge")
         sh("ip", "netns", "exec", self.hub, "ip", "link", "set", "br0", "up")
@@ -263,13 +289,42 @@ class Cluster:
                 node.stop()
             except Exception:
                 pass
-        for node in self.nodes:
-            sh("ip", "netns", "del", node.ns, check=False)
-        sh("ip", "netns", "del", self.hub, check=False)
+        if self.flat:
+            if self.rdma:
+                sh("rdma", "link", "delete", self.rxe, check=False)
+            sh("ip", "link", "del", self.dummy, check=False)
+        else:
+            for node in self.nodes:
+                sh("ip", "netns", "del", node.ns, check=False)
+            sh("ip", "netns", "del", self.hub, check=False)
         if os.environ.get("TETHER_KEEP_LOGS"):
             print("cluster logs kept in", self.dir)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def expect_rdma_peers(self):
+        """Every daemon must see every peer over rdma (tetherctl status)."""
+        import json
+        for node in self.nodes:
+            r = node.ctl("status", "--json")
+            st = json.loads(r.stdout) if r.returncode == 0 else {}
+            if not st.get("rdma_address"):
+                raise RuntimeError("node %d has no rdma transport: %s" % (node.id, r.stdout + r.stderr))
+            for p in st.get("peers", []):
+                if p.get("transport") != "rdma":
+                    raise RuntimeError("node %d reaches node %d over %r, not rdma: %s" %
+                                       (node.id, p.get("node_id"), p.get("transport"), p))
+
+    def rdma_fallbacks(self):
+        """Log lines of daemons that fell back from rdma to tcp."""
+        out = []
+        for node in self.nodes:
+            try:
+                with open(node.log) as f:
+                    out += [l.strip() for l in f if "using tcp for" in l]
+            except OSError:
+                pass
+        return out
 
     def logs(self):
         out = []

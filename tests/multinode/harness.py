@@ -43,6 +43,9 @@ def run(tests, default_nodes=3):
                             continue  # killed by the test itself
                         rc = node.stop()
                         expect(rc == 0, "tetherd %d exited with %s on SIGTERM" % (node.id, rc))
+                    if cluster.rdma:  # the rdma tier must not pass over tcp quietly
+                        fb = cluster.rdma_fallbacks()
+                        expect(not fb, "fell back to tcp: %s" % fb[:3])
                 finally:
                     logs = cluster.logs()  # before the cluster's directory goes
             passed += 1
