@@ -179,6 +179,19 @@ absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid,
   peer::AttachResponse resp;
   grpc::Status st = stub->Attach(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st, absl::StrFormat("attach segment %#x at node %d", segid, node));
+  // A segid names its home's incarnation: a peer that restarted since we
+  // said Hello listens on new data ports with a new secret. Hello again.
+  SegidParts parts;
+  if (ParseSegid(segid, &parts)) {
+    absl::MutexLock lock(&impl_->mu);
+    auto it = impl_->peers.find(node);
+    if (it != impl_->peers.end() && it->second->have_endpoint &&
+        it->second->incarnation != parts.incarnation) {
+      TLOG_INFO("node %d restarted (incarnation %#x, was %#x): new data endpoint", node,
+                parts.incarnation, it->second->incarnation);
+      it->second->have_endpoint = false;
+    }
+  }
   Grant g;
   g.id = resp.remote_attach_id();
   g.segment_size = resp.segment_size();

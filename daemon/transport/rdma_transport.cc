@@ -43,9 +43,14 @@ uint32_t IndexOf(uint64_t wr_id) { return static_cast<uint32_t>(wr_id); }
 // matched without a table lookup) and a per-connection counter above.
 uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 0xffff); }
 
+// A connection that could not be set up. Tagged for DataPath's fallback to
+// tcp only when rdma itself cannot reach the peer (no address, route or
+// device, resources); a peer that refuses (not listening: restarted or
+// gone; wrong token) or does not answer in time would refuse tcp too.
 absl::Status SetupError(int err, const std::string& what) {
   absl::Status st = ErrnoStatus(err, what);
-  st.SetPayload(kSetupPayload, absl::Cord("1"));
+  if (err != ECONNREFUSED && err != EACCES && err != ETIMEDOUT)
+    st.SetPayload(kSetupPayload, absl::Cord("1"));
   return st;
 }
 

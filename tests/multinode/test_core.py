@@ -106,7 +106,9 @@ def test_names_and_tetherctl(c):
     r = c.node(2).ctl("--json", "segments", "--cluster")
     expect(r.returncode == 0 and '"segid":%d' % e.segid in r.stdout, "segments: " + r.stdout)
     r = c.node(2).ctl("status")
-    up = re.findall(r"^\d+\s+\S+\s+tcp\s+up\b", r.stdout, re.M)
+    # the rdma tier (TETHER_CLUSTER_RDMA=1) must show rdma, the host tier tcp
+    want = "rdma" if c.rdma else "tcp"
+    up = re.findall(r"^\d+\s+\S+\s+%s\s+up\b" % want, r.stdout, re.M)
     expect(r.returncode == 0 and len(up) == 2, "status: " + r.stdout)
     m = Mapper(c.node(2), e.segid, length=MiB)
     expect(m.command("verify 8 0 8192") == "ok", "interactive verify")
@@ -152,6 +154,9 @@ def test_bad_input(c):
 def test_peer_down_then_restarted(c):
     e = Exporter(c.node(3), 64 * 1024, 11)
     old = e.segid
+    # node 2 learns node 3's data endpoints now (status says Hello): after
+    # the restart they are stale, and a new segid's incarnation must renew them
+    expect(c.node(2).ctl("status").returncode == 0, "status")
     c.node(3).stop()
     map_err(c.node(2), EHOSTUNREACH, "--segid", old, "--len", 4096)
     c.node(3).start()
