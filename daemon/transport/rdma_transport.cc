@@ -32,6 +32,10 @@ namespace {
 constexpr char kSetupPayload[] = "tether.rdma/setup-failed";
 constexpr uint32_t kMaxInline = kRdmaMessageSize;
 constexpr int kMaxRdAtomic = 16;
+// Requests are sent unsignalled but for one in min(kSignalEvery, depth):
+// the send queue (2 x depth + 4 entries) then never fills with entries
+// that no completion retires.
+constexpr uint32_t kSignalEvery = 8;
 
 // wr_id: kind in the high half, ring or pool slot index in the low half.
 enum WrKind : uint32_t { kRecv = 1, kSendRequest = 2, kSendResponse = 3, kRdmaRead = 4 };
@@ -162,12 +166,18 @@ struct RdmaTransport::Connection {
   std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
   std::deque<Chunk> waiting ABSL_GUARDED_BY(mu);
   uint64_t next_req ABSL_GUARDED_BY(mu) = 1;
+  uint32_t unsignaled_sends ABSL_GUARDED_BY(mu) = 0;
   // Home side (only the connection thread touches these): the request each
   // pool slot serves, and requests that arrived before the completion of
   // the response that frees their slot was seen (the requester may see our
   // response before we see our send complete).
   std::vector<RdmaMessage> serving;
   std::deque<RdmaMessage> backlog;
+  // Slots whose response was posted, in posting order. Responses go out
+  // unsignalled but for one in kSignalEvery (or when the pool is empty):
+  // completions of one send queue arrive in order, so a signalled one
+  // retires every slot posted before it.
+  std::deque<uint32_t> unreleased;
 
   ~Connection() { Destroy(); }
 
@@ -360,7 +370,14 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     wr.sg_list = &sges[n];
     wr.num_sge = 1;
     wr.opcode = IBV_WR_SEND;
-    wr.send_flags = IBV_SEND_SIGNALED | (c->use_inline ? IBV_SEND_INLINE : 0);
+    // The response proves the request arrived, so requests complete
+    // unsignalled (a signalled one would wake this connection's thread once
+    // more per request); one in every kSignalEvery frees the send queue.
+    wr.send_flags = c->use_inline ? IBV_SEND_INLINE : 0;
+    if (++c->unsignaled_sends >= std::min(kSignalEvery, c->depth)) {
+      wr.send_flags |= IBV_SEND_SIGNALED;
+      c->unsignaled_sends = 0;
+    }
     if (n > 0) wrs[n - 1].next = &wr;
     ++n;
   }
@@ -396,7 +413,16 @@ bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t statu
   send.sg_list = &msg_sge;
   send.num_sge = 1;
   send.opcode = IBV_WR_SEND;
-  send.send_flags = IBV_SEND_SIGNALED | (c->use_inline ? IBV_SEND_INLINE : 0);
+  send.send_flags = c->use_inline ? IBV_SEND_INLINE : 0;
+  c->unreleased.push_back(slot);
+  bool pool_empty;
+  {
+    absl::MutexLock lock(&c->mu);
+    pool_empty = c->pool->free_slots() == 0;
+  }
+  // An empty pool must see a completion soon (the backlog waits for it).
+  if (pool_empty || c->unreleased.size() >= std::min(kSignalEvery, c->depth))
+    send.send_flags |= IBV_SEND_SIGNALED;
   ibv_send_wr* first = &send;
   if (data_len > 0) {
     // RC delivers the WRITE before the SEND: the requester sees its data
@@ -480,19 +506,29 @@ bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
   return Serve(c, *m, *slot, why);
 }
 
-// Home side: a response's send completed; its slot serves the backlog.
+// Home side: a signalled response completed: it and every response posted
+// before it are out, their slots serve the backlog or return to the pool.
 bool ResponseSent(Conn* c, uint32_t slot, std::string* why) {
-  if (!c->backlog.empty()) {
-    RdmaMessage m = c->backlog.front();
-    c->backlog.pop_front();
-    return Serve(c, m, slot, why);
-  }
-  absl::MutexLock lock(&c->mu);
-  if (!c->pool->Release(slot)) {
+  if (std::find(c->unreleased.begin(), c->unreleased.end(), slot) == c->unreleased.end()) {
     *why = "bad completion";
     return false;
   }
-  return true;
+  while (true) {
+    uint32_t done = c->unreleased.front();
+    c->unreleased.pop_front();
+    if (!c->backlog.empty()) {
+      RdmaMessage m = c->backlog.front();
+      c->backlog.pop_front();
+      if (!Serve(c, m, done, why)) return false;
+    } else {
+      absl::MutexLock lock(&c->mu);
+      if (!c->pool->Release(done)) {
+        *why = "bad completion";
+        return false;
+      }
+    }
+    if (done == slot) return true;
+  }
 }
 
 // Requester side: a response arrived in receive slot `i`.
