@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 import time
 
+import remote
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -29,7 +31,7 @@ class Exporter:
                 "--mode", oct(mode).replace("0o", "0")]
         if name:
             args += ["--name", name]
-        self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
+        self.proc = node.popen(args, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.segid = None
@@ -76,7 +78,7 @@ class InteractiveClient:
     command line on stdin (tt map --interactive, xpmem_share consume ...)."""
 
     def __init__(self, node, args, what):
-        self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
+        self.proc = node.popen(args, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         line = self.proc.stdout.readline().strip()
@@ -121,9 +123,12 @@ class Node:
         self.cluster = cluster
         self.id = node_id
         self.ns = "%s-n%d" % (cluster.prefix, node_id)
-        self.ip = "%s.%d" % (cluster.subnet, node_id)
-        self.sock = os.path.join(cluster.dir, "n%d.sock" % node_id)
-        self.admin = os.path.join(cluster.dir, "a%d.sock" % node_id)
+        self.ip = cluster.ips.get(node_id, "%s.%d" % (cluster.subnet, node_id))
+        self.agent = cluster.agents.get(node_id)  # (host, port) of a remote.py agent
+        # Sockets stay off the shared 9p directory of the pair mode.
+        sockdir = cluster.sockdir or cluster.dir
+        self.sock = os.path.join(sockdir, "n%d.sock" % node_id)
+        self.admin = os.path.join(sockdir, "a%d.sock" % node_id)
         self.log = os.path.join(cluster.dir, "n%d.log" % node_id)
         self.daemon = None
 
@@ -143,10 +148,36 @@ class Node:
             return list(args)
         return ["ip", "netns", "exec", self.ns] + list(args)
 
+    def popen(self, args, env=None, **kw):
+        """subprocess.Popen of a command on this node (its namespace, or its
+        machine for a remote node); env defaults to self.env()."""
+        env = self.env() if env is None else env
+        if self.agent:
+            keep = {k: v for k, v in env.items()
+                    if k.startswith("TETHER_") or k.endswith("SAN_OPTIONS")}
+            kw.pop("text", None)
+            return remote.RemoteProc(self.agent, list(args), env=keep, **kw)
+        return subprocess.Popen(self.netns_cmd(args), env=env, **kw)
+
+    def run(self, args, timeout=120):
+        """subprocess.run(capture_output=True, text=True) on this node."""
+        args = [str(a) for a in args]
+        if self.agent:
+            return remote.run(self.agent, args, env={k: v for k, v in self.env().items()
+                                                     if k.startswith("TETHER_") or
+                                                     k.endswith("SAN_OPTIONS")},
+                              timeout=timeout)
+        return subprocess.run(self.netns_cmd(args), env=self.env(), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def has_socket(self):
+        if self.agent:
+            return self.run(["test", "-S", self.sock], timeout=30).returncode == 0
+        return os.path.exists(self.sock)
+
     def start(self, budget_mb=256):
         c = self.cluster
-        peers = ",".join("%d=%s.%d:7600" % (n, c.subnet, n) for n in range(1, c.n + 1)
-                         if n != self.id)
+        peers = ",".join("%d=%s:7600" % (n.id, n.ip) for n in c.nodes if n.id != self.id)
         args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
@@ -159,13 +190,15 @@ class Node:
                      "--tls_key=%s/node-%d.key" % (c.certs, self.id)]
         else:
             args.append("--insecure_peers")
-        if os.path.exists(self.sock):
+        if self.agent:
+            self.run(["sh", "-c", "mkdir -p %s && rm -f %s" % (os.path.dirname(self.sock),
+                                                               self.sock)])
+        elif os.path.exists(self.sock):
             os.unlink(self.sock)
         logf = open(self.log, "a")
-        self.daemon = subprocess.Popen(self.netns_cmd(args), stdout=logf, stderr=logf,
-                                       env=self.env(client=False))
+        self.daemon = self.popen(args, stdout=logf, stderr=logf, env=self.env(client=False))
         deadline = time.time() + 30
-        while not os.path.exists(self.sock):
+        while not self.has_socket():
             if self.daemon.poll() is not None:
                 raise RuntimeError("tetherd %d exited: see %s" % (self.id, self.log))
             if time.time() > deadline:
@@ -179,7 +212,7 @@ class Node:
                 return self.daemon.wait(20)
             except subprocess.TimeoutExpired:
                 # A hung shutdown is a bug: keep the threads' stacks for it.
-                if shutil.which("gdb"):
+                if shutil.which("gdb") and not self.agent:
                     r = subprocess.run(["gdb", "-p", str(self.daemon.pid), "-batch", "-ex",
                                         "thread apply all bt"], capture_output=True, text=True,
                                        timeout=60)
@@ -191,10 +224,11 @@ class Node:
         return self.daemon.returncode if self.daemon else None
 
     def tt(self, *args, timeout=120):
-        return subprocess.run(self.netns_cmd([self.cluster.tt] + [str(a) for a in args]),
-                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+        return self.run([self.cluster.tt] + list(args), timeout=timeout)
 
     def ctl(self, *args, timeout=30):
+        if self.agent:
+            return self.run([self.cluster.tetherctl] + list(args), timeout=timeout)
         return subprocess.run([self.cluster.tetherctl] + list(args), env=self.env(),
                               capture_output=True, text=True, timeout=timeout)
 
@@ -214,7 +248,29 @@ class Cluster:
         tag = os.getpid() % 100000
         self.prefix = "tt%d" % tag
         self.subnet = "10.%d.%d" % (100 + tag % 100, (tag // 100) % 250)
-        self.dir = tempfile.mkdtemp(prefix="tether-cluster-")
+        # TETHER_CLUSTER_NET=pair (tests/vm/run's two-VM stage): the network
+        # and any rxe device exist already; TETHER_CLUSTER_IPS="1=a,2=b,..."
+        # gives each node's address, TETHER_CLUSTER_REMOTE="2=host:port" the
+        # remote.py agent of nodes on the other VM, TETHER_CLUSTER_SHARED a
+        # directory both machines see at the same path (certificates, logs).
+        self.pair = os.environ.get("TETHER_CLUSTER_NET") == "pair"
+        self.ips, self.agents = {}, {}
+        self.sockdir = None
+        shared = None
+        if self.pair:
+            for item in os.environ.get("TETHER_CLUSTER_IPS", "").split(","):
+                if item:
+                    k, v = item.split("=", 1)
+                    self.ips[int(k)] = v
+            for item in os.environ.get("TETHER_CLUSTER_REMOTE", "").split(","):
+                if item:
+                    k, v = item.split("=", 1)
+                    self.agents[int(k)] = remote.parse_addr(v)
+            shared = os.environ["TETHER_CLUSTER_SHARED"]
+            self.sockdir = os.path.join("/tmp", "tether-sock-%s" % self.prefix)
+            os.makedirs(self.sockdir, exist_ok=True)
+            os.chmod(self.sockdir, 0o711)
+        self.dir = tempfile.mkdtemp(prefix="tether-cluster-", dir=shared)
         os.chmod(self.dir, 0o711)  # unprivileged test clients reach the sockets
         self.certs = os.path.join(self.dir, "certs")
         self.budgets = budgets or {}
@@ -224,10 +280,10 @@ class Cluster:
         # with its own address on one dummy link (Soft-RoCE on Linux 6.1
         # works only in the initial namespace). TETHER_CLUSTER_RDMA=1 (flat
         # only): an rdma_rxe device on that link, and tetherd --rdma=on.
-        self.flat = os.environ.get("TETHER_CLUSTER_NET", "netns") == "flat"
+        self.flat = os.environ.get("TETHER_CLUSTER_NET", "netns") in ("flat", "pair")
         self.rdma = os.environ.get("TETHER_CLUSTER_RDMA", "0") == "1"
         if self.rdma and not self.flat:
-            raise RuntimeError("TETHER_CLUSTER_RDMA=1 needs TETHER_CLUSTER_NET=flat")
+            raise RuntimeError("TETHER_CLUSTER_RDMA=1 needs TETHER_CLUSTER_NET=flat or pair")
         self.dummy = self.prefix + "d"
         self.rxe = self.prefix + "rxe"
 
@@ -249,6 +305,12 @@ class Cluster:
         if self.tls:
             sh(os.path.join(REPO, "deploy", "make-certs"), self.certs,
                *[str(i) for i in range(1, self.n + 1)])
+        if self.pair:
+            for node in self.nodes:
+                node.start(self.budgets.get(node.id, 256))
+            if self.rdma:
+                self.expect_rdma_peers()
+            return
         if self.flat:
             sh("ip", "link", "add", self.dummy, "type", "dummy")
             for node in self.nodes:
@@ -289,7 +351,9 @@ class Cluster:
                 node.stop()
             except Exception:
                 pass
-        if self.flat:
+        if self.pair:
+            pass  # the pair's network belongs to tests/vm/run
+        elif self.flat:
             if self.rdma:
                 sh("rdma", "link", "delete", self.rxe, check=False)
             sh("ip", "link", "del", self.dummy, check=False)

@@ -52,10 +52,9 @@ def test_concurrent_mappers_on_several_nodes(c):
     e = Exporter(c.node(1), size, seed)
     procs = []
     for node in (c.node(2), c.node(2), c.node(3), c.node(3), c.node(1)):
-        procs.append(subprocess.Popen(
-            node.netns_cmd([c.tt, "map", "--segid", str(e.segid), "--len", str(size),
-                            "--verify", str(seed)]),
-            env=node.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(node.popen(
+            [c.tt, "map", "--segid", str(e.segid), "--len", str(size), "--verify", str(seed)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:
         out, _ = p.communicate(timeout=180)
         expect(p.returncode == 0 and "done" in out, "concurrent mapper: " + out)
@@ -65,13 +64,12 @@ def test_concurrent_mappers_on_several_nodes(c):
 def test_writeback_from_two_mappers_disjoint_pages(c):
     size = 1 * MiB
     e = Exporter(c.node(1), size, 1)
-    a = subprocess.Popen(c.node(2).netns_cmd(
+    a = c.node(2).popen(
         [c.tt, "map", "--segid", str(e.segid), "--len", str(size), "--write", "2", "0",
-         str(64 * 1024), "--sync"]), env=c.node(2).env(), stdout=subprocess.PIPE, text=True)
-    b = subprocess.Popen(c.node(3).netns_cmd(
+         str(64 * 1024), "--sync"], stdout=subprocess.PIPE, text=True)
+    b = c.node(3).popen(
         [c.tt, "map", "--segid", str(e.segid), "--len", str(size), "--write", "3",
-         str(64 * 1024), str(64 * 1024), "--sync"]), env=c.node(3).env(),
-        stdout=subprocess.PIPE, text=True)
+         str(64 * 1024), str(64 * 1024), "--sync"], stdout=subprocess.PIPE, text=True)
     for p in (a, b):
         out, _ = p.communicate(timeout=60)
         expect(p.returncode == 0, "writer: " + out)

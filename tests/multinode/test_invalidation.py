@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import remote
 from cluster import Exporter, Mapper
 from harness import expect, run, with_nodes
 
@@ -131,7 +132,7 @@ def test_fencing_a_frozen_mapper(c):
     expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
     expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
     expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties a page")
-    os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+    c.node(2).daemon.send_signal(signal.SIGSTOP)
     try:
         took = ms(e.command("munmap 0 4096"))
         expect(took < DEADLINE_MS + 1000,
@@ -141,7 +142,7 @@ def test_fencing_a_frozen_mapper(c):
         expect(m3.command("verify 1 4096 4096") == "ok", "node 3 keeps working")
         expect(m3.command("read 0") == "signal:%d" % SIGBUS, "node 3: unmapped page")
     finally:
-        os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        c.node(2).daemon.send_signal(signal.SIGCONT)
     # Once resumed, node 2 processes the revocation: held pages raise SIGBUS,
     # its write-back is refused, never applied over newer contents.
     deadline = time.time() + 10
@@ -181,10 +182,9 @@ def test_kill_mapper_daemon_during_window(c):
 
 def test_kill_exporter_while_mappers_read(c):
     e = Exporter(c.node(1), 8 * MiB, 3)
-    procs = [subprocess.Popen(n.netns_cmd([c.tt, "map", "--segid", str(e.segid), "--len",
-                                           str(8 * MiB), "--verify", "3"]),
-                              env=n.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for n in (c.node(2), c.node(3))]
+    procs = [n.popen([c.tt, "map", "--segid", str(e.segid), "--len", str(8 * MiB), "--verify",
+                      "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in (c.node(2), c.node(3))]
     time.sleep(0.05)
     e.kill()
     for p in procs:
@@ -205,18 +205,23 @@ def test_stale_read_race(c):
     race = os.path.join(os.path.dirname(c.tt), "tt_race")
     iters = int(os.environ.get("TETHER_RACE_ITERS", "2000"))
     logdir = c.dir
-    exp = subprocess.Popen(c.node(1).netns_cmd(
+    exp = c.node(1).popen(
         [race, "export", "--pages", "64", "--iters", str(iters), "--seed", "42",
-         "--log", os.path.join(logdir, "exp.log"), "--name", "race"]),
-        env=c.node(1).env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         "--log", os.path.join(logdir, "exp.log"), "--name", "race"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = exp.stdout.readline().strip()
     expect(line == "ready", "race exporter: " + line)
     maps = []
+    logs = []
     for i, n in enumerate((c.node(2), c.node(2), c.node(3), c.node(3))):
-        maps.append(subprocess.Popen(n.netns_cmd(
+        maps.append(n.popen(
             [race, "map", "--name", "race", "--pages", "64", "--seed", str(i),
-             "--log", os.path.join(logdir, "map%d.log" % i)]),
-            env=n.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+             "--log", os.path.join(logdir, "map%d.log" % i)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        logs.append(os.path.join(logdir, "map%d.log" % i))
+        if n.agent:  # another machine's clock (tests/vm/run's pair stage)
+            off, err = remote.clock_offset_ns(n.agent)
+            logs[-1] += "@%d,%d" % (off, err)
     for p in maps:
         line = p.stdout.readline().strip()
         expect(line == "ready", "race mapper: " + line)
@@ -230,8 +235,7 @@ def test_stale_read_race(c):
     for p in maps:
         o, _ = p.communicate(timeout=120)
         expect(p.returncode == 0, "race mapper failed: " + o)
-    r = subprocess.run([race, "check", "--log", os.path.join(logdir, "exp.log")] +
-                       [os.path.join(logdir, "map%d.log" % i) for i in range(len(maps))],
+    r = subprocess.run([race, "check", "--log", os.path.join(logdir, "exp.log")] + logs,
                        capture_output=True, text=True, timeout=300)
     print("   ", r.stdout.strip().replace("\n", "\n    "), flush=True)
     expect(r.returncode == 0 and "violations=0 " in r.stdout, "stale reads: " + r.stdout + r.stderr)

@@ -11,9 +11,14 @@
  *       Reads random pages in a tight loop until "stop" on stdin, logging
  *       (time the read started, page, epoch seen); SIGBUS (a page read in
  *       the instant it was unmapped) re-attaches.
- *   tt_race check --log EXPORTER_LOG MAPPER_LOG...
+ *   tt_race check --log EXPORTER_LOG MAPPER_LOG[@OFFSET_NS,SLACK_NS]...
  *       A read that started after a call returned must not see an epoch
  *       that call replaced (0, a freed page's zeros, is always allowed).
+ *       A mapper log from another machine (a second VM) carries its clock's
+ *       offset from the exporter's (remote minus local, CLOCK_MONOTONIC) and
+ *       the offset's error bound: its reads count as "after" a call only if
+ *       they started more than SLACK_NS after it (no false alarms; a stale
+ *       read later than that is still caught).
  *       Prints "violations=V reads=R calls=C" and exits 1 if V > 0.
  */
 #define _GNU_SOURCE
@@ -202,12 +207,22 @@ static int do_check(int argc, char **argv) {
   qsort(calls, ncalls, sizeof *calls, by_time);
   uint64_t violations = 0, reads = 0;
   for (int i = 4; i < argc; ++i) {
-    FILE *m = fopen(argv[i], "r");
+    char path[4096];
+    int64_t offset = 0, slack = 0;
+    snprintf(path, sizeof path, "%s", argv[i]);
+    char *at = strrchr(path, '@');
+    if (at) {
+      *at = 0;
+      if (sscanf(at + 1, "%" SCNd64 ",%" SCNd64, &offset, &slack) != 2 || slack < 0) return 2;
+      printf("%s: clock offset %" PRId64 " ns, slack %" PRId64 " ns\n", path, offset, slack);
+    }
+    FILE *m = fopen(path, "r");
     if (!m) return 2;
     uint64_t t, page, v;
     while (fscanf(m, "%" SCNu64 " %" SCNu64 " %" SCNu64, &t, &page, &v) == 3) {
       ++reads;
       if (v == 0) continue;
+      t = (uint64_t)((int64_t)t - offset - slack); /* exporter's clock, minus the doubt */
       /* newest epoch replaced on this page by a call that returned before t */
       for (size_t k = 0; k < ncalls && calls[k].t < t; ++k) {
         if (page >= calls[k].first && page < calls[k].first + calls[k].n && v <= calls[k].newest) {

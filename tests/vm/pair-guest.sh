@@ -1,0 +1,89 @@
+#!/bin/sh
+# Runs inside each VM of tests/vm/run's pair stage (from /mnt/share/cmd.sh):
+#   pair-guest.sh home|mapper <kernel build dir> <Release build dir> <scale>
+# The two VMs are joined by a virtual link (QEMU UDP socket netdev); each
+# puts a Soft-RoCE device on it and loads tether.ko.
+#   mapper VM: 10.99.0.2 (node 2); runs the tests/multinode/remote.py agent
+#              until the home VM says quit.
+#   home VM:   10.99.0.1 (node 1, the home) and 10.99.0.3 (node 3); runs the
+#              host tier's invalidation and core suites with node 2 remote:
+#              a 3-node cluster across two kernels, tetherd on tether.ko,
+#              data over rdma between the VMs.
+# Prints "PASS x" / "FAIL x: why" lines like guest-tests.sh.
+ROLE=$1 KB=$2 RELEASE=$3 SCALE=${4:-1}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+AGENT=10.99.0.2:7800
+rc=0
+echo "INFO pair $ROLE: kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
+[ -w /proc/sys/kernel/numa_balancing ] && echo 0 > /proc/sys/kernel/numa_balancing
+[ -w /sys/kernel/mm/transparent_hugepage/enabled ] && echo never > /sys/kernel/mm/transparent_hugepage/enabled
+dmesg -C 2>/dev/null
+
+mkdir -p /mnt/pair
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 pair /mnt/pair; then
+  echo "FAIL pair share: cannot mount the shared directory"; exit 1
+fi
+modprobe virtio_net 2>/dev/null
+i=0; while ! ip link show eth0 >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+if [ "$ROLE" = mapper ]; then addrs="10.99.0.2"; else addrs="10.99.0.1 10.99.0.3"; fi
+for a in $addrs; do ip addr add "$a/24" dev eth0 || rc=1; done
+ip link set eth0 up || rc=1
+if modprobe rdma_rxe && modprobe rdma_ucm && modprobe ib_uverbs &&
+   rdma link add rxe0 type rxe netdev eth0; then
+  echo "PASS pair $ROLE: eth0 ($addrs) with Soft-RoCE device rxe0"
+else
+  echo "FAIL pair $ROLE: network or Soft-RoCE set-up"; rc=1
+fi
+if insmod "$KB/kernel/tether.ko"; then
+  echo "PASS pair $ROLE: insmod"
+else
+  echo "FAIL pair $ROLE: insmod $KB/kernel/tether.ko"; rc=1
+fi
+[ $rc -eq 0 ] || exit $rc
+
+if [ "$ROLE" = mapper ]; then
+  timeout $((1500 * SCALE)) /usr/bin/python3 "$REPO/tests/multinode/remote.py" \
+    --serve "$AGENT" --lifetime $((1400 * SCALE))
+  src=$?
+  if [ $src -eq 0 ]; then echo "PASS pair agent: served until quit"; else echo "FAIL pair agent: exit $src"; rc=1; fi
+else
+  # The agent must answer within a minute (the other VM boots in parallel).
+  i=0
+  until /usr/bin/python3 -c "import socket,sys; socket.create_connection(('10.99.0.2', 7800), 1)" 2>/dev/null; do
+    i=$((i+1))
+    if [ $i -ge 120 ]; then echo "FAIL pair link: the mapper VM's agent never answered"; exit 1; fi
+    sleep 0.5
+  done
+  echo "PASS pair link: the mapper VM answers over the virtual link"
+  export TETHER_CLUSTER_NET=pair TETHER_CLUSTER_RDMA=1 TETHER_CLUSTER_SHARED=/mnt/pair
+  export TETHER_CLUSTER_IPS=1=10.99.0.1,2=10.99.0.2,3=10.99.0.3 TETHER_CLUSTER_REMOTE=2=$AGENT
+  export TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200}
+  pair_suite() {  # <label> <script> [<-k filter>]
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    timeout $((${TETHER_VM_PAIR_TIMEOUT:-600} * SCALE)) \
+      /usr/bin/python3 "$2" --build-dir "$RELEASE" ${3:+-k "$3"} > "/tmp/$1.log" 2>&1
+    src=$?
+    sed -n -e "s/^INFO /INFO $1: /p" -e "s/^\(PASS\|FAIL\) /\1 $1\//p" \
+      -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
+    echo "INFO $1: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
+    if ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "/tmp/$1.log"; then
+      echo "FAIL $1: the script ended without a summary (exit $src; 124 = timed out); log tail:"
+      tail -25 "/tmp/$1.log" | sed 's/^/    /'
+      rc=1
+    elif [ $src -ne 0 ]; then
+      sed -n '/^FAIL /,/^PASS /p' "/tmp/$1.log" | grep -v '^PASS ' | head -80 | sed 's/^/    /'
+      rc=1
+    fi
+  }
+  case " ${TETHER_VM_PAIR_SUITES:-invalidation core} " in *" invalidation "*)
+    pair_suite pair-invalidation "$REPO/tests/multinode/test_invalidation.py" "${TETHER_VM_PAIR_K:-}";; esac
+  case " ${TETHER_VM_PAIR_SUITES:-invalidation core} " in *" core "*)
+    pair_suite pair-core "$REPO/tests/multinode/test_core.py" "${TETHER_VM_PAIR_K:-}";; esac
+  /usr/bin/python3 -c "
+import sys; sys.path.insert(0, '$REPO/tests/multinode')
+import remote; remote._request(('10.99.0.2', 7800), {'op': 'quit'})" ||
+    { echo "FAIL pair agent: could not stop it"; rc=1; }
+fi
+if rmmod tether; then echo "PASS pair $ROLE: rmmod"; else echo "FAIL pair $ROLE: rmmod: module still in use"; rc=1; fi
+echo "INFO pair $ROLE: done, uptime $(cut -d' ' -f1 /proc/uptime)s"
+exit $rc
