@@ -10,6 +10,7 @@ JSON line {"pid": N} (or {"error": "..."}), then the connection carries the
 process's stdin (to the agent) and stdout (from it); a half-close ends stdin.
 Control requests use short connections: {"op": "wait", "pid", "timeout"} ->
 {"rc": int|null}, {"op": "signal", "pid", "sig"} -> {"ok": bool},
+{"op": "run", "argv", "env", "timeout"} -> {"rc", "stdout", "stderr"},
 {"op": "clock"} -> {"mono_ns": int}, {"op": "quit"}.
 
 Everything is bounded: connections time out, the agent exits after its
@@ -145,11 +146,14 @@ class RemoteProc:
 
 
 def run(addr, argv, env=None, timeout=120):
-    """subprocess.run(argv, capture_output=True, text=True) on the agent;
-    stderr is merged into stdout."""
-    p = RemoteProc(addr, argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out, _ = p.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(argv, p.returncode, out, "")
+    """subprocess.run(argv, capture_output=True, text=True) on the agent."""
+    r = _request(addr, {"op": "run", "argv": [str(a) for a in argv], "env": env or {},
+                        "timeout": timeout}, timeout=timeout + 30)
+    if "error" in r:
+        raise OSError("remote run of %s: %s" % (argv[0], r["error"]))
+    if r.get("rc") is None:
+        raise subprocess.TimeoutExpired(argv, timeout)
+    return subprocess.CompletedProcess(argv, r["rc"], r["stdout"], r["stderr"])
 
 
 def clock_offset_ns(addr, samples=15):
@@ -256,6 +260,17 @@ class _Agent:
                 if ok:
                     p.send_signal(msg["sig"])
                 reply = {"ok": ok}
+            elif op == "run":
+                env = dict(os.environ)
+                env.update(msg.get("env", {}))
+                try:
+                    p = subprocess.run(msg["argv"], env=env, capture_output=True, text=True,
+                                       errors="replace", timeout=msg.get("timeout", 120))
+                    reply = {"rc": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+                except subprocess.TimeoutExpired:
+                    reply = {"rc": None}
+                except OSError as e:
+                    reply = {"error": str(e)}
             elif op == "clock":
                 reply = {"mono_ns": time.monotonic_ns()}
             elif op == "quit":
