@@ -15,6 +15,10 @@
  *         tmunmap OFF LEN       -> tether_munmap() (bracketed by the library); "ok MS"
  *         plain-munmap LEN      -> munmap of fresh, populated, unexported memory
  *                                  (the baseline for the invalidation bench)
+ *         move NODE OFF LEN     -> move_pages() to NUMA node NODE (kernel-internal
+ *                                  migration); "ok MS moved=PAGES_NOW_ON_NODE"
+ *         pageout OFF LEN       -> madvise(MADV_PAGEOUT) (reclaim to swap, if any);
+ *                                  "ok MS swap_kb=SWAPPED_KB_OF_THIS_PROCESS"
  *         quit
  *   tt map (--name NAME | --segid ID) [--offset O] [--len L] [--rdonly]
  *          [--verify SEED] [--write SEED OFF LEN] [--sync] [--uid U]
@@ -37,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -156,6 +161,48 @@ static int do_export(int argc, char **argv) {
         if (line[0] == 'r') fill(mem + off, off, len, s);
         printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
       }
+    } else if (sscanf(line, "move %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3 ||
+               sscanf(line, "pageout %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      int pageout = line[0] == 'p';
+      if (pageout) sscanf(line, "pageout %" SCNu64 " %" SCNu64, &off, &len);
+      if (off > size || len > size - off || off % 4096 || len % 4096 || len == 0) {
+        printf("error: range\n");
+        fflush(stdout);
+        continue;
+      }
+      size_t n = len / 4096;
+      void **pages = calloc(n, sizeof *pages);
+      int *nodes = calloc(n, sizeof *nodes), *status = calloc(n, sizeof *status);
+      for (size_t i = 0; i < n; ++i) {
+        pages[i] = mem + off + i * 4096;
+        nodes[i] = (int)s;
+      }
+      struct timespec a, b;
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      long rc = pageout ? madvise(mem + off, len, 21 /* MADV_PAGEOUT */)
+                        : syscall(SYS_move_pages, 0, n, pages, nodes, status, 2 /* MPOL_MF_MOVE */);
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      double took = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+      if (rc < 0) {
+        printf("error: errno=%d\n", errno);
+      } else if (pageout) {
+        long kb = -1;
+        FILE *f = fopen("/proc/self/smaps_rollup", "r");
+        char l[256];
+        while (f && fgets(l, sizeof l, f))
+          if (sscanf(l, "Swap: %ld kB", &kb) == 1) break;
+        if (f) fclose(f);
+        printf("ok %.3f swap_kb=%ld\n", took, kb);
+      } else {
+        /* where the pages are now (nodes == NULL: query only) */
+        syscall(SYS_move_pages, 0, n, pages, NULL, status, 0);
+        size_t moved = 0;
+        for (size_t i = 0; i < n; ++i) moved += status[i] == (int)s;
+        printf("ok %.3f moved=%zu\n", took, moved);
+      }
+      free(pages);
+      free(nodes);
+      free(status);
     } else if (sscanf(line, "tmunmap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
       struct timespec a, b;
       clock_gettime(CLOCK_MONOTONIC, &a);

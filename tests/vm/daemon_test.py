@@ -96,6 +96,52 @@ def test_dontneed_returns_after_mapper_dropped_copy(c):
     e.close()
 
 
+def kernel_internal_event(c, command, check):
+    """Issue 4: an event the kernel makes on its own (page migration,
+    reclaim to swap) over a range a mapper caches and has dirtied: it must
+    reach the mapper (its copy dropped before the call returns), the
+    mapper's dirty page must survive (kept aside, written back after the
+    window), and refetched pages must have the right contents."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 %d" % MiB) == "ok", "cached before")
+    expect(m.command("write 9 32768 4096") == "ok", "the mapper dirties a page")
+    reply = e.command(command)
+    expect(reply.startswith("ok "), "%s: %s" % (command, reply))
+    check(reply)
+    expect(not cached(m, 65536, MiB), "%s returned while the mapper still held a page" % command)
+    expect(m.command("verify 1 0 32768") == "ok", "refetched pages keep their contents")
+    expect(m.command("verify 9 32768 4096") == "ok", "the mapper's dirty page is still there")
+    expect(m.command("sync") == "ok", "sync after the window")
+    expect(e.verify(9, 32768, 4096) == "ok", "the dirty page reached the exporter")
+    expect(e.verify(1, 36864, MiB - 36864) == "ok", "the rest is unchanged")
+    m.close()
+    e.close()
+
+
+def test_move_pages_is_seen(c):
+    """move_pages(2) to the VM's second NUMA node (tests/vm/run gives it two)."""
+    if not os.path.exists("/sys/devices/system/node/node1"):
+        raise AssertionError("the VM has one NUMA node: tests/vm/run must boot it with two")
+
+    def check(reply):
+        moved = int(reply.split("moved=")[1])
+        expect(moved == MiB // PAGE, "only %d of %d pages moved to node 1" % (moved, MiB // PAGE))
+    kernel_internal_event(c, "move 1 0 %d" % MiB, check)
+
+
+def test_pageout_to_swap_is_seen(c):
+    """madvise(MADV_PAGEOUT) with swap on zram (guest-tests.sh sets it up):
+    reclaim unmaps the exporter's pages (CLEAR)."""
+    with open("/proc/swaps") as f:
+        expect(len(f.read().splitlines()) > 1, "no swap device: guest-tests.sh must add zram swap")
+
+    def check(reply):
+        kb = int(reply.split("swap_kb=")[1])
+        expect(kb >= 512, "only %d KiB of the exporter went to swap" % kb)
+    kernel_internal_event(c, "pageout 0 %d" % MiB, check)
+
+
 def test_mprotect_is_seen(c):
     """The user-space source cannot see mprotect at all; the module can."""
     e = Exporter(c.node(1), MiB, 1)

@@ -98,6 +98,14 @@ daemon_suite() {  # <label> <script> [<-k filter>]
 }
 if [ -n "$RELEASE" ]; then
   modprobe veth 2>/dev/null; modprobe bridge 2>/dev/null
+  # Swap for the reclaim test (daemon_test.py: MADV_PAGEOUT): zram, since
+  # the overlay root cannot hold a swap file.
+  if modprobe zram && echo 256M > /sys/block/zram0/disksize && mkswap /dev/zram0 >/dev/null &&
+     swapon /dev/zram0; then
+    echo "INFO swap: 256 MiB on zram0"
+  else
+    echo "INFO swap: could not set up zram swap (the pageout test will fail)"
+  fi
   # TETHER_VM_DAEMON_K (debugging): only daemon_test.py's tests matching it
   suite daemon && daemon_suite daemon "$REPO/tests/vm/daemon_test.py" "${TETHER_VM_DAEMON_K:-}"
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
