@@ -30,6 +30,7 @@ namespace tether {
 namespace {
 
 constexpr char kSetupPayload[] = "tether.rdma/setup-failed";
+constexpr char kDeviceRemoved[] = "the rdma device was removed";
 constexpr uint32_t kMaxInline = kRdmaMessageSize;
 constexpr int kMaxRdAtomic = 16;
 // Requests are sent unsignalled but for one in min(kSignalEvery, depth):
@@ -48,12 +49,12 @@ uint32_t IndexOf(uint64_t wr_id) { return static_cast<uint32_t>(wr_id); }
 uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 0xffff); }
 
 // A connection that could not be set up. Tagged for DataPath's fallback to
-// tcp only when rdma itself cannot reach the peer (no address, route or
-// device, resources); a peer that refuses (not listening: restarted or
-// gone; wrong token) or does not answer in time would refuse tcp too.
+// tcp when rdma itself cannot reach the peer (no address, route or device,
+// resources, no answer: the peer's device may be gone); a peer that refuses
+// (no listener: restarted or gone; a wrong token) would refuse tcp too.
 absl::Status SetupError(int err, const std::string& what) {
   absl::Status st = ErrnoStatus(err, what);
-  if (err != ECONNREFUSED && err != EACCES && err != ETIMEDOUT)
+  if (err != ECONNREFUSED && err != EACCES)
     st.SetPayload(kSetupPayload, absl::Cord("1"));
   return st;
 }
@@ -75,6 +76,23 @@ absl::StatusOr<sockaddr_storage> NumericAddress(const std::string& address) {
     return ErrnoStatus(EINVAL, absl::StrCat("'", address, "' is not a numeric host:port"));
   }
   return ss;
+}
+
+// After a device removal, once this process no longer uses the device:
+// librdmacm keeps a verbs context open per device and closes a removed one
+// only when it re-reads the device list with nothing referencing it; until
+// then a device without context disassociation (rxe) cannot finish going.
+// The removal event may come before the device leaves the device list, so
+// this is repeated for a while (RdmaTransport::ListenLoop, once a second).
+void ReleaseRemovedDevices() {
+  if (ibv_context** list = rdma_get_devices(nullptr)) rdma_free_devices(list);
+}
+
+// Until when ListenLoop keeps calling ReleaseRemovedDevices (ns since epoch).
+std::atomic<int64_t> g_release_until_ns{0};
+void NoteDeviceRemoval() {
+  g_release_until_ns = absl::ToUnixNanos(absl::Now() + absl::Seconds(60));
+  ReleaseRemovedDevices();
 }
 
 int EffectiveSpinUs(int configured) {
@@ -195,7 +213,15 @@ struct RdmaTransport::Connection {
   // Marks the connection dead and returns every chunk it still owed (the
   // caller completes them outside mu).
   std::vector<Chunk> MarkDead(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
-  void Destroy();
+  // Releases every verbs and rdma_cm object (the device can then go away:
+  // librdmacm closes a removed device once nothing references it). Only
+  // once the connection is dead and its thread is done with them.
+  void DestroyVerbs();
+  void Destroy() {
+    DestroyVerbs();
+    if (wake_fd >= 0) close(wake_fd);
+    wake_fd = -1;
+  }
 };
 
 absl::Status RdmaTransport::Connection::CreateResources(const std::string& what) {
@@ -284,13 +310,14 @@ std::vector<RdmaTransport::Connection::Chunk> RdmaTransport::Connection::MarkDea
   return owed;
 }
 
-void RdmaTransport::Connection::Destroy() {
+void RdmaTransport::Connection::DestroyVerbs() {
   if (id != nullptr && qp_created) rdma_disconnect(id);
   if (qp_created) {
     rdma_destroy_qp(id);
     qp_created = false;
   }
-  if (pool_mr != nullptr) ibv_dereg_mr(pool_mr);
+  if (pool_mr != nullptr && ibv_dereg_mr(pool_mr) != 0)
+    TLOG_WARN("rdma: ibv_dereg_mr: %s", std::strerror(errno));
   pool_mr = nullptr;
   pool.reset();
   if (ctrl_mr != nullptr) ibv_dereg_mr(ctrl_mr);
@@ -300,19 +327,23 @@ void RdmaTransport::Connection::Destroy() {
   if (cq != nullptr) {
     if (unacked_cq_events) ibv_ack_cq_events(cq, unacked_cq_events);
     unacked_cq_events = 0;
-    ibv_destroy_cq(cq);
+    if (int err = ibv_destroy_cq(cq); err != 0)
+      TLOG_WARN("rdma: ibv_destroy_cq: %s", std::strerror(err));
     cq = nullptr;
   }
-  if (comp != nullptr) ibv_destroy_comp_channel(comp);
+  if (comp != nullptr && ibv_destroy_comp_channel(comp) != 0)
+    TLOG_WARN("rdma: ibv_destroy_comp_channel: %s", std::strerror(errno));
   comp = nullptr;
-  if (pd != nullptr) ibv_dealloc_pd(pd);
+  if (pd != nullptr) {
+    if (int err = ibv_dealloc_pd(pd); err != 0)
+      TLOG_WARN("rdma: ibv_dealloc_pd: %s", std::strerror(err));
+  }
   pd = nullptr;
-  if (id != nullptr) rdma_destroy_id(id);
+  if (id != nullptr && rdma_destroy_id(id) != 0)
+    TLOG_WARN("rdma: rdma_destroy_id: %s", std::strerror(errno));
   id = nullptr;
   if (cm != nullptr) rdma_destroy_event_channel(cm);
   cm = nullptr;
-  if (wake_fd >= 0) close(wake_fd);
-  wake_fd = -1;
 }
 
 namespace {
@@ -683,7 +714,7 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
         rdma_cm_event_type t = ev->event;
         rdma_ack_cm_event(ev);
         if (t == RDMA_CM_EVENT_DISCONNECTED) why = "the peer disconnected";
-        else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL) why = "the rdma device was removed";
+        else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL) why = kDeviceRemoved;
       }
     }
     if (fds[2].revents & POLLIN) {
@@ -698,6 +729,14 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
     why = c->why;
   }
   FailChunks(c, std::move(owed), why);
+  // Dead: nobody posts any more (Submit and PumpLocked check `dead` under
+  // mu). Release the device now, not when the connection is reaped: a
+  // removed device waits for its last user.
+  c->DestroyVerbs();
+  if (why == kDeviceRemoved) {
+    TLOG_WARN("rdma: connection with node %d: %s", c->node, why);
+    NoteDeviceRemoval();
+  }
 }
 
 }  // namespace
@@ -793,13 +832,49 @@ std::string RdmaTransport::bound_address() const { return bound_address_; }
 
 void RdmaTransport::ListenLoop() {
   const int spin_us = EffectiveSpinUs(options_.spin_us);
+  absl::Time relisten_at = absl::InfiniteFuture();
   while (!shutting_down_) {
     pollfd fds[2] = {{listener_->cm->fd, POLLIN, 0}, {listener_->wake_fd, POLLIN, 0}};
     if (poll(fds, 2, 1000) < 0 && errno != EINTR) return;
     if (shutting_down_) return;
+    if (absl::ToUnixNanos(absl::Now()) < g_release_until_ns.load()) ReleaseRemovedDevices();
+    if (listener_->id == nullptr && absl::Now() >= relisten_at) {
+      // The device was removed: listen again at the same address and port
+      // (peers keep the address they learned from Hello) once it is back.
+      relisten_at = absl::Now() + absl::Seconds(2);
+      auto ss = NumericAddress(bound_address_);
+      rdma_cm_id* id = nullptr;
+      if (ss.ok() && rdma_create_id(listener_->cm, &id, nullptr, RDMA_PS_TCP) == 0) {
+        if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&*ss)) == 0 && id->verbs != nullptr &&
+            rdma_listen(id, 64) == 0) {
+          listener_->id = id;
+          relisten_at = absl::InfiniteFuture();
+          TLOG_INFO("rdma: listening again on %s (%s)", bound_address_,
+                    ibv_get_device_name(id->verbs->device));
+        } else {
+          rdma_destroy_id(id);
+        }
+      }
+    }
     if (!(fds[0].revents & POLLIN)) continue;
     rdma_cm_event* ev = nullptr;
     if (rdma_get_cm_event(listener_->cm, &ev) != 0) continue;
+    if (ev->event == RDMA_CM_EVENT_DEVICE_REMOVAL) {
+      bool ours = ev->id == listener_->id;
+      rdma_cm_id* id = ev->id;
+      rdma_ack_cm_event(ev);
+      if (ours) {
+        TLOG_WARN("rdma: the device under %s was removed; not accepting rdma connections "
+                  "until it returns", bound_address_);
+        rdma_destroy_id(id);
+        listener_->id = nullptr;
+        NoteDeviceRemoval();
+        relisten_at = absl::Now() + absl::Seconds(2);
+      } else {
+        rdma_destroy_id(id);  // a connect request not yet accepted
+      }
+      continue;
+    }
     if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
       rdma_ack_cm_event(ev);
       continue;
