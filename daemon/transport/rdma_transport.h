@@ -39,6 +39,11 @@
 //   UNAVAILABLE and drops the connection; the next request reconnects.
 //   Data is only ever placed in the pool, never in a caller's buffer, so a
 //   late RDMA WRITE cannot land in memory that was handed back.
+// - Device removal: the connection's thread releases its verbs objects at
+//   once and the listener drops its id (a removed device waits for its
+//   last user), then listens again at the same address when a device
+//   serves it. Connects that cannot reach the peer meanwhile are set-up
+//   failures: DataPath sends those requests over tcp (no write-back lost).
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_H_
 
