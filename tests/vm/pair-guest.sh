@@ -89,6 +89,23 @@ else
   export TETHER_CLUSTER_RXE=rxe0 TETHER_CLUSTER_NETDEV=eth0
   case " ${TETHER_VM_PAIR_SUITES:-invalidation core rdma} " in *" rdma "*)
     pair_suite pair-rdma "$REPO/tests/vm/rdma_test.py" "${TETHER_VM_PAIR_K:-}";; esac
+  # tests/vm/run --bench: the rdma fault latency and bandwidth between the
+  # two VMs (node 1 here, node 2 there), perftest on the same link.
+  case " ${TETHER_VM_PAIR_SUITES:-} " in *" bench "*)
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    timeout $((900 * SCALE)) /usr/bin/python3 "$REPO/tests/bench/run.py" --rdma \
+      --build-dir "$RELEASE" --rounds "${TETHER_VM_RDMA_BENCH_ROUNDS:-3}" \
+      --faults "${TETHER_VM_RDMA_BENCH_FAULTS:-400}" --size-mb "${TETHER_VM_RDMA_BENCH_MB:-32}" \
+      --json /mnt/share/bench-rdma.json
+    src=$?
+    echo "INFO pair bench: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
+    if [ $src -eq 0 ] && [ -s /mnt/share/bench-rdma.json ]; then
+      sed -i 's/"name": "rdma_/"name": "rdma_2vm_/' /mnt/share/bench-rdma.json
+      echo "PASS pair bench: $(wc -l < /mnt/share/bench-rdma.json) figures measured"
+    else
+      echo "FAIL pair bench: run.py --rdma exit $src (124 = timed out), no figures"; rc=1
+    fi;;
+  esac
   /usr/bin/python3 -c "
 import sys; sys.path.insert(0, '$REPO/tests/multinode')
 import remote; remote._request(('10.99.0.2', 7800), {'op': 'quit'})" ||
