@@ -210,6 +210,10 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
   m.range_id = ex->range_id;
   m.offset = s + ex->delta;
   m.len = e - s;
+  // Marked before: the module forwards every event that overlaps it, so
+  // the registry's windows cover this read (the fast path of every fault).
+  absl::MutexLock lock(&ex->marks_mu);
+  if (ex->marked.Contains(m.offset, m.offset + m.len)) return absl::OkStatus();
   if (ioctl(ctl_fd_, TETHER_IOC_MARK_CACHED, &m) != 0) {
     int err = errno;
     return ErrnoStatus(err == ESRCH ? ESRCH : err,
@@ -220,6 +224,7 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
   // still running; it was not forwarded and no END will tell us when it ends.
   if (m.seq & 1)
     return ErrnoStatus(EAGAIN, "retry: an invalidation of the exporter's memory is in progress");
+  ex->marked.Add(m.offset, m.offset + m.len);
   return absl::OkStatus();
 }
 
@@ -355,6 +360,9 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
     m.range_id = p.range_id;
     m.offset = p.start / kPage * kPage;
     m.len = (p.end + kPage - 1) / kPage * kPage - m.offset;
+    std::shared_ptr<Export> ex = FindRange(p.range_id);
+    absl::MutexLockMaybe lock(ex ? &ex->marks_mu : nullptr);
+    if (ex) ex->marked.Remove(m.offset, m.offset + m.len);
     if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
         errno != ESRCH)
       TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));

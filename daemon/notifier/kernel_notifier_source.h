@@ -77,6 +77,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/interval_set.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/notifier/notifier_source.h"
@@ -122,6 +123,12 @@ class KernelNotifierSource : public NotifierSource {
     uint64_t size = 0;   // segment size
     uint64_t delta = 0;  // segment start - range start (range offset = segment offset + delta)
     std::atomic<bool> released{false};  // RELEASE seen: the address space is gone
+    // What this daemon has marked cached in the module (range offsets), so
+    // that a read of a marked range costs no ioctl. Changed only together
+    // with the module's marks, under marks_mu: MARK in Watch(), UNMARK in
+    // EndWindow() while the window still refuses reads.
+    absl::Mutex marks_mu;
+    IntervalSet marked ABSL_GUARDED_BY(marks_mu);
   };
   struct Pending {  // a window opened for a forwarded blockable BEGIN
     uint64_t range_id = 0;
