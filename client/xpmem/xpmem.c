@@ -146,16 +146,19 @@ XPMEM_EXPORT xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
   if (mode & ~(uintptr_t)0777)
     return fail(EINVAL, fn, "permit mode %#lo has bits beyond 0777", (unsigned long)mode);
   if (size == 0) return fail(EINVAL, fn, "size is zero");
-  int whole = size == XPMEM_MAXADDR_SIZE;
-  if (!whole && (a + size < a || a + size > USER_ADDR_LIMIT))
-    return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space",
-                (unsigned long)a, size);
-  if (a % page_size() != 0 || (!whole && size % page_size() != 0))
+  /* As XPMEM: a range past the end of the user address space is an error
+   * unless the size is XPMEM_MAXADDR_SIZE, which means "from vaddr to the
+   * end" (the whole address space with vaddr NULL, as UCX, Open MPI and
+   * MPICH ask at start-up). Such a segment is watched lazily: only what
+   * mappers read is registered (docs/xpmem.md). */
+  if (a + size < a || a + size > USER_ADDR_LIMIT) {
+    if (size != XPMEM_MAXADDR_SIZE || a >= USER_ADDR_LIMIT)
+      return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space",
+                  (unsigned long)a, size);
+    size = USER_ADDR_LIMIT - a;
+  }
+  if (a % page_size() != 0 || size % page_size() != 0)
     return fail(EINVAL, fn, "address and size must be page aligned");
-  if (whole || a == 0)
-    return fail(EOPNOTSUPP, fn,
-                "whole-address-space exports (vaddr NULL or size XPMEM_MAXADDR_SIZE) are not "
-                "supported by tether: export the buffers you share");
   tether_segid_t segid = tether_make(vaddr, size, TETHER_PERMIT_MODE, permit_value);
   if (segid < 0) return fail(errno, fn, "%s", tether_strerror());
   pthread_mutex_lock(&mu);

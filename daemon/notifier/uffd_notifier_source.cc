@@ -7,11 +7,16 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 
@@ -23,10 +28,12 @@ constexpr uint64_t kPage = 4096;
 constexpr absl::Duration kZapWait = absl::Milliseconds(50);
 // Segments up to this size get a pagemap snapshot before events are read.
 constexpr uint64_t kSnapshotLimit = uint64_t{256} << 20;
+// Segments up to this size are registered whole at their first read.
+constexpr uint64_t kEagerRegisterLimit = uint64_t{64} << 30;
 }  // namespace
 
 UffdNotifierSource::Exporter::~Exporter() {
-  for (int fd : {uffd, pidfd, pagemap, stop_fd})
+  for (int fd : {uffd, pidfd, pagemap, maps, stop_fd})
     if (fd >= 0) close(fd);
 }
 
@@ -78,10 +85,12 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   ex->pidfd = pidfd;
   std::string path = absl::StrFormat("/proc/%d/pagemap", pid);
   ex->pagemap = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ex->maps = open(absl::StrFormat("/proc/%d/maps", pid).c_str(), O_RDONLY | O_CLOEXEC);
   ex->stop_fd = eventfd(0, EFD_CLOEXEC);
   pollfd p{pidfd, POLLIN, 0};
-  if (ex->pagemap < 0 || ex->stop_fd < 0 || poll(&p, 1, 0) != 0)
-    return ErrnoStatus(ex->pagemap < 0 ? errno : ESRCH, "watch exporter " + path);
+  if (ex->pagemap < 0 || ex->maps < 0 || ex->stop_fd < 0 || poll(&p, 1, 0) != 0)
+    return ErrnoStatus(ex->pagemap < 0 || ex->maps < 0 ? errno : ESRCH,
+                       "watch exporter " + path);
   exporters_[pid] = ex;
   segments_[segid] = {ex, seg->vaddr, seg->size};
   ++running_;
@@ -107,12 +116,25 @@ absl::Status UffdNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t 
   absl::MutexLock lock(&ex.mu);
   if (ex.registered.Contains(a0, a1)) return absl::OkStatus();
   // Whole segment first; if part of it is unmapped now, just what is read.
-  for (auto [r0, r1] : {std::make_pair(w.vaddr, w.vaddr + w.size), std::make_pair(a0, a1)}) {
+  // A segment that spans much of the address space (XPMEM's whole-space
+  // exports) gets only what is read: registering it all would fail on its
+  // file and special mappings, and would turn every free of the exporter's
+  // into an event.
+  std::pair<uint64_t, uint64_t> tries[2] = {{w.vaddr, w.vaddr + w.size}, {a0, a1}};
+  for (size_t i = w.size <= kEagerRegisterLimit ? 0 : 1; i < 2; ++i) {
+    auto [r0, r1] = tries[i];
     uffdio_register reg{};
     reg.range = {r0, r1 - r0};
     reg.mode = UFFDIO_REGISTER_MODE_WP;
+    // A registration skips holes, and a mapping made there later is not
+    // registered: remember only what was mapped both before and after it
+    // (a hole read later registers again).
+    IntervalSet before, after;
+    if (!ReadMapped(ex, r0, r1, &before)) break;
     if (ioctl(ex.uffd, UFFDIO_REGISTER, &reg) == 0) {
-      ex.registered.Add(r0, r1);
+      if (!ReadMapped(ex, r0, r1, &after)) break;
+      for (auto [m0, m1] : after.ToVector())
+        for (auto [b0, b1] : before.Intersect(m0, m1)) ex.registered.Add(b0, b1);
       return absl::OkStatus();
     }
   }
@@ -197,6 +219,33 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
              ex.pid, windows.size(), windows.empty() ? 0 : windows[0].second.acked.size(),
              absl::ToInt64Microseconds(t_read - t0),
              absl::ToInt64Microseconds(absl::Now() - t0));
+}
+
+bool UffdNotifierSource::ReadMapped(Exporter& ex, uint64_t start, uint64_t end,
+                                    IntervalSet* out) {
+  // maps is a seq_file: read it whole from offset 0 each time.
+  std::string text;
+  char buf[16384];
+  for (off_t off = 0;;) {
+    ssize_t n = pread(ex.maps, buf, sizeof(buf), off);
+    if (n < 0) return false;
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    off += n;
+  }
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    // "start-end perms offset dev inode path", addresses in hex
+    size_t dash = line.find('-'), space = line.find(' ');
+    uint64_t lo = 0, hi = 0;
+    if (dash == absl::string_view::npos || space == absl::string_view::npos || space < dash ||
+        !absl::SimpleHexAtoi(line.substr(0, dash), &lo) ||
+        !absl::SimpleHexAtoi(line.substr(dash + 1, space - dash - 1), &hi))
+      return false;
+    lo = std::max(lo, start);
+    hi = std::min(hi, end);
+    if (lo < hi) out->Add(lo, hi);
+  }
+  return true;
 }
 
 bool UffdNotifierSource::ReadPagemap(Exporter& ex, uint64_t start, uint64_t end,

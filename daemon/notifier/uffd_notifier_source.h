@@ -51,7 +51,7 @@ class UffdNotifierSource : public NotifierSource {
  private:
   struct Exporter {
     pid_t pid = 0;
-    int uffd = -1, pidfd = -1, pagemap = -1, stop_fd = -1;
+    int uffd = -1, pidfd = -1, pagemap = -1, maps = -1, stop_fd = -1;
     absl::Mutex mu;
     IntervalSet registered ABSL_GUARDED_BY(mu);  // exporter addresses
     ~Exporter();
@@ -63,6 +63,9 @@ class UffdNotifierSource : public NotifierSource {
 
   void Run(std::shared_ptr<Exporter> ex);
   void HandleEvents(Exporter& ex);
+  // The parts of [start, end) that the exporter has mappings at now, from
+  // /proc/<pid>/maps; false if it cannot be read.
+  bool ReadMapped(Exporter& ex, uint64_t start, uint64_t end, IntervalSet* out);
   // Reads /proc/<pid>/pagemap entries for [start, end) (exporter addresses).
   bool ReadPagemap(Exporter& ex, uint64_t start, uint64_t end, std::vector<uint64_t>* out);
   // Waits (bounded) until the kernel's zap after a REMOVE is visible: every

@@ -28,13 +28,15 @@ def validation_bin(c):
 class Producer:
     """`xpmem_share produce`: a pattern-filled range, xpmem_make()d."""
 
-    def __init__(self, node, size, seed, mode=0o644):
+    def __init__(self, node, size, seed, mode=0o644, whole=False):
         args = [share_bin(node.cluster), "produce", "--size", str(size), "--seed", str(seed),
-                "--mode", oct(mode).replace("0o", "0")]
+                "--mode", oct(mode).replace("0o", "0")] + (["--whole"] if whole else [])
         self.proc = subprocess.Popen(node.netns_cmd(args), env=node.env(), text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
         self.segid = None
+        self.base = 0  # segment offset of the buffer (its address with whole=True)
+        self.file = 0  # whole=True: address of a read-only mapping of the program file
         deadline = time.time() + 20
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -42,6 +44,10 @@ class Producer:
                 raise RuntimeError("producer died: rc=%s" % self.proc.wait(5))
             if line.startswith("segid="):
                 self.segid = int(line.split("=")[1])
+            if line.startswith("base="):
+                self.base = int(line.split("=")[1])
+            if line.startswith("file="):
+                self.file = int(line.split("=")[1])
             if line.strip() == "ready":
                 return
             if line.startswith("error"):
@@ -239,6 +245,59 @@ def test_permissions(c):
     consume_ok(c.node(3), "--segid", p.segid, "--uid", 65534, "--rdonly", "--get-only")
     consume_ok(c.node(1), "--segid", p.segid, "--uid", 65534, "--rdonly", "--get-only")
     consume_ok(c.node(2), "--segid", p.segid, "--rdonly", "--verify", 72)
+    p.close()
+
+
+def test_whole_address_space(c):
+    # xpmem_make(NULL, XPMEM_MAXADDR_SIZE) as UCX, Open MPI and MPICH make
+    # it: consumers attach at the producer's buffer address (its segment
+    # offset), on the same node and across nodes.
+    size = 2 * MiB
+    p = Producer(c.node(1), size, 91, whole=True)
+    b = p.base
+    expect(b > 0 and b % 4096 == 0, "producer's buffer address: %d" % b)
+    for node in (c.node(1), c.node(2)):
+        out = consume_ok(node, "--segid", p.segid, "--base", b, "--offset", b, "--len", size,
+                         "--verify", 91)
+        expect("verified %d bytes" % size in out, out)
+    consume_ok(c.node(3), "--segid", p.segid, "--base", b, "--offset", b + MiB, "--len", MiB,
+               "--write", 92, b + MiB, 8192)
+    expect(p.verify(92, MiB, 8192) == "ok", "node 3's write through a whole-space segment")
+    expect(p.verify(91, 0, MiB) == "ok", "untouched pages changed")
+    # The invalidation guarantee holds for it too: the producer unmaps the
+    # tail of its buffer while a consumer holds those pages; the consumer's
+    # next access raises SIGBUS, the rest still reads.
+    m = Consumer(c.node(2), p.segid, offset=b, length=size, extra=["--base", str(b)])
+    expect(m.command("verify 91 0 %d" % MiB) == "ok", "first read")
+    expect(m.command("verify 91 %d 65536" % (size - 65536)) == "ok", "first read of the tail")
+    expect(p.command("unmap %d 65536" % (size - 65536)) == "ok", "producer's munmap")
+    expect(m.command("verify 91 0 4096") == "ok", "a page still mapped at the producer")
+    r = m.command("read %d" % (size - 4096))
+    expect(r == "signal:%d" % SIGBUS, "page unmapped by the producer: " + r)
+    m.close()
+    # Addresses with nothing mapped at the producer: SIGBUS on access, and
+    # the daemons go on serving.
+    r = consume(c.node(2), "--segid", p.segid, "--base", b, "--offset", b + size - 65536,
+                "--len", 65536, "--verify", 91)
+    expect(r.returncode == -SIGBUS, "attachment of unmapped addresses: rc=%d %s" %
+           (r.returncode, r.stdout + r.stderr))
+    consume_ok(c.node(2), "--segid", p.segid, "--base", b, "--offset", b, "--len", 64 * 1024,
+               "--verify", 91)
+    # A file-backed mapping (the producer's own ELF header): tether.ko
+    # watches any mapping; userfaultfd only anonymous/shmem/hugetlb, so
+    # without the module its read is refused (SIGBUS), never served
+    # unwatched (docs/xpmem.md).
+    m = Consumer(c.node(2), p.segid, offset=p.file, length=4096)
+    got = [m.command("read %d" % i) for i in range(4)]
+    if os.path.exists("/dev/tether"):
+        expect(got == ["byte %d" % ch for ch in b"\x7fELF"],
+               "ELF header through a whole-space segment with tether.ko: %s" % got)
+    else:
+        expect(got[0] == "signal:%d" % SIGBUS,
+               "a file mapping without tether.ko must not be served: %s" % got)
+    m.close()
+    expect(p.command("remove") == "ok", "xpmem_remove of the whole-space segment")
+    consume_err(c.node(3), ENOENT, "--segid", p.segid)
     p.close()
 
 

@@ -110,6 +110,10 @@ if [ -n "$RELEASE" ]; then
   suite daemon && daemon_suite daemon "$REPO/tests/vm/daemon_test.py" "${TETHER_VM_DAEMON_K:-}"
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
     daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py"
+  # XPMEM's whole-address-space export with tether.ko watching it (the host
+  # tier runs it with the userfaultfd source).
+  [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
+    daemon_suite xpmem "$REPO/tests/multinode/test_xpmem.py" whole_address_space
 fi
 # The rdma tier (issue 5): the host tier's core and invalidation suites
 # again, with the rdma transport on a Soft-RoCE device. Soft-RoCE works only

@@ -3,19 +3,27 @@
  * way XPMEM programs share memory; tests/multinode/test_xpmem.py runs the two
  * roles in different processes on one node and on different nodes.
  *
- *   xpmem_share produce --size N --seed S [--mode 0644]
+ *   xpmem_share produce --size N --seed S [--mode 0644] [--whole]
  *       Fills N bytes with pattern(S), xpmem_make()s them, prints
- *       "segid=ID" and "ready", then obeys stdin lines until EOF/quit:
+ *       "segid=ID", "base=B" and "ready", then obeys stdin lines until
+ *       EOF/quit (offsets relative to the buffer):
  *         verify SEED OFF LEN -> "ok" | "mismatch at OFF"
  *         fill SEED OFF LEN   -> rewrites that part (plain stores); "ok"
  *         remove              -> xpmem_remove(); "ok" | "error: errno=E"
+ *         unmap OFF LEN       -> munmap of that part; "ok"
+ *       --whole: export the whole address space, xpmem_make(NULL,
+ *       XPMEM_MAXADDR_SIZE), as UCX and MPI runtimes do; the buffer is at
+ *       segment offset B (its address), and the first page of this
+ *       program's file, mapped read-only, at segment offset F (printed as
+ *       "file=F" before "ready"). Otherwise B is 0.
  *
  *   xpmem_share consume --segid ID [--offset O] [--len L] [--rdonly]
- *                       [--fixed] [--uid U] [--verify SEED]
+ *                       [--fixed] [--uid U] [--verify SEED] [--base B]
  *                       [--write SEED OFF LEN] [--interactive] [--get-only]
  *       xpmem_get + xpmem_attach of [O, O+L) (at a fixed address with
  *       --fixed), checks pattern(SEED), stores pattern(SEED2) into
  *       [OFF, OFF+LEN) (segment offsets), xpmem_detach, xpmem_release.
+ *       The pattern at segment offset X is pattern(SEED) at X - B.
  *       Prints "done" and exits 0; on error "error: errno=E what", exit 1.
  *       --get-only: xpmem_get and xpmem_release, no attach (a permit check
  *       for users who may not open /dev/userfaultfd).
@@ -85,12 +93,23 @@ static int produce(int argc, char **argv) {
   uint64_t size = num(arg(argc, argv, "--size"), 1 << 20);
   uint64_t seed = num(arg(argc, argv, "--seed"), 1);
   uint64_t mode = num(arg(argc, argv, "--mode"), 0644);
+  int whole = flag(argc, argv, "--whole");
   uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return fail("mmap");
   fill(mem, 0, size, seed);
-  xpmem_segid_t segid = xpmem_make(mem, size, XPMEM_PERMIT_MODE, (void *)(uintptr_t)mode);
+  xpmem_segid_t segid =
+      whole ? xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)(uintptr_t)mode)
+            : xpmem_make(mem, size, XPMEM_PERMIT_MODE, (void *)(uintptr_t)mode);
   if (segid < 0) return fail("xpmem_make");
-  printf("segid=%lld\nready\n", (long long)segid);
+  if (whole) { /* a file-backed mapping, for consumers to attach too */
+    FILE *self = fopen("/proc/self/exe", "r");
+    void *f = self ? mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fileno(self), 0) : MAP_FAILED;
+    if (f == MAP_FAILED) return fail("mmap of /proc/self/exe");
+    fclose(self);
+    printf("file=%" PRIu64 "\n", (uint64_t)(uintptr_t)f);
+  }
+  printf("segid=%lld\nbase=%" PRIu64 "\nready\n", (long long)segid,
+         whole ? (uint64_t)(uintptr_t)mem : 0);
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     uint64_t s, off, len;
@@ -106,6 +125,9 @@ static int produce(int argc, char **argv) {
         fill(mem + off, off, len, s);
         printf("ok\n");
       }
+    } else if (sscanf(line, "unmap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      if (off > size || len > size - off || munmap(mem + off, len) != 0) printf("error: range\n");
+      else printf("ok\n");
     } else if (strncmp(line, "remove", 6) == 0) {
       if (xpmem_remove(segid) != 0) printf("error: errno=%d remove\n", errno);
       else printf("ok\n");
@@ -121,6 +143,7 @@ static int produce(int argc, char **argv) {
 struct consumer {
   xpmem_apid_t apid;
   off_t offset;
+  uint64_t base; /* segment offset of the pattern's offset 0 */
   uint64_t len;
   void *fixed; /* NULL: the system chooses */
   uint8_t *p;
@@ -146,7 +169,7 @@ static int interactive(struct consumer *c) {
       if (!c->p || o > c->len || l > c->len - o) {
         printf("error: range\n");
       } else {
-        int64_t bad = check(c->p + o, (uint64_t)c->offset + o, l, s);
+        int64_t bad = check(c->p + o, (uint64_t)c->offset - c->base + o, l, s);
         if (bad < 0) printf("ok\n");
         else printf("mismatch at %" PRId64 "\n", bad);
       }
@@ -154,7 +177,7 @@ static int interactive(struct consumer *c) {
       if (!c->p || o > c->len || l > c->len - o) {
         printf("error: range\n");
       } else {
-        fill(c->p + o, (uint64_t)c->offset + o, l, s);
+        fill(c->p + o, (uint64_t)c->offset - c->base + o, l, s);
         printf("ok\n");
       }
     } else if (strncmp(line, "detach", 6) == 0) {
@@ -191,6 +214,7 @@ static int consume(int argc, char **argv) {
   xpmem_segid_t segid = (xpmem_segid_t)num(arg(argc, argv, "--segid"), 0);
   c.offset = (off_t)num(arg(argc, argv, "--offset"), 0);
   c.len = num(arg(argc, argv, "--len"), 4096);
+  c.base = num(arg(argc, argv, "--base"), 0);
   int rdonly = flag(argc, argv, "--rdonly");
   c.apid = xpmem_get(segid, rdonly ? XPMEM_RDONLY : XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
   if (c.apid < 0) return fail("xpmem_get");
@@ -213,7 +237,7 @@ static int consume(int argc, char **argv) {
   if (flag(argc, argv, "--interactive")) return interactive(&c);
   const char *verify = arg(argc, argv, "--verify");
   if (verify) {
-    int64_t bad = check(c.p, (uint64_t)c.offset, c.len, num(verify, 0));
+    int64_t bad = check(c.p, (uint64_t)c.offset - c.base, c.len, num(verify, 0));
     if (bad >= 0) {
       printf("error: mismatch at segment offset %" PRId64 "\n", bad);
       return 1;
@@ -231,7 +255,7 @@ static int consume(int argc, char **argv) {
       errno = EINVAL;
       return fail("--write range outside the attachment");
     }
-    fill(c.p + (wo - (uint64_t)c.offset), wo, wl, ws);
+    fill(c.p + (wo - (uint64_t)c.offset), wo - c.base, wl, ws);
     printf("wrote %" PRIu64 " bytes at segment offset %" PRIu64 "\n", wl, wo);
   }
   if (xpmem_detach(c.p) != 0) return fail("xpmem_detach");

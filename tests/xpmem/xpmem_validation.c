@@ -133,12 +133,23 @@ int main(void) {
   expect_rc("make_beyond_user_space",
             xpmem_make((void *)0x7ffffffff000ul, 2 * PAGE, XPMEM_PERMIT_MODE, (void *)0600),
             EINVAL);
-  expect_rc("make_whole_address_space",
-            xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600), EOPNOTSUPP);
-  expect_rc("make_rest_of_address_space",
-            xpmem_make(buf, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600), EOPNOTSUPP);
-  expect_rc("make_from_null", xpmem_make(NULL, 0x7ffffffff000ul, XPMEM_PERMIT_MODE, (void *)0666),
-            EOPNOTSUPP);
+  /* Whole-address-space exports, as UCX, Open MPI and MPICH make them. */
+  xpmem_segid_t whole = xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600);
+  expect_rc("make_whole_address_space", whole, 0);
+  expect_rc("remove_whole_address_space", whole >= 0 ? xpmem_remove(whole) : -1, 0);
+  xpmem_segid_t rest = xpmem_make(buf, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600);
+  expect_rc("make_rest_of_address_space", rest, 0);
+  expect_rc("remove_rest_of_address_space", rest >= 0 ? xpmem_remove(rest) : -1, 0);
+  xpmem_segid_t from_null =
+      xpmem_make(NULL, 0x7ffffffff000ul, XPMEM_PERMIT_MODE, (void *)0666); /* Open MPI's */
+  expect_rc("make_from_null", from_null, 0);
+  expect_rc("remove_from_null", from_null >= 0 ? xpmem_remove(from_null) : -1, 0);
+  expect_rc("make_maxaddr_from_beyond_user_space",
+            xpmem_make((void *)0x7ffffffff000ul, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
+                       (void *)0600),
+            EINVAL);
+  expect_rc("make_maxaddr_unaligned_vaddr",
+            xpmem_make(buf + 8, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600), EINVAL);
   xpmem_segid_t own = xpmem_make(buf, 4 * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
   expect_rc("make_ok", own, 0);
 

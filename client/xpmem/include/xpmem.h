@@ -13,8 +13,9 @@
  *    later stores are seen by a new attach (or tether_acquire()); the
  *    consumer's stores reach the exporter at xpmem_detach(),
  *    xpmem_release() or the consumer's exit.
- *  - Whole-address-space exports (vaddr NULL, or size XPMEM_MAXADDR_SIZE)
- *    fail with EOPNOTSUPP.
+ *  - Whole-address-space exports (vaddr NULL, size XPMEM_MAXADDR_SIZE) work
+ *    as in XPMEM (attach offsets are the exporter's addresses); without
+ *    tether.ko only anonymous, shmem and hugetlb memory can be attached.
  *
  * All functions return -1 (xpmem_attach: (void *)-1) and set errno on error.
  */
@@ -42,8 +43,8 @@ struct xpmem_addr {
   off_t offset;      /* offset into apid's memory */
 };
 
-/* xpmem_make() size meaning "from vaddr to the end of the address space".
- * tether cannot export that (see above): such calls fail with EOPNOTSUPP. */
+/* xpmem_make() size meaning "from vaddr to the end of the address space"
+ * (with vaddr NULL: the whole address space, segment offset = address). */
 #define XPMEM_MAXADDR_SIZE ((size_t)(-1L))
 
 /* XPMEM's "unknown thread due to fork()" error number (never set by tether). */
