@@ -1,9 +1,10 @@
 /*
  * tt — the test and demo client for tether, written against tether.h only.
  *
- *   tt export --size N --seed S [--name NAME] [--mode 0644]
+ *   tt export --size N --seed S [--name NAME] [--mode 0644] [--no-export]
  *       Exports N bytes filled with pattern(S); prints "segid=ID" and
- *       "ready", then obeys stdin lines until EOF:
+ *       "ready", then obeys stdin lines until EOF (--no-export: the same
+ *       without calling tether at all, "segid=0": a benchmark baseline):
  *         verify SEED OFF LEN   -> "ok" | "mismatch at OFF"
  *         fill SEED OFF LEN     -> rewrites that part; "ok"
  *         munmap OFF LEN        -> "ok MS" (how long the call took)
@@ -100,10 +101,12 @@ static int do_export(int argc, char **argv) {
   uint64_t seed = num(arg(argc, argv, "--seed"), 1);
   uint64_t mode = num(arg(argc, argv, "--mode"), 0600);
   const char *name = arg(argc, argv, "--name");
+  int no_export = flag(argc, argv, "--no-export");
   uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return fail("mmap");
   fill(mem, 0, size, seed);
-  tether_segid_t segid = tether_make(mem, size, TETHER_PERMIT_MODE, (void *)(uintptr_t)mode);
+  tether_segid_t segid =
+      no_export ? 0 : tether_make(mem, size, TETHER_PERMIT_MODE, (void *)(uintptr_t)mode);
   if (segid < 0) return fail("tether_make");
   if (name && tether_publish(segid, name) != 0) return fail("tether_publish");
   printf("segid=%" PRId64 "\nready\n", segid);
