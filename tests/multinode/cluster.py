@@ -26,9 +26,9 @@ def sh(*cmd, check=True, **kw):
 class Exporter:
     """A `tt export` process: exports a pattern-filled range."""
 
-    def __init__(self, node, size, seed, name=None, mode=0o644, extra=()):
-        args = [node.cluster.tt, "export", "--size", str(size), "--seed", str(seed),
-                "--mode", oct(mode).replace("0o", "0")] + list(extra)
+    def __init__(self, node, size, seed, name=None, mode=0o644, extra=(), prefix=()):
+        args = list(prefix) + [node.cluster.tt, "export", "--size", str(size), "--seed",
+                               str(seed), "--mode", oct(mode).replace("0o", "0")] + list(extra)
         if name:
             args += ["--name", name]
         self.proc = node.popen(args, text=True,
