@@ -147,15 +147,16 @@ XPMEM_EXPORT xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
     return fail(EINVAL, fn, "permit mode %#lo has bits beyond 0777", (unsigned long)mode);
   if (size == 0) return fail(EINVAL, fn, "size is zero");
   /* As XPMEM: a range past the end of the user address space is an error
-   * unless the size is XPMEM_MAXADDR_SIZE, which means "from vaddr to the
-   * end" (the whole address space with vaddr NULL, as UCX, Open MPI and
-   * MPICH ask at start-up). Such a segment is watched lazily: only what
-   * mappers read is registered (docs/xpmem.md). */
-  if (a + size < a || a + size > USER_ADDR_LIMIT) {
-    if (size != XPMEM_MAXADDR_SIZE || a >= USER_ADDR_LIMIT)
-      return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space",
-                  (unsigned long)a, size);
+   * unless the size is XPMEM_MAXADDR_SIZE, which then means "to the end".
+   * XPMEM computes vaddr + size with wrap-around, so only vaddr NULL gets
+   * there (the whole address space, as UCX, Open MPI and MPICH ask at
+   * start-up); any other vaddr with that size is EINVAL. Such a segment is
+   * watched lazily: only what mappers read is registered (docs/xpmem.md). */
+  if (size == XPMEM_MAXADDR_SIZE && a + size > USER_ADDR_LIMIT) {
     size = USER_ADDR_LIMIT - a;
+  } else if (a + size < a || a + size > USER_ADDR_LIMIT) {
+    return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space",
+                (unsigned long)a, size);
   }
   if (a % page_size() != 0 || size % page_size() != 0)
     return fail(EINVAL, fn, "address and size must be page aligned");

@@ -212,8 +212,12 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
   m.len = e - s;
   // Marked before: the module forwards every event that overlaps it, so
   // the registry's windows cover this read (the fast path of every fault).
-  absl::MutexLock lock(&ex->marks_mu);
-  if (ex->marked.Contains(m.offset, m.offset + m.len)) return absl::OkStatus();
+  uint64_t unmarks = 0;
+  {
+    absl::MutexLock lock(&ex->marks_mu);
+    if (ex->marked.Contains(m.offset, m.offset + m.len)) return absl::OkStatus();
+    unmarks = ex->unmarks;
+  }
   if (ioctl(ctl_fd_, TETHER_IOC_MARK_CACHED, &m) != 0) {
     int err = errno;
     return ErrnoStatus(err == ESRCH ? ESRCH : err,
@@ -224,7 +228,8 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
   // still running; it was not forwarded and no END will tell us when it ends.
   if (m.seq & 1)
     return ErrnoStatus(EAGAIN, "retry: an invalidation of the exporter's memory is in progress");
-  ex->marked.Add(m.offset, m.offset + m.len);
+  absl::MutexLock lock(&ex->marks_mu);
+  if (ex->unmarks == unmarks) ex->marked.Add(m.offset, m.offset + m.len);
   return absl::OkStatus();
 }
 
@@ -320,6 +325,9 @@ void KernelNotifierSource::HandleBegin(const tether_event& ev) {
     TLOG_INFO("segment %#x: non-blockable %s of [%#x, %#x) (OOM reaper): revoking all "
               "attachments asynchronously",
               ex->segid, TypeName(ev.type), s, e);
+    // No window covers it: reads must ask the module again (odd sequence)
+    // instead of trusting the cached mark. The module's mark stays.
+    ex->Forget(ev.start / kPage * kPage, (ev.end + kPage - 1) / kPage * kPage);
     coordinator_->RevokeAll(ex->segid, "exporter's memory torn down (OOM)");
     Ack(ev.event_id);
     return;
@@ -361,11 +369,12 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
     m.offset = p.start / kPage * kPage;
     m.len = (p.end + kPage - 1) / kPage * kPage - m.offset;
     std::shared_ptr<Export> ex = FindRange(p.range_id);
-    absl::MutexLockMaybe lock(ex ? &ex->marks_mu : nullptr);
-    if (ex) ex->marked.Remove(m.offset, m.offset + m.len);
+    if (ex) ex->Forget(m.offset, m.offset + m.len);
     if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
         errno != ESRCH)
       TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
+    // A MARK that ran concurrently may have landed before this UNMARK.
+    if (ex) ex->Forget(m.offset, m.offset + m.len);
   }
   std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
   if (gone) gone_offsets.emplace_back(p.seg_start, p.seg_end);

@@ -124,11 +124,20 @@ class KernelNotifierSource : public NotifierSource {
     uint64_t delta = 0;  // segment start - range start (range offset = segment offset + delta)
     std::atomic<bool> released{false};  // RELEASE seen: the address space is gone
     // What this daemon has marked cached in the module (range offsets), so
-    // that a read of a marked range costs no ioctl. Changed only together
-    // with the module's marks, under marks_mu: MARK in Watch(), UNMARK in
-    // EndWindow() while the window still refuses reads.
+    // that a read of a marked range costs no ioctl. Never held across an
+    // ioctl (MARK allocates; reclaim of the exporter's pages would wait for
+    // our event thread). Instead every forgetting bumps `unmarks` before and
+    // after its UNMARK, and Watch() caches a MARK only if no forgetting
+    // overlapped it. Forgotten: at END (UNMARK while the window still
+    // refuses reads) and at a non-blockable BEGIN (no window covers it).
     absl::Mutex marks_mu;
     IntervalSet marked ABSL_GUARDED_BY(marks_mu);
+    uint64_t unmarks ABSL_GUARDED_BY(marks_mu) = 0;
+    void Forget(uint64_t start, uint64_t end) {
+      absl::MutexLock lock(&marks_mu);
+      marked.Remove(start, end);
+      ++unmarks;
+    }
   };
   struct Pending {  // a window opened for a forwarded blockable BEGIN
     uint64_t range_id = 0;

@@ -120,29 +120,55 @@ absl::Status UffdNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t 
   // exports) gets only what is read: registering it all would fail on its
   // file and special mappings, and would turn every free of the exporter's
   // into an event.
+  //
+  // A registration skips holes, and nothing registers a mapping made in a
+  // hole later. So only what was mapped before the registration and still
+  // is after it counts as watched, and those parts are registered once
+  // more (covering a mapping that replaced one in between). The read goes
+  // on only if all of [a0, a1) is watched.
   std::pair<uint64_t, uint64_t> tries[2] = {{w.vaddr, w.vaddr + w.size}, {a0, a1}};
+  int err = 0;
   for (size_t i = w.size <= kEagerRegisterLimit ? 0 : 1; i < 2; ++i) {
     auto [r0, r1] = tries[i];
     uffdio_register reg{};
     reg.range = {r0, r1 - r0};
     reg.mode = UFFDIO_REGISTER_MODE_WP;
-    // A registration skips holes, and a mapping made there later is not
-    // registered: remember only what was mapped both before and after it
-    // (a hole read later registers again).
     IntervalSet before, after;
-    if (!ReadMapped(ex, r0, r1, &before)) break;
-    if (ioctl(ex.uffd, UFFDIO_REGISTER, &reg) == 0) {
-      if (!ReadMapped(ex, r0, r1, &after)) break;
-      for (auto [m0, m1] : after.ToVector())
-        for (auto [b0, b1] : before.Intersect(m0, m1)) ex.registered.Add(b0, b1);
-      return absl::OkStatus();
+    if (!ReadMapped(ex, r0, r1, &before)) {
+      err = EIO;
+      break;
     }
+    if (ioctl(ex.uffd, UFFDIO_REGISTER, &reg) != 0) {
+      err = errno;
+      continue;
+    }
+    if (!ReadMapped(ex, r0, r1, &after)) {
+      err = EIO;
+      break;
+    }
+    for (auto [m0, m1] : after.ToVector()) {
+      for (auto [b0, b1] : before.Intersect(m0, m1)) {
+        uffdio_register again{};
+        again.range = {b0, b1 - b0};
+        again.mode = UFFDIO_REGISTER_MODE_WP;
+        if (ioctl(ex.uffd, UFFDIO_REGISTER, &again) == 0) ex.registered.Add(b0, b1);
+      }
+    }
+    if (ex.registered.Contains(a0, a1)) return absl::OkStatus();
+    return ErrnoStatus(EFAULT, absl::StrFormat("segment %#x: the exporter has no mapping at part "
+                                               "of [%#x, %#x) (or it changed while being "
+                                               "watched)",
+                                               segid, a0, a1));
   }
-  return ErrnoStatus(errno, absl::StrFormat(
-                                "segment %#x: cannot watch exporter range [%#x, %#x) with "
-                                "userfaultfd (only anonymous, shmem and hugetlb memory can be "
-                                "watched without tether.ko)",
-                                segid, a0, a1));
+  if (err == EIO)
+    return ErrnoStatus(EIO, absl::StrFormat("segment %#x: cannot read the exporter's mappings "
+                                            "(/proc/%d/maps)",
+                                            segid, ex.pid));
+  return ErrnoStatus(err, absl::StrFormat(
+                              "segment %#x: cannot watch exporter range [%#x, %#x) with "
+                              "userfaultfd (only anonymous, shmem and hugetlb memory can be "
+                              "watched without tether.ko)",
+                              segid, a0, a1));
 }
 
 void UffdNotifierSource::Run(std::shared_ptr<Exporter> ex) {

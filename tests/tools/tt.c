@@ -102,6 +102,10 @@ static int do_export(int argc, char **argv) {
   uint64_t mode = num(arg(argc, argv, "--mode"), 0600);
   const char *name = arg(argc, argv, "--name");
   int no_export = flag(argc, argv, "--no-export");
+  if (no_export && name) {
+    errno = EINVAL;
+    return fail("--no-export and --name exclude each other");
+  }
   uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return fail("mmap");
   fill(mem, 0, size, seed);

@@ -26,6 +26,7 @@ Figures (microseconds, medians of interleaved rounds: TCG is noisy):
 import argparse
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
@@ -40,7 +41,7 @@ LEN = MiB
 # The 0-mapper figures compare processes: run them without address-space
 # randomization, so that the same program gets the same layout in both
 # (under TCG, layout alone moves a munmap's cost by several per cent).
-NO_ASLR = ["setarch", "x86_64", "-R"]
+NO_ASLR = ["setarch", platform.machine(), "-R"]
 ZERO_REPS = 4
 
 
@@ -95,7 +96,7 @@ def measure(build_dir, plain_bin, rounds, warmup):
         c.extra_procs = [plain]
         e0 = Exporter(home, LEN, 1, prefix=NO_ASLR)  # nobody ever maps it
         tn = Exporter(home, LEN, 1, extra=["--no-export"], prefix=NO_ASLR)  # no tether
-        e1 = Exporter(home, LEN, 1)        # one mapper on node 2 caches it
+        e1 = Exporter(home, LEN, 1, prefix=NO_ASLR)  # one mapper on node 2 caches it
         m = Mapper(far, e1.segid, length=LEN)
         seed = {"e0": 1, "e1": 1, "tn": 1}
         rnd = random.Random(4)

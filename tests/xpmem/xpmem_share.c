@@ -11,6 +11,7 @@
  *         fill SEED OFF LEN   -> rewrites that part (plain stores); "ok"
  *         remove              -> xpmem_remove(); "ok" | "error: errno=E"
  *         unmap OFF LEN       -> munmap of that part; "ok"
+ *         remap SEED OFF LEN  -> new memory there (MAP_FIXED), pattern(SEED); "ok"
  *       --whole: export the whole address space, xpmem_make(NULL,
  *       XPMEM_MAXADDR_SIZE), as UCX and MPI runtimes do; the buffer is at
  *       segment offset B (its address), and the first page of this
@@ -128,6 +129,15 @@ static int produce(int argc, char **argv) {
     } else if (sscanf(line, "unmap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
       if (off > size || len > size - off || munmap(mem + off, len) != 0) printf("error: range\n");
       else printf("ok\n");
+    } else if (sscanf(line, "remap %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
+      if (off > size || len > size - off ||
+          mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+               -1, 0) == MAP_FAILED) {
+        printf("error: range\n");
+      } else {
+        fill(mem + off, off, len, s);
+        printf("ok\n");
+      }
     } else if (strncmp(line, "remove", 6) == 0) {
       if (xpmem_remove(segid) != 0) printf("error: errno=%d remove\n", errno);
       else printf("ok\n");

@@ -43,8 +43,9 @@ struct xpmem_addr {
   off_t offset;      /* offset into apid's memory */
 };
 
-/* xpmem_make() size meaning "from vaddr to the end of the address space"
- * (with vaddr NULL: the whole address space, segment offset = address). */
+/* xpmem_make() size that, with vaddr NULL, exports the whole address space
+ * (segment offset = address); with any other vaddr it is EINVAL, as in
+ * XPMEM. */
 #define XPMEM_MAXADDR_SIZE ((size_t)(-1L))
 
 /* XPMEM's "unknown thread due to fork()" error number (never set by tether). */
