@@ -373,7 +373,8 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
     if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
         errno != ESRCH)
       TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
-    // A MARK that ran concurrently may have landed before this UNMARK.
+    // Bump again: a Watch() that read the count between the two bumps may
+    // have MARKed before this UNMARK, and must not cache its mark.
     if (ex) ex->Forget(m.offset, m.offset + m.len);
   }
   std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
