@@ -46,19 +46,8 @@ if [ "${TETHER_VM_BENCH:-0}" = 1 ]; then
   # Issue 5: the rdma transport's fault latency and bandwidth beside
   # perftest on the same Soft-RoCE device (tests/bench/run.py --rdma).
   if modprobe rdma_rxe && modprobe rdma_ucm && modprobe ib_uverbs; then
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    timeout $((900 * SCALE)) /usr/bin/python3 "$REPO/tests/bench/run.py" --rdma \
-      --build-dir "$RELEASE" --rounds "${TETHER_VM_RDMA_BENCH_ROUNDS:-3}" \
-      --faults "${TETHER_VM_RDMA_BENCH_FAULTS:-400}" --size-mb "${TETHER_VM_RDMA_BENCH_MB:-32}" \
-      --json /mnt/share/bench-rdma.json
-    src=$?
-    echo "INFO rdma bench: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
-    if [ $src -eq 0 ] && [ -s /mnt/share/bench-rdma.json ]; then
-      echo "PASS rdma bench: $(wc -l < /mnt/share/bench-rdma.json) figures measured"
-    else
-      echo "FAIL rdma bench: run.py --rdma exit $src (124 = timed out), no figures"
-      rc=1
-    fi
+    . "$REPO/tests/vm/rdma-bench.sh"
+    rdma_bench "rdma bench" || rc=1
   else
     echo "FAIL rdma bench: cannot load rdma_rxe/rdma_ucm/ib_uverbs"
     rc=1

@@ -92,18 +92,11 @@ else
   # tests/vm/run --bench: the rdma fault latency and bandwidth between the
   # two VMs (node 1 here, node 2 there), perftest on the same link.
   case " ${TETHER_VM_PAIR_SUITES:-} " in *" bench "*)
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    timeout $((900 * SCALE)) /usr/bin/python3 "$REPO/tests/bench/run.py" --rdma \
-      --build-dir "$RELEASE" --rounds "${TETHER_VM_RDMA_BENCH_ROUNDS:-3}" \
-      --faults "${TETHER_VM_RDMA_BENCH_FAULTS:-400}" --size-mb "${TETHER_VM_RDMA_BENCH_MB:-32}" \
-      --json /mnt/share/bench-rdma.json
-    src=$?
-    echo "INFO pair bench: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
-    if [ $src -eq 0 ] && [ -s /mnt/share/bench-rdma.json ]; then
+    . "$REPO/tests/vm/rdma-bench.sh"
+    if rdma_bench "pair bench"; then
       sed -i 's/"name": "rdma_/"name": "rdma_2vm_/' /mnt/share/bench-rdma.json
-      echo "PASS pair bench: $(wc -l < /mnt/share/bench-rdma.json) figures measured"
     else
-      echo "FAIL pair bench: run.py --rdma exit $src (124 = timed out), no figures"; rc=1
+      rc=1
     fi;;
   esac
   /usr/bin/python3 -c "
