@@ -277,7 +277,8 @@ def test_whole_address_space(c):
     m.close()
     # Addresses with nothing mapped at the producer: SIGBUS on access, and
     # the daemons go on serving.
-    r = consume(c.node(2), "--segid", p.segid, "--base", b, "--offset", b + size - 65536,
+    tail = b + size - 65536
+    r = consume(c.node(2), "--segid", p.segid, "--base", b, "--offset", tail,
                 "--len", 65536, "--verify", 91)
     expect(r.returncode == -SIGBUS, "attachment of unmapped addresses: rc=%d %s" %
            (r.returncode, r.stdout + r.stderr))
@@ -285,7 +286,6 @@ def test_whole_address_space(c):
                "--verify", 91)
     # Memory mapped later in that hole is watched from its first read: the
     # producer maps it again, a consumer reads it, the producer unmaps it.
-    tail = b + size - 65536
     expect(p.command("remap 93 %d 65536" % (size - 65536)) == "ok", "producer maps the hole")
     m = Consumer(c.node(3), p.segid, offset=tail, length=65536, extra=["--base", str(b)])
     expect(m.command("verify 93 0 65536") == "ok", "memory mapped in the hole")

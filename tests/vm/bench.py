@@ -98,7 +98,8 @@ def measure(build_dir, plain_bin, rounds, warmup):
         tn = Exporter(home, LEN, 1, extra=["--no-export"], prefix=NO_ASLR)  # no tether
         e1 = Exporter(home, LEN, 1, prefix=NO_ASLR)  # one mapper on node 2 caches it
         m = Mapper(far, e1.segid, length=LEN)
-        seed = {"e0": 1, "e1": 1, "tn": 1}
+        procs = {"e0": e0, "e1": e1, "tn": tn}
+        seed = {k: 1 for k in procs}
         rnd = random.Random(4)
 
         def munmap(which):
@@ -107,7 +108,7 @@ def measure(build_dir, plain_bin, rounds, warmup):
                     return "plain_munmap", ms(plain_cmd("munmap %d" % LEN), "plain munmap")
                 if which == "unexp":  # unexported memory, in the exporter's process
                     return "unexp_munmap", ms(e0.command("plain-munmap %d" % LEN), "plain-munmap")
-                e = {"e0": e0, "e1": e1, "tn": tn}[which]
+                e = procs[which]
                 if which == "e1":
                     ok(m.command("verify %d 0 %d" % (seed["e1"], LEN)), "mapper caching")
                 t = ms(e.command("munmap 0 %d" % LEN), which + " munmap")
@@ -120,7 +121,7 @@ def measure(build_dir, plain_bin, rounds, warmup):
             def go():
                 if which == "plain":
                     return "plain_dontneed", ms(plain_cmd("dontneed %d" % LEN), "plain dontneed")
-                e = {"e0": e0, "e1": e1, "tn": tn}[which]
+                e = procs[which]
                 if which == "e1":
                     ok(m.command("verify %d 0 %d" % (seed["e1"], LEN)), "mapper caching")
                 t = ms(e.command("dontneed 0 %d" % LEN), which + " dontneed")
