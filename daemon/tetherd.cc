@@ -36,6 +36,9 @@ class PeerInvalidationChannel : public InvalidationChannel {
     }
     peers_->Invalidate(node, n, timeout, std::move(done));
   }
+  void Prepare(uint32_t node) override {
+    if (node != self_) peers_->Connect(node);
+  }
 
  private:
   uint32_t self_;
@@ -122,7 +125,7 @@ absl::Status Tetherd::Start() {
   hello.data_secret = token;
   ASSIGN_OR_RETURN(peer_server_,
                    PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(),
-                                     mapper_invalidation_.get(), hello));
+                                     mapper_invalidation_.get(), channel_.get(), hello));
   DaemonInfo info;
   info.node_id = config_.node_id;
   info.incarnation = incarnation_;

@@ -34,6 +34,10 @@ class InvalidationChannel {
   virtual ~InvalidationChannel() = default;
   virtual void Send(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
                     Done done) = 0;
+  // The home granted `node` an attachment, so notices to it will follow:
+  // connect now (without waiting), so that the first range_begin does not
+  // spend its ack deadline on connection and TLS set-up.
+  virtual void Prepare(uint32_t node) {}
 };
 
 // The mapper side of the protocol, on every node.

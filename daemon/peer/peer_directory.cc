@@ -285,6 +285,12 @@ std::vector<PeerState> PeerDirectory::States() {
 
 namespace tether {
 
+void PeerDirectory::Connect(uint32_t node) {
+  absl::MutexLock lock(&impl_->mu);
+  auto it = impl_->peers.find(node);
+  if (it != impl_->peers.end()) it->second->channel->GetState(/*try_to_connect=*/true);
+}
+
 void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
                                absl::Duration timeout, InvalidationChannel::Done done) {
   auto stub = impl_->Stub(node);

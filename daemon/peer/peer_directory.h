@@ -56,6 +56,9 @@ class PeerDirectory {
   void SetTransportNamer(
       std::function<std::string(uint32_t node, const DataEndpoint& ep)> namer);
 
+  // Starts connecting to the peer (TCP and TLS) if not connected; does not
+  // wait.
+  void Connect(uint32_t node);
   // Sends an invalidation notice (async, parallel: gRPC callback API);
   // `done` runs once with the peer's answer.
   void Invalidate(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,

@@ -45,8 +45,9 @@ grpc::Status NotThatNode(uint32_t node) {
 
 class PeerServiceImpl final : public peer::Peer::Service {
  public:
-  PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper, HelloInfo hello)
-      : registry_(registry), mapper_(mapper), hello_(std::move(hello)) {}
+  PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper,
+                  InvalidationChannel* notices, HelloInfo hello)
+      : registry_(registry), mapper_(mapper), notices_(notices), hello_(std::move(hello)) {}
 
   grpc::Status Invalidate(grpc::ServerContext* ctx, const peer::InvalidateRequest* req,
                           peer::InvalidateResponse*) override {
@@ -102,6 +103,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
     auto g = registry_->Attach(req->segid(), cred, req->write(), req->mapper_node());
     if (!g.ok()) return ToGrpc(g.status());
+    notices_->Prepare(req->mapper_node());
     resp->set_remote_attach_id(g->id);
     resp->set_segment_size(g->segment_size);
     resp->set_writable(g->writable);
@@ -133,6 +135,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
  private:
   SegmentRegistry* registry_;
   InvalidationTarget* mapper_;
+  InvalidationChannel* notices_;
   HelloInfo hello_;
 };
 
@@ -158,9 +161,11 @@ absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const std::string&
                                                               const TlsConfig& tls,
                                                               SegmentRegistry* registry,
                                                               InvalidationTarget* mapper,
+                                                              InvalidationChannel* notices,
                                                               HelloInfo hello) {
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<PeerServiceImpl>(registry, mapper, std::move(hello));
+  impl->service =
+      std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello));
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls.insecure) {
     creds = grpc::InsecureServerCredentials();

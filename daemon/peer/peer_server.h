@@ -27,6 +27,7 @@ class PeerServer {
                                                            const TlsConfig& tls,
                                                            SegmentRegistry* registry,
                                                            InvalidationTarget* mapper,
+                                                           InvalidationChannel* notices,
                                                            HelloInfo hello);
   ~PeerServer();
   void Shutdown();

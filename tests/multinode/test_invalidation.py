@@ -139,8 +139,11 @@ def test_fencing_a_frozen_mapper(c):
                "munmap took %.0f ms with a %d ms deadline" % (took, DEADLINE_MS))
         expect(took >= DEADLINE_MS * 0.9, "munmap should have waited for the frozen node")
         # node 3 acked in time and is unaffected
-        expect(m3.command("verify 1 4096 4096") == "ok", "node 3 keeps working")
-        expect(m3.command("read 0") == "signal:%d" % SIGBUS, "node 3: unmapped page")
+        r = m3.command("verify 1 4096 4096")
+        expect(r == "ok", "node 3 keeps working: " + r)
+        r = m3.command("read 0")
+        expect(r == "signal:%d" % SIGBUS, "node 3: an unmapped page must raise SIGBUS: %s "
+               "(node 3's attachments: %s)" % (r, c.node(3).ctl("attachments").stdout))
     finally:
         c.node(2).daemon.send_signal(signal.SIGCONT)
     # Once resumed, node 2 processes the revocation: held pages raise SIGBUS,

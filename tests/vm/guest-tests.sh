@@ -66,24 +66,10 @@ fi
 # namespaces inside this VM, tetherd choosing tether.ko.  Each harness line
 # "PASS x"/"FAIL x" is prefixed with its script; its "N passed, N failed"
 # line becomes INFO.  A script that dies without a summary line is a FAIL.
+. "$REPO/tests/vm/suite.sh"
+export TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200}
 daemon_suite() {  # <label> <script> [<-k filter>]
-  t0=$(cut -d' ' -f1 /proc/uptime)
-  TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200} \
-    timeout $((${TETHER_VM_DAEMON_TIMEOUT:-300} * SCALE)) \
-    /usr/bin/python3 "$2" --build-dir "$RELEASE" ${3:+-k "$3"} > "/tmp/$1.log" 2>&1
-  src=$?
-  sed -n -e "s/^INFO /INFO $1: /p" -e "s/^\(PASS\|FAIL\) /\1 $1\//p" \
-    -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
-  echo "INFO $1: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
-  if ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "/tmp/$1.log"; then
-    echo "FAIL $1: the script ended without a summary (exit $src; 124 = timed out); log tail:"
-    tail -25 "/tmp/$1.log" | sed 's/^/    /'
-    rc=1
-  elif [ $src -ne 0 ]; then
-    # the harness printed its FAIL lines (with cluster logs in the log)
-    sed -n '/^FAIL /,/^PASS /p' "/tmp/$1.log" | grep -v '^PASS ' | head -60 | sed 's/^/    /'
-    rc=1
-  fi
+  py_suite "$1" $((${TETHER_VM_DAEMON_TIMEOUT:-300} * SCALE)) "$2" "${3:-}"
 }
 if [ -n "$RELEASE" ]; then
   modprobe veth 2>/dev/null; modprobe bridge 2>/dev/null
@@ -98,7 +84,7 @@ if [ -n "$RELEASE" ]; then
   # TETHER_VM_DAEMON_K (debugging): only daemon_test.py's tests matching it
   suite daemon && daemon_suite daemon "$REPO/tests/vm/daemon_test.py" "${TETHER_VM_DAEMON_K:-}"
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
-    daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py"
+    daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py" "${TETHER_VM_INVALIDATION_K:-}"
   # XPMEM's whole-address-space export with tether.ko watching it (the host
   # tier runs it with the userfaultfd source).
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||

@@ -64,22 +64,9 @@ else
   export TETHER_CLUSTER_NET=pair TETHER_CLUSTER_RDMA=1 TETHER_CLUSTER_SHARED=/mnt/pair
   export TETHER_CLUSTER_IPS=1=10.99.0.1,2=10.99.0.2,3=10.99.0.3 TETHER_CLUSTER_REMOTE=2=$AGENT
   export TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200}
+  . "$REPO/tests/vm/suite.sh"
   pair_suite() {  # <label> <script> [<-k filter>]
-    t0=$(cut -d' ' -f1 /proc/uptime)
-    timeout $((${TETHER_VM_PAIR_TIMEOUT:-600} * SCALE)) \
-      /usr/bin/python3 "$2" --build-dir "$RELEASE" ${3:+-k "$3"} > "/tmp/$1.log" 2>&1
-    src=$?
-    sed -n -e "s/^INFO /INFO $1: /p" -e "s/^\(PASS\|FAIL\) /\1 $1\//p" \
-      -e "s/^\([0-9]* passed, [0-9]* failed\)$/INFO $1: \1/p" "/tmp/$1.log"
-    echo "INFO $1: exit $src, $(awk -v a="$t0" '{printf "%.0f", $1-a}' /proc/uptime) s"
-    if ! grep -qE '^[0-9]+ passed, [0-9]+ failed$' "/tmp/$1.log"; then
-      echo "FAIL $1: the script ended without a summary (exit $src; 124 = timed out); log tail:"
-      tail -25 "/tmp/$1.log" | sed 's/^/    /'
-      rc=1
-    elif [ $src -ne 0 ]; then
-      sed -n '/^FAIL /,/^PASS /p' "/tmp/$1.log" | grep -v '^PASS ' | head -80 | sed 's/^/    /'
-      rc=1
-    fi
+    py_suite "$1" $((${TETHER_VM_PAIR_TIMEOUT:-600} * SCALE)) "$2" "${3:-}"
   }
   case " ${TETHER_VM_PAIR_SUITES:-invalidation core rdma} " in *" invalidation "*)
     pair_suite pair-invalidation "$REPO/tests/multinode/test_invalidation.py" "${TETHER_VM_PAIR_K:-}";; esac
