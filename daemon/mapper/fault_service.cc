@@ -458,8 +458,18 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   absl::MutexLock lock(&att.mu);
   att.windows.erase(key);
   uint64_t base = att.vaddr.load();
-  for (uint64_t p = p0; p < p1; ++p)
-    if (!att.InWindow(p) && base) Wake(att.uffd, base + p * kPage, kPage);
+  if (!base) return result;
+  // One UFFDIO_WAKE per run of pages no other window still holds.
+  for (uint64_t p = p0; p < p1;) {
+    if (att.InWindow(p)) {
+      ++p;
+      continue;
+    }
+    uint64_t q = p + 1;
+    while (q < p1 && !att.InWindow(q)) ++q;
+    Wake(att.uffd, base + p * kPage, (q - p) * kPage);
+    p = q;
+  }
   return result;
 }
 

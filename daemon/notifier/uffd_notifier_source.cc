@@ -204,6 +204,7 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
   // Before the kernel goes on: which frames back the exporter's segments now
   // (small segments only), so that the end of a REMOVE's zap is recognised
   // even if the exporter touches the pages again at once.
+  absl::Time t_acks = absl::Now();
   uint64_t snap_start = 0;
   std::vector<uint64_t> snapshot;
   if (segs.size() == 1 && segs[0].end - segs[0].start <= kSnapshotLimit) {
@@ -211,6 +212,7 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     if (!ReadPagemap(ex, snap_start, segs[0].vaddr + segs[0].end, &snapshot)) snapshot.clear();
   }
   std::vector<std::pair<uint64_t, uint64_t>> gone, removed;
+  absl::Time t_snap = absl::Now();
   uffd_msg msgs[16];
   while (true) {
     ssize_t r = read(ex.uffd, msgs, sizeof(msgs));
@@ -240,9 +242,10 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     }
     coordinator_->End(w, gone_offsets);
   }
-  TLOG_DEBUG("pid %d: %d event window(s), %d node(s) asked: %d us to acks and read, %d us in "
-             "all",
+  TLOG_DEBUG("pid %d: %d event window(s), %d node(s) asked: acks after %d us, pagemap %d us, "
+             "read after %d us, %d us in all",
              ex.pid, windows.size(), windows.empty() ? 0 : windows[0].second.acked.size(),
+             absl::ToInt64Microseconds(t_acks - t0), absl::ToInt64Microseconds(t_snap - t_acks),
              absl::ToInt64Microseconds(t_read - t0),
              absl::ToInt64Microseconds(absl::Now() - t0));
 }
