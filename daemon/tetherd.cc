@@ -16,35 +16,14 @@
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
+#include "daemon/peer/notice_receiver.h"
+#include "daemon/peer/peer_invalidation_channel.h"
 #include "daemon/peer/peer_server.h"
 #include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/tcp_transport.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
-
-// Notices to this node's own mappers are a direct call; others go by gRPC.
-class PeerInvalidationChannel : public InvalidationChannel {
- public:
-  PeerInvalidationChannel(uint32_t self, PeerDirectory* peers, InvalidationTarget* local)
-      : self_(self), peers_(peers), local_(local) {}
-  void Send(uint32_t node, const InvalidationNotice& n, absl::Duration timeout,
-            Done done) override {
-    if (node == self_) {
-      std::move(done)(local_->Handle(n));
-      return;
-    }
-    peers_->Invalidate(node, n, timeout, std::move(done));
-  }
-  void Prepare(uint32_t node) override {
-    if (node != self_) peers_->Connect(node);
-  }
-
- private:
-  uint32_t self_;
-  PeerDirectory* peers_;
-  InvalidationTarget* local_;
-};
 
 Tetherd::Tetherd(TetherdConfig config) : config_(std::move(config)) {}
 
@@ -70,7 +49,9 @@ absl::Status Tetherd::Start() {
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
   RETURN_IF_ERROR(registry_->Start());
 
-  transport_ = std::make_unique<TcpTransport>(config_.node_id);
+  auto tcp = std::make_unique<TcpTransport>(config_.node_id);
+  TcpTransport* tcp_transport = tcp.get();
+  transport_ = std::move(tcp);
   RETURN_IF_ERROR(transport_->Listen(config_.data_listen, token, registry_.get()));
   RETURN_IF_ERROR(StartRdma(token));
 
@@ -92,8 +73,12 @@ absl::Status Tetherd::Start() {
                                           peers_.get(), faults_.get());
   mapper_invalidation_ = std::make_unique<MapperInvalidation>(
       faults_.get(), [this](uint64_t segid) { return local_api_->AttachmentsOf(segid); });
+  // Homes' range_begin/range_end come on our data listener (the fast path)
+  // or by gRPC; ours go out the same two ways.
+  notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
+  tcp_transport->SetNoticeServer(notice_receiver_.get());
   channel_ = std::make_unique<PeerInvalidationChannel>(config_.node_id, peers_.get(),
-                                                       mapper_invalidation_.get());
+                                                       tcp_transport, mapper_invalidation_.get());
   coordinator_ = std::make_unique<InvalidationCoordinator>(
       config_.node_id, registry_.get(), channel_.get(),
       absl::Milliseconds(config_.invalidate_deadline_ms));
@@ -188,9 +173,11 @@ void Tetherd::Stop() {
   if (peer_server_) peer_server_->Shutdown();
   if (notifier_) notifier_->Stop();
   if (faults_) faults_->Stop();
+  if (channel_) channel_->Stop();
   if (peers_) peers_->Shutdown();
   if (rdma_) rdma_->Shutdown();
-  if (transport_) transport_->Shutdown();
+  if (transport_) transport_->Shutdown();  // no more notices come in
+  if (notice_receiver_) notice_receiver_->Stop();
   registry_->Stop();
   local_server_.reset();
   admin_server_.reset();
@@ -199,6 +186,7 @@ void Tetherd::Stop() {
   notifier_.reset();
   coordinator_.reset();
   channel_.reset();
+  notice_receiver_.reset();
   mapper_invalidation_.reset();
   local_api_.reset();
   faults_.reset();

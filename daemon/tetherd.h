@@ -55,6 +55,7 @@ class InvalidationCoordinator;
 class MapperInvalidation;
 class NotifierSource;
 class PeerInvalidationChannel;
+class NoticeReceiver;
 
 class Tetherd {
  public:
@@ -78,6 +79,7 @@ class Tetherd {
   std::unique_ptr<FaultService> faults_;
   std::unique_ptr<LocalApi> local_api_;
   std::unique_ptr<MapperInvalidation> mapper_invalidation_;
+  std::unique_ptr<NoticeReceiver> notice_receiver_;
   std::unique_ptr<PeerInvalidationChannel> channel_;
   std::unique_ptr<InvalidationCoordinator> coordinator_;
   std::unique_ptr<NotifierSource> notifier_;

@@ -12,6 +12,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
+#include "daemon/peer/notice_codec.h"
 #include "peer.grpc.pb.h"
 
 namespace tether {
@@ -310,21 +311,7 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
   // Wait for a connection within the deadline rather than failing fast:
   // a peer that restarts its channel still gets the notice.
   call->ctx.set_wait_for_ready(true);
-  switch (n.kind) {
-    case InvalidationNotice::Kind::kBegin: call->req.set_kind(peer::InvalidateRequest::BEGIN); break;
-    case InvalidationNotice::Kind::kEnd: call->req.set_kind(peer::InvalidateRequest::END); break;
-    case InvalidationNotice::Kind::kRevoke: call->req.set_kind(peer::InvalidateRequest::REVOKE); break;
-  }
-  call->req.set_segid(n.segid);
-  call->req.set_start(n.start);
-  call->req.set_end(n.end);
-  call->req.set_window(n.window);
-  for (const auto& [a, b] : n.gone) {
-    call->req.add_gone(a);
-    call->req.add_gone(b);
-  }
-  call->req.set_reason(n.reason);
-  call->req.set_home_node(n.home_node);
+  ToProto(n, &call->req);
   call->done = std::move(done);
   {
     absl::MutexLock lock(&impl_->calls_mu);

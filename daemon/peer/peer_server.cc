@@ -5,6 +5,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
+#include "daemon/peer/notice_codec.h"
 #include "daemon/transport/data_token.h"
 #include "peer.grpc.pb.h"
 
@@ -52,29 +53,9 @@ class PeerServiceImpl final : public peer::Peer::Service {
   grpc::Status Invalidate(grpc::ServerContext* ctx, const peer::InvalidateRequest* req,
                           peer::InvalidateResponse*) override {
     if (!CallerIsNode(ctx, req->home_node())) return NotThatNode(req->home_node());
-    InvalidationNotice n;
-    switch (req->kind()) {
-      case peer::InvalidateRequest::BEGIN: n.kind = InvalidationNotice::Kind::kBegin; break;
-      case peer::InvalidateRequest::END: n.kind = InvalidationNotice::Kind::kEnd; break;
-      case peer::InvalidateRequest::REVOKE: n.kind = InvalidationNotice::Kind::kRevoke; break;
-      default:
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown notice kind", "22");
-    }
-    SegidParts parts;
-    if (!ParseSegid(req->segid(), &parts) || parts.node != req->home_node() ||
-        req->start() > req->end() || req->start() % 4096 || req->end() % 4096)
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed invalidation", "22");
-    n.segid = req->segid();
-    n.start = req->start();
-    n.end = req->end();
-    n.window = req->window();
-    if (req->gone_size() % 2 != 0 || req->gone_size() > 2048)
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed gone ranges", "22");
-    for (int i = 0; i + 1 < req->gone_size(); i += 2)
-      n.gone.emplace_back(req->gone(i), req->gone(i + 1));
-    n.reason = req->reason();
-    n.home_node = req->home_node();
-    return ToGrpc(mapper_->Handle(n));
+    auto n = FromProto(*req);
+    if (!n.ok()) return ToGrpc(n.status());
+    return ToGrpc(mapper_->Handle(*n));
   }
 
   grpc::Status Hello(grpc::ServerContext* ctx, const peer::HelloRequest* req,

@@ -232,7 +232,8 @@ void TcpTransport::ServeLoop(int fd) {
   while (!shutting_down_) {
     if (!ReadFull(fd, buf, sizeof(buf))) break;
     auto h = DecodeHeader(buf, sizeof(buf));
-    if (!h.ok() || (h->type != FrameType::kReadReq && h->type != FrameType::kWriteReq)) {
+    if (!h.ok() || (h->type != FrameType::kReadReq && h->type != FrameType::kWriteReq &&
+                     h->type != FrameType::kNoticeReq)) {
       TLOG_WARN("data connection from node %d: protocol error (%s); closing", peer,
                 h.ok() ? "unexpected frame type" : std::string(h.status().message()));
       break;
@@ -248,6 +249,15 @@ void TcpTransport::ServeLoop(int fd) {
       if (!SendFrame(fd, resp, st.ok() ? absl::Span<const uint8_t>(data)
                                        : absl::Span<const uint8_t>()))
         break;
+    } else if (h->type == FrameType::kNoticeReq) {
+      resp.type = FrameType::kNoticeResp;
+      if (!ReadFull(fd, data.data(), data.size())) break;
+      NoticeServer* notices = notice_server_.load();
+      absl::Status st = notices ? notices->Notice(peer, data)
+                                : ErrnoStatus(EOPNOTSUPP, "this node takes no notices");
+      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      resp.length = 0;
+      if (!SendFrame(fd, resp, {})) break;
     } else {
       resp.type = FrameType::kWriteResp;
       if (!ReadFull(fd, data.data(), data.size())) break;
@@ -352,13 +362,19 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
     std::move(done)(conn_or.status());
     return;
   }
-  std::shared_ptr<Connection> conn = *std::move(conn_or);
+  SendOn(*std::move(conn_or), type, segid, grant, offset, dst, src, std::move(done));
+}
+
+void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t segid,
+                          uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+                          absl::Span<const uint8_t> src, Done done) {
+  size_t len = type == static_cast<int>(FrameType::kReadReq) ? dst.size() : src.size();
   uint64_t id = next_req_id_.fetch_add(1, std::memory_order_relaxed);
   {
     absl::MutexLock lock(&conn->mu);
     if (conn->dead) {
       std::move(done)(absl::UnavailableError(
-          absl::StrCat("connection to node ", home.node_id, " lost")));
+          absl::StrCat("connection to node ", conn->node, " lost")));
       return;
     }
     conn->pending.emplace(id, Pending{dst, std::move(done)});
@@ -373,6 +389,30 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
   // On failure the receiver sees the shutdown and fails every pending
   // request, this one included: exactly one completion either way.
   if (!ok) shutdown(conn->fd, SHUT_RDWR);
+}
+
+void TcpTransport::Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) {
+  if (payload.empty() || payload.size() > kMaxNoticePayload) {
+    std::move(done)(absl::InvalidArgumentError("notice length out of range"));
+    return;
+  }
+  std::shared_ptr<Connection> conn;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(node);
+    if (it != conns_.end()) conn = it->second;
+  }
+  if (!conn) {
+    std::move(done)(absl::UnavailableError(absl::StrCat("no data connection to node ", node)));
+    return;
+  }
+  // SendOn writes the frame before it returns: `payload` need not outlive it.
+  SendOn(std::move(conn), static_cast<int>(FrameType::kNoticeReq), 0, 0, 0, {}, payload,
+         std::move(done));
+}
+
+absl::Status TcpTransport::Connect(const DataEndpoint& peer) {
+  return GetConnection(peer).status();
 }
 
 void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant,
@@ -425,7 +465,7 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
         std::move(p.done)(absl::UnavailableError("connection lost mid-response"));
         break;
       }
-    } else if (h->type != FrameType::kWriteResp) {
+    } else if (h->type != FrameType::kWriteResp && h->type != FrameType::kNoticeResp) {
       std::move(p.done)(absl::DataLossError("unexpected frame type"));
       why = "unexpected frame type";
       break;

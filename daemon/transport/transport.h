@@ -26,6 +26,17 @@ class BlockServer {
                                    uint64_t offset, absl::Span<const uint8_t> src) = 0;
 };
 
+// Implemented by every node for the invalidation notices a home sends over
+// a data connection (TcpTransport::Notify): `payload` is an encoded notice,
+// `peer_node` the node the connection authenticated as. Called on the
+// connection's serving thread, in arrival order: must not block on the
+// network.
+class NoticeServer {
+ public:
+  virtual ~NoticeServer() = default;
+  virtual absl::Status Notice(uint32_t peer_node, absl::Span<const uint8_t> payload) = 0;
+};
+
 // Where a peer's data endpoint is, and the token it expects (learned from
 // the peer's Hello over the authenticated control plane).
 struct DataEndpoint {

@@ -40,7 +40,7 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
   FrameHeader h;
   uint16_t type = Get<uint16_t>(buf + 6);
   if (type < static_cast<uint16_t>(FrameType::kHello) ||
-      type > static_cast<uint16_t>(FrameType::kWriteResp))
+      type > static_cast<uint16_t>(FrameType::kNoticeResp))
     return absl::InvalidArgumentError(absl::StrFormat("unknown frame type %d", type));
   h.type = static_cast<FrameType>(type);
   h.req_id = Get<uint64_t>(buf + 8);
@@ -54,6 +54,8 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
   if (h.offset + h.length < h.offset) return absl::InvalidArgumentError("offset overflow");
   if (h.type == FrameType::kHello && h.length != kDataTokenSize)
     return absl::InvalidArgumentError("hello without a token");
+  if (h.type == FrameType::kNoticeReq && (h.length == 0 || h.length > kMaxNoticePayload))
+    return absl::InvalidArgumentError(absl::StrFormat("notice of %d bytes", h.length));
   if (h.status > 4095) return absl::InvalidArgumentError("bad status value");
   return h;
 }
@@ -62,6 +64,7 @@ size_t PayloadLength(const FrameHeader& h) {
   switch (h.type) {
     case FrameType::kHello:
     case FrameType::kWriteReq:
+    case FrameType::kNoticeReq:
       return h.length;
     case FrameType::kReadResp:
       return h.status == 0 ? h.length : 0;

@@ -16,7 +16,10 @@
 //   44   4   status    0 or a positive errno (responses only)
 //
 // HELLO carries the 32-byte data token as payload and the sender's node id
-// in `segid`. Decode validates everything a peer could get wrong; nothing
+// in `segid`. NOTICE_REQ (home -> mapper node, on a connection the home
+// opened to the mapper's listener) carries an encoded invalidation notice
+// (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
+// answers it with a status and no payload. Decode validates everything a peer could get wrong; nothing
 // past the header is trusted before that.
 #ifndef TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
 #define TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
@@ -34,6 +37,7 @@ constexpr uint16_t kWireVersion = 1;
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;
+constexpr uint32_t kMaxNoticePayload = 64u << 10;
 
 enum class FrameType : uint16_t {
   kHello = 1,
@@ -42,6 +46,8 @@ enum class FrameType : uint16_t {
   kReadResp = 4,
   kWriteReq = 5,
   kWriteResp = 6,
+  kNoticeReq = 7,
+  kNoticeResp = 8,
 };
 
 struct FrameHeader {

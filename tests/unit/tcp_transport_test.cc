@@ -4,10 +4,12 @@
 
 #include <atomic>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
@@ -159,6 +161,84 @@ TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {
   TcpTransport home2(1);
   ASSERT_TRUE(home2.Listen("127.0.0.1:0", kToken, &server).ok());
   EXPECT_TRUE(ReadSync(mapper, Ep(home2.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
+}
+
+// Records notices; answers with `answer`.
+class RecordingNotices : public NoticeServer {
+ public:
+  absl::Status Notice(uint32_t peer, absl::Span<const uint8_t> payload) override {
+    absl::MutexLock lock(&mu);
+    peers.push_back(peer);
+    payloads.emplace_back(payload.begin(), payload.end());
+    return answer;
+  }
+  absl::Mutex mu;
+  std::vector<uint32_t> peers;
+  std::vector<std::string> payloads;
+  absl::Status answer;
+};
+
+absl::Status NotifySync(TcpTransport& t, uint32_t node, const std::string& payload) {
+  absl::Notification n;
+  absl::Status result;
+  t.Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
+                                     payload.size()),
+           [&](absl::Status st) {
+             result = st;
+             n.Notify();
+           });
+  n.WaitForNotification();
+  return result;
+}
+
+TEST(TcpTransport, NoticesGoOnAnExistingConnectionOnly) {
+  // Node 1 is the home and sends notices to node 2, a mapper, whose data
+  // listener takes them; the connection is node 1's, with node 1's token at 2.
+  MemoryServer blocks(4096);
+  RecordingNotices notices;
+  TcpTransport home(1), mapper(2);
+  mapper.SetNoticeServer(&notices);
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks).ok());
+  DataEndpoint ep;
+  ep.node_id = 2;
+  ep.address = mapper.bound_address();
+  ep.token = DataTokenFor(kToken, 1);
+
+  // No connection yet: Notify never connects (it runs inside ack deadlines).
+  absl::Status st = NotifySync(home, 2, "begin");
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_TRUE(notices.payloads.empty());
+
+  ASSERT_TRUE(home.Connect(ep).ok());
+  EXPECT_TRUE(NotifySync(home, 2, "begin").ok());
+  notices.answer = ErrnoStatus(EINVAL, "malformed");
+  st = NotifySync(home, 2, "junk");
+  EXPECT_EQ(ToErrno(st), EINVAL) << st;
+  {
+    absl::MutexLock lock(&notices.mu);
+    ASSERT_EQ(notices.payloads.size(), 2u);
+    EXPECT_EQ(notices.payloads[0], "begin");
+    EXPECT_EQ(notices.peers[0], 1u);  // the node the connection authenticated as
+  }
+  // Empty and oversized notices are refused before anything is sent.
+  EXPECT_EQ(NotifySync(home, 2, "").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(NotifySync(home, 2, std::string(kMaxNoticePayload + 1, 'x')).code(),
+            absl::StatusCode::kInvalidArgument);
+  // A notice of the largest size passes.
+  notices.answer = absl::OkStatus();
+  EXPECT_TRUE(NotifySync(home, 2, std::string(kMaxNoticePayload, 'y')).ok());
+}
+
+TEST(TcpTransport, NoticesWithoutAServerAreRefused) {
+  MemoryServer blocks(4096);
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks).ok());
+  DataEndpoint ep;
+  ep.node_id = 2;
+  ep.address = mapper.bound_address();
+  ep.token = DataTokenFor(kToken, 1);
+  ASSERT_TRUE(home.Connect(ep).ok());
+  EXPECT_EQ(ToErrno(NotifySync(home, 2, "begin")), EOPNOTSUPP);
 }
 
 TEST(TcpTransport, BadAddresses) {

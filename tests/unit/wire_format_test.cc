@@ -51,7 +51,7 @@ TEST(WireFormat, RejectsBadHeaders) {
   std::memcpy(bad, buf, sizeof(bad));
   bad[6] = 0;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type 0
-  bad[6] = 7;
+  bad[6] = 9;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type past the last
   h.length = kMaxPayload + 1;
   EncodeHeader(h, bad);
@@ -63,6 +63,22 @@ TEST(WireFormat, RejectsBadHeaders) {
   FrameHeader hello{FrameType::kHello, 1, 1, 0, 0, 16, 0};
   EncodeHeader(hello, bad);
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // hello with a short token
+  FrameHeader notice{FrameType::kNoticeReq, 1, 0, 0, 0, kMaxNoticePayload + 1, 0};
+  EncodeHeader(notice, bad);
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // notice over its limit
+  notice.length = 0;
+  EncodeHeader(notice, bad);
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // empty notice
+  notice.length = 100;
+  EncodeHeader(notice, bad);
+  auto ok = DecodeHeader(bad, sizeof(bad));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(PayloadLength(*ok), 100u);
+  FrameHeader resp{FrameType::kNoticeResp, 1, 0, 0, 0, 0, 22};
+  EncodeHeader(resp, bad);
+  ok = DecodeHeader(bad, sizeof(bad));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(PayloadLength(*ok), 0u);
 }
 
 TEST(WireFormat, RandomBytesNeverCrash) {

@@ -1,0 +1,94 @@
+#include "daemon/peer/peer_invalidation_channel.h"
+
+#include <string>
+#include <utility>
+
+#include "daemon/common/log.h"
+#include "daemon/peer/notice_codec.h"
+#include "daemon/peer/peer_directory.h"
+#include "daemon/transport/tcp_transport.h"
+
+namespace tether {
+
+PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* peers,
+                                                 TcpTransport* tcp, InvalidationTarget* local)
+    : self_(self), peers_(peers), tcp_(tcp), local_(local), thread_([this] { Run(); }) {}
+
+PeerInvalidationChannel::~PeerInvalidationChannel() { Stop(); }
+
+void PeerInvalidationChannel::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void PeerInvalidationChannel::Send(uint32_t node, const InvalidationNotice& n,
+                                   absl::Duration timeout, Done done) {
+  if (node == self_) {
+    std::move(done)(local_->Handle(n));
+    return;
+  }
+  if (tcp_ == nullptr || n.kind == InvalidationNotice::Kind::kRevoke) {
+    peers_->Invalidate(node, n, timeout, std::move(done));
+    return;
+  }
+  std::string payload = EncodeNotice(n);
+  tcp_->Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
+                                         payload.size()),
+               [this, node, n, timeout, done = std::move(done)](absl::Status st) mutable {
+                 // kUnavailable: no connection (yet), or lost with the notice
+                 // in flight; the receiver never answers with it.
+                 if (!absl::IsUnavailable(st)) {
+                   std::move(done)(st);
+                   return;
+                 }
+                 Connect(node);
+                 peers_->Invalidate(node, n, timeout, std::move(done));
+               });
+}
+
+void PeerInvalidationChannel::Prepare(uint32_t node) {
+  if (node == self_) return;
+  peers_->Connect(node);
+  Connect(node);
+}
+
+void PeerInvalidationChannel::Connect(uint32_t node) {
+  if (tcp_ == nullptr) return;
+  absl::MutexLock lock(&mu_);
+  if (stopping_ || !queued_.insert(node).second) return;
+  to_connect_.push_back(node);
+}
+
+void PeerInvalidationChannel::Run() {
+  while (true) {
+    uint32_t node;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](PeerInvalidationChannel* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->stopping_ || !c->to_connect_.empty();
+          },
+          this));
+      if (stopping_) return;
+      node = to_connect_.front();
+      to_connect_.pop_front();
+    }
+    // Twice: a token cached from before the peer restarted is refused once.
+    absl::Status st;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      auto ep = peers_->Endpoint(node);
+      st = ep.ok() ? tcp_->Connect(*ep) : ep.status();
+      if (st.ok()) break;
+      peers_->Forget(node);
+    }
+    if (!st.ok())
+      TLOG_DEBUG("notice connection to node %d: %s (notices go by gRPC)", node, st.ToString());
+    absl::MutexLock lock(&mu_);
+    queued_.erase(node);
+  }
+}
+
+}  // namespace tether

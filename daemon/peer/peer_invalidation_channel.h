@@ -1,0 +1,66 @@
+// PeerInvalidationChannel: how the home's InvalidationCoordinator reaches
+// mapper nodes.
+//
+//   this node           a direct call to its own MapperInvalidation;
+//   range_begin/_end    a NOTICE frame on the tcp data connection to the
+//                       node (TcpTransport::Notify): one round trip of our
+//                       own framing, the fast path;
+//   revocations, and    the Peer service's Invalidate call (gRPC, mutual
+//   any notice the      TLS, waits for a reconnecting peer).
+//   fast path cannot
+//   carry
+//
+// The data connection is opened ahead of time — when the node is granted
+// an attachment (Prepare), or after a notice had to go by gRPC — on this
+// channel's own thread: connecting may block, and a range_begin must never
+// spend its ack deadline on it. A connection lost with a notice in flight
+// resends that notice by gRPC.
+#ifndef TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
+#define TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
+
+#include <cstdint>
+#include <deque>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/invalidation/notice.h"
+
+namespace tether {
+
+class PeerDirectory;
+class TcpTransport;
+
+class PeerInvalidationChannel : public InvalidationChannel {
+ public:
+  // `tcp` may be null: then every notice to a peer goes by gRPC.
+  PeerInvalidationChannel(uint32_t self, PeerDirectory* peers, TcpTransport* tcp,
+                          InvalidationTarget* local);
+  ~PeerInvalidationChannel() override;
+
+  void Send(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
+            Done done) override;
+  void Prepare(uint32_t node) override;
+  // Ends the connecting thread (before the PeerDirectory and transport go).
+  void Stop();
+
+ private:
+  void Connect(uint32_t node);  // queues it for the thread
+  void Run();
+
+  const uint32_t self_;
+  PeerDirectory* const peers_;
+  TcpTransport* const tcp_;
+  InvalidationTarget* const local_;
+
+  absl::Mutex mu_;
+  std::deque<uint32_t> to_connect_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint32_t> queued_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
