@@ -4,6 +4,9 @@
 //
 //   uffd-null N              null userfaultfd fault: a handler thread
 //                            resolves each fault at once (UFFDIO_ZEROPAGE)
+//   uffd-install N           the same as tether serves faults: a shared memfd
+//                            mapping, the handler in another process, each
+//                            fault resolved by UFFDIO_COPY of a 4 KiB page
 //   tcp-serve PORT           echo-style server: 4 KiB request/response and
 //                            a bulk stream sink/source
 //   tcp-rr HOST:PORT N       4 KiB request -> 4 KiB response round trips
@@ -20,10 +23,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <tether/tether.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -53,30 +58,68 @@ void PrintLatencies(const char* prefix, std::vector<double>& v) {
   std::exit(1);
 }
 
-int UffdNull(int n) {
+// Serves every fault of `uffd` at once until `stop` (UFFDIO_ZEROPAGE, or
+// UFFDIO_COPY of a 4 KiB page when `install`).
+void ServeNullFaults(int uffd, bool install, const std::atomic<bool>& stop) {
+  std::vector<uint8_t> page(kPage, 0x5a);
+  uffd_msg msg;
+  while (!stop) {
+    pollfd p{uffd, POLLIN, 0};
+    if (poll(&p, 1, 20) <= 0) continue;
+    if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
+    uint64_t at = msg.arg.pagefault.address & ~(kPage - 1);
+    if (install) {
+      uffdio_copy c{};
+      c.dst = at;
+      c.src = reinterpret_cast<uint64_t>(page.data());
+      c.len = kPage;
+      ioctl(uffd, UFFDIO_COPY, &c);
+    } else {
+      uffdio_zeropage z{};
+      z.range = {at, kPage};
+      ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+    }
+  }
+}
+
+// A fault served without any fetch, N random pages.
+//   null:    anonymous memory, a thread of the same process maps the zero
+//            page (UFFDIO_ZEROPAGE: nothing allocated or copied).
+//   install: as tether's mappings are served — a shared memfd mapping, the
+//            handler in another process (as tetherd is), each fault
+//            resolved by UFFDIO_COPY of a 4 KiB page.
+int UffdNull(int n, bool install) {
   size_t len = size_t(n) * kPage;
+  int memfd = -1;
+  if (install) {
+    memfd = static_cast<int>(syscall(SYS_memfd_create, "uffd-null", 0));
+    if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
+  }
   auto* mem = static_cast<volatile uint8_t*>(
-      mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+      install ? mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0)
+              : mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (mem == MAP_FAILED) Die("mmap");
   int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
   if (uffd < 0) Die("userfaultfd");
-  uffdio_api api{UFFD_API, 0, 0};
+  uffdio_api api{UFFD_API, install ? uint64_t{UFFD_FEATURE_MISSING_SHMEM} : 0, 0};
   if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
   uffdio_register reg{};
   reg.range = {reinterpret_cast<uint64_t>(mem), len};
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;
   if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
   std::atomic<bool> stop{false};
-  std::thread handler([&] {
-    uffd_msg msg;
-    while (!stop) {
-      pollfd p{uffd, POLLIN, 0};
-      if (poll(&p, 1, 20) <= 0) continue;
-      if (read(uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
-      uffdio_zeropage z{};
-      z.range = {msg.arg.pagefault.address & ~(kPage - 1), kPage};
-      ioctl(uffd, UFFDIO_ZEROPAGE, &z);
+  std::thread handler;
+  pid_t child = -1;
+  if (install) {
+    child = fork();
+    if (child < 0) Die("fork");
+    if (child == 0) {  // the handler process; killed when the faults are done
+      ServeNullFaults(uffd, true, stop);
+      _exit(0);
     }
-  });
+  } else {
+    handler = std::thread([&] { ServeNullFaults(uffd, false, stop); });
+  }
   std::vector<double> lat;
   std::mt19937 rng(1);
   std::vector<int> order(n);
@@ -88,8 +131,12 @@ int UffdNull(int n) {
     lat.push_back(Us(Clock::now() - t0));
   }
   stop = true;
-  handler.join();
-  PrintLatencies("uffd_null", lat);
+  if (handler.joinable()) handler.join();
+  if (child > 0) {
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+  }
+  PrintLatencies(install ? "uffd_install" : "uffd_null", lat);
   return 0;
 }
 
@@ -240,7 +287,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string mode = argv[1];
-  if (mode == "uffd-null") return UffdNull(std::atoi(argv[2]));
+  if (mode == "uffd-null") return UffdNull(std::atoi(argv[2]), false);
+  if (mode == "uffd-install") return UffdNull(std::atoi(argv[2]), true);
   if (mode == "tcp-serve") return TcpServe(std::atoi(argv[2]));
   if (mode == "tcp-rr" && argc >= 4) return TcpRr(argv[2], std::atoi(argv[3]));
   if (mode == "tcp-stream" && argc >= 4) return TcpStream(argv[2], std::atoi(argv[3]));

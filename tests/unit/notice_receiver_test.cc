@@ -3,6 +3,7 @@
 // what is refused, and on which thread each kind is handled.
 #include "daemon/peer/notice_receiver.h"
 
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -77,6 +78,33 @@ TEST(NoticeCodec, RefusesWhatNoHomeSends) {
   EXPECT_TRUE(refused(r));
   const std::string garbage = "\xff\xff\xff\xff\x0f not a message";
   EXPECT_EQ(ToErrno(DecodeNotice(Bytes(garbage)).status()), EINVAL);
+}
+
+TEST(NoticeCodec, RandomBytesNeverCrash) {
+  // As tests/fuzz/notice_codec_fuzz.cc, a few thousand inputs on every run:
+  // random bytes, and valid encodings with bytes flipped.
+  std::mt19937 rng(7);
+  InvalidationNotice base = Begin();
+  base.gone = {{0, 4096}};
+  const std::string good = EncodeNotice(base);
+  for (int i = 0; i < 5000; ++i) {
+    std::string bytes;
+    if (i % 2) {
+      bytes.resize(rng() % 96);
+      for (char& c : bytes) c = static_cast<char>(rng());
+    } else {
+      bytes = good;
+      for (int k = 0; k < 3; ++k) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    }
+    auto n = DecodeNotice(Bytes(bytes));
+    if (n.ok()) {
+      EXPECT_LE(n->start, n->end);
+      EXPECT_EQ(n->start % 4096, 0u);
+      EXPECT_EQ(n->end % 4096, 0u);
+    } else {
+      EXPECT_EQ(ToErrno(n.status()), EINVAL);
+    }
+  }
 }
 
 // Records which notices it handled, on which thread; BEGIN answers `answer`.
