@@ -234,7 +234,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
     gen = att->inval_gen;
   }
   for (size_t i = 0; i < nreq; ++i) {
-    auto [first, n] = requests[i];
+    const uint64_t first = requests[i].first, n = requests[i].second;
     uint8_t* buf = GetBuffer();
     data_->Read(att->home, att->segid, att->grant, att->seg_offset + first * kPage,
                 absl::MakeSpan(buf, n * kPage),
