@@ -259,6 +259,22 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     RetryLater(att, first, n);
     return;
   }
+  if (!st.ok() && n > 1 && ToErrno(st) == EFAULT) {
+    // Part of a read-ahead request is not mapped at the home (a hole in
+    // the exporter's range): that says nothing about the page that
+    // faulted. Forget the request and the stream; the faulter refaults
+    // and fetches its page alone, and read-ahead starts again from there.
+    {
+      absl::MutexLock lock(&att->mu);
+      for (uint64_t i = 0; i < n; ++i)
+        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+      att->seq_lo = ~uint64_t{0};
+      att->readahead = 1;
+    }
+    PutBuffer(buf);
+    Wake(att->uffd, base + first * kPage, n * kPage);
+    return;
+  }
   if (!st.ok()) {
     {
       absl::MutexLock lock(&att->mu);

@@ -197,6 +197,24 @@ def test_home_gone_sigbus_on_unheld_pages(c):
     e.kill()
 
 
+def test_sequential_read_up_to_a_hole(c):
+    """A hole in the exporter's range (unmapped before anyone mapped it):
+    read-ahead requests that span it must not cost the valid pages before
+    it — only the hole raises SIGBUS, and pages after it read fine."""
+    e = Exporter(c.node(1), MiB, 41)
+    hole = 200 * 4096  # inside a read-ahead request, not at its start
+    ms = e.command("munmap %d %d" % (hole, 8192))
+    expect(ms.startswith("ok"), "exporter munmap: " + ms)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    r = m.command("verify 41 0 %d" % hole)
+    expect(r == "ok", "pages before the hole, read in order: " + r)
+    r = m.command("verify 41 %d %d" % (hole + 8192, MiB - hole - 8192))
+    expect(r == "ok", "pages after the hole: " + r)
+    r = m.command("read %d" % (hole + 4096))
+    expect(r == "signal:%d" % SIGBUS, "the hole raises SIGBUS: " + r)
+    e.close()
+
+
 def test_daemon_restarted_under_client(c):
     e = Exporter(c.node(1), 1 * MiB, 31)
     m = Mapper(c.node(2), e.segid, length=MiB)
