@@ -74,6 +74,12 @@ struct Attachment {
       if (page >= w.first && page < w.second) return true;
     return false;
   }
+  // In a window other than `key`'s.
+  bool InOtherWindow(uint64_t page, uint64_t key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (const auto& [k, w] : windows)
+      if (k != key && page >= w.first && page < w.second) return true;
+    return false;
+  }
 
   // The fds live as long as the last reference: an in-flight fetch that
   // completes after detach must not ioctl a closed (or reused) fd number.

@@ -453,6 +453,12 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
       for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
       if (is_gone) {
         ++att.lost_pages;
+      } else if (att.InOtherWindow(k->first, key)) {
+        // Another window over the page is still open (range_begin of a
+        // later event came first): the home refuses writes there, and
+        // that event may replace or unmap the page. Its range_end decides.
+        ++k;
+        continue;
       } else {
         writeback.emplace_back(k->first, std::move(k->second));
       }

@@ -169,6 +169,39 @@ TEST_F(MapperWindowsTest, OverlappingWindowsKeepTheUnionBlocked) {
   EXPECT_TRUE(faults_.EndWindow(*att_, 2, {}).ok());
 }
 
+TEST_F(MapperWindowsTest, KeptAsidePagesWaitForTheLastWindowOverThem) {
+  // Window 1 keeps a dirty page aside; a later event's window 2 opens over
+  // it before window 1's range_end is handled (notices are handled in
+  // parallel). Window 1's end must not write the page back (the home is in
+  // window 2, which may unmap or replace it): window 2's end decides.
+  map_[3 * kPage] = 5;
+  EXPECT_EQ(State(3), PageState::kDirty);
+  faults_.BeginWindow(*att_, 1, 0, 4);
+  faults_.BeginWindow(*att_, 2, 2, 6);
+  ASSERT_TRUE(faults_.EndWindow(*att_, 1, {}).ok());
+  {
+    absl::MutexLock lock(&home_.mu);
+    EXPECT_EQ(home_.writes, 0) << "written back while another window was open";
+  }
+  ASSERT_TRUE(faults_.EndWindow(*att_, 2, {{3, 4}}).ok());  // window 2 unmapped it
+  {
+    absl::MutexLock lock(&home_.mu);
+    EXPECT_EQ(home_.writes, 0);
+    EXPECT_EQ(home_.mem[3 * kPage], 1);
+  }
+  EXPECT_EQ(ToErrno(faults_.Sync(*att_, 0, att_->size)), EIO) << "reported lost";
+
+  // The same with window 2 ending without unmapping: written back then.
+  map_[8 * kPage] = 6;
+  faults_.BeginWindow(*att_, 3, 8, 9);
+  faults_.BeginWindow(*att_, 4, 8, 10);
+  ASSERT_TRUE(faults_.EndWindow(*att_, 3, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_, 4, {}).ok());
+  absl::MutexLock lock(&home_.mu);
+  EXPECT_EQ(home_.writes, 1);
+  EXPECT_EQ(home_.mem[8 * kPage], 6);
+}
+
 TEST_F(MapperWindowsTest, HomeRetryIsRetriedNotPoisoned) {
   {
     absl::MutexLock lock(&home_.mu);
