@@ -3,12 +3,16 @@
 #include <string>
 #include <utility>
 
+#include "absl/time/clock.h"
 #include "daemon/common/log.h"
 #include "daemon/peer/notice_codec.h"
 #include "daemon/peer/peer_directory.h"
 #include "daemon/transport/tcp_transport.h"
 
 namespace tether {
+namespace {
+constexpr absl::Duration kRetryAfter = absl::Seconds(5);
+}  // namespace
 
 PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* peers,
                                                  TcpTransport* tcp, InvalidationTarget* local)
@@ -58,7 +62,10 @@ void PeerInvalidationChannel::Prepare(uint32_t node) {
 void PeerInvalidationChannel::Connect(uint32_t node) {
   if (tcp_ == nullptr) return;
   absl::MutexLock lock(&mu_);
-  if (stopping_ || !queued_.insert(node).second) return;
+  if (stopping_) return;
+  auto it = retry_after_.find(node);
+  if (it != retry_after_.end() && absl::Now() < it->second) return;
+  if (!queued_.insert(node).second) return;
   to_connect_.push_back(node);
 }
 
@@ -85,9 +92,12 @@ void PeerInvalidationChannel::Run() {
       peers_->Forget(node);
     }
     if (!st.ok())
-      TLOG_DEBUG("notice connection to node %d: %s (notices go by gRPC)", node, st.ToString());
+      TLOG_INFO("notice connection to node %d: %s (its notices go by gRPC; next try in %d s)",
+                node, st.ToString(), absl::ToInt64Seconds(kRetryAfter));
     absl::MutexLock lock(&mu_);
     queued_.erase(node);
+    if (st.ok()) retry_after_.erase(node);
+    else retry_after_[node] = absl::Now() + kRetryAfter;
   }
 }
 

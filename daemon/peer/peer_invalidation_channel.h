@@ -23,8 +23,10 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/invalidation/notice.h"
 
 namespace tether {
@@ -57,6 +59,9 @@ class PeerInvalidationChannel : public InvalidationChannel {
   absl::Mutex mu_;
   std::deque<uint32_t> to_connect_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint32_t> queued_ ABSL_GUARDED_BY(mu_);
+  // A node whose data listener we could not reach is not tried again
+  // before this (its notices go by gRPC meanwhile).
+  absl::flat_hash_map<uint32_t, absl::Time> retry_after_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
