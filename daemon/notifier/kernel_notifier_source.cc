@@ -20,6 +20,10 @@
 namespace tether {
 namespace {
 constexpr uint64_t kPage = 4096;
+// Workers for blockable BEGINs: each may wait up to the invalidation
+// deadline for a frozen mapper; more exporters waiting at once than this
+// wait for each other.
+constexpr int kBeginWorkers = 4;
 static_assert(sizeof(tether_event) == 64, "ABI 1 event record");
 
 const char* TypeName(uint32_t type) {
@@ -93,6 +97,7 @@ KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
       stop_fd_(stop_fd),
       fallback_(registry, coordinator) {
   thread_ = std::thread([this] { Run(); });
+  for (int i = 0; i < kBeginWorkers; ++i) workers_.emplace_back([this] { BeginWorker(); });
 }
 
 KernelNotifierSource::~KernelNotifierSource() {
@@ -105,6 +110,20 @@ void KernelNotifierSource::Stop() {
   uint64_t one = 1;
   (void)!write(stop_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock lock(&begins_mu_);
+    workers_stop_ = true;
+  }
+  for (auto& w : workers_) w.join();
+  workers_.clear();
+  // BEGINs nobody handled: let their exporters go on (closing the control
+  // fd below would too).
+  std::deque<std::pair<BeginEvent, uint64_t>> left;
+  {
+    absl::MutexLock lock(&begins_mu_);
+    left.swap(begins_);
+  }
+  for (const auto& [ev, overflows] : left) Ack(ev.event_id);
   fallback_.Stop();
   std::vector<Pending> pending = TakePending(0);
   for (const Pending& p : pending) EndWindow(p, false);
@@ -290,7 +309,21 @@ void KernelNotifierSource::HandleEvent(const tether_event& ev) {
   TLOG_DEBUG("tether.ko event %d: kind %d type %d flags %#x range %d [%#x, %#x) seq %d",
              ev.event_id, ev.kind, ev.type, ev.flags, ev.range_id, ev.start, ev.end, ev.seq);
   switch (ev.kind) {
-    case TETHER_KIND_BEGIN: HandleBegin(ev); break;
+    case TETHER_KIND_BEGIN: {
+      BeginEvent b{ev.event_id, ev.range_id, ev.start, ev.end, ev.type, ev.flags};
+      uint64_t overflows;
+      {
+        absl::MutexLock lock(&mu_);
+        overflows = overflows_;
+      }
+      if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
+        HandleBegin(b, overflows);  // never waits (G4)
+      } else {
+        absl::MutexLock lock(&begins_mu_);
+        begins_.emplace_back(b, overflows);
+      }
+      break;
+    }
     case TETHER_KIND_END: HandleEnd(ev); break;
     case TETHER_KIND_RELEASE: HandleRelease(ev); break;
     case TETHER_KIND_OVERFLOW: HandleOverflow(); break;
@@ -306,7 +339,25 @@ void KernelNotifierSource::Ack(uint64_t event_id) {
     TLOG_WARN("tether.ko: ACK of event %d: %s", event_id, strerror(errno));
 }
 
-void KernelNotifierSource::HandleBegin(const tether_event& ev) {
+void KernelNotifierSource::BeginWorker() {
+  while (true) {
+    std::pair<BeginEvent, uint64_t> job;
+    {
+      absl::MutexLock lock(&begins_mu_);
+      begins_mu_.Await(absl::Condition(
+          +[](KernelNotifierSource* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->begins_mu_) {
+            return s->workers_stop_ || !s->begins_.empty();
+          },
+          this));
+      if (workers_stop_) return;
+      job = begins_.front();
+      begins_.pop_front();
+    }
+    HandleBegin(job.first, job.second);
+  }
+}
+
+void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows) {
   std::shared_ptr<Export> ex = FindRange(ev.range_id);
   if (!ex) {
     Ack(ev.event_id);
@@ -334,8 +385,19 @@ void KernelNotifierSource::HandleBegin(const tether_event& ev) {
   }
   auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type));
   if (w.ok()) {
-    absl::MutexLock lock(&mu_);
-    pending_.push_back({ev.range_id, ev.start, ev.end, ev.type, s, e, *w});
+    Pending p{ev.range_id, ev.start, ev.end, ev.type, s, e, *w};
+    bool orphaned;
+    {
+      // Under mu_, as HandleRelease/HandleOverflow/Forget take the pending
+      // windows: either they see this one, or we see what they did.
+      absl::MutexLock lock(&mu_);
+      auto it = by_range_.find(ev.range_id);
+      orphaned = ex->released || overflows_ != overflows || it == by_range_.end() ||
+                 it->second != ex;
+      if (!orphaned) pending_.push_back(p);
+    }
+    // Released, forgotten or flushed while we waited: no END will match.
+    if (orphaned) EndWindow(p, ex->released);
   }
   // The exporter's call goes on now: every mapper acked or was fenced.
   Ack(ev.event_id);
@@ -402,6 +464,11 @@ void KernelNotifierSource::HandleOverflow() {
   TLOG_WARN("tether.ko: events were lost (OVERFLOW): invalidating every exported range");
   // ENDs may be among the lost events: end every open window. Reads stay
   // refused while the kernel is still inside an invalidation (odd MARK seq).
+  // A BEGIN still in a worker ends its own window (overflows_ changed).
+  {
+    absl::MutexLock lock(&mu_);
+    ++overflows_;
+  }
   for (const Pending& p : TakePending(0)) EndWindow(p, false);
   std::vector<std::shared_ptr<Export>> all;
   {

@@ -23,8 +23,12 @@
 // (SegmentRegistry::ReadBlocks answers EAGAIN when one opened during the
 // read), so a read that raced a forwarded BEGIN is discarded there.
 //
-// One event thread reads the control fd (poll + read, O_NONBLOCK):
-//   BEGIN, BLOCKABLE  -> coordinator->Begin() on the segment's offsets (fan-out,
+// One event thread reads the control fd (poll + read, O_NONBLOCK) and
+// handles everything but blockable BEGINs, which it hands to a few workers:
+// a window waiting for a frozen mapper holds up its own exporter's call
+// only, not the events of other exporters or ranges (windows on disjoint
+// ranges do not serialize).
+//   BEGIN, BLOCKABLE  -> (worker) coordinator->Begin() on the segment's offsets (fan-out,
 //                        mapper acks or fencing, bounded by the coordinator's
 //                        deadline, which must stay below the module's
 //                        ack_timeout_ms), then ACK: the exporter's munmap /
@@ -36,6 +40,10 @@
 //                        discard dirty data kept aside for it). UNMARK comes
 //                        first: a read that starts after End() must find no
 //                        stale mark to be removed under it.
+//                        A worker whose range was released, forgotten or
+//                        flushed by an OVERFLOW while Begin() ran ends its
+//                        window at once: nothing else would (checked under
+//                        mu_, as those take the pending windows).
 //   BEGIN, not BLOCKABLE (G4) -> see below.
 //   RELEASE           -> the range is gone for good (exit, exec, fd closed):
 //                        coordinator->RevokeAll(), end any window still open on
@@ -67,6 +75,7 @@
 #define TETHER_DAEMON_NOTIFIER_KERNEL_NOTIFIER_SOURCE_H_
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
@@ -151,7 +160,13 @@ class KernelNotifierSource : public NotifierSource {
                        int ctl_fd, int stop_fd);
   void Run();
   void HandleEvent(const tether_event& ev);
-  void HandleBegin(const tether_event& ev);
+  // What HandleBegin needs of a BEGIN record (queued for the workers).
+  struct BeginEvent {
+    uint64_t event_id = 0, range_id = 0, start = 0, end = 0;
+    uint32_t type = 0, flags = 0;
+  };
+  void HandleBegin(const BeginEvent& ev, uint64_t overflows);
+  void BeginWorker();
   void HandleEnd(const tether_event& ev);
   void HandleRelease(const tether_event& ev);
   void HandleOverflow();
@@ -172,6 +187,12 @@ class KernelNotifierSource : public NotifierSource {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_range_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> fallback_segids_ ABSL_GUARDED_BY(mu_);
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;  // OVERFLOWs handled
+  // Blockable BEGINs for the workers, with overflows_ when read.
+  absl::Mutex begins_mu_;
+  std::deque<std::pair<BeginEvent, uint64_t>> begins_ ABSL_GUARDED_BY(begins_mu_);
+  bool workers_stop_ ABSL_GUARDED_BY(begins_mu_) = false;
+  std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };

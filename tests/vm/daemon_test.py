@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -172,6 +173,36 @@ def test_mprotect_waits_for_a_frozen_mapper(c):
     expect(took < DEADLINE_MS + 3000, "mprotect took %.0f ms" % took)
     m.close()
     e.close()
+
+
+@with_nodes(3, daemon_args=("--invalidate_deadline_ms=2000",))
+def test_exporters_do_not_wait_for_each_others_windows(c):
+    """Windows on disjoint ranges do not serialize: while one exporter's
+    munmap waits for a frozen mapper (node 2), another exporter's munmap,
+    cached by node 3 only, returns as soon as node 3 has acked."""
+    a = Exporter(c.node(1), MiB, 1)
+    b = Exporter(c.node(1), MiB, 2)
+    ma = Mapper(c.node(2), a.segid, length=MiB)
+    mb = Mapper(c.node(3), b.segid, length=MiB)
+    expect(ma.command("verify 1 0 65536") == "ok", "node 2 caches a")
+    expect(mb.command("verify 2 0 65536") == "ok", "node 3 caches b")
+    took = {}
+    os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=lambda: took.update(a=ms(a.command("munmap 0 4096"))))
+        t.start()
+        time.sleep(0.5)  # a's window is open, waiting for node 2
+        took["b"] = ms(b.command("munmap 0 4096"))
+        t.join(30)
+    finally:
+        os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+    expect(took.get("a", 0) >= 2000 * 0.9, "a's munmap did not wait for the frozen node: %s" % took)
+    expect(took["b"] < 1000, "b's munmap waited for a's window: %.0f ms" % took["b"])
+    expect(mb.command("read 0") == "signal:%d" % SIGBUS, "node 3 dropped b's unmapped page")
+    ma.close()
+    mb.close()
+    a.close()
+    b.close()
 
 
 def test_unshared_range_not_forwarded(c):
