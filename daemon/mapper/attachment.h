@@ -74,6 +74,12 @@ struct Attachment {
       if (page >= w.first && page < w.second) return true;
     return false;
   }
+  // Pages [first, first + n) of a fetch that will not be installed go back
+  // to absent (pages no longer fetching — zapped, evicted — are left).
+  void AbandonFetch(uint64_t first, uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    for (uint64_t p = first; p < first + n; ++p)
+      if (state[p] == PageState::kFetching) state[p] = PageState::kAbsent;
+  }
   // In a window other than `key`'s.
   bool InOtherWindow(uint64_t page, uint64_t key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (const auto& [k, w] : windows)

@@ -252,8 +252,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     // at range_end, if this node is being invalidated too).
     {
       absl::MutexLock lock(&att->mu);
-      for (uint64_t i = 0; i < n; ++i)
-        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+      att->AbandonFetch(first, n);
     }
     PutBuffer(buf);
     RetryLater(att, first, n);
@@ -266,8 +265,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     // and fetches its page alone, and read-ahead starts again from there.
     {
       absl::MutexLock lock(&att->mu);
-      for (uint64_t i = 0; i < n; ++i)
-        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+      att->AbandonFetch(first, n);
       att->seq_lo = ~uint64_t{0};
       att->readahead = 1;
     }
@@ -299,8 +297,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     if (att->inval_gen != gen || att->revoked) {
       // A window opened while this fetch was in flight: its data may
       // predate it. Drop it; faulters outside windows fetch again now.
-      for (uint64_t i = 0; i < n; ++i)
-        if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+      att->AbandonFetch(first, n);
       need_wake = true;
     } else {
       uint64_t done = 0;
@@ -335,8 +332,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
           continue;
         }
         // ENOENT/ESRCH/EFAULT: the client unmapped or exited.
-        for (uint64_t i = done; i < n; ++i)
-          if (att->state[first + i] == PageState::kFetching) att->state[first + i] = PageState::kAbsent;
+        att->AbandonFetch(first + done, n - done);
         break;
       }
       att->resident += installed;
