@@ -5,8 +5,17 @@
 //   uffd-null N              null userfaultfd fault: a handler thread
 //                            resolves each fault at once (UFFDIO_ZEROPAGE)
 //   uffd-install N           the same as tether serves faults: a shared memfd
-//                            mapping, the handler in another process, each
-//                            fault resolved by UFFDIO_COPY of a 4 KiB page
+//                            mapping (read-only, as map-random's), the handler
+//                            in another process, each fault resolved by
+//                            UFFDIO_COPY of a 4 KiB page
+//   uffd-seq MB              the local floor of a sequential read through a
+//                            mapping: as uffd-install, but from the first
+//                            fault on the handler installs the whole range
+//                            in order in 256 KiB UFFDIO_COPYs (no network,
+//                            no home: the data is there before it is asked)
+//   zap-floor N              the local floor of a mapper's range_begin: punch
+//                            a 1 MiB hole in a memfd that another process has
+//                            mapped and read (p50 of N, each after 2 ms idle)
 //   tcp-serve PORT           echo-style server: 4 KiB request/response and
 //                            a bulk stream sink/source
 //   tcp-rr HOST:PORT N [GAP] 4 KiB request -> 4 KiB response round trips
@@ -86,9 +95,12 @@ void ServeNullFaults(int uffd, bool install, const std::atomic<bool>& stop) {
 // A fault served without any fetch, N random pages.
 //   null:    anonymous memory, a thread of the same process maps the zero
 //            page (UFFDIO_ZEROPAGE: nothing allocated or copied).
-//   install: as tether's mappings are served — a shared memfd mapping, the
-//            handler in another process (as tetherd is), each fault
-//            resolved by UFFDIO_COPY of a 4 KiB page.
+//   install: as tether's mappings are served — a shared memfd mapping,
+//            read-only like map-random's, the handler in another process
+//            (as tetherd is), each fault resolved by UFFDIO_COPY of a 4 KiB
+//            page. (Read-only matters on shadow-paging guests: reading a
+//            page that UFFDIO_COPY mapped writable costs ~7 us more per page
+//            there; tether maps writable attachments' pages write-protected.)
 int UffdNull(int n, bool install) {
   size_t len = size_t(n) * kPage;
   int memfd = -1;
@@ -97,7 +109,7 @@ int UffdNull(int n, bool install) {
     if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
   }
   auto* mem = static_cast<volatile uint8_t*>(
-      install ? mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0)
+      install ? mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0)
               : mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (mem == MAP_FAILED) Die("mmap");
   int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
@@ -138,6 +150,92 @@ int UffdNull(int n, bool install) {
     waitpid(child, nullptr, 0);
   }
   PrintLatencies(install ? "uffd_install" : "uffd_null", lat);
+  return 0;
+}
+
+// uffd-seq: see the header. Every cache line is read, as map-seq does.
+int UffdSeq(size_t mb) {
+  const size_t len = mb << 20, chunk = 64 * kPage;
+  int memfd = static_cast<int>(syscall(SYS_memfd_create, "uffd-seq", 0));
+  if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
+  auto* mem = static_cast<uint8_t*>(
+      mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0));
+  if (mem == MAP_FAILED) Die("mmap");
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) Die("userfaultfd");
+  uffdio_api api{UFFD_API, uint64_t{UFFD_FEATURE_MISSING_SHMEM}, 0};
+  if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(mem), len};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
+  pid_t child = fork();
+  if (child < 0) Die("fork");
+  if (child == 0) {
+    // From the first fault on, install everything in order as fast as
+    // possible: a faulter waits until a copy covers its page (UFFDIO_COPY
+    // wakes it). No pipeline with a fetch in it can be faster.
+    std::vector<uint8_t> src(chunk, 0x5a);
+    pollfd p{uffd, POLLIN, 0};
+    if (poll(&p, 1, 10000) <= 0) _exit(1);
+    const uint64_t base = reinterpret_cast<uint64_t>(mem);
+    for (uint64_t d = base; d < base + len; d += chunk) {
+      uffdio_copy c{};
+      c.dst = d;
+      c.src = reinterpret_cast<uint64_t>(src.data());
+      c.len = std::min<uint64_t>(chunk, base + len - d);
+      ioctl(uffd, UFFDIO_COPY, &c);
+    }
+    pause();
+  }
+  auto t0 = Clock::now();
+  uint64_t sum = 0;
+  const auto* w = reinterpret_cast<const uint64_t*>(mem);
+  for (size_t i = 0; i < len / 8; i += 8) sum += w[i];
+  double s = Us(Clock::now() - t0) / 1e6;
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  std::printf("uffd_seq_mbps=%.1f checksum=%llu\n", len / 1e6 / s,
+              static_cast<unsigned long long>(sum & 0xff));
+  return 0;
+}
+
+// zap-floor: see the header.
+int ZapFloor(int n) {
+  const size_t len = 1 << 20;
+  int memfd = static_cast<int>(syscall(SYS_memfd_create, "zap-floor", 0));
+  if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
+  int to_child[2], to_parent[2];
+  if (pipe(to_child) || pipe(to_parent)) Die("pipe");
+  pid_t child = fork();
+  if (child < 0) Die("fork");
+  if (child == 0) {
+    close(to_child[1]);  // so that the parent's close ends the loop
+    auto* mem = static_cast<volatile uint8_t*>(
+        mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0));
+    if (mem == MAP_FAILED) _exit(1);
+    char c;
+    while (read(to_child[0], &c, 1) == 1) {
+      for (size_t i = 0; i < len; i += kPage) (void)mem[i];
+      if (write(to_parent[1], &c, 1) != 1) break;
+    }
+    _exit(0);
+  }
+  std::vector<uint8_t> fill(len, 0x5a);
+  std::vector<double> lat;
+  for (int i = 0; i < n; ++i) {
+    if (pwrite(memfd, fill.data(), len, 0) != static_cast<ssize_t>(len)) Die("pwrite");
+    char c = 'r';
+    if (write(to_child[1], &c, 1) != 1 || read(to_parent[0], &c, 1) != 1) Die("child");
+    usleep(2000);
+    auto t0 = Clock::now();
+    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, len) != 0)
+      Die("fallocate");
+    lat.push_back(Us(Clock::now() - t0));
+  }
+  close(to_child[1]);
+  waitpid(child, nullptr, 0);
+  PrintLatencies("zap_floor", lat);
   return 0;
 }
 
@@ -294,6 +392,8 @@ int main(int argc, char** argv) {
   std::string mode = argv[1];
   if (mode == "uffd-null") return UffdNull(std::atoi(argv[2]), false);
   if (mode == "uffd-install") return UffdNull(std::atoi(argv[2]), true);
+  if (mode == "uffd-seq") return UffdSeq(std::strtoull(argv[2], nullptr, 0));
+  if (mode == "zap-floor") return ZapFloor(std::atoi(argv[2]));
   if (mode == "tcp-serve") return TcpServe(std::atoi(argv[2]));
   if (mode == "tcp-rr" && argc >= 4)
     return TcpRr(argv[2], std::atoi(argv[3]), argc >= 5 ? std::atoi(argv[4]) : 0);
