@@ -4,6 +4,7 @@ fencing, the user-space notifier source): real daemons in network
 namespaces, real exporter and mapper processes calling munmap, madvise,
 mmap(MAP_FIXED), mremap."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,10 +208,15 @@ def test_stale_read_race(c):
     a call returned may see contents from before it."""
     race = os.path.join(os.path.dirname(c.tt), "tt_race")
     iters = int(os.environ.get("TETHER_RACE_ITERS", "2000"))
+    # Emulated machines (the VM tier) read slowly: a pause after each call
+    # lets the mappers read between calls, and the test insists on enough
+    # reads that could have been stale, so that "no violation" means something.
+    gap_us = int(os.environ.get("TETHER_RACE_GAP_US", "0"))
+    min_checked = int(os.environ.get("TETHER_RACE_MIN_CHECKED", "500"))
     logdir = c.dir
     exp = c.node(1).popen(
         [race, "export", "--pages", "64", "--iters", str(iters), "--seed", "42",
-         "--log", os.path.join(logdir, "exp.log"), "--name", "race"],
+         "--log", os.path.join(logdir, "exp.log"), "--name", "race", "--gap-us", str(gap_us)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = exp.stdout.readline().strip()
     expect(line == "ready", "race exporter: " + line)
@@ -243,6 +249,9 @@ def test_stale_read_race(c):
     for line in r.stdout.strip().splitlines():  # INFO: the VM tier keeps these lines
         print("INFO race:", line, flush=True)
     expect(r.returncode == 0 and "violations=0 " in r.stdout, "stale reads: " + r.stdout + r.stderr)
+    m = re.search(r"checked=(\d+)", r.stdout)
+    expect(m is not None and int(m.group(1)) >= min_checked,
+           "too few reads that could have been stale (want >= %d): %s" % (min_checked, r.stdout))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ else
   export TETHER_CLUSTER_NET=pair TETHER_CLUSTER_RDMA=1 TETHER_CLUSTER_SHARED=/mnt/pair
   export TETHER_CLUSTER_IPS=1=10.99.0.1,2=10.99.0.2,3=10.99.0.3 TETHER_CLUSTER_REMOTE=2=$AGENT
   export TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200}
+  # Under TCG the mappers read slowly: a pause after each exporter call lets
+  # them read between calls, and the test wants this many reads that could
+  # have been stale (tests/multinode/test_invalidation.py).
+  export TETHER_RACE_GAP_US=5000 TETHER_RACE_MIN_CHECKED=30
   . "$REPO/tests/vm/suite.sh"
   pair_suite() {  # <label> <script> [<-k filter>]
     py_suite "$1" $((${TETHER_VM_PAIR_TIMEOUT:-600} * SCALE)) "$2" "${3:-}"
