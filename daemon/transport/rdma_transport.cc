@@ -428,23 +428,31 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
 // `data_len` bytes from the slot into the requester's buffer).
 bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t status,
                   uint32_t data_len) {
-  RdmaMessage resp;
-  resp.header = req.header;
-  resp.header.type =
-      req.header.type == FrameType::kReadReq ? FrameType::kReadResp : FrameType::kWriteResp;
-  resp.header.status = status;
-  resp.header.length = data_len;
-  EncodeRdmaMessage(resp, c->send_msg(slot));
-  ibv_sge data_sge{reinterpret_cast<uintptr_t>(c->pool->slot(slot).data()), data_len,
-                   c->pool_mr->lkey};
-  ibv_sge msg_sge{reinterpret_cast<uintptr_t>(c->send_msg(slot)), kRdmaMessageSize,
-                  c->ctrl_mr->lkey};
-  ibv_send_wr write{}, send{};
-  send.wr_id = WrId(kSendResponse, slot);
-  send.sg_list = &msg_sge;
-  send.num_sge = 1;
-  send.opcode = IBV_WR_SEND;
-  send.send_flags = c->use_inline ? IBV_SEND_INLINE : 0;
+  ibv_sge sge;
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kSendResponse, slot);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  if (data_len > 0) {
+    // The data and the answer in one work request (rdma_wire.h): the
+    // requester's receive completes when the bytes are in its slot.
+    sge = {reinterpret_cast<uintptr_t>(c->pool->slot(slot).data()), data_len, c->pool_mr->lkey};
+    wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
+    wr.imm_data = htonl(ImmOfRequest(req.header.req_id));
+    wr.wr.rdma.remote_addr = req.addr;
+    wr.wr.rdma.rkey = req.rkey;
+  } else {
+    RdmaMessage resp;
+    resp.header = req.header;
+    resp.header.type =
+        req.header.type == FrameType::kReadReq ? FrameType::kReadResp : FrameType::kWriteResp;
+    resp.header.status = status;
+    resp.header.length = 0;
+    EncodeRdmaMessage(resp, c->send_msg(slot));
+    sge = {reinterpret_cast<uintptr_t>(c->send_msg(slot)), kRdmaMessageSize, c->ctrl_mr->lkey};
+    wr.opcode = IBV_WR_SEND;
+    wr.send_flags = c->use_inline ? IBV_SEND_INLINE : 0;
+  }
   c->unreleased.push_back(slot);
   bool pool_empty;
   {
@@ -453,23 +461,9 @@ bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t statu
   }
   // An empty pool must see a completion soon (the backlog waits for it).
   if (pool_empty || c->unreleased.size() >= std::min(kSignalEvery, c->depth))
-    send.send_flags |= IBV_SEND_SIGNALED;
-  ibv_send_wr* first = &send;
-  if (data_len > 0) {
-    // RC delivers the WRITE before the SEND: the requester sees its data
-    // in place when the response arrives. Unsignalled: the SEND's
-    // completion covers both.
-    write.wr_id = WrId(kSendResponse, slot);
-    write.sg_list = &data_sge;
-    write.num_sge = 1;
-    write.opcode = IBV_WR_RDMA_WRITE;
-    write.wr.rdma.remote_addr = req.addr;
-    write.wr.rdma.rkey = req.rkey;
-    write.next = &send;
-    first = &write;
-  }
+    wr.send_flags |= IBV_SEND_SIGNALED;
   ibv_send_wr* bad = nullptr;
-  int err = ibv_post_send(c->id->qp, first, &bad);
+  int err = ibv_post_send(c->id->qp, &wr, &bad);
   if (err != 0) TLOG_WARN("rdma: response to node %d: ibv_post_send: %s", c->node, std::strerror(err));
   return err == 0;
 }
@@ -562,6 +556,27 @@ bool ResponseSent(Conn* c, uint32_t slot, std::string* why) {
   }
 }
 
+// Requester side: chunk `ch` of slot `slot` was answered with `status`
+// (0: for a read, its bytes are in the slot). Frees the slot, sends what
+// waits for one, and completes the operation with its last chunk.
+void FinishChunk(Conn* c, uint32_t slot, Conn::Chunk ch, uint32_t status) {
+  // The one copy on the fault path: registered slot -> caller's buffer
+  // (outside the lock; the slot is still ours).
+  if (status == 0 && ch.op->is_read)
+    std::memcpy(ch.op->dst.data() + ch.op_offset, c->pool->slot(slot).data(), ch.length);
+  std::shared_ptr<Conn::Op> finished;
+  {
+    absl::MutexLock lock(&c->mu);
+    c->pool->Release(slot);
+    if (status != 0 && ch.op->status.ok())
+      ch.op->status = ErrnoStatus(static_cast<int>(status),
+                                  absl::StrCat("node ", c->node, " refused the request"));
+    if (--ch.op->chunks_left == 0) finished = ch.op;
+    PumpLocked(c);
+  }
+  if (finished) std::move(finished->done)(finished->status);
+}
+
 // Requester side: a response arrived in receive slot `i`.
 bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
   auto m = DecodeRdmaMessage(c->recv_msg(i), byte_len, c->slot_bytes);
@@ -592,21 +607,34 @@ bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
     c->inflight[slot].reset();
     c->inflight_req[slot] = 0;
   }
-  // The one copy on the fault path: registered slot -> caller's buffer
-  // (outside the lock; the slot is still ours).
-  if (h.status == 0 && ch.op->is_read)
-    std::memcpy(ch.op->dst.data() + ch.op_offset, c->pool->slot(slot).data(), ch.length);
-  std::shared_ptr<Conn::Op> finished;
+  FinishChunk(c, slot, std::move(ch), h.status);
+  return true;
+}
+
+// Requester side: a read's data and answer arrived in one WRITE_WITH_IMM
+// (rdma_wire.h), consuming receive slot `i`; `byte_len` bytes were written.
+bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::string* why) {
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  uint32_t slot = SlotOfImm(imm);
+  Conn::Chunk ch;
   {
     absl::MutexLock lock(&c->mu);
-    c->pool->Release(slot);
-    if (h.status != 0 && ch.op->status.ok())
-      ch.op->status = ErrnoStatus(static_cast<int>(h.status),
-                                  absl::StrCat("node ", c->node, " refused the request"));
-    if (--ch.op->chunks_left == 0) finished = ch.op;
-    PumpLocked(c);
+    if (slot >= c->depth || !c->inflight[slot] || !ImmAnswers(imm, c->inflight_req[slot])) {
+      *why = "response to an unknown request";
+      return false;
+    }
+    if (!c->inflight[slot]->op->is_read || byte_len != c->inflight[slot]->length) {
+      *why = "response of the wrong type or length";
+      return false;
+    }
+    ch = std::move(*c->inflight[slot]);
+    c->inflight[slot].reset();
+    c->inflight_req[slot] = 0;
   }
-  if (finished) std::move(finished->done)(finished->status);
+  FinishChunk(c, slot, std::move(ch), 0);
   return true;
 }
 
@@ -640,7 +668,15 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
       switch (KindOf(w.wr_id)) {
         case kRecv:
           if (idx >= c->depth) { why = "bad completion"; break; }
-          if (c->role == Conn::Role::kHome) {
+          if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+            // Only a home answers with a write: from a requester it is an
+            // error (it wrote into our slot without asking).
+            if (c->role == Conn::Role::kHome || !(w.wc_flags & IBV_WC_WITH_IMM)) {
+              why = "unexpected write with immediate";
+              break;
+            }
+            CompleteRead(c, idx, ntohl(w.imm_data), w.byte_len, &why);
+          } else if (c->role == Conn::Role::kHome) {
             ServeRequest(c, idx, w.byte_len, &why);
           } else {
             CompleteRequest(c, idx, w.byte_len, &why);

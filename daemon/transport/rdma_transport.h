@@ -11,10 +11,10 @@
 //   SEND  READ_REQ/WRITE_REQ{slot addr,rkey} ─▶ RECV  (repost at once)
 //                                             read:  BlockServer::ReadBlocks
 //                                                    into a home slot,
-//                                ◀─ RDMA WRITE ─     home slot → requester slot
+//   RECV (imm = request)  ◀─ RDMA WRITE_WITH_IMM ─  home slot → requester slot
 //                                             write: RDMA READ requester slot
 //                                                    → home slot, WriteBlocks
-//   RECV  READ_RESP/WRITE_RESP      ◀─ SEND ─
+//   RECV  WRITE_RESP, or a refusal  ◀─ SEND ─
 //   [read: copy slot into dst]; pool.Release(slot); done(status)
 //
 // - Memory is registered once per connection (a BufferPool of queue_depth
@@ -38,7 +38,7 @@
 //   event or Disconnect() fails every request in flight or queued with
 //   UNAVAILABLE and drops the connection; the next request reconnects.
 //   Data is only ever placed in the pool, never in a caller's buffer, so a
-//   late RDMA WRITE cannot land in memory that was handed back.
+//   late RDMA WRITE_WITH_IMM cannot land in memory that was handed back.
 // - Device removal: the connection's thread releases its verbs objects at
 //   once and the listener drops its id (a removed device waits for its
 //   last user), then listens again at the same address when a device

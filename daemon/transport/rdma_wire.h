@@ -12,8 +12,12 @@
 //   56   4   rkey      its remote key (requests; 0 in responses)
 //   60   4   reserved  must be 0
 //
-// Responses carry no payload even for READ_RESP: the data was placed in
-// the requester's slot by an RDMA WRITE that RC delivers before the SEND.
+// Responses carry no payload even for READ_RESP. A successful read is
+// answered by one RDMA WRITE_WITH_IMM into the requester's slot, whose
+// immediate names the request (ImmOfRequest: the low 32 bits of its id,
+// slot in the low 16): the data and the completion arrive together, one
+// work request instead of a WRITE and a SEND. Every other response (a
+// refusal, a write's answer) is a SEND of the message above.
 //
 // Connection private data (rdma_connect → CONNECT_REQUEST), 44 bytes,
 // within the 56 bytes rdma_cm allows for RC:
@@ -40,7 +44,7 @@ namespace tether {
 
 constexpr size_t kRdmaMessageSize = 64;
 constexpr uint32_t kRdmaConnectMagic = 0x44525454;  // "TTRD"
-constexpr uint16_t kRdmaWireVersion = 1;
+constexpr uint16_t kRdmaWireVersion = 2;  // 2: reads answered by WRITE_WITH_IMM
 constexpr size_t kRdmaPrivateDataSize = 12 + kDataTokenSize;
 
 struct RdmaMessage {
@@ -50,6 +54,12 @@ struct RdmaMessage {
 };
 
 void EncodeRdmaMessage(const RdmaMessage& m, uint8_t out[kRdmaMessageSize]);
+
+// The immediate of a read's WRITE_WITH_IMM answer (host order; the verbs
+// carry it big-endian), and whether one answers request `req_id`.
+inline uint32_t ImmOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id); }
+inline bool ImmAnswers(uint32_t imm, uint64_t req_id) { return imm == ImmOfRequest(req_id); }
+inline uint32_t SlotOfImm(uint32_t imm) { return imm & 0xffff; }
 // `max_length`: the largest request the receiver accepts (its slot size).
 absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len,
                                               uint32_t max_length);

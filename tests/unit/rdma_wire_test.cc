@@ -122,6 +122,23 @@ TEST(RdmaWire, ConnectDataRoundTripsAndRejectsGarbage) {
   EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());
 }
 
+TEST(RdmaWire, AReadsImmediateNamesItsRequestAndSlot) {
+  // Request ids are (sequence << 16) | slot.
+  const uint64_t id = (uint64_t{0x12345} << 16) | 7;
+  uint32_t imm = ImmOfRequest(id);
+  EXPECT_EQ(SlotOfImm(imm), 7u);
+  EXPECT_TRUE(ImmAnswers(imm, id));
+  EXPECT_FALSE(ImmAnswers(imm, (uint64_t{0x12346} << 16) | 7));  // a later request, same slot
+  EXPECT_FALSE(ImmAnswers(imm, (uint64_t{0x12345} << 16) | 8));  // another slot
+  EXPECT_FALSE(ImmAnswers(imm, 0));                              // a free slot
+  // A peer from before WRITE_WITH_IMM answers is refused at connect.
+  std::string token(kDataTokenSize, 't');
+  uint8_t buf[kRdmaPrivateDataSize];
+  EncodeRdmaConnectData({1, token}, buf);
+  buf[4] = 1;
+  EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());
+}
+
 TEST(DataToken, BindsTheTokenToANodeAndASecret) {
   std::string secret(32, 's');
   std::string t2 = DataTokenFor(secret, 2);
