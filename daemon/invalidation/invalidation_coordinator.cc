@@ -46,14 +46,12 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
   n.end = end;
   n.window = w.id;
   n.home_node = home_node_;
-  for (uint32_t node : opened->nodes) {
-    stats_.notices_sent++;
-    channel_->Send(node, n, ack_deadline_, [shared, node](absl::Status st) {
-      absl::MutexLock lock(&shared->mu);
-      if (shared->acks.OnReply(node, st)) shared->done = true;
-      if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
-    });
-  }
+  stats_.notices_sent += opened->nodes.size();
+  channel_->SendToAll(opened->nodes, n, ack_deadline_, [shared](uint32_t node, absl::Status st) {
+    absl::MutexLock lock(&shared->mu);
+    if (shared->acks.OnReply(node, st)) shared->done = true;
+    if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
+  });
   {
     absl::MutexLock lock(&shared->mu);
     shared->mu.AwaitWithTimeout(absl::Condition(&shared->done), ack_deadline_);
@@ -88,14 +86,12 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
   n.window = w.id;
   n.gone = gone;
   n.home_node = home_node_;
-  for (uint32_t node : w.acked) {
-    stats_.notices_sent++;
-    // range_end needs no ack; a node that misses it keeps the range blocked
-    // until its write-backs or faults are refused — never stale data.
-    channel_->Send(node, n, ack_deadline_, [node](absl::Status st) {
-      if (!st.ok()) TLOG_INFO("range_end to node %d: %s", node, st.ToString());
-    });
-  }
+  stats_.notices_sent += w.acked.size();
+  // range_end needs no ack; a node that misses it keeps the range blocked
+  // until its write-backs or faults are refused — never stale data.
+  channel_->SendToAll(w.acked, n, ack_deadline_, [](uint32_t node, absl::Status st) {
+    if (!st.ok()) TLOG_INFO("range_end to node %d: %s", node, st.ToString());
+  });
 }
 
 void InvalidationCoordinator::RevokeAll(uint64_t segid, const std::string& why) {

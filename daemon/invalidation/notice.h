@@ -3,6 +3,7 @@
 #define TETHER_DAEMON_INVALIDATION_NOTICE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +35,15 @@ class InvalidationChannel {
   virtual ~InvalidationChannel() = default;
   virtual void Send(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
                     Done done) = 0;
+  // One notice to several nodes (a window's fan-out); `done` runs once per
+  // node. This sends them one by one; a channel that serializes notices
+  // overrides it to do that once per fan-out, not once per node.
+  using NodeDone = std::function<void(uint32_t node, absl::Status)>;
+  virtual void SendToAll(const std::vector<uint32_t>& nodes, const InvalidationNotice& notice,
+                         absl::Duration timeout, NodeDone done) {
+    for (uint32_t node : nodes)
+      Send(node, notice, timeout, [done, node](absl::Status st) { done(node, std::move(st)); });
+  }
   // The home granted `node` an attachment, so notices to it will follow:
   // connect now (without waiting), so that the first range_begin does not
   // spend its ack deadline on connection and TLS set-up.

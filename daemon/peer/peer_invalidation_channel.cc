@@ -28,20 +28,26 @@ void PeerInvalidationChannel::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void PeerInvalidationChannel::Send(uint32_t node, const InvalidationNotice& n,
+bool PeerInvalidationChannel::TakesSlowPath(uint32_t node, const InvalidationNotice& n) const {
+  return node == self_ || tcp_ == nullptr || n.kind == InvalidationNotice::Kind::kRevoke;
+}
+
+void PeerInvalidationChannel::Slow(uint32_t node, const InvalidationNotice& n,
                                    absl::Duration timeout, Done done) {
   if (node == self_) {
     std::move(done)(local_->Handle(n));
     return;
   }
-  if (tcp_ == nullptr || n.kind == InvalidationNotice::Kind::kRevoke) {
-    peers_->Invalidate(node, n, timeout, std::move(done));
-    return;
-  }
-  std::string payload = EncodeNotice(n);
+  peers_->Invalidate(node, n, timeout, std::move(done));
+}
+
+void PeerInvalidationChannel::Notify(uint32_t node, std::shared_ptr<const InvalidationNotice> n,
+                                     const std::string& payload, absl::Duration timeout,
+                                     Done done) {
   tcp_->Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
                                          payload.size()),
-               [this, node, n, timeout, done = std::move(done)](absl::Status st) mutable {
+               [this, node, n = std::move(n), timeout, done = std::move(done)](
+                   absl::Status st) mutable {
                  // kUnavailable: no connection (yet), or lost with the notice
                  // in flight; the receiver never answers with it.
                  if (!absl::IsUnavailable(st)) {
@@ -49,8 +55,38 @@ void PeerInvalidationChannel::Send(uint32_t node, const InvalidationNotice& n,
                    return;
                  }
                  Connect(node);
-                 peers_->Invalidate(node, n, timeout, std::move(done));
+                 peers_->Invalidate(node, *n, timeout, std::move(done));
                });
+}
+
+void PeerInvalidationChannel::Send(uint32_t node, const InvalidationNotice& n,
+                                   absl::Duration timeout, Done done) {
+  if (TakesSlowPath(node, n)) {
+    Slow(node, n, timeout, std::move(done));
+    return;
+  }
+  Notify(node, std::make_shared<const InvalidationNotice>(n), EncodeNotice(n), timeout,
+         std::move(done));
+}
+
+void PeerInvalidationChannel::SendToAll(const std::vector<uint32_t>& nodes,
+                                        const InvalidationNotice& n, absl::Duration timeout,
+                                        NodeDone done) {
+  // One encoding and one copy (kept for a gRPC resend) per fan-out.
+  std::shared_ptr<const InvalidationNotice> shared;
+  std::string payload;
+  for (uint32_t node : nodes) {
+    Done one = [done, node](absl::Status st) { done(node, std::move(st)); };
+    if (TakesSlowPath(node, n)) {
+      Slow(node, n, timeout, std::move(one));
+      continue;
+    }
+    if (!shared) {
+      shared = std::make_shared<const InvalidationNotice>(n);
+      payload = EncodeNotice(n);
+    }
+    Notify(node, shared, payload, timeout, std::move(one));
+  }
 }
 
 void PeerInvalidationChannel::Prepare(uint32_t node) {

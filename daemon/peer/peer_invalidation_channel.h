@@ -20,7 +20,10 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -43,11 +46,20 @@ class PeerInvalidationChannel : public InvalidationChannel {
 
   void Send(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
             Done done) override;
+  // Encodes the notice once for every node the fast path serves.
+  void SendToAll(const std::vector<uint32_t>& nodes, const InvalidationNotice& notice,
+                 absl::Duration timeout, NodeDone done) override;
   void Prepare(uint32_t node) override;
   // Ends the connecting thread (before the PeerDirectory and transport go).
   void Stop();
 
  private:
+  // True if `n` goes to `node` by a direct call or gRPC (Slow), not as a
+  // NOTICE frame (Notify, with `payload` = EncodeNotice(*n)).
+  bool TakesSlowPath(uint32_t node, const InvalidationNotice& n) const;
+  void Slow(uint32_t node, const InvalidationNotice& n, absl::Duration timeout, Done done);
+  void Notify(uint32_t node, std::shared_ptr<const InvalidationNotice> n,
+              const std::string& payload, absl::Duration timeout, Done done);
   void Connect(uint32_t node);  // queues it for the thread
   void Run();
 

@@ -71,7 +71,7 @@ export TETHER_RACE_ITERS=${TETHER_VM_RACE_ITERS:-200}
 # Under TCG the mappers read slowly: a pause after each exporter call lets
 # them read between calls, and the test wants this many reads that could
 # have been stale (tests/multinode/test_invalidation.py).
-export TETHER_RACE_GAP_US=5000 TETHER_RACE_MIN_CHECKED=30
+export TETHER_RACE_GAP_US=10000 TETHER_RACE_MIN_CHECKED=10
 daemon_suite() {  # <label> <script> [<-k filter>]
   py_suite "$1" $((${TETHER_VM_DAEMON_TIMEOUT:-300} * SCALE)) "$2" "${3:-}"
 }

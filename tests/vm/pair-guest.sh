@@ -67,7 +67,7 @@ else
   # Under TCG the mappers read slowly: a pause after each exporter call lets
   # them read between calls, and the test wants this many reads that could
   # have been stale (tests/multinode/test_invalidation.py).
-  export TETHER_RACE_GAP_US=5000 TETHER_RACE_MIN_CHECKED=30
+  export TETHER_RACE_GAP_US=10000 TETHER_RACE_MIN_CHECKED=10
   . "$REPO/tests/vm/suite.sh"
   pair_suite() {  # <label> <script> [<-k filter>]
     py_suite "$1" $((${TETHER_VM_PAIR_TIMEOUT:-600} * SCALE)) "$2" "${3:-}"
