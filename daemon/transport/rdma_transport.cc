@@ -424,8 +424,9 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
   }
 }
 
-// Posts the response for a home slot (after an optional RDMA WRITE of
-// `data_len` bytes from the slot into the requester's buffer).
+// Posts the response for a home slot: a read's `data_len` (> 0) bytes as
+// one RDMA WRITE_WITH_IMM into the requester's slot, anything else (a
+// refusal, a write's answer) as a SEND of the response message.
 bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t status,
                   uint32_t data_len) {
   ibv_sge sge;
