@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -56,9 +57,17 @@ struct Attachment {
   // Invalidation (DESIGN.md "The invalidation contract", mapper side).
   // Open windows by key (home segid + window id): faults in them wait.
   absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows ABSL_GUARDED_BY(mu);
-  // Bumped by every range_begin; a fetch issued under another value is
-  // discarded instead of installed (it may predate the window).
+  // Bumped by every range_begin. A fetch issued under an older value is
+  // discarded instead of installed if one of the range_begins since then
+  // overlaps it (its data may predate that window); one that no window
+  // touched is installed — else, under frequent invalidations of other
+  // ranges, a slow fetch would be thrown away again and again.
   uint64_t inval_gen ABSL_GUARDED_BY(mu) = 0;
+  struct Begin {
+    uint64_t gen, p0, p1;  // inval_gen after it, pages [p0, p1)
+  };
+  static constexpr size_t kRecentBegins = 64;
+  std::deque<Begin> recent_begins ABSL_GUARDED_BY(mu);  // the last kRecentBegins
   // Dirty pages a window took away, written back after it (page -> bytes).
   absl::btree_map<uint64_t, std::string> kept_aside ABSL_GUARDED_BY(mu);
   // Dirty pages discarded because their address went away (reported by
@@ -79,6 +88,17 @@ struct Attachment {
   void AbandonFetch(uint64_t first, uint64_t n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (uint64_t p = first; p < first + n; ++p)
       if (state[p] == PageState::kFetching) state[p] = PageState::kAbsent;
+  }
+  // Whether a range_begin after generation `gen` overlaps pages
+  // [first, first + n) — or may have: history older than kRecentBegins
+  // range_begins is forgotten, and then the answer is yes.
+  bool BegunSince(uint64_t gen, uint64_t first, uint64_t n) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (gen == inval_gen) return false;
+    if (recent_begins.empty() || recent_begins.front().gen > gen + 1) return true;
+    for (const Begin& b : recent_begins)
+      if (b.gen > gen && b.p0 < first + n && first < b.p1) return true;
+    return false;
   }
   // In a window other than `key`'s.
   bool InOtherWindow(uint64_t page, uint64_t key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {

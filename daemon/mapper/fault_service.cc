@@ -294,9 +294,10 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     // Installed under the attachment lock, so that a range_begin cannot
     // zap between our generation check and the copy (stale install).
     absl::MutexLock lock(&att->mu);
-    if (att->inval_gen != gen || att->revoked) {
-      // A window opened while this fetch was in flight: its data may
-      // predate it. Drop it; faulters outside windows fetch again now.
+    if (att->BegunSince(gen, first, n) || att->revoked) {
+      // A window over these pages opened while this fetch was in flight:
+      // its data may predate it. Drop it; faulters outside windows fetch
+      // again now.
       att->AbandonFetch(first, n);
       need_wake = true;
     } else {
@@ -392,6 +393,8 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
     if (att.revoked || p0 >= p1) return;
     att.windows[key] = {p0, p1};
     ++att.inval_gen;
+    att.recent_begins.push_back({att.inval_gen, p0, p1});
+    if (att.recent_begins.size() > Attachment::kRecentBegins) att.recent_begins.pop_front();
     std::string page(kPage, '\0');
     for (uint64_t p = p0; p < p1;) {
       PageState s = att.state[p];

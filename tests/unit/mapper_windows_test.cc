@@ -38,6 +38,8 @@ class FakeHome : public BlockServer {
     ++reads;
     if (refuse) return ErrnoStatus(EAGAIN, "window");
     std::memcpy(dst.data(), mem.data() + off, dst.size());
+    // Read, then "on the wire" until the test lets it arrive.
+    mu.Await(absl::Condition(+[](bool* h) { return !*h; }, &hold));
     return absl::OkStatus();
   }
   absl::Status WriteBlocks(uint32_t, uint64_t, uint64_t, uint64_t off,
@@ -51,6 +53,7 @@ class FakeHome : public BlockServer {
   std::vector<uint8_t> mem;
   int reads = 0, writes = 0;
   bool refuse = false;
+  bool hold = false;  // read data waits (in flight) until it is cleared
 };
 
 class MapperWindowsTest : public ::testing::Test {
@@ -219,6 +222,55 @@ TEST_F(MapperWindowsTest, HomeRetryIsRetriedNotPoisoned) {
   reader.join();
   EXPECT_EQ(seen.load(), 1);
   EXPECT_EQ(sigbus_.load(), 0);
+}
+
+// A fetch in flight while a window opens elsewhere in the attachment is
+// installed, not thrown away and fetched again (under frequent windows a
+// slow fetch would never land); one the window overlaps is discarded.
+TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.hold = true;
+  }
+  std::atomic<int> seen{-1};
+  std::thread reader([&] { seen = map_[8 * kPage]; });
+  auto reads = [&] {
+    absl::MutexLock lock(&home_.mu);
+    return home_.reads;
+  };
+  for (int i = 0; i < 200 && reads() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(reads(), 1) << "the fetch of page 8 is in flight";
+  faults_.BeginWindow(*att_, 1, 0, 4);  // pages 0-3: not page 8
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.hold = false;
+  }
+  reader.join();
+  EXPECT_EQ(seen.load(), 1);
+  EXPECT_EQ(reads(), 1) << "installed as fetched, not fetched twice";
+  EXPECT_EQ(State(8), PageState::kClean);
+  ASSERT_TRUE(faults_.EndWindow(*att_, 1, {}).ok());
+
+  // Now a window over the page in flight: its data may predate the window.
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.hold = true;
+  }
+  std::thread reader2([&] { seen = map_[12 * kPage]; });
+  for (int i = 0; i < 200 && reads() == 1; ++i) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(reads(), 2) << "the fetch of page 12 is in flight";
+  faults_.BeginWindow(*att_, 2, 10, 14);
+  home_.Fill(7);  // what the exporter holds after the event
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.hold = false;  // the old contents (1) arrive inside the window
+  }
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_NE(State(12), PageState::kClean) << "a fetch that the window overlapped was installed";
+  ASSERT_TRUE(faults_.EndWindow(*att_, 2, {}).ok());
+  reader2.join();
+  EXPECT_EQ(seen.load(), 7) << "fetched again after the window: the new contents";
+  EXPECT_EQ(reads(), 3);
 }
 
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {
