@@ -92,6 +92,31 @@ void ServeNullFaults(int uffd, bool install, const std::atomic<bool>& stop) {
   }
 }
 
+// A fresh memfd of `len` bytes mapped shared and read-only, as a client
+// maps a read-only tether attachment.
+uint8_t* MapMemfd(const char* name, size_t len) {
+  int memfd = static_cast<int>(syscall(SYS_memfd_create, name, 0));
+  if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
+  void* mem = mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0);
+  if (mem == MAP_FAILED) Die("mmap");
+  close(memfd);  // the mapping keeps it
+  return static_cast<uint8_t*>(mem);
+}
+
+// A new userfaultfd (with `features`) on which [mem, mem + len)'s missing
+// faults arrive.
+int RegisterMissing(void* mem, size_t len, uint64_t features) {
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  if (uffd < 0) Die("userfaultfd");
+  uffdio_api api{UFFD_API, features, 0};
+  if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(mem), len};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
+  return uffd;
+}
+
 // A fault served without any fetch, N random pages.
 //   null:    anonymous memory, a thread of the same process maps the zero
 //            page (UFFDIO_ZEROPAGE: nothing allocated or copied).
@@ -103,23 +128,12 @@ void ServeNullFaults(int uffd, bool install, const std::atomic<bool>& stop) {
 //            there; tether maps writable attachments' pages write-protected.)
 int UffdNull(int n, bool install) {
   size_t len = size_t(n) * kPage;
-  int memfd = -1;
-  if (install) {
-    memfd = static_cast<int>(syscall(SYS_memfd_create, "uffd-null", 0));
-    if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
-  }
   auto* mem = static_cast<volatile uint8_t*>(
-      install ? mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0)
+      install ? MapMemfd("uffd-null", len)
               : mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (mem == MAP_FAILED) Die("mmap");
-  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-  if (uffd < 0) Die("userfaultfd");
-  uffdio_api api{UFFD_API, install ? uint64_t{UFFD_FEATURE_MISSING_SHMEM} : 0, 0};
-  if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
-  uffdio_register reg{};
-  reg.range = {reinterpret_cast<uint64_t>(mem), len};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-  if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
+  int uffd = RegisterMissing(const_cast<uint8_t*>(mem), len,
+                             install ? uint64_t{UFFD_FEATURE_MISSING_SHMEM} : 0);
   std::atomic<bool> stop{false};
   std::thread handler;
   pid_t child = -1;
@@ -156,19 +170,8 @@ int UffdNull(int n, bool install) {
 // uffd-seq: see the header. Every cache line is read, as map-seq does.
 int UffdSeq(size_t mb) {
   const size_t len = mb << 20, chunk = 64 * kPage;
-  int memfd = static_cast<int>(syscall(SYS_memfd_create, "uffd-seq", 0));
-  if (memfd < 0 || ftruncate(memfd, static_cast<off_t>(len)) != 0) Die("memfd");
-  auto* mem = static_cast<uint8_t*>(
-      mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0));
-  if (mem == MAP_FAILED) Die("mmap");
-  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
-  if (uffd < 0) Die("userfaultfd");
-  uffdio_api api{UFFD_API, uint64_t{UFFD_FEATURE_MISSING_SHMEM}, 0};
-  if (ioctl(uffd, UFFDIO_API, &api)) Die("UFFDIO_API");
-  uffdio_register reg{};
-  reg.range = {reinterpret_cast<uint64_t>(mem), len};
-  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-  if (ioctl(uffd, UFFDIO_REGISTER, &reg)) Die("UFFDIO_REGISTER");
+  uint8_t* mem = MapMemfd("uffd-seq", len);
+  int uffd = RegisterMissing(mem, len, UFFD_FEATURE_MISSING_SHMEM);
   pid_t child = fork();
   if (child < 0) Die("fork");
   if (child == 0) {
