@@ -27,10 +27,10 @@ std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
   return UseRdma(node, ep) ? "rdma" : "tcp";
 }
 
-Transport::Done DataPath::FallBack(const DataEndpoint& ep, bool is_read, uint64_t segid,
+Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                                    uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                                    absl::Span<const uint8_t> src, Transport::Done done) {
-  return [this, ep, is_read, segid, grant, offset, dst, src,
+  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src,
           done = std::move(done)](absl::Status st) mutable {
     if (st.ok() || !RdmaTransport::IsSetupFailure(st)) {
       std::move(done)(std::move(st));
@@ -39,16 +39,16 @@ Transport::Done DataPath::FallBack(const DataEndpoint& ep, bool is_read, uint64_
     bool first;
     {
       absl::MutexLock lock(&mu_);
-      first = tcp_until_.find(ep.node_id) == tcp_until_.end();
-      tcp_until_[ep.node_id] = absl::Now() + kRdmaRetryAfter;
+      first = tcp_until_.find(ep->node_id) == tcp_until_.end();
+      tcp_until_[ep->node_id] = absl::Now() + kRdmaRetryAfter;
     }
     if (first)
-      TLOG_WARN("node %d: %s; using tcp for %d s", ep.node_id, st.message(),
+      TLOG_WARN("node %d: %s; using tcp for %d s", ep->node_id, st.message(),
                 absl::ToInt64Seconds(kRdmaRetryAfter));
     if (is_read) {
-      tcp_->Read(ep, segid, grant, offset, dst, std::move(done));
+      tcp_->Read(*ep, segid, grant, offset, dst, std::move(done));
     } else {
-      tcp_->Write(ep, segid, grant, offset, src, std::move(done));
+      tcp_->Write(*ep, segid, grant, offset, src, std::move(done));
     }
   };
 }
@@ -59,17 +59,20 @@ void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offs
     std::move(done)(local_server_->ReadBlocks(node, segid, grant, offset, dst));
     return;
   }
-  auto ep = resolve_(node);
-  if (!ep.ok()) {
-    std::move(done)(ep.status());
+  auto ep_or = resolve_(node);
+  if (!ep_or.ok()) {
+    std::move(done)(ep_or.status());
     return;
   }
-  if (UseRdma(node, *ep)) {
-    rdma_->Read(*ep, segid, grant, offset, dst,
-                FallBack(*ep, true, segid, grant, offset, dst, {}, std::move(done)));
+  // Held here too: `done` (and the fallback's reference) may go first.
+  std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
+  const DataEndpoint& e = *ep;
+  if (UseRdma(node, e)) {
+    rdma_->Read(e, segid, grant, offset, dst,
+                FallBack(ep, true, segid, grant, offset, dst, {}, std::move(done)));
     return;
   }
-  tcp_->Read(*ep, segid, grant, offset, dst, std::move(done));
+  tcp_->Read(e, segid, grant, offset, dst, std::move(done));
 }
 
 void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -78,17 +81,20 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
     std::move(done)(local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
-  auto ep = resolve_(node);
-  if (!ep.ok()) {
-    std::move(done)(ep.status());
+  auto ep_or = resolve_(node);
+  if (!ep_or.ok()) {
+    std::move(done)(ep_or.status());
     return;
   }
-  if (UseRdma(node, *ep)) {
-    rdma_->Write(*ep, segid, grant, offset, src,
-                 FallBack(*ep, false, segid, grant, offset, {}, src, std::move(done)));
+  // Held here too: `done` (and the fallback's reference) may go first.
+  std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
+  const DataEndpoint& e = *ep;
+  if (UseRdma(node, e)) {
+    rdma_->Write(e, segid, grant, offset, src,
+                 FallBack(ep, false, segid, grant, offset, {}, src, std::move(done)));
     return;
   }
-  tcp_->Write(*ep, segid, grant, offset, src, std::move(done));
+  tcp_->Write(e, segid, grant, offset, src, std::move(done));
 }
 
 absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant,

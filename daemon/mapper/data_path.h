@@ -13,6 +13,7 @@
 #define TETHER_DAEMON_MAPPER_DATA_PATH_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/functional/any_invocable.h"
@@ -26,7 +27,8 @@ namespace tether {
 
 class DataPath {
  public:
-  using EndpointResolver = absl::AnyInvocable<absl::StatusOr<DataEndpoint>(uint32_t node)>;
+  using EndpointResolver =
+      absl::AnyInvocable<absl::StatusOr<std::shared_ptr<const DataEndpoint>>(uint32_t node)>;
 
   static constexpr absl::Duration kRdmaRetryAfter = absl::Seconds(30);
 
@@ -53,7 +55,7 @@ class DataPath {
  private:
   bool UseRdma(uint32_t node, const DataEndpoint& ep);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
-  Transport::Done FallBack(const DataEndpoint& ep, bool is_read, uint64_t segid, uint64_t grant,
+  Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid, uint64_t grant,
                            uint64_t offset, absl::Span<uint8_t> dst,
                            absl::Span<const uint8_t> src, Transport::Done done);
 

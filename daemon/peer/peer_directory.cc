@@ -36,8 +36,7 @@ struct PeerDirectory::Impl {
     PeerConfig config;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<peer::Peer::Stub> stub;
-    bool have_endpoint = false;
-    DataEndpoint endpoint;
+    std::shared_ptr<const DataEndpoint> endpoint;  // null until Hello
     uint64_t incarnation = 0;
     std::string last_error;
   };
@@ -121,13 +120,13 @@ std::vector<uint32_t> PeerDirectory::Nodes() const {
   return out;
 }
 
-absl::StatusOr<DataEndpoint> PeerDirectory::Endpoint(uint32_t node) {
+absl::StatusOr<std::shared_ptr<const DataEndpoint>> PeerDirectory::Endpoint(uint32_t node) {
   {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->peers.find(node);
     if (it == impl_->peers.end())
       return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " is not in the peer list"));
-    if (it->second->have_endpoint) return it->second->endpoint;
+    if (it->second->endpoint) return it->second->endpoint;
   }
   ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
   grpc::ClientContext ctx;
@@ -147,14 +146,15 @@ absl::StatusOr<DataEndpoint> PeerDirectory::Endpoint(uint32_t node) {
     p.last_error = absl::StrCat("answers as node ", resp.node_id());
     return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " ", p.last_error));
   }
-  p.endpoint.node_id = node;
+  auto ep = std::make_shared<DataEndpoint>();
+  ep->node_id = node;
   // A daemon listening on a wildcard address advertises it as such: reach
   // it at the host we reach its control plane on.
-  p.endpoint.address = ReplaceWildcardHost(resp.data_address(), p.config.address);
-  p.endpoint.rdma_address = ReplaceWildcardHost(resp.rdma_address(), p.config.address);
-  p.endpoint.token = resp.data_token();
+  ep->address = ReplaceWildcardHost(resp.data_address(), p.config.address);
+  ep->rdma_address = ReplaceWildcardHost(resp.rdma_address(), p.config.address);
+  ep->token = resp.data_token();
+  p.endpoint = std::move(ep);
   p.incarnation = resp.incarnation();
-  p.have_endpoint = true;
   p.last_error.clear();
   return p.endpoint;
 }
@@ -162,7 +162,7 @@ absl::StatusOr<DataEndpoint> PeerDirectory::Endpoint(uint32_t node) {
 void PeerDirectory::Forget(uint32_t node) {
   absl::MutexLock lock(&impl_->mu);
   auto it = impl_->peers.find(node);
-  if (it != impl_->peers.end()) it->second->have_endpoint = false;
+  if (it != impl_->peers.end()) it->second->endpoint.reset();
 }
 
 absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid,
@@ -186,11 +186,11 @@ absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid,
   if (ParseSegid(segid, &parts)) {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->peers.find(node);
-    if (it != impl_->peers.end() && it->second->have_endpoint &&
+    if (it != impl_->peers.end() && it->second->endpoint &&
         it->second->incarnation != parts.incarnation) {
       TLOG_INFO("node %d restarted (incarnation %#x, was %#x): new data endpoint", node,
                 parts.incarnation, it->second->incarnation);
-      it->second->have_endpoint = false;
+      it->second->endpoint.reset();
     }
   }
   Grant g;
@@ -274,7 +274,7 @@ std::vector<PeerState> PeerDirectory::States() {
     s.node_id = node;
     absl::MutexLock lock(&impl_->mu);
     s.address = impl_->peers.at(node)->config.address;
-    s.transport = !ep.ok() ? "" : impl_->namer ? impl_->namer(node, *ep) : "tcp";
+    s.transport = !ep.ok() ? "" : impl_->namer ? impl_->namer(node, **ep) : "tcp";
     s.reachable = ep.ok();
     if (!ep.ok()) s.error = std::string(ep.status().message());
     out.push_back(std::move(s));

@@ -41,8 +41,10 @@ class PeerDirectory {
   bool Knows(uint32_t node) const;
   std::vector<uint32_t> Nodes() const;
 
-  // The peer's data endpoint (Hello, cached until Forget()).
-  absl::StatusOr<DataEndpoint> Endpoint(uint32_t node);
+  // The peer's data endpoint (Hello, cached until Forget()). Shared and
+  // immutable: every fetch asks for it, and copying its strings there cost
+  // allocations on the fault path; a new Hello makes a new one.
+  absl::StatusOr<std::shared_ptr<const DataEndpoint>> Endpoint(uint32_t node);
   void Forget(uint32_t node);
 
   absl::StatusOr<Grant> Attach(uint32_t node, uint64_t segid, const Credentials& cred,

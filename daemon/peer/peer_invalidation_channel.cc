@@ -123,7 +123,7 @@ void PeerInvalidationChannel::Run() {
     absl::Status st;
     for (int attempt = 0; attempt < 2; ++attempt) {
       auto ep = peers_->Endpoint(node);
-      st = ep.ok() ? tcp_->Connect(*ep) : ep.status();
+      st = ep.ok() ? tcp_->Connect(**ep) : ep.status();
       if (st.ok()) break;
       peers_->Forget(node);
     }

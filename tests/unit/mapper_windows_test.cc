@@ -56,6 +56,11 @@ class FakeHome : public BlockServer {
   bool hold = false;  // read data waits (in flight) until it is cleared
 };
 
+// The resolver for remote homes: this test has none.
+absl::StatusOr<std::shared_ptr<const DataEndpoint>> NoPeers(uint32_t) {
+  return absl::UnavailableError("no peers in this test");
+}
+
 class MapperWindowsTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -96,9 +101,7 @@ class MapperWindowsTest : public ::testing::Test {
   }
 
   FakeHome home_;
-  DataPath data_{1, &home_, nullptr, nullptr, [](uint32_t) -> absl::StatusOr<DataEndpoint> {
-                   return absl::UnavailableError("no peers in this test");
-                 }};
+  DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
   FaultService faults_{&data_, 64 << 20,
                        [this](const Attachment&, uint64_t, uint64_t, const std::string&) {
