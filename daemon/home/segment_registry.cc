@@ -17,8 +17,12 @@
 namespace tether {
 namespace {
 constexpr uint64_t kPageSize = 4096;
-// User address space limit on x86-64 with 4-level paging.
-constexpr uint64_t kUserAddressLimit = uint64_t{1} << 47;
+// The largest user address space Linux gives a process: 56 bits (x86-64
+// with 5-level paging, for a process that maps above 47 bits; arm64 stops
+// at 52). Only a bound against overflow: a range beyond what the exporter
+// really has fails its first read (EFAULT), or tether.ko's check against
+// the process's own limit.
+constexpr uint64_t kUserAddressLimit = uint64_t{1} << 56;
 constexpr size_t kMaxNameLength = 255;
 constexpr size_t kRecentWindows = 64;
 

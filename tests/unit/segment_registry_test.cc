@@ -99,10 +99,19 @@ TEST_F(RegistryTest, BadExports) {
   EXPECT_EQ(ToErrno(reg_.Make(owner_, a, 4095, 0600, Self()).status()), EINVAL);
   EXPECT_EQ(ToErrno(reg_.Make(owner_, ~0ull & ~4095ull, 8192, 0600, Self()).status()), EINVAL);
   EXPECT_EQ(ToErrno(reg_.Make(owner_, a, 4096, 01777, Self()).status()), EINVAL);
+  // past the largest user address space there is (56 bits)
+  EXPECT_EQ(ToErrno(reg_.Make(owner_, (1ull << 56) - 4096, 8192, 0600, Self()).status()), EINVAL);
   // a pidfd that names another process than the caller
   int other = PidfdOpen(getppid());
   EXPECT_EQ(ToErrno(ExporterMemory::Open(other, getpid()).status()), EACCES);
   EXPECT_TRUE(reg_.List().empty());
+}
+
+// A process with 5-level paging may map (and export) memory above 47 bits.
+TEST_F(RegistryTest, ExportAbove47Bits) {
+  auto segid = reg_.Make(owner_, 1ull << 47, 4096, 0600, Self());
+  ASSERT_TRUE(segid.ok()) << segid.status();
+  EXPECT_EQ(reg_.List().size(), 1u);
 }
 
 TEST_F(RegistryTest, RemovePublishLookup) {
