@@ -68,11 +68,15 @@ bool ExporterMemory::Alive() const {
   return poll(&p, 1, 0) == 0;
 }
 
-absl::Status ExporterMemory::Read(uint64_t addr, absl::Span<uint8_t> dst) const {
+namespace {
+
+// Repeats `io(done)` (a pread or pwrite of what is left at `addr + done`)
+// until `len` bytes have moved.
+template <typename Io>
+absl::Status Transfer(size_t len, const char* what, Io io) {
   size_t done = 0;
-  while (done < dst.size()) {
-    ssize_t n = pread(mem_fd_, dst.data() + done, dst.size() - done,
-                      static_cast<off_t>(addr + done));
+  while (done < len) {
+    ssize_t n = io(done);
     if (n > 0) {
       done += static_cast<size_t>(n);
     } else if (n == 0) {
@@ -80,10 +84,18 @@ absl::Status ExporterMemory::Read(uint64_t addr, absl::Span<uint8_t> dst) const 
     } else if (errno != EINTR) {
       // EIO: the address is not mapped in the exporter (any more).
       if (errno == EIO) return ErrnoStatus(EFAULT, "exporter address not mapped");
-      return ErrnoStatus(errno, "read exporter memory");
+      return ErrnoStatus(errno, what);
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ExporterMemory::Read(uint64_t addr, absl::Span<uint8_t> dst) const {
+  return Transfer(dst.size(), "read exporter memory", [&](size_t done) {
+    return pread(mem_fd_, dst.data() + done, dst.size() - done, static_cast<off_t>(addr + done));
+  });
 }
 
 absl::Status ExporterMemory::CheckWritable(uint64_t addr, uint64_t len) const {
@@ -117,20 +129,9 @@ absl::Status ExporterMemory::CheckWritable(uint64_t addr, uint64_t len) const {
 
 absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src) const {
   RETURN_IF_ERROR(CheckWritable(addr, src.size()));
-  size_t done = 0;
-  while (done < src.size()) {
-    ssize_t n = pwrite(mem_fd_, src.data() + done, src.size() - done,
-                       static_cast<off_t>(addr + done));
-    if (n > 0) {
-      done += static_cast<size_t>(n);
-    } else if (n == 0) {
-      return absl::NotFoundError("the exporter is gone");
-    } else if (errno != EINTR) {
-      if (errno == EIO) return ErrnoStatus(EFAULT, "exporter address not mapped");
-      return ErrnoStatus(errno, "write exporter memory");
-    }
-  }
-  return absl::OkStatus();
+  return Transfer(src.size(), "write exporter memory", [&](size_t done) {
+    return pwrite(mem_fd_, src.data() + done, src.size() - done, static_cast<off_t>(addr + done));
+  });
 }
 
 }  // namespace tether

@@ -45,40 +45,26 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
     if (first)
       TLOG_WARN("node %d: %s; using tcp for %d s", ep->node_id, st.message(),
                 absl::ToInt64Seconds(kRdmaRetryAfter));
-    if (is_read) {
-      tcp_->Read(*ep, segid, grant, offset, dst, std::move(done));
-    } else {
-      tcp_->Write(*ep, segid, grant, offset, src, std::move(done));
-    }
+    SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
   };
 }
 
 void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                     absl::Span<uint8_t> dst, Transport::Done done) {
-  if (node == local_node_) {
-    std::move(done)(local_server_->ReadBlocks(node, segid, grant, offset, dst));
-    return;
-  }
-  auto ep_or = resolve_(node);
-  if (!ep_or.ok()) {
-    std::move(done)(ep_or.status());
-    return;
-  }
-  // Held here too: `done` (and the fallback's reference) may go first.
-  std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
-  const DataEndpoint& e = *ep;
-  if (UseRdma(node, e)) {
-    rdma_->Read(e, segid, grant, offset, dst,
-                FallBack(ep, true, segid, grant, offset, dst, {}, std::move(done)));
-    return;
-  }
-  tcp_->Read(e, segid, grant, offset, dst, std::move(done));
+  Submit(true, node, segid, grant, offset, dst, {}, std::move(done));
 }
 
 void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                      absl::Span<const uint8_t> src, Transport::Done done) {
+  Submit(false, node, segid, grant, offset, {}, src, std::move(done));
+}
+
+void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant,
+                      uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+                      Transport::Done done) {
   if (node == local_node_) {
-    std::move(done)(local_server_->WriteBlocks(node, segid, grant, offset, src));
+    std::move(done)(is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
+                            : local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
   auto ep_or = resolve_(node);
@@ -88,13 +74,22 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
   }
   // Held here too: `done` (and the fallback's reference) may go first.
   std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
-  const DataEndpoint& e = *ep;
-  if (UseRdma(node, e)) {
-    rdma_->Write(e, segid, grant, offset, src,
-                 FallBack(ep, false, segid, grant, offset, {}, src, std::move(done)));
-    return;
+  Transport* transport = tcp_;
+  if (UseRdma(node, *ep)) {
+    transport = rdma_;
+    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done));
   }
-  tcp_->Write(e, segid, grant, offset, src, std::move(done));
+  SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
+}
+
+void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read,
+                        uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+                        absl::Span<const uint8_t> src, Transport::Done done) {
+  if (is_read) {
+    transport->Read(ep, segid, grant, offset, dst, std::move(done));
+  } else {
+    transport->Write(ep, segid, grant, offset, src, std::move(done));
+  }
 }
 
 absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant,

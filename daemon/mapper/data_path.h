@@ -54,6 +54,13 @@ class DataPath {
 
  private:
   bool UseRdma(uint32_t node, const DataEndpoint& ep);
+  // Read (`dst`) or write (`src`): to the local BlockServer, or over the
+  // transport chosen for `node`.
+  void Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+              absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done);
+  static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read,
+                       uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+                       absl::Span<const uint8_t> src, Transport::Done done);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid, uint64_t grant,
                            uint64_t offset, absl::Span<uint8_t> dst,

@@ -24,7 +24,7 @@
 #include "daemon/transport/buffer_pool.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/rdma_wire.h"
-#include "daemon/transport/tcp_transport.h"  // ParseHostPort
+#include "daemon/transport/socket_address.h"
 
 namespace tether {
 namespace {
@@ -57,25 +57,6 @@ absl::Status SetupError(int err, const std::string& what) {
   if (err != ECONNREFUSED && err != EACCES)
     st.SetPayload(kSetupPayload, absl::Cord("1"));
   return st;
-}
-
-absl::StatusOr<sockaddr_storage> NumericAddress(const std::string& address) {
-  std::string host;
-  uint16_t port = 0;
-  RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
-  sockaddr_storage ss{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-  } else {
-    return ErrnoStatus(EINVAL, absl::StrCat("'", address, "' is not a numeric host:port"));
-  }
-  return ss;
 }
 
 // After a device removal, once this process no longer uses the device:
@@ -839,7 +820,7 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
   if (options_.queue_depth == 0 || options_.queue_depth > 1024 || options_.slot_bytes == 0 ||
       options_.slot_bytes % 4096 != 0 || options_.slot_bytes > kMaxPayload)
     return absl::InvalidArgumentError("rdma: bad queue depth or slot size");
-  ASSIGN_OR_RETURN(sockaddr_storage ss, NumericAddress(address));
+  ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(address));
   auto l = std::make_unique<Listener>();
   l->cm = rdma_create_event_channel();
   if (l->cm == nullptr) return ErrnoStatus(errno, "rdma_create_event_channel");
@@ -879,7 +860,7 @@ void RdmaTransport::ListenLoop() {
       // The device was removed: listen again at the same address and port
       // (peers keep the address they learned from Hello) once it is back.
       relisten_at = absl::Now() + absl::Seconds(2);
-      auto ss = NumericAddress(bound_address_);
+      auto ss = NumericSocketAddress(bound_address_);
       rdma_cm_id* id = nullptr;
       if (ss.ok() && rdma_create_id(listener_->cm, &id, nullptr, RDMA_PS_TCP) == 0) {
         if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&*ss)) == 0 && id->verbs != nullptr &&
@@ -1000,7 +981,7 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
     return SetupError(EHOSTUNREACH, absl::StrCat("node ", home.node_id, " has no rdma address"));
   if (home.token.size() != kDataTokenSize)
     return SetupError(EINVAL, absl::StrCat("no data token for node ", home.node_id));
-  auto ss = NumericAddress(home.rdma_address);
+  auto ss = NumericSocketAddress(home.rdma_address);
   if (!ss.ok()) return SetupError(EINVAL, std::string(ss.status().message()));
   const std::string what = absl::StrCat("rdma connect to node ", home.node_id, " at ",
                                         home.rdma_address);

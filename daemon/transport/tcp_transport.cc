@@ -12,11 +12,11 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
+#include "daemon/transport/socket_address.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -89,43 +89,7 @@ void TuneSocket(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
 }
 
-absl::StatusOr<sockaddr_storage> ResolveNumeric(const std::string& address, socklen_t* len) {
-  std::string host;
-  uint16_t port = 0;
-  RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
-  sockaddr_storage ss{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    *len = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    *len = sizeof(sockaddr_in6);
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", address, "' is not a numeric host:port address"));
-  }
-  return ss;
-}
-
 }  // namespace
-
-absl::Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port) {
-  size_t colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0)
-    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' lacks host:port"));
-  std::string h = address.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  uint32_t p = 0;
-  if (!absl::SimpleAtoi(address.substr(colon + 1), &p) || p > 65535)
-    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' has a bad port"));
-  *host = h;
-  *port = static_cast<uint16_t>(p);
-  return absl::OkStatus();
-}
 
 TcpTransport::TcpTransport(uint32_t local_node) : local_node_(local_node) {}
 
@@ -135,7 +99,7 @@ absl::Status TcpTransport::Listen(const std::string& address, std::string secret
                                   BlockServer* server) {
   if (secret.size() < 16) return absl::InvalidArgumentError("data token secret too short");
   socklen_t len = 0;
-  ASSIGN_OR_RETURN(sockaddr_storage ss, ResolveNumeric(address, &len));
+  ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(address, &len));
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return ErrnoStatus(errno, "socket");
   int one = 1;
@@ -286,7 +250,7 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
   if (home.address.empty())
     return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
   socklen_t len = 0;
-  ASSIGN_OR_RETURN(sockaddr_storage ss, ResolveNumeric(home.address, &len));
+  ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(home.address, &len));
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return ErrnoStatus(errno, "socket");
   auto fail = [&](int err, const std::string& what) {

@@ -88,9 +88,6 @@ class TcpTransport : public Transport {
   std::thread accept_thread_;
 };
 
-// Splits "host:port" / "[v6]:port"; resolves numerically only.
-absl::Status ParseHostPort(const std::string& address, std::string* host, uint16_t* port);
-
 }  // namespace tether
 
 #endif  // TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_

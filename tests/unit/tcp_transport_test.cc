@@ -2,6 +2,8 @@
 // many requests in flight, token authentication, errors, peer loss.
 #include "daemon/transport/tcp_transport.h"
 
+#include <netinet/in.h>
+
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -13,6 +15,7 @@
 #include "absl/synchronization/notification.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
+#include "daemon/transport/socket_address.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -248,6 +251,16 @@ TEST(TcpTransport, BadAddresses) {
   EXPECT_FALSE(ParseHostPort("1.2.3.4:99999", &host, &port).ok());
   EXPECT_TRUE(ParseHostPort("[::1]:80", &host, &port).ok());
   EXPECT_EQ(host, "::1");
+  socklen_t len = 0;
+  auto v4 = NumericSocketAddress("10.0.0.7:9", &len);
+  ASSERT_TRUE(v4.ok());
+  EXPECT_EQ(v4->ss_family, AF_INET);
+  EXPECT_EQ(len, sizeof(sockaddr_in));
+  auto v6 = NumericSocketAddress("[fe80::1]:9", &len);
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->ss_family, AF_INET6);
+  EXPECT_EQ(len, sizeof(sockaddr_in6));
+  EXPECT_EQ(ToErrno(NumericSocketAddress("node2:9").status()), EINVAL);
   MemoryServer server(4096);
   TcpTransport t(1);
   EXPECT_FALSE(t.Listen("localhost:0", kToken, &server).ok());  // numeric only
