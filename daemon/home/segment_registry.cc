@@ -1,7 +1,6 @@
 #include "daemon/home/segment_registry.h"
 
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,38 +34,23 @@ SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
 SegmentRegistry::~SegmentRegistry() { Stop(); }
 
 absl::Status SegmentRegistry::Start() {
-  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
-  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = 0;
-  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  RETURN_IF_ERROR(exits_.Open());
   watcher_ = std::thread([this] { WatchExits(); });
   return absl::OkStatus();
 }
 
 void SegmentRegistry::Stop() {
   if (stopping_.exchange(true)) return;
-  if (wake_fd_ >= 0) {
-    uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof(one));
-  }
+  exits_.Wake();
   if (watcher_.joinable()) watcher_.join();
-  if (epoll_fd_ >= 0) close(epoll_fd_);
-  if (wake_fd_ >= 0) close(wake_fd_);
-  epoll_fd_ = wake_fd_ = -1;
+  exits_.Close();
 }
 
 void SegmentRegistry::WatchExits() {
   epoll_event events[16];
   while (!stopping_) {
-    int n = epoll_wait(epoll_fd_, events, 16, -1);
-    for (int i = 0; i < n; ++i) {
-      if (events[i].data.u64 == 0) continue;  // wake-up
-      ExporterExited(events[i].data.u64);
-    }
+    int n = exits_.Wait(events, 16, -1);
+    for (int i = 0; i < n; ++i) ExporterExited(events[i].data.u64);
   }
 }
 
@@ -79,7 +63,7 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
   if (it == segments_.end()) return;
   Segment* seg = it->second.get();
   if (seg->memory) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, seg->memory->pidfd(), nullptr);
+    exits_.Remove(seg->memory->pidfd());
     memory = std::move(seg->memory);
   }
   if (seg->state == "live") {
@@ -126,11 +110,10 @@ absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_
   absl::MutexLock lock(&mu_);
   if (next_local_ == 0) return ErrnoStatus(ENOSPC, "segment ids exhausted");
   seg->segid = MakeSegid(node_id_, incarnation_, next_local_++);
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = seg->segid;
-  if (epoll_fd_ >= 0 && epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, memory->pidfd(), &ev) != 0)
-    return ErrnoStatus(errno, "watch exporter pidfd");
+  if (exits_.is_open()) {  // not in unit tests that never Start()
+    absl::Status st = exits_.Add(memory->pidfd(), seg->segid);
+    if (!st.ok()) return ErrnoStatus(ToErrno(st), "watch exporter pidfd");
+  }
   seg->memory = std::move(memory);
   uint64_t segid = seg->segid;
   TLOG_INFO("segment %#x: exported [%#x, +%d) of pid %d, mode %o", segid, vaddr, size,
@@ -150,7 +133,7 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
   if (caller.uid != seg->uid && caller.uid != 0)
     return ErrnoStatus(EPERM, "only the segment's owner may remove it");
   if (seg->memory) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, seg->memory->pidfd(), nullptr);
+    exits_.Remove(seg->memory->pidfd());
     memory = std::move(seg->memory);
   }
   seg->state = "removed";

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/credentials.h"
 #include "daemon/common/interval_set.h"
+#include "daemon/common/wakeable_epoll.h"
 #include "daemon/home/exporter_memory.h"
 #include "daemon/transport/transport.h"
 
@@ -165,8 +166,7 @@ class SegmentRegistry : public BlockServer {
 
   GoneCallback gone_cb_;
   NotifierSource* source_ = nullptr;
-  int epoll_fd_ = -1;
-  int wake_fd_ = -1;
+  WakeableEpoll exits_;  // the exporters' pidfds, keyed by segid
   std::atomic<bool> stopping_{false};
   std::thread watcher_;
 };

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -56,14 +55,7 @@ FaultService::~FaultService() {
 }
 
 absl::Status FaultService::Start() {
-  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
-  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_fd_ < 0) return ErrnoStatus(errno, "eventfd");
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = 0;
-  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, wake_fd_, &ev);
+  RETURN_IF_ERROR(faults_.Open());
   fault_thread_ = std::thread([this] { FaultLoop(); });
   evict_thread_ = std::thread([this] { EvictLoop(); });
   return absl::OkStatus();
@@ -71,40 +63,31 @@ absl::Status FaultService::Start() {
 
 void FaultService::Stop() {
   if (stopping_.exchange(true)) return;
-  if (wake_fd_ >= 0) {
-    uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof(one));
-  }
+  faults_.Wake();
   {
     absl::MutexLock lock(&mu_);
     evict_wanted_ = true;
   }
   if (fault_thread_.joinable()) fault_thread_.join();
   if (evict_thread_.joinable()) evict_thread_.join();
-  if (epoll_fd_ >= 0) close(epoll_fd_);
-  if (wake_fd_ >= 0) close(wake_fd_);
-  epoll_fd_ = wake_fd_ = -1;
+  faults_.Close();
 }
 
 absl::Status FaultService::Add(std::shared_ptr<Attachment> att) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.u64 = att->id;
   {
     absl::MutexLock lock(&mu_);
     atts_[att->id] = att;
   }
-  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, att->uffd, &ev) != 0) {
-    int err = errno;
+  if (absl::Status st = faults_.Add(att->uffd, att->id); !st.ok()) {
     absl::MutexLock lock(&mu_);
     atts_.erase(att->id);
-    return ErrnoStatus(err, "watch attachment uffd");
+    return ErrnoStatus(ToErrno(st), "watch attachment uffd");
   }
   return absl::OkStatus();
 }
 
 void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
-  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, att->uffd, nullptr);
+  faults_.Remove(att->uffd);
   uint64_t resident;
   {
     absl::MutexLock lock(&att->mu);
@@ -127,15 +110,10 @@ void FaultService::FaultLoop() {
       absl::MutexLock lock(&retry_mu_);
       pending_retries = !retries_.empty();
     }
-    int n = epoll_wait(epoll_fd_, events, 32, pending_retries ? 1 : -1);
+    int n = faults_.Wait(events, 32, pending_retries ? 1 : -1);
     if (pending_retries) RunDueRetries();
     for (int i = 0; i < n; ++i) {
       uint64_t id = events[i].data.u64;
-      if (id == 0) {
-        uint64_t v;
-        (void)!read(wake_fd_, &v, sizeof(v));
-        continue;
-      }
       std::shared_ptr<Attachment> att;
       {
         absl::MutexLock lock(&mu_);
@@ -145,7 +123,7 @@ void FaultService::FaultLoop() {
       if (!att) continue;
       if (events[i].events & (EPOLLERR | EPOLLHUP)) {
         // The client's mm is gone; nothing more will fault here.
-        epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, att->uffd, nullptr);
+        faults_.Remove(att->uffd);
         continue;
       }
       while (true) {
@@ -357,8 +335,7 @@ void FaultService::RetryLater(const std::shared_ptr<Attachment>& att, uint64_t f
     absl::MutexLock lock(&retry_mu_);
     retries_.push_back({att, first, n, absl::Now() + absl::Milliseconds(1)});
   }
-  uint64_t one = 1;
-  (void)!write(wake_fd_, &one, sizeof(one));  // the fault loop shortens its wait
+  faults_.Wake();  // the fault loop shortens its wait
 }
 
 void FaultService::RunDueRetries() {

@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/wakeable_epoll.h"
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/data_path.h"
 
@@ -97,8 +98,7 @@ class FaultService {
 
   std::atomic<uint64_t> resident_pages_{0};
   std::atomic<bool> stopping_{false};
-  int epoll_fd_ = -1;
-  int wake_fd_ = -1;
+  WakeableEpoll faults_;  // the attachments' userfaultfds, keyed by attachment id
   std::thread fault_thread_;
   std::thread evict_thread_;
 
