@@ -110,20 +110,12 @@ void KernelNotifierSource::Stop() {
   uint64_t one = 1;
   (void)!write(stop_fd_, &one, sizeof(one));
   if (thread_.joinable()) thread_.join();
-  {
-    absl::MutexLock lock(&begins_mu_);
-    workers_stop_ = true;
-  }
+  begins_.Stop();
   for (auto& w : workers_) w.join();
   workers_.clear();
   // BEGINs nobody handled: let their exporters go on (closing the control
   // fd below would too).
-  std::deque<std::pair<BeginEvent, uint64_t>> left;
-  {
-    absl::MutexLock lock(&begins_mu_);
-    left.swap(begins_);
-  }
-  for (const auto& [ev, overflows] : left) Ack(ev.event_id);
+  for (const auto& [ev, overflows] : begins_.TakeAll()) Ack(ev.event_id);
   fallback_.Stop();
   std::vector<Pending> pending = TakePending(0);
   for (const Pending& p : pending) EndWindow(p, false);
@@ -318,9 +310,8 @@ void KernelNotifierSource::HandleEvent(const tether_event& ev) {
       }
       if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
         HandleBegin(b, overflows);  // never waits (G4)
-      } else {
-        absl::MutexLock lock(&begins_mu_);
-        begins_.emplace_back(b, overflows);
+      } else if (!begins_.Push({b, overflows})) {
+        Ack(ev.event_id);  // stopping: nobody will handle it
       }
       break;
     }
@@ -340,21 +331,7 @@ void KernelNotifierSource::Ack(uint64_t event_id) {
 }
 
 void KernelNotifierSource::BeginWorker() {
-  while (true) {
-    std::pair<BeginEvent, uint64_t> job;
-    {
-      absl::MutexLock lock(&begins_mu_);
-      begins_mu_.Await(absl::Condition(
-          +[](KernelNotifierSource* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->begins_mu_) {
-            return s->workers_stop_ || !s->begins_.empty();
-          },
-          this));
-      if (workers_stop_) return;
-      job = begins_.front();
-      begins_.pop_front();
-    }
-    HandleBegin(job.first, job.second);
-  }
+  while (auto job = begins_.Pop()) HandleBegin(job->first, job->second);
 }
 
 void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows) {

@@ -75,7 +75,6 @@
 #define TETHER_DAEMON_NOTIFIER_KERNEL_NOTIFIER_SOURCE_H_
 
 #include <atomic>
-#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
@@ -87,6 +86,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/interval_set.h"
+#include "daemon/common/work_queue.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/notifier/notifier_source.h"
@@ -189,9 +189,7 @@ class KernelNotifierSource : public NotifierSource {
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;  // OVERFLOWs handled
   // Blockable BEGINs for the workers, with overflows_ when read.
-  absl::Mutex begins_mu_;
-  std::deque<std::pair<BeginEvent, uint64_t>> begins_ ABSL_GUARDED_BY(begins_mu_);
-  bool workers_stop_ ABSL_GUARDED_BY(begins_mu_) = false;
+  WorkQueue<std::pair<BeginEvent, uint64_t>> begins_;
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;

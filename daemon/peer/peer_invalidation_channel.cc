@@ -1,5 +1,6 @@
 #include "daemon/peer/peer_invalidation_channel.h"
 
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -25,6 +26,7 @@ void PeerInvalidationChannel::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
+  to_connect_.Stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -102,23 +104,12 @@ void PeerInvalidationChannel::Connect(uint32_t node) {
   auto it = retry_after_.find(node);
   if (it != retry_after_.end() && absl::Now() < it->second) return;
   if (!queued_.insert(node).second) return;
-  to_connect_.push_back(node);
+  to_connect_.Push(node);
 }
 
 void PeerInvalidationChannel::Run() {
-  while (true) {
-    uint32_t node;
-    {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](PeerInvalidationChannel* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-            return c->stopping_ || !c->to_connect_.empty();
-          },
-          this));
-      if (stopping_) return;
-      node = to_connect_.front();
-      to_connect_.pop_front();
-    }
+  while (std::optional<uint32_t> next = to_connect_.Pop()) {
+    const uint32_t node = *next;
     // Twice: a token cached from before the peer restarted is refused once.
     absl::Status st;
     for (int attempt = 0; attempt < 2; ++attempt) {

@@ -19,7 +19,6 @@
 #define TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
@@ -30,6 +29,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/work_queue.h"
 #include "daemon/invalidation/notice.h"
 
 namespace tether {
@@ -69,12 +69,12 @@ class PeerInvalidationChannel : public InvalidationChannel {
   InvalidationTarget* const local_;
 
   absl::Mutex mu_;
-  std::deque<uint32_t> to_connect_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint32_t> queued_ ABSL_GUARDED_BY(mu_);
   // A node whose data listener we could not reach is not tried again
   // before this (its notices go by gRPC meanwhile).
   absl::flat_hash_map<uint32_t, absl::Time> retry_after_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  WorkQueue<uint32_t> to_connect_;  // nodes in queued_, for the thread
   std::thread thread_;
 };
 
