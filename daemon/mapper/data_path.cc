@@ -27,9 +27,10 @@ std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
   return UseRdma(node, ep) ? "rdma" : "tcp";
 }
 
-Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
-                                   uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                                   absl::Span<const uint8_t> src, Transport::Done done) {
+Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read,
+                                   uint64_t segid, uint64_t grant, uint64_t offset,
+                                   absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+                                   Transport::Done done) {
   return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src,
           done = std::move(done)](absl::Status st) mutable {
     if (st.ok() || !RdmaTransport::IsSetupFailure(st)) {

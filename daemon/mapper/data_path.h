@@ -62,8 +62,8 @@ class DataPath {
                        uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
-  Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid, uint64_t grant,
-                           uint64_t offset, absl::Span<uint8_t> dst,
+  Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
+                           uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                            absl::Span<const uint8_t> src, Transport::Done done);
 
   const uint32_t local_node_;

@@ -22,10 +22,6 @@ PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* p
 PeerInvalidationChannel::~PeerInvalidationChannel() { Stop(); }
 
 void PeerInvalidationChannel::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
   to_connect_.Stop();
   if (thread_.joinable()) thread_.join();
 }
@@ -100,11 +96,10 @@ void PeerInvalidationChannel::Prepare(uint32_t node) {
 void PeerInvalidationChannel::Connect(uint32_t node) {
   if (tcp_ == nullptr) return;
   absl::MutexLock lock(&mu_);
-  if (stopping_) return;
   auto it = retry_after_.find(node);
   if (it != retry_after_.end() && absl::Now() < it->second) return;
   if (!queued_.insert(node).second) return;
-  to_connect_.Push(node);
+  if (!to_connect_.Push(node)) queued_.erase(node);  // stopped
 }
 
 void PeerInvalidationChannel::Run() {

@@ -73,7 +73,6 @@ class PeerInvalidationChannel : public InvalidationChannel {
   // A node whose data listener we could not reach is not tried again
   // before this (its notices go by gRPC meanwhile).
   absl::flat_hash_map<uint32_t, absl::Time> retry_after_ ABSL_GUARDED_BY(mu_);
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   WorkQueue<uint32_t> to_connect_;  // nodes in queued_, for the thread
   std::thread thread_;
 };
