@@ -203,9 +203,9 @@ def test_kill_exporter_while_mappers_read(c):
 
 
 def test_stale_read_race(c):
-    """DESIGN.md G1: mappers on two nodes read in tight loops while the
-    exporter replaces, frees and moves pages; no read that starts after such
-    a call returned may see contents from before it."""
+    """G1 (docs/architecture.md): mappers on two nodes read in tight loops
+    while the exporter replaces, frees and moves pages; no read that starts
+    after such a call returned may see contents from before it."""
     race = os.path.join(os.path.dirname(c.tt), "tt_race")
     iters = int(os.environ.get("TETHER_RACE_ITERS", "2000"))
     # Emulated machines (the VM tier) read slowly: a pause after each call

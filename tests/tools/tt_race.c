@@ -1,5 +1,6 @@
 /*
- * tt_race — the stale-read race test of DESIGN.md G1, against tether.h only.
+ * tt_race — the stale-read race test of G1 (docs/architecture.md, "The
+ * invalidation contract"), against tether.h only.
  *
  *   tt_race export --pages N --iters K --seed S --log FILE --name NAME [--gap-us G]
  *       Exports N pages; word 0 of each page holds its epoch (> 0). After
