@@ -148,8 +148,9 @@ void tether_ctl_put(struct tether_ctl *ctl)
  * freed.  Non-waited events beyond TETHER_MAX_QUEUED are dropped and turn
  * into OVERFLOW.
  *
- * Context: any context, takes ctl->lock; never sleeps (used from
- * non-blockable notifier calls).
+ * Context: any context, exp->lock not held (notifier callbacks drop it
+ * before queueing); takes ctl->lock; never sleeps (used from non-blockable
+ * notifier calls).
  */
 void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
 		      bool overflow)
@@ -160,6 +161,8 @@ void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
 	spin_lock(&ctl->lock);
 	list_for_each_entry_safe(ev, tmp, evs, node) {
 		list_del_init(&ev->node);
+		/* Only fresh events are queued, and each only once. */
+		WARN_ON_ONCE(ev->state != TETHER_KEV_NEW);
 		if (ctl->dead) {
 			if (ev->waiter) {
 				ev->state = TETHER_KEV_DONE;
@@ -197,7 +200,8 @@ void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
  * which it must tolerate) and frees the events.  A timeout is logged.
  *
  * Context: process context, may sleep; the caller may hold mmap_lock, a
- * page lock or i_mmap_rwsem of the exporter (G5), but none of our locks.
+ * page lock or i_mmap_rwsem of the exporter (G5), but none of our locks;
+ * takes ctl->lock after the wait, once per event.
  */
 void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
 {
@@ -226,6 +230,8 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
 	}
 
 	list_for_each_entry_safe(ev, tmp, waitlist, wnode) {
+		/* Only a waiter owns its event; any other belongs to the ctl. */
+		WARN_ON_ONCE(!ev->waiter);
 		spin_lock(&ctl->lock);
 		if (ev->state != TETHER_KEV_DONE) {
 			if (ev->state == TETHER_KEV_PENDING)
@@ -252,7 +258,8 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
  * event and detaches every exporter (which clears their marks: nobody
  * caches anything for them any more).
  *
- * Context: process context (file release), may sleep.
+ * Context: process context (file release), may sleep; takes ctl->lock, and
+ * exp->lock of each exporter with ctl->lock dropped (tether_exporter_detach).
  */
 void tether_ctl_release(struct tether_ctl *ctl)
 {
@@ -301,6 +308,14 @@ void tether_ctl_release(struct tether_ctl *ctl)
 	tether_ctl_put(ctl);
 }
 
+/**
+ * tether_ctl_readable() - is there something for read(2)?
+ * @ctl: control
+ *
+ * Context: process context (also as a wait_event() condition); takes
+ * ctl->lock.
+ * Return: true if an OVERFLOW record or a pending event is waiting.
+ */
 static bool tether_ctl_readable(struct tether_ctl *ctl)
 {
 	bool r;
@@ -318,7 +333,8 @@ static bool tether_ctl_readable(struct tether_ctl *ctl)
  * @count:    its size; whole records only
  * @nonblock: O_NONBLOCK
  *
- * Context: process context, may sleep (interruptibly) until an event comes.
+ * Context: process context, may sleep (interruptibly) until an event comes;
+ * takes ctl->lock, dropped around copy_to_user() and the wait.
  * Return: bytes copied, -EINVAL (@count too small), -EAGAIN, -ERESTARTSYS,
  * -EFAULT.
  */
@@ -395,7 +411,7 @@ ssize_t tether_ctl_read(struct tether_ctl *ctl, char __user *buf,
  * @file: the file
  * @wait: poll table
  *
- * Context: process context.
+ * Context: process context; takes ctl->lock.
  */
 __poll_t tether_ctl_poll(struct tether_ctl *ctl, struct file *file,
 			 poll_table *wait)

@@ -218,8 +218,10 @@ int tether_ctl_ack(struct tether_ctl *ctl, u64 event_id);
 struct tether_exporter *tether_exporter_create(void);
 void tether_exporter_get(struct tether_exporter *exp);
 void tether_exporter_put(struct tether_exporter *exp);
-int tether_exporter_register(struct tether_exporter *exp);
-int tether_exporter_add_range(struct tether_exporter *exp, u64 start, u64 len,
+int tether_exporter_register(struct tether_exporter *exp,
+			     struct tether_file *tf);
+int tether_exporter_add_range(struct tether_exporter *exp,
+			      struct tether_file *tf, u64 start, u64 len,
 			      u64 *range_id);
 void tether_exporter_teardown(struct tether_exporter *exp);
 int tether_exporter_attach(struct tether_exporter *exp, struct tether_ctl *ctl);

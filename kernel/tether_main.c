@@ -111,8 +111,9 @@ static long tether_ioc_version(void __user *uarg)
  * @tf:   file private data
  * @uarg: struct tether_range_reg
  *
- * Context: process context, may sleep; takes tf->lock, then (first range)
- * the caller's mmap_lock for write.
+ * Context: process context, may sleep; takes tf->lock and, holding it,
+ * (first range) the caller's mmap_lock for write, xa_lock and exp->lock:
+ * tether_exporter_register() and tether_exporter_add_range() assert it.
  */
 static long tether_ioc_register(struct tether_file *tf, void __user *uarg)
 {
@@ -151,13 +152,14 @@ static long tether_ioc_register(struct tether_file *tf, void __user *uarg)
 			ret = -ENOMEM;
 			goto out_unlock;
 		}
-		ret = tether_exporter_register(exp);
+		ret = tether_exporter_register(exp, tf);
 		if (ret)
 			goto out_free_exp;
 		fresh = true;
 	}
 
-	ret = tether_exporter_add_range(exp, req.start, req.len, &req.range_id);
+	ret = tether_exporter_add_range(exp, tf, req.start, req.len,
+					&req.range_id);
 	if (ret) {
 		/* Unregisters the notifier; no range, no ctl: nothing is sent. */
 		if (fresh)
@@ -257,7 +259,8 @@ out_fput:
  * @cmd:  the command
  * @uarg: its argument
  *
- * Context: process context, may sleep; see tether_range_mark().
+ * Context: process context, may sleep; takes tf->lock (role), xa_lock
+ * (lookup), then exp->lock, none nested; see tether_range_mark().
  */
 static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 			     void __user *uarg)
@@ -369,7 +372,10 @@ static int tether_open(struct inode *inode, struct file *file)
 	return 0;
 }
 
-/* Context: process context (last fput), may sleep. */
+/*
+ * Context: process context (last fput), may sleep; no lock held.  tf->role
+ * is read without tf->lock: no ioctl on this file can run any more.
+ */
 static int tether_release(struct inode *inode, struct file *file)
 {
 	struct tether_file *tf = file->private_data;

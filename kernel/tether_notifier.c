@@ -24,6 +24,16 @@
  * plus xa_lock(tether_ranges), which nests inside nothing of ours except
  * around kref_get_unless_zero.  Notifier callbacks take exp->lock and
  * ctl->lock, never both at once, and never sleep while holding either.
+ * tether_file.lock is held around mmu_notifier_register() (which takes the
+ * mm's mmap_lock for write) and, when a first REGISTER_RANGE fails, around
+ * mmu_notifier_unregister(); no notifier callback takes it.
+ *
+ * Every function that must be called with one of these locks held says so
+ * on its "Context:" line and checks it with lockdep_assert_held() (active
+ * on CONFIG_LOCKDEP kernels only); a function that takes a lock itself
+ * says "takes".  This comment is the one description of the protocol; the
+ * kernel-doc of each function and the field comments in tether_internal.h
+ * state only their own part of it.
  *
  * The notifier (classic mmu_notifier on the exporter's mm)
  *   invalidate_range_start(r), under exp->lock:
@@ -107,9 +117,20 @@ static atomic64_t tether_next_exporter_id = ATOMIC64_INIT(0);
 
 /* ---------------------------------------------------------------- marks */
 
+/**
+ * tether_marks_overlap() - does a marked interval of @range meet [@s, @e)?
+ * @range: range
+ * @s:     start offset into the range
+ * @e:     end offset (exclusive)
+ *
+ * Context: range->exp->lock held (the G3 filter, from tether_mn_start()).
+ * Return: true if some marked interval overlaps [@s, @e).
+ */
 static bool tether_marks_overlap(struct tether_range *range, u64 s, u64 e)
 {
 	struct tether_ival *iv;
+
+	lockdep_assert_held(&range->exp->lock);
 
 	list_for_each_entry(iv, &range->marks, node) {
 		if (iv->start >= e)
@@ -120,16 +141,26 @@ static bool tether_marks_overlap(struct tether_range *range, u64 s, u64 e)
 	return false;
 }
 
-/*
- * Add [s, e) to the sorted set of marked intervals, merging overlapping and
- * adjacent ones.  *pre is consumed (set to NULL) if a new node is needed.
- * Context: exp->lock held.
+/**
+ * tether_marks_add() - add [@s, @e) to the marked intervals of @range
+ * @range: range
+ * @s:     start offset into the range
+ * @e:     end offset (exclusive)
+ * @pre:   a preallocated interval; consumed (set to NULL) if a new node is
+ *         needed
+ *
+ * Keeps the set sorted, merging overlapping and adjacent intervals.
+ *
+ * Context: range->exp->lock held (from tether_range_mark()).
+ * Return: 0, or -ENOSPC (TETHER_MAX_MARKS intervals already).
  */
 static int tether_marks_add(struct tether_range *range, u64 s, u64 e,
 			    struct tether_ival **pre)
 {
 	struct tether_ival *iv, *tmp, *m = NULL;
 	struct list_head *pos = &range->marks;
+
+	lockdep_assert_held(&range->exp->lock);
 
 	list_for_each_entry_safe(iv, tmp, &range->marks, node) {
 		if (iv->end < s)
@@ -162,14 +193,21 @@ static int tether_marks_add(struct tether_range *range, u64 s, u64 e,
 	return 0;
 }
 
-/*
- * Remove [s, e) from the marked set; splitting one interval consumes *pre.
- * Context: exp->lock held.
+/**
+ * tether_marks_remove() - remove [@s, @e) from the marked intervals of @range
+ * @range: range
+ * @s:     start offset into the range
+ * @e:     end offset (exclusive)
+ * @pre:   a preallocated interval; splitting one interval consumes it
+ *
+ * Context: range->exp->lock held (from tether_range_mark()).
  */
 static void tether_marks_remove(struct tether_range *range, u64 s, u64 e,
 				struct tether_ival **pre)
 {
 	struct tether_ival *iv, *tmp, *n;
+
+	lockdep_assert_held(&range->exp->lock);
 
 	list_for_each_entry_safe(iv, tmp, &range->marks, node) {
 		if (iv->start >= e)
@@ -198,11 +236,20 @@ static void tether_marks_remove(struct tether_range *range, u64 s, u64 e,
 	}
 }
 
-/* Context: exp->lock held. */
+/**
+ * tether_marks_clear() - forget every marked interval of @range
+ * @exp:   the range's exporter
+ * @range: range
+ *
+ * Context: exp->lock held (from tether_mn_release() and
+ * tether_exporter_detach()).
+ */
 static void tether_marks_clear(struct tether_exporter *exp,
 			       struct tether_range *range)
 {
 	struct tether_ival *iv, *tmp;
+
+	lockdep_assert_held(&exp->lock);
 
 	if (list_empty(&range->marks))
 		return;
@@ -234,17 +281,42 @@ static u32 tether_event_type(enum mmu_notifier_event event)
 	}
 }
 
-/* Context: exp->lock held. */
+/**
+ * tether_range_seq() - the sequence MARK and READ_RETRY report for @range
+ * @exp:   the range's exporter
+ * @range: range
+ *
+ * Context: exp->lock held (range->seq and exp->active are read together).
+ * Return: range->seq << 1, or'ed with 1 while an invalidation of the mm is
+ * in progress.
+ */
 static u64 tether_range_seq(struct tether_exporter *exp,
 			    struct tether_range *range)
 {
+	lockdep_assert_held(&exp->lock);
+
 	return (range->seq << 1) | (exp->active ? 1 : 0);
 }
 
+/**
+ * tether_fill() - fill in a new event for @range
+ * @ev:    event from tether_kevent_alloc()
+ * @exp:   the range's exporter
+ * @range: range
+ * @s:     start offset into the range
+ * @e:     end offset (exclusive)
+ * @type:  TETHER_EV_*
+ * @flags: TETHER_EVF_*
+ * @kind:  TETHER_KIND_*
+ *
+ * Context: exp->lock held (reads range->seq, exp->active, exp->attach_gen).
+ */
 static void tether_fill(struct tether_kevent *ev, struct tether_exporter *exp,
 			struct tether_range *range, u64 s, u64 e, u32 type,
 			u32 flags, u32 kind)
 {
+	lockdep_assert_held(&exp->lock);
+
 	ev->range = range;
 	ev->uev.exporter_id = exp->id;
 	ev->uev.range_id = range->id;
@@ -257,6 +329,12 @@ static void tether_fill(struct tether_kevent *ev, struct tether_exporter *exp,
 	ev->attach_gen = exp->attach_gen;
 }
 
+/**
+ * tether_free_list() - free events that were never queued
+ * @evs: events linked by ->node, on no shared list any more
+ *
+ * Context: any context; no lock needed (the list is the caller's own).
+ */
 static void tether_free_list(struct list_head *evs)
 {
 	struct tether_kevent *ev, *tmp;
@@ -275,8 +353,9 @@ static void tether_free_list(struct list_head *evs)
  * @r:  the range being invalidated
  *
  * Context: process context; blockable or not (mmu_notifier_range_blockable);
- * the caller may hold the exporter's mmap_lock, page locks, i_mmap_rwsem.
- * Takes exp->lock then ctl->lock (not nested); sleeps only if blockable.
+ * the caller may hold the exporter's mmap_lock, page locks, i_mmap_rwsem
+ * (G5), and holds the notifier SRCU read lock.  Takes exp->lock then
+ * ctl->lock (not nested); sleeps only if blockable, holding none of ours.
  * Return: always 0 (see G4 above: we implement invalidate_range_end).
  */
 static int tether_mn_start(struct mmu_notifier *mn,
@@ -356,7 +435,8 @@ static int tether_mn_start(struct mmu_notifier *mn,
  * @mn: our subscription
  * @r:  the same range object start saw
  *
- * Context: as tether_mn_start(); never sleeps.
+ * Context: as tether_mn_start(); takes exp->lock then ctl->lock (not
+ * nested); never sleeps.
  */
 static void tether_mn_end(struct mmu_notifier *mn,
 			  const struct mmu_notifier_range *r)
@@ -399,11 +479,14 @@ static void tether_mn_end(struct mmu_notifier *mn,
  * @mn: our subscription
  * @mm: the mm
  *
- * Called once, from exit_mmap() (the exporter exits) or from
- * mmu_notifier_unregister() (the exporter file is released first).
+ * Called from exit_mmap() (the exporter exits) or from
+ * mmu_notifier_unregister() (the exporter file is released first); when
+ * the two race it runs twice and the second call does nothing (below).
  * Queues one RELEASE per range; waits for the acks only in the first case.
  *
- * Context: process context, may sleep; no mm locks held by the caller.
+ * Context: process context, may sleep; no mm locks held by the caller (the
+ * notifier SRCU read lock only).  Takes exp->lock, then ctl->lock (not
+ * nested), and waits holding neither.
  */
 static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 {
@@ -561,15 +644,20 @@ void tether_exporter_put(struct tether_exporter *exp)
 /**
  * tether_exporter_register() - bind @exp to current->mm, register notifier
  * @exp: exporter not yet registered
+ * @tf:  the exporter file that will own @exp
  *
- * Context: process context, the exporter file's mutex held; takes the
- * mm's mmap_lock for write (mmu_notifier_register).
+ * Context: process context, may sleep; @tf->lock held (it serialises the
+ * first REGISTER_RANGE of the fd, and exp->registered is written under
+ * it).  Takes the mm's mmap_lock for write (mmu_notifier_register).
  * Return: 0 or a negative errno.
  */
-int tether_exporter_register(struct tether_exporter *exp)
+int tether_exporter_register(struct tether_exporter *exp,
+			     struct tether_file *tf)
 {
 	struct mm_struct *mm = current->mm;
 	int ret;
+
+	lockdep_assert_held(&tf->lock);
 
 	if (WARN_ON(exp->registered))
 		return -EINVAL;
@@ -590,21 +678,25 @@ int tether_exporter_register(struct tether_exporter *exp)
 /**
  * tether_exporter_add_range() - register [start, start + len) of exp->mm
  * @exp:      registered exporter; current->mm == exp->mm (checked by caller)
+ * @tf:       the exporter file that owns (or is about to own) @exp
  * @start:    page-aligned address (validated by caller)
  * @len:      page-aligned length (validated by caller)
  * @range_id: out
  *
- * Context: process context, the exporter file's mutex held; takes
- * xa_lock and exp->lock.
+ * Context: process context, may sleep; @tf->lock held (REGISTER_RANGE);
+ * takes xa_lock and exp->lock (not nested).
  * Return: 0, -ENOSPC, -ENOMEM, -EBUSY (id space exhausted).
  */
-int tether_exporter_add_range(struct tether_exporter *exp, u64 start, u64 len,
+int tether_exporter_add_range(struct tether_exporter *exp,
+			      struct tether_file *tf, u64 start, u64 len,
 			      u64 *range_id)
 {
 	static u32 next_id;
 	struct tether_range *range;
 	u32 id;
 	int ret;
+
+	lockdep_assert_held(&tf->lock);
 
 	range = kzalloc(sizeof(*range), GFP_KERNEL_ACCOUNT);
 	if (!range)
@@ -650,7 +742,10 @@ err_free:
  * the mm still exists: RELEASE events without waiting), forgets the range
  * ids, and detaches from the ctl.
  *
- * Context: process context (file release), may sleep; no locks held.
+ * Context: process context, may sleep; takes exp->lock, then ctl->lock
+ * (not nested).  Called from the file release with no lock held, or from
+ * a failed first REGISTER_RANGE with the file's mutex held (then @exp was
+ * never visible to anyone else: no range, no ctl).
  */
 void tether_exporter_teardown(struct tether_exporter *exp)
 {
@@ -695,8 +790,9 @@ void tether_exporter_teardown(struct tether_exporter *exp)
  *       on success)
  * @ctl: control
  *
- * Context: process context; takes exp->lock then ctl->lock.
- * Return: 0, -EBUSY (attached already), -ESRCH (mm gone / closing).
+ * Context: process context; takes exp->lock, and ctl->lock nested inside it.
+ * Return: 0, -EBUSY (attached already), -ESRCH (mm gone / closing),
+ * -EBADF (@ctl released).
  */
 int tether_exporter_attach(struct tether_exporter *exp, struct tether_ctl *ctl)
 {
@@ -730,7 +826,8 @@ int tether_exporter_attach(struct tether_exporter *exp, struct tether_ctl *ctl)
  *
  * Clears all marks (nobody caches anything for this exporter now).
  *
- * Context: process context; takes exp->lock.
+ * Context: process context; ctl->lock not held (the caller dropped it after
+ * unlinking @exp); takes exp->lock.
  */
 void tether_exporter_detach(struct tether_exporter *exp, struct tether_ctl *ctl)
 {
@@ -783,7 +880,8 @@ struct tether_range *tether_range_lookup(u64 range_id)
  * @mark:   true to mark, false to unmark
  * @seq:    out: the range's sequence taken under the filter's lock
  *
- * Context: process context, may sleep (allocation before exp->lock).
+ * Context: process context, may sleep (allocation before exp->lock); takes
+ * exp->lock.
  * Return: 0, -ENOENT (range not attached to @ctl), -ESRCH (mm gone),
  * -ENOSPC, -ENOMEM.
  */
@@ -810,10 +908,12 @@ int tether_range_mark(struct tether_ctl *ctl, struct tether_range *range,
 			ret = tether_marks_add(range, offset, offset + len, &pre);
 		else
 			tether_marks_remove(range, offset, offset + len, &pre);
-		if (!was_marked && !list_empty(&range->marks))
+		if (!was_marked && !list_empty(&range->marks)) {
 			exp->nr_marked++;
-		else if (was_marked && list_empty(&range->marks))
+		} else if (was_marked && list_empty(&range->marks)) {
+			WARN_ON_ONCE(exp->nr_marked == 0);
 			exp->nr_marked--;
+		}
 		*seq = tether_range_seq(exp, range);
 	}
 	spin_unlock(&exp->lock);
