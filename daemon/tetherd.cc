@@ -6,11 +6,13 @@
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
-#include "daemon/invalidation/mapper_invalidation.h"
 #include "daemon/local/local_api.h"
+#include "daemon/mapper/attachment_table.h"
+#include "daemon/mapper/mapper_invalidation.h"
 #include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/notifier/uffd_notifier_source.h"
 #include "daemon/local/local_server.h"
@@ -46,39 +48,33 @@ absl::Status Tetherd::Start() {
     return ErrnoStatus(errno, "getrandom");
   SetLogPrefix(absl::StrFormat("tetherd[node %d]", config_.node_id));
 
+  // 1. Build and wire every part; no thread runs yet. Parts that call each
+  // other both ways (the registry and the notifier source; the peer
+  // directory and the data path) are wired through interfaces or through
+  // this object, never through setters on running parts.
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
-  RETURN_IF_ERROR(registry_->Start());
-
   auto tcp = std::make_unique<TcpTransport>(config_.node_id);
-  TcpTransport* tcp_transport = tcp.get();
+  NoticeTransport* notice_transport = tcp.get();
   transport_ = std::move(tcp);
-  RETURN_IF_ERROR(transport_->Listen(config_.data_listen, token, registry_.get()));
-  RETURN_IF_ERROR(StartRdma(token));
-
-  peers_ = std::make_unique<PeerDirectory>(config_.node_id, incarnation_, config_.peers,
-                                           config_.tls, config_.rpc_timeout_ms);
+  RETURN_IF_ERROR(MakeRdma());
+  peers_ = std::make_unique<PeerDirectory>(
+      config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
+      [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); });
   data_path_ = std::make_unique<DataPath>(
       config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
       [this](uint32_t node) { return peers_->Endpoint(node); });
-  peers_->SetTransportNamer([this](uint32_t node, const DataEndpoint& ep) {
-    return data_path_->TransportFor(node, ep);
-  });
+  attachments_ = std::make_unique<AttachmentTable>(incarnation_);
   faults_ = std::make_unique<FaultService>(
       data_path_.get(), config_.cache_budget_bytes,
       [this](const Attachment& att, uint64_t off, uint64_t len, const std::string& why) {
         local_api_->SendSigbus(att, off, len, why);
       });
-  RETURN_IF_ERROR(faults_->Start());
-  local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
-                                          peers_.get(), faults_.get());
-  mapper_invalidation_ = std::make_unique<MapperInvalidation>(
-      faults_.get(), [this](uint64_t segid) { return local_api_->AttachmentsOf(segid); });
+  mapper_invalidation_ = std::make_unique<MapperInvalidation>(faults_.get(), attachments_.get());
   // Homes' range_begin/range_end come on our data listener (the fast path)
   // or by gRPC; ours go out the same two ways.
   notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
-  tcp_transport->SetNoticeServer(notice_receiver_.get());
   channel_ = std::make_unique<PeerInvalidationChannel>(config_.node_id, peers_.get(),
-                                                       tcp_transport, mapper_invalidation_.get());
+                                                       notice_transport, mapper_invalidation_.get());
   coordinator_ = std::make_unique<InvalidationCoordinator>(
       config_.node_id, registry_.get(), channel_.get(),
       absl::Milliseconds(config_.invalidate_deadline_ms));
@@ -93,20 +89,26 @@ absl::Status Tetherd::Start() {
     TLOG_INFO("notifier source: user space (userfaultfd; %s absent)",
               KernelNotifierSource::kDevice);
   }
-  registry_->SetGoneCallback([this](uint64_t segid, const std::string& why) {
-    coordinator_->RevokeAll(segid, why);
-    // The kernel source keeps the exporter's /dev/tether fd: close it.
-    if (auto* k = dynamic_cast<KernelNotifierSource*>(notifier_.get())) k->Forget(segid);
-  });
-  registry_->SetNotifierSource(notifier_.get());
-  local_api_->SetNotifierSource(notifier_.get());
-  local_api_->SetCoordinator(coordinator_.get());
+  local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
+                                          peers_.get(), faults_.get(), attachments_.get(),
+                                          notifier_.get(), coordinator_.get());
+
+  // 2. Start every thread, from the bottom layer up: a part starts after
+  // everything it calls into is running.
+  RETURN_IF_ERROR(registry_->Start(notifier_.get()));
+  RETURN_IF_ERROR(notifier_->Start());
+  notice_receiver_->Start();
+  RETURN_IF_ERROR(
+      transport_->Listen(config_.data_listen, token, registry_.get(), notice_receiver_.get()));
+  RETURN_IF_ERROR(StartRdma(token));
+  RETURN_IF_ERROR(faults_->Start());
+  channel_->Start();
 
   HelloInfo hello;
   hello.node_id = config_.node_id;
   hello.incarnation = incarnation_;
   hello.data_address = transport_->bound_address();
-  hello.rdma_address = rdma_ ? rdma_->bound_address() : "";
+  hello.rdma_address = rdma_address_;
   hello.data_secret = token;
   ASSIGN_OR_RETURN(peer_server_,
                    PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(),
@@ -117,7 +119,7 @@ absl::Status Tetherd::Start() {
   info.local_socket = config_.local_socket;
   info.peer_address = config_.peer_listen;
   info.data_address = transport_->bound_address();
-  info.rdma_address = rdma_ ? rdma_->bound_address() : "";
+  info.rdma_address = rdma_address_;
   info.budget_bytes = [this] { return faults_->budget_bytes(); };
   info.resident_bytes = [this] { return faults_->resident_bytes(); };
   info.uptime_ms = [this] {
@@ -125,42 +127,49 @@ absl::Status Tetherd::Start() {
   };
   ASSIGN_OR_RETURN(admin_server_, AdminServer::Start(config_.admin_socket, std::move(info),
                                                      registry_.get(), peers_.get(),
-                                                     local_api_.get()));
+                                                     attachments_.get()));
   local_server_ = std::make_unique<LocalServer>(local_api_.get());
   RETURN_IF_ERROR(local_server_->Start(config_.local_socket));
   TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
             "budget %d MiB",
             incarnation_, config_.peer_listen, transport_->bound_address(),
-            rdma_ ? absl::StrCat(" and ", rdma_->bound_address(), " (rdma)") : "",
+            rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
             config_.local_socket, config_.cache_budget_bytes >> 20);
   return absl::OkStatus();
 }
 
-absl::Status Tetherd::StartRdma(const std::string& secret) {
+absl::Status Tetherd::MakeRdma() {
   if (config_.rdma == RdmaMode::kOff) {
     TLOG_INFO("rdma transport: off (--rdma=off)");
     return absl::OkStatus();
   }
-  std::string found;
-  if (!RdmaTransport::DeviceAvailable(&found)) {
+  if (!RdmaTransport::DeviceAvailable(&rdma_device_)) {
     if (config_.rdma == RdmaMode::kOn)
-      return ErrnoStatus(ENODEV, absl::StrCat("--rdma=on but ", found));
-    TLOG_INFO("rdma transport: not used (%s); tcp only", found);
+      return ErrnoStatus(ENODEV, absl::StrCat("--rdma=on but ", rdma_device_));
+    TLOG_INFO("rdma transport: not used (%s); tcp only", rdma_device_);
     return absl::OkStatus();
   }
   RdmaTransport::Options opts;
   opts.queue_depth = config_.rdma_queue_depth;
   opts.slot_bytes = config_.rdma_slot_kb * 1024;
-  auto rdma = std::make_unique<RdmaTransport>(config_.node_id, opts);
-  absl::Status st = rdma->Listen(config_.rdma_listen, secret, registry_.get());
+  rdma_ = std::make_unique<RdmaTransport>(config_.node_id, opts);
+  return absl::OkStatus();
+}
+
+absl::Status Tetherd::StartRdma(const std::string& secret) {
+  if (!rdma_) return absl::OkStatus();
+  absl::Status st = rdma_->Listen(config_.rdma_listen, secret, registry_.get(), nullptr);
   if (!st.ok()) {
     if (config_.rdma == RdmaMode::kOn) return st;
-    TLOG_WARN("rdma transport: cannot listen on %s (%s); tcp only", config_.rdma_listen,
-              st.message());
+    // Peers reach us by tcp (our Hello advertises no rdma address); we
+    // still try rdma to peers that listen, and fall back to tcp where the
+    // device cannot reach them (DataPath).
+    TLOG_WARN("rdma transport: cannot listen on %s (%s); peers reach this node by tcp",
+              config_.rdma_listen, st.message());
     return absl::OkStatus();
   }
-  TLOG_INFO("rdma transport: %s, listening on %s", found, rdma->bound_address());
-  rdma_ = std::move(rdma);
+  rdma_address_ = rdma_->bound_address();
+  TLOG_INFO("rdma transport: %s, listening on %s", rdma_device_, rdma_->bound_address());
   return absl::OkStatus();
 }
 
@@ -182,7 +191,6 @@ void Tetherd::Stop() {
   local_server_.reset();
   admin_server_.reset();
   peer_server_.reset();
-  registry_->SetNotifierSource(nullptr);
   notifier_.reset();
   coordinator_.reset();
   channel_.reset();
@@ -190,6 +198,7 @@ void Tetherd::Stop() {
   mapper_invalidation_.reset();
   local_api_.reset();
   faults_.reset();
+  attachments_.reset();
   data_path_.reset();
   peers_.reset();
   rdma_.reset();

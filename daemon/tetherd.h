@@ -38,7 +38,7 @@ struct TetherdConfig {
   uint64_t cache_budget_bytes = 256ull << 20;
   int rpc_timeout_ms = 5000;
   // How long a home waits for mappers to acknowledge a range_begin before
-  // fencing them (DESIGN.md G2).
+  // fencing them (G2 in docs/architecture.md).
   int invalidate_deadline_ms = 2000;
   TlsConfig tls;
 };
@@ -48,6 +48,7 @@ class PeerServer;
 class AdminServer;
 class LocalServer;
 class LocalApi;
+class AttachmentTable;
 class FaultService;
 class DataPath;
 class Transport;
@@ -67,6 +68,7 @@ class Tetherd {
   void Stop();
 
  private:
+  absl::Status MakeRdma();  // rdma_: null without a usable verbs device
   absl::Status StartRdma(const std::string& secret);
   TetherdConfig config_;
   uint32_t incarnation_ = 0;
@@ -74,8 +76,11 @@ class Tetherd {
   std::unique_ptr<SegmentRegistry> registry_;
   std::unique_ptr<Transport> transport_;  // tcp
   std::unique_ptr<Transport> rdma_;       // null without a usable verbs device
+  std::string rdma_device_;               // what DeviceAvailable found
+  std::string rdma_address_;              // where it listens; empty if it does not
   std::unique_ptr<PeerDirectory> peers_;
   std::unique_ptr<DataPath> data_path_;
+  std::unique_ptr<AttachmentTable> attachments_;
   std::unique_ptr<FaultService> faults_;
   std::unique_ptr<LocalApi> local_api_;
   std::unique_ptr<MapperInvalidation> mapper_invalidation_;

@@ -26,8 +26,8 @@ void ToProto(const SegmentSummary& s, peer::SegmentInfo* out) {
 class AdminServiceImpl final : public admin::Admin::Service {
  public:
   AdminServiceImpl(DaemonInfo info, SegmentRegistry* registry, PeerDirectory* peers,
-                   LocalApi* local)
-      : info_(std::move(info)), registry_(registry), peers_(peers), local_(local) {}
+                   AttachmentTable* attachments)
+      : info_(std::move(info)), registry_(registry), peers_(peers), attachments_(attachments) {}
 
   grpc::Status Status(grpc::ServerContext*, const admin::StatusRequest*,
                       admin::StatusResponse* resp) override {
@@ -61,7 +61,7 @@ class AdminServiceImpl final : public admin::Admin::Service {
         for (const auto& s : *segs) ToProto(s, resp->add_segments());
       }
     }
-    for (const auto& a : local_->ListAttachments()) {
+    for (const auto& a : attachments_->Summaries()) {
       auto* out = resp->add_attachments();
       out->set_attach_id(a.id);
       out->set_segid(a.segid);
@@ -91,7 +91,7 @@ class AdminServiceImpl final : public admin::Admin::Service {
   DaemonInfo info_;
   SegmentRegistry* registry_;
   PeerDirectory* peers_;
-  LocalApi* local_;
+  AttachmentTable* const attachments_;
 };
 
 }  // namespace
@@ -116,9 +116,9 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
                                                                 DaemonInfo info,
                                                                 SegmentRegistry* registry,
                                                                 PeerDirectory* peers,
-                                                                LocalApi* local) {
+                                                                AttachmentTable* attachments) {
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<AdminServiceImpl>(std::move(info), registry, peers, local);
+  impl->service = std::make_unique<AdminServiceImpl>(std::move(info), registry, peers, attachments);
   unlink(socket_path.c_str());
   grpc::ServerBuilder builder;
   int port = 0;

@@ -1,5 +1,9 @@
 // AdminServer: the gRPC Admin service tetherctl talks to, on the daemon's
 // admin Unix socket (local administration only; never on the network).
+//
+// Thread contract: Start() builds and starts the gRPC server; requests run
+// on gRPC's pool, concurrently, and only read (the registry, peers and
+// attachment table are thread-safe). Shutdown() waits for them.
 #ifndef TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 #define TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 
@@ -9,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/home/segment_registry.h"
-#include "daemon/local/local_api.h"
+#include "daemon/mapper/attachment_table.h"
 #include "daemon/peer/peer_directory.h"
 
 namespace tether {
@@ -27,7 +31,7 @@ class AdminServer {
                                                             DaemonInfo info,
                                                             SegmentRegistry* registry,
                                                             PeerDirectory* peers,
-                                                            LocalApi* local);
+                                                            AttachmentTable* attachments);
   ~AdminServer();
   void Shutdown();
 

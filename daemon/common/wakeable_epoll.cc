@@ -5,6 +5,7 @@
 
 #include <cerrno>
 
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

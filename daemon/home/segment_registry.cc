@@ -9,13 +9,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
-#include "daemon/notifier/notifier_source.h"
 
 namespace tether {
 namespace {
-constexpr uint64_t kPageSize = 4096;
 // The largest user address space Linux gives a process: 56 bits (x86-64
 // with 5-level paging, for a process that maps above 47 bits; arm64 stops
 // at 52). Only a bound against overflow: a range beyond what the exporter
@@ -23,9 +23,6 @@ constexpr uint64_t kPageSize = 4096;
 // the process's own limit.
 constexpr uint64_t kUserAddressLimit = uint64_t{1} << 56;
 constexpr size_t kMaxNameLength = 255;
-constexpr size_t kRecentWindows = 64;
-
-bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b1 && b0 < a1; }
 }  // namespace
 
 SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
@@ -33,7 +30,8 @@ SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
 
 SegmentRegistry::~SegmentRegistry() { Stop(); }
 
-absl::Status SegmentRegistry::Start() {
+absl::Status SegmentRegistry::Start(SegmentObserver* observer) {
+  observer_ = observer;
   RETURN_IF_ERROR(exits_.Open());
   watcher_ = std::thread([this] { WatchExits(); });
   return absl::OkStatus();
@@ -74,12 +72,16 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
   }
   if (!notify) MaybeForget(seg);  // after the callback has seen the grants
   }
-  if (notify && gone_cb_) gone_cb_(segid, "exporter exited");
+  if (notify) Gone(segid, "exporter exited");
   if (notify) {
     absl::MutexLock lock(&mu_);
     auto it = segments_.find(segid);
     if (it != segments_.end()) MaybeForget(it->second.get());
   }
+}
+
+void SegmentRegistry::Gone(uint64_t segid, const std::string& why) {
+  if (observer_) observer_->SegmentGone(segid, why);
 }
 
 // A segment that is no longer live stays listed while grants refer to it,
@@ -139,7 +141,7 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
   seg->state = "removed";
   TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
   }
-  if (gone_cb_) gone_cb_(segid, "segment removed by its exporter");
+  Gone(segid, "segment removed by its exporter");
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it != segments_.end()) MaybeForget(it->second.get());
@@ -236,101 +238,6 @@ std::vector<SegmentSummary> SegmentRegistry::List() const {
   return out;
 }
 
-absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
-    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
-    bool write, uint64_t* addr, uint64_t* gen) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
-  Segment* seg = it->second.get();
-  auto fit = seg->fenced.find(peer_node);
-  if (fit != seg->fenced.end())
-    return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
-                                              peer_node, fit->second));
-  auto git = seg->grants.find(grant);
-  if (git == seg->grants.end() || git->second.node != peer_node)
-    return ErrnoStatus(EACCES, "no grant for this node");
-  if (write && !git->second.writable) return ErrnoStatus(EACCES, "read-only grant");
-  if (!seg->memory) {
-    return ErrnoStatus(seg->state == "removed" ? EIDRM : ESRCH,
-                       absl::StrFormat("segment %#x: %s", segid, seg->state));
-  }
-  if (len == 0 || offset >= seg->size || len > seg->size - offset)
-    return ErrnoStatus(EINVAL, "request past the end of the segment");
-  for (const auto& [id, w] : seg->windows) {
-    if (Overlap(offset, offset + len, w.first, w.second))
-      return ErrnoStatus(EAGAIN, "retry: an invalidation window is open over this range");
-  }
-  if (!write) seg->cached[peer_node].Add(offset, offset + len);  // before the read (G3)
-  *addr = seg->vaddr + offset;
-  *gen = seg->gen;
-  return seg->memory;
-}
-
-bool SegmentRegistry::OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return true;
-  const Segment& seg = *it->second;
-  if (seg.gen == gen) return false;
-  // The log holds the last kRecentWindows; older ones answer "yes".
-  if (seg.recent.empty() || seg.recent.front().gen > gen + 1) return true;
-  for (const auto& w : seg.recent)
-    if (w.gen > gen && Overlap(start, end, w.start, w.end)) return true;
-  return false;
-}
-
-absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_t start,
-                                                         uint64_t end) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
-  Segment* seg = it->second.get();
-  start = std::min(start, seg->size);
-  end = std::min(end, seg->size);
-  if (start >= end) return ErrnoStatus(EINVAL, "empty invalidation range");
-  OpenedWindow w;
-  w.id = next_window_++;
-  seg->windows.emplace(w.id, std::make_pair(start, end));
-  ++seg->gen;
-  seg->recent.push_back({seg->gen, start, end});
-  if (seg->recent.size() > kRecentWindows) seg->recent.erase(seg->recent.begin());
-  for (auto& [node, set] : seg->cached) {
-    if (set.Overlaps(start, end)) {
-      w.nodes.push_back(node);
-      set.Remove(start, end);
-    }
-  }
-  std::sort(w.nodes.begin(), w.nodes.end());
-  return w;
-}
-
-void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return;
-  it->second->windows.erase(window);
-}
-
-void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string& why) {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return;
-  Segment* seg = it->second.get();
-  seg->fenced[node] = why;
-  seg->cached.erase(node);
-  size_t revoked = 0;
-  for (auto g = seg->grants.begin(); g != seg->grants.end();) {
-    if (g->second.node == node) {
-      seg->grants.erase(g++);
-      ++revoked;
-    } else {
-      ++g;
-    }
-  }
-  TLOG_WARN("segment %#x: node %d fenced (%s): %d grants revoked", segid, node, why, revoked);
-}
-
 std::vector<uint32_t> SegmentRegistry::GrantNodes(uint64_t segid) const {
   std::vector<uint32_t> out;
   absl::MutexLock lock(&mu_);
@@ -365,28 +272,6 @@ absl::StatusOr<SegmentSummary> SegmentRegistry::Get(uint64_t segid) const {
   x.pid = it->second->pid;
   x.state = it->second->state;
   return x;
-}
-
-absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
-                                         uint64_t offset, absl::Span<uint8_t> dst) {
-  uint64_t addr = 0, gen = 0;
-  ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, dst.size(), false, &addr, &gen));
-  // Events on the range must be seen before a copy of it leaves (G1, G3).
-  if (source_) RETURN_IF_ERROR(source_->Watch(segid, offset, offset + dst.size()));
-  RETURN_IF_ERROR(memory->Read(addr, dst));
-  // A window opened while we read: what we read may predate it (G5).
-  if (OpenedSince(segid, gen, offset, offset + dst.size()))
-    return ErrnoStatus(EAGAIN, "retry: an invalidation window opened during the read");
-  return absl::OkStatus();
-}
-
-absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
-                                          uint64_t offset, absl::Span<const uint8_t> src) {
-  uint64_t addr = 0, gen = 0;
-  ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr, &gen));
-  return memory->Write(addr, src);
 }
 
 }  // namespace tether

@@ -2,9 +2,18 @@
 // (permissions to map) it handed out for them. It is also the BlockServer
 // through which the data transport reads and writes exporters' memory.
 //
-// Locking: one mutex guards the maps; memory accesses run outside it on a
+// Its jobs, and the file each lives in:
+//   segment_registry.cc   segments, names, grants (export-side requests)
+//   segment_windows.cc    invalidation windows, cached marks, fencing
+//   segment_serving.cc    serving reads and writes (BlockServer)
+//   exit watching         the exporters' pidfds, on one thread (below)
+//
+// Thread contract: every public method may be called from any thread.
+// One mutex guards the maps; memory accesses run outside it on a
 // shared_ptr to the segment's ExporterMemory, so a slow read never blocks
-// an export, a lookup or another segment's traffic.
+// an export, a lookup or another segment's traffic. The observer is called
+// outside the lock. Start() starts the exit-watcher thread, which calls
+// SegmentGone() for exporters that exit; Stop() joins it.
 #ifndef TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
 #define TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
 
@@ -23,55 +32,26 @@
 #include "daemon/common/interval_set.h"
 #include "daemon/common/wakeable_epoll.h"
 #include "daemon/home/exporter_memory.h"
+#include "daemon/home/segment_observer.h"
+#include "daemon/home/segment_types.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
-
-struct SegmentSummary {
-  uint64_t segid = 0;
-  uint64_t vaddr = 0;
-  uint64_t size = 0;
-  pid_t pid = 0;
-  uint32_t uid = 0, gid = 0, mode = 0;
-  std::string name;
-  uint32_t grants = 0;
-  std::string state;  // "live", "removed", "exporter exited"
-};
-
-// A segment's part inside an exporter address range.
-struct SegmentRange {
-  uint64_t segid = 0;
-  uint64_t vaddr = 0;  // the segment's start in the exporter
-  uint64_t start = 0, end = 0;  // segment offsets
-};
 
 struct OpenedWindow {
   uint64_t id = 0;
   std::vector<uint32_t> nodes;  // nodes that may cache part of the range
 };
 
-struct Grant {
-  uint64_t id = 0;
-  uint64_t segment_size = 0;
-  bool writable = false;
-};
-
-class NotifierSource;
-
 class SegmentRegistry : public BlockServer {
  public:
-  // Called (outside the registry's lock) when a segment stops being live:
-  // removed, or its exporter exited. The coordinator revokes mappers.
-  using GoneCallback = std::function<void(uint64_t segid, const std::string& why)>;
-  void SetGoneCallback(GoneCallback cb) { gone_cb_ = std::move(cb); }
-  // Asked to watch a range before every read of it (see NotifierSource).
-  void SetNotifierSource(NotifierSource* source) { source_ = source; }
-
   SegmentRegistry(uint32_t node_id, uint32_t incarnation);
   ~SegmentRegistry() override;
 
   // Starts the thread that notices exporters exiting (pidfd poll).
-  absl::Status Start();
+  // `observer` (may be null in unit tests) is asked before every read and
+  // told when a segment stops being live; it must outlive Stop().
+  absl::Status Start(SegmentObserver* observer);
   void Stop();
 
   absl::StatusOr<uint64_t> Make(const Credentials& owner, uint64_t vaddr, uint64_t size,
@@ -88,12 +68,12 @@ class SegmentRegistry : public BlockServer {
 
   std::vector<SegmentSummary> List() const;
 
-  // --- Invalidation support (DESIGN.md G1, G3, G5) ---
+  // --- Invalidation support (G1, G3, G5 in docs/architecture.md) ---
   //
   // Every read of a segment marks the range cached by the reading node
   // *before* it reads the exporter, under the same lock and sequence as the
   // window check (G3), and is bracketed: a read that overlaps an open
-  // window, or one opened while it ran, is answered EAGAIN ("retry"),
+  // window, or one opened while it ran, is answered Retry() (common/errors.h),
   // never with contents from before the window (G5: the home never waits
   // for in-flight reads).
   //
@@ -164,8 +144,11 @@ class SegmentRegistry : public BlockServer {
   absl::flat_hash_map<uint64_t, std::unique_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> names_ ABSL_GUARDED_BY(mu_);
 
-  GoneCallback gone_cb_;
-  NotifierSource* source_ = nullptr;
+  // Tells the observer (outside mu_) that the segment stopped being live.
+  void Gone(uint64_t segid, const std::string& why);
+
+  // Set by Start() before the watcher thread starts; read-only after.
+  SegmentObserver* observer_ = nullptr;
   WakeableEpoll exits_;  // the exporters' pidfds, keyed by segid
   std::atomic<bool> stopping_{false};
   std::thread watcher_;

@@ -12,14 +12,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/exporter_memory.h"
 
 namespace tether {
 namespace {
-constexpr uint64_t kPage = 4096;
-
 bool IsUserfaultfd(int fd) {
   if (fd < 0) return false;
   char target[64] = {};
@@ -46,12 +46,16 @@ int TakeFd(std::vector<int>& fds, size_t i) {
 }  // namespace
 
 LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
-                   PeerDirectory* peers, FaultService* faults)
+                   RemoteHomes* remotes, FaultService* faults, AttachmentTable* attachments,
+                   NotifierSource* notifier, InvalidationCoordinator* coordinator)
     : node_id_(node_id),
       incarnation_(incarnation),
       registry_(registry),
-      peers_(peers),
-      faults_(faults) {}
+      remotes_(remotes),
+      faults_(faults),
+      atts_(attachments),
+      notifier_(notifier),
+      coordinator_(coordinator) {}
 
 void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& req,
                       std::vector<int>& fds_in, local::LocalResponse* resp,
@@ -175,11 +179,11 @@ absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
                                                  r.segid()));
     ASSIGN_OR_RETURN(grant, registry_->Attach(r.segid(), c.cred, r.write(), node_id_));
   } else {
-    if (!peers_->Knows(parts.node))
+    if (!remotes_->Knows(parts.node))
       return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: node %d is not in this "
                                                  "cluster",
                                                  r.segid(), parts.node));
-    ASSIGN_OR_RETURN(grant, peers_->Attach(parts.node, r.segid(), c.cred, r.write()));
+    ASSIGN_OR_RETURN(grant, remotes_->Attach(parts.node, r.segid(), c.cred, r.write()));
   }
   absl::MutexLock lock(&mu_);
   uint64_t apid = (uint64_t{incarnation_} << 32) | next_apid_++;
@@ -196,13 +200,12 @@ absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
     auto it = apids_.find(apid);
     if (it == apids_.end() || it->second.pid != c.cred.pid)
       return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x in this process", apid));
-    for (auto& [id, e] : atts_)
-      if (e.apid == apid) return ErrnoStatus(EBUSY, "apid still has attachments");
+    if (atts_->UsesApid(apid)) return ErrnoStatus(EBUSY, "apid still has attachments");
     a = it->second;
     apids_.erase(it);
   }
   absl::Status st = a.home == node_id_ ? registry_->Detach(a.segid, a.grant.id, node_id_)
-                                       : peers_->Detach(a.home, a.segid, a.grant.id);
+                                       : remotes_->Detach(a.home, a.segid, a.grant.id);
   // The grant is gone locally either way; a home that is unreachable or
   // restarted has dropped it already.
   if (!st.ok()) TLOG_INFO("release apid %#x: %s", apid, st.ToString());
@@ -221,7 +224,7 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
     a = it->second;
   }
   if (r.size() == 0) return ErrnoStatus(EINVAL, "attach size is zero");
-  if (r.offset() % kPage || r.size() % kPage)
+  if (r.offset() % kPageSize || r.size() % kPageSize)
     return ErrnoStatus(EINVAL, "attach offset and size must be page aligned");
   if (r.offset() >= a.grant.segment_size || r.size() > a.grant.segment_size - r.offset())
     return ErrnoStatus(EINVAL, absl::StrFormat("attach range [%#x, +%#x) is outside the "
@@ -251,9 +254,7 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   }
   int memfd_copy = fcntl(att->memfd, F_DUPFD_CLOEXEC, 0);
   if (memfd_copy < 0) return ErrnoStatus(errno, "dup memfd");
-  absl::MutexLock lock(&mu_);
-  att->id = (uint64_t{incarnation_} << 32) | next_attach_++;
-  atts_[att->id] = AttachmentEntry{att, c.id, r.apid()};
+  atts_->Insert(att, c.id, r.apid());
   resp->mutable_attach()->set_attach_id(att->id);
   resp->mutable_attach()->set_writable(att->writable);
   fds_out->push_back(memfd_copy);
@@ -263,7 +264,7 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
 absl::Status LocalApi::AttachMapped(const LocalConnection& c,
                                     const local::AttachMappedRequest& r) {
   ASSIGN_OR_RETURN(auto att, FindAttachment(c, r.attach_id()));
-  if (r.vaddr() == 0 || r.vaddr() % kPage) return ErrnoStatus(EINVAL, "bad mapping address");
+  if (r.vaddr() == 0 || r.vaddr() % kPageSize) return ErrnoStatus(EINVAL, "bad mapping address");
   uint64_t expected = 0;
   if (!att->vaddr.compare_exchange_strong(expected, r.vaddr()))
     return ErrnoStatus(EBUSY, "attachment already mapped");
@@ -272,11 +273,9 @@ absl::Status LocalApi::AttachMapped(const LocalConnection& c,
 
 absl::StatusOr<std::shared_ptr<Attachment>> LocalApi::FindAttachment(const LocalConnection& c,
                                                                      uint64_t id) {
-  absl::MutexLock lock(&mu_);
-  auto it = atts_.find(id);
-  if (it == atts_.end() || it->second.att->pid != c.cred.pid)
-    return ErrnoStatus(EINVAL, absl::StrFormat("no attachment %#x", id));
-  return it->second.att;
+  std::shared_ptr<Attachment> att = atts_->Find(id, c.cred.pid);
+  if (!att) return ErrnoStatus(EINVAL, absl::StrFormat("no attachment %#x", id));
+  return att;
 }
 
 absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
@@ -293,10 +292,8 @@ absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
 
 absl::Status LocalApi::Detach(const LocalConnection& c, uint64_t attach_id) {
   ASSIGN_OR_RETURN(auto att, FindAttachment(c, attach_id));
-  {
-    absl::MutexLock lock(&mu_);
-    atts_.erase(attach_id);
-  }
+  // A concurrent detach of the same id (another thread) got it first.
+  if (!atts_->Take(attach_id)) return ErrnoStatus(EINVAL, "attachment is being detached");
   return DetachEntry(att);
 }
 
@@ -308,14 +305,14 @@ absl::Status LocalApi::Lookup(const std::string& name, local::LocalResponse* res
     resp->mutable_lookup()->set_size(local_hit->size);
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(auto hit, peers_->Lookup(name));
+  ASSIGN_OR_RETURN(auto hit, remotes_->Lookup(name));
   resp->mutable_lookup()->set_segid(hit.segid);
   resp->mutable_lookup()->set_size(hit.size);
   return absl::OkStatus();
 }
 
 void LocalApi::Disconnected(const LocalConnection& conn) {
-  std::vector<std::shared_ptr<Attachment>> atts;
+  std::vector<std::shared_ptr<Attachment>> atts = atts_->TakeOwnedBy(conn.id);
   std::vector<std::pair<uint64_t, Apid>> apids;
   std::vector<Bracket> open_brackets;
   {
@@ -325,14 +322,6 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
       auto fit = event_fds_.find(ev->second);
       if (fit != event_fds_.end() && fit->second == conn.fd) event_fds_.erase(fit);
       event_conns_.erase(ev);
-    }
-    for (auto it = atts_.begin(); it != atts_.end();) {
-      if (it->second.conn == conn.id) {
-        atts.push_back(it->second.att);
-        atts_.erase(it++);
-      } else {
-        ++it;
-      }
     }
     for (auto it = brackets_.begin(); it != brackets_.end();) {
       if (it->second.pid == conn.cred.pid) {
@@ -363,7 +352,7 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
   }
   for (auto& [id, a] : apids) {
     absl::Status st = a.home == node_id_ ? registry_->Detach(a.segid, a.grant.id, node_id_)
-                                         : peers_->Detach(a.home, a.segid, a.grant.id);
+                                         : remotes_->Detach(a.home, a.segid, a.grant.id);
     (void)st;
   }
 }
@@ -388,36 +377,11 @@ void LocalApi::SendSigbus(const Attachment& att, uint64_t offset, uint64_t len,
   TLOG_WARN("attachment %#x: cannot tell pid %d to raise SIGBUS (%s)", att.id, att.pid, why);
 }
 
-std::vector<AttachmentSummary> LocalApi::ListAttachments() {
-  std::vector<std::shared_ptr<Attachment>> atts;
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [id, e] : atts_) atts.push_back(e.att);
-  }
-  std::vector<AttachmentSummary> out;
-  for (auto& a : atts) {
-    AttachmentSummary s;
-    s.id = a->id;
-    s.segid = a->segid;
-    s.offset = a->seg_offset;
-    s.size = a->size;
-    s.pid = a->pid;
-    s.writable = a->writable;
-    s.faults = a->faults.load();
-    absl::MutexLock lock(&a->mu);
-    s.resident_bytes = a->resident * kPage;
-    s.dirty_bytes = a->dirty * kPage;
-    s.state = a->revoked ? "revoked: " + a->revoke_reason : "mapped";
-    out.push_back(std::move(s));
-  }
-  return out;
-}
-
 absl::Status LocalApi::InvalidateBegin(const LocalConnection& c,
                                        const local::InvalidateBeginRequest& r,
                                        local::LocalResponse* resp) {
   if (!coordinator_) return ErrnoStatus(EOPNOTSUPP, "invalidation is not available");
-  if (r.size() == 0 || r.vaddr() % kPage || r.size() % kPage || r.vaddr() + r.size() < r.vaddr())
+  if (r.size() == 0 || r.vaddr() % kPageSize || r.size() % kPageSize || r.vaddr() + r.size() < r.vaddr())
     return ErrnoStatus(EINVAL, "range must be page aligned and non-empty");
   Bracket b;
   b.pid = c.cred.pid;
@@ -452,22 +416,8 @@ absl::Status LocalApi::InvalidateEnd(const LocalConnection& c,
   return absl::OkStatus();
 }
 
-std::vector<std::shared_ptr<Attachment>> LocalApi::AttachmentsOf(uint64_t segid) {
-  std::vector<std::shared_ptr<Attachment>> out;
-  absl::MutexLock lock(&mu_);
-  for (auto& [id, e] : atts_)
-    if (e.att->segid == segid) out.push_back(e.att);
-  return out;
-}
-
 void LocalApi::DetachAll() {
-  std::vector<std::shared_ptr<Attachment>> atts;
-  {
-    absl::MutexLock lock(&mu_);
-    for (auto& [id, e] : atts_) atts.push_back(e.att);
-    atts_.clear();
-  }
-  for (auto& att : atts) (void)DetachEntry(att);
+  for (auto& att : atts_->TakeAll()) (void)DetachEntry(att);
 }
 
 }  // namespace tether

@@ -1,6 +1,16 @@
-// LocalApi: what the local socket's requests do. Export-side requests go to
-// the SegmentRegistry; map-side ones create grants (apids) at the home,
-// this node or another, and attachments served by the FaultService.
+// LocalApi: the client-request handler — what the local socket's requests
+// do. Export-side requests go to the SegmentRegistry (and the exporter's
+// event handle to the notifier source); map-side ones create grants
+// (apids) at the home, this node's registry or another node's through
+// RemoteHomes, and attachments (in the AttachmentTable) served by the
+// FaultService. It owns the apids, the exporters' invalidation brackets and
+// the clients' event connections (SIGBUS requests).
+//
+// Thread contract: Handle and Disconnected run on LocalServer's threads,
+// one per client connection, concurrently; SendSigbus on FaultService's
+// threads. One mutex guards the tables here; no call leaves this class
+// under it except SendSigbus's frame (so that the connection cannot close
+// underneath it).
 #ifndef TETHER_DAEMON_LOCAL_LOCAL_API_H_
 #define TETHER_DAEMON_LOCAL_LOCAL_API_H_
 
@@ -12,43 +22,34 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/home/remote_homes.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/attachment.h"
+#include "daemon/mapper/attachment_table.h"
 #include "daemon/mapper/fault_service.h"
 #include "daemon/notifier/notifier_source.h"
-#include "daemon/invalidation/invalidation_coordinator.h"
-#include "daemon/peer/peer_directory.h"
 
 namespace tether {
 
-struct AttachmentSummary {
-  uint64_t id = 0, segid = 0, offset = 0, size = 0;
-  pid_t pid = 0;
-  bool writable = false;
-  uint64_t resident_bytes = 0, dirty_bytes = 0, faults = 0;
-  std::string state;
-};
-
 class LocalApi : public LocalHandler {
  public:
+  // Every pointer must outlive the LocalApi; `notifier` and `coordinator`
+  // may be null in unit tests (exports then get no notifier, and
+  // invalidation brackets answer EOPNOTSUPP).
   LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
-           PeerDirectory* peers, FaultService* faults);
+           RemoteHomes* remotes, FaultService* faults, AttachmentTable* attachments,
+           NotifierSource* notifier, InvalidationCoordinator* coordinator);
 
   void Handle(const LocalConnection& conn, const local::LocalRequest& req,
               std::vector<int>& fds_in, local::LocalResponse* resp,
               std::vector<int>* fds_out) override;
   void Disconnected(const LocalConnection& conn) override;
 
-  void SetNotifierSource(NotifierSource* source) { notifier_ = source; }
-  void SetCoordinator(InvalidationCoordinator* c) { coordinator_ = c; }
-
   // FaultService's SigbusSink.
   void SendSigbus(const Attachment& att, uint64_t offset, uint64_t len, const std::string& why);
 
-  std::vector<AttachmentSummary> ListAttachments();
-  // This node's attachments of a segment (for invalidations).
-  std::vector<std::shared_ptr<Attachment>> AttachmentsOf(uint64_t segid);
   // Detaches everything (daemon shutdown), writing dirty pages back.
   void DetachAll();
 
@@ -59,11 +60,6 @@ class LocalApi : public LocalHandler {
     Grant grant;
     pid_t pid = 0;  // apids belong to the process that got them (XPMEM)
     uint64_t conn = 0;
-  };
-  struct AttachmentEntry {
-    std::shared_ptr<Attachment> att;
-    uint64_t conn = 0;
-    uint64_t apid = 0;
   };
 
   absl::Status Make(const LocalConnection& c, const local::MakeRequest& r,
@@ -84,10 +80,11 @@ class LocalApi : public LocalHandler {
   const uint32_t node_id_;
   const uint32_t incarnation_;
   SegmentRegistry* const registry_;
-  PeerDirectory* const peers_;
+  RemoteHomes* const remotes_;
   FaultService* const faults_;
-  NotifierSource* notifier_ = nullptr;
-  InvalidationCoordinator* coordinator_ = nullptr;
+  AttachmentTable* const atts_;
+  NotifierSource* const notifier_;
+  InvalidationCoordinator* const coordinator_;
   struct Bracket {
     pid_t pid = 0;
     std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
@@ -98,9 +95,7 @@ class LocalApi : public LocalHandler {
 
   absl::Mutex mu_;
   uint64_t next_apid_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_attach_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Apid> apids_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, AttachmentEntry> atts_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<pid_t, int> event_fds_ ABSL_GUARDED_BY(mu_);  // pid -> conn fd
   absl::flat_hash_map<uint64_t, pid_t> event_conns_ ABSL_GUARDED_BY(mu_);
   uint64_t next_bracket_ ABSL_GUARDED_BY(mu_) = 1;

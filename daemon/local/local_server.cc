@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

@@ -7,7 +7,6 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
-#include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -33,7 +32,7 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
                                    Transport::Done done) {
   return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src,
           done = std::move(done)](absl::Status st) mutable {
-    if (st.ok() || !RdmaTransport::IsSetupFailure(st)) {
+    if (st.ok() || !IsSetupFailure(st)) {
       std::move(done)(std::move(st));
       return;
     }

@@ -9,6 +9,13 @@
 // devices, a device gone), the request goes over tcp instead and the peer
 // stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
 // failures never reach a faulting client, and no request is sent twice.
+// Both transports are used through the Transport interface only; what
+// counts as a set-up failure is the transport's to say (IsSetupFailure).
+//
+// Thread contract: Read/Write may be called from any thread (the fault
+// thread, write-back callers) and never block; `done` runs on a
+// transport's thread, or inline for this node's own home. WriteSync blocks
+// until every piece is answered: never call it on a transport thread.
 #ifndef TETHER_DAEMON_MAPPER_DATA_PATH_H_
 #define TETHER_DAEMON_MAPPER_DATA_PATH_H_
 

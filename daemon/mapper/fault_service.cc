@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -225,7 +226,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
 void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
                            uint8_t* buf, uint64_t gen, absl::Status st) {
   uint64_t base = att->vaddr.load();
-  if (!st.ok() && ToErrno(st) == EAGAIN) {
+  if (IsRetry(st)) {
     // The home has a window open over the range: fetch again shortly (or
     // at range_end, if this node is being invalidated too).
     {
@@ -403,13 +404,13 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
 
 absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
                                           absl::Span<const uint8_t> data) {
-  // The home refuses writes inside one of its windows (EAGAIN): retry for
+  // The home refuses writes inside one of its windows (Retry): retry for
   // a bounded time, since windows close within the ack deadline.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (true) {
     absl::Status st =
         data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + first * kPage, data);
-    if (st.ok() || ToErrno(st) != EAGAIN || absl::Now() > deadline) return st;
+    if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;
     absl::SleepFor(absl::Milliseconds(1));
   }
 }

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -95,9 +96,19 @@ KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
       coordinator_(coordinator),
       ctl_fd_(ctl_fd),
       stop_fd_(stop_fd),
-      fallback_(registry, coordinator) {
+      fallback_(registry, coordinator) {}
+
+absl::Status KernelNotifierSource::Start() {
+  RETURN_IF_ERROR(fallback_.Start());
   thread_ = std::thread([this] { Run(); });
   for (int i = 0; i < kBeginWorkers; ++i) workers_.emplace_back([this] { BeginWorker(); });
+  return absl::OkStatus();
+}
+
+void KernelNotifierSource::SegmentGone(uint64_t segid, const std::string& why) {
+  coordinator_->RevokeAll(segid, why);
+  // The module keeps the exporter's range while we hold its fd: close it.
+  Forget(segid);
 }
 
 KernelNotifierSource::~KernelNotifierSource() {
@@ -197,7 +208,7 @@ absl::Status KernelNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pi
   return absl::OkStatus();
 }
 
-absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t end) {
+absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint64_t end) {
   std::shared_ptr<Export> ex;
   bool fallback = false;
   {
@@ -206,7 +217,7 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
     auto it = by_segid_.find(segid);
     if (it != by_segid_.end()) ex = it->second;
   }
-  if (fallback) return fallback_.Watch(segid, start, end);
+  if (fallback) return fallback_.BeforeRead(segid, start, end);
   if (ex && ex->released)
     return ErrnoStatus(ESRCH, absl::StrFormat("segment %#x: the exporter's address space is gone",
                                               segid));
@@ -238,7 +249,7 @@ absl::Status KernelNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_
   // Odd: an invalidation of the exporter's mm started before the mark and is
   // still running; it was not forwarded and no END will tell us when it ends.
   if (m.seq & 1)
-    return ErrnoStatus(EAGAIN, "retry: an invalidation of the exporter's memory is in progress");
+    return Retry("an invalidation of the exporter's memory is in progress");
   absl::MutexLock lock(&ex->marks_mu);
   if (ex->unmarks == unmarks) ex->marked.Add(m.offset, m.offset + m.len);
   return absl::OkStatus();
@@ -412,7 +423,7 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
     if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
         errno != ESRCH)
       TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
-    // Bump again: a Watch() that read the count between the two bumps may
+    // Bump again: a BeforeRead() that read the count between the two bumps may
     // have MARKed before this UNMARK, and must not cache its mark.
     if (ex) ex->Forget(m.offset, m.offset + m.len);
   }

@@ -11,16 +11,16 @@
 // covers the segment). One fd per export: the module binds an exporter fd
 // to one control fd, and closing it ends exactly that export.
 //
-// G3 - cheap when unshared. Watch() runs before the home reads the exporter
+// G3 - cheap when unshared. BeforeRead() runs before the home reads the exporter
 // for a mapper: it MARKs the sub-range cached in the module, so from then on
 // invalidations overlapping it are forwarded; all others never reach us.
 // MARK returns the range's sequence; an odd one means an invalidation of
 // the exporter's mm is in progress that started before the mark and was not
-// forwarded, so Watch() answers EAGAIN ("retry": the mapper refetches
+// forwarded, so BeforeRead() answers Retry() (the mapper refetches
 // shortly) instead of letting the read run. READ_RETRY is not used: a
 // forwarded invalidation opens a registry window before it is acked, and the
 // registry already brackets every read with its window generation
-// (SegmentRegistry::ReadBlocks answers EAGAIN when one opened during the
+// (SegmentRegistry::ReadBlocks answers Retry() when one opened during the
 // read), so a read that raced a forwarded BEGIN is discarded there.
 //
 // One event thread reads the control fd (poll + read, O_NONBLOCK) and
@@ -104,7 +104,8 @@ class KernelNotifierSource : public NotifierSource {
   static bool Available(const std::string& device = kDevice);
 
   // Opens the control fd on `device` (TETHER_IOC_CONTROL), checks the ABI
-  // (version, event record size, TETHER_FEAT_SEQ) and starts the event thread.
+  // (version, event record size, TETHER_FEAT_SEQ). Start() starts the event
+  // thread and the begin workers.
   static absl::StatusOr<std::unique_ptr<KernelNotifierSource>> Open(
       SegmentRegistry* registry, InvalidationCoordinator* coordinator,
       const std::string& device = kDevice);
@@ -113,15 +114,19 @@ class KernelNotifierSource : public NotifierSource {
 
   absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
                            uint64_t tether_range_id) override;
-  absl::Status Watch(uint64_t segid, uint64_t start, uint64_t end) override;
+  absl::Status Start() override;
+  absl::Status BeforeRead(uint64_t segid, uint64_t start, uint64_t end) override;
+  // Revokes every mapper of the segment (the coordinator's RevokeAll), then
+  // Forget()s it.
+  void SegmentGone(uint64_t segid, const std::string& why) override;
   void Stop() override;
 
-  // The segment is gone (removed, or its exporter exited): closes its
-  // exporter fd (the module unregisters the range) and ends windows still
-  // open on it. Call from the registry's gone callback.
-  void Forget(uint64_t segid);
 
  private:
+  // The segment is gone (removed, or its exporter exited): closes its
+  // exporter fd (the module unregisters the range) and ends windows still
+  // open on it.
+  void Forget(uint64_t segid);
   // One export: one exporter fd with (at least) the segment's range on it.
   struct Export {
     uint64_t segid = 0;
@@ -136,7 +141,7 @@ class KernelNotifierSource : public NotifierSource {
     // that a read of a marked range costs no ioctl. Never held across an
     // ioctl (MARK allocates; reclaim of the exporter's pages would wait for
     // our event thread). Instead every forgetting bumps `unmarks` before and
-    // after its UNMARK, and Watch() caches a MARK only if no forgetting
+    // after its UNMARK, and BeforeRead() caches a MARK only if no forgetting
     // overlapped it. Forgotten: at END (UNMARK while the window still
     // refuses reads) and at a non-blockable BEGIN (no window covers it).
     absl::Mutex marks_mu;

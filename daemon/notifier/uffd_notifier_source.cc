@@ -18,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -98,7 +99,13 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   return absl::OkStatus();
 }
 
-absl::Status UffdNotifierSource::Watch(uint64_t segid, uint64_t start, uint64_t end) {
+absl::Status UffdNotifierSource::Start() { return absl::OkStatus(); }  // threads: per exporter
+
+void UffdNotifierSource::SegmentGone(uint64_t segid, const std::string& why) {
+  coordinator_->RevokeAll(segid, why);
+}
+
+absl::Status UffdNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint64_t end) {
   SegmentWatch w;
   {
     absl::MutexLock lock(&mu_);

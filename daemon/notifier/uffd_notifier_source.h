@@ -45,7 +45,10 @@ class UffdNotifierSource : public NotifierSource {
 
   absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
                            uint64_t tether_range_id) override;
-  absl::Status Watch(uint64_t segid, uint64_t start, uint64_t end) override;
+  absl::Status Start() override;
+  absl::Status BeforeRead(uint64_t segid, uint64_t start, uint64_t end) override;
+  // Revokes every mapper of the segment (the coordinator's RevokeAll).
+  void SegmentGone(uint64_t segid, const std::string& why) override;
   void Stop() override;
 
  private:

@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "daemon/common/segid.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

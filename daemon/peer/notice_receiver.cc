@@ -4,13 +4,16 @@
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/peer/notice_codec.h"
 
 namespace tether {
 
 NoticeReceiver::NoticeReceiver(InvalidationTarget* target)
-    : target_(target), thread_([this] { Run(); }) {}
+    : target_(target) {}
+
+void NoticeReceiver::Start() { thread_ = std::thread([this] { Run(); }); }
 
 NoticeReceiver::~NoticeReceiver() { Stop(); }
 

@@ -1,5 +1,5 @@
 // NoticeReceiver: a mapper node's end of the invalidation notices that
-// homes send over data connections (TcpTransport::Notify), the fast path
+// homes send over data connections (NoticeTransport::Notify), the fast path
 // beside the Peer service's Invalidate call.
 //
 // range_begin is handled on the connection's serving thread before the
@@ -8,6 +8,10 @@
 // order on our own thread: range_end writes kept-aside pages back to the
 // home, which must not hold up the next range_begin queued behind it on
 // the same connection (the home would fence us for it).
+//
+// Thread contract: Notice() runs on data connections' serving threads,
+// concurrently; Start() starts the one thread that handles range_end and
+// revocations in arrival order; Stop() drains it and joins.
 #ifndef TETHER_DAEMON_PEER_NOTICE_RECEIVER_H_
 #define TETHER_DAEMON_PEER_NOTICE_RECEIVER_H_
 
@@ -30,6 +34,7 @@ class NoticeReceiver : public NoticeServer {
   // connection and resends over gRPC): EINVAL for an undecodable notice,
   // EACCES for one that names another home than the connection's node.
   absl::Status Notice(uint32_t peer_node, absl::Span<const uint8_t> payload) override;
+  void Start();
   // Handles what is queued, then stops the thread.
   void Stop();
 

@@ -11,6 +11,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/status_macros.h"
 #include "daemon/peer/grpc_status.h"
 #include "daemon/peer/notice_codec.h"
 #include "peer.grpc.pb.h"
@@ -47,7 +48,7 @@ struct PeerDirectory::Impl {
   absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
   bool shut_down ABSL_GUARDED_BY(calls_mu) = false;
   int rpc_timeout_ms;
-  std::function<std::string(uint32_t, const DataEndpoint&)> namer;  // set before use
+  TransportNamer namer;
   mutable absl::Mutex mu;
   absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
 
@@ -66,8 +67,10 @@ struct PeerDirectory::Impl {
 };
 
 PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
-                             std::vector<PeerConfig> peers, TlsConfig tls, int rpc_timeout_ms)
+                             std::vector<PeerConfig> peers, TlsConfig tls, int rpc_timeout_ms,
+                             TransportNamer namer)
     : impl_(std::make_unique<Impl>()) {
+  impl_->namer = std::move(namer);
   impl_->local_node = local_node;
   impl_->incarnation = incarnation;
   impl_->rpc_timeout_ms = rpc_timeout_ms;
@@ -257,11 +260,6 @@ absl::StatusOr<std::vector<SegmentSummary>> PeerDirectory::ListSegments(uint32_t
     out.push_back(std::move(x));
   }
   return out;
-}
-
-void PeerDirectory::SetTransportNamer(
-    std::function<std::string(uint32_t, const DataEndpoint&)> namer) {
-  impl_->namer = std::move(namer);
 }
 
 std::vector<PeerState> PeerDirectory::States() {

@@ -1,6 +1,12 @@
 // PeerDirectory: this node's view of the other nodes, and the client side
 // of the Peer service (gRPC hidden behind a pimpl: including this header
-// costs nothing).
+// costs nothing). It is the RemoteHomes that local/ uses, and where
+// DataPath resolves a home's data endpoint.
+//
+// Thread contract: every method may be called from any thread; one mutex
+// guards the peer table and the Hello cache, never held across an RPC.
+// Synchronous calls (Attach, Detach, Lookup, Endpoint's first Hello) block
+// for up to the RPC timeout; Invalidate and Connect never block.
 #ifndef TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
 #define TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
 
@@ -12,7 +18,8 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/common/credentials.h"
-#include "daemon/home/segment_registry.h"
+#include "daemon/home/remote_homes.h"
+#include "daemon/home/segment_types.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_config.h"
 #include "daemon/transport/transport.h"
@@ -32,13 +39,17 @@ struct PeerState {
   std::string error;
 };
 
-class PeerDirectory {
+class PeerDirectory : public RemoteHomes {
  public:
-  PeerDirectory(uint32_t local_node, uint64_t incarnation, std::vector<PeerConfig> peers,
-                TlsConfig tls, int rpc_timeout_ms);
-  ~PeerDirectory();
+  // Names the transport requests to a peer use ("rdma", "tcp"; tetherctl
+  // status): DataPath::TransportFor.
+  using TransportNamer = std::function<std::string(uint32_t node, const DataEndpoint& ep)>;
 
-  bool Knows(uint32_t node) const;
+  PeerDirectory(uint32_t local_node, uint64_t incarnation, std::vector<PeerConfig> peers,
+                TlsConfig tls, int rpc_timeout_ms, TransportNamer namer);
+  ~PeerDirectory() override;
+
+  bool Knows(uint32_t node) const override;
   std::vector<uint32_t> Nodes() const;
 
   // The peer's data endpoint (Hello, cached until Forget()). Shared and
@@ -48,15 +59,12 @@ class PeerDirectory {
   void Forget(uint32_t node);
 
   absl::StatusOr<Grant> Attach(uint32_t node, uint64_t segid, const Credentials& cred,
-                               bool write);
-  absl::Status Detach(uint32_t node, uint64_t segid, uint64_t grant);
+                               bool write) override;
+  absl::Status Detach(uint32_t node, uint64_t segid, uint64_t grant) override;
   // Asks every peer; first match wins.
-  absl::StatusOr<SegmentSummary> Lookup(const std::string& name);
+  absl::StatusOr<SegmentSummary> Lookup(const std::string& name) override;
   absl::StatusOr<std::vector<SegmentSummary>> ListSegments(uint32_t node);
   std::vector<PeerState> States();
-  // Names the transport requests to a peer use (tetherctl status).
-  void SetTransportNamer(
-      std::function<std::string(uint32_t node, const DataEndpoint& ep)> namer);
 
   // Starts connecting to the peer (TCP and TLS) if not connected; does not
   // wait.

@@ -8,7 +8,7 @@
 #include "daemon/common/log.h"
 #include "daemon/peer/notice_codec.h"
 #include "daemon/peer/peer_directory.h"
-#include "daemon/transport/tcp_transport.h"
+#include "daemon/transport/transport.h"
 
 namespace tether {
 namespace {
@@ -16,8 +16,10 @@ constexpr absl::Duration kRetryAfter = absl::Seconds(5);
 }  // namespace
 
 PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* peers,
-                                                 TcpTransport* tcp, InvalidationTarget* local)
-    : self_(self), peers_(peers), tcp_(tcp), local_(local), thread_([this] { Run(); }) {}
+                                                 NoticeTransport* fast, InvalidationTarget* local)
+    : self_(self), peers_(peers), fast_(fast), local_(local) {}
+
+void PeerInvalidationChannel::Start() { thread_ = std::thread([this] { Run(); }); }
 
 PeerInvalidationChannel::~PeerInvalidationChannel() { Stop(); }
 
@@ -27,7 +29,7 @@ void PeerInvalidationChannel::Stop() {
 }
 
 bool PeerInvalidationChannel::TakesSlowPath(uint32_t node, const InvalidationNotice& n) const {
-  return node == self_ || tcp_ == nullptr || n.kind == InvalidationNotice::Kind::kRevoke;
+  return node == self_ || fast_ == nullptr || n.kind == InvalidationNotice::Kind::kRevoke;
 }
 
 void PeerInvalidationChannel::Slow(uint32_t node, const InvalidationNotice& n,
@@ -42,7 +44,7 @@ void PeerInvalidationChannel::Slow(uint32_t node, const InvalidationNotice& n,
 void PeerInvalidationChannel::Notify(uint32_t node, std::shared_ptr<const InvalidationNotice> n,
                                      const std::string& payload, absl::Duration timeout,
                                      Done done) {
-  tcp_->Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
+  fast_->Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
                                          payload.size()),
                [this, node, n = std::move(n), timeout, done = std::move(done)](
                    absl::Status st) mutable {
@@ -94,7 +96,7 @@ void PeerInvalidationChannel::Prepare(uint32_t node) {
 }
 
 void PeerInvalidationChannel::Connect(uint32_t node) {
-  if (tcp_ == nullptr) return;
+  if (fast_ == nullptr) return;
   absl::MutexLock lock(&mu_);
   auto it = retry_after_.find(node);
   if (it != retry_after_.end() && absl::Now() < it->second) return;
@@ -109,7 +111,7 @@ void PeerInvalidationChannel::Run() {
     absl::Status st;
     for (int attempt = 0; attempt < 2; ++attempt) {
       auto ep = peers_->Endpoint(node);
-      st = ep.ok() ? tcp_->Connect(**ep) : ep.status();
+      st = ep.ok() ? fast_->Connect(**ep) : ep.status();
       if (st.ok()) break;
       peers_->Forget(node);
     }

@@ -2,9 +2,9 @@
 // mapper nodes.
 //
 //   this node           a direct call to its own MapperInvalidation;
-//   range_begin/_end    a NOTICE frame on the tcp data connection to the
-//                       node (TcpTransport::Notify): one round trip of our
-//                       own framing, the fast path;
+//   range_begin/_end    a NOTICE frame on the data connection to the node
+//                       (NoticeTransport::Notify, the tcp transport): one
+//                       round trip of our own framing, the fast path;
 //   revocations, and    the Peer service's Invalidate call (gRPC, mutual
 //   any notice the      TLS, waits for a reconnecting peer).
 //   fast path cannot
@@ -15,6 +15,10 @@
 // channel's own thread: connecting may block, and a range_begin must never
 // spend its ack deadline on it. A connection lost with a notice in flight
 // resends that notice by gRPC.
+//
+// Thread contract: Send, SendToAll and Prepare may be called from any
+// thread (the coordinator's callers) and never block; `done` runs on the
+// transport's or gRPC's threads. One mutex guards the connect queue.
 #ifndef TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
 #define TETHER_DAEMON_PEER_PEER_INVALIDATION_CHANNEL_H_
 
@@ -35,12 +39,12 @@
 namespace tether {
 
 class PeerDirectory;
-class TcpTransport;
+class NoticeTransport;
 
 class PeerInvalidationChannel : public InvalidationChannel {
  public:
-  // `tcp` may be null: then every notice to a peer goes by gRPC.
-  PeerInvalidationChannel(uint32_t self, PeerDirectory* peers, TcpTransport* tcp,
+  // `fast` may be null: then every notice to a peer goes by gRPC.
+  PeerInvalidationChannel(uint32_t self, PeerDirectory* peers, NoticeTransport* fast,
                           InvalidationTarget* local);
   ~PeerInvalidationChannel() override;
 
@@ -50,6 +54,9 @@ class PeerInvalidationChannel : public InvalidationChannel {
   void SendToAll(const std::vector<uint32_t>& nodes, const InvalidationNotice& notice,
                  absl::Duration timeout, NodeDone done) override;
   void Prepare(uint32_t node) override;
+  // Starts the connecting thread. Notices may be sent before (connections
+  // asked for meanwhile are opened once it runs).
+  void Start();
   // Ends the connecting thread (before the PeerDirectory and transport go).
   void Stop();
 
@@ -65,7 +72,7 @@ class PeerInvalidationChannel : public InvalidationChannel {
 
   const uint32_t self_;
   PeerDirectory* const peers_;
-  TcpTransport* const tcp_;
+  NoticeTransport* const fast_;
   InvalidationTarget* const local_;
 
   absl::Mutex mu_;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/buffer_pool.h"
 #include "daemon/transport/data_token.h"
@@ -29,7 +30,6 @@
 namespace tether {
 namespace {
 
-constexpr char kSetupPayload[] = "tether.rdma/setup-failed";
 constexpr char kDeviceRemoved[] = "the rdma device was removed";
 constexpr uint32_t kMaxInline = kRdmaMessageSize;
 constexpr int kMaxRdAtomic = 16;
@@ -54,9 +54,7 @@ uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 
 // (no listener: restarted or gone; a wrong token) would refuse tcp too.
 absl::Status SetupError(int err, const std::string& what) {
   absl::Status st = ErrnoStatus(err, what);
-  if (err != ECONNREFUSED && err != EACCES)
-    st.SetPayload(kSetupPayload, absl::Cord("1"));
-  return st;
+  return err != ECONNREFUSED && err != EACCES ? SetupFailure(std::move(st)) : st;
 }
 
 // After a device removal, once this process no longer uses the device:
@@ -458,7 +456,7 @@ bool Serve(Conn* c, const RdmaMessage& m, uint32_t slot, std::string* why) {
   if (h.type == FrameType::kReadReq) {
     absl::Status st = c->server->ReadBlocks(c->node, h.segid, h.grant, h.offset,
                                             c->pool->slot(slot).first(h.length));
-    uint32_t status = st.ok() ? 0 : static_cast<uint32_t>(ToErrno(st));
+    uint32_t status = ToWireStatus(st);
     if (!PostResponse(c, slot, m, status, st.ok() ? h.length : 0)) {
       *why = "cannot post a response";
       return false;
@@ -551,8 +549,8 @@ void FinishChunk(Conn* c, uint32_t slot, Conn::Chunk ch, uint32_t status) {
     absl::MutexLock lock(&c->mu);
     c->pool->Release(slot);
     if (status != 0 && ch.op->status.ok())
-      ch.op->status = ErrnoStatus(static_cast<int>(status),
-                                  absl::StrCat("node ", c->node, " refused the request"));
+      ch.op->status =
+          FromWireStatus(status, absl::StrCat("node ", c->node, " refused the request"));
     if (--ch.op->chunks_left == 0) finished = ch.op;
     PumpLocked(c);
   }
@@ -676,7 +674,7 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
           absl::Status st = c->server->WriteBlocks(c->node, req.header.segid, req.header.grant,
                                                    req.header.offset,
                                                    c->pool->slot(idx).first(req.header.length));
-          if (!PostResponse(c, idx, req, st.ok() ? 0 : static_cast<uint32_t>(ToErrno(st)), 0))
+          if (!PostResponse(c, idx, req, ToWireStatus(st), 0))
             why = "cannot post a response";
           break;
         }
@@ -803,10 +801,6 @@ bool RdmaTransport::DeviceAvailable(std::string* why) {
   return active;
 }
 
-bool RdmaTransport::IsSetupFailure(const absl::Status& status) {
-  return status.GetPayload(kSetupPayload).has_value();
-}
-
 RdmaTransport::RdmaTransport(uint32_t local_node) : RdmaTransport(local_node, Options()) {}
 
 RdmaTransport::RdmaTransport(uint32_t local_node, Options options)
@@ -815,7 +809,7 @@ RdmaTransport::RdmaTransport(uint32_t local_node, Options options)
 RdmaTransport::~RdmaTransport() { Shutdown(); }
 
 absl::Status RdmaTransport::Listen(const std::string& address, std::string secret,
-                                   BlockServer* server) {
+                                   BlockServer* server, NoticeServer* /*notices: tcp only*/) {
   if (secret.size() < 16) return absl::InvalidArgumentError("data token secret too short");
   if (options_.queue_depth == 0 || options_.queue_depth > 1024 || options_.slot_bytes == 0 ||
       options_.slot_bytes % 4096 != 0 || options_.slot_bytes > kMaxPayload)

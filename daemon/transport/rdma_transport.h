@@ -73,9 +73,6 @@ class RdmaTransport : public Transport {
   // True if a verbs device with an active port exists (the automatic
   // transport choice); `why` says what was found or missing.
   static bool DeviceAvailable(std::string* why);
-  // True if `status` came from a connection that could not be set up (no
-  // request was sent): the caller may fall back to another transport.
-  static bool IsSetupFailure(const absl::Status& status);
 
   explicit RdmaTransport(uint32_t local_node);
   RdmaTransport(uint32_t local_node, Options options);
@@ -84,7 +81,7 @@ class RdmaTransport : public Transport {
   const char* name() const override { return "rdma"; }
   // `secret` derives the per-node tokens that connect requests must carry.
   absl::Status Listen(const std::string& address, std::string secret,
-                      BlockServer* server) override;
+                      BlockServer* server, NoticeServer* notices) override;
   std::string bound_address() const override;
   // Uses home.rdma_address and home.token.
   void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,

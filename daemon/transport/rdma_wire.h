@@ -44,7 +44,7 @@ namespace tether {
 
 constexpr size_t kRdmaMessageSize = 64;
 constexpr uint32_t kRdmaConnectMagic = 0x44525454;  // "TTRD"
-constexpr uint16_t kRdmaWireVersion = 2;  // 2: reads answered by WRITE_WITH_IMM
+constexpr uint16_t kRdmaWireVersion = 3;  // 2: reads answered by WRITE_WITH_IMM; 3: kWireRetry
 constexpr size_t kRdmaPrivateDataSize = 12 + kDataTokenSize;
 
 struct RdmaMessage {

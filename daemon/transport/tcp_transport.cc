@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
@@ -96,7 +97,7 @@ TcpTransport::TcpTransport(uint32_t local_node) : local_node_(local_node) {}
 TcpTransport::~TcpTransport() { Shutdown(); }
 
 absl::Status TcpTransport::Listen(const std::string& address, std::string secret,
-                                  BlockServer* server) {
+                                  BlockServer* server, NoticeServer* notices) {
   if (secret.size() < 16) return absl::InvalidArgumentError("data token secret too short");
   socklen_t len = 0;
   ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(address, &len));
@@ -133,6 +134,7 @@ absl::Status TcpTransport::Listen(const std::string& address, std::string secret
   listen_fd_ = fd;
   secret_ = std::move(secret);
   server_ = server;
+  notice_server_ = notices;
   accept_thread_ = std::thread([this] { AcceptLoop(); });
   return absl::OkStatus();
 }
@@ -209,24 +211,24 @@ void TcpTransport::ServeLoop(int fd) {
       resp.type = FrameType::kReadResp;
       absl::Status st =
           server_->ReadBlocks(peer, h->segid, h->grant, h->offset, absl::MakeSpan(data));
-      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      if (!st.ok()) resp.status = ToWireStatus(st);
       if (!SendFrame(fd, resp, st.ok() ? absl::Span<const uint8_t>(data)
                                        : absl::Span<const uint8_t>()))
         break;
     } else if (h->type == FrameType::kNoticeReq) {
       resp.type = FrameType::kNoticeResp;
       if (!ReadFull(fd, data.data(), data.size())) break;
-      NoticeServer* notices = notice_server_.load();
+      NoticeServer* notices = notice_server_;
       absl::Status st = notices ? notices->Notice(peer, data)
                                 : ErrnoStatus(EOPNOTSUPP, "this node takes no notices");
-      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      if (!st.ok()) resp.status = ToWireStatus(st);
       resp.length = 0;
       if (!SendFrame(fd, resp, {})) break;
     } else {
       resp.type = FrameType::kWriteResp;
       if (!ReadFull(fd, data.data(), data.size())) break;
       absl::Status st = server_->WriteBlocks(peer, h->segid, h->grant, h->offset, data);
-      if (!st.ok()) resp.status = static_cast<uint32_t>(ToErrno(st));
+      if (!st.ok()) resp.status = ToWireStatus(st);
       resp.length = 0;
       if (!SendFrame(fd, resp, {})) break;
     }
@@ -417,8 +419,7 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
     }
     absl::Status st;
     if (h->status != 0) {
-      st = ErrnoStatus(static_cast<int>(h->status),
-                       absl::StrCat("node ", conn->node, " refused the request"));
+      st = FromWireStatus(h->status, absl::StrCat("node ", conn->node, " refused the request"));
     } else if (h->type == FrameType::kReadResp) {
       if (h->length != p.dst.size()) {
         std::move(p.done)(absl::DataLossError("read response of the wrong length"));

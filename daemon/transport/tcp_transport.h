@@ -23,14 +23,16 @@
 
 namespace tether {
 
-class TcpTransport : public Transport {
+class TcpTransport : public Transport, public NoticeTransport {
  public:
+  using Done = Transport::Done;  // the same type in both bases
+
   explicit TcpTransport(uint32_t local_node);
   ~TcpTransport() override;
 
   const char* name() const override { return "tcp"; }
   absl::Status Listen(const std::string& address, std::string secret,
-                      BlockServer* server) override;
+                      BlockServer* server, NoticeServer* notices) override;
   std::string bound_address() const override;
   void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
             absl::Span<uint8_t> dst, Done done) override;
@@ -41,16 +43,11 @@ class TcpTransport : public Transport {
 
   // Invalidation notices (home -> mapper node) on the same connections:
   // one round trip of our own framing instead of a gRPC call (whose thread
-  // hand-offs cost ~20x a TCP round trip on small machines).
-  // Where incoming NOTICE_REQs go; set before peers connect (else they are
-  // answered EOPNOTSUPP).
-  void SetNoticeServer(NoticeServer* server) { notice_server_.store(server); }
-  // Sends `payload` (<= kMaxNoticePayload) to `node`'s NoticeServer on an
-  // existing connection; `done` gets its answer, or kUnavailable if there
-  // is no connection (never connects: that could block) or it was lost.
-  void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done);
-  // Opens the connection to `peer` if there is none (blocks up to ~8 s).
-  absl::Status Connect(const DataEndpoint& peer);
+  // hand-offs cost ~20x a TCP round trip on small machines). `payload` is
+  // at most kMaxNoticePayload.
+  void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) override;
+  // Blocks up to ~8 s.
+  absl::Status Connect(const DataEndpoint& peer) override;
 
  private:
   struct Connection;
@@ -83,8 +80,9 @@ class TcpTransport : public Transport {
   int listen_fd_ = -1;
   std::string bound_address_;
   std::string secret_;
+  // Set by Listen() before the accept thread starts; read by serving threads.
   BlockServer* server_ = nullptr;
-  std::atomic<NoticeServer*> notice_server_{nullptr};
+  NoticeServer* notice_server_ = nullptr;
   std::thread accept_thread_;
 };
 

@@ -1,6 +1,13 @@
 // The data transport: moves a segment's bytes between a mapper's daemon and
-// the home's. One interface, two implementations (tcp now, rdma later);
-// the control plane (gRPC) never carries page contents.
+// the home's. One interface, two implementations (TcpTransport,
+// RdmaTransport); the control plane (gRPC) never carries page contents.
+// The layers above (mapper/, peer/) use only the interfaces in this file:
+// which transport a request takes is DataPath's choice, made through
+// Transport pointers and IsSetupFailure(), never by naming tcp or rdma.
+//
+// Thread contract: every method may be called from any thread; `Done`
+// callbacks run on a transport's own threads (or inline, on failure before
+// anything was sent) and must not block on the network.
 #ifndef TETHER_DAEMON_TRANSPORT_TRANSPORT_H_
 #define TETHER_DAEMON_TRANSPORT_TRANSPORT_H_
 
@@ -14,7 +21,8 @@
 namespace tether {
 
 // Implemented by the home (SegmentRegistry). Called on transport threads,
-// never on the thread that answers invalidation events (DESIGN.md G5).
+// never on the thread that answers invalidation events (G5 in
+// docs/architecture.md, "The invalidation contract").
 class BlockServer {
  public:
   virtual ~BlockServer() = default;
@@ -27,7 +35,7 @@ class BlockServer {
 };
 
 // Implemented by every node for the invalidation notices a home sends over
-// a data connection (TcpTransport::Notify): `payload` is an encoded notice,
+// a data connection (NoticeTransport::Notify): `payload` is an encoded notice,
 // `peer_node` the node the connection authenticated as. Called on the
 // connection's serving thread, in arrival order: must not block on the
 // network.
@@ -56,9 +64,11 @@ class Transport {
 
   // Server side: accept data connections at `address` (host:port; port 0
   // picks one). A connection must first present the token that `secret`
-  // derives for the node it claims to be (data_token.h).
+  // derives for the node it claims to be (data_token.h). Requests go to
+  // `server`; invalidation notices, on a transport that carries them, to
+  // `notices` (null: refused with EOPNOTSUPP). Both must outlive Shutdown().
   virtual absl::Status Listen(const std::string& address, std::string secret,
-                              BlockServer* server) = 0;
+                              BlockServer* server, NoticeServer* notices) = 0;
   virtual std::string bound_address() const = 0;
 
   // Client side. `dst`/`src` must stay valid until `done` runs.
@@ -72,6 +82,30 @@ class Transport {
   virtual void Disconnect(uint32_t node) = 0;
   virtual void Shutdown() = 0;
 };
+
+// A transport that also carries invalidation notices from a home to mapper
+// nodes, on the connections it already has (TcpTransport): one round trip
+// of the transport's own framing instead of a gRPC call.
+class NoticeTransport {
+ public:
+  using Done = Transport::Done;
+  virtual ~NoticeTransport() = default;
+  // Sends `payload` to `node`'s NoticeServer on an existing connection;
+  // `done` gets its answer, or kUnavailable if there is no connection
+  // (never connects: that could block) or it was lost.
+  virtual void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) = 0;
+  // Opens the connection to `peer` if there is none. Blocks (seconds):
+  // call it on a thread that may wait.
+  virtual absl::Status Connect(const DataEndpoint& peer) = 0;
+};
+
+// A request failed because its connection could not be set up: nothing was
+// sent, so the caller may issue it again on another transport (DataPath
+// falls back from rdma to tcp). Transports tag such failures with
+// SetupFailure(); everything else (the peer refused, the connection was
+// lost with the request in flight) is not one.
+absl::Status SetupFailure(absl::Status status);
+bool IsSetupFailure(const absl::Status& status);
 
 }  // namespace tether
 

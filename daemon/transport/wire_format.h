@@ -13,7 +13,7 @@
 //   24   8   grant     home-side grant id from Peer.Attach
 //   32   8   offset    byte offset within the segment
 //   40   4   length    payload length (<= kMaxPayload)
-//   44   4   status    0 or a positive errno (responses only)
+//   44   4   status    0, a positive errno, or kWireRetry (errors.h; responses only)
 //
 // HELLO carries the 32-byte data token as payload and the sender's node id
 // in `segid`. NOTICE_REQ (home -> mapper node, on a connection the home
@@ -33,7 +33,7 @@
 namespace tether {
 
 constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
-constexpr uint16_t kWireVersion = 1;
+constexpr uint16_t kWireVersion = 2;  // 2: "retry" is kWireRetry, not EAGAIN
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;

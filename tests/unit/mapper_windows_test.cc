@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
@@ -36,7 +37,7 @@ class FakeHome : public BlockServer {
                           absl::Span<uint8_t> dst) override {
     absl::MutexLock lock(&mu);
     ++reads;
-    if (refuse) return ErrnoStatus(EAGAIN, "window");
+    if (refuse) return Retry("window");
     std::memcpy(dst.data(), mem.data() + off, dst.size());
     // Read, then "on the wire" until the test lets it arrive.
     mu.Await(absl::Condition(+[](bool* h) { return !*h; }, &hold));

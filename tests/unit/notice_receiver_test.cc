@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/peer/notice_codec.h"
 
@@ -129,6 +130,7 @@ class FakeTarget : public InvalidationTarget {
 TEST(NoticeReceiver, BeginInlineEndOnItsOwnThreadInOrder) {
   FakeTarget target;
   NoticeReceiver rx(&target);
+  rx.Start();
   InvalidationNotice b = Begin(), e = Begin(), r = Begin();
   e.kind = InvalidationNotice::Kind::kEnd;
   r.kind = InvalidationNotice::Kind::kRevoke;
@@ -149,6 +151,7 @@ TEST(NoticeReceiver, BeginInlineEndOnItsOwnThreadInOrder) {
 TEST(NoticeReceiver, RefusalsChangeNothing) {
   FakeTarget target;
   NoticeReceiver rx(&target);
+  rx.Start();
   // A node speaks only for itself: node 5's connection cannot send node 3's.
   EXPECT_EQ(ToErrno(rx.Notice(5, Bytes(EncodeNotice(Begin())))), EACCES);
   EXPECT_EQ(ToErrno(rx.Notice(3, Bytes(std::string("\x08\xff\xff", 3)))), EINVAL);

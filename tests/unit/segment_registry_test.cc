@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "daemon/common/segid.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -33,7 +34,7 @@ class RegistryTest : public ::testing::Test {
     mem_ = static_cast<uint8_t*>(
         mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     for (size_t i = 0; i < kSize; ++i) mem_[i] = static_cast<uint8_t>(i);
-    ASSERT_TRUE(reg_.Start().ok());
+    ASSERT_TRUE(reg_.Start(nullptr).ok());
     owner_.uid = 1000;
     owner_.gid = 100;
   }

@@ -13,6 +13,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
@@ -71,7 +72,7 @@ absl::Status ReadSync(Transport& t, const DataEndpoint& ep, uint64_t segid, uint
 TEST(TcpTransport, ReadsWritesAndErrors) {
   MemoryServer server(1 << 20);
   TcpTransport home(1), mapper(2);
-  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
   DataEndpoint ep = Ep(home.bound_address());
   std::vector<uint8_t> buf(8192);
   ASSERT_TRUE(ReadSync(mapper, ep, 1, 4096, absl::MakeSpan(buf)).ok());
@@ -104,7 +105,7 @@ TEST(TcpTransport, ReadsWritesAndErrors) {
 TEST(TcpTransport, ManyRequestsInFlight) {
   MemoryServer server(4 << 20);
   TcpTransport home(1), mapper(2);
-  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
   DataEndpoint ep = Ep(home.bound_address());
   constexpr int kRequests = 512;
   std::vector<std::vector<uint8_t>> bufs(kRequests, std::vector<uint8_t>(8192));
@@ -123,7 +124,7 @@ TEST(TcpTransport, ManyRequestsInFlight) {
 TEST(TcpTransport, WrongTokenIsRefused) {
   MemoryServer server(1 << 16);
   TcpTransport home(1), mapper(2);
-  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
   DataEndpoint ep = Ep(home.bound_address(), std::string(kDataTokenSize, 'x'));
   std::vector<uint8_t> buf(4096);
   absl::Status st = ReadSync(mapper, ep, 1, 0, absl::MakeSpan(buf));
@@ -136,7 +137,7 @@ TEST(TcpTransport, AnotherNodesTokenIsRefused) {
   // path binds the token to the node the control plane authenticated.
   MemoryServer server(1 << 16);
   TcpTransport home(1), mapper(2);
-  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
   std::vector<uint8_t> buf(4096);
   absl::Status st = ReadSync(mapper, Ep(home.bound_address(), DataTokenFor(kToken, 3)), 1, 0,
                              absl::MakeSpan(buf));
@@ -151,7 +152,7 @@ TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {
   std::string addr;
   {
     TcpTransport home(1);
-    ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server).ok());
+    ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
     addr = home.bound_address();
     std::vector<uint8_t> buf(4096);
     ASSERT_TRUE(ReadSync(mapper, Ep(addr), 1, 0, absl::MakeSpan(buf)).ok());
@@ -162,7 +163,7 @@ TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   // a new home on another port: the mapper connects afresh
   TcpTransport home2(1);
-  ASSERT_TRUE(home2.Listen("127.0.0.1:0", kToken, &server).ok());
+  ASSERT_TRUE(home2.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
   EXPECT_TRUE(ReadSync(mapper, Ep(home2.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
 }
 
@@ -200,8 +201,7 @@ TEST(TcpTransport, NoticesGoOnAnExistingConnectionOnly) {
   MemoryServer blocks(4096);
   RecordingNotices notices;
   TcpTransport home(1), mapper(2);
-  mapper.SetNoticeServer(&notices);
-  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks).ok());
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks, &notices).ok());
   DataEndpoint ep;
   ep.node_id = 2;
   ep.address = mapper.bound_address();
@@ -235,7 +235,7 @@ TEST(TcpTransport, NoticesGoOnAnExistingConnectionOnly) {
 TEST(TcpTransport, NoticesWithoutAServerAreRefused) {
   MemoryServer blocks(4096);
   TcpTransport home(1), mapper(2);
-  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks).ok());
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks, nullptr).ok());
   DataEndpoint ep;
   ep.node_id = 2;
   ep.address = mapper.bound_address();
@@ -263,7 +263,7 @@ TEST(TcpTransport, BadAddresses) {
   EXPECT_EQ(ToErrno(NumericSocketAddress("node2:9").status()), EINVAL);
   MemoryServer server(4096);
   TcpTransport t(1);
-  EXPECT_FALSE(t.Listen("localhost:0", kToken, &server).ok());  // numeric only
+  EXPECT_FALSE(t.Listen("localhost:0", kToken, &server, nullptr).ok());  // numeric only
 }
 
 }  // namespace

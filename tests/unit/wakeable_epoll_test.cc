@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

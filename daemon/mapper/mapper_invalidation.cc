@@ -1,22 +1,19 @@
-#include "daemon/invalidation/mapper_invalidation.h"
+#include "daemon/mapper/mapper_invalidation.h"
 
 #include <algorithm>
 
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 
 namespace tether {
-namespace {
-constexpr uint64_t kPage = 4096;
-}
-
 absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
   // Windows are keyed by segid and window id: segids are unique across the
   // cluster and window ids per segment's home.
   uint64_t key = (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
   absl::Status result;
   absl::Time t0 = absl::Now();
-  for (const auto& att : attachments_of_(n.segid)) {
+  for (const auto& att : attachments_->Of(n.segid)) {
     if (n.kind == InvalidationNotice::Kind::kRevoke) {
       faults_->Revoke(*att, n.reason.empty() ? "revoked by the home" : n.reason);
       continue;
@@ -24,14 +21,14 @@ absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
     uint64_t a0 = att->seg_offset, a1 = att->seg_offset + att->size;
     uint64_t s = std::max(n.start, a0), e = std::min(n.end, a1);
     if (s >= e) continue;
-    uint64_t p0 = (s - a0) / kPage, p1 = (e - a0 + kPage - 1) / kPage;
+    uint64_t p0 = (s - a0) / kPageSize, p1 = (e - a0 + kPageSize - 1) / kPageSize;
     if (n.kind == InvalidationNotice::Kind::kBegin) {
       faults_->BeginWindow(*att, key, p0, p1);
     } else {
       std::vector<std::pair<uint64_t, uint64_t>> gone;  // in attachment pages
       for (const auto& [g0, g1] : n.gone) {
         uint64_t gs = std::max(g0, a0), ge = std::min(g1, a1);
-        if (gs < ge) gone.emplace_back((gs - a0) / kPage, (ge - a0 + kPage - 1) / kPage);
+        if (gs < ge) gone.emplace_back((gs - a0) / kPageSize, (ge - a0 + kPageSize - 1) / kPageSize);
       }
       absl::Status st = faults_->EndWindow(*att, key, gone);
       if (!st.ok()) {

@@ -1,0 +1,73 @@
+// SegmentRegistry, its serving side: the BlockServer the data transports
+// call. Every request is checked (grant, node, bounds, fencing, open
+// windows) under the lock; the exporter's memory is read or written
+// outside it, bracketed by the window generation.
+#include "daemon/home/segment_registry.h"
+
+#include <algorithm>
+#include <cerrno>
+
+#include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b1 && b0 < a1; }
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
+    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
+    bool write, uint64_t* addr, uint64_t* gen) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  auto fit = seg->fenced.find(peer_node);
+  if (fit != seg->fenced.end())
+    return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
+                                              peer_node, fit->second));
+  auto git = seg->grants.find(grant);
+  if (git == seg->grants.end() || git->second.node != peer_node)
+    return ErrnoStatus(EACCES, "no grant for this node");
+  if (write && !git->second.writable) return ErrnoStatus(EACCES, "read-only grant");
+  if (!seg->memory) {
+    return ErrnoStatus(seg->state == "removed" ? EIDRM : ESRCH,
+                       absl::StrFormat("segment %#x: %s", segid, seg->state));
+  }
+  if (len == 0 || offset >= seg->size || len > seg->size - offset)
+    return ErrnoStatus(EINVAL, "request past the end of the segment");
+  for (const auto& [id, w] : seg->windows) {
+    if (Overlap(offset, offset + len, w.first, w.second))
+      return Retry("an invalidation window is open over this range");
+  }
+  if (!write) seg->cached[peer_node].Add(offset, offset + len);  // before the read (G3)
+  *addr = seg->vaddr + offset;
+  *gen = seg->gen;
+  return seg->memory;
+}
+
+absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                         uint64_t offset, absl::Span<uint8_t> dst) {
+  uint64_t addr = 0, gen = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, dst.size(), false, &addr, &gen));
+  // Events on the range must be seen before a copy of it leaves (G1, G3).
+  if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + dst.size()));
+  RETURN_IF_ERROR(memory->Read(addr, dst));
+  // A window opened while we read: what we read may predate it (G5).
+  if (OpenedSince(segid, gen, offset, offset + dst.size()))
+    return Retry("an invalidation window opened during the read");
+  return absl::OkStatus();
+}
+
+absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                          uint64_t offset, absl::Span<const uint8_t> src) {
+  uint64_t addr = 0, gen = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr, &gen));
+  return memory->Write(addr, src);
+}
+
+}  // namespace tether

@@ -1,0 +1,87 @@
+// SegmentRegistry, its invalidation side: windows over segment ranges
+// (while one is open no read or write of the range is served), the ranges
+// each node has cached (marked before the read, G3), the recent-window log
+// that brackets reads (G5), and fencing. docs/architecture.md, "The
+// invalidation contract".
+#include "daemon/home/segment_registry.h"
+
+#include <algorithm>
+#include <cerrno>
+
+#include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
+#include "daemon/common/log.h"
+#include "daemon/common/status_macros.h"
+
+namespace tether {
+namespace {
+bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b1 && b0 < a1; }
+// The log of recent windows that OpenedSince() consults.
+constexpr size_t kRecentWindows = 64;
+}  // namespace
+
+bool SegmentRegistry::OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return true;
+  const Segment& seg = *it->second;
+  if (seg.gen == gen) return false;
+  // The log holds the last kRecentWindows; older ones answer "yes".
+  if (seg.recent.empty() || seg.recent.front().gen > gen + 1) return true;
+  for (const auto& w : seg.recent)
+    if (w.gen > gen && Overlap(start, end, w.start, w.end)) return true;
+  return false;
+}
+
+absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_t start,
+                                                         uint64_t end) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+  Segment* seg = it->second.get();
+  start = std::min(start, seg->size);
+  end = std::min(end, seg->size);
+  if (start >= end) return ErrnoStatus(EINVAL, "empty invalidation range");
+  OpenedWindow w;
+  w.id = next_window_++;
+  seg->windows.emplace(w.id, std::make_pair(start, end));
+  ++seg->gen;
+  seg->recent.push_back({seg->gen, start, end});
+  if (seg->recent.size() > kRecentWindows) seg->recent.erase(seg->recent.begin());
+  for (auto& [node, set] : seg->cached) {
+    if (set.Overlaps(start, end)) {
+      w.nodes.push_back(node);
+      set.Remove(start, end);
+    }
+  }
+  std::sort(w.nodes.begin(), w.nodes.end());
+  return w;
+}
+
+void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  it->second->windows.erase(window);
+}
+
+void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string& why) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  Segment* seg = it->second.get();
+  seg->fenced[node] = why;
+  seg->cached.erase(node);
+  size_t revoked = 0;
+  for (auto g = seg->grants.begin(); g != seg->grants.end();) {
+    if (g->second.node == node) {
+      seg->grants.erase(g++);
+      ++revoked;
+    } else {
+      ++g;
+    }
+  }
+  TLOG_WARN("segment %#x: node %d fenced (%s): %d grants revoked", segid, node, why, revoked);
+}
+
+}  // namespace tether

@@ -1,0 +1,95 @@
+#include "daemon/mapper/attachment_table.h"
+
+#include <utility>
+
+#include "daemon/common/page.h"
+
+namespace tether {
+
+uint64_t AttachmentTable::Insert(std::shared_ptr<Attachment> att, uint64_t owner, uint64_t apid) {
+  absl::MutexLock lock(&mu_);
+  uint64_t id = (uint64_t{incarnation_} << 32) | next_++;
+  att->id = id;
+  entries_[id] = Entry{std::move(att), owner, apid};
+  return id;
+}
+
+std::shared_ptr<Attachment> AttachmentTable::Find(uint64_t id, pid_t pid) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end() || it->second.att->pid != pid) return nullptr;
+  return it->second.att;
+}
+
+std::shared_ptr<Attachment> AttachmentTable::Take(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(id);
+  if (it == entries_.end()) return nullptr;
+  std::shared_ptr<Attachment> att = std::move(it->second.att);
+  entries_.erase(it);
+  return att;
+}
+
+std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeOwnedBy(uint64_t owner) {
+  std::vector<std::shared_ptr<Attachment>> out;
+  absl::MutexLock lock(&mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->second.owner == owner) {
+      out.push_back(std::move(it->second.att));
+      entries_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeAll() {
+  std::vector<std::shared_ptr<Attachment>> out;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : entries_) out.push_back(std::move(e.att));
+  entries_.clear();
+  return out;
+}
+
+std::vector<std::shared_ptr<Attachment>> AttachmentTable::Of(uint64_t segid) {
+  std::vector<std::shared_ptr<Attachment>> out;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : entries_)
+    if (e.att->segid == segid) out.push_back(e.att);
+  return out;
+}
+
+bool AttachmentTable::UsesApid(uint64_t apid) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : entries_)
+    if (e.apid == apid) return true;
+  return false;
+}
+
+std::vector<AttachmentSummary> AttachmentTable::Summaries() {
+  std::vector<std::shared_ptr<Attachment>> atts;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, e] : entries_) atts.push_back(e.att);
+  }
+  std::vector<AttachmentSummary> out;
+  for (auto& a : atts) {
+    AttachmentSummary s;
+    s.id = a->id;
+    s.segid = a->segid;
+    s.offset = a->seg_offset;
+    s.size = a->size;
+    s.pid = a->pid;
+    s.writable = a->writable;
+    s.faults = a->faults.load();
+    absl::MutexLock lock(&a->mu);
+    s.resident_bytes = a->resident * kPageSize;
+    s.dirty_bytes = a->dirty * kPageSize;
+    s.state = a->revoked ? "revoked: " + a->revoke_reason : "mapped";
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace tether

@@ -1,0 +1,71 @@
+// AttachmentTable: this node's attachments, by id — the mapper side's one
+// record of what is attached, by which process, through which apid. The
+// client-request handler (local/) adds and removes entries; mapper-side
+// invalidation finds a segment's attachments here; tetherctl lists them.
+//
+// Thread contract: every method may be called from any thread; one mutex
+// guards the table, and nothing is called under it (attachments are
+// handed out as shared_ptrs, used after the lock is dropped).
+#ifndef TETHER_DAEMON_MAPPER_ATTACHMENT_TABLE_H_
+#define TETHER_DAEMON_MAPPER_ATTACHMENT_TABLE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "daemon/mapper/attachment.h"
+
+namespace tether {
+
+struct AttachmentSummary {
+  uint64_t id = 0, segid = 0, offset = 0, size = 0;
+  pid_t pid = 0;
+  bool writable = false;
+  uint64_t resident_bytes = 0, dirty_bytes = 0, faults = 0;
+  std::string state;
+};
+
+class AttachmentTable {
+ public:
+  // Ids are (incarnation << 32) | counter: an id from before a restart of
+  // this daemon never names a new attachment.
+  explicit AttachmentTable(uint32_t incarnation) : incarnation_(incarnation) {}
+
+  // Adds `att` (sets its id) for the local connection `owner`, through
+  // apid `apid`. Returns the id.
+  uint64_t Insert(std::shared_ptr<Attachment> att, uint64_t owner, uint64_t apid);
+  // The attachment `id` if it belongs to process `pid`, else null.
+  std::shared_ptr<Attachment> Find(uint64_t id, pid_t pid);
+  // Removes and returns `id` (null if absent).
+  std::shared_ptr<Attachment> Take(uint64_t id);
+  // Removes and returns every attachment of the local connection `owner`.
+  std::vector<std::shared_ptr<Attachment>> TakeOwnedBy(uint64_t owner);
+  // Removes and returns all (daemon shutdown).
+  std::vector<std::shared_ptr<Attachment>> TakeAll();
+  // Attachments of a segment (for invalidation notices).
+  std::vector<std::shared_ptr<Attachment>> Of(uint64_t segid);
+  // Whether any attachment was made through `apid`.
+  bool UsesApid(uint64_t apid);
+  std::vector<AttachmentSummary> Summaries();
+
+ private:
+  struct Entry {
+    std::shared_ptr<Attachment> att;
+    uint64_t owner = 0;
+    uint64_t apid = 0;
+  };
+  const uint32_t incarnation_;
+  absl::Mutex mu_;
+  uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_MAPPER_ATTACHMENT_TABLE_H_

@@ -1,0 +1,19 @@
+#include "daemon/transport/transport.h"
+
+#include "absl/strings/cord.h"
+
+namespace tether {
+namespace {
+constexpr char kSetupPayload[] = "tether.transport/setup-failed";
+}  // namespace
+
+absl::Status SetupFailure(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kSetupPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsSetupFailure(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kSetupPayload).has_value();
+}
+
+}  // namespace tether
