@@ -12,6 +12,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/kernel_feature.h"
+
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
@@ -56,6 +58,7 @@ class FakeChannel : public InvalidationChannel {
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
     mem_ = static_cast<uint8_t*>(
         mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     int pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));

@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/kernel_feature.h"
+
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
@@ -72,6 +74,7 @@ class MapperWindowsTest : public ::testing::Test {
     att_->home = 1;  // this node: DataPath calls FakeHome directly
     att_->size = kPages * kPage;
     att_->writable = true;
+    TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingUserfaultfdWp());
     att_->memfd = memfd_create("t", MFD_CLOEXEC);
     ASSERT_EQ(ftruncate(att_->memfd, att_->size), 0);
     att_->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));

@@ -13,6 +13,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/kernel_feature.h"
+
 #include "daemon/common/segid.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
@@ -31,6 +33,7 @@ std::unique_ptr<ExporterMemory> Self() {
 class RegistryTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
     mem_ = static_cast<uint8_t*>(
         mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     for (size_t i = 0; i < kSize; ++i) mem_[i] = static_cast<uint8_t>(i);
