@@ -1,5 +1,5 @@
 // InvalidationCoordinator: the home side of the invalidation contract
-// (DESIGN.md G1–G5).
+// (G1–G5 in docs/architecture.md, "The invalidation contract").
 //
 // Begin(): opens a window in the SegmentRegistry (from then on no read of
 // the range is served), fans range_begin out in parallel to every node
