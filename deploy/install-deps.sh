@@ -14,6 +14,7 @@ pkgs=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libibverbs-dev librdmacm-dev
   iproute2 procps util-linux bc openssl python3 kmod
+  clang-format
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64
