@@ -1,5 +1,7 @@
 // Who is asking: a local caller's SO_PEERCRED, or a remote mapper's
 // credentials as vouched for by its (authenticated) daemon.
+//
+// Thread contract: plain values and pure functions (PermitAllows); no state.
 #ifndef TETHER_DAEMON_COMMON_CREDENTIALS_H_
 #define TETHER_DAEMON_COMMON_CREDENTIALS_H_
 

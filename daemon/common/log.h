@@ -1,4 +1,8 @@
 // Minimal leveled logging to stderr (Abseil 20220623 has no absl/log).
+//
+// Thread contract: TLOG_* and the setters may be called from any thread;
+// each line is one write(2) under a mutex, so lines from different threads
+// never interleave.
 #ifndef TETHER_DAEMON_COMMON_LOG_H_
 #define TETHER_DAEMON_COMMON_LOG_H_
 

@@ -8,6 +8,8 @@
 // The incarnation changes at every daemon start, so a segid from before a
 // restart is recognisably stale and gets ENOENT instead of reaching a new
 // segment that reused the counter.
+//
+// Thread contract: pure functions on values.
 #ifndef TETHER_DAEMON_COMMON_SEGID_H_
 #define TETHER_DAEMON_COMMON_SEGID_H_
 

@@ -6,6 +6,11 @@
 // pidfd again, so a pid reused in between cannot be picked up. Reads go
 // through the pinned /proc/<pid>/mem fd. Writes check the exporter's own
 // protections first (/proc/<pid>/mem writes would pass through PROT_READ).
+//
+// Thread contract: Read and Write may run concurrently from any thread (the
+// fds are only read after Open); they may block on the exporter's mm (page
+// faults, mmap_lock), so never call them on a thread that answers
+// invalidation events (G5, docs/architecture.md).
 #ifndef TETHER_DAEMON_HOME_EXPORTER_MEMORY_H_
 #define TETHER_DAEMON_HOME_EXPORTER_MEMORY_H_
 

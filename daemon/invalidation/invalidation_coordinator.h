@@ -13,6 +13,13 @@
 //
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
 // no lock is held while waiting.
+//
+// Thread contract: Begin, End and RevokeAll may be called from any thread,
+// concurrently (the notifier source's workers, local clients' brackets,
+// the registry's exit watcher). Begin blocks its caller up to the ack
+// deadline; it must not be called on a thread that the fan-out's answers
+// need (a transport's serving thread). The object itself holds no lock:
+// the registry and the channel are thread-safe, and stats are atomics.
 #ifndef TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
 #define TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
 

@@ -1,4 +1,12 @@
-// What the home tells mapper nodes about a range of a segment.
+// What the home tells mapper nodes about a range of a segment, and the two
+// interfaces a notice passes through: InvalidationChannel (the home's way
+// out; PeerInvalidationChannel in peer/) and InvalidationTarget (a mapper
+// node's way in; MapperInvalidation in mapper/).
+//
+// Thread contract: both interfaces are called from any thread,
+// concurrently. Channel sends never block (done runs later, on the
+// channel's threads); a target's Handle blocks until the node holds no copy
+// of the range (range_begin) and must not wait for the home.
 #ifndef TETHER_DAEMON_INVALIDATION_NOTICE_H_
 #define TETHER_DAEMON_INVALIDATION_NOTICE_H_
 

@@ -19,6 +19,11 @@
 // What it cannot see: mprotect (no uffd event; write-backs are still
 // checked against the exporter's protections at the home), kernel-internal
 // events (contents unchanged), memory other than anonymous/shmem/hugetlb.
+//
+// Thread contract: AddExporter starts the exporter's thread (detached,
+// counted in running_; Stop() waits for them). BeforeRead runs on transport
+// threads and registers under the exporter's mutex. mu_ guards the
+// exporter and segment maps; no ioctl or coordinator call happens under it.
 #ifndef TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_
 #define TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_
 

@@ -3,6 +3,8 @@
 // connection's NOTICE_REQ frame (TcpTransport::Notify). Both receivers
 // validate with FromProto, so a notice is accepted or refused the same way
 // whichever path brought it.
+//
+// Thread contract: pure functions on values.
 #ifndef TETHER_DAEMON_PEER_NOTICE_CODEC_H_
 #define TETHER_DAEMON_PEER_NOTICE_CODEC_H_
 

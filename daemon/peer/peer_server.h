@@ -1,5 +1,12 @@
 // PeerServer: the gRPC Peer service other nodes call (Hello, Attach,
-// Detach, Lookup, ListSegments), backed by the SegmentRegistry.
+// Detach, Lookup, ListSegments, Invalidate), backed by the SegmentRegistry
+// and this node's InvalidationTarget.
+//
+// Thread contract: Start() builds and starts the gRPC server; calls run on
+// gRPC's pool, concurrently (every object they use is thread-safe). An
+// Invalidate call blocks its pool thread while the target handles the
+// notice (a range_begin: until copies are dropped). Shutdown() waits for
+// calls in flight.
 #ifndef TETHER_DAEMON_PEER_PEER_SERVER_H_
 #define TETHER_DAEMON_PEER_PEER_SERVER_H_
 
