@@ -11,6 +11,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -63,20 +64,9 @@ int Fail(const std::string& msg) {
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-#ifdef NDEBUG
-  // Debian's Abseil checks every Mutex acquisition for lock-order cycles
-  // (a global graph behind one spin lock, shared by all threads): 3.5x the
-  // cost of a nested lock here, on the fault and invalidation paths. The
-  // Debug/sanitizer build that the tests run under keeps the check.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
-  absl::SetProgramUsageMessage("tether node daemon. See docs/ and deploy/tetherd.conf.");
-  absl::ParseCommandLine(argc, argv);
-  if (absl::GetFlag(FLAGS_verbose)) tether::SetLogLevel(tether::LogLevel::kDebug);
-
+// The daemon's configuration from the flags; an error names the bad flag.
+absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
+  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError(msg); };
   tether::TetherdConfig cfg;
   cfg.node_id = absl::GetFlag(FLAGS_node_id);
   cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
@@ -93,7 +83,7 @@ int main(int argc, char** argv) {
     tether::PeerConfig pc;
     if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 ||
         kv[1].empty())
-      return Fail("bad --peers entry '" + std::string(item) + "' (want id=host:port)");
+      return bad("bad --peers entry '" + std::string(item) + "' (want id=host:port)");
     pc.address = kv[1];
     cfg.peers.push_back(pc);
   }
@@ -105,7 +95,7 @@ int main(int argc, char** argv) {
   } else if (rdma == "off") {
     cfg.rdma = tether::RdmaMode::kOff;
   } else {
-    return Fail("--rdma must be auto, on or off");
+    return bad("--rdma must be auto, on or off");
   }
   cfg.rdma_listen = absl::GetFlag(FLAGS_rdma_listen);
   if (cfg.rdma_listen.empty()) {
@@ -115,9 +105,9 @@ int main(int argc, char** argv) {
   cfg.rdma_queue_depth = absl::GetFlag(FLAGS_rdma_queue_depth);
   cfg.rdma_slot_kb = absl::GetFlag(FLAGS_rdma_slot_kb);
   if (cfg.rdma_queue_depth == 0 || cfg.rdma_queue_depth > 1024)
-    return Fail("--rdma_queue_depth must be 1..1024");
+    return bad("--rdma_queue_depth must be 1..1024");
   if (cfg.rdma_slot_kb == 0 || cfg.rdma_slot_kb % 4 != 0 || cfg.rdma_slot_kb > 4096)
-    return Fail("--rdma_slot_kb must be a multiple of 4 in 4..4096");
+    return bad("--rdma_slot_kb must be a multiple of 4 in 4..4096");
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);
@@ -125,13 +115,32 @@ int main(int argc, char** argv) {
   if (!cfg.tls.insecure) {
     if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||
         absl::GetFlag(FLAGS_tls_key).empty())
-      return Fail("node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
+      return bad("node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
                   "(deploy/make-certs makes them), or --insecure_peers for plaintext");
     if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &cfg.tls.ca_pem) ||
         !ReadFile(absl::GetFlag(FLAGS_tls_cert), &cfg.tls.cert_pem) ||
         !ReadFile(absl::GetFlag(FLAGS_tls_key), &cfg.tls.key_pem))
-      return Fail("cannot read the TLS files");
+      return bad("cannot read the TLS files");
   }
+  return cfg;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#ifdef NDEBUG
+  // Debian's Abseil checks every Mutex acquisition for lock-order cycles
+  // (a global graph behind one spin lock, shared by all threads): 3.5x the
+  // cost of a nested lock here, on the fault and invalidation paths. The
+  // Debug/sanitizer build that the tests run under keeps the check.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
+  absl::SetProgramUsageMessage("tether node daemon. See docs/ and deploy/tetherd.conf.");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_verbose)) tether::SetLogLevel(tether::LogLevel::kDebug);
+
+  absl::StatusOr<tether::TetherdConfig> cfg = ConfigFromFlags();
+  if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
 
   // Signals are taken synchronously by this thread; every other thread
   // inherits the mask.
@@ -143,7 +152,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  tether::Tetherd daemon(cfg);
+  tether::Tetherd daemon(*std::move(cfg));
   absl::Status st = daemon.Start();
   if (!st.ok()) {
     daemon.Stop();

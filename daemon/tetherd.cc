@@ -47,14 +47,24 @@ absl::Status Tetherd::Start() {
   if (getrandom(token.data(), token.size(), 0) != static_cast<ssize_t>(token.size()))
     return ErrnoStatus(errno, "getrandom");
   SetLogPrefix(absl::StrFormat("tetherd[node %d]", config_.node_id));
+  RETURN_IF_ERROR(Build());
+  RETURN_IF_ERROR(StartThreads(token));
+  RETURN_IF_ERROR(StartServers(token));
+  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
+            "budget %d MiB",
+            incarnation_, config_.peer_listen, transport_->bound_address(),
+            rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
+            config_.local_socket, config_.cache_budget_bytes >> 20);
+  return absl::OkStatus();
+}
 
-  // 1. Build and wire every part; no thread runs yet. Parts that call each
-  // other both ways (the registry and the notifier source; the peer
-  // directory and the data path) are wired through interfaces or through
-  // this object, never through setters on running parts.
+// Parts that call each other both ways (the registry and the notifier
+// source; the peer directory and the data path) are wired through
+// interfaces or through this object, never through setters on running parts.
+absl::Status Tetherd::Build() {
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
   auto tcp = std::make_unique<TcpTransport>(config_.node_id);
-  NoticeTransport* notice_transport = tcp.get();
+  notice_transport_ = tcp.get();
   transport_ = std::move(tcp);
   RETURN_IF_ERROR(MakeRdma());
   peers_ = std::make_unique<PeerDirectory>(
@@ -74,7 +84,7 @@ absl::Status Tetherd::Start() {
   // or by gRPC; ours go out the same two ways.
   notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
   channel_ = std::make_unique<PeerInvalidationChannel>(config_.node_id, peers_.get(),
-                                                       notice_transport, mapper_invalidation_.get());
+                                                       notice_transport_, mapper_invalidation_.get());
   coordinator_ = std::make_unique<InvalidationCoordinator>(
       config_.node_id, registry_.get(), channel_.get(),
       absl::Milliseconds(config_.invalidate_deadline_ms));
@@ -92,9 +102,12 @@ absl::Status Tetherd::Start() {
   local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
                                           peers_.get(), faults_.get(), attachments_.get(),
                                           notifier_.get(), coordinator_.get());
+  return absl::OkStatus();
+}
 
-  // 2. Start every thread, from the bottom layer up: a part starts after
-  // everything it calls into is running.
+// From the bottom layer up: a part starts after everything it calls into
+// is running.
+absl::Status Tetherd::StartThreads(const std::string& token) {
   RETURN_IF_ERROR(registry_->Start(notifier_.get()));
   RETURN_IF_ERROR(notifier_->Start());
   notice_receiver_->Start();
@@ -103,7 +116,11 @@ absl::Status Tetherd::Start() {
   RETURN_IF_ERROR(StartRdma(token));
   RETURN_IF_ERROR(faults_->Start());
   channel_->Start();
+  return absl::OkStatus();
+}
 
+// The servers go last: nothing reaches this node before every part runs.
+absl::Status Tetherd::StartServers(const std::string& token) {
   HelloInfo hello;
   hello.node_id = config_.node_id;
   hello.incarnation = incarnation_;
@@ -129,13 +146,7 @@ absl::Status Tetherd::Start() {
                                                      registry_.get(), peers_.get(),
                                                      attachments_.get()));
   local_server_ = std::make_unique<LocalServer>(local_api_.get());
-  RETURN_IF_ERROR(local_server_->Start(config_.local_socket));
-  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
-            "budget %d MiB",
-            incarnation_, config_.peer_listen, transport_->bound_address(),
-            rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
-            config_.local_socket, config_.cache_budget_bytes >> 20);
-  return absl::OkStatus();
+  return local_server_->Start(config_.local_socket);
 }
 
 absl::Status Tetherd::MakeRdma() {

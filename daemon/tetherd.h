@@ -1,11 +1,18 @@
-// Tetherd: one node's daemon, wiring the parts together:
+// Tetherd: one node's daemon. It builds every part, wires interfaces to
+// their implementations, then starts all threads in one pass, bottom layer
+// first (docs/architecture.md has the layers and the threads):
 //
 //   LocalServer ── LocalApi ──┬── SegmentRegistry (home: exports, grants,
 //   (clients)                 │     BlockServer for the data transport)
-//                             ├── PeerDirectory (gRPC client to peers)
+//                             ├── RemoteHomes = PeerDirectory (gRPC client)
+//                             ├── AttachmentTable
 //                             └── FaultService ── DataPath ── Transport
-//   PeerServer (gRPC, peers) ── SegmentRegistry
+//   PeerServer (gRPC, peers) ── SegmentRegistry, MapperInvalidation
+//   NotifierSource ── InvalidationCoordinator ── PeerInvalidationChannel
 //   AdminServer (gRPC, tetherctl)
+//
+// Thread contract: Start() and Stop() from one thread (main); Stop() is
+// also run by the destructor.
 #ifndef TETHER_DAEMON_TETHERD_H_
 #define TETHER_DAEMON_TETHERD_H_
 
@@ -52,6 +59,7 @@ class AttachmentTable;
 class FaultService;
 class DataPath;
 class Transport;
+class NoticeTransport;
 class InvalidationCoordinator;
 class MapperInvalidation;
 class NotifierSource;
@@ -68,6 +76,12 @@ class Tetherd {
   void Stop();
 
  private:
+  // Start() in three steps: build and wire every part (no thread runs);
+  // start the parts' threads, bottom layer first; start the servers that
+  // let clients and peers in.
+  absl::Status Build();
+  absl::Status StartThreads(const std::string& token);
+  absl::Status StartServers(const std::string& token);
   absl::Status MakeRdma();  // rdma_: null without a usable verbs device
   absl::Status StartRdma(const std::string& secret);
   TetherdConfig config_;
@@ -75,6 +89,7 @@ class Tetherd {
   absl::Time started_;
   std::unique_ptr<SegmentRegistry> registry_;
   std::unique_ptr<Transport> transport_;  // tcp
+  NoticeTransport* notice_transport_ = nullptr;  // the same object (notices ride tcp)
   std::unique_ptr<Transport> rdma_;       // null without a usable verbs device
   std::string rdma_device_;               // what DeviceAvailable found
   std::string rdma_address_;              // where it listens; empty if it does not

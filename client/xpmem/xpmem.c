@@ -275,6 +275,9 @@ XPMEM_EXPORT int xpmem_release(xpmem_apid_t apid) {
   return rc;
 }
 
+/* Long because XPMEM's checks come first, each with the errno XPMEM gives
+ * (EINVAL for the argument, in XPMEM's order), before the one call that
+ * maps; splitting it would scatter that table. */
 XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr) {
   static const char fn[] = "xpmem_attach";
   const size_t ps = page_size();
