@@ -287,6 +287,7 @@ std::vector<KernelNotifierSource::Pending> KernelNotifierSource::TakePending(uin
 }
 
 void KernelNotifierSource::Run() {
+  event_thread_.Bind();
   tether_event evs[16];
   while (!stopping_) {
     pollfd p[2] = {{ctl_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
@@ -309,6 +310,7 @@ void KernelNotifierSource::Run() {
 }
 
 void KernelNotifierSource::HandleEvent(const tether_event& ev) {
+  event_thread_.AssertHere();
   TLOG_DEBUG("tether.ko event %d: kind %d type %d flags %#x range %d [%#x, %#x) seq %d",
              ev.event_id, ev.kind, ev.type, ev.flags, ev.range_id, ev.start, ev.end, ev.seq);
   switch (ev.kind) {
@@ -392,6 +394,7 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
 }
 
 void KernelNotifierSource::HandleEnd(const tether_event& ev) {
+  event_thread_.AssertHere();  // ENDs in the order the module queued them
   Pending p;
   bool found = false;
   {
@@ -433,6 +436,7 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
 }
 
 void KernelNotifierSource::HandleRelease(const tether_event& ev) {
+  event_thread_.AssertHere();
   std::shared_ptr<Export> ex = FindRange(ev.range_id);
   if (ex && !ex->released.exchange(true)) {
     // The exporter's address space is gone (exit, exec) or its fd closed:
@@ -449,6 +453,7 @@ void KernelNotifierSource::HandleRelease(const tether_event& ev) {
 }
 
 void KernelNotifierSource::HandleOverflow() {
+  event_thread_.AssertHere();
   TLOG_WARN("tether.ko: events were lost (OVERFLOW): invalidating every exported range");
   // ENDs may be among the lost events: end every open window. Reads stay
   // refused while the kernel is still inside an invalidation (odd MARK seq).

@@ -86,6 +86,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/interval_set.h"
+#include "daemon/common/thread_role.h"
 #include "daemon/common/work_queue.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
@@ -163,6 +164,9 @@ class KernelNotifierSource : public NotifierSource {
 
   KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator,
                        int ctl_fd, int stop_fd);
+  // The event thread: reads the control fd; HandleEvent, HandleEnd,
+  // HandleRelease and HandleOverflow run only there (asserted). Blockable
+  // BEGINs go to the workers (HandleBegin, BeginWorker).
   void Run();
   void HandleEvent(const tether_event& ev);
   // What HandleBegin needs of a BEGIN record (queued for the workers).
@@ -197,6 +201,7 @@ class KernelNotifierSource : public NotifierSource {
   WorkQueue<std::pair<BeginEvent, uint64_t>> begins_;
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
+  ThreadRole event_thread_;
   std::thread thread_;
 };
 
