@@ -1,11 +1,13 @@
 #include "daemon/tetherd.h"
 
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
@@ -36,6 +38,10 @@ absl::Status Tetherd::Start() {
     return ErrnoStatus(EINVAL, "node id must be 1..32767");
   if (config_.local_socket.empty() || config_.admin_socket.empty())
     return ErrnoStatus(EINVAL, "local and admin socket paths are required");
+  if (sysconf(_SC_PAGESIZE) != static_cast<long>(kPageSize))
+    return ErrnoStatus(EOPNOTSUPP, absl::StrFormat("this kernel's pages are %d bytes; tether "
+                                                   "works in %d-byte pages (common/page.h)",
+                                                   sysconf(_SC_PAGESIZE), kPageSize));
   started_ = absl::Now();
   // The incarnation makes segids from before a restart recognisably stale.
   uint16_t inc = 0;

@@ -15,12 +15,12 @@
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
 namespace {
-constexpr uint64_t kPage = 4096;
 // Workers for blockable BEGINs: each may wait up to the invalidation
 // deadline for a frozen mapper; more exporters waiting at once than this
 // wait for each other.
@@ -226,7 +226,7 @@ absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, ui
                                                    "cannot be seen (no /dev/tether range "
                                                    "attached): refusing to hand out copies",
                                                    segid));
-  uint64_t s = start / kPage * kPage, e = std::min<uint64_t>((end + kPage - 1) / kPage * kPage, ex->size);
+  uint64_t s = start / kPageSize * kPageSize, e = std::min<uint64_t>((end + kPageSize - 1) / kPageSize * kPageSize, ex->size);
   if (s >= e) return ErrnoStatus(EINVAL, "empty watch range");
   tether_mark m{};
   m.range_id = ex->range_id;
@@ -368,7 +368,7 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
               ex->segid, TypeName(ev.type), s, e);
     // No window covers it: reads must ask the module again (odd sequence)
     // instead of trusting the cached mark. The module's mark stays.
-    ex->Forget(ev.start / kPage * kPage, (ev.end + kPage - 1) / kPage * kPage);
+    ex->Forget(ev.start / kPageSize * kPageSize, (ev.end + kPageSize - 1) / kPageSize * kPageSize);
     coordinator_->RevokeAll(ex->segid, "exporter's memory torn down (OOM)");
     Ack(ev.event_id);
     return;
@@ -419,8 +419,8 @@ void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
   if (!stopping_) {
     tether_mark m{};
     m.range_id = p.range_id;
-    m.offset = p.start / kPage * kPage;
-    m.len = (p.end + kPage - 1) / kPage * kPage - m.offset;
+    m.offset = p.start / kPageSize * kPageSize;
+    m.len = (p.end + kPageSize - 1) / kPageSize * kPageSize - m.offset;
     std::shared_ptr<Export> ex = FindRange(p.range_id);
     if (ex) ex->Forget(m.offset, m.offset + m.len);
     if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&

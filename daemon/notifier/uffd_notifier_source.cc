@@ -18,12 +18,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
 namespace {
-constexpr uint64_t kPage = 4096;
 // REMOVE arrives before the zap and nothing marks the zap's end: the home
 // keeps the window open until pagemap shows the pages gone, at most this.
 constexpr absl::Duration kZapWait = absl::Milliseconds(50);
@@ -286,11 +286,11 @@ bool UffdNotifierSource::ReadMapped(Exporter& ex, uint64_t start, uint64_t end,
 
 bool UffdNotifierSource::ReadPagemap(Exporter& ex, uint64_t start, uint64_t end,
                                      std::vector<uint64_t>* out) {
-  uint64_t pages = (end - start) / kPage;
+  uint64_t pages = (end - start) / kPageSize;
   out->resize(pages);
   ssize_t want = static_cast<ssize_t>(pages * 8);
   return ex.pagemap >= 0 &&
-         pread(ex.pagemap, out->data(), pages * 8, static_cast<off_t>(start / kPage * 8)) == want;
+         pread(ex.pagemap, out->data(), pages * 8, static_cast<off_t>(start / kPageSize * 8)) == want;
 }
 
 void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end,
@@ -305,7 +305,7 @@ void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end,
     bool old_frame_left = false;
     for (size_t i = 0; i < now.size() && !old_frame_left; ++i) {
       if (!(now[i] & kPresentOrSwapped)) continue;
-      uint64_t idx = (start - snap_start) / kPage + i;
+      uint64_t idx = (start - snap_start) / kPageSize + i;
       if (start >= snap_start && idx < snapshot.size()) {
         // Present again is fine if it is a new frame (touched after the zap).
         uint64_t before = snapshot[idx];

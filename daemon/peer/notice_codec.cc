@@ -2,6 +2,7 @@
 
 #include <cerrno>
 
+#include "daemon/common/page.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
@@ -39,7 +40,7 @@ absl::StatusOr<InvalidationNotice> FromProto(const peer::InvalidateRequest& req)
   }
   SegidParts parts;
   if (!ParseSegid(req.segid(), &parts) || parts.node != req.home_node() ||
-      req.start() > req.end() || req.start() % 4096 || req.end() % 4096)
+      req.start() > req.end() || req.start() % kPageSize || req.end() % kPageSize)
     return ErrnoStatus(EINVAL, "malformed invalidation");
   if (req.gone_size() % 2 != 0 || req.gone_size() > kMaxGoneBounds)
     return ErrnoStatus(EINVAL, "malformed gone ranges");

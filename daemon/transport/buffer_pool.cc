@@ -6,12 +6,13 @@
 #include <utility>
 
 #include "daemon/common/errors.h"
+#include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
 
 absl::StatusOr<BufferPool> BufferPool::Create(uint32_t slots, uint32_t slot_bytes) {
-  if (slots == 0 || slot_bytes == 0 || slot_bytes % 4096 != 0)
+  if (slots == 0 || slot_bytes == 0 || slot_bytes % kPageSize != 0)
     return ErrnoStatus(EINVAL, "buffer pool: slots and a page-multiple slot size are required");
   size_t total = static_cast<size_t>(slots) * slot_bytes;
   if (total > (size_t{1} << 30)) return ErrnoStatus(EINVAL, "buffer pool larger than 1 GiB");
