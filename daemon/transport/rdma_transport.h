@@ -44,6 +44,33 @@
 //   last user), then listens again at the same address when a device
 //   serves it. Connects that cannot reach the peer meanwhile are set-up
 //   failures: DataPath sends those requests over tcp (no write-back lost).
+//
+// Thread contract:
+// - Listen and Shutdown: the owner's thread (tetherd's start and stop),
+//   once each. Shutdown wakes and joins every thread below; `server` must
+//   outlive it.
+// - Read, Write, Disconnect: any thread (a transport that only requests
+//   needs no Listen); bound_address: once Listen returned. Read and Write
+//   connect on first use, on the caller's thread (GetConnection: address
+//   and route resolution and the connect, each bounded by
+//   connect_timeout_ms + 0.5 s).
+// - Threads: one listener thread (ListenLoop: connect requests, the
+//   listener's device removal, listening again) and one thread per
+//   connection on either side (RunConnection: completions, the
+//   connection's rdma_cm events, wake-ups). `done` runs on a connection's
+//   thread, or inline on the caller's thread when the request fails before
+//   it is posted; home-side BlockServer calls run on the connection's
+//   thread. No lock is held while either runs.
+// - mu_ guards conns_ and all_conns_ and is taken before a Connection's mu,
+//   never after. Listen writes listener_, bound_address_, secret_ and
+//   server_ before the listener thread starts; they are read-only after
+//   (until Shutdown), but for listener_->id, which is the listener
+//   thread's.
+// - The files: rdma_transport.cc (this API), rdma_connection.cc (listener,
+//   connect/accept, set-up and teardown, the connection's thread, device
+//   discovery), rdma_requester.cc (posting requests, their completions),
+//   rdma_responder.cc (serving a peer's requests), and
+//   rdma_transport_internal.h (the Connection they share, its contract).
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_H_
 
@@ -57,7 +84,10 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/transport/transport.h"
+
+struct rdma_cm_event;  // <rdma/rdma_cma.h>
 
 namespace tether {
 
@@ -91,16 +121,26 @@ class RdmaTransport : public Transport {
   void Disconnect(uint32_t node) override;
   void Shutdown() override;
 
-  struct Connection;  // rdma_transport.cc
+  struct Connection;  // rdma_transport_internal.h
 
  private:
-  struct Listener;
+  struct Listener;  // rdma_transport_internal.h
 
-  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home);
+  // rdma_requester.cc: a Read or Write, on the caller's thread.
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
               uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-              Done done);
+              Done done) ABSL_LOCKS_EXCLUDED(mu_);
+  // rdma_connection.cc. The connection to `home`, connected (blocking) if
+  // there is none: on the caller's thread.
+  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // The listener thread's loop, and its parts (on that thread only):
+  // listening again after a device removal, and accepting one connect
+  // request (false: the transport is shutting down).
   void ListenLoop();
+  void Relisten(absl::Time* relisten_at);
+  bool Accept(rdma_cm_event* ev, int spin_us) ABSL_LOCKS_EXCLUDED(mu_);
+  // Joins and forgets connections whose thread has finished (any thread).
   void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint32_t local_node_;
@@ -112,6 +152,8 @@ class RdmaTransport : public Transport {
   // Every connection whose thread may still run (requester and home side).
   std::vector<std::shared_ptr<Connection>> all_conns_ ABSL_GUARDED_BY(mu_);
 
+  // Set by Listen before the listener thread starts, then read-only (but
+  // for listener_->id: the listener thread's).
   std::unique_ptr<Listener> listener_;
   std::string bound_address_;
   std::string secret_;

@@ -1,0 +1,599 @@
+// RdmaTransport, connection management (rdma_transport.h has the shape;
+// rdma_transport_internal.h the thread contract): device discovery, the
+// listener thread (connect requests, device removal, listening again),
+// connecting to a home, a connection's verbs resources and their teardown,
+// and the connection's thread, which polls completions and hands them to
+// the requester (rdma_requester.cc) or the responder (rdma_responder.cc).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "daemon/common/log.h"
+#include "daemon/common/errors.h"
+#include "daemon/common/status_macros.h"
+#include "daemon/transport/data_token.h"
+#include "daemon/transport/rdma_transport_internal.h"
+#include "daemon/transport/rdma_wire.h"
+#include "daemon/transport/socket_address.h"
+
+namespace tether {
+namespace {
+
+constexpr char kDeviceRemoved[] = "the rdma device was removed";
+constexpr uint32_t kMaxInline = kRdmaMessageSize;
+constexpr int kMaxRdAtomic = 16;
+
+// A connection that could not be set up. Tagged for DataPath's fallback to
+// tcp when rdma itself cannot reach the peer (no address, route or device,
+// resources, no answer: the peer's device may be gone); a peer that refuses
+// (no listener: restarted or gone; a wrong token) would refuse tcp too.
+absl::Status SetupError(int err, const std::string& what) {
+  absl::Status st = ErrnoStatus(err, what);
+  return err != ECONNREFUSED && err != EACCES ? SetupFailure(std::move(st)) : st;
+}
+
+// After a device removal, once this process no longer uses the device:
+// librdmacm keeps a verbs context open per device and closes a removed one
+// only when it re-reads the device list with nothing referencing it; until
+// then a device without context disassociation (rxe) cannot finish going.
+// The removal event may come before the device leaves the device list, so
+// this is repeated for a while (RdmaTransport::ListenLoop, once a second).
+void ReleaseRemovedDevices() {
+  if (ibv_context** list = rdma_get_devices(nullptr)) rdma_free_devices(list);
+}
+
+// Until when ListenLoop keeps calling ReleaseRemovedDevices (ns since epoch).
+std::atomic<int64_t> g_release_until_ns{0};
+void NoteDeviceRemoval() {
+  g_release_until_ns = absl::ToUnixNanos(absl::Now() + absl::Seconds(60));
+  ReleaseRemovedDevices();
+}
+
+int EffectiveSpinUs(int configured) {
+  if (configured >= 0) return configured;
+  // Spinning only pays when another CPU runs the peer's side (or the NIC's
+  // completion path); on one CPU it steals the time the peer needs.
+  return sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 50 : 0;
+}
+
+// Waits (bounded) for the next rdma_cm event on `ch` and checks its type.
+// The event is acked here; `status`/`private data` are not needed after.
+absl::Status WaitCmEvent(rdma_event_channel* ch, rdma_cm_event_type want, int timeout_ms,
+                         const std::string& what) {
+  pollfd p{ch->fd, POLLIN, 0};
+  int r = poll(&p, 1, timeout_ms);
+  if (r == 0) return SetupError(ETIMEDOUT, absl::StrCat(what, ": timed out"));
+  if (r < 0) return SetupError(errno, what);
+  rdma_cm_event* ev = nullptr;
+  if (rdma_get_cm_event(ch, &ev) != 0) return SetupError(errno, what);
+  rdma_cm_event_type got = ev->event;
+  int status = ev->status;
+  rdma_ack_cm_event(ev);
+  if (got == want) return absl::OkStatus();
+  int err = EPROTO;
+  switch (got) {
+    case RDMA_CM_EVENT_ADDR_ERROR: err = EADDRNOTAVAIL; break;
+    case RDMA_CM_EVENT_ROUTE_ERROR: err = ENETUNREACH; break;
+    case RDMA_CM_EVENT_UNREACHABLE: err = EHOSTUNREACH; break;
+    case RDMA_CM_EVENT_CONNECT_ERROR: err = ECONNABORTED; break;
+    // A consumer reject (status 28, IB_CM_REJ_CONSUMER_DEFINED) is the
+    // home refusing our token; anything else is no listener there.
+    case RDMA_CM_EVENT_REJECTED: err = status == 28 ? EACCES : ECONNREFUSED; break;
+    default: break;
+  }
+  return SetupError(err, absl::StrCat(what, ": ", rdma_event_str(got), " (status ", status, ")"));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- set-up and teardown
+
+absl::Status RdmaTransport::Connection::CreateResources(const std::string& what) {
+  ibv_context* verbs = id->verbs;
+  if (verbs == nullptr) return SetupError(ENODEV, absl::StrCat(what, ": no verbs device bound"));
+  pd = ibv_alloc_pd(verbs);
+  if (pd == nullptr) return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_alloc_pd"));
+  comp = ibv_create_comp_channel(verbs);
+  if (comp == nullptr) return SetupError(errno, absl::StrCat(what, ": ibv_create_comp_channel"));
+  fcntl(comp->fd, F_SETFL, fcntl(comp->fd, F_GETFL) | O_NONBLOCK);
+  // Home: per slot an RDMA WRITE + SEND, or an RDMA READ then a SEND.
+  uint32_t send_wr = 2 * depth + 4, recv_wr = depth + 4;
+  cq = ibv_create_cq(verbs, static_cast<int>(send_wr + recv_wr), nullptr, comp, 0);
+  if (cq == nullptr) return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_create_cq"));
+  ibv_qp_init_attr attr{};
+  attr.send_cq = cq;
+  attr.recv_cq = cq;
+  attr.qp_type = IBV_QPT_RC;
+  attr.cap.max_send_wr = send_wr;
+  attr.cap.max_recv_wr = recv_wr;
+  attr.cap.max_send_sge = 1;
+  attr.cap.max_recv_sge = 1;
+  attr.cap.max_inline_data = kMaxInline;
+  use_inline = true;
+  if (rdma_create_qp(id, pd, &attr) != 0) {
+    // Devices without inline sends: the control ring's slot is held until
+    // the response anyway, so inline is only an optimisation.
+    attr.cap.max_inline_data = 0;
+    use_inline = false;
+    if (rdma_create_qp(id, pd, &attr) != 0)
+      return SetupError(errno, absl::StrCat(what, ": rdma_create_qp"));
+  }
+  qp_created = true;
+  ctrl_bytes = (2 * static_cast<size_t>(depth) * kRdmaMessageSize + 4095) & ~size_t{4095};
+  void* p = mmap(nullptr, ctrl_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return SetupError(errno, absl::StrCat(what, ": mmap"));
+  madvise(p, ctrl_bytes, MADV_DONTFORK);
+  ctrl = static_cast<uint8_t*>(p);
+  ctrl_mr = ibv_reg_mr(pd, ctrl, ctrl_bytes, IBV_ACCESS_LOCAL_WRITE);
+  if (ctrl_mr == nullptr) return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (control)"));
+  auto pool_or = BufferPool::Create(depth, slot_bytes);
+  if (!pool_or.ok()) return SetupError(ToErrno(pool_or.status()), std::string(pool_or.status().message()));
+  pool.emplace(*std::move(pool_or));
+  // Only a requester's slots are remotely accessible (the home writes read
+  // data into them and reads write data from them); the home's are not.
+  int access = IBV_ACCESS_LOCAL_WRITE;
+  if (role == Role::kRequester) access |= IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+  pool_mr = ibv_reg_mr(pd, pool->base(), pool->size_bytes(), access);
+  if (pool_mr == nullptr)
+    return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (buffer pool, ",
+                                          pool->size_bytes() >> 20,
+                                          " MiB; check RLIMIT_MEMLOCK)"));
+  wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd < 0) return SetupError(errno, "eventfd");
+  inflight.assign(depth, std::nullopt);
+  inflight_req.assign(depth, 0);
+  serving.assign(depth, RdmaMessage{});
+  for (uint32_t i = 0; i < depth; ++i) RETURN_IF_ERROR(PostRecv(i));
+  return absl::OkStatus();
+}
+
+absl::Status RdmaTransport::Connection::PostRecv(uint32_t i) {
+  ibv_sge sge{reinterpret_cast<uintptr_t>(recv_msg(i)), kRdmaMessageSize, ctrl_mr->lkey};
+  ibv_recv_wr wr{};
+  wr.wr_id = WrId(kRecv, i);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  int err = ibv_post_recv(id->qp, &wr, &bad);
+  return err == 0 ? absl::OkStatus() : SetupError(err, "ibv_post_recv");
+}
+
+std::vector<RdmaTransport::Connection::Chunk> RdmaTransport::Connection::MarkDead(
+    const std::string& reason) {
+  if (!dead) {
+    dead = true;
+    why = reason;
+  }
+  std::vector<Chunk> owed;
+  for (auto& c : inflight) {
+    if (c.has_value()) owed.push_back(std::move(*c));
+    c.reset();
+  }
+  for (auto& c : waiting) owed.push_back(std::move(c));
+  waiting.clear();
+  return owed;
+}
+
+void RdmaTransport::Connection::DestroyVerbs() {
+  if (id != nullptr && qp_created) rdma_disconnect(id);
+  if (qp_created) {
+    rdma_destroy_qp(id);
+    qp_created = false;
+  }
+  if (pool_mr != nullptr && ibv_dereg_mr(pool_mr) != 0)
+    TLOG_WARN("rdma: ibv_dereg_mr: %s", std::strerror(errno));
+  pool_mr = nullptr;
+  pool.reset();
+  if (ctrl_mr != nullptr) ibv_dereg_mr(ctrl_mr);
+  ctrl_mr = nullptr;
+  if (ctrl != nullptr) munmap(ctrl, ctrl_bytes);
+  ctrl = nullptr;
+  if (cq != nullptr) {
+    if (unacked_cq_events) ibv_ack_cq_events(cq, unacked_cq_events);
+    unacked_cq_events = 0;
+    if (int err = ibv_destroy_cq(cq); err != 0)
+      TLOG_WARN("rdma: ibv_destroy_cq: %s", std::strerror(err));
+    cq = nullptr;
+  }
+  if (comp != nullptr && ibv_destroy_comp_channel(comp) != 0)
+    TLOG_WARN("rdma: ibv_destroy_comp_channel: %s", std::strerror(errno));
+  comp = nullptr;
+  if (pd != nullptr) {
+    if (int err = ibv_dealloc_pd(pd); err != 0)
+      TLOG_WARN("rdma: ibv_dealloc_pd: %s", std::strerror(err));
+  }
+  pd = nullptr;
+  if (id != nullptr && rdma_destroy_id(id) != 0)
+    TLOG_WARN("rdma: rdma_destroy_id: %s", std::strerror(errno));
+  id = nullptr;
+  if (cm != nullptr) rdma_destroy_event_channel(cm);
+  cm = nullptr;
+}
+
+// ---------------------------------------------------------------- thread
+
+namespace {
+
+// One work completion, on the connection's thread: receives go to the
+// responder (home) or the requester, a home's sends and RDMA READs to the
+// responder. Sets `why` when the connection must end.
+void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
+  if (w.status != IBV_WC_SUCCESS) {
+    *why = absl::StrCat("work completion error: ", ibv_wc_status_str(w.status));
+    return;
+  }
+  uint32_t idx = IndexOf(w.wr_id);
+  switch (KindOf(w.wr_id)) {
+    case kRecv:
+      if (idx >= c->depth) { *why = "bad completion"; break; }
+      if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+        // Only a home answers with a write: from a requester it is an
+        // error (it wrote into our slot without asking).
+        if (c->role == Conn::Role::kHome || !(w.wc_flags & IBV_WC_WITH_IMM)) {
+          *why = "unexpected write with immediate";
+          break;
+        }
+        CompleteRead(c, idx, ntohl(w.imm_data), w.byte_len, why);
+      } else if (c->role == Conn::Role::kHome) {
+        ServeRequest(c, idx, w.byte_len, why);
+      } else {
+        CompleteRequest(c, idx, w.byte_len, why);
+      }
+      break;
+    case kSendRequest:
+      break;  // the response completes the request
+    case kSendResponse:
+      if (idx >= c->depth) { *why = "bad completion"; break; }
+      ResponseSent(c, idx, why);
+      break;
+    case kRdmaRead:
+      if (idx >= c->depth) { *why = "bad completion"; break; }
+      WriteFetched(c, idx, why);
+      break;
+    default:
+      *why = "completion of an unknown kind";
+  }
+}
+
+// Sleeps (up to a second) on the completion channel, the connection's
+// rdma_cm events and its wake fd, on the connection's thread, with the CQ
+// armed. Sets `why` when the connection must end.
+void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::string* why) {
+  pollfd fds[3] = {{c->comp->fd, POLLIN, 0}, {c->cm->fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+  if (poll(fds, 3, 1000) < 0 && errno != EINTR) {
+    *why = "poll failed";
+    return;
+  }
+  if (fds[0].revents & POLLIN) {
+    ibv_cq* ev_cq = nullptr;
+    void* ctx = nullptr;
+    if (ibv_get_cq_event(c->comp, &ev_cq, &ctx) == 0) {
+      *armed = false;
+      if (++c->unacked_cq_events >= 64) {
+        ibv_ack_cq_events(c->cq, c->unacked_cq_events);
+        c->unacked_cq_events = 0;
+      }
+    }
+    *last_completion = absl::Now();
+  }
+  if (fds[1].revents & POLLIN) {
+    rdma_cm_event* ev = nullptr;
+    if (rdma_get_cm_event(c->cm, &ev) == 0) {
+      rdma_cm_event_type t = ev->event;
+      rdma_ack_cm_event(ev);
+      if (t == RDMA_CM_EVENT_DISCONNECTED) *why = "the peer disconnected";
+      else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL) *why = kDeviceRemoved;
+    }
+  }
+  if (fds[2].revents & POLLIN) {
+    uint64_t v;
+    (void)!read(c->wake_fd, &v, sizeof(v));
+  }
+}
+
+// The connection's thread: completions, rdma_cm events, wake-ups. Returns
+// when the connection is dead; the caller tears it down.
+void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
+    ABSL_LOCKS_EXCLUDED(c->mu) {
+  std::string why;
+  ibv_wc wc[32];
+  absl::Time last_completion = absl::Now();
+  const absl::Duration spin = absl::Microseconds(spin_us);
+  bool armed = false;
+  while (why.empty()) {
+    int n = ibv_poll_cq(c->cq, 32, wc);
+    if (n < 0) {
+      why = "ibv_poll_cq failed";
+      break;
+    }
+    for (int k = 0; k < n && why.empty(); ++k) HandleCompletion(c, wc[k], &why);
+    if (!why.empty()) break;
+    if (n > 0) {
+      armed = false;
+      if (spin_us > 0) last_completion = absl::Now();
+      continue;
+    }
+    {
+      absl::MutexLock lock(&c->mu);
+      if (c->dead) {
+        why = c->why;
+        break;
+      }
+    }
+    if (shutting_down.load()) {
+      why = "transport shutting down";
+      break;
+    }
+    if (spin_us > 0 && absl::Now() - last_completion < spin) continue;
+    if (!armed) {
+      // Arm, then poll once more before sleeping: a completion between the
+      // last poll and the arming raises no event.
+      ibv_req_notify_cq(c->cq, 0);
+      armed = true;
+      continue;
+    }
+    SleepUntilEvent(c, &armed, &last_completion, &why);
+  }
+  std::vector<Conn::Chunk> owed;
+  {
+    absl::MutexLock lock(&c->mu);
+    owed = c->MarkDead(why);
+    why = c->why;
+  }
+  FailChunks(c, std::move(owed), why);
+  // Dead: nobody posts any more (Submit and PumpLocked check `dead` under
+  // mu). Release the device now, not when the connection is reaped: a
+  // removed device waits for its last user.
+  c->DestroyVerbs();
+  if (why == kDeviceRemoved) {
+    TLOG_WARN("rdma: connection with node %d: %s", c->node, why);
+    NoteDeviceRemoval();
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- device discovery
+
+bool RdmaTransport::DeviceAvailable(std::string* why) {
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  if (list == nullptr || n == 0) {
+    if (list != nullptr) ibv_free_device_list(list);
+    if (why) *why = "no verbs device";
+    return false;
+  }
+  bool active = false;
+  std::string names;
+  for (int i = 0; i < n && !active; ++i) {
+    ibv_context* ctx = ibv_open_device(list[i]);
+    if (ctx == nullptr) continue;
+    ibv_device_attr attr{};
+    if (ibv_query_device(ctx, &attr) == 0) {
+      for (uint8_t port = 1; port <= attr.phys_port_cnt; ++port) {
+        ibv_port_attr pa{};
+        if (ibv_query_port(ctx, port, &pa) == 0 && pa.state == IBV_PORT_ACTIVE) {
+          active = true;
+          names = absl::StrCat(ibv_get_device_name(list[i]), " port ", port);
+          break;
+        }
+      }
+    }
+    ibv_close_device(ctx);
+  }
+  ibv_free_device_list(list);
+  if (why) *why = active ? names : absl::StrCat(n, " verbs device(s), no active port");
+  return active;
+}
+
+// ---------------------------------------------------------------- listener
+
+void RdmaTransport::ListenLoop() {
+  const int spin_us = EffectiveSpinUs(options_.spin_us);
+  absl::Time relisten_at = absl::InfiniteFuture();
+  while (!shutting_down_) {
+    pollfd fds[2] = {{listener_->cm->fd, POLLIN, 0}, {listener_->wake_fd, POLLIN, 0}};
+    if (poll(fds, 2, 1000) < 0 && errno != EINTR) return;
+    if (shutting_down_) return;
+    if (absl::ToUnixNanos(absl::Now()) < g_release_until_ns.load()) ReleaseRemovedDevices();
+    if (listener_->id == nullptr && absl::Now() >= relisten_at) Relisten(&relisten_at);
+    if (!(fds[0].revents & POLLIN)) continue;
+    rdma_cm_event* ev = nullptr;
+    if (rdma_get_cm_event(listener_->cm, &ev) != 0) continue;
+    if (ev->event == RDMA_CM_EVENT_DEVICE_REMOVAL) {
+      bool ours = ev->id == listener_->id;
+      rdma_cm_id* id = ev->id;
+      rdma_ack_cm_event(ev);
+      if (ours) {
+        TLOG_WARN("rdma: the device under %s was removed; not accepting rdma connections "
+                  "until it returns", bound_address_);
+        rdma_destroy_id(id);
+        listener_->id = nullptr;
+        NoteDeviceRemoval();
+        relisten_at = absl::Now() + absl::Seconds(2);
+      } else {
+        rdma_destroy_id(id);  // a connect request not yet accepted
+      }
+      continue;
+    }
+    if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
+      rdma_ack_cm_event(ev);
+      continue;
+    }
+    if (!Accept(ev, spin_us)) return;
+  }
+}
+
+void RdmaTransport::Relisten(absl::Time* relisten_at) {
+  // The device was removed: listen again at the same address and port
+  // (peers keep the address they learned from Hello) once it is back.
+  *relisten_at = absl::Now() + absl::Seconds(2);
+  auto ss = NumericSocketAddress(bound_address_);
+  rdma_cm_id* id = nullptr;
+  if (ss.ok() && rdma_create_id(listener_->cm, &id, nullptr, RDMA_PS_TCP) == 0) {
+    if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&*ss)) == 0 && id->verbs != nullptr &&
+        rdma_listen(id, 64) == 0) {
+      listener_->id = id;
+      *relisten_at = absl::InfiniteFuture();
+      TLOG_INFO("rdma: listening again on %s (%s)", bound_address_,
+                ibv_get_device_name(id->verbs->device));
+    } else {
+      rdma_destroy_id(id);
+    }
+  }
+}
+
+bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
+  rdma_cm_id* id = ev->id;
+  auto data = DecodeRdmaConnectData(ev->param.conn.private_data, ev->param.conn.private_data_len);
+  // Authenticate before anything is allocated for the peer.
+  bool ok = data.ok() && DataTokenValid(secret_, data->node,
+                                        reinterpret_cast<const uint8_t*>(data->token.data()));
+  rdma_ack_cm_event(ev);
+  if (!ok) {
+    TLOG_WARN("rdma: rejected a connection: %s",
+              data.ok() ? absl::StrCat("wrong token for node ", data->node)
+                        : std::string(data.status().message()));
+    rdma_reject(id, nullptr, 0);
+    rdma_destroy_id(id);
+    return true;
+  }
+  auto c = std::make_shared<Connection>();
+  c->role = Connection::Role::kHome;
+  c->node = data->node;
+  c->depth = options_.queue_depth;
+  c->slot_bytes = options_.slot_bytes;
+  c->server = server_;
+  c->id = id;
+  absl::Status st;
+  c->cm = rdma_create_event_channel();
+  if (c->cm == nullptr || rdma_migrate_id(id, c->cm) != 0) {
+    st = ErrnoStatus(errno, "rdma_migrate_id");
+  } else {
+    st = c->CreateResources(absl::StrCat("rdma connection from node ", c->node));
+  }
+  if (st.ok()) {
+    ibv_device_attr attr{};
+    ibv_query_device(id->verbs, &attr);
+    rdma_conn_param param{};
+    param.responder_resources = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_rd_atom));
+    param.initiator_depth = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom));
+    param.rnr_retry_count = 7;
+    if (rdma_accept(id, &param) != 0) st = ErrnoStatus(errno, "rdma_accept");
+  }
+  if (!st.ok()) {
+    TLOG_WARN("rdma: connection from node %d failed: %s", c->node, st.message());
+    rdma_reject(id, nullptr, 0);
+    return true;  // ~Connection tears down what was built
+  }
+  TLOG_INFO("rdma: data connection from node %d on %s", c->node,
+            ibv_get_device_name(id->verbs->device));
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return false;
+  ReapLocked();
+  Connection* raw = c.get();
+  c->thread = std::thread([this, raw, spin_us] {
+    RunConnection(raw, spin_us, shutting_down_);
+    raw->finished = true;
+  });
+  all_conns_.push_back(std::move(c));
+  return true;
+}
+
+void RdmaTransport::ReapLocked() {
+  for (auto it = all_conns_.begin(); it != all_conns_.end();) {
+    if ((*it)->finished.load()) {
+      (*it)->thread.join();
+      auto cit = conns_.find((*it)->node);
+      if (cit != conns_.end() && cit->second == *it) conns_.erase(cit);
+      it = all_conns_.erase(it);  // ~Connection destroys the verbs objects
+    } else {
+      ++it;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- connect
+
+absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetConnection(
+    const DataEndpoint& home) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(home.node_id);
+    if (it != conns_.end()) {
+      absl::MutexLock clock(&it->second->mu);
+      if (!it->second->dead) return it->second;
+    }
+  }
+  if (shutting_down_) return absl::UnavailableError("transport shutting down");
+  if (home.rdma_address.empty())
+    return SetupError(EHOSTUNREACH, absl::StrCat("node ", home.node_id, " has no rdma address"));
+  if (home.token.size() != kDataTokenSize)
+    return SetupError(EINVAL, absl::StrCat("no data token for node ", home.node_id));
+  auto ss = NumericSocketAddress(home.rdma_address);
+  if (!ss.ok()) return SetupError(EINVAL, std::string(ss.status().message()));
+  const std::string what = absl::StrCat("rdma connect to node ", home.node_id, " at ",
+                                        home.rdma_address);
+  const int timeout = options_.connect_timeout_ms;
+  auto c = std::make_shared<Connection>();
+  c->role = Connection::Role::kRequester;
+  c->node = home.node_id;
+  c->depth = options_.queue_depth;
+  c->slot_bytes = options_.slot_bytes;
+  c->cm = rdma_create_event_channel();
+  if (c->cm == nullptr) return SetupError(errno, "rdma_create_event_channel");
+  if (rdma_create_id(c->cm, &c->id, nullptr, RDMA_PS_TCP) != 0)
+    return SetupError(errno, absl::StrCat(what, ": rdma_create_id"));
+  if (rdma_resolve_addr(c->id, nullptr, reinterpret_cast<sockaddr*>(&*ss), timeout) != 0)
+    return SetupError(errno, absl::StrCat(what, ": rdma_resolve_addr"));
+  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ADDR_RESOLVED, timeout + 500, what));
+  if (rdma_resolve_route(c->id, timeout) != 0)
+    return SetupError(errno, absl::StrCat(what, ": rdma_resolve_route"));
+  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout + 500, what));
+  RETURN_IF_ERROR(c->CreateResources(what));
+  uint8_t priv[kRdmaPrivateDataSize];
+  EncodeRdmaConnectData({local_node_, home.token}, priv);
+  ibv_device_attr attr{};
+  ibv_query_device(c->id->verbs, &attr);
+  rdma_conn_param param{};
+  param.private_data = priv;
+  param.private_data_len = sizeof(priv);
+  param.responder_resources = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_rd_atom));
+  param.initiator_depth = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom));
+  param.retry_count = 7;
+  param.rnr_retry_count = 7;
+  if (rdma_connect(c->id, &param) != 0) return SetupError(errno, absl::StrCat(what, ": rdma_connect"));
+  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what));
+
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("transport shutting down");
+  ReapLocked();
+  auto it = conns_.find(home.node_id);
+  if (it != conns_.end()) {
+    absl::MutexLock clock(&it->second->mu);
+    if (!it->second->dead) return it->second;  // lost a race: use theirs, drop ours
+  }
+  TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
+            ibv_get_device_name(c->id->verbs->device));
+  conns_[home.node_id] = c;
+  Connection* raw = c.get();
+  const int spin_us = EffectiveSpinUs(options_.spin_us);
+  c->thread = std::thread([this, raw, spin_us] {
+    RunConnection(raw, spin_us, shutting_down_);
+    raw->finished = true;
+  });
+  all_conns_.push_back(c);
+  return c;
+}
+
+}  // namespace tether

@@ -1,0 +1,225 @@
+// RdmaTransport, requester side (rdma_transport.h has the shape;
+// rdma_transport_internal.h the thread contract): a caller's Read/Write
+// becomes an Op split into slot-sized chunks (Submit), chunks are posted as
+// slots free (PumpLocked), and responses complete them on the connection's
+// thread (CompleteRequest, CompleteRead, FinishChunk) or fail them when the
+// connection ends (FailChunks).
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "daemon/common/log.h"
+#include "daemon/common/errors.h"
+#include "daemon/transport/rdma_transport_internal.h"
+#include "daemon/transport/rdma_wire.h"
+
+namespace tether {
+namespace {
+
+// The request id names the pool slot in its low 16 bits (the response is
+// matched without a table lookup) and a per-connection counter above.
+uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 0xffff); }
+
+}  // namespace
+
+// Completes chunks that will never be answered (outside the connection lock).
+void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) {
+  std::vector<std::shared_ptr<Conn::Op>> done;
+  {
+    absl::MutexLock lock(&c->mu);
+    for (auto& ch : owed) {
+      if (ch.op->status.ok())
+        ch.op->status = absl::UnavailableError(
+            absl::StrCat("rdma connection to node ", c->node, " lost: ", why));
+      if (--ch.op->chunks_left == 0) done.push_back(ch.op);
+    }
+  }
+  for (auto& op : done) std::move(op->done)(op->status);
+}
+
+// Posts as many waiting chunks as there are free slots, as one chained
+// ibv_post_send (a read-ahead batch costs one doorbell).
+void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
+  if (c->dead || c->waiting.empty() || c->pool->free_slots() == 0) return;
+  ibv_send_wr wrs[64];
+  ibv_sge sges[64];
+  int n = 0;
+  while (!c->waiting.empty() && n < 64) {
+    std::optional<uint32_t> slot = c->pool->Acquire();
+    if (!slot) break;
+    Conn::Chunk ch = std::move(c->waiting.front());
+    c->waiting.pop_front();
+    const Conn::Op& op = *ch.op;
+    uint64_t req_id = (c->next_req++ << 16) | *slot;
+    absl::Span<uint8_t> buf = c->pool->slot(*slot);
+    if (!op.is_read) std::memcpy(buf.data(), op.src.data() + ch.op_offset, ch.length);
+    RdmaMessage m;
+    m.header.type = op.is_read ? FrameType::kReadReq : FrameType::kWriteReq;
+    m.header.req_id = req_id;
+    m.header.segid = op.segid;
+    m.header.grant = op.grant;
+    m.header.offset = op.offset + ch.op_offset;
+    m.header.length = ch.length;
+    m.addr = reinterpret_cast<uintptr_t>(buf.data());
+    m.rkey = c->pool_mr->rkey;
+    EncodeRdmaMessage(m, c->send_msg(*slot));
+    c->inflight_req[*slot] = req_id;
+    c->inflight[*slot] = std::move(ch);
+    sges[n] = {reinterpret_cast<uintptr_t>(c->send_msg(*slot)), kRdmaMessageSize,
+               c->ctrl_mr->lkey};
+    ibv_send_wr& wr = wrs[n];
+    wr = {};
+    wr.wr_id = WrId(kSendRequest, *slot);
+    wr.sg_list = &sges[n];
+    wr.num_sge = 1;
+    wr.opcode = IBV_WR_SEND;
+    // The response proves the request arrived, so requests complete
+    // unsignalled (a signalled one would wake this connection's thread once
+    // more per request); one in every kSignalEvery frees the send queue.
+    wr.send_flags = c->use_inline ? IBV_SEND_INLINE : 0;
+    if (++c->unsignaled_sends >= std::min(kSignalEvery, c->depth)) {
+      wr.send_flags |= IBV_SEND_SIGNALED;
+      c->unsignaled_sends = 0;
+    }
+    if (n > 0) wrs[n - 1].next = &wr;
+    ++n;
+  }
+  if (n == 0) return;
+  ibv_send_wr* bad = nullptr;
+  int err = ibv_post_send(c->id->qp, wrs, &bad);
+  if (err != 0) {
+    // The QP is in error: the thread sees the flushed completions (or the
+    // wake) and fails everything; make sure it does.
+    TLOG_WARN("rdma: ibv_post_send to node %d failed: %s", c->node, std::strerror(err));
+    rdma_disconnect(c->id);
+    c->Wake();
+  }
+}
+
+namespace {
+
+// Requester side: chunk `ch` of slot `slot` was answered with `status`
+// (0: for a read, its bytes are in the slot). Frees the slot, sends what
+// waits for one, and completes the operation with its last chunk. On the
+// connection's thread.
+void FinishChunk(Conn* c, uint32_t slot, Conn::Chunk ch, uint32_t status) {
+  // The one copy on the fault path: registered slot -> caller's buffer
+  // (outside the lock; the slot is still ours).
+  if (status == 0 && ch.op->is_read)
+    std::memcpy(ch.op->dst.data() + ch.op_offset, c->pool->slot(slot).data(), ch.length);
+  std::shared_ptr<Conn::Op> finished;
+  {
+    absl::MutexLock lock(&c->mu);
+    c->pool->Release(slot);
+    if (status != 0 && ch.op->status.ok())
+      ch.op->status =
+          FromWireStatus(status, absl::StrCat("node ", c->node, " refused the request"));
+    if (--ch.op->chunks_left == 0) finished = ch.op;
+    PumpLocked(c);
+  }
+  if (finished) std::move(finished->done)(finished->status);
+}
+
+}  // namespace
+
+// Requester side: a response arrived in receive slot `i`.
+bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
+  auto m = DecodeRdmaMessage(c->recv_msg(i), byte_len, c->slot_bytes);
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  if (!m.ok() || (m->header.type != FrameType::kReadResp && m->header.type != FrameType::kWriteResp)) {
+    *why = m.ok() ? "a request sent to the requester" : std::string(m.status().message());
+    return false;
+  }
+  const FrameHeader& h = m->header;
+  uint32_t slot = SlotOfRequest(h.req_id);
+  Conn::Chunk ch;
+  {
+    absl::MutexLock lock(&c->mu);
+    if (slot >= c->depth || c->inflight_req[slot] != h.req_id || !c->inflight[slot]) {
+      *why = "response to an unknown request";
+      return false;
+    }
+    bool read = c->inflight[slot]->op->is_read;
+    if (read != (h.type == FrameType::kReadResp) ||
+        (read && h.status == 0 && h.length != c->inflight[slot]->length)) {
+      *why = "response of the wrong type or length";
+      return false;
+    }
+    ch = std::move(*c->inflight[slot]);
+    c->inflight[slot].reset();
+    c->inflight_req[slot] = 0;
+  }
+  FinishChunk(c, slot, std::move(ch), h.status);
+  return true;
+}
+
+// Requester side: a read's data and answer arrived in one WRITE_WITH_IMM
+// (rdma_wire.h), consuming receive slot `i`; `byte_len` bytes were written.
+bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::string* why) {
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  uint32_t slot = SlotOfImm(imm);
+  Conn::Chunk ch;
+  {
+    absl::MutexLock lock(&c->mu);
+    if (slot >= c->depth || !c->inflight[slot] || !ImmAnswers(imm, c->inflight_req[slot])) {
+      *why = "response to an unknown request";
+      return false;
+    }
+    if (!c->inflight[slot]->op->is_read || byte_len != c->inflight[slot]->length) {
+      *why = "response of the wrong type or length";
+      return false;
+    }
+    ch = std::move(*c->inflight[slot]);
+    c->inflight[slot].reset();
+    c->inflight_req[slot] = 0;
+  }
+  FinishChunk(c, slot, std::move(ch), 0);
+  return true;
+}
+
+void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segid,
+                           uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+                           absl::Span<const uint8_t> src, Done done) {
+  size_t len = is_read ? dst.size() : src.size();
+  if (len == 0 || len > kMaxPayload) {
+    std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
+    return;
+  }
+  auto conn_or = GetConnection(home);
+  if (!conn_or.ok()) {
+    std::move(done)(conn_or.status());
+    return;
+  }
+  Connection* c = conn_or->get();
+  auto op = std::make_shared<Connection::Op>();
+  op->is_read = is_read;
+  op->segid = segid;
+  op->grant = grant;
+  op->offset = offset;
+  op->dst = dst;
+  op->src = src;
+  op->done = std::move(done);
+  std::string why;
+  {
+    absl::MutexLock lock(&c->mu);
+    if (!c->dead) {
+      op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
+      for (uint64_t off = 0; off < len; off += c->slot_bytes)
+        c->waiting.push_back(
+            {op, off, static_cast<uint32_t>(std::min<uint64_t>(c->slot_bytes, len - off))});
+      PumpLocked(c);
+      return;
+    }
+    why = c->why;
+  }
+  std::move(op->done)(absl::UnavailableError(
+      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why)));
+}
+
+}  // namespace tether

@@ -1,0 +1,231 @@
+// Private to RdmaTransport's files (rdma_transport.cc, rdma_connection.cc,
+// rdma_requester.cc, rdma_responder.cc): the connection and listener state
+// they share, and the functions one file calls in another. Nothing outside
+// daemon/transport/rdma_*.cc includes this header.
+//
+// Thread contract (the threads themselves: rdma_transport.h):
+//
+// - A Connection is set up (CreateResources and the plain fields before it)
+//   by one thread while nobody else can see it: the caller of Read/Write
+//   that connects (GetConnection, requester side) or the listener thread
+//   that accepts (RdmaTransport::Accept, home side). Then, under the
+//   transport's mu_, it is published in the transport's tables and its
+//   thread starts (RunConnection, rdma_connection.cc). From then on,
+//   until DestroyVerbs, the set-up
+//   fields are read-only: role, node, depth, slot_bytes, use_inline, the
+//   rdma_cm and verbs objects, the control ring, the pool's memory
+//   (pool->slot(), base()), pool_mr, wake_fd, server.
+// - The connection's thread alone touches unacked_cq_events, the home
+//   side's serving/backlog/unreleased, the connection's rdma_cm events,
+//   and calls DestroyVerbs once `dead` is set: nobody posts after that
+//   (Submit and PumpLocked check `dead` under mu).
+// - Connection::mu guards `dead`, `why`, the requester's tables, the pool's
+//   free list (pool->Acquire/Release/free_slots, on both sides: the pool is
+//   also the window) and each Op's chunks_left and status. It is never
+//   held while `done` runs or while a BlockServer call runs.
+// - Lock order: RdmaTransport::mu_ before a Connection's mu (GetConnection,
+//   Disconnect); never the other way round.
+// - Posting: a requester posts its SENDs from any thread, under mu
+//   (PumpLocked: the caller of Read/Write, or the connection's thread when
+//   a slot frees); a home posts its responses and RDMA READs only from the
+//   connection's thread, without mu. Receives are reposted by the
+//   connection's thread.
+#ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
+#define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "daemon/transport/buffer_pool.h"
+#include "daemon/transport/rdma_transport.h"
+#include "daemon/transport/rdma_wire.h"
+
+namespace tether {
+
+// Requests are sent unsignalled but for one in min(kSignalEvery, depth):
+// the send queue (2 x depth + 4 entries) then never fills with entries
+// that no completion retires.
+inline constexpr uint32_t kSignalEvery = 8;
+
+// wr_id: kind in the high half, ring or pool slot index in the low half.
+enum WrKind : uint32_t { kRecv = 1, kSendRequest = 2, kSendResponse = 3, kRdmaRead = 4 };
+inline uint64_t WrId(WrKind kind, uint32_t index) { return (uint64_t{kind} << 32) | index; }
+inline WrKind KindOf(uint64_t wr_id) { return static_cast<WrKind>(wr_id >> 32); }
+inline uint32_t IndexOf(uint64_t wr_id) { return static_cast<uint32_t>(wr_id); }
+
+// ---------------------------------------------------------------- Connection
+
+// One RC queue pair with one peer, requester or home side (rdma_connection.cc
+// sets it up and runs its thread; rdma_requester.cc and rdma_responder.cc
+// move the data). Owned by shared_ptr: the transport's tables, Submit while
+// it posts.
+struct RdmaTransport::Connection {
+  enum class Role { kRequester, kHome };
+
+  // A caller's request; split into chunks of at most one slot each.
+  struct Op {
+    bool is_read = true;
+    uint64_t segid = 0, grant = 0, offset = 0;
+    absl::Span<uint8_t> dst;
+    absl::Span<const uint8_t> src;
+    Done done;
+    // Guarded by the connection's mu (not expressible as ABSL_GUARDED_BY:
+    // an Op does not know its connection). Whoever takes chunks_left to 0
+    // runs `done`, outside mu.
+    uint32_t chunks_left = 0;
+    absl::Status status;  // first failure
+  };
+  struct Chunk {
+    std::shared_ptr<Op> op;
+    uint64_t op_offset = 0;
+    uint32_t length = 0;
+  };
+
+  // Set up before the connection is shared, then read-only (see above).
+  Role role = Role::kRequester;
+  uint32_t node = 0;  // the peer
+  uint32_t depth = 0, slot_bytes = 0;
+  bool use_inline = false;
+
+  rdma_event_channel* cm = nullptr;  // this connection's own event channel
+  rdma_cm_id* id = nullptr;
+  ibv_pd* pd = nullptr;
+  ibv_comp_channel* comp = nullptr;
+  ibv_cq* cq = nullptr;
+  bool qp_created = false;
+  uint8_t* ctrl = nullptr;  // [depth receive messages][depth send messages]
+  size_t ctrl_bytes = 0;
+  ibv_mr* ctrl_mr = nullptr;
+  // Its memory is set up once; its free list (Acquire, Release,
+  // free_slots) is guarded by mu.
+  std::optional<BufferPool> pool;
+  ibv_mr* pool_mr = nullptr;
+  int wake_fd = -1;
+  unsigned unacked_cq_events = 0;  // the connection's thread only
+
+  BlockServer* server = nullptr;  // home side
+  // Started under the transport's mu_; joined under it (ReapLocked) or by
+  // Shutdown once it took the connection out of all_conns_.
+  std::thread thread;
+  std::atomic<bool> finished{false};  // set when the thread is done
+
+  absl::Mutex mu;
+  bool dead ABSL_GUARDED_BY(mu) = false;
+  std::string why ABSL_GUARDED_BY(mu);
+  // Requester side.
+  std::vector<std::optional<Chunk>> inflight ABSL_GUARDED_BY(mu);  // by slot
+  std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
+  std::deque<Chunk> waiting ABSL_GUARDED_BY(mu);
+  uint64_t next_req ABSL_GUARDED_BY(mu) = 1;
+  uint32_t unsignaled_sends ABSL_GUARDED_BY(mu) = 0;
+  // Home side (only the connection thread touches these): the request each
+  // pool slot serves, and requests that arrived before the completion of
+  // the response that frees their slot was seen (the requester may see our
+  // response before we see our send complete).
+  std::vector<RdmaMessage> serving;
+  std::deque<RdmaMessage> backlog;
+  // Slots whose response was posted, in posting order. Responses go out
+  // unsignalled but for one in kSignalEvery (or when the pool is empty):
+  // completions of one send queue arrive in order, so a signalled one
+  // retires every slot posted before it.
+  std::deque<uint32_t> unreleased;
+
+  ~Connection() { Destroy(); }
+
+  uint8_t* recv_msg(uint32_t i) const { return ctrl + static_cast<size_t>(i) * kRdmaMessageSize; }
+  uint8_t* send_msg(uint32_t i) const {
+    return ctrl + static_cast<size_t>(depth + i) * kRdmaMessageSize;
+  }
+
+  // On the setting-up thread, before the connection is shared (hence no mu
+  // for the tables it sizes).
+  absl::Status CreateResources(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  // On the connection's thread (or in CreateResources).
+  absl::Status PostRecv(uint32_t i);
+  // Any thread: makes the connection's thread look at `dead` and the
+  // transport's shutdown.
+  void Wake() {
+    uint64_t one = 1;
+    if (wake_fd >= 0) (void)!write(wake_fd, &one, sizeof(one));
+  }
+  // Marks the connection dead and returns every chunk it still owed (the
+  // caller completes them outside mu). On the connection's thread.
+  std::vector<Chunk> MarkDead(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Releases every verbs and rdma_cm object (the device can then go away:
+  // librdmacm closes a removed device once nothing references it). Only
+  // once the connection is dead and its thread is done with them: on the
+  // connection's thread as it ends, or in ~Connection.
+  void DestroyVerbs();
+  // ~Connection: the last owner, once the thread (if any) was joined.
+  void Destroy() {
+    DestroyVerbs();
+    if (wake_fd >= 0) close(wake_fd);
+    wake_fd = -1;
+  }
+};
+
+using Conn = RdmaTransport::Connection;
+
+// The listening rdma_cm id and its event channel. Created by Listen before
+// the listener thread starts; `id` is then the listener thread's (it drops
+// and re-creates it around a device removal); destroyed by Shutdown after
+// that thread was joined.
+struct RdmaTransport::Listener {
+  rdma_event_channel* cm = nullptr;
+  rdma_cm_id* id = nullptr;
+  int wake_fd = -1;
+  ~Listener() {
+    if (id != nullptr) rdma_destroy_id(id);
+    if (cm != nullptr) rdma_destroy_event_channel(cm);
+    if (wake_fd >= 0) close(wake_fd);
+  }
+};
+
+// ---------------------------------------------------------------- requester
+// rdma_requester.cc.
+
+// Posts as many waiting chunks as there are free slots. Any thread: the
+// caller of Read/Write (Submit), or the connection's thread as slots free.
+void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
+// Completes chunks that will never be answered. On the connection's thread,
+// as it ends.
+void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why)
+    ABSL_LOCKS_EXCLUDED(c->mu);
+// A response (SEND) arrived in receive slot `i`. On the connection's thread;
+// false (and `why`) on a failure that drops the connection.
+bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
+    ABSL_LOCKS_EXCLUDED(c->mu);
+// A read's data and answer arrived as one WRITE_WITH_IMM, consuming receive
+// slot `i`. On the connection's thread; false on a failure as above.
+bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::string* why)
+    ABSL_LOCKS_EXCLUDED(c->mu);
+
+// ---------------------------------------------------------------- responder
+// rdma_responder.cc. All on the home connection's thread; false (and `why`)
+// on a failure that drops the connection. They call the BlockServer.
+
+// A request arrived in receive slot `i`.
+bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
+    ABSL_LOCKS_EXCLUDED(c->mu);
+// A signalled response from pool slot `slot` completed.
+bool ResponseSent(Conn* c, uint32_t slot, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
+// The RDMA READ of a write's bytes into pool slot `slot` completed.
+bool WriteFetched(Conn* c, uint32_t slot, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
+
+}  // namespace tether
+
+#endif  // TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
