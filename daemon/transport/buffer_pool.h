@@ -3,9 +3,12 @@
 // and never on the fault path (registration pins pages and costs a system
 // call per region).
 //
-// Not thread-safe: the owning connection serialises Acquire/Release under
-// its own lock (the pool is always touched together with the connection's
-// in-flight table, so a second lock would only add cost).
+// Thread contract: not thread-safe. The owning rdma connection serialises
+// Acquire, Release and free_slots under its own mu (the pool is always
+// touched together with the connection's in-flight table, so a second lock
+// would only add cost; rdma_transport_internal.h). slot(), SlotOf(), base()
+// and the sizes read what Create fixed: any thread, without the lock, while
+// the pool lives.
 #ifndef TETHER_DAEMON_TRANSPORT_BUFFER_POOL_H_
 #define TETHER_DAEMON_TRANSPORT_BUFFER_POOL_H_
 

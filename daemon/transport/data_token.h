@@ -7,6 +7,10 @@
 // hello, rdma connect private data) claims a node id and presents a token;
 // the home recomputes the token for the claimed id, so a node can only
 // speak for itself on the data path, as on the control plane.
+//
+// Thread contract: functions of their arguments only (OpenSSL's HMAC keeps
+// no shared state), callable from any thread: the tcp serving threads and
+// the rdma listener thread check tokens, gRPC's threads make them.
 #ifndef TETHER_DAEMON_TRANSPORT_DATA_TOKEN_H_
 #define TETHER_DAEMON_TRANSPORT_DATA_TOKEN_H_
 

@@ -30,6 +30,9 @@
 //                      over the authenticated control plane)
 //
 // Decoders validate everything a peer could get wrong.
+//
+// Thread contract: none needed; functions of their arguments only, callable
+// from any thread.
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_WIRE_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_WIRE_H_
 

@@ -1,6 +1,9 @@
 // Numeric "host:port" addresses of data endpoints, shared by both
 // transports. Never resolves names: endpoints come from the config and
 // from peers' Hello, and a lookup on the connect path could block.
+//
+// Thread contract: none needed; functions of their arguments only, callable
+// from any thread.
 #ifndef TETHER_DAEMON_TRANSPORT_SOCKET_ADDRESS_H_
 #define TETHER_DAEMON_TRANSPORT_SOCKET_ADDRESS_H_
 

@@ -22,13 +22,16 @@
 
 namespace tether {
 
+// An outgoing connection. node and fd are set before it is shared.
 struct TcpTransport::Connection {
   uint32_t node = 0;
   int fd = -1;
-  absl::Mutex send_mu;
+  absl::Mutex send_mu;  // held while one frame is written to fd
   absl::Mutex mu;
   absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
   bool dead ABSL_GUARDED_BY(mu) = false;
+  // Started under the transport's mu_; joined under it (GetConnection's
+  // reaping) or by Shutdown once it took the connection out of all_conns_.
   std::thread receiver;
 };
 

@@ -6,6 +6,27 @@
 // responses by req_id and reads READ_RESP payloads straight into the
 // caller's buffer (no intermediate copy). Server side: one thread per
 // connection serves requests in order through the BlockServer.
+//
+// Thread contract:
+// - Listen and Shutdown: the owner's thread (tetherd's start and stop),
+//   once each; Shutdown joins every thread below. Read, Write, Notify,
+//   Disconnect, Connect: any thread; bound_address once Listen returned.
+//   Read, Write and Connect open a missing connection on the caller's
+//   thread (connect and hello: up to ~8 s); Notify never connects.
+// - Threads: one accept thread (AcceptLoop), one serving thread per
+//   incoming connection (ServeLoop: BlockServer and NoticeServer calls, in
+//   arrival order), one receiver thread per outgoing connection
+//   (ReceiveLoop: `done` callbacks). `done` also runs inline on the
+//   caller's thread when a request fails before it is sent; if the
+//   connection was already dead, with that connection's mu held (SendOn),
+//   so a `done` must not issue a request on this transport inline.
+// - mu_ guards the connection tables and the serving threads and fds. A
+//   Connection's mu (tcp_transport.cc) guards its pending requests and
+//   `dead`; its send_mu serialises writes on its socket, one whole frame at
+//   a time. No two of these locks are ever held together.
+// - Listen writes listen_fd_, bound_address_, secret_, server_ and
+//   notice_server_ before the accept thread starts; they are read-only
+//   after.
 #ifndef TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_
 #define TETHER_DAEMON_TRANSPORT_TCP_TRANSPORT_H_
 
@@ -77,10 +98,11 @@ class TcpTransport : public Transport, public NoticeTransport {
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<int> server_fds_ ABSL_GUARDED_BY(mu_);
 
+  // Set by Listen() before the accept thread starts; read by the accept and
+  // serving threads.
   int listen_fd_ = -1;
   std::string bound_address_;
   std::string secret_;
-  // Set by Listen() before the accept thread starts; read by serving threads.
   BlockServer* server_ = nullptr;
   NoticeServer* notice_server_ = nullptr;
   std::thread accept_thread_;

@@ -21,6 +21,9 @@
 // (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
 // answers it with a status and no payload. Decode validates everything a peer could get wrong; nothing
 // past the header is trusted before that.
+//
+// Thread contract: none needed; functions of their arguments only, callable
+// from any thread.
 #ifndef TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
 #define TETHER_DAEMON_TRANSPORT_WIRE_FORMAT_H_
 
