@@ -18,8 +18,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/rdma_transport_internal.h"
@@ -102,14 +102,16 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   ibv_context* verbs = id->verbs;
   if (verbs == nullptr) return SetupError(ENODEV, absl::StrCat(what, ": no verbs device bound"));
   pd = ibv_alloc_pd(verbs);
-  if (pd == nullptr) return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_alloc_pd"));
+  if (pd == nullptr)
+    return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_alloc_pd"));
   comp = ibv_create_comp_channel(verbs);
   if (comp == nullptr) return SetupError(errno, absl::StrCat(what, ": ibv_create_comp_channel"));
   fcntl(comp->fd, F_SETFL, fcntl(comp->fd, F_GETFL) | O_NONBLOCK);
   // Home: per slot an RDMA WRITE + SEND, or an RDMA READ then a SEND.
   uint32_t send_wr = 2 * depth + 4, recv_wr = depth + 4;
   cq = ibv_create_cq(verbs, static_cast<int>(send_wr + recv_wr), nullptr, comp, 0);
-  if (cq == nullptr) return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_create_cq"));
+  if (cq == nullptr)
+    return SetupError(errno ? errno : ENOMEM, absl::StrCat(what, ": ibv_create_cq"));
   ibv_qp_init_attr attr{};
   attr.send_cq = cq;
   attr.recv_cq = cq;
@@ -137,7 +139,8 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   ctrl_mr = ibv_reg_mr(pd, ctrl, ctrl_bytes, IBV_ACCESS_LOCAL_WRITE);
   if (ctrl_mr == nullptr) return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (control)"));
   auto pool_or = BufferPool::Create(depth, slot_bytes);
-  if (!pool_or.ok()) return SetupError(ToErrno(pool_or.status()), std::string(pool_or.status().message()));
+  if (!pool_or.ok())
+    return SetupError(ToErrno(pool_or.status()), std::string(pool_or.status().message()));
   pool.emplace(*std::move(pool_or));
   // Only a requester's slots are remotely accessible (the home writes read
   // data into them and reads write data from them); the home's are not.
@@ -146,8 +149,7 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   pool_mr = ibv_reg_mr(pd, pool->base(), pool->size_bytes(), access);
   if (pool_mr == nullptr)
     return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (buffer pool, ",
-                                          pool->size_bytes() >> 20,
-                                          " MiB; check RLIMIT_MEMLOCK)"));
+                                          pool->size_bytes() >> 20, " MiB; check RLIMIT_MEMLOCK)"));
   wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd < 0) return SetupError(errno, "eventfd");
   inflight.assign(depth, std::nullopt);
@@ -235,7 +237,10 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
   uint32_t idx = IndexOf(w.wr_id);
   switch (KindOf(w.wr_id)) {
     case kRecv:
-      if (idx >= c->depth) { *why = "bad completion"; break; }
+      if (idx >= c->depth) {
+        *why = "bad completion";
+        break;
+      }
       if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
         // Only a home answers with a write: from a requester it is an
         // error (it wrote into our slot without asking).
@@ -250,18 +255,22 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
         CompleteRequest(c, idx, w.byte_len, why);
       }
       break;
-    case kSendRequest:
-      break;  // the response completes the request
+    case kSendRequest: break;  // the response completes the request
     case kSendResponse:
-      if (idx >= c->depth) { *why = "bad completion"; break; }
+      if (idx >= c->depth) {
+        *why = "bad completion";
+        break;
+      }
       ResponseSent(c, idx, why);
       break;
     case kRdmaRead:
-      if (idx >= c->depth) { *why = "bad completion"; break; }
+      if (idx >= c->depth) {
+        *why = "bad completion";
+        break;
+      }
       WriteFetched(c, idx, why);
       break;
-    default:
-      *why = "completion of an unknown kind";
+    default: *why = "completion of an unknown kind";
   }
 }
 
@@ -291,8 +300,10 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::str
     if (rdma_get_cm_event(c->cm, &ev) == 0) {
       rdma_cm_event_type t = ev->event;
       rdma_ack_cm_event(ev);
-      if (t == RDMA_CM_EVENT_DISCONNECTED) *why = "the peer disconnected";
-      else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL) *why = kDeviceRemoved;
+      if (t == RDMA_CM_EVENT_DISCONNECTED)
+        *why = "the peer disconnected";
+      else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL)
+        *why = kDeviceRemoved;
     }
   }
   if (fds[2].revents & POLLIN) {
@@ -415,8 +426,10 @@ void RdmaTransport::ListenLoop() {
       rdma_cm_id* id = ev->id;
       rdma_ack_cm_event(ev);
       if (ours) {
-        TLOG_WARN("rdma: the device under %s was removed; not accepting rdma connections "
-                  "until it returns", bound_address_);
+        TLOG_WARN(
+            "rdma: the device under %s was removed; not accepting rdma connections "
+            "until it returns",
+            bound_address_);
         rdma_destroy_id(id);
         listener_->id = nullptr;
         NoteDeviceRemoval();
@@ -542,8 +555,8 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
     return SetupError(EINVAL, absl::StrCat("no data token for node ", home.node_id));
   auto ss = NumericSocketAddress(home.rdma_address);
   if (!ss.ok()) return SetupError(EINVAL, std::string(ss.status().message()));
-  const std::string what = absl::StrCat("rdma connect to node ", home.node_id, " at ",
-                                        home.rdma_address);
+  const std::string what =
+      absl::StrCat("rdma connect to node ", home.node_id, " at ", home.rdma_address);
   const int timeout = options_.connect_timeout_ms;
   auto c = std::make_shared<Connection>();
   c->role = Connection::Role::kRequester;
@@ -572,7 +585,8 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
   param.initiator_depth = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom));
   param.retry_count = 7;
   param.rnr_retry_count = 7;
-  if (rdma_connect(c->id, &param) != 0) return SetupError(errno, absl::StrCat(what, ": rdma_connect"));
+  if (rdma_connect(c->id, &param) != 0)
+    return SetupError(errno, absl::StrCat(what, ": rdma_connect"));
   RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what));
 
   absl::MutexLock lock(&mu_);

@@ -8,8 +8,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/transport/rdma_transport_internal.h"
 #include "daemon/transport/rdma_wire.h"
 
@@ -65,8 +65,7 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     EncodeRdmaMessage(m, c->send_msg(*slot));
     c->inflight_req[*slot] = req_id;
     c->inflight[*slot] = std::move(ch);
-    sges[n] = {reinterpret_cast<uintptr_t>(c->send_msg(*slot)), kRdmaMessageSize,
-               c->ctrl_mr->lkey};
+    sges[n] = {reinterpret_cast<uintptr_t>(c->send_msg(*slot)), kRdmaMessageSize, c->ctrl_mr->lkey};
     ibv_send_wr& wr = wrs[n];
     wr = {};
     wr.wr_id = WrId(kSendRequest, *slot);
@@ -129,7 +128,8 @@ bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
     *why = "cannot repost a receive";
     return false;
   }
-  if (!m.ok() || (m->header.type != FrameType::kReadResp && m->header.type != FrameType::kWriteResp)) {
+  if (!m.ok() ||
+      (m->header.type != FrameType::kReadResp && m->header.type != FrameType::kWriteResp)) {
     *why = m.ok() ? "a request sent to the requester" : std::string(m.status().message());
     return false;
   }
@@ -183,9 +183,9 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
   return true;
 }
 
-void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segid,
-                           uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                           absl::Span<const uint8_t> src, Done done) {
+void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
+                           uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+                           Done done) {
   size_t len = is_read ? dst.size() : src.size();
   if (len == 0 || len > kMaxPayload) {
     std::move(done)(absl::InvalidArgumentError("transport request length out of range"));

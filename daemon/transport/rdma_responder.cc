@@ -11,8 +11,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/transport/rdma_transport_internal.h"
 #include "daemon/transport/rdma_wire.h"
 
@@ -60,7 +60,8 @@ bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t statu
     wr.send_flags |= IBV_SEND_SIGNALED;
   ibv_send_wr* bad = nullptr;
   int err = ibv_post_send(c->id->qp, &wr, &bad);
-  if (err != 0) TLOG_WARN("rdma: response to node %d: ibv_post_send: %s", c->node, std::strerror(err));
+  if (err != 0)
+    TLOG_WARN("rdma: response to node %d: ibv_post_send: %s", c->node, std::strerror(err));
   return err == 0;
 }
 
@@ -80,8 +81,7 @@ bool Serve(Conn* c, const RdmaMessage& m, uint32_t slot, std::string* why) {
     return true;
   }
   // Write: fetch the requester's bytes first (WriteBlocks on completion).
-  ibv_sge sge{reinterpret_cast<uintptr_t>(c->pool->slot(slot).data()), h.length,
-              c->pool_mr->lkey};
+  ibv_sge sge{reinterpret_cast<uintptr_t>(c->pool->slot(slot).data()), h.length, c->pool_mr->lkey};
   ibv_send_wr wr{};
   wr.wr_id = WrId(kRdmaRead, slot);
   wr.sg_list = &sge;
@@ -109,7 +109,8 @@ bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
     *why = "cannot repost a receive";
     return false;
   }
-  if (!m.ok() || (m->header.type != FrameType::kReadReq && m->header.type != FrameType::kWriteReq)) {
+  if (!m.ok() ||
+      (m->header.type != FrameType::kReadReq && m->header.type != FrameType::kWriteReq)) {
     *why = m.ok() ? "a response sent to the home" : std::string(m.status().message());
     return false;
   }
@@ -158,9 +159,9 @@ bool ResponseSent(Conn* c, uint32_t slot, std::string* why) {
 // completed: hand them to WriteBlocks, then answer.
 bool WriteFetched(Conn* c, uint32_t slot, std::string* why) {
   const RdmaMessage& req = c->serving[slot];
-  absl::Status st = c->server->WriteBlocks(c->node, req.header.segid, req.header.grant,
-                                           req.header.offset,
-                                           c->pool->slot(slot).first(req.header.length));
+  absl::Status st =
+      c->server->WriteBlocks(c->node, req.header.segid, req.header.grant, req.header.offset,
+                             c->pool->slot(slot).first(req.header.length));
   if (!PostResponse(c, slot, req, ToWireStatus(st), 0)) {
     *why = "cannot post a response";
     return false;

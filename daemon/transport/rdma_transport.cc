@@ -39,8 +39,8 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
   if (rdma_create_id(l->cm, &l->id, nullptr, RDMA_PS_TCP) != 0)
     return ErrnoStatus(errno, "rdma_create_id");
   if (rdma_bind_addr(l->id, reinterpret_cast<sockaddr*>(&ss)) != 0)
-    return ErrnoStatus(errno, absl::StrCat("rdma_bind_addr ", address,
-                                           " (no rdma device on that address?)"));
+    return ErrnoStatus(
+        errno, absl::StrCat("rdma_bind_addr ", address, " (no rdma device on that address?)"));
   if (l->id->verbs == nullptr && reinterpret_cast<sockaddr_in*>(&ss)->sin_addr.s_addr != 0)
     return ErrnoStatus(ENODEV, absl::StrCat("no rdma device serves ", address));
   if (rdma_listen(l->id, 64) != 0) return ErrnoStatus(errno, "rdma_listen");
@@ -49,8 +49,8 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
   std::string host;
   uint16_t port = 0;
   RETURN_IF_ERROR(ParseHostPort(address, &host, &port));
-  bound_address_ = absl::StrCat(host.find(':') != std::string::npos ? "[" + host + "]" : host,
-                                ":", ntohs(rdma_get_src_port(l->id)));
+  bound_address_ = absl::StrCat(host.find(':') != std::string::npos ? "[" + host + "]" : host, ":",
+                                ntohs(rdma_get_src_port(l->id)));
   secret_ = std::move(secret);
   server_ = server;
   listener_ = std::move(l);
@@ -60,13 +60,13 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
 
 std::string RdmaTransport::bound_address() const { return bound_address_; }
 
-void RdmaTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                         uint64_t offset, absl::Span<uint8_t> dst, Done done) {
+void RdmaTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                         absl::Span<uint8_t> dst, Done done) {
   Submit(home, true, segid, grant, offset, dst, {}, std::move(done));
 }
 
-void RdmaTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                          uint64_t offset, absl::Span<const uint8_t> src, Done done) {
+void RdmaTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                          absl::Span<const uint8_t> src, Done done) {
   Submit(home, false, segid, grant, offset, {}, src, std::move(done));
 }
 

@@ -94,9 +94,9 @@ namespace tether {
 class RdmaTransport : public Transport {
  public:
   struct Options {
-    uint32_t queue_depth = 32;           // requests in flight per connection
-    uint32_t slot_bytes = 256 * 1024;    // one read-ahead batch
-    int spin_us = -1;                    // adaptive polling; -1: 50 µs if >1 CPU, else 0
+    uint32_t queue_depth = 32;         // requests in flight per connection
+    uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
+    int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
     int connect_timeout_ms = 3000;
   };
 
@@ -110,8 +110,8 @@ class RdmaTransport : public Transport {
 
   const char* name() const override { return "rdma"; }
   // `secret` derives the per-node tokens that connect requests must carry.
-  absl::Status Listen(const std::string& address, std::string secret,
-                      BlockServer* server, NoticeServer* notices) override;
+  absl::Status Listen(const std::string& address, std::string secret, BlockServer* server,
+                      NoticeServer* notices) override;
   std::string bound_address() const override;
   // Uses home.rdma_address and home.token.
   void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -128,8 +128,8 @@ class RdmaTransport : public Transport {
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
-              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-              Done done) ABSL_LOCKS_EXCLUDED(mu_);
+              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // rdma_connection.cc. The connection to `home`, connected (blocking) if
   // there is none: on the caller's thread.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home)
