@@ -36,7 +36,7 @@ inline absl::Status FromGrpc(const grpc::Status& st, const std::string& context)
   if (st.error_details() == kGrpcRetryDetail)
     return Retry(absl::StrCat(context, ": ", st.error_message()));
   int err = 0;
-  if (absl::SimpleAtoi(st.error_details(), &err) && err > 0 && err < kWireRetry)
+  if (absl::SimpleAtoi(st.error_details(), &err) && err > 0 && err < static_cast<int>(kWireRetry))
     return WithErrno(err, absl::StrCat(context, ": ", st.error_message()));
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
       st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
