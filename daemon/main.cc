@@ -24,8 +24,9 @@ ABSL_FLAG(std::string, local_socket, "/run/tether/tetherd.sock",
 ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
           "tetherctl socket path (tetherctl: TETHER_ADMIN_SOCKET)");
 ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
-ABSL_FLAG(std::string, data_listen, "", "tcp data transport address (default: peer host, "
-                                        "any port)");
+ABSL_FLAG(std::string, data_listen, "",
+          "tcp data transport address (default: peer host, "
+          "any port)");
 ABSL_FLAG(std::string, rdma, "auto",
           "rdma data transport: auto (when a verbs device has an active port), on "
           "(required), off");
@@ -81,8 +82,7 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
        absl::StrSplit(absl::GetFlag(FLAGS_peers), ',', absl::SkipWhitespace())) {
     std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
     tether::PeerConfig pc;
-    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 ||
-        kv[1].empty())
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 || kv[1].empty())
       return bad("bad --peers entry '" + std::string(item) + "' (want id=host:port)");
     pc.address = kv[1];
     cfg.peers.push_back(pc);
@@ -115,8 +115,9 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   if (!cfg.tls.insecure) {
     if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||
         absl::GetFlag(FLAGS_tls_key).empty())
-      return bad("node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
-                  "(deploy/make-certs makes them), or --insecure_peers for plaintext");
+      return bad(
+          "node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
+          "(deploy/make-certs makes them), or --insecure_peers for plaintext");
     if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &cfg.tls.ca_pem) ||
         !ReadFile(absl::GetFlag(FLAGS_tls_cert), &cfg.tls.cert_pem) ||
         !ReadFile(absl::GetFlag(FLAGS_tls_key), &cfg.tls.key_pem))

@@ -6,20 +6,20 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/local/local_api.h"
+#include "daemon/local/local_server.h"
 #include "daemon/mapper/attachment_table.h"
+#include "daemon/mapper/data_path.h"
+#include "daemon/mapper/fault_service.h"
 #include "daemon/mapper/mapper_invalidation.h"
 #include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/notifier/uffd_notifier_source.h"
-#include "daemon/local/local_server.h"
-#include "daemon/mapper/data_path.h"
-#include "daemon/mapper/fault_service.h"
 #include "daemon/peer/notice_receiver.h"
 #include "daemon/peer/peer_invalidation_channel.h"
 #include "daemon/peer/peer_server.h"
@@ -56,11 +56,12 @@ absl::Status Tetherd::Start() {
   RETURN_IF_ERROR(Build());
   RETURN_IF_ERROR(StartThreads(token));
   RETURN_IF_ERROR(StartServers(token));
-  TLOG_INFO("up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
-            "budget %d MiB",
-            incarnation_, config_.peer_listen, transport_->bound_address(),
-            rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
-            config_.local_socket, config_.cache_budget_bytes >> 20);
+  TLOG_INFO(
+      "up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
+      "budget %d MiB",
+      incarnation_, config_.peer_listen, transport_->bound_address(),
+      rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
+      config_.local_socket, config_.cache_budget_bytes >> 20);
   return absl::OkStatus();
 }
 
@@ -76,9 +77,9 @@ absl::Status Tetherd::Build() {
   peers_ = std::make_unique<PeerDirectory>(
       config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
       [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); });
-  data_path_ = std::make_unique<DataPath>(
-      config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
-      [this](uint32_t node) { return peers_->Endpoint(node); });
+  data_path_ =
+      std::make_unique<DataPath>(config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
+                                 [this](uint32_t node) { return peers_->Endpoint(node); });
   attachments_ = std::make_unique<AttachmentTable>(incarnation_);
   faults_ = std::make_unique<FaultService>(
       data_path_.get(), config_.cache_budget_bytes,
@@ -89,11 +90,11 @@ absl::Status Tetherd::Build() {
   // Homes' range_begin/range_end come on our data listener (the fast path)
   // or by gRPC; ours go out the same two ways.
   notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
-  channel_ = std::make_unique<PeerInvalidationChannel>(config_.node_id, peers_.get(),
-                                                       notice_transport_, mapper_invalidation_.get());
-  coordinator_ = std::make_unique<InvalidationCoordinator>(
-      config_.node_id, registry_.get(), channel_.get(),
-      absl::Milliseconds(config_.invalidate_deadline_ms));
+  channel_ = std::make_unique<PeerInvalidationChannel>(
+      config_.node_id, peers_.get(), notice_transport_, mapper_invalidation_.get());
+  coordinator_ =
+      std::make_unique<InvalidationCoordinator>(config_.node_id, registry_.get(), channel_.get(),
+                                                absl::Milliseconds(config_.invalidate_deadline_ms));
   // The notifier source: tether.ko where /dev/tether exists (every kernel
   // memory event, mprotect and kernel-internal ones included), else the
   // user-space one (userfaultfd events; see the table in daemon/README.md).
@@ -148,9 +149,9 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   info.uptime_ms = [this] {
     return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - started_));
   };
-  ASSIGN_OR_RETURN(admin_server_, AdminServer::Start(config_.admin_socket, std::move(info),
-                                                     registry_.get(), peers_.get(),
-                                                     attachments_.get()));
+  ASSIGN_OR_RETURN(admin_server_,
+                   AdminServer::Start(config_.admin_socket, std::move(info), registry_.get(),
+                                      peers_.get(), attachments_.get()));
   local_server_ = std::make_unique<LocalServer>(local_api_.get());
   return local_server_->Start(config_.local_socket);
 }

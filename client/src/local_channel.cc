@@ -91,8 +91,10 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
       size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       const int* p = reinterpret_cast<const int*>(CMSG_DATA(c));
       for (size_t i = 0; i < count; ++i) {
-        if (fds_in) fds_in->push_back(p[i]);
-        else close(p[i]);
+        if (fds_in)
+          fds_in->push_back(p[i]);
+        else
+          close(p[i]);
       }
     }
   }

@@ -61,8 +61,8 @@ int NewUserfaultfd(uint64_t features) {
 // The uffd an attachment's faults arrive on (sent to the daemon, which
 // serves them; we keep our own reference: see event_channel.h).
 int OpenUserfaultfd(bool writable) {
-  int uffd = NewUserfaultfd(UFFD_FEATURE_MISSING_SHMEM |
-                            (writable ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0));
+  int uffd =
+      NewUserfaultfd(UFFD_FEATURE_MISSING_SHMEM | (writable ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0));
   if (uffd < 0)
     return tc::SetError(errno, std::string("no usable userfaultfd: ") + std::strerror(errno) +
                                    " (grant access to /dev/userfaultfd, see deploy/)");
@@ -133,8 +133,10 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   // userfaultfd (munmap/madvise/mremap events).
   uint64_t range_id = 0;
   int events = OpenTetherExporterFd(vaddr, size, &range_id);
-  if (events >= 0) m->set_tether_range_id(range_id);
-  else events = OpenEventsUserfaultfd();
+  if (events >= 0)
+    m->set_tether_range_id(range_id);
+  else
+    events = OpenEventsUserfaultfd();
   std::vector<int> fds{pidfd};
   if (events >= 0) fds.push_back(events);
   int rc = tc::LocalChannel::Get().Call(req, fds, &resp);

@@ -55,74 +55,70 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
           R"({"node_id":%d,"address":"%s","transport":"%s","reachable":%s,"error":"%s"})",
           p.node_id(), JsonEscape(p.address()), p.transport(), p.reachable() ? "true" : "false",
           JsonEscape(p.error())));
-    absl::PrintF(
-        R"({"node_id":%d,"incarnation":%d,"local_socket":"%s","peer_address":"%s",)"
-        R"("data_address":"%s","rdma_address":"%s","cache_budget_bytes":%d,)"
-        R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s]})"
-        "\n",
-        r.node_id(), r.incarnation(), JsonEscape(r.local_socket()),
-        JsonEscape(r.peer_address()), JsonEscape(r.data_address()),
-        JsonEscape(r.rdma_address()), r.cache_budget_bytes(),
-        r.cache_resident_bytes(), r.uptime_ms(), absl::StrJoin(peers, ","));
+    absl::PrintF(R"({"node_id":%d,"incarnation":%d,"local_socket":"%s","peer_address":"%s",)"
+                 R"("data_address":"%s","rdma_address":"%s","cache_budget_bytes":%d,)"
+                 R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s]})"
+                 "\n",
+                 r.node_id(), r.incarnation(), JsonEscape(r.local_socket()),
+                 JsonEscape(r.peer_address()), JsonEscape(r.data_address()),
+                 JsonEscape(r.rdma_address()), r.cache_budget_bytes(), r.cache_resident_bytes(),
+                 r.uptime_ms(), absl::StrJoin(peers, ","));
     return;
   }
   absl::PrintF("node %u (incarnation %#lx), up %.1f s\n", r.node_id(),
-              static_cast<unsigned long>(r.incarnation()), r.uptime_ms() / 1000.0);
+               static_cast<unsigned long>(r.incarnation()), r.uptime_ms() / 1000.0);
   absl::PrintF("  local socket  %s\n  peer service  %s\n  data (tcp)    %s\n",
-              r.local_socket().c_str(), r.peer_address().c_str(), r.data_address().c_str());
-  absl::PrintF("  data (rdma)   %s\n",
-              r.rdma_address().empty() ? "- (no usable verbs device, or --rdma=off)"
-                                       : r.rdma_address().c_str());
+               r.local_socket().c_str(), r.peer_address().c_str(), r.data_address().c_str());
+  absl::PrintF("  data (rdma)   %s\n", r.rdma_address().empty()
+                                           ? "- (no usable verbs device, or --rdma=off)"
+                                           : r.rdma_address().c_str());
   absl::PrintF("  cache         %.1f of %.1f MiB\n", r.cache_resident_bytes() / 1048576.0,
-              r.cache_budget_bytes() / 1048576.0);
+               r.cache_budget_bytes() / 1048576.0);
   absl::PrintF("\n%-6s %-24s %-9s %-10s %s\n", "PEER", "ADDRESS", "TRANSPORT", "STATE", "ERROR");
   for (const auto& p : r.peers())
     absl::PrintF("%-6u %-24s %-9s %-10s %s\n", p.node_id(), p.address().c_str(),
-                p.transport().c_str(), p.reachable() ? "up" : "down", p.error().c_str());
+                 p.transport().c_str(), p.reachable() ? "up" : "down", p.error().c_str());
 }
 
 void PrintSegments(const tether::admin::ListResponse& r, bool json) {
   if (json) {
     for (const auto& s : r.segments())
-      absl::PrintF(
-          R"({"segid":%d,"node":%d,"size":%d,"vaddr":%d,"pid":%d,"uid":%d,"gid":%d,)"
-          R"("mode":%d,"name":"%s","attachments":%d,"state":"%s"})"
-          "\n",
-          s.segid(), (s.segid() >> 48) & 0x7fff, s.size(), s.vaddr(), s.pid(), s.uid(),
-          s.gid(), s.mode(), JsonEscape(s.name()), s.attachments(), JsonEscape(s.state()));
+      absl::PrintF(R"({"segid":%d,"node":%d,"size":%d,"vaddr":%d,"pid":%d,"uid":%d,"gid":%d,)"
+                   R"("mode":%d,"name":"%s","attachments":%d,"state":"%s"})"
+                   "\n",
+                   s.segid(), (s.segid() >> 48) & 0x7fff, s.size(), s.vaddr(), s.pid(), s.uid(),
+                   s.gid(), s.mode(), JsonEscape(s.name()), s.attachments(), JsonEscape(s.state()));
     return;
   }
-  absl::PrintF("%-20s %-5s %-12s %-8s %-6s %-6s %-16s %s\n", "SEGID", "NODE", "SIZE", "PID",
-              "MODE", "GRANTS", "NAME", "STATE");
+  absl::PrintF("%-20s %-5s %-12s %-8s %-6s %-6s %-16s %s\n", "SEGID", "NODE", "SIZE", "PID", "MODE",
+               "GRANTS", "NAME", "STATE");
   for (const auto& s : r.segments())
-    absl::PrintF("%-20ld %-5lu %-12lu %-8d %-6o %-6u %-16s %s\n",
-                static_cast<long>(s.segid()),
-                static_cast<unsigned long>((s.segid() >> 48) & 0x7fff),
-                static_cast<unsigned long>(s.size()), s.pid(), s.mode(), s.attachments(),
-                s.name().empty() ? "-" : s.name().c_str(), s.state().c_str());
+    absl::PrintF("%-20ld %-5lu %-12lu %-8d %-6o %-6u %-16s %s\n", static_cast<long>(s.segid()),
+                 static_cast<unsigned long>((s.segid() >> 48) & 0x7fff),
+                 static_cast<unsigned long>(s.size()), s.pid(), s.mode(), s.attachments(),
+                 s.name().empty() ? "-" : s.name().c_str(), s.state().c_str());
 }
 
 void PrintAttachments(const tether::admin::ListResponse& r, bool json) {
   if (json) {
     for (const auto& a : r.attachments())
-      absl::PrintF(
-          R"({"attach_id":%d,"segid":%d,"offset":%d,"size":%d,"pid":%d,"writable":%s,)"
-          R"("resident_bytes":%d,"dirty_bytes":%d,"faults":%d,"state":"%s"})"
-          "\n",
-          a.attach_id(), a.segid(), a.offset(), a.size(), a.pid(),
-          a.writable() ? "true" : "false", a.resident_bytes(), a.dirty_bytes(), a.faults(),
-          JsonEscape(a.state()));
+      absl::PrintF(R"({"attach_id":%d,"segid":%d,"offset":%d,"size":%d,"pid":%d,"writable":%s,)"
+                   R"("resident_bytes":%d,"dirty_bytes":%d,"faults":%d,"state":"%s"})"
+                   "\n",
+                   a.attach_id(), a.segid(), a.offset(), a.size(), a.pid(),
+                   a.writable() ? "true" : "false", a.resident_bytes(), a.dirty_bytes(), a.faults(),
+                   JsonEscape(a.state()));
     return;
   }
   absl::PrintF("%-20s %-20s %-8s %-12s %-3s %-10s %-10s %-8s %s\n", "ATTACHMENT", "SEGID", "PID",
-              "SIZE", "RW", "RESIDENT", "DIRTY", "FAULTS", "STATE");
+               "SIZE", "RW", "RESIDENT", "DIRTY", "FAULTS", "STATE");
   for (const auto& a : r.attachments())
     absl::PrintF("%-20lu %-20ld %-8d %-12lu %-3s %-10lu %-10lu %-8lu %s\n",
-                static_cast<unsigned long>(a.attach_id()), static_cast<long>(a.segid()),
-                a.pid(), static_cast<unsigned long>(a.size()), a.writable() ? "rw" : "r",
-                static_cast<unsigned long>(a.resident_bytes()),
-                static_cast<unsigned long>(a.dirty_bytes()),
-                static_cast<unsigned long>(a.faults()), a.state().c_str());
+                 static_cast<unsigned long>(a.attach_id()), static_cast<long>(a.segid()), a.pid(),
+                 static_cast<unsigned long>(a.size()), a.writable() ? "rw" : "r",
+                 static_cast<unsigned long>(a.resident_bytes()),
+                 static_cast<unsigned long>(a.dirty_bytes()),
+                 static_cast<unsigned long>(a.faults()), a.state().c_str());
 }
 
 }  // namespace
@@ -134,13 +130,17 @@ int main(int argc, char** argv) {
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--json") json = true;
-    else if (a == "--cluster") cluster = true;
-    else if (a == "--socket" && i + 1 < argc) socket = argv[++i];
+    if (a == "--json")
+      json = true;
+    else if (a == "--cluster")
+      cluster = true;
+    else if (a == "--socket" && i + 1 < argc)
+      socket = argv[++i];
     else if (a == "-h" || a == "--help") {
       Usage();
       return 0;
-    } else args.push_back(a);
+    } else
+      args.push_back(a);
   }
   if (args.empty()) {
     Usage();
@@ -148,9 +148,7 @@ int main(int argc, char** argv) {
   }
   auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
   auto stub = Admin::NewStub(channel);
-  auto deadline = [] {
-    return std::chrono::system_clock::now() + std::chrono::seconds(10);
-  };
+  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
   const std::string& cmd = args[0];
   if (cmd == "status") {
     grpc::ClientContext ctx;
@@ -186,11 +184,12 @@ int main(int argc, char** argv) {
     auto st = stub->Lookup(&ctx, req, &r);
     if (!st.ok()) return Fail(st, socket);
     if (json)
-      absl::PrintF(R"({"name":"%s","segid":%d,"size":%d})" "\n", JsonEscape(args[1]), r.segid(),
-                  r.size());
+      absl::PrintF(R"({"name":"%s","segid":%d,"size":%d})"
+                   "\n",
+                   JsonEscape(args[1]), r.segid(), r.size());
     else
       absl::PrintF("%s: segid %ld, %lu bytes\n", args[1].c_str(), static_cast<long>(r.segid()),
-                  static_cast<unsigned long>(r.size()));
+                   static_cast<unsigned long>(r.size()));
     return 0;
   }
   Usage();

@@ -50,11 +50,11 @@ struct att {
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static xpmem_segid_t *segs;
+static xpmem_segid_t* segs;
 static size_t nsegs, capsegs;
-static xpmem_apid_t *aps;
+static xpmem_apid_t* aps;
 static size_t naps, capaps;
-static struct att *atts;
+static struct att* atts;
 static size_t natts, capatts;
 
 static size_t page_size(void) {
@@ -67,10 +67,10 @@ static size_t page_size(void) {
 }
 
 /* Sets errno (after reporting, so stderr output cannot clobber it). */
-static int fail(int err, const char *fn, const char *fmt, ...) {
+static int fail(int err, const char* fn, const char* fmt, ...) {
   static int debug = -1;
   if (debug < 0) {
-    const char *e = getenv("TETHER_XPMEM_DEBUG");
+    const char* e = getenv("TETHER_XPMEM_DEBUG");
     debug = e && *e && strcmp(e, "0") != 0;
   }
   if (debug) {
@@ -87,28 +87,26 @@ static int fail(int err, const char *fn, const char *fmt, ...) {
 
 /* --- tables (callers hold mu) -------------------------------------------- */
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem) {
+static int grow(void** arr, size_t* cap, size_t n, size_t elem) {
   if (n < *cap) return 0;
   size_t ncap = *cap ? *cap * 2 : 16;
-  void *p = realloc(*arr, ncap * elem);
+  void* p = realloc(*arr, ncap * elem);
   if (!p) return -1;
   *arr = p;
   *cap = ncap;
   return 0;
 }
 
-static int id_index(const __s64 *arr, size_t n, __s64 id) {
+static int id_index(const __s64* arr, size_t n, __s64 id) {
   for (size_t i = 0; i < n; ++i)
     if (arr[i] == id) return (int)i;
   return -1;
 }
 
-static void id_erase(__s64 *arr, size_t *n, size_t i) {
-  arr[i] = arr[--*n];
-}
+static void id_erase(__s64* arr, size_t* n, size_t i) { arr[i] = arr[--*n]; }
 
-static int id_add(__s64 **arr, size_t *n, size_t *cap, __s64 id) {
-  if (grow((void **)arr, cap, *n, sizeof **arr) != 0) return -1;
+static int id_add(__s64** arr, size_t* n, size_t* cap, __s64 id) {
+  if (grow((void**)arr, cap, *n, sizeof **arr) != 0) return -1;
   (*arr)[(*n)++] = id;
   return 0;
 }
@@ -137,8 +135,8 @@ XPMEM_EXPORT int xpmem_version(void) {
   return fail(errno, "xpmem_version", "local tetherd: %s", tether_strerror());
 }
 
-XPMEM_EXPORT xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
-                                      void *permit_value) {
+XPMEM_EXPORT xpmem_segid_t xpmem_make(void* vaddr, size_t size, int permit_type,
+                                      void* permit_value) {
   static const char fn[] = "xpmem_make";
   uintptr_t a = (uintptr_t)vaddr, mode = (uintptr_t)permit_value;
   if (permit_type != XPMEM_PERMIT_MODE)
@@ -155,8 +153,8 @@ XPMEM_EXPORT xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type,
   if (size == XPMEM_MAXADDR_SIZE && a + size > USER_ADDR_LIMIT) {
     size = USER_ADDR_LIMIT - a;
   } else if (a + size < a || a + size > USER_ADDR_LIMIT) {
-    return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space",
-                (unsigned long)a, size);
+    return fail(EINVAL, fn, "range [%#lx, +%#zx) leaves the user address space", (unsigned long)a,
+                size);
   }
   if (a % page_size() != 0 || size % page_size() != 0)
     return fail(EINVAL, fn, "address and size must be page aligned");
@@ -188,20 +186,17 @@ XPMEM_EXPORT int xpmem_remove(xpmem_segid_t segid) {
   tether_apid_t probe = tether_get(segid, TETHER_RDONLY, TETHER_PERMIT_MODE, NULL);
   if (probe > 0) {
     tether_release(probe);
-    return fail(EACCES, fn, "segment %#llx was made by another process",
-                (unsigned long long)segid);
+    return fail(EACCES, fn, "segment %#llx was made by another process", (unsigned long long)segid);
   }
   if (errno == EACCES)
-    return fail(EACCES, fn, "segment %#llx was made by another process",
-                (unsigned long long)segid);
+    return fail(EACCES, fn, "segment %#llx was made by another process", (unsigned long long)segid);
   if (errno == EINVAL || errno == ENOENT)
-    return fail(ENOENT, fn, "no segment %#llx (never made, or removed)",
-                (unsigned long long)segid);
+    return fail(ENOENT, fn, "no segment %#llx (never made, or removed)", (unsigned long long)segid);
   return fail(errno, fn, "%s", tether_strerror());
 }
 
 XPMEM_EXPORT xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type,
-                                    void *permit_value) {
+                                    void* permit_value) {
   static const char fn[] = "xpmem_get";
   (void)permit_value; /* XPMEM's library passes NULL to its driver too */
   if (segid <= 0) return fail(EINVAL, fn, "segid %lld is not positive", (long long)segid);
@@ -213,14 +208,16 @@ XPMEM_EXPORT xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_t
   pthread_mutex_lock(&mu);
   int own = id_index(segs, nsegs, segid) >= 0;
   pthread_mutex_unlock(&mu);
-  if (own) return fail(EINVAL, fn, "segment %#llx is this process's own", (unsigned long long)segid);
+  if (own)
+    return fail(EINVAL, fn, "segment %#llx is this process's own", (unsigned long long)segid);
   /* flags 0: XPMEM checks read permission only; grant no more than that. */
   int tflags = flags == XPMEM_RDWR ? TETHER_RDWR : TETHER_RDONLY;
   tether_apid_t apid = tether_get(segid, tflags, TETHER_PERMIT_MODE, NULL);
   if (apid < 0) {
     /* tetherd says EINVAL for a value that cannot be a segid: XPMEM says
      * ENOENT for any positive segid it does not know. */
-    if (errno == EINVAL) return fail(ENOENT, fn, "no such segment (tetherd: %s)", tether_strerror());
+    if (errno == EINVAL)
+      return fail(ENOENT, fn, "no such segment (tetherd: %s)", tether_strerror());
     return fail(errno, fn, "%s", tether_strerror());
   }
   pthread_mutex_lock(&mu);
@@ -234,8 +231,8 @@ XPMEM_EXPORT xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_t
 }
 
 /* Detaches [a, a+size) (already taken out of the table). */
-static int detach_one(uintptr_t a, const char *fn) {
-  if (tether_detach((void *)a) != 0) return fail(errno, fn, "%s", tether_strerror());
+static int detach_one(uintptr_t a, const char* fn) {
+  if (tether_detach((void*)a) != 0) return fail(errno, fn, "%s", tether_strerror());
   return 0;
 }
 
@@ -278,26 +275,26 @@ XPMEM_EXPORT int xpmem_release(xpmem_apid_t apid) {
 /* Long because XPMEM's checks come first, each with the errno XPMEM gives
  * (EINVAL for the argument, in XPMEM's order), before the one call that
  * maps; splitting it would scatter that table. */
-XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr) {
+XPMEM_EXPORT void* xpmem_attach(struct xpmem_addr addr, size_t size, void* vaddr) {
   static const char fn[] = "xpmem_attach";
   const size_t ps = page_size();
   uintptr_t v = (uintptr_t)vaddr;
   if (addr.apid <= 0) {
     fail(EINVAL, fn, "apid %lld is not positive", (long long)addr.apid);
-    return (void *)-1;
+    return (void*)-1;
   }
   if (v && (v >= USER_ADDR_LIMIT - ps)) {
     fail(EINVAL, fn, "vaddr %#lx is outside the user address space", (unsigned long)v);
-    return (void *)-1;
+    return (void*)-1;
   }
   if (v % ps != 0 || addr.offset % (off_t)ps != 0) {
     fail(EINVAL, fn, "vaddr and offset must be page aligned");
-    return (void *)-1;
+    return (void*)-1;
   }
   if (size % ps != 0) { /* XPMEM rounds the size up to whole pages */
     if (size > SIZE_MAX - ps) {
       fail(EINVAL, fn, "size %#zx overflows when rounded up to pages", size);
-      return (void *)-1;
+      return (void*)-1;
     }
     size += ps - size % ps;
   }
@@ -306,15 +303,15 @@ XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr
   pthread_mutex_unlock(&mu);
   if (!known) {
     fail(ENOENT, fn, "no apid %#llx in this process", (unsigned long long)addr.apid);
-    return (void *)-1;
+    return (void*)-1;
   }
   if (addr.offset < 0 || size == 0 || (uint64_t)addr.offset + size < (uint64_t)addr.offset) {
     fail(EINVAL, fn, "offset %lld / size %#zx", (long long)addr.offset, size);
-    return (void *)-1;
+    return (void*)-1;
   }
   if (v && (v + size < v || v + size > USER_ADDR_LIMIT)) {
     fail(EINVAL, fn, "[vaddr, vaddr+size) leaves the user address space");
-    return (void *)-1;
+    return (void*)-1;
   }
   /* A fixed address must not land on another attachment (XPMEM: EINVAL);
    * reserve the range in the table while the daemon works. */
@@ -322,19 +319,19 @@ XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr
   if (v && att_overlapping(v, size) >= 0) {
     pthread_mutex_unlock(&mu);
     fail(EINVAL, fn, "[%#lx, +%#zx) overlaps an attachment", (unsigned long)v, size);
-    return (void *)-1;
+    return (void*)-1;
   }
-  if (grow((void **)&atts, &capatts, natts, sizeof *atts) != 0) {
+  if (grow((void**)&atts, &capatts, natts, sizeof *atts) != 0) {
     pthread_mutex_unlock(&mu);
     fail(ENOMEM, fn, "out of memory");
-    return (void *)-1;
+    return (void*)-1;
   }
   size_t slot = natts++;
   /* unfixed: a placeholder no lookup can match until the address is known */
   atts[slot] = (struct att){v, v ? size : 0, addr.apid};
   pthread_mutex_unlock(&mu);
 
-  void *p = tether_attach(addr.apid, addr.offset, size, vaddr);
+  void* p = tether_attach(addr.apid, addr.offset, size, vaddr);
   int err = errno;
 
   pthread_mutex_lock(&mu);
@@ -350,7 +347,7 @@ XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr
     if (idx >= 0) att_erase((size_t)idx);
     pthread_mutex_unlock(&mu);
     fail(err, fn, "%s", tether_strerror());
-    return (void *)-1;
+    return (void*)-1;
   }
   if (idx >= 0) {
     atts[idx].addr = (uintptr_t)p;
@@ -360,7 +357,7 @@ XPMEM_EXPORT void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr
   return p;
 }
 
-XPMEM_EXPORT int xpmem_detach(void *vaddr) {
+XPMEM_EXPORT int xpmem_detach(void* vaddr) {
   static const char fn[] = "xpmem_detach";
   uintptr_t v = (uintptr_t)vaddr;
   pthread_mutex_lock(&mu);
@@ -376,6 +373,6 @@ XPMEM_EXPORT int xpmem_detach(void *vaddr) {
    * attachment is EINVAL. mincore() tells which (ENOMEM: unmapped). */
   const size_t ps = page_size();
   unsigned char vec;
-  if (mincore((void *)(v - v % ps), ps, &vec) != 0 && errno == ENOMEM) return 0;
+  if (mincore((void*)(v - v % ps), ps, &vec) != 0 && errno == ENOMEM) return 0;
   return fail(EINVAL, fn, "%#lx is not inside an attachment", (unsigned long)v);
 }

@@ -4,8 +4,8 @@
 
 namespace tether {
 
-bool PermitAllows(uint32_t mode, uint32_t owner_uid, uint32_t owner_gid,
-                  const Credentials& cred, uint32_t want) {
+bool PermitAllows(uint32_t mode, uint32_t owner_uid, uint32_t owner_gid, const Credentials& cred,
+                  uint32_t want) {
   uint32_t bits;
   if (cred.uid == owner_uid) {
     bits = (mode >> 6) & 7;

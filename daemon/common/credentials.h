@@ -23,8 +23,8 @@ struct Credentials {
 // member of the owner gid, other bits otherwise. `want` is 4 (read) or
 // 6 (read+write). There is deliberately no root override: the exporter
 // decides who may map its memory.
-bool PermitAllows(uint32_t mode, uint32_t owner_uid, uint32_t owner_gid,
-                  const Credentials& cred, uint32_t want);
+bool PermitAllows(uint32_t mode, uint32_t owner_uid, uint32_t owner_gid, const Credentials& cred,
+                  uint32_t want);
 
 }  // namespace tether
 

@@ -15,15 +15,26 @@ constexpr char kRetryPayload[] = "tether.retry";
 
 absl::StatusCode CodeForErrno(int err) {
   switch (err) {
-    case ENOENT: case ESRCH: return absl::StatusCode::kNotFound;
+    case ENOENT:
+    case ESRCH: return absl::StatusCode::kNotFound;
     case EEXIST: return absl::StatusCode::kAlreadyExists;
-    case EPERM: case EACCES: return absl::StatusCode::kPermissionDenied;
-    case EINVAL: case EFAULT: case ERANGE: return absl::StatusCode::kInvalidArgument;
-    case ENOMEM: case ENOSPC: case EMFILE: return absl::StatusCode::kResourceExhausted;
+    case EPERM:
+    case EACCES: return absl::StatusCode::kPermissionDenied;
+    case EINVAL:
+    case EFAULT:
+    case ERANGE: return absl::StatusCode::kInvalidArgument;
+    case ENOMEM:
+    case ENOSPC:
+    case EMFILE: return absl::StatusCode::kResourceExhausted;
     case ETIMEDOUT: return absl::StatusCode::kDeadlineExceeded;
-    case ECONNREFUSED: case EHOSTUNREACH: case ENOTCONN: case ECONNRESET:
-    case EPIPE: case EAGAIN: return absl::StatusCode::kUnavailable;
-    case ENOSYS: case EOPNOTSUPP: return absl::StatusCode::kUnimplemented;
+    case ECONNREFUSED:
+    case EHOSTUNREACH:
+    case ENOTCONN:
+    case ECONNRESET:
+    case EPIPE:
+    case EAGAIN: return absl::StatusCode::kUnavailable;
+    case ENOSYS:
+    case EOPNOTSUPP: return absl::StatusCode::kUnimplemented;
     case EIDRM: return absl::StatusCode::kAborted;
     case EBUSY: return absl::StatusCode::kFailedPrecondition;
     default: return absl::StatusCode::kInternal;

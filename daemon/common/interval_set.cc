@@ -61,8 +61,7 @@ bool IntervalSet::Overlaps(uint64_t start, uint64_t end) const {
   return it->second > start;
 }
 
-std::vector<IntervalSet::Interval> IntervalSet::Intersect(uint64_t start,
-                                                          uint64_t end) const {
+std::vector<IntervalSet::Interval> IntervalSet::Intersect(uint64_t start, uint64_t end) const {
   std::vector<Interval> out;
   if (start >= end) return out;
   auto it = map_.upper_bound(start);

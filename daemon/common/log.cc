@@ -27,8 +27,8 @@ bool LogEnabled(LogLevel level) { return static_cast<int>(level) >= g_level.load
 void LogLine(LogLevel level, const std::string& line) {
   std::string ts = absl::FormatTime("%H:%M:%E3S", absl::Now(), absl::LocalTimeZone());
   absl::MutexLock lock(&g_mu);
-  std::string out = absl::StrFormat("%s %s %s: %s\n", kNames[static_cast<int>(level)], ts,
-                                    *g_prefix, line);
+  std::string out =
+      absl::StrFormat("%s %s %s: %s\n", kNames[static_cast<int>(level)], ts, *g_prefix, line);
   (void)!write(STDERR_FILENO, out.data(), out.size());
 }
 

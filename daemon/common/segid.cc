@@ -3,8 +3,7 @@
 namespace tether {
 
 uint64_t MakeSegid(uint32_t node, uint32_t incarnation, uint32_t local) {
-  if (node == 0 || node > kMaxNodeId || incarnation == 0 || incarnation > 0xffff ||
-      local == 0) {
+  if (node == 0 || node > kMaxNodeId || incarnation == 0 || incarnation > 0xffff || local == 0) {
     return 0;
   }
   return (uint64_t{node} << 48) | (uint64_t{incarnation} << 32) | local;

@@ -18,10 +18,9 @@
     if (!_st.ok()) return _st;   \
   } while (0)
 
-#define ASSIGN_OR_RETURN(lhs, expr)                  \
-  auto TETHER_CONCAT_(_sor_, __LINE__) = (expr);     \
-  if (!TETHER_CONCAT_(_sor_, __LINE__).ok())         \
-    return TETHER_CONCAT_(_sor_, __LINE__).status(); \
+#define ASSIGN_OR_RETURN(lhs, expr)                                                           \
+  auto TETHER_CONCAT_(_sor_, __LINE__) = (expr);                                              \
+  if (!TETHER_CONCAT_(_sor_, __LINE__).ok()) return TETHER_CONCAT_(_sor_, __LINE__).status(); \
   lhs = std::move(TETHER_CONCAT_(_sor_, __LINE__)).value()
 
 #endif  // TETHER_DAEMON_COMMON_STATUS_MACROS_H_

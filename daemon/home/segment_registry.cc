@@ -8,10 +8,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/segid.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -56,21 +56,21 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
   std::shared_ptr<ExporterMemory> memory;
   bool notify = false;
   {
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end()) return;
-  Segment* seg = it->second.get();
-  if (seg->memory) {
-    exits_.Remove(seg->memory->pidfd());
-    memory = std::move(seg->memory);
-  }
-  if (seg->state == "live") {
-    seg->state = "exporter exited";
-    notify = true;
-    TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
-              seg->grants.size());
-  }
-  if (!notify) MaybeForget(seg);  // after the callback has seen the grants
+    absl::MutexLock lock(&mu_);
+    auto it = segments_.find(segid);
+    if (it == segments_.end()) return;
+    Segment* seg = it->second.get();
+    if (seg->memory) {
+      exits_.Remove(seg->memory->pidfd());
+      memory = std::move(seg->memory);
+    }
+    if (seg->state == "live") {
+      seg->state = "exporter exited";
+      notify = true;
+      TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
+                seg->grants.size());
+    }
+    if (!notify) MaybeForget(seg);  // after the callback has seen the grants
   }
   if (notify) Gone(segid, "exporter exited");
   if (notify) {
@@ -118,28 +118,28 @@ absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_
   }
   seg->memory = std::move(memory);
   uint64_t segid = seg->segid;
-  TLOG_INFO("segment %#x: exported [%#x, +%d) of pid %d, mode %o", segid, vaddr, size,
-            seg->pid, mode);
+  TLOG_INFO("segment %#x: exported [%#x, +%d) of pid %d, mode %o", segid, vaddr, size, seg->pid,
+            mode);
   segments_.emplace(segid, std::move(seg));
   return segid;
 }
 
 absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) {
   {
-  std::shared_ptr<ExporterMemory> memory;
-  absl::MutexLock lock(&mu_);
-  auto it = segments_.find(segid);
-  if (it == segments_.end() || it->second->state == "removed")
-    return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
-  Segment* seg = it->second.get();
-  if (caller.uid != seg->uid && caller.uid != 0)
-    return ErrnoStatus(EPERM, "only the segment's owner may remove it");
-  if (seg->memory) {
-    exits_.Remove(seg->memory->pidfd());
-    memory = std::move(seg->memory);
-  }
-  seg->state = "removed";
-  TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
+    std::shared_ptr<ExporterMemory> memory;
+    absl::MutexLock lock(&mu_);
+    auto it = segments_.find(segid);
+    if (it == segments_.end() || it->second->state == "removed")
+      return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
+    Segment* seg = it->second.get();
+    if (caller.uid != seg->uid && caller.uid != 0)
+      return ErrnoStatus(EPERM, "only the segment's owner may remove it");
+    if (seg->memory) {
+      exits_.Remove(seg->memory->pidfd());
+      memory = std::move(seg->memory);
+    }
+    seg->state = "removed";
+    TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
   }
   Gone(segid, "segment removed by its exporter");
   absl::MutexLock lock(&mu_);
@@ -180,8 +180,8 @@ absl::StatusOr<SegmentSummary> SegmentRegistry::Lookup(const std::string& name) 
   return out;
 }
 
-absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& cred,
-                                              bool write, uint32_t mapper_node) {
+absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& cred, bool write,
+                                              uint32_t mapper_node) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));

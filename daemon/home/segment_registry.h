@@ -109,9 +109,9 @@ class SegmentRegistry : public BlockServer {
   struct Segment {
     uint64_t segid = 0;
     // Invalidation state.
-    uint64_t gen = 0;  // windows opened so far
+    uint64_t gen = 0;                                                      // windows opened so far
     absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows;  // open
-    std::vector<RecentWindow> recent;  // last kRecentWindows opened
+    std::vector<RecentWindow> recent;                   // last kRecentWindows opened
     absl::flat_hash_map<uint32_t, IntervalSet> cached;  // by node
     absl::flat_hash_map<uint32_t, std::string> fenced;  // node -> why
     uint64_t vaddr = 0, size = 0;
@@ -126,8 +126,8 @@ class SegmentRegistry : public BlockServer {
   // Checks a data request and returns the memory to use and the address.
   absl::StatusOr<std::shared_ptr<ExporterMemory>> Resolve(uint32_t peer_node, uint64_t segid,
                                                           uint64_t grant, uint64_t offset,
-                                                          uint64_t len, bool write,
-                                                          uint64_t* addr, uint64_t* gen);
+                                                          uint64_t len, bool write, uint64_t* addr,
+                                                          uint64_t* gen);
   // True if a window overlapping [start, end) opened after `gen`.
   bool OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end);
   void WatchExits();

@@ -18,8 +18,8 @@ bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
-    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
-    bool write, uint64_t* addr, uint64_t* gen) {
+    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len, bool write,
+    uint64_t* addr, uint64_t* gen) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));

@@ -61,8 +61,8 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
   }
   for (uint32_t node : w.fenced) {
     std::string reason = absl::StrFormat(
-        "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node,
-        segid, absl::ToInt64Milliseconds(ack_deadline_), why);
+        "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
+        absl::ToInt64Milliseconds(ack_deadline_), why);
     registry_->FenceNode(segid, node, reason);
     stats_.fenced++;
     InvalidationNotice r;

@@ -39,7 +39,7 @@ struct InvalidationWindow {
   uint64_t segid = 0;
   uint64_t id = 0;
   uint64_t start = 0, end = 0;
-  std::vector<uint32_t> acked;   // to send range_end to
+  std::vector<uint32_t> acked;  // to send range_end to
   std::vector<uint32_t> fenced;
 };
 

@@ -11,10 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/segid.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/exporter_memory.h"
 
@@ -33,8 +33,8 @@ bool IsUserfaultfd(int fd) {
 // RANGE_INFO) in KernelNotifierSource.
 bool IsTetherDevice(int fd) {
   struct stat st, dev;
-  return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) &&
-         stat(TETHER_DEVICE, &dev) == 0 && S_ISCHR(dev.st_mode) && st.st_rdev == dev.st_rdev;
+  return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && stat(TETHER_DEVICE, &dev) == 0 &&
+         S_ISCHR(dev.st_mode) && st.st_rdev == dev.st_rdev;
 }
 
 int TakeFd(std::vector<int>& fds, size_t i) {
@@ -62,27 +62,17 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
                       std::vector<int>* fds_out) {
   absl::Status st;
   switch (req.body_case()) {
-    case local::LocalRequest::kMake:
-      st = Make(conn, req.make(), fds_in, resp);
-      break;
+    case local::LocalRequest::kMake: st = Make(conn, req.make(), fds_in, resp); break;
     case local::LocalRequest::kRemove:
       st = registry_->Remove(req.remove().segid(), conn.cred);
       break;
-    case local::LocalRequest::kGet:
-      st = Get(conn, req.get(), resp);
-      break;
-    case local::LocalRequest::kRelease:
-      st = Release(conn, req.release().apid());
-      break;
+    case local::LocalRequest::kGet: st = Get(conn, req.get(), resp); break;
+    case local::LocalRequest::kRelease: st = Release(conn, req.release().apid()); break;
     case local::LocalRequest::kAttach:
       st = Attach(conn, req.attach(), fds_in, resp, fds_out);
       break;
-    case local::LocalRequest::kAttachMapped:
-      st = AttachMapped(conn, req.attach_mapped());
-      break;
-    case local::LocalRequest::kDetach:
-      st = Detach(conn, req.detach().attach_id());
-      break;
+    case local::LocalRequest::kAttachMapped: st = AttachMapped(conn, req.attach_mapped()); break;
+    case local::LocalRequest::kDetach: st = Detach(conn, req.detach().attach_id()); break;
     case local::LocalRequest::kSync: {
       auto att = FindAttachment(conn, req.sync().attach_id());
       st = att.ok() ? faults_->Sync(**att, req.sync().offset(), req.sync().size()) : att.status();
@@ -94,26 +84,21 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
                     : att.status();
       break;
     }
-    case local::LocalRequest::kLookup:
-      st = Lookup(req.lookup().name(), resp);
-      break;
+    case local::LocalRequest::kLookup: st = Lookup(req.lookup().name(), resp); break;
     case local::LocalRequest::kPublish:
       st = registry_->Publish(req.publish().segid(), req.publish().name(), conn.cred);
       break;
     case local::LocalRequest::kInvalidateBegin:
       st = InvalidateBegin(conn, req.invalidate_begin(), resp);
       break;
-    case local::LocalRequest::kInvalidateEnd:
-      st = InvalidateEnd(conn, req.invalidate_end());
-      break;
+    case local::LocalRequest::kInvalidateEnd: st = InvalidateEnd(conn, req.invalidate_end()); break;
     case local::LocalRequest::kEvents: {
       absl::MutexLock lock(&mu_);
       event_fds_[conn.cred.pid] = conn.fd;
       event_conns_[conn.id] = conn.cred.pid;
       break;
     }
-    default:
-      st = ErrnoStatus(EOPNOTSUPP, "unknown request");
+    default: st = ErrnoStatus(EOPNOTSUPP, "unknown request");
   }
   if (!st.ok()) {
     resp->Clear();
@@ -155,8 +140,8 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     return segid.status();
   }
   if (notifier_) {
-    absl::Status st = notifier_->AddExporter(*segid, c.cred.pid, pidfd_copy, events_fd,
-                                             r.tether_range_id());
+    absl::Status st =
+        notifier_->AddExporter(*segid, c.cred.pid, pidfd_copy, events_fd, r.tether_range_id());
     if (!st.ok()) TLOG_WARN("segment %#x: notifier: %s", *segid, st.ToString());
   } else {
     if (events_fd >= 0) close(events_fd);
@@ -261,8 +246,7 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   return absl::OkStatus();
 }
 
-absl::Status LocalApi::AttachMapped(const LocalConnection& c,
-                                    const local::AttachMappedRequest& r) {
+absl::Status LocalApi::AttachMapped(const LocalConnection& c, const local::AttachMappedRequest& r) {
   ASSIGN_OR_RETURN(auto att, FindAttachment(c, r.attach_id()));
   if (r.vaddr() == 0 || r.vaddr() % kPageSize) return ErrnoStatus(EINVAL, "bad mapping address");
   uint64_t expected = 0;
@@ -347,8 +331,9 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
   // the memfds, so write them back as detach would.
   for (auto& att : atts) {
     absl::Status st = DetachEntry(att);
-    if (!st.ok()) TLOG_WARN("attachment %#x of exited pid %d: write-back failed: %s", att->id,
-                            att->pid, st.ToString());
+    if (!st.ok())
+      TLOG_WARN("attachment %#x of exited pid %d: write-back failed: %s", att->id, att->pid,
+                st.ToString());
   }
   for (auto& [id, a] : apids) {
     absl::Status st = a.home == node_id_ ? registry_->Detach(a.segid, a.grant.id, node_id_)
@@ -381,7 +366,8 @@ absl::Status LocalApi::InvalidateBegin(const LocalConnection& c,
                                        const local::InvalidateBeginRequest& r,
                                        local::LocalResponse* resp) {
   if (!coordinator_) return ErrnoStatus(EOPNOTSUPP, "invalidation is not available");
-  if (r.size() == 0 || r.vaddr() % kPageSize || r.size() % kPageSize || r.vaddr() + r.size() < r.vaddr())
+  if (r.size() == 0 || r.vaddr() % kPageSize || r.size() % kPageSize ||
+      r.vaddr() + r.size() < r.vaddr())
     return ErrnoStatus(EINVAL, "range must be page aligned and non-empty");
   Bracket b;
   b.pid = c.cred.pid;

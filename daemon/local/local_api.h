@@ -38,13 +38,12 @@ class LocalApi : public LocalHandler {
   // Every pointer must outlive the LocalApi; `notifier` and `coordinator`
   // may be null in unit tests (exports then get no notifier, and
   // invalidation brackets answer EOPNOTSUPP).
-  LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
-           RemoteHomes* remotes, FaultService* faults, AttachmentTable* attachments,
-           NotifierSource* notifier, InvalidationCoordinator* coordinator);
+  LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry, RemoteHomes* remotes,
+           FaultService* faults, AttachmentTable* attachments, NotifierSource* notifier,
+           InvalidationCoordinator* coordinator);
 
-  void Handle(const LocalConnection& conn, const local::LocalRequest& req,
-              std::vector<int>& fds_in, local::LocalResponse* resp,
-              std::vector<int>* fds_out) override;
+  void Handle(const LocalConnection& conn, const local::LocalRequest& req, std::vector<int>& fds_in,
+              local::LocalResponse* resp, std::vector<int>* fds_out) override;
   void Disconnected(const LocalConnection& conn) override;
 
   // FaultService's SigbusSink.
@@ -62,18 +61,16 @@ class LocalApi : public LocalHandler {
     uint64_t conn = 0;
   };
 
-  absl::Status Make(const LocalConnection& c, const local::MakeRequest& r,
-                    std::vector<int>& fds, local::LocalResponse* resp);
+  absl::Status Make(const LocalConnection& c, const local::MakeRequest& r, std::vector<int>& fds,
+                    local::LocalResponse* resp);
   absl::Status Get(const LocalConnection& c, const local::GetRequest& r,
                    local::LocalResponse* resp);
   absl::Status Release(const LocalConnection& c, uint64_t apid);
   absl::Status Attach(const LocalConnection& c, const local::AttachRequest& r,
-                      std::vector<int>& fds, local::LocalResponse* resp,
-                      std::vector<int>* fds_out);
+                      std::vector<int>& fds, local::LocalResponse* resp, std::vector<int>* fds_out);
   absl::Status AttachMapped(const LocalConnection& c, const local::AttachMappedRequest& r);
   absl::Status Detach(const LocalConnection& c, uint64_t attach_id);
-  absl::StatusOr<std::shared_ptr<Attachment>> FindAttachment(const LocalConnection& c,
-                                                             uint64_t id);
+  absl::StatusOr<std::shared_ptr<Attachment>> FindAttachment(const LocalConnection& c, uint64_t id);
   absl::Status Lookup(const std::string& name, local::LocalResponse* resp);
   absl::Status DetachEntry(const std::shared_ptr<Attachment>& att);
 

@@ -9,8 +9,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

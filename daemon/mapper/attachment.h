@@ -23,12 +23,12 @@
 namespace tether {
 
 enum class PageState : uint8_t {
-  kAbsent = 0,     // not in the memfd; an access faults to us
-  kFetching,       // a fetch is in flight; faults wait for its install
-  kClean,          // installed write-protected, same as the home's copy
-  kDirty,          // written by the mapper since the last write-back
-  kWriteback,      // being written back; a store meanwhile makes it kDirty
-  kPoisoned,       // could not be fetched; the client makes it raise SIGBUS
+  kAbsent = 0,  // not in the memfd; an access faults to us
+  kFetching,    // a fetch is in flight; faults wait for its install
+  kClean,       // installed write-protected, same as the home's copy
+  kDirty,       // written by the mapper since the last write-back
+  kWriteback,   // being written back; a store meanwhile makes it kDirty
+  kPoisoned,    // could not be fetched; the client makes it raise SIGBUS
 };
 
 struct Attachment {
@@ -39,7 +39,7 @@ struct Attachment {
   uint64_t seg_offset = 0;  // where the attachment starts in the segment
   uint64_t size = 0;        // bytes, page multiple
   bool writable = false;
-  pid_t pid = 0;            // the client
+  pid_t pid = 0;  // the client
   int memfd = -1;
   int uffd = -1;
   std::atomic<uint64_t> vaddr{0};  // in the client, 0 until mapped

@@ -59,8 +59,8 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
   Submit(false, node, segid, grant, offset, {}, src, std::move(done));
 }
 
-void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant,
-                      uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                      absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
                       Transport::Done done) {
   if (node == local_node_) {
     std::move(done)(is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
@@ -82,8 +82,8 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
   SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
 }
 
-void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read,
-                        uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
+                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                         absl::Span<const uint8_t> src, Transport::Done done) {
   if (is_read) {
     transport->Read(ep, segid, grant, offset, dst, std::move(done));
@@ -92,8 +92,8 @@ void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_re
   }
 }
 
-absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant,
-                                 uint64_t offset, absl::Span<const uint8_t> src) {
+absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                                 absl::Span<const uint8_t> src) {
   // All pieces in flight at once; the first error wins.
   struct State {
     absl::Mutex mu;

@@ -23,8 +23,8 @@
 #include <memory>
 #include <string>
 
-#include "absl/functional/any_invocable.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -51,8 +51,8 @@ class DataPath {
   // "local", "rdma" or "tcp": what requests to `node` use now.
   std::string TransportFor(uint32_t node, const DataEndpoint& ep);
 
-  void Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-            absl::Span<uint8_t> dst, Transport::Done done);
+  void Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+            Transport::Done done);
   void Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Transport::Done done);
   // Synchronous write-back helper: splits into transport-sized pieces.
@@ -65,8 +65,8 @@ class DataPath {
   // transport chosen for `node`.
   void Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
               absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done);
-  static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read,
-                       uint64_t segid, uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
+  static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
+                       uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,

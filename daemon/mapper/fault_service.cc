@@ -12,14 +12,14 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
 namespace {
 constexpr uint64_t kPage = 4096;
-constexpr uint32_t kMaxReadahead = 64;  // pages: one 256 KiB transport request
+constexpr uint32_t kMaxReadahead = 64;    // pages: one 256 KiB transport request
 constexpr uint32_t kMaxAheadPages = 256;  // pages requested ahead of a sequential reader
 constexpr size_t kMaxAheadRequests = kMaxAheadPages / kMaxReadahead + 1;
 constexpr size_t kBufferBytes = kMaxReadahead * kPage;
@@ -188,8 +188,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
     // A fault inside (or at the end of) the stream we are reading ahead
     // for: keep kMaxAheadPages requested beyond it, so that the client
     // mostly finds pages installed and the network stays busy.
-    bool sequential = att->seq_lo != ~uint64_t{0} && p >= att->seq_lo &&
-                      p <= att->next_seq_page;
+    bool sequential = att->seq_lo != ~uint64_t{0} && p >= att->seq_lo && p <= att->next_seq_page;
     att->readahead = sequential ? std::min<uint32_t>(att->readahead * 2, kMaxAheadPages) : 1;
     if (!sequential && s == PageState::kFetching) return;  // its install wakes us
     uint64_t limit = std::min<uint64_t>(att->pages(), p + att->readahead);
@@ -216,8 +215,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
     const uint64_t first = requests[i].first, n = requests[i].second;
     uint8_t* buf = GetBuffer();
     data_->Read(att->home, att->segid, att->grant, att->seg_offset + first * kPage,
-                absl::MakeSpan(buf, n * kPage),
-                [this, att, first, n, buf, gen](absl::Status st) {
+                absl::MakeSpan(buf, n * kPage), [this, att, first, n, buf, gen](absl::Status st) {
                   Install(att, first, n, buf, gen, st);
                 });
   }
@@ -330,8 +328,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
   }
 }
 
-void FaultService::RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first,
-                              uint64_t n) {
+void FaultService::RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n) {
   {
     absl::MutexLock lock(&retry_mu_);
     retries_.push_back({att, first, n, absl::Now() + absl::Milliseconds(1)});
@@ -497,16 +494,16 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     if (att.revoked) {
       std::string msg = "attachment revoked (" + att.revoke_reason + ")";
       if (att.lost_pages > 0)
-        msg += absl::StrFormat(": %d page(s) of writes not yet synced were discarded",
-                               att.lost_pages);
+        msg +=
+            absl::StrFormat(": %d page(s) of writes not yet synced were discarded", att.lost_pages);
       att.lost_pages = 0;
       return ErrnoStatus(EIDRM, msg);
     }
     if (att.lost_pages > 0) {
-      lost = ErrnoStatus(EIO, absl::StrFormat(
-                                  "%d page(s) of writes not yet synced were discarded: the "
-                                  "exporter unmapped that memory",
-                                  att.lost_pages));
+      lost = ErrnoStatus(EIO,
+                         absl::StrFormat("%d page(s) of writes not yet synced were discarded: the "
+                                         "exporter unmapped that memory",
+                                         att.lost_pages));
       att.lost_pages = 0;
     }
     for (uint64_t p = p0; p < p1;) {
@@ -657,8 +654,8 @@ void FaultService::EvictLoop() {
         }
         if (!has_dirty) continue;
         absl::Status st = Sync(*a, 0, a->size);
-        if (!st.ok()) TLOG_WARN("evictor: write-back of attachment %d failed: %s", a->id,
-                                st.ToString());
+        if (!st.ok())
+          TLOG_WARN("evictor: write-back of attachment %d failed: %s", a->id, st.ToString());
       }
     }
   }

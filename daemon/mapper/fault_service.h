@@ -3,10 +3,9 @@
 // One thread waits on all attachments' userfaultfds (epoll). A missing-page
 // fault marks the page (and a read-ahead window of absent pages after it,
 // growing 1, 2, 4 … 256 pages while access stays sequential, sent as reads
-// of up to 64 pages so that they pipeline) kFetching and asks the home; the completion installs the pages with
-// UFFDIO_COPY, write-protected when the attachment is writable, which wakes
-// the faulting threads. Many fetches are in flight at once: the fault
-// thread never waits for the network.
+// of up to 64 pages so that they pipeline) kFetching and asks the home; the completion installs the
+// pages with UFFDIO_COPY, write-protected when the attachment is writable, which wakes the faulting
+// threads. Many fetches are in flight at once: the fault thread never waits for the network.
 //
 // Dirty tracking: a store to a clean (write-protected) page raises a WP
 // fault; the page becomes kDirty and is unprotected. Write-back protects
@@ -42,8 +41,8 @@ class FaultService {
  public:
   // Asks the client library to make [offset, offset+len) of an attachment
   // raise SIGBUS (it maps an empty memfd over it and wakes the faulters).
-  using SigbusSink = std::function<void(const Attachment&, uint64_t offset, uint64_t len,
-                                        const std::string& why)>;
+  using SigbusSink =
+      std::function<void(const Attachment&, uint64_t offset, uint64_t len, const std::string& why)>;
 
   FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus);
   ~FaultService();
@@ -80,13 +79,12 @@ class FaultService {
   void FaultLoop();
   void HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr);
   void HandleWriteProtect(Attachment& att, uint64_t addr);
-  void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
-               uint8_t* buf, uint64_t gen, absl::Status st);
+  void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
+               uint64_t gen, absl::Status st);
   // Wakes [first, first+n) after a short delay (home said "retry").
   void RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n);
   void RunDueRetries();
-  absl::Status WriteBackPages(Attachment& att, uint64_t first,
-                              absl::Span<const uint8_t> data);
+  absl::Status WriteBackPages(Attachment& att, uint64_t first, absl::Span<const uint8_t> data);
   void EvictLoop();
   uint64_t EvictClean(Attachment& att, uint64_t want);
   uint8_t* GetBuffer();

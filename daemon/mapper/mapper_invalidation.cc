@@ -28,12 +28,12 @@ absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
       std::vector<std::pair<uint64_t, uint64_t>> gone;  // in attachment pages
       for (const auto& [g0, g1] : n.gone) {
         uint64_t gs = std::max(g0, a0), ge = std::min(g1, a1);
-        if (gs < ge) gone.emplace_back((gs - a0) / kPageSize, (ge - a0 + kPageSize - 1) / kPageSize);
+        if (gs < ge)
+          gone.emplace_back((gs - a0) / kPageSize, (ge - a0 + kPageSize - 1) / kPageSize);
       }
       absl::Status st = faults_->EndWindow(*att, key, gone);
       if (!st.ok()) {
-        TLOG_WARN("attachment %#x: write-back after a window failed: %s", att->id,
-                  st.ToString());
+        TLOG_WARN("attachment %#x: write-back after a window failed: %s", att->id, st.ToString());
         result = st;
       }
     }

@@ -14,9 +14,9 @@
 #include <fstream>
 
 #include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -82,9 +82,10 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
   int64_t ack_timeout_ms = -1;
   if (p >> ack_timeout_ms && ack_timeout_ms > 0 &&
       absl::Milliseconds(ack_timeout_ms) <= coordinator->ack_deadline())
-    TLOG_WARN("tether.ko ack_timeout_ms=%d is not above the invalidation deadline (%d ms): the "
-              "kernel may go on before late mappers are fenced",
-              ack_timeout_ms, absl::ToInt64Milliseconds(coordinator->ack_deadline()));
+    TLOG_WARN(
+        "tether.ko ack_timeout_ms=%d is not above the invalidation deadline (%d ms): the "
+        "kernel may go on before late mappers are fenced",
+        ack_timeout_ms, absl::ToInt64Milliseconds(coordinator->ack_deadline()));
   return std::unique_ptr<KernelNotifierSource>(
       new KernelNotifierSource(registry, coordinator, fd, stop_fd));
 }
@@ -153,17 +154,19 @@ absl::Status KernelNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pi
       absl::MutexLock lock(&mu_);
       fallback_segids_.insert(segid);
     }
-    TLOG_INFO("segment %#x: exporter pid %d sent a userfaultfd, not a /dev/tether fd: watched "
-              "by the user-space source",
-              segid, pid);
+    TLOG_INFO(
+        "segment %#x: exporter pid %d sent a userfaultfd, not a /dev/tether fd: watched "
+        "by the user-space source",
+        segid, pid);
     return fallback_.AddExporter(segid, pid, pidfd, fd, 0);
   }
   // The registry watches the exporter's exit through its own pidfd.
   close(pidfd);
   if (fd < 0) {
-    TLOG_WARN("segment %#x: exporter pid %d sent no event handle: its memory events cannot be "
-              "seen, so no copies of it will be handed out",
-              segid, pid);
+    TLOG_WARN(
+        "segment %#x: exporter pid %d sent no event handle: its memory events cannot be "
+        "seen, so no copies of it will be handed out",
+        segid, pid);
     return absl::OkStatus();
   }
   // Held across ATTACH and the insertion so that the event thread, which
@@ -190,8 +193,7 @@ absl::Status KernelNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pi
     return ErrnoStatus(err ? err : EINVAL,
                        absl::StrFormat("segment %#x: tether range %d does not cover the export "
                                        "[%#x, %#x) of this exporter fd",
-                                       segid, tether_range_id, seg->vaddr,
-                                       seg->vaddr + seg->size));
+                                       segid, tether_range_id, seg->vaddr, seg->vaddr + seg->size));
   }
   auto ex = std::make_shared<Export>();
   ex->segid = segid;
@@ -219,14 +221,15 @@ absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, ui
   }
   if (fallback) return fallback_.BeforeRead(segid, start, end);
   if (ex && ex->released)
-    return ErrnoStatus(ESRCH, absl::StrFormat("segment %#x: the exporter's address space is gone",
-                                              segid));
+    return ErrnoStatus(ESRCH,
+                       absl::StrFormat("segment %#x: the exporter's address space is gone", segid));
   if (!ex)
     return ErrnoStatus(EOPNOTSUPP, absl::StrFormat("segment %#x: the exporter's memory events "
                                                    "cannot be seen (no /dev/tether range "
                                                    "attached): refusing to hand out copies",
                                                    segid));
-  uint64_t s = start / kPageSize * kPageSize, e = std::min<uint64_t>((end + kPageSize - 1) / kPageSize * kPageSize, ex->size);
+  uint64_t s = start / kPageSize * kPageSize,
+           e = std::min<uint64_t>((end + kPageSize - 1) / kPageSize * kPageSize, ex->size);
   if (s >= e) return ErrnoStatus(EINVAL, "empty watch range");
   tether_mark m{};
   m.range_id = ex->range_id;
@@ -242,14 +245,13 @@ absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, ui
   }
   if (ioctl(ctl_fd_, TETHER_IOC_MARK_CACHED, &m) != 0) {
     int err = errno;
-    return ErrnoStatus(err == ESRCH ? ESRCH : err,
-                       absl::StrFormat("segment %#x: marking [%#x, %#x) cached in tether.ko", segid,
-                                       s, e));
+    return ErrnoStatus(
+        err == ESRCH ? ESRCH : err,
+        absl::StrFormat("segment %#x: marking [%#x, %#x) cached in tether.ko", segid, s, e));
   }
   // Odd: an invalidation of the exporter's mm started before the mark and is
   // still running; it was not forwarded and no END will tell us when it ends.
-  if (m.seq & 1)
-    return Retry("an invalidation of the exporter's memory is in progress");
+  if (m.seq & 1) return Retry("an invalidation of the exporter's memory is in progress");
   absl::MutexLock lock(&ex->marks_mu);
   if (ex->unmarks == unmarks) ex->marked.Add(m.offset, m.offset + m.len);
   return absl::OkStatus();
@@ -363,9 +365,10 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
   if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
     // G4: the kernel is not waiting and may already be freeing the pages.
     // Never wait here either: revoke every mapper, without a window.
-    TLOG_INFO("segment %#x: non-blockable %s of [%#x, %#x) (OOM reaper): revoking all "
-              "attachments asynchronously",
-              ex->segid, TypeName(ev.type), s, e);
+    TLOG_INFO(
+        "segment %#x: non-blockable %s of [%#x, %#x) (OOM reaper): revoking all "
+        "attachments asynchronously",
+        ex->segid, TypeName(ev.type), s, e);
     // No window covers it: reads must ask the module again (odd sequence)
     // instead of trusting the cached mark. The module's mark stays.
     ex->Forget(ev.start / kPageSize * kPageSize, (ev.end + kPageSize - 1) / kPageSize * kPageSize);
@@ -382,8 +385,8 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
       // windows: either they see this one, or we see what they did.
       absl::MutexLock lock(&mu_);
       auto it = by_range_.find(ev.range_id);
-      orphaned = ex->released || overflows_ != overflows || it == by_range_.end() ||
-                 it->second != ex;
+      orphaned =
+          ex->released || overflows_ != overflows || it == by_range_.end() || it->second != ex;
       if (!orphaned) pending_.push_back(p);
     }
     // Released, forgotten or flushed while we waited: no END will match.

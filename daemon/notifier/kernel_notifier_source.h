@@ -122,7 +122,6 @@ class KernelNotifierSource : public NotifierSource {
   void SegmentGone(uint64_t segid, const std::string& why) override;
   void Stop() override;
 
-
  private:
   // The segment is gone (removed, or its exporter exited): closes its
   // exporter fd (the module unregisters the range) and ends windows still
@@ -162,8 +161,8 @@ class KernelNotifierSource : public NotifierSource {
     InvalidationWindow window;
   };
 
-  KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator,
-                       int ctl_fd, int stop_fd);
+  KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator, int ctl_fd,
+                       int stop_fd);
   // The event thread: reads the control fd; HandleEvent, HandleEnd,
   // HandleRelease and HandleOverflow run only there (asserted). Blockable
   // BEGINs go to the workers (HandleBegin, BeginWorker).

@@ -17,9 +17,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -51,7 +51,8 @@ void UffdNotifierSource::Stop() {
     uint64_t one = 1;
     (void)!write(ex->stop_fd, &one, sizeof(one));
   }
-  mu_.Await(absl::Condition(+[](int* r) { return *r == 0; }, &running_));
+  mu_.Await(absl::Condition(
+      +[](int* r) { return *r == 0; }, &running_));
   exporters_.clear();
   segments_.clear();
 }
@@ -75,9 +76,10 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   }
   if (fd < 0) {
     close(pidfd);
-    TLOG_WARN("segment %#x: exporter pid %d sent no userfaultfd: its memory events cannot be "
-              "seen, so no copies of it will be handed out",
-              segid, pid);
+    TLOG_WARN(
+        "segment %#x: exporter pid %d sent no userfaultfd: its memory events cannot be "
+        "seen, so no copies of it will be handed out",
+        segid, pid);
     return absl::OkStatus();
   }
   auto ex = std::make_shared<Exporter>();
@@ -90,8 +92,7 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   ex->stop_fd = eventfd(0, EFD_CLOEXEC);
   pollfd p{pidfd, POLLIN, 0};
   if (ex->pagemap < 0 || ex->maps < 0 || ex->stop_fd < 0 || poll(&p, 1, 0) != 0)
-    return ErrnoStatus(ex->pagemap < 0 || ex->maps < 0 ? errno : ESRCH,
-                       "watch exporter " + path);
+    return ErrnoStatus(ex->pagemap < 0 || ex->maps < 0 ? errno : ESRCH, "watch exporter " + path);
   exporters_[pid] = ex;
   segments_[segid] = {ex, seg->vaddr, seg->size};
   ++running_;
@@ -111,8 +112,8 @@ absl::Status UffdNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint
     absl::MutexLock lock(&mu_);
     auto it = segments_.find(segid);
     if (it == segments_.end())
-      return ErrnoStatus(EOPNOTSUPP, absl::StrFormat(
-                                         "segment %#x: the exporter's memory events cannot be "
+      return ErrnoStatus(EOPNOTSUPP,
+                         absl::StrFormat("segment %#x: the exporter's memory events cannot be "
                                          "seen (it sent no userfaultfd and tether.ko is not "
                                          "loaded): refusing to hand out copies",
                                          segid));
@@ -171,11 +172,11 @@ absl::Status UffdNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint
     return ErrnoStatus(EIO, absl::StrFormat("segment %#x: cannot read the exporter's mappings "
                                             "(/proc/%d/maps)",
                                             segid, ex.pid));
-  return ErrnoStatus(err, absl::StrFormat(
-                              "segment %#x: cannot watch exporter range [%#x, %#x) with "
-                              "userfaultfd (only anonymous, shmem and hugetlb memory can be "
-                              "watched without tether.ko)",
-                              segid, a0, a1));
+  return ErrnoStatus(err,
+                     absl::StrFormat("segment %#x: cannot watch exporter range [%#x, %#x) with "
+                                     "userfaultfd (only anonymous, shmem and hugetlb memory can be "
+                                     "watched without tether.ko)",
+                                     segid, a0, a1));
 }
 
 void UffdNotifierSource::Run(std::shared_ptr<Exporter> ex) {
@@ -191,8 +192,10 @@ void UffdNotifierSource::Run(std::shared_ptr<Exporter> ex) {
   auto it = exporters_.find(ex->pid);
   if (it != exporters_.end() && it->second == ex) exporters_.erase(it);
   for (auto s = segments_.begin(); s != segments_.end();) {
-    if (s->second.exporter == ex) segments_.erase(s++);
-    else ++s;
+    if (s->second.exporter == ex)
+      segments_.erase(s++);
+    else
+      ++s;
   }
   --running_;
 }
@@ -249,16 +252,15 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     }
     coordinator_->End(w, gone_offsets);
   }
-  TLOG_DEBUG("pid %d: %d event window(s), %d node(s) asked: acks after %d us, pagemap %d us, "
-             "read after %d us, %d us in all",
-             ex.pid, windows.size(), windows.empty() ? 0 : windows[0].second.acked.size(),
-             absl::ToInt64Microseconds(t_acks - t0), absl::ToInt64Microseconds(t_snap - t_acks),
-             absl::ToInt64Microseconds(t_read - t0),
-             absl::ToInt64Microseconds(absl::Now() - t0));
+  TLOG_DEBUG(
+      "pid %d: %d event window(s), %d node(s) asked: acks after %d us, pagemap %d us, "
+      "read after %d us, %d us in all",
+      ex.pid, windows.size(), windows.empty() ? 0 : windows[0].second.acked.size(),
+      absl::ToInt64Microseconds(t_acks - t0), absl::ToInt64Microseconds(t_snap - t_acks),
+      absl::ToInt64Microseconds(t_read - t0), absl::ToInt64Microseconds(absl::Now() - t0));
 }
 
-bool UffdNotifierSource::ReadMapped(Exporter& ex, uint64_t start, uint64_t end,
-                                    IntervalSet* out) {
+bool UffdNotifierSource::ReadMapped(Exporter& ex, uint64_t start, uint64_t end, IntervalSet* out) {
   // maps is a seq_file: read it whole from offset 0 each time.
   std::string text;
   char buf[16384];
@@ -289,12 +291,12 @@ bool UffdNotifierSource::ReadPagemap(Exporter& ex, uint64_t start, uint64_t end,
   uint64_t pages = (end - start) / kPageSize;
   out->resize(pages);
   ssize_t want = static_cast<ssize_t>(pages * 8);
-  return ex.pagemap >= 0 &&
-         pread(ex.pagemap, out->data(), pages * 8, static_cast<off_t>(start / kPageSize * 8)) == want;
+  return ex.pagemap >= 0 && pread(ex.pagemap, out->data(), pages * 8,
+                                  static_cast<off_t>(start / kPageSize * 8)) == want;
 }
 
-void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end,
-                                    uint64_t snap_start, const std::vector<uint64_t>& snapshot) {
+void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end, uint64_t snap_start,
+                                    const std::vector<uint64_t>& snapshot) {
   constexpr uint64_t kPresentOrSwapped = uint64_t{3} << 62;
   constexpr uint64_t kFrame = (uint64_t{1} << 55) - 1;  // PFN or swap entry
   if (end <= start || ex.pagemap < 0) return;
@@ -316,8 +318,8 @@ void UffdNotifierSource::WaitForZap(Exporter& ex, uint64_t start, uint64_t end,
     }
     if (!old_frame_left) return;
     if (absl::Now() > deadline) {
-      TLOG_DEBUG("pid %d: frames of [%#x, %#x) still mapped %d ms after REMOVE", ex.pid, start,
-                 end, absl::ToInt64Milliseconds(kZapWait));
+      TLOG_DEBUG("pid %d: frames of [%#x, %#x) still mapped %d ms after REMOVE", ex.pid, start, end,
+                 absl::ToInt64Milliseconds(kZapWait));
       return;
     }
     absl::SleepFor(absl::Microseconds(50));

@@ -27,8 +27,7 @@ inline constexpr char kGrpcRetryDetail[] = "retry";
 inline grpc::Status ToGrpc(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
   std::string details = IsRetry(st) ? kGrpcRetryDetail : std::to_string(ToErrno(st));
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()),
-                      details);
+  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()), details);
 }
 
 inline absl::Status FromGrpc(const grpc::Status& st, const std::string& context) {

@@ -2,9 +2,9 @@
 
 #include <cerrno>
 
+#include "daemon/common/errors.h"
 #include "daemon/common/page.h"
 #include "daemon/common/segid.h"
-#include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -48,7 +48,8 @@ absl::StatusOr<InvalidationNotice> FromProto(const peer::InvalidateRequest& req)
   n.start = req.start();
   n.end = req.end();
   n.window = req.window();
-  for (int i = 0; i + 1 < req.gone_size(); i += 2) n.gone.emplace_back(req.gone(i), req.gone(i + 1));
+  for (int i = 0; i + 1 < req.gone_size(); i += 2)
+    n.gone.emplace_back(req.gone(i), req.gone(i + 1));
   n.reason = req.reason();
   n.home_node = req.home_node();
   return n;

@@ -3,17 +3,18 @@
 #include <cerrno>
 
 #include "absl/strings/str_format.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/peer/notice_codec.h"
 
 namespace tether {
 
-NoticeReceiver::NoticeReceiver(InvalidationTarget* target)
-    : target_(target) {}
+NoticeReceiver::NoticeReceiver(InvalidationTarget* target) : target_(target) {}
 
-void NoticeReceiver::Start() { thread_ = std::thread([this] { Run(); }); }
+void NoticeReceiver::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 NoticeReceiver::~NoticeReceiver() { Stop(); }
 
@@ -30,8 +31,8 @@ absl::Status NoticeReceiver::Notice(uint32_t peer_node, absl::Span<const uint8_t
   if (!n.ok()) return n.status();
   // As CallerIsNode on the gRPC path: a node speaks only for itself.
   if (n->home_node != peer_node)
-    return ErrnoStatus(EACCES, absl::StrFormat("node %d sent a notice as node %d", peer_node,
-                                               n->home_node));
+    return ErrnoStatus(
+        EACCES, absl::StrFormat("node %d sent a notice as node %d", peer_node, n->home_node));
   if (n->kind == InvalidationNotice::Kind::kBegin) {
     absl::Status st = target_->Handle(*n);
     // Keep the codes the sender could mistake for a lost connection out.
@@ -50,9 +51,8 @@ void NoticeReceiver::Run() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](NoticeReceiver* r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) {
-            return r->stopping_ || !r->queue_.empty();
-          },
+          +[](NoticeReceiver* r)
+               ABSL_EXCLUSIVE_LOCKS_REQUIRED(r->mu_) { return r->stopping_ || !r->queue_.empty(); },
           this));
       if (queue_.empty()) return;  // stopping, nothing left
       n = std::move(queue_.front());

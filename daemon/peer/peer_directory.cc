@@ -53,15 +53,15 @@ struct PeerDirectory::Impl {
   absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
 
   void SetDeadline(grpc::ClientContext* ctx) const {
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(rpc_timeout_ms));
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(rpc_timeout_ms));
   }
 
   absl::StatusOr<peer::Peer::Stub*> Stub(uint32_t node) {
     absl::MutexLock lock(&mu);
     auto it = peers.find(node);
     if (it == peers.end())
-      return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " is not in this node's peer list"));
+      return ErrnoStatus(EHOSTUNREACH,
+                         absl::StrCat("node ", node, " is not in this node's peer list"));
     return it->second->stub.get();
   }
 };
@@ -168,8 +168,8 @@ void PeerDirectory::Forget(uint32_t node) {
   if (it != impl_->peers.end()) it->second->endpoint.reset();
 }
 
-absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid,
-                                            const Credentials& cred, bool write) {
+absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid, const Credentials& cred,
+                                            bool write) {
   ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
   grpc::ClientContext ctx;
   impl_->SetDeadline(&ctx);
@@ -290,8 +290,8 @@ void PeerDirectory::Connect(uint32_t node) {
   if (it != impl_->peers.end()) it->second->channel->GetState(/*try_to_connect=*/true);
 }
 
-void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
-                               absl::Duration timeout, InvalidationChannel::Done done) {
+void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n, absl::Duration timeout,
+                               InvalidationChannel::Done done) {
   auto stub = impl_->Stub(node);
   if (!stub.ok()) {
     std::move(done)(stub.status());
@@ -321,14 +321,13 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n,
     impl_->calls.insert(&call->ctx);
   }
   Impl* impl = impl_.get();
-  (*stub)->async()->Invalidate(&call->ctx, &call->req, &call->resp,
-                               [call, node, impl](grpc::Status st) {
-                                 std::move(call->done)(FromGrpc(
-                                     st, absl::StrCat("invalidate at node ", node)));
-                                 absl::MutexLock lock(&impl->calls_mu);
-                                 impl->calls.erase(&call->ctx);
-                                 delete call;
-                               });
+  (*stub)->async()->Invalidate(
+      &call->ctx, &call->req, &call->resp, [call, node, impl](grpc::Status st) {
+        std::move(call->done)(FromGrpc(st, absl::StrCat("invalidate at node ", node)));
+        absl::MutexLock lock(&impl->calls_mu);
+        impl->calls.erase(&call->ctx);
+        delete call;
+      });
 }
 
 }  // namespace tether

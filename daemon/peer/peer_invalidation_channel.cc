@@ -19,7 +19,9 @@ PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* p
                                                  NoticeTransport* fast, InvalidationTarget* local)
     : self_(self), peers_(peers), fast_(fast), local_(local) {}
 
-void PeerInvalidationChannel::Start() { thread_ = std::thread([this] { Run(); }); }
+void PeerInvalidationChannel::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 PeerInvalidationChannel::~PeerInvalidationChannel() { Stop(); }
 
@@ -44,19 +46,18 @@ void PeerInvalidationChannel::Slow(uint32_t node, const InvalidationNotice& n,
 void PeerInvalidationChannel::Notify(uint32_t node, std::shared_ptr<const InvalidationNotice> n,
                                      const std::string& payload, absl::Duration timeout,
                                      Done done) {
-  fast_->Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
-                                         payload.size()),
-               [this, node, n = std::move(n), timeout, done = std::move(done)](
-                   absl::Status st) mutable {
-                 // kUnavailable: no connection (yet), or lost with the notice
-                 // in flight; the receiver never answers with it.
-                 if (!absl::IsUnavailable(st)) {
-                   std::move(done)(st);
-                   return;
-                 }
-                 Connect(node);
-                 peers_->Invalidate(node, *n, timeout, std::move(done));
-               });
+  fast_->Notify(
+      node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
+      [this, node, n = std::move(n), timeout, done = std::move(done)](absl::Status st) mutable {
+        // kUnavailable: no connection (yet), or lost with the notice
+        // in flight; the receiver never answers with it.
+        if (!absl::IsUnavailable(st)) {
+          std::move(done)(st);
+          return;
+        }
+        Connect(node);
+        peers_->Invalidate(node, *n, timeout, std::move(done));
+      });
 }
 
 void PeerInvalidationChannel::Send(uint32_t node, const InvalidationNotice& n,
@@ -116,12 +117,14 @@ void PeerInvalidationChannel::Run() {
       peers_->Forget(node);
     }
     if (!st.ok())
-      TLOG_INFO("notice connection to node %d: %s (its notices go by gRPC; next try in %d s)",
-                node, st.ToString(), absl::ToInt64Seconds(kRetryAfter));
+      TLOG_INFO("notice connection to node %d: %s (its notices go by gRPC; next try in %d s)", node,
+                st.ToString(), absl::ToInt64Seconds(kRetryAfter));
     absl::MutexLock lock(&mu_);
     queued_.erase(node);
-    if (st.ok()) retry_after_.erase(node);
-    else retry_after_[node] = absl::Now() + kRetryAfter;
+    if (st.ok())
+      retry_after_.erase(node);
+    else
+      retry_after_[node] = absl::Now() + kRetryAfter;
   }
 }
 

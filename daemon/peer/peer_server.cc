@@ -40,8 +40,7 @@ bool CallerIsNode(grpc::ServerContext* ctx, uint32_t node) {
 
 grpc::Status NotThatNode(uint32_t node) {
   return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                      "the caller's certificate is not node " + std::to_string(node) + "'s",
-                      "13");
+                      "the caller's certificate is not node " + std::to_string(node) + "'s", "13");
 }
 
 class PeerServiceImpl final : public peer::Peer::Service {
@@ -138,15 +137,11 @@ void PeerServer::Shutdown() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(const std::string& address,
-                                                              const TlsConfig& tls,
-                                                              SegmentRegistry* registry,
-                                                              InvalidationTarget* mapper,
-                                                              InvalidationChannel* notices,
-                                                              HelloInfo hello) {
+absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(
+    const std::string& address, const TlsConfig& tls, SegmentRegistry* registry,
+    InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello) {
   auto impl = std::make_unique<Impl>();
-  impl->service =
-      std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello));
+  impl->service = std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello));
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls.insecure) {
     creds = grpc::InsecureServerCredentials();

@@ -30,12 +30,9 @@ struct HelloInfo {
 
 class PeerServer {
  public:
-  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const std::string& address,
-                                                           const TlsConfig& tls,
-                                                           SegmentRegistry* registry,
-                                                           InvalidationTarget* mapper,
-                                                           InvalidationChannel* notices,
-                                                           HelloInfo hello);
+  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(
+      const std::string& address, const TlsConfig& tls, SegmentRegistry* registry,
+      InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello);
   ~PeerServer();
   void Shutdown();
 

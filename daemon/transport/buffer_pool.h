@@ -59,7 +59,7 @@ class BufferPool {
   uint8_t* base_ = nullptr;
   uint32_t slots_ = 0;
   uint32_t slot_bytes_ = 0;
-  std::vector<uint32_t> free_;    // stack of free slot indices
+  std::vector<uint32_t> free_;  // stack of free slot indices
   std::vector<bool> in_use_;
 };
 

@@ -27,8 +27,7 @@ void EncodeRdmaMessage(const RdmaMessage& m, uint8_t out[kRdmaMessageSize]) {
   Put<uint32_t>(out + 60, 0);
 }
 
-absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len,
-                                              uint32_t max_length) {
+absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len, uint32_t max_length) {
   if (len != kRdmaMessageSize)
     return absl::InvalidArgumentError(absl::StrFormat("rdma message of %d bytes", len));
   absl::StatusOr<FrameHeader> h = DecodeHeader(buf, len);

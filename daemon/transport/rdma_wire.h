@@ -64,8 +64,7 @@ inline uint32_t ImmOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req
 inline bool ImmAnswers(uint32_t imm, uint64_t req_id) { return imm == ImmOfRequest(req_id); }
 inline uint32_t SlotOfImm(uint32_t imm) { return imm & 0xffff; }
 // `max_length`: the largest request the receiver accepts (its slot size).
-absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len,
-                                              uint32_t max_length);
+absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len, uint32_t max_length);
 
 struct RdmaConnectData {
   uint32_t node = 0;

@@ -26,8 +26,7 @@ absl::Status ParseHostPort(const std::string& address, std::string* host, uint16
   return absl::OkStatus();
 }
 
-absl::StatusOr<sockaddr_storage> NumericSocketAddress(const std::string& address,
-                                                      socklen_t* len) {
+absl::StatusOr<sockaddr_storage> NumericSocketAddress(const std::string& address, socklen_t* len) {
   std::string host;
   uint16_t port = 0;
   RETURN_IF_ERROR(ParseHostPort(address, &host, &port));

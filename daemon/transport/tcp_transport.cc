@@ -13,8 +13,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "daemon/common/log.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
@@ -202,7 +202,7 @@ void TcpTransport::ServeLoop(int fd) {
     if (!ReadFull(fd, buf, sizeof(buf))) break;
     auto h = DecodeHeader(buf, sizeof(buf));
     if (!h.ok() || (h->type != FrameType::kReadReq && h->type != FrameType::kWriteReq &&
-                     h->type != FrameType::kNoticeReq)) {
+                    h->type != FrameType::kNoticeReq)) {
       TLOG_WARN("data connection from node %d: protocol error (%s); closing", peer,
                 h.ok() ? "unexpected frame type" : std::string(h.status().message()));
       break;
@@ -215,8 +215,8 @@ void TcpTransport::ServeLoop(int fd) {
       absl::Status st =
           server_->ReadBlocks(peer, h->segid, h->grant, h->offset, absl::MakeSpan(data));
       if (!st.ok()) resp.status = ToWireStatus(st);
-      if (!SendFrame(fd, resp, st.ok() ? absl::Span<const uint8_t>(data)
-                                       : absl::Span<const uint8_t>()))
+      if (!SendFrame(fd, resp,
+                     st.ok() ? absl::Span<const uint8_t>(data) : absl::Span<const uint8_t>()))
         break;
     } else if (h->type == FrameType::kNoticeReq) {
       resp.type = FrameType::kNoticeResp;
@@ -319,8 +319,8 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
 }
 
 void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant,
-                        uint64_t offset, absl::Span<uint8_t> dst,
-                        absl::Span<const uint8_t> src, Done done) {
+                        uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
+                        Done done) {
   size_t len = type == static_cast<int>(FrameType::kReadReq) ? dst.size() : src.size();
   if (len == 0 || len > kMaxPayload) {
     std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
@@ -342,14 +342,14 @@ void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t s
   {
     absl::MutexLock lock(&conn->mu);
     if (conn->dead) {
-      std::move(done)(absl::UnavailableError(
-          absl::StrCat("connection to node ", conn->node, " lost")));
+      std::move(done)(
+          absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost")));
       return;
     }
     conn->pending.emplace(id, Pending{dst, std::move(done)});
   }
   FrameHeader h{static_cast<FrameType>(type), id, segid, grant, offset,
-                static_cast<uint32_t>(len), 0};
+                static_cast<uint32_t>(len),   0};
   bool ok;
   {
     absl::MutexLock lock(&conn->send_mu);
@@ -384,14 +384,13 @@ absl::Status TcpTransport::Connect(const DataEndpoint& peer) {
   return GetConnection(peer).status();
 }
 
-void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                        uint64_t offset, absl::Span<uint8_t> dst, Done done) {
-  Send(home, static_cast<int>(FrameType::kReadReq), segid, grant, offset, dst, {},
-       std::move(done));
+void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                        absl::Span<uint8_t> dst, Done done) {
+  Send(home, static_cast<int>(FrameType::kReadReq), segid, grant, offset, dst, {}, std::move(done));
 }
 
-void TcpTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                         uint64_t offset, absl::Span<const uint8_t> src, Done done) {
+void TcpTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                         absl::Span<const uint8_t> src, Done done) {
   Send(home, static_cast<int>(FrameType::kWriteReq), segid, grant, offset, {}, src,
        std::move(done));
 }
@@ -456,8 +455,8 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
     TLOG_INFO("data connection to node %d closed: %s (%d requests failed)", conn->node, why,
               orphans.size());
   for (auto& [id, p] : orphans)
-    std::move(p.done)(absl::UnavailableError(
-        absl::StrCat("connection to node ", conn->node, " lost: ", why)));
+    std::move(p.done)(
+        absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost: ", why)));
 }
 
 void TcpTransport::Disconnect(uint32_t node) {

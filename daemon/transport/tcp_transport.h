@@ -52,8 +52,8 @@ class TcpTransport : public Transport, public NoticeTransport {
   ~TcpTransport() override;
 
   const char* name() const override { return "tcp"; }
-  absl::Status Listen(const std::string& address, std::string secret,
-                      BlockServer* server, NoticeServer* notices) override;
+  absl::Status Listen(const std::string& address, std::string secret, BlockServer* server,
+                      NoticeServer* notices) override;
   std::string bound_address() const override;
   void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
             absl::Span<uint8_t> dst, Done done) override;
@@ -78,12 +78,10 @@ class TcpTransport : public Transport, public NoticeTransport {
   };
 
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home);
-  void Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant,
-            uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-            Done done);
+  void Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant, uint64_t offset,
+            absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done);
   void SendOn(std::shared_ptr<Connection> conn, int type, uint64_t segid, uint64_t grant,
-              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-              Done done);
+              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done);
   void ReceiveLoop(std::shared_ptr<Connection> conn);
   void AcceptLoop();
   void ServeLoop(int fd);

@@ -67,15 +67,15 @@ class Transport {
   // derives for the node it claims to be (data_token.h). Requests go to
   // `server`; invalidation notices, on a transport that carries them, to
   // `notices` (null: refused with EOPNOTSUPP). Both must outlive Shutdown().
-  virtual absl::Status Listen(const std::string& address, std::string secret,
-                              BlockServer* server, NoticeServer* notices) = 0;
+  virtual absl::Status Listen(const std::string& address, std::string secret, BlockServer* server,
+                              NoticeServer* notices) = 0;
   virtual std::string bound_address() const = 0;
 
   // Client side. `dst`/`src` must stay valid until `done` runs.
-  virtual void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                    uint64_t offset, absl::Span<uint8_t> dst, Done done) = 0;
-  virtual void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant,
-                     uint64_t offset, absl::Span<const uint8_t> src, Done done) = 0;
+  virtual void Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                    absl::Span<uint8_t> dst, Done done) = 0;
+  virtual void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                     absl::Span<const uint8_t> src, Done done) = 0;
 
   // Fails every request in flight to `node` and drops its connection (the
   // peer restarted or was fenced).

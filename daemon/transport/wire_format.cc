@@ -64,12 +64,9 @@ size_t PayloadLength(const FrameHeader& h) {
   switch (h.type) {
     case FrameType::kHello:
     case FrameType::kWriteReq:
-    case FrameType::kNoticeReq:
-      return h.length;
-    case FrameType::kReadResp:
-      return h.status == 0 ? h.length : 0;
-    default:
-      return 0;
+    case FrameType::kNoticeReq: return h.length;
+    case FrameType::kReadResp: return h.status == 0 ? h.length : 0;
+    default: return 0;
   }
 }
 

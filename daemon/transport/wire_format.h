@@ -19,8 +19,8 @@
 // in `segid`. NOTICE_REQ (home -> mapper node, on a connection the home
 // opened to the mapper's listener) carries an encoded invalidation notice
 // (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
-// answers it with a status and no payload. Decode validates everything a peer could get wrong; nothing
-// past the header is trusted before that.
+// answers it with a status and no payload. Decode validates everything a peer could get wrong;
+// nothing past the header is trusted before that.
 //
 // Thread contract: none needed; functions of their arguments only, callable
 // from any thread.
@@ -36,7 +36,7 @@
 namespace tether {
 
 constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
-constexpr uint16_t kWireVersion = 2;  // 2: "retry" is kWireRetry, not EAGAIN
+constexpr uint16_t kWireVersion = 2;         // 2: "retry" is kWireRetry, not EAGAIN
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;

@@ -38,9 +38,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <csignal>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -214,8 +214,7 @@ int ZapFloor(int n) {
   if (child < 0) Die("fork");
   if (child == 0) {
     close(to_child[1]);  // so that the parent's close ends the loop
-    auto* mem = static_cast<volatile uint8_t*>(
-        mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0));
+    auto* mem = static_cast<volatile uint8_t*>(mmap(nullptr, len, PROT_READ, MAP_SHARED, memfd, 0));
     if (mem == MAP_FAILED) _exit(1);
     char c;
     while (read(to_child[0], &c, 1) == 1) {
@@ -232,8 +231,7 @@ int ZapFloor(int n) {
     if (write(to_child[1], &c, 1) != 1 || read(to_parent[0], &c, 1) != 1) Die("child");
     usleep(2000);
     auto t0 = Clock::now();
-    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, len) != 0)
-      Die("fallocate");
+    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, len) != 0) Die("fallocate");
     lat.push_back(Us(Clock::now() - t0));
   }
   close(to_child[1]);

@@ -13,8 +13,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint8_t out[tether::kFrameHeaderSize];
     tether::EncodeHeader(*h, out);
     auto again = tether::DecodeHeader(out, sizeof(out));
-    if (!again.ok() || again->req_id != h->req_id || again->length != h->length)
-      __builtin_trap();
+    if (!again.ok() || again->req_id != h->req_id || again->length != h->length) __builtin_trap();
   }
   return 0;
 }

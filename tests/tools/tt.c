@@ -42,8 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,7 +57,7 @@ static uint64_t mix(uint64_t x) {
 }
 
 /* pattern(seed) at byte offset off: 8-byte words, word i = mix(seed ^ i). */
-static void fill(uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+static void fill(uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   for (uint64_t i = 0; i < len;) {
     uint64_t a = off + i, w = mix(seed * 0x100000001b3ull ^ (a / 8));
     uint64_t k = a % 8;
@@ -65,7 +65,7 @@ static void fill(uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
   }
 }
 
-static int64_t check(const uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+static int64_t check(const uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   uint8_t buf[4096];
   for (uint64_t i = 0; i < len; i += sizeof buf) {
     uint64_t n = len - i < sizeof buf ? len - i : sizeof buf;
@@ -78,39 +78,39 @@ static int64_t check(const uint8_t *p, uint64_t off, uint64_t len, uint64_t seed
   return -1;
 }
 
-static int fail(const char *what) {
+static int fail(const char* what) {
   printf("error: errno=%d %s: %s\n", errno, what, tether_strerror());
   fflush(stdout);
   return 1;
 }
 
-static const char *arg(int argc, char **argv, const char *name) {
+static const char* arg(int argc, char** argv, const char* name) {
   for (int i = 2; i < argc - 1; ++i)
     if (strcmp(argv[i], name) == 0) return argv[i + 1];
   return NULL;
 }
-static int flag(int argc, char **argv, const char *name) {
+static int flag(int argc, char** argv, const char* name) {
   for (int i = 2; i < argc; ++i)
     if (strcmp(argv[i], name) == 0) return 1;
   return 0;
 }
-static uint64_t num(const char *s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
+static uint64_t num(const char* s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
 
-static int do_export(int argc, char **argv) {
+static int do_export(int argc, char** argv) {
   uint64_t size = num(arg(argc, argv, "--size"), 1 << 20);
   uint64_t seed = num(arg(argc, argv, "--seed"), 1);
   uint64_t mode = num(arg(argc, argv, "--mode"), 0600);
-  const char *name = arg(argc, argv, "--name");
+  const char* name = arg(argc, argv, "--name");
   int no_export = flag(argc, argv, "--no-export");
   if (no_export && name) {
     errno = EINVAL;
     return fail("--no-export and --name exclude each other");
   }
-  uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  uint8_t* mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return fail("mmap");
   fill(mem, 0, size, seed);
   tether_segid_t segid =
-      no_export ? 0 : tether_make(mem, size, TETHER_PERMIT_MODE, (void *)(uintptr_t)mode);
+      no_export ? 0 : tether_make(mem, size, TETHER_PERMIT_MODE, (void*)(uintptr_t)mode);
   if (segid < 0) return fail("tether_make");
   if (name && tether_publish(segid, name) != 0) return fail("tether_publish");
   printf("segid=%" PRId64 "\nready\n", segid);
@@ -123,11 +123,14 @@ static int do_export(int argc, char **argv) {
         printf("error: range\n");
       } else {
         int64_t bad = check(mem + off, off, len, s);
-        if (bad < 0) printf("ok\n");
-        else printf("mismatch at %" PRId64 "\n", bad);
+        if (bad < 0)
+          printf("ok\n");
+        else
+          printf("mismatch at %" PRId64 "\n", bad);
       }
     } else if (sscanf(line, "fill %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
-      if (off > size || len > size - off) printf("error: range\n");
+      if (off > size || len > size - off)
+        printf("error: range\n");
       else {
         fill(mem + off, off, len, s);
         printf("ok\n");
@@ -153,13 +156,17 @@ static int do_export(int argc, char **argv) {
         rc = madvise(mem + off, len, MADV_DONTNEED);
       } else if (line[0] == 'r') {
         rc = mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                  -1, 0) == MAP_FAILED ? -1 : 0;
+                  -1, 0) == MAP_FAILED
+                 ? -1
+                 : 0;
       } else {
-        void *away = mremap(mem + off, len, len, MREMAP_MAYMOVE);
+        void* away = mremap(mem + off, len, len, MREMAP_MAYMOVE);
         rc = away == MAP_FAILED ? -1 : 0;
         if (rc == 0)
-          rc = mmap(mem + off, len, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED ? -1 : 0;
+          rc = mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                    -1, 0) == MAP_FAILED
+                   ? -1
+                   : 0;
       }
       clock_gettime(CLOCK_MONOTONIC, &b);
       if (rc != 0) {
@@ -178,7 +185,7 @@ static int do_export(int argc, char **argv) {
         continue;
       }
       size_t n = len / 4096;
-      void **pages = calloc(n, sizeof *pages);
+      void** pages = calloc(n, sizeof *pages);
       int *nodes = calloc(n, sizeof *nodes), *status = calloc(n, sizeof *status);
       for (size_t i = 0; i < n; ++i) {
         pages[i] = mem + off + i * 4096;
@@ -194,7 +201,7 @@ static int do_export(int argc, char **argv) {
         printf("error: errno=%d\n", errno);
       } else if (pageout) {
         long kb = -1;
-        FILE *f = fopen("/proc/self/smaps_rollup", "r");
+        FILE* f = fopen("/proc/self/smaps_rollup", "r");
         char l[256];
         while (f && fgets(l, sizeof l, f))
           if (sscanf(l, "Swap: %ld kB", &kb) == 1) break;
@@ -215,10 +222,12 @@ static int do_export(int argc, char **argv) {
       clock_gettime(CLOCK_MONOTONIC, &a);
       int rc = tether_munmap(mem + off, len);
       clock_gettime(CLOCK_MONOTONIC, &b);
-      if (rc != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
-      else printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+      if (rc != 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
     } else if (sscanf(line, "plain-munmap %" SCNu64, &len) == 1) {
-      uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      uint8_t* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (m == MAP_FAILED) {
         printf("error: errno=%d\n", errno);
       } else {
@@ -233,9 +242,10 @@ static int do_export(int argc, char **argv) {
       /* mprotect OFF LEN r|rw|none -> "ok MS" (how long the call took) */
       char p[8] = "";
       sscanf(line, "mprotect %*u %*u %7s", p);
-      int prot = strcmp(p, "rw") == 0 ? PROT_READ | PROT_WRITE
-                 : strcmp(p, "r") == 0 ? PROT_READ
-                 : strcmp(p, "none") == 0 ? PROT_NONE : -1;
+      int prot = strcmp(p, "rw") == 0     ? PROT_READ | PROT_WRITE
+                 : strcmp(p, "r") == 0    ? PROT_READ
+                 : strcmp(p, "none") == 0 ? PROT_NONE
+                                          : -1;
       if (prot < 0 || off > size || len > size - off) {
         printf("error: usage or range\n");
       } else {
@@ -243,8 +253,10 @@ static int do_export(int argc, char **argv) {
         clock_gettime(CLOCK_MONOTONIC, &a);
         int rc = mprotect(mem + off, len, prot);
         clock_gettime(CLOCK_MONOTONIC, &b);
-        if (rc != 0) printf("error: errno=%d\n", errno);
-        else printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+        if (rc != 0)
+          printf("error: errno=%d\n", errno);
+        else
+          printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
       }
     } else if (strncmp(line, "quit", 4) == 0) {
       break;
@@ -257,8 +269,8 @@ static int do_export(int argc, char **argv) {
 }
 
 /* Bytes allocated in the memfd behind the mapping at p (st_blocks). */
-static long long memfd_bytes(const void *p) {
-  FILE *f = fopen("/proc/self/maps", "r");
+static long long memfd_bytes(const void* p) {
+  FILE* f = fopen("/proc/self/maps", "r");
   char line[512];
   long long out = -1;
   uintptr_t a = (uintptr_t)p;
@@ -276,31 +288,43 @@ static long long memfd_bytes(const void *p) {
   return out;
 }
 
-static int interactive(uint8_t *p, uint64_t len, tether_apid_t apid) {
+static int interactive(uint8_t* p, uint64_t len, tether_apid_t apid) {
   printf("ready\n");
   fflush(stdout);
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     uint64_t s, o, l;
     if (sscanf(line, "read %" SCNu64, &o) == 1) {
-      if (o >= len) { printf("error: range\n"); fflush(stdout); continue; }
+      if (o >= len) {
+        printf("error: range\n");
+        fflush(stdout);
+        continue;
+      }
       printf("byte %u\n", p[o]);
     } else if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
       int64_t bad = check(p + o, o, l, s);
-      if (bad < 0) printf("ok\n");
-      else printf("mismatch at %" PRId64 "\n", bad);
+      if (bad < 0)
+        printf("ok\n");
+      else
+        printf("mismatch at %" PRId64 "\n", bad);
     } else if (sscanf(line, "write %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
       fill(p + o, o, l, s);
       printf("ok\n");
     } else if (strncmp(line, "sync", 4) == 0) {
-      if (tether_sync(p, len) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
-      else printf("ok\n");
+      if (tether_sync(p, len) != 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok\n");
     } else if (strncmp(line, "acquire", 7) == 0) {
-      if (tether_acquire(p, len) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
-      else printf("ok\n");
+      if (tether_acquire(p, len) != 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok\n");
     } else if (strncmp(line, "detach", 6) == 0) {
-      if (tether_detach(p) != 0) printf("error: errno=%d %s\n", errno, tether_strerror());
-      else printf("ok\n");
+      if (tether_detach(p) != 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok\n");
       fflush(stdout);
       tether_release(apid);
       return 0;
@@ -312,15 +336,15 @@ static int interactive(uint8_t *p, uint64_t len, tether_apid_t apid) {
   return 0;
 }
 
-static int do_map(int argc, char **argv) {
-  const char *uid = arg(argc, argv, "--uid");
+static int do_map(int argc, char** argv) {
+  const char* uid = arg(argc, argv, "--uid");
   if (uid) {
     uid_t u = (uid_t)num(uid, 65534);
     if (setresgid(u, u, u) != 0 || setresuid(u, u, u) != 0) return fail("setresuid");
   }
   int quiet = flag(argc, argv, "--quiet");
   tether_segid_t segid = (tether_segid_t)num(arg(argc, argv, "--segid"), 0);
-  const char *name = arg(argc, argv, "--name");
+  const char* name = arg(argc, argv, "--name");
   size_t segsize = 0;
   if (name) {
     segid = tether_lookup(name, &segsize);
@@ -329,16 +353,16 @@ static int do_map(int argc, char **argv) {
   uint64_t off = num(arg(argc, argv, "--offset"), 0);
   uint64_t len = num(arg(argc, argv, "--len"), segsize ? segsize - off : 4096);
   int rdonly = flag(argc, argv, "--rdonly");
-  tether_apid_t apid = tether_get(segid, rdonly ? TETHER_RDONLY : TETHER_RDWR,
-                                  TETHER_PERMIT_MODE, NULL);
+  tether_apid_t apid =
+      tether_get(segid, rdonly ? TETHER_RDONLY : TETHER_RDWR, TETHER_PERMIT_MODE, NULL);
   if (apid < 0) return fail("tether_get");
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  uint8_t *p = tether_attach(apid, (off_t)off, len, NULL);
+  uint8_t* p = tether_attach(apid, (off_t)off, len, NULL);
   if (p == TETHER_ATTACH_FAILED) return fail("tether_attach");
-  if (!quiet) printf("attached %" PRIu64 " bytes at %p\n", len, (void *)p);
+  if (!quiet) printf("attached %" PRIu64 " bytes at %p\n", len, (void*)p);
   if (flag(argc, argv, "--interactive")) return interactive(p, len, apid);
-  const char *verify = arg(argc, argv, "--verify");
+  const char* verify = arg(argc, argv, "--verify");
   if (verify) {
     int64_t bad = -1;
     if (flag(argc, argv, "--check-blocks")) {
@@ -359,14 +383,15 @@ static int do_map(int argc, char **argv) {
       printf("error: mismatch at segment offset %" PRId64 "\n", bad);
       return 1;
     }
-    if (!quiet) printf("verified %" PRIu64 " bytes in %.3f s (%.1f MB/s)\n", len, secs,
-                       len / secs / 1e6);
+    if (!quiet)
+      printf("verified %" PRIu64 " bytes in %.3f s (%.1f MB/s)\n", len, secs, len / secs / 1e6);
   }
-  const char *w = arg(argc, argv, "--write");
+  const char* w = arg(argc, argv, "--write");
   if (w) {
     /* --write SEED OFF LEN: three values after the flag */
     int i;
-    for (i = 2; i < argc && strcmp(argv[i], "--write") != 0; ++i) {}
+    for (i = 2; i < argc && strcmp(argv[i], "--write") != 0; ++i) {
+    }
     if (i + 3 >= argc) return fail("--write needs SEED OFF LEN");
     uint64_t ws = num(argv[i + 1], 0), wo = num(argv[i + 2], 0), wl = num(argv[i + 3], 0);
     if (wo < off || wo + wl > off + len) {
@@ -386,7 +411,7 @@ static int do_map(int argc, char **argv) {
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 2 && strcmp(argv[1], "export") == 0) return do_export(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "map") == 0) return do_map(argc, argv);

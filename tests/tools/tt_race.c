@@ -58,25 +58,25 @@ static uint64_t rnd(void) {
   return rng_state;
 }
 
-static const char *arg(int argc, char **argv, const char *name) {
+static const char* arg(int argc, char** argv, const char* name) {
   for (int i = 2; i < argc - 1; ++i)
     if (strcmp(argv[i], name) == 0) return argv[i + 1];
   return NULL;
 }
 
-static int do_export(int argc, char **argv) {
+static int do_export(int argc, char** argv) {
   uint64_t pages = strtoull(arg(argc, argv, "--pages"), NULL, 0);
   uint64_t iters = strtoull(arg(argc, argv, "--iters"), NULL, 0);
-  const char *gap_arg = arg(argc, argv, "--gap-us");
+  const char* gap_arg = arg(argc, argv, "--gap-us");
   useconds_t gap_us = gap_arg ? (useconds_t)strtoul(gap_arg, NULL, 0) : 0;
   rng_state = strtoull(arg(argc, argv, "--seed"), NULL, 0) | 1;
-  const char *log = arg(argc, argv, "--log");
-  uint8_t *mem = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  uint64_t *epoch = calloc(pages, sizeof(uint64_t));
+  const char* log = arg(argc, argv, "--log");
+  uint8_t* mem =
+      mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  uint64_t* epoch = calloc(pages, sizeof(uint64_t));
   uint64_t next = 1;
-  for (uint64_t p = 0; p < pages; ++p) *(volatile uint64_t *)(mem + p * PAGE) = epoch[p] = next++;
-  tether_segid_t segid = tether_make(mem, pages * PAGE, TETHER_PERMIT_MODE, (void *)0644);
+  for (uint64_t p = 0; p < pages; ++p) *(volatile uint64_t*)(mem + p * PAGE) = epoch[p] = next++;
+  tether_segid_t segid = tether_make(mem, pages * PAGE, TETHER_PERMIT_MODE, (void*)0644);
   if (segid < 0 || tether_publish(segid, arg(argc, argv, "--name")) != 0) {
     printf("error: %s\n", tether_strerror());
     return 1;
@@ -85,7 +85,7 @@ static int do_export(int argc, char **argv) {
   fflush(stdout);
   char line[64];
   if (!fgets(line, sizeof line, stdin)) return 1;
-  FILE *f = fopen(log, "w");
+  FILE* f = fopen(log, "w");
   uint64_t counts[3] = {0};
   for (uint64_t i = 0; i < iters; ++i) {
     uint64_t first = rnd() % pages, n = 1 + rnd() % 4;
@@ -94,16 +94,16 @@ static int do_export(int argc, char **argv) {
     for (uint64_t p = first; p < first + n; ++p)
       if (epoch[p] > newest) newest = epoch[p];
     int op = (int)(rnd() % 3);
-    uint8_t *at = mem + first * PAGE;
+    uint8_t* at = mem + first * PAGE;
     size_t len = n * PAGE;
     int rc = 0;
     if (op == 0) {
-      rc = mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
-                0) == MAP_FAILED;
+      rc = mmap(at, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+           MAP_FAILED;
     } else if (op == 1) {
       rc = madvise(at, len, MADV_DONTNEED);
     } else {
-      void *away = mremap(at, len, len, MREMAP_MAYMOVE);
+      void* away = mremap(at, len, len, MREMAP_MAYMOVE);
       rc = away == MAP_FAILED;
       if (!rc) {
         munmap(away, len);
@@ -119,14 +119,14 @@ static int do_export(int argc, char **argv) {
     ++counts[op];
     fprintf(f, "%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", t, first, n, newest);
     for (uint64_t p = first; p < first + n; ++p)
-      *(volatile uint64_t *)(mem + p * PAGE) = epoch[p] = next++;
+      *(volatile uint64_t*)(mem + p * PAGE) = epoch[p] = next++;
     if (rnd() % 4 == 0) usleep(rnd() % 300);
     if (gap_us) usleep(gap_us);
   }
   fclose(f);
   free(epoch);
-  printf("done replace=%" PRIu64 " dontneed=%" PRIu64 " mremap=%" PRIu64 "\n", counts[0],
-         counts[1], counts[2]);
+  printf("done replace=%" PRIu64 " dontneed=%" PRIu64 " mremap=%" PRIu64 "\n", counts[0], counts[1],
+         counts[2]);
   return 0;
 }
 
@@ -136,7 +136,7 @@ static void on_sigbus(int sig) {
   siglongjmp(jump, 1);
 }
 
-static int do_map(int argc, char **argv) {
+static int do_map(int argc, char** argv) {
   uint64_t pages = strtoull(arg(argc, argv, "--pages"), NULL, 0);
   rng_state = (strtoull(arg(argc, argv, "--seed"), NULL, 0) + 1) * 0x9e3779b97f4a7c15ull;
   size_t segsize = 0;
@@ -149,10 +149,10 @@ static int do_map(int argc, char **argv) {
   sa.sa_handler = on_sigbus;
   sigaction(SIGBUS, &sa, NULL);
   size_t cap = 4u << 20, count = 0;
-  uint64_t *rec = malloc(cap * 3 * sizeof(uint64_t));
+  uint64_t* rec = malloc(cap * 3 * sizeof(uint64_t));
   uint64_t sigbus = 0;
   tether_apid_t apid = tether_get(segid, TETHER_RDONLY, TETHER_PERMIT_MODE, NULL);
-  volatile uint8_t *p = tether_attach(apid, 0, pages * PAGE, NULL);
+  volatile uint8_t* p = tether_attach(apid, 0, pages * PAGE, NULL);
   if (apid < 0 || p == TETHER_ATTACH_FAILED) {
     printf("error: %s\n", tether_strerror());
     return 1;
@@ -168,7 +168,7 @@ static int do_map(int argc, char **argv) {
       /* The library made the page raise SIGBUS (it was unmapped when we
        * fetched it): start over with a new attachment. */
       ++sigbus;
-      tether_detach((void *)p);
+      tether_detach((void*)p);
       p = tether_attach(apid, 0, pages * PAGE, NULL);
       if (p == TETHER_ATTACH_FAILED) {
         printf("error: reattach: %s\n", tether_strerror());
@@ -176,7 +176,7 @@ static int do_map(int argc, char **argv) {
       }
       continue;
     }
-    uint64_t v = *(volatile uint64_t *)(p + page * PAGE);
+    uint64_t v = *(volatile uint64_t*)(p + page * PAGE);
     if (count < cap) {
       rec[3 * count] = t;
       rec[3 * count + 1] = page;
@@ -184,7 +184,7 @@ static int do_map(int argc, char **argv) {
       ++count;
     }
   }
-  FILE *f = fopen(arg(argc, argv, "--log"), "w");
+  FILE* f = fopen(arg(argc, argv, "--log"), "w");
   for (size_t i = 0; i < count; ++i)
     fprintf(f, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", rec[3 * i], rec[3 * i + 1], rec[3 * i + 2]);
   fclose(f);
@@ -193,18 +193,20 @@ static int do_map(int argc, char **argv) {
   return 0;
 }
 
-struct call { uint64_t t, first, n, newest; };
-static int by_time(const void *a, const void *b) {
+struct call {
+  uint64_t t, first, n, newest;
+};
+static int by_time(const void* a, const void* b) {
   const struct call *x = a, *y = b;
   return x->t < y->t ? -1 : x->t > y->t;
 }
 
-static int do_check(int argc, char **argv) {
-  const char *elog = arg(argc, argv, "--log");
-  FILE *f = fopen(elog, "r");
+static int do_check(int argc, char** argv) {
+  const char* elog = arg(argc, argv, "--log");
+  FILE* f = fopen(elog, "r");
   if (!f) return 2;
   size_t ncalls = 0, cap = 1024;
-  struct call *calls = malloc(cap * sizeof *calls);
+  struct call* calls = malloc(cap * sizeof *calls);
   struct call c;
   while (fscanf(f, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &c.t, &c.first, &c.n,
                 &c.newest) == 4) {
@@ -218,13 +220,13 @@ static int do_check(int argc, char **argv) {
     char path[4096];
     int64_t offset = 0, slack = 0;
     snprintf(path, sizeof path, "%s", argv[i]);
-    char *at = strrchr(path, '@');
+    char* at = strrchr(path, '@');
     if (at) {
       *at = 0;
       if (sscanf(at + 1, "%" SCNd64 ",%" SCNd64, &offset, &slack) != 2 || slack < 0) return 2;
       printf("%s: clock offset %" PRId64 " ns, slack %" PRId64 " ns\n", path, offset, slack);
     }
-    FILE *m = fopen(path, "r");
+    FILE* m = fopen(path, "r");
     if (!m) return 2;
     uint64_t t, page, v;
     while (fscanf(m, "%" SCNu64 " %" SCNu64 " %" SCNu64, &t, &page, &v) == 3) {
@@ -255,7 +257,7 @@ static int do_check(int argc, char **argv) {
   return violations ? 1 : 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 2 && strcmp(argv[1], "export") == 0) return do_export(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "map") == 0) return do_map(argc, argv);

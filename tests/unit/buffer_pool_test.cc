@@ -12,7 +12,7 @@ namespace {
 TEST(BufferPool, RejectsBadShapes) {
   EXPECT_FALSE(BufferPool::Create(0, 4096).ok());
   EXPECT_FALSE(BufferPool::Create(4, 0).ok());
-  EXPECT_FALSE(BufferPool::Create(4, 1000).ok());          // not page-sized
+  EXPECT_FALSE(BufferPool::Create(4, 1000).ok());             // not page-sized
   EXPECT_FALSE(BufferPool::Create(1u << 20, 1u << 20).ok());  // over 1 GiB
 }
 

@@ -8,11 +8,11 @@ namespace tether {
 namespace {
 
 // Every errno the daemon produces or the C API documents.
-constexpr int kErrnos[] = {EPERM,  ENOENT,   ESRCH,        EIO,      ENOMEM,     EACCES,
-                           EFAULT, EBUSY,    EEXIST,       EINVAL,   ENOSPC,     EMFILE,
-                           EPIPE,  ERANGE,   EAGAIN,       ENOSYS,   EIDRM,      EPROTO,
-                           ENOTCONN, ECONNRESET, ECONNREFUSED, EHOSTUNREACH, ETIMEDOUT,
-                           EOPNOTSUPP, ESHUTDOWN, EADDRNOTAVAIL, ENODEV};
+constexpr int kErrnos[] = {
+    EPERM,        ENOENT,    ESRCH,      EIO,       ENOMEM,        EACCES,     EFAULT,
+    EBUSY,        EEXIST,    EINVAL,     ENOSPC,    EMFILE,        EPIPE,      ERANGE,
+    EAGAIN,       ENOSYS,    EIDRM,      EPROTO,    ENOTCONN,      ECONNRESET, ECONNREFUSED,
+    EHOSTUNREACH, ETIMEDOUT, EOPNOTSUPP, ESHUTDOWN, EADDRNOTAVAIL, ENODEV};
 
 TEST(Errors, ErrnoSurvivesToErrno) {
   for (int err : kErrnos) {

@@ -10,9 +10,9 @@
 namespace tether {
 namespace {
 
-constexpr int kErrnos[] = {EPERM, ENOENT, ESRCH, EIO, ENOMEM, EACCES, EFAULT, EBUSY,
-                           EEXIST, EINVAL, ENOSPC, EAGAIN, EIDRM, ENOTCONN, EHOSTUNREACH,
-                           ETIMEDOUT, EOPNOTSUPP, ESHUTDOWN};
+constexpr int kErrnos[] = {EPERM,  ENOENT,   ESRCH,        EIO,       ENOMEM,     EACCES,
+                           EFAULT, EBUSY,    EEXIST,       EINVAL,    ENOSPC,     EAGAIN,
+                           EIDRM,  ENOTCONN, EHOSTUNREACH, ETIMEDOUT, EOPNOTSUPP, ESHUTDOWN};
 
 TEST(GrpcStatus, EveryErrnoCrossesUnchanged) {
   for (int err : kErrnos) {

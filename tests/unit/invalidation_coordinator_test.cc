@@ -28,8 +28,7 @@ constexpr uint64_t kSize = 16 * 4096;
 class FakeChannel : public InvalidationChannel {
  public:
   enum Mode { kAck, kSilent, kDead };
-  void Send(uint32_t node, const InvalidationNotice& n, absl::Duration,
-            Done done) override {
+  void Send(uint32_t node, const InvalidationNotice& n, absl::Duration, Done done) override {
     absl::MutexLock lock(&mu);
     sent.push_back({node, n});
     Mode m = modes.count(node) ? modes[node] : kAck;

@@ -47,14 +47,14 @@ inline std::string MissingPidfdOpen() {
 
 // In a test body or SetUp(): skip (or fail, under TETHER_REQUIRE_KERNEL_FEATURES)
 // when `missing` (one of the probes above) is not empty.
-#define TETHER_REQUIRE_KERNEL_FEATURE(missing)                                            \
-  do {                                                                                    \
-    std::string why_ = (missing);                                                         \
-    if (!why_.empty()) {                                                                  \
-      if (std::getenv("TETHER_REQUIRE_KERNEL_FEATURES"))                                  \
+#define TETHER_REQUIRE_KERNEL_FEATURE(missing)                                                \
+  do {                                                                                        \
+    std::string why_ = (missing);                                                             \
+    if (!why_.empty()) {                                                                      \
+      if (std::getenv("TETHER_REQUIRE_KERNEL_FEATURES"))                                      \
         FAIL() << "kernel feature missing (TETHER_REQUIRE_KERNEL_FEATURES is set): " << why_; \
-      GTEST_SKIP() << "kernel feature missing: " << why_;                                 \
-    }                                                                                     \
+      GTEST_SKIP() << "kernel feature missing: " << why_;                                     \
+    }                                                                                         \
   } while (0)
 
 #endif  // TETHER_TESTS_UNIT_KERNEL_FEATURE_H_

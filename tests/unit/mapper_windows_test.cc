@@ -42,7 +42,8 @@ class FakeHome : public BlockServer {
     if (refuse) return Retry("window");
     std::memcpy(dst.data(), mem.data() + off, dst.size());
     // Read, then "on the wire" until the test lets it arrive.
-    mu.Await(absl::Condition(+[](bool* h) { return !*h; }, &hold));
+    mu.Await(absl::Condition(
+        +[](bool* h) { return !*h; }, &hold));
     return absl::OkStatus();
   }
   absl::Status WriteBlocks(uint32_t, uint64_t, uint64_t, uint64_t off,
@@ -107,10 +108,9 @@ class MapperWindowsTest : public ::testing::Test {
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
-  FaultService faults_{&data_, 64 << 20,
-                       [this](const Attachment&, uint64_t, uint64_t, const std::string&) {
-                         ++sigbus_;
-                       }};
+  FaultService faults_{
+      &data_, 64 << 20,
+      [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }};
   std::shared_ptr<Attachment> att_;
   uint8_t* map_ = nullptr;
 };

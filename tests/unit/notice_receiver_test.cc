@@ -12,8 +12,8 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
-#include "daemon/common/segid.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/segid.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/peer/notice_codec.h"
 

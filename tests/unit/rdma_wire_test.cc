@@ -70,7 +70,7 @@ TEST(RdmaWire, RejectsWhatAPeerCouldGetWrong) {
   }));
   EncodeRdmaMessage(Request(), buf);
   EXPECT_FALSE(DecodeRdmaMessage(buf, sizeof(buf) - 1, kSlot).ok());  // short
-  buf[61] = 1;                                                         // reserved
+  buf[61] = 1;                                                        // reserved
   EXPECT_FALSE(DecodeRdmaMessage(buf, sizeof(buf), kSlot).ok());
   EncodeRdmaMessage(Request(), buf);
   buf[0] ^= 1;  // magic

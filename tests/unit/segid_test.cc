@@ -31,8 +31,8 @@ TEST(Segid, RejectsOutOfRangeParts) {
 TEST(Segid, ParseRejectsNonSegids) {
   SegidParts p;
   EXPECT_FALSE(ParseSegid(0, &p));
-  EXPECT_FALSE(ParseSegid(12345, &p));                // no node, no incarnation
-  EXPECT_FALSE(ParseSegid(uint64_t{1} << 63, &p));    // negative as int64
+  EXPECT_FALSE(ParseSegid(12345, &p));                                // no node, no incarnation
+  EXPECT_FALSE(ParseSegid(uint64_t{1} << 63, &p));                    // negative as int64
   EXPECT_FALSE(ParseSegid(MakeSegid(1, 1, 1) & ~0xffffffffull, &p));  // local 0
 }
 

@@ -15,8 +15,8 @@
 
 #include "tests/unit/kernel_feature.h"
 
-#include "daemon/common/segid.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/segid.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {

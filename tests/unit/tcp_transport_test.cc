@@ -185,8 +185,8 @@ class RecordingNotices : public NoticeServer {
 absl::Status NotifySync(TcpTransport& t, uint32_t node, const std::string& payload) {
   absl::Notification n;
   absl::Status result;
-  t.Notify(node, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()),
-                                     payload.size()),
+  t.Notify(node,
+           absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
            [&](absl::Status st) {
              result = st;
              n.Notify();

@@ -54,14 +54,14 @@ static uint64_t mix(uint64_t x) {
 }
 
 /* pattern(seed) at byte offset off (the same pattern as tests/tools/tt.c). */
-static void fill(uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+static void fill(uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   for (uint64_t i = 0; i < len;) {
     uint64_t a = off + i, w = mix(seed * 0x100000001b3ull ^ (a / 8));
     for (uint64_t k = a % 8; k < 8 && i < len; ++k, ++i) p[i] = (uint8_t)(w >> (8 * k));
   }
 }
 
-static int64_t check(const uint8_t *p, uint64_t off, uint64_t len, uint64_t seed) {
+static int64_t check(const uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   uint8_t buf[4096];
   for (uint64_t i = 0; i < len; i += sizeof buf) {
     uint64_t n = len - i < sizeof buf ? len - i : sizeof buf;
@@ -73,38 +73,38 @@ static int64_t check(const uint8_t *p, uint64_t off, uint64_t len, uint64_t seed
   return -1;
 }
 
-static int fail(const char *what) {
+static int fail(const char* what) {
   printf("error: errno=%d %s: %s\n", errno, what, strerror(errno));
   return 1;
 }
 
-static const char *arg(int argc, char **argv, const char *name) {
+static const char* arg(int argc, char** argv, const char* name) {
   for (int i = 2; i < argc - 1; ++i)
     if (strcmp(argv[i], name) == 0) return argv[i + 1];
   return NULL;
 }
-static int flag(int argc, char **argv, const char *name) {
+static int flag(int argc, char** argv, const char* name) {
   for (int i = 2; i < argc; ++i)
     if (strcmp(argv[i], name) == 0) return 1;
   return 0;
 }
-static uint64_t num(const char *s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
+static uint64_t num(const char* s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
 
-static int produce(int argc, char **argv) {
+static int produce(int argc, char** argv) {
   uint64_t size = num(arg(argc, argv, "--size"), 1 << 20);
   uint64_t seed = num(arg(argc, argv, "--seed"), 1);
   uint64_t mode = num(arg(argc, argv, "--mode"), 0644);
   int whole = flag(argc, argv, "--whole");
-  uint8_t *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  uint8_t* mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return fail("mmap");
   fill(mem, 0, size, seed);
   xpmem_segid_t segid =
-      whole ? xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)(uintptr_t)mode)
-            : xpmem_make(mem, size, XPMEM_PERMIT_MODE, (void *)(uintptr_t)mode);
+      whole ? xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void*)(uintptr_t)mode)
+            : xpmem_make(mem, size, XPMEM_PERMIT_MODE, (void*)(uintptr_t)mode);
   if (segid < 0) return fail("xpmem_make");
   if (whole) { /* a file-backed mapping, for consumers to attach too */
-    FILE *self = fopen("/proc/self/exe", "r");
-    void *f = self ? mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fileno(self), 0) : MAP_FAILED;
+    FILE* self = fopen("/proc/self/exe", "r");
+    void* f = self ? mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fileno(self), 0) : MAP_FAILED;
     if (f == MAP_FAILED) return fail("mmap of /proc/self/exe");
     fclose(self);
     printf("file=%" PRIu64 "\n", (uint64_t)(uintptr_t)f);
@@ -116,9 +116,12 @@ static int produce(int argc, char **argv) {
     uint64_t s, off, len;
     if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
       int64_t bad = off > size || len > size - off ? 0 : check(mem + off, off, len, s);
-      if (off > size || len > size - off) printf("error: range\n");
-      else if (bad < 0) printf("ok\n");
-      else printf("mismatch at %" PRId64 "\n", bad);
+      if (off > size || len > size - off)
+        printf("error: range\n");
+      else if (bad < 0)
+        printf("ok\n");
+      else
+        printf("mismatch at %" PRId64 "\n", bad);
     } else if (sscanf(line, "fill %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
       if (off > size || len > size - off) {
         printf("error: range\n");
@@ -127,20 +130,24 @@ static int produce(int argc, char **argv) {
         printf("ok\n");
       }
     } else if (sscanf(line, "unmap %" SCNu64 " %" SCNu64, &off, &len) == 2) {
-      if (off > size || len > size - off || munmap(mem + off, len) != 0) printf("error: range\n");
-      else printf("ok\n");
+      if (off > size || len > size - off || munmap(mem + off, len) != 0)
+        printf("error: range\n");
+      else
+        printf("ok\n");
     } else if (sscanf(line, "remap %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
       if (off > size || len > size - off ||
-          mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-               -1, 0) == MAP_FAILED) {
+          mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+               0) == MAP_FAILED) {
         printf("error: range\n");
       } else {
         fill(mem + off, off, len, s);
         printf("ok\n");
       }
     } else if (strncmp(line, "remove", 6) == 0) {
-      if (xpmem_remove(segid) != 0) printf("error: errno=%d remove\n", errno);
-      else printf("ok\n");
+      if (xpmem_remove(segid) != 0)
+        printf("error: errno=%d remove\n", errno);
+      else
+        printf("ok\n");
     } else if (strncmp(line, "quit", 4) == 0) {
       break;
     } else {
@@ -155,33 +162,37 @@ struct consumer {
   off_t offset;
   uint64_t base; /* segment offset of the pattern's offset 0 */
   uint64_t len;
-  void *fixed; /* NULL: the system chooses */
-  uint8_t *p;
+  void* fixed; /* NULL: the system chooses */
+  uint8_t* p;
 };
 
-static int do_attach(struct consumer *c) {
+static int do_attach(struct consumer* c) {
   struct xpmem_addr addr = {c->apid, c->offset};
-  void *p = xpmem_attach(addr, c->len, c->fixed);
-  if (p == (void *)-1) return -1;
+  void* p = xpmem_attach(addr, c->len, c->fixed);
+  if (p == (void*)-1) return -1;
   c->p = p;
   return 0;
 }
 
-static int interactive(struct consumer *c) {
+static int interactive(struct consumer* c) {
   printf("ready\n");
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     uint64_t s, o, l;
     if (sscanf(line, "read %" SCNu64, &o) == 1) {
-      if (!c->p || o >= c->len) printf("error: range\n");
-      else printf("byte %u\n", c->p[o]);
+      if (!c->p || o >= c->len)
+        printf("error: range\n");
+      else
+        printf("byte %u\n", c->p[o]);
     } else if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
       if (!c->p || o > c->len || l > c->len - o) {
         printf("error: range\n");
       } else {
         int64_t bad = check(c->p + o, (uint64_t)c->offset - c->base + o, l, s);
-        if (bad < 0) printf("ok\n");
-        else printf("mismatch at %" PRId64 "\n", bad);
+        if (bad < 0)
+          printf("ok\n");
+        else
+          printf("mismatch at %" PRId64 "\n", bad);
       }
     } else if (sscanf(line, "write %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
       if (!c->p || o > c->len || l > c->len - o) {
@@ -191,18 +202,24 @@ static int interactive(struct consumer *c) {
         printf("ok\n");
       }
     } else if (strncmp(line, "detach", 6) == 0) {
-      if (!c->p) printf("error: not attached\n");
-      else if (xpmem_detach(c->p) != 0) printf("error: errno=%d detach\n", errno);
+      if (!c->p)
+        printf("error: not attached\n");
+      else if (xpmem_detach(c->p) != 0)
+        printf("error: errno=%d detach\n", errno);
       else {
         c->p = NULL;
         printf("ok\n");
       }
     } else if (strncmp(line, "attach", 6) == 0) {
-      if (c->p) printf("error: attached\n");
-      else if (do_attach(c) != 0) printf("error: errno=%d attach\n", errno);
-      else printf("ok\n");
+      if (c->p)
+        printf("error: attached\n");
+      else if (do_attach(c) != 0)
+        printf("error: errno=%d attach\n", errno);
+      else
+        printf("ok\n");
     } else if (strncmp(line, "release", 7) == 0) {
-      if (xpmem_release(c->apid) != 0) printf("error: errno=%d release\n", errno);
+      if (xpmem_release(c->apid) != 0)
+        printf("error: errno=%d release\n", errno);
       else {
         c->p = NULL;
         printf("ok\n");
@@ -214,8 +231,8 @@ static int interactive(struct consumer *c) {
   return 0;
 }
 
-static int consume(int argc, char **argv) {
-  const char *uid = arg(argc, argv, "--uid");
+static int consume(int argc, char** argv) {
+  const char* uid = arg(argc, argv, "--uid");
   if (uid) {
     uid_t u = (uid_t)num(uid, 65534);
     if (setresgid(u, u, u) != 0 || setresuid(u, u, u) != 0) return fail("setresuid");
@@ -235,17 +252,17 @@ static int consume(int argc, char **argv) {
   }
   if (flag(argc, argv, "--fixed")) {
     /* reserve a range with a guard page before it, attach into it */
-    uint8_t *r = mmap(NULL, c.len + 8192, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint8_t* r = mmap(NULL, c.len + 8192, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r == MAP_FAILED) return fail("mmap");
     c.fixed = r + 4096;
   }
   if (do_attach(&c) != 0) return fail("xpmem_attach");
   if (c.fixed && c.p != c.fixed) {
-    printf("error: attached at %p, asked for %p\n", (void *)c.p, c.fixed);
+    printf("error: attached at %p, asked for %p\n", (void*)c.p, c.fixed);
     return 1;
   }
   if (flag(argc, argv, "--interactive")) return interactive(&c);
-  const char *verify = arg(argc, argv, "--verify");
+  const char* verify = arg(argc, argv, "--verify");
   if (verify) {
     int64_t bad = check(c.p, (uint64_t)c.offset - c.base, c.len, num(verify, 0));
     if (bad >= 0) {
@@ -274,7 +291,7 @@ static int consume(int argc, char **argv) {
   return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 2 && strcmp(argv[1], "produce") == 0) return produce(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "consume") == 0) return consume(argc, argv);

@@ -25,11 +25,11 @@
 #define PAGE 4096
 #define SEG_PAGES 16
 #define SEG_SIZE (SEG_PAGES * PAGE)
-#define FAILED_PTR ((void *)-1)
+#define FAILED_PTR ((void*)-1)
 
 static int checks, failures;
 
-static void report(int ok, const char *name, const char *fmt, ...) {
+static void report(int ok, const char* name, const char* fmt, ...) {
   ++checks;
   if (ok) {
     printf("ok %s\n", name);
@@ -46,24 +46,26 @@ static void report(int ok, const char *name, const char *fmt, ...) {
 }
 
 /* rc is the call's return value (as long long); want_err 0 means success. */
-static void expect_rc(const char *name, long long rc, int want_err) {
+static void expect_rc(const char* name, long long rc, int want_err) {
   int err = errno;
   if (want_err == 0)
     report(rc >= 0, name, "returned %lld, errno %d (%s)", rc, err, strerror(err));
   else
-    report(rc == -1 && err == want_err, name, "returned %lld errno %d (%s), wanted -1 errno %d (%s)",
-           rc, rc == -1 ? err : 0, rc == -1 ? strerror(err) : "-", want_err, strerror(want_err));
+    report(rc == -1 && err == want_err, name,
+           "returned %lld errno %d (%s), wanted -1 errno %d (%s)", rc, rc == -1 ? err : 0,
+           rc == -1 ? strerror(err) : "-", want_err, strerror(want_err));
 }
 
-static void expect_attach_fails(const char *name, void *p, int want_err) {
+static void expect_attach_fails(const char* name, void* p, int want_err) {
   int err = errno;
-  report(p == FAILED_PTR && err == want_err, name, "returned %p errno %d (%s), wanted errno %d (%s)",
-         p, p == FAILED_PTR ? err : 0, strerror(err), want_err, strerror(want_err));
+  report(p == FAILED_PTR && err == want_err, name,
+         "returned %p errno %d (%s), wanted errno %d (%s)", p, p == FAILED_PTR ? err : 0,
+         strerror(err), want_err, strerror(want_err));
 }
 
-static int mapped(const void *p) {
+static int mapped(const void* p) {
   unsigned char vec;
-  return !(mincore((void *)((uintptr_t)p & ~(uintptr_t)(PAGE - 1)), PAGE, &vec) != 0 &&
+  return !(mincore((void*)((uintptr_t)p & ~(uintptr_t)(PAGE - 1)), PAGE, &vec) != 0 &&
            errno == ENOMEM);
 }
 
@@ -72,11 +74,11 @@ static unsigned char byte_at(size_t off) { return (unsigned char)(off * 7 + 3); 
 /* The producer: exports SEG_SIZE bytes (mode 0644), sends the segid, then
  * obeys one-byte commands: 'r' remove (replies errno as a byte), 'q' quit. */
 static int producer(int cmd_fd, int reply_fd) {
-  unsigned char *mem = mmap(NULL, SEG_SIZE, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char* mem =
+      mmap(NULL, SEG_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return 1;
   for (size_t i = 0; i < SEG_SIZE; ++i) mem[i] = byte_at(i);
-  xpmem_segid_t segid = xpmem_make(mem, SEG_SIZE, XPMEM_PERMIT_MODE, (void *)0644);
+  xpmem_segid_t segid = xpmem_make(mem, SEG_SIZE, XPMEM_PERMIT_MODE, (void*)0644);
   if (write(reply_fd, &segid, sizeof segid) != sizeof segid) return 1;
   if (segid < 0) return 1;
   char c;
@@ -115,43 +117,41 @@ int main(void) {
          xpmem_version());
 
   /* ---- make ---- */
-  unsigned char *buf = mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char* buf =
+      mmap(NULL, 4 * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (buf == MAP_FAILED) return 2;
   memset(buf, 0x5a, 4 * PAGE);
-  expect_rc("make_bad_permit_type_0", xpmem_make(buf, PAGE, 0, (void *)0600), EINVAL);
-  expect_rc("make_bad_permit_type_2", xpmem_make(buf, PAGE, 2, (void *)0600), EINVAL);
-  expect_rc("make_permit_value_beyond_0777",
-            xpmem_make(buf, PAGE, XPMEM_PERMIT_MODE, (void *)01000), EINVAL);
-  expect_rc("make_zero_size", xpmem_make(buf, 0, XPMEM_PERMIT_MODE, (void *)0600), EINVAL);
-  expect_rc("make_unaligned_vaddr", xpmem_make(buf + 8, PAGE, XPMEM_PERMIT_MODE, (void *)0600),
+  expect_rc("make_bad_permit_type_0", xpmem_make(buf, PAGE, 0, (void*)0600), EINVAL);
+  expect_rc("make_bad_permit_type_2", xpmem_make(buf, PAGE, 2, (void*)0600), EINVAL);
+  expect_rc("make_permit_value_beyond_0777", xpmem_make(buf, PAGE, XPMEM_PERMIT_MODE, (void*)01000),
             EINVAL);
-  expect_rc("make_unaligned_size", xpmem_make(buf, PAGE + 1, XPMEM_PERMIT_MODE, (void *)0600),
+  expect_rc("make_zero_size", xpmem_make(buf, 0, XPMEM_PERMIT_MODE, (void*)0600), EINVAL);
+  expect_rc("make_unaligned_vaddr", xpmem_make(buf + 8, PAGE, XPMEM_PERMIT_MODE, (void*)0600),
+            EINVAL);
+  expect_rc("make_unaligned_size", xpmem_make(buf, PAGE + 1, XPMEM_PERMIT_MODE, (void*)0600),
             EINVAL);
   expect_rc("make_overflowing_size",
-            xpmem_make(buf, (size_t)-1 - 2 * PAGE + 1, XPMEM_PERMIT_MODE, (void *)0600), EINVAL);
+            xpmem_make(buf, (size_t)-1 - 2 * PAGE + 1, XPMEM_PERMIT_MODE, (void*)0600), EINVAL);
   expect_rc("make_beyond_user_space",
-            xpmem_make((void *)0x7ffffffff000ul, 2 * PAGE, XPMEM_PERMIT_MODE, (void *)0600),
-            EINVAL);
+            xpmem_make((void*)0x7ffffffff000ul, 2 * PAGE, XPMEM_PERMIT_MODE, (void*)0600), EINVAL);
   /* Whole-address-space exports, as UCX, Open MPI and MPICH make them. */
-  xpmem_segid_t whole = xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600);
+  xpmem_segid_t whole = xpmem_make(NULL, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void*)0600);
   expect_rc("make_whole_address_space", whole, 0);
   expect_rc("remove_whole_address_space", whole >= 0 ? xpmem_remove(whole) : -1, 0);
   /* XPMEM adds vaddr + size with wrap-around: MAXADDR means "whole" only
    * from NULL; from any other address it is an overflowing size. */
   expect_rc("make_maxaddr_from_buffer",
-            xpmem_make(buf, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600), EINVAL);
+            xpmem_make(buf, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void*)0600), EINVAL);
   xpmem_segid_t from_null =
-      xpmem_make(NULL, 0x7ffffffff000ul, XPMEM_PERMIT_MODE, (void *)0666); /* Open MPI's */
+      xpmem_make(NULL, 0x7ffffffff000ul, XPMEM_PERMIT_MODE, (void*)0666); /* Open MPI's */
   expect_rc("make_from_null", from_null, 0);
   expect_rc("remove_from_null", from_null >= 0 ? xpmem_remove(from_null) : -1, 0);
   expect_rc("make_maxaddr_from_beyond_user_space",
-            xpmem_make((void *)0x7ffffffff000ul, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE,
-                       (void *)0600),
+            xpmem_make((void*)0x7ffffffff000ul, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void*)0600),
             EINVAL);
   expect_rc("make_maxaddr_unaligned_vaddr",
-            xpmem_make(buf + 8, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void *)0600), EINVAL);
-  xpmem_segid_t own = xpmem_make(buf, 4 * PAGE, XPMEM_PERMIT_MODE, (void *)0600);
+            xpmem_make(buf + 8, XPMEM_MAXADDR_SIZE, XPMEM_PERMIT_MODE, (void*)0600), EINVAL);
+  xpmem_segid_t own = xpmem_make(buf, 4 * PAGE, XPMEM_PERMIT_MODE, (void*)0600);
   expect_rc("make_ok", own, 0);
 
   /* ---- get ---- */
@@ -170,7 +170,7 @@ int main(void) {
   expect_rc("get_rdwr", ap_rw, 0);
   xpmem_apid_t ap_ro = xpmem_get(peer, XPMEM_RDONLY, XPMEM_PERMIT_MODE, NULL);
   expect_rc("get_rdonly", ap_ro, 0);
-  xpmem_apid_t ap_0 = xpmem_get(peer, 0, XPMEM_PERMIT_MODE, (void *)0600);
+  xpmem_apid_t ap_0 = xpmem_get(peer, 0, XPMEM_PERMIT_MODE, (void*)0600);
   expect_rc("get_flags_0_and_permit_value_ignored", ap_0, 0);
 
   /* ---- remove ---- */
@@ -197,7 +197,7 @@ int main(void) {
   a.offset = 0;
   expect_attach_fails("attach_unaligned_vaddr", xpmem_attach(a, PAGE, buf + 8), EINVAL);
   expect_attach_fails("attach_vaddr_outside_user_space",
-                      xpmem_attach(a, PAGE, (void *)0x7ffffffff000ul), EINVAL);
+                      xpmem_attach(a, PAGE, (void*)0x7ffffffff000ul), EINVAL);
   expect_attach_fails("attach_zero_size", xpmem_attach(a, 0, NULL), EINVAL);
   expect_attach_fails("attach_overflowing_size", xpmem_attach(a, (size_t)-1, NULL), EINVAL);
   expect_attach_fails("attach_too_large", xpmem_attach(a, SEG_SIZE + PAGE, NULL), EINVAL);
@@ -210,7 +210,7 @@ int main(void) {
 
   /* an unaligned size is rounded up to pages, as XPMEM does */
   a.offset = 2 * PAGE;
-  unsigned char *p = xpmem_attach(a, 100, NULL);
+  unsigned char* p = xpmem_attach(a, 100, NULL);
   report(p != FAILED_PTR, "attach_unaligned_size_rounds_up", "errno %d (%s)", errno,
          strerror(errno));
   if (p != FAILED_PTR) {
@@ -224,21 +224,21 @@ int main(void) {
   }
 
   /* a fixed address, and no attaching over an attachment */
-  unsigned char *hole = mmap(NULL, 8 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char* hole = mmap(NULL, 8 * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   a.offset = 0;
-  unsigned char *f = xpmem_attach(a, 4 * PAGE, hole + 2 * PAGE);
-  report(f == hole + 2 * PAGE, "attach_fixed_vaddr", "got %p want %p (errno %d)", (void *)f,
-         (void *)(hole + 2 * PAGE), errno);
+  unsigned char* f = xpmem_attach(a, 4 * PAGE, hole + 2 * PAGE);
+  report(f == hole + 2 * PAGE, "attach_fixed_vaddr", "got %p want %p (errno %d)", (void*)f,
+         (void*)(hole + 2 * PAGE), errno);
   if (f == hole + 2 * PAGE) {
     report(f[PAGE + 5] == byte_at(PAGE + 5), "attach_fixed_contents", "wrong byte");
     expect_attach_fails("attach_over_attachment", xpmem_attach(a, 2 * PAGE, hole + 4 * PAGE),
                         EINVAL);
     /* a read-only permit maps read-only but maps */
     struct xpmem_addr r = {ap_ro, PAGE};
-    unsigned char *ro = xpmem_attach(r, PAGE, NULL);
+    unsigned char* ro = xpmem_attach(r, PAGE, NULL);
     report(ro != FAILED_PTR && ro[0] == byte_at(PAGE), "attach_rdonly", "errno %d", errno);
     struct xpmem_addr z = {ap_0, 0};
-    unsigned char *z0 = xpmem_attach(z, PAGE, NULL);
+    unsigned char* z0 = xpmem_attach(z, PAGE, NULL);
     report(z0 != FAILED_PTR && z0[7] == byte_at(7), "attach_flags_0", "errno %d", errno);
     /* release detaches the permit's attachments */
     expect_rc("release_with_attachment", xpmem_release(ap_ro), 0);

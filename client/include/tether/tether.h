@@ -38,31 +38,31 @@ typedef int64_t tether_apid_t;  /* > 0; permission to attach, this process */
 #define TETHER_RDONLY 0x1
 #define TETHER_RDWR 0x2
 
-#define TETHER_ATTACH_FAILED ((void *)-1)
+#define TETHER_ATTACH_FAILED ((void*)-1)
 
 int tether_version(void);
 
 /* Exports [vaddr, vaddr+size) of the calling process (page aligned).
  * permit_value is the mode, XPMEM style: (void *)(uintptr_t)0600. */
-tether_segid_t tether_make(void *vaddr, size_t size, int permit_type, void *permit_value);
+tether_segid_t tether_make(void* vaddr, size_t size, int permit_type, void* permit_value);
 /* Revokes every attachment of the segment: mappers get SIGBUS or errors. */
 int tether_remove(tether_segid_t segid);
 
 /* Permission to map a segment of any node, checked at its home with the
  * caller's credentials. The apid belongs to the calling process. */
-tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void *permit_value);
+tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void* permit_value);
 int tether_release(tether_apid_t apid);
 
 /* Maps [offset, offset+size) of the segment; returns the address, or
  * TETHER_ATTACH_FAILED. vaddr != NULL asks for that address (MAP_FIXED). */
-void *tether_attach(tether_apid_t apid, off_t offset, size_t size, void *vaddr);
+void* tether_attach(tether_apid_t apid, off_t offset, size_t size, void* vaddr);
 /* Writes back, then unmaps the attachment that starts at vaddr. */
-int tether_detach(void *vaddr);
+int tether_detach(void* vaddr);
 
 /* Writes the caller's stores in [addr, addr+size) back to the home. */
-int tether_sync(void *addr, size_t size);
+int tether_sync(void* addr, size_t size);
 /* Drops clean cached pages in the range: the next access refetches. */
-int tether_acquire(void *addr, size_t size);
+int tether_acquire(void* addr, size_t size);
 
 /* Exporter side: bracket a change of this process's exported memory
  * explicitly. When tether_invalidate_begin() returns, no mapper holds a copy
@@ -71,17 +71,17 @@ int tether_acquire(void *addr, size_t size);
  * unsynced writes to it are discarded). Returns a handle > 0, or -1.
  * Works with or without tether.ko, for any change (also mprotect, which
  * the user-space notifier cannot see). */
-int64_t tether_invalidate_begin(void *addr, size_t size);
+int64_t tether_invalidate_begin(void* addr, size_t size);
 int tether_invalidate_end(int64_t handle, int gone);
 /* munmap(2) bracketed by the two above. */
-int tether_munmap(void *addr, size_t size);
+int tether_munmap(void* addr, size_t size);
 
 /* Names are cluster-wide; lookup asks this node, then its peers. */
-int tether_publish(tether_segid_t segid, const char *name);
-tether_segid_t tether_lookup(const char *name, size_t *size_out);
+int tether_publish(tether_segid_t segid, const char* name);
+tether_segid_t tether_lookup(const char* name, size_t* size_out);
 
 /* The daemon's (or library's) message for this thread's last error. */
-const char *tether_strerror(void);
+const char* tether_strerror(void);
 
 #ifdef __cplusplus
 }

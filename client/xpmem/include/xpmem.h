@@ -72,7 +72,7 @@ int xpmem_version(void);
 
 /* Shares [vaddr, vaddr+size) of the calling process (page aligned, size > 0)
  * under a Unix mode: permit_value is (void *)0600 and the like. */
-xpmem_segid_t xpmem_make(void *vaddr, size_t size, int permit_type, void *permit_value);
+xpmem_segid_t xpmem_make(void* vaddr, size_t size, int permit_type, void* permit_value);
 /* Stops sharing a segment made by this process; mappers' later accesses to
  * pages they do not hold raise SIGBUS. */
 int xpmem_remove(xpmem_segid_t segid);
@@ -81,16 +81,16 @@ int xpmem_remove(xpmem_segid_t segid);
  * caller's uid/gid. flags: XPMEM_RDONLY or XPMEM_RDWR (0 means read-only).
  * permit_type must be XPMEM_PERMIT_MODE; permit_value is ignored, as in
  * XPMEM's own library. */
-xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void *permit_value);
+xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void* permit_value);
 /* Detaches this permit's attachments (writing back), then gives it up. */
 int xpmem_release(xpmem_apid_t apid);
 
 /* Maps [addr.offset, addr.offset+size) of the segment (offset page aligned;
  * size rounded up to pages) at vaddr (page aligned, MAP_FIXED) or where the
  * system chooses (vaddr NULL). Read-only permits give read-only mappings. */
-void *xpmem_attach(struct xpmem_addr addr, size_t size, void *vaddr);
+void* xpmem_attach(struct xpmem_addr addr, size_t size, void* vaddr);
 /* Writes back and unmaps the attachment that contains vaddr. */
-int xpmem_detach(void *vaddr);
+int xpmem_detach(void* vaddr);
 
 #ifdef __cplusplus
 }
