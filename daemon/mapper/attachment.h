@@ -1,8 +1,31 @@
 // Attachment: one mapper's mapping of (part of) a segment, as its local
 // daemon sees it. The client maps `memfd` (owned here) and registered it
-// with `uffd` (its own, sent to us; it keeps a reference too, DESIGN.md
-// "Data flow" 2). Page contents live in the memfd's page cache; `state`
-// says what each page is.
+// with `uffd` (its own, sent to us; it keeps a reference too;
+// docs/architecture.md, "A fault"). Page contents live in the memfd's page
+// cache; `state` says what each page is.
+//
+// Thread contract.
+// - The identity (id, segid, home, grant, seg_offset, size, writable, pid,
+//   memfd, uffd) is written by the thread that creates the attachment
+//   (LocalApi::Attach; `id` by AttachmentTable::Insert) before the
+//   attachment is shared, and never changes after: read it from any
+//   thread without a lock.
+// - `vaddr` is set once (compare-and-swap from 0) by the client thread
+//   that reports the mapping, before FaultService::Add; `faults` is a
+//   counter the fault thread bumps. Both atomic.
+// - `mu` guards everything else: the pages' state and counts, read-ahead,
+//   the eviction hand, windows and their history, kept-aside pages,
+//   revocation. The threads that take it: the fault thread (faults), the
+//   transports' threads (installing fetches), the evictor, the threads
+//   that deliver invalidation notices, local client threads (sync,
+//   acquire, detach) and tetherctl's (AttachmentTable::Summaries). It is
+//   held across uffd ioctls and memfd calls on this attachment, never
+//   across the network, and no other lock is taken under it but the
+//   logger's (a leaf).
+// - InWindow, AbandonFetch, BegunSince and InOtherWindow need `mu` held
+//   (annotated); pages() reads only the size. The destructor (closing
+//   the fds) runs on whichever thread drops the last reference, possibly
+//   a transport's thread completing a fetch after detach.
 #ifndef TETHER_DAEMON_MAPPER_ATTACHMENT_H_
 #define TETHER_DAEMON_MAPPER_ATTACHMENT_H_
 
@@ -19,6 +42,7 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/page.h"
 
 namespace tether {
 
@@ -54,7 +78,7 @@ struct Attachment {
   uint64_t evict_hand ABSL_GUARDED_BY(mu) = 0;
   uint64_t resident ABSL_GUARDED_BY(mu) = 0;  // pages installed
   uint64_t dirty ABSL_GUARDED_BY(mu) = 0;     // pages kDirty
-  // Invalidation (DESIGN.md "The invalidation contract", mapper side).
+  // Invalidation (docs/architecture.md, "The invalidation contract").
   // Open windows by key (home segid + window id): faults in them wait.
   absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows ABSL_GUARDED_BY(mu);
   // Bumped by every range_begin. A fetch issued under an older value is
@@ -77,7 +101,7 @@ struct Attachment {
   std::string revoke_reason ABSL_GUARDED_BY(mu);
   std::atomic<uint64_t> faults{0};
 
-  uint64_t pages() const { return size / 4096; }
+  uint64_t pages() const { return size / kPageSize; }
   bool InWindow(uint64_t page) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (const auto& [key, w] : windows)
       if (page >= w.first && page < w.second) return true;

@@ -3,9 +3,14 @@
 // client-request handler (local/) adds and removes entries; mapper-side
 // invalidation finds a segment's attachments here; tetherctl lists them.
 //
-// Thread contract: every method may be called from any thread; one mutex
-// guards the table, and nothing is called under it (attachments are
-// handed out as shared_ptrs, used after the lock is dropped).
+// Thread contract: every method may be called from any thread — local
+// client threads (attach, detach, a client's exit), the threads that
+// deliver invalidation notices (Of), tetherctl's gRPC threads (Summaries),
+// Tetherd::Stop (TakeAll). mu_ guards the id counter and the entries;
+// nothing is called under it, and no attachment's lock is taken under it
+// (attachments are handed out as shared_ptrs, used after the lock is
+// dropped; Summaries takes each attachment's `mu` after). Insert writes
+// the attachment's id before the attachment is shared (attachment.h).
 #ifndef TETHER_DAEMON_MAPPER_ATTACHMENT_TABLE_H_
 #define TETHER_DAEMON_MAPPER_ATTACHMENT_TABLE_H_
 
@@ -60,7 +65,7 @@ class AttachmentTable {
     uint64_t owner = 0;
     uint64_t apid = 0;
   };
-  const uint32_t incarnation_;
+  const uint32_t incarnation_;  // set at construction, never changed
   absl::Mutex mu_;
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);

@@ -12,10 +12,30 @@
 // Both transports are used through the Transport interface only; what
 // counts as a set-up failure is the transport's to say (IsSetupFailure).
 //
-// Thread contract: Read/Write may be called from any thread (the fault
-// thread, write-back callers) and never block; `done` runs on a
-// transport's thread, or inline for this node's own home. WriteSync blocks
-// until every piece is answered: never call it on a transport thread.
+// Thread contract.
+// - Read and Write: any thread (the fault thread's fetches, write-back
+//   callers); they do not wait for the transfer. For this node's own home
+//   they call its BlockServer inline (a read or write of the exporter's
+//   memory). On the calling thread, without a lock held, they may also
+//   wait for set-up: the resolver (thread-safe; for a node whose endpoint
+//   it does not know yet, that node's Hello, which PeerDirectory keeps)
+//   and the transport's connect to a home it has no connection to yet
+//   (tcp_transport.h, rdma_transport.h: bounded, seconds).
+// - `done` runs on the transport's thread that completes the request (a
+//   tcp receiver, an rdma connection's thread), or inline on the calling
+//   thread: for this node's own home, and on a failure before anything was
+//   sent (no endpoint, no connection; tcp may then hold a dead
+//   connection's lock, so `done` must not issue a request on the same
+//   transport inline). After an rdma set-up failure, FallBack's wrapper
+//   reissues the request over tcp from the thread that reported the
+//   failure, and `done` runs where tcp completes it.
+// - WriteSync blocks until every piece is answered: never on a transport's
+//   thread (its own completion would wait behind it), nor on the fault
+//   thread (it never waits for the network).
+// - TransportFor: any thread (PeerDirectory asks it for tetherctl status).
+// - mu_ guards tcp_until_ (which nodes are on tcp after an rdma failure,
+//   until when); nothing is called under it. The rest is set at
+//   construction and never changes.
 #ifndef TETHER_DAEMON_MAPPER_DATA_PATH_H_
 #define TETHER_DAEMON_MAPPER_DATA_PATH_H_
 
@@ -77,7 +97,7 @@ class DataPath {
   BlockServer* const local_server_;
   Transport* const tcp_;
   Transport* const rdma_;
-  EndpointResolver resolve_;
+  EndpointResolver resolve_;  // never reassigned; called without mu_
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, absl::Time> tcp_until_ ABSL_GUARDED_BY(mu_);
 };

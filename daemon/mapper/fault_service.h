@@ -3,9 +3,10 @@
 // One thread waits on all attachments' userfaultfds (epoll). A missing-page
 // fault marks the page (and a read-ahead window of absent pages after it,
 // growing 1, 2, 4 … 256 pages while access stays sequential, sent as reads
-// of up to 64 pages so that they pipeline) kFetching and asks the home; the completion installs the
-// pages with UFFDIO_COPY, write-protected when the attachment is writable, which wakes the faulting
-// threads. Many fetches are in flight at once: the fault thread never waits for the network.
+// of up to 64 pages so that they pipeline) kFetching and asks the home; the
+// completion installs the pages with UFFDIO_COPY, write-protected when the
+// attachment is writable, which wakes the faulting threads. Many fetches
+// are in flight at once: the fault thread never waits for the network.
 //
 // Dirty tracking: a store to a clean (write-protected) page raises a WP
 // fault; the page becomes kDirty and is unprotected. Write-back protects
@@ -16,6 +17,52 @@
 // bounded. Past the budget an evictor thread punches clean pages out of the
 // memfds (the client's next access faults again) and writes dirty ones back
 // before evicting them.
+//
+// Where each part lives: fault_service.cc (start, stop, add, remove, fetch
+// buffers), fault_install.cc (the fault loop, missing and write-protect
+// faults, read-ahead, installing fetched pages, retries), fault_windows.cc
+// (range_begin/range_end windows, revoke, acquire), fault_writeback.cc
+// (sync, write-back), fault_eviction.cc (the evictor).
+//
+// Thread contract.
+// - Start and Stop: the owner (Tetherd's main thread), not concurrently.
+//   Start once; Stop joins both threads, and runs again (a no-op) in the
+//   destructor. The rest may be called only between them.
+// - The fault thread (started by Start) runs FaultLoop, HandleMissing,
+//   HandleWriteProtect and RunDueRetries, and nothing else runs them: they
+//   assert it (ThreadRole, common/thread_role.h; Debug builds). It does
+//   not wait for fetches from other nodes: they complete on a transport's
+//   thread (a home on this node is read inline). The first fetch from a
+//   home that the transport has no connection to yet does connect on
+//   this thread (data_path.h).
+// - The evictor thread (started by Start) runs EvictLoop and EvictClean
+//   (asserted), and Sync for attachments with dirty pages.
+// - Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take only
+//   the attachment's lock and this class's, and never wait for the
+//   network (BeginWindow is called on a data connection's serving thread,
+//   before its ack).
+// - Sync and EndWindow write back and wait for the home (DataPath::
+//   WriteSync): only threads that may block — local client threads, the
+//   evictor, the notice receiver, gRPC's pool, Tetherd::Stop, and for this
+//   node's own mappers whichever thread ends a window at the home
+//   (tether.ko's event thread: the known gap under G5 in
+//   docs/architecture.md) — never the fault thread or a transport's thread.
+// - Callbacks: a fetch's completion (Install) runs on a transport's
+//   receiver thread, or inline on the fault thread when the home is this
+//   node or the request failed before it was sent (data_path.h); it calls
+//   the SigbusSink (for a page that could not be fetched) on that same
+//   thread, with no lock of this class or of the attachment held. It never
+//   issues a request itself: a home's "retry" is queued for the fault
+//   thread (RetryLater).
+// - Locks: mu_ guards the attachments served and the evictor's wake-up,
+//   retry_mu_ the pending retries, pool_mu_ the buffer pool; each
+//   Attachment's mu its pages' state (attachment.h). No two of them are
+//   ever held at once. An attachment's lock is held across its uffd ioctls
+//   and memfd calls (so that a window cannot open between a check and a
+//   copy), never across the network or a callback. The rest: set at
+//   construction (data_, budget_pages_, sigbus_), atomic (resident_pages_,
+//   stopping_, the thread roles), thread-safe itself (faults_), or touched
+//   by Start and Stop only (the std::threads).
 #ifndef TETHER_DAEMON_MAPPER_FAULT_SERVICE_H_
 #define TETHER_DAEMON_MAPPER_FAULT_SERVICE_H_
 
@@ -24,6 +71,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -31,6 +79,8 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/page.h"
+#include "daemon/common/thread_role.h"
 #include "daemon/common/wakeable_epoll.h"
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/data_path.h"
@@ -41,6 +91,7 @@ class FaultService {
  public:
   // Asks the client library to make [offset, offset+len) of an attachment
   // raise SIGBUS (it maps an empty memfd over it and wakes the faulters).
+  // Runs on the thread that completed the fetch (see the contract above).
   using SigbusSink =
       std::function<void(const Attachment&, uint64_t offset, uint64_t len, const std::string& why)>;
 
@@ -72,33 +123,66 @@ class FaultService {
   absl::Status EndWindow(Attachment& att, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
 
-  uint64_t budget_bytes() const { return budget_pages_ * 4096; }
-  uint64_t resident_bytes() const { return resident_pages_.load() * 4096; }
+  uint64_t budget_bytes() const { return budget_pages_ * kPageSize; }
+  uint64_t resident_bytes() const { return resident_pages_.load() * kPageSize; }
 
  private:
+  static constexpr uint32_t kMaxReadahead = 64;    // pages: one 256 KiB transport request
+  static constexpr uint32_t kMaxAheadPages = 256;  // pages requested ahead of a sequential reader
+  static constexpr size_t kMaxAheadRequests = kMaxAheadPages / kMaxReadahead + 1;
+  static constexpr size_t kBufferBytes = kMaxReadahead * kPageSize;
+
+  // fault_install.cc. The fault thread's: FaultLoop and the fault handlers.
   void FaultLoop();
   void HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr);
   void HandleWriteProtect(Attachment& att, uint64_t addr);
+  // A fetch's completion (a transport's thread, or the fault thread).
   void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
                uint64_t gen, absl::Status st);
+  // Install's failed fetches: "retry", a hole in a read-ahead, an error.
+  void FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
+                   const absl::Status& st);
+  // UFFDIO_COPY of a fetch's pages into the client's mapping; returns how
+  // many pages became kClean. Sets *need_wake when faulters must be woken.
+  static uint64_t CopyIn(Attachment& att, uint64_t base, uint64_t first, uint64_t n,
+                         const uint8_t* buf, bool* need_wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu);
   // Wakes [first, first+n) after a short delay (home said "retry").
   void RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n);
   void RunDueRetries();
+
+  // fault_writeback.cc. Blocking: see Sync.
+  // Writes runs of kWriteback pages ([first page, count)) back and
+  // settles their state: kClean, or kDirty again if the write failed.
+  absl::Status WriteBackRuns(Attachment& att,
+                             const std::vector<std::pair<uint64_t, uint64_t>>& runs);
   absl::Status WriteBackPages(Attachment& att, uint64_t first, absl::Span<const uint8_t> data);
+
+  // fault_eviction.cc. The evictor thread's.
   void EvictLoop();
   uint64_t EvictClean(Attachment& att, uint64_t want);
+
+  // fault_service.cc. Read-ahead buffers: taken by the fault thread,
+  // returned by completions.
   uint8_t* GetBuffer();
   void PutBuffer(uint8_t* buf);
 
+  // Set at construction, never changed.
   DataPath* const data_;
   const uint64_t budget_pages_;
-  SigbusSink sigbus_;
+  const SigbusSink sigbus_;
 
   std::atomic<uint64_t> resident_pages_{0};
   std::atomic<bool> stopping_{false};
-  WakeableEpoll faults_;  // the attachments' userfaultfds, keyed by attachment id
+  // The attachments' userfaultfds, keyed by attachment id. Thread-safe
+  // itself; Wait() only on the fault thread, Open/Close in Start/Stop.
+  WakeableEpoll faults_;
+  // Start and Stop only.
   std::thread fault_thread_;
   std::thread evict_thread_;
+  // Bound by each thread when it starts; asserted (AssertHere) by the
+  // functions that only that thread may run.
+  ThreadRole fault_role_;
+  ThreadRole evictor_role_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Attachment>> atts_ ABSL_GUARDED_BY(mu_);

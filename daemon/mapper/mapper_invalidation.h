@@ -4,11 +4,19 @@
 // ack; END writes kept-aside dirty pages back and reopens the range;
 // REVOKE makes the whole attachment raise SIGBUS.
 //
-// Thread contract: Handle() runs on whichever thread delivers the notice
-// (a data connection's serving thread for the fast path, gRPC's pool, or
-// the home's own coordinator for this node's mappers), concurrently for
-// different windows. BEGIN must not block on the network; END may (its
-// write-backs), so it is delivered on threads that may wait.
+// Thread contract: Handle() runs on whichever thread delivers the notice,
+// concurrently for different windows: BEGIN on a data connection's
+// serving thread (the fast path, answered after Handle returns), gRPC's
+// pool, or the home's own coordinator for this node's mappers (a
+// tether.ko begin worker, a user-space source's thread, a local client
+// thread bracketing its own export); END and REVOKE on the notice
+// receiver's thread, gRPC's pool or, for this node's mappers, whichever
+// thread called the coordinator (tether.ko's event thread, the exporter
+// exit watcher, a notifier source's thread, a local client). BEGIN must
+// not block on the network; END may (its write-backs), so it is delivered
+// on threads that may wait. No mutex here: faults_ and attachments_ are
+// set at construction and are thread-safe themselves, and Handle holds no
+// lock while it calls them.
 #ifndef TETHER_DAEMON_MAPPER_MAPPER_INVALIDATION_H_
 #define TETHER_DAEMON_MAPPER_MAPPER_INVALIDATION_H_
 

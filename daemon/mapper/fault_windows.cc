@@ -1,0 +1,166 @@
+// FaultService, windows: range_begin and range_end over an attachment's
+// pages (the mapper's side of the invalidation contract, G1 and G5), a
+// revocation (fenced, or the exporter gone), and Acquire (drop clean
+// copies so that the next access refetches).
+#include "daemon/mapper/fault_service.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "daemon/common/errors.h"
+#include "daemon/common/log.h"
+#include "daemon/mapper/mapping_ops.h"
+
+namespace tether {
+
+using mapping_ops::PunchHole;
+using mapping_ops::Wake;
+
+void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1) {
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&att.mu);
+    p1 = std::min(p1, att.pages());
+    if (att.revoked || p0 >= p1) return;
+    att.windows[key] = {p0, p1};
+    ++att.inval_gen;
+    att.recent_begins.push_back({att.inval_gen, p0, p1});
+    if (att.recent_begins.size() > Attachment::kRecentBegins) att.recent_begins.pop_front();
+    std::string page(kPageSize, '\0');
+    for (uint64_t p = p0; p < p1;) {
+      PageState s = att.state[p];
+      if (s != PageState::kClean && s != PageState::kDirty && s != PageState::kWriteback) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && (att.state[q] == PageState::kClean || att.state[q] == PageState::kDirty ||
+                        att.state[q] == PageState::kWriteback)) {
+        if (att.state[q] != PageState::kClean) {
+          // Dirty data is never dropped while the address exists: keep it
+          // aside, write it back after the window (G5: never inside it).
+          if (pread(att.memfd, page.data(), kPageSize, static_cast<off_t>(q * kPageSize)) ==
+              static_cast<ssize_t>(kPageSize))
+            att.kept_aside[q] = page;
+          if (att.state[q] == PageState::kDirty) --att.dirty;
+        }
+        att.state[q++] = PageState::kAbsent;
+      }
+      PunchHole(att.memfd, p * kPageSize, (q - p) * kPageSize);
+      dropped += q - p;
+      p = q;
+    }
+    att.resident -= dropped;
+  }
+  resident_pages_ -= dropped;
+}
+
+absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
+                                     const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
+  std::vector<std::pair<uint64_t, std::string>> writeback;
+  uint64_t p0, p1;
+  {
+    absl::MutexLock lock(&att.mu);
+    auto it = att.windows.find(key);
+    if (it == att.windows.end()) return absl::OkStatus();  // duplicate or unknown
+    p0 = it->second.first;
+    p1 = it->second.second;
+    for (auto k = att.kept_aside.lower_bound(p0); k != att.kept_aside.end() && k->first < p1;) {
+      bool is_gone = false;
+      for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
+      if (is_gone) {
+        ++att.lost_pages;
+      } else if (att.InOtherWindow(k->first, key)) {
+        // Another window over the page is still open (range_begin of a
+        // later event came first): the home refuses writes there, and
+        // that event may replace or unmap the page. Its range_end decides.
+        ++k;
+        continue;
+      } else {
+        writeback.emplace_back(k->first, std::move(k->second));
+      }
+      k = att.kept_aside.erase(k);
+    }
+  }
+  // Written back before the range reopens, so that our next fault fetches
+  // contents that include our own writes.
+  absl::Status result;
+  for (auto& [p, bytes] : writeback) {
+    absl::Status st = WriteBackPages(
+        att, p, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize));
+    if (!st.ok()) {
+      absl::MutexLock lock(&att.mu);
+      att.kept_aside[p] = std::move(bytes);  // a later sync retries
+      if (result.ok()) result = st;
+    }
+  }
+  absl::MutexLock lock(&att.mu);
+  att.windows.erase(key);
+  uint64_t base = att.vaddr.load();
+  if (!base) return result;
+  // One UFFDIO_WAKE per run of pages no other window still holds.
+  for (uint64_t p = p0; p < p1;) {
+    if (att.InWindow(p)) {
+      ++p;
+      continue;
+    }
+    uint64_t q = p + 1;
+    while (q < p1 && !att.InWindow(q)) ++q;
+    Wake(att.uffd, base + p * kPageSize, (q - p) * kPageSize);
+    p = q;
+  }
+  return result;
+}
+
+absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t len) {
+  if (offset > att.size || len > att.size - offset)
+    return ErrnoStatus(EINVAL, "acquire range outside the attachment");
+  uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
+  uint64_t dropped = 0;
+  {
+    absl::MutexLock lock(&att.mu);
+    for (uint64_t p = p0; p < p1;) {
+      if (att.state[p] != PageState::kClean) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && att.state[q] == PageState::kClean) att.state[q++] = PageState::kAbsent;
+      PunchHole(att.memfd, p * kPageSize, (q - p) * kPageSize);
+      dropped += q - p;
+      p = q;
+    }
+    att.resident -= dropped;
+  }
+  resident_pages_ -= dropped;
+  return absl::OkStatus();
+}
+
+void FaultService::Revoke(Attachment& att, const std::string& why) {
+  uint64_t dropped;
+  {
+    absl::MutexLock lock(&att.mu);
+    if (att.revoked) return;
+    att.revoked = true;
+    att.revoke_reason = why;
+    for (PageState st : att.state)
+      if (st == PageState::kDirty || st == PageState::kWriteback) ++att.lost_pages;
+    att.lost_pages += att.kept_aside.size();
+    att.kept_aside.clear();
+    att.windows.clear();
+    dropped = att.resident;
+    att.resident = 0;
+    att.dirty = 0;
+    std::fill(att.state.begin(), att.state.end(), PageState::kAbsent);
+    // Truncating the memfd makes every access raise SIGBUS, held pages too.
+    if (ftruncate(att.memfd, 0) != 0) TLOG_WARN("revoke: ftruncate: %s", std::strerror(errno));
+  }
+  resident_pages_ -= dropped;
+  uint64_t base = att.vaddr.load();
+  if (base) Wake(att.uffd, base, att.size);
+}
+
+}  // namespace tether

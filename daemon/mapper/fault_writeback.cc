@@ -1,0 +1,127 @@
+// FaultService, sync and write-back: dirty pages are write-protected again
+// before they are read from the memfd and sent to the home, so that a
+// store racing the write-back re-dirties its page instead of being lost;
+// a home's "retry" (a window there) is retried for a bounded time.
+#include "daemon/mapper/fault_service.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "daemon/common/errors.h"
+#include "daemon/mapper/mapping_ops.h"
+
+namespace tether {
+
+using mapping_ops::WriteProtect;
+
+absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) {
+  if (offset > att.size || len > att.size - offset)
+    return ErrnoStatus(EINVAL, "sync range outside the attachment");
+  if (!att.writable) return absl::OkStatus();
+  uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
+  uint64_t base = att.vaddr.load();
+  std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
+  absl::Status lost;
+  {
+    absl::MutexLock lock(&att.mu);
+    // Writes kept aside by an open window are written back (or found lost)
+    // when it ends: wait for that, bounded, so that sync reports them.
+    auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+      auto k = att.kept_aside.lower_bound(p0);
+      return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
+    };
+    absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (kept_in_window() && absl::Now() < deadline) {
+      att.mu.Unlock();
+      absl::SleepFor(absl::Milliseconds(1));
+      att.mu.Lock();
+    }
+    if (att.revoked) {
+      std::string msg = "attachment revoked (" + att.revoke_reason + ")";
+      if (att.lost_pages > 0)
+        msg +=
+            absl::StrFormat(": %d page(s) of writes not yet synced were discarded", att.lost_pages);
+      att.lost_pages = 0;
+      return ErrnoStatus(EIDRM, msg);
+    }
+    if (att.lost_pages > 0) {
+      lost = ErrnoStatus(EIO,
+                         absl::StrFormat("%d page(s) of writes not yet synced were discarded: the "
+                                         "exporter unmapped that memory",
+                                         att.lost_pages));
+      att.lost_pages = 0;
+    }
+    for (uint64_t p = p0; p < p1;) {
+      if (att.state[p] != PageState::kDirty) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p;
+      while (q < p1 && att.state[q] == PageState::kDirty) {
+        att.state[q] = PageState::kWriteback;
+        ++q;
+      }
+      // Protect before reading: a store from now on faults and re-dirties.
+      WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
+      att.dirty -= q - p;
+      runs.emplace_back(p, q - p);
+      p = q;
+    }
+  }
+  absl::Status result = WriteBackRuns(att, runs);
+  return lost.ok() ? result : lost;
+}
+
+absl::Status FaultService::WriteBackRuns(Attachment& att,
+                                         const std::vector<std::pair<uint64_t, uint64_t>>& runs) {
+  absl::Status result;
+  std::vector<uint8_t> buf;
+  std::vector<bool> ok(runs.size(), false);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    auto [p, count] = runs[r];
+    buf.resize(count * kPageSize);
+    ssize_t got = pread(att.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPageSize));
+    absl::Status st;
+    if (got != static_cast<ssize_t>(buf.size())) {
+      st = ErrnoStatus(got < 0 ? errno : EIO, "read back dirty pages");
+    } else {
+      st = WriteBackPages(att, p, buf);
+    }
+    ok[r] = st.ok();
+    if (!st.ok() && result.ok()) result = st;
+  }
+  absl::MutexLock lock(&att.mu);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    for (uint64_t p = runs[r].first; p < runs[r].first + runs[r].second; ++p) {
+      if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied
+      if (ok[r]) {
+        att.state[p] = PageState::kClean;
+      } else {
+        att.state[p] = PageState::kDirty;  // keep it: a later sync retries
+        ++att.dirty;
+      }
+    }
+  }
+  return result;
+}
+
+absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
+                                          absl::Span<const uint8_t> data) {
+  // The home refuses writes inside one of its windows (Retry): retry for
+  // a bounded time, since windows close within the ack deadline.
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (true) {
+    absl::Status st =
+        data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + first * kPageSize, data);
+    if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+}  // namespace tether
