@@ -133,6 +133,11 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     return memory.status();
   }
   int pidfd_copy = fcntl((*memory)->pidfd(), F_DUPFD_CLOEXEC, 0);
+  if (pidfd_copy < 0) {
+    int err = errno;
+    if (events_fd >= 0) close(events_fd);
+    return ErrnoStatus(err, "dup the exporter's pidfd");
+  }
   auto segid = registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(), std::move(*memory));
   if (!segid.ok()) {
     if (events_fd >= 0) close(events_fd);
@@ -239,7 +244,18 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   }
   int memfd_copy = fcntl(att->memfd, F_DUPFD_CLOEXEC, 0);
   if (memfd_copy < 0) return ErrnoStatus(errno, "dup memfd");
-  atts_->Insert(att, c.id, r.apid());
+  {
+    // Under mu_, with the apid checked again: a Release of the same apid
+    // meanwhile (another thread of the client) either saw this attachment
+    // and answered EBUSY, or released the grant first and we refuse here.
+    absl::MutexLock lock(&mu_);
+    auto it = apids_.find(r.apid());
+    if (it == apids_.end() || it->second.pid != c.cred.pid) {
+      close(memfd_copy);
+      return ErrnoStatus(EINVAL, absl::StrFormat("apid %#x was released meanwhile", r.apid()));
+    }
+    atts_->Insert(att, c.id, r.apid());
+  }
   resp->mutable_attach()->set_attach_id(att->id);
   resp->mutable_attach()->set_writable(att->writable);
   fds_out->push_back(memfd_copy);

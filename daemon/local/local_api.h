@@ -10,7 +10,9 @@
 // one per client connection, concurrently; SendSigbus on FaultService's
 // threads. One mutex guards the tables here; no call leaves this class
 // under it except SendSigbus's frame (so that the connection cannot close
-// underneath it).
+// underneath it) and the AttachmentTable's (Insert in Attach, UsesApid in
+// Release: so that an apid is never released with an attachment being
+// added through it). Lock order: LocalApi::mu_, then the table's.
 #ifndef TETHER_DAEMON_LOCAL_LOCAL_API_H_
 #define TETHER_DAEMON_LOCAL_LOCAL_API_H_
 
