@@ -33,9 +33,30 @@
  *         read OFF | verify SEED OFF LEN | write SEED OFF LEN | sync |
  *         acquire | detach   (offsets relative to the attachment)
  *       An access that raises SIGBUS kills the process (exit by signal).
+ *   tt api [--uid U]
+ *       One tether call per stdin line, for tests of errors (--uid: drop to
+ *       uid and gid U first). Prints "ready", then one line per command:
+ *       "ok [key=value ...]", or, when the call fails,
+ *         "error: errno=N ENAME CALL: MESSAGE"
+ *       (N the errno as a number, ENAME its symbolic name or "E?", CALL the
+ *       tether function, MESSAGE tether_strerror()). Commands:
+ *         make SIZE MODE            -> tether_make of fresh memory; "ok segid=ID"
+ *         remove SEGID              -> tether_remove
+ *         publish SEGID NAME        -> tether_publish
+ *         lookup NAME               -> "ok segid=ID size=N"
+ *         get SEGID ro|rw           -> "ok apid=ID"
+ *         release APID
+ *         attach APID OFF LEN       -> "ok addr=0xADDR"
+ *         detach ADDR
+ *         sync ADDR LEN | acquire ADDR LEN
+ *         read ADDR                 -> "ok byte=B"
+ *         write ADDR LEN BYTE       -> memset; "ok"
+ *       Numbers may be decimal or 0x-hex. An access that raises SIGBUS
+ *       kills the process.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -411,10 +432,142 @@ static int do_map(int argc, char** argv) {
   return 0;
 }
 
+/* The symbolic name of an errno tether can return (docs/consistency.md). */
+static const char* errno_name(int e) {
+  switch (e) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case ESRCH: return "ESRCH";
+    case EIO: return "EIO";
+    case EBADF: return "EBADF";
+    case EAGAIN: return "EAGAIN";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFAULT: return "EFAULT";
+    case EBUSY: return "EBUSY";
+    case EEXIST: return "EEXIST";
+    case EINVAL: return "EINVAL";
+    case EMFILE: return "EMFILE";
+    case ENOSPC: return "ENOSPC";
+    case EPIPE: return "EPIPE";
+    case ERANGE: return "ERANGE";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case ENOSYS: return "ENOSYS";
+    case EIDRM: return "EIDRM";
+    case EPROTO: return "EPROTO";
+    case EBADMSG: return "EBADMSG";
+    case EMSGSIZE: return "EMSGSIZE";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ECONNRESET: return "ECONNRESET";
+    case ENOTCONN: return "ENOTCONN";
+    case ETIMEDOUT: return "ETIMEDOUT";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case EHOSTUNREACH: return "EHOSTUNREACH";
+    default: return "E?";
+  }
+}
+
+static void api_error(const char* call) {
+  int e = errno;
+  printf("error: errno=%d %s %s: %s\n", e, errno_name(e), call, tether_strerror());
+}
+
+static int do_api(int argc, char** argv) {
+  const char* uid = arg(argc, argv, "--uid");
+  if (uid) {
+    uid_t u = (uid_t)num(uid, 65534);
+    if (setgroups(0, NULL) != 0 || setresgid(u, u, u) != 0 || setresuid(u, u, u) != 0) {
+      api_error("setresuid");
+      return 1;
+    }
+  }
+  printf("ready\n");
+  fflush(stdout);
+  char line[512];
+  while (fgets(line, sizeof line, stdin)) {
+    char cmd[32] = "", a1[300] = "", a2[64] = "", a3[64] = "", a4[64] = "";
+    int n = sscanf(line, "%31s %299s %63s %63s %63s", cmd, a1, a2, a3, a4);
+    uint64_t x1 = num(a1, 0), x2 = num(a2, 0), x3 = num(a3, 0);
+    if (n < 1) {
+      printf("error: usage\n");
+    } else if (strcmp(cmd, "make") == 0 && n == 3) {
+      void* m = mmap(NULL, x1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) {
+        api_error("mmap");
+      } else {
+        memset(m, 1, x1);
+        tether_segid_t s = tether_make(m, x1, TETHER_PERMIT_MODE, (void*)(uintptr_t)x2);
+        if (s < 0)
+          api_error("tether_make");
+        else
+          printf("ok segid=%" PRId64 "\n", s);
+      }
+    } else if (strcmp(cmd, "remove") == 0 && n == 2) {
+      if (tether_remove((tether_segid_t)x1) != 0)
+        api_error("tether_remove");
+      else
+        printf("ok\n");
+    } else if (strcmp(cmd, "publish") == 0 && n == 3) {
+      if (tether_publish((tether_segid_t)x1, a2) != 0)
+        api_error("tether_publish");
+      else
+        printf("ok\n");
+    } else if (strcmp(cmd, "lookup") == 0 && n == 2) {
+      size_t size = 0;
+      tether_segid_t s = tether_lookup(a1, &size);
+      if (s < 0)
+        api_error("tether_lookup");
+      else
+        printf("ok segid=%" PRId64 " size=%zu\n", s, size);
+    } else if (strcmp(cmd, "get") == 0 && n == 3) {
+      int fl = strcmp(a2, "rw") == 0 ? TETHER_RDWR : TETHER_RDONLY;
+      tether_apid_t ap = tether_get((tether_segid_t)x1, fl, TETHER_PERMIT_MODE, NULL);
+      if (ap < 0)
+        api_error("tether_get");
+      else
+        printf("ok apid=%" PRId64 "\n", ap);
+    } else if (strcmp(cmd, "release") == 0 && n == 2) {
+      if (tether_release((tether_apid_t)x1) != 0)
+        api_error("tether_release");
+      else
+        printf("ok\n");
+    } else if (strcmp(cmd, "attach") == 0 && n == 4) {
+      void* p = tether_attach((tether_apid_t)x1, (off_t)x2, x3, NULL);
+      if (p == TETHER_ATTACH_FAILED)
+        api_error("tether_attach");
+      else
+        printf("ok addr=%#" PRIxPTR "\n", (uintptr_t)p);
+    } else if (strcmp(cmd, "detach") == 0 && n == 2) {
+      if (tether_detach((void*)(uintptr_t)x1) != 0)
+        api_error("tether_detach");
+      else
+        printf("ok\n");
+    } else if ((strcmp(cmd, "sync") == 0 || strcmp(cmd, "acquire") == 0) && n == 3) {
+      int sync = cmd[0] == 's';
+      int rc =
+          sync ? tether_sync((void*)(uintptr_t)x1, x2) : tether_acquire((void*)(uintptr_t)x1, x2);
+      if (rc != 0)
+        api_error(sync ? "tether_sync" : "tether_acquire");
+      else
+        printf("ok\n");
+    } else if (strcmp(cmd, "read") == 0 && n == 2) {
+      printf("ok byte=%u\n", *(volatile uint8_t*)(uintptr_t)x1);
+    } else if (strcmp(cmd, "write") == 0 && n == 4) {
+      memset((void*)(uintptr_t)x1, (int)x3, x2);
+      printf("ok\n");
+    } else {
+      printf("error: usage\n");
+    }
+    fflush(stdout);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   if (argc >= 2 && strcmp(argv[1], "export") == 0) return do_export(argc, argv);
   if (argc >= 2 && strcmp(argv[1], "map") == 0) return do_map(argc, argv);
-  fprintf(stderr, "usage: tt export|map ... (see the comment in tests/tools/tt.c)\n");
+  if (argc >= 2 && strcmp(argv[1], "api") == 0) return do_api(argc, argv);
+  fprintf(stderr, "usage: tt export|map|api ... (see the comment in tests/tools/tt.c)\n");
   return 2;
 }

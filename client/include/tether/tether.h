@@ -7,7 +7,13 @@
  *
  * Errors: functions return -1 (tether_attach: TETHER_ATTACH_FAILED) and set
  * errno; tether_strerror() returns the daemon's message for the calling
- * thread's last error.
+ * thread's last error. An error decided by the segment's home on another
+ * node arrives with the errno the home chose, and its message names that
+ * node. Every call but tether_version/_strerror can fail with EINVAL (bad
+ * argument) and ENOTCONN (the local tetherd is not running); the table of
+ * what else each call returns, and when, is in docs/consistency.md,
+ * "Errors (errno) a program should expect". Below, per call, the errnos
+ * beyond those two.
  *
  * Consistency (docs/consistency.md): home memory is authoritative. A mapper
  * sees the home's contents as of its last fault or tether_acquire(); its
@@ -45,12 +51,19 @@ int tether_version(void);
 /* Exports [vaddr, vaddr+size) of the calling process (page aligned).
  * permit_value is the mode, XPMEM style: (void *)(uintptr_t)0600. */
 tether_segid_t tether_make(void* vaddr, size_t size, int permit_type, void* permit_value);
-/* Revokes every attachment of the segment: mappers get SIGBUS or errors. */
+/* Revokes every attachment of the segment: mappers get SIGBUS or errors.
+ * Only at the segment's home node. ENOENT: no live segment with that segid
+ * on this node; EPERM: the caller is neither its owner nor root. */
 int tether_remove(tether_segid_t segid);
 
 /* Permission to map a segment of any node, checked at its home with the
- * caller's credentials. The apid belongs to the calling process. */
+ * caller's credentials. The apid belongs to the calling process.
+ * ENOENT: no such segment (removed, exporter exited, from before its home
+ * restarted, node not in the cluster); EACCES: its permit denies this
+ * uid/gid; EIDRM: the home fenced this node for it; EHOSTUNREACH: the
+ * home does not answer. */
 tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void* permit_value);
+/* EBUSY: the apid still has attachments. Never reports the home's errors. */
 int tether_release(tether_apid_t apid);
 
 /* Maps [offset, offset+size) of the segment; returns the address, or
@@ -59,7 +72,13 @@ void* tether_attach(tether_apid_t apid, off_t offset, size_t size, void* vaddr);
 /* Writes back, then unmaps the attachment that starts at vaddr. */
 int tether_detach(void* vaddr);
 
-/* Writes the caller's stores in [addr, addr+size) back to the home. */
+/* Writes the caller's stores in [addr, addr+size) back to the home.
+ * EIDRM: the attachment was revoked (segment removed, exporter exited, this
+ * node fenced); EIO: writes to memory the exporter unmapped were discarded;
+ * EACCES: the home refused the write (exporter memory not writable);
+ * EHOSTUNREACH, ECONNREFUSED, ETIMEDOUT: the home cannot be reached (the
+ * dirty pages are kept); ENOENT: the home restarted. tether_detach writes
+ * back first and fails the same way, but the attachment is gone anyway. */
 int tether_sync(void* addr, size_t size);
 /* Drops clean cached pages in the range: the next access refetches. */
 int tether_acquire(void* addr, size_t size);
@@ -76,7 +95,11 @@ int tether_invalidate_end(int64_t handle, int gone);
 /* munmap(2) bracketed by the two above. */
 int tether_munmap(void* addr, size_t size);
 
-/* Names are cluster-wide; lookup asks this node, then its peers. */
+/* Names are cluster-wide; lookup asks this node, then its peers.
+ * publish acts at the segment's home only: ENOENT (no live segment with
+ * that segid on this node), EPERM (not the owner), EEXIST (the name is
+ * taken on this node; other nodes' names are not checked). lookup: ENOENT
+ * when no node that answers has the name. */
 int tether_publish(tether_segid_t segid, const char* name);
 tether_segid_t tether_lookup(const char* name, size_t* size_out);
 
