@@ -2,6 +2,7 @@
 
 #include <memory>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/log.h"
@@ -34,8 +35,8 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
 
   struct Shared {
     absl::Mutex mu;
-    AckCollector acks;
-    bool done = false;
+    AckCollector acks ABSL_GUARDED_BY(mu);
+    bool done ABSL_GUARDED_BY(mu) = false;
     explicit Shared(const std::vector<uint32_t>& n) : acks(n) {}
   };
   auto shared = std::make_shared<Shared>(opened->nodes);
