@@ -92,6 +92,12 @@ struct Attachment {
   };
   static constexpr size_t kRecentBegins = 64;
   std::deque<Begin> recent_begins ABSL_GUARDED_BY(mu);  // the last kRecentBegins
+  // Bumped whenever a page leaves kWriteback other than by its write-back
+  // settling: a store re-dirties it, a window takes it. A sync refused by
+  // the home retries only while it is unchanged, so that its (older) copy
+  // never lands after a newer one (the next sync round or the window's
+  // range_end writes that).
+  uint64_t wb_epoch ABSL_GUARDED_BY(mu) = 0;
   // Dirty pages a window took away, written back after it (page -> bytes).
   absl::btree_map<uint64_t, std::string> kept_aside ABSL_GUARDED_BY(mu);
   // Dirty pages discarded because their address went away (reported by

@@ -13,6 +13,7 @@
 #include <cerrno>
 
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/mapper/mapping_ops.h"
 
@@ -71,9 +72,12 @@ void FaultService::HandleWriteProtect(Attachment& att, uint64_t addr) {
   uint64_t base = att.vaddr.load();
   if (addr < base || addr >= base + att.size) return;
   uint64_t p = (addr - base) / kPageSize;
+  // Held here (tests), no lock held: the fault is read, att.mu not taken.
+  TETHER_FAULT_POINT("fault_service.write_protect.before_lock");
   absl::MutexLock lock(&att.mu);
   PageState& s = att.state[p];
   if (s == PageState::kClean || s == PageState::kWriteback) {
+    if (s == PageState::kWriteback) ++att.wb_epoch;  // the write-back in flight is older now
     s = PageState::kDirty;
     ++att.dirty;
   }

@@ -9,9 +9,11 @@
 // are in flight at once: the fault thread never waits for the network.
 //
 // Dirty tracking: a store to a clean (write-protected) page raises a WP
-// fault; the page becomes kDirty and is unprotected. Write-back protects
-// again first, then reads the page from the memfd, so a store racing with
-// it re-dirties the page instead of being lost.
+// fault; the page becomes kDirty and is unprotected. Write-back and
+// range_begin protect again first, then read the page from the memfd, so
+// a store racing with them re-dirties the page (write-back) or waits for
+// the window and lands on the page fetched after it (range_begin) instead
+// of being lost.
 //
 // Cache budget: pages installed across all attachments of this node are
 // bounded. Past the budget an evictor thread punches clean pages out of the
@@ -119,7 +121,10 @@ class FaultService {
   void BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1);
   // range_end: writes kept-aside pages back unless they fall in `gone`
   // (page ranges whose address no longer exists: counted as lost), then
-  // lets faults in the range fetch again.
+  // lets faults in the range fetch again. A page whose write-back fails
+  // goes back into the attachment as a dirty page (the client reads its
+  // own writes; the next Sync retries it and reports a failure), unless
+  // another window still holds it (kept aside for that window's end).
   absl::Status EndWindow(Attachment& att, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
 
@@ -152,10 +157,21 @@ class FaultService {
 
   // fault_writeback.cc. Blocking: see Sync.
   // Writes runs of kWriteback pages ([first page, count)) back and
-  // settles their state: kClean, or kDirty again if the write failed.
+  // settles their state: kClean, or kDirty again if the write failed or
+  // was superseded (*superseded: see WriteBackPages). `epoch` is
+  // att.wb_epoch when the runs were taken.
   absl::Status WriteBackRuns(Attachment& att,
-                             const std::vector<std::pair<uint64_t, uint64_t>>& runs);
-  absl::Status WriteBackPages(Attachment& att, uint64_t first, absl::Span<const uint8_t> data);
+                             const std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t epoch,
+                             bool* superseded);
+  // Writes `data` at page `first`, retrying the home's "retry" for a
+  // bounded time. With `epoch` (a sync's kWriteback pages) it retries only
+  // while att.wb_epoch still equals *epoch; else it gives up and sets
+  // *superseded: a newer copy exists (re-dirtied, or kept aside by a
+  // window that writes it back at its end), and this one must not land
+  // after it. Without (a window's kept-aside pages) it retries until the
+  // deadline.
+  absl::Status WriteBackPages(Attachment& att, uint64_t first, absl::Span<const uint8_t> data,
+                              const uint64_t* epoch = nullptr, bool* superseded = nullptr);
 
   // fault_eviction.cc. The evictor thread's.
   void EvictLoop();

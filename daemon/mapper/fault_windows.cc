@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/mapper/mapping_ops.h"
 
@@ -18,6 +19,7 @@ namespace tether {
 
 using mapping_ops::PunchHole;
 using mapping_ops::Wake;
+using mapping_ops::WriteProtect;
 
 void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1) {
   uint64_t dropped = 0;
@@ -29,26 +31,46 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
     ++att.inval_gen;
     att.recent_begins.push_back({att.inval_gen, p0, p1});
     if (att.recent_begins.size() > Attachment::kRecentBegins) att.recent_begins.pop_front();
+    auto installed = [](PageState s) {
+      return s == PageState::kClean || s == PageState::kDirty || s == PageState::kWriteback;
+    };
+    const uint64_t base = att.vaddr.load();
     std::string page(kPageSize, '\0');
     for (uint64_t p = p0; p < p1;) {
-      PageState s = att.state[p];
-      if (s != PageState::kClean && s != PageState::kDirty && s != PageState::kWriteback) {
+      if (!installed(att.state[p])) {
         ++p;
         continue;
       }
       uint64_t q = p;
-      while (q < p1 && (att.state[q] == PageState::kClean || att.state[q] == PageState::kDirty ||
-                        att.state[q] == PageState::kWriteback)) {
-        if (att.state[q] != PageState::kClean) {
+      bool dirty = false;
+      while (q < p1 && installed(att.state[q])) dirty |= att.state[q++] != PageState::kClean;
+      // Protect before reading, as write-back does: a store from now on
+      // faults, finds the page absent and waits for the window; after it
+      // the page is fetched again — with the kept-aside bytes, which
+      // EndWindow writes back before it wakes the range — and the store
+      // lands on that. Without this a store between the read and the
+      // punch would be lost.
+      if (dirty && base) WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
+      for (uint64_t r = p; r < q; ++r) {
+        if (att.state[r] != PageState::kClean) {
           // Dirty data is never dropped while the address exists: keep it
           // aside, write it back after the window (G5: never inside it).
-          if (pread(att.memfd, page.data(), kPageSize, static_cast<off_t>(q * kPageSize)) ==
-              static_cast<ssize_t>(kPageSize))
-            att.kept_aside[q] = page;
-          if (att.state[q] == PageState::kDirty) --att.dirty;
+          if (pread(att.memfd, page.data(), kPageSize, static_cast<off_t>(r * kPageSize)) ==
+              static_cast<ssize_t>(kPageSize)) {
+            att.kept_aside[r] = page;
+          } else {
+            TLOG_WARN("attachment %#x: read of dirty page %d for range_begin: %s", att.id, r,
+                      std::strerror(errno));
+            ++att.lost_pages;  // reported by the next sync, never silently
+          }
+          if (att.state[r] == PageState::kDirty) --att.dirty;
+          if (att.state[r] == PageState::kWriteback) ++att.wb_epoch;  // the window's copy is newer
         }
-        att.state[q++] = PageState::kAbsent;
+        att.state[r] = PageState::kAbsent;
       }
+      // Held here (tests) with att.mu held: the dirty pages are read, not
+      // yet punched out.
+      TETHER_FAULT_POINT("fault_service.begin_window.after_read");
       PunchHole(att.memfd, p * kPageSize, (q - p) * kPageSize);
       dropped += q - p;
       p = q;
@@ -88,16 +110,45 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   // Written back before the range reopens, so that our next fault fetches
   // contents that include our own writes.
   absl::Status result;
+  std::vector<std::pair<uint64_t, std::string>> failed;
   for (auto& [p, bytes] : writeback) {
     absl::Status st = WriteBackPages(
         att, p, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize));
     if (!st.ok()) {
-      absl::MutexLock lock(&att.mu);
-      att.kept_aside[p] = std::move(bytes);  // a later sync retries
+      TLOG_WARN("attachment %#x: write-back of kept-aside page %d after a window: %s", att.id, p,
+                st.ToString());
+      failed.emplace_back(p, std::move(bytes));
       if (result.ok()) result = st;
     }
   }
+  uint64_t redirtied = 0;
   absl::MutexLock lock(&att.mu);
+  for (auto& [p, bytes] : failed) {
+    // Not at the home. Refetching the page from there would hide the
+    // client's writes from it, and writing this copy later would land it
+    // over whatever the client stores after the range reopens. So it goes
+    // back into the client's page, dirty, before the range reopens: the
+    // client reads its own writes, and the next Sync writes the page back
+    // (newest contents) or reports the failure. Another window open over
+    // the page keeps it aside for its own end instead.
+    if (att.revoked) {
+      ++att.lost_pages;  // the revocation reports it
+    } else if (att.InOtherWindow(p, key)) {
+      att.kept_aside[p] = std::move(bytes);
+    } else if (att.state[p] == PageState::kAbsent &&
+               pwrite(att.memfd, bytes.data(), kPageSize, static_cast<off_t>(p * kPageSize)) ==
+                   static_cast<ssize_t>(kPageSize)) {
+      att.state[p] = PageState::kDirty;
+      ++att.dirty;
+      ++att.resident;
+      ++redirtied;
+    } else {
+      TLOG_WARN("attachment %#x: kept-aside page %d could not be put back: %s", att.id, p,
+                std::strerror(errno));
+      ++att.lost_pages;  // reported by the next sync
+    }
+  }
+  resident_pages_ += redirtied;
   att.windows.erase(key);
   uint64_t base = att.vaddr.load();
   if (!base) return result;

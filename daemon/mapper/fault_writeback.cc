@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -26,60 +27,73 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   if (!att.writable) return absl::OkStatus();
   uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
   uint64_t base = att.vaddr.load();
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
   absl::Status lost;
-  {
-    absl::MutexLock lock(&att.mu);
-    // Writes kept aside by an open window are written back (or found lost)
-    // when it ends: wait for that, bounded, so that sync reports them.
-    auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
-      auto k = att.kept_aside.lower_bound(p0);
-      return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
-    };
-    absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (kept_in_window() && absl::Now() < deadline) {
-      att.mu.Unlock();
-      absl::SleepFor(absl::Milliseconds(1));
-      att.mu.Lock();
-    }
-    if (att.revoked) {
-      std::string msg = "attachment revoked (" + att.revoke_reason + ")";
-      if (att.lost_pages > 0)
-        msg +=
-            absl::StrFormat(": %d page(s) of writes not yet synced were discarded", att.lost_pages);
-      att.lost_pages = 0;
-      return ErrnoStatus(EIDRM, msg);
-    }
-    if (att.lost_pages > 0) {
-      lost = ErrnoStatus(EIO,
-                         absl::StrFormat("%d page(s) of writes not yet synced were discarded: the "
-                                         "exporter unmapped that memory",
-                                         att.lost_pages));
-      att.lost_pages = 0;
-    }
-    for (uint64_t p = p0; p < p1;) {
-      if (att.state[p] != PageState::kDirty) {
-        ++p;
-        continue;
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  // Rounds: a round whose write-back a newer copy superseded (a store or a
+  // window took a page while the home kept refusing) runs again, bounded,
+  // and writes the newest contents.
+  while (true) {
+    std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
+    uint64_t epoch;
+    {
+      absl::MutexLock lock(&att.mu);
+      // Writes kept aside by an open window are written back (or found
+      // lost, or put back dirty) when it ends: wait for that, bounded, so
+      // that sync reports them.
+      auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+        auto k = att.kept_aside.lower_bound(p0);
+        return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
+      };
+      while (kept_in_window() && absl::Now() < deadline) {
+        att.mu.Unlock();
+        absl::SleepFor(absl::Milliseconds(1));
+        att.mu.Lock();
       }
-      uint64_t q = p;
-      while (q < p1 && att.state[q] == PageState::kDirty) {
-        att.state[q] = PageState::kWriteback;
-        ++q;
+      if (att.revoked) {
+        std::string msg = "attachment revoked (" + att.revoke_reason + ")";
+        if (att.lost_pages > 0)
+          msg += absl::StrFormat(": %d page(s) of writes not yet synced were discarded",
+                                 att.lost_pages);
+        att.lost_pages = 0;
+        return ErrnoStatus(EIDRM, msg);
       }
-      // Protect before reading: a store from now on faults and re-dirties.
-      WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
-      att.dirty -= q - p;
-      runs.emplace_back(p, q - p);
-      p = q;
+      if (att.lost_pages > 0) {
+        lost =
+            ErrnoStatus(EIO, absl::StrFormat("%d page(s) of writes not yet synced were discarded: "
+                                             "the exporter unmapped that memory",
+                                             att.lost_pages));
+        att.lost_pages = 0;
+      }
+      for (uint64_t p = p0; p < p1;) {
+        if (att.state[p] != PageState::kDirty) {
+          ++p;
+          continue;
+        }
+        uint64_t q = p;
+        while (q < p1 && att.state[q] == PageState::kDirty) {
+          att.state[q] = PageState::kWriteback;
+          ++q;
+        }
+        // Protect before reading: a store from now on faults and re-dirties.
+        WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
+        att.dirty -= q - p;
+        runs.emplace_back(p, q - p);
+        p = q;
+      }
+      epoch = att.wb_epoch;
     }
+    bool superseded = false;
+    absl::Status result = WriteBackRuns(att, runs, epoch, &superseded);
+    if (superseded && result.ok() && absl::Now() < deadline) continue;
+    if (superseded && result.ok())
+      result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
+    return lost.ok() ? result : lost;
   }
-  absl::Status result = WriteBackRuns(att, runs);
-  return lost.ok() ? result : lost;
 }
 
 absl::Status FaultService::WriteBackRuns(Attachment& att,
-                                         const std::vector<std::pair<uint64_t, uint64_t>>& runs) {
+                                         const std::vector<std::pair<uint64_t, uint64_t>>& runs,
+                                         uint64_t epoch, bool* superseded) {
   absl::Status result;
   std::vector<uint8_t> buf;
   std::vector<bool> ok(runs.size(), false);
@@ -88,18 +102,23 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
     buf.resize(count * kPageSize);
     ssize_t got = pread(att.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPageSize));
     absl::Status st;
+    bool run_superseded = false;
     if (got != static_cast<ssize_t>(buf.size())) {
       st = ErrnoStatus(got < 0 ? errno : EIO, "read back dirty pages");
     } else {
-      st = WriteBackPages(att, p, buf);
+      st = WriteBackPages(att, p, buf, &epoch, &run_superseded);
     }
     ok[r] = st.ok();
-    if (!st.ok() && result.ok()) result = st;
+    if (run_superseded) {
+      *superseded = true;  // not an error: a later round or the window writes it
+    } else if (!st.ok() && result.ok()) {
+      result = st;
+    }
   }
   absl::MutexLock lock(&att.mu);
   for (size_t r = 0; r < runs.size(); ++r) {
     for (uint64_t p = runs[r].first; p < runs[r].first + runs[r].second; ++p) {
-      if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied
+      if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied, or taken by a window
       if (ok[r]) {
         att.state[p] = PageState::kClean;
       } else {
@@ -112,7 +131,8 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
 }
 
 absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
-                                          absl::Span<const uint8_t> data) {
+                                          absl::Span<const uint8_t> data, const uint64_t* epoch,
+                                          bool* superseded) {
   // The home refuses writes inside one of its windows (Retry): retry for
   // a bounded time, since windows close within the ack deadline.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
@@ -120,6 +140,18 @@ absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
     absl::Status st =
         data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + first * kPageSize, data);
     if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;
+    // Held here (tests), no lock held: the home refused, not yet retried.
+    TETHER_FAULT_POINT("fault_service.writeback.before_retry");
+    if (epoch) {
+      // A sync's copy: a store or a window may have made a newer one
+      // since (the home's window usually means ours opens too). Sending
+      // this one after that would land older contents over newer.
+      absl::MutexLock lock(&att.mu);
+      if (att.wb_epoch != *epoch) {
+        *superseded = true;
+        return st;
+      }
+    }
     absl::SleepFor(absl::Milliseconds(1));
   }
 }

@@ -19,6 +19,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
@@ -49,6 +50,8 @@ class FakeHome : public BlockServer {
   absl::Status WriteBlocks(uint32_t, uint64_t, uint64_t, uint64_t off,
                            absl::Span<const uint8_t> src) override {
     absl::MutexLock lock(&mu);
+    if (refuse_writes) return Retry("window");
+    if (fail_writes) return ErrnoStatus(EIO, "the home failed the write");
     std::memcpy(mem.data() + off, src.data(), src.size());
     ++writes;
     return absl::OkStatus();
@@ -57,8 +60,24 @@ class FakeHome : public BlockServer {
   std::vector<uint8_t> mem;
   int reads = 0, writes = 0;
   bool refuse = false;
-  bool hold = false;  // read data waits (in flight) until it is cleared
+  bool refuse_writes = false;  // writes answer "retry" (a window at the home)
+  bool fail_writes = false;    // writes fail (EIO)
+  bool hold = false;           // read data waits (in flight) until it is cleared
 };
+
+// Whether this process's page at `addr` is write-protected by userfaultfd
+// (pagemap bit 57, PM_UFFD_WP): a store to it would wait in a fault.
+bool UffdWriteProtected(const void* addr) {
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  uint64_t e = 0;
+  bool ok =
+      fd >= 0 &&
+      pread(fd, &e, sizeof(e),
+            static_cast<off_t>(reinterpret_cast<uintptr_t>(addr) / kPage * sizeof(e))) == sizeof(e);
+  if (fd >= 0) close(fd);
+  EXPECT_TRUE(ok) << "read /proc/self/pagemap";
+  return (e >> 57) & 1;
+}
 
 // The resolver for remote homes: this test has none.
 absl::StatusOr<std::shared_ptr<const DataEndpoint>> NoPeers(uint32_t) {
@@ -96,6 +115,7 @@ class MapperWindowsTest : public ::testing::Test {
     ASSERT_TRUE(faults_.Add(att_).ok());
   }
   void TearDown() override {
+    FaultPoints::ReleaseAll();  // a failed test leaves no thread held
     faults_.Remove(att_);
     faults_.Stop();
     munmap(map_, kPages * kPage);
@@ -103,6 +123,14 @@ class MapperWindowsTest : public ::testing::Test {
   PageState State(uint64_t p) {
     absl::MutexLock lock(&att_->mu);
     return att_->state[p];
+  }
+  uint8_t HomeByte(uint64_t off) {
+    absl::MutexLock lock(&home_.mu);
+    return home_.mem[off];
+  }
+  void SetHome(bool FakeHome::*knob, bool v) {
+    absl::MutexLock lock(&home_.mu);
+    home_.*knob = v;
   }
 
   FakeHome home_;
@@ -278,6 +306,88 @@ TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
   reader2.join();
   EXPECT_EQ(seen.load(), 7) << "fetched again after the window: the new contents";
   EXPECT_EQ(reads(), 3);
+}
+
+// Issue 14, defect 3: range_begin reads a dirty page and then punches it
+// out. A store between the two must not be lost: the page is
+// write-protected before it is read, so the store faults, waits for the
+// window, and lands on the page fetched after it (which holds the
+// kept-aside bytes, written back before the range reopens).
+TEST_F(MapperWindowsTest, AStoreRacingRangeBeginIsNotLost) {
+  const char* kAfterRead = "fault_service.begin_window.after_read";
+  const char* kWpFault = "fault_service.write_protect.before_lock";
+  map_[4 * kPage] = 9;  // dirty
+  ASSERT_EQ(State(4), PageState::kDirty);
+  FaultPoints::Arm(kAfterRead);
+  std::thread begin([&] { faults_.BeginWindow(*att_, 5, 0, kPages); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kAfterRead, absl::Seconds(10)));
+  // range_begin has read page 4 (with att.mu held) and not punched it yet.
+  std::thread store;
+  if (UffdWriteProtected(map_ + 4 * kPage)) {
+    // Protected before the read: the store faults. Hold the fault thread
+    // until it has the fault in hand (it then waits for att.mu, which
+    // range_begin holds), so the store races exactly this step.
+    FaultPoints::Arm(kWpFault);
+    store = std::thread([&] { map_[4 * kPage + 1] = 10; });
+    ASSERT_TRUE(FaultPoints::WaitUntilReached(kWpFault, absl::Seconds(10)));
+    FaultPoints::Release(kWpFault);
+  } else {
+    map_[4 * kPage + 1] = 10;  // not protected: lands now, after the read
+  }
+  FaultPoints::Release(kAfterRead);
+  begin.join();
+  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  if (store.joinable()) store.join();
+  EXPECT_EQ(map_[4 * kPage], 9);
+  EXPECT_EQ(map_[4 * kPage + 1], 10) << "the client's store was lost";
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9);
+  EXPECT_EQ(HomeByte(4 * kPage + 1), 10) << "the client's store never reached the home";
+}
+
+// Issue 14, defect 4: the write-back of a kept-aside page after the window
+// fails. It must be neither dropped nor hidden: the client still reads its
+// write, the next sync reports the failure, a later one writes it back.
+TEST_F(MapperWindowsTest, AFailedWriteBackAfterAWindowIsReportedAndRetried) {
+  map_[4 * kPage] = 9;  // dirty
+  faults_.BeginWindow(*att_, 5, 0, kPages);
+  SetHome(&FakeHome::fail_writes, true);
+  EXPECT_FALSE(faults_.EndWindow(*att_, 5, {}).ok());
+  EXPECT_EQ(map_[4 * kPage], 9) << "the client reads the home's older copy, not its own write";
+  absl::Status st = faults_.Sync(*att_, 0, att_->size);
+  EXPECT_FALSE(st.ok()) << "sync says OK while a write it covers never reached the home";
+  SetHome(&FakeHome::fail_writes, false);
+  st = faults_.Sync(*att_, 0, att_->size);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "the kept-aside write was dropped";
+  EXPECT_EQ(map_[4 * kPage], 9);
+}
+
+// Issue 14, defect 4 (ordering): a sync refused by the home (a window
+// there) retries; meanwhile the client stores again and this mapper's
+// range_begin keeps the newer page aside, written back at range_end. The
+// sync's retry must not land its older copy over it afterwards.
+TEST_F(MapperWindowsTest, ASyncRetryDoesNotLandAnOlderCopyAfterTheWindow) {
+  const char* kBeforeRetry = "fault_service.writeback.before_retry";
+  map_[4 * kPage] = 9;  // dirty
+  SetHome(&FakeHome::refuse_writes, true);
+  FaultPoints::Arm(kBeforeRetry);
+  absl::Status sync_st;
+  std::thread sync([&] { sync_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeRetry, absl::Seconds(10)));
+  // The sync sent [9, 0] and was refused. The client stores again (a
+  // write-protect fault: the page is dirty again).
+  map_[4 * kPage + 1] = 10;
+  faults_.BeginWindow(*att_, 5, 0, kPages);  // keeps [9, 10] aside
+  SetHome(&FakeHome::refuse_writes, false);  // the home's window ends
+  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  EXPECT_EQ(HomeByte(4 * kPage + 1), 10);
+  FaultPoints::Release(kBeforeRetry);
+  sync.join();
+  EXPECT_EQ(HomeByte(4 * kPage + 1), 10) << "the sync's retry landed an older copy";
+  EXPECT_EQ(map_[4 * kPage + 1], 10) << "the client's store was lost";
+  EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(4 * kPage + 1), 10);
 }
 
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {
