@@ -916,6 +916,101 @@ static void test_timeout(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* (e2) ack_timeout_ms only takes 100..60000 (issue 14, defect 12)     */
+
+#define ACK_TIMEOUT_PARAM "/sys/module/tether/parameters/ack_timeout_ms"
+
+/* Writes @val to the parameter with one write(2); 0 or the errno. */
+static int write_timeout_param(const char *val)
+{
+	int fd = open(ACK_TIMEOUT_PARAM, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+	int err;
+
+	if (fd < 0)
+		return errno;
+	n = write(fd, val, strlen(val));
+	err = n < 0 ? errno : 0;
+	close(fd);
+	return err;
+}
+
+static long read_timeout_param(void)
+{
+	FILE *f = fopen(ACK_TIMEOUT_PARAM, "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/*
+ * 0 used to mean "never wait": every BEGIN went out without
+ * TETHER_EVF_BLOCKABLE, which the daemon takes for the OOM reaper and
+ * answers by revoking every mapper.  Values below 100 ms time out every
+ * blockable BEGIN that needs a network round trip; above 60 s an exporter
+ * holding mmap_lock blocks others past the hung-task timeout.  Each bad
+ * write must fail with EINVAL and change nothing.
+ */
+static void test_timeout_param(void)
+{
+	static const char *const bad[] = {
+		"0", "0\n", "1", "99", "60001", "600000", "4294967295",
+		"4294967296", "-1", "abc", "500x",
+	};
+	static const struct {
+		const char *val;
+		long want;
+	} good[] = { { "100", 100 }, { "60000", 60000 }, { "2500\n", 2500 } };
+	long orig = read_timeout_param(), v;
+	unsigned int i;
+	int err, nbad = 0, ngood = 0;
+
+	if (orig < 0) {
+		fail("param_timeout", "cannot read %s", ACK_TIMEOUT_PARAM);
+		return;
+	}
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err = write_timeout_param(bad[i]);
+		v = read_timeout_param();
+		if (err != EINVAL || v != orig) {
+			fail("param_timeout_rejects_bad",
+			     "writing \"%s\": %s (want EINVAL), value now %ld (was %ld)",
+			     bad[i], err ? strerror(err) : "accepted", v, orig);
+			nbad++;
+			/* put it back for the next case and the later tests */
+			write_timeout_param("5000");
+			orig = read_timeout_param();
+		}
+	}
+	if (!nbad)
+		pass("param_timeout_rejects_bad");
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		err = write_timeout_param(good[i].val);
+		v = read_timeout_param();
+		if (err || v != good[i].want) {
+			fail("param_timeout_accepts_good",
+			     "writing \"%s\": %s, value now %ld (want %ld)",
+			     good[i].val, err ? strerror(err) : "accepted", v,
+			     good[i].want);
+			ngood++;
+		}
+	}
+	if (!ngood)
+		pass("param_timeout_accepts_good");
+	err = set_timeout_ms(5000);
+	v = read_timeout_param();
+	if (err || v != 5000)
+		fail("param_timeout_restored", "restoring 5000: value now %ld", v);
+	else
+		pass("param_timeout_restored");
+}
+
+/* ------------------------------------------------------------------ */
 /* (f) bad ioctl arguments                                             */
 
 #define EXPECT_ERR(name, expr, want)                                         \
@@ -1389,6 +1484,7 @@ int main(void)
 	test_exit_release();
 	test_ctl_close();
 	test_timeout();
+	test_timeout_param();
 	test_bad_args();
 	test_cow();
 	test_many();
