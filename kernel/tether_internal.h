@@ -38,7 +38,15 @@ static_assert(sizeof(struct tether_event) == 64);
 #define TETHER_MAX_MARKS	65536	/* separate marked intervals per range */
 #define TETHER_MAX_QUEUED	65536	/* unread non-waited events per control fd */
 
-extern unsigned int tether_ack_timeout_ms;
+/*
+ * ack_timeout_ms (tether_main.c): how long a blockable invalidation waits
+ * for the daemon's ack.  Plain numbers: MODULE_PARM_DESC stringifies them.
+ */
+#define TETHER_ACK_TIMEOUT_MIN_MS	100
+#define TETHER_ACK_TIMEOUT_MAX_MS	60000
+#define TETHER_ACK_TIMEOUT_DEFAULT_MS	5000
+
+extern unsigned int tether_ack_timeout_ms;	/* always MIN..MAX */
 extern struct xarray tether_ranges;	/* range id -> struct tether_range */
 
 enum tether_role {

@@ -12,19 +12,61 @@
  * rejected call leaves the module's state as it was.
  */
 #include <linux/file.h>
+#include <linux/kernel.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/moduleparam.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/stringify.h>
 #include <linux/uaccess.h>
 
 #include "tether_internal.h"
 
-unsigned int tether_ack_timeout_ms = 5000;
-module_param_named(ack_timeout_ms, tether_ack_timeout_ms, uint, 0644);
+unsigned int tether_ack_timeout_ms = TETHER_ACK_TIMEOUT_DEFAULT_MS;
+
+/**
+ * tether_ack_timeout_set() - set ack_timeout_ms, at load or through sysfs
+ * @val: the new value, as written (decimal, 0x/0 prefixes, trailing newline)
+ * @kp:  the parameter
+ *
+ * Takes only TETHER_ACK_TIMEOUT_MIN_MS..TETHER_ACK_TIMEOUT_MAX_MS.  There is
+ * no "never wait" value: a blockable invalidation always reaches the daemon
+ * as blockable, which then takes it as a window, not as the OOM reaper's
+ * BEGIN that revokes every mapper (G4).  Below the minimum, every blockable
+ * BEGIN whose ack needs a network round trip would time out; above the
+ * maximum, an exporter waiting with mmap_lock held would keep tasks queued
+ * on that lock blocked past the default hung-task timeout (120 s).
+ *
+ * Context: process context, under the kernel's parameter lock.
+ * Return: 0, or -EINVAL for anything that is not a number in range; the
+ * value is then unchanged (a load with it fails).
+ */
+static int tether_ack_timeout_set(const char *val,
+				  const struct kernel_param *kp)
+{
+	unsigned int ms;
+
+	if (kstrtouint(val, 0, &ms) || ms < TETHER_ACK_TIMEOUT_MIN_MS ||
+	    ms > TETHER_ACK_TIMEOUT_MAX_MS)
+		return -EINVAL;
+	WRITE_ONCE(*(unsigned int *)kp->arg, ms);
+	return 0;
+}
+
+static const struct kernel_param_ops tether_ack_timeout_ops = {
+	.set = tether_ack_timeout_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(ack_timeout_ms, &tether_ack_timeout_ops,
+		&tether_ack_timeout_ms, 0644);
 MODULE_PARM_DESC(ack_timeout_ms,
-		 "How long a blockable invalidation waits for the daemon's ack (ms, 0 = never wait; default 5000)");
+		 "How long a blockable invalidation waits for the daemon's ack (ms, "
+		 __stringify(TETHER_ACK_TIMEOUT_MIN_MS) ".."
+		 __stringify(TETHER_ACK_TIMEOUT_MAX_MS) ", default "
+		 __stringify(TETHER_ACK_TIMEOUT_DEFAULT_MS) ")");
 
 DEFINE_XARRAY_ALLOC1(tether_ranges);
 

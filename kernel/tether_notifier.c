@@ -402,7 +402,7 @@ static int tether_mn_start(struct mmu_notifier *mn,
 			continue;
 		}
 		range->seq++;
-		ev->waiter = blockable && READ_ONCE(tether_ack_timeout_ms);
+		ev->waiter = blockable;
 		tether_fill(ev, exp, range, s, e, type,
 			    ev->waiter ? TETHER_EVF_BLOCKABLE : 0,
 			    TETHER_KIND_BEGIN);
@@ -530,7 +530,7 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 		return;
 	}
 	exp->mm_gone = true;
-	wait = !exp->closing && READ_ONCE(tether_ack_timeout_ms);
+	wait = !exp->closing;
 	if (exp->ctl) {
 		list_for_each_entry(range, &exp->range_list, node) {
 			if (list_empty(&prealloc)) {

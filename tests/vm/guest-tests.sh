@@ -18,6 +18,19 @@ echo "INFO kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
 dmesg -C 2>/dev/null
 # TETHER_VM_SUITES: which suites run (default all: module daemon invalidation rdma).
 suite() { case " ${TETHER_VM_SUITES:-module daemon invalidation} " in *" $1 "*) return 0;; esac; return 1; }
+# ack_timeout_ms takes only 100..60000 (kernel/README.md): a load with
+# another value must fail (issue 14 defect 12: 0 made every BEGIN
+# non-blockable).
+if suite module; then
+  bad=
+  for v in 0 99 60001; do
+    if insmod "$KB/kernel/tether.ko" ack_timeout_ms=$v 2>/dev/null; then
+      bad="$bad $v"; rmmod tether
+    fi
+  done
+  if [ -z "$bad" ]; then echo "PASS insmod_rejects_bad_ack_timeout"
+  else echo "FAIL insmod_rejects_bad_ack_timeout: loaded with ack_timeout_ms=$bad"; fi
+fi
 if insmod "$KB/kernel/tether.ko"; then
   echo "PASS insmod"
 else
