@@ -70,9 +70,7 @@ absl::Status Tetherd::Start() {
 // interfaces or through this object, never through setters on running parts.
 absl::Status Tetherd::Build() {
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
-  auto tcp = std::make_unique<TcpTransport>(config_.node_id);
-  notice_transport_ = tcp.get();
-  transport_ = std::move(tcp);
+  transport_ = std::make_unique<TcpTransport>(config_.node_id);
   RETURN_IF_ERROR(MakeRdma());
   peers_ = std::make_unique<PeerDirectory>(
       config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
@@ -91,7 +89,7 @@ absl::Status Tetherd::Build() {
   // or by gRPC; ours go out the same two ways.
   notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
   channel_ = std::make_unique<PeerInvalidationChannel>(
-      config_.node_id, peers_.get(), notice_transport_, mapper_invalidation_.get());
+      config_.node_id, peers_.get(), transport_.get(), mapper_invalidation_.get());
   coordinator_ =
       std::make_unique<InvalidationCoordinator>(config_.node_id, registry_.get(), channel_.get(),
                                                 absl::Milliseconds(config_.invalidate_deadline_ms));

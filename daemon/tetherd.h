@@ -59,7 +59,7 @@ class AttachmentTable;
 class FaultService;
 class DataPath;
 class Transport;
-class NoticeTransport;
+class TcpTransport;
 class InvalidationCoordinator;
 class MapperInvalidation;
 class NotifierSource;
@@ -88,11 +88,11 @@ class Tetherd {
   uint32_t incarnation_ = 0;
   absl::Time started_;
   std::unique_ptr<SegmentRegistry> registry_;
-  std::unique_ptr<Transport> transport_;         // tcp
-  NoticeTransport* notice_transport_ = nullptr;  // the same object (notices ride tcp)
-  std::unique_ptr<Transport> rdma_;              // null without a usable verbs device
-  std::string rdma_device_;                      // what DeviceAvailable found
-  std::string rdma_address_;                     // where it listens; empty if it does not
+  // tcp: the data transport, and the NoticeTransport notices ride on.
+  std::unique_ptr<TcpTransport> transport_;
+  std::unique_ptr<Transport> rdma_;  // null without a usable verbs device
+  std::string rdma_device_;          // what DeviceAvailable found
+  std::string rdma_address_;         // where it listens; empty if it does not
   std::unique_ptr<PeerDirectory> peers_;
   std::unique_ptr<DataPath> data_path_;
   std::unique_ptr<AttachmentTable> attachments_;
