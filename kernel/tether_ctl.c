@@ -65,9 +65,13 @@ void tether_kevent_cache_exit(void)
  */
 struct tether_kevent *tether_kevent_alloc(gfp_t gfp)
 {
-	struct tether_kevent *ev = mempool_alloc(tether_kevent_pool,
-						 gfp | __GFP_NOWARN);
+	struct tether_kevent *ev;
 
+	/* The test hook fails only what notifier callbacks allocate. */
+	if (!(gfp & __GFP_DIRECT_RECLAIM) &&
+	    READ_ONCE(tether_test_fail_event_alloc))
+		return NULL;
+	ev = mempool_alloc(tether_kevent_pool, gfp | __GFP_NOWARN);
 	if (!ev)
 		return NULL;
 	memset(ev, 0, sizeof(*ev));

@@ -32,7 +32,7 @@ static_assert(sizeof(struct tether_mark) == 32);
 static_assert(sizeof(struct tether_seq) == 16);
 static_assert(sizeof(struct tether_range_info) == 32);
 static_assert(sizeof(struct tether_ack) == 16);
-static_assert(sizeof(struct tether_event) == 64);
+static_assert(sizeof(struct tether_event) == 72);
 
 #define TETHER_MAX_RANGES	65536	/* per exporter */
 #define TETHER_MAX_MARKS	65536	/* separate marked intervals per range */
@@ -47,6 +47,7 @@ static_assert(sizeof(struct tether_event) == 64);
 #define TETHER_ACK_TIMEOUT_DEFAULT_MS	5000
 
 extern unsigned int tether_ack_timeout_ms;	/* always MIN..MAX */
+extern bool tether_test_fail_event_alloc;	/* test hook (tether_main.c) */
 extern struct xarray tether_ranges;	/* range id -> struct tether_range */
 
 enum tether_role {

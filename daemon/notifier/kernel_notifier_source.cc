@@ -25,7 +25,7 @@ namespace {
 // deadline for a frozen mapper; more exporters waiting at once than this
 // wait for each other.
 constexpr int kBeginWorkers = 4;
-static_assert(sizeof(tether_event) == 64, "ABI 1 event record");
+static_assert(sizeof(tether_event) == 72, "ABI 2 event record");
 
 const char* TypeName(uint32_t type) {
   switch (type) {

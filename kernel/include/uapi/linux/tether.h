@@ -39,7 +39,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define TETHER_ABI_VERSION	1
+#define TETHER_ABI_VERSION	2
 #define TETHER_DEVICE		"/dev/tether"
 #define TETHER_IOC_MAGIC	0xB7
 
@@ -183,11 +183,17 @@ enum tether_event_kind {
 	TETHER_KIND_RELEASE  = 3,	/* range gone for good: revoke, then ack */
 	TETHER_KIND_OVERFLOW = 4,	/* events were lost (no memory / queue full):
 					 * treat every range of every exporter on
-					 * this control fd as invalidated */
+					 * this control fd as invalidated; with
+					 * TETHER_EVF_BLOCKABLE an invalidation
+					 * waits for its ack */
 };
 
 /* struct tether_event.flags */
 #define TETHER_EVF_BLOCKABLE	(1U << 0)	/* the exporter waits for the ack */
+#define TETHER_EVF_LATE		(1U << 1)	/* BEGIN/RELEASE: the kernel stopped
+						 * waiting before this record was
+						 * read (ack timeout, fatal signal)
+						 * and went on without the ack */
 
 /**
  * struct tether_event - one record returned by read(2) on a control fd
@@ -201,11 +207,22 @@ enum tether_event_kind {
  * @flags:       TETHER_EVF_*
  * @kind:        enum tether_event_kind
  * @pad:         0
+ * @begin_id:    END: the @event_id of its BEGIN (every BEGIN has exactly
+ *               one END, queued after it; ENDs of identical concurrent
+ *               invalidations are told apart only by this); 0 otherwise
  *
  * read(2) returns whole records only (count < sizeof -> EINVAL), blocks
  * unless O_NONBLOCK (then EAGAIN).  Non-blockable BEGINs (no
  * TETHER_EVF_BLOCKABLE) come from contexts that may not sleep (the OOM
  * reaper): the kernel does not wait, the daemon revokes asynchronously.
+ * A BEGIN (or RELEASE) flagged TETHER_EVF_LATE was blockable, but the
+ * kernel gave up waiting before the daemon read it: nobody waits for its
+ * ack any more, and the pages may already be gone, so the daemon revokes
+ * asynchronously as for a non-blockable BEGIN.  Its END follows it.
+ * An OVERFLOW flagged TETHER_EVF_BLOCKABLE holds at least one blockable
+ * invalidation whose events could not be allocated: it waits (bounded by
+ * ack_timeout_ms) until the daemon has treated every range as invalidated
+ * and acked that OVERFLOW's @event_id.
  */
 struct tether_event {
 	__u64 event_id;
@@ -218,6 +235,7 @@ struct tether_event {
 	__u32 flags;
 	__u32 kind;
 	__u32 pad;
+	__u64 begin_id;
 };
 
 #define TETHER_IOC_GET_VERSION    _IOR(TETHER_IOC_MAGIC, 0x00, struct tether_version)
