@@ -1460,6 +1460,8 @@ static void test_late_begin(void)
 	} else {
 		pass("late_begin_delivered");
 	}
+	/* later mappings (thread stacks) may land on the freed page */
+	dcall(D_UNMARK, rid, 0, 8 * P, -1);
 }
 
 /*
@@ -1530,15 +1532,27 @@ static void test_seq_disjoint(void)
 
 struct madv_arg {
 	char *p;
+	int go[2];	/* a byte on go[1] starts the madvise */
 	int rc;
 };
 
 static void *madv_thread(void *a)
 {
 	struct madv_arg *m = a;
+	char x;
 
+	if (read(m->go[0], &x, 1) != 1)
+		return NULL;
 	m->rc = madvise(m->p, P, MADV_DONTNEED);
 	return NULL;
+}
+
+static void madv_go(struct madv_arg *m)
+{
+	char x = 1;
+
+	if (write(m->go[1], &x, 1) != 1)
+		perror("madv_go");
 }
 
 /*
@@ -1550,25 +1564,32 @@ static void test_end_pairs(void)
 {
 	char *p = map_pages(4);
 	uint64_t rid = reg_range(efd, p, 4 * P);
-	struct madv_arg a1 = { p, -1 }, a2 = { p, -1 };
+	struct madv_arg a1 = { p, { -1, -1 }, -1 }, a2 = { p, { -1, -1 }, -1 };
 	pthread_t t1, t2;
 	uint64_t id1, id2;
 	int n, e1, e2, ok = 0;
 
-	if (!rid || dmark(rid, 0, P))
+	if (!rid || dmark(rid, 0, P) || pipe(a1.go) || pipe(a2.go))
 		return;
+	/*
+	 * Both threads exist before the first madvise: creating one maps its
+	 * stack (mmap_lock for write), which would wait behind the first
+	 * madvise's read lock until its ack timed out.
+	 */
+	if (pthread_create(&t1, NULL, madv_thread, &a1) ||
+	    pthread_create(&t2, NULL, madv_thread, &a2)) {
+		fail("end_pairs_with_begin", "pthread_create");
+		exit(1);
+	}
 	dcall(D_ACKDELAY, -1, 0, 0, -1);
 	dcall(D_CLEAR, 0, 0, 0, -1);
-	if (pthread_create(&t1, NULL, madv_thread, &a1)) {
-		fail("end_pairs_with_begin", "pthread_create");
-		return;
-	}
+	madv_go(&a1);
 	n = wait_ev(rid, TETHER_KIND_BEGIN, 1, 5000);
-	if (n < 0 || pthread_create(&t2, NULL, madv_thread, &a2)) {
+	madv_go(&a2);
+	if (n < 0) {
 		fail("end_pairs_with_begin", "first BEGIN not seen");
 		dcall(D_ACKNOW, 0, 0, 0, -1);
-		pthread_join(t1, NULL);
-		return;
+		goto join;
 	}
 	id1 = evs[nth_ev(n, rid, TETHER_KIND_BEGIN, 0)].ev.event_id;
 	n = wait_ev(rid, TETHER_KIND_BEGIN, 2, 5000);
@@ -1607,6 +1628,10 @@ static void test_end_pairs(void)
 join:
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
+	close(a1.go[0]);
+	close(a1.go[1]);
+	close(a2.go[0]);
+	close(a2.go[1]);
 	if (ok && (a1.rc || a2.rc))
 		fail("end_pairs_with_begin", "madvise failed");
 	else if (ok)
@@ -1673,6 +1698,7 @@ static void test_alloc_failure(void)
 		pass("alloc_failure_waits");
 	}
 	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_UNMARK, rid, 0, 4 * P, -1);
 }
 
 /* ------------------------------------------------------------------ */
