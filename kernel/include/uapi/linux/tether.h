@@ -104,8 +104,9 @@ struct tether_attach {
  * @len:      in: page-aligned length, > 0, offset + len <= range length
  * @seq:      out: the range's invalidation sequence, taken under the same
  *            lock as the filter.  Odd: an invalidation of the exporter's mm
- *            is in progress (a fetch started now must be retried).  Pass it
- *            to TETHER_IOC_READ_RETRY after reading the exporter's memory.
+ *            that overlaps [@offset, @offset + @len) is in progress (a fetch
+ *            of it started now must be retried).  Pass it to
+ *            TETHER_IOC_READ_RETRY after reading the exporter's memory.
  *
  * MARK is idempotent (overlapping marks merge); UNMARK of unmarked space is
  * a no-op.  Errors: ENOENT (unknown or foreign range id), EINVAL (alignment,
@@ -125,8 +126,9 @@ struct tether_mark {
  * @seq:      in: value returned by MARK_CACHED (or a previous READ_RETRY)
  *
  * Returns 0 when no invalidation touched the range since @seq was taken and
- * none is in progress (the data read meanwhile is valid), -1/EAGAIN when the
- * caller must discard what it read and retry.  ENOENT/ESRCH as for MARK.
+ * none overlapping the range is in progress (the data read meanwhile is
+ * valid), -1/EAGAIN when the caller must discard what it read and retry.
+ * ENOENT/ESRCH as for MARK.
  */
 struct tether_seq {
 	__u64 range_id;
@@ -151,7 +153,8 @@ struct tether_range_info {
 
 /**
  * struct tether_ack - TETHER_IOC_ACK (control fd)
- * @event_id: in: id of a BEGIN or RELEASE event read from this control fd
+ * @event_id: in: id of a BEGIN or RELEASE event read from this control fd,
+ *            or of the last OVERFLOW flagged TETHER_EVF_BLOCKABLE read
  * @flags:    in: must be 0
  *
  * Errors: ENOENT (no exporter waits for that event: unknown id, already
