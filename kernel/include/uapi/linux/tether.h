@@ -22,7 +22,8 @@
  * everything else returns at once.  A blockable BEGIN (flag
  * TETHER_EVF_BLOCKABLE) holds the exporter's call until the daemon acks it,
  * the control fd closes, the exporter gets a fatal signal, or the module's
- * ack_timeout_ms expires (then the module logs it).
+ * ack_timeout_ms expires (then the module logs it, and a BEGIN the daemon
+ * had not read yet is still delivered, flagged TETHER_EVF_LATE).
  *
  * All structures have fixed sizes, only __u64/__u32/__s32 fields, explicit
  * padding that must be zero on input, and are identical for 32- and 64-bit
