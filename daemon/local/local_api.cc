@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 
@@ -420,6 +421,15 @@ absl::Status LocalApi::InvalidateEnd(const LocalConnection& c,
 
 void LocalApi::DetachAll() {
   for (auto& att : atts_->TakeAll()) (void)DetachEntry(att);
+}
+
+std::vector<uint32_t> LocalApi::RemoteHomesInUse() {
+  std::vector<uint32_t> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, a] : apids_)
+    if (a.home != node_id_ && std::find(out.begin(), out.end(), a.home) == out.end())
+      out.push_back(a.home);
+  return out;
 }
 
 }  // namespace tether

@@ -54,6 +54,10 @@ class LocalApi : public LocalHandler {
   // Detaches everything (daemon shutdown), writing dirty pages back.
   void DetachAll();
 
+  // The other nodes this node holds grants (apids) from: the lease keeper
+  // renews their leases (mapper/lease_keeper.h). Any thread.
+  std::vector<uint32_t> RemoteHomesInUse();
+
  private:
   struct Apid {
     uint64_t segid = 0;
