@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/invalidation/ack_collector.h"
 
@@ -112,14 +113,23 @@ void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uin
   for (;;) {
     absl::Time now = leases_->clock()->Now();
     absl::Time until = absl::InfinitePast();
-    absl::MutexLock lock(&revokes->mu);
-    for (uint32_t node : revokes->unacked) until = std::max(until, expires[node]);
+    size_t unacked;
+    {
+      absl::MutexLock lock(&revokes->mu);
+      for (uint32_t node : revokes->unacked) until = std::max(until, expires[node]);
+      unacked = revokes->unacked.size();
+    }
     if (until <= now) break;
     waited = true;
+    // Held here (tests) with no lock held: Begin has read the clock and
+    // decided that a fenced node's lease still runs.
+    TETHER_FAULT_POINT("invalidation.fence.lease_wait");
     struct Fewer {
       const absl::flat_hash_set<uint32_t>* unacked;
       size_t before;
-    } fewer{&revokes->unacked, revokes->unacked.size()};
+    };
+    absl::MutexLock lock(&revokes->mu);
+    Fewer fewer{&revokes->unacked, unacked};
     revokes->mu.AwaitWithTimeout(
         absl::Condition(
             +[](Fewer* f) { return f->unacked->size() < f->before; }, &fewer),

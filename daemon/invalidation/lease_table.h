@@ -87,8 +87,8 @@ class HomeLeaseTable {
 
 // What a home answered a renewal with.
 struct LeaseRenewal {
-  uint64_t incarnation = 0;                          // the home daemon's, now
-  absl::Duration lease = absl::ZeroDuration();       // zero: the home has leases off
+  uint64_t incarnation = 0;                              // the home daemon's, now
+  absl::Duration lease = absl::ZeroDuration();           // zero: the home has leases off
   std::vector<std::pair<uint64_t, std::string>> fenced;  // segids this node is fenced for, why
 };
 

@@ -42,8 +42,8 @@ void LeaseKeeper::Loop() {
     absl::Time next = Tick();
     // The clock is the lease table's; the wait is real time, capped, and
     // the next pass decides from the clock again (common/clock.h).
-    absl::Duration wait = std::clamp(next - leases_->clock()->Now(), absl::Milliseconds(1),
-                                     kMaxSleep);
+    absl::Duration wait =
+        std::clamp(next - leases_->clock()->Now(), absl::Milliseconds(1), kMaxSleep);
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(absl::Condition(
                              +[](LeaseKeeper* k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(k->mu_) {

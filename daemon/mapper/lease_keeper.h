@@ -79,7 +79,7 @@ class LeaseKeeper {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool woken_ ABSL_GUARDED_BY(mu_) = false;
-  absl::flat_hash_set<uint32_t> lapsed_ ABSL_GUARDED_BY(mu_);  // logged as lapsed
+  absl::flat_hash_set<uint32_t> lapsed_ ABSL_GUARDED_BY(mu_);   // logged as lapsed
   absl::flat_hash_set<uint32_t> failing_ ABSL_GUARDED_BY(mu_);  // logged as failing
   std::thread thread_;
 };
