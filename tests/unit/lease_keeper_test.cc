@@ -69,14 +69,13 @@ class LeaseKeeperTest : public ::testing::Test {
   AttachmentTable atts_{7};
   std::map<uint64_t, std::string> revoked_;
   std::vector<uint32_t> homes_in_use_;
-  LeaseKeeper keeper_{kSelf,
-                      &leases_,
-                      &renewer_,
-                      &atts_,
-                      [this](Attachment& att, const std::string& why) {
-                        revoked_.emplace(att.id, why);
-                      },
-                      [this] { return homes_in_use_; }};
+  LeaseKeeper keeper_{
+      kSelf,
+      &leases_,
+      &renewer_,
+      &atts_,
+      [this](Attachment& att, const std::string& why) { revoked_.emplace(att.id, why); },
+      [this] { return homes_in_use_; }};
 };
 
 TEST_F(LeaseKeeperTest, RenewsEachHomeInUseEveryThirdOfTheLease) {
@@ -162,8 +161,7 @@ TEST_F(LeaseKeeperTest, LeasesOffRevokeNothingAndSendNothing) {
   MapperLeaseTable off(LeaseConfig{}, &clock_);
   LeaseKeeper keeper(
       kSelf, &off, &renewer_, &atts_,
-      [this](Attachment& att, const std::string& why) { revoked_.emplace(att.id, why); },
-      nullptr);
+      [this](Attachment& att, const std::string& why) { revoked_.emplace(att.id, why); }, nullptr);
   Attach(2, 1);
   clock_.Advance(absl::Hours(1));
   EXPECT_EQ(keeper.Tick(), absl::InfiniteFuture());
