@@ -245,5 +245,19 @@ def test_kill_home_daemon_mid_window(c):
     e2.close()
 
 
+@with_nodes(1)
+def test_start_refuses_leases_the_module_would_cut_short(c):
+    """deadline + lease * (1 + margin) must stay below tether.ko's
+    ack_timeout_ms (at most 60000): tetherd names the flags and exits 2."""
+    n = c.node(1)
+    for bad, says in ((("--invalidate_deadline_ms=2000", "--lease_ms=60000"), "ack_timeout_ms"),
+                      (("--lease_ms=50",), "--lease_ms must be"),
+                      (("--lease_margin_pct=0",), "--lease_margin_pct must be")):
+        r = n.run([c.tetherd, "--node_id=9", "--local_socket=%s.x" % n.sock,
+                   "--admin_socket=%s.y" % n.admin, "--insecure_peers"] + list(bad), timeout=30)
+        expect(r.returncode == 2 and says in r.stderr,
+               "tetherd %s: rc=%s %s" % (" ".join(bad), r.returncode, r.stderr.strip()))
+
+
 if __name__ == "__main__":
     run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
