@@ -3,8 +3,10 @@
 // it holds a lease from that home. The keeper renews the lease of every
 // home this node holds grants or attachments from, every lease/3, with one
 // small RPC per home (LeaseRenewer: PeerDirectory's Renew, on gRPC, never
-// behind a data transfer); and it revokes every attachment from a home
-// whose lease has lapsed — its clients get SIGBUS on every access, and
+// behind a data transfer). Grants count, not only attachments: tether_attach
+// does not ask the home, so an attachment made long after its tether_get
+// must still find the lease valid. And it revokes every attachment from a
+// home whose lease has lapsed — its clients get SIGBUS on every access, and
 // tether_sync reports the writes discarded (EIDRM). A renewal's answer
 // revokes, before the new lease counts, the attachments of segments the
 // home has fenced this node for (a REVOKE that never arrived) and, at
