@@ -117,13 +117,13 @@ absl::Status Tetherd::Build() {
     TLOG_INFO("notifier source: user space (userfaultfd; %s absent)",
               KernelNotifierSource::kDevice);
   }
-  local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
-                                          peers_.get(), faults_.get(), attachments_.get(),
-                                          notifier_.get(), coordinator_.get());
   lease_keeper_ = std::make_unique<LeaseKeeper>(
       config_.node_id, mapper_leases_.get(), peers_.get(), attachments_.get(),
       [this](Attachment& att, const std::string& why) { faults_->Revoke(att, why); },
       [this] { return local_api_->RemoteHomesInUse(); });
+  local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
+                                          peers_.get(), faults_.get(), attachments_.get(),
+                                          notifier_.get(), coordinator_.get(), lease_keeper_.get());
   return absl::OkStatus();
 }
 
@@ -231,8 +231,8 @@ void Tetherd::Stop() {
   channel_.reset();
   notice_receiver_.reset();
   mapper_invalidation_.reset();
-  lease_keeper_.reset();
   local_api_.reset();
+  lease_keeper_.reset();
   faults_.reset();
   attachments_.reset();
   data_path_.reset();

@@ -54,6 +54,16 @@ std::vector<std::pair<uint32_t, absl::Time>> MapperLeaseTable::StartRenewals(
   return out;
 }
 
+absl::Time MapperLeaseTable::StartRenewalNow(uint32_t home) {
+  if (!config_.enabled()) return absl::InfinitePast();
+  absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  Lease& l = leases_[home];
+  if (l.in_flight) return absl::InfinitePast();
+  l.in_flight = true;
+  return now;
+}
+
 void MapperLeaseTable::Renewed(uint32_t home, absl::Time sent, absl::Duration lease) {
   Granted(home, sent, lease);
   RenewFailed(home);  // clears in_flight
@@ -78,13 +88,14 @@ bool MapperLeaseTable::Lapsed(uint32_t home) const { return clock_->Now() >= Val
 absl::Time MapperLeaseTable::NextEvent(const std::vector<uint32_t>& homes) const {
   absl::Time next = absl::InfiniteFuture();
   if (!config_.enabled()) return next;
+  absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
   for (uint32_t h : homes) {
     auto it = leases_.find(h);
     if (it == leases_.end()) return absl::InfinitePast();  // never renewed: due now
     const Lease& l = it->second;
     if (!l.in_flight) next = std::min(next, RenewDue(l));
-    if (!l.unbounded) next = std::min(next, l.valid_until);
+    if (!l.unbounded && l.valid_until > now) next = std::min(next, l.valid_until);
   }
   return next;
 }

@@ -118,6 +118,9 @@ class MapperLeaseTable {
   // now; the caller sends and reports with Renewed or RenewFailed, passing
   // the `sent` time this returned.
   std::vector<std::pair<uint32_t, absl::Time>> StartRenewals(const std::vector<uint32_t>& homes);
+  // Marks a renewal to `home` in flight now whether or not it is due, and
+  // returns its send time; InfinitePast if one is in flight already.
+  absl::Time StartRenewalNow(uint32_t home);
   void Renewed(uint32_t home, absl::Time sent, absl::Duration lease);
   void RenewFailed(uint32_t home);
 
@@ -131,7 +134,8 @@ class MapperLeaseTable {
   // has leases off or leases are off here, InfinitePast if it has none.
   absl::Time ValidUntil(uint32_t home) const;
   // The earliest moment something is due for `homes` (a renewal or an
-  // expiry): the keeper sleeps until then at most.
+  // expiry still ahead): the keeper sleeps until then at most. A lease that
+  // already lapsed is not an event (else the keeper would spin on it).
   absl::Time NextEvent(const std::vector<uint32_t>& homes) const;
 
   const LeaseConfig& config() const { return config_; }

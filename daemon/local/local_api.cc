@@ -48,7 +48,8 @@ int TakeFd(std::vector<int>& fds, size_t i) {
 
 LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
                    RemoteHomes* remotes, FaultService* faults, AttachmentTable* attachments,
-                   NotifierSource* notifier, InvalidationCoordinator* coordinator)
+                   NotifierSource* notifier, InvalidationCoordinator* coordinator,
+                   LeaseKeeper* leases)
     : node_id_(node_id),
       incarnation_(incarnation),
       registry_(registry),
@@ -56,7 +57,8 @@ LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* regi
       faults_(faults),
       atts_(attachments),
       notifier_(notifier),
-      coordinator_(coordinator) {}
+      coordinator_(coordinator),
+      leases_(leases) {}
 
 void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& req,
                       std::vector<int>& fds_in, local::LocalResponse* resp,
@@ -221,6 +223,9 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
     return ErrnoStatus(EINVAL, absl::StrFormat("attach range [%#x, +%#x) is outside the "
                                                "segment (size %#x)",
                                                r.offset(), r.size(), a.grant.segment_size));
+  // Pages of a remote home are served only under a lease from it: make
+  // sure of one before the attachment exists (lease_keeper.h).
+  if (leases_ && a.home != node_id_) RETURN_IF_ERROR(leases_->EnsureLease(a.home));
   int uffd = TakeFd(fds, 0);
   if (uffd < 0 || !IsUserfaultfd(uffd)) {
     if (uffd >= 0) close(uffd);

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 
@@ -87,13 +88,53 @@ absl::Time LeaseKeeper::Tick() {
     if (first) TLOG_WARN("%s; revoking %d attachment(s)", why, atts.size());
     for (const auto& att : atts) revoke_(*att, why);
   }
-  absl::Duration timeout = leases_->config().lease / 2;
-  for (auto [h, sent] : leases_->StartRenewals(homes)) {
-    renewer_->Renew(h, timeout, [this, h = h, sent = sent](absl::StatusOr<LeaseRenewal> r) {
-      OnRenewal(h, sent, std::move(r));
-    });
-  }
+  for (auto [h, sent] : leases_->StartRenewals(homes)) SendRenewal(h, sent);
   return leases_->NextEvent(homes);
+}
+
+void LeaseKeeper::SendRenewal(uint32_t home, absl::Time sent) {
+  renewer_->Renew(
+      home, leases_->config().lease / 2,
+      [this, home, sent](absl::StatusOr<LeaseRenewal> r) { OnRenewal(home, sent, std::move(r)); });
+}
+
+bool LeaseKeeper::Fresh(uint32_t home) const {
+  return leases_->ValidUntil(home) - leases_->clock()->Now() > leases_->config().lease / 3;
+}
+
+absl::Status LeaseKeeper::EnsureLease(uint32_t home) {
+  if (!leases_->config().enabled() || home == self_ || Fresh(home)) return absl::OkStatus();
+  const absl::Duration timeout = leases_->config().lease;
+  absl::Time give_up = absl::Now() + timeout;
+  for (;;) {
+    uint64_t seen;
+    {
+      absl::MutexLock lock(&mu_);
+      seen = answers_;
+    }
+    absl::Time sent = leases_->StartRenewalNow(home);
+    if (sent != absl::InfinitePast()) SendRenewal(home, sent);
+    {
+      // Until an answer (ours or one already in flight) or the timeout.
+      struct Answered {
+        const uint64_t* answers;
+        uint64_t seen;
+      };
+      absl::MutexLock lock(&mu_);
+      Answered a{&answers_, seen};
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](Answered* x) { return *x->answers != x->seen; }, &a),
+                           std::max(give_up - absl::Now(), absl::ZeroDuration()));
+    }
+    if (Fresh(home)) return absl::OkStatus();
+    if (absl::Now() >= give_up)
+      return ErrnoStatus(EHOSTUNREACH,
+                         absl::StrFormat("no lease from node %d: it did not answer a renewal "
+                                         "within %d ms",
+                                         home, absl::ToInt64Milliseconds(timeout)));
+    // A failed renewal is retried after a pause, not in a tight loop.
+    absl::SleepFor(std::min(absl::Milliseconds(50), give_up - absl::Now()));
+  }
 }
 
 void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<LeaseRenewal> r) {
@@ -105,6 +146,8 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<Lease
       first = failing_.insert(home).second;
     }
     if (first) TLOG_INFO("lease renewal at node %d failed: %s", home, r.status().ToString());
+    absl::MutexLock lock(&mu_);
+    ++answers_;
     return;
   }
   {
@@ -127,6 +170,7 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<Lease
   leases_->Renewed(home, sent, r->lease);
   absl::MutexLock lock(&mu_);
   woken_ = true;  // the next renewal is due later now
+  ++answers_;
 }
 
 }  // namespace tether

@@ -23,8 +23,9 @@
 // due and at least every 100 ms (to see new homes). Tick() may also be
 // called from any other thread (unit tests call it with a FakeClock and
 // no thread started). Renewal answers arrive on the renewer's threads
-// (gRPC's) and revoke there. mu_ guards only the keeper's own wake-up and
-// log state; nothing is called under it. Revocations go through
+// (gRPC's) and revoke there. EnsureLease runs on local client threads.
+// mu_ guards only the keeper's own wake-up and log state and the count of
+// answers EnsureLease waits on; nothing is called under it. Revocations go through
 // FaultService::Revoke (takes the attachment's lock; never the network).
 #ifndef TETHER_DAEMON_MAPPER_LEASE_KEEPER_H_
 #define TETHER_DAEMON_MAPPER_LEASE_KEEPER_H_
@@ -66,9 +67,20 @@ class LeaseKeeper {
   // (on the lease table's clock).
   absl::Time Tick();
 
+  // Before a new attachment from `home` is added (LocalApi::Attach, on a
+  // local client's thread; blocks up to one lease of real time): OK once
+  // this node holds a lease from `home` with more than a third of it left,
+  // renewing at once if it does not; EHOSTUNREACH if no renewal was
+  // answered in time. Without this, a grant whose tether_get took most of
+  // a lease (a home reconnecting after a partition) would give an
+  // attachment that the next pass revokes at once.
+  absl::Status EnsureLease(uint32_t home);
+
  private:
   std::vector<uint32_t> Homes();
   void OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<LeaseRenewal> r);
+  void SendRenewal(uint32_t home, absl::Time sent);
+  bool Fresh(uint32_t home) const;
   void Loop();
 
   const uint32_t self_;
@@ -81,6 +93,7 @@ class LeaseKeeper {
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool woken_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t answers_ ABSL_GUARDED_BY(mu_) = 0;                   // renewals answered or failed
   absl::flat_hash_set<uint32_t> lapsed_ ABSL_GUARDED_BY(mu_);   // logged as lapsed
   absl::flat_hash_set<uint32_t> failing_ ABSL_GUARDED_BY(mu_);  // logged as failing
   std::thread thread_;

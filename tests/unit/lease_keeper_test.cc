@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -18,28 +19,53 @@ constexpr absl::Duration kLease = absl::Milliseconds(900);
 constexpr uint32_t kSelf = 1;
 constexpr uint32_t kIncarnation = 0x42;
 
+// Renewals wait here until the test answers them. Thread-safe: EnsureLease
+// sends from another thread than the test's.
 class FakeRenewer : public LeaseRenewer {
  public:
   void Renew(uint32_t home, absl::Duration, Done done) override {
+    absl::MutexLock lock(&mu);
     calls.emplace_back(home, std::move(done));
   }
   // Answers the oldest pending renewal to `home`.
   void Answer(uint32_t home, absl::StatusOr<LeaseRenewal> r) {
-    for (auto it = calls.begin(); it != calls.end(); ++it) {
-      if (it->first != home) continue;
-      Done d = std::move(it->second);
-      calls.erase(it);
-      std::move(d)(std::move(r));
+    Done d;
+    {
+      absl::MutexLock lock(&mu);
+      for (auto it = calls.begin(); it != calls.end(); ++it) {
+        if (it->first != home) continue;
+        d = std::move(it->second);
+        calls.erase(it);
+        break;
+      }
+    }
+    if (!d) {
+      ADD_FAILURE() << "no renewal to node " << home << " pending";
       return;
     }
-    ADD_FAILURE() << "no renewal to node " << home << " pending";
+    std::move(d)(std::move(r));
   }
-  int Pending(uint32_t home) const {
+  int Pending(uint32_t home) {
+    absl::MutexLock lock(&mu);
     int n = 0;
     for (const auto& c : calls) n += c.first == home;
     return n;
   }
-  std::vector<std::pair<uint32_t, Done>> calls;
+  bool WaitForCall(uint32_t home) {
+    absl::MutexLock lock(&mu);
+    auto has = [this, home]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      for (const auto& c : calls)
+        if (c.first == home) return true;
+      return false;
+    };
+    return mu.AwaitWithTimeout(absl::Condition(&has), absl::Seconds(10));
+  }
+  size_t Calls() {
+    absl::MutexLock lock(&mu);
+    return calls.size();
+  }
+  absl::Mutex mu;
+  std::vector<std::pair<uint32_t, Done>> calls ABSL_GUARDED_BY(mu);
 };
 
 class LeaseKeeperTest : public ::testing::Test {
@@ -85,14 +111,14 @@ TEST_F(LeaseKeeperTest, RenewsEachHomeInUseEveryThirdOfTheLease) {
   Attach(2, 1);
   homes_in_use_ = {3, kSelf};  // a grant without attachments; this node's own is no lease
   EXPECT_EQ(keeper_.Tick(), t0 + absl::Milliseconds(300));
-  EXPECT_TRUE(renewer_.calls.empty());
+  EXPECT_EQ(renewer_.Calls(), 0u);
   clock_.Advance(absl::Milliseconds(300));
   keeper_.Tick();
   EXPECT_EQ(renewer_.Pending(2), 1);
   EXPECT_EQ(renewer_.Pending(3), 1);
   EXPECT_EQ(renewer_.Pending(kSelf), 0);
   keeper_.Tick();  // one at a time
-  EXPECT_EQ(renewer_.calls.size(), 2u);
+  EXPECT_EQ(renewer_.Calls(), 2u);
   renewer_.Answer(2, Answer());
   renewer_.Answer(3, Answer());
   EXPECT_EQ(leases_.ValidUntil(2), t0 + absl::Milliseconds(300 + 810));
@@ -165,8 +191,43 @@ TEST_F(LeaseKeeperTest, LeasesOffRevokeNothingAndSendNothing) {
   Attach(2, 1);
   clock_.Advance(absl::Hours(1));
   EXPECT_EQ(keeper.Tick(), absl::InfiniteFuture());
-  EXPECT_TRUE(renewer_.calls.empty());
+  EXPECT_EQ(renewer_.Calls(), 0u);
   EXPECT_TRUE(revoked_.empty());
+  EXPECT_TRUE(keeper.EnsureLease(2).ok());
+}
+
+// A grant whose tether_get took most of the lease (a home reconnecting
+// after a partition): the attach renews first instead of handing out an
+// attachment that the next pass would revoke.
+TEST_F(LeaseKeeperTest, AnAttachWaitsForARenewalWhenLittleOfTheLeaseIsLeft) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(2, t0, kLease);
+  EXPECT_TRUE(keeper_.EnsureLease(2).ok());  // fresh: no renewal
+  EXPECT_EQ(renewer_.Calls(), 0u);
+  EXPECT_TRUE(keeper_.EnsureLease(kSelf).ok());  // this node's own segments need none
+  clock_.Advance(absl::Milliseconds(600));       // 210 ms left: less than a third
+  absl::Status st;
+  std::thread attach([&] { st = keeper_.EnsureLease(2); });
+  ASSERT_TRUE(renewer_.WaitForCall(2));
+  renewer_.Answer(2, Answer());
+  attach.join();
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(leases_.ValidUntil(2), t0 + absl::Milliseconds(600 + 810));
+}
+
+TEST_F(LeaseKeeperTest, AnAttachFailsWhenTheHomeDoesNotRenew) {
+  leases_.Granted(2, clock_.Now(), kLease);
+  clock_.Advance(absl::Milliseconds(900));  // lapsed
+  absl::Status st;
+  std::thread attach([&] { st = keeper_.EnsureLease(2); });
+  // Every renewal fails; EnsureLease retries until one lease of real time.
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(renewer_.WaitForCall(2));
+    renewer_.Answer(2, absl::UnavailableError("cut off"));
+  }
+  attach.join();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_NE(st.message().find("no lease from node 2"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -129,6 +129,11 @@ TEST(MapperLeaseTableTest, NextEventIsTheEarliestRenewalOrExpiry) {
   ASSERT_EQ(m.StartRenewals({1}).size(), 1u);  // in flight: only its expiry is due
   EXPECT_EQ(m.NextEvent({1}), t0 + absl::Milliseconds(810));
   EXPECT_EQ(m.NextEvent({3}), absl::InfinitePast());  // never granted: due now
+  // lapsed with its renewal in flight: nothing is due (the keeper must not
+  // spin on an expiry that has passed)
+  clock.Advance(absl::Milliseconds(600));
+  EXPECT_TRUE(m.Lapsed(1));
+  EXPECT_EQ(m.NextEvent({1}), absl::InfiniteFuture());
 }
 
 }  // namespace
