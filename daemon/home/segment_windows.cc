@@ -84,4 +84,14 @@ void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string
   TLOG_WARN("segment %#x: node %d fenced (%s): %d grants revoked", segid, node, why, revoked);
 }
 
+std::vector<std::pair<uint64_t, std::string>> SegmentRegistry::FencedSegments(uint32_t node) const {
+  std::vector<std::pair<uint64_t, std::string>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [segid, seg] : segments_) {
+    auto it = seg->fenced.find(node);
+    if (it != seg->fenced.end()) out.emplace_back(segid, it->second);
+  }
+  return out;
+}
+
 }  // namespace tether
