@@ -1,11 +1,30 @@
 // ExporterMemory: the home's access path to an exporter's address space.
 //
 // The exporter's identity is pinned at export: the client sends a pidfd of
-// itself over SCM_RIGHTS, we check that it names the SO_PEERCRED pid, open
-// /proc/<pid>/mem (bound to that mm for the life of the fd) and check the
-// pidfd again, so a pid reused in between cannot be picked up. Reads go
-// through the pinned /proc/<pid>/mem fd. Writes check the exporter's own
-// protections first (/proc/<pid>/mem writes would pass through PROT_READ).
+// itself over SCM_RIGHTS, we check that it names the SO_PEERCRED pid, check
+// that this daemon may access its memory (opening /proc/<pid>/mem, which
+// asks the kernel the same ptrace question process_vm_readv/writev will),
+// and check the pidfd again, so a pid reused in between cannot be picked up.
+//
+// Reads and writes go through process_vm_readv/writev, one call per batch
+// of pages. Unlike /proc/<pid>/mem (FOLL_FORCE: it writes through
+// PROT_READ and reads PROT_NONE) they respect the exporter's protections as
+// they are when the kernel takes the pages, so an mprotect that has
+// returned is never written through (issue 14, defect 5: a check of
+// /proc/<pid>/maps before the write could not be atomic with it). A write
+// the kernel had already pinned the pages for when mprotect began may
+// still land while it runs, as with any write concurrent with mprotect.
+// A refusal becomes EACCES (mapped, not writable — or for a read, not
+// readable) or EFAULT (not mapped), told apart from /proc/<pid>/maps only
+// once the call failed, off the fast path.
+//
+// process_vm_* name the process by pid, not by the pinned pidfd, so the
+// pidfd is checked on every call: after a read (the exporter still ran
+// when the read ended, so its pid had not been freed and reused: what we
+// read is its memory) and before a write (writes cannot be taken back; a
+// write reaches another process only if, between that check and the
+// call, the exporter exits, is reaped and its pid number is handed out
+// again — the whole pid space cycled, pid_max forks, in that gap).
 //
 // Thread contract: Read and Write may run concurrently from any thread (the
 // fds are only read after Open); they may block on the exporter's mm (page
@@ -38,13 +57,13 @@ class ExporterMemory {
   int pidfd() const { return pidfd_; }
 
  private:
-  ExporterMemory(pid_t pid, int pidfd, int mem_fd, int maps_fd)
-      : pid_(pid), pidfd_(pidfd), mem_fd_(mem_fd), maps_fd_(maps_fd) {}
-  absl::Status CheckWritable(uint64_t addr, uint64_t len) const;
+  ExporterMemory(pid_t pid, int pidfd, int maps_fd) : pid_(pid), pidfd_(pidfd), maps_fd_(maps_fd) {}
+  // Why an access at `addr` failed with EFAULT: EFAULT if nothing is
+  // mapped there, EACCES if the mapping lacks `perm` ('r' or 'w').
+  absl::Status Refused(uint64_t addr, char perm) const;
 
   pid_t pid_;
   int pidfd_;
-  int mem_fd_;
   int maps_fd_;
 };
 
