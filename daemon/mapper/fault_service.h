@@ -41,7 +41,7 @@
 //   (asserted), and Sync for attachments with dirty pages.
 // - Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take only
 //   the attachment's lock and this class's, and never wait for the
-//   network (BeginWindow is called on a data connection's serving thread,
+//   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
 // - Sync and EndWindow write back and wait for the home (DataPath::
 //   WriteSync): only threads that may block — local client threads, the

@@ -5,7 +5,7 @@
 // REVOKE makes the whole attachment raise SIGBUS.
 //
 // Thread contract: Handle() runs on whichever thread delivers the notice,
-// concurrently for different windows: BEGIN on a data connection's
+// concurrently for different windows: BEGIN on a notice connection's
 // serving thread (the fast path, answered after Handle returns), gRPC's
 // pool, or the home's own coordinator for this node's mappers (a
 // tether.ko begin worker, a user-space source's thread, a local client
