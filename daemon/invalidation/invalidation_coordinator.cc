@@ -1,5 +1,6 @@
 #include "daemon/invalidation/invalidation_coordinator.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
@@ -22,7 +23,11 @@ InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegi
 
 absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid, uint64_t start,
                                                                   uint64_t end,
-                                                                  const std::string& why) {
+                                                                  const std::string& why,
+                                                                  absl::Time deadline) {
+  // What is left of the caller's budget, never more than the ack deadline.
+  const absl::Duration wait =
+      std::max(absl::ZeroDuration(), std::min(ack_deadline_, deadline - absl::Now()));
   auto opened = registry_->OpenWindow(segid, start, end);
   if (!opened.ok()) return opened.status();
   stats_.windows++;
@@ -48,14 +53,14 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
   n.window = w.id;
   n.home_node = home_node_;
   stats_.notices_sent += opened->nodes.size();
-  channel_->SendToAll(opened->nodes, n, ack_deadline_, [shared](uint32_t node, absl::Status st) {
+  channel_->SendToAll(opened->nodes, n, wait, [shared](uint32_t node, absl::Status st) {
     absl::MutexLock lock(&shared->mu);
     if (shared->acks.OnReply(node, st)) shared->done = true;
     if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
   });
   {
     absl::MutexLock lock(&shared->mu);
-    shared->mu.AwaitWithTimeout(absl::Condition(&shared->done), ack_deadline_);
+    shared->mu.AwaitWithTimeout(absl::Condition(&shared->done), wait);
     shared->acks.Expire();
     w.acked = shared->acks.acked();
     w.fenced = shared->acks.failed();
@@ -63,7 +68,7 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
   for (uint32_t node : w.fenced) {
     std::string reason = absl::StrFormat(
         "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
-        absl::ToInt64Milliseconds(ack_deadline_), why);
+        absl::ToInt64Milliseconds(wait), why);
     registry_->FenceNode(segid, node, reason);
     stats_.fenced++;
     InvalidationNotice r;

@@ -54,8 +54,12 @@ class InvalidationCoordinator {
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                           InvalidationChannel* channel, absl::Duration ack_deadline);
 
+  // Waits for mapper acks until the ack deadline or `deadline`, whichever
+  // comes first (a caller whose event waited in a queue passes what is left
+  // of its budget).
   absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
-                                           const std::string& why);
+                                           const std::string& why,
+                                           absl::Time deadline = absl::InfiniteFuture());
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.
