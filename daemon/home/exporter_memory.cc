@@ -41,23 +41,23 @@ absl::StatusOr<std::unique_ptr<ExporterMemory>> ExporterMemory::Open(int pidfd,
   }
   // Opening /proc/<pid>/mem is the ptrace-attach check process_vm_readv and
   // _writev make on every call: fail the export now, with a clear error,
-  // rather than every read later.
+  // rather than every read later. The fd stays bound to this mm: MmGone.
   std::string mem_path = absl::StrCat("/proc/", pid, "/mem");
-  int mem_fd = open(mem_path.c_str(), O_RDWR | O_CLOEXEC);
+  int mem_fd = open(mem_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (mem_fd < 0) {
     int err = errno;
     close(pidfd);
     return ErrnoStatus(err, absl::StrCat("open ", mem_path));
   }
-  close(mem_fd);
   std::string maps_path = absl::StrCat("/proc/", pid, "/maps");
   int maps_fd = open(maps_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (maps_fd < 0) {
     int err = errno;
+    close(mem_fd);
     close(pidfd);
     return ErrnoStatus(err, absl::StrCat("open ", maps_path));
   }
-  std::unique_ptr<ExporterMemory> m(new ExporterMemory(pid, pidfd, maps_fd));
+  std::unique_ptr<ExporterMemory> m(new ExporterMemory(pid, pidfd, mem_fd, maps_fd));
   // Alive after the opens: the checks were of the process the pidfd pins.
   if (!m->Alive()) return absl::NotFoundError("the exporting process exited during export");
   return m;
@@ -65,7 +65,20 @@ absl::StatusOr<std::unique_ptr<ExporterMemory>> ExporterMemory::Open(int pidfd,
 
 ExporterMemory::~ExporterMemory() {
   close(maps_fd_);
+  close(mem_fd_);
   close(pidfd_);
+}
+
+bool ExporterMemory::MmGone(uint64_t addr) const {
+  // A read through /proc/<pid>/mem finds nothing (0) once the mm it was
+  // opened on has no users: the exporter exited or exec'd. An address
+  // unmapped in that mm fails instead (EIO): not gone.
+  uint8_t byte;
+  ssize_t n;
+  do {
+    n = pread(mem_fd_, &byte, 1, static_cast<off_t>(addr));
+  } while (n < 0 && errno == EINTR);
+  return n == 0;
 }
 
 bool ExporterMemory::Alive() const {
@@ -109,15 +122,15 @@ absl::Status ExporterMemory::Read(uint64_t addr, absl::Span<uint8_t> dst) const 
         iovec remote{reinterpret_cast<void*>(addr + done), dst.size() - done};
         return process_vm_readv(pid_, &local, 1, &remote, 1, 0);
       });
-  // After the read: if the exporter still runs, its pid was not reused
-  // during it (see the header).
-  if (!Alive()) return ErrnoStatus(ESRCH, "the exporter exited");
+  // After the read: if the export's mm is still there, the pid named it
+  // during the read (see the header).
+  if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
   if (ToErrno(st) == EFAULT) return Refused(failed_at, 'r');
   return st;
 }
 
 absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src) const {
-  if (!Alive()) return ErrnoStatus(ESRCH, "the exporter exited");
+  if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
   // Held here (tests): the write is about to be made.
   TETHER_FAULT_POINT("exporter_memory.write.before_write");
   uint64_t failed_at = 0;

@@ -18,13 +18,15 @@
 // readable) or EFAULT (not mapped), told apart from /proc/<pid>/maps only
 // once the call failed, off the fast path.
 //
-// process_vm_* name the process by pid, not by the pinned pidfd, so the
-// pidfd is checked on every call: after a read (the exporter still ran
-// when the read ended, so its pid had not been freed and reused: what we
-// read is its memory) and before a write (writes cannot be taken back; a
-// write reaches another process only if, between that check and the
-// call, the exporter exits, is reaped and its pid number is handed out
-// again — the whole pid space cycled, pid_max forks, in that gap).
+// process_vm_* name the process by pid, not by the mm the export was made
+// from: after an exec (no exit, the same pid) or an exit and pid reuse the
+// pid names other memory. So every call checks that mm still exists,
+// through the /proc/<pid>/mem fd opened at export (bound to that mm for
+// its life; a one-byte read finds nothing once the mm is gone): after a
+// read (the mm outlived the read, so the read was of it — short of
+// another access of the old mm in flight across the exec) and before a
+// write (writes cannot be taken back; one still lands in the new image
+// if the exec completes between that check and the call, a few µs).
 //
 // Thread contract: Read and Write may run concurrently from any thread (the
 // fds are only read after Open); they may block on the exporter's mm (page
@@ -57,13 +59,18 @@ class ExporterMemory {
   int pidfd() const { return pidfd_; }
 
  private:
-  ExporterMemory(pid_t pid, int pidfd, int maps_fd) : pid_(pid), pidfd_(pidfd), maps_fd_(maps_fd) {}
+  ExporterMemory(pid_t pid, int pidfd, int mem_fd, int maps_fd)
+      : pid_(pid), pidfd_(pidfd), mem_fd_(mem_fd), maps_fd_(maps_fd) {}
+  // The mm the export was made from is gone (exit, exec). `addr`: where
+  // to look (any address; one in the access, so that it is mapped).
+  bool MmGone(uint64_t addr) const;
   // Why an access at `addr` failed with EFAULT: EFAULT if nothing is
   // mapped there, EACCES if the mapping lacks `perm` ('r' or 'w').
   absl::Status Refused(uint64_t addr, char perm) const;
 
   pid_t pid_;
   int pidfd_;
+  int mem_fd_;  // /proc/<pid>/mem, bound to the export's mm; read by MmGone only
   int maps_fd_;
 };
 

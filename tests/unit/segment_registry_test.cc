@@ -15,6 +15,8 @@
 
 #include "tests/unit/kernel_feature.h"
 
+#include "absl/strings/str_cat.h"
+
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/segid.h"
@@ -140,6 +142,48 @@ TEST_F(RegistryTest, ReadsRespectExporterProtections) {
   ASSERT_EQ(mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE), 0);
   ASSERT_TRUE(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf)).ok());
   EXPECT_EQ(std::memcmp(buf, mem_, sizeof(buf)), 0);
+}
+
+// An exporter that execs keeps its pid but not its memory: the home must
+// not read (or write) the new program's memory at the exported address.
+TEST_F(RegistryTest, AnExportersExecEndsItsMemory) {
+  void* shared = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  std::memset(shared, 0x5a, 4096);
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    char c;
+    if (read(go[0], &c, 1) == 1) execl("/bin/sleep", "sleep", "30", nullptr);
+    _exit(1);
+  }
+  auto m = ExporterMemory::Open(PidfdOpen(child), child);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(shared), 4096, 0600, std::move(*m));
+  ASSERT_TRUE(segid.ok());
+  auto g = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(g.ok());
+  uint8_t buf[4096];
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(buf[0], 0x5a);
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  // Until the exec is done (the child's comm changes): polling an event.
+  std::string comm;
+  for (int i = 0; i < 1000 && comm != "sleep\n"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    FILE* f = fopen(absl::StrCat("/proc/", child, "/comm").c_str(), "re");
+    char line[64] = "";
+    if (f && fgets(line, sizeof(line), f)) comm = line;
+    if (f) fclose(f);
+  }
+  ASSERT_EQ(comm, "sleep\n");
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf))), ESRCH);
+  EXPECT_EQ(ToErrno(reg_.WriteBlocks(5, *segid, g->id, 0, buf)), ESRCH);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  close(go[0]);
+  close(go[1]);
+  munmap(shared, 4096);
 }
 
 TEST_F(RegistryTest, BadExports) {
