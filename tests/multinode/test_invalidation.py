@@ -210,6 +210,36 @@ def test_fencing_a_frozen_mapper(c):
     e.close()
 
 
+@with_nodes(2, daemon_args=FAST)
+def test_segments_of_one_exporter_cost_one_deadline(c):
+    """Issue 14, defect 8: the user-space source opens a window over every
+    segment of the exporter for each event, and each waits up to the ack
+    deadline for a frozen mapper. They run together, so a mapper frozen in
+    three segments costs the exporter's madvise one deadline, not three."""
+    e = Exporter(c.node(1), MiB, 1)
+    segids = [e.segid]
+    for off in (256 << 10, 512 << 10):
+        r = e.command("make %d %d" % (off, 256 << 10))
+        expect(r.startswith("ok segid="), "a second segment of the exporter: " + r)
+        segids.append(int(r.split("segid=")[1]))
+    maps = [Mapper(c.node(2), s, length=256 << 10) for s in segids]
+    for m in maps:
+        r = m.command("read 0")
+        expect(r.startswith("byte"), "node 2 caches each segment: " + r)
+    c.node(2).daemon.send_signal(signal.SIGSTOP)
+    try:
+        took = ms(e.command("dontneed 0 %d" % MiB))
+    finally:
+        c.node(2).daemon.send_signal(signal.SIGCONT)
+    expect(took >= DEADLINE_MS * 0.9, "dontneed should have waited for node 2: %.0f ms" % took)
+    expect(took < 2 * DEADLINE_MS,
+           "dontneed took %.0f ms with a %d ms deadline: the three segments' range_begins "
+           "waited one after another" % (took, DEADLINE_MS))
+    for m in maps:
+        m.close()
+    e.close()
+
+
 @with_nodes(3, daemon_args=FAST)
 def test_kill_mapper_daemon_during_window(c):
     e = Exporter(c.node(1), MiB, 1)

@@ -14,6 +14,8 @@
  *         mremap OFF LEN        -> moves the range away, maps zeros in its place
  *         mprotect OFF LEN r|rw|none -> mprotect(); "ok MS"
  *         tmunmap OFF LEN       -> tether_munmap() (bracketed by the library); "ok MS"
+ *         make OFF LEN          -> another segment over [OFF, OFF+LEN) of the same
+ *                                  memory (tether_make); "ok segid=ID"
  *         invbegin OFF LEN      -> tether_invalidate_begin(); "ok MS handle=H"
  *         invend H [gone]       -> tether_invalidate_end(H, gone != 0); "ok"
  *         plain-munmap LEN      -> munmap of fresh, populated, unexported memory
@@ -250,6 +252,15 @@ static int do_export(int argc, char** argv) {
         printf("error: errno=%d %s\n", errno, tether_strerror());
       else
         printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+    } else if (sscanf(line, "make %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      tether_segid_t id =
+          off <= size && len <= size - off
+              ? tether_make(mem + off, len, TETHER_PERMIT_MODE, (void*)(uintptr_t)mode)
+              : -1;
+      if (id < 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok segid=%" PRId64 "\n", id);
     } else if (sscanf(line, "invbegin %" SCNu64 " %" SCNu64, &off, &len) == 2) {
       struct timespec a, b;
       clock_gettime(CLOCK_MONOTONIC, &a);
