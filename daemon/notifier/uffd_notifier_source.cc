@@ -13,6 +13,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -229,8 +230,16 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
     }
   };
   std::vector<std::thread> helpers;
-  for (size_t i = 1; i < std::min(segs.size(), kMaxConcurrentBegins); ++i)
-    helpers.emplace_back(begin_some);
+  for (size_t i = 1; i < std::min(segs.size(), kMaxConcurrentBegins); ++i) {
+    try {
+      helpers.emplace_back(begin_some);
+    } catch (const std::system_error& e) {
+      // Out of threads: the ones running take the rest (slower, not wrong).
+      TLOG_WARN("pid %d: %d helper thread(s) to begin windows: %s", ex.pid, helpers.size(),
+                e.what());
+      break;
+    }
+  }
   begin_some();
   for (auto& t : helpers) t.join();
   std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
