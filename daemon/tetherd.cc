@@ -132,6 +132,7 @@ absl::Status Tetherd::Build() {
 absl::Status Tetherd::StartThreads(const std::string& token) {
   RETURN_IF_ERROR(registry_->Start(notifier_.get()));
   RETURN_IF_ERROR(notifier_->Start());
+  mapper_invalidation_->Start();
   notice_receiver_->Start();
   RETURN_IF_ERROR(
       transport_->Listen(config_.data_listen, token, registry_.get(), notice_receiver_.get()));
@@ -216,6 +217,9 @@ void Tetherd::Stop() {
   if (peer_server_) peer_server_->Shutdown();
   if (lease_keeper_) lease_keeper_->Stop();
   if (notifier_) notifier_->Stop();
+  // Queued range_ends write back before the fault service stops; one that
+  // comes in later (a peer's) is applied on the thread that delivers it.
+  if (mapper_invalidation_) mapper_invalidation_->Stop();
   if (faults_) faults_->Stop();
   if (channel_) channel_->Stop();
   if (peers_) peers_->Shutdown();

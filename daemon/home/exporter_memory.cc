@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,9 +11,10 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "daemon/common/errors.h"
-#include "daemon/common/status_macros.h"
+#include "daemon/common/fault_points.h"
 
 namespace tether {
 
@@ -37,8 +39,11 @@ absl::StatusOr<std::unique_ptr<ExporterMemory>> ExporterMemory::Open(int pidfd,
     return absl::PermissionDeniedError(
         "the pidfd sent with the export does not name the calling process");
   }
+  // Opening /proc/<pid>/mem is the ptrace-attach check process_vm_readv and
+  // _writev make on every call: fail the export now, with a clear error,
+  // rather than every read later. The fd stays bound to this mm: MmGone.
   std::string mem_path = absl::StrCat("/proc/", pid, "/mem");
-  int mem_fd = open(mem_path.c_str(), O_RDWR | O_CLOEXEC);
+  int mem_fd = open(mem_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (mem_fd < 0) {
     int err = errno;
     close(pidfd);
@@ -53,7 +58,7 @@ absl::StatusOr<std::unique_ptr<ExporterMemory>> ExporterMemory::Open(int pidfd,
     return ErrnoStatus(err, absl::StrCat("open ", maps_path));
   }
   std::unique_ptr<ExporterMemory> m(new ExporterMemory(pid, pidfd, mem_fd, maps_fd));
-  // Alive after the opens: the files belong to the process the pidfd pins.
+  // Alive after the opens: the checks were of the process the pidfd pins.
   if (!m->Alive()) return absl::NotFoundError("the exporting process exited during export");
   return m;
 }
@@ -64,6 +69,18 @@ ExporterMemory::~ExporterMemory() {
   close(pidfd_);
 }
 
+bool ExporterMemory::MmGone(uint64_t addr) const {
+  // A read through /proc/<pid>/mem finds nothing (0) once the mm it was
+  // opened on has no users: the exporter exited or exec'd. An address
+  // unmapped in that mm fails instead (EIO): not gone.
+  uint8_t byte;
+  ssize_t n;
+  do {
+    n = pread(mem_fd_, &byte, 1, static_cast<off_t>(addr));
+  } while (n < 0 && errno == EINTR);
+  return n == 0;
+}
+
 bool ExporterMemory::Alive() const {
   pollfd p{pidfd_, POLLIN, 0};
   return poll(&p, 1, 0) == 0;
@@ -71,21 +88,25 @@ bool ExporterMemory::Alive() const {
 
 namespace {
 
-// Repeats `io(done)` (a pread or pwrite of what is left at `addr + done`)
-// until `len` bytes have moved.
+// Repeats `io(done)` (a process_vm_readv or _writev of what is left at
+// `addr + done`; it stops short at the first page it may not access)
+// until `len` bytes have moved. On EFAULT, *failed_at is the address.
 template <typename Io>
-absl::Status Transfer(size_t len, const char* what, Io io) {
+absl::Status Transfer(uint64_t addr, size_t len, const char* what, uint64_t* failed_at, Io io) {
   size_t done = 0;
   while (done < len) {
     ssize_t n = io(done);
     if (n > 0) {
       done += static_cast<size_t>(n);
-    } else if (n == 0) {
-      return absl::NotFoundError("the exporter is gone");
-    } else if (errno != EINTR) {
-      // EIO: the address is not mapped in the exporter (any more).
-      if (errno == EIO) return ErrnoStatus(EFAULT, "exporter address not mapped");
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && errno == ESRCH) {
+      return ErrnoStatus(ESRCH, "the exporter exited");
+    } else if (n < 0 && errno != EFAULT) {
       return ErrnoStatus(errno, what);
+    } else {
+      *failed_at = addr + done;
+      return ErrnoStatus(EFAULT, what);
     }
   }
   return absl::OkStatus();
@@ -94,12 +115,36 @@ absl::Status Transfer(size_t len, const char* what, Io io) {
 }  // namespace
 
 absl::Status ExporterMemory::Read(uint64_t addr, absl::Span<uint8_t> dst) const {
-  return Transfer(dst.size(), "read exporter memory", [&](size_t done) {
-    return pread(mem_fd_, dst.data() + done, dst.size() - done, static_cast<off_t>(addr + done));
-  });
+  uint64_t failed_at = 0;
+  absl::Status st =
+      Transfer(addr, dst.size(), "read exporter memory", &failed_at, [&](size_t done) {
+        iovec local{dst.data() + done, dst.size() - done};
+        iovec remote{reinterpret_cast<void*>(addr + done), dst.size() - done};
+        return process_vm_readv(pid_, &local, 1, &remote, 1, 0);
+      });
+  // After the read: if the export's mm is still there, the pid named it
+  // during the read (see the header).
+  if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
+  if (ToErrno(st) == EFAULT) return Refused(failed_at, 'r');
+  return st;
 }
 
-absl::Status ExporterMemory::CheckWritable(uint64_t addr, uint64_t len) const {
+absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src) const {
+  if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
+  // Held here (tests): the write is about to be made.
+  TETHER_FAULT_POINT("exporter_memory.write.before_write");
+  uint64_t failed_at = 0;
+  absl::Status st =
+      Transfer(addr, src.size(), "write exporter memory", &failed_at, [&](size_t done) {
+        iovec local{const_cast<uint8_t*>(src.data()) + done, src.size() - done};
+        iovec remote{reinterpret_cast<void*>(addr + done), src.size() - done};
+        return process_vm_writev(pid_, &local, 1, &remote, 1, 0);
+      });
+  if (ToErrno(st) == EFAULT) return Refused(failed_at, 'w');
+  return st;
+}
+
+absl::Status ExporterMemory::Refused(uint64_t addr, char perm) const {
   // /proc/<pid>/maps through the pinned fd: the exporter's current VMAs.
   std::string text;
   char buf[8192];
@@ -109,9 +154,7 @@ absl::Status ExporterMemory::CheckWritable(uint64_t addr, uint64_t len) const {
     text.append(buf, static_cast<size_t>(n));
     off += n;
   }
-  uint64_t cur = addr, end = addr + len;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (cur >= end) break;
     // "start-end perms ..."
     size_t dash = line.find('-'), sp = line.find(' ');
     if (dash == absl::string_view::npos || sp == absl::string_view::npos || sp < dash) continue;
@@ -119,20 +162,18 @@ absl::Status ExporterMemory::CheckWritable(uint64_t addr, uint64_t len) const {
     if (!absl::SimpleHexAtoi(line.substr(0, dash), &s) ||
         !absl::SimpleHexAtoi(line.substr(dash + 1, sp - dash - 1), &e))
       continue;
-    if (e <= cur || s > cur) continue;
-    if (line.size() < sp + 3 || line[sp + 2] != 'w')
-      return ErrnoStatus(EACCES, "exporter mapping is not writable");
-    cur = e;
+    if (addr < s || addr >= e) continue;
+    bool has = line.size() > sp + 2 && line[sp + (perm == 'r' ? 1 : 2)] == perm;
+    if (!has) {
+      return ErrnoStatus(EACCES, perm == 'w' ? "exporter mapping is not writable"
+                                             : "exporter mapping is not readable");
+    }
+    // Mapped with the permission, yet refused: the protection changed back
+    // meanwhile, or the page cannot be had (a file mapping past its end).
+    return ErrnoStatus(EFAULT, absl::StrFormat("exporter memory at %#x could not be %s", addr,
+                                               perm == 'w' ? "written" : "read"));
   }
-  if (cur < end) return ErrnoStatus(EFAULT, "exporter address not mapped");
-  return absl::OkStatus();
-}
-
-absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src) const {
-  RETURN_IF_ERROR(CheckWritable(addr, src.size()));
-  return Transfer(src.size(), "write exporter memory", [&](size_t done) {
-    return pwrite(mem_fd_, src.data() + done, src.size() - done, static_cast<off_t>(addr + done));
-  });
+  return ErrnoStatus(EFAULT, "exporter address not mapped");
 }
 
 }  // namespace tether

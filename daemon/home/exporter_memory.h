@@ -1,11 +1,32 @@
 // ExporterMemory: the home's access path to an exporter's address space.
 //
 // The exporter's identity is pinned at export: the client sends a pidfd of
-// itself over SCM_RIGHTS, we check that it names the SO_PEERCRED pid, open
-// /proc/<pid>/mem (bound to that mm for the life of the fd) and check the
-// pidfd again, so a pid reused in between cannot be picked up. Reads go
-// through the pinned /proc/<pid>/mem fd. Writes check the exporter's own
-// protections first (/proc/<pid>/mem writes would pass through PROT_READ).
+// itself over SCM_RIGHTS, we check that it names the SO_PEERCRED pid, check
+// that this daemon may access its memory (opening /proc/<pid>/mem, which
+// asks the kernel the same ptrace question process_vm_readv/writev will),
+// and check the pidfd again, so a pid reused in between cannot be picked up.
+//
+// Reads and writes go through process_vm_readv/writev, one call per batch
+// of pages. Unlike /proc/<pid>/mem (FOLL_FORCE: it writes through
+// PROT_READ and reads PROT_NONE) they respect the exporter's protections as
+// they are when the kernel takes the pages, so an mprotect that has
+// returned is never written through (issue 14, defect 5: a check of
+// /proc/<pid>/maps before the write could not be atomic with it). A write
+// the kernel had already pinned the pages for when mprotect began may
+// still land while it runs, as with any write concurrent with mprotect.
+// A refusal becomes EACCES (mapped, not writable — or for a read, not
+// readable) or EFAULT (not mapped), told apart from /proc/<pid>/maps only
+// once the call failed, off the fast path.
+//
+// process_vm_* name the process by pid, not by the mm the export was made
+// from: after an exec (no exit, the same pid) or an exit and pid reuse the
+// pid names other memory. So every call checks that mm still exists,
+// through the /proc/<pid>/mem fd opened at export (bound to that mm for
+// its life; a one-byte read finds nothing once the mm is gone): after a
+// read (the mm outlived the read, so the read was of it — short of
+// another access of the old mm in flight across the exec) and before a
+// write (writes cannot be taken back; one still lands in the new image
+// if the exec completes between that check and the call, a few µs).
 //
 // Thread contract: Read and Write may run concurrently from any thread (the
 // fds are only read after Open); they may block on the exporter's mm (page
@@ -40,11 +61,16 @@ class ExporterMemory {
  private:
   ExporterMemory(pid_t pid, int pidfd, int mem_fd, int maps_fd)
       : pid_(pid), pidfd_(pidfd), mem_fd_(mem_fd), maps_fd_(maps_fd) {}
-  absl::Status CheckWritable(uint64_t addr, uint64_t len) const;
+  // The mm the export was made from is gone (exit, exec). `addr`: where
+  // to look (any address; one in the access, so that it is mapped).
+  bool MmGone(uint64_t addr) const;
+  // Why an access at `addr` failed with EFAULT: EFAULT if nothing is
+  // mapped there, EACCES if the mapping lacks `perm` ('r' or 'w').
+  absl::Status Refused(uint64_t addr, char perm) const;
 
   pid_t pid_;
   int pidfd_;
-  int mem_fd_;
+  int mem_fd_;  // /proc/<pid>/mem, bound to the export's mm; read by MmGone only
   int maps_fd_;
 };
 

@@ -41,14 +41,13 @@
 //   (asserted), and Sync for attachments with dirty pages.
 // - Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take only
 //   the attachment's lock and this class's, and never wait for the
-//   network (BeginWindow is called on a data connection's serving thread,
+//   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
 // - Sync and EndWindow write back and wait for the home (DataPath::
 //   WriteSync): only threads that may block — local client threads, the
-//   evictor, the notice receiver, gRPC's pool, Tetherd::Stop, and for this
-//   node's own mappers whichever thread ends a window at the home
-//   (tether.ko's event thread: the known gap under G5 in
-//   docs/architecture.md) — never the fault thread or a transport's thread.
+//   evictor, MapperInvalidation's range_end thread (every EndWindow: never
+//   the thread that delivered the range_end, G5 in docs/architecture.md),
+//   Tetherd::Stop — never the fault thread or a transport's thread.
 // - Callbacks: a fetch's completion (Install) runs on a transport's
 //   receiver thread, or inline on the fault thread when the home is this
 //   node or the request failed before it was sent (data_path.h); it calls

@@ -137,6 +137,8 @@ absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
   // a bounded time, since windows close within the ack deadline.
   absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (true) {
+    // Held here (tests), no lock held: the write-back is about to be sent.
+    TETHER_FAULT_POINT("fault_service.writeback.before_send");
     absl::Status st =
         data_->WriteSync(att.home, att.segid, att.grant, att.seg_offset + first * kPageSize, data);
     if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;

@@ -1,13 +1,43 @@
 #include "daemon/mapper/mapper_invalidation.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 
 namespace tether {
+
+MapperInvalidation::~MapperInvalidation() { Stop(); }
+
+void MapperInvalidation::Start() {
+  queueing_ = true;
+  thread_ = std::thread([this] { RunEnds(); });
+}
+
+void MapperInvalidation::Stop() {
+  queueing_ = false;
+  ends_.Stop();
+  if (thread_.joinable()) thread_.join();
+  // Pushed before the queue stopped, never popped: applied here, in order
+  // (no dirty data is dropped at shutdown).
+  for (const InvalidationNotice& n : ends_.TakeAll()) (void)Apply(n);
+}
+
+void MapperInvalidation::RunEnds() {
+  while (std::optional<InvalidationNotice> n = ends_.Pop()) (void)Apply(*n);
+}
+
 absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
+  // END: queued, applied on our thread (see the header). A refused push
+  // (stopping) is applied here instead.
+  if (n.kind == InvalidationNotice::Kind::kEnd && queueing_ && ends_.Push(n))
+    return absl::OkStatus();
+  return Apply(n);
+}
+
+absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
   // Windows are keyed by segid and window id: segids are unique across the
   // cluster and window ids per segment's home.
   uint64_t key = (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;

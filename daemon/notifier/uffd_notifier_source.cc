@@ -8,9 +8,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -26,7 +30,12 @@ namespace tether {
 namespace {
 // REMOVE arrives before the zap and nothing marks the zap's end: the home
 // keeps the window open until pagemap shows the pages gone, at most this.
+// Not a bound on the zap: a window closed at this limit with the old frames
+// still there lets a mapper refetch them — a lapse of G1 that only
+// tether.ko closes (it sees the zap's end).
 constexpr absl::Duration kZapWait = absl::Milliseconds(50);
+// Segments of one exporter whose range_begins run at once (one thread each).
+constexpr size_t kMaxConcurrentBegins = 64;
 // Segments up to this size get a pagemap snapshot before events are read.
 constexpr uint64_t kSnapshotLimit = uint64_t{256} << 20;
 // Segments up to this size are registered whole at their first read.
@@ -206,11 +215,36 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
   // exporter gets a window first (segments nobody caches cost nothing).
   absl::Time t0 = absl::Now();
   std::vector<SegmentRange> segs = registry_->SegmentsOf(ex.pid, 0, uint64_t{1} << 62);
-  std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
-  for (const auto& s : segs) {
-    auto w = coordinator_->Begin(s.segid, s.start, s.end, "exporter memory event");
-    if (w.ok()) windows.emplace_back(s, *w);
+  std::vector<std::optional<InvalidationWindow>> opened(segs.size());
+  // The segments' fan-outs run concurrently, so that a mapper frozen in
+  // N of them costs the exporter one ack deadline, not N (issue 14, defect
+  // 8): Begin waits, so each runs on a thread of its own (up to
+  // kMaxConcurrentBegins; beyond that, one deadline per that many). One
+  // segment, the usual case, starts no thread.
+  std::atomic<size_t> next{0};
+  auto begin_some = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < segs.size();) {
+      const SegmentRange& s = segs[i];
+      auto w = coordinator_->Begin(s.segid, s.start, s.end, "exporter memory event");
+      if (w.ok()) opened[i] = *std::move(w);
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t i = 1; i < std::min(segs.size(), kMaxConcurrentBegins); ++i) {
+    try {
+      helpers.emplace_back(begin_some);
+    } catch (const std::system_error& e) {
+      // Out of threads: the ones running take the rest (slower, not wrong).
+      TLOG_WARN("pid %d: %d helper thread(s) to begin windows: %s", ex.pid, helpers.size(),
+                e.what());
+      break;
+    }
   }
+  begin_some();
+  for (auto& t : helpers) t.join();
+  std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;
+  for (size_t i = 0; i < segs.size(); ++i)
+    if (opened[i]) windows.emplace_back(segs[i], *std::move(opened[i]));
   // Before the kernel goes on: which frames back the exporter's segments now
   // (small segments only), so that the end of a REMOVE's zap is recognised
   // even if the exporter touches the pages again at once.

@@ -10,18 +10,29 @@
 //   poll(uffd) readable  -> an event is queued and the exporter's calling
 //                           thread is blocked until we read it
 //   begin windows        -> for every segment of the exporter (we cannot
-//                           know the range before reading: conservative)
+//                           know the range before reading: conservative),
+//                           concurrently: one ack deadline for all of them
 //   read the events      -> the kernel goes on: REMOVE zaps after this,
 //                           UNMAP/REMAP already happened
-//   REMOVE: wait until the zap is visible in /proc/<pid>/pagemap (bounded)
+//   REMOVE: wait until the zap is visible in /proc/<pid>/pagemap, at most
+//           50 ms — then the windows end whether or not it is (a lapse of
+//           G1: a mapper may refetch a frame about to be zapped)
 //   end windows          -> unmapped sub-ranges are reported as gone
 //
-// What it cannot see: mprotect (no uffd event; write-backs are still
-// checked against the exporter's protections at the home), kernel-internal
-// events (contents unchanged), memory other than anonymous/shmem/hugetlb.
+// What it cannot see (limits of user space; tether.ko sees them all):
+// mprotect (no uffd event; write-backs still respect the exporter's
+// protections at the home, reads of held pages go on), the end of a
+// REMOVE's zap (above), fallocate(PUNCH_HOLE) or ftruncate of a memfd or
+// shmem file backing an export (the page cache changes, no mapping does:
+// no event), exec (the old mm goes without an UNMAP; the exporter's exit
+// is not signalled either, so its segments live until it exits),
+// kernel-internal events (contents unchanged), memory other than
+// anonymous/shmem/hugetlb.
 //
 // Thread contract: AddExporter starts the exporter's thread (detached,
-// counted in running_; Stop() waits for them). BeforeRead runs on transport
+// counted in running_; Stop() waits for them); while it begins windows it
+// runs helper threads (joined before it goes on) that only call the
+// coordinator's Begin. BeforeRead runs on transport
 // threads and registers under the exporter's mutex. mu_ guards the
 // exporter and segment maps; no ioctl or coordinator call happens under it.
 #ifndef TETHER_DAEMON_NOTIFIER_UFFD_NOTIFIER_SOURCE_H_

@@ -1,5 +1,5 @@
 // NoticeReceiver: a mapper node's end of the invalidation notices that
-// homes send over data connections (NoticeTransport::Notify), the fast path
+// homes send over notice connections (NoticeTransport::Notify), the fast path
 // beside the Peer service's Invalidate call.
 //
 // range_begin is handled on the connection's serving thread before the
@@ -7,9 +7,11 @@
 // blocked). range_end and revocations are answered at once and handled in
 // order on our own thread: range_end writes kept-aside pages back to the
 // home, which must not hold up the next range_begin queued behind it on
-// the same connection (the home would fence us for it).
+// the same connection (the home would fence us for it). A home's notice
+// connection carries nothing else, so range_begin never waits behind a
+// read either.
 //
-// Thread contract: Notice() runs on data connections' serving threads,
+// Thread contract: Notice() runs on notice connections' serving threads,
 // concurrently; Start() starts the one thread that handles range_end and
 // revocations in arrival order; Stop() drains it and joins.
 #ifndef TETHER_DAEMON_PEER_NOTICE_RECEIVER_H_

@@ -2,7 +2,7 @@
 // mapper nodes.
 //
 //   this node           a direct call to its own MapperInvalidation;
-//   range_begin/_end    a NOTICE frame on the data connection to the node
+//   range_begin/_end    a NOTICE frame on the notice connection to the node
 //                       (NoticeTransport::Notify, the tcp transport): one
 //                       round trip of our own framing, the fast path;
 //   revocations, and    the Peer service's Invalidate call (gRPC, mutual
@@ -10,11 +10,13 @@
 //   fast path cannot
 //   carry
 //
-// The data connection is opened ahead of time — when the node is granted
-// an attachment (Prepare), or after a notice had to go by gRPC — on this
-// channel's own thread: connecting may block, and a range_begin must never
-// spend its ack deadline on it. A connection lost with a notice in flight
-// resends that notice by gRPC.
+// The notice connection (tcp, to the node's data listener, for notices
+// only) is opened ahead of time — when the node is granted an attachment
+// (Prepare), or after a notice had to go by gRPC — on this channel's own
+// thread: connecting may block, and a range_begin must never spend its ack
+// deadline on it. A notice that cannot be sent on it at once (Notify never
+// waits: the peer stopped reading), or a connection lost with a notice in
+// flight, resends that notice by gRPC.
 //
 // Thread contract: Send, SendToAll and Prepare may be called from any
 // thread (the coordinator's callers) and never block; `done` runs on the

@@ -22,10 +22,13 @@
 
 namespace tether {
 
-// An outgoing connection. node and fd are set before it is shared.
+// An outgoing connection: for data requests (conns_) or for a home's
+// invalidation notices (notice_conns_). node, fd and notices are set
+// before it is shared.
 struct TcpTransport::Connection {
   uint32_t node = 0;
   int fd = -1;
+  bool notices = false;
   absl::Mutex send_mu;  // held while one frame is written to fd
   absl::Mutex mu;
   absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
@@ -73,6 +76,30 @@ bool WriteFullV(int fd, struct iovec* iov, int iovcnt) {
     }
   }
   return true;
+}
+
+// What a send that must not wait did.
+enum class SendResult { kSent, kWouldBlock, kBroken };
+
+// Writes a whole frame without waiting: nothing (kWouldBlock: the socket
+// buffer has no room, the peer is not reading), all of it (kSent), or part
+// of it or an error (kBroken: the stream is cut mid-frame, the connection
+// must go).
+SendResult SendFrameNow(int fd, const FrameHeader& h, absl::Span<const uint8_t> payload) {
+  uint8_t hdr[kFrameHeaderSize];
+  EncodeHeader(h, hdr);
+  struct iovec iov[2] = {{hdr, sizeof(hdr)},
+                         {const_cast<uint8_t*>(payload.data()), payload.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = payload.empty() ? 1 : 2;
+  const size_t total = sizeof(hdr) + payload.size();
+  ssize_t n;
+  do {
+    n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return SendResult::kWouldBlock;
+  return n == static_cast<ssize_t>(total) ? SendResult::kSent : SendResult::kBroken;
 }
 
 bool SendFrame(int fd, const FrameHeader& h, absl::Span<const uint8_t> payload) {
@@ -246,11 +273,12 @@ out:
 }
 
 absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConnection(
-    const DataEndpoint& home) {
+    const DataEndpoint& home, bool notices) {
   {
     absl::MutexLock lock(&mu_);
-    auto it = conns_.find(home.node_id);
-    if (it != conns_.end()) return it->second;
+    auto& table = notices ? notice_conns_ : conns_;
+    auto it = table.find(home.node_id);
+    if (it != table.end()) return it->second;
   }
   if (home.address.empty())
     return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
@@ -273,6 +301,13 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   TuneSocket(fd);
+  if (notices) {
+    // Room for a few of the largest notices: Notify sends only whole
+    // frames that fit now, so a peer that reads must never be short of it
+    // (the kernel caps this at net.core.wmem_max).
+    int bytes = static_cast<int>(8 * (kMaxNoticePayload + kFrameHeaderSize));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+  }
   FrameHeader hello{FrameType::kHello, 0, local_node_, 0, 0, kDataTokenSize, 0};
   if (home.token.size() != kDataTokenSize) return fail(EINVAL, "no data token for");
   if (!SendFrame(fd, hello,
@@ -292,12 +327,13 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
   auto conn = std::make_shared<Connection>();
   conn->node = home.node_id;
   conn->fd = fd;
+  conn->notices = notices;
   absl::MutexLock lock(&mu_);
   if (shutting_down_) {
     close(fd);
     return absl::UnavailableError("transport shutting down");
   }
-  auto [it, inserted] = conns_.emplace(home.node_id, conn);
+  auto [it, inserted] = (notices ? notice_conns_ : conns_).emplace(home.node_id, conn);
   if (!inserted) {  // lost a race with another connector: use theirs
     close(fd);
     return it->second;
@@ -326,7 +362,7 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
     std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
     return;
   }
-  auto conn_or = GetConnection(home);
+  auto conn_or = GetConnection(home, /*notices=*/false);
   if (!conn_or.ok()) {
     std::move(done)(conn_or.status());
     return;
@@ -368,20 +404,55 @@ void TcpTransport::Notify(uint32_t node, absl::Span<const uint8_t> payload, Done
   std::shared_ptr<Connection> conn;
   {
     absl::MutexLock lock(&mu_);
-    auto it = conns_.find(node);
-    if (it != conns_.end()) conn = it->second;
+    auto it = notice_conns_.find(node);
+    if (it != notice_conns_.end()) conn = it->second;
   }
   if (!conn) {
-    std::move(done)(absl::UnavailableError(absl::StrCat("no data connection to node ", node)));
+    std::move(done)(absl::UnavailableError(absl::StrCat("no notice connection to node ", node)));
     return;
   }
-  // SendOn writes the frame before it returns: `payload` need not outlive it.
-  SendOn(std::move(conn), static_cast<int>(FrameType::kNoticeReq), 0, 0, 0, {}, payload,
-         std::move(done));
+  // Never waits (it runs inside ack deadlines, on the caller's thread, once
+  // per node of a fan-out): the connection carries nothing but notices, so
+  // send_mu is only ever held for a send that does not wait either, and a
+  // frame that does not fit into the socket buffer whole is not sent.
+  uint64_t id = next_req_id_.fetch_add(1, std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&conn->mu);
+    if (conn->dead) {
+      std::move(done)(
+          absl::UnavailableError(absl::StrCat("notice connection to node ", node, " lost")));
+      return;
+    }
+    conn->pending.emplace(id, Pending{{}, std::move(done)});
+  }
+  FrameHeader h{FrameType::kNoticeReq, id, 0, 0, 0, static_cast<uint32_t>(payload.size()), 0};
+  SendResult sent;
+  {
+    absl::MutexLock lock(&conn->send_mu);
+    sent = SendFrameNow(conn->fd, h, payload);
+  }
+  if (sent == SendResult::kSent) return;
+  if (sent == SendResult::kBroken) {
+    // The receiver fails every pending notice, this one included.
+    shutdown(conn->fd, SHUT_RDWR);
+    return;
+  }
+  // Nothing sent, the connection is intact: answer this one now (unless
+  // the receiver, seeing the connection die meanwhile, already did).
+  Pending p;
+  {
+    absl::MutexLock lock(&conn->mu);
+    auto it = conn->pending.find(id);
+    if (it == conn->pending.end()) return;
+    p = std::move(it->second);
+    conn->pending.erase(it);
+  }
+  std::move(p.done)(absl::UnavailableError(
+      absl::StrCat("node ", node, " is not reading its notices (the send would wait for it)")));
 }
 
 absl::Status TcpTransport::Connect(const DataEndpoint& peer) {
-  return GetConnection(peer).status();
+  return GetConnection(peer, /*notices=*/true).status();
 }
 
 void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -448,12 +519,13 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
   shutdown(conn->fd, SHUT_RDWR);
   {
     absl::MutexLock lock(&mu_);
-    auto it = conns_.find(conn->node);
-    if (it != conns_.end() && it->second == conn) conns_.erase(it);
+    auto& table = conn->notices ? notice_conns_ : conns_;
+    auto it = table.find(conn->node);
+    if (it != table.end() && it->second == conn) table.erase(it);
   }
   if (!shutting_down_)
-    TLOG_INFO("data connection to node %d closed: %s (%d requests failed)", conn->node, why,
-              orphans.size());
+    TLOG_INFO("%s connection to node %d closed: %s (%d requests failed)",
+              conn->notices ? "notice" : "data", conn->node, why, orphans.size());
   for (auto& [id, p] : orphans)
     std::move(p.done)(
         absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost: ", why)));
@@ -461,8 +533,10 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
 
 void TcpTransport::Disconnect(uint32_t node) {
   absl::MutexLock lock(&mu_);
-  auto it = conns_.find(node);
-  if (it != conns_.end()) shutdown(it->second->fd, SHUT_RDWR);
+  for (auto* table : {&conns_, &notice_conns_}) {
+    auto it = table->find(node);
+    if (it != table->end()) shutdown(it->second->fd, SHUT_RDWR);
+  }
 }
 
 void TcpTransport::Shutdown() {

@@ -7,6 +7,15 @@
 // caller's buffer (no intermediate copy). Server side: one thread per
 // connection serves requests in order through the BlockServer.
 //
+// Notices (home -> mapper node) have connections of their own, opened by
+// Connect: on the mapper node they are then served by a thread that
+// serves nothing else, so a range_begin never waits behind a read blocked
+// in an exporter's memory (with two homes mapping each other), and here a
+// notice never waits behind a data request's send. Notify never waits at
+// all: a frame that does not fit into the socket buffer whole (a frozen
+// peer that stopped reading) is answered kUnavailable at once, and one
+// cut mid-frame closes the connection (issue 14, defect 7).
+//
 // Thread contract:
 // - Listen and Shutdown: the owner's thread (tetherd's start and stop),
 //   once each; Shutdown joins every thread below. Read, Write, Notify,
@@ -15,15 +24,16 @@
 //   thread (connect and hello: up to ~8 s); Notify never connects.
 // - Threads: one accept thread (AcceptLoop), one serving thread per
 //   incoming connection (ServeLoop: BlockServer and NoticeServer calls, in
-//   arrival order), one receiver thread per outgoing connection
-//   (ReceiveLoop: `done` callbacks). `done` also runs inline on the
+//   arrival order), one receiver thread per outgoing connection, data or
+//   notice (ReceiveLoop: `done` callbacks). `done` also runs inline on the
 //   caller's thread when a request fails before it is sent; if the
 //   connection was already dead, with that connection's mu held (SendOn),
 //   so a `done` must not issue a request on this transport inline.
 // - mu_ guards the connection tables and the serving threads and fds. A
 //   Connection's mu (tcp_transport.cc) guards its pending requests and
 //   `dead`; its send_mu serialises writes on its socket, one whole frame at
-//   a time. No two of these locks are ever held together.
+//   a time (on a notice connection, only sends that do not wait). No two
+//   of these locks are ever held together.
 // - Listen writes listen_fd_, bound_address_, secret_, server_ and
 //   notice_server_ before the accept thread starts; they are read-only
 //   after.
@@ -62,12 +72,12 @@ class TcpTransport : public Transport, public NoticeTransport {
   void Disconnect(uint32_t node) override;
   void Shutdown() override;
 
-  // Invalidation notices (home -> mapper node) on the same connections:
-  // one round trip of our own framing instead of a gRPC call (whose thread
-  // hand-offs cost ~20x a TCP round trip on small machines). `payload` is
-  // at most kMaxNoticePayload.
+  // Invalidation notices (home -> mapper node) on the notice connection
+  // to `node`: one round trip of our own framing instead of a gRPC call
+  // (whose thread hand-offs cost ~20x a TCP round trip on small
+  // machines). `payload` is at most kMaxNoticePayload. Never blocks.
   void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) override;
-  // Blocks up to ~8 s.
+  // Opens the notice connection to `peer`. Blocks up to ~8 s.
   absl::Status Connect(const DataEndpoint& peer) override;
 
  private:
@@ -77,7 +87,9 @@ class TcpTransport : public Transport, public NoticeTransport {
     Done done;
   };
 
-  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home);
+  // The data (notices false) or notice connection to `home`, opened if
+  // there is none.
+  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home, bool notices);
   void Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant, uint64_t offset,
             absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done);
   void SendOn(std::shared_ptr<Connection> conn, int type, uint64_t segid, uint64_t grant,
@@ -92,6 +104,7 @@ class TcpTransport : public Transport, public NoticeTransport {
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<Connection>> conns_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, std::shared_ptr<Connection>> notice_conns_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Connection>> all_conns_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::vector<int> server_fds_ ABSL_GUARDED_BY(mu_);

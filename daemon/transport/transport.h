@@ -84,18 +84,19 @@ class Transport {
 };
 
 // A transport that also carries invalidation notices from a home to mapper
-// nodes, on the connections it already has (TcpTransport): one round trip
-// of the transport's own framing instead of a gRPC call.
+// nodes (TcpTransport): one round trip of the transport's own framing
+// instead of a gRPC call, on a connection that carries only notices.
 class NoticeTransport {
  public:
   using Done = Transport::Done;
   virtual ~NoticeTransport() = default;
   // Sends `payload` to `node`'s NoticeServer on an existing connection;
   // `done` gets its answer, or kUnavailable if there is no connection
-  // (never connects: that could block) or it was lost.
+  // (never connects: that could block), it was lost, or the frame cannot
+  // be sent without waiting. Never blocks: it runs inside ack deadlines.
   virtual void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) = 0;
-  // Opens the connection to `peer` if there is none. Blocks (seconds):
-  // call it on a thread that may wait.
+  // Opens the notice connection to `peer` if there is none. Blocks
+  // (seconds): call it on a thread that may wait.
   virtual absl::Status Connect(const DataEndpoint& peer) = 0;
 };
 

@@ -3,6 +3,7 @@
 fencing, the user-space notifier source): real daemons in network
 namespaces, real exporter and mapper processes calling munmap, madvise,
 mmap(MAP_FIXED), mremap."""
+import errno
 import os
 import re
 import signal
@@ -130,31 +131,81 @@ def test_exporter_exit_revokes_held_pages(c):
     m.close()
 
 
-@with_nodes(3, daemon_args=FAST)
+def handle(reply):
+    expect(reply.startswith("ok ") and "handle=" in reply, "tether_invalidate_begin: " + reply)
+    return int(reply.split("handle=")[1])
+
+
+# Longer than FAST: the first windows come right after the attaches, and on
+# a loaded machine a healthy node 2 must not miss them.
+FENCE_DEADLINE_MS = 1500
+
+
+# Leases off: this test is about the home's own refusal, and a node whose
+# lease ran out while it was frozen would revoke itself (and stop its
+# write-back) before the home is asked; test_leases.py covers leases.
+@with_nodes(3, daemon_args=("--invalidate_deadline_ms=%d" % FENCE_DEADLINE_MS, "--lease_ms=0"))
 def test_fencing_a_frozen_mapper(c):
+    """G2: a node that misses the deadline is fenced, and the home itself
+    refuses its write-backs. Node 2's write-back is made to reach the home
+    after the home fenced it and before node 2 handled its REVOKE, so the
+    home's check is the only thing between it and the exporter:
+
+      W1 over page 8 (bracket): node 2 keeps its dirty page 8 aside; the
+        home clears node 2's cached mark on it
+      W2 over page 8: nobody's mark overlaps, so no node is asked; the home
+        refuses writes of page 8 ("retry") while it is open
+      end W1: node 2 writes page 8 back, the home answers "retry", node 2
+        retries (up to 10 s); its sync returning proves the page is out of
+        the kept-aside set, i.e. in that write-back
+      SIGSTOP node 2; W3 over page 0: node 2 misses the deadline: fenced
+      end W2, SIGCONT node 2: its next attempt reaches the home, whatever
+        node 2 does with its REVOKE meanwhile, and must be refused (EIDRM,
+        "revoked for node 2"), never written over the exporter's page."""
     e = Exporter(c.node(1), MiB, 1)
     m2 = Mapper(c.node(2), e.segid, length=MiB)
     m3 = Mapper(c.node(3), e.segid, length=MiB)
     expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
     expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
-    expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties a page")
+    expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties page 8")
+    h1 = handle(e.command("invbegin 32768 4096"))
+    h2 = handle(e.command("invbegin 32768 4096"))
+    expect(e.command("invend %d" % h1) == "ok", "end W1")
+    r = m2.command("sync")
+    expect(r == "ok", "node 2's sync (page 8 is in the window's write-back): " + r)
     c.node(2).daemon.send_signal(signal.SIGSTOP)
     try:
-        took = ms(e.command("munmap 0 4096"))
-        expect(took < FENCE_BOUND_MS, "munmap took %.0f ms with a %d ms deadline and a %d ms "
-               "lease" % (took, DEADLINE_MS, LEASE_MS))
-        expect(took >= DEADLINE_MS * 0.9, "munmap should have waited for the frozen node")
+        r = e.command("invbegin 0 4096")
+        took = ms(r)
+        expect(took < FENCE_DEADLINE_MS + 1000,
+               "invalidate_begin took %.0f ms with a %d ms deadline" % (took, FENCE_DEADLINE_MS))
+        expect(took >= FENCE_DEADLINE_MS * 0.9,
+               "invalidate_begin took %.0f ms: it should have waited for node 2 (fenced "
+               "before, by a window it was too slow for?)" % took)
+        h3 = handle(r)
+        expect(e.command("invend %d" % h2) == "ok", "end W2")
+        expect(e.command("invend %d" % h3) == "ok", "end W3")
         # node 3 acked in time and is unaffected
         r = m3.command("verify 1 4096 4096")
         expect(r == "ok", "node 3 keeps working: " + r)
-        r = m3.command("read 0")
-        expect(r == "signal:%d" % SIGBUS, "node 3: an unmapped page must raise SIGBUS: %s "
-               "(node 3's attachments: %s)" % (r, c.node(3).ctl("attachments").stdout))
+        r = m3.command("verify 1 0 65536")
+        expect(r == "ok", "node 3 refetches what the windows took: " + r)
     finally:
         c.node(2).daemon.send_signal(signal.SIGCONT)
-    # Once resumed, node 2 revokes: its lease ran out while it was frozen (or
-    # the REVOKE came first). Held pages raise SIGBUS, its write-back is
-    # refused, never applied over newer contents.
+    # The refusal: node 2 logs its window write-back failing with the
+    # home's errno (the data wire carries the errno, not the message).
+    refused = re.compile("write-back of kept-aside page 8 after a window: .*node 1 refused the "
+                         "request: " + os.strerror(errno.EIDRM))
+    deadline = time.time() + 10
+    log = ""
+    while time.time() < deadline and not refused.search(log):
+        with open(c.node(2).log) as f:
+            log = f.read()
+        time.sleep(0.05)
+    expect(refused.search(log), "node 2's write-back of page 8 was not refused as fenced")
+    expect(e.verify(1, 32768, 4096) == "ok", "a fenced node's write-back reached the exporter")
+    # Once resumed, node 2 processes the revocation: held pages raise
+    # SIGBUS, and its sync reports the discarded page.
     deadline = time.time() + 10
     revoked = False
     while time.time() < deadline and not revoked:
@@ -162,13 +213,58 @@ def test_fencing_a_frozen_mapper(c):
         time.sleep(0.05)
     expect(revoked, "node 2 did not process its revocation")
     r = m2.command("sync")
-    expect(r.startswith("error"), "a fenced mapper's sync must fail: " + r)
+    expect(r.startswith("error: errno=%d" % errno.EIDRM) and "1 page(s)" in r,
+           "a fenced mapper's sync reports the discarded page: " + r)
     expect(e.verify(1, 32768, 4096) == "ok", "a fenced mapper's write reached the exporter")
     expect(m2.command("read 8192") == "signal:%d" % SIGBUS, "fenced mapper: held pages SIGBUS")
     out = c.node(2).tt("map", "--segid", e.segid, "--len", 4096)
-    expect("errno=" in out.stdout, "a fenced node gets errors for new requests: " + out.stdout)
+    expect("errno=%d " % errno.EIDRM in out.stdout,
+           "a fenced node gets EIDRM for new requests: " + out.stdout)
     m2.close()
     m3.close()
+    e.close()
+
+
+# Leases off: a fenced node's lease wait (up to lease * 1.1 after the
+# deadline) would hide the difference between one deadline and three.
+@with_nodes(2, daemon_args=("--invalidate_deadline_ms=%d" % DEADLINE_MS, "--lease_ms=0"))
+def test_segments_of_one_exporter_cost_one_deadline(c):
+    """Issue 14, defect 8: the user-space source opens a window over every
+    segment of the exporter for each event, and each waits up to the ack
+    deadline for a frozen mapper. They run together, so a mapper frozen in
+    three segments costs the exporter's madvise one deadline, not three."""
+    e = Exporter(c.node(1), MiB, 1)
+    segids = [e.segid]
+    for off in (256 << 10, 512 << 10):
+        r = e.command("make %d %d" % (off, 256 << 10))
+        expect(r.startswith("ok segid="), "a second segment of the exporter: " + r)
+        segids.append(int(r.split("segid=")[1]))
+    maps = [Mapper(c.node(2), s, length=256 << 10) for s in segids]
+    for m in maps:
+        r = m.command("read 0")
+        expect(r.startswith("byte"), "node 2 caches each segment: " + r)
+    c.node(2).daemon.send_signal(signal.SIGSTOP)
+    try:
+        took = ms(e.command("dontneed 0 %d" % MiB))
+    finally:
+        c.node(2).daemon.send_signal(signal.SIGCONT)
+    expect(took >= DEADLINE_MS * 0.9, "dontneed should have waited for node 2: %.0f ms" % took)
+    with open(c.node(1).log) as f:
+        kernel_source = "notifier source: tether.ko" in f.read()
+    if kernel_source:
+        # The fix is the user-space source's; tether.ko's source still
+        # begins the segments of one event one after another (issue 14,
+        # reported; KernelNotifierSource is not this test's). Said, not
+        # hidden: bounded by one deadline per segment.
+        print("INFO tether.ko source: dontneed over 3 segments took %.0f ms (deadline %d ms)"
+              % (took, DEADLINE_MS), flush=True)
+        expect(took < 3 * DEADLINE_MS + 1000, "dontneed took %.0f ms" % took)
+    else:
+        expect(took < 2 * DEADLINE_MS,
+               "dontneed took %.0f ms with a %d ms deadline: the three segments' range_begins "
+               "waited one after another" % (took, DEADLINE_MS))
+    for m in maps:
+        m.close()
     e.close()
 
 

@@ -14,6 +14,10 @@
  *         mremap OFF LEN        -> moves the range away, maps zeros in its place
  *         mprotect OFF LEN r|rw|none -> mprotect(); "ok MS"
  *         tmunmap OFF LEN       -> tether_munmap() (bracketed by the library); "ok MS"
+ *         make OFF LEN          -> another segment over [OFF, OFF+LEN) of the same
+ *                                  memory (tether_make); "ok segid=ID"
+ *         invbegin OFF LEN      -> tether_invalidate_begin(); "ok MS handle=H"
+ *         invend H [gone]       -> tether_invalidate_end(H, gone != 0); "ok"
  *         plain-munmap LEN      -> munmap of fresh, populated, unexported memory
  *                                  (the baseline for the invalidation bench)
  *         move NODE OFF LEN     -> move_pages() to NUMA node NODE (kernel-internal
@@ -139,6 +143,7 @@ static int do_export(int argc, char** argv) {
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     uint64_t s, off, len;
+    int64_t handle;
     if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
       if (off > size || len > size - off) {
         printf("error: range\n");
@@ -247,6 +252,32 @@ static int do_export(int argc, char** argv) {
         printf("error: errno=%d %s\n", errno, tether_strerror());
       else
         printf("ok %.3f\n", (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6);
+    } else if (sscanf(line, "make %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      tether_segid_t id =
+          off <= size && len <= size - off
+              ? tether_make(mem + off, len, TETHER_PERMIT_MODE, (void*)(uintptr_t)mode)
+              : -1;
+      if (id < 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok segid=%" PRId64 "\n", id);
+    } else if (sscanf(line, "invbegin %" SCNu64 " %" SCNu64, &off, &len) == 2) {
+      struct timespec a, b;
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      int64_t h = off <= size && len <= size - off ? tether_invalidate_begin(mem + off, len) : -1;
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      if (h < 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok %.3f handle=%" PRId64 "\n",
+               (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6, h);
+    } else if (sscanf(line, "invend %" SCNd64, &handle) == 1) {
+      int gone = 0;
+      sscanf(line, "invend %*d %d", &gone);
+      if (tether_invalidate_end(handle, gone) != 0)
+        printf("error: errno=%d %s\n", errno, tether_strerror());
+      else
+        printf("ok\n");
     } else if (sscanf(line, "plain-munmap %" SCNu64, &len) == 1) {
       uint8_t* m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (m == MAP_FAILED) {

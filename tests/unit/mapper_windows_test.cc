@@ -18,11 +18,14 @@
 #include "tests/unit/kernel_feature.h"
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/mapper/attachment_table.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
+#include "daemon/mapper/mapper_invalidation.h"
 
 namespace tether {
 namespace {
@@ -388,6 +391,46 @@ TEST_F(MapperWindowsTest, ASyncRetryDoesNotLandAnOlderCopyAfterTheWindow) {
   EXPECT_EQ(map_[4 * kPage + 1], 10) << "the client's store was lost";
   EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
   EXPECT_EQ(HomeByte(4 * kPage + 1), 10);
+}
+
+// Issue 14, defect 6 (G5): range_end for this node's own mappers is a
+// direct call on whichever thread ends the window at the home — for
+// tether.ko, the thread that reads the module's events. Its kept-aside
+// write-backs must not run there: a write into the exporter can itself
+// start an invalidation that waits for an event only that thread would
+// read. End returns at once; the write-back follows on the mapper's own
+// thread, and lands.
+TEST_F(MapperWindowsTest, RangeEndReturnsWhileItsWriteBackIsBlocked) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  AttachmentTable table(1);
+  table.Insert(att_, 1, 1);
+  MapperInvalidation inval(&faults_, &table);
+  inval.Start();
+  map_[4 * kPage] = 9;  // dirty
+  InvalidationNotice n;
+  n.kind = InvalidationNotice::Kind::kBegin;
+  n.segid = att_->segid;
+  n.start = 0;
+  n.end = att_->size;
+  n.window = 5;
+  n.home_node = 1;
+  ASSERT_TRUE(inval.Handle(n).ok());
+  FaultPoints::Arm(kBeforeSend);
+  n.kind = InvalidationNotice::Kind::kEnd;
+  absl::Notification ended;
+  std::thread ender([&] {
+    EXPECT_TRUE(inval.Handle(n).ok());
+    ended.Notify();
+  });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  EXPECT_TRUE(ended.WaitForNotificationWithTimeout(absl::Seconds(2)))
+      << "range_end waited for its write-back on the delivering thread";
+  EXPECT_EQ(HomeByte(4 * kPage), 1) << "held: not written yet";
+  FaultPoints::Release(kBeforeSend);
+  ender.join();
+  inval.Stop();  // drains: every queued range_end is written back
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "the kept-aside write was lost";
+  EXPECT_EQ(map_[4 * kPage], 9);
 }
 
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {

@@ -15,7 +15,10 @@
 
 #include "tests/unit/kernel_feature.h"
 
+#include "absl/strings/str_cat.h"
+
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/status_macros.h"
 
@@ -41,7 +44,10 @@ class RegistryTest : public ::testing::Test {
     owner_.uid = 1000;
     owner_.gid = 100;
   }
-  void TearDown() override { munmap(mem_, kSize); }
+  void TearDown() override {
+    FaultPoints::ReleaseAll();
+    munmap(mem_, kSize);
+  }
 
   static constexpr size_t kSize = 64 * 1024;
   SegmentRegistry reg_{3, 0x77};
@@ -94,6 +100,90 @@ TEST_F(RegistryTest, WritesRespectExporterProtections) {
   EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, rw->id, 8192, absl::MakeSpan(buf))), EFAULT);
   mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE);
   mmap(mem_ + 8192, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+}
+
+// An mprotect that lands while a write-back is on its way into the
+// exporter: the write must not go through the new protection (issue 14,
+// defect 5: /proc/<pid>/mem writes with FOLL_FORCE did, after a check of
+// /proc/<pid>/maps that the mprotect had already made stale).
+TEST_F(RegistryTest, WriteRacingMprotectDoesNotLand) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(rw.ok());
+  uint8_t buf[4096];
+  std::memset(buf, 0xee, sizeof(buf));
+  FaultPoints::Arm("exporter_memory.write.before_write");
+  absl::Status st;
+  std::thread writer([&] { st = reg_.WriteBlocks(5, *segid, rw->id, 4096, buf); });
+  ASSERT_TRUE(
+      FaultPoints::WaitUntilReached("exporter_memory.write.before_write", absl::Seconds(10)));
+  ASSERT_EQ(mprotect(mem_ + 4096, 4096, PROT_READ), 0);
+  FaultPoints::Release("exporter_memory.write.before_write");
+  writer.join();
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096)) << "the write went through PROT_READ";
+  EXPECT_EQ(mem_[8191], static_cast<uint8_t>(8191));
+  mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE);
+}
+
+// Reads respect the exporter's protections too: a page it made PROT_NONE
+// is not handed out (/proc/<pid>/mem, FOLL_FORCE, read it).
+TEST_F(RegistryTest, ReadsRespectExporterProtections) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto g = reg_.Attach(*segid, owner_, false, 5);
+  ASSERT_TRUE(g.ok());
+  ASSERT_EQ(mprotect(mem_ + 4096, 4096, PROT_NONE), 0);
+  uint8_t buf[8192];
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, g->id, 4096, absl::MakeSpan(buf, 4096))), EACCES);
+  // A batch that runs into it is refused whole.
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf))), EACCES);
+  ASSERT_EQ(mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE), 0);
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(std::memcmp(buf, mem_, sizeof(buf)), 0);
+}
+
+// An exporter that execs keeps its pid but not its memory: the home must
+// not read (or write) the new program's memory at the exported address.
+TEST_F(RegistryTest, AnExportersExecEndsItsMemory) {
+  void* shared = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  std::memset(shared, 0x5a, 4096);
+  int go[2];
+  ASSERT_EQ(pipe(go), 0);
+  pid_t child = fork();
+  if (child == 0) {
+    char c;
+    if (read(go[0], &c, 1) == 1) execl("/bin/sleep", "sleep", "30", nullptr);
+    _exit(1);
+  }
+  auto m = ExporterMemory::Open(PidfdOpen(child), child);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(shared), 4096, 0600, std::move(*m));
+  ASSERT_TRUE(segid.ok());
+  auto g = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(g.ok());
+  uint8_t buf[4096];
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf)).ok());
+  EXPECT_EQ(buf[0], 0x5a);
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  // Until the exec is done (the child's comm changes): polling an event.
+  std::string comm;
+  for (int i = 0; i < 1000 && comm != "sleep\n"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    FILE* f = fopen(absl::StrCat("/proc/", child, "/comm").c_str(), "re");
+    char line[64] = "";
+    if (f && fgets(line, sizeof(line), f)) comm = line;
+    if (f) fclose(f);
+  }
+  ASSERT_EQ(comm, "sleep\n");
+  EXPECT_EQ(ToErrno(reg_.ReadBlocks(5, *segid, g->id, 0, absl::MakeSpan(buf))), ESRCH);
+  EXPECT_EQ(ToErrno(reg_.WriteBlocks(5, *segid, g->id, 0, buf)), ESRCH);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  close(go[0]);
+  close(go[1]);
+  munmap(shared, 4096);
 }
 
 TEST_F(RegistryTest, BadExports) {

@@ -3,10 +3,13 @@
 #include "daemon/transport/tcp_transport.h"
 
 #include <netinet/in.h>
+#include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -230,6 +233,112 @@ TEST(TcpTransport, NoticesGoOnAnExistingConnectionOnly) {
   // A notice of the largest size passes.
   notices.answer = absl::OkStatus();
   EXPECT_TRUE(NotifySync(home, 2, std::string(kMaxNoticePayload, 'y')).ok());
+}
+
+// A BlockServer whose reads wait until released: an exporter's memory
+// blocked under an mprotect or munmap that waits for an invalidation.
+class BlockedReads : public MemoryServer {
+ public:
+  BlockedReads() : MemoryServer(4096) {}
+  absl::Status ReadBlocks(uint32_t peer, uint64_t segid, uint64_t grant, uint64_t off,
+                          absl::Span<uint8_t> dst) override {
+    entered.Notify();
+    release.WaitForNotification();
+    return MemoryServer::ReadBlocks(peer, segid, grant, off, dst);
+  }
+  absl::Notification entered, release;
+};
+
+// Two homes mapping each other (issue 14, defect 7): node 1 reads from
+// node 2, and node 2's serving thread is stuck in that read. A range_begin
+// from node 1 must still be answered at once, not served behind the read
+// (node 1 would fence node 2, a healthy node, after its deadline).
+TEST(TcpTransport, ANoticeIsNotServedBehindABlockedRead) {
+  BlockedReads blocks;
+  RecordingNotices notices;
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks, &notices).ok());
+  DataEndpoint ep;
+  ep.node_id = 2;
+  ep.address = mapper.bound_address();
+  ep.token = DataTokenFor(kToken, 1);
+  uint8_t buf[4096];
+  absl::Notification read_done;
+  home.Read(ep, 1, 1, 0, absl::MakeSpan(buf), [&](absl::Status) { read_done.Notify(); });
+  ASSERT_TRUE(blocks.entered.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(home.Connect(ep).ok());
+  absl::Notification answered;
+  absl::Status st;
+  const std::string begin = "begin";
+  home.Notify(2, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(begin.data()), begin.size()),
+              [&](absl::Status s) {
+                st = s;
+                answered.Notify();
+              });
+  bool in_time = answered.WaitForNotificationWithTimeout(absl::Seconds(2));
+  blocks.release.Notify();
+  EXPECT_TRUE(in_time) << "the notice waited behind the blocked read";
+  answered.WaitForNotification();
+  EXPECT_TRUE(st.ok()) << st;
+  read_done.WaitForNotification();
+}
+
+// A NoticeServer that blocks in its first call until released: a peer
+// that stopped reading its notices (SIGSTOPped), so that the home's
+// notices fill the socket buffers.
+class StuckNotices : public NoticeServer {
+ public:
+  absl::Status Notice(uint32_t, absl::Span<const uint8_t>) override {
+    if (!first.exchange(false)) return absl::OkStatus();
+    release.WaitForNotification();
+    return absl::OkStatus();
+  }
+  std::atomic<bool> first{true};
+  absl::Notification release;
+};
+
+// The fan-out deadline holds even when a peer's TCP window is full
+// (issue 14, defect 7): Notify never blocks its caller (the coordinator's
+// Begin, once per node of the fan-out) — a notice that cannot be sent now
+// is answered kUnavailable at once (the channel then tries gRPC, and the
+// coordinator fences the node at its deadline).
+TEST(TcpTransport, NotifyNeverBlocksOnAPeerThatStoppedReading) {
+  signal(SIGPIPE, SIG_IGN);  // as tetherd does: a send on a cut connection fails, no more
+  MemoryServer blocks(4096);
+  StuckNotices notices;
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(mapper.Listen("127.0.0.1:0", kToken, &blocks, &notices).ok());
+  DataEndpoint ep;
+  ep.node_id = 2;
+  ep.address = mapper.bound_address();
+  ep.token = DataTokenFor(kToken, 1);
+  ASSERT_TRUE(home.Connect(ep).ok());
+  const std::string payload(kMaxNoticePayload, 'n');
+  std::atomic<int> refused{0}, answered{0};
+  absl::Duration slowest;
+  absl::Notification loop_done;
+  std::thread sender([&] {
+    // Enough to fill both sides' socket buffers many times over.
+    for (int i = 0; i < 2000 && refused == 0; ++i) {
+      absl::Time t0 = absl::Now();
+      home.Notify(
+          2, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(payload.data()), payload.size()),
+          [&](absl::Status st) {
+            if (absl::IsUnavailable(st)) ++refused;
+            ++answered;
+          });
+      slowest = std::max(slowest, absl::Now() - t0);
+    }
+    loop_done.Notify();
+  });
+  // Well within TCP_USER_TIMEOUT (15 s), which would end a blocked send.
+  bool finished = loop_done.WaitForNotificationWithTimeout(absl::Seconds(5));
+  EXPECT_TRUE(finished) << "Notify blocked on a peer that does not read";
+  EXPECT_GT(refused.load(), 0) << "the peer's window never filled";
+  EXPECT_LT(slowest, absl::Milliseconds(200));
+  notices.release.Notify();  // lets a blocked sender (before the fix) go on
+  sender.join();
+  home.Shutdown();
 }
 
 TEST(TcpTransport, NoticesWithoutAServerAreRefused) {
