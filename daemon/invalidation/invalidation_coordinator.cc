@@ -20,26 +20,50 @@ InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegi
                                                  absl::Duration ack_deadline)
     : home_node_(home_node), registry_(registry), channel_(channel), ack_deadline_(ack_deadline) {}
 
+// The replies of one fan-out: written by the channel's threads, read by
+// the thread in Begin (or the simulation).
+struct InvalidationCoordinator::PendingBegin::Replies {
+  absl::Mutex mu;
+  AckCollector acks ABSL_GUARDED_BY(mu);
+  bool done ABSL_GUARDED_BY(mu) = false;
+  explicit Replies(const std::vector<uint32_t>& n) : acks(n) {}
+};
+
+bool InvalidationCoordinator::PendingBegin::answered() const {
+  if (!replies_) return true;
+  absl::MutexLock lock(&replies_->mu);
+  return replies_->done;
+}
+
 absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid, uint64_t start,
                                                                   uint64_t end,
                                                                   const std::string& why) {
+  auto pending = StartBegin(segid, start, end, why);
+  if (!pending.ok()) return pending.status();
+  if (pending->replies_) {
+    PendingBegin::Replies& r = *pending->replies_;
+    absl::MutexLock lock(&r.mu);
+    r.mu.AwaitWithTimeout(absl::Condition(&r.done), ack_deadline_);
+  }
+  return FinishBegin(*std::move(pending));
+}
+
+absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::StartBegin(
+    uint64_t segid, uint64_t start, uint64_t end, const std::string& why) {
   auto opened = registry_->OpenWindow(segid, start, end);
   if (!opened.ok()) return opened.status();
   stats_.windows++;
-  InvalidationWindow w;
+  PendingBegin p;
+  p.why_ = why;
+  InvalidationWindow& w = p.window_;
   w.segid = segid;
   w.id = opened->id;
   w.start = start;
   w.end = end;
-  if (opened->nodes.empty()) return w;  // nobody caches it: as cheap as unexported (G3)
+  if (opened->nodes.empty()) return p;  // nobody caches it: as cheap as unexported (G3)
 
-  struct Shared {
-    absl::Mutex mu;
-    AckCollector acks ABSL_GUARDED_BY(mu);
-    bool done ABSL_GUARDED_BY(mu) = false;
-    explicit Shared(const std::vector<uint32_t>& n) : acks(n) {}
-  };
-  auto shared = std::make_shared<Shared>(opened->nodes);
+  auto replies = std::make_shared<PendingBegin::Replies>(opened->nodes);
+  p.replies_ = replies;
   InvalidationNotice n;
   n.kind = InvalidationNotice::Kind::kBegin;
   n.segid = segid;
@@ -48,22 +72,29 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
   n.window = w.id;
   n.home_node = home_node_;
   stats_.notices_sent += opened->nodes.size();
-  channel_->SendToAll(opened->nodes, n, ack_deadline_, [shared](uint32_t node, absl::Status st) {
-    absl::MutexLock lock(&shared->mu);
-    if (shared->acks.OnReply(node, st)) shared->done = true;
+  channel_->SendToAll(opened->nodes, n, ack_deadline_, [replies](uint32_t node, absl::Status st) {
+    absl::MutexLock lock(&replies->mu);
+    if (replies->acks.OnReply(node, st)) replies->done = true;
     if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
   });
+  return p;
+}
+
+InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
+  InvalidationWindow w = std::move(pending.window_);
+  if (!pending.replies_) return w;
   {
-    absl::MutexLock lock(&shared->mu);
-    shared->mu.AwaitWithTimeout(absl::Condition(&shared->done), ack_deadline_);
-    shared->acks.Expire();
-    w.acked = shared->acks.acked();
-    w.fenced = shared->acks.failed();
+    PendingBegin::Replies& r = *pending.replies_;
+    absl::MutexLock lock(&r.mu);
+    r.acks.Expire();
+    w.acked = r.acks.acked();
+    w.fenced = r.acks.failed();
   }
+  const uint64_t segid = w.segid;
   for (uint32_t node : w.fenced) {
     std::string reason = absl::StrFormat(
         "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
-        absl::ToInt64Milliseconds(ack_deadline_), why);
+        absl::ToInt64Milliseconds(ack_deadline_), pending.why_);
     registry_->FenceNode(segid, node, reason);
     stats_.fenced++;
     InvalidationNotice r;

@@ -14,6 +14,14 @@
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
 // no lock is held while waiting.
 //
+// Begin() is three steps, also public for a caller that runs time itself
+// (the protocol simulation, tests/sim/, which must interleave other events
+// with a fan-out on one thread): StartBegin opens the window and sends
+// range_begin; the channel's replies arrive (PendingBegin::answered());
+// FinishBegin, once every node has answered or at the deadline, fences
+// the rest. Begin() is exactly StartBegin, a wait of up to the deadline,
+// and FinishBegin.
+//
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
 // the registry's exit watcher). Begin blocks its caller up to the ack
@@ -25,6 +33,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,11 +60,33 @@ struct InvalidationStats {
 
 class InvalidationCoordinator {
  public:
+  // A range_begin fan-out in flight (StartBegin), until FinishBegin. Any
+  // thread; answered() may run concurrently with the channel's replies.
+  class PendingBegin {
+   public:
+    // Every node asked has replied (acked or failed); true when nobody was
+    // asked.
+    bool answered() const;
+    const InvalidationWindow& window() const { return window_; }
+
+   private:
+    friend class InvalidationCoordinator;
+    struct Replies;
+    std::shared_ptr<Replies> replies_;  // null: nobody was asked
+    InvalidationWindow window_;
+    std::string why_;
+  };
+
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                           InvalidationChannel* channel, absl::Duration ack_deadline);
 
   absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
                                            const std::string& why);
+  // Begin's steps (see above). FinishBegin takes what has been answered by
+  // now: a node still waiting is fenced.
+  absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
+                                          const std::string& why);
+  InvalidationWindow FinishBegin(PendingBegin pending);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.
