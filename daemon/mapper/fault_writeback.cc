@@ -39,13 +39,19 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
       absl::MutexLock lock(&att.mu);
       // Writes kept aside by an open window are written back (or found
       // lost, or put back dirty) when it ends: wait for that, bounded, so
-      // that sync reports them.
+      // that sync reports them — until the window's end has settled them,
+      // not only taken them out of kept_aside to write them back.
       auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+        if (att.windows.empty()) return false;
         auto k = att.kept_aside.lower_bound(p0);
-        return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
+        if (k != att.kept_aside.end() && k->first < p1) return true;
+        auto w = att.kept_writing.lower_bound(p0);
+        return w != att.kept_writing.end() && *w < p1;
       };
       while (kept_in_window() && absl::Now() < deadline) {
         att.mu.Unlock();
+        // Held here (tests), no lock held: waiting for a window's end.
+        TETHER_FAULT_POINT("fault_service.sync.wait_kept_aside");
         absl::SleepFor(absl::Milliseconds(1));
         att.mu.Lock();
       }

@@ -390,6 +390,43 @@ TEST_F(MapperWindowsTest, ASyncRetryDoesNotLandAnOlderCopyAfterTheWindow) {
   EXPECT_EQ(HomeByte(4 * kPage + 1), 10);
 }
 
+// Found by the protocol simulation (tests/sim/README.md, seed 6 before the
+// fix): range_end takes a kept-aside page out of kept_aside, then writes
+// it back. A sync that looked in between saw nothing kept aside and
+// returned OK while the page was still on its way to the home (or about
+// to fail and be put back dirty). It must wait until the window's end has
+// settled the page.
+TEST_F(MapperWindowsTest, ASyncWaitsForAWindowsEndStillWritingBack) {
+  const char* kBeforeRetry = "fault_service.writeback.before_retry";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;                       // dirty
+  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside
+  // range_end's write-back is refused once (a window at the home) and held
+  // before its retry: out of kept_aside, not yet at the home.
+  SetHome(&FakeHome::refuse_writes, true);
+  FaultPoints::Arm(kBeforeRetry);
+  absl::Status end_st;
+  std::thread end([&] { end_st = faults_.EndWindow(*att_, 5, {}); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeRetry, absl::Seconds(10)));
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status sync_st;
+  uint8_t home_at_return = 0;
+  std::thread sync([&] {
+    sync_st = faults_.Sync(*att_, 0, att_->size);
+    home_at_return = HomeByte(4 * kPage);
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  SetHome(&FakeHome::refuse_writes, false);
+  FaultPoints::Release(kBeforeRetry);
+  FaultPoints::Release(kSyncWaits);
+  end.join();
+  sync.join();
+  EXPECT_TRUE(waited) << "the sync did not wait for the window's end";
+  EXPECT_TRUE(end_st.ok()) << end_st;
+  EXPECT_TRUE(sync_st.ok()) << sync_st;
+  EXPECT_EQ(home_at_return, 9) << "sync returned OK before the kept-aside write reached the home";
+}
+
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {
   map_[0] = 3;  // dirty
   faults_.Revoke(*att_, "fenced: test");
