@@ -28,7 +28,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
   uint64_t base = att.vaddr.load();
   absl::Status lost;
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::Time deadline = clock_->Now() + absl::Seconds(10);
   // Rounds: a round whose write-back a newer copy superseded (a store or a
   // window took a page while the home kept refusing) runs again, bounded,
   // and writes the newest contents.
@@ -48,7 +48,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         auto w = att.kept_writing.lower_bound(p0);
         return w != att.kept_writing.end() && *w < p1;
       };
-      while (kept_in_window() && absl::Now() < deadline) {
+      while (kept_in_window() && clock_->Now() < deadline) {
         att.mu.Unlock();
         // Held here (tests), no lock held: waiting for a window's end.
         TETHER_FAULT_POINT("fault_service.sync.wait_kept_aside");
@@ -90,7 +90,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     }
     bool superseded = false;
     absl::Status result = WriteBackRuns(att, runs, epoch, &superseded);
-    if (superseded && result.ok() && absl::Now() < deadline) continue;
+    if (superseded && result.ok() && clock_->Now() < deadline) continue;
     if (superseded && result.ok())
       result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
     return lost.ok() ? result : lost;

@@ -18,6 +18,7 @@
 #include "tests/unit/kernel_feature.h"
 
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
@@ -136,9 +137,10 @@ class MapperWindowsTest : public ::testing::Test {
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
+  FakeClock clock_;  // Sync's 10 s budget passes when a test says so
   FaultService faults_{
       &data_, 64 << 20,
-      [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }};
+      [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }, &clock_};
   std::shared_ptr<Attachment> att_;
   uint8_t* map_ = nullptr;
 };
