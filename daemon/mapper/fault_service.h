@@ -112,6 +112,8 @@ class FaultService {
   void Remove(const std::shared_ptr<Attachment>& att);
 
   // Writes back dirty pages in [offset, offset+len) of the attachment.
+  // Pages a window kept aside are written back by its end: Sync waits for
+  // that up to 10 s, then says EAGAIN (they are not at the home yet).
   absl::Status Sync(Attachment& att, uint64_t offset, uint64_t len);
   // Drops clean copies in the range, so the next access refetches.
   absl::Status Acquire(Attachment& att, uint64_t offset, uint64_t len);

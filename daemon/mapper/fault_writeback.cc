@@ -28,6 +28,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
   uint64_t base = att.vaddr.load();
   absl::Status lost;
+  absl::Status still_kept;  // EAGAIN: a window held kept-aside writes past the budget
   absl::Time deadline = clock_->Now() + absl::Seconds(10);
   // Rounds: a round whose write-back a newer copy superseded (a store or a
   // window took a page while the home kept refusing) runs again, bounded,
@@ -55,6 +56,12 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         absl::SleepFor(absl::Milliseconds(1));
         att.mu.Lock();
       }
+      // Still kept aside: not at the home, so this sync cannot say OK
+      // (docs/consistency.md, EAGAIN). The window's end writes them back.
+      if (kept_in_window() && still_kept.ok())
+        still_kept = ErrnoStatus(EAGAIN,
+                                 "writes kept aside by an invalidation window open for more than "
+                                 "10 s are not at the home yet; written back when it ends");
       if (att.revoked) {
         std::string msg = "attachment revoked (" + att.revoke_reason + ")";
         if (att.lost_pages > 0)
@@ -93,7 +100,8 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     if (superseded && result.ok() && clock_->Now() < deadline) continue;
     if (superseded && result.ok())
       result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
-    return lost.ok() ? result : lost;
+    if (!lost.ok()) return lost;
+    return result.ok() ? still_kept : result;
   }
 }
 

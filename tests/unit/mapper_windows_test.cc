@@ -429,6 +429,30 @@ TEST_F(MapperWindowsTest, ASyncWaitsForAWindowsEndStillWritingBack) {
   EXPECT_EQ(home_at_return, 9) << "sync returned OK before the kept-aside write reached the home";
 }
 
+// Found by the protocol simulation (tests/sim/README.md, seed 267 before
+// the fix): a window held open longer than Sync's 10 s budget (an
+// exporter's own bracket) keeps a dirty page aside. The sync waited 10 s
+// and then said OK, though that write was not at the home. It says EAGAIN
+// (docs/consistency.md); the window's end writes the page back.
+TEST_F(MapperWindowsTest, ASyncOutlivedByAWindowSaysEagainNotOk) {
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;                       // dirty
+  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside; the window stays open
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status sync_st;
+  std::thread sync([&] { sync_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(10)));
+  clock_.Advance(absl::Seconds(11));  // the sync's budget passes
+  FaultPoints::Release(kSyncWaits);
+  sync.join();
+  EXPECT_EQ(ToErrno(sync_st), EAGAIN)
+      << "sync said " << sync_st << " while a write it covers is kept aside, not at the home";
+  EXPECT_EQ(HomeByte(4 * kPage), 1);
+  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9);
+  EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+}
+
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {
   map_[0] = 3;  // dirty
   faults_.Revoke(*att_, "fenced: test");
