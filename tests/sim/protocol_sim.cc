@@ -586,7 +586,11 @@ void Simulation::FinishChange(uint64_t id) {
       return;
     }
     coord_->End(w, c.gone);
-    absl::Time safe = lease_->FencedSafeAt(w.fenced, Now());
+    // Every node fenced on the segment, not only those this window fenced:
+    // FenceNode drops a node's cached marks, so later windows do not ask
+    // it, yet it may read what it holds until its lease runs out.
+    std::vector<uint32_t> fenced(fenced_.begin(), fenced_.end());
+    absl::Time safe = lease_->FencedSafeAt(fenced, Now());
     At(safe - Now(), [this, id] {
       Change& c = changes_[id];
       // The call returns: from now on no read may see a version older
@@ -961,9 +965,13 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
   {
     absl::MutexLock lock(&att->mu);
     bool overtaken = att->BegunSince(gen, p, 1) && opt_.mutation != Mutation::kInstallStale;
-    if (overtaken || att->revoked) {
+    // With leases, a copy whose lease ran out on its way (the node froze
+    // with the answer in flight) is not installed either.
+    bool expired = !lease_->MapperMayRead(n.id, Now());
+    if (overtaken || expired || att->revoked) {
       att->AbandonFetch(p, 1);
-      Trace("node %d: fetch of page %d discarded (a range_begin overtook it)", n.id, p);
+      Trace("node %d: fetch of page %d discarded (%s)", n.id, p,
+            expired ? "its lease ran out in flight" : "a range_begin overtook it");
     } else if (att->state[p] == PageState::kFetching) {
       att->state[p] = PageState::kClean;
       ++att->resident;
@@ -1001,6 +1009,7 @@ void Simulation::WakeReaders(Node& n, uint64_t p0, uint64_t p1) {
     if (s == PageState::kClean || s == PageState::kDirty || s == PageState::kWriteback) {
       int count = it->second;
       n.readers.erase(it);
+      if (!lease_->MapperMayRead(n.id, Now())) continue;  // the lease ran out: no read
       for (int i = 0; i < count; ++i) Observe(n, p);
     } else if (!in_window && !quiet_) {
       Fault(n, p);

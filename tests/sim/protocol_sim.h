@@ -83,8 +83,8 @@ class SimLease {
   virtual void MapperConfirmed(uint32_t node, absl::Time sent) = 0;
   // May a client on `node` read a page it holds, now?
   virtual bool MapperMayRead(uint32_t node, absl::Time now) const = 0;
-  // An invalidation fenced `nodes`: the earliest moment the exporter's
-  // call may return.
+  // `nodes` are fenced on the segment (by this change or an earlier one):
+  // the earliest moment an exporter's call that changes it may return.
   virtual absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const = 0;
   // Whether a stale read by a fenced node that has not handled its
   // revocation is the documented gap (excused) or a violation.

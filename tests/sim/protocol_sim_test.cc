@@ -132,7 +132,9 @@ TEST_F(ProtocolSimTest, ReplayIsExact) {
 }
 
 TEST_F(ProtocolSimTest, MutationsAreCaught) {
-  constexpr uint64_t kWithin = 50;
+  // Most are caught within a few seeds; a sync outlived by a window needs
+  // a rare long bracket and a sync during it (seed 267).
+  constexpr uint64_t kWithin = 400;
   for (Mutation m : {Mutation::kAckBeforeDrop, Mutation::kInstallStale, Mutation::kDropDirtyAtBegin,
                      Mutation::kForgeAck, Mutation::kIgnoreDeadline, Mutation::kForgetEnd,
                      Mutation::kSyncIgnoresWritingBack, Mutation::kSyncOkPastBudget}) {
