@@ -189,6 +189,13 @@ struct Node {
   std::map<uint64_t, uint64_t> last_write;
 };
 
+// A line of the run's trace, with the virtual time; its arguments are
+// evaluated only when tracing (most runs do not).
+#define TRACE(...)                                           \
+  do {                                                       \
+    if (opt_.trace) TraceLine(absl::StrFormat(__VA_ARGS__)); \
+  } while (0)
+
 class Simulation final : public InvalidationChannel, public SegmentObserver {
  public:
   explicit Simulation(const SimOptions& o)
@@ -214,10 +221,13 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   void SegmentGone(uint64_t, const std::string&) override {}
 
  private:
+  // The queue orders small keys; the functions wait in slots, so that
+  // the heap moves 24 bytes, not a std::function (ASan makes each move
+  // of one costly).
   struct Event {
     absl::Time at;
     uint64_t seq;
-    std::function<void()> fn;
+    uint32_t slot;
   };
   struct Later {
     bool operator()(const Event& a, const Event& b) const {
@@ -237,10 +247,8 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   std::string When() const {
     return absl::StrFormat("t=%.3fms", absl::ToDoubleMilliseconds(Now() - start_));
   }
-  template <typename... Args>
-  void Trace(const absl::FormatSpec<Args...>& fmt, const Args&... args) {
-    if (!opt_.trace) return;
-    trace_.push_back(absl::StrCat(When(), " ", absl::StrFormat(fmt, args...)));
+  void TraceLine(std::string line) {
+    trace_.push_back(absl::StrCat(When(), " ", line));
     if (trace_.size() > kTraceLines) trace_.pop_front();
   }
   template <typename... Args>
@@ -248,13 +256,23 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
     if (!result_.ok) return;
     result_.ok = false;
     result_.violation = absl::StrCat(When(), ": ", absl::StrFormat(fmt, args...));
-    Trace("VIOLATION: %s", result_.violation);
+    TRACE("VIOLATION: %s", result_.violation);
   }
 
   // --- events ---
-  void At(absl::Duration after, std::function<void()> fn) {
-    queue_.push({Now() + after, seq_++, std::move(fn)});
+  void Push(absl::Time at, std::function<void()> fn) {
+    uint32_t slot;
+    if (free_slots_.empty()) {
+      slot = static_cast<uint32_t>(slots_.size());
+      slots_.push_back(std::move(fn));
+    } else {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+      slots_[slot] = std::move(fn);
+    }
+    queue_.push({at, seq_++, slot});
   }
+  void At(absl::Duration after, std::function<void()> fn) { Push(Now() + after, std::move(fn)); }
   // An event of node `n`'s daemon: dropped if the node crashed since,
   // postponed while it is frozen.
   void NodeAt(Node& n, absl::Duration after, std::function<void()> fn) {
@@ -264,9 +282,8 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   void RunOnNode(Node& n, uint32_t inc, std::function<void()> fn) {
     if (!n.up || n.inc != inc) return;
     if (Now() < n.frozen_until) {
-      queue_.push({n.frozen_until, seq_++, [this, &n, inc, fn = std::move(fn)]() mutable {
-                     RunOnNode(n, inc, std::move(fn));
-                   }});
+      Push(n.frozen_until,
+           [this, &n, inc, fn = std::move(fn)]() mutable { RunOnNode(n, inc, std::move(fn)); });
       return;
     }
     fn();
@@ -324,12 +341,15 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   FakeClock clock_;
   absl::Time start_ = clock_.Now();
   std::priority_queue<Event, std::vector<Event>, Later> queue_;
+  std::vector<std::function<void()>> slots_;
+  std::vector<uint32_t> free_slots_;
   uint64_t seq_ = 0;
   bool stop_ = false;
   bool quiet_ = false;  // the random activity is over
   int nesting_ = 0;     // inside BeforeRead's events
   SimResult result_;
   std::deque<std::string> trace_;
+  std::vector<uint8_t> page_buf_[2] = {std::vector<uint8_t>(kPage), std::vector<uint8_t>(kPage)};
 
   // The scenario, drawn from the seed.
   uint64_t npages_ = 0;
@@ -366,10 +386,13 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
 
 bool Simulation::Step() {
   if (queue_.empty() || stop_) return false;
-  Event e = std::move(const_cast<Event&>(queue_.top()));
+  Event e = queue_.top();
   queue_.pop();
+  std::function<void()> fn = std::move(slots_[e.slot]);
+  slots_[e.slot] = nullptr;
+  free_slots_.push_back(e.slot);
   clock_.Set(e.at);
-  e.fn();
+  fn();
   if (++result_.stats.events > kMaxEvents) {
     Fail("no quiescence after %d events", kMaxEvents);
   }
@@ -391,7 +414,7 @@ absl::Status Simulation::BeforeRead(uint64_t, uint64_t, uint64_t) {
   if (nesting_ > 0 || quiet_ || !rng_.Permille(interleave_permille_)) return absl::OkStatus();
   ++result_.stats.interleaved_reads;
   ++nesting_;
-  Trace("home: read in flight; running events inside it");
+  TRACE("home: read in flight; running events inside it");
   for (uint64_t i = 1 + rng_.Below(4); i > 0 && !queue_.empty() && !stop_; --i) Step();
   --nesting_;
   return absl::OkStatus();
@@ -434,7 +457,7 @@ void Simulation::Send(uint32_t node, const InvalidationNotice& notice, absl::Dur
     if (!*once) return;
     Done d = std::move(*once);
     *once = nullptr;
-    Trace("home: answer from node %d: %s", node, st.ToString());
+    TRACE("home: answer from node %d: %s", node, st.ToString());
     std::move(d)(std::move(st));
   };
   Node* target = nullptr;
@@ -469,7 +492,7 @@ void Simulation::TryNotice(Node& n, uint32_t inc, const InvalidationNotice& noti
          [finish] { finish(absl::DeadlineExceededError("notice not delivered in time")); });
       return;
     }
-    Trace("home: notice to node %d lost; resent by gRPC", n.id);
+    TRACE("home: notice to node %d lost; resent by gRPC", n.id);
     At(retry - Now(),
        [this, &n, inc, notice, finish, give_up] { TryNotice(n, inc, notice, finish, give_up); });
   };
@@ -519,7 +542,7 @@ void Simulation::Landed(uint64_t p, Content c, uint32_t node) {
     max_landed_[p] = std::max(max_landed_[p], c.wid);
     landed_.insert(c.wid);
   }
-  Trace("home: page %d now holds stamp %d store %d (generation %d)", p, c.stamp, c.wid,
+  TRACE("home: page %d now holds stamp %d store %d (generation %d)", p, c.stamp, c.wid,
         gen_of_[p][c]);
 }
 
@@ -542,7 +565,7 @@ void Simulation::StartChange() {
   c.p1 = p1;
   for (uint64_t p = p0; p < p1; ++p)
     if (rng_.Permille(gone_permille_)) c.gone.emplace_back(p * kPage, (p + 1) * kPage);
-  Trace("exporter: change %d of pages [%d, %d) begins: window %d", id, p0, p1,
+  TRACE("exporter: change %d of pages [%d, %d) begins: window %d", id, p0, p1,
         pending->window().id);
   c.pending.emplace(*std::move(pending));
   if (opt_.mutation != Mutation::kIgnoreDeadline) At(deadline_, [this, id] { FinishChange(id); });
@@ -557,7 +580,7 @@ void Simulation::FinishChange(uint64_t id) {
   c.pending.reset();
   absl::Duration stall = Now() - c.t0;
   result_.stats.max_stall = std::max(result_.stats.max_stall, stall);
-  Trace("home: change %d: Begin returns after %dus: acked %s fenced %s", id,
+  TRACE("home: change %d: Begin returns after %dus: acked %s fenced %s", id,
         absl::ToInt64Microseconds(stall), absl::StrJoin(w.acked, ","),
         absl::StrJoin(w.fenced, ","));
   if (stall > deadline_)
@@ -578,10 +601,10 @@ void Simulation::FinishChange(uint64_t id) {
       Landed(p, v, kHome);
       c.gens.push_back(home_gen_[p]);
     }
-    Trace("exporter: change %d rewrote pages [%d, %d)%s", id, c.p0, c.p1,
+    TRACE("exporter: change %d rewrote pages [%d, %d)%s", id, c.p0, c.p1,
           c.gone.empty() ? "" : " (some gone)");
     if (opt_.mutation == Mutation::kForgetEnd && rng_.Permille(300)) {
-      Trace("exporter: change %d never ends (mutation)", id);
+      TRACE("exporter: change %d never ends (mutation)", id);
       changes_.erase(id);
       return;
     }
@@ -597,7 +620,7 @@ void Simulation::FinishChange(uint64_t id) {
       // than what the change wrote.
       for (uint64_t p = c.p0; p < c.p1; ++p) floor_[p] = std::max(floor_[p], c.gens[p - c.p0]);
       ++result_.stats.changes;
-      Trace("exporter: change %d returns", id);
+      TRACE("exporter: change %d returns", id);
       changes_.erase(id);
     });
   });
@@ -613,7 +636,7 @@ void Simulation::HandleNotice(Node& n, const InvalidationNotice& notice,
   uint64_t key = (notice.segid * 0x9e3779b97f4a7c15ull) ^ notice.window;
   if (notice.kind == InvalidationNotice::Kind::kBegin) {
     uint64_t p0 = notice.start / kPage, p1 = (notice.end + kPage - 1) / kPage;
-    Trace("node %d: range_begin [%d, %d) window %d", n.id, p0, p1, notice.window);
+    TRACE("node %d: range_begin [%d, %d) window %d", n.id, p0, p1, notice.window);
     if (opt_.mutation == Mutation::kAckBeforeDrop) {
       reply(absl::OkStatus());
       NodeAt(n, rng_.Ms(1, 30), [this, &n, key, p0, p1] { BeginWindow(n, key, p0, p1); });
@@ -644,11 +667,11 @@ void Simulation::BeginWindow(Node& n, uint64_t key, uint64_t p0, uint64_t p1) {
     if (s != PageState::kClean && s != PageState::kDirty && s != PageState::kWriteback) continue;
     if (s != PageState::kClean) {
       if (opt_.mutation == Mutation::kDropDirtyAtBegin) {
-        Trace("node %d: dirty page %d dropped (mutation)", n.id, p);
+        TRACE("node %d: dirty page %d dropped (mutation)", n.id, p);
       } else {
         att.kept_aside[p] = std::string(reinterpret_cast<const char*>(&n.data[p]), sizeof(Content));
         n.kept_gen[p] = n.base_gen[p];
-        Trace("node %d: dirty page %d (store %d) kept aside", n.id, p, n.data[p].wid);
+        TRACE("node %d: dirty page %d (store %d) kept aside", n.id, p, n.data[p].wid);
       }
       if (s == PageState::kDirty) --att.dirty;
       if (s == PageState::kWriteback) ++att.wb_epoch;
@@ -678,7 +701,7 @@ void Simulation::PumpInbox(Node& n) {
   uint64_t key = (notice.segid * 0x9e3779b97f4a7c15ull) ^ notice.window;
   std::vector<std::pair<uint64_t, uint64_t>> gone;  // pages (one attachment at offset 0)
   for (const auto& [g0, g1] : notice.gone) gone.emplace_back(g0 / kPage, (g1 + kPage - 1) / kPage);
-  Trace("node %d: range_end window %d", n.id, notice.window);
+  TRACE("node %d: range_end window %d", n.id, notice.window);
   EndWindow(n, key, std::move(gone), next);
 }
 
@@ -711,7 +734,7 @@ void Simulation::EndWindow(Node& n, uint64_t key, std::vector<std::pair<uint64_t
       std::memcpy(&c, k->second.data(), sizeof(c));
       if (is_gone) {
         ++att->lost_pages;
-        Trace("node %d: kept-aside page %d (store %d) discarded: address gone", n.id, k->first,
+        TRACE("node %d: kept-aside page %d (store %d) discarded: address gone", n.id, k->first,
               c.wid);
       } else if (att->InOtherWindow(k->first, key)) {
         ++k;
@@ -738,7 +761,7 @@ void Simulation::EndWindow(Node& n, uint64_t key, std::vector<std::pair<uint64_t
       WriteBack(n, pg.p, pg.c, Now() + kWriteBudget, std::nullopt,
                 [this, &n, pg, failed, self = weak.lock()](absl::Status st, bool, uint64_t gen) {
                   if (!st.ok()) {
-                    Trace("node %d: write-back of kept-aside page %d failed: %s", n.id, pg.p,
+                    TRACE("node %d: write-back of kept-aside page %d failed: %s", n.id, pg.p,
                           st.ToString());
                     failed->push_back(pg);
                   }
@@ -763,7 +786,7 @@ void Simulation::EndWindow(Node& n, uint64_t key, std::vector<std::pair<uint64_t
           ++att->resident;
           n.put_back.insert(pg.p);
           n.unmarked.insert(pg.p);
-          Trace("node %d: kept-aside page %d put back dirty", n.id, pg.p);
+          TRACE("node %d: kept-aside page %d put back dirty", n.id, pg.p);
         } else {
           ++att->lost_pages;
         }
@@ -794,13 +817,13 @@ void Simulation::Revoke(Node& n, const std::string& why) {
   att.dirty = 0;
   std::fill(att.state.begin(), att.state.end(), PageState::kAbsent);
   n.readers.clear();  // they get SIGBUS
-  Trace("node %d: revoked (%s)", n.id, why);
+  TRACE("node %d: revoked (%s)", n.id, why);
 }
 
 void Simulation::Observe(Node& n, uint64_t p) {
   ++result_.stats.reads;
   uint64_t g = n.base_gen[p];
-  Trace("node %d: client reads page %d: stamp %d store %d (generation %d, floor %d)", n.id, p,
+  TRACE("node %d: client reads page %d: stamp %d store %d (generation %d, floor %d)", n.id, p,
         n.data[p].stamp, n.data[p].wid, g, floor_[p]);
   if (g >= floor_[p]) return;
   if (n.put_back.count(p)) {
@@ -866,7 +889,7 @@ void Simulation::ClientWrite(Node& n, uint64_t p) {
       n.data[p].wid = next_wid_++;
       n.last_write[p] = n.data[p].wid;
       ++result_.stats.writes;
-      Trace("node %d: client stores store %d to page %d", n.id, n.data[p].wid, p);
+      TRACE("node %d: client stores store %d to page %d", n.id, n.data[p].wid, p);
       return;
     }
   }
@@ -901,18 +924,21 @@ void Simulation::Fault(Node& n, uint64_t p) {
     grant = att->grant;
   }
   absl::Time sent = Now();
-  Trace("node %d: fetch page %d (inval_gen %d)", n.id, p, gen);
+  TRACE("node %d: fetch page %d (inval_gen %d)", n.id, p, gen);
   uint32_t inc = n.inc;
   Message(
       n, /*to_node=*/false,
       [this, &n, inc, p, gen, grant, sent] {
-        std::vector<uint8_t> buf(kPage);
+        // One buffer per nesting level (BeforeRead may run a read inside
+        // this one), reused: a page-sized allocation per request costs
+        // ASan more than the rest of the request.
+        std::vector<uint8_t>& buf = page_buf_[nesting_];
         uint32_t node = n.id;
         absl::Status st = reg_->ReadBlocks(node, segid_, grant, p * kPage, absl::MakeSpan(buf));
         Content c = ReadContent(buf.data());
         // The version's generation as of the read (what it was when read).
         uint64_t home_gen = st.ok() ? GenOf(p, c) : 0;
-        Trace("home: read of page %d for node %d: %s (stamp %d store %d)", p, node, st.ToString(),
+        TRACE("home: read of page %d for node %d: %s (stamp %d store %d)", p, node, st.ToString(),
               c.stamp, c.wid);
         if (st.ok() && !fenced_.count(node)) lease_->HomeHeard(node, Now());
         if (!n.up || n.inc != inc) return;
@@ -955,7 +981,7 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
         if (!quiet_) Fault(n, p);
       });
     } else {
-      Trace("node %d: fetch of page %d failed: %s (SIGBUS)", n.id, p, st.ToString());
+      TRACE("node %d: fetch of page %d failed: %s (SIGBUS)", n.id, p, st.ToString());
       n.readers.erase(p);
     }
     return;
@@ -970,7 +996,7 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
     bool expired = !lease_->MapperMayRead(n.id, Now());
     if (overtaken || expired || att->revoked) {
       att->AbandonFetch(p, 1);
-      Trace("node %d: fetch of page %d discarded (%s)", n.id, p,
+      TRACE("node %d: fetch of page %d discarded (%s)", n.id, p,
             expired ? "its lease ran out in flight" : "a range_begin overtook it");
     } else if (att->state[p] == PageState::kFetching) {
       att->state[p] = PageState::kClean;
@@ -980,7 +1006,7 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
       n.put_back.erase(p);
       n.unmarked.erase(p);
       installed = true;
-      Trace("node %d: installed page %d (stamp %d store %d)", n.id, p, c.stamp, c.wid);
+      TRACE("node %d: installed page %d (stamp %d store %d)", n.id, p, c.stamp, c.wid);
     }
   }
   if (installed) {
@@ -1044,11 +1070,11 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
   Message(
       n, /*to_node=*/false,
       [this, &n, inc, p, c, grant, answer] {
-        std::vector<uint8_t> buf(kPage);
+        std::vector<uint8_t>& buf = page_buf_[nesting_];
         WriteContent(buf.data(), c);
         uint32_t node = n.id;
         absl::Status st = reg_->WriteBlocks(node, segid_, grant, p * kPage, buf);
-        Trace("home: write-back of page %d (store %d) from node %d: %s", p, c.wid, node,
+        TRACE("home: write-back of page %d (store %d) from node %d: %s", p, c.wid, node,
               st.ToString());
         uint64_t gen = 0;
         if (st.ok()) {
@@ -1078,7 +1104,7 @@ void Simulation::StartSync(Node& n) {
   if (!n.up || !n.att || n.syncing || Now() < n.frozen_until) return;
   n.syncing = true;
   n.sync_lost = n.sync_still_kept = absl::OkStatus();
-  Trace("node %d: client syncs", n.id);
+  TRACE("node %d: client syncs", n.id);
   SyncRound(n, Now() + kWriteBudget, n.last_write);
 }
 
@@ -1180,7 +1206,7 @@ void Simulation::SyncRound(Node& n, absl::Time deadline, std::map<uint64_t, uint
 
 void Simulation::SyncDone(Node& n, absl::Status st, const std::map<uint64_t, uint64_t>& snapshot) {
   n.syncing = false;
-  Trace("node %d: sync returns %s", n.id, st.ToString());
+  TRACE("node %d: sync returns %s", n.id, st.ToString());
   if (!st.ok()) {
     ++result_.stats.syncs_failed;
     ReportLoss(n);
@@ -1209,7 +1235,7 @@ void Simulation::Attach(Node& n) {
   Credentials cred{0, 0, 0, {}};
   auto g = reg_->Attach(segid_, cred, /*write=*/true, n.id);
   if (!g.ok()) {
-    Trace("node %d: attach refused: %s", n.id, g.status().ToString());
+    TRACE("node %d: attach refused: %s", n.id, g.status().ToString());
     n.att = nullptr;
     return;
   }
@@ -1237,7 +1263,7 @@ void Simulation::Attach(Node& n) {
 void Simulation::Crash(Node& n) {
   if (!n.up) return;
   ++result_.stats.crashes;
-  Trace("node %d: daemon crashes (its clients' attachments are lost)", n.id);
+  TRACE("node %d: daemon crashes (its clients' attachments are lost)", n.id);
   n.up = false;
   ++n.inc;
   n.att = nullptr;
@@ -1248,7 +1274,7 @@ void Simulation::Crash(Node& n) {
 void Simulation::Restart(Node& n) {
   n.up = true;
   n.frozen_until = Now();
-  Trace("node %d: daemon restarts", n.id);
+  TRACE("node %d: daemon restarts", n.id);
   Attach(n);
   Renew(n);
 }
@@ -1301,12 +1327,12 @@ void Simulation::RandomAction() {
       absl::Duration d = rng_.Permille(500) ? rng_.Ms(10, 500) : rng_.Ms(500, 6000);
       n.frozen_until = Now() + d;
       ++result_.stats.freezes;
-      Trace("node %d: daemon frozen for %dms", n.id, absl::ToInt64Milliseconds(d));
+      TRACE("node %d: daemon frozen for %dms", n.id, absl::ToInt64Milliseconds(d));
     }
   } else if (dice < 960) {
     absl::Duration d = rng_.Ms(10, 4000);
     n.cut_until = std::max(n.cut_until, Now() + d);
-    Trace("node %d: link to the home cut for %dms", n.id, absl::ToInt64Milliseconds(d));
+    TRACE("node %d: link to the home cut for %dms", n.id, absl::ToInt64Milliseconds(d));
   } else if (dice < 975) {
     Crash(n);
   }
@@ -1314,7 +1340,7 @@ void Simulation::RandomAction() {
 
 void Simulation::Quiesce() {
   quiet_ = true;
-  Trace("quiet: no more activity; links heal, nodes thaw");
+  TRACE("quiet: no more activity; links heal, nodes thaw");
   for (auto& n : nodes_) {
     n->frozen_until = std::min(n->frozen_until, Now());
     n->cut_until = std::min(n->cut_until, Now());
@@ -1363,7 +1389,7 @@ SimResult Simulation::Run() {
   fifo_ = rng_.Permille(500);
   interleave_permille_ = rng_.Below(3) * 150;
   gone_permille_ = rng_.Permille(500) ? 0 : 250;
-  Trace("seed %d: %d nodes, %d pages, deadline %dms, drops %d/1000, delays <= %dus%s", opt_.seed,
+  TRACE("seed %d: %d nodes, %d pages, deadline %dms, drops %d/1000, delays <= %dus%s", opt_.seed,
         nnodes, npages_, absl::ToInt64Milliseconds(deadline_), drop_permille_, max_delay_us_,
         fifo_ ? ", fifo links" : ", reordering links");
 
