@@ -117,7 +117,6 @@ constexpr absl::Duration kPoll = absl::Milliseconds(5);
 constexpr absl::Duration kWriteBudget = absl::Seconds(10);  // WriteBackPages, Sync
 constexpr absl::Duration kRun = absl::Seconds(20);          // random activity, then quiet
 constexpr uint64_t kMaxEvents = 3'000'000;
-constexpr size_t kTraceLines = 400;
 
 // What a page holds: the stamp of the exporter change that wrote it and
 // the id of the last store a mapper made to it (0: none). The rest of the
@@ -249,7 +248,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   }
   void TraceLine(std::string line) {
     trace_.push_back(absl::StrCat(When(), " ", line));
-    if (trace_.size() > kTraceLines) trace_.pop_front();
+    if (trace_.size() > opt_.trace_lines) trace_.pop_front();
   }
   template <typename... Args>
   void Fail(const absl::FormatSpec<Args...>& fmt, const Args&... args) {

@@ -99,7 +99,8 @@ struct SimOptions {
   uint64_t seed = 1;
   Mutation mutation = Mutation::kNone;
   bool model_leases = false;  // ModelLeases(3 s) instead of NoLeases()
-  bool trace = false;         // keep a trace of the run (the last lines)
+  bool trace = false;         // keep a trace of the run: its last trace_lines lines
+  size_t trace_lines = 400;
   // range_end over a cut link is given up after the ack deadline, as
   // PeerInvalidationChannel does (README: the lost range_end). Off: it
   // arrives once the link heals, as revocations do.

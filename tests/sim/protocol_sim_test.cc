@@ -34,9 +34,23 @@ uint64_t EnvU64(const char* name, uint64_t fallback) {
   return v && absl::SimpleAtoi(v, &out) ? out : fallback;
 }
 
+// The options the environment asks for (README): the known defects made
+// strict, the lease model.
+SimOptions FromEnv(uint64_t seed) {
+  SimOptions o;
+  o.seed = seed;
+  o.model_leases = EnvU64("TETHER_SIM_LEASES", 0) != 0;
+  o.lossy_range_end = EnvU64("TETHER_SIM_LOSSY_END", 0) != 0;
+  o.strict_unmarked_copies = EnvU64("TETHER_SIM_STRICT_UNMARKED", 0) != 0;
+  return o;
+}
+
 std::string Describe(const SimOptions& o, const SimResult& r) {
-  std::string replay = absl::StrFormat("TETHER_SIM_SEED=%d%s build/asan/tests/protocol_sim_test",
-                                       o.seed, o.model_leases ? " TETHER_SIM_LEASES=1" : "");
+  std::string replay =
+      absl::StrFormat("TETHER_SIM_SEED=%d%s%s%s build/asan/tests/protocol_sim_test", o.seed,
+                      o.model_leases ? " TETHER_SIM_LEASES=1" : "",
+                      o.lossy_range_end ? " TETHER_SIM_LOSSY_END=1" : "",
+                      o.strict_unmarked_copies ? " TETHER_SIM_STRICT_UNMARKED=1" : "");
   return absl::StrFormat(
       "seed %d (mutation %s%s): %s\n--- the run's last lines ---\n%s\n"
       "--- replay: %s",
@@ -57,8 +71,7 @@ class ProtocolSimTest : public ::testing::Test {
     SimStats total;
     absl::Time t0 = absl::Now();
     for (uint64_t seed = first; seed < first + count; ++seed) {
-      SimOptions o;
-      o.seed = seed;
+      SimOptions o = FromEnv(seed);
       o.model_leases = leases;
       SimResult r = RunSimulation(o);
       total.events += r.stats.events;
@@ -101,16 +114,16 @@ class ProtocolSimTest : public ::testing::Test {
 // (TETHER_SIM_TRACE=1 prints the trace even when it passes).
 TEST_F(ProtocolSimTest, Seeds) {
   if (getenv("TETHER_SIM_SEED")) {
-    SimOptions o;
-    o.seed = EnvU64("TETHER_SIM_SEED", 1);
-    o.model_leases = EnvU64("TETHER_SIM_LEASES", 0) != 0;
+    SimOptions o = FromEnv(EnvU64("TETHER_SIM_SEED", 1));
     o.trace = true;
+    if (EnvU64("TETHER_SIM_TRACE", 0) != 0) o.trace_lines = size_t{1} << 30;  // all of it
     SimResult r = RunSimulation(o);
     if (EnvU64("TETHER_SIM_TRACE", 0) != 0) absl::PrintF("%s\n", absl::StrJoin(r.trace, "\n"));
     EXPECT_TRUE(r.ok) << Describe(o, r);
     return;
   }
-  RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_SEEDS", 10000), false);
+  RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_SEEDS", 10000),
+           EnvU64("TETHER_SIM_LEASES", 0) != 0);
 }
 
 // The lease model: no stale read is excused.
@@ -155,6 +168,49 @@ TEST_F(ProtocolSimTest, MutationsAreCaught) {
     absl::PrintF("mutation %-20s caught at seed %d: %s\n", MutationName(m), caught,
                  violation.c_str());
   }
+}
+
+// Known defects the simulation finds (README, "Known defects"), not fixed
+// on this branch. Each test fails today and names the seed; run with
+// --gtest_also_run_disabled_tests. When a defect is fixed, its test is
+// enabled and its SimOptions knob becomes the default.
+
+// A range_end lost to a cut link that outlasts its timeout (the ack
+// deadline) leaves the mapper's window open for good: faults in the range
+// wait forever and pages kept aside are never written back.
+TEST_F(ProtocolSimTest, DISABLED_ALostRangeEndLeavesTheMapperWindowOpen) {
+  uint64_t failed = 0;
+  for (uint64_t seed = 1; seed <= 400 && !failed; ++seed) {
+    SimOptions o;
+    o.seed = seed;
+    o.lossy_range_end = true;
+    SimResult r = RunSimulation(o);
+    if (!r.ok) {
+      failed = seed;
+      o.trace = true;
+      ADD_FAILURE() << Describe(o, RunSimulation(o));
+    }
+  }
+  EXPECT_EQ(failed, 0u);
+}
+
+// A kept-aside page put back dirty after its write-back failed has no
+// cached mark at the home (its window cleared it; no fetch set it again),
+// so later windows skip the node and it reads its copy after the change.
+TEST_F(ProtocolSimTest, DISABLED_APutBackPageIsInvalidatedLikeAFetchedOne) {
+  uint64_t failed = 0;
+  for (uint64_t seed = 1; seed <= 2000 && !failed; ++seed) {
+    SimOptions o;
+    o.seed = seed;
+    o.strict_unmarked_copies = true;
+    SimResult r = RunSimulation(o);
+    if (!r.ok) {
+      failed = seed;
+      o.trace = true;
+      ADD_FAILURE() << Describe(o, RunSimulation(o));
+    }
+  }
+  EXPECT_EQ(failed, 0u);
 }
 
 }  // namespace
