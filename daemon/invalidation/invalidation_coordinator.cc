@@ -119,8 +119,10 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
   n.gone = gone;
   n.home_node = home_node_;
   stats_.notices_sent += w.acked.size();
-  // range_end needs no ack; a node that misses it keeps the range blocked
-  // until its write-backs or faults are refused — never stale data.
+  // range_end needs no ack. A node that misses it (a cut that outlasts
+  // the timeout) keeps its window open: never stale data, but its faults
+  // in the range wait and its kept-aside pages stay unwritten (a known
+  // gap: docs/architecture.md, G1; tests/sim/README.md).
   channel_->SendToAll(w.acked, n, ack_deadline_, [](uint32_t node, absl::Status st) {
     if (!st.ok()) TLOG_INFO("range_end to node %d: %s", node, st.ToString());
   });
