@@ -14,12 +14,24 @@
  *  - Any other event (END, non-blockable BEGIN, RELEASE without waiting)
  *    belongs to the ctl once queued and is freed when read(2) copies it out
  *    or when the ctl is released.
+ *  - A waiter that gives up (ack timeout, fatal signal) before the daemon
+ *    read its event does not free it: under ctl->lock it clears ->waiter,
+ *    flags the record TETHER_EVF_LATE instead of BLOCKABLE and leaves it
+ *    queued, so the event becomes the ctl's like any non-waited one.  An
+ *    unread BEGIN is never dropped: the daemon would see only its END and
+ *    keep serving the old contents.
  *
- * Events come from a kmem_cache backed by a small mempool and are always
- * allocated without direct reclaim: notifier callbacks may run inside
- * reclaim (try_to_unmap) or in the OOM reaper.  If even the pool is empty
+ * Events come from a kmem_cache (charged to the caller's memory cgroup:
+ * /dev/tether is 0666) backed by a small mempool and are always allocated
+ * without direct reclaim: notifier callbacks may run inside reclaim
+ * (try_to_unmap) or in the OOM reaper, and invalidate_range_start runs
+ * under the mmu notifier lockdep map that fs_reclaim is ordered after, so
+ * not even a blockable start may enter reclaim.  If even the pool is empty
  * the event is dropped and the ctl delivers one OVERFLOW record instead
- * (the daemon then treats all its ranges as invalidated).
+ * (the daemon then treats all its ranges as invalidated).  A blockable
+ * invalidation that lost its events that way still waits: the OVERFLOW is
+ * flagged BLOCKABLE and it waits (bounded like any wait) until the daemon
+ * acks an OVERFLOW read after its loss (->overflow_acked_gen).
  */
 #include <linux/jiffies.h>
 #include <linux/mempool.h>
@@ -38,7 +50,7 @@ static mempool_t *tether_kevent_pool;
 
 int tether_kevent_cache_init(void)
 {
-	tether_kevent_cache = KMEM_CACHE(tether_kevent, 0);
+	tether_kevent_cache = KMEM_CACHE(tether_kevent, SLAB_ACCOUNT);
 	if (!tether_kevent_cache)
 		return -ENOMEM;
 	tether_kevent_pool = mempool_create_slab_pool(TETHER_KEVENT_RESERVE,
@@ -65,9 +77,13 @@ void tether_kevent_cache_exit(void)
  */
 struct tether_kevent *tether_kevent_alloc(gfp_t gfp)
 {
-	struct tether_kevent *ev = mempool_alloc(tether_kevent_pool,
-						 gfp | __GFP_NOWARN);
+	struct tether_kevent *ev;
 
+	/* The test hook fails only what notifier callbacks allocate. */
+	if (!(gfp & __GFP_DIRECT_RECLAIM) &&
+	    READ_ONCE(tether_test_fail_event_alloc))
+		return NULL;
+	ev = mempool_alloc(tether_kevent_pool, gfp | __GFP_NOWARN);
 	if (!ev)
 		return NULL;
 	memset(ev, 0, sizeof(*ev));
@@ -107,6 +123,8 @@ struct tether_ctl *tether_ctl_create(void)
 	INIT_LIST_HEAD(&ctl->delivered);
 	INIT_LIST_HEAD(&ctl->exporters);
 	init_waitqueue_head(&ctl->readq);
+	init_waitqueue_head(&ctl->ovq);
+	atomic64_set(&ctl->next_event_id, 0);
 	return ctl;
 }
 
@@ -138,25 +156,44 @@ void tether_ctl_put(struct tether_ctl *ctl)
 }
 
 /**
+ * tether_ctl_next_id() - hand out an event id of @ctl
+ * @ctl: control (caller holds a reference)
+ *
+ * Ids are unique per ctl and never 0; they need not follow queue order.
+ *
+ * Context: any context (atomic; callers may hold exp->lock).
+ * Return: the id.
+ */
+u64 tether_ctl_next_id(struct tether_ctl *ctl)
+{
+	return atomic64_inc_return(&ctl->next_event_id);
+}
+
+/**
  * tether_ctl_queue() - hand events to the daemon
  * @ctl:      control (caller holds a reference)
  * @evs:      list of new events linked by ->node; emptied
  * @overflow: an event could not be allocated: deliver OVERFLOW
+ * @overflow_gen: NULL, or (blockable callers) out: the overflow generation
+ *            the caller must wait to see acked (0: nothing to wait for)
  *
- * Assigns event ids and queues the events on ->pending.  If the ctl is
- * dead, waiters are completed at once (nobody will ack) and the others are
- * freed.  Non-waited events beyond TETHER_MAX_QUEUED are dropped and turn
- * into OVERFLOW.
+ * Assigns event ids (unless the caller did) and queues the events on
+ * ->pending.  If the ctl is dead, waiters are completed at once (nobody
+ * will ack) and the others are freed.  Non-waited events beyond
+ * TETHER_MAX_QUEUED are dropped and turn into OVERFLOW.
  *
  * Context: any context, exp->lock not held (notifier callbacks drop it
  * before queueing); takes ctl->lock; never sleeps (used from non-blockable
  * notifier calls).
  */
 void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
-		      bool overflow)
+		      bool overflow, u64 *overflow_gen)
 {
 	struct tether_kevent *ev, *tmp;
-	bool wake = overflow;
+	bool wake = overflow, lost = overflow;
+
+	if (overflow_gen)
+		*overflow_gen = 0;
 
 	spin_lock(&ctl->lock);
 	list_for_each_entry_safe(ev, tmp, evs, node) {
@@ -177,33 +214,63 @@ void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
 			overflow = true;
 			continue;
 		}
-		ev->uev.event_id = ++ctl->next_event_id;
+		if (!ev->uev.event_id)
+			ev->uev.event_id = tether_ctl_next_id(ctl);
 		ev->state = TETHER_KEV_PENDING;
 		list_add_tail(&ev->node, &ctl->pending);
 		ctl->nr_queued++;
 		wake = true;
 	}
-	if (overflow && !ctl->dead)
+	if (overflow && !ctl->dead) {
 		ctl->overflow = true;
+		ctl->overflow_gen++;
+		/*
+		 * The caller's own events were lost (not just non-waited ones
+		 * beyond the queue limit): it waits for the OVERFLOW's ack.
+		 */
+		if (lost && overflow_gen) {
+			ctl->overflow_blocking = true;
+			*overflow_gen = ctl->overflow_gen;
+		}
+	}
 	spin_unlock(&ctl->lock);
 	if (wake)
 		wake_up_interruptible_poll(&ctl->readq, EPOLLIN | EPOLLRDNORM);
 }
 
+/*
+ * Context: process context (a wait_event() condition); takes ctl->lock.
+ * Return: true once an OVERFLOW covering @gen was acked, or the ctl died.
+ */
+static bool tether_ctl_overflow_acked(struct tether_ctl *ctl, u64 gen)
+{
+	bool r;
+
+	spin_lock(&ctl->lock);
+	r = ctl->dead || ctl->overflow_acked_gen >= gen;
+	spin_unlock(&ctl->lock);
+	return r;
+}
+
 /**
  * tether_ctl_wait() - wait until the daemon acked every event of a list
  * @ctl:      control the events were queued on (caller holds a reference)
- * @waitlist: events with ->waiter set, linked by ->wnode; all are freed
+ * @waitlist: events with ->waiter set, linked by ->wnode; emptied
+ * @overflow_gen: non-zero: also wait until an OVERFLOW covering this
+ *            generation was acked (the caller's own events were lost)
  *
- * Waits killably, at most tether_ack_timeout_ms in total, then unlinks
- * whatever is still queued (the daemon may still read an END for it later,
- * which it must tolerate) and frees the events.  A timeout is logged.
+ * Waits killably, at most tether_ack_timeout_ms in total.  Then an event
+ * the daemon read but did not ack is unlinked and freed (its END follows);
+ * one it never read is handed to the ctl as a non-waited record flagged
+ * TETHER_EVF_LATE, so the daemon still learns of the invalidation before
+ * its END.  A timeout is logged.
  *
  * Context: process context, may sleep; the caller may hold mmap_lock, a
  * page lock or i_mmap_rwsem of the exporter (G5), but none of our locks;
  * takes ctl->lock after the wait, once per event.
  */
-void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
+void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
+		     u64 overflow_gen)
 {
 	unsigned long deadline = jiffies +
 		msecs_to_jiffies(READ_ONCE(tether_ack_timeout_ms));
@@ -228,11 +295,34 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
 			gave_up = true;	/* fatal signal: the task is dying */
 		}
 	}
+	if (overflow_gen && !gave_up) {
+		long left = (long)(deadline - jiffies), ret;
+
+		ret = wait_event_killable_timeout(ctl->ovq,
+				tether_ctl_overflow_acked(ctl, overflow_gen),
+				left > 0 ? left : 0);
+		if (ret == 0 && !tether_ctl_overflow_acked(ctl, overflow_gen))
+			timed_out = true;	/* first_missing 0: the OVERFLOW */
+	}
 
 	list_for_each_entry_safe(ev, tmp, waitlist, wnode) {
 		/* Only a waiter owns its event; any other belongs to the ctl. */
 		WARN_ON_ONCE(!ev->waiter);
+		list_del_init(&ev->wnode);
 		spin_lock(&ctl->lock);
+		if (ev->state == TETHER_KEV_PENDING) {
+			/*
+			 * Never read: the daemon must still see it, before its
+			 * END.  It stays queued where it is and is the ctl's
+			 * from now on (freed after read(2)); we may not touch
+			 * it after unlocking.
+			 */
+			ev->waiter = false;
+			ev->uev.flags = (ev->uev.flags & ~TETHER_EVF_BLOCKABLE) |
+					TETHER_EVF_LATE;
+			spin_unlock(&ctl->lock);
+			continue;
+		}
 		if (ev->state != TETHER_KEV_DONE) {
 			if (ev->state == TETHER_KEV_PENDING)
 				ctl->nr_queued--;
@@ -240,12 +330,11 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist)
 			ev->state = TETHER_KEV_DONE;
 		}
 		spin_unlock(&ctl->lock);
-		list_del_init(&ev->wnode);
 		tether_kevent_free(ev);
 	}
 
 	if (timed_out)
-		pr_warn_ratelimited("tether: pid %d (%s): no ack for event %llu within %u ms, continuing without it\n",
+		pr_warn_ratelimited("tether: pid %d (%s): no ack for event %llu (0: OVERFLOW) within %u ms, continuing without it\n",
 				    task_pid_nr(current), current->comm,
 				    first_missing, READ_ONCE(tether_ack_timeout_ms));
 }
@@ -270,6 +359,7 @@ void tether_ctl_release(struct tether_ctl *ctl)
 	spin_lock(&ctl->lock);
 	ctl->dead = true;
 	ctl->overflow = false;
+	wake_up_all(&ctl->ovq);		/* nobody will ack an OVERFLOW now */
 	list_splice_init(&ctl->delivered, &ctl->pending);
 	list_for_each_entry_safe(ev, tmp, &ctl->pending, node) {
 		list_del_init(&ev->node);
@@ -356,10 +446,17 @@ ssize_t tether_ctl_read(struct tether_ctl *ctl, char __user *buf,
 
 			if (ctl->overflow) {
 				memset(&rec, 0, sizeof(rec));
-				rec.event_id = ++ctl->next_event_id;
+				rec.event_id = tether_ctl_next_id(ctl);
 				rec.type = TETHER_EV_OTHER;
 				rec.kind = TETHER_KIND_OVERFLOW;
 				ctl->overflow = false;
+				if (ctl->overflow_blocking) {
+					/* its ack releases every loss so far */
+					rec.flags = TETHER_EVF_BLOCKABLE;
+					ctl->overflow_blocking = false;
+					ctl->overflow_read_id = rec.event_id;
+					ctl->overflow_read_gen = ctl->overflow_gen;
+				}
 			} else if (!list_empty(&ctl->pending)) {
 				ev = list_first_entry(&ctl->pending,
 						      struct tether_kevent, node);
@@ -386,6 +483,9 @@ ssize_t tether_ctl_read(struct tether_ctl *ctl, char __user *buf,
 				 */
 				spin_lock(&ctl->lock);
 				ctl->overflow = true;
+				if (rec.kind == TETHER_KIND_OVERFLOW &&
+				    (rec.flags & TETHER_EVF_BLOCKABLE))
+					ctl->overflow_blocking = true;
 				spin_unlock(&ctl->lock);
 				return copied ? copied : -EFAULT;
 			}
@@ -423,7 +523,8 @@ __poll_t tether_ctl_poll(struct tether_ctl *ctl, struct file *file,
 /**
  * tether_ctl_ack() - the daemon acknowledges an event
  * @ctl:      control
- * @event_id: id from a record read from this ctl
+ * @event_id: id from a record read from this ctl (a BEGIN, a RELEASE, or
+ *            the last blockable OVERFLOW read)
  *
  * Context: process context; takes ctl->lock.
  * Return: 0, or -ENOENT if nobody waits for that id (any more).
@@ -437,6 +538,14 @@ int tether_ctl_ack(struct tether_ctl *ctl, u64 event_id)
 	if (!event_id)
 		return -ENOENT;
 	spin_lock(&ctl->lock);
+	if (event_id == ctl->overflow_read_id) {
+		/* Everything lost up to that record was invalidated. */
+		ctl->overflow_read_id = 0;
+		if (ctl->overflow_acked_gen < ctl->overflow_read_gen)
+			ctl->overflow_acked_gen = ctl->overflow_read_gen;
+		wake_up_all(&ctl->ovq);
+		ret = 0;
+	}
 	for (i = 0; i < ARRAY_SIZE(lists) && ret; i++) {
 		list_for_each_entry(ev, lists[i], node) {
 			if (ev->uev.event_id != event_id || !ev->waiter)

@@ -32,7 +32,7 @@ static_assert(sizeof(struct tether_mark) == 32);
 static_assert(sizeof(struct tether_seq) == 16);
 static_assert(sizeof(struct tether_range_info) == 32);
 static_assert(sizeof(struct tether_ack) == 16);
-static_assert(sizeof(struct tether_event) == 64);
+static_assert(sizeof(struct tether_event) == 72);
 
 #define TETHER_MAX_RANGES	65536	/* per exporter */
 #define TETHER_MAX_MARKS	65536	/* separate marked intervals per range */
@@ -47,6 +47,7 @@ static_assert(sizeof(struct tether_event) == 64);
 #define TETHER_ACK_TIMEOUT_DEFAULT_MS	5000
 
 extern unsigned int tether_ack_timeout_ms;	/* always MIN..MAX */
+extern bool tether_test_fail_event_alloc;	/* test hook (tether_main.c) */
 extern struct xarray tether_ranges;	/* range id -> struct tether_range */
 
 enum tether_role {
@@ -91,7 +92,9 @@ enum tether_kev_state {
  * @done:   completed (under ctl->lock) when acked or the ctl closes
  * @state:  enum tether_kev_state, under ctl->lock once queued
  * @waiter: a thread waits for @done and owns (frees) the event; otherwise
- *          the ctl owns it once queued and frees it after read(2)
+ *          the ctl owns it once queued and frees it after read(2).  A
+ *          waiter that gives up before the event was read hands it to the
+ *          ctl (clears @waiter under ctl->lock, flags it LATE)
  */
 struct tether_kevent {
 	struct list_head node;
@@ -108,27 +111,63 @@ struct tether_kevent {
 /**
  * struct tether_ctl - a daemon's control fd
  * @ref:        file + each attached exporter + each notifier call in flight
+ * @next_event_id: last event id handed out (atomic: BEGIN ids are taken
+ *              under exp->lock, so that the END can name its BEGIN)
  * @lock:       protects everything below (innermost lock of the module)
  * @dead:       the file was released: queue nothing, wake every waiter
  * @overflow:   an event was lost: deliver one OVERFLOW record
- * @next_event_id: last event id handed out
+ * @overflow_gen: bumped each time an event is lost
+ * @overflow_blocking: a blockable invalidation lost its events since the
+ *              last OVERFLOW record: flag the next one BLOCKABLE
+ * @overflow_read_id: event id of the last blockable OVERFLOW record read
+ * @overflow_read_gen: @overflow_gen when that record was read
+ * @overflow_acked_gen: the daemon acked an OVERFLOW covering this gen
  * @nr_queued:  events on @pending
  * @pending:    queued, not read
  * @delivered:  read, a waiter waits for the ack
  * @exporters:  attached exporters (tether_exporter.ctl_node)
  * @readq:      read(2)/poll(2) waiters
+ * @ovq:        invalidations waiting for an OVERFLOW ack (@overflow_acked_gen)
  */
 struct tether_ctl {
 	struct kref ref;
+	atomic64_t next_event_id;
 	spinlock_t lock;
 	bool dead;
 	bool overflow;
-	u64 next_event_id;
+	bool overflow_blocking;
+	u64 overflow_gen;
+	u64 overflow_read_id;
+	u64 overflow_read_gen;
+	u64 overflow_acked_gen;
 	unsigned int nr_queued;
 	struct list_head pending;
 	struct list_head delivered;
 	struct list_head exporters;
 	wait_queue_head_t readq;
+	wait_queue_head_t ovq;
+};
+
+/*
+ * Invalidations of one mm in progress at once that are tracked by address
+ * (more are counted as "the whole mm": see tether_exporter.inprog).  A
+ * slot is taken by every invalidate_range_start of the mm, forwarded or
+ * not, so the array must be cheap to scan: 8 covers the concurrent
+ * invalidations a process makes in practice (one per thread in munmap /
+ * madvise / mprotect, plus reclaim and the OOM reaper).
+ */
+#define TETHER_MAX_INPROG	8
+
+/**
+ * struct tether_inprog - one invalidation of the exporter's mm in progress
+ * @key:   the mmu_notifier_range of its start callback (NULL: slot free)
+ * @start: user address where it starts
+ * @end:   user address where it ends (exclusive)
+ */
+struct tether_inprog {
+	const struct mmu_notifier_range *key;
+	unsigned long start;
+	unsigned long end;
 };
 
 /**
@@ -142,7 +181,12 @@ struct tether_ctl {
  * @range_list: the same ranges, for teardown
  * @nr_ranges:  number of ranges
  * @nr_marked:  number of ranges with at least one marked interval (G3 fast path)
- * @active:     invalidations of @mm in progress (start seen, end not yet)
+ * @inprog:     invalidations of @mm in progress (start seen, end not yet),
+ *              by address: MARK and READ_RETRY look only at those that
+ *              overlap the interval they are asked about
+ * @nr_inprog:  used slots of @inprog
+ * @inprog_untracked: invalidations in progress that found no free slot:
+ *              while non-zero, every interval counts as being invalidated
  * @ctl:        attached control (holds a reference) or NULL
  * @ctl_node:   on ctl->exporters, protected by ctl->lock
  * @attach_gen: bumped at every attach/detach
@@ -161,7 +205,9 @@ struct tether_exporter {
 	struct list_head range_list;
 	unsigned int nr_ranges;
 	unsigned int nr_marked;
-	unsigned long active;
+	struct tether_inprog inprog[TETHER_MAX_INPROG];
+	unsigned int nr_inprog;
+	unsigned int inprog_untracked;
 	struct tether_ctl *ctl;
 	struct list_head ctl_node;
 	u64 attach_gen;
@@ -212,9 +258,11 @@ void tether_kevent_free(struct tether_kevent *ev);
 struct tether_ctl *tether_ctl_create(void);
 void tether_ctl_get(struct tether_ctl *ctl);
 void tether_ctl_put(struct tether_ctl *ctl);
+u64 tether_ctl_next_id(struct tether_ctl *ctl);
 void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
-		      bool overflow);
-void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist);
+		      bool overflow, u64 *overflow_gen);
+void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
+		     u64 overflow_gen);
 void tether_ctl_release(struct tether_ctl *ctl);
 ssize_t tether_ctl_read(struct tether_ctl *ctl, char __user *buf,
 			size_t count, bool nonblock);

@@ -68,6 +68,17 @@ MODULE_PARM_DESC(ack_timeout_ms,
 		 __stringify(TETHER_ACK_TIMEOUT_MAX_MS) ", default "
 		 __stringify(TETHER_ACK_TIMEOUT_DEFAULT_MS) ")");
 
+/*
+ * Test hook (tests/vm/module_test.c only; root, like every module
+ * parameter): while set, every event allocation of a notifier callback
+ * (GFP_NOWAIT, the mempool reserve included) fails, as if memory and the
+ * reserve were exhausted.  It never changes anything else.
+ */
+bool tether_test_fail_event_alloc;
+module_param_named(test_fail_event_alloc, tether_test_fail_event_alloc, bool, 0644);
+MODULE_PARM_DESC(test_fail_event_alloc,
+		 "Test hook: fail every notifier event allocation (default N)");
+
 DEFINE_XARRAY_ALLOC1(tether_ranges);
 
 static const struct file_operations tether_fops;

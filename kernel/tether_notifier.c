@@ -37,33 +37,52 @@
  *
  * The notifier (classic mmu_notifier on the exporter's mm)
  *   invalidate_range_start(r), under exp->lock:
- *     1. exp->active++  (counts every invalidation of the mm, like KVM's
- *        mn_active_invalidate_count; start/end calls of one subscription
- *        are balanced because mmu_notifier_register() runs under
- *        mm_take_all_locks()).
+ *     1. record [r->start, r->end) in a free slot of exp->inprog keyed by
+ *        r (every invalidation of the mm, forwarded or not, like KVM's
+ *        mn_active_invalidate_count but by address); when all
+ *        TETHER_MAX_INPROG slots are taken, count it in
+ *        exp->inprog_untracked instead, which means "the whole mm".  No
+ *        allocation.  start/end calls of one subscription are balanced
+ *        because mmu_notifier_register() runs under mm_take_all_locks().
  *     2. G3 filter: unless a ctl is attached and some range has marks,
  *        return at once.  Otherwise, for every registered range that
  *        overlaps r and has a marked interval overlapping r: allocate a
- *        BEGIN and an END event (GFP_NOWAIT), bump range->seq, put END on
- *        exp->inflight keyed by r, and BEGIN on a private list.
+ *        BEGIN and an END event (GFP_NOWAIT), bump range->seq, give the
+ *        BEGIN its event id now (an atomic counter of the ctl, which is
+ *        stable under exp->lock) and copy it into the END's begin_id, put
+ *        END on exp->inflight keyed by r, and BEGIN on a private list.
+ *        If an allocation fails, note an overflow.
  *     3. take a ctl reference.
  *   then, without exp->lock: queue the BEGINs on the ctl and, if r is
- *   blockable, wait (killable, bounded by ack_timeout_ms) for their acks.
- *   invalidate_range_end(r), under exp->lock: exp->active--, take the END
- *   events keyed by r off exp->inflight, bump range->seq; then queue them.
+ *   blockable, wait (killable, bounded by ack_timeout_ms) for their acks
+ *   and, if its own events were lost, for the ack of an OVERFLOW read
+ *   after the loss (the daemon acks it once every range was invalidated).
+ *   No allocation in start may enter reclaim, blockable or not: the caller
+ *   holds the mmu notifier lockdep map, which fs_reclaim is ordered after
+ *   (start is called from reclaim).  A BEGIN the daemon had not read when
+ *   the wait ended (timeout, fatal signal) is not dropped: it stays queued,
+ *   flagged LATE, and is the ctl's (tether_ctl.c).
+ *   invalidate_range_end(r), under exp->lock: free r's exp->inprog slot
+ *   (or decrement inprog_untracked), take the END events keyed by r off
+ *   exp->inflight, bump range->seq; then queue them, after their BEGINs.
  *
  * Why marks and the filter share one lock and one sequence (G3 + G1)
  *   The daemon calls MARK_CACHED before it reads the exporter's memory for
  *   a fetch.  MARK takes exp->lock, adds the mark and returns
- *   seq = range->seq << 1 | (exp->active != 0).  After reading, the daemon
- *   calls READ_RETRY(seq): it succeeds only if no forwarded BEGIN/END
- *   touched the range and no invalidation of the mm is in progress.
+ *   seq = range->seq << 1 | (an invalidation overlapping the marked
+ *   interval is in progress).  After reading, the daemon calls
+ *   READ_RETRY(seq): it succeeds only if no forwarded BEGIN/END touched the
+ *   range and no invalidation overlapping the range is in progress.
  *   - An invalidation that starts after MARK sees the mark (same lock) and
  *     is forwarded: the daemon drops the copy before the kernel goes on.
- *   - One that started before MARK was not forwarded, but it keeps
- *     exp->active > 0 until its end: MARK returns an odd seq or READ_RETRY
- *     fails, and the daemon retries.  (This is the mmu_interval_notifier
- *     read_begin/read_retry pattern, with a per-mm "in progress" count.)
+ *   - One that started before MARK and overlaps the marked interval was not
+ *     forwarded, but it keeps its exp->inprog slot (or inprog_untracked)
+ *     until its end: MARK returns an odd seq or READ_RETRY fails, and the
+ *     daemon retries.  One that does not overlap it cannot change what the
+ *     fetch reads, so a stalled window on one segment no longer makes every
+ *     fetch of the exporter's other segments retry.  (This is the
+ *     mmu_interval_notifier read_begin/read_retry pattern, with the "in
+ *     progress" state kept per address interval.)
  *
  * G4 - non-blockable invalidations: classic start/end ops
  *   The kernel's rule (mm/mmu_notifier.c): a notifier whose
@@ -281,21 +300,116 @@ static u32 tether_event_type(enum mmu_notifier_event event)
 	}
 }
 
+/* ---------------------------------------------- invalidations in progress */
+
+/**
+ * tether_inprog_add() - an invalidation of the exporter's mm starts
+ * @exp: exporter
+ * @r:   its range (the key tether_inprog_del() finds it by)
+ *
+ * Takes a free slot of exp->inprog, or counts it as untracked (the whole
+ * mm) when all TETHER_MAX_INPROG are in use.  No allocation: this runs for
+ * every invalidation of the mm, forwarded or not, in any context.
+ *
+ * Context: exp->lock held (from tether_mn_start()).
+ */
+static void tether_inprog_add(struct tether_exporter *exp,
+			      const struct mmu_notifier_range *r)
+{
+	unsigned int i;
+
+	lockdep_assert_held(&exp->lock);
+
+	if (exp->nr_inprog < TETHER_MAX_INPROG) {
+		for (i = 0; i < TETHER_MAX_INPROG; i++) {
+			if (exp->inprog[i].key)
+				continue;
+			exp->inprog[i].key = r;
+			exp->inprog[i].start = r->start;
+			exp->inprog[i].end = r->end;
+			exp->nr_inprog++;
+			return;
+		}
+		WARN_ON_ONCE(1);	/* nr_inprog says there is a free slot */
+	}
+	exp->inprog_untracked++;
+}
+
+/**
+ * tether_inprog_del() - the invalidation keyed @r ends
+ * @exp: exporter
+ * @r:   the range tether_inprog_add() saw (start and end of one
+ *       invalidation get the same object)
+ *
+ * Context: exp->lock held (from tether_mn_end()).
+ */
+static void tether_inprog_del(struct tether_exporter *exp,
+			      const struct mmu_notifier_range *r)
+{
+	unsigned int i;
+
+	lockdep_assert_held(&exp->lock);
+
+	for (i = 0; i < TETHER_MAX_INPROG; i++) {
+		if (exp->inprog[i].key != r)
+			continue;
+		exp->inprog[i].key = NULL;
+		exp->nr_inprog--;
+		return;
+	}
+	/* It found no slot at start; start/end are balanced (see above). */
+	if (!WARN_ON_ONCE(exp->inprog_untracked == 0))
+		exp->inprog_untracked--;
+}
+
+/**
+ * tether_inprog_overlaps() - is an invalidation of [@start, @end) running?
+ * @exp:   exporter
+ * @start: user address
+ * @end:   user address (exclusive)
+ *
+ * Context: exp->lock held.
+ * Return: true if an invalidation in progress overlaps the interval, or
+ * one is in progress that found no slot (it may cover anything).
+ */
+static bool tether_inprog_overlaps(struct tether_exporter *exp, u64 start,
+				   u64 end)
+{
+	unsigned int i, seen = 0;
+
+	lockdep_assert_held(&exp->lock);
+
+	if (exp->inprog_untracked)
+		return true;
+	for (i = 0; i < TETHER_MAX_INPROG && seen < exp->nr_inprog; i++) {
+		if (!exp->inprog[i].key)
+			continue;
+		seen++;
+		if (exp->inprog[i].start < end && exp->inprog[i].end > start)
+			return true;
+	}
+	return false;
+}
+
 /**
  * tether_range_seq() - the sequence MARK and READ_RETRY report for @range
  * @exp:   the range's exporter
  * @range: range
+ * @s:     start offset into the range of the interval asked about
+ * @e:     end offset (exclusive)
  *
- * Context: exp->lock held (range->seq and exp->active are read together).
- * Return: range->seq << 1, or'ed with 1 while an invalidation of the mm is
- * in progress.
+ * Context: exp->lock held (range->seq and exp->inprog are read together).
+ * Return: range->seq << 1, or'ed with 1 while an invalidation overlapping
+ * [@s, @e) of the range is in progress.
  */
 static u64 tether_range_seq(struct tether_exporter *exp,
-			    struct tether_range *range)
+			    struct tether_range *range, u64 s, u64 e)
 {
 	lockdep_assert_held(&exp->lock);
 
-	return (range->seq << 1) | (exp->active ? 1 : 0);
+	return (range->seq << 1) |
+	       (tether_inprog_overlaps(exp, range->start + s,
+				       range->start + e) ? 1 : 0);
 }
 
 /**
@@ -309,7 +423,7 @@ static u64 tether_range_seq(struct tether_exporter *exp,
  * @flags: TETHER_EVF_*
  * @kind:  TETHER_KIND_*
  *
- * Context: exp->lock held (reads range->seq, exp->active, exp->attach_gen).
+ * Context: exp->lock held (reads range->seq, exp->inprog, exp->attach_gen).
  */
 static void tether_fill(struct tether_kevent *ev, struct tether_exporter *exp,
 			struct tether_range *range, u64 s, u64 e, u32 type,
@@ -322,7 +436,7 @@ static void tether_fill(struct tether_kevent *ev, struct tether_exporter *exp,
 	ev->uev.range_id = range->id;
 	ev->uev.start = s;
 	ev->uev.end = e;
-	ev->uev.seq = tether_range_seq(exp, range);
+	ev->uev.seq = tether_range_seq(exp, range, s, e);
 	ev->uev.type = type;
 	ev->uev.flags = flags;
 	ev->uev.kind = kind;
@@ -369,13 +483,14 @@ static int tether_mn_start(struct mmu_notifier *mn,
 	LIST_HEAD(to_send);
 	LIST_HEAD(waitlist);
 	bool overflow = false;
+	u64 overflow_gen = 0;
 	u32 type;
 
 	if (WARN_ON_ONCE(r->end <= r->start))
 		return 0;
 
 	spin_lock(&exp->lock);
-	exp->active++;
+	tether_inprog_add(exp, r);
 	if (!exp->ctl || !exp->nr_marked) {
 		spin_unlock(&exp->lock);	/* G3 fast path */
 		return 0;
@@ -407,6 +522,9 @@ static int tether_mn_start(struct mmu_notifier *mn,
 			    ev->waiter ? TETHER_EVF_BLOCKABLE : 0,
 			    TETHER_KIND_BEGIN);
 		tether_fill(end, exp, range, s, e, type, 0, TETHER_KIND_END);
+		/* exp->ctl is stable under exp->lock: ids of that ctl */
+		ev->uev.event_id = tether_ctl_next_id(exp->ctl);
+		end->uev.begin_id = ev->uev.event_id;
 		end->key = r;
 		list_add_tail(&end->node, &exp->inflight);
 		list_add_tail(&ev->node, &to_send);
@@ -421,10 +539,11 @@ static int tether_mn_start(struct mmu_notifier *mn,
 
 	if (!ctl)
 		return 0;
-	tether_ctl_queue(ctl, &to_send, overflow);
-	if (!list_empty(&waitlist)) {
+	tether_ctl_queue(ctl, &to_send, overflow,
+			 blockable ? &overflow_gen : NULL);
+	if (!list_empty(&waitlist) || overflow_gen) {
 		might_sleep();
-		tether_ctl_wait(ctl, &waitlist);
+		tether_ctl_wait(ctl, &waitlist, overflow_gen);
 	}
 	tether_ctl_put(ctl);
 	return 0;
@@ -447,15 +566,18 @@ static void tether_mn_end(struct mmu_notifier *mn,
 	LIST_HEAD(to_send);
 	LIST_HEAD(stale);
 
+	if (r->end <= r->start)
+		return;		/* start ignored it (and warned) */
+
 	spin_lock(&exp->lock);
-	if (!WARN_ON_ONCE(exp->active == 0))
-		exp->active--;
+	tether_inprog_del(exp, r);
 	list_for_each_entry_safe(ev, tmp, &exp->inflight, node) {
 		if (ev->key != r)
 			continue;
 		ev->key = NULL;
 		ev->range->seq++;
-		ev->uev.seq = tether_range_seq(exp, ev->range);
+		ev->uev.seq = tether_range_seq(exp, ev->range, ev->uev.start,
+					       ev->uev.end);
 		if (exp->ctl && ev->attach_gen == exp->attach_gen)
 			list_move_tail(&ev->node, &to_send);
 		else
@@ -469,7 +591,7 @@ static void tether_mn_end(struct mmu_notifier *mn,
 
 	tether_free_list(&stale);
 	if (ctl) {
-		tether_ctl_queue(ctl, &to_send, false);
+		tether_ctl_queue(ctl, &to_send, false, NULL);
 		tether_ctl_put(ctl);
 	}
 }
@@ -556,9 +678,12 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 	tether_free_list(&prealloc);
 
 	if (ctl) {
-		tether_ctl_queue(ctl, &to_send, overflow);
-		if (!list_empty(&waitlist))
-			tether_ctl_wait(ctl, &waitlist);
+		u64 overflow_gen = 0;
+
+		tether_ctl_queue(ctl, &to_send, overflow,
+				 wait ? &overflow_gen : NULL);
+		if (!list_empty(&waitlist) || overflow_gen)
+			tether_ctl_wait(ctl, &waitlist, overflow_gen);
 		tether_ctl_put(ctl);
 	}
 
@@ -914,7 +1039,7 @@ int tether_range_mark(struct tether_ctl *ctl, struct tether_range *range,
 			WARN_ON_ONCE(exp->nr_marked == 0);
 			exp->nr_marked--;
 		}
-		*seq = tether_range_seq(exp, range);
+		*seq = tether_range_seq(exp, range, offset, offset + len);
 	}
 	spin_unlock(&exp->lock);
 	kfree(pre);
@@ -941,8 +1066,8 @@ int tether_range_read_retry(struct tether_ctl *ctl, struct tether_range *range,
 		ret = -ENOENT;
 	else if (exp->mm_gone)
 		ret = -ESRCH;
-	else if ((seq & 1) || tether_range_seq(exp, range) != seq)
-		ret = -EAGAIN;
+	else if ((seq & 1) || tether_range_seq(exp, range, 0, range->len) != seq)
+		ret = -EAGAIN;	/* READ_RETRY names no interval: the whole range */
 	else
 		ret = 0;
 	spin_unlock(&exp->lock);

@@ -1,5 +1,6 @@
 #include "daemon/invalidation/invalidation_coordinator.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
@@ -37,24 +38,29 @@ bool InvalidationCoordinator::PendingBegin::answered() const {
 
 absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid, uint64_t start,
                                                                   uint64_t end,
-                                                                  const std::string& why) {
-  auto pending = StartBegin(segid, start, end, why);
+                                                                  const std::string& why,
+                                                                  absl::Time deadline) {
+  auto pending = StartBegin(segid, start, end, why, deadline);
   if (!pending.ok()) return pending.status();
   if (pending->replies_) {
     PendingBegin::Replies& r = *pending->replies_;
     absl::MutexLock lock(&r.mu);
-    r.mu.AwaitWithTimeout(absl::Condition(&r.done), ack_deadline_);
+    r.mu.AwaitWithTimeout(absl::Condition(&r.done), pending->wait_);
   }
   return FinishBegin(*std::move(pending));
 }
 
 absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::StartBegin(
-    uint64_t segid, uint64_t start, uint64_t end, const std::string& why) {
+    uint64_t segid, uint64_t start, uint64_t end, const std::string& why, absl::Time deadline) {
+  // What is left of the caller's budget, never more than the ack deadline.
+  const absl::Duration wait =
+      std::max(absl::ZeroDuration(), std::min(ack_deadline_, deadline - absl::Now()));
   auto opened = registry_->OpenWindow(segid, start, end);
   if (!opened.ok()) return opened.status();
   stats_.windows++;
   PendingBegin p;
   p.why_ = why;
+  p.wait_ = wait;
   InvalidationWindow& w = p.window_;
   w.segid = segid;
   w.id = opened->id;
@@ -72,7 +78,7 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
   n.window = w.id;
   n.home_node = home_node_;
   stats_.notices_sent += opened->nodes.size();
-  channel_->SendToAll(opened->nodes, n, ack_deadline_, [replies](uint32_t node, absl::Status st) {
+  channel_->SendToAll(opened->nodes, n, wait, [replies](uint32_t node, absl::Status st) {
     absl::MutexLock lock(&replies->mu);
     if (replies->acks.OnReply(node, st)) replies->done = true;
     if (!st.ok()) TLOG_INFO("range_begin to node %d: %s", node, st.ToString());
@@ -94,7 +100,7 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
   for (uint32_t node : w.fenced) {
     std::string reason = absl::StrFormat(
         "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
-        absl::ToInt64Milliseconds(ack_deadline_), pending.why_);
+        absl::ToInt64Milliseconds(pending.wait_), pending.why_);
     registry_->FenceNode(segid, node, reason);
     stats_.fenced++;
     InvalidationNotice r;

@@ -19,8 +19,9 @@
 // with a fan-out on one thread): StartBegin opens the window and sends
 // range_begin; the channel's replies arrive (PendingBegin::answered());
 // FinishBegin, once every node has answered or at the deadline, fences
-// the rest. Begin() is exactly StartBegin, a wait of up to the deadline,
-// and FinishBegin.
+// the rest. Begin() is exactly StartBegin, a wait of up to the fan-out's
+// timeout (the ack deadline, or what is left of the caller's budget), and
+// FinishBegin.
 //
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
@@ -75,17 +76,25 @@ class InvalidationCoordinator {
     std::shared_ptr<Replies> replies_;  // null: nobody was asked
     InvalidationWindow window_;
     std::string why_;
+    absl::Duration wait_;  // the fan-out's timeout
   };
 
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                           InvalidationChannel* channel, absl::Duration ack_deadline);
 
+  // Waits for mapper acks until the ack deadline or `deadline`, whichever
+  // comes first (a caller whose event waited in a queue passes what is left
+  // of its budget).
   absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
-                                           const std::string& why);
-  // Begin's steps (see above). FinishBegin takes what has been answered by
-  // now: a node still waiting is fenced.
+                                           const std::string& why,
+                                           absl::Time deadline = absl::InfiniteFuture());
+  // Begin's steps (see above). StartBegin's `deadline` is Begin's: the
+  // fan-out's timeout is what is left of it, at most the ack deadline.
+  // FinishBegin takes what has been answered by now: a node still waiting
+  // is fenced.
   absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
-                                          const std::string& why);
+                                          const std::string& why,
+                                          absl::Time deadline = absl::InfiniteFuture());
   InvalidationWindow FinishBegin(PendingBegin pending);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them

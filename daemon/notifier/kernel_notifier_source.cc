@@ -25,7 +25,7 @@ namespace {
 // deadline for a frozen mapper; more exporters waiting at once than this
 // wait for each other.
 constexpr int kBeginWorkers = 4;
-static_assert(sizeof(tether_event) == 64, "ABI 1 event record");
+static_assert(sizeof(tether_event) == 72, "ABI 2 event record");
 
 const char* TypeName(uint32_t type) {
   switch (type) {
@@ -125,9 +125,10 @@ void KernelNotifierSource::Stop() {
   begins_.Stop();
   for (auto& w : workers_) w.join();
   workers_.clear();
-  // BEGINs nobody handled: let their exporters go on (closing the control
-  // fd below would too).
-  for (const auto& [ev, overflows] : begins_.TakeAll()) Ack(ev.event_id);
+  // BEGINs nobody handled: no window was opened for them, so revoke every
+  // mapper of their segments before their exporters go on (closing the
+  // control fd below would let them go on too).
+  for (const auto& [ev, overflows] : begins_.TakeAll()) RevokeUnhandled(ev);
   fallback_.Stop();
   std::vector<Pending> pending = TakePending(0);
   for (const Pending& p : pending) EndWindow(p, false);
@@ -269,6 +270,10 @@ void KernelNotifierSource::Forget(uint64_t segid) {
     by_range_.erase(ex->range_id);
   }
   for (const Pending& p : TakePending(ex->range_id)) EndWindow(p, true);
+  {
+    absl::MutexLock lock(&mu_);
+    absl::erase_if(windowless_, [&](const auto& kv) { return kv.second == ex->range_id; });
+  }
   // The module unregisters the range; its RELEASE (not waited for) finds no
   // range any more and is only acked.
   close(ex->fd);
@@ -313,26 +318,34 @@ void KernelNotifierSource::Run() {
 
 void KernelNotifierSource::HandleEvent(const tether_event& ev) {
   event_thread_.AssertHere();
-  TLOG_DEBUG("tether.ko event %d: kind %d type %d flags %#x range %d [%#x, %#x) seq %d",
-             ev.event_id, ev.kind, ev.type, ev.flags, ev.range_id, ev.start, ev.end, ev.seq);
+  TLOG_DEBUG("tether.ko event %d: kind %d type %d flags %#x range %d [%#x, %#x) seq %d begin %d",
+             ev.event_id, ev.kind, ev.type, ev.flags, ev.range_id, ev.start, ev.end, ev.seq,
+             ev.begin_id);
   switch (ev.kind) {
     case TETHER_KIND_BEGIN: {
-      BeginEvent b{ev.event_id, ev.range_id, ev.start, ev.end, ev.type, ev.flags};
+      BeginEvent b{ev.event_id, ev.range_id, ev.start, ev.end, ev.type, ev.flags, absl::Now()};
       uint64_t overflows;
+      const bool blockable = ev.flags & TETHER_EVF_BLOCKABLE;
       {
         absl::MutexLock lock(&mu_);
         overflows = overflows_;
+        // Before the queue: its END may be read while a worker still waits.
+        if (blockable) in_flight_[ev.event_id] = InFlight{ev.range_id, false};
       }
-      if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
-        HandleBegin(b, overflows);  // never waits (G4)
+      if (!blockable) {
+        HandleBegin(b, overflows);  // never waits (G4, LATE)
       } else if (!begins_.Push({b, overflows})) {
-        Ack(ev.event_id);  // stopping: nobody will handle it
+        {
+          absl::MutexLock lock(&mu_);
+          in_flight_.erase(ev.event_id);
+        }
+        RevokeUnhandled(b);  // stopping: nobody will handle it
       }
       break;
     }
     case TETHER_KIND_END: HandleEnd(ev); break;
     case TETHER_KIND_RELEASE: HandleRelease(ev); break;
-    case TETHER_KIND_OVERFLOW: HandleOverflow(); break;
+    case TETHER_KIND_OVERFLOW: HandleOverflow(ev); break;
     default: TLOG_WARN("tether.ko: unknown event kind %d", ev.kind);
   }
 }
@@ -349,9 +362,38 @@ void KernelNotifierSource::BeginWorker() {
   while (auto job = begins_.Pop()) HandleBegin(job->first, job->second);
 }
 
+void KernelNotifierSource::Windowless(uint64_t event_id, uint64_t range_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = in_flight_.find(event_id);
+  bool ended = it != in_flight_.end() && it->second.ended;
+  if (it != in_flight_.end()) in_flight_.erase(it);
+  if (!ended) windowless_[event_id] = range_id;
+}
+
+void KernelNotifierSource::RevokeRange(Export& ex, uint64_t start, uint64_t end,
+                                       const std::string& why) {
+  // No window covers it: reads must ask the module again (odd sequence)
+  // instead of trusting the cached mark. The module's mark stays.
+  ex.Forget(start / kPageSize * kPageSize, (end + kPageSize - 1) / kPageSize * kPageSize);
+  coordinator_->RevokeAll(ex.segid, why);
+}
+
+void KernelNotifierSource::RevokeUnhandled(const BeginEvent& ev) {
+  std::shared_ptr<Export> ex = FindRange(ev.range_id);
+  if (ex) {
+    TLOG_WARN(
+        "segment %#x: %s of [%#x, %#x) not handled before stopping: revoking all "
+        "attachments",
+        ex->segid, TypeName(ev.type), ev.start, ev.end);
+    RevokeRange(*ex, ev.start, ev.end, "home daemon stopped during an invalidation");
+  }
+  Ack(ev.event_id);
+}
+
 void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows) {
   std::shared_ptr<Export> ex = FindRange(ev.range_id);
   if (!ex) {
+    Windowless(ev.event_id, ev.range_id);
     Ack(ev.event_id);
     return;
   }
@@ -359,39 +401,65 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
   uint64_t s = ev.start > ex->delta ? ev.start - ex->delta : 0;
   uint64_t e = ev.end > ex->delta ? std::min<uint64_t>(ev.end - ex->delta, ex->size) : 0;
   if (s >= e) {
+    Windowless(ev.event_id, ev.range_id);
     Ack(ev.event_id);
     return;
   }
   if (!(ev.flags & TETHER_EVF_BLOCKABLE)) {
-    // G4: the kernel is not waiting and may already be freeing the pages.
-    // Never wait here either: revoke every mapper, without a window.
-    TLOG_INFO(
-        "segment %#x: non-blockable %s of [%#x, %#x) (OOM reaper): revoking all "
-        "attachments asynchronously",
-        ex->segid, TypeName(ev.type), s, e);
-    // No window covers it: reads must ask the module again (odd sequence)
-    // instead of trusting the cached mark. The module's mark stays.
-    ex->Forget(ev.start / kPageSize * kPageSize, (ev.end + kPageSize - 1) / kPageSize * kPageSize);
-    coordinator_->RevokeAll(ex->segid, "exporter's memory torn down (OOM)");
+    // G4 (or LATE): the kernel is not waiting and may already be freeing
+    // the pages. Never wait here either: revoke every mapper, without a
+    // window.
+    const bool late = ev.flags & TETHER_EVF_LATE;
+    TLOG_INFO("segment %#x: %s %s of [%#x, %#x) (%s): revoking all attachments asynchronously",
+              ex->segid, late ? "late" : "non-blockable", TypeName(ev.type), s, e,
+              late ? "the kernel stopped waiting before this daemon read it" : "OOM reaper");
+    Windowless(ev.event_id, ev.range_id);
+    RevokeRange(*ex, ev.start, ev.end,
+                late ? "exporter's memory changed without waiting for this node (late event)"
+                     : "exporter's memory torn down (OOM)");
     Ack(ev.event_id);
     return;
   }
-  auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type));
-  if (w.ok()) {
-    Pending p{ev.range_id, ev.start, ev.end, ev.type, s, e, *w};
-    bool orphaned;
-    {
-      // Under mu_, as HandleRelease/HandleOverflow/Forget take the pending
-      // windows: either they see this one, or we see what they did.
-      absl::MutexLock lock(&mu_);
-      auto it = by_range_.find(ev.range_id);
-      orphaned =
-          ex->released || overflows_ != overflows || it == by_range_.end() || it->second != ex;
-      if (!orphaned) pending_.push_back(p);
-    }
-    // Released, forgotten or flushed while we waited: no END will match.
-    if (orphaned) EndWindow(p, ex->released);
+  // The budget runs from when the event thread read the BEGIN: one that
+  // waited in the queue behind windows held up by a frozen mapper gets only
+  // what is left; if nothing is, the kernel is about to go on (or went on)
+  // without us, so revoke instead of opening a window nobody may close.
+  const absl::Time deadline = ev.read_at + coordinator_->ack_deadline();
+  if (absl::Now() >= deadline) {
+    TLOG_WARN("segment %#x: %s of [%#x, %#x) waited %d ms for a worker: revoking all attachments",
+              ex->segid, TypeName(ev.type), s, e,
+              absl::ToInt64Milliseconds(absl::Now() - ev.read_at));
+    Windowless(ev.event_id, ev.range_id);
+    RevokeRange(*ex, ev.start, ev.end, "invalidation not handled within the deadline");
+    Ack(ev.event_id);
+    return;
   }
+  auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type), deadline);
+  if (!w.ok()) {
+    Windowless(ev.event_id, ev.range_id);
+    Ack(ev.event_id);
+    return;
+  }
+  Pending p{ev.event_id, ev.range_id, ev.start, ev.end, ev.type, s, e, *w};
+  bool orphaned, ended;
+  {
+    // Under mu_, as HandleEnd/HandleRelease/HandleOverflow/Forget take the
+    // pending windows and mark in-flight ones: either they see this window,
+    // or we see what they did.
+    absl::MutexLock lock(&mu_);
+    auto f = in_flight_.find(ev.event_id);
+    ended = f != in_flight_.end() && f->second.ended;
+    if (f != in_flight_.end()) in_flight_.erase(f);
+    auto it = by_range_.find(ev.range_id);
+    orphaned = ex->released || overflows_ != overflows || it == by_range_.end() || it->second != ex;
+    if (!orphaned && !ended) pending_.push_back(p);
+    // Orphaned, END still to come: it finds the window gone and must not
+    // take that for a lost event.
+    if (orphaned && !ended) windowless_[ev.event_id] = ev.range_id;
+  }
+  // Released, forgotten or flushed while we waited, or the END came while
+  // Begin() ran (the module stopped waiting): nobody else ends the window.
+  if (orphaned || ended) EndWindow(p, ex->released || (ended && p.type == TETHER_EV_UNMAP));
   // The exporter's call goes on now: every mapper acked or was fenced.
   Ack(ev.event_id);
 }
@@ -403,16 +471,35 @@ void KernelNotifierSource::HandleEnd(const tether_event& ev) {
   {
     absl::MutexLock lock(&mu_);
     for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-      if (it->range_id == ev.range_id && it->start == ev.start && it->end == ev.end) {
+      if (it->begin_id == ev.begin_id) {
         p = std::move(*it);
         pending_.erase(it);
         found = true;
         break;
       }
     }
+    if (!found) {
+      auto f = in_flight_.find(ev.begin_id);
+      if (f != in_flight_.end()) {
+        f->second.ended = true;  // its worker ends the window after Begin()
+        return;
+      }
+      if (windowless_.erase(ev.begin_id)) return;  // G4, LATE, revoked, no segment
+    }
   }
-  if (!found) return;  // non-blockable BEGIN, or the range was forgotten
-  EndWindow(p, p.type == TETHER_EV_UNMAP);
+  if (found) {
+    EndWindow(p, p.type == TETHER_EV_UNMAP);
+    return;
+  }
+  // This daemon never saw the BEGIN (or not as such): an event was lost.
+  // The range may have changed under every mapper: revoke, never ignore.
+  std::shared_ptr<Export> ex = FindRange(ev.range_id);
+  if (!ex || ex->released) return;  // forgotten or gone: nothing is cached
+  TLOG_WARN(
+      "segment %#x: END of %s of [%#x, %#x) without its BEGIN (event %d): revoking all "
+      "attachments",
+      ex->segid, TypeName(ev.type), ev.start, ev.end, ev.begin_id);
+  RevokeRange(*ex, ev.start, ev.end, "lost kernel event");
 }
 
 void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
@@ -447,6 +534,8 @@ void KernelNotifierSource::HandleRelease(const tether_event& ev) {
     // out. The registry's exit path (pidfd) marks the segment gone too.
     coordinator_->RevokeAll(ex->segid, "exporter exited");
     for (const Pending& p : TakePending(ex->range_id)) EndWindow(p, true);
+    absl::MutexLock lock(&mu_);
+    absl::erase_if(windowless_, [&](const auto& kv) { return kv.second == ex->range_id; });
   }
   Ack(ev.event_id);
   // The exporter fd stays open until Forget() (the registry's gone callback,
@@ -455,7 +544,7 @@ void KernelNotifierSource::HandleRelease(const tether_event& ev) {
   // inside the module's release callback, which then runs twice.
 }
 
-void KernelNotifierSource::HandleOverflow() {
+void KernelNotifierSource::HandleOverflow(const tether_event& ev) {
   event_thread_.AssertHere();
   TLOG_WARN("tether.ko: events were lost (OVERFLOW): invalidating every exported range");
   // ENDs may be among the lost events: end every open window. Reads stay
@@ -465,7 +554,14 @@ void KernelNotifierSource::HandleOverflow() {
     absl::MutexLock lock(&mu_);
     ++overflows_;
   }
-  for (const Pending& p : TakePending(0)) EndWindow(p, false);
+  for (const Pending& p : TakePending(0)) {
+    {
+      // Its END may still come: expected, not a lost event.
+      absl::MutexLock lock(&mu_);
+      windowless_[p.begin_id] = p.range_id;
+    }
+    EndWindow(p, false);
+  }
   std::vector<std::shared_ptr<Export>> all;
   {
     absl::MutexLock lock(&mu_);
@@ -474,9 +570,12 @@ void KernelNotifierSource::HandleOverflow() {
   for (auto& ex : all) {
     auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events");
     if (!w.ok()) continue;
-    Pending p{ex->range_id, ex->delta, ex->delta + ex->size, 0, 0, ex->size, *w};
+    Pending p{0, ex->range_id, ex->delta, ex->delta + ex->size, 0, 0, ex->size, *w};
     EndWindow(p, false);
   }
+  // A BLOCKABLE OVERFLOW holds invalidations whose events were lost until
+  // now, when every range has been invalidated (for others: ENOENT).
+  Ack(ev.event_id);
 }
 
 }  // namespace tether

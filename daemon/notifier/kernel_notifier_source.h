@@ -28,23 +28,43 @@
 // a window waiting for a frozen mapper holds up its own exporter's call
 // only, not the events of other exporters or ranges (windows on disjoint
 // ranges do not serialize).
-//   BEGIN, BLOCKABLE  -> (worker) coordinator->Begin() on the segment's offsets (fan-out,
-//                        mapper acks or fencing, bounded by the coordinator's
-//                        deadline, which must stay below the module's
-//                        ack_timeout_ms), then ACK: the exporter's munmap /
-//                        madvise / mremap / mprotect returns only now (G1).
-//   END               -> UNMARK the range (the registry dropped every node's
-//                        cached marks when the window opened, so nobody
-//                        caches it any more) and then coordinator->End(), with
-//                        the range reported gone for UNMAP events (mappers
-//                        discard dirty data kept aside for it). UNMARK comes
-//                        first: a read that starts after End() must find no
-//                        stale mark to be removed under it.
+//   BEGIN, BLOCKABLE  -> the event thread records it in in_flight_ (by event
+//                        id) and queues it; (worker) coordinator->Begin() on
+//                        the segment's offsets (fan-out, mapper acks or
+//                        fencing), then ACK: the exporter's munmap / madvise /
+//                        mremap / mprotect returns only now (G1). Its budget
+//                        is the coordinator's deadline counted from when the
+//                        event thread READ it, not from when a worker got to
+//                        it: one munmap over many cached segments with a
+//                        frozen mapper queues more BEGINs than there are
+//                        workers, and the module stops waiting after
+//                        ack_timeout_ms (which must stay above the
+//                        deadline). A BEGIN whose budget ran out in the
+//                        queue revokes every mapper of its segment instead of
+//                        opening a window.
+//   END               -> carries the event id of its BEGIN (begin_id; two
+//                        identical concurrent invalidations differ only in
+//                        it). Its window: UNMARK the range (the registry
+//                        dropped every node's cached marks when the window
+//                        opened, so nobody caches it any more) and then
+//                        coordinator->End(), with the range reported gone for
+//                        UNMAP events (mappers discard dirty data kept aside
+//                        for it). UNMARK comes first: a read that starts after
+//                        End() must find no stale mark to be removed under it.
+//                        If its BEGIN is still in_flight_ (queued, or its
+//                        worker inside Begin(): the module timed out), the END
+//                        marks the record and the worker ends the window
+//                        itself when Begin() returns. If its BEGIN was taken
+//                        without a window (windowless_: non-blockable, LATE,
+//                        budget gone, no segment), nothing more to do. If
+//                        this daemon never saw its BEGIN, an event was lost:
+//                        every mapper of the segment is revoked, never
+//                        ignored.
 //                        A worker whose range was released, forgotten or
 //                        flushed by an OVERFLOW while Begin() ran ends its
 //                        window at once: nothing else would (checked under
 //                        mu_, as those take the pending windows).
-//   BEGIN, not BLOCKABLE (G4) -> see below.
+//   BEGIN, not BLOCKABLE (G4), or LATE -> see below.
 //   RELEASE           -> the range is gone for good (exit, exec, fd closed):
 //                        coordinator->RevokeAll(), end any window still open on
 //                        it, ACK (exit() waits for this ack, so it returns after
@@ -53,7 +73,13 @@
 //   OVERFLOW          -> events were lost: every open window is ended (the
 //                        MARK sequence still refuses reads while the kernel is
 //                        inside an invalidation) and every segment gets a
-//                        Begin/End over its whole range.
+//                        Begin/End over its whole range; then ACK (a
+//                        BLOCKABLE OVERFLOW holds the invalidations whose
+//                        events could not be allocated until this ack).
+//
+// Stop() answers every BEGIN still queued for the workers by revoking every
+// mapper of its segment, then ACKs it: nobody opened a window for it, and
+// the exporter goes on once acked.
 //
 // G4 - non-blockable BEGIN (no TETHER_EVF_BLOCKABLE: today only the OOM
 // reaper tearing down a dying exporter). The module does not wait for it
@@ -63,6 +89,8 @@
 // waiter), and ignore the matching END. Safe because remote copies are
 // copies, not references to the exporter's pages; for a moment a mapper may
 // still read what the dying process held. Its RELEASE revokes again.
+// A LATE BEGIN (TETHER_EVF_LATE: the module gave up waiting before we read
+// it, so the kernel already went on) is handled the same way.
 //
 // G5 - the event thread never touches the exporter's memory and never waits
 // for reads in flight: Begin() only opens a registry window and waits for
@@ -153,9 +181,10 @@ class KernelNotifierSource : public NotifierSource {
       ++unmarks;
     }
   };
-  struct Pending {  // a window opened for a forwarded blockable BEGIN
+  struct Pending {          // a window opened for a forwarded blockable BEGIN
+    uint64_t begin_id = 0;  // the BEGIN's event id (its END names it)
     uint64_t range_id = 0;
-    uint64_t start = 0, end = 0;  // range offsets, as in the event (END matches on them)
+    uint64_t start = 0, end = 0;  // range offsets, as in the event
     uint32_t type = 0;
     uint64_t seg_start = 0, seg_end = 0;
     InvalidationWindow window;
@@ -172,12 +201,22 @@ class KernelNotifierSource : public NotifierSource {
   struct BeginEvent {
     uint64_t event_id = 0, range_id = 0, start = 0, end = 0;
     uint32_t type = 0, flags = 0;
+    absl::Time read_at;  // when the event thread read it: its budget starts here
   };
   void HandleBegin(const BeginEvent& ev, uint64_t overflows);
   void BeginWorker();
   void HandleEnd(const tether_event& ev);
   void HandleRelease(const tether_event& ev);
-  void HandleOverflow();
+  void HandleOverflow(const tether_event& ev);
+  // A BEGIN that gets no window: no longer in flight; unless its END came
+  // already, remember it so that the END is expected.
+  void Windowless(uint64_t event_id, uint64_t range_id);
+  // Revokes every mapper of `ex`'s segment and forgets the cached marks of
+  // [start, end) (range offsets): no window covers the range, so reads must
+  // ask the module again.
+  void RevokeRange(Export& ex, uint64_t start, uint64_t end, const std::string& why);
+  // A blockable BEGIN nobody will handle (stopping): revoke, then ACK.
+  void RevokeUnhandled(const BeginEvent& ev);
   void Ack(uint64_t event_id);
   // Ends `p`'s window; `gone`: report its range as unmapped.
   void EndWindow(const Pending& p, bool gone);
@@ -195,6 +234,16 @@ class KernelNotifierSource : public NotifierSource {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_range_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> fallback_segids_ ABSL_GUARDED_BY(mu_);
   std::vector<Pending> pending_ ABSL_GUARDED_BY(mu_);
+  // Blockable BEGINs read but without a window yet (queued, or a worker in
+  // Begin()), by event id; `ended`: their END was read meanwhile.
+  struct InFlight {
+    uint64_t range_id = 0;
+    bool ended = false;
+  };
+  absl::flat_hash_map<uint64_t, InFlight> in_flight_ ABSL_GUARDED_BY(mu_);
+  // BEGINs taken without a window whose END has not come yet: event id ->
+  // range id (entries of a forgotten or released range are dropped).
+  absl::flat_hash_map<uint64_t, uint64_t> windowless_ ABSL_GUARDED_BY(mu_);
   uint64_t overflows_ ABSL_GUARDED_BY(mu_) = 0;  // OVERFLOWs handled
   // Blockable BEGINs for the workers, with overflows_ when read.
   WorkQueue<std::pair<BeginEvent, uint64_t>> begins_;

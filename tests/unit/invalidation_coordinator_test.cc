@@ -150,6 +150,31 @@ TEST_F(CoordinatorTest, SilentAndDeadNodesAreFenced) {
   EXPECT_EQ(ToErrno(Fetch(3, 8 * 4096)), EIDRM);
 }
 
+// A caller whose event waited in a queue passes what is left of its budget
+// (issue 14 defect 2): Begin waits no longer than that, and fences a node
+// that has not answered by then, exactly as at the full deadline.
+TEST_F(CoordinatorTest, BeginWaitsOnlyForWhatIsLeftOfTheCallersBudget) {
+  for (uint32_t n : {2u, 3u}) ASSERT_TRUE(Fetch(n, 0).ok());
+  channel_.modes[3] = FakeChannel::kSilent;
+  absl::Time t0 = absl::Now();
+  auto w = coord_.Begin(segid_, 0, 4096, "test", t0 + absl::Milliseconds(20));
+  absl::Duration took = absl::Now() - t0;
+  ASSERT_TRUE(w.ok());
+  EXPECT_LT(took, absl::Milliseconds(90)) << "waited the full 100 ms deadline";
+  EXPECT_EQ(w->acked, (std::vector<uint32_t>{2}));
+  EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3}));
+  coord_.End(*w);
+  // a budget already spent: nobody silent is waited for at all
+  channel_.modes[2] = FakeChannel::kSilent;
+  ASSERT_TRUE(Fetch(2, 0).ok());
+  t0 = absl::Now();
+  w = coord_.Begin(segid_, 0, 4096, "test", t0 - absl::Seconds(1));
+  ASSERT_TRUE(w.ok());
+  EXPECT_LT(absl::Now() - t0, absl::Milliseconds(50));
+  EXPECT_EQ(w->fenced, (std::vector<uint32_t>{2}));
+  coord_.End(*w);
+}
+
 TEST_F(CoordinatorTest, DisjointWindowsDoNotSerialize) {
   ASSERT_TRUE(Fetch(3, 0).ok());
   ASSERT_TRUE(Fetch(2, 8 * 4096).ok());

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "multinode"))
-from cluster import Exporter, Mapper  # noqa: E402
+from cluster import Exporter, InteractiveClient, Mapper  # noqa: E402
 from harness import expect, run, with_nodes  # noqa: E402
 
 MiB = 1 << 20
@@ -203,6 +203,106 @@ def test_exporters_do_not_wait_for_each_others_windows(c):
     mb.close()
     a.close()
     b.close()
+
+
+ACK_TIMEOUT = "/sys/module/tether/parameters/ack_timeout_ms"
+
+
+def _set_ack_timeout(ms_):
+    with open(ACK_TIMEOUT, "w") as f:
+        f.write("%d\n" % ms_)
+
+
+@with_nodes(3, daemon_args=FAST)
+def test_queued_begins_outlasting_the_module_timeout(c):
+    """Issue 14, defect 2. 16 exporters munmap at once a segment each that
+    a frozen node caches: 16 BEGINs queue on the home's 4 workers, each
+    window waits the 500 ms deadline for the frozen node, so the last ones
+    would start after the module (ack_timeout_ms=1000 here) stopped waiting
+    and queued the ENDs. Those ENDs used to find no window (their BEGINs
+    still queued or in Begin()) and were dropped; the windows opened later
+    never closed, so every later fetch of those segments was refused
+    ("retry") for good. Now each BEGIN gets what is left of its deadline
+    from when it was read (none left: revoke, no window), and an END that
+    comes while its BEGIN is queued or in Begin() is handed to that worker.
+    Checked: after the munmaps and new memory mapped in their place, node 3
+    reads every segment."""
+    k, seg = 16, 4 * PAGE
+    _set_ack_timeout(1000)
+    exporters, clients = [], []
+    try:
+        exporters = [Exporter(c.node(1), seg, i + 1) for i in range(k)]
+        api = InteractiveClient(c.node(2), [c.tt, "api"], "tt api")
+        clients.append(api)
+        for e in exporters:
+            apid = api.command("get %d ro" % e.segid).split("apid=")[1]
+            addr = api.command("attach %s 0 %d" % (apid, seg)).split("addr=")[1]
+            r = api.command("read %s" % addr)
+            expect(r.startswith("ok byte="), "node 2 caches segment %d: %s" % (e.segid, r))
+        os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+        try:
+            for e in exporters:  # all at once: the BEGINs queue on the workers
+                e.proc.stdin.write("munmap 0 %d\n" % seg)
+                e.proc.stdin.flush()
+            took = [ms(e.proc.stdout.readline().strip()) for e in exporters]
+        finally:
+            os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        print("INFO queued_begins: %d concurrent munmaps with a frozen mapper took %.0f..%.0f ms "
+              "(deadline %d ms, ack_timeout_ms 1000)" % (k, min(took), max(took), DEADLINE_MS))
+        for e in exporters:
+            ms(e.command("remap 7 0 %d" % seg))
+        reader = InteractiveClient(c.node(3), [c.tt, "api"], "tt api")
+        clients.append(reader)
+        for e in exporters:
+            apid = reader.command("get %d ro" % e.segid).split("apid=")[1]
+            addr = reader.command("attach %s 0 %d" % (apid, seg)).split("addr=")[1]
+            r = reader.command("read %s" % addr, timeout=10)
+            expect(r.startswith("ok byte="),
+                   "node 3's read of segment %d after the munmap: %r (a window of the munmap "
+                   "never closed)" % (e.segid, r))
+    finally:
+        for x in clients:
+            x.close()
+        for e in exporters:
+            e.close()
+        _set_ack_timeout(5000)
+
+
+@with_nodes(2)
+def test_late_begin_revokes(c):
+    """Issue 14, defect 1, end to end. The home daemon is stopped while the
+    exporter munmaps a page a mapper caches; the module gives up waiting
+    after ack_timeout_ms (100 ms here) before the home read the BEGIN. That
+    BEGIN used to be freed unread, the home then saw only the END and
+    dropped it, and the mapper kept reading the unmapped page's old
+    contents. Now the BEGIN comes LATE and the home revokes the mapper:
+    its read of the page raises SIGBUS once the home runs again."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    try:
+        expect(m.command("verify 1 0 65536") == "ok", "cached before")
+        home = c.node(1).daemon
+        _set_ack_timeout(100)
+        os.kill(home.pid, signal.SIGSTOP)
+        try:
+            took = ms(e.command("munmap 0 4096"))
+        finally:
+            os.kill(home.pid, signal.SIGCONT)
+            _set_ack_timeout(5000)
+        print("INFO late_begin: munmap with the home stopped took %.0f ms" % took)
+        deadline = time.time() + 10
+        r = m.command("read 0")
+        while r != "signal:%d" % SIGBUS and time.time() < deadline:
+            time.sleep(0.1)
+            r = m.command("read 0")
+        expect(r == "signal:%d" % SIGBUS,
+               "the mapper still reads the page the exporter unmapped while the home was "
+               "stopped: %r" % r)
+        for n in c.nodes:
+            expect(n.daemon.poll() is None, "daemon %d died" % n.id)
+    finally:
+        m.close()
+        e.close()
 
 
 def test_unshared_range_not_forwarded(c):

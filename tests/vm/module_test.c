@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -32,7 +33,7 @@
 
 #include <linux/tether.h>
 
-_Static_assert(sizeof(struct tether_event) == 64, "event ABI");
+_Static_assert(sizeof(struct tether_event) == 72, "event ABI");
 _Static_assert(sizeof(struct tether_range_reg) == 32, "reg ABI");
 _Static_assert(sizeof(struct tether_attach) == 24, "attach ABI");
 _Static_assert(sizeof(struct tether_mark) == 32, "mark ABI");
@@ -150,7 +151,7 @@ static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
 
 enum {
 	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
-	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT,
+	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW,
 };
 
 struct dcmd {
@@ -179,6 +180,7 @@ static void daemon_main(int sock)
 	int nlog = 0, nacks = 0, ctl;
 	int64_t ackdelay = 0, close_after = -1;
 	double close_due = 0;
+	int paused = 0;		/* D_PAUSE: leave events unread in the kernel */
 
 	ctl = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC | O_NONBLOCK);
 	if (ctl < 0 || ioctl(ctl, TETHER_IOC_CONTROL)) {
@@ -196,7 +198,7 @@ static void daemon_main(int sock)
 		if (close_due && close_due < next)
 			next = close_due;
 		timeout = next > t ? (int)(next - t) + 1 : 0;
-		if (poll(pfd, ctl >= 0 ? 2 : 1, timeout) < 0 && errno != EINTR)
+		if (poll(pfd, ctl >= 0 && !paused ? 2 : 1, timeout) < 0 && errno != EINTR)
 			_exit(4);
 
 		/* due acks and close */
@@ -219,7 +221,7 @@ static void daemon_main(int sock)
 			nacks = 0;
 		}
 
-		if (ctl >= 0 && (pfd[1].revents & POLLIN)) {
+		if (ctl >= 0 && !paused && (pfd[1].revents & POLLIN)) {
 			struct tether_event ev[32];
 			ssize_t n = read(ctl, ev, sizeof(ev));
 
@@ -233,7 +235,8 @@ static void daemon_main(int sock)
 				r->t_recv = now_ms();
 				r->t_ack = 0;
 				if ((ev[i].kind == TETHER_KIND_BEGIN ||
-				     ev[i].kind == TETHER_KIND_RELEASE) &&
+				     ev[i].kind == TETHER_KIND_RELEASE ||
+				     ev[i].kind == TETHER_KIND_OVERFLOW) &&
 				    ackdelay >= 0 && nacks < MAXREC) {
 					acks[nacks].id = ev[i].event_id;
 					acks[nacks].due = r->t_recv + ackdelay;
@@ -302,6 +305,26 @@ static void daemon_main(int sock)
 			case D_CLOSE_AFTER:
 				close_after = c.a;
 				break;
+			case D_PAUSE:
+				paused = (int)c.a;
+				break;
+			case D_ACKNOW: {	/* ack event c.a now (0: every one not acked) */
+				int k;
+
+				r.ret = -1;
+				r.err = ENOENT;
+				for (k = 0; k < nlog && ctl >= 0; k++) {
+					struct tether_ack a = { .event_id = log[k].ev.event_id };
+
+					if (log[k].t_ack || (c.a && log[k].ev.event_id != (uint64_t)c.a) ||
+					    log[k].ev.kind == TETHER_KIND_END)
+						continue;
+					log[k].t_ack = now_ms();
+					r.ret = ioctl(ctl, TETHER_IOC_ACK, &a);
+					r.err = errno;
+				}
+				break;
+			}
 			case D_REOPEN:
 				if (ctl >= 0)
 					close(ctl);
@@ -467,6 +490,36 @@ static void dump_events(int n)
 		     (unsigned long long)evs[i].ev.end, kind_name(evs[i].ev.kind),
 		     type_name(evs[i].ev.type), evs[i].ev.flags, evs[i].t_recv,
 		     evs[i].t_ack);
+}
+
+/*
+ * Polls the fake daemon's log until it holds @count events of @kind for
+ * @rid (a condition, not a guess at timing).  Returns the number of
+ * events in evs[], or -1 after @timeout_ms.
+ */
+static int wait_ev(uint64_t rid, unsigned int kind, int count, double timeout_ms)
+{
+	double end = now_ms() + timeout_ms * scale;
+	int n;
+
+	do {
+		n = devents();
+		if (count_ev(n, rid, kind) >= count)
+			return n;
+		usleep(5000);
+	} while (now_ms() < end);
+	return -1;
+}
+
+/* the index of the @k-th event (0-based) of @kind for @rid, or -1 */
+static int nth_ev(int n, uint64_t rid, unsigned int kind, int k)
+{
+	int i;
+
+	for (i = 0; i < n; i++)
+		if (evs[i].ev.range_id == rid && evs[i].ev.kind == kind && k-- == 0)
+			return i;
+	return -1;
 }
 
 static int set_timeout_ms(unsigned int ms)
@@ -1311,9 +1364,12 @@ static void test_seq(void)
 	/* an invalidation in progress (child blocked on range 0) */
 	dmark(c.rid[0], 0, 4 * P);
 	dcall(D_ACKDELAY, 600, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
 	child_cmd(&c, 'm', 0, 0);
-	usleep(250000);
-	r2 = dcall(D_MARK, c.rid[1], P, P, -1);
+	if (wait_ev(c.rid[0], TETHER_KIND_BEGIN, 1, 5000) < 0)
+		fail("seq_window_open", "no BEGIN for the child's munmap");
+	/* the page being invalidated (a disjoint one stays even: seq_disjoint_*) */
+	r2 = dcall(D_MARK, c.rid[0], 0, P, -1);
 	if (r2.ret || !(r2.v & 1))
 		fail("seq_window_open", "MARK during an invalidation returned seq %llu (even)",
 		     (unsigned long long)r2.v);
@@ -1326,7 +1382,7 @@ static void test_seq(void)
 		if (poll(&pfd, 1, 10000 * scale) != 1 || read(c.sock, &d, 1) != 1)
 			fail("seq", "child did not finish its munmap");
 	}
-	r2 = dcall(D_RETRY, c.rid[1], r2.v, 0, -1);
+	r2 = dcall(D_RETRY, c.rid[0], r2.v, 0, -1);
 	if (r2.ret != -1 || r2.err != EAGAIN)
 		fail("seq_retry_after_window", "READ_RETRY of an odd seq did not say EAGAIN");
 	else
@@ -1352,6 +1408,297 @@ static void test_seq(void)
 	st = wait_child(c.pid, 10000 * scale);
 	(void)st;
 	close(c.sock);
+}
+
+/* ------------------------------------------------------------------ */
+/* (k) issue 14: stalls on the event path                              */
+
+/*
+ * Defect 1: a blockable BEGIN that reaches the ack timeout before the
+ * daemon read it used to be freed unread: the daemon saw only its END and
+ * the mapper kept its copy.  It must still be delivered, flagged LATE
+ * (not BLOCKABLE: nobody waits), before its END.
+ */
+static void test_late_begin(void)
+{
+	char *p = map_pages(8);
+	uint64_t rid = reg_range(efd, p, 8 * P);
+	double t0, t1;
+	int n, b, e;
+
+	if (!rid || dmark(rid, 0, 8 * P))
+		return;
+	if (set_timeout_ms(100)) {
+		fail("late_begin_delivered", "cannot set ack_timeout_ms");
+		return;
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	dcall(D_PAUSE, 1, 0, 0, -1);	/* the daemon reads nothing now */
+	t0 = now_ms();
+	munmap(p, P);			/* times out after 100 ms */
+	t1 = now_ms();
+	dcall(D_PAUSE, 0, 0, 0, -1);
+	set_timeout_ms(5000);
+	n = wait_ev(rid, TETHER_KIND_END, 1, 5000);
+	if (n < 0)
+		n = devents();
+	b = find_ev(n, rid, TETHER_KIND_BEGIN, 0, P);
+	e = find_ev(n, rid, TETHER_KIND_END, 0, P);
+	info("late_begin: munmap took %.1f ms (timeout 100 ms), %d events", t1 - t0, n);
+	if (b < 0) {
+		fail("late_begin_delivered", "the timed-out BEGIN was never delivered (END: %s)",
+		     e < 0 ? "no" : "yes");
+		dump_events(n);
+	} else if (e < 0 || e < b) {
+		fail("late_begin_delivered", "END missing or before its BEGIN (BEGIN %d, END %d)", b, e);
+		dump_events(n);
+	} else if (!(evs[b].ev.flags & TETHER_EVF_LATE) ||
+		   (evs[b].ev.flags & TETHER_EVF_BLOCKABLE)) {
+		fail("late_begin_delivered", "BEGIN flags %#x, want LATE without BLOCKABLE",
+		     evs[b].ev.flags);
+	} else {
+		pass("late_begin_delivered");
+	}
+	/* later mappings (thread stacks) may land on the freed page */
+	dcall(D_UNMARK, rid, 0, 8 * P, -1);
+}
+
+/*
+ * Defect 10: "an invalidation is in progress" was one count per mm, so one
+ * stalled window made every MARK of every range of the exporter odd.  Only
+ * an invalidation overlapping the marked interval may.
+ */
+static void test_seq_disjoint(void)
+{
+	struct child c;
+	struct dreply r0, r1, ra, rr;
+	char d;
+	int n;
+
+	if (spawn_child(&c, 2, 4, NULL) || attach_child(&c)) {
+		fail("seq_disjoint", "setup failed");
+		return;
+	}
+	dmark(c.rid[0], 0, P);
+	dcall(D_ACKDELAY, -1, 0, 0, -1);	/* hold the BEGIN */
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	child_cmd(&c, 'm', 0, 0);		/* munmap page 0 of range 0 */
+	n = wait_ev(c.rid[0], TETHER_KIND_BEGIN, 1, 5000);
+	if (n < 0) {
+		fail("seq_disjoint", "no BEGIN for the child's munmap");
+	} else {
+		r0 = dcall(D_MARK, c.rid[0], 2 * P, P, -1);	/* same range, disjoint */
+		r1 = dcall(D_MARK, c.rid[1], 0, P, -1);		/* another range */
+		ra = dcall(D_MARK, c.rid[0], 0, P, -1);		/* the invalidated page */
+		if (r0.ret || (r0.v & 1))
+			fail("seq_disjoint_same_range_even",
+			     "MARK of pages 2 of range A while page 0 is being invalidated: seq %llu (odd)",
+			     (unsigned long long)r0.v);
+		else
+			pass("seq_disjoint_same_range_even");
+		if (r1.ret || (r1.v & 1))
+			fail("seq_disjoint_other_range_even",
+			     "MARK of range B while range A is being invalidated: seq %llu (odd)",
+			     (unsigned long long)r1.v);
+		else
+			pass("seq_disjoint_other_range_even");
+		if (ra.ret || !(ra.v & 1))
+			fail("seq_overlapping_odd",
+			     "MARK of the page being invalidated: seq %llu (even)",
+			     (unsigned long long)ra.v);
+		else
+			pass("seq_overlapping_odd");
+		dcall(D_ACKNOW, 0, 0, 0, -1);
+		{
+			struct pollfd pfd = { c.sock, POLLIN, 0 };
+
+			if (poll(&pfd, 1, 10000 * scale) != 1 || read(c.sock, &d, 1) != 1)
+				fail("seq_disjoint", "child did not finish its munmap");
+		}
+		/* range B's read was never touched: its even seq holds */
+		rr = dcall(D_RETRY, c.rid[1], r1.v, 0, -1);
+		if (!(r1.v & 1) && rr.ret)
+			fail("seq_disjoint_retry_holds", "READ_RETRY of range B: %s",
+			     strerror(rr.err));
+		else if (!(r1.v & 1))
+			pass("seq_disjoint_retry_holds");
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
+struct madv_arg {
+	char *p;
+	int go[2];	/* a byte on go[1] starts the madvise */
+	int rc;
+};
+
+static void *madv_thread(void *a)
+{
+	struct madv_arg *m = a;
+	char x;
+
+	if (read(m->go[0], &x, 1) != 1)
+		return NULL;
+	m->rc = madvise(m->p, P, MADV_DONTNEED);
+	return NULL;
+}
+
+static void madv_go(struct madv_arg *m)
+{
+	char x = 1;
+
+	if (write(m->go[1], &x, 1) != 1)
+		perror("madv_go");
+}
+
+/*
+ * Defect 11: two identical concurrent invalidations (two threads
+ * madvise(DONTNEED) the same marked page): each END names its own BEGIN,
+ * so the daemon closes the right window whichever finishes first.
+ */
+static void test_end_pairs(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	struct madv_arg a1 = { p, { -1, -1 }, -1 }, a2 = { p, { -1, -1 }, -1 };
+	pthread_t t1, t2;
+	uint64_t id1, id2;
+	int n, e1, e2, ok = 0;
+
+	if (!rid || dmark(rid, 0, P) || pipe(a1.go) || pipe(a2.go))
+		return;
+	/*
+	 * Both threads exist before the first madvise: creating one maps its
+	 * stack (mmap_lock for write), which would wait behind the first
+	 * madvise's read lock until its ack timed out.
+	 */
+	if (pthread_create(&t1, NULL, madv_thread, &a1) ||
+	    pthread_create(&t2, NULL, madv_thread, &a2)) {
+		fail("end_pairs_with_begin", "pthread_create");
+		exit(1);
+	}
+	dcall(D_ACKDELAY, -1, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	madv_go(&a1);
+	n = wait_ev(rid, TETHER_KIND_BEGIN, 1, 5000);
+	madv_go(&a2);
+	if (n < 0) {
+		fail("end_pairs_with_begin", "first BEGIN not seen");
+		dcall(D_ACKNOW, 0, 0, 0, -1);
+		goto join;
+	}
+	id1 = evs[nth_ev(n, rid, TETHER_KIND_BEGIN, 0)].ev.event_id;
+	n = wait_ev(rid, TETHER_KIND_BEGIN, 2, 5000);
+	if (n < 0) {
+		fail("end_pairs_with_begin", "second BEGIN not seen");
+		dcall(D_ACKNOW, 0, 0, 0, -1);
+		goto join;
+	}
+	id2 = evs[nth_ev(n, rid, TETHER_KIND_BEGIN, 1)].ev.event_id;
+	/* the second finishes first */
+	dcall(D_ACKNOW, (int64_t)id2, 0, 0, -1);
+	if (wait_ev(rid, TETHER_KIND_END, 1, 5000) < 0) {
+		fail("end_pairs_with_begin", "no END after acking the second BEGIN");
+		dcall(D_ACKNOW, 0, 0, 0, -1);
+		goto join;
+	}
+	dcall(D_ACKNOW, (int64_t)id1, 0, 0, -1);
+	n = wait_ev(rid, TETHER_KIND_END, 2, 5000);
+	if (n < 0) {
+		fail("end_pairs_with_begin", "no second END");
+		goto join;
+	}
+	e1 = nth_ev(n, rid, TETHER_KIND_END, 0);
+	e2 = nth_ev(n, rid, TETHER_KIND_END, 1);
+	if (evs[e1].ev.begin_id != id2 || evs[e2].ev.begin_id != id1) {
+		fail("end_pairs_with_begin",
+		     "BEGINs %llu, %llu (acked second first); ENDs name %llu, %llu (want %llu, %llu)",
+		     (unsigned long long)id1, (unsigned long long)id2,
+		     (unsigned long long)evs[e1].ev.begin_id,
+		     (unsigned long long)evs[e2].ev.begin_id,
+		     (unsigned long long)id2, (unsigned long long)id1);
+		dump_events(n);
+	} else {
+		ok = 1;
+	}
+join:
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	close(a1.go[0]);
+	close(a1.go[1]);
+	close(a2.go[0]);
+	close(a2.go[1]);
+	if (ok && (a1.rc || a2.rc))
+		fail("end_pairs_with_begin", "madvise failed");
+	else if (ok)
+		pass("end_pairs_with_begin");
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+}
+
+static int set_fail_alloc(int on)
+{
+	FILE *f = fopen("/sys/module/tether/parameters/test_fail_event_alloc", "w");
+
+	if (!f)
+		return -1;
+	fprintf(f, "%d\n", on);
+	return fclose(f);
+}
+
+/*
+ * Defect 9: when no event can be allocated (the test hook fails every
+ * notifier allocation, reserve included), a blockable invalidation used
+ * to become an OVERFLOW that nobody waited for: munmap returned while
+ * mappers still held the pages.  It must wait for the daemon's ack of the
+ * OVERFLOW (flagged BLOCKABLE), i.e. until every range was invalidated.
+ */
+static void test_alloc_failure(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	const double delay = 200;
+	double t0, t1;
+	int n, i, o = -1;
+
+	if (!rid || dmark(rid, 0, 4 * P))
+		return;
+	dcall(D_ACKDELAY, (int64_t)delay, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	if (set_fail_alloc(1)) {
+		fail("alloc_failure_waits", "cannot set test_fail_event_alloc");
+		return;
+	}
+	t0 = now_ms();
+	munmap(p, P);
+	t1 = now_ms();
+	set_fail_alloc(0);
+	n = devents();
+	for (i = 0; i < n; i++)
+		if (evs[i].ev.kind == TETHER_KIND_OVERFLOW)
+			o = i;
+	info("alloc_failure: munmap took %.1f ms (ack delay %.0f ms), %d events", t1 - t0,
+	     delay, n);
+	if (o < 0) {
+		fail("alloc_failure_waits", "no OVERFLOW");
+		dump_events(n);
+	} else if (!(evs[o].ev.flags & TETHER_EVF_BLOCKABLE)) {
+		fail("alloc_failure_waits",
+		     "OVERFLOW not flagged BLOCKABLE: munmap took %.1f ms, did not wait for the daemon",
+		     t1 - t0);
+	} else if (t1 - t0 < delay || !evs[o].t_ack || evs[o].t_ack > t1) {
+		fail("alloc_failure_waits", "munmap took %.1f ms, returned before the OVERFLOW's ack",
+		     t1 - t0);
+	} else if (t1 - t0 > delay + 1500 * scale) {
+		fail("alloc_failure_waits", "munmap took %.1f ms", t1 - t0);
+	} else {
+		pass("alloc_failure_waits");
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	dcall(D_UNMARK, rid, 0, 4 * P, -1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1489,6 +1836,10 @@ int main(void)
 	test_cow();
 	test_many();
 	test_seq();
+	test_late_begin();
+	test_seq_disjoint();
+	test_end_pairs();
+	test_alloc_failure();
 	test_oom();
 
 	{

@@ -22,7 +22,8 @@
  * everything else returns at once.  A blockable BEGIN (flag
  * TETHER_EVF_BLOCKABLE) holds the exporter's call until the daemon acks it,
  * the control fd closes, the exporter gets a fatal signal, or the module's
- * ack_timeout_ms expires (then the module logs it).
+ * ack_timeout_ms expires (then the module logs it, and a BEGIN the daemon
+ * had not read yet is still delivered, flagged TETHER_EVF_LATE).
  *
  * All structures have fixed sizes, only __u64/__u32/__s32 fields, explicit
  * padding that must be zero on input, and are identical for 32- and 64-bit
@@ -39,7 +40,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define TETHER_ABI_VERSION	1
+#define TETHER_ABI_VERSION	2
 #define TETHER_DEVICE		"/dev/tether"
 #define TETHER_IOC_MAGIC	0xB7
 
@@ -104,8 +105,9 @@ struct tether_attach {
  * @len:      in: page-aligned length, > 0, offset + len <= range length
  * @seq:      out: the range's invalidation sequence, taken under the same
  *            lock as the filter.  Odd: an invalidation of the exporter's mm
- *            is in progress (a fetch started now must be retried).  Pass it
- *            to TETHER_IOC_READ_RETRY after reading the exporter's memory.
+ *            that overlaps [@offset, @offset + @len) is in progress (a fetch
+ *            of it started now must be retried).  Pass it to
+ *            TETHER_IOC_READ_RETRY after reading the exporter's memory.
  *
  * MARK is idempotent (overlapping marks merge); UNMARK of unmarked space is
  * a no-op.  Errors: ENOENT (unknown or foreign range id), EINVAL (alignment,
@@ -125,8 +127,9 @@ struct tether_mark {
  * @seq:      in: value returned by MARK_CACHED (or a previous READ_RETRY)
  *
  * Returns 0 when no invalidation touched the range since @seq was taken and
- * none is in progress (the data read meanwhile is valid), -1/EAGAIN when the
- * caller must discard what it read and retry.  ENOENT/ESRCH as for MARK.
+ * none overlapping the range is in progress (the data read meanwhile is
+ * valid), -1/EAGAIN when the caller must discard what it read and retry.
+ * ENOENT/ESRCH as for MARK.
  */
 struct tether_seq {
 	__u64 range_id;
@@ -151,7 +154,8 @@ struct tether_range_info {
 
 /**
  * struct tether_ack - TETHER_IOC_ACK (control fd)
- * @event_id: in: id of a BEGIN or RELEASE event read from this control fd
+ * @event_id: in: id of a BEGIN or RELEASE event read from this control fd,
+ *            or of the last OVERFLOW flagged TETHER_EVF_BLOCKABLE read
  * @flags:    in: must be 0
  *
  * Errors: ENOENT (no exporter waits for that event: unknown id, already
@@ -183,11 +187,17 @@ enum tether_event_kind {
 	TETHER_KIND_RELEASE  = 3,	/* range gone for good: revoke, then ack */
 	TETHER_KIND_OVERFLOW = 4,	/* events were lost (no memory / queue full):
 					 * treat every range of every exporter on
-					 * this control fd as invalidated */
+					 * this control fd as invalidated; with
+					 * TETHER_EVF_BLOCKABLE an invalidation
+					 * waits for its ack */
 };
 
 /* struct tether_event.flags */
 #define TETHER_EVF_BLOCKABLE	(1U << 0)	/* the exporter waits for the ack */
+#define TETHER_EVF_LATE		(1U << 1)	/* BEGIN/RELEASE: the kernel stopped
+						 * waiting before this record was
+						 * read (ack timeout, fatal signal)
+						 * and went on without the ack */
 
 /**
  * struct tether_event - one record returned by read(2) on a control fd
@@ -201,11 +211,22 @@ enum tether_event_kind {
  * @flags:       TETHER_EVF_*
  * @kind:        enum tether_event_kind
  * @pad:         0
+ * @begin_id:    END: the @event_id of its BEGIN (every BEGIN has exactly
+ *               one END, queued after it; ENDs of identical concurrent
+ *               invalidations are told apart only by this); 0 otherwise
  *
  * read(2) returns whole records only (count < sizeof -> EINVAL), blocks
  * unless O_NONBLOCK (then EAGAIN).  Non-blockable BEGINs (no
  * TETHER_EVF_BLOCKABLE) come from contexts that may not sleep (the OOM
  * reaper): the kernel does not wait, the daemon revokes asynchronously.
+ * A BEGIN (or RELEASE) flagged TETHER_EVF_LATE was blockable, but the
+ * kernel gave up waiting before the daemon read it: nobody waits for its
+ * ack any more, and the pages may already be gone, so the daemon revokes
+ * asynchronously as for a non-blockable BEGIN.  Its END follows it.
+ * An OVERFLOW flagged TETHER_EVF_BLOCKABLE holds at least one blockable
+ * invalidation whose events could not be allocated: it waits (bounded by
+ * ack_timeout_ms) until the daemon has treated every range as invalidated
+ * and acked that OVERFLOW's @event_id.
  */
 struct tether_event {
 	__u64 event_id;
@@ -218,6 +239,7 @@ struct tether_event {
 	__u32 flags;
 	__u32 kind;
 	__u32 pad;
+	__u64 begin_id;
 };
 
 #define TETHER_IOC_GET_VERSION    _IOR(TETHER_IOC_MAGIC, 0x00, struct tether_version)
