@@ -13,6 +13,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/log.h"
@@ -43,6 +44,15 @@ ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls
 ABSL_FLAG(int32_t, invalidate_deadline_ms, 2000,
           "how long a home waits for mappers to acknowledge an invalidation before fencing "
           "them");
+ABSL_FLAG(int32_t, lease_ms, 2000,
+          "how long a mapper node may serve pages it holds from a home without hearing from it "
+          "(renewed every third of it); a home that fences a silent node waits this long (plus "
+          "the margin) before it lets the exporter go on. 0: no leases (a cut-off or crashed "
+          "mapper's clients keep reading what they hold). 100..60000");
+ABSL_FLAG(int32_t, lease_margin_pct, 10,
+          "clock-rate margin of leases, percent (1..50): a mapper counts its lease as "
+          "lease * (1 - margin) from when it asked, a home as lease * (1 + margin) from when "
+          "it granted");
 ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
 ABSL_FLAG(std::string, tls_ca, "", "cluster CA certificate (PEM file)");
 ABSL_FLAG(std::string, tls_cert, "", "this node's certificate (PEM file)");
@@ -50,6 +60,10 @@ ABSL_FLAG(std::string, tls_key, "", "this node's private key (PEM file)");
 ABSL_FLAG(bool, verbose, false, "debug logging");
 
 namespace {
+
+// tether.ko's default ack_timeout_ms (kernel/README.md), used when the
+// module is not loaded.
+constexpr int64_t kModuleAckTimeoutMs = 5000;
 
 bool ReadFile(const std::string& path, std::string* out) {
   std::ifstream f(path);
@@ -111,6 +125,29 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);
+  if (cfg.invalidate_deadline_ms <= 0) return bad("--invalidate_deadline_ms must be positive");
+  cfg.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  cfg.lease_margin_pct = absl::GetFlag(FLAGS_lease_margin_pct);
+  if (cfg.lease_ms != 0 && (cfg.lease_ms < 100 || cfg.lease_ms > 60000))
+    return bad("--lease_ms must be 0 (no leases) or 100..60000");
+  if (cfg.lease_margin_pct < 1 || cfg.lease_margin_pct > 50)
+    return bad("--lease_margin_pct must be 1..50");
+  // An exporter waits for a silent mapper node for the deadline plus its
+  // lease; tether.ko stops waiting for this daemon's ACK after its
+  // ack_timeout_ms, and then the exporter goes on before the mapper
+  // revoked: refuse a configuration that cannot keep G1.
+  int64_t ack_timeout_ms = kModuleAckTimeoutMs;
+  std::ifstream param("/sys/module/tether/parameters/ack_timeout_ms");
+  int64_t loaded = 0;
+  if (param >> loaded && loaded > 0) ack_timeout_ms = loaded;
+  int64_t worst = cfg.invalidate_deadline_ms +
+                  static_cast<int64_t>(cfg.lease_ms) * (100 + cfg.lease_margin_pct) / 100;
+  if (worst >= ack_timeout_ms)
+    return bad(absl::StrFormat(
+        "--invalidate_deadline_ms (%d) + --lease_ms (%d) * (1 + %d%%) = %d ms must stay below "
+        "tether.ko's ack_timeout_ms (%d ms): the module would let the exporter go on while a "
+        "silent mapper node still serves old pages. Shorten the deadline or the lease",
+        cfg.invalidate_deadline_ms, cfg.lease_ms, cfg.lease_margin_pct, worst, ack_timeout_ms));
   cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
   if (!cfg.tls.insecure) {
     if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||

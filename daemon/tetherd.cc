@@ -6,17 +6,20 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
+#include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/local/local_api.h"
 #include "daemon/local/local_server.h"
 #include "daemon/mapper/attachment_table.h"
 #include "daemon/mapper/data_path.h"
 #include "daemon/mapper/fault_service.h"
+#include "daemon/mapper/lease_keeper.h"
 #include "daemon/mapper/mapper_invalidation.h"
 #include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/notifier/uffd_notifier_source.h"
@@ -70,11 +73,21 @@ absl::Status Tetherd::Start() {
 // interfaces or through this object, never through setters on running parts.
 absl::Status Tetherd::Build() {
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
+  LeaseConfig leases;
+  leases.lease = absl::Milliseconds(config_.lease_ms);
+  leases.margin = config_.lease_margin_pct / 100.0;
+  home_leases_ = std::make_unique<HomeLeaseTable>(leases, Clock::Real());
+  mapper_leases_ = std::make_unique<MapperLeaseTable>(leases, Clock::Real());
+  if (!leases.enabled())
+    TLOG_WARN(
+        "leases off (--lease_ms=0): a mapper node that is cut off or crashed keeps serving "
+        "its clients the pages they hold after the exporter changed them");
   transport_ = std::make_unique<TcpTransport>(config_.node_id);
   RETURN_IF_ERROR(MakeRdma());
   peers_ = std::make_unique<PeerDirectory>(
       config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
-      [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); });
+      [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); },
+      mapper_leases_.get());
   data_path_ =
       std::make_unique<DataPath>(config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
                                  [this](uint32_t node) { return peers_->Endpoint(node); });
@@ -90,9 +103,9 @@ absl::Status Tetherd::Build() {
   notice_receiver_ = std::make_unique<NoticeReceiver>(mapper_invalidation_.get());
   channel_ = std::make_unique<PeerInvalidationChannel>(
       config_.node_id, peers_.get(), transport_.get(), mapper_invalidation_.get());
-  coordinator_ =
-      std::make_unique<InvalidationCoordinator>(config_.node_id, registry_.get(), channel_.get(),
-                                                absl::Milliseconds(config_.invalidate_deadline_ms));
+  coordinator_ = std::make_unique<InvalidationCoordinator>(
+      config_.node_id, registry_.get(), channel_.get(),
+      absl::Milliseconds(config_.invalidate_deadline_ms), home_leases_.get());
   // The notifier source: tether.ko where /dev/tether exists (every kernel
   // memory event, mprotect and kernel-internal ones included), else the
   // user-space one (userfaultfd events; see the table in daemon/README.md).
@@ -104,9 +117,13 @@ absl::Status Tetherd::Build() {
     TLOG_INFO("notifier source: user space (userfaultfd; %s absent)",
               KernelNotifierSource::kDevice);
   }
+  lease_keeper_ = std::make_unique<LeaseKeeper>(
+      config_.node_id, mapper_leases_.get(), peers_.get(), attachments_.get(),
+      [this](Attachment& att, const std::string& why) { faults_->Revoke(att, why); },
+      [this] { return local_api_->RemoteHomesInUse(); });
   local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
                                           peers_.get(), faults_.get(), attachments_.get(),
-                                          notifier_.get(), coordinator_.get());
+                                          notifier_.get(), coordinator_.get(), lease_keeper_.get());
   return absl::OkStatus();
 }
 
@@ -121,6 +138,7 @@ absl::Status Tetherd::StartThreads(const std::string& token) {
   RETURN_IF_ERROR(StartRdma(token));
   RETURN_IF_ERROR(faults_->Start());
   channel_->Start();
+  lease_keeper_->Start();
   return absl::OkStatus();
 }
 
@@ -132,9 +150,9 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   hello.data_address = transport_->bound_address();
   hello.rdma_address = rdma_address_;
   hello.data_secret = token;
-  ASSIGN_OR_RETURN(peer_server_,
-                   PeerServer::Start(config_.peer_listen, config_.tls, registry_.get(),
-                                     mapper_invalidation_.get(), channel_.get(), hello));
+  ASSIGN_OR_RETURN(peer_server_, PeerServer::Start(config_.peer_listen, config_.tls,
+                                                   registry_.get(), mapper_invalidation_.get(),
+                                                   channel_.get(), hello, home_leases_.get()));
   DaemonInfo info;
   info.node_id = config_.node_id;
   info.incarnation = incarnation_;
@@ -196,6 +214,7 @@ void Tetherd::Stop() {
   if (local_api_) local_api_->DetachAll();
   if (admin_server_) admin_server_->Shutdown();
   if (peer_server_) peer_server_->Shutdown();
+  if (lease_keeper_) lease_keeper_->Stop();
   if (notifier_) notifier_->Stop();
   if (faults_) faults_->Stop();
   if (channel_) channel_->Stop();
@@ -213,6 +232,7 @@ void Tetherd::Stop() {
   notice_receiver_.reset();
   mapper_invalidation_.reset();
   local_api_.reset();
+  lease_keeper_.reset();
   faults_.reset();
   attachments_.reset();
   data_path_.reset();
@@ -220,6 +240,8 @@ void Tetherd::Stop() {
   rdma_.reset();
   transport_.reset();
   registry_.reset();
+  mapper_leases_.reset();
+  home_leases_.reset();
   TLOG_INFO("stopped");
 }
 

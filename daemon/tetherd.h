@@ -9,6 +9,9 @@
 //                             └── FaultService ── DataPath ── Transport
 //   PeerServer (gRPC, peers) ── SegmentRegistry, MapperInvalidation
 //   NotifierSource ── InvalidationCoordinator ── PeerInvalidationChannel
+//                               └── HomeLeaseTable (PeerServer grants)
+//   LeaseKeeper ── MapperLeaseTable, PeerDirectory (renewals),
+//                  AttachmentTable, FaultService (self-revocation)
 //   AdminServer (gRPC, tetherctl)
 //
 // Thread contract: Start() and Stop() from one thread (main); Stop() is
@@ -47,6 +50,9 @@ struct TetherdConfig {
   // How long a home waits for mappers to acknowledge a range_begin before
   // fencing them (G2 in docs/architecture.md).
   int invalidate_deadline_ms = 2000;
+  // Leases (invalidation/lease_table.h): 0 turns them off.
+  int lease_ms = 2000;
+  int lease_margin_pct = 10;
   TlsConfig tls;
 };
 
@@ -65,6 +71,9 @@ class MapperInvalidation;
 class NotifierSource;
 class PeerInvalidationChannel;
 class NoticeReceiver;
+class HomeLeaseTable;
+class MapperLeaseTable;
+class LeaseKeeper;
 
 class Tetherd {
  public:
@@ -88,6 +97,8 @@ class Tetherd {
   uint32_t incarnation_ = 0;
   absl::Time started_;
   std::unique_ptr<SegmentRegistry> registry_;
+  std::unique_ptr<HomeLeaseTable> home_leases_;      // leases this home granted
+  std::unique_ptr<MapperLeaseTable> mapper_leases_;  // leases this node holds
   // tcp: the data transport, and the NoticeTransport notices ride on.
   std::unique_ptr<TcpTransport> transport_;
   std::unique_ptr<Transport> rdma_;  // null without a usable verbs device
@@ -99,6 +110,7 @@ class Tetherd {
   std::unique_ptr<FaultService> faults_;
   std::unique_ptr<LocalApi> local_api_;
   std::unique_ptr<MapperInvalidation> mapper_invalidation_;
+  std::unique_ptr<LeaseKeeper> lease_keeper_;
   std::unique_ptr<NoticeReceiver> notice_receiver_;
   std::unique_ptr<PeerInvalidationChannel> channel_;
   std::unique_ptr<InvalidationCoordinator> coordinator_;

@@ -88,6 +88,10 @@ class SegmentRegistry : public BlockServer {
   // Revokes every grant `node` holds on the segment: its later requests
   // and write-backs are refused ("revoked"), never applied.
   void FenceNode(uint64_t segid, uint32_t node, const std::string& why);
+  // The segments `node` is fenced for, and why: a lease renewal carries
+  // them back to it (invalidation/lease_table.h), so that a node that
+  // missed its REVOKE drops them before it counts a new lease.
+  std::vector<std::pair<uint64_t, std::string>> FencedSegments(uint32_t node) const;
   // Nodes holding grants on the segment.
   std::vector<uint32_t> GrantNodes(uint64_t segid) const;
   // Live segments of exporter `pid` overlapping [addr, addr + len).

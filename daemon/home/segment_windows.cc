@@ -57,7 +57,8 @@ absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_
   // asked, which may hold their copies until they answer it (a frozen
   // node, a slow link): without them this window could end at once and
   // its change complete while they still read the old contents (G1).
-  // Fenced nodes are left out: they are the documented gap (G2).
+  // Fenced nodes are left out: the fence's lease wait (or, without
+  // leases, the documented gap of G2) covers what they hold.
   for (const auto& [id, other] : seg->windows) {
     if (!Overlap(start, end, other.start, other.end)) continue;
     for (uint32_t node : other.nodes)
@@ -93,6 +94,16 @@ void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string
     }
   }
   TLOG_WARN("segment %#x: node %d fenced (%s): %d grants revoked", segid, node, why, revoked);
+}
+
+std::vector<std::pair<uint64_t, std::string>> SegmentRegistry::FencedSegments(uint32_t node) const {
+  std::vector<std::pair<uint64_t, std::string>> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [segid, seg] : segments_) {
+    auto it = seg->fenced.find(node);
+    if (it != seg->fenced.end()) out.emplace_back(segid, it->second);
+  }
+  return out;
 }
 
 }  // namespace tether

@@ -4,8 +4,11 @@
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/invalidation/ack_collector.h"
 
@@ -18,8 +21,13 @@ constexpr absl::Duration kRevokeTimeout = absl::Minutes(5);
 
 InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                                                  InvalidationChannel* channel,
-                                                 absl::Duration ack_deadline)
-    : home_node_(home_node), registry_(registry), channel_(channel), ack_deadline_(ack_deadline) {}
+                                                 absl::Duration ack_deadline,
+                                                 const HomeLeaseTable* leases)
+    : home_node_(home_node),
+      registry_(registry),
+      channel_(channel),
+      ack_deadline_(ack_deadline),
+      leases_(leases) {}
 
 // The replies of one fan-out: written by the channel's threads, read by
 // the thread in Begin (or the simulation).
@@ -96,21 +104,76 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
     w.acked = r.acks.acked();
     w.fenced = r.acks.failed();
   }
-  const uint64_t segid = w.segid;
-  for (uint32_t node : w.fenced) {
+  if (!w.fenced.empty()) FenceAndWait(w.segid, w.fenced, pending.why_, pending.wait_);
+  return w;
+}
+
+void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes,
+                                           const std::string& why, absl::Duration ack_wait) {
+  struct Revokes {
+    absl::Mutex mu;
+    absl::flat_hash_set<uint32_t> unacked ABSL_GUARDED_BY(mu);
+  };
+  auto revokes = std::make_shared<Revokes>();
+  absl::flat_hash_map<uint32_t, absl::Time> expires;
+  {
+    absl::MutexLock lock(&revokes->mu);
+    revokes->unacked.insert(nodes.begin(), nodes.end());
+  }
+  for (uint32_t node : nodes) {
     std::string reason = absl::StrFormat(
         "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
-        absl::ToInt64Milliseconds(pending.wait_), pending.why_);
+        absl::ToInt64Milliseconds(ack_wait), why);
     registry_->FenceNode(segid, node, reason);
+    // Read after the fence: a renewal granted from now on carries it
+    // (lease_table.h), so only the lease held now can outlive it.
+    if (leases_) expires[node] = leases_->ExpiresAt(node);
     stats_.fenced++;
     InvalidationNotice r;
     r.kind = InvalidationNotice::Kind::kRevoke;
     r.segid = segid;
     r.home_node = home_node_;
     r.reason = "fenced: " + reason;
-    channel_->Send(node, r, kRevokeTimeout, [](absl::Status) {});
+    channel_->Send(node, r, kRevokeTimeout, [revokes, node](absl::Status st) {
+      if (!st.ok()) return;
+      absl::MutexLock lock(&revokes->mu);
+      revokes->unacked.erase(node);
+    });
   }
-  return w;
+  if (!leases_) return;
+  // Wait until every fenced node acknowledged the REVOKE or its lease ran
+  // out. Time is read from the lease table's clock after every wake-up;
+  // the timed wait only paces the loop (a FakeClock moves in steps).
+  bool waited = false;
+  for (;;) {
+    absl::Time now = leases_->clock()->Now();
+    absl::Time until = absl::InfinitePast();
+    size_t unacked;
+    {
+      absl::MutexLock lock(&revokes->mu);
+      for (uint32_t node : revokes->unacked) until = std::max(until, expires[node]);
+      unacked = revokes->unacked.size();
+    }
+    if (until <= now) break;
+    waited = true;
+    // Held here (tests) with no lock held: Begin has read the clock and
+    // decided that a fenced node's lease still runs.
+    TETHER_FAULT_POINT("invalidation.fence.lease_wait");
+    struct Fewer {
+      const absl::flat_hash_set<uint32_t>* unacked;
+      size_t before;
+    };
+    absl::MutexLock lock(&revokes->mu);
+    Fewer fewer{&revokes->unacked, unacked};
+    revokes->mu.AwaitWithTimeout(
+        absl::Condition(
+            +[](Fewer* f) { return f->unacked->size() < f->before; }, &fewer),
+        std::min(until - now, absl::Milliseconds(10)));
+  }
+  if (waited) {
+    stats_.lease_waits++;
+    TLOG_INFO("segment %#x: waited for the lease of fenced node(s) to run out", segid);
+  }
 }
 
 void InvalidationCoordinator::End(const InvalidationWindow& w,

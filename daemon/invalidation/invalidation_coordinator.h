@@ -6,9 +6,15 @@
 // that may cache part of the range, and waits for their acks until the
 // deadline. A node that misses it, or answers with an error, is fenced:
 // its grants are revoked (later requests and write-backs refused) and a
-// REVOKE is sent to it without waiting. Begin() returns when every node
-// has acked or been fenced: the caller (a notifier source) then lets the
-// kernel go on. End() closes the window and sends range_end to the nodes
+// REVOKE is sent to it. A fenced node may still be serving its clients
+// the copies they hold (it is cut off, frozen, or just late), so with
+// leases (lease_table.h) Begin() then waits until each fenced node has
+// acknowledged the REVOKE or its lease, as this home counts it, has run
+// out — after which a node that could not renew has revoked them itself.
+// Begin() returns when every node has acked, or been fenced and is known
+// to hold no copy: the caller (a notifier source) then lets the kernel go
+// on. The exporter waits at most the ack deadline plus lease * (1 +
+// margin). End() closes the window and sends range_end to the nodes
 // that acked. Nothing here touches the exporter's memory (G5).
 //
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
@@ -26,7 +32,7 @@
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
 // the registry's exit watcher). Begin blocks its caller up to the ack
-// deadline; it must not be called on a thread that the fan-out's answers
+// deadline plus a fenced node's lease; it must not be called on a thread that the fan-out's answers
 // need (a transport's serving thread). The object itself holds no lock:
 // the registry and the channel are thread-safe, and stats are atomics.
 #ifndef TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
@@ -41,6 +47,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 
 namespace tether {
@@ -57,6 +64,9 @@ struct InvalidationStats {
   std::atomic<uint64_t> windows{0};
   std::atomic<uint64_t> notices_sent{0};
   std::atomic<uint64_t> fenced{0};
+  // Begins that waited for a fenced node's lease to run out (not for a
+  // REVOKE's ack).
+  std::atomic<uint64_t> lease_waits{0};
 };
 
 class InvalidationCoordinator {
@@ -79,8 +89,11 @@ class InvalidationCoordinator {
     absl::Duration wait_;  // the fan-out's timeout
   };
 
+  // `leases` (null: no leases, fenced nodes are not waited for) must
+  // outlive the coordinator; its clock is the one Begin's lease wait reads.
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
-                          InvalidationChannel* channel, absl::Duration ack_deadline);
+                          InvalidationChannel* channel, absl::Duration ack_deadline,
+                          const HomeLeaseTable* leases = nullptr);
 
   // Waits for mapper acks until the ack deadline or `deadline`, whichever
   // comes first (a caller whose event waited in a queue passes what is left
@@ -91,7 +104,9 @@ class InvalidationCoordinator {
   // Begin's steps (see above). StartBegin's `deadline` is Begin's: the
   // fan-out's timeout is what is left of it, at most the ack deadline.
   // FinishBegin takes what has been answered by now: a node still waiting
-  // is fenced.
+  // is fenced, and with leases FinishBegin waits as Begin does (real time,
+  // paced; FenceAndWait) until each fenced node's lease ran out or it
+  // acknowledged the REVOKE.
   absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
                                           const std::string& why,
                                           absl::Time deadline = absl::InfiniteFuture());
@@ -112,7 +127,13 @@ class InvalidationCoordinator {
   const uint32_t home_node_;
   SegmentRegistry* const registry_;
   InvalidationChannel* const channel_;
+  // Fences `nodes` for the segment, sends them REVOKE, and waits until each
+  // acked it or its lease ran out.
+  void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& why,
+                    absl::Duration ack_wait);
+
   const absl::Duration ack_deadline_;
+  const HomeLeaseTable* const leases_;
   InvalidationStats stats_;
 };
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 
@@ -47,7 +48,8 @@ int TakeFd(std::vector<int>& fds, size_t i) {
 
 LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry,
                    RemoteHomes* remotes, FaultService* faults, AttachmentTable* attachments,
-                   NotifierSource* notifier, InvalidationCoordinator* coordinator)
+                   NotifierSource* notifier, InvalidationCoordinator* coordinator,
+                   LeaseKeeper* leases)
     : node_id_(node_id),
       incarnation_(incarnation),
       registry_(registry),
@@ -55,7 +57,8 @@ LocalApi::LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* regi
       faults_(faults),
       atts_(attachments),
       notifier_(notifier),
-      coordinator_(coordinator) {}
+      coordinator_(coordinator),
+      leases_(leases) {}
 
 void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& req,
                       std::vector<int>& fds_in, local::LocalResponse* resp,
@@ -220,6 +223,9 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
     return ErrnoStatus(EINVAL, absl::StrFormat("attach range [%#x, +%#x) is outside the "
                                                "segment (size %#x)",
                                                r.offset(), r.size(), a.grant.segment_size));
+  // Pages of a remote home are served only under a lease from it: make
+  // sure of one before the attachment exists (lease_keeper.h).
+  if (leases_ && a.home != node_id_) RETURN_IF_ERROR(leases_->EnsureLease(a.home));
   int uffd = TakeFd(fds, 0);
   if (uffd < 0 || !IsUserfaultfd(uffd)) {
     if (uffd >= 0) close(uffd);
@@ -420,6 +426,15 @@ absl::Status LocalApi::InvalidateEnd(const LocalConnection& c,
 
 void LocalApi::DetachAll() {
   for (auto& att : atts_->TakeAll()) (void)DetachEntry(att);
+}
+
+std::vector<uint32_t> LocalApi::RemoteHomesInUse() {
+  std::vector<uint32_t> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, a] : apids_)
+    if (a.home != node_id_ && std::find(out.begin(), out.end(), a.home) == out.end())
+      out.push_back(a.home);
+  return out;
 }
 
 }  // namespace tether

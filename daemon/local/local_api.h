@@ -31,6 +31,7 @@
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/attachment_table.h"
 #include "daemon/mapper/fault_service.h"
+#include "daemon/mapper/lease_keeper.h"
 #include "daemon/notifier/notifier_source.h"
 
 namespace tether {
@@ -39,10 +40,11 @@ class LocalApi : public LocalHandler {
  public:
   // Every pointer must outlive the LocalApi; `notifier` and `coordinator`
   // may be null in unit tests (exports then get no notifier, and
-  // invalidation brackets answer EOPNOTSUPP).
+  // invalidation brackets answer EOPNOTSUPP); so may `leases` (attaches
+  // then do not make sure of a lease from a remote home first).
   LocalApi(uint32_t node_id, uint32_t incarnation, SegmentRegistry* registry, RemoteHomes* remotes,
            FaultService* faults, AttachmentTable* attachments, NotifierSource* notifier,
-           InvalidationCoordinator* coordinator);
+           InvalidationCoordinator* coordinator, LeaseKeeper* leases = nullptr);
 
   void Handle(const LocalConnection& conn, const local::LocalRequest& req, std::vector<int>& fds_in,
               local::LocalResponse* resp, std::vector<int>* fds_out) override;
@@ -53,6 +55,10 @@ class LocalApi : public LocalHandler {
 
   // Detaches everything (daemon shutdown), writing dirty pages back.
   void DetachAll();
+
+  // The other nodes this node holds grants (apids) from: the lease keeper
+  // renews their leases (mapper/lease_keeper.h). Any thread.
+  std::vector<uint32_t> RemoteHomesInUse();
 
  private:
   struct Apid {
@@ -84,6 +90,7 @@ class LocalApi : public LocalHandler {
   AttachmentTable* const atts_;
   NotifierSource* const notifier_;
   InvalidationCoordinator* const coordinator_;
+  LeaseKeeper* const leases_;
   struct Bracket {
     pid_t pid = 0;
     std::vector<std::pair<SegmentRange, InvalidationWindow>> windows;

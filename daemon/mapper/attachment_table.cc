@@ -1,5 +1,6 @@
 #include "daemon/mapper/attachment_table.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "daemon/common/page.h"
@@ -57,6 +58,22 @@ std::vector<std::shared_ptr<Attachment>> AttachmentTable::Of(uint64_t segid) {
   absl::MutexLock lock(&mu_);
   for (auto& [id, e] : entries_)
     if (e.att->segid == segid) out.push_back(e.att);
+  return out;
+}
+
+std::vector<std::shared_ptr<Attachment>> AttachmentTable::FromHome(uint32_t home) {
+  std::vector<std::shared_ptr<Attachment>> out;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : entries_)
+    if (e.att->home == home) out.push_back(e.att);
+  return out;
+}
+
+std::vector<uint32_t> AttachmentTable::Homes() {
+  std::vector<uint32_t> out;
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, e] : entries_)
+    if (std::find(out.begin(), out.end(), e.att->home) == out.end()) out.push_back(e.att->home);
   return out;
 }
 

@@ -1,7 +1,8 @@
 // AttachmentTable: this node's attachments, by id — the mapper side's one
 // record of what is attached, by which process, through which apid. The
 // client-request handler (local/) adds and removes entries; mapper-side
-// invalidation finds a segment's attachments here; tetherctl lists them.
+// invalidation finds a segment's attachments here, the lease keeper a
+// home's; tetherctl lists them.
 //
 // Thread contract: every method may be called from any thread — local
 // client threads (attach, detach, a client's exit), the threads that
@@ -55,6 +56,10 @@ class AttachmentTable {
   std::vector<std::shared_ptr<Attachment>> TakeAll();
   // Attachments of a segment (for invalidation notices).
   std::vector<std::shared_ptr<Attachment>> Of(uint64_t segid);
+  // Attachments whose segment's home is `home`, and the homes attachments
+  // come from (the lease keeper: lease_keeper.h).
+  std::vector<std::shared_ptr<Attachment>> FromHome(uint32_t home);
+  std::vector<uint32_t> Homes();
   // Whether any attachment was made through `apid`.
   bool UsesApid(uint64_t apid);
   std::vector<AttachmentSummary> Summaries();

@@ -44,6 +44,7 @@ struct PeerDirectory::Impl {
 
   uint32_t local_node;
   uint64_t incarnation;
+  MapperLeaseTable* leases = nullptr;
   absl::Mutex calls_mu;
   absl::flat_hash_set<grpc::ClientContext*> calls ABSL_GUARDED_BY(calls_mu);
   bool shut_down ABSL_GUARDED_BY(calls_mu) = false;
@@ -68,8 +69,9 @@ struct PeerDirectory::Impl {
 
 PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
                              std::vector<PeerConfig> peers, TlsConfig tls, int rpc_timeout_ms,
-                             TransportNamer namer)
+                             TransportNamer namer, MapperLeaseTable* leases)
     : impl_(std::make_unique<Impl>()) {
+  impl_->leases = leases;
   impl_->namer = std::move(namer);
   impl_->local_node = local_node;
   impl_->incarnation = incarnation;
@@ -181,8 +183,11 @@ absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid, const
   req.set_write(write);
   req.set_mapper_node(impl_->local_node);
   peer::AttachResponse resp;
+  // The lease counts from before the request left (lease_table.h).
+  absl::Time sent = impl_->leases ? impl_->leases->clock()->Now() : absl::InfinitePast();
   grpc::Status st = stub->Attach(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st, absl::StrFormat("attach segment %#x at node %d", segid, node));
+  if (impl_->leases) impl_->leases->Granted(node, sent, absl::Milliseconds(resp.lease_ms()));
   // A segid names its home's incarnation: a peer that restarted since we
   // said Hello listens on new data ports with a new secret. Hello again.
   SegidParts parts;
@@ -328,6 +333,51 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n, absl:
         impl->calls.erase(&call->ctx);
         delete call;
       });
+}
+
+void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) {
+  auto stub = impl_->Stub(home);
+  if (!stub.ok()) {
+    std::move(done)(stub.status());
+    return;
+  }
+  struct Call {
+    grpc::ClientContext ctx;
+    peer::RenewRequest req;
+    peer::RenewResponse resp;
+    LeaseRenewer::Done done;
+  };
+  auto* call = new Call;
+  call->ctx.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
+  // Fail fast when the home is unreachable: the next renewal retries, and
+  // the lease keeper's expiry does not depend on this call returning.
+  call->req.set_mapper_node(impl_->local_node);
+  call->done = std::move(done);
+  {
+    absl::MutexLock lock(&impl_->calls_mu);
+    if (impl_->shut_down) {
+      std::move(call->done)(absl::UnavailableError("daemon shutting down"));
+      delete call;
+      return;
+    }
+    impl_->calls.insert(&call->ctx);
+  }
+  Impl* impl = impl_.get();
+  (*stub)->async()->Renew(&call->ctx, &call->req, &call->resp, [call, home, impl](grpc::Status st) {
+    if (st.ok()) {
+      LeaseRenewal r;
+      r.incarnation = call->resp.incarnation();
+      r.lease = absl::Milliseconds(call->resp.lease_ms());
+      for (const auto& f : call->resp.fenced()) r.fenced.emplace_back(f.segid(), f.reason());
+      std::move(call->done)(std::move(r));
+    } else {
+      std::move(call->done)(FromGrpc(st, absl::StrCat("renew the lease at node ", home)));
+    }
+    absl::MutexLock lock(&impl->calls_mu);
+    impl->calls.erase(&call->ctx);
+    delete call;
+  });
 }
 
 }  // namespace tether

@@ -1,12 +1,15 @@
 // PeerDirectory: this node's view of the other nodes, and the client side
 // of the Peer service (gRPC hidden behind a pimpl: including this header
 // costs nothing). It is the RemoteHomes that local/ uses, and where
-// DataPath resolves a home's data endpoint.
+// DataPath resolves a home's data endpoint. It is also the LeaseRenewer
+// that this node's LeaseKeeper (mapper/) renews its leases through, and
+// it records the lease an Attach grants in the mapper's lease table.
 //
 // Thread contract: every method may be called from any thread; one mutex
 // guards the peer table and the Hello cache, never held across an RPC.
 // Synchronous calls (Attach, Detach, Lookup, Endpoint's first Hello) block
-// for up to the RPC timeout; Invalidate and Connect never block.
+// for up to the RPC timeout; Invalidate, Renew and Connect never block
+// (their callbacks run on gRPC's threads).
 #ifndef TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
 #define TETHER_DAEMON_PEER_PEER_DIRECTORY_H_
 
@@ -20,6 +23,7 @@
 #include "daemon/common/credentials.h"
 #include "daemon/home/remote_homes.h"
 #include "daemon/home/segment_types.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_config.h"
 #include "daemon/transport/transport.h"
@@ -39,14 +43,17 @@ struct PeerState {
   std::string error;
 };
 
-class PeerDirectory : public RemoteHomes {
+class PeerDirectory : public RemoteHomes, public LeaseRenewer {
  public:
   // Names the transport requests to a peer use ("rdma", "tcp"; tetherctl
   // status): DataPath::TransportFor.
   using TransportNamer = std::function<std::string(uint32_t node, const DataEndpoint& ep)>;
 
+  // `leases` (may be null: no leases) records the lease each Attach
+  // grants; it must outlive the directory.
   PeerDirectory(uint32_t local_node, uint64_t incarnation, std::vector<PeerConfig> peers,
-                TlsConfig tls, int rpc_timeout_ms, TransportNamer namer);
+                TlsConfig tls, int rpc_timeout_ms, TransportNamer namer,
+                MapperLeaseTable* leases = nullptr);
   ~PeerDirectory() override;
 
   bool Knows(uint32_t node) const override;
@@ -73,7 +80,9 @@ class PeerDirectory : public RemoteHomes {
   // `done` runs once with the peer's answer.
   void Invalidate(uint32_t node, const InvalidationNotice& notice, absl::Duration timeout,
                   InvalidationChannel::Done done);
-  // Cancels in-flight notices and waits until their callbacks ran: no gRPC
+  // LeaseRenewer: asks `home` to renew this node's lease (async).
+  void Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) override;
+  // Cancels in-flight notices and renewals and waits until their callbacks ran: no gRPC
   // call may outlive the daemon (its threads would run during exit).
   void Shutdown();
 

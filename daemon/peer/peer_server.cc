@@ -46,8 +46,12 @@ grpc::Status NotThatNode(uint32_t node) {
 class PeerServiceImpl final : public peer::Peer::Service {
  public:
   PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper,
-                  InvalidationChannel* notices, HelloInfo hello)
-      : registry_(registry), mapper_(mapper), notices_(notices), hello_(std::move(hello)) {}
+                  InvalidationChannel* notices, HelloInfo hello, HomeLeaseTable* leases)
+      : registry_(registry),
+        mapper_(mapper),
+        notices_(notices),
+        hello_(std::move(hello)),
+        leases_(leases) {}
 
   grpc::Status Invalidate(grpc::ServerContext* ctx, const peer::InvalidateRequest* req,
                           peer::InvalidateResponse*) override {
@@ -81,12 +85,34 @@ class PeerServiceImpl final : public peer::Peer::Service {
     cred.groups.assign(req->cred().groups().begin(), req->cred().groups().end());
     if (req->mapper_node() == 0 || req->mapper_node() == hello_.node_id)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
+    // The grant is recorded before the registry's fence check (lease_table.h).
+    leases_->Granted(req->mapper_node());
     auto g = registry_->Attach(req->segid(), cred, req->write(), req->mapper_node());
     if (!g.ok()) return ToGrpc(g.status());
     notices_->Prepare(req->mapper_node());
     resp->set_remote_attach_id(g->id);
     resp->set_segment_size(g->segment_size);
     resp->set_writable(g->writable);
+    resp->set_lease_ms(LeaseMs());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Renew(grpc::ServerContext* ctx, const peer::RenewRequest* req,
+                     peer::RenewResponse* resp) override {
+    if (req->mapper_node() == 0 || req->mapper_node() > 0x7fff ||
+        req->mapper_node() == hello_.node_id)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
+    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
+    // Grant first, then read the fences: a fence that the answer misses
+    // was made after this grant, and its coordinator waits for this lease.
+    leases_->Granted(req->mapper_node());
+    resp->set_incarnation(hello_.incarnation);
+    resp->set_lease_ms(LeaseMs());
+    for (auto& [segid, why] : registry_->FencedSegments(req->mapper_node())) {
+      auto* f = resp->add_fenced();
+      f->set_segid(segid);
+      f->set_reason(why);
+    }
     return grpc::Status::OK;
   }
 
@@ -117,6 +143,11 @@ class PeerServiceImpl final : public peer::Peer::Service {
   InvalidationTarget* mapper_;
   InvalidationChannel* notices_;
   HelloInfo hello_;
+  HomeLeaseTable* leases_;
+
+  uint32_t LeaseMs() const {
+    return static_cast<uint32_t>(absl::ToInt64Milliseconds(leases_->config().lease));
+  }
 };
 
 }  // namespace
@@ -139,9 +170,11 @@ void PeerServer::Shutdown() {
 
 absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(
     const std::string& address, const TlsConfig& tls, SegmentRegistry* registry,
-    InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello) {
+    InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello,
+    HomeLeaseTable* leases) {
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello));
+  impl->service =
+      std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello), leases);
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (tls.insecure) {
     creds = grpc::InsecureServerCredentials();

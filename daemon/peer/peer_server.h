@@ -1,6 +1,7 @@
 // PeerServer: the gRPC Peer service other nodes call (Hello, Attach,
-// Detach, Lookup, ListSegments, Invalidate), backed by the SegmentRegistry
-// and this node's InvalidationTarget.
+// Detach, Lookup, ListSegments, Invalidate, Renew), backed by the
+// SegmentRegistry, this node's InvalidationTarget and the home's lease
+// table (Attach and Renew grant the caller a lease: lease_table.h).
 //
 // Thread contract: Start() builds and starts the gRPC server; calls run on
 // gRPC's pool, concurrently (every object they use is thread-safe). An
@@ -15,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "daemon/home/segment_registry.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_config.h"
 
@@ -30,9 +32,12 @@ struct HelloInfo {
 
 class PeerServer {
  public:
-  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(
-      const std::string& address, const TlsConfig& tls, SegmentRegistry* registry,
-      InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello);
+  static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const std::string& address,
+                                                           const TlsConfig& tls,
+                                                           SegmentRegistry* registry,
+                                                           InvalidationTarget* mapper,
+                                                           InvalidationChannel* notices,
+                                                           HelloInfo hello, HomeLeaseTable* leases);
   ~PeerServer();
   void Shutdown();
 

@@ -17,7 +17,12 @@ from harness import expect, run, with_nodes
 SIGBUS = 7
 MiB = 1 << 20
 DEADLINE_MS = 500
-FAST = ("--invalidate_deadline_ms=%d" % DEADLINE_MS,)
+# A home waits this long (+10%) for a fenced node's lease to run out. Not
+# shorter: a renewal must be answered within the lease even in the VM
+# tier's emulated machines, where 1000 ms was seen to lapse.
+LEASE_MS = 2000
+FAST = ("--invalidate_deadline_ms=%d" % DEADLINE_MS, "--lease_ms=%d" % LEASE_MS)
+FENCE_BOUND_MS = DEADLINE_MS + LEASE_MS * 1.1 + 1000
 
 
 def ms(reply):
@@ -136,8 +141,8 @@ def test_fencing_a_frozen_mapper(c):
     c.node(2).daemon.send_signal(signal.SIGSTOP)
     try:
         took = ms(e.command("munmap 0 4096"))
-        expect(took < DEADLINE_MS + 1000,
-               "munmap took %.0f ms with a %d ms deadline" % (took, DEADLINE_MS))
+        expect(took < FENCE_BOUND_MS, "munmap took %.0f ms with a %d ms deadline and a %d ms "
+               "lease" % (took, DEADLINE_MS, LEASE_MS))
         expect(took >= DEADLINE_MS * 0.9, "munmap should have waited for the frozen node")
         # node 3 acked in time and is unaffected
         r = m3.command("verify 1 4096 4096")
@@ -147,12 +152,13 @@ def test_fencing_a_frozen_mapper(c):
                "(node 3's attachments: %s)" % (r, c.node(3).ctl("attachments").stdout))
     finally:
         c.node(2).daemon.send_signal(signal.SIGCONT)
-    # Once resumed, node 2 processes the revocation: held pages raise SIGBUS,
-    # its write-back is refused, never applied over newer contents.
+    # Once resumed, node 2 revokes: its lease ran out while it was frozen (or
+    # the REVOKE came first). Held pages raise SIGBUS, its write-back is
+    # refused, never applied over newer contents.
     deadline = time.time() + 10
     revoked = False
     while time.time() < deadline and not revoked:
-        revoked = "revoked: fenced" in c.node(2).ctl("attachments").stdout
+        revoked = "revoked: " in c.node(2).ctl("attachments").stdout
         time.sleep(0.05)
     expect(revoked, "node 2 did not process its revocation")
     r = m2.command("sync")
@@ -175,7 +181,7 @@ def test_kill_mapper_daemon_during_window(c):
         expect(m.command("verify 1 0 65536") == "ok", "cached")
     c.node(2).stop(signal.SIGKILL)
     took = ms(e.command("dontneed 0 65536"))
-    expect(took < DEADLINE_MS + 1000, "dontneed took %.0f ms" % took)
+    expect(took < FENCE_BOUND_MS, "dontneed took %.0f ms" % took)
     expect(m3.command("read 0") == "byte 0", "node 3 sees the new state")
     expect(m2.command("read 4096") == "signal:%d" % SIGBUS,
            "node 2's client: its daemon died, so SIGBUS, never stale data")

@@ -66,14 +66,14 @@ enum class Mutation {
 };
 const char* MutationName(Mutation m);
 
-// Leases: where the real lease classes (branch `leases`) plug in. Today
-// there are none, and docs/architecture.md (G2) documents the gap: a
-// fenced node can read what its clients hold until it handles the
-// revocation. NoLeases() makes the oracle excuse exactly those reads (and
-// count them); ModelLeases() is a model of what leases must do — a node
+// Leases: where the real lease classes (lease_table.h, LeaseKeeper) are to
+// plug in. NoLeases() is tetherd with --lease_ms=0, whose documented gap
+// (G2) is that a fenced node can read what its clients hold until it
+// handles the revocation: the oracle excuses exactly those reads (and
+// counts them). ModelLeases() is a model of what leases must do — a node
 // reads only within a term of its last confirmed contact with the home,
-// and the exporter's call returns only once every node it fenced is past
-// its term — under which the oracle excuses nothing.
+// and the exporter's call returns only once every node fenced on the
+// segment is past its term — under which the oracle excuses nothing.
 class SimLease {
  public:
   virtual ~SimLease() = default;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <set>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -15,7 +16,10 @@
 #include "tests/unit/kernel_feature.h"
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -32,6 +36,7 @@ class FakeChannel : public InvalidationChannel {
     absl::MutexLock lock(&mu);
     sent.push_back({node, n});
     Mode m = modes.count(node) ? modes[node] : kAck;
+    if (n.kind == InvalidationNotice::Kind::kRevoke && ack_revokes.count(node)) m = kAck;
     if (m == kAck) {
       mu.Unlock();
       std::move(done)(absl::OkStatus());
@@ -50,6 +55,7 @@ class FakeChannel : public InvalidationChannel {
   }
   absl::Mutex mu;
   std::map<uint32_t, Mode> modes;
+  std::set<uint32_t> ack_revokes;  // a silent node that answers its REVOKE
   std::vector<std::pair<uint32_t, InvalidationNotice>> sent;
   std::vector<Done> held;
 };
@@ -234,6 +240,89 @@ TEST_F(CoordinatorTest, RevokeAllTellsEveryGrantHolder) {
     ++revokes;
   }
   EXPECT_EQ(revokes, 3);
+}
+
+// Leases (invalidation/lease_table.h): a fenced node may still serve its
+// clients what they hold until its lease runs out, so Begin waits for that
+// — on the lease table's clock, driven here — unless the node acknowledged
+// its REVOKE first.
+class LeasedCoordinatorTest : public CoordinatorTest {
+ protected:
+  void TearDown() override {
+    FaultPoints::ReleaseAll();
+    clock_.Advance(absl::Hours(1));  // a Begin still waiting (a failed test) returns
+    if (begin_.joinable()) begin_.join();
+    CoordinatorTest::TearDown();
+  }
+  // Node 3 caches page 0 and is silent; Begin over it runs on begin_.
+  void BeginOverASilentNode() {
+    ASSERT_TRUE(Fetch(3, 0).ok());
+    channel_.modes[3] = FakeChannel::kSilent;
+    begin_ = std::thread([this] {
+      auto w = leased_.Begin(segid_, 0, 4096, "test");
+      EXPECT_TRUE(w.ok());
+      if (w.ok()) EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3}));
+      done_.Notify();
+    });
+  }
+  static constexpr const char* kWait = "invalidation.fence.lease_wait";
+  FakeClock clock_;
+  HomeLeaseTable leases_{LeaseConfig{absl::Milliseconds(1000), 0.1}, &clock_};
+  InvalidationCoordinator leased_{1, &reg_, &channel_, absl::Milliseconds(100), &leases_};
+  absl::Notification done_;
+  std::thread begin_;
+};
+
+TEST_F(LeasedCoordinatorTest, AFencedNodesLeaseIsWaitedOutAndNoLonger) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(3);  // its last renewal
+  FaultPoints::Arm(kWait);
+  BeginOverASilentNode();
+  // Fenced after the (real) 100 ms deadline, then waiting for the lease.
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kWait, absl::Seconds(10)));
+  EXPECT_EQ(ToErrno(Fetch(3, 8 * 4096)), EIDRM);  // fenced before the wait
+  clock_.Set(t0 + absl::Milliseconds(1099));      // lease * (1 + margin) is 1100 ms
+  FaultPoints::Release(kWait);
+  FaultPoints::Arm(kWait);
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kWait, absl::Seconds(10)));  // still waiting
+  EXPECT_FALSE(done_.HasBeenNotified());
+  clock_.Set(t0 + absl::Milliseconds(1100));
+  FaultPoints::Release(kWait);
+  EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(leased_.stats().lease_waits.load(), 1u);
+}
+
+// A renewal the home grants after the fence carries the fence (the node
+// revokes before it counts the new lease): it must not extend the wait.
+TEST_F(LeasedCoordinatorTest, ARenewalAfterTheFenceDoesNotExtendTheWait) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(3);
+  FaultPoints::Arm(kWait);
+  BeginOverASilentNode();
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kWait, absl::Seconds(10)));
+  clock_.Set(t0 + absl::Milliseconds(500));
+  leases_.Granted(3);  // a renewal answered now...
+  auto fences = reg_.FencedSegments(3);
+  ASSERT_EQ(fences.size(), 1u);  // ...lists the fence
+  EXPECT_EQ(fences[0].first, segid_);
+  clock_.Set(t0 + absl::Milliseconds(1100));
+  FaultPoints::Release(kWait);
+  EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+}
+
+TEST_F(LeasedCoordinatorTest, AnAcknowledgedRevokeEndsTheWaitEarly) {
+  leases_.Granted(3);
+  channel_.ack_revokes.insert(3);  // late for range_begin, but it answers REVOKE
+  BeginOverASilentNode();
+  // The clock never moves: only the REVOKE's ack can end the wait.
+  EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(leased_.stats().lease_waits.load(), 0u);
+}
+
+TEST_F(LeasedCoordinatorTest, ANodeWithoutALeaseIsNotWaitedFor) {
+  BeginOverASilentNode();  // node 3 was never granted one (leases off there)
+  EXPECT_TRUE(done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(leased_.stats().lease_waits.load(), 0u);
 }
 
 }  // namespace

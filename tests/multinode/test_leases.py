@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Host multi-node tests of leases (issue 14, defect 13; docs/consistency.md,
+"When a node goes silent"): a mapper node cut off from the home, a mapper
+daemon and a home daemon killed with SIGKILL inside an exporter's call, and
+restarted. Real daemons in network namespaces; short deadlines and leases
+so that each test takes seconds.
+
+The property each test checks is G1 for a node the home cannot reach: once
+the exporter's call returned, no client of that node reads what the address
+held before — it gets SIGBUS — and the call returns within the ack deadline
+plus the lease (plus the margin). Run with TETHER_TEST_LEASE_MS=0 (leases
+off) to see them fail: the cut-off or orphaned mapper's clients read the
+old contents."""
+import errno
+import os
+import select
+import signal
+import sys
+import time
+
+from cluster import Exporter, Mapper, sh
+from harness import Failure, expect, run, with_nodes
+
+SIGBUS = 7
+MiB = 1 << 20
+# Short, so that each test takes seconds, but long enough that renewals are
+# answered in time on a loaded 2-core machine under ASan.
+LEASE_MS = int(os.environ.get("TETHER_TEST_LEASE_MS", "1500"))
+MARGIN = 0.10
+SLACK_MS = 1000  # scheduling on a loaded 2-core machine under ASan
+
+
+def args(deadline_ms, lease_ms=None):
+    lease_ms = LEASE_MS if lease_ms is None or LEASE_MS == 0 else lease_ms
+    return ("--invalidate_deadline_ms=%d" % deadline_ms, "--lease_ms=%d" % lease_ms,
+            "--lease_margin_pct=%d" % int(MARGIN * 100))
+
+
+def bound_ms(deadline_ms, lease_ms):
+    return deadline_ms + lease_ms * (1 + MARGIN) + SLACK_MS
+
+
+def ms(reply):
+    expect(reply.startswith("ok "), "exporter call failed: " + reply)
+    return float(reply.split()[1])
+
+
+def start_call(e, line):
+    e.proc.stdin.write(line + "\n")
+    e.proc.stdin.flush()
+
+
+def returned(e, timeout=0.0):
+    r, _, _ = select.select([e.proc.stdout], [], [], timeout)
+    return bool(r)
+
+
+def freeze(node):
+    """SIGSTOP a tetherd and wait until every thread of it has stopped."""
+    pid = node.daemon.pid
+    node.daemon.send_signal(signal.SIGSTOP)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.01)
+    raise Failure("tetherd %d did not stop on SIGSTOP" % node.id)
+
+
+def link(node, up):
+    """Cuts (or restores) every packet between `node` and the others: its
+    veth goes down inside its namespace."""
+    sh("ip", "netns", "exec", node.ns, "ip", "link", "set", "eth0", "up" if up else "down")
+
+
+def map_when_reachable(node, segid, timeout=15):
+    """A fresh attach from `node`, retried while the home is not reachable
+    yet (a healed link: gRPC reconnects with a backoff of up to 1 s)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return Mapper(node, segid, length=MiB)
+        except RuntimeError as err:
+            if time.time() > deadline:
+                raise Failure("node %d cannot map segment %#x again: %s" % (node.id, segid, err))
+            time.sleep(0.2)
+
+
+def wait_revoked(node, timeout):
+    """Seconds until `node` shows a revoked attachment, or None."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if "revoked: " in node.ctl("attachments").stdout:
+            return time.time() - t0
+        time.sleep(0.02)
+    return None
+
+
+PARTITION_DEADLINE_MS = 500
+
+
+@with_nodes(2, daemon_args=args(PARTITION_DEADLINE_MS))
+def test_partitioned_mapper_revokes_itself(c):
+    if c.flat:
+        print("INFO: no network namespaces (TETHER_CLUSTER_NET=%s): partition test not run"
+              % os.environ.get("TETHER_CLUSTER_NET"))
+        return
+    n1, n2 = c.node(1), c.node(2)
+    e = Exporter(n1, MiB, 1)
+    reader = Mapper(n2, e.segid, length=MiB)
+    writer = Mapper(n2, e.segid, length=MiB)
+    expect(reader.command("verify 1 0 65536") == "ok", "node 2 caches")
+    expect(writer.command("verify 1 0 65536") == "ok", "node 2 caches")
+    expect(writer.command("write 9 32768 4096") == "ok", "node 2 dirties a page")
+    link(n2, up=False)
+    try:
+        took = ms(e.command("munmap 0 4096"))
+        limit = bound_ms(PARTITION_DEADLINE_MS, LEASE_MS)
+        expect(took < limit, "munmap took %.0f ms; bound %.0f ms" % (took, limit))
+        # G1: the call returned, so the cut-off node's clients must not read
+        # what page 0 held before. Only the node's own lease can stop them.
+        r = reader.command("read 0")
+        expect(r == "signal:%d" % SIGBUS,
+               "node 2, cut off, read page 0 after the exporter's munmap returned: %s "
+               "(old contents; want SIGBUS)" % r)
+        # Its unsynced write is discarded and reported, never applied later.
+        r = writer.command("sync")
+        expect(r.startswith("error: errno=%d " % errno.EIDRM) and "lease" in r,
+               "a cut-off node's sync must report its discarded writes (EIDRM, lease): " + r)
+        expect(writer.command("read 8192") == "signal:%d" % SIGBUS, "held pages raise SIGBUS")
+    finally:
+        link(n2, up=True)
+    expect(e.verify(1, 32768, 4096) == "ok", "a cut-off node's write reached the exporter")
+    reader.close()
+    writer.close()
+    # Healed: node 2 rejoins. Its old segment stays fenced for it; a new one
+    # maps, and stays mapped over two leases (renewals work again).
+    e2 = Exporter(n1, MiB, 2)
+    m = map_when_reachable(n2, e2.segid)
+    expect(m.command("verify 2 0 65536") == "ok", "node 2 maps a new segment after healing")
+    time.sleep(2 * max(LEASE_MS, 100) / 1000.0)
+    r = m.command("verify 2 0 65536")
+    expect(r == "ok", "node 2 keeps its lease once healed: %s (%s)" % (r, n2.ctl("attachments").stdout))
+    atts = n2.ctl("attachments").stdout
+    expect("revoked" not in atts, "node 2's new attachment was revoked: " + atts)
+    m.close()
+    e2.close()
+    e.close()
+
+
+MAPPER_KILL_DEADLINE_MS = 200
+MAPPER_KILL_LEASE_MS = 2000
+
+
+@with_nodes(2, daemon_args=args(MAPPER_KILL_DEADLINE_MS, MAPPER_KILL_LEASE_MS))
+def test_kill_mapper_daemon_mid_window(c):
+    """The mapper daemon is frozen when the exporter unmaps (so the home is
+    inside its window waiting for it), then killed. The home cannot tell a
+    dead node from a cut-off one that still serves its clients, so it must
+    wait out the lease it granted before returning — and no longer."""
+    n1, n2 = c.node(1), c.node(2)
+    lease = MAPPER_KILL_LEASE_MS  # what the home must wait out (also with leases off)
+    e = Exporter(n1, MiB, 1)
+    m = Mapper(n2, e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "node 2 caches")
+    freeze(n2)
+    start_call(e, "munmap 0 4096")
+    expect(not returned(e), "munmap returned before node 2 could acknowledge it")
+    n2.stop(signal.SIGKILL)
+    r, _, _ = select.select([e.proc.stdout], [], [], 30)
+    expect(r, "munmap did not return")
+    took = ms(e.proc.stdout.readline().strip())
+    limit = bound_ms(MAPPER_KILL_DEADLINE_MS, lease)
+    expect(took < limit, "munmap took %.0f ms; bound %.0f ms" % (took, limit))
+    # The last renewal before the freeze was at most lease/3 earlier, so the
+    # home's count of it (lease * (1 + margin)) ends at least this long
+    # after the munmap began (less the test's own delays).
+    floor = lease * (1 + MARGIN) - lease / 3.0 - 300
+    expect(took >= floor, "munmap took %.0f ms: the home did not wait out node 2's lease "
+           "(want >= %.0f ms)" % (took, floor))
+    expect(m.command("read 4096") == "signal:%d" % SIGBUS, "its daemon died: SIGBUS")
+    m.close()
+    # Restarted, node 2 holds nothing; the home fenced it for the old segment
+    # (that stays), and a new attach works.
+    n2.start()
+    out = n2.tt("map", "--segid", e.segid, "--len", 4096)
+    expect("errno=%d " % errno.EIDRM in out.stdout, "the old segment stays fenced: " + out.stdout)
+    e2 = Exporter(n1, MiB, 2)
+    m2 = map_when_reachable(n2, e2.segid)
+    expect(m2.command("verify 2 0 65536") == "ok", "the restarted node maps a new segment")
+    m2.close()
+    e2.close()
+    e.close()
+
+
+HOME_KILL_DEADLINE_MS = 1500
+
+
+@with_nodes(3, daemon_args=args(HOME_KILL_DEADLINE_MS))
+def test_kill_home_daemon_mid_window(c):
+    """The home daemon is killed inside an exporter's munmap (a frozen node 3
+    holds its window open) and restarted: node 2, which acknowledged, holds
+    pages of a segment whose home is gone. It must revoke them within its
+    lease (at once if the restarted home answers a renewal first: a new
+    incarnation), and map from the restarted home afterwards."""
+    n1, n2, n3 = c.node(1), c.node(2), c.node(3)
+    e = Exporter(n1, MiB, 1)
+    m2 = Mapper(n2, e.segid, length=MiB)
+    m3 = Mapper(n3, e.segid, length=MiB)
+    expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
+    expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
+    freeze(n3)
+    try:
+        start_call(e, "munmap 8192 4096")  # node 2 keeps page 0, outside the range
+        expect(not returned(e), "munmap returned before node 3 could acknowledge it")
+        t_kill = time.time()
+        n1.stop(signal.SIGKILL)
+        r, _, _ = select.select([e.proc.stdout], [], [], 30)
+        expect(r, "munmap did not return after the home died")
+        took = time.time() - t_kill
+        limit = bound_ms(HOME_KILL_DEADLINE_MS, LEASE_MS) / 1000.0
+        expect(took < limit, "munmap returned %.1f s after the kill; bound %.1f s" % (took, limit))
+        n1.start()
+        # node 2 holds page 0 of a segment whose home died: revoked within its lease
+        waited = wait_revoked(n2, timeout=(LEASE_MS * (1 + MARGIN) + 5000) / 1000.0)
+        expect(waited is not None, "node 2 still serves pages of a home that died: %s"
+               % n2.ctl("attachments").stdout)
+        since_kill = time.time() - t_kill
+        limit = (LEASE_MS + SLACK_MS) / 1000.0
+        expect(since_kill < limit, "node 2 revoked %.1f s after the kill; bound %.1f s"
+               % (since_kill, limit))
+        expect(m2.command("read 0") == "signal:%d" % SIGBUS, "node 2: held pages raise SIGBUS")
+    finally:
+        n3.daemon.send_signal(signal.SIGCONT)
+    e.close()
+    e2 = Exporter(n1, MiB, 2)
+    m = map_when_reachable(n2, e2.segid)
+    expect(m.command("verify 2 0 65536") == "ok", "node 2 maps from the restarted home")
+    m.close()
+    m3.close()
+    e2.close()
+
+
+@with_nodes(1)
+def test_start_refuses_leases_the_module_would_cut_short(c):
+    """deadline + lease * (1 + margin) must stay below tether.ko's
+    ack_timeout_ms (at most 60000): tetherd names the flags and exits 2."""
+    n = c.node(1)
+    for bad, says in ((("--invalidate_deadline_ms=2000", "--lease_ms=60000"), "ack_timeout_ms"),
+                      (("--lease_ms=50",), "--lease_ms must be"),
+                      (("--lease_margin_pct=0",), "--lease_margin_pct must be")):
+        r = n.run([c.tetherd, "--node_id=9", "--local_socket=%s.x" % n.sock,
+                   "--admin_socket=%s.y" % n.admin, "--insecure_peers"] + list(bad), timeout=30)
+        expect(r.returncode == 2 and says in r.stderr,
+               "tetherd %s: rc=%s %s" % (" ".join(bad), r.returncode, r.stderr.strip()))
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
