@@ -80,7 +80,9 @@ class SegmentRegistry : public BlockServer {
   // Opens a window over [start, end) (segment offsets): no read or write
   // of the range is served until CloseWindow(). Returns the nodes whose
   // cached marks overlap; the marks are cleared (those nodes drop their
-  // copies, or are fenced).
+  // copies, or are fenced). Also the unfenced nodes that an overlapping
+  // window still open asked: their marks are gone, but they may hold
+  // copies until they answer that window, so this one must ask them too.
   absl::StatusOr<OpenedWindow> OpenWindow(uint64_t segid, uint64_t start, uint64_t end);
   void CloseWindow(uint64_t segid, uint64_t window);
   // Revokes every grant `node` holds on the segment: its later requests
@@ -110,11 +112,15 @@ class SegmentRegistry : public BlockServer {
   struct RecentWindow {
     uint64_t gen, start, end;
   };
+  struct Window {
+    uint64_t start = 0, end = 0;
+    std::vector<uint32_t> nodes;  // asked to drop their copies (OpenWindow's answer)
+  };
   struct Segment {
     uint64_t segid = 0;
     // Invalidation state.
-    uint64_t gen = 0;                                                      // windows opened so far
-    absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> windows;  // open
+    uint64_t gen = 0;                                   // windows opened so far
+    absl::flat_hash_map<uint64_t, Window> windows;      // open
     std::vector<RecentWindow> recent;                   // last kRecentWindows opened
     absl::flat_hash_map<uint32_t, IntervalSet> cached;  // by node
     absl::flat_hash_map<uint32_t, std::string> fenced;  // node -> why

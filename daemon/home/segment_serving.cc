@@ -39,7 +39,7 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
   if (len == 0 || offset >= seg->size || len > seg->size - offset)
     return ErrnoStatus(EINVAL, "request past the end of the segment");
   for (const auto& [id, w] : seg->windows) {
-    if (Overlap(offset, offset + len, w.first, w.second))
+    if (Overlap(offset, offset + len, w.start, w.end))
       return Retry("an invalidation window is open over this range");
   }
   if (!write) seg->cached[peer_node].Add(offset, offset + len);  // before the read (G3)

@@ -44,7 +44,6 @@ absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_
   if (start >= end) return ErrnoStatus(EINVAL, "empty invalidation range");
   OpenedWindow w;
   w.id = next_window_++;
-  seg->windows.emplace(w.id, std::make_pair(start, end));
   ++seg->gen;
   seg->recent.push_back({seg->gen, start, end});
   if (seg->recent.size() > kRecentWindows) seg->recent.erase(seg->recent.begin());
@@ -54,7 +53,20 @@ absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_
       set.Remove(start, end);
     }
   }
+  // An overlapping window still open cleared the marks of the nodes it
+  // asked, which may hold their copies until they answer it (a frozen
+  // node, a slow link): without them this window could end at once and
+  // its change complete while they still read the old contents (G1).
+  // Fenced nodes are left out: the fence's lease wait (or, without
+  // leases, the documented gap of G2) covers what they hold.
+  for (const auto& [id, other] : seg->windows) {
+    if (!Overlap(start, end, other.start, other.end)) continue;
+    for (uint32_t node : other.nodes)
+      if (!seg->fenced.contains(node)) w.nodes.push_back(node);
+  }
   std::sort(w.nodes.begin(), w.nodes.end());
+  w.nodes.erase(std::unique(w.nodes.begin(), w.nodes.end()), w.nodes.end());
+  seg->windows.emplace(w.id, Window{start, end, w.nodes});
   return w;
 }
 

@@ -20,6 +20,15 @@
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
 // no lock is held while waiting.
 //
+// Begin() is three steps, also public for a caller that runs time itself
+// (the protocol simulation, tests/sim/, which must interleave other events
+// with a fan-out on one thread): StartBegin opens the window and sends
+// range_begin; the channel's replies arrive (PendingBegin::answered());
+// FinishBegin, once every node has answered or at the deadline, fences
+// the rest. Begin() is exactly StartBegin, a wait of up to the fan-out's
+// timeout (the ack deadline, or what is left of the caller's budget), and
+// FinishBegin.
+//
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
 // the registry's exit watcher). Begin blocks its caller up to the ack
@@ -31,6 +40,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -61,6 +71,24 @@ struct InvalidationStats {
 
 class InvalidationCoordinator {
  public:
+  // A range_begin fan-out in flight (StartBegin), until FinishBegin. Any
+  // thread; answered() may run concurrently with the channel's replies.
+  class PendingBegin {
+   public:
+    // Every node asked has replied (acked or failed); true when nobody was
+    // asked.
+    bool answered() const;
+    const InvalidationWindow& window() const { return window_; }
+
+   private:
+    friend class InvalidationCoordinator;
+    struct Replies;
+    std::shared_ptr<Replies> replies_;  // null: nobody was asked
+    InvalidationWindow window_;
+    std::string why_;
+    absl::Duration wait_;  // the fan-out's timeout
+  };
+
   // `leases` (null: no leases, fenced nodes are not waited for) must
   // outlive the coordinator; its clock is the one Begin's lease wait reads.
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
@@ -73,6 +101,16 @@ class InvalidationCoordinator {
   absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
                                            const std::string& why,
                                            absl::Time deadline = absl::InfiniteFuture());
+  // Begin's steps (see above). StartBegin's `deadline` is Begin's: the
+  // fan-out's timeout is what is left of it, at most the ack deadline.
+  // FinishBegin takes what has been answered by now: a node still waiting
+  // is fenced, and with leases FinishBegin waits as Begin does (real time,
+  // paced; FenceAndWait) until each fenced node's lease ran out or it
+  // acknowledged the REVOKE.
+  absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
+                                          const std::string& why,
+                                          absl::Time deadline = absl::InfiniteFuture());
+  InvalidationWindow FinishBegin(PendingBegin pending);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.

@@ -40,6 +40,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/page.h"
@@ -100,6 +101,10 @@ struct Attachment {
   uint64_t wb_epoch ABSL_GUARDED_BY(mu) = 0;
   // Dirty pages a window took away, written back after it (page -> bytes).
   absl::btree_map<uint64_t, std::string> kept_aside ABSL_GUARDED_BY(mu);
+  // Kept-aside pages that a window's end is writing back now: out of
+  // kept_aside, not yet at the home or put back. Sync waits for them as
+  // for kept_aside, so that it never returns OK before they land.
+  absl::btree_set<uint64_t> kept_writing ABSL_GUARDED_BY(mu);
   // Dirty pages discarded because their address went away (reported by
   // the next sync).
   uint64_t lost_pages ABSL_GUARDED_BY(mu) = 0;

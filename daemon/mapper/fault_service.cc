@@ -12,10 +12,11 @@
 
 namespace tether {
 
-FaultService::FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus)
+FaultService::FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus, Clock* clock)
     : data_(data),
       budget_pages_(std::max<uint64_t>(budget_bytes / kPageSize, 4 * kMaxAheadPages)),
-      sigbus_(std::move(sigbus)) {}
+      sigbus_(std::move(sigbus)),
+      clock_(clock) {}
 
 FaultService::~FaultService() {
   Stop();

@@ -61,7 +61,7 @@
 //   ever held at once. An attachment's lock is held across its uffd ioctls
 //   and memfd calls (so that a window cannot open between a check and a
 //   copy), never across the network or a callback. The rest: set at
-//   construction (data_, budget_pages_, sigbus_), atomic (resident_pages_,
+//   construction (data_, budget_pages_, sigbus_, clock_), atomic (resident_pages_,
 //   stopping_, the thread roles), thread-safe itself (faults_), or touched
 //   by Start and Stop only (the std::threads).
 #ifndef TETHER_DAEMON_MAPPER_FAULT_SERVICE_H_
@@ -80,6 +80,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/clock.h"
 #include "daemon/common/page.h"
 #include "daemon/common/thread_role.h"
 #include "daemon/common/wakeable_epoll.h"
@@ -96,7 +97,9 @@ class FaultService {
   using SigbusSink =
       std::function<void(const Attachment&, uint64_t offset, uint64_t len, const std::string& why)>;
 
-  FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus);
+  // `clock` (tests pass a FakeClock) times Sync's wait for windows.
+  FaultService(DataPath* data, uint64_t budget_bytes, SigbusSink sigbus,
+               Clock* clock = Clock::Real());
   ~FaultService();
 
   absl::Status Start();
@@ -108,6 +111,8 @@ class FaultService {
   void Remove(const std::shared_ptr<Attachment>& att);
 
   // Writes back dirty pages in [offset, offset+len) of the attachment.
+  // Pages a window kept aside are written back by its end: Sync waits for
+  // that up to 10 s, then says EAGAIN (they are not at the home yet).
   absl::Status Sync(Attachment& att, uint64_t offset, uint64_t len);
   // Drops clean copies in the range, so the next access refetches.
   absl::Status Acquire(Attachment& att, uint64_t offset, uint64_t len);
@@ -185,6 +190,7 @@ class FaultService {
   DataPath* const data_;
   const uint64_t budget_pages_;
   const SigbusSink sigbus_;
+  Clock* const clock_;
 
   std::atomic<uint64_t> resident_pages_{0};
   std::atomic<bool> stopping_{false};

@@ -102,6 +102,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
         ++k;
         continue;
       } else {
+        att.kept_writing.insert(k->first);  // a sync waits for it (fault_writeback.cc)
         writeback.emplace_back(k->first, std::move(k->second));
       }
       k = att.kept_aside.erase(k);
@@ -123,6 +124,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   }
   uint64_t redirtied = 0;
   absl::MutexLock lock(&att.mu);
+  for (const auto& [p, bytes] : writeback) att.kept_writing.erase(p);  // settled below
   for (auto& [p, bytes] : failed) {
     // Not at the home. Refetching the page from there would hide the
     // client's writes from it, and writing this copy later would land it

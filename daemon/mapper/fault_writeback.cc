@@ -28,7 +28,8 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
   uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
   uint64_t base = att.vaddr.load();
   absl::Status lost;
-  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::Status still_kept;  // EAGAIN: a window held kept-aside writes past the budget
+  absl::Time deadline = clock_->Now() + absl::Seconds(10);
   // Rounds: a round whose write-back a newer copy superseded (a store or a
   // window took a page while the home kept refusing) runs again, bounded,
   // and writes the newest contents.
@@ -39,16 +40,28 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
       absl::MutexLock lock(&att.mu);
       // Writes kept aside by an open window are written back (or found
       // lost, or put back dirty) when it ends: wait for that, bounded, so
-      // that sync reports them.
+      // that sync reports them — until the window's end has settled them,
+      // not only taken them out of kept_aside to write them back.
       auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+        if (att.windows.empty()) return false;
         auto k = att.kept_aside.lower_bound(p0);
-        return !att.windows.empty() && k != att.kept_aside.end() && k->first < p1;
+        if (k != att.kept_aside.end() && k->first < p1) return true;
+        auto w = att.kept_writing.lower_bound(p0);
+        return w != att.kept_writing.end() && *w < p1;
       };
-      while (kept_in_window() && absl::Now() < deadline) {
+      while (kept_in_window() && clock_->Now() < deadline) {
         att.mu.Unlock();
+        // Held here (tests), no lock held: waiting for a window's end.
+        TETHER_FAULT_POINT("fault_service.sync.wait_kept_aside");
         absl::SleepFor(absl::Milliseconds(1));
         att.mu.Lock();
       }
+      // Still kept aside: not at the home, so this sync cannot say OK
+      // (docs/consistency.md, EAGAIN). The window's end writes them back.
+      if (kept_in_window() && still_kept.ok())
+        still_kept = ErrnoStatus(EAGAIN,
+                                 "writes kept aside by an invalidation window open for more than "
+                                 "10 s are not at the home yet; written back when it ends");
       if (att.revoked) {
         std::string msg = "attachment revoked (" + att.revoke_reason + ")";
         if (att.lost_pages > 0)
@@ -84,10 +97,11 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     }
     bool superseded = false;
     absl::Status result = WriteBackRuns(att, runs, epoch, &superseded);
-    if (superseded && result.ok() && absl::Now() < deadline) continue;
+    if (superseded && result.ok() && clock_->Now() < deadline) continue;
     if (superseded && result.ok())
       result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
-    return lost.ok() ? result : lost;
+    if (!lost.ok()) return lost;
+    return result.ok() ? still_kept : result;
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
@@ -139,9 +140,10 @@ class MapperWindowsTest : public ::testing::Test {
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
+  FakeClock clock_;  // Sync's 10 s budget passes when a test says so
   FaultService faults_{
       &data_, 64 << 20,
-      [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }};
+      [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }, &clock_};
   std::shared_ptr<Attachment> att_;
   uint8_t* map_ = nullptr;
 };
@@ -431,6 +433,67 @@ TEST_F(MapperWindowsTest, RangeEndReturnsWhileItsWriteBackIsBlocked) {
   inval.Stop();  // drains: every queued range_end is written back
   EXPECT_EQ(HomeByte(4 * kPage), 9) << "the kept-aside write was lost";
   EXPECT_EQ(map_[4 * kPage], 9);
+}
+
+// Found by the protocol simulation (tests/sim/README.md, seed 6 before the
+// fix): range_end takes a kept-aside page out of kept_aside, then writes
+// it back. A sync that looked in between saw nothing kept aside and
+// returned OK while the page was still on its way to the home (or about
+// to fail and be put back dirty). It must wait until the window's end has
+// settled the page.
+TEST_F(MapperWindowsTest, ASyncWaitsForAWindowsEndStillWritingBack) {
+  const char* kBeforeRetry = "fault_service.writeback.before_retry";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;                       // dirty
+  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside
+  // range_end's write-back is refused once (a window at the home) and held
+  // before its retry: out of kept_aside, not yet at the home.
+  SetHome(&FakeHome::refuse_writes, true);
+  FaultPoints::Arm(kBeforeRetry);
+  absl::Status end_st;
+  std::thread end([&] { end_st = faults_.EndWindow(*att_, 5, {}); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeRetry, absl::Seconds(10)));
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status sync_st;
+  uint8_t home_at_return = 0;
+  std::thread sync([&] {
+    sync_st = faults_.Sync(*att_, 0, att_->size);
+    home_at_return = HomeByte(4 * kPage);
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  SetHome(&FakeHome::refuse_writes, false);
+  FaultPoints::Release(kBeforeRetry);
+  FaultPoints::Release(kSyncWaits);
+  end.join();
+  sync.join();
+  EXPECT_TRUE(waited) << "the sync did not wait for the window's end";
+  EXPECT_TRUE(end_st.ok()) << end_st;
+  EXPECT_TRUE(sync_st.ok()) << sync_st;
+  EXPECT_EQ(home_at_return, 9) << "sync returned OK before the kept-aside write reached the home";
+}
+
+// Found by the protocol simulation (tests/sim/README.md, seed 267 before
+// the fix): a window held open longer than Sync's 10 s budget (an
+// exporter's own bracket) keeps a dirty page aside. The sync waited 10 s
+// and then said OK, though that write was not at the home. It says EAGAIN
+// (docs/consistency.md); the window's end writes the page back.
+TEST_F(MapperWindowsTest, ASyncOutlivedByAWindowSaysEagainNotOk) {
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;                       // dirty
+  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside; the window stays open
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status sync_st;
+  std::thread sync([&] { sync_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(10)));
+  clock_.Advance(absl::Seconds(11));  // the sync's budget passes
+  FaultPoints::Release(kSyncWaits);
+  sync.join();
+  EXPECT_EQ(ToErrno(sync_st), EAGAIN)
+      << "sync said " << sync_st << " while a write it covers is kept aside, not at the home";
+  EXPECT_EQ(HomeByte(4 * kPage), 1);
+  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9);
+  EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
 }
 
 TEST_F(MapperWindowsTest, RevokeDropsEverything) {

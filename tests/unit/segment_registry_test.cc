@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -254,7 +255,16 @@ TEST_F(RegistryTest, ExporterExitIsNoticed) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(ToErrno(st), ESRCH) << st;
-  EXPECT_EQ(reg_.List()[0].state, "exporter exited");
+  // A read of a dead process fails with ESRCH by itself
+  // (process_vm_readv), possibly before the exit watcher's pidfd wake-up
+  // marked the segment: wait (bounded) for that too.
+  std::string state;
+  for (int i = 0; i < 200; ++i) {
+    state = reg_.List()[0].state;
+    if (state == "exporter exited") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(state, "exporter exited");
 }
 
 }  // namespace
