@@ -96,7 +96,10 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
 
 InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
   InvalidationWindow w = std::move(pending.window_);
-  if (!pending.replies_) return w;
+  if (!pending.replies_) {
+    if (leases_) WaitOutFences(w.segid);
+    return w;
+  }
   {
     PendingBegin::Replies& r = *pending.replies_;
     absl::MutexLock lock(&r.mu);
@@ -105,70 +108,86 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
     w.fenced = r.acks.failed();
   }
   if (!w.fenced.empty()) FenceAndWait(w.segid, w.fenced, pending.why_, pending.wait_);
+  if (leases_) WaitOutFences(w.segid);
   return w;
 }
 
 void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes,
                                            const std::string& why, absl::Duration ack_wait) {
-  struct Revokes {
-    absl::Mutex mu;
-    absl::flat_hash_set<uint32_t> unacked ABSL_GUARDED_BY(mu);
-  };
-  auto revokes = std::make_shared<Revokes>();
-  absl::flat_hash_map<uint32_t, absl::Time> expires;
-  {
-    absl::MutexLock lock(&revokes->mu);
-    revokes->unacked.insert(nodes.begin(), nodes.end());
-  }
   for (uint32_t node : nodes) {
     std::string reason = absl::StrFormat(
         "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
         absl::ToInt64Milliseconds(ack_wait), why);
     registry_->FenceNode(segid, node, reason);
-    // Read after the fence: a renewal granted from now on carries it
-    // (lease_table.h), so only the lease held now can outlive it.
-    if (leases_) expires[node] = leases_->ExpiresAt(node);
+    std::shared_ptr<FenceHold> hold;
+    if (leases_) {
+      // Read after the fence: a renewal granted from now on carries it
+      // (lease_table.h), so only the lease held now can outlive it.
+      hold = std::make_shared<FenceHold>();
+      hold->expires = leases_->ExpiresAt(node);
+      absl::MutexLock lock(&holds_->mu);
+      holds_->by_segid[segid].push_back(hold);
+    }
     stats_.fenced++;
     InvalidationNotice r;
     r.kind = InvalidationNotice::Kind::kRevoke;
     r.segid = segid;
     r.home_node = home_node_;
     r.reason = "fenced: " + reason;
-    channel_->Send(node, r, kRevokeTimeout, [revokes, node](absl::Status st) {
-      if (!st.ok()) return;
-      absl::MutexLock lock(&revokes->mu);
-      revokes->unacked.erase(node);
+    // The ack may come minutes later (kRevokeTimeout): shared state, not
+    // `this`.
+    channel_->Send(node, r, kRevokeTimeout, [holds = holds_, hold](absl::Status st) {
+      if (!st.ok() || !hold) return;
+      absl::MutexLock lock(&holds->mu);
+      hold->revoke_acked = true;
+      ++holds->revoke_acks;
     });
   }
-  if (!leases_) return;
-  // Wait until every fenced node acknowledged the REVOKE or its lease ran
-  // out. Time is read from the lease table's clock after every wake-up;
-  // the timed wait only paces the loop (a FakeClock moves in steps).
+}
+
+void InvalidationCoordinator::WaitOutFences(uint64_t segid) {
+  // Wait until every node fenced for this segment — by this Begin or by an
+  // overlapping one still waiting — acknowledged its REVOKE or its lease
+  // as of the fence ran out. Not only this Begin's own: fencing dropped
+  // the node's cached marks, so a change of another range the node still
+  // holds asks nobody, and must not return before that node stops serving
+  // it. Time is read from the lease table's clock after every wake-up; the
+  // timed wait only paces the loop (a FakeClock moves in steps).
+  FenceHolds& h = *holds_;
   bool waited = false;
   for (;;) {
     absl::Time now = leases_->clock()->Now();
     absl::Time until = absl::InfinitePast();
-    size_t unacked;
+    uint64_t acks;
     {
-      absl::MutexLock lock(&revokes->mu);
-      for (uint32_t node : revokes->unacked) until = std::max(until, expires[node]);
-      unacked = revokes->unacked.size();
+      absl::MutexLock lock(&h.mu);
+      auto it = h.by_segid.find(segid);
+      if (it != h.by_segid.end()) {
+        auto& v = it->second;
+        v.erase(std::remove_if(v.begin(), v.end(),
+                               [now](const std::shared_ptr<FenceHold>& f) {
+                                 return f->revoke_acked || f->expires <= now;
+                               }),
+                v.end());
+        for (const auto& f : v) until = std::max(until, f->expires);
+        if (v.empty()) h.by_segid.erase(it);
+      }
+      acks = h.revoke_acks;
     }
     if (until <= now) break;
     waited = true;
     // Held here (tests) with no lock held: Begin has read the clock and
     // decided that a fenced node's lease still runs.
     TETHER_FAULT_POINT("invalidation.fence.lease_wait");
-    struct Fewer {
-      const absl::flat_hash_set<uint32_t>* unacked;
-      size_t before;
+    struct More {
+      const uint64_t* acks;
+      uint64_t before;
     };
-    absl::MutexLock lock(&revokes->mu);
-    Fewer fewer{&revokes->unacked, unacked};
-    revokes->mu.AwaitWithTimeout(
-        absl::Condition(
-            +[](Fewer* f) { return f->unacked->size() < f->before; }, &fewer),
-        std::min(until - now, absl::Milliseconds(10)));
+    absl::MutexLock lock(&h.mu);
+    More more{&h.revoke_acks, acks};
+    h.mu.AwaitWithTimeout(absl::Condition(
+                              +[](More* m) { return *m->acks != m->before; }, &more),
+                          std::min(until - now, absl::Milliseconds(10)));
   }
   if (waited) {
     stats_.lease_waits++;

@@ -44,7 +44,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/lease_table.h"
@@ -127,14 +130,32 @@ class InvalidationCoordinator {
   const uint32_t home_node_;
   SegmentRegistry* const registry_;
   InvalidationChannel* const channel_;
-  // Fences `nodes` for the segment, sends them REVOKE, and waits until each
-  // acked it or its lease ran out.
+  // Fences `nodes` for the segment and sends them REVOKE; with leases,
+  // records until when each may still serve the segment (its lease as of
+  // the fence, unless it acknowledges the REVOKE first).
   void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& why,
                     absl::Duration ack_wait);
+  // With leases: waits until no node fenced for `segid` may still serve it
+  // (every Begin on the segment, not only the one that fenced: see .cc).
+  void WaitOutFences(uint64_t segid);
 
   const absl::Duration ack_deadline_;
   const HomeLeaseTable* const leases_;
   InvalidationStats stats_;
+
+  // A fenced node that may still serve a segment until `expires`.
+  struct FenceHold {
+    absl::Time expires;
+    bool revoke_acked = false;  // guarded by FenceHolds::mu
+  };
+  // Shared with REVOKE callbacks, which may outlive the coordinator.
+  struct FenceHolds {
+    absl::Mutex mu;
+    absl::flat_hash_map<uint64_t, std::vector<std::shared_ptr<FenceHold>>> by_segid
+        ABSL_GUARDED_BY(mu);
+    uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes the waits
+  };
+  const std::shared_ptr<FenceHolds> holds_ = std::make_shared<FenceHolds>();
 };
 
 }  // namespace tether
