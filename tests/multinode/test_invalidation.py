@@ -5,6 +5,7 @@ namespaces, real exporter and mapper processes calling munmap, madvise,
 mmap(MAP_FIXED), mremap."""
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
