@@ -141,38 +141,31 @@ def handle(reply):
 FENCE_DEADLINE_MS = 1500
 
 
-# Leases off: this test is about the home's own refusal, and a node whose
-# lease ran out while it was frozen would revoke itself (and stop its
-# write-back) before the home is asked; test_leases.py covers leases.
+# Leases off: a node whose lease ran out while it was frozen would revoke
+# itself, and this test is about the home's fence; test_leases.py covers
+# leases (and, with a cut link, the home's refusal of a fenced node's
+# write-back: test_home_refuses_a_fenced_nodes_write_back).
 @with_nodes(3, daemon_args=("--invalidate_deadline_ms=%d" % FENCE_DEADLINE_MS, "--lease_ms=0"))
 def test_fencing_a_frozen_mapper(c):
-    """G2: a node that misses the deadline is fenced, and the home itself
-    refuses its write-backs. Node 2's write-back is made to reach the home
-    after the home fenced it and before node 2 handled its REVOKE, so the
-    home's check is the only thing between it and the exporter:
+    """G2: a node that misses the deadline is fenced. Node 2, frozen with
+    SIGSTOP, cannot acknowledge a window over a page it caches: the
+    exporter's call returns once the deadline has passed (not before, not
+    much later), node 3, which acknowledged, keeps working, and node 2,
+    resumed, processes its REVOKE: held pages raise SIGBUS, its sync
+    reports the write it had not synced as discarded (EIDRM), that write
+    never reaches the exporter, and new requests get EIDRM.
 
-      W1 over page 8 (bracket): node 2 keeps its dirty page 8 aside; the
-        home clears node 2's cached mark on it
-      W2 over page 8: nobody's mark overlaps, so no node is asked; the home
-        refuses writes of page 8 ("retry") while it is open
-      end W1: node 2 writes page 8 back, the home answers "retry", node 2
-        retries (up to 10 s); its sync returning proves the page is out of
-        the kept-aside set, i.e. in that write-back
-      SIGSTOP node 2; W3 over page 0: node 2 misses the deadline: fenced
-      end W2, SIGCONT node 2: its next attempt reaches the home, whatever
-        node 2 does with its REVOKE meanwhile, and must be refused (EIDRM,
-        "revoked for node 2"), never written over the exporter's page."""
+    Whether the home itself refuses a write-back that reaches it after the
+    fence (before node 2 handled its REVOKE) is not shown here: a frozen
+    node sends nothing. That needs a write-back held in flight, which a cut
+    link does (test_leases.py); this test also runs with node 2 in another
+    VM (tests/vm/README.md, the pair stage), where no link is cut."""
     e = Exporter(c.node(1), MiB, 1)
     m2 = Mapper(c.node(2), e.segid, length=MiB)
     m3 = Mapper(c.node(3), e.segid, length=MiB)
     expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
     expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
     expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties page 8")
-    h1 = handle(e.command("invbegin 32768 4096"))
-    h2 = handle(e.command("invbegin 32768 4096"))
-    expect(e.command("invend %d" % h1) == "ok", "end W1")
-    r = m2.command("sync")
-    expect(r == "ok", "node 2's sync (page 8 is in the window's write-back): " + r)
     c.node(2).daemon.send_signal(signal.SIGSTOP)
     try:
         r = e.command("invbegin 0 4096")
@@ -180,30 +173,15 @@ def test_fencing_a_frozen_mapper(c):
         expect(took < FENCE_DEADLINE_MS + 1000,
                "invalidate_begin took %.0f ms with a %d ms deadline" % (took, FENCE_DEADLINE_MS))
         expect(took >= FENCE_DEADLINE_MS * 0.9,
-               "invalidate_begin took %.0f ms: it should have waited for node 2 (fenced "
-               "before, by a window it was too slow for?)" % took)
-        h3 = handle(r)
-        expect(e.command("invend %d" % h2) == "ok", "end W2")
-        expect(e.command("invend %d" % h3) == "ok", "end W3")
+               "invalidate_begin took %.0f ms: it should have waited for node 2" % took)
+        expect(e.command("invend %d" % handle(r)) == "ok", "end the window")
         # node 3 acked in time and is unaffected
         r = m3.command("verify 1 4096 4096")
         expect(r == "ok", "node 3 keeps working: " + r)
         r = m3.command("verify 1 0 65536")
-        expect(r == "ok", "node 3 refetches what the windows took: " + r)
+        expect(r == "ok", "node 3 refetches what the window took: " + r)
     finally:
         c.node(2).daemon.send_signal(signal.SIGCONT)
-    # The refusal: node 2 logs its window write-back failing with the
-    # home's errno (the data wire carries the errno, not the message).
-    refused = re.compile("write-back of kept-aside page 8 after a window: .*node 1 refused the "
-                         "request: " + os.strerror(errno.EIDRM))
-    deadline = time.time() + 10
-    log = ""
-    while time.time() < deadline and not refused.search(log):
-        with open(c.node(2).log) as f:
-            log = f.read()
-        time.sleep(0.05)
-    expect(refused.search(log), "node 2's write-back of page 8 was not refused as fenced")
-    expect(e.verify(1, 32768, 4096) == "ok", "a fenced node's write-back reached the exporter")
     # Once resumed, node 2 processes the revocation: held pages raise
     # SIGBUS, and its sync reports the discarded page.
     deadline = time.time() + 10

@@ -10,7 +10,9 @@ the exporter's call returned, no client of that node reads what the address
 held before — it gets SIGBUS — and the call returns within the ack deadline
 plus the lease (plus the margin). Run with TETHER_TEST_LEASE_MS=0 (leases
 off) to see them fail: the cut-off or orphaned mapper's clients read the
-old contents."""
+old contents. One test is about the home, not leases, and runs with them
+off: test_home_refuses_a_fenced_nodes_write_back (G2, the home's own
+refusal of a write-back sent into a cut link before the fence)."""
 import errno
 import os
 import select
@@ -152,6 +154,77 @@ def test_partitioned_mapper_revokes_itself(c):
     expect("revoked" not in atts, "node 2's new attachment was revoked: " + atts)
     m.close()
     e2.close()
+    e.close()
+
+
+def unsent_to(node, peer, at_least):
+    """Whether a TCP connection of `node` to `peer` holds `at_least` bytes
+    its peer has not acknowledged (ss's Send-Q): data sent into a cut link."""
+    out = sh("ip", "netns", "exec", node.ns, "ss", "-tnH", "dst", peer.ip).stdout
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 3 and cols[2].isdigit() and int(cols[2]) >= at_least:
+            return True
+    return False
+
+
+REFUSAL_DEADLINE_MS = 500
+
+
+# Leases off: node 2 must not revoke itself (and give up its write-back)
+# while cut off; the home's fence is then the only thing in the way.
+@with_nodes(2, daemon_args=args(REFUSAL_DEADLINE_MS, lease_ms=0))
+def test_home_refuses_a_fenced_nodes_write_back(c):
+    """G2, issue 14 defect 15: the home itself refuses a write-back from a
+    node it fenced. Node 2's write-back of page 8 is sent into a cut link
+    (it waits, unacknowledged, in node 2's TCP send queue); the exporter
+    opens a window over page 0, which node 2 caches and cannot acknowledge,
+    so the home fences node 2 at the deadline; the link heals and TCP
+    delivers the write-back after the fence, before node 2 could have
+    handled its REVOKE (which needs the link too, and cannot recall bytes
+    already sent). Only the home's fence check stands between it and the
+    exporter's memory: it must answer EIDRM, node 2's sync must report it,
+    and page 8 must keep the exporter's contents. Remove the check
+    (SegmentRegistry::Resolve's fenced test, or make FenceNode a no-op) and
+    this test fails: the sync says ok and page 8 holds node 2's write."""
+    if c.flat:
+        print("INFO: no network namespaces (TETHER_CLUSTER_NET=%s): refusal test not run"
+              % os.environ.get("TETHER_CLUSTER_NET"))
+        return
+    n1, n2 = c.node(1), c.node(2)
+    e = Exporter(n1, MiB, 1)
+    m = Mapper(n2, e.segid, length=MiB)
+    expect(m.command("verify 1 0 65536") == "ok", "node 2 caches")
+    expect(m.command("write 9 32768 4096") == "ok", "node 2 dirties page 8")
+    link(n2, up=False)
+    try:
+        start_call(m, "sync")  # answered once the home answers the write-back
+        deadline = time.time() + 10
+        while time.time() < deadline and not unsent_to(n2, n1, 4096):
+            time.sleep(0.02)
+        expect(unsent_to(n2, n1, 4096),
+               "node 2's write-back of page 8 is not waiting in its TCP send queue: %s"
+               % sh("ip", "netns", "exec", n2.ns, "ss", "-tn").stdout)
+        r = e.command("invbegin 0 4096")
+        expect(r.startswith("ok ") and "handle=" in r, "tether_invalidate_begin: " + r)
+        took = float(r.split()[1])
+        expect(took >= REFUSAL_DEADLINE_MS * 0.9,
+               "invalidate_begin took %.0f ms: it should have waited for node 2" % took)
+        expect(e.command("invend %s" % r.split("handle=")[1]) == "ok", "end the window")
+        with open(n1.log) as f:
+            fenced = "segment %#x: node 2 fenced" % e.segid in f.read()
+        expect(fenced, "the home did not fence node 2 at the deadline")
+        expect(not returned(m), "node 2's sync returned while its link was cut")
+    finally:
+        link(n2, up=True)
+    r, _, _ = select.select([m.proc.stdout], [], [], 30)
+    expect(r, "node 2's sync did not return after the link healed")
+    r = m.proc.stdout.readline().strip()
+    expect(r.startswith("error: errno=%d " % errno.EIDRM) and "refused" in r,
+           "the home must refuse a fenced node's write-back (EIDRM), and sync report it: " + r)
+    expect(e.verify(1, 32768, 4096) == "ok",
+           "a fenced node's write-back reached the exporter's memory")
+    m.close()
     e.close()
 
 
