@@ -2,6 +2,8 @@
 a fresh cluster, prints PASS/FAIL lines and a closing 'N passed, N failed'
 line, and exits non-zero on any failure. Select tests with -k SUBSTRING."""
 import argparse
+import os
+import signal
 import sys
 import time
 import traceback
@@ -16,6 +18,28 @@ class Failure(Exception):
 def expect(cond, msg):
     if not cond:
         raise Failure(msg)
+
+
+def freeze(node):
+    """SIGSTOP a node's tetherd and wait until every thread of it has
+    stopped: kill(2) returns before a busy process's threads do, and a
+    thread still running could answer the very next request. Local daemons
+    only (it reads /proc)."""
+    pid = node.daemon.pid
+    node.daemon.send_signal(signal.SIGSTOP)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass  # a thread that exited
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.01)
+    raise Failure("tetherd %d did not stop on SIGSTOP" % node.id)
 
 
 def run(tests, default_nodes=3):

@@ -15,13 +15,12 @@ Runs on the host tier, without tether.ko: the exporter's mprotect is not
 seen by the user-space notifier, which is what lets the EACCES write-back
 case below happen."""
 import errno
-import os
 import re
 import signal
 import time
 
 from cluster import Exporter, InteractiveClient
-from harness import Failure, expect, run, with_nodes
+from harness import Failure, expect, freeze, run, with_nodes
 
 MiB = 1 << 20
 NOBODY = 65534
@@ -92,27 +91,6 @@ def wait_revoked(node, why, timeout=10):
             return
         time.sleep(0.05)
     raise Failure("node %d did not revoke its attachment (%s): %s" % (node.id, why, r.stdout))
-
-
-def freeze(node):
-    """SIGSTOP a node's tetherd and wait until every thread of it has
-    stopped: kill(2) returns before a busy process's threads do, and a
-    thread still running could answer the very next request."""
-    pid = node.daemon.pid
-    node.daemon.send_signal(signal.SIGSTOP)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        states = []
-        for tid in os.listdir("/proc/%d/task" % pid):
-            try:
-                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
-                    states.append(f.read().rsplit(")", 1)[1].split()[0])
-            except OSError:
-                pass  # a thread that exited
-        if states and all(s in ("T", "t") for s in states):
-            return
-        time.sleep(0.01)
-    raise Failure("tetherd %d did not stop on SIGSTOP" % node.id)
 
 
 def thaw(node):

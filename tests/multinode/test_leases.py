@@ -17,11 +17,10 @@ import errno
 import os
 import select
 import signal
-import sys
 import time
 
 from cluster import Exporter, Mapper, sh
-from harness import Failure, expect, run, with_nodes
+from harness import Failure, expect, freeze, run, with_nodes
 
 SIGBUS = 7
 MiB = 1 << 20
@@ -55,25 +54,6 @@ def start_call(e, line):
 def returned(e, timeout=0.0):
     r, _, _ = select.select([e.proc.stdout], [], [], timeout)
     return bool(r)
-
-
-def freeze(node):
-    """SIGSTOP a tetherd and wait until every thread of it has stopped."""
-    pid = node.daemon.pid
-    node.daemon.send_signal(signal.SIGSTOP)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        states = []
-        for tid in os.listdir("/proc/%d/task" % pid):
-            try:
-                with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
-                    states.append(f.read().rsplit(")", 1)[1].split()[0])
-            except OSError:
-                pass
-        if states and all(s in ("T", "t") for s in states):
-            return
-        time.sleep(0.01)
-    raise Failure("tetherd %d did not stop on SIGSTOP" % node.id)
 
 
 def link(node, up):
