@@ -53,6 +53,19 @@ struct PeerDirectory::Impl {
   mutable absl::Mutex mu;
   absl::flat_hash_map<uint32_t, std::unique_ptr<Peer>> peers ABSL_GUARDED_BY(mu);
 
+  // Async calls in flight, so that Shutdown() can cancel them and wait.
+  // Track() refuses (false) once shutting down; the callback Untrack()s.
+  bool Track(grpc::ClientContext* ctx) {
+    absl::MutexLock lock(&calls_mu);
+    if (shut_down) return false;
+    calls.insert(ctx);
+    return true;
+  }
+  void Untrack(grpc::ClientContext* ctx) {
+    absl::MutexLock lock(&calls_mu);
+    calls.erase(ctx);
+  }
+
   void SetDeadline(grpc::ClientContext* ctx) const {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(rpc_timeout_ms));
   }
@@ -316,21 +329,16 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n, absl:
   call->ctx.set_wait_for_ready(true);
   ToProto(n, &call->req);
   call->done = std::move(done);
-  {
-    absl::MutexLock lock(&impl_->calls_mu);
-    if (impl_->shut_down) {
-      std::move(call->done)(absl::UnavailableError("daemon shutting down"));
-      delete call;
-      return;
-    }
-    impl_->calls.insert(&call->ctx);
+  if (!impl_->Track(&call->ctx)) {
+    std::move(call->done)(absl::UnavailableError("daemon shutting down"));
+    delete call;
+    return;
   }
   Impl* impl = impl_.get();
   (*stub)->async()->Invalidate(
       &call->ctx, &call->req, &call->resp, [call, node, impl](grpc::Status st) {
         std::move(call->done)(FromGrpc(st, absl::StrCat("invalidate at node ", node)));
-        absl::MutexLock lock(&impl->calls_mu);
-        impl->calls.erase(&call->ctx);
+        impl->Untrack(&call->ctx);
         delete call;
       });
 }
@@ -354,14 +362,10 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
   // the lease keeper's expiry does not depend on this call returning.
   call->req.set_mapper_node(impl_->local_node);
   call->done = std::move(done);
-  {
-    absl::MutexLock lock(&impl_->calls_mu);
-    if (impl_->shut_down) {
-      std::move(call->done)(absl::UnavailableError("daemon shutting down"));
-      delete call;
-      return;
-    }
-    impl_->calls.insert(&call->ctx);
+  if (!impl_->Track(&call->ctx)) {
+    std::move(call->done)(absl::UnavailableError("daemon shutting down"));
+    delete call;
+    return;
   }
   Impl* impl = impl_.get();
   (*stub)->async()->Renew(&call->ctx, &call->req, &call->resp, [call, home, impl](grpc::Status st) {
@@ -374,8 +378,7 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
     } else {
       std::move(call->done)(FromGrpc(st, absl::StrCat("renew the lease at node ", home)));
     }
-    absl::MutexLock lock(&impl->calls_mu);
-    impl->calls.erase(&call->ctx);
+    impl->Untrack(&call->ctx);
     delete call;
   });
 }
