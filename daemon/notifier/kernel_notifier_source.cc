@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/errors.h"
@@ -76,16 +75,9 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
     close(fd);
     return ErrnoStatus(err, "eventfd");
   }
-  // The module gives up waiting after ack_timeout_ms; our acks come after the
-  // coordinator's deadline, so that must be shorter or fencing is moot.
-  std::ifstream p("/sys/module/tether/parameters/ack_timeout_ms");
-  int64_t ack_timeout_ms = -1;
-  if (p >> ack_timeout_ms && ack_timeout_ms > 0 &&
-      absl::Milliseconds(ack_timeout_ms) <= coordinator->ack_deadline())
-    TLOG_WARN(
-        "tether.ko ack_timeout_ms=%d is not above the invalidation deadline (%d ms): the "
-        "kernel may go on before late mappers are fenced",
-        ack_timeout_ms, absl::ToInt64Milliseconds(coordinator->ack_deadline()));
+  // The deadline (plus a fenced node's lease) against the module's
+  // ack_timeout_ms is checked once, at start-up (main.cc), which refuses a
+  // configuration the module would cut short.
   return std::unique_ptr<KernelNotifierSource>(
       new KernelNotifierSource(registry, coordinator, fd, stop_fd));
 }
