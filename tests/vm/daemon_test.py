@@ -423,17 +423,30 @@ def _oom_test(c, stall_home):
                "the mapper's held page must raise SIGBUS after the OOM kill: " + got)
         for n in c.nodes:
             expect(n.daemon.poll() is None, "daemon %d died" % n.id)
-        with open(c.node(1).log) as f:
-            log = f.read()
+
+        def non_blockable_begins(log):  # BEGINs without TETHER_EVF_BLOCKABLE
+            return [m for m in re.finditer(r"tether\.ko event \d+: kind 1 type \d+ flags (\S+) ",
+                                           log) if int(m.group(1), 0) & 1 == 0]
+
+        # The home reads the queued events once it runs again, in queue
+        # order: the RELEASE (which already revoked: the SIGBUS above) may be
+        # handled before the reaper's BEGIN is logged, so wait (bounded) for
+        # that line rather than reading the log once.
+        deadline = time.time() + 10
+        while True:
+            with open(c.node(1).log) as f:
+                log = f.read()
+            if not stall_home or non_blockable_begins(log) or time.time() >= deadline:
+                break
+            time.sleep(0.1)
         # Which path revoked first is a race (exit_mmap's RELEASE or the OOM
         # reaper's non-blockable BEGIN): told, not required.
         print("INFO oom%s: home saw a non-blockable BEGIN (OOM reaper): %s" %
               (" (home stalled)" if stall_home else "",
                "yes" if "(OOM reaper)" in log else "no (none, or read after the RELEASE)"))
         if stall_home:
-            nb = [m for m in re.finditer(r"tether\.ko event \d+: kind 1 type \d+ flags (\S+) ", log)
-                  if int(m.group(1), 0) & 1 == 0]  # BEGIN without TETHER_EVF_BLOCKABLE
-            expect(nb, "the home read no non-blockable BEGIN (OOM reaper): " + log[-1500:])
+            expect(non_blockable_begins(log),
+                   "the home read no non-blockable BEGIN (OOM reaper): " + log[-1500:])
         # The daemons still serve: a fresh export is mapped and read.
         e2 = Exporter(c.node(1), MiB, 3)
         m2 = Mapper(c.node(2), e2.segid, length=MiB)
