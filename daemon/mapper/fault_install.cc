@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
@@ -153,6 +154,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     FetchFailed(att, first, n, buf, st);
     return;
   }
+  CountBytes(Counters().fetched_bytes, n * kPageSize);
   uint64_t base = att->vaddr.load();
   uint64_t installed = 0;
   bool need_wake = false;
@@ -242,6 +244,7 @@ uint64_t FaultService::CopyIn(Attachment& att, uint64_t base, uint64_t first, ui
       err = errno;
       copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPageSize : 0;
     }
+    CountBytes(Counters().install_copy_bytes, copied * kPageSize);
     for (uint64_t i = done; i < done + copied; ++i) {
       if (att.state[first + i] == PageState::kFetching) {
         att.state[first + i] = PageState::kClean;

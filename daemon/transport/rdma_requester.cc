@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/transport/rdma_transport_internal.h"
@@ -104,8 +105,10 @@ namespace {
 void FinishChunk(Conn* c, uint32_t slot, Conn::Chunk ch, uint32_t status) {
   // The one copy on the fault path: registered slot -> caller's buffer
   // (outside the lock; the slot is still ours).
-  if (status == 0 && ch.op->is_read)
+  if (status == 0 && ch.op->is_read) {
     std::memcpy(ch.op->dst.data() + ch.op_offset, c->pool->slot(slot).data(), ch.length);
+    CountBytes(Counters().fetch_copy_bytes, ch.length);
+  }
   std::shared_ptr<Conn::Op> finished;
   {
     absl::MutexLock lock(&c->mu);
