@@ -36,17 +36,55 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
       std::move(done)(std::move(st));
       return;
     }
-    bool first;
-    {
-      absl::MutexLock lock(&mu_);
-      first = tcp_until_.find(ep->node_id) == tcp_until_.end();
-      tcp_until_[ep->node_id] = absl::Now() + kRdmaRetryAfter;
-    }
-    if (first)
-      TLOG_WARN("node %d: %s; using tcp for %d s", ep->node_id, st.message(),
-                absl::ToInt64Seconds(kRdmaRetryAfter));
+    NoteRdmaSetupFailure(ep->node_id, st);
     SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
   };
+}
+
+void DataPath::NoteRdmaSetupFailure(uint32_t node, const absl::Status& st) {
+  bool first;
+  {
+    absl::MutexLock lock(&mu_);
+    first = tcp_until_.find(node) == tcp_until_.end();
+    tcp_until_[node] = absl::Now() + kRdmaRetryAfter;
+  }
+  if (first)
+    TLOG_WARN("node %d: %s; using tcp for %d s", node, st.message(),
+              absl::ToInt64Seconds(kRdmaRetryAfter));
+}
+
+void DataPath::ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                           absl::Span<uint8_t> dst, Transport::ReadDone done) {
+  if (node != local_node_) {
+    auto ep_or = resolve_(node);
+    if (!ep_or.ok()) {
+      std::move(done)(ep_or.status(), {});
+      return;
+    }
+    std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
+    if (!UseRdma(node, *ep)) {
+      tcp_->ReadInPlace(*ep, segid, grant, offset, dst, std::move(done));
+      return;
+    }
+    // As FallBack: an rdma set-up failure reissues the read over tcp.
+    rdma_->ReadInPlace(*ep, segid, grant, offset, dst,
+                       [this, ep, segid, grant, offset, dst, done = std::move(done)](
+                           absl::Status st, absl::Span<const uint8_t> data) mutable {
+                         if (st.ok() || !IsSetupFailure(st)) {
+                           std::move(done)(std::move(st), data);
+                           return;
+                         }
+                         NoteRdmaSetupFailure(ep->node_id, st);
+                         tcp_->ReadInPlace(*ep, segid, grant, offset, dst, std::move(done));
+                       });
+    return;
+  }
+  // This node's own home: read straight into `dst`.
+  Read(node, segid, grant, offset, dst, [dst, done = std::move(done)](absl::Status st) mutable {
+    absl::Span<const uint8_t> data;
+    if (st.ok()) data = dst;
+    std::move(done)(std::move(st), data);
+  });
 }
 
 void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,

@@ -75,6 +75,10 @@ class DataPath {
             Transport::Done done);
   void Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Transport::Done done);
+  // Read, but `done` may be handed the bytes where the transport received
+  // them (Transport::ReadInPlace: rdma's registered slot), else `dst`.
+  void ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                   absl::Span<uint8_t> dst, Transport::ReadDone done);
   // Synchronous write-back helper: splits into transport-sized pieces.
   absl::Status WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                          absl::Span<const uint8_t> src);
@@ -88,6 +92,8 @@ class DataPath {
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
+  // After an rdma set-up failure: `node` uses tcp for kRdmaRetryAfter.
+  void NoteRdmaSetupFailure(uint32_t node, const absl::Status& st);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,

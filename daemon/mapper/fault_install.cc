@@ -141,15 +141,20 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
   for (size_t i = 0; i < nreq; ++i) {
     const uint64_t first = requests[i].first, n = requests[i].second;
     uint8_t* buf = GetBuffer();
-    data_->Read(
+    // In place: over rdma the pages are installed straight from the
+    // registered slot the home wrote them into (one copy, UFFDIO_COPY's);
+    // `buf` is where other transports put them.
+    data_->ReadInPlace(
         att->home, att->segid, att->grant, att->seg_offset + first * kPageSize,
         absl::MakeSpan(buf, n * kPageSize),
-        [this, att, first, n, buf, gen](absl::Status st) { Install(att, first, n, buf, gen, st); });
+        [this, att, first, n, buf, gen](absl::Status st, absl::Span<const uint8_t> data) {
+          Install(att, first, n, buf, data.data(), gen, st);
+        });
   }
 }
 
 void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
-                           uint8_t* buf, uint64_t gen, absl::Status st) {
+                           uint8_t* buf, const uint8_t* data, uint64_t gen, absl::Status st) {
   if (!st.ok()) {
     FetchFailed(att, first, n, buf, st);
     return;
@@ -169,7 +174,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
       att->AbandonFetch(first, n);
       need_wake = true;
     } else {
-      installed = CopyIn(*att, base, first, n, buf, &need_wake);
+      installed = CopyIn(*att, base, first, n, data, &need_wake);
       att->resident += installed;
     }
   }

@@ -59,6 +59,11 @@ void NoteDeviceRemoval() {
   ReleaseRemovedDevices();
 }
 
+// How long a requester polls after its last post while answers are due,
+// in units of the spin time: a round trip with the home's exporter read
+// in it takes longer than the gap between completions.
+constexpr int kInFlightSpinFactor = 4;
+
 int EffectiveSpinUs(int configured) {
   if (configured >= 0) return configured;
   // Spinning only pays when another CPU runs the peer's side (or the NIC's
@@ -279,7 +284,10 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
 // armed. Sets `why` when the connection must end.
 void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::string* why) {
   pollfd fds[3] = {{c->comp->fd, POLLIN, 0}, {c->cm->fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
-  if (poll(fds, 3, 1000) < 0 && errno != EINTR) {
+  c->sleeping.store(true, std::memory_order_relaxed);
+  int r = poll(fds, 3, 1000);
+  c->sleeping.store(false, std::memory_order_relaxed);
+  if (r < 0 && errno != EINTR) {
     *why = "poll failed";
     return;
   }
@@ -312,6 +320,8 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::str
   }
 }
 
+bool NoExporterJobs(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) { return c->exporter_jobs == 0; }
+
 // The connection's thread: completions, rdma_cm events, wake-ups. Returns
 // when the connection is dead; the caller tears it down.
 void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
@@ -320,6 +330,7 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
   ibv_wc wc[32];
   absl::Time last_completion = absl::Now();
   const absl::Duration spin = absl::Microseconds(spin_us);
+  const absl::Duration spin_posted = kInFlightSpinFactor * spin;
   bool armed = false;
   while (why.empty()) {
     int n = ibv_poll_cq(c->cq, 32, wc);
@@ -334,18 +345,30 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
       if (spin_us > 0) last_completion = absl::Now();
       continue;
     }
+    bool in_flight;
     {
       absl::MutexLock lock(&c->mu);
       if (c->dead) {
         why = c->why;
         break;
       }
+      in_flight = c->role == Conn::Role::kRequester && c->pool->free_slots() < c->depth;
     }
     if (shutting_down.load()) {
       why = "transport shutting down";
       break;
     }
-    if (spin_us > 0 && absl::Now() - last_completion < spin) continue;
+    if (spin_us > 0) {
+      // Keep polling a while after the last completion (more may follow),
+      // and while requests are in flight for a while after the last post
+      // (its answer is on the way: polling for it saves the interrupt
+      // and the wake-up); bounded both, then sleep on the channel.
+      absl::Time now = absl::Now();
+      if (now - last_completion < spin) continue;
+      if (in_flight &&
+          now - absl::FromUnixNanos(c->last_post_ns.load(std::memory_order_relaxed)) < spin_posted)
+        continue;
+    }
     if (!armed) {
       // Arm, then poll once more before sleeping: a completion between the
       // last poll and the arming raises no event.
@@ -362,9 +385,16 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
     why = c->why;
   }
   FailChunks(c, std::move(owed), why);
-  // Dead: nobody posts any more (Submit and PumpLocked check `dead` under
-  // mu). Release the device now, not when the connection is reaped: a
-  // removed device waits for its last user.
+  // Dead: nobody posts any more (Submit, PumpLocked and PostResponse check
+  // `dead` under mu). The exporter workers may still be in a job of ours,
+  // writing into the pool: wait for them (a queued job sees `dead` and
+  // returns at once; a running one ends with its exporter access).
+  {
+    absl::MutexLock lock(&c->mu);
+    c->mu.Await(absl::Condition(&NoExporterJobs, c));
+  }
+  // Release the device now, not when the connection is reaped: a removed
+  // device waits for its last user.
   c->DestroyVerbs();
   if (why == kDeviceRemoved) {
     TLOG_WARN("rdma: connection with node %d: %s", c->node, why);
@@ -487,6 +517,7 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   c->depth = options_.queue_depth;
   c->slot_bytes = options_.slot_bytes;
   c->server = server_;
+  c->exporter = exporter_.get();
   c->id = id;
   absl::Status st;
   c->cm = rdma_create_event_channel();
@@ -599,9 +630,10 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
   }
   TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
             ibv_get_device_name(c->id->verbs->device));
+  const int spin_us = EffectiveSpinUs(options_.spin_us);
+  c->spin_us = spin_us;  // before it is shared: PumpLocked reads it
   conns_[home.node_id] = c;
   Connection* raw = c.get();
-  const int spin_us = EffectiveSpinUs(options_.spin_us);
   c->thread = std::thread([this, raw, spin_us] {
     RunConnection(raw, spin_us, shutting_down_);
     raw->finished = true;

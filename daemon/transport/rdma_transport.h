@@ -9,13 +9,16 @@
 //   slot = pool.Acquire()  (else queue)
 //   [write: copy src into slot]
 //   SEND  READ_REQ/WRITE_REQ{slot addr,rkey} ─▶ RECV  (repost at once)
-//                                             read:  BlockServer::ReadBlocks
+//                                             read:  an exporter worker:
+//                                                    BlockServer::ReadBlocks
 //                                                    into a home slot,
 //   RECV (imm = request)  ◀─ RDMA WRITE_WITH_IMM ─  home slot → requester slot
 //                                             write: RDMA READ requester slot
-//                                                    → home slot, WriteBlocks
+//                                                    → home slot; a worker:
+//                                                    WriteBlocks
 //   RECV  WRITE_RESP, or a refusal  ◀─ SEND ─
-//   [read: copy slot into dst]; pool.Release(slot); done(status)
+//   read: done(status) handed the slot (ReadInPlace, one slot), or the
+//   slot copied into dst; pool.Release(slot)
 //
 // - Memory is registered once per connection (a BufferPool of queue_depth
 //   slots of slot_bytes, plus the control-message rings): nothing is
@@ -26,10 +29,17 @@
 //   Requests beyond the window queue and are posted as slots free; requests
 //   larger than a slot are split and posted as one chained ibv_post_send
 //   (read-ahead batches).
-// - Completions: one thread per connection polls its CQ, spins for a short
-//   while after the last completion when more than one CPU is online
-//   (adaptive polling), then arms the completion channel and sleeps in
-//   poll(2) together with the connection's rdma_cm events and a wake fd.
+// - Completions: one thread per connection polls its CQ. When more than
+//   one CPU is online it keeps polling for spin_us after the last
+//   completion and, on a requester with requests in flight, for 4 x
+//   spin_us after the last post (a post wakes it if it slept: it polls
+//   for the answer instead of taking an interrupt and a wake-up after
+//   it); then it arms the completion channel and sleeps in poll(2)
+//   together with the connection's rdma_cm events and a wake fd.
+// - Copies of page contents: home, one (process_vm_readv/writev between
+//   the exporter and the home's registered slot); mapper, one for a
+//   ReadInPlace of up to a slot (UFFDIO_COPY from the registered slot),
+//   two otherwise (slot → dst, then the caller's).
 // - Authentication: the connect request's private data carries the
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
@@ -57,10 +67,13 @@
 // - Threads: one listener thread (ListenLoop: connect requests, the
 //   listener's device removal, listening again) and one thread per
 //   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups). `done` runs on a connection's
-//   thread, or inline on the caller's thread when the request fails before
-//   it is posted; home-side BlockServer calls run on the connection's
-//   thread. No lock is held while either runs.
+//   connection's rdma_cm events, wake-ups), and, once Listen ran, two
+//   exporter workers shared by the home connections (the BlockServer
+//   calls and the responses after them, so that a slow exporter page
+//   holds up only its own request). `done` runs on a connection's thread,
+//   or inline on the caller's thread when the request fails before it is
+//   posted; home-side BlockServer calls run on an exporter worker. No
+//   lock is held while either runs.
 // - mu_ guards conns_ and all_conns_ and is taken before a Connection's mu,
 //   never after. Listen writes listener_, bound_address_, secret_ and
 //   server_ before the listener thread starts; they are read-only after
@@ -118,18 +131,25 @@ class RdmaTransport : public Transport {
             absl::Span<uint8_t> dst, Done done) override;
   void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Done done) override;
+  // A read of at most one slot hands `done` the requester's slot itself
+  // (the home wrote into it; released when `done` returns): no copy out of
+  // registered memory. Larger reads are split and copied into `dst`.
+  void ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                   absl::Span<uint8_t> dst, ReadDone done) override;
   void Disconnect(uint32_t node) override;
   void Shutdown() override;
 
   struct Connection;  // rdma_transport_internal.h
 
  private:
-  struct Listener;  // rdma_transport_internal.h
+  struct Listener;      // rdma_transport_internal.h
+  struct ExporterPool;  // rdma_transport_internal.h
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
+  // `in_place` (reads of at most one slot only) replaces `done`.
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
-              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done,
+              ReadDone in_place = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   // rdma_connection.cc. The connection to `home`, connected (blocking) if
   // there is none: on the caller's thread.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home)
@@ -159,6 +179,9 @@ class RdmaTransport : public Transport {
   std::string secret_;
   BlockServer* server_ = nullptr;
   std::thread listen_thread_;
+  // Home side: the exporter workers (started by Listen, stopped by
+  // Shutdown after the connections' threads).
+  std::unique_ptr<ExporterPool> exporter_;
 };
 
 }  // namespace tether

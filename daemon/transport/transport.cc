@@ -12,6 +12,15 @@ absl::Status SetupFailure(absl::Status status) {
   return status;
 }
 
+void Transport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                            uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {
+  Read(home, segid, grant, offset, dst, [dst, done = std::move(done)](absl::Status st) mutable {
+    absl::Span<const uint8_t> data;
+    if (st.ok()) data = dst;
+    std::move(done)(std::move(st), data);
+  });
+}
+
 bool IsSetupFailure(const absl::Status& status) {
   return !status.ok() && status.GetPayload(kSetupPayload).has_value();
 }
