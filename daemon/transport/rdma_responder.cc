@@ -71,9 +71,17 @@ bool PostResponse(Conn* c, uint32_t slot, const RdmaMessage& req, uint32_t statu
   return err == 0;
 }
 
-// Hands slot `slot`'s request to the exporter workers. On the connection's
-// thread.
+// Hands slot `slot`'s request to the exporter workers (or, without any,
+// runs it here). On the connection's thread.
 void QueueExporterJob(Conn* c, uint32_t slot, const RdmaMessage& m) ABSL_LOCKS_EXCLUDED(c->mu) {
+  if (c->exporter == nullptr) {  // no workers (one CPU): here
+    {
+      absl::MutexLock lock(&c->mu);
+      ++c->exporter_jobs;
+    }
+    RunExporterJob({c, slot, m});
+    return;
+  }
   {
     absl::MutexLock lock(&c->mu);
     ++c->exporter_jobs;

@@ -53,11 +53,18 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
                                 ntohs(rdma_get_src_port(l->id)));
   secret_ = std::move(secret);
   server_ = server;
-  exporter_ = std::make_unique<ExporterPool>();
-  for (int i = 0; i < ExporterPool::kWorkers; ++i) {
-    exporter_->threads.emplace_back([pool = exporter_.get()] {
-      while (auto job = pool->jobs.Pop()) RunExporterJob(*job);
-    });
+  // With one CPU online the connection's thread serves the exporter
+  // itself: a hand-off to a worker would only add a switch per request
+  // (measured under the VM tier: tests/bench/README.md).
+  int workers = options_.exporter_workers;
+  if (workers < 0) workers = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? ExporterPool::kWorkers : 0;
+  if (workers > 0) {
+    exporter_ = std::make_unique<ExporterPool>();
+    for (int i = 0; i < workers; ++i) {
+      exporter_->threads.emplace_back([pool = exporter_.get()] {
+        while (auto job = pool->jobs.Pop()) RunExporterJob(*job);
+      });
+    }
   }
   listener_ = std::move(l);
   listen_thread_ = std::thread([this] { ListenLoop(); });

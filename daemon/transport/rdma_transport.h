@@ -67,13 +67,14 @@
 // - Threads: one listener thread (ListenLoop: connect requests, the
 //   listener's device removal, listening again) and one thread per
 //   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups), and, once Listen ran, two
-//   exporter workers shared by the home connections (the BlockServer
-//   calls and the responses after them, so that a slow exporter page
-//   holds up only its own request). `done` runs on a connection's thread,
-//   or inline on the caller's thread when the request fails before it is
-//   posted; home-side BlockServer calls run on an exporter worker. No
-//   lock is held while either runs.
+//   connection's rdma_cm events, wake-ups), and, once Listen ran, the
+//   exporter workers shared by the home connections (two when more than
+//   one CPU is online: the BlockServer calls and the responses after
+//   them, so that a slow exporter page holds up only its own request).
+//   `done` runs on a connection's thread, or inline on the caller's thread
+//   when the request fails before it is posted; home-side BlockServer
+//   calls run on an exporter worker (without workers: on the connection's
+//   thread). No lock is held while either runs.
 // - mu_ guards conns_ and all_conns_ and is taken before a Connection's mu,
 //   never after. Listen writes listener_, bound_address_, secret_ and
 //   server_ before the listener thread starts; they are read-only after
@@ -110,6 +111,10 @@ class RdmaTransport : public Transport {
     uint32_t queue_depth = 32;         // requests in flight per connection
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
+    // Home side: threads that read and write the exporter off the
+    // connections' threads; -1: 2 if >1 CPU, else 0 (0: on the connection's
+    // thread: with one CPU a hand-off only adds a switch per request).
+    int exporter_workers = -1;
     int connect_timeout_ms = 3000;
   };
 

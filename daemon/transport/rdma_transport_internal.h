@@ -21,8 +21,8 @@
 //   is left (exporter_jobs == 0): nobody posts after that (Submit,
 //   PumpLocked and PostResponse check `dead` under mu).
 // - Home side: the exporter's reads and writes (BlockServer calls) run on
-//   the transport's exporter workers (ExporterPool), never on the
-//   connection's thread, so one slow page (an exporter page fault, a
+//   the transport's exporter workers (ExporterPool; with one CPU online,
+//   none: on the connection's thread), so one slow page (an exporter page fault, a
 //   contended mmap_lock) does not hold up the completions, the receives
 //   and the other requests of the peer. A job names a pool slot the
 //   connection's thread acquired; the worker fills or drains it, then posts
@@ -149,8 +149,9 @@ struct RdmaTransport::Connection {
   std::atomic<int64_t> last_post_ns{0};
   std::atomic<bool> sleeping{false};
 
-  BlockServer* server = nullptr;                    // home side
-  RdmaTransport::ExporterPool* exporter = nullptr;  // home side: where BlockServer calls run
+  BlockServer* server = nullptr;  // home side
+  // Home side: where BlockServer calls run (null: on this thread).
+  RdmaTransport::ExporterPool* exporter = nullptr;
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;
@@ -234,7 +235,7 @@ struct ExporterJob {
 // peer are independent (each names its own slot and range; a mapper never
 // has a read and a write of one page in flight at once).
 struct RdmaTransport::ExporterPool {
-  static constexpr int kWorkers = 2;
+  static constexpr int kWorkers = 2;  // Options::exporter_workers -1, >1 CPU
   WorkQueue<ExporterJob> jobs;
   std::vector<std::thread> threads;
 };

@@ -6,9 +6,9 @@
 // missing variable or device is a failure, never a skip.
 //
 // What it pins down (issue 15, part 3):
-// - the home's exporter access runs off the connection's thread: a read
-//   whose exporter access is held (GatedHome) does not hold up the peer's
-//   next read;
+// - the home's exporter access runs off the connection's thread (on the
+//   exporter workers, Options::exporter_workers): a read whose exporter
+//   access is held (GatedHome) does not hold up the peer's next read;
 // - ReadInPlace hands its completion the registered slot the home wrote
 //   into, with no copy out of it (the mapper's one copy is then its own
 //   UFFDIO_COPY from there).
@@ -75,7 +75,14 @@ class RdmaTransportTest : public ::testing::Test {
 
   const std::string secret_ = std::string(32, 's');
   GatedHome server_;
-  RdmaTransport home_{kHome};
+  // Exporter workers even on one CPU (the VM tier's), where they are off
+  // by default.
+  static RdmaTransport::Options WithWorkers() {
+    RdmaTransport::Options o;
+    o.exporter_workers = 2;
+    return o;
+  }
+  RdmaTransport home_{kHome, WithWorkers()};
   RdmaTransport requester_{kRequester};
   DataEndpoint ep_;
 };
