@@ -28,6 +28,7 @@
 #include "daemon/home/exporter_memory.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/mapper/attachment.h"
 
@@ -96,8 +97,47 @@ class TermLeaseModel : public SimLease {
   std::map<uint32_t, absl::Time> home_until_, mapper_until_;
 };
 
+class RealLeaseTableAdapter : public SimLease {
+ public:
+  RealLeaseTableAdapter(absl::Duration lease, Clock* clock)
+      : config_{lease, 0.1}, clock_(clock), home_(config_, clock) {}
+  // The tables read the (shared, simulated) clock themselves: `now` is it.
+  void HomeHeard(uint32_t node, absl::Time) override { home_.Granted(node); }
+  void MapperConfirmed(uint32_t node, absl::Time sent) override {
+    Table(node).Granted(kHomeNode, sent, config_.lease);
+  }
+  bool MapperMayRead(uint32_t node, absl::Time) const override {
+    auto it = mappers_.find(node);
+    return it != mappers_.end() && !it->second->Lapsed(kHomeNode);
+  }
+  absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const override {
+    absl::Time t = now;
+    for (uint32_t n : nodes) t = std::max(t, home_.ExpiresAt(n));
+    return t;
+  }
+  bool ExcusesFencedReads() const override { return false; }
+  absl::Duration RenewEvery() const override { return config_.lease / 3; }
+  bool AnyAnswerGrants() const override { return false; }
+  void Restarted(uint32_t node) override { mappers_.erase(node); }
+
+ private:
+  static constexpr uint32_t kHomeNode = 1;
+  MapperLeaseTable& Table(uint32_t node) {
+    auto& t = mappers_[node];
+    if (!t) t = std::make_unique<MapperLeaseTable>(config_, clock_);
+    return *t;
+  }
+  const LeaseConfig config_;
+  Clock* const clock_;
+  HomeLeaseTable home_;
+  std::map<uint32_t, std::unique_ptr<MapperLeaseTable>> mappers_;
+};
+
 }  // namespace
 
+std::unique_ptr<SimLease> RealLeaseTables(absl::Duration lease, Clock* clock) {
+  return std::make_unique<RealLeaseTableAdapter>(lease, clock);
+}
 std::unique_ptr<SimLease> NoLeases() { return std::make_unique<NoLeaseModel>(); }
 std::unique_ptr<SimLease> ModelLeases(absl::Duration term) {
   return std::make_unique<TermLeaseModel>(term);
@@ -194,7 +234,9 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   explicit Simulation(const SimOptions& o)
       : opt_(o),
         rng_(o.seed),
-        lease_(o.model_leases ? ModelLeases(absl::Seconds(3)) : NoLeases()) {}
+        lease_(o.real_leases    ? RealLeaseTables(absl::Seconds(3), &clock_)
+               : o.model_leases ? ModelLeases(absl::Seconds(3))
+                                : NoLeases()) {}
   ~Simulation() override {
     coord_.reset();
     reg_.reset();
@@ -513,7 +555,8 @@ void Simulation::TryNotice(Node& n, const InvalidationNotice& notice,
                 Message(
                     n, /*to_node=*/false,
                     [this, &n, finish, st] {
-                      if (st.ok() && !fenced_.count(n.id)) lease_->HomeHeard(n.id, Now());
+                      if (st.ok() && !fenced_.count(n.id) && lease_->AnyAnswerGrants())
+                        lease_->HomeHeard(n.id, Now());
                       finish(st);
                     },
                     resend);  // the answer lost: the notice again (a duplicate is harmless)
@@ -937,7 +980,8 @@ void Simulation::Fault(Node& n, uint64_t p) {
         uint64_t home_gen = st.ok() ? GenOf(p, c) : 0;
         TRACE("home: read of page %d for node %d: %s (stamp %d store %d)", p, node, st.ToString(),
               c.stamp, c.wid);
-        if (st.ok() && !fenced_.count(node)) lease_->HomeHeard(node, Now());
+        if (st.ok() && !fenced_.count(node) && lease_->AnyAnswerGrants())
+          lease_->HomeHeard(node, Now());
         if (!n.up || n.inc != inc) return;
         Message(
             n, /*to_node=*/true,
@@ -983,7 +1027,7 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
     }
     return;
   }
-  lease_->MapperConfirmed(n.id, sent);
+  if (lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
   bool installed = false;
   {
     absl::MutexLock lock(&att->mu);
@@ -1050,7 +1094,7 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
   uint32_t inc = n.inc;
   absl::Time sent = Now();
   auto answer = [this, &n, att, p, c, deadline, epoch, done, sent](absl::Status st, uint64_t gen) {
-    if (st.ok()) lease_->MapperConfirmed(n.id, sent);
+    if (st.ok() && lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
     if (st.ok() || !IsRetry(st) || Now() > deadline) return done(st, false, gen);
     if (epoch) {
       bool superseded;
@@ -1076,7 +1120,7 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
         if (st.ok()) {
           Landed(p, c, node);
           gen = home_gen_[p];
-          if (!fenced_.count(node)) lease_->HomeHeard(node, Now());
+          if (!fenced_.count(node) && lease_->AnyAnswerGrants()) lease_->HomeHeard(node, Now());
         }
         if (!n.up || n.inc != inc) return;
         Message(
@@ -1247,6 +1291,11 @@ void Simulation::Attach(Node& n) {
     att->state.assign(npages_, PageState::kAbsent);
   }
   n.att = att;
+  if (!lease_->AnyAnswerGrants()) {
+    // The Attach's answer grants a lease (PeerDirectory records it).
+    lease_->HomeHeard(n.id, Now());
+    lease_->MapperConfirmed(n.id, Now());
+  }
   n.data.assign(npages_, Content{});
   n.base_gen.assign(npages_, 0);
   n.kept_gen.clear();
@@ -1271,11 +1320,12 @@ void Simulation::Restart(Node& n) {
   n.up = true;
   n.frozen_until = Now();
   TRACE("node %d: daemon restarts", n.id);
+  lease_->Restarted(n.id);
   Attach(n);
   Renew(n);
 }
 
-// Lease renewals (ModelLeases only): a request the home answers.
+// Lease renewals (ModelLeases, RealLeaseTables): a request the home answers.
 void Simulation::Renew(Node& n) {
   absl::Duration every = lease_->RenewEvery();
   if (every == absl::ZeroDuration() || quiet_) return;

@@ -6,6 +6,8 @@
 //                      TETHER_SIM_SEED=N: that seed alone, with its trace
 //                      (TETHER_SIM_TRACE=1 prints it even when it passes).
 //   ModelLeases        the lease model: the oracle excuses no stale read.
+//   RealLeaseTables    the daemon's lease tables instead of the model: the
+//                      same oracle.
 //   ReplayIsExact      a seed's run is the same run twice.
 //   MutationsAreCaught each deliberately broken variant fails the oracle
 //                      within a few seeds: the oracle can fail.
@@ -41,17 +43,22 @@ SimOptions FromEnv(uint64_t seed) {
   SimOptions o;
   o.seed = seed;
   o.model_leases = EnvU64("TETHER_SIM_LEASES", 0) != 0;
+  o.real_leases = EnvU64("TETHER_SIM_REAL_LEASES", 0) != 0;
   return o;
 }
 
 std::string Describe(const SimOptions& o, const SimResult& r) {
-  std::string replay = absl::StrFormat("TETHER_SIM_SEED=%d%s build/asan/tests/protocol_sim_test",
-                                       o.seed, o.model_leases ? " TETHER_SIM_LEASES=1" : "");
+  std::string replay = absl::StrFormat("TETHER_SIM_SEED=%d%s%s build/asan/tests/protocol_sim_test",
+                                       o.seed, o.model_leases ? " TETHER_SIM_LEASES=1" : "",
+                                       o.real_leases ? " TETHER_SIM_REAL_LEASES=1" : "");
   return absl::StrFormat(
       "seed %d (mutation %s%s): %s\n--- the run's last lines ---\n%s\n"
       "--- replay: %s",
-      o.seed, MutationName(o.mutation), o.model_leases ? ", lease model" : "", r.violation,
-      absl::StrJoin(r.trace, "\n"), replay);
+      o.seed, MutationName(o.mutation),
+      o.real_leases    ? ", real lease tables"
+      : o.model_leases ? ", lease model"
+                       : "",
+      r.violation, absl::StrJoin(r.trace, "\n"), replay);
 }
 
 class ProtocolSimTest : public ::testing::Test {
@@ -63,12 +70,13 @@ class ProtocolSimTest : public ::testing::Test {
 
   // Runs seeds [first, first + count); on the first failure, replays it
   // with a trace and fails the test with its description.
-  void RunSeeds(uint64_t first, uint64_t count, bool leases) {
+  void RunSeeds(uint64_t first, uint64_t count, bool leases, bool real_leases = false) {
     SimStats total;
     absl::Time t0 = absl::Now();
     for (uint64_t seed = first; seed < first + count; ++seed) {
       SimOptions o = FromEnv(seed);
       o.model_leases = leases;
+      o.real_leases = real_leases;
       SimResult r = RunSimulation(o);
       total.events += r.stats.events;
       total.reads += r.stats.reads;
@@ -121,13 +129,20 @@ TEST_F(ProtocolSimTest, Seeds) {
     return;
   }
   RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_SEEDS", 10000),
-           EnvU64("TETHER_SIM_LEASES", 0) != 0);
+           EnvU64("TETHER_SIM_LEASES", 0) != 0, EnvU64("TETHER_SIM_REAL_LEASES", 0) != 0);
 }
 
 // The lease model: no stale read is excused.
 TEST_F(ProtocolSimTest, ModelLeases) {
   if (getenv("TETHER_SIM_SEED")) return;  // Seeds replays it
   RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_LEASE_SEEDS", 1000), true);
+}
+
+// The daemon's lease tables (HomeLeaseTable, MapperLeaseTable) in place of
+// the model: the oracle excuses no stale read.
+TEST_F(ProtocolSimTest, RealLeaseTables) {
+  if (getenv("TETHER_SIM_SEED")) return;  // Seeds replays it (TETHER_SIM_REAL_LEASES=1)
+  RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_LEASE_SEEDS", 1000), false, true);
 }
 
 TEST_F(ProtocolSimTest, ReplayIsExact) {
