@@ -208,6 +208,52 @@ def test_exporters_do_not_wait_for_each_others_windows(c):
     b.close()
 
 
+@with_nodes(2, daemon_args=FAST)
+def test_segments_of_one_exporter_cost_one_deadline(c):
+    """Issue 14: libtether opens one tether.ko exporter fd per export, so
+    one munmap over three segments of one exporter covers ranges of three
+    fds. With one mmu notifier per fd the kernel ran their callbacks one
+    after another, each waiting for its BEGIN's ack: with a frozen mapper
+    holding pages of each segment (fenced per segment), 3 x (deadline +
+    lease). The module now keeps one notifier per mm and queues every BEGIN
+    before it waits: one deadline + lease."""
+    seg = 256 << 10
+    e = Exporter(c.node(1), MiB, 1)
+    maps = []
+    try:
+        segids = [e.segid]
+        for off in (seg, 2 * seg):
+            r = e.command("make %d %d" % (off, seg))
+            expect(r.startswith("ok segid="), "another segment of the exporter: " + r)
+            segids.append(int(r.split("segid=")[1]))
+        # Segment 1 is the whole MiB; node 2 caches the first page of each
+        # segment (offsets 0, 256 KiB, 512 KiB of the exporter's mapping).
+        maps = [Mapper(c.node(2), s, length=seg) for s in segids]
+        for m in maps:
+            r = m.command("read 0")
+            expect(r.startswith("byte"), "node 2 caches each segment: " + r)
+        os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+        try:
+            took = ms(e.command("munmap 0 %d" % (3 * seg)))
+        finally:
+            os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        one = DEADLINE_MS + LEASE_MS * 1.1
+        print("INFO one_deadline: munmap over 3 segments with a frozen mapper took %.0f ms "
+              "(one deadline + lease: %.0f ms)" % (took, one))
+        expect(took >= DEADLINE_MS * 0.9,
+               "munmap took %.0f ms: it did not wait for the frozen mapper" % took)
+        expect(took < one + 1500,
+               "munmap over 3 segments took %.0f ms, more than one deadline + lease (%.0f ms): "
+               "the segments' BEGINs waited one after another" % (took, one))
+        for m in maps:
+            expect(m.command("read 0") == "signal:%d" % SIGBUS,
+                   "the frozen mapper's client raises SIGBUS after the munmap")
+    finally:
+        for m in maps:
+            m.close()
+        e.close()
+
+
 ACK_TIMEOUT = "/sys/module/tether/parameters/ack_timeout_ms"
 
 
