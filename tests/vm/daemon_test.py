@@ -245,9 +245,16 @@ def test_segments_of_one_exporter_cost_one_deadline(c):
         expect(took < one + 1500,
                "munmap over 3 segments took %.0f ms, more than one deadline + lease (%.0f ms): "
                "the segments' BEGINs waited one after another" % (took, one))
+        # Node 2 was fenced for each segment; it handles the REVOKEs once it
+        # runs again (asynchronously: poll, bounded).
         for m in maps:
-            expect(m.command("read 0") == "signal:%d" % SIGBUS,
-                   "the frozen mapper's client raises SIGBUS after the munmap")
+            deadline = time.time() + 10
+            r = m.command("read 0")
+            while r != "signal:%d" % SIGBUS and time.time() < deadline:
+                time.sleep(0.1)
+                r = m.command("read 0")
+            expect(r == "signal:%d" % SIGBUS,
+                   "the fenced mapper's client reads an unmapped page: %r" % r)
     finally:
         for m in maps:
             m.close()
@@ -315,6 +322,94 @@ def test_queued_begins_outlasting_the_module_timeout(c):
         for e in exporters:
             e.close()
         _set_ack_timeout(5000)
+
+
+# Leases off: a mapper that cannot renew with the stopped home revokes its
+# attachments itself, which would hide whether the home revoked them.
+@with_nodes(3, daemon_args=("--lease_ms=0",))
+def test_stop_revokes_queued_begins(c):
+    """Issue 14, defect 14: KernelNotifierSource::Stop used to ack the BEGINs
+    still queued for its workers without invalidating anything, so the
+    exporter went on while a mapper kept serving the old page. One munmap
+    over five segments of one exporter (one notifier per mm: five BEGINs at
+    once, in address order): node 2, frozen, holds the first four, whose
+    windows keep the home's four begin workers waiting for the (8 s)
+    deadline; node 3 holds the fifth, whose BEGIN stays queued. The home is
+    stopped (SIGTERM) once it has read all five: Stop must revoke node 3,
+    whose client then gets SIGBUS, never the old contents."""
+    seg, k = 64 << 10, 5
+    home = c.node(1)
+    # The home again, with a deadline the workers cannot outlive before
+    # Stop() (ack_timeout_ms must exceed it: tetherd checks at start).
+    home.stop()
+    _set_ack_timeout(30000)
+    extra = c.extra_args
+    c.extra_args = tuple(extra) + ("--invalidate_deadline_ms=8000", "--verbose")
+    try:
+        home.start()
+    finally:
+        c.extra_args = extra
+    e = Exporter(home, k * seg, 1)
+    maps, done = [], {}
+    try:
+        segids = []
+        for i in range(k):
+            r = e.command("make %d %d" % (i * seg, seg))
+            expect(r.startswith("ok segid="), "segment %d of the exporter: %s" % (i, r))
+            segids.append(int(r.split("segid=")[1]))
+        maps = [Mapper(c.node(2 if i < k - 1 else 3), s, length=seg)
+                for i, s in enumerate(segids)]
+        for m in maps:
+            r = m.command("read 0")
+            expect(r.startswith("byte"), "page 0 of each segment is cached: " + r)
+        old = maps[-1].command("read 0")
+        with open(home.log) as f:
+            mark = len(f.read())
+        os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=lambda: done.update(r=e.command("munmap 0 %d" % (k * seg))))
+            t.start()
+            # Wait (bounded) until the home has read all five BEGINs: four
+            # are with the workers (each waiting 8 s for node 2), the last
+            # is queued.
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                with open(home.log) as f:
+                    begins = re.findall(r"tether\.ko event \d+: kind 1 ", f.read()[mark:])
+                if len(begins) >= k:
+                    break
+                time.sleep(0.05)
+            expect(len(begins) >= k, "the home read %d of %d BEGINs" % (len(begins), k))
+            home.daemon.send_signal(signal.SIGTERM)
+            home.daemon.wait(60)
+            t.join(60)
+        finally:
+            os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        expect(not t.is_alive() and done.get("r", "").startswith("ok "),
+               "the exporter's munmap returned: %r" % done.get("r"))
+        with open(home.log) as f:
+            log = f.read()[mark:]
+        expect("not handled before stopping" in log,
+               "the fifth BEGIN was still queued when the home stopped: " + log[-1500:])
+        # The call returned; the revocation it waited for is on its way to
+        # node 3 (REVOKE does not wait): bounded poll, and the old page must
+        # never come back once it is gone.
+        deadline = time.time() + 10
+        r = maps[-1].command("read 0")
+        while r == old and time.time() < deadline:
+            time.sleep(0.1)
+            r = maps[-1].command("read 0")
+        expect(r == "signal:%d" % SIGBUS,
+               "node 3's client still reads the page the exporter unmapped after the home "
+               "stopped: %r (before: %r)" % (r, old))
+    finally:
+        _set_ack_timeout(5000)
+        for m in maps:
+            m.close()
+        try:
+            e.close()
+        except Exception:  # its daemon is gone
+            e.kill()
 
 
 @with_nodes(2)
