@@ -10,6 +10,13 @@
  *   tether_file      one per open(2); its mutex only serialises role binding
  *                    and setup ioctls of that fd.  Never taken by notifier
  *                    callbacks.
+ *   tether_mm        one per mm that has exporters: THE mmu notifier of that
+ *                    mm, shared by all its exporter fds (mmu_notifier_get()
+ *                    refcounts it per ops + mm: one reference per exporter,
+ *                    dropped when the exporter is freed; the kernel frees
+ *                    it after an SRCU grace period, tether_mn_free()).  It
+ *                    holds the interval tree of every exporter's ranges, the
+ *                    invalidations in progress and the in-flight ENDs.
  *   tether_exporter  refs: the exporter file, the attachment to a ctl (the
  *                    ctl's ->exporters list), short ioctl lookups.
  *   tether_range     lives exactly as long as its exporter; found by id via
@@ -18,15 +25,28 @@
  *   tether_ctl       refs: the control file, each attached exporter
  *                    (exp->ctl), each notifier call that queues to it.
  *
+ * Why one notifier per mm, not per exporter fd
+ *   libtether opens one exporter fd per export, so a process exporting N
+ *   segments has N exporter fds on one mm.  With a notifier per fd, one
+ *   munmap over all N ran N invalidate_range_start callbacks one after the
+ *   other, each queueing its BEGIN and waiting for its ack: N deadlines
+ *   for the exporter when a mapper is frozen.  With one notifier per mm,
+ *   one callback finds the overlapping ranges of every exporter in
+ *   tm->ranges, queues every BEGIN (on whichever ctls they are attached to,
+ *   at most TETHER_MAX_MM_CTLS) and only then waits for all of them with
+ *   one deadline; each END goes out after the zap, from the end callback.
+ *
  * Locks, outermost first (a lock is only ever taken while holding locks
  * above it in this list):
- *   tether_file.lock (mutex)  ->  exp->lock (spinlock)  ->  ctl->lock (spinlock)
+ *   tether_file.lock (mutex)  ->  tm->lock (spinlock)  ->  ctl->lock (spinlock)
  * plus xa_lock(tether_ranges), which nests inside nothing of ours except
- * around kref_get_unless_zero.  Notifier callbacks take exp->lock and
- * ctl->lock, never both at once, and never sleep while holding either.
- * tether_file.lock is held around mmu_notifier_register() (which takes the
- * mm's mmap_lock for write) and, when a first REGISTER_RANGE fails, around
- * mmu_notifier_unregister(); no notifier callback takes it.
+ * around kref_get_unless_zero.  tm->lock protects the tm and the
+ * non-constant fields of every exporter and range of that mm ("exp->tm->lock"
+ * below is the lock of the exporter's mm).  Notifier callbacks take
+ * tm->lock and ctl->lock, never both at once, and never sleep while
+ * holding either; ATTACH nests ctl->lock inside tm->lock.
+ * tether_file.lock is held around mmu_notifier_get() (which takes the mm's
+ * mmap_lock for write); no notifier callback takes it.
  *
  * Every function that must be called with one of these locks held says so
  * on its "Context:" line and checks it with lockdep_assert_held() (active
@@ -35,40 +55,45 @@
  * kernel-doc of each function and the field comments in tether_internal.h
  * state only their own part of it.
  *
- * The notifier (classic mmu_notifier on the exporter's mm)
- *   invalidate_range_start(r), under exp->lock:
- *     1. record [r->start, r->end) in a free slot of exp->inprog keyed by
+ * The notifier (classic mmu_notifier on the exporter's mm, one per mm)
+ *   invalidate_range_start(r), under tm->lock:
+ *     1. record [r->start, r->end) in a free slot of tm->inprog keyed by
  *        r (every invalidation of the mm, forwarded or not, like KVM's
  *        mn_active_invalidate_count but by address); when all
  *        TETHER_MAX_INPROG slots are taken, count it in
- *        exp->inprog_untracked instead, which means "the whole mm".  No
+ *        tm->inprog_untracked instead, which means "the whole mm".  No
  *        allocation.  start/end calls of one subscription are balanced
- *        because mmu_notifier_register() runs under mm_take_all_locks().
- *     2. G3 filter: unless a ctl is attached and some range has marks,
- *        return at once.  Otherwise, for every registered range that
- *        overlaps r and has a marked interval overlapping r: allocate a
- *        BEGIN and an END event (GFP_NOWAIT), bump range->seq, give the
- *        BEGIN its event id now (an atomic counter of the ctl, which is
- *        stable under exp->lock) and copy it into the END's begin_id, put
- *        END on exp->inflight keyed by r, and BEGIN on a private list.
- *        If an allocation fails, note an overflow.
- *     3. take a ctl reference.
- *   then, without exp->lock: queue the BEGINs on the ctl and, if r is
- *   blockable, wait (killable, bounded by ack_timeout_ms) for their acks
- *   and, if its own events were lost, for the ack of an OVERFLOW read
- *   after the loss (the daemon acks it once every range was invalidated).
+ *        because mmu_notifier_get() registers it under mm_take_all_locks();
+ *        an exporter that joins an existing tm finds the invalidations
+ *        already running recorded there.
+ *     2. G3 filter: unless some range of the mm has marks, return at once.
+ *        Otherwise, for every registered range of any exporter of the mm
+ *        that overlaps r, is attached, and has a marked interval
+ *        overlapping r: allocate a BEGIN and an END event (GFP_NOWAIT),
+ *        bump range->seq, give the BEGIN its event id now (an atomic
+ *        counter of the exporter's ctl, which is stable under tm->lock)
+ *        and copy it into the END's begin_id, put END on tm->inflight keyed
+ *        by r, and BEGIN on the call's batch for that ctl (struct
+ *        tether_batch, one per tm->ctls slot).  If an allocation fails,
+ *        note an overflow for that ctl.
+ *     3. take a reference on each ctl with a batch.
+ *   then, without tm->lock: queue every batch's BEGINs on its ctl and, if
+ *   r is blockable, wait (killable, bounded by ack_timeout_ms for all of
+ *   them together) for their acks and, for a ctl whose events were lost,
+ *   for the ack of an OVERFLOW read after the loss (the daemon acks it once
+ *   every range was invalidated).
  *   No allocation in start may enter reclaim, blockable or not: the caller
  *   holds the mmu notifier lockdep map, which fs_reclaim is ordered after
  *   (start is called from reclaim).  A BEGIN the daemon had not read when
  *   the wait ended (timeout, fatal signal) is not dropped: it stays queued,
  *   flagged LATE, and is the ctl's (tether_ctl.c).
- *   invalidate_range_end(r), under exp->lock: free r's exp->inprog slot
+ *   invalidate_range_end(r), under tm->lock: free r's tm->inprog slot
  *   (or decrement inprog_untracked), take the END events keyed by r off
- *   exp->inflight, bump range->seq; then queue them, after their BEGINs.
+ *   tm->inflight, bump range->seq; then queue them, after their BEGINs.
  *
  * Why marks and the filter share one lock and one sequence (G3 + G1)
  *   The daemon calls MARK_CACHED before it reads the exporter's memory for
- *   a fetch.  MARK takes exp->lock, adds the mark and returns
+ *   a fetch.  MARK takes tm->lock, adds the mark and returns
  *   seq = range->seq << 1 | (an invalidation overlapping the marked
  *   interval is in progress).  After reading, the daemon calls
  *   READ_RETRY(seq): it succeeds only if no forwarded BEGIN/END touched the
@@ -76,7 +101,7 @@
  *   - An invalidation that starts after MARK sees the mark (same lock) and
  *     is forwarded: the daemon drops the copy before the kernel goes on.
  *   - One that started before MARK and overlaps the marked interval was not
- *     forwarded, but it keeps its exp->inprog slot (or inprog_untracked)
+ *     forwarded, but it keeps its tm->inprog slot (or inprog_untracked)
  *     until its end: MARK returns an odd seq or READ_RETRY fails, and the
  *     daemon retries.  One that does not overlap it cannot change what the
  *     fetch reads, so a stalled window on one segment no longer makes every
@@ -103,23 +128,25 @@
  *   range and an extra thread to turn sequence changes into END events;
  *   the classic ops give us END for free and one filter walk per event.
  *
- * RELEASE (the mm is torn down, or the exporter file is released)
- *   ->release() queues one RELEASE per range, marked or not (attachments
- *   exist without cached pages).  From exit_mmap() it waits for the acks
- *   like a blockable BEGIN (so exit() returns after remote copies are
- *   revoked), bounded by the timeout; during that wait the OOM reaper may
- *   still call invalidate_range_start non-blockably, so marks are cleared
- *   only afterwards.  From our own mmu_notifier_unregister() (exporter file
- *   released, exp->closing) it does not wait: the releasing thread may be
- *   the daemon's own event loop.
+ * RELEASE (the mm is torn down, or an exporter file is released)
+ *   ->release() (exit_mmap() only: mmu_notifier_put() never calls it)
+ *   queues one RELEASE per range of every exporter of the mm, marked or
+ *   not (attachments exist without cached pages), and waits for all the
+ *   acks together like a blockable BEGIN (so exit() returns after remote
+ *   copies are revoked), bounded by the timeout; during that wait the OOM
+ *   reaper may still call invalidate_range_start non-blockably, so marks
+ *   are cleared only afterwards.  An exporter file released while the mm
+ *   lives takes its own ranges out of tm (tether_exporter_teardown()) and
+ *   queues their RELEASEs without waiting: the releasing thread may be the
+ *   daemon's own event loop.  The other exporters of the mm stay.
  *
  * G5 - no deadlock
  *   Callbacks may run with the exporter's mmap_lock (read or write), a page
  *   lock or i_mmap_rwsem held.  While waiting for an ack we hold none of
  *   our locks and never touch user memory; read(2)/ACK never take
  *   mmap_lock of the exporter, so the daemon can always answer.  Nothing
- *   here calls back into mm code except mmu_notifier_register/unregister,
- *   which run from ioctl/file release (process context, our mutex only).
+ *   here calls back into mm code except mmu_notifier_get/put, which run
+ *   from ioctl / the final exporter put (process context, no spinlock).
  *
  * Detach (ctl closed) clears every mark of the exporter and bumps
  * attach_gen; an END whose BEGIN went to an older attachment is dropped.

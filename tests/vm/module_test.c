@@ -1446,6 +1446,68 @@ out:
 		fail("one_munmap_many_exporters", "child did not exit cleanly (%d)", st);
 }
 
+/*
+ * One invalidation groups its BEGINs per control fd in a fixed array of
+ * TETHER_MAX_MM_CTLS (4) on its stack, so the exporter fds of one process
+ * may be attached to at most 4 control fds at once: one more is refused
+ * with EBUSY and changes nothing; a control fd already in use takes more.
+ */
+static void test_attach_ctl_limit(void)
+{
+	char *p = map_pages(5);
+	int ex[5], ctl[5], i, ok = 1;
+	struct tether_attach a;
+
+	for (i = 0; i < 5; i++) {
+		ex[i] = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		ctl[i] = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		if (ex[i] < 0 || ctl[i] < 0 || ioctl(ctl[i], TETHER_IOC_CONTROL) ||
+		    !reg_range(ex[i], p + i * P, P)) {
+			fail("attach_ctl_limit", "setup: %s", strerror(errno));
+			return;
+		}
+	}
+	/* this process's efd is attached to the fake daemon's ctl: 3 more */
+	for (i = 0; i < 3; i++) {
+		a = (struct tether_attach){ .fd = ex[i] };
+		if (ioctl(ctl[i], TETHER_IOC_ATTACH, &a)) {
+			fail("attach_ctl_limit", "ATTACH to control fd %d of 4: %s", i + 2,
+			     strerror(errno));
+			ok = 0;
+		}
+	}
+	a = (struct tether_attach){ .fd = ex[3] };
+	errno = 0;
+	if (ok && (ioctl(ctl[3], TETHER_IOC_ATTACH, &a) != -1 || errno != EBUSY)) {
+		fail("attach_ctl_limit", "ATTACH to a 5th control fd of one process: %s, want EBUSY",
+		     errno ? strerror(errno) : "success");
+		ok = 0;
+	}
+	/* nothing changed: ex[3] is still free, and ctl[0] (in use) takes it */
+	a = (struct tether_attach){ .fd = ex[3] };
+	if (ok && ioctl(ctl[0], TETHER_IOC_ATTACH, &a)) {
+		fail("attach_ctl_limit", "ATTACH to a control fd in use after EBUSY: %s",
+		     strerror(errno));
+		ok = 0;
+	}
+	/* a closed control fd frees its slot */
+	close(ctl[1]);
+	ctl[1] = -1;
+	a = (struct tether_attach){ .fd = ex[4] };
+	if (ok && ioctl(ctl[4], TETHER_IOC_ATTACH, &a)) {
+		fail("attach_ctl_limit", "ATTACH after a control fd closed: %s", strerror(errno));
+		ok = 0;
+	}
+	if (ok)
+		pass("attach_ctl_limit");
+	for (i = 0; i < 5; i++) {
+		if (ctl[i] >= 0)
+			close(ctl[i]);
+		close(ex[i]);
+	}
+	munmap(p, 5 * P);
+}
+
 /* ------------------------------------------------------------------ */
 /* (j) the sequence protocol (MARK seq / READ_RETRY)                   */
 
@@ -1942,6 +2004,7 @@ int main(void)
 	test_cow();
 	test_many();
 	test_one_munmap_many_exporters();
+	test_attach_ctl_limit();
 	test_seq();
 	test_late_begin();
 	test_seq_disjoint();
