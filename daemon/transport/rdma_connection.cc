@@ -683,8 +683,11 @@ void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
       c->connected = true;
       PumpLocked(c);  // what queued while we connected
     } else {
+      // A set-up that failed on its own is the requests' answer (tcp may
+      // serve them); one abandoned (Disconnect, a replacement, Shutdown)
+      // leaves them NotSent: DataPath sends them again.
+      if (!c->dead) c->setup_status = st;
       if (st.ok()) st = absl::UnavailableError(c->why);
-      c->setup_status = st;
       owed = c->MarkDead(std::string(st.message()));
       why = c->why;
     }
