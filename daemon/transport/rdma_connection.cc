@@ -343,6 +343,7 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, int time
 // peer is dead. Returns how long the thread may sleep (ms).
 int CheckLiveness(Conn* c, uint64_t* seen_completions, std::string* why)
     ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.AssertHere();
   absl::Time now = absl::Now();
   PeerLiveness& l = *c->liveness;
   if (c->completions != *seen_completions) {
@@ -374,6 +375,7 @@ int CheckLiveness(Conn* c, uint64_t* seen_completions, std::string* why)
 // Returns when the connection is dead; the caller tears it down.
 void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
                    const std::atomic<bool>& shutting_down) ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.Bind();
   c->liveness.emplace(
       c->role == Conn::Role::kHome ? PeerLiveness::Role::kHome : PeerLiveness::Role::kRequester,
       live, absl::Now());
@@ -674,6 +676,7 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
 }
 
 void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
+  c->thread_role.Bind();
   absl::Status st = Connect(c, home);
   std::vector<Connection::Chunk> owed;
   std::string why;

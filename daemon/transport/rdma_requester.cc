@@ -108,6 +108,7 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
 }
 
 bool SendHeartbeat(Conn* c) {
+  c->thread_role.AssertHere();
   absl::MutexLock lock(&c->mu);
   if (c->dead || !c->connected || c->heartbeat_slot) return false;
   // A slot is the heartbeat's credit: the home has a receive for it.
@@ -132,6 +133,7 @@ bool SendHeartbeat(Conn* c) {
 }
 
 bool HeartbeatAnswered(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
   if (!c->PostRecv(i).ok()) {
     *why = "cannot repost a receive";
     return false;

@@ -105,6 +105,7 @@ bool Serve(Conn* c, const RdmaMessage& m, uint32_t slot, std::string* why) {
 // queue; heartbeats come only while the requester has nothing in flight,
 // so there is room).
 bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
   if (!c->PostRecv(i).ok()) {
     *why = "cannot repost a receive";
     return false;

@@ -63,6 +63,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/thread_role.h"
 #include "daemon/transport/buffer_pool.h"
 #include "daemon/transport/peer_liveness.h"
 #include "daemon/transport/rdma_transport.h"
@@ -154,6 +155,7 @@ struct RdmaTransport::Connection {
   uint64_t completions = 0;
   bool heartbeat_answered = false;
   std::optional<PeerLiveness> liveness;
+  ThreadRole thread_role;  // bound by the connection's thread as it starts
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;

@@ -104,11 +104,19 @@ def peer_transport(node, peer):
 
 
 def home_qps(node):
-    """RC queue pairs of node's tetherd (local daemons: `rdma res show qp`)."""
+    """RC queue pairs of node's tetherd (a local daemon), from `rdma res show
+    qp`, and that output. Its pid is the creating thread's id (the listener
+    thread's at a home), so match any thread of the daemon."""
     r = subprocess.run(["rdma", "res", "show", "qp"], capture_output=True, text=True, timeout=30)
     expect(r.returncode == 0, "rdma res show qp: " + r.stdout + r.stderr)
-    pid = "pid %d " % node.daemon.pid
-    return sum(1 for l in r.stdout.splitlines() if pid in l + " " and "RC" in l)
+    tids = set(os.listdir("/proc/%d/task" % node.daemon.pid))
+    n = 0
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if "RC" in f and "pid" in f and f.index("pid") + 1 < len(f) and \
+                f[f.index("pid") + 1] in tids:
+            n += 1
+    return n, r.stdout
 
 
 def flap(c, seconds):
@@ -237,8 +245,8 @@ def test_mapper_killed_or_silent_the_home_frees_its_connection(c):
     e = Exporter(c.node(1), 4 * MiB, 1)
     m = Mapper(c.node(2), e.segid, length=4 * MiB)
     expect(m.command("verify 1 0 65536") == "ok", "fetched over rdma")
-    before = home_qps(c.node(1))
-    expect(before >= 1, "no queue pair at the home")
+    before, out = home_qps(c.node(1))
+    expect(before >= 1, "no queue pair at the home: " + out)
     closed = count_in_log(c.node(1), "rdma: connection from node 2 closed")
     c.node(2).daemon.send_signal(signal.SIGSTOP)
     try:
@@ -250,20 +258,20 @@ def test_mapper_killed_or_silent_the_home_frees_its_connection(c):
         expect(count_in_log(c.node(1), "rdma: connection from node 2 closed") > closed,
                "the home kept a silent mapper's connection: " + log_of(c.node(1))[-1500:])
         print("INFO silent mapper: freed after %.1f s" % took, flush=True)
-        expect(home_qps(c.node(1)) < before, "queue pairs: %d, were %d" %
-               (home_qps(c.node(1)), before))
+        now, out = home_qps(c.node(1))
+        expect(now < before, "queue pairs: %d, were %d: %s" % (now, before, out))
     finally:
         c.node(2).daemon.send_signal(signal.SIGCONT)
     # It comes back: the next fault reconnects.
     expect(m.command("verify 1 %d 65536" % MiB, timeout=60) == "ok", "reads after SIGCONT")
-    before = home_qps(c.node(1))
-    closed = count_in_log(c.node(1), "rdma: connection from node 2 closed")
+    before, _ = home_qps(c.node(1))
     c.node(2).stop(signal.SIGKILL)
     t0 = time.time()
-    while time.time() - t0 < 15 and home_qps(c.node(1)) >= before:
+    while time.time() - t0 < 15 and home_qps(c.node(1))[0] >= before:
         time.sleep(0.2)
     took = time.time() - t0
-    expect(home_qps(c.node(1)) < before, "the home kept a killed mapper's queue pair")
+    now, out = home_qps(c.node(1))
+    expect(now < before, "the home kept a killed mapper's queue pair: " + out)
     print("INFO killed mapper: freed after %.1f s" % took, flush=True)
     m.close()
     e.close()
