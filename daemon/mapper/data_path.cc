@@ -4,19 +4,136 @@
 #include <atomic>
 #include <memory>
 
+#include <map>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
+
+std::optional<absl::Duration> RetryPolicy::Next(const absl::Status& status, bool is_read,
+                                                int attempts, absl::Duration elapsed) const {
+  if (status.ok()) return std::nullopt;
+  // Nothing reached the home, or a read (repeating one changes nothing).
+  if (!IsNotSent(status) && !(is_read && IsLostInFlight(status))) return std::nullopt;
+  absl::Duration delay = absl::Milliseconds(50) * (int64_t{1} << std::min(attempts, 5));
+  delay = std::min(delay, absl::Seconds(1));
+  if (elapsed + delay > budget) return std::nullopt;
+  return delay;
+}
+
+// A request and what its tries so far learned.
+struct DataPath::Attempt {
+  bool is_read = true;
+  uint32_t node = 0;
+  uint64_t segid = 0, grant = 0, offset = 0;
+  absl::Span<uint8_t> dst;
+  absl::Span<const uint8_t> src;
+  Transport::Done done;
+  int failures = 0;
+  absl::Time first_failure;
+};
+
+// Runs scheduled retries at their time on one thread (the default
+// Scheduler). Thread contract: Schedule from any thread; Stop once.
+class DataPath::Timer {
+ public:
+  Timer() : thread_([this] { Loop(); }) {}
+  ~Timer() { Stop(); }
+  void Schedule(absl::Duration delay, absl::AnyInvocable<void(bool)> fn) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        due_.emplace(absl::Now() + delay, std::move(fn));
+        cv_.Signal();
+        return;
+      }
+    }
+    fn(true);  // too late: as if Stop had found it
+  }
+  // Cancels what is pending (each gets fn(true), here) and joins.
+  void Stop() {
+    std::multimap<absl::Time, absl::AnyInvocable<void(bool)>> left;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      cv_.Signal();
+    }
+    thread_.join();
+    {
+      absl::MutexLock lock(&mu_);
+      left.swap(due_);
+    }
+    for (auto& [t, fn] : left) fn(true);
+  }
+
+ private:
+  void Loop() {
+    absl::MutexLock lock(&mu_);
+    while (!stopping_) {
+      absl::Time now = absl::Now();
+      if (!due_.empty() && due_.begin()->first <= now) {
+        auto fn = std::move(due_.begin()->second);
+        due_.erase(due_.begin());
+        mu_.Unlock();
+        fn(false);
+        mu_.Lock();
+        continue;
+      }
+      absl::Time until = due_.empty() ? now + absl::Seconds(1) : due_.begin()->first;
+      cv_.WaitWithDeadline(&mu_, until);
+    }
+  }
+
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::multimap<absl::Time, absl::AnyInvocable<void(bool)>> due_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;  // last: starts after the fields above exist
+};
+
+DataPath::DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
+                   EndpointResolver resolve)
+    : DataPath(local_node, local_server, tcp, rdma, std::move(resolve), Options()) {}
+
+DataPath::DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
+                   EndpointResolver resolve, Options options)
+    : local_node_(local_node),
+      local_server_(local_server),
+      tcp_(tcp),
+      rdma_(rdma),
+      resolve_(std::move(resolve)),
+      policy_{options.retry_budget},
+      rdma_retry_after_(options.rdma_retry_after),
+      clock_(options.clock),
+      schedule_(std::move(options.schedule)) {
+  if (!schedule_) {
+    timer_ = std::make_unique<Timer>();
+    schedule_ = [timer = timer_.get()](absl::Duration d, absl::AnyInvocable<void(bool)> fn) {
+      timer->Schedule(d, std::move(fn));
+    };
+  }
+}
+
+DataPath::~DataPath() { Shutdown(); }
+
+void DataPath::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  if (timer_) timer_->Stop();
+}
 
 bool DataPath::UseRdma(uint32_t node, const DataEndpoint& ep) {
   if (rdma_ == nullptr || ep.rdma_address.empty()) return false;
   absl::MutexLock lock(&mu_);
   auto it = tcp_until_.find(node);
   if (it == tcp_until_.end()) return true;
-  if (absl::Now() < it->second) return false;
+  if (clock_->Now() < it->second) return false;
   tcp_until_.erase(it);
   return true;
 }
@@ -40,11 +157,11 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
     {
       absl::MutexLock lock(&mu_);
       first = tcp_until_.find(ep->node_id) == tcp_until_.end();
-      tcp_until_[ep->node_id] = absl::Now() + kRdmaRetryAfter;
+      tcp_until_[ep->node_id] = clock_->Now() + rdma_retry_after_;
     }
     if (first)
-      TLOG_WARN("node %d: %s; using tcp for %d s", ep->node_id, st.message(),
-                absl::ToInt64Seconds(kRdmaRetryAfter));
+      TLOG_WARN("node %d: %s; using tcp for %s", ep->node_id, st.message(),
+                absl::FormatDuration(rdma_retry_after_));
     SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
   };
 }
@@ -67,6 +184,74 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
                             : local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
+  auto a = std::make_shared<Attempt>();
+  a->is_read = is_read;
+  a->node = node;
+  a->segid = segid;
+  a->grant = grant;
+  a->offset = offset;
+  a->dst = dst;
+  a->src = src;
+  a->done = std::move(done);
+  Try(std::move(a));
+}
+
+void DataPath::Finished(std::shared_ptr<Attempt> a, absl::Status st) {
+  absl::Time now = clock_->Now();
+  if (!st.ok() && a->failures == 0) a->first_failure = now;
+  std::optional<absl::Duration> delay;
+  if (!shut_down_.load())
+    delay = policy_.Next(st, a->is_read, a->failures,
+                         st.ok() ? absl::ZeroDuration() : now - a->first_failure);
+  if (delay) {
+    int n;
+    {
+      absl::MutexLock lock(&mu_);
+      n = a->failures == 0 ? ++retrying_[a->node] : retrying_[a->node];
+    }
+    if (a->failures == 0 && n == 1)
+      TLOG_WARN("node %d: %s; sending again for up to %s", a->node, st.message(),
+                absl::FormatDuration(policy_.budget));
+    ++a->failures;
+    // Never inline: `done` may run on a transport's thread, which must not
+    // wait, and a lost connection fails every request it held at once.
+    schedule_(*delay, [this, a, st](bool cancelled) mutable {
+      if (cancelled) {
+        Finished(std::move(a), std::move(st));  // shut down: no retry now
+        return;
+      }
+      Try(std::move(a));
+    });
+    return;
+  }
+  if (a->failures > 0) {
+    absl::MutexLock lock(&mu_);
+    if (auto it = retrying_.find(a->node); it != retrying_.end() && --it->second == 0) {
+      retrying_.erase(it);
+      if (st.ok()) TLOG_INFO("node %d: requests answered again", a->node);
+    }
+  }
+  if (!st.ok() && !a->is_read && IsLostInFlight(st)) {
+    // It may have been applied: only the caller knows whether this copy is
+    // still the newest (fault_writeback.cc re-checks before re-sending).
+    st = Retry(absl::StrCat("write-back lost in flight: ", st.message()));
+  } else if (!st.ok() && a->failures > 0) {
+    TLOG_WARN("node %d: gave up after %d retries in %s: %s", a->node, a->failures,
+              absl::FormatDuration(absl::Floor(now - a->first_failure, absl::Milliseconds(1))),
+              st.message());
+  }
+  std::move(a->done)(std::move(st));
+}
+
+void DataPath::Try(std::shared_ptr<Attempt> a) {
+  const bool is_read = a->is_read;
+  const uint32_t node = a->node;
+  const uint64_t segid = a->segid, grant = a->grant, offset = a->offset;
+  const absl::Span<uint8_t> dst = a->dst;
+  const absl::Span<const uint8_t> src = a->src;
+  Transport::Done done = [this, a](absl::Status st) mutable {
+    Finished(std::move(a), std::move(st));
+  };
   auto ep_or = resolve_(node);
   if (!ep_or.ok()) {
     std::move(done)(ep_or.status());

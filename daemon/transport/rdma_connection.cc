@@ -59,6 +59,13 @@ void NoteDeviceRemoval() {
   ReleaseRemovedDevices();
 }
 
+PeerLiveness::Options LivenessOptions(const RdmaTransport::Options& o) {
+  PeerLiveness::Options l;
+  l.interval = absl::Milliseconds(o.heartbeat_interval_ms);
+  l.timeout = absl::Milliseconds(o.peer_timeout_ms);
+  return l;
+}
+
 int EffectiveSpinUs(int configured) {
   if (configured >= 0) return configured;
   // Spinning only pays when another CPU runs the peer's side (or the NIC's
@@ -68,12 +75,15 @@ int EffectiveSpinUs(int configured) {
 
 // Waits (bounded) for the next rdma_cm event on `ch` and checks its type.
 // The event is acked here; `status`/`private data` are not needed after.
-absl::Status WaitCmEvent(rdma_event_channel* ch, rdma_cm_event_type want, int timeout_ms,
-                         const std::string& what) {
-  pollfd p{ch->fd, POLLIN, 0};
-  int r = poll(&p, 1, timeout_ms);
+// A wake-up on `wake_fd` (Disconnect, a replacement, Shutdown) abandons
+// the connect.
+absl::Status WaitCmEvent(rdma_event_channel* ch, int wake_fd, rdma_cm_event_type want,
+                         int timeout_ms, const std::string& what) {
+  pollfd p[2] = {{ch->fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  int r = poll(p, 2, timeout_ms);
   if (r == 0) return SetupError(ETIMEDOUT, absl::StrCat(what, ": timed out"));
   if (r < 0) return SetupError(errno, what);
+  if (!(p[0].revents & POLLIN)) return absl::UnavailableError(absl::StrCat(what, ": abandoned"));
   rdma_cm_event* ev = nullptr;
   if (rdma_get_cm_event(ch, &ev) != 0) return SetupError(errno, what);
   rdma_cm_event_type got = ev->event;
@@ -150,7 +160,7 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   if (pool_mr == nullptr)
     return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (buffer pool, ",
                                           pool->size_bytes() >> 20, " MiB; check RLIMIT_MEMLOCK)"));
-  wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd < 0) wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd < 0) return SetupError(errno, "eventfd");
   inflight.assign(depth, std::nullopt);
   inflight_req.assign(depth, 0);
@@ -183,6 +193,7 @@ std::vector<RdmaTransport::Connection::Chunk> RdmaTransport::Connection::MarkDea
   }
   for (auto& c : waiting) owed.push_back(std::move(c));
   waiting.clear();
+  heartbeat_slot.reset();  // the pool goes with the connection
   return owed;
 }
 
@@ -234,6 +245,7 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
     *why = absl::StrCat("work completion error: ", ibv_wc_status_str(w.status));
     return;
   }
+  ++c->completions;  // the peer (or its adapter) answered: alive
   uint32_t idx = IndexOf(w.wr_id);
   switch (KindOf(w.wr_id)) {
     case kRecv:
@@ -241,7 +253,14 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
         *why = "bad completion";
         break;
       }
-      if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+      if (w.opcode == IBV_WC_RECV && w.byte_len == 0) {
+        // A heartbeat (home) or its answer (requester): every message
+        // carries at least a header, so nothing else is empty.
+        if (c->role == Conn::Role::kHome)
+          AnswerHeartbeat(c, idx, why);
+        else
+          HeartbeatAnswered(c, idx, why);
+      } else if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
         // Only a home answers with a write: from a requester it is an
         // error (it wrote into our slot without asking).
         if (c->role == Conn::Role::kHome || !(w.wc_flags & IBV_WC_WITH_IMM)) {
@@ -256,6 +275,7 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
       }
       break;
     case kSendRequest: break;  // the response completes the request
+    case kHeartbeat: break;    // a heartbeat's answer went out
     case kSendResponse:
       if (idx >= c->depth) {
         *why = "bad completion";
@@ -277,9 +297,10 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
 // Sleeps (up to a second) on the completion channel, the connection's
 // rdma_cm events and its wake fd, on the connection's thread, with the CQ
 // armed. Sets `why` when the connection must end.
-void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::string* why) {
+void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, int timeout_ms,
+                     std::string* why) {
   pollfd fds[3] = {{c->comp->fd, POLLIN, 0}, {c->cm->fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
-  if (poll(fds, 3, 1000) < 0 && errno != EINTR) {
+  if (poll(fds, 3, timeout_ms) < 0 && errno != EINTR) {
     *why = "poll failed";
     return;
   }
@@ -304,6 +325,11 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::str
         *why = "the peer disconnected";
       else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL)
         *why = kDeviceRemoved;
+      else if (t == RDMA_CM_EVENT_UNREACHABLE || t == RDMA_CM_EVENT_CONNECT_ERROR ||
+               t == RDMA_CM_EVENT_REJECTED)
+        // A home's accepted connection that never became established (the
+        // requester went away meanwhile), or a connection the CM gave up.
+        *why = absl::StrCat("rdma_cm: ", rdma_event_str(t));
     }
   }
   if (fds[2].revents & POLLIN) {
@@ -312,10 +338,55 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::str
   }
 }
 
-// The connection's thread: completions, rdma_cm events, wake-ups. Returns
-// when the connection is dead; the caller tears it down.
-void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
+// Before the connection's thread sleeps: tells PeerLiveness what it saw
+// since the last time, sends a heartbeat it asks for, and sets `why` if the
+// peer is dead. Returns how long the thread may sleep (ms).
+int CheckLiveness(Conn* c, uint64_t* seen_completions, std::string* why)
     ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.AssertHere();
+  absl::Time now = absl::Now();
+  PeerLiveness& l = *c->liveness;
+  if (c->completions != *seen_completions) {
+    *seen_completions = c->completions;
+    l.Heard(now);
+  }
+  if (c->heartbeat_answered) {
+    c->heartbeat_answered = false;
+    l.HeartbeatAnswered(now);
+  }
+  bool outstanding = false;
+  if (c->role == Conn::Role::kRequester) {
+    absl::MutexLock lock(&c->mu);
+    // Not yet set up: the connect's own timeouts apply.
+    if (!c->connected) return 1000;
+    for (const auto& ch : c->inflight) outstanding |= ch.has_value();
+  }
+  switch (l.Check(now, outstanding)) {
+    case PeerLiveness::Action::kDead: *why = l.DeadReason(now); break;
+    case PeerLiveness::Action::kSendHeartbeat:
+      if (SendHeartbeat(c)) l.HeartbeatSent(now);
+      break;
+    case PeerLiveness::Action::kNone: break;
+  }
+  return static_cast<int>(absl::ToInt64Milliseconds(l.PollTimeout(now)));
+}
+
+// The connection's thread: completions, rdma_cm events, wake-ups, liveness.
+// Returns when the connection is dead; the caller tears it down.
+void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
+                   const std::atomic<bool>& shutting_down) ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.Bind();
+  c->liveness.emplace(
+      c->role == Conn::Role::kHome ? PeerLiveness::Role::kHome : PeerLiveness::Role::kRequester,
+      live, absl::Now());
+  if (c->role == Conn::Role::kHome && c->fence) {
+    // Newer than every connection from this node before it: from now on
+    // their write-backs are refused (WriteFetched), after any one that is
+    // being written now.
+    absl::MutexLock lock(&c->fence->mu);
+    c->fence->current = std::max(c->fence->current, c->generation);
+  }
+  uint64_t seen_completions = 0;
   std::string why;
   ibv_wc wc[32];
   absl::Time last_completion = absl::Now();
@@ -353,7 +424,11 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
       armed = true;
       continue;
     }
-    SleepUntilEvent(c, &armed, &last_completion, &why);
+    // Only on the way to sleep: a busy connection is a live one, and the
+    // fast path reads no clock for it.
+    int timeout_ms = CheckLiveness(c, &seen_completions, &why);
+    if (!why.empty()) break;
+    SleepUntilEvent(c, &armed, &last_completion, timeout_ms, &why);
   }
   std::vector<Conn::Chunk> owed;
   {
@@ -361,15 +436,17 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
     owed = c->MarkDead(why);
     why = c->why;
   }
+  if (!shutting_down.load())
+    TLOG_WARN("rdma: %s node %d closed: %s (%d request(s) owed)",
+              c->role == Conn::Role::kHome ? "connection from" : "connection to", c->node, why,
+              owed.size());
   FailChunks(c, std::move(owed), why);
   // Dead: nobody posts any more (Submit and PumpLocked check `dead` under
   // mu). Release the device now, not when the connection is reaped: a
-  // removed device waits for its last user.
+  // removed device waits for its last user; and a dead mapper's pinned
+  // pool and queue pair go now, not when the next connection is reaped.
   c->DestroyVerbs();
-  if (why == kDeviceRemoved) {
-    TLOG_WARN("rdma: connection with node %d: %s", c->node, why);
-    NoteDeviceRemoval();
-  }
+  if (why == kDeviceRemoved) NoteDeviceRemoval();
 }
 
 }  // namespace
@@ -514,9 +591,27 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return false;
   ReapLocked();
+  // One connection per requester node: a node connects again only when it
+  // gave up its connection (lost, timed out, or it restarted), so the old
+  // one is dead from its side; free it now instead of after our timeout.
+  std::shared_ptr<NodeFence>& fence = fences_[c->node];
+  if (!fence) fence = std::make_shared<NodeFence>();
+  c->fence = fence;
+  c->generation = next_generation_++;
+  for (const auto& old : all_conns_) {
+    if (old->role != Connection::Role::kHome || old->node != c->node) continue;
+    {
+      absl::MutexLock clock(&old->mu);
+      if (old->dead) continue;
+      old->dead = true;
+      old->why = absl::StrCat("replaced by a new connection from node ", c->node);
+    }
+    old->Wake();
+  }
   Connection* raw = c.get();
-  c->thread = std::thread([this, raw, spin_us] {
-    RunConnection(raw, spin_us, shutting_down_);
+  const PeerLiveness::Options live = LivenessOptions(options_);
+  c->thread = std::thread([this, raw, spin_us, live] {
+    RunConnection(raw, spin_us, live, shutting_down_);
     raw->finished = true;
   });
   all_conns_.push_back(std::move(c));
@@ -540,39 +635,96 @@ void RdmaTransport::ReapLocked() {
 
 absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetConnection(
     const DataEndpoint& home) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = conns_.find(home.node_id);
-    if (it != conns_.end()) {
-      absl::MutexLock clock(&it->second->mu);
-      if (!it->second->dead) return it->second;
-    }
-  }
-  if (shutting_down_) return absl::UnavailableError("transport shutting down");
   if (home.rdma_address.empty())
     return SetupError(EHOSTUNREACH, absl::StrCat("node ", home.node_id, " has no rdma address"));
   if (home.token.size() != kDataTokenSize)
     return SetupError(EINVAL, absl::StrCat("no data token for node ", home.node_id));
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("transport shutting down");
+  ReapLocked();
+  if (auto it = conns_.find(home.node_id); it != conns_.end()) {
+    Connection* old = it->second.get();
+    absl::MutexLock clock(&old->mu);
+    if (!old->dead) {
+      // Live or being set up: theirs (one connection per node pair). A home
+      // that restarted is another peer: the old queue pair would only find
+      // out by timing out.
+      if (home.incarnation == 0 || old->incarnation == home.incarnation) return it->second;
+      old->dead = true;
+      old->why =
+          absl::StrCat("node ", home.node_id, " restarted (incarnation ",
+                       absl::Hex(home.incarnation), ", was ", absl::Hex(old->incarnation), ")");
+      old->Wake();
+    }
+  }
+  auto c = std::make_shared<Connection>();
+  c->role = Connection::Role::kRequester;
+  c->node = home.node_id;
+  c->incarnation = home.incarnation;
+  c->depth = options_.queue_depth;
+  c->slot_bytes = options_.slot_bytes;
+  c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->wake_fd < 0) return SetupError(errno, "eventfd");
+  conns_[home.node_id] = c;
+  Connection* raw = c.get();
+  c->thread = std::thread([this, raw, home] {
+    ConnectAndRun(raw, home);
+    raw->finished = true;
+  });
+  all_conns_.push_back(c);
+  return c;
+}
+
+void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
+  c->thread_role.Bind();
+  absl::Status st = Connect(c, home);
+  std::vector<Connection::Chunk> owed;
+  std::string why;
+  {
+    absl::MutexLock lock(&c->mu);
+    if (st.ok() && !c->dead) {
+      c->connected = true;
+      PumpLocked(c);  // what queued while we connected
+    } else {
+      // A set-up that failed on its own is the requests' answer (tcp may
+      // serve them); one abandoned (Disconnect, a replacement, Shutdown)
+      // leaves them NotSent: DataPath sends them again.
+      if (!c->dead) c->setup_status = st;
+      if (st.ok()) st = absl::UnavailableError(c->why);
+      owed = c->MarkDead(std::string(st.message()));
+      why = c->why;
+    }
+  }
+  if (!st.ok()) {
+    // Nothing was sent: the requests get the set-up's status (a
+    // SetupFailure goes over tcp in DataPath).
+    TLOG_WARN("rdma: %s", st.message());
+    FailChunks(c, std::move(owed), why);
+    c->DestroyVerbs();
+    return;
+  }
+  TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
+            ibv_get_device_name(c->id->verbs->device));
+  RunConnection(c, EffectiveSpinUs(options_.spin_us), LivenessOptions(options_), shutting_down_);
+}
+
+absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {
   auto ss = NumericSocketAddress(home.rdma_address);
   if (!ss.ok()) return SetupError(EINVAL, std::string(ss.status().message()));
   const std::string what =
       absl::StrCat("rdma connect to node ", home.node_id, " at ", home.rdma_address);
   const int timeout = options_.connect_timeout_ms;
-  auto c = std::make_shared<Connection>();
-  c->role = Connection::Role::kRequester;
-  c->node = home.node_id;
-  c->depth = options_.queue_depth;
-  c->slot_bytes = options_.slot_bytes;
   c->cm = rdma_create_event_channel();
   if (c->cm == nullptr) return SetupError(errno, "rdma_create_event_channel");
   if (rdma_create_id(c->cm, &c->id, nullptr, RDMA_PS_TCP) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_create_id"));
   if (rdma_resolve_addr(c->id, nullptr, reinterpret_cast<sockaddr*>(&*ss), timeout) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_resolve_addr"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ADDR_RESOLVED, timeout + 500, what));
+  RETURN_IF_ERROR(WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ADDR_RESOLVED, timeout + 500, what));
   if (rdma_resolve_route(c->id, timeout) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_resolve_route"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout + 500, what));
+  RETURN_IF_ERROR(
+      WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout + 500, what));
   RETURN_IF_ERROR(c->CreateResources(what));
   uint8_t priv[kRdmaPrivateDataSize];
   EncodeRdmaConnectData({local_node_, home.token}, priv);
@@ -587,27 +739,7 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
   param.rnr_retry_count = 7;
   if (rdma_connect(c->id, &param) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_connect"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what));
-
-  absl::MutexLock lock(&mu_);
-  if (shutting_down_) return absl::UnavailableError("transport shutting down");
-  ReapLocked();
-  auto it = conns_.find(home.node_id);
-  if (it != conns_.end()) {
-    absl::MutexLock clock(&it->second->mu);
-    if (!it->second->dead) return it->second;  // lost a race: use theirs, drop ours
-  }
-  TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
-            ibv_get_device_name(c->id->verbs->device));
-  conns_[home.node_id] = c;
-  Connection* raw = c.get();
-  const int spin_us = EffectiveSpinUs(options_.spin_us);
-  c->thread = std::thread([this, raw, spin_us] {
-    RunConnection(raw, spin_us, shutting_down_);
-    raw->finished = true;
-  });
-  all_conns_.push_back(c);
-  return c;
+  return WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what);
 }
 
 }  // namespace tether

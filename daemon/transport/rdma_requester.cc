@@ -23,14 +23,24 @@ uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 
 }  // namespace
 
 // Completes chunks that will never be answered (outside the connection lock).
+// An op is LostInFlight if any of its chunks was sent (the home may have
+// served part of it), NotSent if none was, or gets the set-up's failure if
+// the connection never came up. The op's first failure stays.
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) {
   std::vector<std::shared_ptr<Conn::Op>> done;
   {
     absl::MutexLock lock(&c->mu);
+    const std::string lost = absl::StrCat("rdma connection to node ", c->node, " lost: ", why);
     for (auto& ch : owed) {
-      if (ch.op->status.ok())
-        ch.op->status = absl::UnavailableError(
-            absl::StrCat("rdma connection to node ", c->node, " lost: ", why));
+      if (ch.op->status.ok()) {
+        if (ch.op->sent) {
+          ch.op->status = LostInFlight(absl::UnavailableError(lost));
+        } else if (!c->setup_status.ok()) {
+          ch.op->status = c->setup_status;
+        } else {
+          ch.op->status = NotSent(absl::UnavailableError(lost));
+        }
+      }
       if (--ch.op->chunks_left == 0) done.push_back(ch.op);
     }
   }
@@ -40,7 +50,8 @@ void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) 
 // Posts as many waiting chunks as there are free slots, as one chained
 // ibv_post_send (a read-ahead batch costs one doorbell).
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
-  if (c->dead || c->waiting.empty() || c->pool->free_slots() == 0) return;
+  // Not connected yet: the connection's thread pumps once it is.
+  if (c->dead || !c->connected || c->waiting.empty() || c->pool->free_slots() == 0) return;
   ibv_send_wr wrs[64];
   ibv_sge sges[64];
   int n = 0;
@@ -49,6 +60,7 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     if (!slot) break;
     Conn::Chunk ch = std::move(c->waiting.front());
     c->waiting.pop_front();
+    ch.op->sent = true;
     const Conn::Op& op = *ch.op;
     uint64_t req_id = (c->next_req++ << 16) | *slot;
     absl::Span<uint8_t> buf = c->pool->slot(*slot);
@@ -93,6 +105,49 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     rdma_disconnect(c->id);
     c->Wake();
   }
+}
+
+bool SendHeartbeat(Conn* c) {
+  c->thread_role.AssertHere();
+  absl::MutexLock lock(&c->mu);
+  if (c->dead || !c->connected || c->heartbeat_slot) return false;
+  // A slot is the heartbeat's credit: the home has a receive for it.
+  std::optional<uint32_t> slot = c->pool->Acquire();
+  if (!slot) return false;
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kSendRequest, *slot);
+  wr.num_sge = 0;  // zero-length: nothing else is (rdma_wire.h)
+  wr.opcode = IBV_WR_SEND;
+  if (++c->unsignaled_sends >= std::min(kSignalEvery, c->depth)) {
+    wr.send_flags |= IBV_SEND_SIGNALED;
+    c->unsignaled_sends = 0;
+  }
+  ibv_send_wr* bad = nullptr;
+  if (int err = ibv_post_send(c->id->qp, &wr, &bad); err != 0) {
+    c->pool->Release(*slot);
+    TLOG_WARN("rdma: heartbeat to node %d: ibv_post_send: %s", c->node, std::strerror(err));
+    return false;
+  }
+  c->heartbeat_slot = slot;
+  return true;
+}
+
+bool HeartbeatAnswered(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  absl::MutexLock lock(&c->mu);
+  if (!c->heartbeat_slot) {
+    *why = "a heartbeat answer without a heartbeat";
+    return false;
+  }
+  c->pool->Release(*c->heartbeat_slot);
+  c->heartbeat_slot.reset();
+  c->heartbeat_answered = true;
+  PumpLocked(c);
+  return true;
 }
 
 namespace {
@@ -208,6 +263,8 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
   std::string why;
   {
     absl::MutexLock lock(&c->mu);
+    // Queued (and posted at once if connected and a slot is free; else by
+    // the connection's thread once it is up, or as slots free).
     if (!c->dead) {
       op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
       for (uint64_t off = 0; off < len; off += c->slot_bytes)
@@ -218,8 +275,8 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
     }
     why = c->why;
   }
-  std::move(op->done)(absl::UnavailableError(
-      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why)));
+  std::move(op->done)(NotSent(absl::UnavailableError(
+      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why))));
 }
 
 }  // namespace tether

@@ -100,6 +100,29 @@ bool Serve(Conn* c, const RdmaMessage& m, uint32_t slot, std::string* why) {
 
 }  // namespace
 
+// Home side: a heartbeat arrived in receive slot `i`: answered with a
+// zero-length SEND, signalled (its completion retires it from the send
+// queue; heartbeats come only while the requester has nothing in flight,
+// so there is room).
+bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kHeartbeat, 0);
+  wr.num_sge = 0;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  if (int err = ibv_post_send(c->id->qp, &wr, &bad); err != 0) {
+    *why = absl::StrCat("heartbeat answer: ", std::strerror(err));
+    return false;
+  }
+  return true;
+}
+
 // Home side: one request arrived in receive slot `i`.
 bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
   auto m = DecodeRdmaMessage(c->recv_msg(i), byte_len, c->slot_bytes);
@@ -159,9 +182,21 @@ bool ResponseSent(Conn* c, uint32_t slot, std::string* why) {
 // completed: hand them to WriteBlocks, then answer.
 bool WriteFetched(Conn* c, uint32_t slot, std::string* why) {
   const RdmaMessage& req = c->serving[slot];
-  absl::Status st =
-      c->server->WriteBlocks(c->node, req.header.segid, req.header.grant, req.header.offset,
-                             c->pool->slot(slot).first(req.header.length));
+  absl::Status st;
+  {
+    // Held across the write: a newer connection from this node (its
+    // requester gave this one up and may have sent this write again, and
+    // newer ones after it) must not be served until this write is in, and
+    // this connection's later writes must not land after that one's.
+    // Uncontended but at a replacement; not on the read path.
+    absl::MutexLock lock(&c->fence->mu);
+    if (c->fence->current != c->generation) {
+      *why = absl::StrCat("replaced by a newer connection from node ", c->node);
+      return false;
+    }
+    st = c->server->WriteBlocks(c->node, req.header.segid, req.header.grant, req.header.offset,
+                                c->pool->slot(slot).first(req.header.length));
+  }
   if (!PostResponse(c, slot, req, ToWireStatus(st), 0)) {
     *why = "cannot post a response";
     return false;

@@ -34,11 +34,23 @@
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
 //   mismatch is rejected before any resource is created for the peer.
-// - Failure: a work completion error, a DISCONNECTED or DEVICE_REMOVAL
-//   event or Disconnect() fails every request in flight or queued with
-//   UNAVAILABLE and drops the connection; the next request reconnects.
-//   Data is only ever placed in the pool, never in a caller's buffer, so a
-//   late RDMA WRITE_WITH_IMM cannot land in memory that was handed back.
+// - Failure: a work completion error, a DISCONNECTED, UNREACHABLE,
+//   CONNECT_ERROR or DEVICE_REMOVAL event, a silent peer (PeerLiveness:
+//   nothing heard for peer_timeout_ms while a request or a heartbeat is
+//   owed; the requester sends a zero-length SEND heartbeat after
+//   heartbeat_interval_ms of quiet, the home answers it, and a home hears
+//   from a live requester at least that often) or Disconnect() drops the
+//   connection and fails what it owed with UNAVAILABLE: requests never
+//   sent tagged NotSent, requests in flight LostInFlight (transport.h;
+//   DataPath retries them). The next request reconnects. Data is only
+//   ever placed in the pool, never in a caller's buffer, so a late RDMA
+//   WRITE_WITH_IMM cannot land in memory that was handed back.
+// - One connection per (home node, incarnation): an endpoint with a newer
+//   incarnation (the home restarted) replaces the connection; callers
+//   that find a connection being set up queue on it. A home keeps one
+//   connection per requester node: a new connect from the node replaces
+//   (frees) the old one, and a NodeFence keeps the old one's write-backs
+//   from reaching the exporter after the new one's.
 // - Device removal: the connection's thread releases its verbs objects at
 //   once and the listener drops its id (a removed device waits for its
 //   last user), then listens again at the same address when a device
@@ -51,13 +63,15 @@
 //   outlive it.
 // - Read, Write, Disconnect: any thread (a transport that only requests
 //   needs no Listen); bound_address: once Listen returned. Read and Write
-//   connect on first use, on the caller's thread (GetConnection: address
-//   and route resolution and the connect, each bounded by
-//   connect_timeout_ms + 0.5 s).
+//   never wait for the network: on first use they publish an unconnected
+//   connection and queue on it; its thread connects (ConnectAndRun:
+//   address and route resolution and the connect, each bounded by
+//   connect_timeout_ms + 0.5 s) and then posts what queued.
 // - Threads: one listener thread (ListenLoop: connect requests, the
 //   listener's device removal, listening again) and one thread per
 //   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups). `done` runs on a connection's
+//   connection's rdma_cm events, wake-ups, the liveness checks and
+//   heartbeats; a requester's thread first connects). `done` runs on a connection's
 //   thread, or inline on the caller's thread when the request fails before
 //   it is posted; home-side BlockServer calls run on the connection's
 //   thread. No lock is held while either runs.
@@ -98,6 +112,8 @@ class RdmaTransport : public Transport {
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
     int connect_timeout_ms = 3000;
+    int heartbeat_interval_ms = 1000;  // quiet time before a requester's heartbeat
+    int peer_timeout_ms = 5000;        // silence (while owed an answer) that kills a connection
   };
 
   // True if a verbs device with an active port exists (the automatic
@@ -124,16 +140,22 @@ class RdmaTransport : public Transport {
   struct Connection;  // rdma_transport_internal.h
 
  private:
-  struct Listener;  // rdma_transport_internal.h
+  struct Listener;   // rdma_transport_internal.h
+  struct NodeFence;  // rdma_transport_internal.h
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
               uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // rdma_connection.cc. The connection to `home`, connected (blocking) if
-  // there is none: on the caller's thread.
+  // rdma_connection.cc. The live connection to `home` (this incarnation),
+  // or a new one being set up by its own thread (never blocks): on the
+  // caller's thread. An error only for an endpoint no connect could use.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A requester connection's thread: sets it up, then runs it.
+  void ConnectAndRun(Connection* c, const DataEndpoint& home);
+  // Sets up a requester connection (on its thread; bounded).
+  absl::Status Connect(Connection* c, const DataEndpoint& home);
   // The listener thread's loop, and its parts (on that thread only):
   // listening again after a device removal, and accepting one connect
   // request (false: the transport is shutting down).
@@ -151,6 +173,10 @@ class RdmaTransport : public Transport {
   absl::flat_hash_map<uint32_t, std::shared_ptr<Connection>> conns_ ABSL_GUARDED_BY(mu_);
   // Every connection whose thread may still run (requester and home side).
   std::vector<std::shared_ptr<Connection>> all_conns_ ABSL_GUARDED_BY(mu_);
+  // Home side: per requester node, the fence of its connections' writes,
+  // and the generation the next accepted connection gets.
+  absl::flat_hash_map<uint32_t, std::shared_ptr<NodeFence>> fences_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
 
   // Set by Listen before the listener thread starts, then read-only (but
   // for listener_->id: the listener thread's).

@@ -5,31 +5,44 @@
 //
 // Thread contract (the threads themselves: rdma_transport.h):
 //
-// - A Connection is set up (CreateResources and the plain fields before it)
-//   by one thread while nobody else can see it: the caller of Read/Write
-//   that connects (GetConnection, requester side) or the listener thread
-//   that accepts (RdmaTransport::Accept, home side). Then, under the
-//   transport's mu_, it is published in the transport's tables and its
-//   thread starts (RunConnection, rdma_connection.cc). From then on,
-//   until DestroyVerbs, the set-up
-//   fields are read-only: role, node, depth, slot_bytes, use_inline, the
-//   rdma_cm and verbs objects, the control ring, the pool's memory
-//   (pool->slot(), base()), pool_mr, wake_fd, server.
-// - The connection's thread alone touches unacked_cq_events, the home
-//   side's serving/backlog/unreleased, the connection's rdma_cm events,
-//   and calls DestroyVerbs once `dead` is set: nobody posts after that
-//   (Submit and PumpLocked check `dead` under mu).
-// - Connection::mu guards `dead`, `why`, the requester's tables, the pool's
-//   free list (pool->Acquire/Release/free_slots, on both sides: the pool is
-//   also the window) and each Op's chunks_left and status. It is never
-//   held while `done` runs or while a BlockServer call runs.
+// - A home-side Connection is set up (CreateResources and the plain fields
+//   before it) by the listener thread while nobody else can see it
+//   (RdmaTransport::Accept), then published under the transport's mu_ and
+//   its thread started. A requester-side Connection is published at once,
+//   unconnected (GetConnection: the caller of Read/Write never waits for a
+//   connect): its thread sets it up (ConnectAndRun: address, route,
+//   CreateResources, the connect) while callers queue chunks on it, then
+//   sets `connected` under mu. Nobody but its thread touches the set-up
+//   fields before `connected` (PumpLocked checks it under mu; what the
+//   thread wrote before setting it is visible to whoever reads it set).
+//   From then on, until DestroyVerbs, the set-up fields are read-only:
+//   role, node, incarnation, depth, slot_bytes, use_inline, the rdma_cm and
+//   verbs objects, the control ring, the pool's memory (pool->slot(),
+//   base()), pool_mr, server, fence, generation. wake_fd is set before the
+//   connection is published.
+// - The connection's thread alone touches unacked_cq_events, completions,
+//   heartbeat_answered, liveness, the home side's serving/backlog/
+//   unreleased, the connection's rdma_cm events, and calls DestroyVerbs
+//   once `dead` is set: nobody posts after that (Submit and PumpLocked
+//   check `dead` under mu).
+// - Connection::mu guards `dead`, `why`, `connected`, `setup_status`, the
+//   requester's tables (heartbeat_slot included), the pool's free list
+//   (pool->Acquire/Release/free_slots, on both sides: the pool is also the
+//   window) and each Op's chunks_left and status. It is never held while
+//   `done` runs or while a BlockServer call runs.
+// - NodeFence::mu is held by a home connection's thread across each
+//   WriteBlocks call, and taken by a newer connection's thread from the
+//   same node before it serves anything: a write that arrived on a
+//   replaced connection can never reach the exporter after one that
+//   arrived on its replacement. Taken after no other lock.
 // - Lock order: RdmaTransport::mu_ before a Connection's mu (GetConnection,
-//   Disconnect); never the other way round.
-// - Posting: a requester posts its SENDs from any thread, under mu
-//   (PumpLocked: the caller of Read/Write, or the connection's thread when
-//   a slot frees); a home posts its responses and RDMA READs only from the
-//   connection's thread, without mu. Receives are reposted by the
-//   connection's thread.
+//   Disconnect, Accept); never the other way round.
+// - Posting: a requester posts its SENDs (requests, heartbeats) from any
+//   thread, under mu (PumpLocked: the caller of Read/Write, or the
+//   connection's thread when a slot frees; SendHeartbeat: the connection's
+//   thread); a home posts its responses, heartbeat answers and RDMA READs
+//   only from the connection's thread, without mu. Receives are reposted
+//   by the connection's thread.
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 
@@ -50,7 +63,9 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/thread_role.h"
 #include "daemon/transport/buffer_pool.h"
+#include "daemon/transport/peer_liveness.h"
 #include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/rdma_wire.h"
 
@@ -62,7 +77,15 @@ namespace tether {
 inline constexpr uint32_t kSignalEvery = 8;
 
 // wr_id: kind in the high half, ring or pool slot index in the low half.
-enum WrKind : uint32_t { kRecv = 1, kSendRequest = 2, kSendResponse = 3, kRdmaRead = 4 };
+// kHeartbeat: a home's answer to a heartbeat (a zero-length SEND; the
+// requester's heartbeat itself goes out as a kSendRequest).
+enum WrKind : uint32_t {
+  kRecv = 1,
+  kSendRequest = 2,
+  kSendResponse = 3,
+  kRdmaRead = 4,
+  kHeartbeat = 5
+};
 inline uint64_t WrId(WrKind kind, uint32_t index) { return (uint64_t{kind} << 32) | index; }
 inline WrKind KindOf(uint64_t wr_id) { return static_cast<WrKind>(wr_id >> 32); }
 inline uint32_t IndexOf(uint64_t wr_id) { return static_cast<uint32_t>(wr_id); }
@@ -88,6 +111,9 @@ struct RdmaTransport::Connection {
     // runs `done`, outside mu.
     uint32_t chunks_left = 0;
     absl::Status status;  // first failure
+    // A chunk was posted: if the connection is lost now, the home may have
+    // served (part of) it (FailChunks: LostInFlight, not NotSent).
+    bool sent = false;
   };
   struct Chunk {
     std::shared_ptr<Op> op;
@@ -97,7 +123,8 @@ struct RdmaTransport::Connection {
 
   // Set up before the connection is shared, then read-only (see above).
   Role role = Role::kRequester;
-  uint32_t node = 0;  // the peer
+  uint32_t node = 0;         // the peer
+  uint64_t incarnation = 0;  // requester: the home daemon's (DataEndpoint), 0 unknown
   uint32_t depth = 0, slot_bytes = 0;
   bool use_inline = false;
 
@@ -118,6 +145,17 @@ struct RdmaTransport::Connection {
   unsigned unacked_cq_events = 0;  // the connection's thread only
 
   BlockServer* server = nullptr;  // home side
+  // Home side: the requester node's fence, and this connection's place in
+  // the order of connections from that node (Accept numbers them).
+  std::shared_ptr<NodeFence> fence;
+  uint64_t generation = 0;
+  // The connection's thread only: completions seen (a sign of life, read by
+  // the liveness check without a clock read per completion), a heartbeat's
+  // answer not yet told to `liveness`, and the liveness state itself.
+  uint64_t completions = 0;
+  bool heartbeat_answered = false;
+  std::optional<PeerLiveness> liveness;
+  ThreadRole thread_role;  // bound by the connection's thread as it starts
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;
@@ -126,6 +164,14 @@ struct RdmaTransport::Connection {
   absl::Mutex mu;
   bool dead ABSL_GUARDED_BY(mu) = false;
   std::string why ABSL_GUARDED_BY(mu);
+  // Requester side: set up (chunks may be posted); the set-up's failure,
+  // which the chunks queued meanwhile get (a SetupFailure: DataPath sends
+  // them over tcp).
+  bool connected ABSL_GUARDED_BY(mu) = false;
+  absl::Status setup_status ABSL_GUARDED_BY(mu);
+  // The pool slot an outstanding heartbeat holds (its credit: the home's
+  // receive it uses), if one is outstanding.
+  std::optional<uint32_t> heartbeat_slot ABSL_GUARDED_BY(mu);
   // Requester side.
   std::vector<std::optional<Chunk>> inflight ABSL_GUARDED_BY(mu);  // by slot
   std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
@@ -163,7 +209,8 @@ struct RdmaTransport::Connection {
     if (wake_fd >= 0) (void)!write(wake_fd, &one, sizeof(one));
   }
   // Marks the connection dead and returns every chunk it still owed (the
-  // caller completes them outside mu). On the connection's thread.
+  // caller completes them outside mu; FailChunks tells the sent from the
+  // never-sent). On the connection's thread.
   std::vector<Chunk> MarkDead(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Releases every verbs and rdma_cm object (the device can then go away:
   // librdmacm closes a removed device once nothing references it). Only
@@ -179,6 +226,14 @@ struct RdmaTransport::Connection {
 };
 
 using Conn = RdmaTransport::Connection;
+
+// One per requester node at a home: orders the write-backs of successive
+// connections from that node (the thread contract above). `current` is
+// the newest connection's generation that started serving.
+struct RdmaTransport::NodeFence {
+  absl::Mutex mu;
+  uint64_t current ABSL_GUARDED_BY(mu) = 0;
+};
 
 // The listening rdma_cm id and its event channel. Created by Listen before
 // the listener thread starts; `id` is then the listener thread's (it drops
@@ -202,9 +257,17 @@ struct RdmaTransport::Listener {
 // caller of Read/Write (Submit), or the connection's thread as slots free.
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
 // Completes chunks that will never be answered. On the connection's thread,
-// as it ends.
+// as it ends: never-sent chunks fail as NotSent (or with the set-up's
+// failure, if the connection never came up), sent ones as LostInFlight
+// (transport.h).
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why)
     ABSL_LOCKS_EXCLUDED(c->mu);
+// Sends a heartbeat if the connection is up, idle and has a free slot for
+// it (false: not sent). On the requester connection's thread.
+bool SendHeartbeat(Conn* c) ABSL_LOCKS_EXCLUDED(c->mu);
+// The home answered our heartbeat (a zero-length SEND in receive slot
+// `i`). On the connection's thread; false on a failure as below.
+bool HeartbeatAnswered(Conn* c, uint32_t i, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // A response (SEND) arrived in receive slot `i`. On the connection's thread;
 // false (and `why`) on a failure that drops the connection.
 bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
@@ -218,6 +281,8 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
 // rdma_responder.cc. All on the home connection's thread; false (and `why`)
 // on a failure that drops the connection. They call the BlockServer.
 
+// A heartbeat (a zero-length SEND) arrived in receive slot `i`: answer it.
+bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // A request arrived in receive slot `i`.
 bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
     ABSL_LOCKS_EXCLUDED(c->mu);

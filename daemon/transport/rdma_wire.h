@@ -19,6 +19,11 @@
 // work request instead of a WRITE and a SEND. Every other response (a
 // refusal, a write's answer) is a SEND of the message above.
 //
+// Heartbeats are zero-length SENDs (no message at all): a requester sends
+// one on a quiet connection, holding a slot as its credit, and the home
+// answers with one (peer_liveness.h). Every other SEND carries at least a
+// header, so a zero-length receive is always a heartbeat or its answer.
+//
 // Connection private data (rdma_connect → CONNECT_REQUEST), 44 bytes,
 // within the 56 bytes rdma_cm allows for RC:
 //
