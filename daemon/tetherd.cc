@@ -187,6 +187,14 @@ absl::Status Tetherd::MakeRdma() {
   RdmaTransport::Options opts;
   opts.queue_depth = config_.rdma_queue_depth;
   opts.slot_bytes = config_.rdma_slot_kb * 1024;
+  opts.max_connections = config_.rdma_max_connections;
+  opts.tos = config_.rdma_tos;
+  opts.ack_timeout = config_.rdma_ack_timeout;
+  opts.source = config_.rdma_source;
+  // A bad value is a start-up error even with --rdma=auto: the operator
+  // asked for it, and quietly running without it (a ToS outside the
+  // lossless class) would hurt later.
+  RETURN_IF_ERROR(RdmaTransport::CheckOptions(opts));
   rdma_ = std::make_unique<RdmaTransport>(config_.node_id, opts);
   return absl::OkStatus();
 }

@@ -23,14 +23,23 @@ uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 
 }  // namespace
 
 // Completes chunks that will never be answered (outside the connection lock).
+// After a port or device failure (ReadAsyncEvents) a chunk that was never
+// sent, or a read (repeating one is harmless: its late answer lands in our
+// pool, not in the caller's buffer), fails as a set-up failure, so DataPath
+// reissues the operation over tcp; a write that may have reached the home
+// does not (a late write landing after a newer one would be lost data).
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) {
   std::vector<std::shared_ptr<Conn::Op>> done;
   {
     absl::MutexLock lock(&c->mu);
     for (auto& ch : owed) {
-      if (ch.op->status.ok())
-        ch.op->status = absl::UnavailableError(
-            absl::StrCat("rdma connection to node ", c->node, " lost: ", why));
+      absl::Status lost =
+          absl::UnavailableError(absl::StrCat("rdma connection to node ", c->node, " lost: ", why));
+      if (c->device_failed && (!ch.sent || ch.op->is_read)) {
+        if (ch.op->status.ok()) ch.op->status = SetupFailure(std::move(lost));
+      } else if (ch.op->status.ok() || IsSetupFailure(ch.op->status)) {
+        ch.op->status = std::move(lost);
+      }
       if (--ch.op->chunks_left == 0) done.push_back(ch.op);
     }
   }

@@ -88,17 +88,31 @@
 #include "daemon/transport/transport.h"
 
 struct rdma_cm_event;  // <rdma/rdma_cma.h>
+struct ibv_context;    // <infiniband/verbs.h>
 
 namespace tether {
 
 class RdmaTransport : public Transport {
  public:
   struct Options {
+    // What this node asks for as a requester and allows as a home; a
+    // connection uses the smaller of the two sides' values (negotiated in
+    // the connect's private data, rdma_wire.h).
     uint32_t queue_depth = 32;         // requests in flight per connection
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
     int connect_timeout_ms = 3000;
+    // Connections a home accepts at once (each pins its pool); more are
+    // refused with kTooManyConnections and their requests go over tcp.
+    uint32_t max_connections = 256;
+    int tos = -1;          // RDMA_OPTION_ID_TOS on every id (0..255); -1: rdma_cm's default
+    int ack_timeout = -1;  // RDMA_OPTION_ID_ACK_TIMEOUT, 4.096 µs × 2^n (1..31); -1: default
+    std::string source;    // numeric host:port to connect from ("" or port 0: any)
   };
+
+  // Checks `o` (a bad value is a start-up error that names it); a source
+  // address must also be one a verbs device owns.
+  static absl::Status CheckOptions(const Options& o);
 
   // True if a verbs device with an active port exists (the automatic
   // transport choice); `why` says what was found or missing.
@@ -142,6 +156,13 @@ class RdmaTransport : public Transport {
   bool Accept(rdma_cm_event* ev, int spin_us) ABSL_LOCKS_EXCLUDED(mu_);
   // Joins and forgets connections whose thread has finished (any thread).
   void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads and acts on `verbs`'s async events (its fd is non-blocking): a
+  // port error or a fatal device error fails every connection on that
+  // port or device as if it could not be set up (their reads and unsent
+  // requests go over tcp, rdma is tried again later); a fatal QP error
+  // drops that connection; PORT_ACTIVE is logged. Whoever saw the fd
+  // readable: a connection's thread or the listener thread.
+  void ReadAsyncEvents(ibv_context* verbs) ABSL_LOCKS_EXCLUDED(mu_);
 
   const uint32_t local_node_;
   const Options options_;

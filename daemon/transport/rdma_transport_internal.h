@@ -93,6 +93,7 @@ struct RdmaTransport::Connection {
     std::shared_ptr<Op> op;
     uint64_t op_offset = 0;
     uint32_t length = 0;
+    bool sent = false;  // set by MarkDead for the chunks it takes from `inflight`
   };
 
   // Set up before the connection is shared, then read-only (see above).
@@ -107,6 +108,12 @@ struct RdmaTransport::Connection {
   ibv_comp_channel* comp = nullptr;
   ibv_cq* cq = nullptr;
   bool qp_created = false;
+  // Which device, port and queue pair (set with the queue pair): for
+  // matching the device's async events (OnAsyncEvent) against connections;
+  // compared only, never dereferenced, so they may outlive DestroyVerbs.
+  const ibv_context* verbs = nullptr;
+  uint8_t port = 0;
+  const ibv_qp* qp = nullptr;
   uint8_t* ctrl = nullptr;  // [depth receive messages][depth send messages]
   size_t ctrl_bytes = 0;
   ibv_mr* ctrl_mr = nullptr;
@@ -118,6 +125,7 @@ struct RdmaTransport::Connection {
   unsigned unacked_cq_events = 0;  // the connection's thread only
 
   BlockServer* server = nullptr;  // home side
+  RdmaTransport* owner = nullptr;
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;
@@ -126,6 +134,11 @@ struct RdmaTransport::Connection {
   absl::Mutex mu;
   bool dead ABSL_GUARDED_BY(mu) = false;
   std::string why ABSL_GUARDED_BY(mu);
+  // The connection died because its port or device failed (an async
+  // event): requests that were never answered by a home that may have seen
+  // them fail as usual, but reads and requests never sent fail as set-up
+  // failures, so DataPath sends them over tcp (FailChunks).
+  bool device_failed ABSL_GUARDED_BY(mu) = false;
   // Requester side.
   std::vector<std::optional<Chunk>> inflight ABSL_GUARDED_BY(mu);  // by slot
   std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
@@ -152,10 +165,17 @@ struct RdmaTransport::Connection {
   }
 
   // On the setting-up thread, before the connection is shared (hence no mu
-  // for the tables it sizes).
+  // for the tables it sizes). CreateResources is both parts, for a home
+  // (which knows the negotiated depth and slot size before it accepts). A
+  // requester creates the queue pair, sized for what it asks, before it
+  // connects, and the buffers once the home's accept said what to use.
   absl::Status CreateResources(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::Status CreateQueuePair(const std::string& what);
+  absl::Status CreateBuffers(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // On the connection's thread (or in CreateResources).
   absl::Status PostRecv(uint32_t i);
+  // The device's async fd is readable (on the connection's thread).
+  void AsyncEventsReady(ibv_context* v) { owner->ReadAsyncEvents(v); }
   // Any thread: makes the connection's thread look at `dead` and the
   // transport's shutdown.
   void Wake() {
