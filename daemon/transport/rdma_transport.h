@@ -34,9 +34,19 @@
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
 //   mismatch is rejected before any resource is created for the peer.
+// - Negotiation: the connect request also carries the requester's queue
+//   depth and slot size, and the accept what the connection uses (the
+//   smaller of each side's Options). A refusal says why in the reject's
+//   private data; which refusals are set-up failures (tcp fallback):
+//   rdma_wire.h, RdmaRejectStatus.
+// - Fabric options on every id: ToS (RoCE priority, hence the PFC class),
+//   the ACK timeout exponent, and a source address for outgoing connects.
 // - Failure: a work completion error, a DISCONNECTED or DEVICE_REMOVAL
-//   event or Disconnect() fails every request in flight or queued with
-//   UNAVAILABLE and drops the connection; the next request reconnects.
+//   event, a fatal QP async event or Disconnect() fails every request in
+//   flight or queued with UNAVAILABLE and drops the connection; the next
+//   request reconnects. A port error or fatal device async event does the
+//   same to every connection on that port or device, but fails their reads
+//   and never-sent requests as set-up failures (DataPath: over tcp).
 //   Data is only ever placed in the pool, never in a caller's buffer, so a
 //   late RDMA WRITE_WITH_IMM cannot land in memory that was handed back.
 // - Device removal: the connection's thread releases its verbs objects at
@@ -55,9 +65,12 @@
 //   and route resolution and the connect, each bounded by
 //   connect_timeout_ms + 0.5 s).
 // - Threads: one listener thread (ListenLoop: connect requests, the
-//   listener's device removal, listening again) and one thread per
-//   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups). `done` runs on a connection's
+//   listener's device removal, listening again, its device's async events)
+//   and one thread per connection on either side (RunConnection:
+//   completions, the connection's rdma_cm events, wake-ups, its device's
+//   async events). ReadAsyncEvents runs on whichever of them saw the
+//   device's async fd readable, without locks held, and takes mu_ and the
+//   connections' mu in that order. `done` runs on a connection's
 //   thread, or inline on the caller's thread when the request fails before
 //   it is posted; home-side BlockServer calls run on the connection's
 //   thread. No lock is held while either runs.
