@@ -83,13 +83,18 @@ def test_connection_negotiates_depth_and_slot_size(c):
     write-backs."""
     expect(c.rdma, "run with TETHER_CLUSTER_RDMA=1")
     e = Exporter(c.node(1), 4 * MiB, 3)
-    for n in (2, 3):
-        m = Mapper(c.node(n), e.segid, length=4 * MiB)
-        expect(m.command("verify 3 0 %d" % (4 * MiB), timeout=60) == "ok",
-               "node %d read the whole segment" % n)
-        expect(m.command("write %d 4096 %d" % (10 + n, 2 * MiB)) == "ok", "dirty 2 MiB")
-        expect(m.command("sync", timeout=60) == "ok", "node %d wrote back" % n)
-        expect(e.verify(10 + n, 4096, 2 * MiB) == "ok", "node %d's write-back arrived" % n)
+    ms = {n: Mapper(c.node(n), e.segid, length=4 * MiB) for n in (2, 3)}
+    for n, m in ms.items():
+        r = m.command("verify 3 0 %d" % (4 * MiB), timeout=60)
+        expect(r == "ok", "node %d read the whole segment: %s" % (n, r))
+    for n, m in ms.items():  # disjoint halves: node 2 the first, node 3 the second
+        off = 4096 + (n - 2) * 2 * MiB
+        r = m.command("write %d %d %d" % (10 + n, off, MiB))
+        expect(r == "ok", "node %d dirtied 1 MiB: %s" % (n, r))
+        r = m.command("sync", timeout=60)
+        expect(r == "ok", "node %d wrote back: %s" % (n, r))
+        expect(e.verify(10 + n, off, MiB) == "ok", "node %d's write-back arrived" % n)
+    for m in ms.values():
         m.close()
     log1, log2, log3 = log_of(c.node(1)), log_of(c.node(2)), log_of(c.node(3))
     expect("node 2 asked for queue depth 32 and 256 KiB slots; using 4 and 16 KiB" in log1,
