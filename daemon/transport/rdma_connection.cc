@@ -431,6 +431,12 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
     absl::MutexLock lock(&c->mu);
     owed = c->MarkDead(why);
     why = c->why;
+    // A requester copying write data into slots outside mu (PumpLocked)
+    // still reads its caller's buffer and writes the pool: failing its
+    // chunks (their `done` may free the buffer) or destroying the pool must
+    // wait for it. It posts nothing once it sees `dead`.
+    auto copied = [c]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->copying == 0; };
+    c->mu.Await(absl::Condition(&copied));
   }
   FailChunks(c, std::move(owed), why);
   // Dead: nobody posts any more (Submit and PumpLocked check `dead` under

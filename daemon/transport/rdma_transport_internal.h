@@ -27,7 +27,8 @@
 //   Disconnect); never the other way round.
 // - Posting: a requester posts its SENDs from any thread, under mu
 //   (PumpLocked: the caller of Read/Write, or the connection's thread when
-//   a slot frees); a home posts its responses and RDMA READs only from the
+//   a slot frees; it releases mu only to copy write data into slots it
+//   already took); a home posts its responses and RDMA READs only from the
 //   connection's thread, without mu. Receives are reposted by the
 //   connection's thread.
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
@@ -145,6 +146,12 @@ struct RdmaTransport::Connection {
   std::deque<Chunk> waiting ABSL_GUARDED_BY(mu);
   uint64_t next_req ABSL_GUARDED_BY(mu) = 1;
   uint32_t unsignaled_sends ABSL_GUARDED_BY(mu) = 0;
+  // PumpLocked's batches: numbered as they take chunks from `waiting`,
+  // posted in that order; `copying` counts those copying write data with
+  // mu released (RunConnection waits for 0 before it fails their chunks).
+  uint64_t next_batch ABSL_GUARDED_BY(mu) = 0;
+  uint64_t posted_batches ABSL_GUARDED_BY(mu) = 0;
+  int copying ABSL_GUARDED_BY(mu) = 0;
   // Home side (only the connection thread touches these): the request each
   // pool slot serves, and requests that arrived before the completion of
   // the response that frees their slot was seen (the requester may see our
