@@ -88,9 +88,10 @@ absl::Status Tetherd::Build() {
       config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
       [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); },
       mapper_leases_.get());
-  data_path_ =
-      std::make_unique<DataPath>(config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
-                                 [this](uint32_t node) { return peers_->Endpoint(node); });
+  data_path_ = std::make_unique<DataPath>(
+      config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
+      [this](uint32_t node) { return peers_->Endpoint(node); },
+      [this](uint32_t node) { peers_->Forget(node); });
   attachments_ = std::make_unique<AttachmentTable>(incarnation_);
   faults_ = std::make_unique<FaultService>(
       data_path_.get(), config_.cache_budget_bytes,

@@ -29,9 +29,18 @@ std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
 Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read,
                                    uint64_t segid, uint64_t grant, uint64_t offset,
                                    absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                                   Transport::Done done) {
-  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src,
-          done = std::move(done)](absl::Status st) mutable {
+                                   Transport::Done done, bool token_retried) {
+  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src, done = std::move(done),
+          token_retried](absl::Status st) mutable {
+    if (IsStaleToken(st) && forget_ && !token_retried) {
+      // Refused at connect, before anything was sent, and on the caller's
+      // thread with no transport lock held (rdma_transport.h): learn the
+      // token again (the resolver's Hello) and reissue, once.
+      TLOG_WARN("node %d: %s; asking it for a new token", ep->node_id, st.message());
+      forget_(ep->node_id);
+      Submit(is_read, ep->node_id, segid, grant, offset, dst, src, std::move(done), true);
+      return;
+    }
     if (st.ok() || !IsSetupFailure(st)) {
       std::move(done)(std::move(st));
       return;
@@ -60,8 +69,8 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
 }
 
 void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-                      absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                      Transport::Done done) {
+                      absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done,
+                      bool token_retried) {
   if (node == local_node_) {
     std::move(done)(is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
                             : local_server_->WriteBlocks(node, segid, grant, offset, src));
@@ -77,7 +86,7 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
   Transport* transport = tcp_;
   if (UseRdma(node, *ep)) {
     transport = rdma_;
-    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done));
+    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done), token_retried);
   }
   SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
 }

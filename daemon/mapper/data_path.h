@@ -9,6 +9,9 @@
 // devices, a device gone), the request goes over tcp instead and the peer
 // stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
 // failures never reach a faulting client, and no request is sent twice.
+// A home that refuses the data token (StaleToken(): it restarted since the
+// Hello that gave it) gets the request once more, after the endpoint is
+// forgotten and resolved again (a new Hello, on the calling thread).
 // Both transports are used through the Transport interface only; what
 // counts as a set-up failure is the transport's to say (IsSetupFailure).
 //
@@ -59,14 +62,20 @@ class DataPath {
 
   static constexpr absl::Duration kRdmaRetryAfter = absl::Seconds(30);
 
-  // `rdma` may be null (tcp only).
+  // Drops what the resolver knows of a node (its next call asks the node
+  // again): PeerDirectory::Forget.
+  using EndpointForgetter = absl::AnyInvocable<void(uint32_t node)>;
+
+  // `rdma` may be null (tcp only); `forget` may be null (a stale token then
+  // fails the request).
   DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
-           EndpointResolver resolve)
+           EndpointResolver resolve, EndpointForgetter forget = nullptr)
       : local_node_(local_node),
         local_server_(local_server),
         tcp_(tcp),
         rdma_(rdma),
-        resolve_(std::move(resolve)) {}
+        resolve_(std::move(resolve)),
+        forget_(std::move(forget)) {}
 
   // "local", "rdma" or "tcp": what requests to `node` use now.
   std::string TransportFor(uint32_t node, const DataEndpoint& ep);
@@ -83,21 +92,26 @@ class DataPath {
   bool UseRdma(uint32_t node, const DataEndpoint& ep);
   // Read (`dst`) or write (`src`): to the local BlockServer, or over the
   // transport chosen for `node`.
+  // `token_retried`: this is the retry after a stale token (FallBack).
   void Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-              absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done);
+              absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done,
+              bool token_retried = false);
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
-  // Wraps `done`: an rdma set-up failure reissues the request over tcp.
+  // Wraps `done`: an rdma set-up failure reissues the request over tcp; a
+  // stale token (the home restarted) forgets the endpoint and reissues it
+  // once, with the token the home's Hello gives now.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                           absl::Span<const uint8_t> src, Transport::Done done);
+                           absl::Span<const uint8_t> src, Transport::Done done, bool token_retried);
 
   const uint32_t local_node_;
   BlockServer* const local_server_;
   Transport* const tcp_;
   Transport* const rdma_;
   EndpointResolver resolve_;  // never reassigned; called without mu_
+  EndpointForgetter forget_;  // likewise
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, absl::Time> tcp_until_ ABSL_GUARDED_BY(mu_);
 };

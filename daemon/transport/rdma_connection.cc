@@ -484,6 +484,10 @@ bool RdmaTransport::DeviceAvailable(std::string* why) {
   return active;
 }
 
+namespace {
+void Reject(rdma_cm_id* id, RdmaRejectReason reason);
+}  // namespace
+
 // ---------------------------------------------------------------- async events
 
 void RdmaTransport::ReadAsyncEvents(ibv_context* verbs) {
@@ -570,8 +574,8 @@ void RdmaTransport::ListenLoop() {
     pollfd fds[3] = {{listener_->cm->fd, POLLIN, 0},
                      {listener_->wake_fd, POLLIN, 0},
                      {verbs != nullptr ? verbs->async_fd : -1, POLLIN, 0}};
-    if (poll(fds, 3, 1000) < 0 && errno != EINTR) return;
-    if (shutting_down_) return;
+    if (poll(fds, 3, 1000) < 0 && errno != EINTR) break;
+    if (shutting_down_) break;
     if (fds[2].revents & POLLIN) ReadAsyncEvents(verbs);
     if (absl::ToUnixNanos(absl::Now()) < g_release_until_ns.load()) ReleaseRemovedDevices();
     if (listener_->id == nullptr && absl::Now() >= relisten_at) Relisten(&relisten_at);
@@ -600,7 +604,21 @@ void RdmaTransport::ListenLoop() {
       rdma_ack_cm_event(ev);
       continue;
     }
-    if (!Accept(ev, spin_us)) return;
+    if (!Accept(ev, spin_us)) break;
+  }
+  // Stopping: connect requests already queued are refused with a reason,
+  // so their requesters go over tcp at once instead of timing out.
+  if (listener_->id == nullptr) return;
+  pollfd p{listener_->cm->fd, POLLIN, 0};
+  rdma_cm_event* ev = nullptr;
+  while (poll(&p, 1, 0) == 1 && rdma_get_cm_event(listener_->cm, &ev) == 0) {
+    rdma_cm_id* id = ev->id;
+    bool request = ev->event == RDMA_CM_EVENT_CONNECT_REQUEST;
+    rdma_ack_cm_event(ev);
+    if (request) {
+      Reject(id, RdmaRejectReason::kShuttingDown);
+      rdma_destroy_id(id);
+    }
   }
 }
 

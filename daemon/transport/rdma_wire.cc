@@ -196,6 +196,7 @@ absl::Status RdmaRejectStatus(int cm_status, const void* data, size_t len,
   std::string msg = absl::StrCat(what, ": the home refused: ", RdmaRejectReasonName(*reason));
   if (*reason == RdmaRejectReason::kBadToken)
     absl::StrAppend(&msg, " (it restarted since our Hello? the token is learned again with it)");
+  if (*reason == RdmaRejectReason::kBadToken) return StaleToken(ErrnoStatus(EACCES, msg));
   if (!RdmaRejectIsSetupFailure(*reason)) return ErrnoStatus(EACCES, msg);
   return SetupFailure(ErrnoStatus(ECONNREFUSED, msg));
 }

@@ -162,7 +162,8 @@ bool RdmaRejectIsSetupFailure(RdmaRejectReason r);
 // means for the connect `what`. A consumer reject (28, IB_CM_REJ_CONSUMER_
 // DEFINED) carrying tether's reject data says why the home refused: a
 // wrong token or node would be refused over tcp too (EACCES, not a set-up
-// failure), every other reason is a set-up failure (transport.h), so
+// failure; a wrong token tagged StaleToken(): DataPath asks the home for
+// a new one and retries once), every other reason is a set-up failure (transport.h), so
 // DataPath sends the request over tcp. Status 28 without our data is the
 // kernel's rdma_cm (a request it could not hand over) or a home of an older
 // version; any other status is no listener on that port (the home

@@ -100,7 +100,7 @@ class DataPathTest : public ::testing::Test {
     ep->node_id = node;
     ep->address = "10.0.0.2:7000";
     if (node == kPeer) ep->rdma_address = "10.0.0.2:7001";
-    ep->token = "token-of-node-1-at-the-peer";
+    ep->token = token_;
     return ep;
   }
   DataEndpoint Endpoint(uint32_t node) { return **Resolve(node); }
@@ -119,7 +119,17 @@ class DataPathTest : public ::testing::Test {
   FakeTransport tcp_{"tcp", kSelf};
   int resolves_ = 0;
   std::vector<uint8_t> buf_;
-  DataPath path_{kSelf, &local_, &tcp_, &rdma_, [this](uint32_t node) { return Resolve(node); }};
+  int forgets_ = 0;
+  std::string token_ = "token-of-node-1-at-the-peer";
+  DataPath path_{kSelf,
+                 &local_,
+                 &tcp_,
+                 &rdma_,
+                 [this](uint32_t node) { return Resolve(node); },
+                 [this](uint32_t) {
+                   ++forgets_;
+                   token_ = "the-new-token";  // as if the home had restarted
+                 }};
 };
 
 TEST_F(DataPathTest, RequestsGoOverRdmaWhenThePeerHasAnRdmaAddress) {
@@ -173,6 +183,37 @@ TEST_F(DataPathTest, RequestsGoOverTcpWithoutAnRdmaAddressOrTransport) {
   EXPECT_TRUE(b.status.ok()) << b.status;
   EXPECT_EQ(rdma_.count(), 0u);
   EXPECT_EQ(tcp_.count(), 2u);
+}
+
+// Issue 15: a home that refuses our token (it restarted with a new secret
+// since our Hello) is asked for a new one (the endpoint is forgotten and
+// resolved again) and the request goes once more, over rdma, with the new
+// token; a second refusal reaches the caller. Before, the refusal failed
+// the fetch at once (SIGBUS in the faulting client).
+TEST_F(DataPathTest, StaleTokenIsLearnedAgainAndTheRequestRetriedOnce) {
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  token_ = "the-old-token";
+  Answer a;
+  path_.Read(kPeer, kSegid, kGrant, 0, Buf(4096), a.Done());
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_TRUE(a.status.ok()) << a.status;
+  EXPECT_TRUE(BufIsHome(0));
+  EXPECT_EQ(forgets_, 1);
+  ASSERT_EQ(rdma_.count(), 2u) << "retried over rdma, once";
+  EXPECT_EQ(rdma_.requests()[0].token, "the-old-token");
+  EXPECT_EQ(rdma_.requests()[1].token, "the-new-token") << "with the token learned again";
+  EXPECT_EQ(tcp_.count(), 0u) << "a stale token is not a set-up failure";
+
+  // Refused again after the retry: the caller hears it (no loop).
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  Answer b;
+  path_.Read(kPeer, kSegid, kGrant, 0, Buf(4096), b.Done());
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(ToErrno(b.status), EACCES) << b.status;
+  EXPECT_EQ(forgets_, 2);
+  EXPECT_EQ(rdma_.count(), 4u);
+  EXPECT_EQ(tcp_.count(), 0u);
 }
 
 // The heart of it: an rdma connection that cannot be set up sends the

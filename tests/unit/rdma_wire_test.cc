@@ -277,6 +277,8 @@ TEST(RdmaWire, RejectStatusFallsBackUnlessTheHomeRefusedOurIdentity) {
     st = RdmaRejectStatus(28, buf, sizeof(buf), what);
     EXPECT_FALSE(IsSetupFailure(st)) << st;
     EXPECT_EQ(ToErrno(st), EACCES) << st;
+    // A wrong token: DataPath learns it again and retries once.
+    EXPECT_EQ(IsStaleToken(st), r == RdmaRejectReason::kBadToken) << st;
   }
 }
 
