@@ -91,6 +91,7 @@ absl::Status Tetherd::Build() {
   DataPath::Options data_opts;
   data_opts.retry_budget = absl::Milliseconds(config_.data_retry_ms);
   data_opts.rdma_retry_after = absl::Milliseconds(config_.rdma_retry_after_ms);
+  data_opts.forget = [this](uint32_t node) { peers_->Forget(node); };
   data_path_ = std::make_unique<DataPath>(
       config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
       [this](uint32_t node) { return peers_->Endpoint(node); }, std::move(data_opts));
@@ -192,6 +193,14 @@ absl::Status Tetherd::MakeRdma() {
   opts.slot_bytes = config_.rdma_slot_kb * 1024;
   opts.heartbeat_interval_ms = config_.rdma_heartbeat_ms;
   opts.peer_timeout_ms = config_.rdma_timeout_ms;
+  opts.max_connections = config_.rdma_max_connections;
+  opts.tos = config_.rdma_tos;
+  opts.ack_timeout = config_.rdma_ack_timeout;
+  opts.source = config_.rdma_source;
+  // A bad value is a start-up error even with --rdma=auto: the operator
+  // asked for it, and quietly running without it (a ToS outside the
+  // lossless class) would hurt later.
+  RETURN_IF_ERROR(RdmaTransport::CheckOptions(opts));
   rdma_ = std::make_unique<RdmaTransport>(config_.node_id, opts);
   return absl::OkStatus();
 }

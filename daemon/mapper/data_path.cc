@@ -37,6 +37,7 @@ struct DataPath::Attempt {
   Transport::Done done;
   int failures = 0;
   absl::Time first_failure;
+  bool token_retried = false;  // a stale-token refusal was answered with a new Hello
 };
 
 // Runs scheduled retries at their time on one thread (the default
@@ -109,6 +110,7 @@ DataPath::DataPath(uint32_t local_node, BlockServer* local_server, Transport* tc
       tcp_(tcp),
       rdma_(rdma),
       resolve_(std::move(resolve)),
+      forget_(std::move(options.forget)),
       policy_{options.retry_budget},
       rdma_retry_after_(options.rdma_retry_after),
       clock_(options.clock),
@@ -197,6 +199,23 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
 }
 
 void DataPath::Finished(std::shared_ptr<Attempt> a, absl::Status st) {
+  if (IsStaleToken(st) && forget_ && !a->token_retried && !shut_down_.load()) {
+    // Refused at connect, before anything was sent: the home restarted with
+    // a new secret since its Hello. Learn the token again (the resolver's
+    // next Hello) and reissue, once — from the timer, never inline: this
+    // may run on a transport's thread, and the Hello waits.
+    TLOG_WARN("node %d: %s; asking it for a new token", a->node, st.message());
+    forget_(a->node);
+    a->token_retried = true;
+    schedule_(absl::ZeroDuration(), [this, a, st](bool cancelled) mutable {
+      if (cancelled) {
+        Finished(std::move(a), std::move(st));
+        return;
+      }
+      Try(std::move(a));
+    });
+    return;
+  }
   absl::Time now = clock_->Now();
   if (!st.ok() && a->failures == 0) a->first_failure = now;
   std::optional<absl::Duration> delay;

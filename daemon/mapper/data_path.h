@@ -9,6 +9,9 @@
 // devices, a device gone), the request goes over tcp instead and the peer
 // stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
 // failures never reach a faulting client, and no request is sent twice.
+// A home that refuses the data token (StaleToken(): it restarted since the
+// Hello that gave it) gets the request once more, after the endpoint is
+// forgotten and resolved again (a new Hello, on DataPath's timer thread).
 // Both transports are used through the Transport interface only; what
 // counts as a set-up failure is the transport's to say (IsSetupFailure).
 //
@@ -102,11 +105,18 @@ class DataPath {
 
   static constexpr absl::Duration kRdmaRetryAfter = absl::Seconds(30);
 
+  // Drops what the resolver knows of a node (its next call asks the node
+  // again): PeerDirectory::Forget.
+  using EndpointForgetter = absl::AnyInvocable<void(uint32_t node)>;
+
   struct Options {
     absl::Duration retry_budget = absl::Seconds(30);
     absl::Duration rdma_retry_after = kRdmaRetryAfter;  // on tcp after an rdma set-up failure
     Clock* clock = Clock::Real();                       // for the retry budget
     Scheduler schedule;                                 // null: DataPath's own timer thread
+    // null: a stale-token refusal fails the request instead of being
+    // answered with a new Hello and one more try.
+    EndpointForgetter forget;
   };
 
   // `rdma` may be null (tcp only).
@@ -141,7 +151,9 @@ class DataPath {
   class Timer;
   // One try of `a` (the first, or a retry), with its result to Finished.
   void Try(std::shared_ptr<Attempt> a);
-  // A try of `a` ended: retry it (RetryPolicy) or complete it.
+  // A try of `a` ended: retry it (RetryPolicy; a stale token: once, after
+  // forgetting the endpoint, so the next try carries the token the home's
+  // Hello gives now) or complete it.
   void Finished(std::shared_ptr<Attempt> a, absl::Status status);
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
@@ -156,6 +168,7 @@ class DataPath {
   Transport* const tcp_;
   Transport* const rdma_;
   EndpointResolver resolve_;  // never reassigned; called without mu_
+  EndpointForgetter forget_;  // likewise
   const RetryPolicy policy_;
   const absl::Duration rdma_retry_after_;
   Clock* const clock_;

@@ -25,7 +25,12 @@ uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 
 // Completes chunks that will never be answered (outside the connection lock).
 // An op is LostInFlight if any of its chunks was sent (the home may have
 // served part of it), NotSent if none was, or gets the set-up's failure if
-// the connection never came up. The op's first failure stays.
+// the connection never came up. After a port or device failure
+// (ReadAsyncEvents) an op never sent, or a read (repeating one is harmless:
+// its late answer lands in our pool, not in the caller's buffer), fails as
+// a set-up failure instead, so DataPath reissues it over tcp at once; a
+// write that may have reached the home does not (DataPath hands it back
+// as Retry()). The op's first failure stays.
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) {
   std::vector<std::shared_ptr<Conn::Op>> done;
   {
@@ -33,7 +38,9 @@ void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) 
     const std::string lost = absl::StrCat("rdma connection to node ", c->node, " lost: ", why);
     for (auto& ch : owed) {
       if (ch.op->status.ok()) {
-        if (ch.op->sent) {
+        if (c->device_failed && (!ch.op->sent || ch.op->is_read)) {
+          ch.op->status = SetupFailure(absl::UnavailableError(lost));
+        } else if (ch.op->sent) {
           ch.op->status = LostInFlight(absl::UnavailableError(lost));
         } else if (!c->setup_status.ok()) {
           ch.op->status = c->setup_status;
@@ -48,13 +55,25 @@ void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) 
 }
 
 // Posts as many waiting chunks as there are free slots, as one chained
-// ibv_post_send (a read-ahead batch costs one doorbell).
+// ibv_post_send (a read-ahead batch costs one doorbell). A write's bytes
+// are copied into its slot with mu released (a 4 MiB write-back would
+// otherwise hold mu, and the completions that need it, for the whole
+// copy): the slots are already ours (in `inflight`, not yet posted, so
+// nothing answers them), `copying` keeps the pool and the callers' buffers
+// alive (RunConnection waits for it before it fails chunks or destroys the
+// pool), and batches post in the order they left `waiting`, so a later
+// write-back of a page never overtakes an earlier one.
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
   // Not connected yet: the connection's thread pumps once it is.
   if (c->dead || !c->connected || c->waiting.empty() || c->pool->free_slots() == 0) return;
   ibv_send_wr wrs[64];
   ibv_sge sges[64];
-  int n = 0;
+  struct Copy {
+    uint8_t* to;
+    const uint8_t* from;
+    uint32_t length;
+  } copies[64];
+  int n = 0, ncopies = 0;
   while (!c->waiting.empty() && n < 64) {
     std::optional<uint32_t> slot = c->pool->Acquire();
     if (!slot) break;
@@ -64,7 +83,7 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     const Conn::Op& op = *ch.op;
     uint64_t req_id = (c->next_req++ << 16) | *slot;
     absl::Span<uint8_t> buf = c->pool->slot(*slot);
-    if (!op.is_read) std::memcpy(buf.data(), op.src.data() + ch.op_offset, ch.length);
+    if (!op.is_read) copies[ncopies++] = {buf.data(), op.src.data() + ch.op_offset, ch.length};
     RdmaMessage m;
     m.header.type = op.is_read ? FrameType::kReadReq : FrameType::kWriteReq;
     m.header.req_id = req_id;
@@ -96,6 +115,21 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     ++n;
   }
   if (n == 0) return;
+  const uint64_t ticket = c->next_batch++;
+  if (ncopies > 0) {
+    ++c->copying;
+    c->mu.Unlock();
+    for (int i = 0; i < ncopies; ++i) std::memcpy(copies[i].to, copies[i].from, copies[i].length);
+    c->mu.Lock();
+    --c->copying;
+  }
+  auto turn = [c, ticket]()
+                  ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->dead || c->posted_batches == ticket; };
+  c->mu.Await(absl::Condition(&turn));
+  c->posted_batches = ticket + 1;
+  // Dead meanwhile: the connection's thread took these chunks (MarkDead)
+  // and fails them; the QP may be gone.
+  if (c->dead) return;
   ibv_send_wr* bad = nullptr;
   int err = ibv_post_send(c->id->qp, wrs, &bad);
   if (err != 0) {

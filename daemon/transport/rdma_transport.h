@@ -34,17 +34,28 @@
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
 //   mismatch is rejected before any resource is created for the peer.
+// - Negotiation: the connect request also carries the requester's queue
+//   depth and slot size, and the accept what the connection uses (the
+//   smaller of each side's Options). A refusal says why in the reject's
+//   private data; which refusals are set-up failures (tcp fallback):
+//   rdma_wire.h, RdmaRejectStatus.
+// - Fabric options on every id: ToS (RoCE priority, hence the PFC class),
+//   the ACK timeout exponent, and a source address for outgoing connects.
 // - Failure: a work completion error, a DISCONNECTED, UNREACHABLE,
-//   CONNECT_ERROR or DEVICE_REMOVAL event, a silent peer (PeerLiveness:
-//   nothing heard for peer_timeout_ms while a request or a heartbeat is
-//   owed; the requester sends a zero-length SEND heartbeat after
-//   heartbeat_interval_ms of quiet, the home answers it, and a home hears
-//   from a live requester at least that often) or Disconnect() drops the
-//   connection and fails what it owed with UNAVAILABLE: requests never
-//   sent tagged NotSent, requests in flight LostInFlight (transport.h;
-//   DataPath retries them). The next request reconnects. Data is only
-//   ever placed in the pool, never in a caller's buffer, so a late RDMA
-//   WRITE_WITH_IMM cannot land in memory that was handed back.
+//   CONNECT_ERROR or DEVICE_REMOVAL event, a fatal QP async event, a
+//   silent peer (PeerLiveness: nothing heard for peer_timeout_ms while a
+//   request or a heartbeat is owed; the requester sends a zero-length SEND
+//   heartbeat after heartbeat_interval_ms of quiet, the home answers it,
+//   and a home hears from a live requester at least that often) or
+//   Disconnect() drops the connection and fails what it owed with
+//   UNAVAILABLE: requests never sent tagged NotSent, requests in flight
+//   LostInFlight (transport.h; DataPath retries them). A port error or
+//   fatal device async event does the same to every connection on that
+//   port or device, but fails their reads and never-sent requests as
+//   set-up failures (DataPath: over tcp at once). The next request
+//   reconnects. Data is only ever placed in the pool, never in a caller's
+//   buffer, so a late RDMA WRITE_WITH_IMM cannot land in memory that was
+//   handed back.
 // - One connection per (home node, incarnation): an endpoint with a newer
 //   incarnation (the home restarted) replaces the connection; callers
 //   that find a connection being set up queue on it. A home keeps one
@@ -68,10 +79,13 @@
 //   address and route resolution and the connect, each bounded by
 //   connect_timeout_ms + 0.5 s) and then posts what queued.
 // - Threads: one listener thread (ListenLoop: connect requests, the
-//   listener's device removal, listening again) and one thread per
-//   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups, the liveness checks and
-//   heartbeats; a requester's thread first connects). `done` runs on a connection's
+//   listener's device removal, listening again, its device's async events)
+//   and one thread per connection on either side (RunConnection:
+//   completions, the connection's rdma_cm events, wake-ups, the liveness
+//   checks and heartbeats, its device's async events; a requester's thread
+//   first connects). ReadAsyncEvents runs on whichever of them saw the
+//   device's async fd readable, without locks held, and takes mu_ and the
+//   connections' mu in that order. `done` runs on a connection's
 //   thread, or inline on the caller's thread when the request fails before
 //   it is posted; home-side BlockServer calls run on the connection's
 //   thread. No lock is held while either runs.
@@ -102,19 +116,33 @@
 #include "daemon/transport/transport.h"
 
 struct rdma_cm_event;  // <rdma/rdma_cma.h>
+struct ibv_context;    // <infiniband/verbs.h>
 
 namespace tether {
 
 class RdmaTransport : public Transport {
  public:
   struct Options {
+    // What this node asks for as a requester and allows as a home; a
+    // connection uses the smaller of the two sides' values (negotiated in
+    // the connect's private data, rdma_wire.h).
     uint32_t queue_depth = 32;         // requests in flight per connection
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
     int connect_timeout_ms = 3000;
     int heartbeat_interval_ms = 1000;  // quiet time before a requester's heartbeat
     int peer_timeout_ms = 5000;        // silence (while owed an answer) that kills a connection
+    // Connections a home accepts at once (each pins its pool); more are
+    // refused with kTooManyConnections and their requests go over tcp.
+    uint32_t max_connections = 256;
+    int tos = -1;          // RDMA_OPTION_ID_TOS on every id (0..255); -1: rdma_cm's default
+    int ack_timeout = -1;  // RDMA_OPTION_ID_ACK_TIMEOUT, 4.096 µs × 2^n (1..31); -1: default
+    std::string source;    // numeric host:port to connect from ("" or port 0: any)
   };
+
+  // Checks `o` (a bad value is a start-up error that names it); a source
+  // address must also be one a verbs device owns.
+  static absl::Status CheckOptions(const Options& o);
 
   // True if a verbs device with an active port exists (the automatic
   // transport choice); `why` says what was found or missing.
@@ -164,6 +192,13 @@ class RdmaTransport : public Transport {
   bool Accept(rdma_cm_event* ev, int spin_us) ABSL_LOCKS_EXCLUDED(mu_);
   // Joins and forgets connections whose thread has finished (any thread).
   void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads and acts on `verbs`'s async events (its fd is non-blocking): a
+  // port error or a fatal device error fails every connection on that
+  // port or device as if it could not be set up (their reads and unsent
+  // requests go over tcp, rdma is tried again later); a fatal QP error
+  // drops that connection; PORT_ACTIVE is logged. Whoever saw the fd
+  // readable: a connection's thread or the listener thread.
+  void ReadAsyncEvents(ibv_context* verbs) ABSL_LOCKS_EXCLUDED(mu_);
 
   const uint32_t local_node_;
   const Options options_;

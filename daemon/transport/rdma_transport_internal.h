@@ -39,7 +39,8 @@
 //   Disconnect, Accept); never the other way round.
 // - Posting: a requester posts its SENDs (requests, heartbeats) from any
 //   thread, under mu (PumpLocked: the caller of Read/Write, or the
-//   connection's thread when a slot frees; SendHeartbeat: the connection's
+//   connection's thread when a slot frees; it releases mu only to copy
+//   write data into slots it already took; SendHeartbeat: the connection's
 //   thread); a home posts its responses, heartbeat answers and RDMA READs
 //   only from the connection's thread, without mu. Receives are reposted
 //   by the connection's thread.
@@ -119,6 +120,7 @@ struct RdmaTransport::Connection {
     std::shared_ptr<Op> op;
     uint64_t op_offset = 0;
     uint32_t length = 0;
+    bool sent = false;  // set by MarkDead for the chunks it takes from `inflight`
   };
 
   // Set up before the connection is shared, then read-only (see above).
@@ -134,6 +136,12 @@ struct RdmaTransport::Connection {
   ibv_comp_channel* comp = nullptr;
   ibv_cq* cq = nullptr;
   bool qp_created = false;
+  // Which device, port and queue pair (set with the queue pair): for
+  // matching the device's async events (OnAsyncEvent) against connections;
+  // compared only, never dereferenced, so they may outlive DestroyVerbs.
+  const ibv_context* verbs = nullptr;
+  uint8_t port = 0;
+  const ibv_qp* qp = nullptr;
   uint8_t* ctrl = nullptr;  // [depth receive messages][depth send messages]
   size_t ctrl_bytes = 0;
   ibv_mr* ctrl_mr = nullptr;
@@ -156,6 +164,7 @@ struct RdmaTransport::Connection {
   bool heartbeat_answered = false;
   std::optional<PeerLiveness> liveness;
   ThreadRole thread_role;  // bound by the connection's thread as it starts
+  RdmaTransport* owner = nullptr;
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;
@@ -172,12 +181,23 @@ struct RdmaTransport::Connection {
   // The pool slot an outstanding heartbeat holds (its credit: the home's
   // receive it uses), if one is outstanding.
   std::optional<uint32_t> heartbeat_slot ABSL_GUARDED_BY(mu);
+  // The connection died because its port or device failed (an async
+  // event): requests that were never answered by a home that may have seen
+  // them fail as usual, but reads and requests never sent fail as set-up
+  // failures, so DataPath sends them over tcp (FailChunks).
+  bool device_failed ABSL_GUARDED_BY(mu) = false;
   // Requester side.
   std::vector<std::optional<Chunk>> inflight ABSL_GUARDED_BY(mu);  // by slot
   std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
   std::deque<Chunk> waiting ABSL_GUARDED_BY(mu);
   uint64_t next_req ABSL_GUARDED_BY(mu) = 1;
   uint32_t unsignaled_sends ABSL_GUARDED_BY(mu) = 0;
+  // PumpLocked's batches: numbered as they take chunks from `waiting`,
+  // posted in that order; `copying` counts those copying write data with
+  // mu released (RunConnection waits for 0 before it fails their chunks).
+  uint64_t next_batch ABSL_GUARDED_BY(mu) = 0;
+  uint64_t posted_batches ABSL_GUARDED_BY(mu) = 0;
+  int copying ABSL_GUARDED_BY(mu) = 0;
   // Home side (only the connection thread touches these): the request each
   // pool slot serves, and requests that arrived before the completion of
   // the response that frees their slot was seen (the requester may see our
@@ -198,10 +218,17 @@ struct RdmaTransport::Connection {
   }
 
   // On the setting-up thread, before the connection is shared (hence no mu
-  // for the tables it sizes).
+  // for the tables it sizes). CreateResources is both parts, for a home
+  // (which knows the negotiated depth and slot size before it accepts). A
+  // requester creates the queue pair, sized for what it asks, before it
+  // connects, and the buffers once the home's accept said what to use.
   absl::Status CreateResources(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::Status CreateQueuePair(const std::string& what);
+  absl::Status CreateBuffers(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // On the connection's thread (or in CreateResources).
   absl::Status PostRecv(uint32_t i);
+  // The device's async fd is readable (on the connection's thread).
+  void AsyncEventsReady(ibv_context* v) { owner->ReadAsyncEvents(v); }
   // Any thread: makes the connection's thread look at `dead` and the
   // transport's shutdown.
   void Wake() {

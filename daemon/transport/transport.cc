@@ -7,6 +7,7 @@ namespace {
 constexpr char kSetupPayload[] = "tether.transport/setup-failed";
 constexpr char kNotSentPayload[] = "tether.transport/not-sent";
 constexpr char kLostPayload[] = "tether.transport/lost-in-flight";
+constexpr char kStaleTokenPayload[] = "tether.transport/stale-token";
 
 absl::Status Tag(absl::Status status, const char* payload) {
   if (!status.ok()) status.SetPayload(payload, absl::Cord("1"));
@@ -19,6 +20,8 @@ bool Tagged(const absl::Status& status, const char* payload) {
 
 absl::Status SetupFailure(absl::Status status) { return Tag(std::move(status), kSetupPayload); }
 bool IsSetupFailure(const absl::Status& status) { return Tagged(status, kSetupPayload); }
+absl::Status StaleToken(absl::Status status) { return Tag(std::move(status), kStaleTokenPayload); }
+bool IsStaleToken(const absl::Status& status) { return Tagged(status, kStaleTokenPayload); }
 absl::Status NotSent(absl::Status status) { return Tag(std::move(status), kNotSentPayload); }
 bool IsNotSent(const absl::Status& status) { return Tagged(status, kNotSentPayload); }
 absl::Status LostInFlight(absl::Status status) { return Tag(std::move(status), kLostPayload); }

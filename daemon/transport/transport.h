@@ -128,6 +128,14 @@ bool IsNotSent(const absl::Status& status);
 absl::Status LostInFlight(absl::Status status);
 bool IsLostInFlight(const absl::Status& status);
 
+// A request refused because the home did not accept the data token it was
+// sent with (the home restarted, with a new secret, since the Hello that
+// gave it): nothing was sent, and the caller may learn the token again
+// and retry (DataPath does, once). Transports tag such refusals with
+// StaleToken().
+absl::Status StaleToken(absl::Status status);
+bool IsStaleToken(const absl::Status& status);
+
 }  // namespace tether
 
 #endif  // TETHER_DAEMON_TRANSPORT_TRANSPORT_H_

@@ -101,7 +101,7 @@ class DataPathTest : public ::testing::Test {
     ep->node_id = node;
     ep->address = "10.0.0.2:7000";
     if (node == kPeer) ep->rdma_address = "10.0.0.2:7001";
-    ep->token = "token-of-node-1-at-the-peer";
+    ep->token = token_;
     return ep;
   }
   DataEndpoint Endpoint(uint32_t node) { return **Resolve(node); }
@@ -120,6 +120,8 @@ class DataPathTest : public ::testing::Test {
   FakeTransport tcp_{"tcp", kSelf};
   int resolves_ = 0;
   std::vector<uint8_t> buf_;
+  int forgets_ = 0;
+  std::string token_ = "token-of-node-1-at-the-peer";
   DataPath path_{kSelf, &local_, &tcp_, &rdma_, [this](uint32_t node) { return Resolve(node); }};
 };
 
@@ -176,6 +178,11 @@ TEST_F(DataPathTest, RequestsGoOverTcpWithoutAnRdmaAddressOrTransport) {
   EXPECT_EQ(tcp_.count(), 2u);
 }
 
+// Issue 15: a home that refuses our token (it restarted with a new secret
+// since our Hello) is asked for a new one (the endpoint is forgotten and
+// resolved again) and the request goes once more, over rdma, with the new
+// token; a second refusal reaches the caller. Before, the refusal failed
+// the fetch at once (SIGBUS in the faulting client).
 // The heart of it: an rdma connection that cannot be set up sends the
 // request over tcp instead, once; the node then stays on tcp.
 TEST_F(DataPathTest, SetupFailureOnRdmaReissuesOverTcpOnceAndTheNodeStaysOnTcp) {
@@ -464,6 +471,10 @@ class DataPathRetryTest : public DataPathTest {
       absl::MutexLock lock(&mu_);
       due_.push_back({clock_.Now() + d, std::move(fn)});
     };
+    o.forget = [this](uint32_t) {
+      ++forgets_;
+      token_ = "the-new-token";  // as if the home had restarted
+    };
     return o;
   }
   size_t Due() {
@@ -508,6 +519,42 @@ TEST_F(DataPathRetryTest, AReadLostInFlightIsSentAgainAndAnswered) {
   EXPECT_TRUE(BufIsHome(8192));
   EXPECT_EQ(rdma_.count(), 2u);
   EXPECT_EQ(tcp_.count(), 0u) << "a new rdma connection, not tcp";
+}
+
+// A home that restarted refuses the token it gave before: the endpoint is
+// learned again (a new Hello) and the request sent once more, from the
+// retry timer (the refusal may be reported on a transport's thread, and a
+// Hello waits), with the new token; a second refusal reaches the caller.
+TEST_F(DataPathRetryTest, StaleTokenIsLearnedAgainAndTheRequestRetriedOnce) {
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  token_ = "the-old-token";
+  Answer a;
+  retrying_.Read(kPeer, kSegid, kGrant, 0, Buf(4096), a.Done());
+  EXPECT_EQ(a.calls, 0) << "not the caller's error";
+  EXPECT_EQ(forgets_, 1);
+  ASSERT_EQ(Due(), 1u) << "sent again from the timer, not inline";
+  RunNext();
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_TRUE(a.status.ok()) << a.status;
+  EXPECT_TRUE(BufIsHome(0));
+  ASSERT_EQ(rdma_.count(), 2u) << "retried over rdma, once";
+  EXPECT_EQ(rdma_.requests()[0].token, "the-old-token");
+  EXPECT_EQ(rdma_.requests()[1].token, "the-new-token") << "with the token learned again";
+  EXPECT_EQ(tcp_.count(), 0u) << "a stale token is not a set-up failure";
+
+  // Refused again after the retry: the caller hears it (no loop).
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  Answer b;
+  retrying_.Read(kPeer, kSegid, kGrant, 0, Buf(4096), b.Done());
+  ASSERT_EQ(Due(), 1u);
+  RunNext();
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(ToErrno(b.status), EACCES) << b.status;
+  EXPECT_EQ(forgets_, 2);
+  EXPECT_EQ(rdma_.count(), 4u);
+  EXPECT_EQ(tcp_.count(), 0u);
+  EXPECT_EQ(Due(), 0u);
 }
 
 // A write that never left is sent again, once; the home sees it once.

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """VM tier, issues 5 and 15: what the rdma transport does when its device
-goes away, when the link between the nodes flaps, when the home dies or
-goes silent, and when a mapper dies. Runs in tests/vm/run's pair stage
-(node 2 on the other VM, reached through remote.py; TETHER_CLUSTER_RXE /
-TETHER_CLUSTER_NETDEV name the Soft-RoCE device and its link there), or in
-one VM with TETHER_CLUSTER_NET=flat TETHER_CLUSTER_RDMA=1 (then the tests
-that cut the link between the VMs are left out, and say so: on one VM the
-nodes' traffic never crosses a link).
+goes away, how connections are negotiated and refused, when the link
+between the nodes flaps, when the home dies or goes silent, and when a
+mapper dies. Runs in tests/vm/run's pair stage (node 2 on the other VM,
+reached through remote.py; TETHER_CLUSTER_RXE / TETHER_CLUSTER_NETDEV name
+the Soft-RoCE device and its link there), or in one VM with
+TETHER_CLUSTER_NET=flat TETHER_CLUSTER_RDMA=1 (the single-VM rdma suite
+runs the tests named *connection*, which leave the device in place; the
+tests that cut the link between the VMs are left out there, and say so:
+on one VM the nodes' traffic never crosses a link).
 
 Cutting the link: tc (the guests have no nft/iptables) drops every IPv4
 packet on the home VM's netdev, both ways, but the remote.py agent's
@@ -26,7 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "multinode"))
 from cluster import Exporter, Mapper  # noqa: E402
-from harness import expect, freeze, run  # noqa: E402
+from harness import expect, freeze, run, with_nodes  # noqa: E402
 
 MiB = 1 << 20
 AGENT_PORT = 7800
@@ -314,6 +316,81 @@ def test_device_removed_under_a_mapper(c):
         r = c.node(2).run(["rdma", "link", "add", rxe, "type", "rxe", "netdev", netdev])
         expect(r.returncode == 0, "re-adding %s: %s" % (rxe, r.stdout + r.stderr))
     m.close()
+    e.close()
+
+
+SMALL_HOME = ["--rdma_queue_depth=4", "--rdma_slot_kb=16"]
+
+
+@with_nodes(3, daemon_args={1: SMALL_HOME, 2: [], 3: ["--rdma_queue_depth=64",
+                                                     "--rdma_slot_kb=1024"]})
+def test_connection_negotiates_depth_and_slot_size(c):
+    """Issue 15: queue depth and slot size differ between the nodes (node 1:
+    4 slots of 16 KiB; node 2: the defaults, 32 of 256 KiB; node 3: 64 of
+    1 MiB). Each connection uses the smaller of each, so 256 KiB read-ahead
+    batches and 1 MiB write-backs are split into the home's slots and
+    throttled to its window: correct pages both ways, over rdma, no
+    fallback (the harness fails a test that fell back to tcp). Before the
+    negotiation, the home dropped the connection as soon as a request
+    exceeded its slots ('request length ... outside'): SIGBUS, failed
+    write-backs."""
+    expect(c.rdma, "run with TETHER_CLUSTER_RDMA=1")
+    e = Exporter(c.node(1), 4 * MiB, 3)
+    ms = {n: Mapper(c.node(n), e.segid, length=4 * MiB) for n in (2, 3)}
+    for n, m in ms.items():
+        r = m.command("verify 3 0 %d" % (4 * MiB), timeout=60)
+        expect(r == "ok", "node %d read the whole segment: %s" % (n, r))
+    for n, m in ms.items():  # disjoint halves: node 2 the first, node 3 the second
+        off = 4096 + (n - 2) * 2 * MiB
+        r = m.command("write %d %d %d" % (10 + n, off, MiB))
+        expect(r == "ok", "node %d dirtied 1 MiB: %s" % (n, r))
+        r = m.command("sync", timeout=60)
+        expect(r == "ok", "node %d wrote back: %s" % (n, r))
+        expect(e.verify(10 + n, off, MiB) == "ok", "node %d's write-back arrived" % n)
+    for m in ms.values():
+        m.close()
+    log1, log2, log3 = log_of(c.node(1)), log_of(c.node(2)), log_of(c.node(3))
+    expect("node 2 asked for queue depth 32 and 256 KiB slots; using 4 and 16 KiB" in log1,
+           "the home logs what it granted node 2: " + log1[-1500:])
+    expect("node 3 asked for queue depth 64 and 1024 KiB slots; using 4 and 16 KiB" in log1,
+           "the home logs what it granted node 3: " + log1[-1500:])
+    expect("node 1 allows queue depth 4 and 16 KiB slots (we asked for 32 and 256 KiB)" in log2,
+           "node 2 logs what it got: " + log2[-1500:])
+    for n, log in ((2, log2), (3, log3)):
+        expect("rdma: data connection to node 1" in log, "node %d did not use rdma" % n)
+    e.close()
+
+
+@allow_tcp_fallback
+@with_nodes(3, daemon_args={1: ["--rdma_max_connections=1"]})
+def test_connection_refused_at_the_limit_goes_over_tcp(c):
+    """Issue 15: a home at its connection limit refuses a connect with a
+    reason in the reject's private data (kTooManyConnections). The mapper
+    takes that as a set-up failure: its requests go over tcp (logged), the
+    client reads correct data and gets no SIGBUS. Before, a consumer reject
+    was read as 'wrong token' and the fetch failed."""
+    expect(c.rdma, "run with TETHER_CLUSTER_RDMA=1")
+    e = Exporter(c.node(1), MiB, 5)
+    m2 = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m2.command("verify 5 0 65536") == "ok", "node 2 fetched")
+    expect("rdma: data connection to node 1" in log_of(c.node(2)), "node 2 is on rdma")
+    m3 = Mapper(c.node(3), e.segid, length=MiB)
+    expect(m3.command("verify 5 0 %d" % MiB, timeout=60) == "ok",
+           "node 3 is served (over tcp) although the home refused its rdma connection")
+    expect(m3.command("write 6 0 8192") == "ok" and m3.command("sync", timeout=60) == "ok",
+           "node 3 writes back over tcp")
+    expect(e.verify(6, 0, 8192) == "ok", "node 3's write-back arrived")
+    log1, log3 = log_of(c.node(1)), log_of(c.node(3))
+    expect("rdma: refused a connection from node 3: at its connection limit" in log1,
+           "the home logs the refusal: " + log1[-1500:])
+    expect("the home refused: at its connection limit" in log3 and "using tcp for" in log3,
+           "node 3 says why it fell back: " + log3[-1500:])
+    r = c.node(3).ctl("status", "--json")
+    peers = {p.get("node_id"): p for p in json.loads(r.stdout).get("peers", [])}
+    expect(peers.get(1, {}).get("transport") == "tcp",
+           "tetherctl status shows node 1 on tcp from node 3: " + r.stdout)
+    m3.close()
+    m2.close()
     e.close()
 
 
