@@ -1,5 +1,6 @@
 // tetherd: the tether node daemon. Configuration by flags, or a config file
 // of the same flags (--flagfile=/etc/tether/tetherd.conf, one per line).
+#include <arpa/inet.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -38,6 +39,32 @@ ABSL_FLAG(uint32_t, rdma_queue_depth, 32, "rdma requests in flight per peer (1..
 ABSL_FLAG(uint32_t, rdma_slot_kb, 256,
           "rdma registered buffer slot size in KiB (a multiple of 4, at most 4096); the "
           "pool registers queue_depth x slot per peer connection");
+ABSL_FLAG(int32_t, rdma_heartbeat_ms, 1000,
+          "an idle rdma connection's requester sends a heartbeat (answered by the home) after "
+          "this much quiet (10..60000)");
+ABSL_FLAG(int32_t, rdma_timeout_ms, 5000,
+          "an rdma peer silent this long while it owes an answer (a request, a heartbeat) is "
+          "dead: its connection is dropped and what it owed fails over (at least 2 x "
+          "--rdma_heartbeat_ms)");
+ABSL_FLAG(int32_t, data_retry_ms, 30000,
+          "how long a fetch (or a request that never left) is sent again after its connection "
+          "was lost or could not be set up, before the error reaches the client (SIGBUS, a "
+          "failed sync); 0: no retries");
+ABSL_FLAG(int32_t, rdma_retry_after_ms, 30000,
+          "after an rdma connection to a peer could not be set up, requests to it go over tcp "
+          "for this long before rdma is tried again (100..3600000)");
+ABSL_FLAG(uint32_t, rdma_max_connections, 256,
+          "rdma connections a home accepts at once (each pins queue_depth x slot); more are "
+          "refused and their requests go over tcp");
+ABSL_FLAG(int32_t, rdma_tos, -1,
+          "IP ToS/traffic class of rdma connections (0..255; RoCE maps it to a priority, which "
+          "must be the fabric's lossless class); -1: rdma_cm's default");
+ABSL_FLAG(int32_t, rdma_ack_timeout, -1,
+          "rdma ACK timeout exponent: a lost packet is retransmitted after 4.096 us x 2^n "
+          "(1..31, e.g. 14 = 67 ms); -1: rdma_cm's default");
+ABSL_FLAG(std::string, rdma_source, "",
+          "numeric IP address outgoing rdma connections start from (multi-NIC hosts); must be "
+          "an address of an RDMA device's netdev or IPoIB interface. Default: the route's");
 ABSL_FLAG(std::string, peers, "", "other nodes: id=host:port,id=host:port (their peer_listen)");
 ABSL_FLAG(uint64_t, cache_budget_mb, 256, "bytes of remote pages this node may hold, in MiB");
 ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls");
@@ -122,6 +149,42 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
     return bad("--rdma_queue_depth must be 1..1024");
   if (cfg.rdma_slot_kb == 0 || cfg.rdma_slot_kb % 4 != 0 || cfg.rdma_slot_kb > 4096)
     return bad("--rdma_slot_kb must be a multiple of 4 in 4..4096");
+  cfg.rdma_heartbeat_ms = absl::GetFlag(FLAGS_rdma_heartbeat_ms);
+  cfg.rdma_timeout_ms = absl::GetFlag(FLAGS_rdma_timeout_ms);
+  if (cfg.rdma_heartbeat_ms < 10 || cfg.rdma_heartbeat_ms > 60000)
+    return bad("--rdma_heartbeat_ms must be 10..60000");
+  if (cfg.rdma_timeout_ms < 2 * cfg.rdma_heartbeat_ms || cfg.rdma_timeout_ms > 600000)
+    return bad("--rdma_timeout_ms must be at least 2 x --rdma_heartbeat_ms (and at most 600000)");
+  cfg.data_retry_ms = absl::GetFlag(FLAGS_data_retry_ms);
+  if (cfg.data_retry_ms < 0 || cfg.data_retry_ms > 3600000)
+    return bad("--data_retry_ms must be 0..3600000");
+  cfg.rdma_retry_after_ms = absl::GetFlag(FLAGS_rdma_retry_after_ms);
+  if (cfg.rdma_retry_after_ms < 100 || cfg.rdma_retry_after_ms > 3600000)
+    return bad("--rdma_retry_after_ms must be 100..3600000");
+  cfg.rdma_max_connections = absl::GetFlag(FLAGS_rdma_max_connections);
+  if (cfg.rdma_max_connections == 0 || cfg.rdma_max_connections > 4096)
+    return bad("--rdma_max_connections must be 1..4096");
+  cfg.rdma_tos = absl::GetFlag(FLAGS_rdma_tos);
+  if (cfg.rdma_tos < -1 || cfg.rdma_tos > 255) return bad("--rdma_tos must be 0..255 (or -1)");
+  cfg.rdma_ack_timeout = absl::GetFlag(FLAGS_rdma_ack_timeout);
+  if (cfg.rdma_ack_timeout != -1 && (cfg.rdma_ack_timeout < 1 || cfg.rdma_ack_timeout > 31))
+    return bad("--rdma_ack_timeout must be 1..31 (or -1)");
+  cfg.rdma_source = absl::GetFlag(FLAGS_rdma_source);
+  if (!cfg.rdma_source.empty()) {
+    // A host only: rdma_cm picks the port.
+    in6_addr a6;
+    in_addr a4;
+    std::string host = cfg.rdma_source;
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+      host = host.substr(1, host.size() - 2);
+    if (inet_pton(AF_INET, host.c_str(), &a4) == 1) {
+      cfg.rdma_source = host + ":0";
+    } else if (inet_pton(AF_INET6, host.c_str(), &a6) == 1) {
+      cfg.rdma_source = "[" + host + "]:0";
+    } else {
+      return bad("--rdma_source must be a numeric IPv4 or IPv6 address");
+    }
+  }
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);

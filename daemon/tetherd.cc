@@ -88,9 +88,13 @@ absl::Status Tetherd::Build() {
       config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
       [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); },
       mapper_leases_.get());
-  data_path_ =
-      std::make_unique<DataPath>(config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
-                                 [this](uint32_t node) { return peers_->Endpoint(node); });
+  DataPath::Options data_opts;
+  data_opts.retry_budget = absl::Milliseconds(config_.data_retry_ms);
+  data_opts.rdma_retry_after = absl::Milliseconds(config_.rdma_retry_after_ms);
+  data_opts.forget = [this](uint32_t node) { peers_->Forget(node); };
+  data_path_ = std::make_unique<DataPath>(
+      config_.node_id, registry_.get(), transport_.get(), rdma_.get(),
+      [this](uint32_t node) { return peers_->Endpoint(node); }, std::move(data_opts));
   attachments_ = std::make_unique<AttachmentTable>(incarnation_);
   faults_ = std::make_unique<FaultService>(
       data_path_.get(), config_.cache_budget_bytes,
@@ -187,6 +191,16 @@ absl::Status Tetherd::MakeRdma() {
   RdmaTransport::Options opts;
   opts.queue_depth = config_.rdma_queue_depth;
   opts.slot_bytes = config_.rdma_slot_kb * 1024;
+  opts.heartbeat_interval_ms = config_.rdma_heartbeat_ms;
+  opts.peer_timeout_ms = config_.rdma_timeout_ms;
+  opts.max_connections = config_.rdma_max_connections;
+  opts.tos = config_.rdma_tos;
+  opts.ack_timeout = config_.rdma_ack_timeout;
+  opts.source = config_.rdma_source;
+  // A bad value is a start-up error even with --rdma=auto: the operator
+  // asked for it, and quietly running without it (a ToS outside the
+  // lossless class) would hurt later.
+  RETURN_IF_ERROR(RdmaTransport::CheckOptions(opts));
   rdma_ = std::make_unique<RdmaTransport>(config_.node_id, opts);
   return absl::OkStatus();
 }
@@ -225,6 +239,9 @@ void Tetherd::Stop() {
   if (peers_) peers_->Shutdown();
   if (rdma_) rdma_->Shutdown();
   if (transport_) transport_->Shutdown();  // no more notices come in
+  // Requests waiting for a retry fail now, while the fault service they
+  // report to still exists.
+  if (data_path_) data_path_->Shutdown();
   if (notice_receiver_) notice_receiver_->Stop();
   registry_->Stop();
   local_server_.reset();

@@ -44,6 +44,14 @@ struct TetherdConfig {
   std::string rdma_listen;  // rdma_cm host:port
   uint32_t rdma_queue_depth = 32;
   uint32_t rdma_slot_kb = 256;
+  int32_t rdma_heartbeat_ms = 1000;     // RdmaTransport::Options::heartbeat_interval_ms
+  int32_t rdma_timeout_ms = 5000;       // RdmaTransport::Options::peer_timeout_ms
+  int32_t data_retry_ms = 30000;        // DataPath::Options::retry_budget
+  int32_t rdma_retry_after_ms = 30000;  // DataPath::Options::rdma_retry_after
+  uint32_t rdma_max_connections = 256;
+  int rdma_tos = -1;          // -1: rdma_cm's default
+  int rdma_ack_timeout = -1;  // -1: rdma_cm's default
+  std::string rdma_source;    // "host:0"; "" for the route's
   std::vector<PeerConfig> peers;
   uint64_t cache_budget_bytes = 256ull << 20;
   int rpc_timeout_ms = 5000;

@@ -161,7 +161,7 @@ void tether_ctl_put(struct tether_ctl *ctl)
  *
  * Ids are unique per ctl and never 0; they need not follow queue order.
  *
- * Context: any context (atomic; callers may hold exp->lock).
+ * Context: any context (atomic; callers may hold tm->lock).
  * Return: the id.
  */
 u64 tether_ctl_next_id(struct tether_ctl *ctl)
@@ -182,7 +182,7 @@ u64 tether_ctl_next_id(struct tether_ctl *ctl)
  * will ack) and the others are freed.  Non-waited events beyond
  * TETHER_MAX_QUEUED are dropped and turn into OVERFLOW.
  *
- * Context: any context, exp->lock not held (notifier callbacks drop it
+ * Context: any context, tm->lock not held (notifier callbacks drop it
  * before queueing); takes ctl->lock; never sleeps (used from non-blockable
  * notifier calls).
  */
@@ -253,30 +253,37 @@ static bool tether_ctl_overflow_acked(struct tether_ctl *ctl, u64 gen)
 }
 
 /**
- * tether_ctl_wait() - wait until the daemon acked every event of a list
- * @ctl:      control the events were queued on (caller holds a reference)
- * @waitlist: events with ->waiter set, linked by ->wnode; emptied
- * @overflow_gen: non-zero: also wait until an OVERFLOW covering this
- *            generation was acked (the caller's own events were lost)
+ * tether_ctl_wait() - wait until the daemon(s) acked every event of a list
+ * @waitlist: events with ->waiter and ->ctl set, linked by ->wnode, already
+ *            queued; emptied.  They may belong to several ctls.
+ * @b:        the caller's batches (each ctl referenced by the caller); a
+ *            non-zero ->overflow_gen: also wait until an OVERFLOW of that
+ *            ctl covering this generation was acked (the caller's own
+ *            events were lost)
+ * @nr:       entries of @b
  *
- * Waits killably, at most tether_ack_timeout_ms in total.  Then an event
- * the daemon read but did not ack is unlinked and freed (its END follows);
- * one it never read is handed to the ctl as a non-waited record flagged
- * TETHER_EVF_LATE, so the daemon still learns of the invalidation before
- * its END.  A timeout is logged.
+ * Waits killably, at most tether_ack_timeout_ms in total for everything:
+ * the caller queued all its events first, so the daemons handle them in
+ * parallel and one invalidation costs one timeout at most, however many
+ * ranges and exporters it touches.  Then an event the daemon read but did
+ * not ack is unlinked and freed (its END follows); one it never read is
+ * handed to its ctl as a non-waited record flagged TETHER_EVF_LATE, so the
+ * daemon still learns of the invalidation before its END.  A timeout is
+ * logged.
  *
  * Context: process context, may sleep; the caller may hold mmap_lock, a
  * page lock or i_mmap_rwsem of the exporter (G5), but none of our locks;
- * takes ctl->lock after the wait, once per event.
+ * takes each event's ctl->lock after the wait, once per event.
  */
-void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
-		     u64 overflow_gen)
+void tether_ctl_wait(struct list_head *waitlist, struct tether_batch *b,
+		     unsigned int nr)
 {
 	unsigned long deadline = jiffies +
 		msecs_to_jiffies(READ_ONCE(tether_ack_timeout_ms));
 	struct tether_kevent *ev, *tmp;
 	bool gave_up = false, timed_out = false;
 	u64 first_missing = 0;
+	unsigned int i;
 
 	list_for_each_entry(ev, waitlist, wnode) {
 		long left, ret;
@@ -295,19 +302,29 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
 			gave_up = true;	/* fatal signal: the task is dying */
 		}
 	}
-	if (overflow_gen && !gave_up) {
+	for (i = 0; i < nr && !gave_up; i++) {
+		struct tether_ctl *ctl = b[i].ctl;
+		u64 gen = b[i].overflow_gen;
 		long left = (long)(deadline - jiffies), ret;
 
+		if (!ctl || !gen)
+			continue;
 		ret = wait_event_killable_timeout(ctl->ovq,
-				tether_ctl_overflow_acked(ctl, overflow_gen),
+				tether_ctl_overflow_acked(ctl, gen),
 				left > 0 ? left : 0);
-		if (ret == 0 && !tether_ctl_overflow_acked(ctl, overflow_gen))
+		if (ret == 0 && !tether_ctl_overflow_acked(ctl, gen)) {
 			timed_out = true;	/* first_missing 0: the OVERFLOW */
+			gave_up = true;
+		} else if (ret < 0) {
+			gave_up = true;
+		}
 	}
 
 	list_for_each_entry_safe(ev, tmp, waitlist, wnode) {
+		struct tether_ctl *ctl = ev->ctl;
+
 		/* Only a waiter owns its event; any other belongs to the ctl. */
-		WARN_ON_ONCE(!ev->waiter);
+		WARN_ON_ONCE(!ev->waiter || !ctl);
 		list_del_init(&ev->wnode);
 		spin_lock(&ctl->lock);
 		if (ev->state == TETHER_KEV_PENDING) {
@@ -324,8 +341,6 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
 			continue;
 		}
 		if (ev->state != TETHER_KEV_DONE) {
-			if (ev->state == TETHER_KEV_PENDING)
-				ctl->nr_queued--;
 			list_del_init(&ev->node);
 			ev->state = TETHER_KEV_DONE;
 		}
@@ -348,7 +363,7 @@ void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
  * caches anything for them any more).
  *
  * Context: process context (file release), may sleep; takes ctl->lock, and
- * exp->lock of each exporter with ctl->lock dropped (tether_exporter_detach).
+ * tm->lock of each exporter with ctl->lock dropped (tether_exporter_detach).
  */
 void tether_ctl_release(struct tether_ctl *ctl)
 {

@@ -71,7 +71,7 @@ struct tether_file {
 };
 
 enum tether_kev_state {
-	TETHER_KEV_NEW = 0,	/* not queued yet (or on exp->inflight) */
+	TETHER_KEV_NEW = 0,	/* not queued yet (or on tm->inflight) */
 	TETHER_KEV_PENDING,	/* on ctl->pending, not read yet */
 	TETHER_KEV_DELIVERED,	/* read; on ctl->delivered until acked */
 	TETHER_KEV_DONE,	/* acked, or released by close: off all lists */
@@ -79,7 +79,7 @@ enum tether_kev_state {
 
 /**
  * struct tether_kevent - an event on its way to the daemon
- * @node:   on exp->inflight (END before the end callback), ctl->pending or
+ * @node:   on tm->inflight (END before the end callback), ctl->pending or
  *          ctl->delivered; protected by the lock of the list's owner
  * @wnode:  on the waiting thread's private list (no lock: one owner)
  * @uev:    the record read(2) returns
@@ -90,6 +90,8 @@ enum tether_kev_state {
  * @attach_gen: exp->attach_gen when created; an END is dropped if the
  *          exporter was detached/re-attached meanwhile
  * @done:   completed (under ctl->lock) when acked or the ctl closes
+ * @ctl:    waited events: the ctl they are queued on (the waiter holds a
+ *          reference for the duration of its wait)
  * @state:  enum tether_kev_state, under ctl->lock once queued
  * @waiter: a thread waits for @done and owns (frees) the event; otherwise
  *          the ctl owns it once queued and frees it after read(2).  A
@@ -104,6 +106,7 @@ struct tether_kevent {
 	struct tether_range *range;
 	u64 attach_gen;
 	struct completion done;
+	struct tether_ctl *ctl;
 	u8 state;
 	bool waiter;
 };
@@ -112,7 +115,7 @@ struct tether_kevent {
  * struct tether_ctl - a daemon's control fd
  * @ref:        file + each attached exporter + each notifier call in flight
  * @next_event_id: last event id handed out (atomic: BEGIN ids are taken
- *              under exp->lock, so that the END can name its BEGIN)
+ *              under tm->lock, so that the END can name its BEGIN)
  * @lock:       protects everything below (innermost lock of the module)
  * @dead:       the file was released: queue nothing, wake every waiter
  * @overflow:   an event was lost: deliver one OVERFLOW record
@@ -150,13 +153,21 @@ struct tether_ctl {
 
 /*
  * Invalidations of one mm in progress at once that are tracked by address
- * (more are counted as "the whole mm": see tether_exporter.inprog).  A
- * slot is taken by every invalidate_range_start of the mm, forwarded or
- * not, so the array must be cheap to scan: 8 covers the concurrent
- * invalidations a process makes in practice (one per thread in munmap /
- * madvise / mprotect, plus reclaim and the OOM reaper).
+ * (more are counted as "the whole mm": see tether_mm.inprog).  A slot is
+ * taken by every invalidate_range_start of the mm, forwarded or not, so
+ * the array must be cheap to scan: 8 covers the concurrent invalidations a
+ * process makes in practice (one per thread in munmap / madvise /
+ * mprotect, plus reclaim and the OOM reaper).
  */
 #define TETHER_MAX_INPROG	8
+
+/*
+ * Control fds the exporters of one mm may be attached to at once (ATTACH
+ * beyond that: -EBUSY).  One invalidation queues the BEGINs of every
+ * exporter of the mm before it waits for any ack, grouped by control fd
+ * in an array of this size on its stack; one daemon per node needs one.
+ */
+#define TETHER_MAX_MM_CTLS	4
 
 /**
  * struct tether_inprog - one invalidation of the exporter's mm in progress
@@ -171,55 +182,95 @@ struct tether_inprog {
 };
 
 /**
- * struct tether_exporter - one exporter fd: a set of ranges of one mm
- * @ref:        exporter file + attachment to a ctl + temporary lookups
- * @mn:         classic mmu notifier on @mm (registered at the first range)
- * @mm:         the exporter's mm (mmgrab'ed: the struct, not the space)
- * @id:         module-wide id, reported as tether_event.exporter_id
- * @lock:       spinlock protecting every field below except @ctl_node
- * @ranges:     interval tree of tether_range by user address
- * @range_list: the same ranges, for teardown
- * @nr_ranges:  number of ranges
- * @nr_marked:  number of ranges with at least one marked interval (G3 fast path)
- * @inprog:     invalidations of @mm in progress (start seen, end not yet),
- *              by address: MARK and READ_RETRY look only at those that
+ * struct tether_mm_ctl - a control fd some exporters of the mm attach to
+ * @ctl:   the control (no reference of its own: each attached exporter
+ *         holds one through exp->ctl), or NULL (slot free)
+ * @users: exporters of the mm attached to @ctl through this slot
+ */
+struct tether_mm_ctl {
+	struct tether_ctl *ctl;
+	unsigned int users;
+};
+
+/**
+ * struct tether_mm - the one mmu notifier of an mm, shared by its exporters
+ * @mn:         classic mmu notifier, from mmu_notifier_get() (refcounted
+ *              per ops + mm by the kernel: one reference per exporter,
+ *              dropped when the exporter is freed; freed after an SRCU
+ *              grace period, tether_mn_free())
+ * @lock:       spinlock protecting everything below, and every non-constant
+ *              field of the exporters and ranges of this mm
+ * @ranges:     interval tree of the tether_range of every exporter of the
+ *              mm, by user address
+ * @exporters:  live exporters of the mm (tether_exporter.mm_node)
+ * @nr_marked:  ranges of the mm with at least one marked interval (the G3
+ *              fast path: 0 means no invalidation is forwarded)
+ * @inprog:     invalidations of the mm in progress (start seen, end not
+ *              yet), by address: MARK and READ_RETRY look only at those that
  *              overlap the interval they are asked about
  * @nr_inprog:  used slots of @inprog
  * @inprog_untracked: invalidations in progress that found no free slot:
  *              while non-zero, every interval counts as being invalidated
- * @ctl:        attached control (holds a reference) or NULL
- * @ctl_node:   on ctl->exporters, protected by ctl->lock
- * @attach_gen: bumped at every attach/detach
  * @inflight:   END events created at start, sent at end
- * @registered: @mn is registered (written under the file mutex)
+ * @ctls:       the control fds the exporters are attached to
  * @mm_gone:    release() ran: the address space is gone
- * @closing:    the exporter file is being released: release() must not wait
+ *
+ * One invalidation of the mm runs one invalidate_range_start callback, which
+ * finds the overlapping ranges of every exporter of the mm in @ranges, queues
+ * all their BEGINs and then waits for all their acks together: a munmap over
+ * N exported ranges costs the exporter one ack timeout at most, not N.
  */
-struct tether_exporter {
-	struct kref ref;
+struct tether_mm {
 	struct mmu_notifier mn;
-	struct mm_struct *mm;
-	u64 id;
 	spinlock_t lock;
 	struct rb_root_cached ranges;
-	struct list_head range_list;
-	unsigned int nr_ranges;
+	struct list_head exporters;
 	unsigned int nr_marked;
 	struct tether_inprog inprog[TETHER_MAX_INPROG];
 	unsigned int nr_inprog;
 	unsigned int inprog_untracked;
+	struct list_head inflight;
+	struct tether_mm_ctl ctls[TETHER_MAX_MM_CTLS];
+	bool mm_gone;
+};
+
+/**
+ * struct tether_exporter - one exporter fd: a set of ranges of one mm
+ * @ref:        exporter file + attachment to a ctl + temporary lookups
+ * @tm:         the mm's shared notifier (one reference, from the first
+ *              REGISTER_RANGE until the exporter is freed); its lock
+ *              protects every field below except @ctl_node
+ * @mm:         the exporter's mm (mmgrab'ed: the struct, not the space)
+ * @id:         module-wide id, reported as tether_event.exporter_id
+ * @mm_node:    on tm->exporters until the exporter file is released
+ * @range_list: the exporter's ranges, for teardown
+ * @nr_ranges:  number of ranges
+ * @ctl:        attached control (holds a reference) or NULL
+ * @ctl_slot:   index of @ctl in tm->ctls while attached
+ * @ctl_node:   on ctl->exporters, protected by ctl->lock
+ * @attach_gen: bumped at every attach/detach
+ * @registered: @tm is set (written under the file mutex)
+ * @closing:    the exporter file is being released
+ */
+struct tether_exporter {
+	struct kref ref;
+	struct tether_mm *tm;
+	struct mm_struct *mm;
+	u64 id;
+	struct list_head mm_node;
+	struct list_head range_list;
+	unsigned int nr_ranges;
 	struct tether_ctl *ctl;
+	unsigned int ctl_slot;
 	struct list_head ctl_node;
 	u64 attach_gen;
-	struct list_head inflight;
 	bool registered;
-	bool mm_gone;
 	bool closing;
 };
 
 /**
  * struct tether_range - one registered range
- * @it:       interval tree node, [start, start + len - 1]
+ * @it:       interval tree node in exp->tm->ranges, [start, start + len - 1]
  * @node:     on exp->range_list
  * @id:       module-wide id (key in tether_ranges)
  * @start:    user address
@@ -230,7 +281,7 @@ struct tether_exporter {
  * @seq:      bumped at each forwarded BEGIN and END of this range
  *
  * All fields but the constant ones (@id, @start, @len, @exp) are
- * protected by exp->lock.
+ * protected by exp->tm->lock.
  */
 struct tether_range {
 	struct interval_tree_node it;
@@ -242,6 +293,25 @@ struct tether_range {
 	struct list_head marks;
 	unsigned int nr_marks;
 	u64 seq;
+};
+
+/**
+ * struct tether_batch - the events of one notifier call for one ctl
+ * @ctl:          the control (the caller holds a reference), or NULL: unused
+ * @evs:          new events to queue on @ctl, linked by ->node
+ * @overflow:     an event for @ctl could not be allocated
+ * @overflow_gen: set by tether_ctl_queue(): the OVERFLOW generation a
+ *                blockable caller waits to see acked (0: none)
+ *
+ * A notifier call that touches exporters attached to several control fds
+ * keeps one batch per ctl (at most TETHER_MAX_MM_CTLS, on its stack),
+ * queues them all, and then waits for all of them with one deadline.
+ */
+struct tether_batch {
+	struct tether_ctl *ctl;
+	struct list_head evs;
+	bool overflow;
+	u64 overflow_gen;
 };
 
 struct tether_ival {
@@ -261,8 +331,8 @@ void tether_ctl_put(struct tether_ctl *ctl);
 u64 tether_ctl_next_id(struct tether_ctl *ctl);
 void tether_ctl_queue(struct tether_ctl *ctl, struct list_head *evs,
 		      bool overflow, u64 *overflow_gen);
-void tether_ctl_wait(struct tether_ctl *ctl, struct list_head *waitlist,
-		     u64 overflow_gen);
+void tether_ctl_wait(struct list_head *waitlist, struct tether_batch *b,
+		     unsigned int nr);
 void tether_ctl_release(struct tether_ctl *ctl);
 ssize_t tether_ctl_read(struct tether_ctl *ctl, char __user *buf,
 			size_t count, bool nonblock);
@@ -271,6 +341,7 @@ __poll_t tether_ctl_poll(struct tether_ctl *ctl, struct file *file,
 int tether_ctl_ack(struct tether_ctl *ctl, u64 event_id);
 
 /* tether_notifier.c */
+void tether_notifier_exit(void);
 struct tether_exporter *tether_exporter_create(void);
 void tether_exporter_get(struct tether_exporter *exp);
 void tether_exporter_put(struct tether_exporter *exp);

@@ -165,7 +165,7 @@ static long tether_ioc_version(void __user *uarg)
  * @uarg: struct tether_range_reg
  *
  * Context: process context, may sleep; takes tf->lock and, holding it,
- * (first range) the caller's mmap_lock for write, xa_lock and exp->lock:
+ * (first range) the caller's mmap_lock for write, xa_lock and tm->lock:
  * tether_exporter_register() and tether_exporter_add_range() assert it.
  */
 static long tether_ioc_register(struct tether_file *tf, void __user *uarg)
@@ -245,7 +245,7 @@ out_unlock:
  * @uarg: struct tether_attach
  *
  * Context: process context, may sleep; takes tf->lock, then the exporter
- * file's lock (not nested), then exp->lock -> ctl->lock.
+ * file's lock (not nested), then tm->lock -> ctl->lock.
  */
 static long tether_ioc_attach(struct tether_file *tf, struct file *file,
 			      void __user *uarg)
@@ -313,7 +313,7 @@ out_fput:
  * @uarg: its argument
  *
  * Context: process context, may sleep; takes tf->lock (role), xa_lock
- * (lookup), then exp->lock, none nested; see tether_range_mark().
+ * (lookup), then tm->lock, none nested; see tether_range_mark().
  */
 static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 			     void __user *uarg)
@@ -512,6 +512,7 @@ static void __exit tether_exit(void)
 {
 	misc_deregister(&tether_misc);
 	WARN_ON(!xa_empty(&tether_ranges));
+	tether_notifier_exit();	/* subscriptions freed by SRCU callbacks */
 	tether_kevent_cache_exit();
 }
 

@@ -78,8 +78,10 @@ int OpenEventsUserfaultfd() {
 
 // Where tether.ko is loaded: a fresh /dev/tether exporter fd with
 // [vaddr, vaddr + size) of this mm registered on it (one fd per export, so
-// that the daemon can attach each to its control fd). -1 if there is no
-// module or it refuses; the caller then falls back to the userfaultfd.
+// that the daemon can attach each to its control fd and closing it ends
+// that export; the module shares one notifier among all fds of this mm, so
+// one munmap over many exports still waits for one deadline). -1 if there
+// is no module or it refuses; the caller then falls back to the userfaultfd.
 int OpenTetherExporterFd(void* vaddr, size_t size, uint64_t* range_id) {
   int fd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
   if (fd < 0) return -1;

@@ -24,9 +24,10 @@ class SegmentObserver {
  public:
   virtual ~SegmentObserver() = default;
   // The home is about to read [start, end) (segment offsets) of the
-  // segment for a mapper: from now on changes to the range must be seen
+  // segment for a mapper, or to write a mapper's write-back there (the
+  // writer keeps the page): from now on changes to the range must be seen
   // (register lazily, mark cached). Fast when nothing changes. An error
-  // refuses the read (Retry(): the mapper fetches again shortly).
+  // refuses the read or write (Retry(): the mapper tries again shortly).
   virtual absl::Status BeforeRead(uint64_t segid, uint64_t start, uint64_t end) = 0;
   // The segment stopped being live (removed, or its exporter exited):
   // mappers are revoked and whatever watches its memory is dropped.

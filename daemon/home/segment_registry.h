@@ -72,7 +72,8 @@ class SegmentRegistry : public BlockServer {
   //
   // Every read of a segment marks the range cached by the reading node
   // *before* it reads the exporter, under the same lock and sequence as the
-  // window check (G3), and is bracketed: a read that overlaps an open
+  // window check (G3); so does every write-back (the writer keeps the page
+  // it wrote, see segment_serving.cc). A read is bracketed: one that overlaps an open
   // window, or one opened while it ran, is answered Retry() (common/errors.h),
   // never with contents from before the window (G5: the home never waits
   // for in-flight reads).

@@ -43,7 +43,15 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
     if (Overlap(offset, offset + len, w.start, w.end))
       return Retry("an invalidation window is open over this range");
   }
-  if (!write) seg->cached[peer_node].Add(offset, offset + len);  // before the read (G3)
+  // Before the read (G3), and before a write-back too: the writer keeps
+  // the page it wrote (clean after a sync; or put back dirty when a
+  // window's write-back failed and a later one succeeds), and a node that
+  // holds a page must be asked by every window over it. A window clears
+  // the marks of the nodes it asks, and a page a node put back after it
+  // was fetched by nobody: without this mark later windows would skip
+  // the node while it reads (and may write back over) a page whose
+  // contents changed (issue 14, the protocol simulation's seed 137).
+  seg->cached[peer_node].Add(offset, offset + len);
   *addr = seg->vaddr + offset;
   *gen = seg->gen;
   return seg->memory;
@@ -69,6 +77,11 @@ absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, ui
   uint64_t addr = 0, gen = 0;
   ASSIGN_OR_RETURN(auto memory,
                    Resolve(peer_node, segid, grant, offset, src.size(), true, &addr, &gen));
+  // The notifier source marks the range too (tether.ko forwards only the
+  // invalidations of marked ranges, G3): a write-back leaves the writer
+  // holding the page, as a read does. Off the fault path (write-backs
+  // only); already-marked ranges cost no ioctl.
+  if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + src.size()));
   return memory->Write(addr, src);
 }
 

@@ -29,6 +29,13 @@ InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegi
       ack_deadline_(ack_deadline),
       leases_(leases) {}
 
+InvalidationCoordinator::~InvalidationCoordinator() {
+  // A range_end's callback still to come finds nobody to fence for; one
+  // running now finishes first.
+  absl::MutexLock lock(&lifeline_->mu);
+  lifeline_->self = nullptr;
+}
+
 // The replies of one fan-out: written by the channel's threads, read by
 // the thread in Begin (or the simulation).
 struct InvalidationCoordinator::PendingBegin::Replies {
@@ -107,17 +114,19 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
     w.acked = r.acks.acked();
     w.fenced = r.acks.failed();
   }
-  if (!w.fenced.empty()) FenceAndWait(w.segid, w.fenced, pending.why_, pending.wait_);
+  if (!w.fenced.empty())
+    FenceAndWait(w.segid, w.fenced,
+                 absl::StrFormat("did not acknowledge an invalidation of segment %#x within %d ms "
+                                 "(%s)",
+                                 w.segid, absl::ToInt64Milliseconds(pending.wait_), pending.why_));
   if (leases_) WaitOutFences(w.segid);
   return w;
 }
 
 void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes,
-                                           const std::string& why, absl::Duration ack_wait) {
+                                           const std::string& what) {
   for (uint32_t node : nodes) {
-    std::string reason = absl::StrFormat(
-        "node %d did not acknowledge an invalidation of segment %#x within %d ms (%s)", node, segid,
-        absl::ToInt64Milliseconds(ack_wait), why);
+    std::string reason = absl::StrFormat("node %d %s", node, what);
     registry_->FenceNode(segid, node, reason);
     std::shared_ptr<FenceHold> hold;
     if (leases_) {
@@ -207,13 +216,37 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
   n.gone = gone;
   n.home_node = home_node_;
   stats_.notices_sent += w.acked.size();
-  // range_end needs no ack. A node that misses it (a cut that outlasts
-  // the timeout) keeps its window open: never stale data, but its faults
-  // in the range wait and its kept-aside pages stay unwritten (a known
-  // gap: docs/architecture.md, G1; tests/sim/README.md).
-  channel_->SendToAll(w.acked, n, ack_deadline_, [](uint32_t node, absl::Status st) {
-    if (!st.ok()) TLOG_INFO("range_end to node %d: %s", node, st.ToString());
-  });
+  // Every window a node opened must end: until its range_end arrives the
+  // node keeps the range blocked (its faults there wait, forever) and the
+  // dirty pages it kept aside unwritten. So range_end goes as reliably as a
+  // revocation: the channel resends it (gRPC waits for a cut-off, frozen or
+  // restarting peer) for as long as a REVOKE, and a duplicate is harmless
+  // (the mapper ends a window once; an unknown one is ignored). A node it
+  // still has not reached by then, or that lost the connection with it in
+  // flight, is fenced, as one that missed a range_begin is: the REVOKE ends
+  // its windows (or, with leases, its lease has long run out and it revoked
+  // them itself), and this home refuses its write-backs of pages it kept
+  // aside over contents that changed since. The simpler alternative — the
+  // mapper ending a window itself when a lease renewal says the home closed
+  // it — would write kept-aside pages back without knowing which of them
+  // the change unmapped (range_end's `gone`), and needs leases. The
+  // callback may run minutes from now: it reaches this object only through
+  // lifeline_.
+  channel_->SendToAll(
+      w.acked, n, kRevokeTimeout,
+      [life = lifeline_, segid = w.segid, id = w.id](uint32_t node, absl::Status st) {
+        // Cancelled: this daemon is shutting down (PeerDirectory::Shutdown)
+        // and its segments go with it.
+        if (st.ok() || absl::IsCancelled(st)) return;
+        TLOG_INFO("range_end of window %d to node %d: %s", id, node, st.ToString());
+        absl::MutexLock lock(&life->mu);
+        if (!life->self) return;
+        life->self->FenceAndWait(
+            segid, {node},
+            absl::StrFormat("did not acknowledge the end of invalidation window %d of segment "
+                            "%#x within %d s (%s)",
+                            id, segid, absl::ToInt64Seconds(kRevokeTimeout), st.message()));
+      });
 }
 
 void InvalidationCoordinator::RevokeAll(uint64_t segid, const std::string& why) {

@@ -15,7 +15,9 @@
 // to hold no copy: the caller (a notifier source) then lets the kernel go
 // on. The exporter waits at most the ack deadline plus lease * (1 +
 // margin). End() closes the window and sends range_end to the nodes
-// that acked. Nothing here touches the exporter's memory (G5).
+// that acked, as reliably as a REVOKE (resent for minutes); a node it
+// does not reach is fenced, so that every window a mapper opened ends.
+// Nothing here touches the exporter's memory (G5).
 //
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
 // no lock is held while waiting.
@@ -33,8 +35,10 @@
 // concurrently (the notifier source's workers, local clients' brackets,
 // the registry's exit watcher). Begin blocks its caller up to the ack
 // deadline plus a fenced node's lease; it must not be called on a thread that the fan-out's answers
-// need (a transport's serving thread). The object itself holds no lock:
-// the registry and the channel are thread-safe, and stats are atomics.
+// need (a transport's serving thread). The object itself holds no lock
+// while waiting: the registry and the channel are thread-safe, stats are
+// atomics; a range_end that failed fences its node on the channel's
+// thread, under the lifeline's mutex, which the destructor takes too.
 #ifndef TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
 #define TETHER_DAEMON_INVALIDATION_INVALIDATION_COORDINATOR_H_
 
@@ -97,6 +101,7 @@ class InvalidationCoordinator {
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                           InvalidationChannel* channel, absl::Duration ack_deadline,
                           const HomeLeaseTable* leases = nullptr);
+  ~InvalidationCoordinator();
 
   // Waits for mapper acks until the ack deadline or `deadline`, whichever
   // comes first (a caller whose event waited in a queue passes what is left
@@ -132,9 +137,9 @@ class InvalidationCoordinator {
   InvalidationChannel* const channel_;
   // Fences `nodes` for the segment and sends them REVOKE; with leases,
   // records until when each may still serve the segment (its lease as of
-  // the fence, unless it acknowledges the REVOKE first).
-  void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& why,
-                    absl::Duration ack_wait);
+  // the fence, unless it acknowledges the REVOKE first). `what` says what
+  // the node did not do (the reason, after "node N ").
+  void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& what);
   // With leases: waits until no node fenced for `segid` may still serve it
   // (every Begin on the segment, not only the one that fenced: see .cc).
   void WaitOutFences(uint64_t segid);
@@ -156,6 +161,14 @@ class InvalidationCoordinator {
     uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes the waits
   };
   const std::shared_ptr<FenceHolds> holds_ = std::make_shared<FenceHolds>();
+  // How a range_end's callback, which may run minutes after End() (on the
+  // channel's threads), reaches this object: null once it is destroyed.
+  struct Lifeline {
+    explicit Lifeline(InvalidationCoordinator* c) : self(c) {}
+    absl::Mutex mu;
+    InvalidationCoordinator* self ABSL_GUARDED_BY(mu);
+  };
+  const std::shared_ptr<Lifeline> lifeline_ = std::make_shared<Lifeline>(this);
 };
 
 }  // namespace tether

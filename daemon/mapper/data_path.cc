@@ -4,19 +4,143 @@
 #include <atomic>
 #include <memory>
 
+#include <map>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
+
+std::optional<absl::Duration> RetryPolicy::Next(const absl::Status& status, bool is_read,
+                                                int attempts, absl::Duration elapsed) const {
+  if (status.ok()) return std::nullopt;
+  // Nothing reached the home, or a read (repeating one changes nothing).
+  if (!IsNotSent(status) && !(is_read && IsLostInFlight(status))) return std::nullopt;
+  absl::Duration delay = absl::Milliseconds(50) * (int64_t{1} << std::min(attempts, 5));
+  delay = std::min(delay, absl::Seconds(1));
+  if (elapsed + delay > budget) return std::nullopt;
+  return delay;
+}
+
+// A request and what its tries so far learned.
+struct DataPath::Attempt {
+  bool is_read = true;
+  uint32_t node = 0;
+  uint64_t segid = 0, grant = 0, offset = 0;
+  absl::Span<uint8_t> dst;
+  absl::Span<const uint8_t> src;
+  Transport::Done done;
+  // Set instead of `done` by ReadInPlace: handed the bytes where the
+  // transport has them (`data`, set by the try that succeeded; valid only
+  // until read_done returns, so Finished calls it inline on success).
+  Transport::ReadDone read_done;
+  absl::Span<const uint8_t> data;
+  int failures = 0;
+  absl::Time first_failure;
+  bool token_retried = false;  // a stale-token refusal was answered with a new Hello
+};
+
+// Runs scheduled retries at their time on one thread (the default
+// Scheduler). Thread contract: Schedule from any thread; Stop once.
+class DataPath::Timer {
+ public:
+  Timer() : thread_([this] { Loop(); }) {}
+  ~Timer() { Stop(); }
+  void Schedule(absl::Duration delay, absl::AnyInvocable<void(bool)> fn) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        due_.emplace(absl::Now() + delay, std::move(fn));
+        cv_.Signal();
+        return;
+      }
+    }
+    fn(true);  // too late: as if Stop had found it
+  }
+  // Cancels what is pending (each gets fn(true), here) and joins.
+  void Stop() {
+    std::multimap<absl::Time, absl::AnyInvocable<void(bool)>> left;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      cv_.Signal();
+    }
+    thread_.join();
+    {
+      absl::MutexLock lock(&mu_);
+      left.swap(due_);
+    }
+    for (auto& [t, fn] : left) fn(true);
+  }
+
+ private:
+  void Loop() {
+    absl::MutexLock lock(&mu_);
+    while (!stopping_) {
+      absl::Time now = absl::Now();
+      if (!due_.empty() && due_.begin()->first <= now) {
+        auto fn = std::move(due_.begin()->second);
+        due_.erase(due_.begin());
+        mu_.Unlock();
+        fn(false);
+        mu_.Lock();
+        continue;
+      }
+      absl::Time until = due_.empty() ? now + absl::Seconds(1) : due_.begin()->first;
+      cv_.WaitWithDeadline(&mu_, until);
+    }
+  }
+
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::multimap<absl::Time, absl::AnyInvocable<void(bool)>> due_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;  // last: starts after the fields above exist
+};
+
+DataPath::DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
+                   EndpointResolver resolve)
+    : DataPath(local_node, local_server, tcp, rdma, std::move(resolve), Options()) {}
+
+DataPath::DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
+                   EndpointResolver resolve, Options options)
+    : local_node_(local_node),
+      local_server_(local_server),
+      tcp_(tcp),
+      rdma_(rdma),
+      resolve_(std::move(resolve)),
+      forget_(std::move(options.forget)),
+      policy_{options.retry_budget},
+      rdma_retry_after_(options.rdma_retry_after),
+      clock_(options.clock),
+      schedule_(std::move(options.schedule)) {
+  if (!schedule_) {
+    timer_ = std::make_unique<Timer>();
+    schedule_ = [timer = timer_.get()](absl::Duration d, absl::AnyInvocable<void(bool)> fn) {
+      timer->Schedule(d, std::move(fn));
+    };
+  }
+}
+
+DataPath::~DataPath() { Shutdown(); }
+
+void DataPath::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  if (timer_) timer_->Stop();
+}
 
 bool DataPath::UseRdma(uint32_t node, const DataEndpoint& ep) {
   if (rdma_ == nullptr || ep.rdma_address.empty()) return false;
   absl::MutexLock lock(&mu_);
   auto it = tcp_until_.find(node);
   if (it == tcp_until_.end()) return true;
-  if (absl::Now() < it->second) return false;
+  if (clock_->Now() < it->second) return false;
   tcp_until_.erase(it);
   return true;
 }
@@ -46,45 +170,33 @@ void DataPath::NoteRdmaSetupFailure(uint32_t node, const absl::Status& st) {
   {
     absl::MutexLock lock(&mu_);
     first = tcp_until_.find(node) == tcp_until_.end();
-    tcp_until_[node] = absl::Now() + kRdmaRetryAfter;
+    tcp_until_[node] = clock_->Now() + rdma_retry_after_;
   }
   if (first)
-    TLOG_WARN("node %d: %s; using tcp for %d s", node, st.message(),
-              absl::ToInt64Seconds(kRdmaRetryAfter));
+    TLOG_WARN("node %d: %s; using tcp for %s", node, st.message(),
+              absl::FormatDuration(rdma_retry_after_));
 }
 
 void DataPath::ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                            absl::Span<uint8_t> dst, Transport::ReadDone done) {
-  if (node != local_node_) {
-    auto ep_or = resolve_(node);
-    if (!ep_or.ok()) {
-      std::move(done)(ep_or.status(), {});
-      return;
-    }
-    std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
-    if (!UseRdma(node, *ep)) {
-      tcp_->ReadInPlace(*ep, segid, grant, offset, dst, std::move(done));
-      return;
-    }
-    // As FallBack: an rdma set-up failure reissues the read over tcp.
-    rdma_->ReadInPlace(*ep, segid, grant, offset, dst,
-                       [this, ep, segid, grant, offset, dst, done = std::move(done)](
-                           absl::Status st, absl::Span<const uint8_t> data) mutable {
-                         if (st.ok() || !IsSetupFailure(st)) {
-                           std::move(done)(std::move(st), data);
-                           return;
-                         }
-                         NoteRdmaSetupFailure(ep->node_id, st);
-                         tcp_->ReadInPlace(*ep, segid, grant, offset, dst, std::move(done));
-                       });
-    return;
-  }
-  // This node's own home: read straight into `dst`.
-  Read(node, segid, grant, offset, dst, [dst, done = std::move(done)](absl::Status st) mutable {
+  if (node == local_node_) {
+    // This node's own home: read straight into `dst`.
+    absl::Status st = local_server_->ReadBlocks(node, segid, grant, offset, dst);
     absl::Span<const uint8_t> data;
     if (st.ok()) data = dst;
     std::move(done)(std::move(st), data);
-  });
+    return;
+  }
+  // The same retries as Read (Finished): only the submission differs (Try).
+  auto a = std::make_shared<Attempt>();
+  a->is_read = true;
+  a->node = node;
+  a->segid = segid;
+  a->grant = grant;
+  a->offset = offset;
+  a->dst = dst;
+  a->read_done = std::move(done);
+  Try(std::move(a));
 }
 
 void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -105,6 +217,96 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
                             : local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
+  auto a = std::make_shared<Attempt>();
+  a->is_read = is_read;
+  a->node = node;
+  a->segid = segid;
+  a->grant = grant;
+  a->offset = offset;
+  a->dst = dst;
+  a->src = src;
+  a->done = std::move(done);
+  Try(std::move(a));
+}
+
+void DataPath::Finished(std::shared_ptr<Attempt> a, absl::Status st) {
+  if (IsStaleToken(st) && forget_ && !a->token_retried && !shut_down_.load()) {
+    // Refused at connect, before anything was sent: the home restarted with
+    // a new secret since its Hello. Learn the token again (the resolver's
+    // next Hello) and reissue, once — from the timer, never inline: this
+    // may run on a transport's thread, and the Hello waits.
+    TLOG_WARN("node %d: %s; asking it for a new token", a->node, st.message());
+    forget_(a->node);
+    a->token_retried = true;
+    schedule_(absl::ZeroDuration(), [this, a, st](bool cancelled) mutable {
+      if (cancelled) {
+        Finished(std::move(a), std::move(st));
+        return;
+      }
+      Try(std::move(a));
+    });
+    return;
+  }
+  absl::Time now = clock_->Now();
+  if (!st.ok() && a->failures == 0) a->first_failure = now;
+  std::optional<absl::Duration> delay;
+  if (!shut_down_.load())
+    delay = policy_.Next(st, a->is_read, a->failures,
+                         st.ok() ? absl::ZeroDuration() : now - a->first_failure);
+  if (delay) {
+    int n;
+    {
+      absl::MutexLock lock(&mu_);
+      n = a->failures == 0 ? ++retrying_[a->node] : retrying_[a->node];
+    }
+    if (a->failures == 0 && n == 1)
+      TLOG_WARN("node %d: %s; sending again for up to %s", a->node, st.message(),
+                absl::FormatDuration(policy_.budget));
+    ++a->failures;
+    // Never inline: `done` may run on a transport's thread, which must not
+    // wait, and a lost connection fails every request it held at once.
+    schedule_(*delay, [this, a, st](bool cancelled) mutable {
+      if (cancelled) {
+        Finished(std::move(a), std::move(st));  // shut down: no retry now
+        return;
+      }
+      Try(std::move(a));
+    });
+    return;
+  }
+  if (a->failures > 0) {
+    absl::MutexLock lock(&mu_);
+    if (auto it = retrying_.find(a->node); it != retrying_.end() && --it->second == 0) {
+      retrying_.erase(it);
+      if (st.ok()) TLOG_INFO("node %d: requests answered again", a->node);
+    }
+  }
+  if (!st.ok() && !a->is_read && IsLostInFlight(st)) {
+    // It may have been applied: only the caller knows whether this copy is
+    // still the newest (fault_writeback.cc re-checks before re-sending).
+    st = Retry(absl::StrCat("write-back lost in flight: ", st.message()));
+  } else if (!st.ok() && a->failures > 0) {
+    TLOG_WARN("node %d: gave up after %d retries in %s: %s", a->node, a->failures,
+              absl::FormatDuration(absl::Floor(now - a->first_failure, absl::Milliseconds(1))),
+              st.message());
+  }
+  if (a->read_done) {
+    absl::Span<const uint8_t> data = st.ok() ? a->data : absl::Span<const uint8_t>();
+    std::move(a->read_done)(std::move(st), data);
+    return;
+  }
+  std::move(a->done)(std::move(st));
+}
+
+void DataPath::Try(std::shared_ptr<Attempt> a) {
+  const bool is_read = a->is_read;
+  const uint32_t node = a->node;
+  const uint64_t segid = a->segid, grant = a->grant, offset = a->offset;
+  const absl::Span<uint8_t> dst = a->dst;
+  const absl::Span<const uint8_t> src = a->src;
+  Transport::Done done = [this, a](absl::Status st) mutable {
+    Finished(std::move(a), std::move(st));
+  };
   auto ep_or = resolve_(node);
   if (!ep_or.ok()) {
     std::move(done)(ep_or.status());
@@ -112,12 +314,46 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
   }
   // Held here too: `done` (and the fallback's reference) may go first.
   std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
+  if (a->read_done) {
+    TryInPlace(std::move(a), std::move(ep));
+    return;
+  }
   Transport* transport = tcp_;
   if (UseRdma(node, *ep)) {
     transport = rdma_;
     done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done));
   }
   SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
+}
+
+void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep) {
+  // tcp (or after an rdma set-up failure, as FallBack): a plain Read into
+  // `dst`, whose bytes are then the answer.
+  auto by_tcp = [this](std::shared_ptr<Attempt> a, const DataEndpoint& ep) {
+    tcp_->Read(ep, a->segid, a->grant, a->offset, a->dst, [this, a](absl::Status st) mutable {
+      if (st.ok()) a->data = a->dst;
+      Finished(std::move(a), std::move(st));
+    });
+  };
+  if (!UseRdma(a->node, *ep)) {
+    by_tcp(std::move(a), *ep);
+    return;
+  }
+  const uint64_t segid = a->segid, grant = a->grant, offset = a->offset;
+  const absl::Span<uint8_t> dst = a->dst;
+  rdma_->ReadInPlace(
+      *ep, segid, grant, offset, dst,
+      [this, a, ep, by_tcp](absl::Status st, absl::Span<const uint8_t> data) mutable {
+        if (!st.ok() && IsSetupFailure(st)) {
+          NoteRdmaSetupFailure(ep->node_id, st);
+          by_tcp(std::move(a), *ep);
+          return;
+        }
+        // On success Finished hands `data` on inline, while
+        // it is still valid.
+        if (st.ok()) a->data = data;
+        Finished(std::move(a), std::move(st));
+      });
 }
 
 void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,

@@ -9,8 +9,28 @@
 // devices, a device gone), the request goes over tcp instead and the peer
 // stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
 // failures never reach a faulting client, and no request is sent twice.
+// A home that refuses the data token (StaleToken(): it restarted since the
+// Hello that gave it) gets the request once more, after the endpoint is
+// forgotten and resolved again (a new Hello, on DataPath's timer thread).
 // Both transports are used through the Transport interface only; what
 // counts as a set-up failure is the transport's to say (IsSetupFailure).
+//
+// Retries (RetryPolicy). A request that failed without leaving this node
+// (NotSent: queued behind a connection that was lost or never came up)
+// and a read that was in flight when its connection was lost
+// (LostInFlight) are sent again — on a new connection, or over tcp after
+// a set-up failure as above — after a short back-off (50 ms doubling to
+// 1 s), until the retry budget (Options::retry_budget, --data_retry_ms,
+// counted from the first failure) runs out; then the last error reaches
+// `done` as before (SIGBUS for a fetch, a failed sync). So a link flap, a
+// dead or restarted home costs the faulting client a pause first. A write
+// lost in flight is not re-sent here: it may have been applied, and a
+// concurrent sync may have sent newer bytes of the same pages since; it
+// goes back to the caller as Retry(), and the write-back loop
+// (fault_writeback.cc) re-sends it only if its copy is still the newest.
+// The home fences a replaced rdma connection's writes (NodeFence,
+// rdma_transport_internal.h), so the first copy cannot land after the
+// re-sent one.
 //
 // Thread contract.
 // - Read and Write: any thread (the fault thread's fetches, write-back
@@ -33,14 +53,24 @@
 //   thread (its own completion would wait behind it), nor on the fault
 //   thread (it never waits for the network).
 // - TransportFor: any thread (PeerDirectory asks it for tetherctl status).
+// - Retries run on the scheduler's thread (Options::schedule; by default
+//   DataPath's own timer thread, which does nothing else): a transport's
+//   `done` only schedules one, so no transport thread re-sends inline.
+// - Shutdown: once, from the owner (tetherd's Stop, after the transports
+//   shut down, before the fault service is destroyed): it completes every
+//   request still waiting for a retry with its last error, joins the timer
+//   thread, and from then on failures go straight to `done`.
 // - mu_ guards tcp_until_ (which nodes are on tcp after an rdma failure,
-//   until when); nothing is called under it. The rest is set at
-//   construction and never changes.
+//   until when) and retrying_ (nodes with requests being retried, for the
+//   log); nothing is called under it. The rest is set at construction and
+//   never changes.
 #ifndef TETHER_DAEMON_MAPPER_DATA_PATH_H_
 #define TETHER_DAEMON_MAPPER_DATA_PATH_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -48,25 +78,57 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/clock.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
+
+// Which failed requests are sent again, and when. Pure: unit-tested with
+// the times it is given.
+struct RetryPolicy {
+  absl::Duration budget = absl::Seconds(30);  // from the first failure
+  // The wait before attempt `attempts + 1` of a request that failed with
+  // `status` `elapsed` after its first failure; nullopt: give `status` to
+  // the caller.
+  std::optional<absl::Duration> Next(const absl::Status& status, bool is_read, int attempts,
+                                     absl::Duration elapsed) const;
+};
 
 class DataPath {
  public:
   using EndpointResolver =
       absl::AnyInvocable<absl::StatusOr<std::shared_ptr<const DataEndpoint>>(uint32_t node)>;
+  // Runs `fn(false)` after `delay` on a thread that may send requests, or
+  // `fn(true)` at Shutdown if it has not run by then.
+  using Scheduler =
+      absl::AnyInvocable<void(absl::Duration delay, absl::AnyInvocable<void(bool cancelled)> fn)>;
 
   static constexpr absl::Duration kRdmaRetryAfter = absl::Seconds(30);
 
+  // Drops what the resolver knows of a node (its next call asks the node
+  // again): PeerDirectory::Forget.
+  using EndpointForgetter = absl::AnyInvocable<void(uint32_t node)>;
+
+  struct Options {
+    absl::Duration retry_budget = absl::Seconds(30);
+    absl::Duration rdma_retry_after = kRdmaRetryAfter;  // on tcp after an rdma set-up failure
+    Clock* clock = Clock::Real();                       // for the retry budget
+    Scheduler schedule;                                 // null: DataPath's own timer thread
+    // null: a stale-token refusal fails the request instead of being
+    // answered with a new Hello and one more try.
+    EndpointForgetter forget;
+  };
+
   // `rdma` may be null (tcp only).
   DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
-           EndpointResolver resolve)
-      : local_node_(local_node),
-        local_server_(local_server),
-        tcp_(tcp),
-        rdma_(rdma),
-        resolve_(std::move(resolve)) {}
+           EndpointResolver resolve);
+  DataPath(uint32_t local_node, BlockServer* local_server, Transport* tcp, Transport* rdma,
+           EndpointResolver resolve, Options options);
+  ~DataPath();
+  DataPath(const DataPath&) = delete;
+  DataPath& operator=(const DataPath&) = delete;
+
+  void Shutdown();
 
   // "local", "rdma" or "tcp": what requests to `node` use now.
   std::string TransportFor(uint32_t node, const DataEndpoint& ep);
@@ -89,6 +151,17 @@ class DataPath {
   // transport chosen for `node`.
   void Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
               absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done);
+  struct Attempt;
+  class Timer;
+  // One try of `a` (the first, or a retry), with its result to Finished.
+  void Try(std::shared_ptr<Attempt> a);
+  // A try of `a` ended: retry it (RetryPolicy; a stale token: once, after
+  // forgetting the endpoint, so the next try carries the token the home's
+  // Hello gives now) or complete it.
+  void Finished(std::shared_ptr<Attempt> a, absl::Status status);
+  // Try for ReadInPlace: Transport::ReadInPlace on rdma, a Read into `dst`
+  // on tcp (and after an rdma set-up failure, as FallBack).
+  void TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep);
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
@@ -104,8 +177,16 @@ class DataPath {
   Transport* const tcp_;
   Transport* const rdma_;
   EndpointResolver resolve_;  // never reassigned; called without mu_
+  EndpointForgetter forget_;  // likewise
+  const RetryPolicy policy_;
+  const absl::Duration rdma_retry_after_;
+  Clock* const clock_;
+  std::unique_ptr<Timer> timer_;  // when no scheduler was given
+  Scheduler schedule_;
+  std::atomic<bool> shut_down_{false};
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, absl::Time> tcp_until_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, int> retrying_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

@@ -9,7 +9,10 @@
 // and the range id with the export. AddExporter() ATTACHes the fd to the
 // control fd and checks the claim with RANGE_INFO (same exporter, range
 // covers the segment). One fd per export: the module binds an exporter fd
-// to one control fd, and closing it ends exactly that export.
+// to one control fd, and closing it ends exactly that export. The exporter
+// fds of one process share the module's one notifier on its mm, so one
+// munmap over N of its segments reaches us as N BEGINs queued together
+// (the exporter waits for all of their acks at once: one deadline).
 //
 // G3 - cheap when unshared. BeforeRead() runs before the home reads the exporter
 // for a mapper: it MARKs the sub-range cached in the module, so from then on

@@ -171,6 +171,7 @@ absl::StatusOr<std::shared_ptr<const DataEndpoint>> PeerDirectory::Endpoint(uint
   ep->address = ReplaceWildcardHost(resp.data_address(), p.config.address);
   ep->rdma_address = ReplaceWildcardHost(resp.rdma_address(), p.config.address);
   ep->token = resp.data_token();
+  ep->incarnation = resp.incarnation();
   p.endpoint = std::move(ep);
   p.incarnation = resp.incarnation();
   p.last_error.clear();

@@ -64,6 +64,55 @@ void NoteDeviceRemoval() {
 // in it takes longer than the gap between completions.
 constexpr int kInFlightSpinFactor = 4;
 
+PeerLiveness::Options LivenessOptions(const RdmaTransport::Options& o) {
+  PeerLiveness::Options l;
+  l.interval = absl::Milliseconds(o.heartbeat_interval_ms);
+  l.timeout = absl::Milliseconds(o.peer_timeout_ms);
+  return l;
+}
+
+// The fabric options (--rdma_tos, --rdma_ack_timeout) on an id: before
+// rdma_resolve_route on the active side (the ToS picks the path's traffic
+// class, hence the RoCE priority and its PFC class), before rdma_accept on
+// the passive side (the ACK timeout is the QP's own: the home's answers
+// are retransmitted on it too).
+absl::Status ApplyFabricOptions(rdma_cm_id* id, const RdmaTransport::Options& o,
+                                const std::string& what) {
+  if (o.tos >= 0) {
+    uint8_t tos = static_cast<uint8_t>(o.tos);
+    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &tos, sizeof(tos)) != 0)
+      return SetupError(errno, absl::StrCat(what, ": rdma_set_option(TOS ", o.tos, ")"));
+  }
+  if (o.ack_timeout >= 0) {
+    uint8_t t = static_cast<uint8_t>(o.ack_timeout);
+    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &t, sizeof(t)) != 0)
+      return SetupError(errno,
+                        absl::StrCat(what, ": rdma_set_option(ACK_TIMEOUT ", o.ack_timeout, ")"));
+  }
+  return absl::OkStatus();
+}
+
+// RDMA READs one side may have outstanding towards the other (initiator
+// depth) and serve for it (responder resources): at most kMaxRdAtomic,
+// what the device allows, and, on the home, what the request offered (the
+// CONNECT_REQUEST event carries the requester's values already turned
+// round: its responder_resources is the requester's initiator depth).
+// Only the home reads (a write's bytes), so the requester needs no
+// initiator depth and the home no responder resources, but both are
+// offered as the device allows: a peer that asks for them gets them.
+void ClampRdAtomic(ibv_context* verbs, const rdma_conn_param* offered, rdma_conn_param* param) {
+  ibv_device_attr attr{};
+  if (ibv_query_device(verbs, &attr) != 0) attr.max_qp_rd_atom = attr.max_qp_init_rd_atom = 1;
+  int responder = std::min(kMaxRdAtomic, attr.max_qp_rd_atom);
+  int initiator = std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom);
+  if (offered != nullptr) {
+    responder = std::min<int>(responder, offered->responder_resources);
+    initiator = std::min<int>(initiator, offered->initiator_depth);
+  }
+  param->responder_resources = static_cast<uint8_t>(std::max(responder, 0));
+  param->initiator_depth = static_cast<uint8_t>(std::max(initiator, 0));
+}
+
 int EffectiveSpinUs(int configured) {
   if (configured >= 0) return configured;
   // Spinning only pays when another CPU runs the peer's side (or the NIC's
@@ -72,28 +121,36 @@ int EffectiveSpinUs(int configured) {
 }
 
 // Waits (bounded) for the next rdma_cm event on `ch` and checks its type.
-// The event is acked here; `status`/`private data` are not needed after.
-absl::Status WaitCmEvent(rdma_event_channel* ch, rdma_cm_event_type want, int timeout_ms,
-                         const std::string& what) {
-  pollfd p{ch->fd, POLLIN, 0};
-  int r = poll(&p, 1, timeout_ms);
+// The event is acked here; `priv` (if not null) gets a copy of its private
+// data (the home's accept). A REJECTED event becomes RejectStatus's error.
+// A wake-up on `wake_fd` (Disconnect, a replacement, Shutdown) abandons
+// the connect.
+absl::Status WaitCmEvent(rdma_event_channel* ch, int wake_fd, rdma_cm_event_type want,
+                         int timeout_ms, const std::string& what, std::string* priv = nullptr) {
+  pollfd p[2] = {{ch->fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  int r = poll(p, 2, timeout_ms);
   if (r == 0) return SetupError(ETIMEDOUT, absl::StrCat(what, ": timed out"));
   if (r < 0) return SetupError(errno, what);
+  if (!(p[0].revents & POLLIN)) return absl::UnavailableError(absl::StrCat(what, ": abandoned"));
   rdma_cm_event* ev = nullptr;
   if (rdma_get_cm_event(ch, &ev) != 0) return SetupError(errno, what);
   rdma_cm_event_type got = ev->event;
   int status = ev->status;
+  const auto* pd = static_cast<const char*>(ev->param.conn.private_data);
+  std::string data = pd != nullptr ? std::string(pd, ev->param.conn.private_data_len) : "";
   rdma_ack_cm_event(ev);
-  if (got == want) return absl::OkStatus();
+  if (got == want) {
+    if (priv != nullptr) *priv = std::move(data);
+    return absl::OkStatus();
+  }
+  if (got == RDMA_CM_EVENT_REJECTED)
+    return RdmaRejectStatus(status, data.data(), data.size(), what);
   int err = EPROTO;
   switch (got) {
     case RDMA_CM_EVENT_ADDR_ERROR: err = EADDRNOTAVAIL; break;
     case RDMA_CM_EVENT_ROUTE_ERROR: err = ENETUNREACH; break;
     case RDMA_CM_EVENT_UNREACHABLE: err = EHOSTUNREACH; break;
     case RDMA_CM_EVENT_CONNECT_ERROR: err = ECONNABORTED; break;
-    // A consumer reject (status 28, IB_CM_REJ_CONSUMER_DEFINED) is the
-    // home refusing our token; anything else is no listener there.
-    case RDMA_CM_EVENT_REJECTED: err = status == 28 ? EACCES : ECONNREFUSED; break;
     default: break;
   }
   return SetupError(err, absl::StrCat(what, ": ", rdma_event_str(got), " (status ", status, ")"));
@@ -104,6 +161,11 @@ absl::Status WaitCmEvent(rdma_event_channel* ch, rdma_cm_event_type want, int ti
 // ---------------------------------------------------------------- set-up and teardown
 
 absl::Status RdmaTransport::Connection::CreateResources(const std::string& what) {
+  RETURN_IF_ERROR(CreateQueuePair(what));
+  return CreateBuffers(what);
+}
+
+absl::Status RdmaTransport::Connection::CreateQueuePair(const std::string& what) {
   ibv_context* verbs = id->verbs;
   if (verbs == nullptr) return SetupError(ENODEV, absl::StrCat(what, ": no verbs device bound"));
   pd = ibv_alloc_pd(verbs);
@@ -112,6 +174,9 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   comp = ibv_create_comp_channel(verbs);
   if (comp == nullptr) return SetupError(errno, absl::StrCat(what, ": ibv_create_comp_channel"));
   fcntl(comp->fd, F_SETFL, fcntl(comp->fd, F_GETFL) | O_NONBLOCK);
+  // Every thread that polls the device's async fd reads it without waiting
+  // (one of them gets each event: ReadAsyncEvents).
+  fcntl(verbs->async_fd, F_SETFL, fcntl(verbs->async_fd, F_GETFL) | O_NONBLOCK);
   // Home: per slot an RDMA WRITE + SEND, or an RDMA READ then a SEND.
   uint32_t send_wr = 2 * depth + 4, recv_wr = depth + 4;
   cq = ibv_create_cq(verbs, static_cast<int>(send_wr + recv_wr), nullptr, comp, 0);
@@ -136,6 +201,13 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
       return SetupError(errno, absl::StrCat(what, ": rdma_create_qp"));
   }
   qp_created = true;
+  this->verbs = verbs;
+  port = id->port_num;
+  qp = id->qp;
+  return absl::OkStatus();
+}
+
+absl::Status RdmaTransport::Connection::CreateBuffers(const std::string& what) {
   ctrl_bytes = (2 * static_cast<size_t>(depth) * kRdmaMessageSize + 4095) & ~size_t{4095};
   void* p = mmap(nullptr, ctrl_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return SetupError(errno, absl::StrCat(what, ": mmap"));
@@ -155,7 +227,7 @@ absl::Status RdmaTransport::Connection::CreateResources(const std::string& what)
   if (pool_mr == nullptr)
     return SetupError(errno, absl::StrCat(what, ": ibv_reg_mr (buffer pool, ",
                                           pool->size_bytes() >> 20, " MiB; check RLIMIT_MEMLOCK)"));
-  wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd < 0) wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd < 0) return SetupError(errno, "eventfd");
   inflight.assign(depth, std::nullopt);
   inflight_req.assign(depth, 0);
@@ -183,11 +255,15 @@ std::vector<RdmaTransport::Connection::Chunk> RdmaTransport::Connection::MarkDea
   }
   std::vector<Chunk> owed;
   for (auto& c : inflight) {
-    if (c.has_value()) owed.push_back(std::move(*c));
+    if (c.has_value()) {
+      c->sent = true;
+      owed.push_back(std::move(*c));
+    }
     c.reset();
   }
   for (auto& c : waiting) owed.push_back(std::move(c));
   waiting.clear();
+  heartbeat_slot.reset();  // the pool goes with the connection
   return owed;
 }
 
@@ -239,6 +315,7 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
     *why = absl::StrCat("work completion error: ", ibv_wc_status_str(w.status));
     return;
   }
+  ++c->completions;  // the peer (or its adapter) answered: alive
   uint32_t idx = IndexOf(w.wr_id);
   switch (KindOf(w.wr_id)) {
     case kRecv:
@@ -246,7 +323,14 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
         *why = "bad completion";
         break;
       }
-      if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
+      if (w.opcode == IBV_WC_RECV && w.byte_len == 0) {
+        // A heartbeat (home) or its answer (requester): every message
+        // carries at least a header, so nothing else is empty.
+        if (c->role == Conn::Role::kHome)
+          AnswerHeartbeat(c, idx, why);
+        else
+          HeartbeatAnswered(c, idx, why);
+      } else if (w.opcode == IBV_WC_RECV_RDMA_WITH_IMM) {
         // Only a home answers with a write: from a requester it is an
         // error (it wrote into our slot without asking).
         if (c->role == Conn::Role::kHome || !(w.wc_flags & IBV_WC_WITH_IMM)) {
@@ -261,6 +345,7 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
       }
       break;
     case kSendRequest: break;  // the response completes the request
+    case kHeartbeat: break;    // a heartbeat's answer went out
     case kSendResponse:
       if (idx >= c->depth) {
         *why = "bad completion";
@@ -282,10 +367,18 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
 // Sleeps (up to a second) on the completion channel, the connection's
 // rdma_cm events and its wake fd, on the connection's thread, with the CQ
 // armed. Sets `why` when the connection must end.
-void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::string* why) {
-  pollfd fds[3] = {{c->comp->fd, POLLIN, 0}, {c->cm->fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, int timeout_ms,
+                     std::string* why) {
+  // The device's async events too (shared by every connection on it and the
+  // listener: whoever reads one acts for all, RdmaTransport::ReadAsyncEvents).
+  pollfd fds[4] = {{c->comp->fd, POLLIN, 0},
+                   {c->cm->fd, POLLIN, 0},
+                   {c->wake_fd, POLLIN, 0},
+                   {c->id->verbs->async_fd, POLLIN, 0}};
+  // A requester's post while we sleep wakes us to poll for its answer
+  // (PumpLocked).
   c->sleeping.store(true, std::memory_order_relaxed);
-  int r = poll(fds, 3, 1000);
+  int r = poll(fds, 4, timeout_ms);
   c->sleeping.store(false, std::memory_order_relaxed);
   if (r < 0 && errno != EINTR) {
     *why = "poll failed";
@@ -312,20 +405,71 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, std::str
         *why = "the peer disconnected";
       else if (t == RDMA_CM_EVENT_DEVICE_REMOVAL)
         *why = kDeviceRemoved;
+      else if (t == RDMA_CM_EVENT_UNREACHABLE || t == RDMA_CM_EVENT_CONNECT_ERROR ||
+               t == RDMA_CM_EVENT_REJECTED)
+        // A home's accepted connection that never became established (the
+        // requester went away meanwhile), or a connection the CM gave up.
+        *why = absl::StrCat("rdma_cm: ", rdma_event_str(t));
     }
   }
   if (fds[2].revents & POLLIN) {
     uint64_t v;
     (void)!read(c->wake_fd, &v, sizeof(v));
   }
+  if (fds[3].revents & POLLIN) c->AsyncEventsReady(c->id->verbs);
 }
 
 bool NoExporterJobs(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) { return c->exporter_jobs == 0; }
 
-// The connection's thread: completions, rdma_cm events, wake-ups. Returns
-// when the connection is dead; the caller tears it down.
-void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
+// Before the connection's thread sleeps: tells PeerLiveness what it saw
+// since the last time, sends a heartbeat it asks for, and sets `why` if the
+// peer is dead. Returns how long the thread may sleep (ms).
+int CheckLiveness(Conn* c, uint64_t* seen_completions, std::string* why)
     ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.AssertHere();
+  absl::Time now = absl::Now();
+  PeerLiveness& l = *c->liveness;
+  if (c->completions != *seen_completions) {
+    *seen_completions = c->completions;
+    l.Heard(now);
+  }
+  if (c->heartbeat_answered) {
+    c->heartbeat_answered = false;
+    l.HeartbeatAnswered(now);
+  }
+  bool outstanding = false;
+  if (c->role == Conn::Role::kRequester) {
+    absl::MutexLock lock(&c->mu);
+    // Not yet set up: the connect's own timeouts apply.
+    if (!c->connected) return 1000;
+    for (const auto& ch : c->inflight) outstanding |= ch.has_value();
+  }
+  switch (l.Check(now, outstanding)) {
+    case PeerLiveness::Action::kDead: *why = l.DeadReason(now); break;
+    case PeerLiveness::Action::kSendHeartbeat:
+      if (SendHeartbeat(c)) l.HeartbeatSent(now);
+      break;
+    case PeerLiveness::Action::kNone: break;
+  }
+  return static_cast<int>(absl::ToInt64Milliseconds(l.PollTimeout(now)));
+}
+
+// The connection's thread: completions, rdma_cm events, wake-ups, liveness.
+// Returns when the connection is dead; the caller tears it down.
+void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
+                   const std::atomic<bool>& shutting_down) ABSL_LOCKS_EXCLUDED(c->mu) {
+  c->thread_role.Bind();
+  c->liveness.emplace(
+      c->role == Conn::Role::kHome ? PeerLiveness::Role::kHome : PeerLiveness::Role::kRequester,
+      live, absl::Now());
+  if (c->role == Conn::Role::kHome && c->fence) {
+    // Newer than every connection from this node before it: from now on
+    // their write-backs are refused (WriteFetched), after any one that is
+    // being written now.
+    absl::MutexLock lock(&c->fence->mu);
+    c->fence->current = std::max(c->fence->current, c->generation);
+  }
+  uint64_t seen_completions = 0;
   std::string why;
   ibv_wc wc[32];
   absl::Time last_completion = absl::Now();
@@ -376,14 +520,28 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
       armed = true;
       continue;
     }
-    SleepUntilEvent(c, &armed, &last_completion, &why);
+    // Only on the way to sleep: a busy connection is a live one, and the
+    // fast path reads no clock for it.
+    int timeout_ms = CheckLiveness(c, &seen_completions, &why);
+    if (!why.empty()) break;
+    SleepUntilEvent(c, &armed, &last_completion, timeout_ms, &why);
   }
   std::vector<Conn::Chunk> owed;
   {
     absl::MutexLock lock(&c->mu);
     owed = c->MarkDead(why);
     why = c->why;
+    // A requester copying write data into slots outside mu (PumpLocked)
+    // still reads its caller's buffer and writes the pool: failing its
+    // chunks (their `done` may free the buffer) or destroying the pool must
+    // wait for it. It posts nothing once it sees `dead`.
+    auto copied = [c]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->copying == 0; };
+    c->mu.Await(absl::Condition(&copied));
   }
+  if (!shutting_down.load())
+    TLOG_WARN("rdma: %s node %d closed: %s (%d request(s) owed)",
+              c->role == Conn::Role::kHome ? "connection from" : "connection to", c->node, why,
+              owed.size());
   FailChunks(c, std::move(owed), why);
   // Dead: nobody posts any more (Submit, PumpLocked and PostResponse check
   // `dead` under mu). The exporter workers may still be in a job of ours,
@@ -394,12 +552,10 @@ void RunConnection(Conn* c, int spin_us, const std::atomic<bool>& shutting_down)
     c->mu.Await(absl::Condition(&NoExporterJobs, c));
   }
   // Release the device now, not when the connection is reaped: a removed
-  // device waits for its last user.
+  // device waits for its last user; and a dead mapper's pinned pool and
+  // queue pair go now, not when the next connection is reaped.
   c->DestroyVerbs();
-  if (why == kDeviceRemoved) {
-    TLOG_WARN("rdma: connection with node %d: %s", c->node, why);
-    NoteDeviceRemoval();
-  }
+  if (why == kDeviceRemoved) NoteDeviceRemoval();
 }
 
 }  // namespace
@@ -437,15 +593,99 @@ bool RdmaTransport::DeviceAvailable(std::string* why) {
   return active;
 }
 
+namespace {
+void Reject(rdma_cm_id* id, RdmaRejectReason reason);
+}  // namespace
+
+// ---------------------------------------------------------------- async events
+
+void RdmaTransport::ReadAsyncEvents(ibv_context* verbs) {
+  ibv_async_event ev;
+  while (ibv_get_async_event(verbs, &ev) == 0) {
+    const ibv_event_type type = ev.event_type;
+    const char* dev = ibv_get_device_name(verbs->device);
+    // Which connections it ends, and how.
+    const ibv_qp* qp = nullptr;
+    int port = -1;  // 0: every port of the device
+    bool device_failed = false;
+    switch (type) {
+      case IBV_EVENT_PORT_ERR:
+        port = ev.element.port_num;
+        device_failed = true;
+        break;
+      case IBV_EVENT_DEVICE_FATAL:
+        port = 0;
+        device_failed = true;
+        break;
+      case IBV_EVENT_QP_FATAL:
+      case IBV_EVENT_QP_REQ_ERR:
+      case IBV_EVENT_QP_ACCESS_ERR:
+      case IBV_EVENT_PATH_MIG_ERR: qp = ev.element.qp; break;
+      default: break;
+    }
+    std::string what = absl::StrCat(dev, ": ", ibv_event_type_str(type));
+    if (type == IBV_EVENT_PORT_ERR || type == IBV_EVENT_PORT_ACTIVE ||
+        type == IBV_EVENT_LID_CHANGE || type == IBV_EVENT_GID_CHANGE ||
+        type == IBV_EVENT_CLIENT_REREGISTER || type == IBV_EVENT_SM_CHANGE)
+      absl::StrAppend(&what, " (port ", ev.element.port_num, ")");
+    ibv_ack_async_event(&ev);
+    int ended = 0;
+    std::vector<uint32_t> nodes;
+    if (qp != nullptr || port >= 0) {
+      absl::MutexLock lock(&mu_);
+      for (auto& c : all_conns_) {
+        if (c->verbs != verbs) continue;
+        if (qp != nullptr ? c->qp != qp : port != 0 && c->port != port) continue;
+        {
+          absl::MutexLock clock(&c->mu);
+          if (c->dead) continue;
+          c->dead = true;
+          c->why = absl::StrCat("async event ", what);
+          c->device_failed = device_failed;
+        }
+        c->Wake();
+        ++ended;
+        nodes.push_back(c->node);
+        // The requester side: the next request connects again (and fails
+        // over to tcp while the port stays down).
+        auto it = conns_.find(c->node);
+        if (it != conns_.end() && it->second == c) conns_.erase(it);
+      }
+    }
+    if (type == IBV_EVENT_PORT_ACTIVE) {
+      TLOG_INFO("rdma: %s; new connections may use it again", what);
+    } else if (port >= 0) {
+      TLOG_WARN("rdma: %s: %d connection(s) failed over (reads and unsent requests go over tcp)",
+                what, ended);
+    } else if (qp != nullptr) {
+      TLOG_WARN("rdma: %s: dropped the connection with node %s", what,
+                nodes.empty() ? std::string("(none)") : absl::StrCat(nodes[0]));
+    } else {
+      TLOG_INFO("rdma: %s", what);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- listener
 
 void RdmaTransport::ListenLoop() {
   const int spin_us = EffectiveSpinUs(options_.spin_us);
   absl::Time relisten_at = absl::InfiniteFuture();
+  const ibv_context* nonblocking = nullptr;
   while (!shutting_down_) {
-    pollfd fds[2] = {{listener_->cm->fd, POLLIN, 0}, {listener_->wake_fd, POLLIN, 0}};
-    if (poll(fds, 2, 1000) < 0 && errno != EINTR) return;
-    if (shutting_down_) return;
+    // The listener's device's async events too (a home without connections
+    // still logs its port going down and up); a wildcard listener has none.
+    ibv_context* verbs = listener_->id != nullptr ? listener_->id->verbs : nullptr;
+    if (verbs != nullptr && verbs != nonblocking) {
+      fcntl(verbs->async_fd, F_SETFL, fcntl(verbs->async_fd, F_GETFL) | O_NONBLOCK);
+      nonblocking = verbs;
+    }
+    pollfd fds[3] = {{listener_->cm->fd, POLLIN, 0},
+                     {listener_->wake_fd, POLLIN, 0},
+                     {verbs != nullptr ? verbs->async_fd : -1, POLLIN, 0}};
+    if (poll(fds, 3, 1000) < 0 && errno != EINTR) break;
+    if (shutting_down_) break;
+    if (fds[2].revents & POLLIN) ReadAsyncEvents(verbs);
     if (absl::ToUnixNanos(absl::Now()) < g_release_until_ns.load()) ReleaseRemovedDevices();
     if (listener_->id == nullptr && absl::Now() >= relisten_at) Relisten(&relisten_at);
     if (!(fds[0].revents & POLLIN)) continue;
@@ -473,7 +713,21 @@ void RdmaTransport::ListenLoop() {
       rdma_ack_cm_event(ev);
       continue;
     }
-    if (!Accept(ev, spin_us)) return;
+    if (!Accept(ev, spin_us)) break;
+  }
+  // Stopping: connect requests already queued are refused with a reason,
+  // so their requesters go over tcp at once instead of timing out.
+  if (listener_->id == nullptr) return;
+  pollfd p{listener_->cm->fd, POLLIN, 0};
+  rdma_cm_event* ev = nullptr;
+  while (poll(&p, 1, 0) == 1 && rdma_get_cm_event(listener_->cm, &ev) == 0) {
+    rdma_cm_id* id = ev->id;
+    bool request = ev->event == RDMA_CM_EVENT_CONNECT_REQUEST;
+    rdma_ack_cm_event(ev);
+    if (request) {
+      Reject(id, RdmaRejectReason::kShuttingDown);
+      rdma_destroy_id(id);
+    }
   }
 }
 
@@ -485,7 +739,7 @@ void RdmaTransport::Relisten(absl::Time* relisten_at) {
   rdma_cm_id* id = nullptr;
   if (ss.ok() && rdma_create_id(listener_->cm, &id, nullptr, RDMA_PS_TCP) == 0) {
     if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&*ss)) == 0 && id->verbs != nullptr &&
-        rdma_listen(id, 64) == 0) {
+        ApplyFabricOptions(id, options_, "rdma listen").ok() && rdma_listen(id, 64) == 0) {
       listener_->id = id;
       *relisten_at = absl::InfiniteFuture();
       TLOG_INFO("rdma: listening again on %s (%s)", bound_address_,
@@ -496,26 +750,65 @@ void RdmaTransport::Relisten(absl::Time* relisten_at) {
   }
 }
 
+namespace {
+
+// Refuses a connect request, saying why in the reject's private data.
+void Reject(rdma_cm_id* id, RdmaRejectReason reason) {
+  uint8_t priv[kRdmaRejectDataSize];
+  EncodeRdmaRejectData(reason, priv);
+  rdma_reject(id, priv, sizeof(priv));
+}
+
+// The reason for a connect request DecodeRdmaConnectData refused.
+RdmaRejectReason ReasonFor(const absl::Status& st) {
+  if (absl::IsFailedPrecondition(st)) return RdmaRejectReason::kVersionMismatch;
+  if (absl::IsOutOfRange(st)) return RdmaRejectReason::kUnknownNode;
+  return RdmaRejectReason::kBadRequest;
+}
+
+}  // namespace
+
 bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   rdma_cm_id* id = ev->id;
   auto data = DecodeRdmaConnectData(ev->param.conn.private_data, ev->param.conn.private_data_len);
+  const rdma_conn_param offered = ev->param.conn;  // the pointers in it die with the ack
   // Authenticate before anything is allocated for the peer.
-  bool ok = data.ok() && DataTokenValid(secret_, data->node,
-                                        reinterpret_cast<const uint8_t*>(data->token.data()));
+  std::optional<RdmaRejectReason> refuse;
+  if (!data.ok()) {
+    refuse = ReasonFor(data.status());
+  } else if (!DataTokenValid(secret_, data->node,
+                             reinterpret_cast<const uint8_t*>(data->token.data()))) {
+    refuse = RdmaRejectReason::kBadToken;
+  } else if (shutting_down_) {
+    refuse = RdmaRejectReason::kShuttingDown;
+  } else {
+    absl::MutexLock lock(&mu_);
+    ReapLocked();
+    size_t homes = std::count_if(all_conns_.begin(), all_conns_.end(),
+                                 [](const auto& c) { return c->role == Connection::Role::kHome; });
+    if (homes >= options_.max_connections) refuse = RdmaRejectReason::kTooManyConnections;
+  }
   rdma_ack_cm_event(ev);
-  if (!ok) {
-    TLOG_WARN("rdma: rejected a connection: %s",
-              data.ok() ? absl::StrCat("wrong token for node ", data->node)
-                        : std::string(data.status().message()));
-    rdma_reject(id, nullptr, 0);
+  if (refuse) {
+    TLOG_WARN("rdma: refused a connection%s: %s",
+              data.ok() ? absl::StrCat(" from node ", data->node) : std::string(),
+              *refuse == RdmaRejectReason::kBadToken || data.ok()
+                  ? std::string(RdmaRejectReasonName(*refuse))
+                  : std::string(data.status().message()));
+    Reject(id, *refuse);
     rdma_destroy_id(id);
     return true;
   }
   auto c = std::make_shared<Connection>();
   c->role = Connection::Role::kHome;
+  c->owner = this;
   c->node = data->node;
-  c->depth = options_.queue_depth;
-  c->slot_bytes = options_.slot_bytes;
+  // What both sides use: the requester sized its queue pair for what it
+  // asked and builds its pool for this answer (rdma_wire.h).
+  RdmaNegotiated use =
+      NegotiateRdma(data->depth, data->slot_bytes, options_.queue_depth, options_.slot_bytes);
+  c->depth = use.depth;
+  c->slot_bytes = use.slot_bytes;
   c->server = server_;
   c->exporter = exporter_.get();
   c->id = id;
@@ -526,28 +819,51 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   } else {
     st = c->CreateResources(absl::StrCat("rdma connection from node ", c->node));
   }
+  if (st.ok()) st = ApplyFabricOptions(id, options_, "rdma accept");
   if (st.ok()) {
-    ibv_device_attr attr{};
-    ibv_query_device(id->verbs, &attr);
+    uint8_t priv[kRdmaAcceptDataSize];
+    EncodeRdmaAcceptData(use, priv);
     rdma_conn_param param{};
-    param.responder_resources = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_rd_atom));
-    param.initiator_depth = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom));
+    param.private_data = priv;
+    param.private_data_len = sizeof(priv);
+    ClampRdAtomic(id->verbs, &offered, &param);
     param.rnr_retry_count = 7;
     if (rdma_accept(id, &param) != 0) st = ErrnoStatus(errno, "rdma_accept");
   }
   if (!st.ok()) {
     TLOG_WARN("rdma: connection from node %d failed: %s", c->node, st.message());
-    rdma_reject(id, nullptr, 0);
+    Reject(id, RdmaRejectReason::kNoResources);
     return true;  // ~Connection tears down what was built
   }
+  if (use.depth != data->depth || use.slot_bytes != data->slot_bytes)
+    TLOG_INFO("rdma: node %d asked for queue depth %d and %d KiB slots; using %d and %d KiB",
+              c->node, data->depth, data->slot_bytes / 1024, use.depth, use.slot_bytes / 1024);
   TLOG_INFO("rdma: data connection from node %d on %s", c->node,
             ibv_get_device_name(id->verbs->device));
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return false;
   ReapLocked();
+  // One connection per requester node: a node connects again only when it
+  // gave up its connection (lost, timed out, or it restarted), so the old
+  // one is dead from its side; free it now instead of after our timeout.
+  std::shared_ptr<NodeFence>& fence = fences_[c->node];
+  if (!fence) fence = std::make_shared<NodeFence>();
+  c->fence = fence;
+  c->generation = next_generation_++;
+  for (const auto& old : all_conns_) {
+    if (old->role != Connection::Role::kHome || old->node != c->node) continue;
+    {
+      absl::MutexLock clock(&old->mu);
+      if (old->dead) continue;
+      old->dead = true;
+      old->why = absl::StrCat("replaced by a new connection from node ", c->node);
+    }
+    old->Wake();
+  }
   Connection* raw = c.get();
-  c->thread = std::thread([this, raw, spin_us] {
-    RunConnection(raw, spin_us, shutting_down_);
+  const PeerLiveness::Options live = LivenessOptions(options_);
+  c->thread = std::thread([this, raw, spin_us, live] {
+    RunConnection(raw, spin_us, live, shutting_down_);
     raw->finished = true;
   });
   all_conns_.push_back(std::move(c));
@@ -571,75 +887,137 @@ void RdmaTransport::ReapLocked() {
 
 absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetConnection(
     const DataEndpoint& home) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = conns_.find(home.node_id);
-    if (it != conns_.end()) {
-      absl::MutexLock clock(&it->second->mu);
-      if (!it->second->dead) return it->second;
-    }
-  }
-  if (shutting_down_) return absl::UnavailableError("transport shutting down");
   if (home.rdma_address.empty())
     return SetupError(EHOSTUNREACH, absl::StrCat("node ", home.node_id, " has no rdma address"));
   if (home.token.size() != kDataTokenSize)
     return SetupError(EINVAL, absl::StrCat("no data token for node ", home.node_id));
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("transport shutting down");
+  ReapLocked();
+  if (auto it = conns_.find(home.node_id); it != conns_.end()) {
+    Connection* old = it->second.get();
+    absl::MutexLock clock(&old->mu);
+    if (!old->dead) {
+      // Live or being set up: theirs (one connection per node pair). A home
+      // that restarted is another peer: the old queue pair would only find
+      // out by timing out.
+      if (home.incarnation == 0 || old->incarnation == home.incarnation) return it->second;
+      old->dead = true;
+      old->why =
+          absl::StrCat("node ", home.node_id, " restarted (incarnation ",
+                       absl::Hex(home.incarnation), ", was ", absl::Hex(old->incarnation), ")");
+      old->Wake();
+    }
+  }
+  auto c = std::make_shared<Connection>();
+  c->role = Connection::Role::kRequester;
+  c->owner = this;
+  c->node = home.node_id;
+  c->incarnation = home.incarnation;
+  c->depth = options_.queue_depth;
+  c->slot_bytes = options_.slot_bytes;
+  c->spin_us = EffectiveSpinUs(options_.spin_us);  // before it is shared: PumpLocked reads it
+  c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (c->wake_fd < 0) return SetupError(errno, "eventfd");
+  conns_[home.node_id] = c;
+  Connection* raw = c.get();
+  c->thread = std::thread([this, raw, home] {
+    ConnectAndRun(raw, home);
+    raw->finished = true;
+  });
+  all_conns_.push_back(c);
+  return c;
+}
+
+void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
+  c->thread_role.Bind();
+  absl::Status st = Connect(c, home);
+  std::vector<Connection::Chunk> owed;
+  std::string why;
+  {
+    absl::MutexLock lock(&c->mu);
+    if (st.ok() && !c->dead) {
+      c->connected = true;
+      PumpLocked(c);  // what queued while we connected
+    } else {
+      // A set-up that failed on its own is the requests' answer (tcp may
+      // serve them); one abandoned (Disconnect, a replacement, Shutdown)
+      // leaves them NotSent: DataPath sends them again.
+      if (!c->dead) c->setup_status = st;
+      if (st.ok()) st = absl::UnavailableError(c->why);
+      owed = c->MarkDead(std::string(st.message()));
+      why = c->why;
+    }
+  }
+  if (!st.ok()) {
+    // Nothing was sent: the requests get the set-up's status (a
+    // SetupFailure goes over tcp in DataPath).
+    TLOG_WARN("rdma: %s", st.message());
+    FailChunks(c, std::move(owed), why);
+    c->DestroyVerbs();
+    return;
+  }
+  TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
+            ibv_get_device_name(c->id->verbs->device));
+  RunConnection(c, c->spin_us, LivenessOptions(options_), shutting_down_);
+}
+
+absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {
   auto ss = NumericSocketAddress(home.rdma_address);
   if (!ss.ok()) return SetupError(EINVAL, std::string(ss.status().message()));
   const std::string what =
       absl::StrCat("rdma connect to node ", home.node_id, " at ", home.rdma_address);
   const int timeout = options_.connect_timeout_ms;
-  auto c = std::make_shared<Connection>();
-  c->role = Connection::Role::kRequester;
-  c->node = home.node_id;
-  c->depth = options_.queue_depth;
-  c->slot_bytes = options_.slot_bytes;
   c->cm = rdma_create_event_channel();
   if (c->cm == nullptr) return SetupError(errno, "rdma_create_event_channel");
   if (rdma_create_id(c->cm, &c->id, nullptr, RDMA_PS_TCP) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_create_id"));
-  if (rdma_resolve_addr(c->id, nullptr, reinterpret_cast<sockaddr*>(&*ss), timeout) != 0)
+  RETURN_IF_ERROR(ApplyFabricOptions(c->id, options_, what));
+  std::optional<sockaddr_storage> src;
+  if (!options_.source.empty()) {
+    auto s = NumericSocketAddress(options_.source);
+    if (!s.ok()) return SetupError(EINVAL, std::string(s.status().message()));
+    src = *s;
+  }
+  if (rdma_resolve_addr(c->id, src ? reinterpret_cast<sockaddr*>(&*src) : nullptr,
+                        reinterpret_cast<sockaddr*>(&*ss), timeout) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_resolve_addr"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ADDR_RESOLVED, timeout + 500, what));
+  RETURN_IF_ERROR(WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ADDR_RESOLVED, timeout + 500, what));
   if (rdma_resolve_route(c->id, timeout) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_resolve_route"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout + 500, what));
-  RETURN_IF_ERROR(c->CreateResources(what));
+  RETURN_IF_ERROR(
+      WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ROUTE_RESOLVED, timeout + 500, what));
+  // The queue pair is sized for what we ask; the buffers for the home's
+  // answer (below).
+  RETURN_IF_ERROR(c->CreateQueuePair(what));
+  const RdmaNegotiated asked{c->depth, c->slot_bytes};
   uint8_t priv[kRdmaPrivateDataSize];
-  EncodeRdmaConnectData({local_node_, home.token}, priv);
-  ibv_device_attr attr{};
-  ibv_query_device(c->id->verbs, &attr);
+  EncodeRdmaConnectData({local_node_, home.token, asked.depth, asked.slot_bytes}, priv);
   rdma_conn_param param{};
   param.private_data = priv;
   param.private_data_len = sizeof(priv);
-  param.responder_resources = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_rd_atom));
-  param.initiator_depth = static_cast<uint8_t>(std::min(kMaxRdAtomic, attr.max_qp_init_rd_atom));
+  ClampRdAtomic(c->id->verbs, nullptr, &param);
   param.retry_count = 7;
   param.rnr_retry_count = 7;
   if (rdma_connect(c->id, &param) != 0)
     return SetupError(errno, absl::StrCat(what, ": rdma_connect"));
-  RETURN_IF_ERROR(WaitCmEvent(c->cm, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what));
-
-  absl::MutexLock lock(&mu_);
-  if (shutting_down_) return absl::UnavailableError("transport shutting down");
-  ReapLocked();
-  auto it = conns_.find(home.node_id);
-  if (it != conns_.end()) {
-    absl::MutexLock clock(&it->second->mu);
-    if (!it->second->dead) return it->second;  // lost a race: use theirs, drop ours
-  }
-  TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
-            ibv_get_device_name(c->id->verbs->device));
-  const int spin_us = EffectiveSpinUs(options_.spin_us);
-  c->spin_us = spin_us;  // before it is shared: PumpLocked reads it
-  conns_[home.node_id] = c;
-  Connection* raw = c.get();
-  c->thread = std::thread([this, raw, spin_us] {
-    RunConnection(raw, spin_us, shutting_down_);
-    raw->finished = true;
-  });
-  all_conns_.push_back(c);
-  return c;
+  std::string answer;
+  RETURN_IF_ERROR(
+      WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what, &answer));
+  // The home said what to use (rdma_wire.h); an answer we cannot use is a
+  // set-up failure (tcp serves the request; the caller tears down). depth
+  // and slot_bytes change here, on the connection's thread, before
+  // `connected` is set under mu: nobody else reads them before that.
+  auto use = DecodeRdmaAcceptData(answer.data(), answer.size(), asked);
+  if (!use.ok()) return SetupError(EPROTO, absl::StrCat(what, ": ", use.status().message()));
+  c->depth = use->depth;
+  c->slot_bytes = use->slot_bytes;
+  RETURN_IF_ERROR(c->CreateBuffers(what));
+  if (use->depth != asked.depth || use->slot_bytes != asked.slot_bytes)
+    TLOG_INFO("rdma: node %d allows queue depth %d and %d KiB slots (we asked for %d and %d KiB)",
+              home.node_id, use->depth, use->slot_bytes / 1024, asked.depth,
+              asked.slot_bytes / 1024);
+  return absl::OkStatus();
 }
 
 }  // namespace tether

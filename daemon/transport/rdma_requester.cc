@@ -25,14 +25,31 @@ uint32_t SlotOfRequest(uint64_t req_id) { return static_cast<uint32_t>(req_id & 
 }  // namespace
 
 // Completes chunks that will never be answered (outside the connection lock).
+// An op is LostInFlight if any of its chunks was sent (the home may have
+// served part of it), NotSent if none was, or gets the set-up's failure if
+// the connection never came up. After a port or device failure
+// (ReadAsyncEvents) an op never sent, or a read (repeating one is harmless:
+// its late answer lands in our pool, not in the caller's buffer), fails as
+// a set-up failure instead, so DataPath reissues it over tcp at once; a
+// write that may have reached the home does not (DataPath hands it back
+// as Retry()). The op's first failure stays.
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) {
   std::vector<std::shared_ptr<Conn::Op>> done;
   {
     absl::MutexLock lock(&c->mu);
+    const std::string lost = absl::StrCat("rdma connection to node ", c->node, " lost: ", why);
     for (auto& ch : owed) {
-      if (ch.op->status.ok())
-        ch.op->status = absl::UnavailableError(
-            absl::StrCat("rdma connection to node ", c->node, " lost: ", why));
+      if (ch.op->status.ok()) {
+        if (c->device_failed && (!ch.op->sent || ch.op->is_read)) {
+          ch.op->status = SetupFailure(absl::UnavailableError(lost));
+        } else if (ch.op->sent) {
+          ch.op->status = LostInFlight(absl::UnavailableError(lost));
+        } else if (!c->setup_status.ok()) {
+          ch.op->status = c->setup_status;
+        } else {
+          ch.op->status = NotSent(absl::UnavailableError(lost));
+        }
+      }
       if (--ch.op->chunks_left == 0) done.push_back(ch.op);
     }
   }
@@ -40,21 +57,35 @@ void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) 
 }
 
 // Posts as many waiting chunks as there are free slots, as one chained
-// ibv_post_send (a read-ahead batch costs one doorbell).
+// ibv_post_send (a read-ahead batch costs one doorbell). A write's bytes
+// are copied into its slot with mu released (a 4 MiB write-back would
+// otherwise hold mu, and the completions that need it, for the whole
+// copy): the slots are already ours (in `inflight`, not yet posted, so
+// nothing answers them), `copying` keeps the pool and the callers' buffers
+// alive (RunConnection waits for it before it fails chunks or destroys the
+// pool), and batches post in the order they left `waiting`, so a later
+// write-back of a page never overtakes an earlier one.
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
-  if (c->dead || c->waiting.empty() || c->pool->free_slots() == 0) return;
+  // Not connected yet: the connection's thread pumps once it is.
+  if (c->dead || !c->connected || c->waiting.empty() || c->pool->free_slots() == 0) return;
   ibv_send_wr wrs[64];
   ibv_sge sges[64];
-  int n = 0;
+  struct Copy {
+    uint8_t* to;
+    const uint8_t* from;
+    uint32_t length;
+  } copies[64];
+  int n = 0, ncopies = 0;
   while (!c->waiting.empty() && n < 64) {
     std::optional<uint32_t> slot = c->pool->Acquire();
     if (!slot) break;
     Conn::Chunk ch = std::move(c->waiting.front());
     c->waiting.pop_front();
+    ch.op->sent = true;
     const Conn::Op& op = *ch.op;
     uint64_t req_id = (c->next_req++ << 16) | *slot;
     absl::Span<uint8_t> buf = c->pool->slot(*slot);
-    if (!op.is_read) std::memcpy(buf.data(), op.src.data() + ch.op_offset, ch.length);
+    if (!op.is_read) copies[ncopies++] = {buf.data(), op.src.data() + ch.op_offset, ch.length};
     RdmaMessage m;
     m.header.type = op.is_read ? FrameType::kReadReq : FrameType::kWriteReq;
     m.header.req_id = req_id;
@@ -86,6 +117,21 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     ++n;
   }
   if (n == 0) return;
+  const uint64_t ticket = c->next_batch++;
+  if (ncopies > 0) {
+    ++c->copying;
+    c->mu.Unlock();
+    for (int i = 0; i < ncopies; ++i) std::memcpy(copies[i].to, copies[i].from, copies[i].length);
+    c->mu.Lock();
+    --c->copying;
+  }
+  auto turn = [c, ticket]()
+                  ABSL_NO_THREAD_SAFETY_ANALYSIS { return c->dead || c->posted_batches == ticket; };
+  c->mu.Await(absl::Condition(&turn));
+  c->posted_batches = ticket + 1;
+  // Dead meanwhile: the connection's thread took these chunks (MarkDead)
+  // and fails them; the QP may be gone.
+  if (c->dead) return;
   ibv_send_wr* bad = nullptr;
   int err = ibv_post_send(c->id->qp, wrs, &bad);
   if (err != 0) {
@@ -103,6 +149,49 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
   // spinning is on, i.e. more than one CPU).
   c->last_post_ns.store(absl::GetCurrentTimeNanos(), std::memory_order_relaxed);
   if (c->spin_us > 0 && c->sleeping.load(std::memory_order_relaxed)) c->Wake();
+}
+
+bool SendHeartbeat(Conn* c) {
+  c->thread_role.AssertHere();
+  absl::MutexLock lock(&c->mu);
+  if (c->dead || !c->connected || c->heartbeat_slot) return false;
+  // A slot is the heartbeat's credit: the home has a receive for it.
+  std::optional<uint32_t> slot = c->pool->Acquire();
+  if (!slot) return false;
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kSendRequest, *slot);
+  wr.num_sge = 0;  // zero-length: nothing else is (rdma_wire.h)
+  wr.opcode = IBV_WR_SEND;
+  if (++c->unsignaled_sends >= std::min(kSignalEvery, c->depth)) {
+    wr.send_flags |= IBV_SEND_SIGNALED;
+    c->unsignaled_sends = 0;
+  }
+  ibv_send_wr* bad = nullptr;
+  if (int err = ibv_post_send(c->id->qp, &wr, &bad); err != 0) {
+    c->pool->Release(*slot);
+    TLOG_WARN("rdma: heartbeat to node %d: ibv_post_send: %s", c->node, std::strerror(err));
+    return false;
+  }
+  c->heartbeat_slot = slot;
+  return true;
+}
+
+bool HeartbeatAnswered(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  absl::MutexLock lock(&c->mu);
+  if (!c->heartbeat_slot) {
+    *why = "a heartbeat answer without a heartbeat";
+    return false;
+  }
+  c->pool->Release(*c->heartbeat_slot);
+  c->heartbeat_slot.reset();
+  c->heartbeat_answered = true;
+  PumpLocked(c);
+  return true;
 }
 
 namespace {
@@ -224,15 +313,6 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
     return;
   }
   Connection* c = conn_or->get();
-  if (in_place && len > c->slot_bytes) {
-    // More than one slot: the chunks are copied into `dst` as they arrive.
-    done = [dst, in_place = std::move(in_place)](absl::Status st) mutable {
-      absl::Span<const uint8_t> data;
-      if (st.ok()) data = dst;
-      std::move(in_place)(std::move(st), data);
-    };
-    in_place = nullptr;
-  }
   auto op = std::make_shared<Connection::Op>();
   op->is_read = is_read;
   op->segid = segid;
@@ -245,7 +325,19 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
   std::string why;
   {
     absl::MutexLock lock(&c->mu);
+    // Queued (and posted at once if connected and a slot is free; else by
+    // the connection's thread once it is up, or as slots free).
     if (!c->dead) {
+      if (op->in_place && len > c->slot_bytes) {
+        // More than one slot: the chunks are copied into `dst` as they
+        // arrive. (slot_bytes under mu, as for the chunks below.)
+        op->done = [dst, in_place = std::move(op->in_place)](absl::Status st) mutable {
+          absl::Span<const uint8_t> data;
+          if (st.ok()) data = dst;
+          std::move(in_place)(std::move(st), data);
+        };
+        op->in_place = nullptr;
+      }
       op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
       for (uint64_t off = 0; off < len; off += c->slot_bytes)
         c->waiting.push_back(
@@ -255,8 +347,8 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
     }
     why = c->why;
   }
-  op->status = absl::UnavailableError(
-      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why));
+  op->status = NotSent(absl::UnavailableError(
+      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why)));
   Connection::Complete(*op, {});
 }
 

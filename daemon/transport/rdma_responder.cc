@@ -134,20 +134,34 @@ void RunExporterJob(const ExporterJob& job) {
     absl::Span<uint8_t> buf = c->pool->slot(job.slot).first(h.length);
     absl::Status st;
     uint32_t data_len = 0;
+    std::string why;
     if (h.type == FrameType::kReadReq) {
       // Straight into the slot the response is sent from (one copy:
       // process_vm_readv's).
       st = c->server->ReadBlocks(c->node, h.segid, h.grant, h.offset, buf);
       if (st.ok()) data_len = h.length;
     } else {
-      st = c->server->WriteBlocks(c->node, h.segid, h.grant, h.offset, buf);
+      // Held across the write: a newer connection from this node (its
+      // requester gave this one up and may have sent this write again, and
+      // newer ones after it) must not be served until this write is in, and
+      // this connection's later writes (queued here, on any worker) must
+      // not land after that one's. Uncontended but at a replacement; not on
+      // the read path.
+      absl::MutexLock lock(&c->fence->mu);
+      if (c->fence->current != c->generation) {
+        why = absl::StrCat("replaced by a newer connection from node ", c->node);
+      } else {
+        st = c->server->WriteBlocks(c->node, h.segid, h.grant, h.offset, buf);
+      }
     }
-    if (!PostResponse(c, job.slot, job.m, ToWireStatus(st), data_len)) {
+    if (why.empty() && !PostResponse(c, job.slot, job.m, ToWireStatus(st), data_len))
+      why = "cannot post a response";
+    if (!why.empty()) {
       {
         absl::MutexLock lock(&c->mu);
         if (!c->dead) {
           c->dead = true;
-          c->why = "cannot post a response";
+          c->why = why;
         }
       }
       c->Wake();
@@ -155,6 +169,30 @@ void RunExporterJob(const ExporterJob& job) {
   }
   absl::MutexLock lock(&c->mu);
   --c->exporter_jobs;
+}
+
+// Home side: a heartbeat arrived in receive slot `i`: answered with a
+// zero-length SEND, signalled (its completion retires it from the send
+// queue; heartbeats come only while the requester has nothing in flight,
+// so there is room). Posted without mu: verbs serialise it with the
+// exporter workers' responses, and it is not one of `unreleased`.
+bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) {
+  c->thread_role.AssertHere();
+  if (!c->PostRecv(i).ok()) {
+    *why = "cannot repost a receive";
+    return false;
+  }
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kHeartbeat, 0);
+  wr.num_sge = 0;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  if (int err = ibv_post_send(c->id->qp, &wr, &bad); err != 0) {
+    *why = absl::StrCat("heartbeat answer: ", std::strerror(err));
+    return false;
+  }
+  return true;
 }
 
 // Home side: one request arrived in receive slot `i`.

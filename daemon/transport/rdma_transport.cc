@@ -26,12 +26,39 @@ RdmaTransport::RdmaTransport(uint32_t local_node, Options options)
 
 RdmaTransport::~RdmaTransport() { Shutdown(); }
 
+absl::Status RdmaTransport::CheckOptions(const Options& o) {
+  RETURN_IF_ERROR(CheckRdmaLimits(o.queue_depth, o.slot_bytes));
+  if (o.max_connections == 0) return absl::InvalidArgumentError("rdma: max_connections is 0");
+  if (o.tos < -1 || o.tos > 255)
+    return absl::InvalidArgumentError(absl::StrCat("rdma: ToS ", o.tos, " outside 0..255"));
+  // 0 would mean "wait for ever" on InfiniBand; over 31 the kernel refuses.
+  if (o.ack_timeout != -1 && (o.ack_timeout < 1 || o.ack_timeout > 31))
+    return absl::InvalidArgumentError(
+        absl::StrCat("rdma: ACK timeout exponent ", o.ack_timeout, " outside 1..31"));
+  if (o.source.empty()) return absl::OkStatus();
+  // A source address must be one a verbs device serves: bind an id to it.
+  ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(o.source));
+  rdma_event_channel* ch = rdma_create_event_channel();
+  if (ch == nullptr) return ErrnoStatus(errno, "rdma_create_event_channel");
+  rdma_cm_id* id = nullptr;
+  absl::Status st;
+  if (rdma_create_id(ch, &id, nullptr, RDMA_PS_TCP) != 0) {
+    st = ErrnoStatus(errno, "rdma_create_id");
+  } else if (rdma_bind_addr(id, reinterpret_cast<sockaddr*>(&ss)) != 0) {
+    st =
+        ErrnoStatus(errno, absl::StrCat("rdma source ", o.source, ": not an address of this host"));
+  } else if (id->verbs == nullptr) {
+    st = ErrnoStatus(ENODEV, absl::StrCat("rdma source ", o.source, ": no rdma device serves it"));
+  }
+  if (id != nullptr) rdma_destroy_id(id);
+  rdma_destroy_event_channel(ch);
+  return st;
+}
+
 absl::Status RdmaTransport::Listen(const std::string& address, std::string secret,
                                    BlockServer* server, NoticeServer* /*notices: tcp only*/) {
   if (secret.size() < 16) return absl::InvalidArgumentError("data token secret too short");
-  if (options_.queue_depth == 0 || options_.queue_depth > 1024 || options_.slot_bytes == 0 ||
-      options_.slot_bytes % 4096 != 0 || options_.slot_bytes > kMaxPayload)
-    return absl::InvalidArgumentError("rdma: bad queue depth or slot size");
+  RETURN_IF_ERROR(CheckRdmaLimits(options_.queue_depth, options_.slot_bytes));
   ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(address));
   auto l = std::make_unique<Listener>();
   l->cm = rdma_create_event_channel();
@@ -43,6 +70,13 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
         errno, absl::StrCat("rdma_bind_addr ", address, " (no rdma device on that address?)"));
   if (l->id->verbs == nullptr && reinterpret_cast<sockaddr_in*>(&ss)->sin_addr.s_addr != 0)
     return ErrnoStatus(ENODEV, absl::StrCat("no rdma device serves ", address));
+  if (options_.tos >= 0) {
+    // Connections accepted on it start with this ToS (the home's answers
+    // leave in the same class as the requests).
+    uint8_t tos = static_cast<uint8_t>(options_.tos);
+    if (rdma_set_option(l->id, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &tos, sizeof(tos)) != 0)
+      return ErrnoStatus(errno, "rdma_set_option(TOS) on the listener");
+  }
   if (rdma_listen(l->id, 64) != 0) return ErrnoStatus(errno, "rdma_listen");
   l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (l->wake_fd < 0) return ErrnoStatus(errno, "eventfd");

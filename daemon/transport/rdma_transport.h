@@ -44,11 +44,34 @@
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
 //   mismatch is rejected before any resource is created for the peer.
-// - Failure: a work completion error, a DISCONNECTED or DEVICE_REMOVAL
-//   event or Disconnect() fails every request in flight or queued with
-//   UNAVAILABLE and drops the connection; the next request reconnects.
-//   Data is only ever placed in the pool, never in a caller's buffer, so a
-//   late RDMA WRITE_WITH_IMM cannot land in memory that was handed back.
+// - Negotiation: the connect request also carries the requester's queue
+//   depth and slot size, and the accept what the connection uses (the
+//   smaller of each side's Options). A refusal says why in the reject's
+//   private data; which refusals are set-up failures (tcp fallback):
+//   rdma_wire.h, RdmaRejectStatus.
+// - Fabric options on every id: ToS (RoCE priority, hence the PFC class),
+//   the ACK timeout exponent, and a source address for outgoing connects.
+// - Failure: a work completion error, a DISCONNECTED, UNREACHABLE,
+//   CONNECT_ERROR or DEVICE_REMOVAL event, a fatal QP async event, a
+//   silent peer (PeerLiveness: nothing heard for peer_timeout_ms while a
+//   request or a heartbeat is owed; the requester sends a zero-length SEND
+//   heartbeat after heartbeat_interval_ms of quiet, the home answers it,
+//   and a home hears from a live requester at least that often) or
+//   Disconnect() drops the connection and fails what it owed with
+//   UNAVAILABLE: requests never sent tagged NotSent, requests in flight
+//   LostInFlight (transport.h; DataPath retries them). A port error or
+//   fatal device async event does the same to every connection on that
+//   port or device, but fails their reads and never-sent requests as
+//   set-up failures (DataPath: over tcp at once). The next request
+//   reconnects. Data is only ever placed in the pool, never in a caller's
+//   buffer, so a late RDMA WRITE_WITH_IMM cannot land in memory that was
+//   handed back.
+// - One connection per (home node, incarnation): an endpoint with a newer
+//   incarnation (the home restarted) replaces the connection; callers
+//   that find a connection being set up queue on it. A home keeps one
+//   connection per requester node: a new connect from the node replaces
+//   (frees) the old one, and a NodeFence keeps the old one's write-backs
+//   from reaching the exporter after the new one's.
 // - Device removal: the connection's thread releases its verbs objects at
 //   once and the listener drops its id (a removed device waits for its
 //   last user), then listens again at the same address when a device
@@ -61,20 +84,26 @@
 //   outlive it.
 // - Read, Write, Disconnect: any thread (a transport that only requests
 //   needs no Listen); bound_address: once Listen returned. Read and Write
-//   connect on first use, on the caller's thread (GetConnection: address
-//   and route resolution and the connect, each bounded by
-//   connect_timeout_ms + 0.5 s).
+//   never wait for the network: on first use they publish an unconnected
+//   connection and queue on it; its thread connects (ConnectAndRun:
+//   address and route resolution and the connect, each bounded by
+//   connect_timeout_ms + 0.5 s) and then posts what queued.
 // - Threads: one listener thread (ListenLoop: connect requests, the
-//   listener's device removal, listening again) and one thread per
-//   connection on either side (RunConnection: completions, the
-//   connection's rdma_cm events, wake-ups), and, once Listen ran, the
-//   exporter workers shared by the home connections (two when more than
-//   one CPU is online: the BlockServer calls and the responses after
-//   them, so that a slow exporter page holds up only its own request).
-//   `done` runs on a connection's thread, or inline on the caller's thread
-//   when the request fails before it is posted; home-side BlockServer
-//   calls run on an exporter worker (without workers: on the connection's
-//   thread). No lock is held while either runs.
+//   listener's device removal, listening again, its device's async events)
+//   and one thread per connection on either side (RunConnection:
+//   completions, the connection's rdma_cm events, wake-ups, the liveness
+//   checks and heartbeats, its device's async events; a requester's thread
+//   first connects), and, once Listen ran, the exporter workers shared by
+//   the home connections (two when more than one CPU is online: the
+//   BlockServer calls and the responses after them, so that a slow
+//   exporter page holds up only its own request). ReadAsyncEvents runs on
+//   whichever of them saw the device's async fd readable, without locks
+//   held, and takes mu_ and the connections' mu in that order. `done` runs
+//   on a connection's thread, or inline on the caller's thread when the
+//   request fails before it is posted; home-side BlockServer calls run on
+//   an exporter worker (without workers: on the connection's thread),
+//   writes under the requester node's NodeFence. No lock is held while
+//   either runs.
 // - mu_ guards conns_ and all_conns_ and is taken before a Connection's mu,
 //   never after. Listen writes listener_, bound_address_, secret_ and
 //   server_ before the listener thread starts; they are read-only after
@@ -102,12 +131,16 @@
 #include "daemon/transport/transport.h"
 
 struct rdma_cm_event;  // <rdma/rdma_cma.h>
+struct ibv_context;    // <infiniband/verbs.h>
 
 namespace tether {
 
 class RdmaTransport : public Transport {
  public:
   struct Options {
+    // What this node asks for as a requester and allows as a home; a
+    // connection uses the smaller of the two sides' values (negotiated in
+    // the connect's private data, rdma_wire.h).
     uint32_t queue_depth = 32;         // requests in flight per connection
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
@@ -116,7 +149,19 @@ class RdmaTransport : public Transport {
     // thread: with one CPU a hand-off only adds a switch per request).
     int exporter_workers = -1;
     int connect_timeout_ms = 3000;
+    int heartbeat_interval_ms = 1000;  // quiet time before a requester's heartbeat
+    int peer_timeout_ms = 5000;        // silence (while owed an answer) that kills a connection
+    // Connections a home accepts at once (each pins its pool); more are
+    // refused with kTooManyConnections and their requests go over tcp.
+    uint32_t max_connections = 256;
+    int tos = -1;          // RDMA_OPTION_ID_TOS on every id (0..255); -1: rdma_cm's default
+    int ack_timeout = -1;  // RDMA_OPTION_ID_ACK_TIMEOUT, 4.096 µs × 2^n (1..31); -1: default
+    std::string source;    // numeric host:port to connect from ("" or port 0: any)
   };
+
+  // Checks `o` (a bad value is a start-up error that names it); a source
+  // address must also be one a verbs device owns.
+  static absl::Status CheckOptions(const Options& o);
 
   // True if a verbs device with an active port exists (the automatic
   // transport choice); `why` says what was found or missing.
@@ -148,6 +193,7 @@ class RdmaTransport : public Transport {
 
  private:
   struct Listener;      // rdma_transport_internal.h
+  struct NodeFence;     // rdma_transport_internal.h
   struct ExporterPool;  // rdma_transport_internal.h
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
@@ -155,10 +201,15 @@ class RdmaTransport : public Transport {
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
               uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done,
               ReadDone in_place = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
-  // rdma_connection.cc. The connection to `home`, connected (blocking) if
-  // there is none: on the caller's thread.
+  // rdma_connection.cc. The live connection to `home` (this incarnation),
+  // or a new one being set up by its own thread (never blocks): on the
+  // caller's thread. An error only for an endpoint no connect could use.
   absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A requester connection's thread: sets it up, then runs it.
+  void ConnectAndRun(Connection* c, const DataEndpoint& home);
+  // Sets up a requester connection (on its thread; bounded).
+  absl::Status Connect(Connection* c, const DataEndpoint& home);
   // The listener thread's loop, and its parts (on that thread only):
   // listening again after a device removal, and accepting one connect
   // request (false: the transport is shutting down).
@@ -167,6 +218,13 @@ class RdmaTransport : public Transport {
   bool Accept(rdma_cm_event* ev, int spin_us) ABSL_LOCKS_EXCLUDED(mu_);
   // Joins and forgets connections whose thread has finished (any thread).
   void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads and acts on `verbs`'s async events (its fd is non-blocking): a
+  // port error or a fatal device error fails every connection on that
+  // port or device as if it could not be set up (their reads and unsent
+  // requests go over tcp, rdma is tried again later); a fatal QP error
+  // drops that connection; PORT_ACTIVE is logged. Whoever saw the fd
+  // readable: a connection's thread or the listener thread.
+  void ReadAsyncEvents(ibv_context* verbs) ABSL_LOCKS_EXCLUDED(mu_);
 
   const uint32_t local_node_;
   const Options options_;
@@ -176,6 +234,10 @@ class RdmaTransport : public Transport {
   absl::flat_hash_map<uint32_t, std::shared_ptr<Connection>> conns_ ABSL_GUARDED_BY(mu_);
   // Every connection whose thread may still run (requester and home side).
   std::vector<std::shared_ptr<Connection>> all_conns_ ABSL_GUARDED_BY(mu_);
+  // Home side: per requester node, the fence of its connections' writes,
+  // and the generation the next accepted connection gets.
+  absl::flat_hash_map<uint32_t, std::shared_ptr<NodeFence>> fences_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
 
   // Set by Listen before the listener thread starts, then read-only (but
   // for listener_->id: the listener thread's).

@@ -5,41 +5,59 @@
 //
 // Thread contract (the threads themselves: rdma_transport.h):
 //
-// - A Connection is set up (CreateResources and the plain fields before it)
-//   by one thread while nobody else can see it: the caller of Read/Write
-//   that connects (GetConnection, requester side) or the listener thread
-//   that accepts (RdmaTransport::Accept, home side). Then, under the
-//   transport's mu_, it is published in the transport's tables and its
-//   thread starts (RunConnection, rdma_connection.cc). From then on,
-//   until DestroyVerbs, the set-up
-//   fields are read-only: role, node, depth, slot_bytes, use_inline, the
-//   rdma_cm and verbs objects, the control ring, the pool's memory
-//   (pool->slot(), base()), pool_mr, wake_fd, server.
-// - The connection's thread alone touches unacked_cq_events, the home
-//   side's serving/backlog, the connection's rdma_cm events, and calls
-//   DestroyVerbs once `dead` is set and no exporter job of the connection
-//   is left (exporter_jobs == 0): nobody posts after that (Submit,
-//   PumpLocked and PostResponse check `dead` under mu).
+// - A home-side Connection is set up (CreateResources and the plain fields
+//   before it) by the listener thread while nobody else can see it
+//   (RdmaTransport::Accept), then published under the transport's mu_ and
+//   its thread started. A requester-side Connection is published at once,
+//   unconnected (GetConnection: the caller of Read/Write never waits for a
+//   connect): its thread sets it up (ConnectAndRun: address, route,
+//   CreateResources, the connect) while callers queue chunks on it, then
+//   sets `connected` under mu. Nobody but its thread touches the set-up
+//   fields before `connected` (PumpLocked checks it under mu; what the
+//   thread wrote before setting it is visible to whoever reads it set).
+//   From then on, until DestroyVerbs, the set-up fields are read-only:
+//   role, node, incarnation, depth, slot_bytes, use_inline, the rdma_cm and
+//   verbs objects, the control ring, the pool's memory (pool->slot(),
+//   base()), pool_mr, server, exporter, fence, generation. wake_fd is set
+//   before the connection is published.
+// - The connection's thread alone touches unacked_cq_events, completions,
+//   heartbeat_answered, liveness, the home side's serving/backlog, the
+//   connection's rdma_cm events, and calls DestroyVerbs once `dead` is set
+//   and no exporter job of the connection is left (exporter_jobs == 0):
+//   nobody posts after that (Submit, PumpLocked and PostResponse check
+//   `dead` under mu).
 // - Home side: the exporter's reads and writes (BlockServer calls) run on
 //   the transport's exporter workers (ExporterPool; with one CPU online,
-//   none: on the connection's thread), so one slow page (an exporter page fault, a
-//   contended mmap_lock) does not hold up the completions, the receives
-//   and the other requests of the peer. A job names a pool slot the
-//   connection's thread acquired; the worker fills or drains it, then posts
-//   the response itself (PostResponse, under mu).
-// - Connection::mu guards `dead`, `why`, the requester's tables, the pool's
-//   free list (pool->Acquire/Release/free_slots, on both sides: the pool is
-//   also the window), each Op's chunks_left and status, and the home
-//   side's unreleased and exporter_jobs. It is never held while `done`
-//   runs or while a BlockServer call runs.
+//   none: on the connection's thread), so one slow page (an exporter page
+//   fault, a contended mmap_lock) does not hold up the completions, the
+//   receives, the heartbeats and the other requests of the peer. A job
+//   names a pool slot the connection's thread acquired; the worker fills or
+//   drains it, then posts the response itself (PostResponse, under mu).
+// - Connection::mu guards `dead`, `why`, `connected`, `setup_status`, the
+//   requester's tables (heartbeat_slot included), the pool's free list
+//   (pool->Acquire/Release/free_slots, on both sides: the pool is also the
+//   window), each Op's chunks_left and status, and the home side's
+//   unreleased and exporter_jobs. It is never held while `done` runs or
+//   while a BlockServer call runs.
+// - NodeFence::mu is held across each WriteBlocks call of a home
+//   connection (by the exporter worker that runs it, or the connection's
+//   thread without workers), and taken by a newer connection's thread from
+//   the same node before it serves anything: a write that arrived on a
+//   replaced connection can never reach the exporter after one that
+//   arrived on its replacement (a replaced connection's queued writes see
+//   the newer generation and drop their connection). Taken after no other
+//   lock.
 // - Lock order: RdmaTransport::mu_ before a Connection's mu (GetConnection,
-//   Disconnect); never the other way round.
-// - Posting: a requester posts its SENDs from any thread, under mu
-//   (PumpLocked: the caller of Read/Write, or the connection's thread when
-//   a slot frees); a home posts its responses from an exporter worker under
-//   mu (so that `unreleased` is in posting order) and its RDMA READs from
-//   the connection's thread, without mu (verbs serialise posts to one QP).
-//   Receives are reposted by the connection's thread.
+//   Disconnect, Accept); never the other way round.
+// - Posting: a requester posts its SENDs (requests, heartbeats) from any
+//   thread, under mu (PumpLocked: the caller of Read/Write, or the
+//   connection's thread when a slot frees; it releases mu only to copy
+//   write data into slots it already took; SendHeartbeat: the connection's
+//   thread); a home posts its responses from an exporter worker under mu
+//   (so that `unreleased` is in posting order), and its heartbeat answers
+//   and RDMA READs from the connection's thread, without mu (verbs
+//   serialise posts to one QP). Receives are reposted by the connection's
+//   thread.
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 
@@ -60,8 +78,10 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/thread_role.h"
 #include "daemon/common/work_queue.h"
 #include "daemon/transport/buffer_pool.h"
+#include "daemon/transport/peer_liveness.h"
 #include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/rdma_wire.h"
 
@@ -73,7 +93,15 @@ namespace tether {
 inline constexpr uint32_t kSignalEvery = 8;
 
 // wr_id: kind in the high half, ring or pool slot index in the low half.
-enum WrKind : uint32_t { kRecv = 1, kSendRequest = 2, kSendResponse = 3, kRdmaRead = 4 };
+// kHeartbeat: a home's answer to a heartbeat (a zero-length SEND; the
+// requester's heartbeat itself goes out as a kSendRequest).
+enum WrKind : uint32_t {
+  kRecv = 1,
+  kSendRequest = 2,
+  kSendResponse = 3,
+  kRdmaRead = 4,
+  kHeartbeat = 5
+};
 inline uint64_t WrId(WrKind kind, uint32_t index) { return (uint64_t{kind} << 32) | index; }
 inline WrKind KindOf(uint64_t wr_id) { return static_cast<WrKind>(wr_id >> 32); }
 inline uint32_t IndexOf(uint64_t wr_id) { return static_cast<uint32_t>(wr_id); }
@@ -102,6 +130,9 @@ struct RdmaTransport::Connection {
     // runs `done`, outside mu.
     uint32_t chunks_left = 0;
     absl::Status status;  // first failure
+    // A chunk was posted: if the connection is lost now, the home may have
+    // served (part of) it (FailChunks: LostInFlight, not NotSent).
+    bool sent = false;
   };
   // Runs the op's completion (`data`: for an in-place read, its bytes in
   // the slot; empty otherwise). Outside mu, once chunks_left reached 0.
@@ -116,11 +147,13 @@ struct RdmaTransport::Connection {
     std::shared_ptr<Op> op;
     uint64_t op_offset = 0;
     uint32_t length = 0;
+    bool sent = false;  // set by MarkDead for the chunks it takes from `inflight`
   };
 
   // Set up before the connection is shared, then read-only (see above).
   Role role = Role::kRequester;
-  uint32_t node = 0;  // the peer
+  uint32_t node = 0;         // the peer
+  uint64_t incarnation = 0;  // requester: the home daemon's (DataEndpoint), 0 unknown
   uint32_t depth = 0, slot_bytes = 0;
   bool use_inline = false;
 
@@ -130,6 +163,12 @@ struct RdmaTransport::Connection {
   ibv_comp_channel* comp = nullptr;
   ibv_cq* cq = nullptr;
   bool qp_created = false;
+  // Which device, port and queue pair (set with the queue pair): for
+  // matching the device's async events (OnAsyncEvent) against connections;
+  // compared only, never dereferenced, so they may outlive DestroyVerbs.
+  const ibv_context* verbs = nullptr;
+  uint8_t port = 0;
+  const ibv_qp* qp = nullptr;
   uint8_t* ctrl = nullptr;  // [depth receive messages][depth send messages]
   size_t ctrl_bytes = 0;
   ibv_mr* ctrl_mr = nullptr;
@@ -152,6 +191,18 @@ struct RdmaTransport::Connection {
   BlockServer* server = nullptr;  // home side
   // Home side: where BlockServer calls run (null: on this thread).
   RdmaTransport::ExporterPool* exporter = nullptr;
+  // Home side: the requester node's fence, and this connection's place in
+  // the order of connections from that node (Accept numbers them).
+  std::shared_ptr<NodeFence> fence;
+  uint64_t generation = 0;
+  // The connection's thread only: completions seen (a sign of life, read by
+  // the liveness check without a clock read per completion), a heartbeat's
+  // answer not yet told to `liveness`, and the liveness state itself.
+  uint64_t completions = 0;
+  bool heartbeat_answered = false;
+  std::optional<PeerLiveness> liveness;
+  ThreadRole thread_role;  // bound by the connection's thread as it starts
+  RdmaTransport* owner = nullptr;
   // Started under the transport's mu_; joined under it (ReapLocked) or by
   // Shutdown once it took the connection out of all_conns_.
   std::thread thread;
@@ -160,12 +211,31 @@ struct RdmaTransport::Connection {
   absl::Mutex mu;
   bool dead ABSL_GUARDED_BY(mu) = false;
   std::string why ABSL_GUARDED_BY(mu);
+  // Requester side: set up (chunks may be posted); the set-up's failure,
+  // which the chunks queued meanwhile get (a SetupFailure: DataPath sends
+  // them over tcp).
+  bool connected ABSL_GUARDED_BY(mu) = false;
+  absl::Status setup_status ABSL_GUARDED_BY(mu);
+  // The pool slot an outstanding heartbeat holds (its credit: the home's
+  // receive it uses), if one is outstanding.
+  std::optional<uint32_t> heartbeat_slot ABSL_GUARDED_BY(mu);
+  // The connection died because its port or device failed (an async
+  // event): requests that were never answered by a home that may have seen
+  // them fail as usual, but reads and requests never sent fail as set-up
+  // failures, so DataPath sends them over tcp (FailChunks).
+  bool device_failed ABSL_GUARDED_BY(mu) = false;
   // Requester side.
   std::vector<std::optional<Chunk>> inflight ABSL_GUARDED_BY(mu);  // by slot
   std::vector<uint64_t> inflight_req ABSL_GUARDED_BY(mu);          // req id by slot
   std::deque<Chunk> waiting ABSL_GUARDED_BY(mu);
   uint64_t next_req ABSL_GUARDED_BY(mu) = 1;
   uint32_t unsignaled_sends ABSL_GUARDED_BY(mu) = 0;
+  // PumpLocked's batches: numbered as they take chunks from `waiting`,
+  // posted in that order; `copying` counts those copying write data with
+  // mu released (RunConnection waits for 0 before it fails their chunks).
+  uint64_t next_batch ABSL_GUARDED_BY(mu) = 0;
+  uint64_t posted_batches ABSL_GUARDED_BY(mu) = 0;
+  int copying ABSL_GUARDED_BY(mu) = 0;
   // Home side (only the connection thread touches these): the request each
   // pool slot serves, and requests that arrived before the completion of
   // the response that frees their slot was seen (the requester may see our
@@ -189,10 +259,17 @@ struct RdmaTransport::Connection {
   }
 
   // On the setting-up thread, before the connection is shared (hence no mu
-  // for the tables it sizes).
+  // for the tables it sizes). CreateResources is both parts, for a home
+  // (which knows the negotiated depth and slot size before it accepts). A
+  // requester creates the queue pair, sized for what it asks, before it
+  // connects, and the buffers once the home's accept said what to use.
   absl::Status CreateResources(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  absl::Status CreateQueuePair(const std::string& what);
+  absl::Status CreateBuffers(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // On the connection's thread (or in CreateResources).
   absl::Status PostRecv(uint32_t i);
+  // The device's async fd is readable (on the connection's thread).
+  void AsyncEventsReady(ibv_context* v) { owner->ReadAsyncEvents(v); }
   // Any thread: makes the connection's thread look at `dead` and the
   // transport's shutdown.
   void Wake() {
@@ -200,7 +277,8 @@ struct RdmaTransport::Connection {
     if (wake_fd >= 0) (void)!write(wake_fd, &one, sizeof(one));
   }
   // Marks the connection dead and returns every chunk it still owed (the
-  // caller completes them outside mu). On the connection's thread.
+  // caller completes them outside mu; FailChunks tells the sent from the
+  // never-sent). On the connection's thread.
   std::vector<Chunk> MarkDead(const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Releases every verbs and rdma_cm object (the device can then go away:
   // librdmacm closes a removed device once nothing references it). Only
@@ -216,6 +294,14 @@ struct RdmaTransport::Connection {
 };
 
 using Conn = RdmaTransport::Connection;
+
+// One per requester node at a home: orders the write-backs of successive
+// connections from that node (the thread contract above). `current` is
+// the newest connection's generation that started serving.
+struct RdmaTransport::NodeFence {
+  absl::Mutex mu;
+  uint64_t current ABSL_GUARDED_BY(mu) = 0;
+};
 
 // ---------------------------------------------------------------- exporter workers
 
@@ -264,9 +350,17 @@ struct RdmaTransport::Listener {
 // connection's thread as slots free.
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
 // Completes chunks that will never be answered. On the connection's thread,
-// as it ends.
+// as it ends: never-sent chunks fail as NotSent (or with the set-up's
+// failure, if the connection never came up), sent ones as LostInFlight
+// (transport.h).
 void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why)
     ABSL_LOCKS_EXCLUDED(c->mu);
+// Sends a heartbeat if the connection is up, idle and has a free slot for
+// it (false: not sent). On the requester connection's thread.
+bool SendHeartbeat(Conn* c) ABSL_LOCKS_EXCLUDED(c->mu);
+// The home answered our heartbeat (a zero-length SEND in receive slot
+// `i`). On the connection's thread; false on a failure as below.
+bool HeartbeatAnswered(Conn* c, uint32_t i, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // A response (SEND) arrived in receive slot `i`. On the connection's thread;
 // false (and `why`) on a failure that drops the connection.
 bool CompleteRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
@@ -280,6 +374,8 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
 // rdma_responder.cc. All on the home connection's thread; false (and `why`)
 // on a failure that drops the connection. They call the BlockServer.
 
+// A heartbeat (a zero-length SEND) arrived in receive slot `i`: answer it.
+bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // A request arrived in receive slot `i`.
 // (ServeRequest, ResponseSent, WriteFetched: on the connection's thread;
 // RunExporterJob: on an exporter worker.)

@@ -1,9 +1,13 @@
 #include "daemon/transport/rdma_wire.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/common/errors.h"
+#include "daemon/transport/transport.h"
 
 namespace tether {
 namespace {
@@ -63,25 +67,146 @@ void EncodeRdmaConnectData(const RdmaConnectData& d, uint8_t out[kRdmaPrivateDat
   Put<uint32_t>(out + 8, d.node);
   std::memset(out + 12, 0, kDataTokenSize);
   std::memcpy(out + 12, d.token.data(), std::min(d.token.size(), kDataTokenSize));
+  Put<uint32_t>(out + 12 + kDataTokenSize, d.depth);
+  Put<uint32_t>(out + 16 + kDataTokenSize, d.slot_bytes);
+}
+
+absl::Status CheckRdmaLimits(uint32_t depth, uint32_t slot_bytes) {
+  if (depth == 0 || depth > kRdmaMaxQueueDepth)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("queue depth %d outside 1..%d", depth, kRdmaMaxQueueDepth));
+  if (slot_bytes == 0 || slot_bytes % 4096 != 0 || slot_bytes > kMaxPayload)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "slot size %d is not a multiple of 4096 in 4096..%d", slot_bytes, kMaxPayload));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RdmaConnectData> DecodeRdmaConnectData(const void* data, size_t len) {
   const auto* buf = static_cast<const uint8_t*>(data);
-  if (buf == nullptr || len < kRdmaPrivateDataSize)
+  // The magic and version first: a peer of another version may send fewer
+  // bytes, and must hear "version" rather than "short".
+  if (buf == nullptr || len < 8)
     return absl::InvalidArgumentError(
         absl::StrFormat("connect request without tether's private data (%d bytes)", len));
   if (Get<uint32_t>(buf) != kRdmaConnectMagic)
     return absl::InvalidArgumentError("connect request: bad magic");
   uint16_t version = Get<uint16_t>(buf + 4);
   if (version != kRdmaWireVersion)
-    return absl::InvalidArgumentError(
-        absl::StrFormat("connect request: unsupported version %d", version));
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "connect request: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  if (len < kRdmaPrivateDataSize)
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "connect request: %d bytes of private data, want %d", len, kRdmaPrivateDataSize));
+  if (Get<uint16_t>(buf + 6) != 0)
+    return absl::InvalidArgumentError("connect request: reserved bits set");
   RdmaConnectData d;
   d.node = Get<uint32_t>(buf + 8);
   if (d.node == 0 || d.node > 0x7fff)
-    return absl::InvalidArgumentError(absl::StrFormat("connect request: bad node id %d", d.node));
+    return absl::OutOfRangeError(absl::StrFormat("connect request: bad node id %d", d.node));
   d.token.assign(reinterpret_cast<const char*>(buf + 12), kDataTokenSize);
+  d.depth = Get<uint32_t>(buf + 12 + kDataTokenSize);
+  d.slot_bytes = Get<uint32_t>(buf + 16 + kDataTokenSize);
+  if (absl::Status st = CheckRdmaLimits(d.depth, d.slot_bytes); !st.ok())
+    return absl::InvalidArgumentError(absl::StrCat("connect request: ", st.message()));
   return d;
+}
+
+RdmaNegotiated NegotiateRdma(uint32_t asked_depth, uint32_t asked_slot, uint32_t home_depth,
+                             uint32_t home_slot) {
+  return {std::min(asked_depth, home_depth), std::min(asked_slot, home_slot)};
+}
+
+void EncodeRdmaAcceptData(const RdmaNegotiated& n, uint8_t out[kRdmaAcceptDataSize]) {
+  Put<uint32_t>(out + 0, kRdmaAcceptMagic);
+  Put<uint16_t>(out + 4, kRdmaWireVersion);
+  Put<uint16_t>(out + 6, 0);
+  Put<uint32_t>(out + 8, n.depth);
+  Put<uint32_t>(out + 12, n.slot_bytes);
+}
+
+absl::StatusOr<RdmaNegotiated> DecodeRdmaAcceptData(const void* data, size_t len,
+                                                    const RdmaNegotiated& asked) {
+  const auto* buf = static_cast<const uint8_t*>(data);
+  if (buf == nullptr || len < kRdmaAcceptDataSize)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("accept without tether's private data (%d bytes)", len));
+  if (Get<uint32_t>(buf) != kRdmaAcceptMagic)
+    return absl::InvalidArgumentError("accept: bad magic");
+  uint16_t version = Get<uint16_t>(buf + 4);
+  if (version != kRdmaWireVersion)
+    return absl::FailedPreconditionError(
+        absl::StrFormat("accept: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  if (Get<uint16_t>(buf + 6) != 0) return absl::InvalidArgumentError("accept: reserved bits set");
+  RdmaNegotiated n{Get<uint32_t>(buf + 8), Get<uint32_t>(buf + 12)};
+  if (absl::Status st = CheckRdmaLimits(n.depth, n.slot_bytes); !st.ok())
+    return absl::InvalidArgumentError(absl::StrCat("accept: ", st.message()));
+  // Our pool was built for what we asked: more would overrun it.
+  if (n.depth > asked.depth || n.slot_bytes > asked.slot_bytes)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("accept: depth %d and slot %d exceed the %d and %d asked for", n.depth,
+                        n.slot_bytes, asked.depth, asked.slot_bytes));
+  return n;
+}
+
+const char* RdmaRejectReasonName(RdmaRejectReason r) {
+  switch (r) {
+    case RdmaRejectReason::kBadRequest: return "bad connect request";
+    case RdmaRejectReason::kVersionMismatch: return "wire version mismatch";
+    case RdmaRejectReason::kUnknownNode: return "unknown node";
+    case RdmaRejectReason::kBadToken: return "wrong data token";
+    case RdmaRejectReason::kNoResources: return "no resources";
+    case RdmaRejectReason::kTooManyConnections: return "at its connection limit";
+    case RdmaRejectReason::kShuttingDown: return "shutting down";
+  }
+  return "unknown reason";
+}
+
+void EncodeRdmaRejectData(RdmaRejectReason reason, uint8_t out[kRdmaRejectDataSize]) {
+  Put<uint32_t>(out + 0, kRdmaRejectMagic);
+  Put<uint16_t>(out + 4, static_cast<uint16_t>(reason));
+  Put<uint16_t>(out + 6, kRdmaWireVersion);
+}
+
+absl::StatusOr<RdmaRejectReason> DecodeRdmaRejectData(const void* data, size_t len) {
+  const auto* buf = static_cast<const uint8_t*>(data);
+  if (buf == nullptr || len < kRdmaRejectDataSize)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("reject without tether's private data (%d bytes)", len));
+  if (Get<uint32_t>(buf) != kRdmaRejectMagic)
+    return absl::InvalidArgumentError("reject: bad magic");
+  uint16_t r = Get<uint16_t>(buf + 4);
+  if (r < static_cast<uint16_t>(RdmaRejectReason::kBadRequest) ||
+      r > static_cast<uint16_t>(RdmaRejectReason::kShuttingDown))
+    return absl::InvalidArgumentError(absl::StrFormat("reject: unknown reason %d", r));
+  return static_cast<RdmaRejectReason>(r);
+}
+
+absl::Status RdmaRejectStatus(int cm_status, const void* data, size_t len,
+                              const std::string& what) {
+  constexpr int kConsumerReject = 28;  // IB_CM_REJ_CONSUMER_DEFINED
+  auto reason =
+      cm_status == kConsumerReject
+          ? DecodeRdmaRejectData(data, len)
+          : absl::StatusOr<RdmaRejectReason>(absl::NotFoundError("not a consumer reject"));
+  if (!reason.ok())
+    return SetupFailure(ErrnoStatus(
+        ECONNREFUSED,
+        absl::StrCat(what, ": rejected (status ", cm_status,
+                     cm_status == kConsumerReject ? ", without tether's reason" : "", ")")));
+  std::string msg = absl::StrCat(what, ": the home refused: ", RdmaRejectReasonName(*reason));
+  if (*reason == RdmaRejectReason::kBadToken)
+    absl::StrAppend(&msg, " (it restarted since our Hello? the token is learned again with it)");
+  if (*reason == RdmaRejectReason::kBadToken) return StaleToken(ErrnoStatus(EACCES, msg));
+  if (!RdmaRejectIsSetupFailure(*reason)) return ErrnoStatus(EACCES, msg);
+  return SetupFailure(ErrnoStatus(ECONNREFUSED, msg));
+}
+
+bool RdmaRejectIsSetupFailure(RdmaRejectReason r) {
+  switch (r) {
+    case RdmaRejectReason::kBadToken:
+    case RdmaRejectReason::kUnknownNode: return false;
+    default: return true;
+  }
 }
 
 }  // namespace tether

@@ -19,8 +19,14 @@
 // work request instead of a WRITE and a SEND. Every other response (a
 // refusal, a write's answer) is a SEND of the message above.
 //
-// Connection private data (rdma_connect → CONNECT_REQUEST), 44 bytes,
-// within the 56 bytes rdma_cm allows for RC:
+// Heartbeats are zero-length SENDs (no message at all): a requester sends
+// one on a quiet connection, holding a slot as its credit, and the home
+// answers with one (peer_liveness.h). Every other SEND carries at least a
+// header, so a zero-length receive is always a heartbeat or its answer.
+//
+// Connection private data. rdma_cm carries it in the IB CM's REQ, REP and
+// REJ messages (at most 56, 196 and 148 bytes for RC). Connect request
+// (rdma_connect → CONNECT_REQUEST), 52 bytes:
 //
 //    0   4   magic     "TTRD"
 //    4   2   version   kRdmaWireVersion
@@ -28,6 +34,34 @@
 //    8   4   node      the connecting node's id
 //   12  32   token     the home's data token for that node (from Hello
 //                      over the authenticated control plane)
+//   44   4   depth     the requester's queue depth (1..kRdmaMaxQueueDepth)
+//   48   4   slot      the requester's slot size in bytes (a multiple of
+//                      4096, at most kMaxPayload)
+//
+// Accept (rdma_accept → ESTABLISHED), 16 bytes: what both sides use.
+//
+//    0   4   magic     "TTRA"
+//    4   2   version   kRdmaWireVersion
+//    6   2   reserved  0
+//    8   4   depth     ≤ the request's depth and the home's own
+//   12   4   slot      ≤ the request's slot size and the home's own
+//
+// Reject (rdma_reject → REJECTED with status 28, IB_CM_REJ_CONSUMER_
+// DEFINED), 8 bytes, the same in every version so that a peer of another
+// version can read why:
+//
+//    0   4   magic     "TTRJ"
+//    4   2   reason    RdmaRejectReason
+//    6   2   version   the home's kRdmaWireVersion
+//
+// A REJECTED event with status 28 but without this (the kernel's rdma_cm
+// rejects a request it cannot hand over with the same status, and so does
+// a home of an older version) is a set-up failure, not a refusal.
+//
+// Negotiation (NegotiateRdma): the home answers min(request, its own) for
+// both; a requester uses the answer, which it checks is no larger than
+// what it asked. A pool built for the larger values serves the smaller
+// ones (fewer slots in flight, shorter slots).
 //
 // Decoders validate everything a peer could get wrong.
 //
@@ -47,8 +81,15 @@ namespace tether {
 
 constexpr size_t kRdmaMessageSize = 64;
 constexpr uint32_t kRdmaConnectMagic = 0x44525454;  // "TTRD"
-constexpr uint16_t kRdmaWireVersion = 3;  // 2: reads answered by WRITE_WITH_IMM; 3: kWireRetry
-constexpr size_t kRdmaPrivateDataSize = 12 + kDataTokenSize;
+// 2: reads answered by WRITE_WITH_IMM; 3: kWireRetry; 4: negotiated queue
+// depth and slot size, accept and reject private data.
+constexpr uint16_t kRdmaWireVersion = 4;
+constexpr size_t kRdmaPrivateDataSize = 20 + kDataTokenSize;
+constexpr size_t kRdmaAcceptDataSize = 16;
+constexpr size_t kRdmaRejectDataSize = 8;
+constexpr uint32_t kRdmaAcceptMagic = 0x41525454;  // "TTRA"
+constexpr uint32_t kRdmaRejectMagic = 0x4a525454;  // "TTRJ"
+constexpr uint32_t kRdmaMaxQueueDepth = 1024;
 
 struct RdmaMessage {
   FrameHeader header;
@@ -69,12 +110,70 @@ absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len, ui
 struct RdmaConnectData {
   uint32_t node = 0;
   std::string token;  // kDataTokenSize bytes
+  uint32_t depth = 0, slot_bytes = 0;
 };
 
 void EncodeRdmaConnectData(const RdmaConnectData& d, uint8_t out[kRdmaPrivateDataSize]);
 // rdma_cm may hand over more bytes than were sent (zero padding): `len` is
-// allowed to exceed kRdmaPrivateDataSize.
+// allowed to exceed kRdmaPrivateDataSize. An error names what is wrong; its
+// code picks the home's reject reason: kFailedPrecondition for another
+// version (kVersionMismatch), kOutOfRange for a node id outside 1..32767
+// (kUnknownNode), kInvalidArgument for anything else (kBadRequest).
 absl::StatusOr<RdmaConnectData> DecodeRdmaConnectData(const void* buf, size_t len);
+
+// Whether a queue depth and slot size are ones either side may use.
+absl::Status CheckRdmaLimits(uint32_t depth, uint32_t slot_bytes);
+
+// What a connection uses: the smaller of what the requester asked and what
+// the home allows, for each. Both must pass CheckRdmaLimits (the result
+// then does too).
+struct RdmaNegotiated {
+  uint32_t depth = 0, slot_bytes = 0;
+};
+RdmaNegotiated NegotiateRdma(uint32_t asked_depth, uint32_t asked_slot, uint32_t home_depth,
+                             uint32_t home_slot);
+
+void EncodeRdmaAcceptData(const RdmaNegotiated& n, uint8_t out[kRdmaAcceptDataSize]);
+// The home's answer to a request that asked for `asked`: refused unless it
+// is well-formed and no larger than what was asked.
+absl::StatusOr<RdmaNegotiated> DecodeRdmaAcceptData(const void* buf, size_t len,
+                                                    const RdmaNegotiated& asked);
+
+// Why a home refused a connect request.
+enum class RdmaRejectReason : uint16_t {
+  kBadRequest = 1,          // malformed private data (or not tether's)
+  kVersionMismatch = 2,     // another kRdmaWireVersion
+  kUnknownNode = 3,         // a node id outside the cluster's range
+  kBadToken = 4,            // the token does not match the node (the home restarted?)
+  kNoResources = 5,         // the home could not set up its side (memlock, QP, CQ)
+  kTooManyConnections = 6,  // the home is at its connection limit
+  kShuttingDown = 7,        // the home is stopping
+};
+const char* RdmaRejectReasonName(RdmaRejectReason r);
+
+void EncodeRdmaRejectData(RdmaRejectReason reason, uint8_t out[kRdmaRejectDataSize]);
+// The reason in a REJECTED event's private data, or an error if it is not
+// ours (missing, short, another magic, an unknown reason).
+absl::StatusOr<RdmaRejectReason> DecodeRdmaRejectData(const void* buf, size_t len);
+
+// What a refusal means to the requester: true for the reasons where the
+// request may go over tcp instead (nothing was sent, and the home's tcp
+// transport may well serve it: versions differ, the home is short of rdma
+// resources, stopping, or at its limit), false where tcp would be refused
+// as well (a bad token or node: the requester must learn a new token).
+bool RdmaRejectIsSetupFailure(RdmaRejectReason r);
+
+// What a REJECTED event (IB CM status `cm_status`, the REJ's private data)
+// means for the connect `what`. A consumer reject (28, IB_CM_REJ_CONSUMER_
+// DEFINED) carrying tether's reject data says why the home refused: a
+// wrong token or node would be refused over tcp too (EACCES, not a set-up
+// failure; a wrong token tagged StaleToken(): DataPath asks the home for
+// a new one and retries once), every other reason is a set-up failure (transport.h), so
+// DataPath sends the request over tcp. Status 28 without our data is the
+// kernel's rdma_cm (a request it could not hand over) or a home of an older
+// version; any other status is no listener on that port (the home
+// restarted elsewhere), a timed-out or unreachable peer: set-up failures.
+absl::Status RdmaRejectStatus(int cm_status, const void* data, size_t len, const std::string& what);
 
 }  // namespace tether
 

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
@@ -367,7 +368,14 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
   }
   auto conn_or = GetConnection(home, /*notices=*/false);
   if (!conn_or.ok()) {
-    std::move(done)(conn_or.status());
+    // Nothing was sent (DataPath may send it again), unless the home said
+    // no: refused (no listener) or rejected our hello; a retry would only
+    // hear that again.
+    absl::Status st = conn_or.status();
+    int err = ToErrno(st);
+    bool refused = err == ECONNREFUSED || err == EACCES || err == EPERM ||
+                   absl::StrContains(st.message(), "rejected by");
+    std::move(done)(refused || absl::IsInvalidArgument(st) ? st : NotSent(st));
     return;
   }
   SendOn(*std::move(conn_or), type, segid, grant, offset, dst, src, std::move(done));
@@ -381,8 +389,8 @@ void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t s
   {
     absl::MutexLock lock(&conn->mu);
     if (conn->dead) {
-      std::move(done)(
-          absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost")));
+      std::move(done)(NotSent(
+          absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost"))));
       return;
     }
     conn->pending.emplace(id, Pending{dst, std::move(done)});
@@ -532,8 +540,8 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
     TLOG_INFO("%s connection to node %d closed: %s (%d requests failed)",
               conn->notices ? "notice" : "data", conn->node, why, orphans.size());
   for (auto& [id, p] : orphans)
-    std::move(p.done)(
-        absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost: ", why)));
+    std::move(p.done)(LostInFlight(
+        absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost: ", why))));
 }
 
 void TcpTransport::Disconnect(uint32_t node) {

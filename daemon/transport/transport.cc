@@ -5,12 +5,18 @@
 namespace tether {
 namespace {
 constexpr char kSetupPayload[] = "tether.transport/setup-failed";
-}  // namespace
+constexpr char kNotSentPayload[] = "tether.transport/not-sent";
+constexpr char kLostPayload[] = "tether.transport/lost-in-flight";
+constexpr char kStaleTokenPayload[] = "tether.transport/stale-token";
 
-absl::Status SetupFailure(absl::Status status) {
-  if (!status.ok()) status.SetPayload(kSetupPayload, absl::Cord("1"));
+absl::Status Tag(absl::Status status, const char* payload) {
+  if (!status.ok()) status.SetPayload(payload, absl::Cord("1"));
   return status;
 }
+bool Tagged(const absl::Status& status, const char* payload) {
+  return !status.ok() && status.GetPayload(payload).has_value();
+}
+}  // namespace
 
 void Transport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
                             uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {
@@ -21,8 +27,13 @@ void Transport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t g
   });
 }
 
-bool IsSetupFailure(const absl::Status& status) {
-  return !status.ok() && status.GetPayload(kSetupPayload).has_value();
-}
+absl::Status SetupFailure(absl::Status status) { return Tag(std::move(status), kSetupPayload); }
+bool IsSetupFailure(const absl::Status& status) { return Tagged(status, kSetupPayload); }
+absl::Status StaleToken(absl::Status status) { return Tag(std::move(status), kStaleTokenPayload); }
+bool IsStaleToken(const absl::Status& status) { return Tagged(status, kStaleTokenPayload); }
+absl::Status NotSent(absl::Status status) { return Tag(std::move(status), kNotSentPayload); }
+bool IsNotSent(const absl::Status& status) { return Tagged(status, kNotSentPayload); }
+absl::Status LostInFlight(absl::Status status) { return Tag(std::move(status), kLostPayload); }
+bool IsLostInFlight(const absl::Status& status) { return Tagged(status, kLostPayload); }
 
 }  // namespace tether

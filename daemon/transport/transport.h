@@ -52,6 +52,11 @@ struct DataEndpoint {
   std::string address;       // tcp: host:port
   std::string rdma_address;  // rdma_cm: host:port, empty if the peer has no verbs device
   std::string token;         // kDataTokenSize bytes: this node's token at the peer
+  // The peer daemon's incarnation (from the same Hello; 0: unknown). A
+  // transport keeps one connection per (node, incarnation): an endpoint
+  // with a new incarnation (the peer restarted) replaces the connection
+  // to the old one instead of waiting for it to time out.
+  uint64_t incarnation = 0;
 };
 
 class Transport {
@@ -118,6 +123,29 @@ class NoticeTransport {
 // lost with the request in flight) is not one.
 absl::Status SetupFailure(absl::Status status);
 bool IsSetupFailure(const absl::Status& status);
+
+// A request that never left this node: it was queued behind a connection
+// that was lost (or never came up) before it could be sent. Nothing of it
+// reached the home, so it may be issued again, read or write (DataPath
+// does, within its retry budget).
+absl::Status NotSent(absl::Status status);
+bool IsNotSent(const absl::Status& status);
+
+// A request that was in flight when its connection was lost (a dead or
+// silent peer, a work completion error, a disconnect): the home may or
+// may not have served it. A read may be repeated; a write only by a caller
+// that knows that no newer write of its range went out since (DataPath
+// hands it back as Retry(): the write-back loop re-checks that).
+absl::Status LostInFlight(absl::Status status);
+bool IsLostInFlight(const absl::Status& status);
+
+// A request refused because the home did not accept the data token it was
+// sent with (the home restarted, with a new secret, since the Hello that
+// gave it): nothing was sent, and the caller may learn the token again
+// and retry (DataPath does, once). Transports tag such refusals with
+// StaleToken().
+absl::Status StaleToken(absl::Status status);
+bool IsStaleToken(const absl::Status& status);
 
 }  // namespace tether
 

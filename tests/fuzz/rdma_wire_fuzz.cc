@@ -1,5 +1,5 @@
-// libFuzzer target for the rdma transport's control messages and connect
-// private data (clang only: -DTETHER_FUZZ=ON). rdma_wire_test also feeds
+// libFuzzer target for the rdma transport's control messages and its
+// connect, accept and reject private data (clang only: -DTETHER_FUZZ=ON). rdma_wire_test also feeds
 // the message decoder random bytes on every run.
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +18,29 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       __builtin_trap();
   }
   auto d = tether::DecodeRdmaConnectData(data, size);
-  if (d.ok() && (d->node == 0 || d->node > 0x7fff)) __builtin_trap();
+  if (d.ok()) {
+    if (d->node == 0 || d->node > 0x7fff) __builtin_trap();
+    if (!tether::CheckRdmaLimits(d->depth, d->slot_bytes).ok()) __builtin_trap();
+    uint8_t out[tether::kRdmaPrivateDataSize];
+    tether::EncodeRdmaConnectData(*d, out);
+    auto again = tether::DecodeRdmaConnectData(out, sizeof(out));
+    if (!again.ok() || again->depth != d->depth || again->slot_bytes != d->slot_bytes ||
+        again->token != d->token)
+      __builtin_trap();
+  }
+  // The home's answer, against a request for the largest values.
+  const tether::RdmaNegotiated asked{tether::kRdmaMaxQueueDepth, tether::kMaxPayload};
+  auto n = tether::DecodeRdmaAcceptData(data, size, asked);
+  if (n.ok() && (!tether::CheckRdmaLimits(n->depth, n->slot_bytes).ok() || n->depth > asked.depth ||
+                 n->slot_bytes > asked.slot_bytes))
+    __builtin_trap();
+  auto r = tether::DecodeRdmaRejectData(data, size);
+  if (r.ok()) {
+    uint8_t out[tether::kRdmaRejectDataSize];
+    tether::EncodeRdmaRejectData(*r, out);
+    auto again = tether::DecodeRdmaRejectData(out, sizeof(out));
+    if (!again.ok() || *again != *r) __builtin_trap();
+  }
+  (void)tether::RdmaRejectStatus(28, data, size, "fuzz");
   return 0;
 }

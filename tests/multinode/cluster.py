@@ -178,10 +178,12 @@ class Node:
     def start(self, budget_mb=256):
         c = self.cluster
         peers = ",".join("%d=%s:7600" % (n.id, n.ip) for n in c.nodes if n.id != self.id)
+        # extra_args: for every node, or a dict of them by node id
+        extra = c.extra_args.get(self.id, ()) if isinstance(c.extra_args, dict) else c.extra_args
         args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
-                "--rpc_timeout_ms=3000"] + list(c.extra_args)
+                "--rpc_timeout_ms=3000"] + list(extra)
         if c.rdma:
             args.append("--rdma=on")
         if c.tls:

@@ -28,6 +28,7 @@
 #include "daemon/home/exporter_memory.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
+#include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/mapper/attachment.h"
 
@@ -96,8 +97,47 @@ class TermLeaseModel : public SimLease {
   std::map<uint32_t, absl::Time> home_until_, mapper_until_;
 };
 
+class RealLeaseTableAdapter : public SimLease {
+ public:
+  RealLeaseTableAdapter(absl::Duration lease, Clock* clock)
+      : config_{lease, 0.1}, clock_(clock), home_(config_, clock) {}
+  // The tables read the (shared, simulated) clock themselves: `now` is it.
+  void HomeHeard(uint32_t node, absl::Time) override { home_.Granted(node); }
+  void MapperConfirmed(uint32_t node, absl::Time sent) override {
+    Table(node).Granted(kHomeNode, sent, config_.lease);
+  }
+  bool MapperMayRead(uint32_t node, absl::Time) const override {
+    auto it = mappers_.find(node);
+    return it != mappers_.end() && !it->second->Lapsed(kHomeNode);
+  }
+  absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const override {
+    absl::Time t = now;
+    for (uint32_t n : nodes) t = std::max(t, home_.ExpiresAt(n));
+    return t;
+  }
+  bool ExcusesFencedReads() const override { return false; }
+  absl::Duration RenewEvery() const override { return config_.lease / 3; }
+  bool AnyAnswerGrants() const override { return false; }
+  void Restarted(uint32_t node) override { mappers_.erase(node); }
+
+ private:
+  static constexpr uint32_t kHomeNode = 1;
+  MapperLeaseTable& Table(uint32_t node) {
+    auto& t = mappers_[node];
+    if (!t) t = std::make_unique<MapperLeaseTable>(config_, clock_);
+    return *t;
+  }
+  const LeaseConfig config_;
+  Clock* const clock_;
+  HomeLeaseTable home_;
+  std::map<uint32_t, std::unique_ptr<MapperLeaseTable>> mappers_;
+};
+
 }  // namespace
 
+std::unique_ptr<SimLease> RealLeaseTables(absl::Duration lease, Clock* clock) {
+  return std::make_unique<RealLeaseTableAdapter>(lease, clock);
+}
 std::unique_ptr<SimLease> NoLeases() { return std::make_unique<NoLeaseModel>(); }
 std::unique_ptr<SimLease> ModelLeases(absl::Duration term) {
   return std::make_unique<TermLeaseModel>(term);
@@ -173,12 +213,6 @@ struct Node {
   // reads its own writes over the page as it was before the window — by
   // design (G1 in docs/architecture.md), so the oracle excuses them.
   std::set<uint64_t> put_back;
-  // Pages this node holds that the home has no cached mark for: put back
-  // after a window (the window cleared the mark, and no fetch set it
-  // again). Later windows skip the node for them: a known defect
-  // (README, "unmarked put-back copies"), excused unless
-  // SimOptions::strict_unmarked_copies.
-  std::set<uint64_t> unmarked;
   std::map<uint64_t, int> readers;       // page -> client reads waiting for it
   std::deque<InvalidationNotice> inbox;  // END and REVOKE, for the notice receiver
   bool inbox_busy = false;
@@ -200,7 +234,9 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   explicit Simulation(const SimOptions& o)
       : opt_(o),
         rng_(o.seed),
-        lease_(o.model_leases ? ModelLeases(absl::Seconds(3)) : NoLeases()) {}
+        lease_(o.real_leases    ? RealLeaseTables(absl::Seconds(3), &clock_)
+               : o.model_leases ? ModelLeases(absl::Seconds(3))
+                                : NoLeases()) {}
   ~Simulation() override {
     coord_.reset();
     reg_.reset();
@@ -211,7 +247,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
 
   // InvalidationChannel: the home's notices, over the simulated network.
   void Send(uint32_t node, const InvalidationNotice& n, absl::Duration timeout, Done done) override;
-  void TryNotice(Node& n, uint32_t inc, const InvalidationNotice& notice,
+  void TryNotice(Node& n, const InvalidationNotice& notice,
                  std::function<void(absl::Status)> finish, absl::Time give_up);
   // SegmentObserver: called by ReadBlocks between its window check and its
   // read of the exporter; other events may run "while the read is in
@@ -278,11 +314,17 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
     uint32_t inc = n.inc;
     At(after, [this, &n, inc, fn = std::move(fn)]() mutable { RunOnNode(n, inc, std::move(fn)); });
   }
-  void RunOnNode(Node& n, uint32_t inc, std::function<void()> fn) {
-    if (!n.up || n.inc != inc) return;
+  // `gone` (if any) runs instead of `fn` if the node crashed since.
+  void RunOnNode(Node& n, uint32_t inc, std::function<void()> fn,
+                 std::function<void()> gone = nullptr) {
+    if (!n.up || n.inc != inc) {
+      if (gone) gone();
+      return;
+    }
     if (Now() < n.frozen_until) {
-      Push(n.frozen_until,
-           [this, &n, inc, fn = std::move(fn)]() mutable { RunOnNode(n, inc, std::move(fn)); });
+      Push(n.frozen_until, [this, &n, inc, fn = std::move(fn), gone = std::move(gone)]() mutable {
+        RunOnNode(n, inc, std::move(fn), std::move(gone));
+      });
       return;
     }
     fn();
@@ -462,57 +504,65 @@ void Simulation::Send(uint32_t node, const InvalidationNotice& notice, absl::Dur
   Node* target = nullptr;
   for (auto& n : nodes_)
     if (n->id == node) target = n.get();
-  if (!target || !target->up) {
-    At(rng_.Ms(1, 5), [finish] { finish(absl::UnavailableError("connection refused")); });
+  if (!target) {
+    At(rng_.Ms(1, 5), [finish] { finish(absl::UnavailableError("unknown node")); });
     return;
+  }
+  if (notice.kind == InvalidationNotice::Kind::kRevoke) {
+    // Only FenceAndWait sends revocations here (a missed range_begin, or a
+    // range_end never delivered): the oracle's record of fenced nodes.
+    if (fenced_.insert(node).second) ++result_.stats.fenced;
   }
   if (opt_.mutation == Mutation::kForgeAck && notice.kind == InvalidationNotice::Kind::kBegin)
     At(deadline_ - absl::Milliseconds(1), [finish] { finish(absl::OkStatus()); });
-  // PeerInvalidationChannel resends a notice whose connection failed by
-  // gRPC, which waits for the peer to be reachable again, up to the
-  // notice's timeout. A revocation's is minutes: it arrives once a cut
-  // heals. range_end's is the ack deadline, so a cut that outlasts it
-  // loses the range_end; the simulation assumes it arrives anyway unless
-  // SimOptions::lossy_range_end (README: the lost range_end).
-  bool reliable = notice.kind == InvalidationNotice::Kind::kRevoke ||
-                  (notice.kind == InvalidationNotice::Kind::kEnd && !opt_.lossy_range_end);
-  absl::Time give_up = reliable ? absl::InfiniteFuture() : Now() + timeout;
-  TryNotice(*target, target->inc, notice, finish, give_up);
+  // PeerInvalidationChannel: a notice whose connection fails is resent by
+  // gRPC, which waits for the peer to be reachable again (wait_for_ready:
+  // a cut link, a frozen or restarting daemon) up to the timeout the
+  // coordinator gave — the ack deadline for range_begin, minutes for
+  // range_end and revocations. A drop is TCP's to retransmit; the model
+  // resends until the timeout, whichever way the notice or its answer was
+  // lost.
+  TryNotice(*target, notice, finish, Now() + timeout);
 }
 
-void Simulation::TryNotice(Node& n, uint32_t inc, const InvalidationNotice& notice,
+void Simulation::TryNotice(Node& n, const InvalidationNotice& notice,
                            std::function<void(absl::Status)> finish, absl::Time give_up) {
-  auto failed = [finish] { finish(absl::UnavailableError("connection lost")); };
-  auto resend = [this, &n, inc, notice, finish, give_up] {
-    if (!n.up || n.inc != inc) return finish(absl::UnavailableError("connection refused"));
-    absl::Time retry = std::max(Now(), n.cut_until) + rng_.Ms(1, 20);
+  auto resend = [this, &n, notice, finish, give_up] {
+    // A daemon that is down is polled as gRPC reconnects; a cut link is
+    // tried again once it heals.
+    absl::Time retry = std::max(Now(), n.cut_until) + (n.up ? rng_.Ms(1, 20) : rng_.Ms(20, 60));
     if (retry > give_up) {
       At(std::max(give_up - Now(), absl::ZeroDuration()),
          [finish] { finish(absl::DeadlineExceededError("notice not delivered in time")); });
       return;
     }
+    ++result_.stats.notices_resent;
+    if (notice.kind == InvalidationNotice::Kind::kEnd) ++result_.stats.ends_resent;
     TRACE("home: notice to node %d lost; resent by gRPC", n.id);
     At(retry - Now(),
-       [this, &n, inc, notice, finish, give_up] { TryNotice(n, inc, notice, finish, give_up); });
+       [this, &n, notice, finish, give_up] { TryNotice(n, notice, finish, give_up); });
   };
+  if (!n.up) return resend();
+  uint32_t inc = n.inc;
   Message(
       n, /*to_node=*/true,
-      [this, &n, inc, notice, finish, failed] {
-        if (!n.up || n.inc != inc) {
-          At(rng_.Ms(1, 5), failed);
-          return;
-        }
-        RunOnNode(n, inc, [this, &n, notice, finish, failed] {
-          HandleNotice(n, notice, [this, &n, finish, failed](absl::Status st) {
-            Message(
-                n, /*to_node=*/false,
-                [this, &n, finish, st] {
-                  if (st.ok() && !fenced_.count(n.id)) lease_->HomeHeard(n.id, Now());
-                  finish(st);
-                },
-                failed);
-          });
-        });
+      [this, &n, inc, notice, finish, resend] {
+        if (!n.up || n.inc != inc) return resend();  // the connection died with the daemon
+        RunOnNode(
+            n, inc,
+            [this, &n, notice, finish, resend] {
+              HandleNotice(n, notice, [this, &n, finish, resend](absl::Status st) {
+                Message(
+                    n, /*to_node=*/false,
+                    [this, &n, finish, st] {
+                      if (st.ok() && !fenced_.count(n.id) && lease_->AnyAnswerGrants())
+                        lease_->HomeHeard(n.id, Now());
+                      finish(st);
+                    },
+                    resend);  // the answer lost: the notice again (a duplicate is harmless)
+              });
+            },
+            resend);  // it crashed while frozen, the notice unread
       },
       resend);
 }
@@ -585,10 +635,6 @@ void Simulation::FinishChange(uint64_t id) {
   if (stall > deadline_)
     Fail("change %d: Begin returned after %dms, past the %dms deadline (G2)", id,
          absl::ToInt64Milliseconds(stall), absl::ToInt64Milliseconds(deadline_));
-  for (uint32_t f : w.fenced) {
-    fenced_.insert(f);
-    ++result_.stats.fenced;
-  }
   // The kernel changes the pages once Begin returned; an exporter's own
   // bracket (tether_invalidate_begin/end) may hold them for seconds.
   absl::Duration work = rng_.Permille(15) ? rng_.Ms(9000, 14000) : rng_.Us(0, 3000);
@@ -677,7 +723,6 @@ void Simulation::BeginWindow(Node& n, uint64_t key, uint64_t p0, uint64_t p1) {
     }
     att.state[p] = PageState::kAbsent;
     --att.resident;
-    n.unmarked.erase(p);
   }
 }
 
@@ -784,7 +829,7 @@ void Simulation::EndWindow(Node& n, uint64_t key, std::vector<std::pair<uint64_t
           ++att->dirty;
           ++att->resident;
           n.put_back.insert(pg.p);
-          n.unmarked.insert(pg.p);
+          ++result_.stats.put_back;
           TRACE("node %d: kept-aside page %d put back dirty", n.id, pg.p);
         } else {
           ++att->lost_pages;
@@ -827,10 +872,6 @@ void Simulation::Observe(Node& n, uint64_t p) {
   if (g >= floor_[p]) return;
   if (n.put_back.count(p)) {
     ++result_.stats.put_back_reads;
-    return;
-  }
-  if (n.unmarked.count(p) && !opt_.strict_unmarked_copies) {
-    ++result_.stats.unmarked_stale_reads;
     return;
   }
   bool revoked;
@@ -939,7 +980,8 @@ void Simulation::Fault(Node& n, uint64_t p) {
         uint64_t home_gen = st.ok() ? GenOf(p, c) : 0;
         TRACE("home: read of page %d for node %d: %s (stamp %d store %d)", p, node, st.ToString(),
               c.stamp, c.wid);
-        if (st.ok() && !fenced_.count(node)) lease_->HomeHeard(node, Now());
+        if (st.ok() && !fenced_.count(node) && lease_->AnyAnswerGrants())
+          lease_->HomeHeard(node, Now());
         if (!n.up || n.inc != inc) return;
         Message(
             n, /*to_node=*/true,
@@ -985,7 +1027,7 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
     }
     return;
   }
-  lease_->MapperConfirmed(n.id, sent);
+  if (lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
   bool installed = false;
   {
     absl::MutexLock lock(&att->mu);
@@ -1003,7 +1045,6 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
       n.data[p] = c;
       n.base_gen[p] = home_gen;
       n.put_back.erase(p);
-      n.unmarked.erase(p);
       installed = true;
       TRACE("node %d: installed page %d (stamp %d store %d)", n.id, p, c.stamp, c.wid);
     }
@@ -1053,7 +1094,7 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
   uint32_t inc = n.inc;
   absl::Time sent = Now();
   auto answer = [this, &n, att, p, c, deadline, epoch, done, sent](absl::Status st, uint64_t gen) {
-    if (st.ok()) lease_->MapperConfirmed(n.id, sent);
+    if (st.ok() && lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
     if (st.ok() || !IsRetry(st) || Now() > deadline) return done(st, false, gen);
     if (epoch) {
       bool superseded;
@@ -1079,7 +1120,7 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
         if (st.ok()) {
           Landed(p, c, node);
           gen = home_gen_[p];
-          if (!fenced_.count(node)) lease_->HomeHeard(node, Now());
+          if (!fenced_.count(node) && lease_->AnyAnswerGrants()) lease_->HomeHeard(node, Now());
         }
         if (!n.up || n.inc != inc) return;
         Message(
@@ -1165,7 +1206,7 @@ void Simulation::SyncRound(Node& n, absl::Time deadline, std::map<uint64_t, uint
               // made since on top).
               uint64_t p = r->pages[i].first;
               n.base_gen[p] = gen;
-              n.put_back.erase(p);
+              if (n.put_back.erase(p)) ++result_.stats.put_back_synced;
             }
             if (superseded) {
               r->superseded = true;
@@ -1250,6 +1291,11 @@ void Simulation::Attach(Node& n) {
     att->state.assign(npages_, PageState::kAbsent);
   }
   n.att = att;
+  if (!lease_->AnyAnswerGrants()) {
+    // The Attach's answer grants a lease (PeerDirectory records it).
+    lease_->HomeHeard(n.id, Now());
+    lease_->MapperConfirmed(n.id, Now());
+  }
   n.data.assign(npages_, Content{});
   n.base_gen.assign(npages_, 0);
   n.kept_gen.clear();
@@ -1274,11 +1320,12 @@ void Simulation::Restart(Node& n) {
   n.up = true;
   n.frozen_until = Now();
   TRACE("node %d: daemon restarts", n.id);
+  lease_->Restarted(n.id);
   Attach(n);
   Renew(n);
 }
 
-// Lease renewals (ModelLeases only): a request the home answers.
+// Lease renewals (ModelLeases, RealLeaseTables): a request the home answers.
 void Simulation::Renew(Node& n) {
   absl::Duration every = lease_->RenewEvery();
   if (every == absl::ZeroDuration() || quiet_) return;

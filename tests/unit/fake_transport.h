@@ -25,7 +25,8 @@
 //     a real transport produces are spelled once, below: SetupFailed()
 //     (nothing was sent: IsSetupFailure() is true), Refused(errno) (the
 //     home said no), ConnectionLost() (in flight when the connection
-//     went: kUnavailable, not a set-up failure).
+//     went: kUnavailable tagged LostInFlight, not a set-up failure),
+//     NeverSent() (queued when it went: tagged NotSent).
 //   - Records. Every request it saw, with a process-wide sequence number,
 //     so a test can say which transport a request went over, in which
 //     order across transports, and that no request was sent twice.
@@ -99,7 +100,11 @@ class FakeTransport : public Transport, public NoticeTransport {
     return ErrnoStatus(err, why);
   }
   static absl::Status ConnectionLost() {
-    return absl::UnavailableError("connection lost with the request in flight");
+    return LostInFlight(absl::UnavailableError("connection lost with the request in flight"));
+  }
+  // Queued behind a connection that went (or never came up): never sent.
+  static absl::Status NeverSent() {
+    return NotSent(absl::UnavailableError("connection lost before the request was sent"));
   }
 
   // `name` is what name() says ("rdma", "tcp"); `local_node` the node its

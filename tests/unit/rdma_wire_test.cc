@@ -3,12 +3,17 @@
 // data tokens that bind a data connection to a node.
 #include "daemon/transport/rdma_wire.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <random>
+#include <utility>
 
 #include <gtest/gtest.h>
 
+#include "daemon/common/errors.h"
 #include "daemon/transport/data_token.h"
+#include "daemon/transport/transport.h"
 
 namespace tether {
 namespace {
@@ -101,25 +106,180 @@ TEST(RdmaWire, RandomBytesNeverDecodeToSomethingUnsafe) {
   SUCCEED() << accepted << " accepted";
 }
 
+RdmaConnectData Connect(uint32_t node = 42) {
+  return {node, std::string(kDataTokenSize, 't'), 32, kSlot};
+}
+
 TEST(RdmaWire, ConnectDataRoundTripsAndRejectsGarbage) {
-  std::string token(kDataTokenSize, 't');
   uint8_t buf[56] = {};  // rdma_cm hands over zero-padded private data
-  EncodeRdmaConnectData({42, token}, buf);
+  static_assert(kRdmaPrivateDataSize <= 56, "the REQ's private data holds 56 bytes");
+  EncodeRdmaConnectData({42, std::string(kDataTokenSize, 't'), 7, 64 * 1024}, buf);
   auto d = DecodeRdmaConnectData(buf, sizeof(buf));
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->node, 42u);
-  EXPECT_EQ(d->token, token);
+  EXPECT_EQ(d->token, std::string(kDataTokenSize, 't'));
+  EXPECT_EQ(d->depth, 7u);
+  EXPECT_EQ(d->slot_bytes, 64u * 1024);
   EXPECT_FALSE(DecodeRdmaConnectData(buf, kRdmaPrivateDataSize - 1).ok());
   EXPECT_FALSE(DecodeRdmaConnectData(nullptr, 0).ok());
   uint8_t zero[56] = {};  // another rdma_cm application connecting
   EXPECT_FALSE(DecodeRdmaConnectData(zero, sizeof(zero)).ok());
-  EncodeRdmaConnectData({0, token}, buf);
-  EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());  // node 0
-  EncodeRdmaConnectData({0x8000, token}, buf);
-  EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());  // over 15 bits
-  EncodeRdmaConnectData({1, token}, buf);
+  EncodeRdmaConnectData(Connect(0), buf);
+  EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));  // node 0
+  EncodeRdmaConnectData(Connect(0x8000), buf);
+  EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));  // 15 bits
+  EncodeRdmaConnectData(Connect(), buf);
   buf[4] = 9;  // version
+  EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaConnectData(buf, sizeof(buf)).status()));
+  EncodeRdmaConnectData(Connect(), buf);
+  buf[6] = 1;  // reserved
   EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());
+}
+
+// Issue 15: queue depth and slot size travel in the connect request; every
+// value a peer could get wrong is refused with a clear error, and the code
+// picks the home's reject reason.
+TEST(RdmaWire, ConnectDataRefusesBadDepthAndSlotSize) {
+  uint8_t buf[kRdmaPrivateDataSize];
+  auto decode = [&](uint32_t depth, uint32_t slot) {
+    RdmaConnectData c = Connect();
+    c.depth = depth;
+    c.slot_bytes = slot;
+    EncodeRdmaConnectData(c, buf);
+    return DecodeRdmaConnectData(buf, sizeof(buf)).status();
+  };
+  EXPECT_TRUE(decode(1, 4096).ok());
+  EXPECT_TRUE(decode(kRdmaMaxQueueDepth, kMaxPayload).ok());
+  for (auto [depth, slot] : {std::pair<uint32_t, uint32_t>{0, kSlot},
+                             {kRdmaMaxQueueDepth + 1, kSlot},
+                             {32, 0},
+                             {32, 4095},
+                             {32, 4096 + 512},
+                             {32, kMaxPayload + 4096},
+                             {~0u, ~0u}}) {
+    absl::Status st = decode(depth, slot);
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << depth << " " << slot << ": " << st;
+    EXPECT_NE(st.message().find("connect request"), absl::string_view::npos) << st;
+  }
+  // A version-3 request (44 bytes, no depth or slot) is a version
+  // mismatch, not a short request: the home must say so.
+  EncodeRdmaConnectData(Connect(), buf);
+  buf[4] = 3;
+  EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaConnectData(buf, 44).status()));
+  EXPECT_FALSE(DecodeRdmaConnectData(buf, 7).ok());  // not even a version
+}
+
+TEST(RdmaWire, NegotiationTakesTheSmallerOfEachAndStaysWithinLimits) {
+  RdmaNegotiated n = NegotiateRdma(64, 1 << 20, 16, 256 * 1024);
+  EXPECT_EQ(n.depth, 16u);
+  EXPECT_EQ(n.slot_bytes, 256u * 1024);
+  n = NegotiateRdma(8, 64 * 1024, 32, 256 * 1024);
+  EXPECT_EQ(n.depth, 8u);
+  EXPECT_EQ(n.slot_bytes, 64u * 1024);
+  n = NegotiateRdma(32, kSlot, 32, kSlot);
+  EXPECT_EQ(n.depth, 32u);
+  EXPECT_EQ(n.slot_bytes, kSlot);
+  // Every pair of valid values gives a valid answer, never above either.
+  for (uint32_t a : {1u, 3u, 32u, 1024u})
+    for (uint32_t b : {1u, 17u, 1024u})
+      for (uint32_t sa : {4096u, 12288u, kMaxPayload})
+        for (uint32_t sb : {4096u, 65536u, kMaxPayload}) {
+          n = NegotiateRdma(a, sa, b, sb);
+          EXPECT_TRUE(CheckRdmaLimits(n.depth, n.slot_bytes).ok());
+          EXPECT_LE(n.depth, std::min(a, b));
+          EXPECT_LE(n.slot_bytes, std::min(sa, sb));
+        }
+}
+
+TEST(RdmaWire, AcceptDataRoundTripsAndIsRefusedWhenLargerThanAsked) {
+  const RdmaNegotiated asked{32, kSlot};
+  uint8_t buf[196] = {};  // the REP's private data, zero-padded
+  EncodeRdmaAcceptData({16, 64 * 1024}, buf);
+  auto n = DecodeRdmaAcceptData(buf, sizeof(buf), asked);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(n->depth, 16u);
+  EXPECT_EQ(n->slot_bytes, 64u * 1024);
+  EXPECT_TRUE(DecodeRdmaAcceptData(buf, kRdmaAcceptDataSize, asked).ok());
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, kRdmaAcceptDataSize - 1, asked).ok());  // truncated
+  EXPECT_FALSE(DecodeRdmaAcceptData(nullptr, 0, asked).ok());  // an old home: no answer
+  uint8_t zero[196] = {};
+  EXPECT_FALSE(DecodeRdmaAcceptData(zero, sizeof(zero), asked).ok());
+  EncodeRdmaAcceptData({33, kSlot}, buf);  // more than asked: would overrun our pool
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+  EncodeRdmaAcceptData({32, kSlot + 4096}, buf);
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+  EncodeRdmaAcceptData({0, kSlot}, buf);  // zero depth
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+  EncodeRdmaAcceptData({32, 1000}, buf);  // not whole pages
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+  EncodeRdmaAcceptData({32, kSlot}, buf);
+  buf[4] = 3;  // version
+  EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaAcceptData(buf, sizeof(buf), asked).status()));
+  EncodeRdmaAcceptData({32, kSlot}, buf);
+  buf[0] ^= 1;  // magic (a connect request's data is not an answer)
+  EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+}
+
+TEST(RdmaWire, RejectReasonsRoundTripAndGarbageIsNotAReason) {
+  for (uint16_t r = 1; r <= 7; ++r) {
+    uint8_t buf[148] = {};  // the REJ's private data, zero-padded
+    EncodeRdmaRejectData(static_cast<RdmaRejectReason>(r), buf);
+    auto got = DecodeRdmaRejectData(buf, sizeof(buf));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(static_cast<uint16_t>(*got), r);
+    EXPECT_STRNE(RdmaRejectReasonName(*got), "unknown reason");
+    EXPECT_TRUE(DecodeRdmaRejectData(buf, kRdmaRejectDataSize).ok());
+    EXPECT_FALSE(DecodeRdmaRejectData(buf, kRdmaRejectDataSize - 1).ok());  // truncated
+  }
+  uint8_t buf[kRdmaRejectDataSize];
+  EncodeRdmaRejectData(RdmaRejectReason::kShuttingDown, buf);
+  buf[4] = 0;  // reason 0
+  EXPECT_FALSE(DecodeRdmaRejectData(buf, sizeof(buf)).ok());
+  buf[4] = 99;
+  EXPECT_FALSE(DecodeRdmaRejectData(buf, sizeof(buf)).ok());
+  EncodeRdmaRejectData(RdmaRejectReason::kShuttingDown, buf);
+  buf[6] = 77;  // another version: the reason still reads
+  EXPECT_TRUE(DecodeRdmaRejectData(buf, sizeof(buf)).ok());
+  buf[0] ^= 1;
+  EXPECT_FALSE(DecodeRdmaRejectData(buf, sizeof(buf)).ok());
+  uint8_t zero[148] = {};  // what the kernel's rdma_cm sends
+  EXPECT_FALSE(DecodeRdmaRejectData(zero, sizeof(zero)).ok());
+  EXPECT_FALSE(DecodeRdmaRejectData(nullptr, 0).ok());
+}
+
+// Issue 15: reject reason 28 (a consumer reject) was read as "wrong token"
+// and failed the request (SIGBUS in a faulting client), though the
+// kernel's rdma_cm and a home short of resources send it too. Only our own
+// bad-token/unknown-node reasons are refusals; everything else is a set-up
+// failure, which DataPath sends over tcp.
+TEST(RdmaWire, RejectStatusFallsBackUnlessTheHomeRefusedOurIdentity) {
+  const std::string what = "rdma connect to node 1";
+  uint8_t zero[148] = {};
+  absl::Status st = RdmaRejectStatus(28, zero, sizeof(zero), what);
+  EXPECT_TRUE(IsSetupFailure(st)) << st;  // 28 without our reason
+  st = RdmaRejectStatus(28, nullptr, 0, what);
+  EXPECT_TRUE(IsSetupFailure(st)) << st;
+  st = RdmaRejectStatus(8, nullptr, 0, what);  // IB_CM_REJ_INVALID_SERVICE_ID: no listener
+  EXPECT_TRUE(IsSetupFailure(st)) << st;
+  uint8_t buf[148] = {};
+  for (auto r : {RdmaRejectReason::kBadRequest, RdmaRejectReason::kVersionMismatch,
+                 RdmaRejectReason::kNoResources, RdmaRejectReason::kTooManyConnections,
+                 RdmaRejectReason::kShuttingDown}) {
+    EncodeRdmaRejectData(r, buf);
+    st = RdmaRejectStatus(28, buf, sizeof(buf), what);
+    EXPECT_TRUE(IsSetupFailure(st)) << st;
+    EXPECT_NE(st.message().find(RdmaRejectReasonName(r)), absl::string_view::npos) << st;
+    // Our data under another status is not ours to read.
+    EXPECT_TRUE(IsSetupFailure(RdmaRejectStatus(8, buf, sizeof(buf), what)));
+  }
+  for (auto r : {RdmaRejectReason::kBadToken, RdmaRejectReason::kUnknownNode}) {
+    EncodeRdmaRejectData(r, buf);
+    st = RdmaRejectStatus(28, buf, sizeof(buf), what);
+    EXPECT_FALSE(IsSetupFailure(st)) << st;
+    EXPECT_EQ(ToErrno(st), EACCES) << st;
+    // A wrong token: DataPath learns it again and retries once.
+    EXPECT_EQ(IsStaleToken(st), r == RdmaRejectReason::kBadToken) << st;
+  }
 }
 
 TEST(RdmaWire, AReadsImmediateNamesItsRequestAndSlot) {
@@ -132,9 +292,8 @@ TEST(RdmaWire, AReadsImmediateNamesItsRequestAndSlot) {
   EXPECT_FALSE(ImmAnswers(imm, (uint64_t{0x12345} << 16) | 8));  // another slot
   EXPECT_FALSE(ImmAnswers(imm, 0));                              // a free slot
   // A peer from before WRITE_WITH_IMM answers is refused at connect.
-  std::string token(kDataTokenSize, 't');
   uint8_t buf[kRdmaPrivateDataSize];
-  EncodeRdmaConnectData({1, token}, buf);
+  EncodeRdmaConnectData(Connect(1), buf);
   buf[4] = 1;
   EXPECT_FALSE(DecodeRdmaConnectData(buf, sizeof(buf)).ok());
 }

@@ -128,6 +128,39 @@ TEST_F(RegistryTest, WriteRacingMprotectDoesNotLand) {
   mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE);
 }
 
+// The notifier source is told of a write-back as of a read (tether.ko
+// forwards only the invalidations of ranges marked cached, G3): the writer
+// keeps the page it wrote, so later changes of it must reach the home's
+// windows (issue 14, the protocol simulation's seed 137). Its refusal
+// refuses the write.
+TEST_F(RegistryTest, AWriteBackIsShownToTheNotifierSourceLikeARead) {
+  struct Recorder : SegmentObserver {
+    absl::Status BeforeRead(uint64_t, uint64_t start, uint64_t end) override {
+      seen.emplace_back(start, end);
+      return answer;
+    }
+    void SegmentGone(uint64_t, const std::string&) override {}
+    std::vector<std::pair<uint64_t, uint64_t>> seen;
+    absl::Status answer;
+  } observer;
+  SegmentRegistry reg(3, 0x78);
+  ASSERT_TRUE(reg.Start(&observer).ok());
+  auto segid = reg.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto rw = reg.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(rw.ok());
+  uint8_t buf[4096];
+  std::memset(buf, 0xee, sizeof(buf));
+  ASSERT_TRUE(reg.WriteBlocks(5, *segid, rw->id, 4096, buf).ok());
+  EXPECT_EQ(observer.seen, (std::vector<std::pair<uint64_t, uint64_t>>{{4096, 8192}}))
+      << "the write-back was not marked in the notifier source";
+  EXPECT_EQ(mem_[4096], 0xee);
+  observer.answer = Retry("an invalidation of the exporter's memory is in progress");
+  EXPECT_TRUE(IsRetry(reg.WriteBlocks(5, *segid, rw->id, 8192, buf)));
+  EXPECT_EQ(mem_[8192], static_cast<uint8_t>(8192)) << "written though the source refused";
+  reg.Stop();
+}
+
 // Reads respect the exporter's protections too: a page it made PROT_NONE
 // is not handed out (/proc/<pid>/mem, FOLL_FORCE, read it).
 TEST_F(RegistryTest, ReadsRespectExporterProtections) {

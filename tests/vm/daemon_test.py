@@ -208,6 +208,62 @@ def test_exporters_do_not_wait_for_each_others_windows(c):
     b.close()
 
 
+# Leases off: once the first window fenced the frozen node and waited out
+# its lease, the later windows need not wait for it (its lease lapsed), so
+# with leases three windows in turn cost hardly more than one (measured:
+# 3.1 s against 2.1 s). Without, each window waits its whole deadline.
+@with_nodes(2, daemon_args=("--invalidate_deadline_ms=1000", "--lease_ms=0"))
+def test_segments_of_one_exporter_cost_one_deadline(c):
+    """Issue 14: libtether opens one tether.ko exporter fd per export, so
+    one munmap over three segments of one exporter covers ranges of three
+    fds. With one mmu notifier per fd the kernel ran their callbacks one
+    after another, each waiting for its BEGIN's ack: with a frozen mapper
+    holding pages of each segment (fenced per segment), three deadlines.
+    The module now keeps one notifier per mm and queues every BEGIN before
+    it waits: one deadline."""
+    seg, deadline_ms = 256 << 10, 1000
+    e = Exporter(c.node(1), MiB, 1)
+    maps = []
+    try:
+        segids = [e.segid]
+        for off in (seg, 2 * seg):
+            r = e.command("make %d %d" % (off, seg))
+            expect(r.startswith("ok segid="), "another segment of the exporter: " + r)
+            segids.append(int(r.split("segid=")[1]))
+        # Segment 1 is the whole MiB; node 2 caches the first page of each
+        # segment (offsets 0, 256 KiB, 512 KiB of the exporter's mapping).
+        maps = [Mapper(c.node(2), s, length=seg) for s in segids]
+        for m in maps:
+            r = m.command("read 0")
+            expect(r.startswith("byte"), "node 2 caches each segment: " + r)
+        os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+        try:
+            took = ms(e.command("munmap 0 %d" % (3 * seg)))
+        finally:
+            os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        print("INFO one_deadline: munmap over 3 segments with a frozen mapper took %.0f ms "
+              "(deadline %d ms)" % (took, deadline_ms))
+        expect(took >= deadline_ms * 0.9,
+               "munmap took %.0f ms: it did not wait for the frozen mapper" % took)
+        expect(took < 2 * deadline_ms,
+               "munmap over 3 segments took %.0f ms, more than one deadline (%d ms): the "
+               "segments' BEGINs waited one after another" % (took, deadline_ms))
+        # Node 2 was fenced for each segment; it handles the REVOKEs once it
+        # runs again (asynchronously: poll, bounded).
+        for m in maps:
+            deadline = time.time() + 10
+            r = m.command("read 0")
+            while r != "signal:%d" % SIGBUS and time.time() < deadline:
+                time.sleep(0.1)
+                r = m.command("read 0")
+            expect(r == "signal:%d" % SIGBUS,
+                   "the fenced mapper's client reads an unmapped page: %r" % r)
+    finally:
+        for m in maps:
+            m.close()
+        e.close()
+
+
 ACK_TIMEOUT = "/sys/module/tether/parameters/ack_timeout_ms"
 
 
@@ -269,6 +325,96 @@ def test_queued_begins_outlasting_the_module_timeout(c):
         for e in exporters:
             e.close()
         _set_ack_timeout(5000)
+
+
+# Leases off: a mapper that cannot renew with the stopped home revokes its
+# attachments itself, which would hide whether the home revoked them.
+@with_nodes(3, daemon_args=("--lease_ms=0",))
+def test_stop_revokes_queued_begins(c):
+    """Issue 14, defect 14: KernelNotifierSource::Stop used to ack the BEGINs
+    still queued for its workers without invalidating anything, so the
+    exporter went on while a mapper kept serving the old page. One munmap
+    over five segments of one exporter (one notifier per mm: five BEGINs at
+    once, in address order): node 2, frozen, holds the first four, whose
+    windows keep the home's four begin workers waiting for the (8 s)
+    deadline; node 3 holds the fifth, whose BEGIN stays queued. The home is
+    stopped (SIGTERM) once it has read all five: Stop must revoke node 3,
+    whose client then gets SIGBUS, never the old contents."""
+    seg, k = 64 << 10, 5
+    home = c.node(1)
+    # The home again, with a deadline the workers cannot outlive before
+    # Stop() (ack_timeout_ms must exceed it: tetherd checks at start).
+    home.stop()
+    _set_ack_timeout(30000)
+    extra = c.extra_args
+    c.extra_args = tuple(extra) + ("--invalidate_deadline_ms=8000", "--verbose")
+    try:
+        home.start()
+    finally:
+        c.extra_args = extra
+    e = Exporter(home, k * seg, 1)
+    maps, done = [], {}
+    try:
+        segids = []
+        for i in range(k):
+            r = e.command("make %d %d" % (i * seg, seg))
+            expect(r.startswith("ok segid="), "segment %d of the exporter: %s" % (i, r))
+            segids.append(int(r.split("segid=")[1]))
+        maps = [Mapper(c.node(2 if i < k - 1 else 3), s, length=seg)
+                for i, s in enumerate(segids)]
+        for m in maps:
+            r = m.command("read 0")
+            expect(r.startswith("byte"), "page 0 of each segment is cached: " + r)
+        old = maps[-1].command("read 0")
+        with open(home.log) as f:
+            mark = len(f.read())
+        os.kill(c.node(2).daemon.pid, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=lambda: done.update(r=e.command("munmap 0 %d" % (k * seg))))
+            t.start()
+            # Wait (bounded) until the home has read all five BEGINs: four
+            # are with the workers (each waiting 8 s for node 2), the last
+            # is queued.
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                with open(home.log) as f:
+                    begins = re.findall(r"tether\.ko event \d+: kind 1 ", f.read()[mark:])
+                if len(begins) >= k:
+                    break
+                time.sleep(0.05)
+            expect(len(begins) >= k, "the home read %d of %d BEGINs" % (len(begins), k))
+            home.daemon.send_signal(signal.SIGTERM)
+            home.daemon.wait(60)
+            t.join(60)
+        finally:
+            os.kill(c.node(2).daemon.pid, signal.SIGCONT)
+        expect(not t.is_alive() and done.get("r", "").startswith("ok "),
+               "the exporter's munmap returned: %r" % done.get("r"))
+        # The call returned; the revocation it waited for is on its way to
+        # node 3 (REVOKE does not wait): bounded poll, and the old page must
+        # never come back once it is gone.
+        deadline = time.time() + 10
+        r = maps[-1].command("read 0")
+        while r == old and time.time() < deadline:
+            time.sleep(0.1)
+            r = maps[-1].command("read 0")
+        expect(r == "signal:%d" % SIGBUS,
+               "node 3's client still reads the page the exporter unmapped after the home "
+               "stopped: %r (before: %r)" % (r, old))
+        # And the case was the one meant: the fifth BEGIN was still queued
+        # (not with a worker, which would have opened a window) at Stop.
+        with open(home.log) as f:
+            log = f.read()[mark:]
+        expect("not handled before stopping" in log,
+               "the fifth BEGIN was not left queued when the home stopped: " + log[-1500:])
+    finally:
+        _set_ack_timeout(5000)
+        for m in maps:
+            m.close()
+        try:
+            e.close()
+        except Exception:  # its daemon is gone
+            e.kill()
 
 
 @with_nodes(2)

@@ -133,6 +133,10 @@ if [ -n "$RELEASE" ] && suite rdma && [ -z "${TETHER_VM_DAEMON_K:-}" ]; then
     daemon_suite rdma-core "$REPO/tests/multinode/test_core.py" "${TETHER_VM_RDMA_K:-}"
     [ -n "${TETHER_VM_RDMA_K:-}" ] ||
       daemon_suite rdma-invalidation "$REPO/tests/multinode/test_invalidation.py"
+    # Issue 15: negotiation and reject reasons (the device stays in place;
+    # the pair stage runs the whole file, device removal included).
+    [ -n "${TETHER_VM_RDMA_K:-}" ] ||
+      daemon_suite rdma-connections "$REPO/tests/vm/rdma_test.py" connection
     unset TETHER_CLUSTER_NET TETHER_CLUSTER_RDMA
   else
     echo "FAIL rdma modules: cannot load rdma_rxe/rdma_ucm/ib_uverbs"

@@ -1341,6 +1341,174 @@ static void test_many(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* one munmap over ranges of several exporter fds of one process       */
+
+#define NEXPFD 3
+
+/*
+ * libtether opens one exporter fd per export, so one munmap over N
+ * segments of a process covers ranges of N exporter fds.  With one
+ * notifier per fd the kernel ran N invalidate_range_start callbacks one
+ * after the other, each waiting for its own ack: N x the daemon's
+ * deadline (N x ack_timeout_ms with a silent daemon).  With the mm's one
+ * shared notifier every BEGIN is queued before any wait.  The daemon acks
+ * nothing here until it has read them all: before the fix only the first
+ * BEGIN can arrive (the second is queued only after the first's ack or
+ * timeout, 5 s, longer than the 3 s we wait).
+ */
+static void test_one_munmap_many_exporters(void)
+{
+	int sv[2], fds[NEXPFD], i, n = -1, got = 0, st;
+	uint64_t rid[NEXPFD] = { 0 };
+	struct pollfd pfd;
+	double end;
+	pid_t pid;
+	char d;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
+		fail("one_munmap_many_exporters", "socketpair: %s", strerror(errno));
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		char *p = map_pages(NEXPFD);	/* contiguous: one munmap covers all */
+
+		close(sv[0]);
+		for (i = 0; i < NEXPFD; i++) {
+			int fd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+			struct tether_range_reg r = { .start = (uintptr_t)(p + i * P), .len = P };
+
+			if (fd < 0 || ioctl(fd, TETHER_IOC_REGISTER_RANGE, &r) ||
+			    send_msg(sv[1], &r.range_id, sizeof(r.range_id), fd))
+				_exit(7);
+			close(fd);
+		}
+		if (read(sv[1], &d, 1) != 1)
+			_exit(8);
+		munmap(p, NEXPFD * P);
+		d = 'd';
+		if (write(sv[1], &d, 1) != 1)
+			_exit(9);
+		_exit(0);
+	}
+	close(sv[1]);
+	for (i = 0; i < NEXPFD; i++) {
+		struct dreply r;
+
+		if (recv_msg(sv[0], &rid[i], sizeof(rid[i]), &fds[i]) != sizeof(rid[i]) ||
+		    fds[i] < 0) {
+			fail("one_munmap_many_exporters", "child setup failed");
+			goto out;
+		}
+		r = dcall(D_ATTACH, 0, 0, 0, fds[i]);
+		close(fds[i]);		/* the daemon holds it now */
+		if (r.ret || dmark(rid[i], 0, P)) {
+			fail("one_munmap_many_exporters", "ATTACH/MARK of exporter fd %d: %s", i,
+			     strerror(r.err));
+			goto out;
+		}
+	}
+	dcall(D_ACKDELAY, -1, 0, 0, -1);	/* ack nothing until told */
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	d = 'm';
+	if (write(sv[0], &d, 1) != 1)
+		goto out;
+	end = now_ms() + 3000 * scale;	/* below the 5 s ack timeout */
+	do {
+		n = devents();
+		for (i = 0, got = 0; i < NEXPFD; i++)
+			got += count_ev(n, rid[i], TETHER_KIND_BEGIN) > 0;
+		if (got == NEXPFD)
+			break;
+		usleep(5000);
+	} while (now_ms() < end);
+	if (got != NEXPFD) {
+		fail("one_munmap_many_exporters",
+		     "%d of %d BEGINs arrived before any ack: the munmap waits for each exporter fd's ack in turn",
+		     got, NEXPFD);
+		dump_events(n);
+	} else {
+		pass("one_munmap_many_exporters");
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);	/* ack what comes from now on */
+	dcall(D_ACKNOW, 0, 0, 0, -1);
+	pfd = (struct pollfd){ sv[0], POLLIN, 0 };
+	while (poll(&pfd, 1, 10000 * scale) == 1 && read(sv[0], &d, 1) == 1 && d != 'd')
+		;
+	if (d != 'd')
+		fail("one_munmap_many_exporters", "the child's munmap did not return");
+	/* BEGINs the kernel queued after our ACKNOW (before the fix) */
+	dcall(D_ACKNOW, 0, 0, 0, -1);
+out:
+	close(sv[0]);
+	st = wait_child(pid, 10000 * scale);
+	if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+		fail("one_munmap_many_exporters", "child did not exit cleanly (%d)", st);
+}
+
+/*
+ * One invalidation groups its BEGINs per control fd in a fixed array of
+ * TETHER_MAX_MM_CTLS (4) on its stack, so the exporter fds of one process
+ * may be attached to at most 4 control fds at once: one more is refused
+ * with EBUSY and changes nothing; a control fd already in use takes more.
+ */
+static void test_attach_ctl_limit(void)
+{
+	char *p = map_pages(5);
+	int ex[5], ctl[5], i, ok = 1;
+	struct tether_attach a;
+
+	for (i = 0; i < 5; i++) {
+		ex[i] = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		ctl[i] = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		if (ex[i] < 0 || ctl[i] < 0 || ioctl(ctl[i], TETHER_IOC_CONTROL) ||
+		    !reg_range(ex[i], p + i * P, P)) {
+			fail("attach_ctl_limit", "setup: %s", strerror(errno));
+			return;
+		}
+	}
+	/* this process's efd is attached to the fake daemon's ctl: 3 more */
+	for (i = 0; i < 3; i++) {
+		a = (struct tether_attach){ .fd = ex[i] };
+		if (ioctl(ctl[i], TETHER_IOC_ATTACH, &a)) {
+			fail("attach_ctl_limit", "ATTACH to control fd %d of 4: %s", i + 2,
+			     strerror(errno));
+			ok = 0;
+		}
+	}
+	a = (struct tether_attach){ .fd = ex[3] };
+	errno = 0;
+	if (ok && (ioctl(ctl[3], TETHER_IOC_ATTACH, &a) != -1 || errno != EBUSY)) {
+		fail("attach_ctl_limit", "ATTACH to a 5th control fd of one process: %s, want EBUSY",
+		     errno ? strerror(errno) : "success");
+		ok = 0;
+	}
+	/* nothing changed: ex[3] is still free, and ctl[0] (in use) takes it */
+	a = (struct tether_attach){ .fd = ex[3] };
+	if (ok && ioctl(ctl[0], TETHER_IOC_ATTACH, &a)) {
+		fail("attach_ctl_limit", "ATTACH to a control fd in use after EBUSY: %s",
+		     strerror(errno));
+		ok = 0;
+	}
+	/* a closed control fd frees its slot */
+	close(ctl[1]);
+	ctl[1] = -1;
+	a = (struct tether_attach){ .fd = ex[4] };
+	if (ok && ioctl(ctl[4], TETHER_IOC_ATTACH, &a)) {
+		fail("attach_ctl_limit", "ATTACH after a control fd closed: %s", strerror(errno));
+		ok = 0;
+	}
+	if (ok)
+		pass("attach_ctl_limit");
+	for (i = 0; i < 5; i++) {
+		if (ctl[i] >= 0)
+			close(ctl[i]);
+		close(ex[i]);
+	}
+	munmap(p, 5 * P);
+}
+
+/* ------------------------------------------------------------------ */
 /* (j) the sequence protocol (MARK seq / READ_RETRY)                   */
 
 static void test_seq(void)
@@ -1835,6 +2003,8 @@ int main(void)
 	test_bad_args();
 	test_cow();
 	test_many();
+	test_one_munmap_many_exporters();
+	test_attach_ctl_limit();
 	test_seq();
 	test_late_begin();
 	test_seq_disjoint();
