@@ -135,7 +135,10 @@ bool DataPath::UseRdma(uint32_t node, const DataEndpoint& ep) {
   absl::MutexLock lock(&mu_);
   auto it = tcp_until_.find(node);
   if (it == tcp_until_.end()) return true;
-  if (clock_->Now() < it->second) return false;
+  // A restarted peer is another daemon: what its predecessor's rdma set-up
+  // did (typically "no listener" while it was down) says nothing about it.
+  const bool restarted = ep.incarnation != 0 && ep.incarnation != it->second.incarnation;
+  if (!restarted && clock_->Now() < it->second.until) return false;
   tcp_until_.erase(it);
   return true;
 }
@@ -159,7 +162,7 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
     {
       absl::MutexLock lock(&mu_);
       first = tcp_until_.find(ep->node_id) == tcp_until_.end();
-      tcp_until_[ep->node_id] = clock_->Now() + rdma_retry_after_;
+      tcp_until_[ep->node_id] = {clock_->Now() + rdma_retry_after_, ep->incarnation};
     }
     if (first)
       TLOG_WARN("node %d: %s; using tcp for %s", ep->node_id, st.message(),
