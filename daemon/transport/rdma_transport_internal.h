@@ -127,6 +127,9 @@ struct RdmaTransport::Connection {
   Role role = Role::kRequester;
   uint32_t node = 0;         // the peer
   uint64_t incarnation = 0;  // requester: the home daemon's (DataEndpoint), 0 unknown
+  // A requester's are what it asks for until the home's accept answers;
+  // its connection's thread then sets the answer under mu (Submit reads
+  // slot_bytes under mu to cut requests); fixed once `connected`.
   uint32_t depth = 0, slot_bytes = 0;
   bool use_inline = false;
 
