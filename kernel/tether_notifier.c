@@ -517,6 +517,48 @@ static struct tether_batch *tether_batch_for(struct tether_batch *b,
 }
 
 /**
+ * tether_queue_releases() - a RELEASE event for each of @exp's ranges
+ * @bt:       @exp's batch (tether_batch_for())
+ * @exp:      the exporter whose ranges go away
+ * @prealloc: events allocated beforehand; one is taken per range
+ * @waitlist: NULL for RELEASEs nobody waits for (an exporter fd closed);
+ *            else they are blockable and added here, for tether_ctl_wait()
+ *            (the address space is going away)
+ *
+ * When @prealloc runs out, @bt is marked overflowed instead.
+ *
+ * Context: exp->tm->lock held.
+ */
+static void tether_queue_releases(struct tether_batch *bt,
+				  struct tether_exporter *exp,
+				  struct list_head *prealloc,
+				  struct list_head *waitlist)
+{
+	struct tether_range *range;
+	struct tether_kevent *ev;
+
+	lockdep_assert_held(&exp->tm->lock);
+
+	list_for_each_entry(range, &exp->range_list, node) {
+		if (list_empty(prealloc)) {
+			bt->overflow = true;
+			return;
+		}
+		ev = list_first_entry(prealloc, struct tether_kevent, node);
+		list_move_tail(&ev->node, &bt->evs);
+		range->seq++;
+		tether_fill(ev, exp, range, 0, range->len, TETHER_EV_RELEASE,
+			    waitlist ? TETHER_EVF_BLOCKABLE : 0,
+			    TETHER_KIND_RELEASE);
+		if (waitlist) {
+			ev->waiter = true;
+			ev->ctl = bt->ctl;
+			list_add_tail(&ev->wnode, waitlist);
+		}
+	}
+}
+
+/**
  * tether_batches_queue() - queue the events of every used batch
  * @b:         batches (TETHER_MAX_MM_CTLS)
  * @blockable: the caller will wait: ask for the overflow generations
@@ -728,29 +770,10 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 		return;
 	}
 	tm->mm_gone = true;
-	list_for_each_entry(exp, &tm->exporters, mm_node) {
-		struct tether_batch *bt;
-
-		if (!exp->ctl)
-			continue;
-		bt = tether_batch_for(b, exp);
-		list_for_each_entry(range, &exp->range_list, node) {
-			if (list_empty(&prealloc)) {
-				bt->overflow = true;
-				break;
-			}
-			ev = list_first_entry(&prealloc, struct tether_kevent,
-					      node);
-			list_move_tail(&ev->node, &bt->evs);
-			range->seq++;
-			tether_fill(ev, exp, range, 0, range->len,
-				    TETHER_EV_RELEASE, TETHER_EVF_BLOCKABLE,
-				    TETHER_KIND_RELEASE);
-			ev->waiter = true;
-			ev->ctl = bt->ctl;
-			list_add_tail(&ev->wnode, &waitlist);
-		}
-	}
+	list_for_each_entry(exp, &tm->exporters, mm_node)
+		if (exp->ctl)
+			tether_queue_releases(tether_batch_for(b, exp), exp,
+					      &prealloc, &waitlist);
 	spin_unlock(&tm->lock);
 	tether_free_list(&prealloc);
 
@@ -1059,22 +1082,9 @@ void tether_exporter_teardown(struct tether_exporter *exp)
 	spin_lock(&tm->lock);
 	exp->closing = true;
 	list_del_init(&exp->mm_node);
-	if (exp->ctl && !tm->mm_gone) {
-		struct tether_batch *bt = tether_batch_for(b, exp);
-
-		list_for_each_entry(range, &exp->range_list, node) {
-			if (list_empty(&prealloc)) {
-				bt->overflow = true;
-				break;
-			}
-			ev = list_first_entry(&prealloc, struct tether_kevent,
-					      node);
-			list_move_tail(&ev->node, &bt->evs);
-			range->seq++;
-			tether_fill(ev, exp, range, 0, range->len,
-				    TETHER_EV_RELEASE, 0, TETHER_KIND_RELEASE);
-		}
-	}
+	if (exp->ctl && !tm->mm_gone)
+		tether_queue_releases(tether_batch_for(b, exp), exp, &prealloc,
+				      NULL);
 	list_for_each_entry_safe(ev, tmp, &tm->inflight, node)
 		if (ev->range->exp == exp)
 			list_move_tail(&ev->node, &stale);

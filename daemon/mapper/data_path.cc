@@ -140,7 +140,10 @@ bool DataPath::UseRdma(uint32_t node, const DataEndpoint& ep) {
   absl::MutexLock lock(&mu_);
   auto it = tcp_until_.find(node);
   if (it == tcp_until_.end()) return true;
-  if (clock_->Now() < it->second) return false;
+  // A restarted peer is another daemon: what its predecessor's rdma set-up
+  // did (typically "no listener" while it was down) says nothing about it.
+  const bool restarted = ep.incarnation != 0 && ep.incarnation != it->second.incarnation;
+  if (!restarted && clock_->Now() < it->second.until) return false;
   tcp_until_.erase(it);
   return true;
 }
@@ -160,20 +163,20 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
       std::move(done)(std::move(st));
       return;
     }
-    NoteRdmaSetupFailure(ep->node_id, st);
+    NoteRdmaSetupFailure(*ep, st);
     SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
   };
 }
 
-void DataPath::NoteRdmaSetupFailure(uint32_t node, const absl::Status& st) {
+void DataPath::NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& st) {
   bool first;
   {
     absl::MutexLock lock(&mu_);
-    first = tcp_until_.find(node) == tcp_until_.end();
-    tcp_until_[node] = clock_->Now() + rdma_retry_after_;
+    first = tcp_until_.find(ep.node_id) == tcp_until_.end();
+    tcp_until_[ep.node_id] = {clock_->Now() + rdma_retry_after_, ep.incarnation};
   }
   if (first)
-    TLOG_WARN("node %d: %s; using tcp for %s", node, st.message(),
+    TLOG_WARN("node %d: %s; using tcp for %s", ep.node_id, st.message(),
               absl::FormatDuration(rdma_retry_after_));
 }
 
@@ -345,7 +348,7 @@ void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const Data
       *ep, segid, grant, offset, dst,
       [this, a, ep, by_tcp](absl::Status st, absl::Span<const uint8_t> data) mutable {
         if (!st.ok() && IsSetupFailure(st)) {
-          NoteRdmaSetupFailure(ep->node_id, st);
+          NoteRdmaSetupFailure(*ep, st);
           by_tcp(std::move(a), *ep);
           return;
         }

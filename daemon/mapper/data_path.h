@@ -7,8 +7,10 @@
 // peer advertised an rdma address (both have a usable verbs device), tcp
 // otherwise. If an rdma connection cannot be set up (no route between the
 // devices, a device gone), the request goes over tcp instead and the peer
-// stays on tcp for kRdmaRetryAfter before rdma is tried again: set-up
-// failures never reach a faulting client, and no request is sent twice.
+// stays on tcp for kRdmaRetryAfter (Options::rdma_retry_after), or until
+// an endpoint of a new incarnation shows it restarted, before rdma is
+// tried again: set-up failures never reach a faulting client, and no
+// request is sent twice.
 // A home that refuses the data token (StaleToken(): it restarted since the
 // Hello that gave it) gets the request once more, after the endpoint is
 // forgotten and resolved again (a new Hello, on DataPath's timer thread).
@@ -166,7 +168,7 @@ class DataPath {
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
   // After an rdma set-up failure: `node` uses tcp for kRdmaRetryAfter.
-  void NoteRdmaSetupFailure(uint32_t node, const absl::Status& st);
+  void NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& st);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
@@ -185,7 +187,13 @@ class DataPath {
   Scheduler schedule_;
   std::atomic<bool> shut_down_{false};
   absl::Mutex mu_;
-  absl::flat_hash_map<uint32_t, absl::Time> tcp_until_ ABSL_GUARDED_BY(mu_);
+  // Nodes on tcp after an rdma set-up failure: until when, and the
+  // incarnation that failed (a restarted node gets rdma again at once).
+  struct OnTcp {
+    absl::Time until;
+    uint64_t incarnation = 0;
+  };
+  absl::flat_hash_map<uint32_t, OnTcp> tcp_until_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, int> retrying_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -938,6 +939,25 @@ void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
     absl::MutexLock lock(&c->mu);
     if (st.ok() && !c->dead) {
       c->connected = true;
+      // Requests queued while we connected were cut to the slot size we
+      // asked for; the home may have allowed smaller slots: a chunk must
+      // never be longer than the slot it is answered into.
+      std::deque<Connection::Chunk> cut;
+      for (Connection::Chunk& ch : c->waiting) {
+        if (ch.length <= c->slot_bytes) {
+          cut.push_back(std::move(ch));
+          continue;
+        }
+        ch.op->chunks_left += (ch.length + c->slot_bytes - 1) / c->slot_bytes - 1;
+        // An in-place read is answered from its one slot; cut, it is
+        // copied into its buffer chunk by chunk as Submit does.
+        if (ch.op->in_place) Connection::CopyInsteadOfInPlace(*ch.op);
+        for (uint64_t off = 0; off < ch.length; off += c->slot_bytes)
+          cut.push_back(
+              {ch.op, ch.op_offset + off,
+               static_cast<uint32_t>(std::min<uint64_t>(c->slot_bytes, ch.length - off))});
+      }
+      c->waiting.swap(cut);
       PumpLocked(c);  // what queued while we connected
     } else {
       // A set-up that failed on its own is the requests' answer (tcp may
@@ -1006,12 +1026,16 @@ absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {
       WaitCmEvent(c->cm, c->wake_fd, RDMA_CM_EVENT_ESTABLISHED, timeout + 500, what, &answer));
   // The home said what to use (rdma_wire.h); an answer we cannot use is a
   // set-up failure (tcp serves the request; the caller tears down). depth
-  // and slot_bytes change here, on the connection's thread, before
-  // `connected` is set under mu: nobody else reads them before that.
+  // and slot_bytes change here, on the connection's thread, under mu:
+  // Submit cuts requests queued meanwhile to slot_bytes under mu, and
+  // ConnectAndRun cuts them again if the home allowed smaller slots.
   auto use = DecodeRdmaAcceptData(answer.data(), answer.size(), asked);
   if (!use.ok()) return SetupError(EPROTO, absl::StrCat(what, ": ", use.status().message()));
-  c->depth = use->depth;
-  c->slot_bytes = use->slot_bytes;
+  {
+    absl::MutexLock lock(&c->mu);
+    c->depth = use->depth;
+    c->slot_bytes = use->slot_bytes;
+  }
   RETURN_IF_ERROR(c->CreateBuffers(what));
   if (use->depth != asked.depth || use->slot_bytes != asked.slot_bytes)
     TLOG_INFO("rdma: node %d allows queue depth %d and %d KiB slots (we asked for %d and %d KiB)",

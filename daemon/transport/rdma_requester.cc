@@ -328,16 +328,9 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
     // Queued (and posted at once if connected and a slot is free; else by
     // the connection's thread once it is up, or as slots free).
     if (!c->dead) {
-      if (op->in_place && len > c->slot_bytes) {
-        // More than one slot: the chunks are copied into `dst` as they
-        // arrive. (slot_bytes under mu, as for the chunks below.)
-        op->done = [dst, in_place = std::move(op->in_place)](absl::Status st) mutable {
-          absl::Span<const uint8_t> data;
-          if (st.ok()) data = dst;
-          std::move(in_place)(std::move(st), data);
-        };
-        op->in_place = nullptr;
-      }
+      // More than one slot: the chunks are copied into `dst` as they
+      // arrive. (slot_bytes under mu, as for the chunks below.)
+      if (op->in_place && len > c->slot_bytes) Connection::CopyInsteadOfInPlace(*op);
       op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
       for (uint64_t off = 0; off < len; off += c->slot_bytes)
         c->waiting.push_back(

@@ -134,6 +134,16 @@ struct RdmaTransport::Connection {
     // served (part of) it (FailChunks: LostInFlight, not NotSent).
     bool sent = false;
   };
+  // Turns an in-place read into one whose chunks are copied into its
+  // `dst` (it no longer fits one slot); its completion is handed `dst`.
+  static void CopyInsteadOfInPlace(Op& op) {
+    op.done = [dst = op.dst, in_place = std::move(op.in_place)](absl::Status st) mutable {
+      absl::Span<const uint8_t> data;
+      if (st.ok()) data = dst;
+      std::move(in_place)(std::move(st), data);
+    };
+    op.in_place = nullptr;
+  }
   // Runs the op's completion (`data`: for an in-place read, its bytes in
   // the slot; empty otherwise). Outside mu, once chunks_left reached 0.
   static void Complete(Op& op, absl::Span<const uint8_t> data) {
@@ -154,6 +164,9 @@ struct RdmaTransport::Connection {
   Role role = Role::kRequester;
   uint32_t node = 0;         // the peer
   uint64_t incarnation = 0;  // requester: the home daemon's (DataEndpoint), 0 unknown
+  // A requester's are what it asks for until the home's accept answers;
+  // its connection's thread then sets the answer under mu (Submit reads
+  // slot_bytes under mu to cut requests); fixed once `connected`.
   uint32_t depth = 0, slot_bytes = 0;
   bool use_inline = false;
 

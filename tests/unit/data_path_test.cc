@@ -102,6 +102,7 @@ class DataPathTest : public ::testing::Test {
     ep->address = "10.0.0.2:7000";
     if (node == kPeer) ep->rdma_address = "10.0.0.2:7001";
     ep->token = token_;
+    ep->incarnation = incarnation_;
     return ep;
   }
   DataEndpoint Endpoint(uint32_t node) { return **Resolve(node); }
@@ -121,6 +122,7 @@ class DataPathTest : public ::testing::Test {
   int resolves_ = 0;
   std::vector<uint8_t> buf_;
   int forgets_ = 0;
+  uint64_t incarnation_ = 0x1234;  // the peer daemon's, from its Hello
   std::string token_ = "token-of-node-1-at-the-peer";
   DataPath path_{kSelf, &local_, &tcp_, &rdma_, [this](uint32_t node) { return Resolve(node); }};
 };
@@ -723,6 +725,27 @@ TEST_F(DataPathRetryTest, ReadsResumeAndRdmaComesBack) {
   EXPECT_EQ(retrying_.TransportFor(kPeer, Endpoint(kPeer)), "tcp");
   clock_.Advance(absl::Seconds(2));
   EXPECT_EQ(retrying_.TransportFor(kPeer, Endpoint(kPeer)), "rdma");
+}
+
+// A home that restarted is another daemon: an rdma set-up failure of the
+// old one (no listener while it was down) keeps the node on tcp only until
+// an endpoint of the new incarnation is seen (before: for the whole
+// rdma_retry_after, so a restarted home was read over tcp).
+TEST_F(DataPathRetryTest, ARestartedHomeIsTriedOverRdmaAtOnce) {
+  rdma_.ScriptNext(FakeTransport::SetupFailed());
+  Answer a;
+  retrying_.Read(kPeer, kSegid, kGrant, 0, Buf(4096), a.Done());
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(tcp_.count(), 1u) << "the set-up failure went over tcp";
+  EXPECT_EQ(retrying_.TransportFor(kPeer, Endpoint(kPeer)), "tcp") << "same incarnation";
+  incarnation_ = 0x5678;  // the home restarted: its new Hello
+  EXPECT_EQ(retrying_.TransportFor(kPeer, Endpoint(kPeer)), "rdma");
+  Answer b;
+  retrying_.Read(kPeer, kSegid, kGrant, 4096, Buf(4096), b.Done());
+  EXPECT_TRUE(b.status.ok()) << b.status;
+  EXPECT_EQ(rdma_.count(), 2u) << "over rdma again";
+  EXPECT_EQ(tcp_.count(), 1u);
 }
 
 // Shutdown (or a scheduler that cancels) completes a waiting request with

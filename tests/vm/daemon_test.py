@@ -39,6 +39,18 @@ def ms(reply):
     return float(reply.split()[1])
 
 
+def read_until_sigbus(m, timeout=10):
+    """Reads offset 0 through mapper `m` until its client gets SIGBUS or
+    `timeout` s pass (a REVOKE is handled asynchronously); returns the
+    last reply."""
+    deadline = time.time() + timeout
+    r = m.command("read 0")
+    while r != "signal:%d" % SIGBUS and time.time() < deadline:
+        time.sleep(0.1)
+        r = m.command("read 0")
+    return r
+
+
 def cached(m, off, length):
     """True if page `off` of mapper m's attachment (length bytes) holds data
     in its backing memfd (the page is cached on the mapper's node)."""
@@ -251,11 +263,7 @@ def test_segments_of_one_exporter_cost_one_deadline(c):
         # Node 2 was fenced for each segment; it handles the REVOKEs once it
         # runs again (asynchronously: poll, bounded).
         for m in maps:
-            deadline = time.time() + 10
-            r = m.command("read 0")
-            while r != "signal:%d" % SIGBUS and time.time() < deadline:
-                time.sleep(0.1)
-                r = m.command("read 0")
+            r = read_until_sigbus(m)
             expect(r == "signal:%d" % SIGBUS,
                    "the fenced mapper's client reads an unmapped page: %r" % r)
     finally:
@@ -439,11 +447,7 @@ def test_late_begin_revokes(c):
             os.kill(home.pid, signal.SIGCONT)
             _set_ack_timeout(5000)
         print("INFO late_begin: munmap with the home stopped took %.0f ms" % took)
-        deadline = time.time() + 10
-        r = m.command("read 0")
-        while r != "signal:%d" % SIGBUS and time.time() < deadline:
-            time.sleep(0.1)
-            r = m.command("read 0")
+        r = read_until_sigbus(m)
         expect(r == "signal:%d" % SIGBUS,
                "the mapper still reads the page the exporter unmapped while the home was "
                "stopped: %r" % r)
@@ -475,11 +479,7 @@ def test_exporter_exit_revokes(c):
     m = Mapper(c.node(2), e.segid, length=MiB)
     expect(m.command("verify 1 0 65536") == "ok", "cached before")
     e.kill()
-    deadline = time.time() + 10
-    r = m.command("read 0")
-    while r != "signal:%d" % SIGBUS and time.time() < deadline:
-        time.sleep(0.1)
-        r = m.command("read 0")
+    r = read_until_sigbus(m)
     expect(r == "signal:%d" % SIGBUS, "held pages must raise SIGBUS after the exporter's exit: " + r)
     for n in c.nodes:
         expect(n.daemon.poll() is None, "daemon %d died" % n.id)

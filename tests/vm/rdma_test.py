@@ -17,6 +17,7 @@ place before the client is asked to read, and lifted by the test.
 
     python3 tests/vm/rdma_test.py --build-dir build/release [-k NAME]
 """
+import errno
 import json
 import os
 import select
@@ -230,6 +231,15 @@ def test_home_killed_and_restarted(c):
     expect(r == "signal:7", "a fault of the dead home's segment: %r after %.1f s" % (r, took))
     print("INFO home restarted: SIGBUS after %.1f s" % took, flush=True)
     e2 = Exporter(c.node(1), MiB, 2)
+    # gRPC reconnects to the restarted home within its (1 s) backoff; until
+    # then an attach says EHOSTUNREACH (as test_core's
+    # test_peer_down_then_restarted): wait for the peer to be back.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = c.node(2).tt("map", "--segid", e2.segid, "--len", 4096)
+        if "errno=%d " % errno.EHOSTUNREACH not in r.stdout:
+            break
+        time.sleep(0.2)
     m2 = Mapper(c.node(2), e2.segid, length=MiB)
     expect(m2.command("verify 2 0 262144", timeout=60) == "ok", "the restarted home serves")
     expect(peer_transport(c.node(2), 1) == "rdma", "over rdma")
