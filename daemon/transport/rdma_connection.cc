@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
@@ -932,6 +933,9 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
 
 void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
   c->thread_role.Bind();
+  // Holds the set-up before it starts (no lock held): a test queues
+  // requests that must wait for the negotiation's answer.
+  TETHER_FAULT_POINT("rdma.connect.before_connect");
   absl::Status st = Connect(c, home);
   std::vector<Connection::Chunk> owed;
   std::string why;

@@ -12,6 +12,10 @@
 // - ReadInPlace hands its completion the registered slot the home wrote
 //   into, with no copy out of it (the mapper's one copy is then its own
 //   UFFDIO_COPY from there).
+// - an endpoint naming a new incarnation of the home gets a new
+//   connection; what was in flight on the old one fails as lost;
+// - a read queued while the connection is set up is cut again to the
+//   (smaller) slot size the home allowed, and its bytes are all there.
 // Everything waits on notifications with a bound, never on a sleep.
 #include "daemon/transport/rdma_transport.h"
 
@@ -25,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/common/data_counters.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/transport/data_token.h"
 
 namespace tether {
@@ -137,6 +142,80 @@ TEST_F(RdmaTransportTest, ReadInPlaceHandsOverTheRegisteredSlotWithoutACopy) {
   EXPECT_TRUE(right) << "the bytes handed over are the home's";
   EXPECT_FALSE(in_dst) << "handed the caller's buffer: the slot was copied into it";
   EXPECT_EQ(Counters().fetch_copy_bytes.load() - copied, 0u);
+}
+
+// Connections are keyed by (node, incarnation): an endpoint naming a new
+// incarnation of the home (a restarted daemon) is served by a new
+// connection at once, and what was in flight on the old one fails as lost
+// (DataPath sends reads again), instead of waiting for the old queue pair
+// to time out.
+TEST_F(RdmaTransportTest, ANewIncarnationOfTheHomeGetsANewConnectionAndTheOldOneIsDropped) {
+  ep_.incarnation = 1;
+  std::vector<uint8_t> slow(4096), fresh(4096);
+  Result a, b;
+  requester_.Read(ep_, kSegid, kGrant, kSlowOffset, absl::MakeSpan(slow), [&](absl::Status st) {
+    a.status = st;
+    a.done.Notify();
+  });
+  ASSERT_TRUE(server_.entered.WaitForNotificationWithTimeout(kBound));
+  DataEndpoint restarted = ep_;
+  restarted.incarnation = 2;
+  requester_.Read(restarted, kSegid, kGrant, 0, absl::MakeSpan(fresh), [&](absl::Status st) {
+    b.status = st;
+    b.done.Notify();
+  });
+  ASSERT_TRUE(a.done.WaitForNotificationWithTimeout(kBound))
+      << "the read in flight on the old incarnation's connection was not failed";
+  EXPECT_FALSE(a.status.ok());
+  EXPECT_NE(a.status.message().find("restarted"), std::string::npos) << a.status;
+  ASSERT_TRUE(b.done.WaitForNotificationWithTimeout(kBound));
+  EXPECT_TRUE(b.status.ok()) << b.status;
+  for (size_t i = 0; i < 4096; ++i) ASSERT_EQ(fresh[i], Pattern(0, i)) << i;
+}
+
+// The home allows 4 KiB slots; the requester asks for its default (256 KiB)
+// and queues a 16 KiB in-place read before the set-up answers (held at
+// rdma.connect.before_connect). Cut for the slot asked for it is one chunk:
+// answered into one 4 KiB slot it would overflow it (the home refuses it),
+// and handed over "in place" it would be one slot's bytes. It must come back
+// whole, copied chunk by chunk into the caller's buffer.
+TEST(RdmaNegotiationTest, AReadQueuedWhileConnectingIsCutToTheSlotSizeTheHomeAllowed) {
+  const char* addr = std::getenv("TETHER_RDMA_TEST_ADDR");
+  ASSERT_NE(addr, nullptr) << "TETHER_RDMA_TEST_ADDR: the IPv4 address of an rdma device";
+  const std::string secret(32, 's');
+  GatedHome server;
+  RdmaTransport::Options small;
+  small.slot_bytes = 4096;
+  RdmaTransport home(kHome, small);
+  RdmaTransport requester(kRequester);
+  ASSERT_TRUE(home.Listen(std::string(addr) + ":0", secret, &server, nullptr).ok());
+  DataEndpoint ep;
+  ep.node_id = kHome;
+  ep.rdma_address = home.bound_address();
+  ep.token = DataTokenFor(secret, kRequester);
+
+  FaultPoints::Arm("rdma.connect.before_connect");
+  std::vector<uint8_t> dst(16 * 4096);
+  Result r;
+  bool right = false, in_dst = false;
+  requester.ReadInPlace(ep, kSegid, kGrant, 8192, absl::MakeSpan(dst),
+                        [&](absl::Status st, absl::Span<const uint8_t> data) {
+                          r.status = st;
+                          in_dst = data.data() == dst.data();
+                          right = data.size() == dst.size();
+                          for (size_t i = 0; right && i < data.size(); ++i)
+                            right = data[i] == Pattern(8192 + (i & ~size_t{4095}), i & 4095);
+                          r.done.Notify();
+                        });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached("rdma.connect.before_connect", kBound));
+  FaultPoints::Release("rdma.connect.before_connect");
+  ASSERT_TRUE(r.done.WaitForNotificationWithTimeout(kBound));
+  FaultPoints::ReleaseAll();
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(right) << "the bytes handed over are not the home's 16 KiB";
+  EXPECT_TRUE(in_dst) << "cut in chunks, the read is copied into the caller's buffer";
+  requester.Shutdown();
+  home.Shutdown();
 }
 
 }  // namespace
