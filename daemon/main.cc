@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -235,6 +237,13 @@ int main(int argc, char** argv) {
   // cost of a nested lock here, on the fault and invalidation paths. The
   // Debug/sanitizer build that the tests run under keeps the check.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  // A crash (SIGSEGV, SIGBUS, SIGABRT, ...) writes the faulting thread's
+  // stack to stderr (the journal) before the default action; the
+  // sanitizer builds keep their own, fuller reports.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
 #endif
   absl::SetProgramUsageMessage("tether node daemon. See docs/ and deploy/tetherd.conf.");
   absl::ParseCommandLine(argc, argv);

@@ -55,14 +55,20 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
           R"({"node_id":%d,"address":"%s","transport":"%s","reachable":%s,"error":"%s"})",
           p.node_id(), JsonEscape(p.address()), p.transport(), p.reachable() ? "true" : "false",
           JsonEscape(p.error())));
+    const auto& c = r.counters();
+    std::string counters =
+        absl::StrFormat(R"({"fetched_bytes":%d,"fetch_copy_bytes":%d,"install_copy_bytes":%d,)"
+                        R"("served_bytes":%d,"exporter_copy_bytes":%d,"serve_copy_bytes":%d})",
+                        c.fetched_bytes(), c.fetch_copy_bytes(), c.install_copy_bytes(),
+                        c.served_bytes(), c.exporter_copy_bytes(), c.serve_copy_bytes());
     absl::PrintF(R"({"node_id":%d,"incarnation":%d,"local_socket":"%s","peer_address":"%s",)"
                  R"("data_address":"%s","rdma_address":"%s","cache_budget_bytes":%d,)"
-                 R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s]})"
+                 R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s],"counters":%s})"
                  "\n",
                  r.node_id(), r.incarnation(), JsonEscape(r.local_socket()),
                  JsonEscape(r.peer_address()), JsonEscape(r.data_address()),
                  JsonEscape(r.rdma_address()), r.cache_budget_bytes(), r.cache_resident_bytes(),
-                 r.uptime_ms(), absl::StrJoin(peers, ","));
+                 r.uptime_ms(), absl::StrJoin(peers, ","), counters);
     return;
   }
   absl::PrintF("node %u (incarnation %#lx), up %.1f s\n", r.node_id(),

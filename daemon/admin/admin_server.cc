@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "admin.grpc.pb.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/peer/grpc_status.h"
 
 namespace tether {
@@ -40,6 +41,14 @@ class AdminServiceImpl final : public admin::Admin::Service {
     resp->set_cache_budget_bytes(info_.budget_bytes());
     resp->set_cache_resident_bytes(info_.resident_bytes());
     resp->set_uptime_ms(info_.uptime_ms());
+    const DataCounters& c = Counters();
+    auto* counters = resp->mutable_counters();
+    counters->set_fetched_bytes(c.fetched_bytes.load(std::memory_order_relaxed));
+    counters->set_fetch_copy_bytes(c.fetch_copy_bytes.load(std::memory_order_relaxed));
+    counters->set_install_copy_bytes(c.install_copy_bytes.load(std::memory_order_relaxed));
+    counters->set_served_bytes(c.served_bytes.load(std::memory_order_relaxed));
+    counters->set_exporter_copy_bytes(c.exporter_copy_bytes.load(std::memory_order_relaxed));
+    counters->set_serve_copy_bytes(c.serve_copy_bytes.load(std::memory_order_relaxed));
     for (const auto& p : peers_->States()) {
       auto* out = resp->add_peers();
       out->set_node_id(p.node_id);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 
@@ -98,6 +99,7 @@ absl::Status Transfer(uint64_t addr, size_t len, const char* what, uint64_t* fai
     ssize_t n = io(done);
     if (n > 0) {
       done += static_cast<size_t>(n);
+      CountBytes(Counters().exporter_copy_bytes, static_cast<uint64_t>(n));
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && errno == ESRCH) {

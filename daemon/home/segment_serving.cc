@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_format.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
@@ -67,6 +68,7 @@ absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uin
   // A window opened while we read: what we read may predate it (G5).
   if (OpenedSince(segid, gen, offset, offset + dst.size()))
     return Retry("an invalidation window opened during the read");
+  CountBytes(Counters().served_bytes, dst.size());
   return absl::OkStatus();
 }
 

@@ -35,6 +35,11 @@ struct DataPath::Attempt {
   absl::Span<uint8_t> dst;
   absl::Span<const uint8_t> src;
   Transport::Done done;
+  // Set instead of `done` by ReadInPlace: handed the bytes where the
+  // transport has them (`data`, set by the try that succeeded; valid only
+  // until read_done returns, so Finished calls it inline on success).
+  Transport::ReadDone read_done;
+  absl::Span<const uint8_t> data;
   int failures = 0;
   absl::Time first_failure;
   bool token_retried = false;  // a stale-token refusal was answered with a new Hello
@@ -158,17 +163,43 @@ Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool 
       std::move(done)(std::move(st));
       return;
     }
-    bool first;
-    {
-      absl::MutexLock lock(&mu_);
-      first = tcp_until_.find(ep->node_id) == tcp_until_.end();
-      tcp_until_[ep->node_id] = {clock_->Now() + rdma_retry_after_, ep->incarnation};
-    }
-    if (first)
-      TLOG_WARN("node %d: %s; using tcp for %s", ep->node_id, st.message(),
-                absl::FormatDuration(rdma_retry_after_));
+    NoteRdmaSetupFailure(*ep, st);
     SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
   };
+}
+
+void DataPath::NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& st) {
+  bool first;
+  {
+    absl::MutexLock lock(&mu_);
+    first = tcp_until_.find(ep.node_id) == tcp_until_.end();
+    tcp_until_[ep.node_id] = {clock_->Now() + rdma_retry_after_, ep.incarnation};
+  }
+  if (first)
+    TLOG_WARN("node %d: %s; using tcp for %s", ep.node_id, st.message(),
+              absl::FormatDuration(rdma_retry_after_));
+}
+
+void DataPath::ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                           absl::Span<uint8_t> dst, Transport::ReadDone done) {
+  if (node == local_node_) {
+    // This node's own home: read straight into `dst`.
+    absl::Status st = local_server_->ReadBlocks(node, segid, grant, offset, dst);
+    absl::Span<const uint8_t> data;
+    if (st.ok()) data = dst;
+    std::move(done)(std::move(st), data);
+    return;
+  }
+  // The same retries as Read (Finished): only the submission differs (Try).
+  auto a = std::make_shared<Attempt>();
+  a->is_read = true;
+  a->node = node;
+  a->segid = segid;
+  a->grant = grant;
+  a->offset = offset;
+  a->dst = dst;
+  a->read_done = std::move(done);
+  Try(std::move(a));
 }
 
 void DataPath::Read(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -262,6 +293,11 @@ void DataPath::Finished(std::shared_ptr<Attempt> a, absl::Status st) {
               absl::FormatDuration(absl::Floor(now - a->first_failure, absl::Milliseconds(1))),
               st.message());
   }
+  if (a->read_done) {
+    absl::Span<const uint8_t> data = st.ok() ? a->data : absl::Span<const uint8_t>();
+    std::move(a->read_done)(std::move(st), data);
+    return;
+  }
   std::move(a->done)(std::move(st));
 }
 
@@ -281,12 +317,46 @@ void DataPath::Try(std::shared_ptr<Attempt> a) {
   }
   // Held here too: `done` (and the fallback's reference) may go first.
   std::shared_ptr<const DataEndpoint> ep = *std::move(ep_or);
+  if (a->read_done) {
+    TryInPlace(std::move(a), std::move(ep));
+    return;
+  }
   Transport* transport = tcp_;
   if (UseRdma(node, *ep)) {
     transport = rdma_;
     done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done));
   }
   SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
+}
+
+void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep) {
+  // tcp (or after an rdma set-up failure, as FallBack): a plain Read into
+  // `dst`, whose bytes are then the answer.
+  auto by_tcp = [this](std::shared_ptr<Attempt> a, const DataEndpoint& ep) {
+    tcp_->Read(ep, a->segid, a->grant, a->offset, a->dst, [this, a](absl::Status st) mutable {
+      if (st.ok()) a->data = a->dst;
+      Finished(std::move(a), std::move(st));
+    });
+  };
+  if (!UseRdma(a->node, *ep)) {
+    by_tcp(std::move(a), *ep);
+    return;
+  }
+  const uint64_t segid = a->segid, grant = a->grant, offset = a->offset;
+  const absl::Span<uint8_t> dst = a->dst;
+  rdma_->ReadInPlace(
+      *ep, segid, grant, offset, dst,
+      [this, a, ep, by_tcp](absl::Status st, absl::Span<const uint8_t> data) mutable {
+        if (!st.ok() && IsSetupFailure(st)) {
+          NoteRdmaSetupFailure(*ep, st);
+          by_tcp(std::move(a), *ep);
+          return;
+        }
+        // On success Finished hands `data` on inline, while
+        // it is still valid.
+        if (st.ok()) a->data = data;
+        Finished(std::move(a), std::move(st));
+      });
 }
 
 void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,

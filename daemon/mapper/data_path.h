@@ -139,6 +139,10 @@ class DataPath {
             Transport::Done done);
   void Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Transport::Done done);
+  // Read, but `done` may be handed the bytes where the transport received
+  // them (Transport::ReadInPlace: rdma's registered slot), else `dst`.
+  void ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                   absl::Span<uint8_t> dst, Transport::ReadDone done);
   // Synchronous write-back helper: splits into transport-sized pieces.
   absl::Status WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                          absl::Span<const uint8_t> src);
@@ -157,9 +161,14 @@ class DataPath {
   // forgetting the endpoint, so the next try carries the token the home's
   // Hello gives now) or complete it.
   void Finished(std::shared_ptr<Attempt> a, absl::Status status);
+  // Try for ReadInPlace: Transport::ReadInPlace on rdma, a Read into `dst`
+  // on tcp (and after an rdma set-up failure, as FallBack).
+  void TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep);
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
                        absl::Span<const uint8_t> src, Transport::Done done);
+  // After an rdma set-up failure: `node` uses tcp for kRdmaRetryAfter.
+  void NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& st);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
@@ -140,19 +141,25 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
   for (size_t i = 0; i < nreq; ++i) {
     const uint64_t first = requests[i].first, n = requests[i].second;
     uint8_t* buf = GetBuffer();
-    data_->Read(
+    // In place: over rdma the pages are installed straight from the
+    // registered slot the home wrote them into (one copy, UFFDIO_COPY's);
+    // `buf` is where other transports put them.
+    data_->ReadInPlace(
         att->home, att->segid, att->grant, att->seg_offset + first * kPageSize,
         absl::MakeSpan(buf, n * kPageSize),
-        [this, att, first, n, buf, gen](absl::Status st) { Install(att, first, n, buf, gen, st); });
+        [this, att, first, n, buf, gen](absl::Status st, absl::Span<const uint8_t> data) {
+          Install(att, first, n, buf, data.data(), gen, st);
+        });
   }
 }
 
 void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
-                           uint8_t* buf, uint64_t gen, absl::Status st) {
+                           uint8_t* buf, const uint8_t* data, uint64_t gen, absl::Status st) {
   if (!st.ok()) {
     FetchFailed(att, first, n, buf, st);
     return;
   }
+  CountBytes(Counters().fetched_bytes, n * kPageSize);
   uint64_t base = att->vaddr.load();
   uint64_t installed = 0;
   bool need_wake = false;
@@ -167,7 +174,7 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
       att->AbandonFetch(first, n);
       need_wake = true;
     } else {
-      installed = CopyIn(*att, base, first, n, buf, &need_wake);
+      installed = CopyIn(*att, base, first, n, data, &need_wake);
       att->resident += installed;
     }
   }
@@ -242,6 +249,7 @@ uint64_t FaultService::CopyIn(Attachment& att, uint64_t base, uint64_t first, ui
       err = errno;
       copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPageSize : 0;
     }
+    CountBytes(Counters().install_copy_bytes, copied * kPageSize);
     for (uint64_t i = done; i < done + copied; ++i) {
       if (att.state[first + i] == PageState::kFetching) {
         att.state[first + i] = PageState::kClean;

@@ -145,9 +145,11 @@ class FaultService {
   void FaultLoop();
   void HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr);
   void HandleWriteProtect(Attachment& att, uint64_t addr);
-  // A fetch's completion (a transport's thread, or the fault thread).
+  // A fetch's completion (a transport's thread, or the fault thread):
+  // installs the n pages at `data` (valid while it runs: the transport's
+  // registered slot, or `buf`); `buf` goes back to the pool.
   void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
-               uint64_t gen, absl::Status st);
+               const uint8_t* data, uint64_t gen, absl::Status st);
   // Install's failed fetches: "retry", a hole in a read-ahead, an error.
   void FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
                    const absl::Status& st);

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
@@ -59,6 +60,11 @@ void NoteDeviceRemoval() {
   g_release_until_ns = absl::ToUnixNanos(absl::Now() + absl::Seconds(60));
   ReleaseRemovedDevices();
 }
+
+// How long a requester polls after its last post while answers are due,
+// in units of the spin time: a round trip with the home's exporter read
+// in it takes longer than the gap between completions.
+constexpr int kInFlightSpinFactor = 4;
 
 PeerLiveness::Options LivenessOptions(const RdmaTransport::Options& o) {
   PeerLiveness::Options l;
@@ -371,7 +377,12 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, int time
                    {c->cm->fd, POLLIN, 0},
                    {c->wake_fd, POLLIN, 0},
                    {c->id->verbs->async_fd, POLLIN, 0}};
-  if (poll(fds, 4, timeout_ms) < 0 && errno != EINTR) {
+  // A requester's post while we sleep wakes us to poll for its answer
+  // (PumpLocked).
+  c->sleeping.store(true, std::memory_order_relaxed);
+  int r = poll(fds, 4, timeout_ms);
+  c->sleeping.store(false, std::memory_order_relaxed);
+  if (r < 0 && errno != EINTR) {
     *why = "poll failed";
     return;
   }
@@ -409,6 +420,8 @@ void SleepUntilEvent(Conn* c, bool* armed, absl::Time* last_completion, int time
   }
   if (fds[3].revents & POLLIN) c->AsyncEventsReady(c->id->verbs);
 }
+
+bool NoExporterJobs(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) { return c->exporter_jobs == 0; }
 
 // Before the connection's thread sleeps: tells PeerLiveness what it saw
 // since the last time, sends a heartbeat it asks for, and sets `why` if the
@@ -463,6 +476,7 @@ void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
   ibv_wc wc[32];
   absl::Time last_completion = absl::Now();
   const absl::Duration spin = absl::Microseconds(spin_us);
+  const absl::Duration spin_posted = kInFlightSpinFactor * spin;
   bool armed = false;
   while (why.empty()) {
     int n = ibv_poll_cq(c->cq, 32, wc);
@@ -477,18 +491,30 @@ void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
       if (spin_us > 0) last_completion = absl::Now();
       continue;
     }
+    bool in_flight;
     {
       absl::MutexLock lock(&c->mu);
       if (c->dead) {
         why = c->why;
         break;
       }
+      in_flight = c->role == Conn::Role::kRequester && c->pool->free_slots() < c->depth;
     }
     if (shutting_down.load()) {
       why = "transport shutting down";
       break;
     }
-    if (spin_us > 0 && absl::Now() - last_completion < spin) continue;
+    if (spin_us > 0) {
+      // Keep polling a while after the last completion (more may follow),
+      // and while requests are in flight for a while after the last post
+      // (its answer is on the way: polling for it saves the interrupt
+      // and the wake-up); bounded both, then sleep on the channel.
+      absl::Time now = absl::Now();
+      if (now - last_completion < spin) continue;
+      if (in_flight &&
+          now - absl::FromUnixNanos(c->last_post_ns.load(std::memory_order_relaxed)) < spin_posted)
+        continue;
+    }
     if (!armed) {
       // Arm, then poll once more before sleeping: a completion between the
       // last poll and the arming raises no event.
@@ -519,10 +545,17 @@ void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
               c->role == Conn::Role::kHome ? "connection from" : "connection to", c->node, why,
               owed.size());
   FailChunks(c, std::move(owed), why);
-  // Dead: nobody posts any more (Submit and PumpLocked check `dead` under
-  // mu). Release the device now, not when the connection is reaped: a
-  // removed device waits for its last user; and a dead mapper's pinned
-  // pool and queue pair go now, not when the next connection is reaped.
+  // Dead: nobody posts any more (Submit, PumpLocked and PostResponse check
+  // `dead` under mu). The exporter workers may still be in a job of ours,
+  // writing into the pool: wait for them (a queued job sees `dead` and
+  // returns at once; a running one ends with its exporter access).
+  {
+    absl::MutexLock lock(&c->mu);
+    c->mu.Await(absl::Condition(&NoExporterJobs, c));
+  }
+  // Release the device now, not when the connection is reaped: a removed
+  // device waits for its last user; and a dead mapper's pinned pool and
+  // queue pair go now, not when the next connection is reaped.
   c->DestroyVerbs();
   if (why == kDeviceRemoved) NoteDeviceRemoval();
 }
@@ -779,6 +812,7 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   c->depth = use.depth;
   c->slot_bytes = use.slot_bytes;
   c->server = server_;
+  c->exporter = exporter_.get();
   c->id = id;
   absl::Status st;
   c->cm = rdma_create_event_channel();
@@ -884,6 +918,7 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
   c->incarnation = home.incarnation;
   c->depth = options_.queue_depth;
   c->slot_bytes = options_.slot_bytes;
+  c->spin_us = EffectiveSpinUs(options_.spin_us);  // before it is shared: PumpLocked reads it
   c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (c->wake_fd < 0) return SetupError(errno, "eventfd");
   conns_[home.node_id] = c;
@@ -898,6 +933,9 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
 
 void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
   c->thread_role.Bind();
+  // Holds the set-up before it starts (no lock held): a test queues
+  // requests that must wait for the negotiation's answer.
+  TETHER_FAULT_POINT("rdma.connect.before_connect");
   absl::Status st = Connect(c, home);
   std::vector<Connection::Chunk> owed;
   std::string why;
@@ -915,6 +953,9 @@ void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
           continue;
         }
         ch.op->chunks_left += (ch.length + c->slot_bytes - 1) / c->slot_bytes - 1;
+        // An in-place read is answered from its one slot; cut, it is
+        // copied into its buffer chunk by chunk as Submit does.
+        if (ch.op->in_place) Connection::CopyInsteadOfInPlace(*ch.op);
         for (uint64_t off = 0; off < ch.length; off += c->slot_bytes)
           cut.push_back(
               {ch.op, ch.op_offset + off,
@@ -942,7 +983,7 @@ void RdmaTransport::ConnectAndRun(Connection* c, const DataEndpoint& home) {
   }
   TLOG_INFO("rdma: data connection to node %d at %s on %s", home.node_id, home.rdma_address,
             ibv_get_device_name(c->id->verbs->device));
-  RunConnection(c, EffectiveSpinUs(options_.spin_us), LivenessOptions(options_), shutting_down_);
+  RunConnection(c, c->spin_us, LivenessOptions(options_), shutting_down_);
 }
 
 absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {

@@ -8,6 +8,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/transport/rdma_transport_internal.h"
@@ -51,7 +53,7 @@ void FailChunks(Conn* c, std::vector<Conn::Chunk> owed, const std::string& why) 
       if (--ch.op->chunks_left == 0) done.push_back(ch.op);
     }
   }
-  for (auto& op : done) std::move(op->done)(op->status);
+  for (auto& op : done) Conn::Complete(*op, {});
 }
 
 // Posts as many waiting chunks as there are free slots, as one chained
@@ -138,7 +140,15 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     TLOG_WARN("rdma: ibv_post_send to node %d failed: %s", c->node, std::strerror(err));
     rdma_disconnect(c->id);
     c->Wake();
+    return;
   }
+  // Poll while requests are in flight (RunConnection): timed from now. A
+  // thread asleep since a quiet spell is woken now, while the request
+  // travels, rather than by the completion interrupt after the answer
+  // (one eventfd write here instead of a CQ event read there; only when
+  // spinning is on, i.e. more than one CPU).
+  c->last_post_ns.store(absl::GetCurrentTimeNanos(), std::memory_order_relaxed);
+  if (c->spin_us > 0 && c->sleeping.load(std::memory_order_relaxed)) c->Wake();
 }
 
 bool SendHeartbeat(Conn* c) {
@@ -191,21 +201,31 @@ namespace {
 // waits for one, and completes the operation with its last chunk. On the
 // connection's thread.
 void FinishChunk(Conn* c, uint32_t slot, Conn::Chunk ch, uint32_t status) {
-  // The one copy on the fault path: registered slot -> caller's buffer
-  // (outside the lock; the slot is still ours).
-  if (status == 0 && ch.op->is_read)
+  // An in-place read (one chunk) is handed the slot itself, which stays
+  // ours until its completion returned; any other read's bytes are copied
+  // out of the slot into the caller's buffer first (outside the lock; the
+  // slot is still ours).
+  const bool in_place = static_cast<bool>(ch.op->in_place);
+  if (status == 0 && ch.op->is_read && !in_place) {
     std::memcpy(ch.op->dst.data() + ch.op_offset, c->pool->slot(slot).data(), ch.length);
+    CountBytes(Counters().fetch_copy_bytes, ch.length);
+  }
   std::shared_ptr<Conn::Op> finished;
   {
     absl::MutexLock lock(&c->mu);
-    c->pool->Release(slot);
+    if (!in_place) c->pool->Release(slot);
     if (status != 0 && ch.op->status.ok())
       ch.op->status =
           FromWireStatus(status, absl::StrCat("node ", c->node, " refused the request"));
     if (--ch.op->chunks_left == 0) finished = ch.op;
+    if (!in_place) PumpLocked(c);
+  }
+  if (finished) Conn::Complete(*finished, c->pool->slot(slot).first(ch.length));
+  if (in_place) {
+    absl::MutexLock lock(&c->mu);
+    c->pool->Release(slot);
     PumpLocked(c);
   }
-  if (finished) std::move(finished->done)(finished->status);
 }
 
 }  // namespace
@@ -274,15 +294,22 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
 
 void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
                            uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                           Done done) {
+                           Done done, ReadDone in_place) {
   size_t len = is_read ? dst.size() : src.size();
+  auto fail = [&](absl::Status st) {
+    if (in_place) {
+      std::move(in_place)(std::move(st), {});
+    } else {
+      std::move(done)(std::move(st));
+    }
+  };
   if (len == 0 || len > kMaxPayload) {
-    std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
+    fail(absl::InvalidArgumentError("transport request length out of range"));
     return;
   }
   auto conn_or = GetConnection(home);
   if (!conn_or.ok()) {
-    std::move(done)(conn_or.status());
+    fail(conn_or.status());
     return;
   }
   Connection* c = conn_or->get();
@@ -294,12 +321,16 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
   op->dst = dst;
   op->src = src;
   op->done = std::move(done);
+  op->in_place = std::move(in_place);
   std::string why;
   {
     absl::MutexLock lock(&c->mu);
     // Queued (and posted at once if connected and a slot is free; else by
     // the connection's thread once it is up, or as slots free).
     if (!c->dead) {
+      // More than one slot: the chunks are copied into `dst` as they
+      // arrive. (slot_bytes under mu, as for the chunks below.)
+      if (op->in_place && len > c->slot_bytes) Connection::CopyInsteadOfInPlace(*op);
       op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
       for (uint64_t off = 0; off < len; off += c->slot_bytes)
         c->waiting.push_back(
@@ -309,8 +340,9 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
     }
     why = c->why;
   }
-  std::move(op->done)(NotSent(absl::UnavailableError(
-      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why))));
+  op->status = NotSent(absl::UnavailableError(
+      absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why)));
+  Connection::Complete(*op, {});
 }
 
 }  // namespace tether

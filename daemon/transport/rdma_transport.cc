@@ -87,6 +87,19 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
                                 ntohs(rdma_get_src_port(l->id)));
   secret_ = std::move(secret);
   server_ = server;
+  // With one CPU online the connection's thread serves the exporter
+  // itself: a hand-off to a worker would only add a switch per request
+  // (measured under the VM tier: tests/bench/README.md).
+  int workers = options_.exporter_workers;
+  if (workers < 0) workers = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? ExporterPool::kWorkers : 0;
+  if (workers > 0) {
+    exporter_ = std::make_unique<ExporterPool>();
+    for (int i = 0; i < workers; ++i) {
+      exporter_->threads.emplace_back([pool = exporter_.get()] {
+        while (auto job = pool->jobs.Pop()) RunExporterJob(*job);
+      });
+    }
+  }
   listener_ = std::move(l);
   listen_thread_ = std::thread([this] { ListenLoop(); });
   return absl::OkStatus();
@@ -102,6 +115,11 @@ void RdmaTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t gran
 void RdmaTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
                           absl::Span<const uint8_t> src, Done done) {
   Submit(home, false, segid, grant, offset, {}, src, std::move(done));
+}
+
+void RdmaTransport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                                uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {
+  Submit(home, true, segid, grant, offset, dst, {}, nullptr, std::move(done));
 }
 
 void RdmaTransport::Disconnect(uint32_t node) {
@@ -138,6 +156,11 @@ void RdmaTransport::Shutdown() {
   for (auto& c : conns)
     if (c->thread.joinable()) c->thread.join();
   conns.clear();  // tears down QPs, MRs, ids
+  // Every connection's thread waited for its exporter jobs: none is left.
+  if (exporter_) {
+    exporter_->jobs.Stop();
+    for (auto& t : exporter_->threads) t.join();
+  }
   listener_.reset();
 }
 

@@ -9,13 +9,16 @@
 //   slot = pool.Acquire()  (else queue)
 //   [write: copy src into slot]
 //   SEND  READ_REQ/WRITE_REQ{slot addr,rkey} ─▶ RECV  (repost at once)
-//                                             read:  BlockServer::ReadBlocks
+//                                             read:  an exporter worker:
+//                                                    BlockServer::ReadBlocks
 //                                                    into a home slot,
 //   RECV (imm = request)  ◀─ RDMA WRITE_WITH_IMM ─  home slot → requester slot
 //                                             write: RDMA READ requester slot
-//                                                    → home slot, WriteBlocks
+//                                                    → home slot; a worker:
+//                                                    WriteBlocks
 //   RECV  WRITE_RESP, or a refusal  ◀─ SEND ─
-//   [read: copy slot into dst]; pool.Release(slot); done(status)
+//   read: done(status) handed the slot (ReadInPlace, one slot), or the
+//   slot copied into dst; pool.Release(slot)
 //
 // - Memory is registered once per connection (a BufferPool of queue_depth
 //   slots of slot_bytes, plus the control-message rings): nothing is
@@ -26,10 +29,17 @@
 //   Requests beyond the window queue and are posted as slots free; requests
 //   larger than a slot are split and posted as one chained ibv_post_send
 //   (read-ahead batches).
-// - Completions: one thread per connection polls its CQ, spins for a short
-//   while after the last completion when more than one CPU is online
-//   (adaptive polling), then arms the completion channel and sleeps in
-//   poll(2) together with the connection's rdma_cm events and a wake fd.
+// - Completions: one thread per connection polls its CQ. When more than
+//   one CPU is online it keeps polling for spin_us after the last
+//   completion and, on a requester with requests in flight, for 4 x
+//   spin_us after the last post (a post wakes it if it slept: it polls
+//   for the answer instead of taking an interrupt and a wake-up after
+//   it); then it arms the completion channel and sleeps in poll(2)
+//   together with the connection's rdma_cm events and a wake fd.
+// - Copies of page contents: home, one (process_vm_readv/writev between
+//   the exporter and the home's registered slot); mapper, one for a
+//   ReadInPlace of up to a slot (UFFDIO_COPY from the registered slot),
+//   two otherwise (slot → dst, then the caller's).
 // - Authentication: the connect request's private data carries the
 //   requester's node id and the home's data token for that node, learned
 //   over the mutually authenticated control plane (data_token.h); a
@@ -83,12 +93,17 @@
 //   and one thread per connection on either side (RunConnection:
 //   completions, the connection's rdma_cm events, wake-ups, the liveness
 //   checks and heartbeats, its device's async events; a requester's thread
-//   first connects). ReadAsyncEvents runs on whichever of them saw the
-//   device's async fd readable, without locks held, and takes mu_ and the
-//   connections' mu in that order. `done` runs on a connection's
-//   thread, or inline on the caller's thread when the request fails before
-//   it is posted; home-side BlockServer calls run on the connection's
-//   thread. No lock is held while either runs.
+//   first connects), and, once Listen ran, the exporter workers shared by
+//   the home connections (two when more than one CPU is online: the
+//   BlockServer calls and the responses after them, so that a slow
+//   exporter page holds up only its own request). ReadAsyncEvents runs on
+//   whichever of them saw the device's async fd readable, without locks
+//   held, and takes mu_ and the connections' mu in that order. `done` runs
+//   on a connection's thread, or inline on the caller's thread when the
+//   request fails before it is posted; home-side BlockServer calls run on
+//   an exporter worker (without workers: on the connection's thread),
+//   writes under the requester node's NodeFence. No lock is held while
+//   either runs.
 // - mu_ guards conns_ and all_conns_ and is taken before a Connection's mu,
 //   never after. Listen writes listener_, bound_address_, secret_ and
 //   server_ before the listener thread starts; they are read-only after
@@ -129,6 +144,10 @@ class RdmaTransport : public Transport {
     uint32_t queue_depth = 32;         // requests in flight per connection
     uint32_t slot_bytes = 256 * 1024;  // one read-ahead batch
     int spin_us = -1;                  // adaptive polling; -1: 50 µs if >1 CPU, else 0
+    // Home side: threads that read and write the exporter off the
+    // connections' threads; -1: 2 if >1 CPU, else 0 (0: on the connection's
+    // thread: with one CPU a hand-off only adds a switch per request).
+    int exporter_workers = -1;
     int connect_timeout_ms = 3000;
     int heartbeat_interval_ms = 1000;  // quiet time before a requester's heartbeat
     int peer_timeout_ms = 5000;        // silence (while owed an answer) that kills a connection
@@ -162,19 +181,26 @@ class RdmaTransport : public Transport {
             absl::Span<uint8_t> dst, Done done) override;
   void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Done done) override;
+  // A read of at most one slot hands `done` the requester's slot itself
+  // (the home wrote into it; released when `done` returns): no copy out of
+  // registered memory. Larger reads are split and copied into `dst`.
+  void ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                   absl::Span<uint8_t> dst, ReadDone done) override;
   void Disconnect(uint32_t node) override;
   void Shutdown() override;
 
   struct Connection;  // rdma_transport_internal.h
 
  private:
-  struct Listener;   // rdma_transport_internal.h
-  struct NodeFence;  // rdma_transport_internal.h
+  struct Listener;      // rdma_transport_internal.h
+  struct NodeFence;     // rdma_transport_internal.h
+  struct ExporterPool;  // rdma_transport_internal.h
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
+  // `in_place` (reads of at most one slot only) replaces `done`.
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
-              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done,
+              ReadDone in_place = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
   // rdma_connection.cc. The live connection to `home` (this incarnation),
   // or a new one being set up by its own thread (never blocks): on the
   // caller's thread. An error only for an endpoint no connect could use.
@@ -220,6 +246,9 @@ class RdmaTransport : public Transport {
   std::string secret_;
   BlockServer* server_ = nullptr;
   std::thread listen_thread_;
+  // Home side: the exporter workers (started by Listen, stopped by
+  // Shutdown after the connections' threads).
+  std::unique_ptr<ExporterPool> exporter_;
 };
 
 }  // namespace tether

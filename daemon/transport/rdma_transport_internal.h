@@ -18,32 +18,46 @@
 //   From then on, until DestroyVerbs, the set-up fields are read-only:
 //   role, node, incarnation, depth, slot_bytes, use_inline, the rdma_cm and
 //   verbs objects, the control ring, the pool's memory (pool->slot(),
-//   base()), pool_mr, server, fence, generation. wake_fd is set before the
-//   connection is published.
+//   base()), pool_mr, server, exporter, fence, generation. wake_fd is set
+//   before the connection is published.
 // - The connection's thread alone touches unacked_cq_events, completions,
-//   heartbeat_answered, liveness, the home side's serving/backlog/
-//   unreleased, the connection's rdma_cm events, and calls DestroyVerbs
-//   once `dead` is set: nobody posts after that (Submit and PumpLocked
-//   check `dead` under mu).
+//   heartbeat_answered, liveness, the home side's serving/backlog, the
+//   connection's rdma_cm events, and calls DestroyVerbs once `dead` is set
+//   and no exporter job of the connection is left (exporter_jobs == 0):
+//   nobody posts after that (Submit, PumpLocked and PostResponse check
+//   `dead` under mu).
+// - Home side: the exporter's reads and writes (BlockServer calls) run on
+//   the transport's exporter workers (ExporterPool; with one CPU online,
+//   none: on the connection's thread), so one slow page (an exporter page
+//   fault, a contended mmap_lock) does not hold up the completions, the
+//   receives, the heartbeats and the other requests of the peer. A job
+//   names a pool slot the connection's thread acquired; the worker fills or
+//   drains it, then posts the response itself (PostResponse, under mu).
 // - Connection::mu guards `dead`, `why`, `connected`, `setup_status`, the
 //   requester's tables (heartbeat_slot included), the pool's free list
 //   (pool->Acquire/Release/free_slots, on both sides: the pool is also the
-//   window) and each Op's chunks_left and status. It is never held while
-//   `done` runs or while a BlockServer call runs.
-// - NodeFence::mu is held by a home connection's thread across each
-//   WriteBlocks call, and taken by a newer connection's thread from the
-//   same node before it serves anything: a write that arrived on a
+//   window), each Op's chunks_left and status, and the home side's
+//   unreleased and exporter_jobs. It is never held while `done` runs or
+//   while a BlockServer call runs.
+// - NodeFence::mu is held across each WriteBlocks call of a home
+//   connection (by the exporter worker that runs it, or the connection's
+//   thread without workers), and taken by a newer connection's thread from
+//   the same node before it serves anything: a write that arrived on a
 //   replaced connection can never reach the exporter after one that
-//   arrived on its replacement. Taken after no other lock.
+//   arrived on its replacement (a replaced connection's queued writes see
+//   the newer generation and drop their connection). Taken after no other
+//   lock.
 // - Lock order: RdmaTransport::mu_ before a Connection's mu (GetConnection,
 //   Disconnect, Accept); never the other way round.
 // - Posting: a requester posts its SENDs (requests, heartbeats) from any
 //   thread, under mu (PumpLocked: the caller of Read/Write, or the
 //   connection's thread when a slot frees; it releases mu only to copy
 //   write data into slots it already took; SendHeartbeat: the connection's
-//   thread); a home posts its responses, heartbeat answers and RDMA READs
-//   only from the connection's thread, without mu. Receives are reposted
-//   by the connection's thread.
+//   thread); a home posts its responses from an exporter worker under mu
+//   (so that `unreleased` is in posting order), and its heartbeat answers
+//   and RDMA READs from the connection's thread, without mu (verbs
+//   serialise posts to one QP). Receives are reposted by the connection's
+//   thread.
 #ifndef TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 #define TETHER_DAEMON_TRANSPORT_RDMA_TRANSPORT_INTERNAL_H_
 
@@ -65,6 +79,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "daemon/common/thread_role.h"
+#include "daemon/common/work_queue.h"
 #include "daemon/transport/buffer_pool.h"
 #include "daemon/transport/peer_liveness.h"
 #include "daemon/transport/rdma_transport.h"
@@ -107,6 +122,9 @@ struct RdmaTransport::Connection {
     absl::Span<uint8_t> dst;
     absl::Span<const uint8_t> src;
     Done done;
+    // Instead of `done`, for a read of one chunk (ReadInPlace): handed the
+    // requester's slot the home wrote into, before the slot is released.
+    ReadDone in_place;
     // Guarded by the connection's mu (not expressible as ABSL_GUARDED_BY:
     // an Op does not know its connection). Whoever takes chunks_left to 0
     // runs `done`, outside mu.
@@ -116,6 +134,25 @@ struct RdmaTransport::Connection {
     // served (part of) it (FailChunks: LostInFlight, not NotSent).
     bool sent = false;
   };
+  // Turns an in-place read into one whose chunks are copied into its
+  // `dst` (it no longer fits one slot); its completion is handed `dst`.
+  static void CopyInsteadOfInPlace(Op& op) {
+    op.done = [dst = op.dst, in_place = std::move(op.in_place)](absl::Status st) mutable {
+      absl::Span<const uint8_t> data;
+      if (st.ok()) data = dst;
+      std::move(in_place)(std::move(st), data);
+    };
+    op.in_place = nullptr;
+  }
+  // Runs the op's completion (`data`: for an in-place read, its bytes in
+  // the slot; empty otherwise). Outside mu, once chunks_left reached 0.
+  static void Complete(Op& op, absl::Span<const uint8_t> data) {
+    if (op.in_place) {
+      std::move(op.in_place)(op.status, op.status.ok() ? data : absl::Span<const uint8_t>());
+    } else {
+      std::move(op.done)(op.status);
+    }
+  }
   struct Chunk {
     std::shared_ptr<Op> op;
     uint64_t op_offset = 0;
@@ -154,8 +191,19 @@ struct RdmaTransport::Connection {
   ibv_mr* pool_mr = nullptr;
   int wake_fd = -1;
   unsigned unacked_cq_events = 0;  // the connection's thread only
+  // Requester side, polling while requests are in flight: when the last
+  // request was posted (absl::GetCurrentTimeNanos), and whether the
+  // connection's thread sleeps in poll(2). A post to a sleeping thread
+  // wakes it (when it spins at all: spin_us > 0) so that it polls for the
+  // answer instead of taking the completion interrupt and a wake-up after
+  // it; a wake-up missed in between costs only that.
+  int spin_us = 0;
+  std::atomic<int64_t> last_post_ns{0};
+  std::atomic<bool> sleeping{false};
 
   BlockServer* server = nullptr;  // home side
+  // Home side: where BlockServer calls run (null: on this thread).
+  RdmaTransport::ExporterPool* exporter = nullptr;
   // Home side: the requester node's fence, and this connection's place in
   // the order of connections from that node (Accept numbers them).
   std::shared_ptr<NodeFence> fence;
@@ -211,7 +259,10 @@ struct RdmaTransport::Connection {
   // unsignalled but for one in kSignalEvery (or when the pool is empty):
   // completions of one send queue arrive in order, so a signalled one
   // retires every slot posted before it.
-  std::deque<uint32_t> unreleased;
+  std::deque<uint32_t> unreleased ABSL_GUARDED_BY(mu);
+  // Exporter jobs of this connection queued or running on the workers;
+  // the connection's thread waits for 0 before it releases the pool.
+  uint32_t exporter_jobs ABSL_GUARDED_BY(mu) = 0;
 
   ~Connection() { Destroy(); }
 
@@ -265,6 +316,29 @@ struct RdmaTransport::NodeFence {
   uint64_t current ABSL_GUARDED_BY(mu) = 0;
 };
 
+// ---------------------------------------------------------------- exporter workers
+
+// A home's exporter access for one request, off the connection's thread:
+// read the exporter into pool slot `slot` and answer with the data, or (a
+// write whose bytes an RDMA READ brought into the slot) write them to the
+// exporter and answer.
+struct ExporterJob {
+  Conn* c = nullptr;  // alive: its thread waits for its jobs (exporter_jobs)
+  uint32_t slot = 0;
+  RdmaMessage m;
+};
+
+// A few threads shared by every home connection of the transport, started
+// by Listen, stopped by Shutdown once every connection's thread was joined
+// (those wait for their jobs). Any worker takes any job: requests of one
+// peer are independent (each names its own slot and range; a mapper never
+// has a read and a write of one page in flight at once).
+struct RdmaTransport::ExporterPool {
+  static constexpr int kWorkers = 2;  // Options::exporter_workers -1, >1 CPU
+  WorkQueue<ExporterJob> jobs;
+  std::vector<std::thread> threads;
+};
+
 // The listening rdma_cm id and its event channel. Created by Listen before
 // the listener thread starts; `id` is then the listener thread's (it drops
 // and re-creates it around a device removal); destroyed by Shutdown after
@@ -283,8 +357,10 @@ struct RdmaTransport::Listener {
 // ---------------------------------------------------------------- requester
 // rdma_requester.cc.
 
-// Posts as many waiting chunks as there are free slots. Any thread: the
-// caller of Read/Write (Submit), or the connection's thread as slots free.
+// Posts as many waiting chunks as there are free slots, notes the time
+// (last_post_ns) and wakes a sleeping connection thread to poll for the
+// answers. Any thread: the caller of Read/Write (Submit), or the
+// connection's thread as slots free.
 void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu);
 // Completes chunks that will never be answered. On the connection's thread,
 // as it ends: never-sent chunks fail as NotSent (or with the set-up's
@@ -314,12 +390,17 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
 // A heartbeat (a zero-length SEND) arrived in receive slot `i`: answer it.
 bool AnswerHeartbeat(Conn* c, uint32_t i, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // A request arrived in receive slot `i`.
+// (ServeRequest, ResponseSent, WriteFetched: on the connection's thread;
+// RunExporterJob: on an exporter worker.)
 bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why)
     ABSL_LOCKS_EXCLUDED(c->mu);
 // A signalled response from pool slot `slot` completed.
 bool ResponseSent(Conn* c, uint32_t slot, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
 // The RDMA READ of a write's bytes into pool slot `slot` completed.
 bool WriteFetched(Conn* c, uint32_t slot, std::string* why) ABSL_LOCKS_EXCLUDED(c->mu);
+// Runs one exporter job and posts its response; a failure to post drops
+// the connection (marks it dead and wakes its thread).
+void RunExporterJob(const ExporterJob& job) ABSL_LOCKS_EXCLUDED(job.c->mu);
 
 }  // namespace tether
 

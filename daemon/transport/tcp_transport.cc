@@ -14,6 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
@@ -246,6 +247,8 @@ void TcpTransport::ServeLoop(int fd) {
       if (!SendFrame(fd, resp,
                      st.ok() ? absl::Span<const uint8_t>(data) : absl::Span<const uint8_t>()))
         break;
+      // The payload's copy into the socket (data_counters.h).
+      if (st.ok()) CountBytes(Counters().serve_copy_bytes, data.size());
     } else if (h->type == FrameType::kNoticeReq) {
       resp.type = FrameType::kNoticeResp;
       if (!ReadFull(fd, data.data(), data.size())) break;
@@ -507,6 +510,8 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
         why = "read response of the wrong length";
         break;
       }
+      // The payload's copy out of the socket (data_counters.h).
+      CountBytes(Counters().fetch_copy_bytes, p.dst.size());
       if (!ReadFull(conn->fd, p.dst.data(), p.dst.size())) {
         std::move(p.done)(absl::UnavailableError("connection lost mid-response"));
         break;

@@ -18,6 +18,15 @@ bool Tagged(const absl::Status& status, const char* payload) {
 }
 }  // namespace
 
+void Transport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                            uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {
+  Read(home, segid, grant, offset, dst, [dst, done = std::move(done)](absl::Status st) mutable {
+    absl::Span<const uint8_t> data;
+    if (st.ok()) data = dst;
+    std::move(done)(std::move(st), data);
+  });
+}
+
 absl::Status SetupFailure(absl::Status status) { return Tag(std::move(status), kSetupPayload); }
 bool IsSetupFailure(const absl::Status& status) { return Tagged(status, kSetupPayload); }
 absl::Status StaleToken(absl::Status status) { return Tag(std::move(status), kStaleTokenPayload); }

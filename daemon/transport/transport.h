@@ -63,6 +63,9 @@ class Transport {
  public:
   // Runs exactly once, possibly on a transport thread; must not block long.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
+  // A read's completion that is handed the bytes where they are (ReadInPlace):
+  // `data` (empty unless the status is OK) is valid only while it runs.
+  using ReadDone = absl::AnyInvocable<void(absl::Status, absl::Span<const uint8_t> data) &&>;
 
   virtual ~Transport() = default;
   virtual const char* name() const = 0;
@@ -81,6 +84,14 @@ class Transport {
                     absl::Span<uint8_t> dst, Done done) = 0;
   virtual void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
                      absl::Span<const uint8_t> src, Done done) = 0;
+  // A read whose completion may be handed the bytes where the transport
+  // received them (rdma: its registered slot, held until `done` returns)
+  // instead of in `dst`: a caller that only copies them on (the mapper's
+  // UFFDIO_COPY) saves a copy. `dst` (dst.size() bytes, valid until `done`
+  // ran) is used when the transport cannot do that; `data` is then `dst`.
+  // This default: Read into `dst`.
+  virtual void ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                           uint64_t offset, absl::Span<uint8_t> dst, ReadDone done);
 
   // Fails every request in flight to `node` and drops its connection (the
   // peer restarted or was fenced).

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,113 @@ def munmap_bench(build_dir, rounds):
     return rows
 
 
+# ---------------------------------------------------------------- structural costs
+# Issue 15: per 4 KiB fault and per MiB of sequential read, on each side
+# (the mapper's daemon, the home's), the CPU copies of page contents, the
+# syscalls and the context switches. They do not depend on the hardware,
+# so they are measured in one extra counted run after the timed rounds (the
+# timed figures stay free of the counting):
+# - copies: the daemons' own counters (daemon/common/data_counters.h, in
+#   `tetherctl status --json`), bytes copied by memcpy or by a copying
+#   syscall (send/recv payload, process_vm_readv, UFFDIO_COPY) divided by
+#   the bytes moved (mapper: fetched; home: served);
+# - syscalls: `perf stat -e raw_syscalls:sys_enter -p PID` around the run
+#   (the daemon's threads then alive: connections and workers exist after
+#   the timed rounds); rows left out when perf cannot count them;
+# - context switches: voluntary + nonvoluntary of every thread of the
+#   daemon (/proc/PID/task/*/status), before and after.
+STRUCT_BASE = "count (hardware-independent)"
+
+
+def daemon_counters(node):
+    r = node.ctl("status", "--json")
+    if r.returncode != 0:
+        raise RuntimeError("tetherctl status: %s" % (r.stdout + r.stderr))
+    return json.loads(r.stdout)["counters"]
+
+
+def daemon_ctxsw(node):
+    pid = node.daemon.pid
+    r = node.run(["sh", "-c", "cat /proc/%d/task/*/status 2>/dev/null" % pid])
+    n = 0
+    for line in r.stdout.splitlines():
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            n += int(line.split()[1])
+    return n
+
+
+class SyscallCount:
+    """perf stat of one daemon's syscalls while it runs (None if perf
+    cannot count them here)."""
+
+    def __init__(self, node):
+        self.node = node
+        self.out = "/tmp/tether-bench-perf-%d-%d.txt" % (node.id, os.getpid())
+        try:
+            self.proc = node.popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
+                                    "-o", self.out, "-p", str(node.daemon.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+        time.sleep(0.3)  # perf attaches to every thread before the run starts
+
+    def stop(self):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        r = self.node.run(["cat", self.out])
+        self.node.run(["rm", "-f", self.out])
+        for line in r.stdout.splitlines():
+            f = line.split(",")
+            if len(f) > 2 and "raw_syscalls:sys_enter" in f[2] and f[0].strip().isdigit():
+                return int(f[0])
+        return None
+
+
+def counted_run(mapper, home, run):
+    """Runs `run()` once, returns {side: (copies_per_page, syscalls,
+    ctxsw)} for "mapper" and "home" (syscalls None when perf cannot count)."""
+    sides = {"mapper": mapper, "home": home}
+    c0 = {k: daemon_counters(n) for k, n in sides.items()}
+    x0 = {k: daemon_ctxsw(n) for k, n in sides.items()}
+    perf = {k: SyscallCount(n) for k, n in sides.items()}
+    run()
+    sc = {k: p.stop() for k, p in perf.items()}
+    x1 = {k: daemon_ctxsw(n) for k, n in sides.items()}
+    c1 = {k: daemon_counters(n) for k, n in sides.items()}
+    d = {k: {f: c1[k][f] - c0[k][f] for f in c1[k]} for k in sides}
+    m, h = d["mapper"], d["home"]
+    copies = {
+        "mapper": (m["fetch_copy_bytes"] + m["install_copy_bytes"]) / max(1, m["fetched_bytes"]),
+        "home": (h["serve_copy_bytes"] + h["exporter_copy_bytes"]) / max(1, h["served_bytes"]),
+    }
+    return {k: (copies[k], sc[k], x1[k] - x0[k]) for k in sides}
+
+
+def structural_rows(prefix, mapper, home, faults, random_run, size, seq_run):
+    """The rows above for `faults` random 4 KiB faults (`random_run`) and a
+    sequential read of `size` bytes (`seq_run`)."""
+    rows = []
+    for what, per, n, run in (("4k_fault", "fault", faults, random_run),
+                              ("seq_mib", "MiB", size / MiB, seq_run)):
+        got = counted_run(mapper, home, run)
+        for side in ("mapper", "home"):
+            copies, sysc, ctx = got[side]
+            rows.append(("%s_%s_%s_copies_per_page" % (prefix, what, side), copies, "x",
+                         "CPU copies of page contents per byte moved", 0, 0, "report", True))
+            if sysc is not None:
+                rows.append(("%s_%s_%s_syscalls" % (prefix, what, side), sysc / n,
+                             "/" + per, STRUCT_BASE, 0, 0, "report", True))
+            rows.append(("%s_%s_%s_ctx_switches" % (prefix, what, side), ctx / n, "/" + per,
+                         STRUCT_BASE, 0, 0, "report", True))
+    return rows
+
+
 def main():
     global BENCH
     ap = argparse.ArgumentParser()
@@ -208,6 +316,9 @@ def fault_bench(a, rounds, faults, size):
             res["stream"].append(s["tcp_stream_mbps"])
             res["seq"].append(m["map_seq_mbps"])
             res["useq"].append(q["uffd_seq_mbps"])
+        struct = structural_rows("tcp", n2, n1, faults,
+                                 lambda: bench(n2, "map-random", e.segid, size, faults), size,
+                                 lambda: bench(n2, "map-seq", e.segid, size))
         e.close()
         server.kill()
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -231,7 +342,7 @@ def fault_bench(a, rounds, faults, size):
          med["useq"] / med["stream"], "report", True),
         ("seq_read_bandwidth", med["seq"], "MB/s", UFFD_SEQ, med["useq"],
          med["seq"] / med["useq"], "report", True),
-    ]
+    ] + struct
     print("(fault bench: medians of %d interleaved rounds; %d faults each; %d MiB segment; "
           "floor parts: null uffd fault p50 %.1f us (zero page, same process: %.1f us), "
           "TCP 4 KiB RTT p50 %.1f us)" % (rounds, faults, size // MiB, med["uffd"], med["zero"],
@@ -298,6 +409,9 @@ def rdma_fault_bench(a, rounds, faults, size):
             res["fault99"].append(f["map_fault_p99_us"])
             res["readbw"].append(bw[3] * 1.048576)  # BW average
             res["seq"].append(m["map_seq_mbps"])
+        struct = structural_rows("rdma", n2, n1, faults,
+                                 lambda: bench(n2, "map-random", e.segid, size, faults), size,
+                                 lambda: bench(n2, "map-seq", e.segid, size))
         e.close()
         fb = c.rdma_fallbacks()
         if fb:
@@ -316,7 +430,7 @@ def rdma_fault_bench(a, rounds, faults, size):
          med["fault99"] / floor50, "report", True),
         ("rdma_seq_read_bandwidth", med["seq"], "MB/s", "ib_read_bw 256 KiB, same link",
          med["readbw"], med["seq"] / med["readbw"], ">= 0.8", med["seq"] / med["readbw"] >= 0.8),
-    ]
+    ] + struct
     print("(rdma fault bench %s: medians of %d interleaved rounds; %d faults each; %d MiB "
           "segment; floor parts: null uffd fault p50 %.1f us (zero page, same process: %.1f us), "
           "ib_send_lat 4 KiB typical %.1f us one way; ib_read_bw %.1f MB/s)" %

@@ -225,6 +225,64 @@ TEST_F(DataPathTest, SetupFailureOnRdmaReissuesOverTcpOnceAndTheNodeStaysOnTcp) 
   EXPECT_EQ(other.TransportFor(kPeer, Endpoint(kPeer)), "rdma");
 }
 
+// ReadInPlace (the fault path's fetch): the same choice and fall back as
+// Read; `done` gets the bytes, once, in `dst` for a transport that has no
+// registered buffer of its own to hand over (the fakes, tcp, this node).
+struct InPlaceAnswer {
+  int calls = 0;
+  absl::Status status = absl::UnknownError("never answered");
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  Transport::ReadDone Done() {
+    return [this](absl::Status st, absl::Span<const uint8_t> d) {
+      ++calls;
+      status = std::move(st);
+      data = d.data();
+      size = d.size();
+    };
+  }
+};
+
+TEST_F(DataPathTest, ReadInPlaceHandsTheBytesOverAndFallsBackOnce) {
+  InPlaceAnswer a;
+  path_.ReadInPlace(kPeer, kSegid, kGrant, 8192, Buf(4096), a.Done());
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(a.data, buf_.data());
+  EXPECT_EQ(a.size, 4096u);
+  EXPECT_TRUE(BufIsHome(8192));
+  EXPECT_EQ(rdma_.count(), 1u);
+  EXPECT_EQ(tcp_.count(), 0u);
+
+  rdma_.ScriptNext(FakeTransport::SetupFailed());
+  InPlaceAnswer b;
+  path_.ReadInPlace(kPeer, kSegid, kGrant, 4096, Buf(8192), b.Done());
+  EXPECT_EQ(b.calls, 1) << "done runs once, with the tcp answer";
+  EXPECT_TRUE(b.status.ok()) << b.status;
+  EXPECT_EQ(b.data, buf_.data());
+  EXPECT_EQ(b.size, 8192u);
+  EXPECT_TRUE(BufIsHome(4096));
+  EXPECT_EQ(rdma_.count(), 2u);
+  EXPECT_EQ(tcp_.count(), 1u) << "reissued over tcp exactly once";
+  EXPECT_EQ(path_.TransportFor(kPeer, Endpoint(kPeer)), "tcp");
+
+  // A failure that is not a set-up failure reaches `done` with no bytes.
+  tcp_.ScriptNext(FakeTransport::Refused(EACCES));
+  InPlaceAnswer c;
+  path_.ReadInPlace(kPeer, kSegid, kGrant, 0, Buf(4096), c.Done());
+  EXPECT_EQ(c.calls, 1);
+  EXPECT_EQ(ToErrno(c.status), EACCES) << c.status;
+  EXPECT_EQ(c.size, 0u);
+
+  // This node's own home: read straight into `dst`.
+  InPlaceAnswer d;
+  path_.ReadInPlace(kSelf, kSegid, kGrant, 0, Buf(4096), d.Done());
+  EXPECT_EQ(d.calls, 1);
+  EXPECT_TRUE(d.status.ok()) << d.status;
+  EXPECT_EQ(d.data, buf_.data());
+  EXPECT_EQ(std::memcmp(buf_.data(), local_.mem.data(), 4096), 0);
+}
+
 TEST_F(DataPathTest, AWriteFallsBackWithItsBytes) {
   rdma_.ScriptNext(FakeTransport::SetupFailed());
   std::vector<uint8_t> src(3 * 4096);
@@ -557,6 +615,42 @@ TEST_F(DataPathRetryTest, StaleTokenIsLearnedAgainAndTheRequestRetriedOnce) {
   EXPECT_EQ(rdma_.count(), 4u);
   EXPECT_EQ(tcp_.count(), 0u);
   EXPECT_EQ(Due(), 0u);
+}
+
+// ReadInPlace goes through the same retries as Read: a read lost in flight
+// or never sent is sent again from the timer (the caller hears nothing
+// until it is answered), a stale token once after learning it again, and
+// the answer carries the bytes.
+TEST_F(DataPathRetryTest, AnInPlaceReadIsRetriedAsAReadIs) {
+  rdma_.ScriptNext(FakeTransport::ConnectionLost());
+  rdma_.ScriptNext(FakeTransport::NeverSent());
+  InPlaceAnswer a;
+  retrying_.ReadInPlace(kPeer, kSegid, kGrant, 8192, Buf(4096), a.Done());
+  EXPECT_EQ(a.calls, 0) << "a lost in-place read is not the client's error";
+  ASSERT_EQ(Due(), 1u) << "sent again from the timer, not inline";
+  RunNext();
+  EXPECT_EQ(a.calls, 0) << "never sent: sent again too";
+  ASSERT_EQ(Due(), 1u);
+  RunNext();
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_TRUE(a.status.ok()) << a.status;
+  EXPECT_EQ(a.data, buf_.data());
+  EXPECT_EQ(a.size, 4096u);
+  EXPECT_TRUE(BufIsHome(8192));
+  EXPECT_EQ(rdma_.count(), 3u);
+  EXPECT_EQ(tcp_.count(), 0u);
+
+  rdma_.ScriptNext(StaleToken(FakeTransport::Refused(EACCES)));
+  InPlaceAnswer b;
+  retrying_.ReadInPlace(kPeer, kSegid, kGrant, 0, Buf(4096), b.Done());
+  EXPECT_EQ(b.calls, 0);
+  EXPECT_EQ(forgets_, 1);
+  ASSERT_EQ(Due(), 1u);
+  RunNext();
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_TRUE(b.status.ok()) << b.status;
+  EXPECT_TRUE(BufIsHome(0));
+  EXPECT_EQ(rdma_.requests().back().token, "the-new-token");
 }
 
 // A write that never left is sent again, once; the home sees it once.

@@ -116,6 +116,19 @@ fi
 if [ -n "$RELEASE" ] && suite rdma && [ -z "${TETHER_VM_DAEMON_K:-}" ]; then
   if modprobe rdma_rxe && modprobe rdma_ucm && modprobe ib_uverbs; then
     echo "PASS rdma modules: rdma_rxe rdma_ucm ib_uverbs"
+    # RdmaTransport itself (tests/unit/rdma_transport_test.cc): home and
+    # requester in one process on a Soft-RoCE device of its own.
+    ip link add trt0 type dummy && ip addr add 10.98.0.1/24 dev trt0 && ip link set trt0 up &&
+      rdma link add trtrxe type rxe netdev trt0
+    if TETHER_RDMA_TEST_ADDR=10.98.0.1 timeout $((120 * SCALE)) \
+        "$RELEASE/tests/rdma_transport_test" > /tmp/rdma_transport_test.log 2>&1; then
+      echo "PASS rdma_transport_test: $(grep -c '^\[       OK' /tmp/rdma_transport_test.log) tests"
+    else
+      sed 's/^/    /' /tmp/rdma_transport_test.log | tail -40
+      echo "FAIL rdma_transport_test"
+      rc=1
+    fi
+    rdma link delete trtrxe; ip link delete trt0
     export TETHER_CLUSTER_NET=flat TETHER_CLUSTER_RDMA=1
     daemon_suite rdma-core "$REPO/tests/multinode/test_core.py" "${TETHER_VM_RDMA_K:-}"
     [ -n "${TETHER_VM_RDMA_K:-}" ] ||
