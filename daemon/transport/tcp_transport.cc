@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
@@ -27,7 +28,23 @@ namespace tether {
 // An outgoing connection: for data requests (conns_) or for a home's
 // invalidation notices (notice_conns_). node, fd and notices are set
 // before it is shared.
+//
+// A data connection is made on its own thread (DialThenReceive), not on the
+// caller's, which is often the node's one fault thread: a home that does
+// not answer would otherwise stall every fault of the node for the
+// connect and hello timeouts (~8 s). Requests sent meanwhile wait in
+// `queued` and go out, in order, once the hello is answered; a failed
+// set-up answers them with its status. fd is written under mu by that
+// thread while `connecting` (so that Disconnect and Shutdown can cut a
+// set-up short) and fixed once `connecting` is false.
 struct TcpTransport::Connection {
+  struct Queued {
+    int type;
+    uint64_t segid, grant, offset;
+    absl::Span<uint8_t> dst;
+    absl::Span<const uint8_t> src;
+    Done done;
+  };
   uint32_t node = 0;
   int fd = -1;
   bool notices = false;
@@ -35,6 +52,8 @@ struct TcpTransport::Connection {
   absl::Mutex mu;
   absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
   bool dead ABSL_GUARDED_BY(mu) = false;
+  bool connecting ABSL_GUARDED_BY(mu) = false;
+  std::vector<Queued> queued ABSL_GUARDED_BY(mu);
   // Started under the transport's mu_; joined under it (GetConnection's
   // reaping) or by Shutdown once it took the connection out of all_conns_.
   std::thread receiver;
@@ -222,6 +241,9 @@ void TcpTransport::ServeLoop(int fd) {
       goto out;
     }
     peer = static_cast<uint32_t>(h->segid);
+    // Holds the answer to a hello (no lock held): a test's requester is
+    // then waiting for it.
+    TETHER_FAULT_POINT("tcp.serve.before_hello_ack");
     FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, 0, 0};
     if (!SendFrame(fd, ack, {})) goto out;
   }
@@ -276,21 +298,30 @@ out:
   close(fd);
 }
 
-absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConnection(
-    const DataEndpoint& home, bool notices) {
-  {
-    absl::MutexLock lock(&mu_);
-    auto& table = notices ? notice_conns_ : conns_;
-    auto it = table.find(home.node_id);
-    if (it != table.end()) return it->second;
-  }
+absl::StatusOr<int> TcpTransport::Dial(const DataEndpoint& home, bool notices, Connection* conn) {
   if (home.address.empty())
     return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
+  if (home.token.size() != kDataTokenSize)
+    return ErrnoStatus(EINVAL, absl::StrCat("no data token for node ", home.node_id));
   socklen_t len = 0;
   ASSIGN_OR_RETURN(sockaddr_storage ss, NumericSocketAddress(home.address, &len));
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return ErrnoStatus(errno, "socket");
+  if (conn != nullptr) {
+    // Visible to Disconnect and Shutdown, which shut it down to cut the
+    // set-up short (poll and read below then return at once).
+    absl::MutexLock lock(&conn->mu);
+    if (conn->dead) {
+      close(fd);
+      return absl::UnavailableError(absl::StrCat("connection to node ", home.node_id, " closed"));
+    }
+    conn->fd = fd;
+  }
   auto fail = [&](int err, const std::string& what) {
+    if (conn != nullptr) {
+      absl::MutexLock lock(&conn->mu);
+      conn->fd = -1;
+    }
     close(fd);
     return ErrnoStatus(err, absl::StrCat(what, " node ", home.node_id, " at ", home.address));
   };
@@ -313,7 +344,6 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
   }
   FrameHeader hello{FrameType::kHello, 0, local_node_, 0, 0, kDataTokenSize, 0};
-  if (home.token.size() != kDataTokenSize) return fail(EINVAL, "no data token for");
   if (!SendFrame(fd, hello,
                  absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(home.token.data()),
                                      home.token.size())))
@@ -327,24 +357,12 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
   if (ack->status != 0) return fail(static_cast<int>(ack->status), "rejected by");
   tv = {0, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
 
-  auto conn = std::make_shared<Connection>();
-  conn->node = home.node_id;
-  conn->fd = fd;
-  conn->notices = notices;
-  absl::MutexLock lock(&mu_);
-  if (shutting_down_) {
-    close(fd);
-    return absl::UnavailableError("transport shutting down");
-  }
-  auto [it, inserted] = (notices ? notice_conns_ : conns_).emplace(home.node_id, conn);
-  if (!inserted) {  // lost a race with another connector: use theirs
-    close(fd);
-    return it->second;
-  }
-  conn->receiver = std::thread([this, conn] { ReceiveLoop(conn); });
-  // Reap connections whose receiver has finished (only this list still
-  // holds them), then keep this one until it is done too.
+void TcpTransport::ReapLocked() {
+  // Connections whose thread has finished (only this list still holds
+  // them).
   for (auto rit = all_conns_.begin(); rit != all_conns_.end();) {
     if (rit->use_count() == 1) {
       (*rit)->receiver.join();
@@ -354,8 +372,101 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::GetConne
       ++rit;
     }
   }
+}
+
+absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::NoticeConnection(
+    const DataEndpoint& home) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = notice_conns_.find(home.node_id);
+    if (it != notice_conns_.end()) return it->second;
+  }
+  ASSIGN_OR_RETURN(int fd, Dial(home, /*notices=*/true, nullptr));
+  auto conn = std::make_shared<Connection>();
+  conn->node = home.node_id;
+  conn->fd = fd;
+  conn->notices = true;
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) {
+    close(fd);
+    return absl::UnavailableError("transport shutting down");
+  }
+  auto [it, inserted] = notice_conns_.emplace(home.node_id, conn);
+  if (!inserted) {  // lost a race with another connector: use theirs
+    close(fd);
+    return it->second;
+  }
+  conn->receiver = std::thread([this, conn] { ReceiveLoop(conn); });
+  ReapLocked();
   all_conns_.push_back(conn);
   return conn;
+}
+
+absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::DataConnection(
+    const DataEndpoint& home) {
+  if (home.address.empty())
+    return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
+  auto conn = std::make_shared<Connection>();
+  conn->node = home.node_id;
+  {
+    absl::MutexLock clock(&conn->mu);  // not shared yet (no two locks held)
+    conn->connecting = true;
+  }
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return absl::UnavailableError("transport shutting down");
+  auto it = conns_.find(home.node_id);
+  if (it != conns_.end()) return it->second;  // live, or being set up: one per node
+  conns_.emplace(home.node_id, conn);
+  conn->receiver = std::thread([this, conn, home] { DialThenReceive(conn, home); });
+  ReapLocked();
+  all_conns_.push_back(conn);
+  return conn;
+}
+
+void TcpTransport::DialThenReceive(std::shared_ptr<Connection> conn, DataEndpoint home) {
+  TETHER_FAULT_POINT("tcp.dial.before_connect");
+  absl::StatusOr<int> fd = Dial(home, /*notices=*/false, conn.get());
+  if (fd.ok()) {
+    // What queued goes out in the order it was sent; `connecting` stays
+    // set (later sends queue behind) until the queue is empty.
+    while (true) {
+      std::vector<Connection::Queued> batch;
+      {
+        absl::MutexLock lock(&conn->mu);
+        batch.swap(conn->queued);
+        if (batch.empty()) {
+          conn->connecting = false;
+          break;
+        }
+      }
+      for (auto& q : batch)
+        SendOn(conn, q.type, q.segid, q.grant, q.offset, q.dst, q.src, std::move(q.done),
+               /*flushing=*/true);
+    }
+    ReceiveLoop(conn);
+    return;
+  }
+  std::vector<Connection::Queued> queued;
+  {
+    absl::MutexLock lock(&conn->mu);
+    conn->connecting = false;
+    conn->dead = true;
+    queued.swap(conn->queued);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(conn->node);
+    if (it != conns_.end() && it->second == conn) conns_.erase(it);
+  }
+  // Nothing was sent (DataPath may send it again), unless the home said
+  // no: refused (no listener) or rejected our hello; a retry would only
+  // hear that again.
+  absl::Status st = fd.status();
+  int err = ToErrno(st);
+  bool refused = err == ECONNREFUSED || err == EACCES || err == EPERM ||
+                 absl::StrContains(st.message(), "rejected by");
+  if (!refused && !absl::IsInvalidArgument(st)) st = NotSent(st);
+  for (auto& q : queued) std::move(q.done)(st);
 }
 
 void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant,
@@ -366,16 +477,9 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
     std::move(done)(absl::InvalidArgumentError("transport request length out of range"));
     return;
   }
-  auto conn_or = GetConnection(home, /*notices=*/false);
+  auto conn_or = DataConnection(home);
   if (!conn_or.ok()) {
-    // Nothing was sent (DataPath may send it again), unless the home said
-    // no: refused (no listener) or rejected our hello; a retry would only
-    // hear that again.
-    absl::Status st = conn_or.status();
-    int err = ToErrno(st);
-    bool refused = err == ECONNREFUSED || err == EACCES || err == EPERM ||
-                   absl::StrContains(st.message(), "rejected by");
-    std::move(done)(refused || absl::IsInvalidArgument(st) ? st : NotSent(st));
+    std::move(done)(NotSent(conn_or.status()));
     return;
   }
   SendOn(*std::move(conn_or), type, segid, grant, offset, dst, src, std::move(done));
@@ -383,7 +487,7 @@ void TcpTransport::Send(const DataEndpoint& home, int type, uint64_t segid, uint
 
 void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t segid,
                           uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                          absl::Span<const uint8_t> src, Done done) {
+                          absl::Span<const uint8_t> src, Done done, bool flushing) {
   size_t len = type == static_cast<int>(FrameType::kReadReq) ? dst.size() : src.size();
   uint64_t id = next_req_id_.fetch_add(1, std::memory_order_relaxed);
   {
@@ -391,6 +495,10 @@ void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t s
     if (conn->dead) {
       std::move(done)(NotSent(
           absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost"))));
+      return;
+    }
+    if (conn->connecting && !flushing) {
+      conn->queued.push_back({type, segid, grant, offset, dst, src, std::move(done)});
       return;
     }
     conn->pending.emplace(id, Pending{dst, std::move(done)});
@@ -463,7 +571,7 @@ void TcpTransport::Notify(uint32_t node, absl::Span<const uint8_t> payload, Done
 }
 
 absl::Status TcpTransport::Connect(const DataEndpoint& peer) {
-  return GetConnection(peer, /*notices=*/true).status();
+  return NoticeConnection(peer).status();
 }
 
 void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
@@ -545,10 +653,17 @@ void TcpTransport::ReceiveLoop(std::shared_ptr<Connection> conn) {
 }
 
 void TcpTransport::Disconnect(uint32_t node) {
-  absl::MutexLock lock(&mu_);
-  for (auto* table : {&conns_, &notice_conns_}) {
-    auto it = table->find(node);
-    if (it != table->end()) shutdown(it->second->fd, SHUT_RDWR);
+  std::vector<std::shared_ptr<Connection>> conns;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto* table : {&conns_, &notice_conns_}) {
+      auto it = table->find(node);
+      if (it != table->end()) conns.push_back(it->second);
+    }
+  }
+  for (auto& c : conns) {
+    absl::MutexLock lock(&c->mu);  // fd changes under it while connecting
+    if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
   }
 }
 
@@ -570,7 +685,11 @@ void TcpTransport::Shutdown() {
     absl::MutexLock lock(&mu_);
     conns.swap(all_conns_);
   }
-  for (auto& c : conns) shutdown(c->fd, SHUT_RDWR);
+  for (auto& c : conns) {
+    absl::MutexLock lock(&c->mu);
+    c->dead = true;  // a set-up not begun yet does not begin
+    if (c->fd >= 0) shutdown(c->fd, SHUT_RDWR);
+  }
   for (auto& c : conns) {
     if (c->receiver.joinable()) c->receiver.join();
     close(c->fd);

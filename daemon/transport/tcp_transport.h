@@ -20,19 +20,23 @@
 // - Listen and Shutdown: the owner's thread (tetherd's start and stop),
 //   once each; Shutdown joins every thread below. Read, Write, Notify,
 //   Disconnect, Connect: any thread; bound_address once Listen returned.
-//   Read, Write and Connect open a missing connection on the caller's
-//   thread (connect and hello: up to ~8 s); Notify never connects.
+//   Connect opens a missing notice connection on the caller's thread
+//   (connect and hello: up to ~8 s); Read and Write never wait for the
+//   network: a missing data connection is made on its own thread, and
+//   requests wait in it until it is up (a failed set-up answers them);
+//   Notify never connects.
 // - Threads: one accept thread (AcceptLoop), one serving thread per
 //   incoming connection (ServeLoop: BlockServer and NoticeServer calls, in
 //   arrival order), one receiver thread per outgoing connection, data or
-//   notice (ReceiveLoop: `done` callbacks). `done` also runs inline on the
+//   notice (ReceiveLoop: `done` callbacks; a data connection's thread
+//   first connects, DialThenReceive). `done` also runs inline on the
 //   caller's thread when a request fails before it is sent; if the
 //   connection was already dead, with that connection's mu held (SendOn),
 //   so a `done` must not issue a request on this transport inline.
 // - mu_ guards the connection tables and the serving threads and fds. A
-//   Connection's mu (tcp_transport.cc) guards its pending requests and
-//   `dead`; its send_mu serialises writes on its socket, one whole frame at
-//   a time (on a notice connection, only sends that do not wait). No two
+//   Connection's mu (tcp_transport.cc) guards its pending and queued
+//   requests, `dead`, `connecting` and fd while it connects; its send_mu serialises writes on its
+//   socket, one whole frame at a time (on a notice connection, only sends that do not wait). No two
 //   of these locks are ever held together.
 // - Listen writes listen_fd_, bound_address_, secret_, server_ and
 //   notice_server_ before the accept thread starts; they are read-only
@@ -77,7 +81,9 @@ class TcpTransport : public Transport, public NoticeTransport {
   // (whose thread hand-offs cost ~20x a TCP round trip on small
   // machines). `payload` is at most kMaxNoticePayload. Never blocks.
   void Notify(uint32_t node, absl::Span<const uint8_t> payload, Done done) override;
-  // Opens the notice connection to `peer`. Blocks up to ~8 s.
+  // Opens the notice connection to `peer`. Blocks up to ~8 s. (Data
+  // connections are made on their own thread: Read and Write never wait
+  // for the network.)
   absl::Status Connect(const DataEndpoint& peer) override;
 
  private:
@@ -87,13 +93,26 @@ class TcpTransport : public Transport, public NoticeTransport {
     Done done;
   };
 
-  // The data (notices false) or notice connection to `home`, opened if
-  // there is none.
-  absl::StatusOr<std::shared_ptr<Connection>> GetConnection(const DataEndpoint& home, bool notices);
+  // Connects to `home` and exchanges the hello; the connected socket.
+  // Blocks up to ~8 s (connect 3 s, hello answer 5 s). With `conn`, the
+  // socket is published in conn->fd while it connects.
+  absl::StatusOr<int> Dial(const DataEndpoint& home, bool notices, Connection* conn);
+  // The notice connection to `home`, made on the calling thread if there
+  // is none.
+  absl::StatusOr<std::shared_ptr<Connection>> NoticeConnection(const DataEndpoint& home);
+  // The data connection to `home`; if there is none, one is made on its
+  // own thread (DialThenReceive) and requests wait in it until it is up.
+  // Never blocks on the network.
+  absl::StatusOr<std::shared_ptr<Connection>> DataConnection(const DataEndpoint& home);
+  void DialThenReceive(std::shared_ptr<Connection> conn, DataEndpoint home);
+  void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Send(const DataEndpoint& home, int type, uint64_t segid, uint64_t grant, uint64_t offset,
             absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done);
+  // Sends on `conn`, or queues while it is set up (`flushing`: the set-up's
+  // thread sending what queued).
   void SendOn(std::shared_ptr<Connection> conn, int type, uint64_t segid, uint64_t grant,
-              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done);
+              uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done,
+              bool flushing = false);
   void ReceiveLoop(std::shared_ptr<Connection> conn);
   void AcceptLoop();
   void ServeLoop(int fd);

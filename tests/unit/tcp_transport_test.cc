@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
@@ -103,6 +104,73 @@ TEST(TcpTransport, ReadsWritesAndErrors) {
   n2.WaitForNotification();
   // the connection survived the refused requests
   EXPECT_TRUE(ReadSync(mapper, ep, 1, 0, absl::MakeSpan(buf)).ok());
+}
+
+// A data connection is made on its own thread: a Read returns at once
+// while the home has not answered the hello yet (held at
+// tcp.serve.before_hello_ack), so the caller (the node's one fault
+// thread) never waits for the network; a second Read meanwhile waits in
+// the same connection, and both are answered, in order, once it is up.
+TEST(TcpTransport, ReadsDoNotWaitForTheConnectionsSetUp) {
+  MemoryServer server(1 << 20);
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  DataEndpoint ep = Ep(home.bound_address());
+  FaultPoints::Arm("tcp.serve.before_hello_ack");
+  std::vector<uint8_t> a(4096), b(4096);
+  absl::Notification returned, a_done, b_done;
+  absl::Status a_st, b_st;
+  std::thread caller([&] {
+    mapper.Read(ep, 1, 1, 0, absl::MakeSpan(a), [&](absl::Status st) {
+      a_st = st;
+      a_done.Notify();
+    });
+    returned.Notify();
+  });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached("tcp.serve.before_hello_ack", absl::Seconds(10)));
+  EXPECT_TRUE(returned.WaitForNotificationWithTimeout(absl::Seconds(3)))
+      << "Read waited on the caller's thread for the home's answer to the hello";
+  mapper.Read(ep, 1, 1, 8192, absl::MakeSpan(b), [&](absl::Status st) {
+    b_st = st;
+    b_done.Notify();
+  });
+  EXPECT_FALSE(a_done.HasBeenNotified());
+  EXPECT_FALSE(b_done.HasBeenNotified());
+  FaultPoints::Release("tcp.serve.before_hello_ack");
+  ASSERT_TRUE(a_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(b_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  caller.join();
+  FaultPoints::ReleaseAll();
+  EXPECT_TRUE(a_st.ok()) << a_st;
+  EXPECT_TRUE(b_st.ok()) << b_st;
+  EXPECT_EQ(std::memcmp(a.data(), server.mem.data(), 4096), 0);
+  EXPECT_EQ(std::memcmp(b.data(), server.mem.data() + 8192, 4096), 0);
+}
+
+// A set-up that fails answers what waited for it: refused (no listener)
+// as such, so DataPath does not send it again.
+TEST(TcpTransport, AFailedSetUpAnswersTheQueuedRequests) {
+  TcpTransport mapper(2);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&sa), len), 0);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  close(fd);  // a port with no listener
+  DataEndpoint ep = Ep("127.0.0.1:" + std::to_string(ntohs(sa.sin_port)));
+  std::vector<uint8_t> buf(4096);
+  constexpr int kRequests = 3;
+  std::atomic<int> refused{0}, answered{0};
+  absl::Notification all;
+  for (int i = 0; i < kRequests; ++i)
+    mapper.Read(ep, 1, 1, 0, absl::MakeSpan(buf), [&](absl::Status st) {
+      if (ToErrno(st) == ECONNREFUSED && !IsNotSent(st)) ++refused;
+      if (++answered == kRequests) all.Notify();
+    });
+  ASSERT_TRUE(all.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(refused.load(), kRequests);
 }
 
 TEST(TcpTransport, ManyRequestsInFlight) {
