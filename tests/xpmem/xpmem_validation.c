@@ -188,17 +188,19 @@ static void own_segment(void) {
 }
 
 /* A child made by fork() gets and attaches its parent's segment; it
- * inherits none of the parent's segments, permits or attachments. */
-static void fork_child_gets_parent_segment(void) {
+ * inherits none of the parent's segments, permits or attachments (the
+ * parent holds a permit and an attachment of `peer`, another process's
+ * segment). */
+static void fork_child_gets_parent_segment(xpmem_segid_t peer) {
   unsigned char* src =
       mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (src == MAP_FAILED) return;
   for (size_t i = 0; i < 2 * PAGE; ++i) src[i] = byte_at(i + 5);
   xpmem_segid_t seg = xpmem_make(src, 2 * PAGE, XPMEM_PERMIT_MODE, (void*)0600);
-  xpmem_apid_t ap = seg > 0 ? xpmem_get(seg, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL) : -1;
+  xpmem_apid_t ap = xpmem_get(peer, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
   struct xpmem_addr a = {ap, 0};
   unsigned char* held = ap > 0 ? xpmem_attach(a, 2 * PAGE, NULL) : FAILED_PTR;
-  report(held != FAILED_PTR && held[PAGE] == byte_at(PAGE + 5), "fork_parent_setup",
+  report(seg > 0 && held != FAILED_PTR && held[PAGE] == byte_at(PAGE), "fork_parent_setup",
          "segid %lld apid %lld errno %d", (long long)seg, (long long)ap, errno);
   if (held == FAILED_PTR) return;
   int res[2];
@@ -244,7 +246,7 @@ static void fork_child_gets_parent_segment(void) {
   /* the child's store reached the parent; the segment and the parent's own
    * attachment and permit are untouched by the child */
   report(src[3] == 0xc4, "fork_child_store_reaches_parent", "byte is %#x", src[3]);
-  report(held[PAGE + 2] == byte_at(PAGE + 7), "fork_parent_attachment_intact", "wrong byte");
+  report(held[PAGE + 2] == byte_at(PAGE + 2), "fork_parent_attachment_intact", "wrong byte");
   expect_rc("fork_parent_detach", xpmem_detach(held), 0);
   expect_rc("fork_parent_release", xpmem_release(ap), 0);
   expect_rc("fork_parent_remove", xpmem_remove(seg), 0);
@@ -354,7 +356,7 @@ int main(void) {
 
   /* ---- one's own segment, and fork ---- */
   own_segment();
-  fork_child_gets_parent_segment();
+  fork_child_gets_parent_segment(peer);
 
   /* ---- remove ---- */
   expect_rc("remove_zero", xpmem_remove(0), EINVAL);
