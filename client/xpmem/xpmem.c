@@ -6,13 +6,26 @@
  * process made, which permits it holds, where its attachments are. tether
  * keeps some of it in the daemon, keyed differently, so this library keeps
  * small per-process tables to give XPMEM's answers:
- *   - segs: segids this process made and has not removed (xpmem_remove of
- *     anything else is refused; xpmem_get of one's own segment is EINVAL);
- *   - aps:  apids this process got and has not released;
+ *   - segs: segments this process made and has not removed, with their
+ *     range (xpmem_remove of anything else is refused; an attachment of
+ *     one's own segment at a fixed address over its own source range is
+ *     EINVAL, as XPMEM's overlap check);
+ *   - aps:  apids this process got and has not released, with their segid
+ *     (a process may get its own segments, as on XPMEM);
  *   - atts: attachments [addr, addr+size) with their apid (xpmem_detach
- *     takes any address inside one; xpmem_release detaches them first).
+ *     takes any address inside one; xpmem_release detaches them first);
+ *   - parent_aps: after fork(), the apids the parent held: they are not
+ *     the child's (xpmem_release of one is EACCES, as XPMEM answers).
  * The tables are guarded by one mutex that is never held across a call to
  * the daemon.
+ *
+ * fork(): XPMEM's state is per thread group, so a child starts with none:
+ * no segments, no permits, and no attachments (XPMEM maps them
+ * VM_DONTCOPY; libtether maps them MADV_DONTFORK, so the child has
+ * nothing mapped there). A pthread_atfork handler makes the tables say
+ * the same in the child: without it the child would believe it made its
+ * parent's segments and held its permits and attachments. libtether gives
+ * the child a connection of its own to tetherd.
  *
  * Errors follow XPMEM's driver (checks in its order, same errno values);
  * docs/xpmem.md lists them. TETHER_XPMEM_DEBUG=1 prints the reason of every
@@ -43,6 +56,17 @@
 #define USER_ADDR_LIMIT (UINT64_C(1) << 48)
 #endif
 
+struct seg {
+  xpmem_segid_t segid;
+  uintptr_t vaddr; /* segment offset 0 is this address (0 for whole-space) */
+  size_t size;
+};
+
+struct ap {
+  xpmem_apid_t apid;
+  xpmem_segid_t segid;
+};
+
 struct att {
   uintptr_t addr;
   size_t size;
@@ -50,12 +74,14 @@ struct att {
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static xpmem_segid_t* segs;
+static struct seg* segs;
 static size_t nsegs, capsegs;
-static xpmem_apid_t* aps;
+static struct ap* aps;
 static size_t naps, capaps;
 static struct att* atts;
 static size_t natts, capatts;
+static xpmem_apid_t* parent_aps;
+static size_t nparent_aps, capparent_aps;
 
 static size_t page_size(void) {
   static size_t ps;
@@ -97,18 +123,22 @@ static int grow(void** arr, size_t* cap, size_t n, size_t elem) {
   return 0;
 }
 
-static int id_index(const __s64* arr, size_t n, __s64 id) {
-  for (size_t i = 0; i < n; ++i)
-    if (arr[i] == id) return (int)i;
+static int seg_index(xpmem_segid_t segid) {
+  for (size_t i = 0; i < nsegs; ++i)
+    if (segs[i].segid == segid) return (int)i;
   return -1;
 }
 
-static void id_erase(__s64* arr, size_t* n, size_t i) { arr[i] = arr[--*n]; }
+static int ap_index(xpmem_apid_t apid) {
+  for (size_t i = 0; i < naps; ++i)
+    if (aps[i].apid == apid) return (int)i;
+  return -1;
+}
 
-static int id_add(__s64** arr, size_t* n, size_t* cap, __s64 id) {
-  if (grow((void**)arr, cap, *n, sizeof **arr) != 0) return -1;
-  (*arr)[(*n)++] = id;
-  return 0;
+static int parent_ap_index(xpmem_apid_t apid) {
+  for (size_t i = 0; i < nparent_aps; ++i)
+    if (parent_aps[i] == apid) return (int)i;
+  return -1;
 }
 
 static int att_containing(uintptr_t a) {
@@ -161,7 +191,8 @@ XPMEM_EXPORT xpmem_segid_t xpmem_make(void* vaddr, size_t size, int permit_type,
   tether_segid_t segid = tether_make(vaddr, size, TETHER_PERMIT_MODE, permit_value);
   if (segid < 0) return fail(errno, fn, "%s", tether_strerror());
   pthread_mutex_lock(&mu);
-  int rc = id_add(&segs, &nsegs, &capsegs, segid);
+  int rc = grow((void**)&segs, &capsegs, nsegs, sizeof *segs);
+  if (rc == 0) segs[nsegs++] = (struct seg){segid, a, size};
   pthread_mutex_unlock(&mu);
   if (rc != 0) {
     tether_remove(segid);
@@ -174,8 +205,8 @@ XPMEM_EXPORT int xpmem_remove(xpmem_segid_t segid) {
   static const char fn[] = "xpmem_remove";
   if (segid <= 0) return fail(EINVAL, fn, "segid %lld is not positive", (long long)segid);
   pthread_mutex_lock(&mu);
-  int i = id_index(segs, nsegs, segid);
-  if (i >= 0) id_erase(segs, &nsegs, (size_t)i);
+  int i = seg_index(segid);
+  if (i >= 0) segs[i] = segs[--nsegs];
   pthread_mutex_unlock(&mu);
   if (i >= 0) {
     if (tether_remove(segid) != 0) return fail(errno, fn, "%s", tether_strerror());
@@ -205,12 +236,8 @@ XPMEM_EXPORT xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_t
     return fail(EINVAL, fn, "flags %#x: want XPMEM_RDONLY or XPMEM_RDWR", flags);
   if (permit_type != XPMEM_PERMIT_MODE)
     return fail(EINVAL, fn, "permit_type %d is not XPMEM_PERMIT_MODE", permit_type);
-  pthread_mutex_lock(&mu);
-  int own = id_index(segs, nsegs, segid) >= 0;
-  pthread_mutex_unlock(&mu);
-  if (own)
-    return fail(EINVAL, fn, "segment %#llx is this process's own", (unsigned long long)segid);
-  /* flags 0: XPMEM checks read permission only; grant no more than that. */
+  /* One's own segment too: XPMEM lets a process get and attach it. flags 0: XPMEM checks read
+   * permission only; grant no more than that. */
   int tflags = flags == XPMEM_RDWR ? TETHER_RDWR : TETHER_RDONLY;
   tether_apid_t apid = tether_get(segid, tflags, TETHER_PERMIT_MODE, NULL);
   if (apid < 0) {
@@ -221,7 +248,8 @@ XPMEM_EXPORT xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_t
     return fail(errno, fn, "%s", tether_strerror());
   }
   pthread_mutex_lock(&mu);
-  int rc = id_add(&aps, &naps, &capaps, apid);
+  int rc = grow((void**)&aps, &capaps, naps, sizeof *aps);
+  if (rc == 0) aps[naps++] = (struct ap){apid, segid};
   pthread_mutex_unlock(&mu);
   if (rc != 0) {
     tether_release(apid);
@@ -240,9 +268,14 @@ XPMEM_EXPORT int xpmem_release(xpmem_apid_t apid) {
   static const char fn[] = "xpmem_release";
   if (apid <= 0) return fail(EINVAL, fn, "apid %lld is not positive", (long long)apid);
   pthread_mutex_lock(&mu);
-  int i = id_index(aps, naps, apid);
-  if (i >= 0) id_erase(aps, &naps, (size_t)i);
+  int i = ap_index(apid);
+  if (i >= 0) aps[i] = aps[--naps];
+  int parents = i < 0 && parent_ap_index(apid) >= 0;
   pthread_mutex_unlock(&mu);
+  /* XPMEM: a permit of another process (here: the parent's, inherited by
+   * fork) is EACCES; one nobody holds is ENOENT. */
+  if (parents)
+    return fail(EACCES, fn, "apid %#llx belongs to the parent process", (unsigned long long)apid);
   if (i < 0) return fail(ENOENT, fn, "no apid %#llx in this process", (unsigned long long)apid);
   /* XPMEM's release detaches the permit's attachments. */
   int rc = 0, err = 0;
@@ -299,8 +332,24 @@ XPMEM_EXPORT void* xpmem_attach(struct xpmem_addr addr, size_t size, void* vaddr
     size += ps - size % ps;
   }
   pthread_mutex_lock(&mu);
-  int known = id_index(aps, naps, addr.apid) >= 0;
+  int k = ap_index(addr.apid);
+  int known = k >= 0, parents = !known && parent_ap_index(addr.apid) >= 0;
+  /* The source range, if the permit is for one of this process's own live
+   * segments: XPMEM refuses to map a segment over its own source. */
+  int own = 0;
+  uintptr_t src = 0;
+  if (known) {
+    int sg = seg_index(aps[k].segid);
+    if (sg >= 0) {
+      own = 1;
+      src = segs[sg].vaddr + (uintptr_t)addr.offset;
+    }
+  }
   pthread_mutex_unlock(&mu);
+  if (parents) {
+    fail(EACCES, fn, "apid %#llx belongs to the parent process", (unsigned long long)addr.apid);
+    return (void*)-1;
+  }
   if (!known) {
     fail(ENOENT, fn, "no apid %#llx in this process", (unsigned long long)addr.apid);
     return (void*)-1;
@@ -311,6 +360,13 @@ XPMEM_EXPORT void* xpmem_attach(struct xpmem_addr addr, size_t size, void* vaddr
   }
   if (v && (v + size < v || v + size > USER_ADDR_LIMIT)) {
     fail(EINVAL, fn, "[vaddr, vaddr+size) leaves the user address space");
+    return (void*)-1;
+  }
+  /* As XPMEM: one's own segment may not be attached on top of the memory
+   * it exports there (the attachment would replace its own source). */
+  if (own && v && v < src + size && src < v + size) {
+    fail(EINVAL, fn, "[%#lx, +%#zx) overlaps the segment's own source range", (unsigned long)v,
+         size);
     return (void*)-1;
   }
   /* A fixed address must not land on another attachment (XPMEM: EINVAL);
@@ -375,4 +431,31 @@ XPMEM_EXPORT int xpmem_detach(void* vaddr) {
   unsigned char vec;
   if (mincore((void*)(v - v % ps), ps, &vec) != 0 && errno == ENOMEM) return 0;
   return fail(EINVAL, fn, "%#lx is not inside an attachment", (unsigned long)v);
+}
+
+/* --- fork ------------------------------------------------------------------ */
+
+/* Held across fork(), so that the child never inherits it locked. */
+static void before_fork(void) { pthread_mutex_lock(&mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
+
+/* The child is a new XPMEM process: it made no segments (its parent's stay
+ * the parent's: xpmem_remove of one is EACCES), holds no permits (the
+ * parent's are remembered only to answer EACCES for xpmem_release) and has
+ * no attachments (libtether's are MADV_DONTFORK: nothing is mapped there,
+ * so xpmem_detach of such an address succeeds and does nothing). */
+static void after_fork_child(void) {
+  /* (Out of memory: the rest then answer ENOENT instead of EACCES.) */
+  for (size_t i = 0; i < naps; ++i) {
+    if (grow((void**)&parent_aps, &capparent_aps, nparent_aps, sizeof *parent_aps) != 0) break;
+    parent_aps[nparent_aps++] = aps[i].apid;
+  }
+  nsegs = 0;
+  naps = 0;
+  natts = 0;
+  pthread_mutex_unlock(&mu);
+}
+
+__attribute__((constructor)) static void register_fork_handlers(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }

@@ -172,6 +172,31 @@ def test_consumer_attaches_after_producer_wrote(c):
     p.close()
 
 
+def test_own_segment_and_fork_child(c):
+    # As on XPMEM, the producer may get and attach its own segment, and a
+    # child it forks may get and attach its parent's (issue 16). Their
+    # stores reach the producer's memory, and consumers on other nodes that
+    # attach afterwards see them.
+    p = Producer(c.node(1), 256 * 1024, 111)
+    expect(p.command("own 112 4096 8192") == "ok", "the producer's own get/attach/store")
+    expect(p.verify(112, 4096, 8192) == "ok", "own store did not reach the producer")
+    expect(p.command("fork 113 65536 4096") == "ok", "a fork child's get/attach/store")
+    expect(p.verify(113, 65536, 4096) == "ok", "the fork child's store did not reach the producer")
+    expect(p.verify(111, 0, 4096) == "ok" and p.verify(111, 12288, 53248) == "ok" and
+           p.verify(111, 69632, 256 * 1024 - 69632) == "ok", "untouched pages changed")
+    consume_ok(c.node(2), "--segid", p.segid, "--offset", 4096, "--len", 8192, "--verify", 112)
+    consume_ok(c.node(3), "--segid", p.segid, "--offset", 65536, "--len", 4096, "--verify", 113)
+    # The same with a whole-address-space segment (attach offsets are the
+    # producer's addresses), as MPI runtimes use them within one process.
+    w = Producer(c.node(2), 64 * 1024, 114, whole=True)
+    expect(w.command("own 115 8192 4096") == "ok", "own attach of a whole-space segment")
+    expect(w.command("fork 116 16384 4096") == "ok", "fork child of a whole-space exporter")
+    expect(w.verify(115, 8192, 4096) == "ok" and w.verify(116, 16384, 4096) == "ok",
+           "stores through a whole-space segment did not reach the producer")
+    w.close()
+    p.close()
+
+
 def test_open_attachment_is_a_cached_copy(c):
     # What docs/xpmem.md states: an attachment held open keeps the pages it
     # already read; the producer's later stores show after a new attach.

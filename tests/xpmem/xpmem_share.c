@@ -12,6 +12,12 @@
  *         remove              -> xpmem_remove(); "ok" | "error: errno=E"
  *         unmap OFF LEN       -> munmap of that part; "ok"
  *         remap SEED OFF LEN  -> new memory there (MAP_FIXED), pattern(SEED); "ok"
+ *         own SEED OFF LEN    -> xpmem_get + xpmem_attach of its own segment,
+ *                                pattern(SEED) stored into that part through
+ *                                the attachment, detach, release; "ok" |
+ *                                "error: errno=E what"
+ *         fork SEED OFF LEN   -> the same done by a child made by fork()
+ *                                (the parent's segment); "ok" | "error: ..."
  *       --whole: export the whole address space, xpmem_make(NULL,
  *       XPMEM_MAXADDR_SIZE), as UCX and MPI runtimes do; the buffer is at
  *       segment offset B (its address), and the first page of this
@@ -42,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <xpmem.h>
@@ -90,6 +97,22 @@ static int flag(int argc, char** argv, const char* name) {
 }
 static uint64_t num(const char* s, uint64_t dflt) { return s ? strtoull(s, NULL, 0) : dflt; }
 
+/* xpmem_get + xpmem_attach of segment offset `segoff`, pattern(seed) for
+ * buffer offset `off` stored through the attachment, detach, release. 0, or
+ * an errno (what failed in *what). */
+static int store_through_attachment(xpmem_segid_t segid, uint64_t segoff, uint64_t off,
+                                    uint64_t len, uint64_t seed, const char** what) {
+  xpmem_apid_t apid = xpmem_get(segid, XPMEM_RDWR, XPMEM_PERMIT_MODE, NULL);
+  if (apid < 0) return *what = "xpmem_get", errno;
+  struct xpmem_addr addr = {apid, (off_t)segoff};
+  uint8_t* p = xpmem_attach(addr, len, NULL);
+  if (p == (void*)-1) return *what = "xpmem_attach", errno;
+  fill(p, off, len, seed);
+  if (xpmem_detach(p) != 0) return *what = "xpmem_detach", errno;
+  if (xpmem_release(apid) != 0) return *what = "xpmem_release", errno;
+  return 0;
+}
+
 static int produce(int argc, char** argv) {
   uint64_t size = num(arg(argc, argv, "--size"), 1 << 20);
   uint64_t seed = num(arg(argc, argv, "--seed"), 1);
@@ -109,8 +132,8 @@ static int produce(int argc, char** argv) {
     fclose(self);
     printf("file=%" PRIu64 "\n", (uint64_t)(uintptr_t)f);
   }
-  printf("segid=%lld\nbase=%" PRIu64 "\nready\n", (long long)segid,
-         whole ? (uint64_t)(uintptr_t)mem : 0);
+  const uint64_t base = whole ? (uint64_t)(uintptr_t)mem : 0; /* segment offset of mem */
+  printf("segid=%lld\nbase=%" PRIu64 "\nready\n", (long long)segid, base);
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
     uint64_t s, off, len;
@@ -143,6 +166,36 @@ static int produce(int argc, char** argv) {
         fill(mem + off, off, len, s);
         printf("ok\n");
       }
+    } else if (sscanf(line, "own %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
+      const char* what = "range";
+      int e = off > size || len > size - off
+                  ? EINVAL
+                  : store_through_attachment(segid, base + off, off, len, s, &what);
+      if (e)
+        printf("error: errno=%d %s\n", e, what);
+      else
+        printf("ok\n");
+    } else if (sscanf(line, "fork %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
+      if (off > size || len > size - off) {
+        printf("error: range\n");
+        continue;
+      }
+      fflush(stdout);
+      pid_t pid = fork();
+      if (pid == 0) {
+        const char* what = "";
+        int e = store_through_attachment(segid, base + off, off, len, s, &what);
+        if (e) fprintf(stderr, "fork child: %s: %s\n", what, strerror(e));
+        _exit(e);
+      }
+      int status = 0;
+      if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        printf("error: errno=%d fork\n", errno);
+      else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        printf("error: errno=%d fork child (status %#x)\n",
+               WIFEXITED(status) ? WEXITSTATUS(status) : 0, status);
+      else
+        printf("ok\n");
     } else if (strncmp(line, "remove", 6) == 0) {
       if (xpmem_remove(segid) != 0)
         printf("error: errno=%d remove\n", errno);

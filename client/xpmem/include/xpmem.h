@@ -77,10 +77,10 @@ xpmem_segid_t xpmem_make(void* vaddr, size_t size, int permit_type, void* permit
  * pages they do not hold raise SIGBUS. */
 int xpmem_remove(xpmem_segid_t segid);
 
-/* Permission to attach segid (any node), checked at its home against the
- * caller's uid/gid. flags: XPMEM_RDONLY or XPMEM_RDWR (0 means read-only).
- * permit_type must be XPMEM_PERMIT_MODE; permit_value is ignored, as in
- * XPMEM's own library. */
+/* Permission to attach segid (any node, the caller's own segments too, as
+ * in XPMEM), checked at its home against the caller's uid/gid. flags: XPMEM_RDONLY or XPMEM_RDWR (0
+ * means read-only). permit_type must be XPMEM_PERMIT_MODE; permit_value is ignored, as in XPMEM's
+ * own library. */
 xpmem_apid_t xpmem_get(xpmem_segid_t segid, int flags, int permit_type, void* permit_value);
 /* Detaches this permit's attachments (writing back), then gives it up. */
 int xpmem_release(xpmem_apid_t apid);
