@@ -153,7 +153,7 @@ static long tether_ioc_version(void __user *uarg)
 	struct tether_version v = {
 		.abi_version = TETHER_ABI_VERSION,
 		.event_size = sizeof(struct tether_event),
-		.features = TETHER_FEAT_SEQ,
+		.features = TETHER_FEAT_SEQ | TETHER_FEAT_DIRECT,
 	};
 
 	return copy_to_user(uarg, &v, sizeof(v)) ? -EFAULT : 0;
@@ -307,7 +307,8 @@ out_fput:
 }
 
 /**
- * tether_ioc_range() - MARK_CACHED, UNMARK_CACHED, READ_RETRY, RANGE_INFO
+ * tether_ioc_range() - MARK_CACHED, UNMARK_CACHED, READ_RETRY, RANGE_INFO,
+ * DIRECT_ATTACH
  * @tf:   file private data (must be a control fd)
  * @cmd:  the command
  * @uarg: its argument
@@ -322,6 +323,7 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 		struct tether_mark mark;
 		struct tether_seq seq;
 		struct tether_range_info info;
+		struct tether_direct direct;
 	} u;
 	struct tether_range *range;
 	struct tether_ctl *ctl;
@@ -366,6 +368,17 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 		if (!ret && copy_to_user(uarg, &u.info, sizeof(u.info)))
 			ret = -EFAULT;
 		break;
+	case TETHER_IOC_DIRECT_ATTACH:
+		if ((u.direct.flags & ~TETHER_DIRECT_WRITE) ||
+		    tether_bad_span(u.direct.offset, u.direct.len, range->len)) {
+			ret = -EINVAL;
+			break;
+		}
+		ret = tether_direct_create(ctl, range, u.direct.offset,
+					   u.direct.len,
+					   u.direct.flags & TETHER_DIRECT_WRITE,
+					   &((struct tether_direct __user *)uarg)->fd);
+		break;
 	default:
 		WARN_ON_ONCE(1);
 		ret = -ENOTTY;
@@ -394,6 +407,7 @@ static long tether_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case TETHER_IOC_UNMARK_CACHED:
 	case TETHER_IOC_READ_RETRY:
 	case TETHER_IOC_RANGE_INFO:
+	case TETHER_IOC_DIRECT_ATTACH:
 		return tether_ioc_range(tf, cmd, uarg);
 	case TETHER_IOC_ACK: {
 		struct tether_ack req;
@@ -492,9 +506,12 @@ static int __init tether_init(void)
 	ret = tether_kevent_cache_init();
 	if (ret)
 		return ret;
-	ret = misc_register(&tether_misc);
+	ret = tether_direct_init();
 	if (ret)
 		goto err_cache;
+	ret = misc_register(&tether_misc);
+	if (ret)
+		goto err_direct;
 	pr_info("tether: ABI %d, ack_timeout_ms=%u, kernel API: %s hook, range->vma %s, MMU_NOTIFY_EXCLUSIVE %s\n",
 		TETHER_ABI_VERSION, tether_ack_timeout_ms,
 		TETHER_HAVE_MN_ARCH_INVALIDATE_SECONDARY_TLBS ?
@@ -503,6 +520,8 @@ static int __init tether_init(void)
 		TETHER_HAVE_MMU_NOTIFY_EXCLUSIVE ? "present" : "absent");
 	return 0;
 
+err_direct:
+	tether_direct_exit();
 err_cache:
 	tether_kevent_cache_exit();
 	return ret;
@@ -513,6 +532,7 @@ static void __exit tether_exit(void)
 	misc_deregister(&tether_misc);
 	WARN_ON(!xa_empty(&tether_ranges));
 	tether_notifier_exit();	/* subscriptions freed by SRCU callbacks */
+	tether_direct_exit();	/* no attachment file is open: each holds the module */
 	tether_kevent_cache_exit();
 }
 

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -37,6 +38,7 @@ _Static_assert(sizeof(struct tether_event) == 72, "event ABI");
 _Static_assert(sizeof(struct tether_range_reg) == 32, "reg ABI");
 _Static_assert(sizeof(struct tether_attach) == 24, "attach ABI");
 _Static_assert(sizeof(struct tether_mark) == 32, "mark ABI");
+_Static_assert(sizeof(struct tether_direct) == 32, "direct ABI");
 
 static long P;
 static double scale = 1.0;
@@ -151,11 +153,11 @@ static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
 
 enum {
 	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
-	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW,
+	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW, D_DIRECT,
 };
 
 struct dcmd {
-	int64_t op, a, b, c;
+	int64_t op, a, b, c, d;
 };
 
 struct dreply {
@@ -350,6 +352,20 @@ static void daemon_main(int sock)
 				}
 				continue;
 			}
+			case D_DIRECT: {	/* DIRECT_ATTACH; the new fd goes back */
+				struct tether_direct dr = { .range_id = c.a, .offset = c.b,
+							    .len = c.c, .flags = (uint32_t)c.d,
+							    .fd = -1 };
+
+				r.ret = ioctl(ctl, TETHER_IOC_DIRECT_ATTACH, &dr);
+				r.err = errno;
+				if (fd >= 0)
+					close(fd);
+				send_msg(sock, &r, sizeof(r), r.ret ? -1 : dr.fd);
+				if (!r.ret)
+					close(dr.fd);
+				continue;
+			}
 			case D_QUIT:
 				_exit(0);
 			}
@@ -365,7 +381,7 @@ static pid_t dpid;
 
 static struct dreply dcall(int64_t op, int64_t a, int64_t b, int64_t c, int fd)
 {
-	struct dcmd cmd = { op, a, b, c };
+	struct dcmd cmd = { op, a, b, c, 0 };
 	struct dreply r = { .ret = -1, .err = EPIPE };
 
 	if (send_msg(dsock, &cmd, sizeof(cmd), fd) ||
@@ -719,7 +735,9 @@ struct child_hello {
  * Fork a child that maps @nr ranges of @pages pages, registers them on its
  * own exporter fd and sends fd + ids.  Then it waits for commands:
  *   'u' munmap first page of every range (reports 'd' when done)
- *   'm' munmap range 0 (reports 'd')
+ *   'm' munmap the first page of range 0 (reports 'd')
+ *   'r' map a new page filled with 0x33 over the first page of range 0
+ *       (MAP_FIXED: an implicit munmap; reports 'd')
  *   'o' allocate memory until killed (OOM)
  *   'x' exit(0)
  * If @cgroup is set, the child first moves itself there.
@@ -773,6 +791,18 @@ static int spawn_child(struct child *c, int nr, int pages, const char *cgroup)
 					if (m != MAP_FAILED)
 						memset(m, 1, 1 << 20);
 				}
+			} else if (cmd == 'r') {
+				/* a new page over page 0 of range 0 */
+				char *m = mmap((void *)(uintptr_t)h.addr[0], P,
+					       PROT_READ | PROT_WRITE,
+					       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+				if (m == MAP_FAILED)
+					_exit(10);
+				memset(m, 0x33, P);
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
 			} else if (cmd == 'x') {
 				_exit(0);
 			}
@@ -1945,6 +1975,356 @@ static void test_oom(void)
 	rmdir(cg);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* direct attachments: the exporter's own pages, zapped by the notifier */
+
+static sigjmp_buf probe_jmp;
+
+static void probe_sigbus(int sig)
+{
+	(void)sig;
+	siglongjmp(probe_jmp, 1);
+}
+
+/* Read (@write 0) or write @val at @a; -1 if the access got SIGBUS. */
+static int probe(volatile char *a, int write, char val, char *out)
+{
+	struct sigaction sa = { .sa_handler = probe_sigbus }, old;
+	int ret = 0;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &old);
+	if (sigsetjmp(probe_jmp, 1)) {
+		ret = -1;
+	} else if (write) {
+		*a = val;
+	} else {
+		char v = *a;
+
+		if (out)
+			*out = v;
+	}
+	sigaction(SIGBUS, &old, NULL);
+	return ret;
+}
+
+/* DIRECT_ATTACH by the fake daemon; returns the fd, or -1 with errno. */
+static int ddirect(uint64_t rid, uint64_t off, uint64_t len, uint32_t flags)
+{
+	struct dcmd cmd = { D_DIRECT, (int64_t)rid, (int64_t)off, (int64_t)len, flags };
+	struct dreply r = { .ret = -1, .err = EPIPE };
+	int fd = -1;
+
+	if (send_msg(dsock, &cmd, sizeof(cmd), -1) ||
+	    recv_msg(dsock, &r, sizeof(r), &fd) != sizeof(r)) {
+		fail("daemon", "lost the fake daemon (DIRECT_ATTACH): %s", strerror(errno));
+		exit(1);
+	}
+	if (r.ret) {
+		errno = (int)r.err;
+		return -1;
+	}
+	return fd;
+}
+
+static char *map_direct(int fd, size_t len, int prot, off_t off)
+{
+	char *q = mmap(NULL, len, prot, MAP_SHARED, fd, off);
+
+	return q == MAP_FAILED ? NULL : q;
+}
+
+/*
+ * Stores of the exporter are seen at once through the attachment, and
+ * the other way round: in the exporter's own process, and in another one.
+ */
+static void test_direct_stores(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	int fd = rid ? ddirect(rid, 0, 4 * P, TETHER_DIRECT_WRITE) : -1;
+	char *q = fd >= 0 ? map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	int sv[2], st;
+	pid_t pid;
+	char c;
+
+	if (!q) {
+		fail("direct_stores", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	if (q[0] != 0x5a || q[3 * P + 7] != 0x5a) {
+		fail("direct_stores", "attachment reads %#x, exporter holds 0x5a", q[0]);
+		goto out;
+	}
+	p[100] = 1;
+	q[2 * P + 5] = 7;
+	if (q[100] != 1 || p[2 * P + 5] != 7) {
+		fail("direct_stores", "same process: saw %d and %d, want 1 and 7", q[100],
+		     p[2 * P + 5]);
+		goto out;
+	}
+	/* Another process: the attachment fd is inherited, the mapping made there. */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv))
+		goto out;
+	pid = fork();
+	if (pid == 0) {
+		char *cq = map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0);
+
+		close(sv[0]);
+		if (!cq || read(sv[1], &c, 1) != 1)
+			_exit(2);
+		c = cq[P + 1];			/* the parent stored 42 */
+		cq[P + 2] = 43;			/* the parent must see it */
+		if (write(sv[1], &c, 1) != 1)
+			_exit(3);
+		_exit(0);
+	}
+	close(sv[1]);
+	p[P + 1] = 42;
+	c = 0;
+	if (write(sv[0], &c, 1) != 1 || read(sv[0], &c, 1) != 1) {
+		fail("direct_stores", "lost the attaching child");
+	} else if (c != 42 || p[P + 2] != 43) {
+		fail("direct_stores", "other process: saw %d (want 42), exporter saw %d (want 43)",
+		     c, p[P + 2]);
+	} else {
+		pass("direct_stores");
+	}
+	close(sv[0]);
+	waitpid(pid, &st, 0);
+out:
+	munmap(q, 4 * P);
+	close(fd);
+}
+
+/*
+ * The exporter (another process) unmaps a page: once its munmap returned,
+ * the attachment's next access faults and gets SIGBUS, it never reads
+ * the freed page; a new page mapped there is what the attachment shows.
+ */
+static void test_direct_munmap(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	int fd = -1;
+
+	if (spawn_child(&c, 1, 2, NULL) || attach_child(&c)) {
+		fail("direct_munmap", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, 2 * P, TETHER_DIRECT_WRITE);
+	q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	if (!q) {
+		fail("direct_munmap", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		goto out;
+	}
+	if (probe(q, 0, 0, &v) || v != 0x5a) {	/* mapped now */
+		fail("direct_munmap", "first read: %s %#x", v ? "got" : "SIGBUS", v);
+		goto out;
+	}
+	if (child_cmd(&c, 'r', 1, 10000 * scale)) {
+		fail("direct_munmap", "child could not remap");
+		goto out;
+	}
+	v = 0;
+	if (probe(q, 0, 0, &v) || v != 0x33) {
+		fail("direct_munmap", "after the exporter mapped a new page: %s %#x (want 0x33)",
+		     v ? "read" : "SIGBUS", v);
+		goto out;
+	}
+	if (child_cmd(&c, 'm', 1, 10000 * scale)) {
+		fail("direct_munmap", "child could not munmap");
+		goto out;
+	}
+	v = 0;
+	if (!probe(q, 0, 0, &v)) {
+		fail("direct_munmap", "read %#x from a page the exporter unmapped", v);
+	} else if (probe(q + P, 0, 0, &v) || v != 0x5a) {
+		fail("direct_munmap", "the page the exporter kept: %#x (want 0x5a)", v);
+	} else {
+		pass("direct_munmap");
+	}
+out:
+	if (q)
+		munmap(q, 2 * P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
+/*
+ * mprotect by the exporter zaps the attachment: a write the exporter may
+ * not do any more gets SIGBUS, reads go on; writable again, writes land.
+ */
+static void test_direct_mprotect(void)
+{
+	char *p = map_pages(2);
+	uint64_t rid = reg_range(efd, p, 2 * P);
+	int fd = rid ? ddirect(rid, 0, 2 * P, TETHER_DIRECT_WRITE) : -1;
+	char *q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	char v = 0;
+
+	if (!q) {
+		fail("direct_mprotect", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	q[0] = 1;			/* a writable pte now */
+	if (mprotect(p, P, PROT_READ)) {
+		fail("direct_mprotect", "mprotect: %s", strerror(errno));
+	} else if (!probe(q, 1, 2, NULL)) {
+		fail("direct_mprotect", "wrote through the attachment after the exporter's "
+		     "mprotect(PROT_READ) returned (exporter sees %d)", p[0]);
+	} else if (probe(q, 0, 0, &v) || v != 1) {
+		fail("direct_mprotect", "read after mprotect(PROT_READ): %s %d",
+		     v ? "got" : "SIGBUS", v);
+	} else if (mprotect(p, P, PROT_READ | PROT_WRITE) || probe(q, 1, 3, NULL) ||
+		   p[0] != 3) {
+		fail("direct_mprotect", "writable again: exporter sees %d (want 3)", p[0]);
+	} else {
+		pass("direct_mprotect");
+	}
+	munmap(q, 2 * P);
+	close(fd);
+}
+
+/* The exporter exits: every later access of its attachment gets SIGBUS. */
+static void test_direct_exit(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	int fd = -1, st;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_exit", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, 0);
+	q = fd >= 0 ? map_direct(fd, P, PROT_READ, 0) : NULL;
+	if (!q || probe(q, 0, 0, &v) || v != 0x5a) {
+		fail("direct_exit", "read-only attachment: %s, read %#x", strerror(errno), v);
+		goto out;
+	}
+	child_cmd(&c, 'x', 0, 0);
+	st = wait_child(c.pid, 10000 * scale);
+	if (st < 0 || !WIFEXITED(st))
+		fail("direct_exit", "child did not exit");
+	else if (!probe(q, 0, 0, &v))
+		fail("direct_exit", "read %#x after the exporter exited", v);
+	else
+		pass("direct_exit");
+out:
+	if (q)
+		munmap(q, P);
+	if (fd >= 0)
+		close(fd);
+	close(c.sock);
+}
+
+/* Bad DIRECT_ATTACH requests and mappings: a clear errno, nothing created. */
+static void test_direct_bad_args(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	static const struct {	/* x86-64: 4096-byte pages */
+		const char *what;
+		uint64_t off, len;
+		uint32_t flags;
+		int want;
+	} bad[] = {
+		{ "unknown flags", 0, 4096, 2, EINVAL },
+		{ "unaligned offset", 1, 4096, 0, EINVAL },
+		{ "zero length", 0, 0, 0, EINVAL },
+		{ "past the range", 4096, 4 * 4096, 0, EINVAL },
+		{ "wrapping", 4096, (uint64_t)-4096, 0, EINVAL },
+	};
+	struct tether_direct dr = { .range_id = rid, .len = P };
+	int probe_fd = dup(0), fd, ctl, ok = 1;
+	unsigned int i;
+	char *q;
+
+	close(probe_fd);	/* the lowest free fd: must stay free */
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		fd = ddirect(rid, bad[i].off, bad[i].len, bad[i].flags);
+		if (fd >= 0 || errno != bad[i].want) {
+			fail("direct_bad_args", "%s: %s (want %s)", bad[i].what,
+			     fd >= 0 ? "created" : strerror(errno), strerror(bad[i].want));
+			ok = 0;
+		}
+	}
+	if (ddirect(0xfffffff0ULL, 0, P, 0) >= 0 || errno != ENOENT) {
+		fail("direct_bad_args", "unknown range: %s (want ENOENT)", strerror(errno));
+		ok = 0;
+	}
+	if (ioctl(efd, TETHER_IOC_DIRECT_ATTACH, &dr) == 0 || errno != EBADFD) {
+		fail("direct_bad_args", "on an exporter fd: %s (want EBADFD)", strerror(errno));
+		ok = 0;
+	}
+	/* A control fd the exporter did not hand its fd to. */
+	ctl = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+	if (ctl < 0 || ioctl(ctl, TETHER_IOC_CONTROL) ||
+	    ioctl(ctl, TETHER_IOC_DIRECT_ATTACH, &dr) == 0 || errno != ENOENT) {
+		fail("direct_bad_args", "from a foreign control fd: %s (want ENOENT)",
+		     strerror(errno));
+		ok = 0;
+	}
+	if (ctl >= 0)
+		close(ctl);
+	fd = dup(0);
+	if (fd != probe_fd) {
+		fail("direct_bad_args", "a rejected call left fd %d open", probe_fd);
+		ok = 0;
+	}
+	close(fd);
+
+	/* Mappings of a read-only attachment of 2 pages at offset 1 page. */
+	fd = ddirect(rid, P, 2 * P, 0);
+	if (fd < 0) {
+		fail("direct_bad_args", "read-only DIRECT_ATTACH: %s", strerror(errno));
+		return;
+	}
+	if (mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED ||
+	    errno != EACCES) {
+		fail("direct_bad_args", "writable mapping of a read-only attachment: %s",
+		     strerror(errno));
+		ok = 0;
+	}
+	if (mmap(NULL, P, PROT_READ, MAP_PRIVATE, fd, 0) != MAP_FAILED || errno != EINVAL) {
+		fail("direct_bad_args", "MAP_PRIVATE: %s (want EINVAL)", strerror(errno));
+		ok = 0;
+	}
+	if (mmap(NULL, 2 * P, PROT_READ, MAP_SHARED, fd, P) != MAP_FAILED || errno != EINVAL) {
+		fail("direct_bad_args", "mapping past the end: %s (want EINVAL)", strerror(errno));
+		ok = 0;
+	}
+	q = map_direct(fd, 2 * P, PROT_READ, 0);
+	if (!q) {
+		fail("direct_bad_args", "read-only mapping: %s", strerror(errno));
+		ok = 0;
+	} else {
+		p[P] = 9;	/* offset 0 of the attachment is page 1 of the range */
+		if (q[0] != 9) {
+			fail("direct_bad_args", "offset: attachment shows %d (want 9)", q[0]);
+			ok = 0;
+		}
+		if (!mprotect(q, P, PROT_READ | PROT_WRITE) || errno != EACCES) {
+			fail("direct_bad_args", "mprotect(PROT_WRITE) of a read-only attachment: "
+			     "%s (want EACCES)", strerror(errno));
+			ok = 0;
+		}
+		if (!probe(q, 1, 1, NULL)) {
+			fail("direct_bad_args", "wrote through a read-only attachment");
+			ok = 0;
+		}
+		munmap(q, 2 * P);
+	}
+	close(fd);
+	if (ok)
+		pass("direct_bad_args");
+}
+
 /* ------------------------------------------------------------------ */
 
 static void watchdog(int sig)
@@ -2011,9 +2391,14 @@ int main(void)
 	test_end_pairs();
 	test_alloc_failure();
 	test_oom();
+	test_direct_stores();
+	test_direct_munmap();
+	test_direct_mprotect();
+	test_direct_exit();
+	test_direct_bad_args();
 
 	{
-		struct dcmd q = { D_QUIT, 0, 0, 0 };
+		struct dcmd q = { D_QUIT, 0, 0, 0, 0 };
 
 		send_msg(dsock, &q, sizeof(q), -1);
 		close(dsock);
