@@ -9,7 +9,8 @@
  * exporter's page tables (get_user_pages_remote(), which faults it in
  * there if needed, with the exporter's own protection), inserts its pfn
  * into the faulting VMA (VM_PFNMAP: no reference and no rmap entry is
- * kept) and drops the reference GUP took.  What keeps a mapped page from
+ * kept; read-only for a read fault, writable after a write lookup) and
+ * drops the reference GUP took.  What keeps a mapped page from
  * being freed or moved is the mm's one tether notifier (tether_notifier.c):
  * every invalidate_range_start of the exporter's mm zaps every direct
  * attachment over the invalidated interval (unmap_mapping_range() on the
@@ -303,7 +304,7 @@ static vm_fault_t tether_datt_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct tether_datt *d = vma->vm_file->private_data;
-	bool write = vma->vm_flags & VM_WRITE;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
 	u64 off = (u64)vmf->pgoff << PAGE_SHIFT;
 	struct tether_mm *tm = d->tm;
 	unsigned long src;
@@ -330,9 +331,11 @@ static vm_fault_t tether_datt_fault(struct vm_fault *vmf)
 		return VM_FAULT_SIGBUS;
 
 	/*
-	 * A writable mapping always looks the page up for writing, also on a
-	 * read fault: the pte is inserted writable, and a read-only lookup
-	 * may return the zero page or a page the exporter shares COW.
+	 * A read fault maps the page read-only, also in a writable mapping:
+	 * a read-only lookup may return the zero page or a page the exporter
+	 * shares COW with a child, and it must not break COW or fail where
+	 * the exporter itself may only read.  A later write goes through
+	 * tether_datt_pfn_mkwrite() and a write lookup.
 	 */
 	err = tether_datt_get_page(vmf, d, src, write, &page);
 	if (err == -EAGAIN)
@@ -340,7 +343,14 @@ static vm_fault_t tether_datt_fault(struct vm_fault *vmf)
 	if (err)
 		return err == -ENOMEM ? VM_FAULT_OOM : VM_FAULT_SIGBUS;
 
-	ret = vmf_insert_pfn(vma, vmf->address & PAGE_MASK, page_to_pfn(page));
+	/*
+	 * Not vma->vm_page_prot: having ->pfn_mkwrite makes it read-only
+	 * (write notification), and a write fault must map writable.
+	 */
+	ret = vmf_insert_pfn_prot(vma, vmf->address & PAGE_MASK,
+				  page_to_pfn(page),
+				  vm_get_page_prot(write ? vma->vm_flags :
+						   vma->vm_flags & ~VM_WRITE));
 	spin_lock(&tm->lock);
 	stale = tm->direct_seq != seq || d->dead || tm->mm_gone ||
 		tether_mm_busy(tm, src, src + PAGE_SIZE);
@@ -354,8 +364,28 @@ static vm_fault_t tether_datt_fault(struct vm_fault *vmf)
 	return ret;
 }
 
+/**
+ * tether_datt_pfn_mkwrite() - a write to a page a read fault mapped
+ * @vmf: the write fault on the read-only pte
+ *
+ * Without this the kernel would make the pte writable as it is; the page
+ * may be the zero page, or one the exporter shares COW.  Take the pte
+ * away: the access faults again, as a write, and looks the page up for
+ * writing (breaking COW in the exporter, or failing with SIGBUS where the
+ * exporter may not write).
+ *
+ * Context: the faulting mm's mmap_lock (or the VMA lock) held for read.
+ * Return: VM_FAULT_NOPAGE (refault).
+ */
+static vm_fault_t tether_datt_pfn_mkwrite(struct vm_fault *vmf)
+{
+	zap_vma_ptes(vmf->vma, vmf->address & PAGE_MASK, PAGE_SIZE);
+	return VM_FAULT_NOPAGE;
+}
+
 static const struct vm_operations_struct tether_datt_vm_ops = {
 	.fault = tether_datt_fault,
+	.pfn_mkwrite = tether_datt_pfn_mkwrite,
 };
 
 /**
@@ -366,14 +396,15 @@ static const struct vm_operations_struct tether_datt_vm_ops = {
  * Context: process context, the caller's mmap_lock held for write.
  * Return: 0; -EINVAL (MAP_PRIVATE: a private copy of another process's
  * pages is not an attachment; beyond the attachment's end), -EACCES
- * (writable mapping of a read-only attachment).
+ * (writable mapping of a read-only attachment).  A MAP_SHARED mapping of
+ * a read-only file has VM_MAYSHARE without VM_SHARED (mmap clears it).
  */
 static int tether_datt_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct tether_datt *d = file->private_data;
 	u64 npages = d->len >> PAGE_SHIFT;
 
-	if (!(vma->vm_flags & VM_SHARED))
+	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	if (vma->vm_pgoff >= npages || vma_pages(vma) > npages - vma->vm_pgoff)
 		return -EINVAL;

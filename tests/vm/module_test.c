@@ -1981,22 +1981,26 @@ static void test_oom(void)
 
 static sigjmp_buf probe_jmp;
 
-static void probe_sigbus(int sig)
+static void probe_signal(int sig)
 {
-	(void)sig;
-	siglongjmp(probe_jmp, 1);
+	siglongjmp(probe_jmp, sig);
 }
 
-/* Read (@write 0) or write @val at @a; -1 if the access got SIGBUS. */
+/*
+ * Read (@write 0) or write @val at @a.  Returns 0, or the signal the
+ * access got: SIGBUS (the module refused it), SIGSEGV (the VMA forbids it).
+ */
 static int probe(volatile char *a, int write, char val, char *out)
 {
-	struct sigaction sa = { .sa_handler = probe_sigbus }, old;
-	int ret = 0;
+	struct sigaction sa = { .sa_handler = probe_signal }, oldbus, oldsegv;
+	int ret;
 
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGBUS, &sa, &old);
-	if (sigsetjmp(probe_jmp, 1)) {
-		ret = -1;
+	sigaction(SIGBUS, &sa, &oldbus);
+	sigaction(SIGSEGV, &sa, &oldsegv);
+	ret = sigsetjmp(probe_jmp, 1);
+	if (ret) {
+		/* the signal number */
 	} else if (write) {
 		*a = val;
 	} else {
@@ -2005,7 +2009,8 @@ static int probe(volatile char *a, int write, char val, char *out)
 		if (out)
 			*out = v;
 	}
-	sigaction(SIGBUS, &old, NULL);
+	sigaction(SIGBUS, &oldbus, NULL);
+	sigaction(SIGSEGV, &oldsegv, NULL);
 	return ret;
 }
 
@@ -2043,11 +2048,14 @@ static void test_direct_stores(void)
 {
 	char *p = map_pages(4);
 	uint64_t rid = reg_range(efd, p, 4 * P);
-	int fd = rid ? ddirect(rid, 0, 4 * P, TETHER_DIRECT_WRITE) : -1;
-	char *q = fd >= 0 ? map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0) : NULL;
-	int sv[2], st;
+	int fd, sv[2], st;
+	char *q, c;
 	pid_t pid;
-	char c;
+
+	dcall(D_PAUSE, 0, 0, 0, -1);	/* exits below wait for RELEASE acks */
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	fd = rid ? ddirect(rid, 0, 4 * P, TETHER_DIRECT_WRITE) : -1;
+	q = fd >= 0 ? map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0) : NULL;
 
 	if (!q) {
 		fail("direct_stores", "DIRECT_ATTACH / mmap: %s", strerror(errno));
@@ -2099,6 +2107,41 @@ out:
 }
 
 /*
+ * Memory the exporter never touched: a read through the attachment maps
+ * the zero page read-only; the exporter's first store (a COW from the
+ * zero page) is seen at once, and a store through the attachment after
+ * that read lands in the exporter's page, never in the zero page.
+ */
+static void test_direct_zero_page(void)
+{
+	char *p = mmap(NULL, 2 * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t rid = p != MAP_FAILED ? reg_range(efd, p, 2 * P) : 0;
+	int fd = rid ? ddirect(rid, 0, 2 * P, TETHER_DIRECT_WRITE) : -1;
+	char *q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	char *z = mmap(NULL, P, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (!q || z == MAP_FAILED) {
+		fail("direct_zero_page", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	if (q[10] != 0 || q[P + 10] != 0) {
+		fail("direct_zero_page", "untouched memory reads %d %d", q[10], q[P + 10]);
+	} else if ((p[10] = 5, q[10] != 5)) {
+		fail("direct_zero_page", "exporter's first store not seen: %d", q[10]);
+	} else if ((q[P + 10] = 6, p[P + 10] != 6)) {
+		fail("direct_zero_page", "store after a read of the zero page: exporter sees %d",
+		     p[P + 10]);
+	} else if (z[P / 2] != 0) {
+		fail("direct_zero_page", "the zero page changed: %d", z[P / 2]);
+	} else {
+		pass("direct_zero_page");
+	}
+	munmap(z, P);
+	munmap(q, 2 * P);
+	close(fd);
+}
+
+/*
  * The exporter (another process) unmaps a page: once its munmap returned,
  * the attachment's next access faults and gets SIGBUS, it never reads
  * the freed page; a new page mapped there is what the attachment shows.
@@ -2138,8 +2181,8 @@ static void test_direct_munmap(void)
 		goto out;
 	}
 	v = 0;
-	if (!probe(q, 0, 0, &v)) {
-		fail("direct_munmap", "read %#x from a page the exporter unmapped", v);
+	if (probe(q, 0, 0, &v) != SIGBUS) {
+		fail("direct_munmap", "read %#x (no SIGBUS) from a page the exporter unmapped", v);
 	} else if (probe(q + P, 0, 0, &v) || v != 0x5a) {
 		fail("direct_munmap", "the page the exporter kept: %#x (want 0x5a)", v);
 	} else {
@@ -2174,9 +2217,9 @@ static void test_direct_mprotect(void)
 	q[0] = 1;			/* a writable pte now */
 	if (mprotect(p, P, PROT_READ)) {
 		fail("direct_mprotect", "mprotect: %s", strerror(errno));
-	} else if (!probe(q, 1, 2, NULL)) {
-		fail("direct_mprotect", "wrote through the attachment after the exporter's "
-		     "mprotect(PROT_READ) returned (exporter sees %d)", p[0]);
+	} else if (probe(q, 1, 2, NULL) != SIGBUS) {
+		fail("direct_mprotect", "no SIGBUS for a write through the attachment after "
+		     "the exporter's mprotect(PROT_READ) returned (exporter sees %d)", p[0]);
 	} else if (probe(q, 0, 0, &v) || v != 1) {
 		fail("direct_mprotect", "read after mprotect(PROT_READ): %s %d",
 		     v ? "got" : "SIGBUS", v);
@@ -2211,8 +2254,8 @@ static void test_direct_exit(void)
 	st = wait_child(c.pid, 10000 * scale);
 	if (st < 0 || !WIFEXITED(st))
 		fail("direct_exit", "child did not exit");
-	else if (!probe(q, 0, 0, &v))
-		fail("direct_exit", "read %#x after the exporter exited", v);
+	else if (probe(q, 0, 0, &v) != SIGBUS)
+		fail("direct_exit", "read %#x (no SIGBUS) after the exporter exited", v);
 	else
 		pass("direct_exit");
 out:
@@ -2314,8 +2357,8 @@ static void test_direct_bad_args(void)
 			     "%s (want EACCES)", strerror(errno));
 			ok = 0;
 		}
-		if (!probe(q, 1, 1, NULL)) {
-			fail("direct_bad_args", "wrote through a read-only attachment");
+		if (probe(q, 1, 1, NULL) != SIGSEGV) {
+			fail("direct_bad_args", "a write through a read-only attachment got no SIGSEGV");
 			ok = 0;
 		}
 		munmap(q, 2 * P);
@@ -2392,6 +2435,7 @@ int main(void)
 	test_alloc_failure();
 	test_oom();
 	test_direct_stores();
+	test_direct_zero_page();
 	test_direct_munmap();
 	test_direct_mprotect();
 	test_direct_exit();
