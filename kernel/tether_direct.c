@@ -290,6 +290,19 @@ out:
 
 /* --------------------------------------------------------------- VMA */
 
+/*
+ * Test hook (tether_main.c, test_direct_hold): stop between lookup and
+ * insert until the test clears the parameter (10 s at most).
+ * Context: ->fault; sleeps holding the faulting mm's mmap_lock for read.
+ */
+static noinline void tether_test_hold(void)
+{
+	WRITE_ONCE(tether_test_direct_held, tether_test_direct_held + 1);
+	wait_event_killable_timeout(tether_test_direct_wq,
+				    !READ_ONCE(tether_test_direct_hold), 10 * HZ);
+	WRITE_ONCE(tether_test_direct_held, tether_test_direct_held - 1);
+}
+
 /**
  * tether_datt_fault() - map the exporter's page at the faulting address
  * @vmf: the fault
@@ -342,6 +355,8 @@ static vm_fault_t tether_datt_fault(struct vm_fault *vmf)
 		return VM_FAULT_RETRY;
 	if (err)
 		return err == -ENOMEM ? VM_FAULT_OOM : VM_FAULT_SIGBUS;
+	if (unlikely(READ_ONCE(tether_test_direct_hold)))
+		tether_test_hold();
 
 	/*
 	 * Not vma->vm_page_prot: having ->pfn_mkwrite makes it read-only

@@ -49,6 +49,9 @@ static_assert(sizeof(struct tether_direct) == 32);
 
 extern unsigned int tether_ack_timeout_ms;	/* always MIN..MAX */
 extern bool tether_test_fail_event_alloc;	/* test hook (tether_main.c) */
+extern bool tether_test_direct_hold;		/* test hook (tether_main.c) */
+extern unsigned int tether_test_direct_held;
+extern wait_queue_head_t tether_test_direct_wq;
 extern struct xarray tether_ranges;	/* range id -> struct tether_range */
 
 enum tether_role {

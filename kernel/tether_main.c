@@ -79,6 +79,41 @@ module_param_named(test_fail_event_alloc, tether_test_fail_event_alloc, bool, 06
 MODULE_PARM_DESC(test_fail_event_alloc,
 		 "Test hook: fail every notifier event allocation (default N)");
 
+/*
+ * Test hook (tests/vm/module_test.c only, root): while test_direct_hold
+ * is set, a fault of a direct attachment stops after it looked the
+ * exporter's page up and before it inserts it, and counts itself in
+ * test_direct_held; clearing the parameter lets it go on (at most 10 s
+ * later it goes on anyway).  That is how the test puts an invalidation
+ * of the exporter between lookup and insert (tether_direct.c), without
+ * hoping for timing.  It never changes anything else.
+ */
+bool tether_test_direct_hold;
+unsigned int tether_test_direct_held;
+DECLARE_WAIT_QUEUE_HEAD(tether_test_direct_wq);
+
+static int tether_test_direct_hold_set(const char *val,
+				       const struct kernel_param *kp)
+{
+	int ret = param_set_bool(val, kp);
+
+	wake_up_all(&tether_test_direct_wq);
+	return ret;
+}
+
+static const struct kernel_param_ops tether_test_direct_hold_ops = {
+	.set = tether_test_direct_hold_set,
+	.get = param_get_bool,
+};
+
+module_param_cb(test_direct_hold, &tether_test_direct_hold_ops,
+		&tether_test_direct_hold, 0644);
+MODULE_PARM_DESC(test_direct_hold,
+		 "Test hook: direct attachment faults stop between lookup and insert (default N)");
+module_param_named(test_direct_held, tether_test_direct_held, uint, 0444);
+MODULE_PARM_DESC(test_direct_held,
+		 "Test hook: direct attachment faults stopped by test_direct_hold now");
+
 DEFINE_XARRAY_ALLOC1(tether_ranges);
 
 static const struct file_operations tether_fops;

@@ -2233,6 +2233,114 @@ static void test_direct_mprotect(void)
 	close(fd);
 }
 
+static int write_param(const char *name, const char *val)
+{
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/tether/parameters/%s", name);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	if (fputs(val, f) < 0) {
+		fclose(f);
+		return -1;
+	}
+	return fclose(f) ? -1 : 0;
+}
+
+static long read_param(const char *name)
+{
+	char path[128], buf[32] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/tether/parameters/%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return buf[0] ? strtol(buf, NULL, 10) : -1;
+}
+
+struct race_reader {
+	char *q;
+	int sig;
+	char v;
+};
+
+static void *race_read(void *a)
+{
+	struct race_reader *r = a;
+
+	r->sig = probe(r->q, 0, 0, &r->v);
+	return NULL;
+}
+
+/*
+ * A fault looked the exporter's page up; before it inserts it, the
+ * exporter unmaps the page (the module's test_direct_hold hook stops the
+ * fault there; the test waits until it is held, no timing).  The insert
+ * comes after the zap, so the fault must take it back itself: the read
+ * gets SIGBUS, never the freed page.
+ */
+static void test_direct_fault_race(void)
+{
+	struct race_reader rr = { 0 };
+	pthread_t th;
+	struct child c;
+	double end;
+	int fd = -1, started = 0;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_fault_race", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, 0);
+	rr.q = fd >= 0 ? map_direct(fd, P, PROT_READ, 0) : NULL;
+	if (!rr.q || write_param("test_direct_hold", "1")) {
+		fail("direct_fault_race", "setup: %s", strerror(errno));
+		goto out;
+	}
+	if (pthread_create(&th, NULL, race_read, &rr)) {
+		fail("direct_fault_race", "pthread_create");
+		goto out_release;
+	}
+	started = 1;
+	end = now_ms() + 10000 * scale;
+	while (read_param("test_direct_held") != 1 && now_ms() < end)
+		usleep(1000);	/* polls for a state; no race depends on it */
+	if (read_param("test_direct_held") != 1) {
+		fail("direct_fault_race", "the fault never reached the hook");
+		goto out_release;
+	}
+	if (child_cmd(&c, 'm', 1, 10000 * scale)) {
+		fail("direct_fault_race", "child could not munmap");
+		goto out_release;
+	}
+	write_param("test_direct_hold", "0");
+	pthread_join(th, NULL);
+	started = 0;
+	if (rr.sig != SIGBUS)
+		fail("direct_fault_race", "read %#x (signal %d) from a page the exporter unmapped "
+		     "while the fault held it", rr.v, rr.sig);
+	else
+		pass("direct_fault_race");
+out_release:
+	write_param("test_direct_hold", "0");
+	if (started)
+		pthread_join(th, NULL);
+out:
+	if (rr.q)
+		munmap(rr.q, P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
 /* The exporter exits: every later access of its attachment gets SIGBUS. */
 static void test_direct_exit(void)
 {
@@ -2439,6 +2547,7 @@ int main(void)
 	test_direct_munmap();
 	test_direct_mprotect();
 	test_direct_exit();
+	test_direct_fault_race();
 	test_direct_bad_args();
 
 	{
