@@ -154,6 +154,7 @@ static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
 enum {
 	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
 	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW, D_DIRECT,
+	D_CLOSEFD,
 };
 
 struct dcmd {
@@ -270,10 +271,15 @@ static void daemon_main(int sock)
 				r.ret = ioctl(ctl, TETHER_IOC_ATTACH, &a);
 				r.err = errno;
 				r.v = a.exporter_id;
+				r.v2 = (uint64_t)fd;	/* for D_CLOSEFD */
 				/* keep fd open, as tetherd does: closing the last
 				 * reference of an exporter fd ends the export */
 				break;
 			}
+			case D_CLOSEFD:	/* close an exporter fd D_ATTACH kept */
+				r.ret = close((int)c.a);
+				r.err = errno;
+				break;
 			case D_MARK:
 			case D_UNMARK: {
 				struct tether_mark m = { .range_id = c.a, .offset = c.b, .len = c.c };
@@ -723,6 +729,7 @@ struct child {
 	uint64_t rid[64];
 	uint64_t addr[64];
 	uint64_t exp_id;
+	int dfd;		/* its exporter fd's number in the fake daemon */
 };
 
 struct child_hello {
@@ -739,6 +746,7 @@ struct child_hello {
  *   'r' map a new page filled with 0x33 over the first page of range 0
  *       (MAP_FIXED: an implicit munmap; reports 'd')
  *   'o' allocate memory until killed (OOM)
+ *   'n' nothing (reports 'd': the child has closed its own exporter fd)
  *   'x' exit(0)
  * If @cgroup is set, the child first moves itself there.
  */
@@ -803,6 +811,10 @@ static int spawn_child(struct child *c, int nr, int pages, const char *cgroup)
 				cmd = 'd';
 				if (write(sv[1], &cmd, 1) != 1)
 					_exit(9);
+			} else if (cmd == 'n') {	/* no-op: it is past close(fd) */
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
 			} else if (cmd == 'x') {
 				_exit(0);
 			}
@@ -849,6 +861,7 @@ static int attach_child(struct child *c)
 		return -1;
 	}
 	c->exp_id = r.v;
+	c->dfd = (int)r.v2;
 	return 0;
 }
 
@@ -2341,6 +2354,61 @@ out:
 	close(c.sock);
 }
 
+/*
+ * The export is withdrawn (the daemon closes the exporter fd) while the
+ * exporter lives on: the attachment is zapped and later accesses get
+ * SIGBUS, although the exporter's memory is still there.
+ */
+static void test_direct_export_closed(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	struct dreply r;
+	int fd = -1;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_export_closed", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, TETHER_DIRECT_WRITE);
+	q = fd >= 0 ? map_direct(fd, P, PROT_READ | PROT_WRITE, 0) : NULL;
+	if (!q || probe(q, 1, 0x11, NULL)) {
+		fail("direct_export_closed", "attachment: %s", strerror(errno));
+		goto out;
+	}
+	/* The daemon's copy must be the last: the child closes its own
+	 * after sending it, and may not have run since. */
+	if (child_cmd(&c, 'n', 1, 10000 * scale)) {
+		fail("direct_export_closed", "child does not answer");
+		goto out;
+	}
+	r = dcall(D_CLOSEFD, c.dfd, 0, 0, -1);
+	if (r.ret) {
+		fail("direct_export_closed", "close in the daemon: %s", strerror(r.err));
+	} else {
+		int nfd = ddirect(c.rid[0], 0, P, 0), nerr = errno;
+		int sig = probe(q, 0, 0, &v);
+
+		if (nfd >= 0)
+			close(nfd);
+		if (sig != SIGBUS || nfd >= 0 || nerr != ENOENT)
+			fail("direct_export_closed", "after the export was withdrawn: read %s %#x, "
+			     "a new DIRECT_ATTACH %s (want SIGBUS, ENOENT)",
+			     sig == SIGBUS ? "SIGBUS" : "got", v,
+			     nfd >= 0 ? "worked" : strerror(nerr));
+		else
+			pass("direct_export_closed");
+	}
+out:
+	if (q)
+		munmap(q, P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
 /* The exporter exits: every later access of its attachment gets SIGBUS. */
 static void test_direct_exit(void)
 {
@@ -2547,6 +2615,7 @@ int main(void)
 	test_direct_munmap();
 	test_direct_mprotect();
 	test_direct_exit();
+	test_direct_export_closed();
 	test_direct_fault_race();
 	test_direct_bad_args();
 
