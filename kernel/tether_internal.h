@@ -33,6 +33,7 @@ static_assert(sizeof(struct tether_seq) == 16);
 static_assert(sizeof(struct tether_range_info) == 32);
 static_assert(sizeof(struct tether_ack) == 16);
 static_assert(sizeof(struct tether_event) == 72);
+static_assert(sizeof(struct tether_direct) == 32);
 
 #define TETHER_MAX_RANGES	65536	/* per exporter */
 #define TETHER_MAX_MARKS	65536	/* separate marked intervals per range */
@@ -48,6 +49,9 @@ static_assert(sizeof(struct tether_event) == 72);
 
 extern unsigned int tether_ack_timeout_ms;	/* always MIN..MAX */
 extern bool tether_test_fail_event_alloc;	/* test hook (tether_main.c) */
+extern bool tether_test_direct_hold;		/* test hook (tether_main.c) */
+extern unsigned int tether_test_direct_held;
+extern wait_queue_head_t tether_test_direct_wq;
 extern struct xarray tether_ranges;	/* range id -> struct tether_range */
 
 enum tether_role {
@@ -214,6 +218,16 @@ struct tether_mm_ctl {
  * @inflight:   END events created at start, sent at end
  * @ctls:       the control fds the exporters are attached to
  * @mm_gone:    release() ran: the address space is gone
+ * @directs:    direct attachments of ranges of this mm (tether_datt.tm_node);
+ *              an RCU list: changed under @lock, walked by the notifier
+ *              under tether_direct_srcu, because zapping sleeps
+ * @nr_direct:  entries on @directs (0: the notifier skips the walk)
+ * @direct_seq: bumped by every invalidation of the mm that starts while
+ *              @nr_direct is not 0; a fault of a direct attachment that
+ *              sees it change between its lookup and its page-table
+ *              insert takes the insert back (tether_direct.c)
+ * @direct_wq:  faults of direct attachments waiting for an invalidation
+ *              over their address to end
  *
  * One invalidation of the mm runs one invalidate_range_start callback, which
  * finds the overlapping ranges of every exporter of the mm in @ranges, queues
@@ -232,6 +246,10 @@ struct tether_mm {
 	struct list_head inflight;
 	struct tether_mm_ctl ctls[TETHER_MAX_MM_CTLS];
 	bool mm_gone;
+	struct list_head directs;
+	unsigned int nr_direct;
+	u64 direct_seq;
+	wait_queue_head_t direct_wq;
 };
 
 /**
@@ -314,6 +332,41 @@ struct tether_batch {
 	u64 overflow_gen;
 };
 
+/**
+ * struct tether_datt - a direct attachment (TETHER_IOC_DIRECT_ATTACH)
+ * @ref:      the attachment file, and each fault that waits for the
+ *            exporter with its own mmap_lock dropped
+ * @tm_node:  on tm->directs (RCU list, changed under tm->lock)
+ * @exp:      the exporter of the range (one reference: keeps @tm and the
+ *            mm_struct, not the address space, alive)
+ * @tm:       exp->tm
+ * @mm:       exp->mm (mmgrab'ed by the exporter; a fault takes mmget_not_zero)
+ * @inode:    the attachment's own inode: its i_mapping links every VMA that
+ *            maps the attachment, in any process, so unmap_mapping_range()
+ *            zaps them all
+ * @start:    user address of the attached interval in the exporter's mm
+ * @len:      its length (bytes)
+ * @writable: TETHER_DIRECT_WRITE: mappings may be writable
+ * @linked:   on tm->directs (set once at creation, cleared at release)
+ * @dead:     the exporter fd was closed: faults get SIGBUS (under tm->lock)
+ *
+ * Constant fields are set before the attachment is linked and never
+ * change; @dead is protected by tm->lock.
+ */
+struct tether_datt {
+	struct kref ref;
+	struct list_head tm_node;
+	struct tether_exporter *exp;
+	struct tether_mm *tm;
+	struct mm_struct *mm;
+	struct inode *inode;
+	u64 start;
+	u64 len;
+	bool writable;
+	bool linked;
+	bool dead;
+};
+
 struct tether_ival {
 	struct list_head node;
 	u64 start;
@@ -360,5 +413,15 @@ int tether_range_read_retry(struct tether_ctl *ctl, struct tether_range *range,
 			    u64 seq);
 int tether_range_info(struct tether_ctl *ctl, struct tether_range *range,
 		      struct tether_range_info *info);
+bool tether_mm_busy(struct tether_mm *tm, u64 start, u64 end);
+
+/* tether_direct.c */
+int tether_direct_init(void);
+void tether_direct_exit(void);
+int tether_direct_create(struct tether_ctl *ctl, struct tether_range *range,
+			 u64 offset, u64 len, bool writable,
+			 int __user *ufd);
+void tether_direct_zap(struct tether_mm *tm, u64 start, u64 end,
+		       struct tether_exporter *exp);
 
 #endif /* TETHER_INTERNAL_H */

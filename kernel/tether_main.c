@@ -79,6 +79,41 @@ module_param_named(test_fail_event_alloc, tether_test_fail_event_alloc, bool, 06
 MODULE_PARM_DESC(test_fail_event_alloc,
 		 "Test hook: fail every notifier event allocation (default N)");
 
+/*
+ * Test hook (tests/vm/module_test.c only, root): while test_direct_hold
+ * is set, a fault of a direct attachment stops after it looked the
+ * exporter's page up and before it inserts it, and counts itself in
+ * test_direct_held; clearing the parameter lets it go on (at most 10 s
+ * later it goes on anyway).  That is how the test puts an invalidation
+ * of the exporter between lookup and insert (tether_direct.c), without
+ * hoping for timing.  It never changes anything else.
+ */
+bool tether_test_direct_hold;
+unsigned int tether_test_direct_held;
+DECLARE_WAIT_QUEUE_HEAD(tether_test_direct_wq);
+
+static int tether_test_direct_hold_set(const char *val,
+				       const struct kernel_param *kp)
+{
+	int ret = param_set_bool(val, kp);
+
+	wake_up_all(&tether_test_direct_wq);
+	return ret;
+}
+
+static const struct kernel_param_ops tether_test_direct_hold_ops = {
+	.set = tether_test_direct_hold_set,
+	.get = param_get_bool,
+};
+
+module_param_cb(test_direct_hold, &tether_test_direct_hold_ops,
+		&tether_test_direct_hold, 0644);
+MODULE_PARM_DESC(test_direct_hold,
+		 "Test hook: direct attachment faults stop between lookup and insert (default N)");
+module_param_named(test_direct_held, tether_test_direct_held, uint, 0444);
+MODULE_PARM_DESC(test_direct_held,
+		 "Test hook: direct attachment faults stopped by test_direct_hold now");
+
 DEFINE_XARRAY_ALLOC1(tether_ranges);
 
 static const struct file_operations tether_fops;
@@ -153,7 +188,7 @@ static long tether_ioc_version(void __user *uarg)
 	struct tether_version v = {
 		.abi_version = TETHER_ABI_VERSION,
 		.event_size = sizeof(struct tether_event),
-		.features = TETHER_FEAT_SEQ,
+		.features = TETHER_FEAT_SEQ | TETHER_FEAT_DIRECT,
 	};
 
 	return copy_to_user(uarg, &v, sizeof(v)) ? -EFAULT : 0;
@@ -307,7 +342,8 @@ out_fput:
 }
 
 /**
- * tether_ioc_range() - MARK_CACHED, UNMARK_CACHED, READ_RETRY, RANGE_INFO
+ * tether_ioc_range() - MARK_CACHED, UNMARK_CACHED, READ_RETRY, RANGE_INFO,
+ * DIRECT_ATTACH
  * @tf:   file private data (must be a control fd)
  * @cmd:  the command
  * @uarg: its argument
@@ -322,6 +358,7 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 		struct tether_mark mark;
 		struct tether_seq seq;
 		struct tether_range_info info;
+		struct tether_direct direct;
 	} u;
 	struct tether_range *range;
 	struct tether_ctl *ctl;
@@ -366,6 +403,17 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 		if (!ret && copy_to_user(uarg, &u.info, sizeof(u.info)))
 			ret = -EFAULT;
 		break;
+	case TETHER_IOC_DIRECT_ATTACH:
+		if ((u.direct.flags & ~TETHER_DIRECT_WRITE) ||
+		    tether_bad_span(u.direct.offset, u.direct.len, range->len)) {
+			ret = -EINVAL;
+			break;
+		}
+		ret = tether_direct_create(ctl, range, u.direct.offset,
+					   u.direct.len,
+					   u.direct.flags & TETHER_DIRECT_WRITE,
+					   &((struct tether_direct __user *)uarg)->fd);
+		break;
 	default:
 		WARN_ON_ONCE(1);
 		ret = -ENOTTY;
@@ -394,6 +442,7 @@ static long tether_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case TETHER_IOC_UNMARK_CACHED:
 	case TETHER_IOC_READ_RETRY:
 	case TETHER_IOC_RANGE_INFO:
+	case TETHER_IOC_DIRECT_ATTACH:
 		return tether_ioc_range(tf, cmd, uarg);
 	case TETHER_IOC_ACK: {
 		struct tether_ack req;
@@ -492,9 +541,12 @@ static int __init tether_init(void)
 	ret = tether_kevent_cache_init();
 	if (ret)
 		return ret;
-	ret = misc_register(&tether_misc);
+	ret = tether_direct_init();
 	if (ret)
 		goto err_cache;
+	ret = misc_register(&tether_misc);
+	if (ret)
+		goto err_direct;
 	pr_info("tether: ABI %d, ack_timeout_ms=%u, kernel API: %s hook, range->vma %s, MMU_NOTIFY_EXCLUSIVE %s\n",
 		TETHER_ABI_VERSION, tether_ack_timeout_ms,
 		TETHER_HAVE_MN_ARCH_INVALIDATE_SECONDARY_TLBS ?
@@ -503,6 +555,8 @@ static int __init tether_init(void)
 		TETHER_HAVE_MMU_NOTIFY_EXCLUSIVE ? "present" : "absent");
 	return 0;
 
+err_direct:
+	tether_direct_exit();
 err_cache:
 	tether_kevent_cache_exit();
 	return ret;
@@ -513,6 +567,7 @@ static void __exit tether_exit(void)
 	misc_deregister(&tether_misc);
 	WARN_ON(!xa_empty(&tether_ranges));
 	tether_notifier_exit();	/* subscriptions freed by SRCU callbacks */
+	tether_direct_exit();	/* no attachment file is open: each holds the module */
 	tether_kevent_cache_exit();
 }
 

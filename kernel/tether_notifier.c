@@ -418,6 +418,22 @@ static bool tether_inprog_overlaps(struct tether_mm *tm, u64 start,
 }
 
 /**
+ * tether_mm_busy() - is an invalidation of [@start, @end) of the mm running?
+ * @tm:    the exporter's mm
+ * @start: user address
+ * @end:   user address (exclusive)
+ *
+ * For the faults of direct attachments (tether_direct.c).
+ *
+ * Context: tm->lock held.
+ * Return: as tether_inprog_overlaps().
+ */
+bool tether_mm_busy(struct tether_mm *tm, u64 start, u64 end)
+{
+	return tether_inprog_overlaps(tm, start, end);
+}
+
+/**
  * tether_range_seq() - the sequence MARK and READ_RETRY report for @range
  * @tm:    the mm of the range's exporter
  * @range: range
@@ -609,8 +625,10 @@ static int tether_mn_start(struct mmu_notifier *mn,
 	bool blockable = mmu_notifier_range_blockable(r);
 	struct tether_batch b[TETHER_MAX_MM_CTLS] = {};
 	struct interval_tree_node *it;
+	bool ov;
 	struct tether_kevent *ev, *end;
 	LIST_HEAD(waitlist);
+	bool direct;
 	u32 type;
 
 	if (WARN_ON_ONCE(r->end <= r->start))
@@ -618,8 +636,14 @@ static int tether_mn_start(struct mmu_notifier *mn,
 
 	spin_lock(&tm->lock);
 	tether_inprog_add(tm, r);
+	/* Faults of direct attachments that raced with us see it change. */
+	direct = tm->nr_direct;
+	if (direct)
+		tm->direct_seq++;
 	if (!tm->nr_marked) {
 		spin_unlock(&tm->lock);	/* G3 fast path */
+		if (direct)
+			tether_direct_zap(tm, r->start, r->end, NULL);
 		return 0;
 	}
 	type = tether_event_type(r->event);
@@ -669,9 +693,13 @@ static int tether_mn_start(struct mmu_notifier *mn,
 	/*
 	 * Every BEGIN of this invalidation, for every exporter of the mm and
 	 * every ctl, is queued before we wait for any: the daemons handle
-	 * them together, and the wait costs one timeout at most.
+	 * them together, and the wait costs one timeout at most.  Direct
+	 * attachments are zapped while the daemons work.
 	 */
-	if (tether_batches_queue(b, blockable) || !list_empty(&waitlist)) {
+	ov = tether_batches_queue(b, blockable);
+	if (direct)
+		tether_direct_zap(tm, r->start, r->end, NULL);
+	if (ov || !list_empty(&waitlist)) {
 		might_sleep();
 		tether_ctl_wait(&waitlist, b, TETHER_MAX_MM_CTLS);
 	}
@@ -694,12 +722,14 @@ static void tether_mn_end(struct mmu_notifier *mn,
 	struct tether_batch b[TETHER_MAX_MM_CTLS] = {};
 	struct tether_kevent *ev, *tmp;
 	LIST_HEAD(stale);
+	bool wake;
 
 	if (r->end <= r->start)
 		return;		/* start ignored it (and warned) */
 
 	spin_lock(&tm->lock);
 	tether_inprog_del(tm, r);
+	wake = tm->nr_direct;
 	list_for_each_entry_safe(ev, tmp, &tm->inflight, node) {
 		struct tether_exporter *exp = ev->range->exp;
 
@@ -716,6 +746,9 @@ static void tether_mn_end(struct mmu_notifier *mn,
 	}
 	spin_unlock(&tm->lock);
 
+	/* Faults of direct attachments wait for the end of invalidations. */
+	if (wake)
+		wake_up_all(&tm->direct_wq);
 	tether_free_list(&stale);
 	tether_batches_queue(b, false);
 	tether_batches_put(b);
@@ -769,13 +802,15 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 		tether_free_list(&prealloc);
 		return;
 	}
-	tm->mm_gone = true;
+	tm->mm_gone = true;	/* faults of direct attachments: SIGBUS */
 	list_for_each_entry(exp, &tm->exporters, mm_node)
 		if (exp->ctl)
 			tether_queue_releases(tether_batch_for(b, exp), exp,
 					      &prealloc, &waitlist);
 	spin_unlock(&tm->lock);
 	tether_free_list(&prealloc);
+	/* Before exit_mmap() frees the pages they map. */
+	tether_direct_zap(tm, 0, ULLONG_MAX, NULL);
 
 	if (tether_batches_queue(b, true) || !list_empty(&waitlist))
 		tether_ctl_wait(&waitlist, b, TETHER_MAX_MM_CTLS);
@@ -811,6 +846,8 @@ static struct mmu_notifier *tether_mn_alloc(struct mm_struct *mm)
 	tm->ranges = RB_ROOT_CACHED;
 	INIT_LIST_HEAD(&tm->exporters);
 	INIT_LIST_HEAD(&tm->inflight);
+	INIT_LIST_HEAD(&tm->directs);
+	init_waitqueue_head(&tm->direct_wq);
 	return &tm->mn;
 }
 
@@ -827,7 +864,8 @@ static void tether_mn_free(struct mmu_notifier *mn)
 {
 	struct tether_mm *tm = container_of(mn, struct tether_mm, mn);
 
-	WARN_ON(!list_empty(&tm->exporters) || !list_empty(&tm->inflight));
+	WARN_ON(!list_empty(&tm->exporters) || !list_empty(&tm->inflight) ||
+		!list_empty(&tm->directs));
 	kfree(tm);
 }
 
@@ -1060,9 +1098,10 @@ void tether_exporter_teardown(struct tether_exporter *exp)
 	struct tether_kevent *ev, *tmp;
 	struct tether_range *range;
 	struct tether_ctl *ctl = NULL;
+	struct tether_datt *d;
 	LIST_HEAD(prealloc);
 	LIST_HEAD(stale);
-	bool drop = false;
+	bool drop = false, zap = false;
 	unsigned int i;
 
 	if (!tm) {
@@ -1082,6 +1121,12 @@ void tether_exporter_teardown(struct tether_exporter *exp)
 	spin_lock(&tm->lock);
 	exp->closing = true;
 	list_del_init(&exp->mm_node);
+	list_for_each_entry(d, &tm->directs, tm_node) {
+		if (d->exp == exp) {
+			d->dead = true;	/* the export is withdrawn */
+			zap = true;
+		}
+	}
 	if (exp->ctl && !tm->mm_gone)
 		tether_queue_releases(tether_batch_for(b, exp), exp, &prealloc,
 				      NULL);
@@ -1100,6 +1145,8 @@ void tether_exporter_teardown(struct tether_exporter *exp)
 	tether_free_list(&stale);
 	tether_batches_queue(b, false);
 	tether_batches_put(b);
+	if (zap)
+		tether_direct_zap(tm, 0, ULLONG_MAX, exp);
 
 	list_for_each_entry(range, &exp->range_list, node)
 		xa_erase(&tether_ranges, range->id);

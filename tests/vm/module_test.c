@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -37,6 +38,7 @@ _Static_assert(sizeof(struct tether_event) == 72, "event ABI");
 _Static_assert(sizeof(struct tether_range_reg) == 32, "reg ABI");
 _Static_assert(sizeof(struct tether_attach) == 24, "attach ABI");
 _Static_assert(sizeof(struct tether_mark) == 32, "mark ABI");
+_Static_assert(sizeof(struct tether_direct) == 32, "direct ABI");
 
 static long P;
 static double scale = 1.0;
@@ -151,11 +153,12 @@ static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
 
 enum {
 	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
-	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW,
+	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW, D_DIRECT,
+	D_CLOSEFD,
 };
 
 struct dcmd {
-	int64_t op, a, b, c;
+	int64_t op, a, b, c, d;
 };
 
 struct dreply {
@@ -268,10 +271,15 @@ static void daemon_main(int sock)
 				r.ret = ioctl(ctl, TETHER_IOC_ATTACH, &a);
 				r.err = errno;
 				r.v = a.exporter_id;
+				r.v2 = (uint64_t)fd;	/* for D_CLOSEFD */
 				/* keep fd open, as tetherd does: closing the last
 				 * reference of an exporter fd ends the export */
 				break;
 			}
+			case D_CLOSEFD:	/* close an exporter fd D_ATTACH kept */
+				r.ret = close((int)c.a);
+				r.err = errno;
+				break;
 			case D_MARK:
 			case D_UNMARK: {
 				struct tether_mark m = { .range_id = c.a, .offset = c.b, .len = c.c };
@@ -350,6 +358,20 @@ static void daemon_main(int sock)
 				}
 				continue;
 			}
+			case D_DIRECT: {	/* DIRECT_ATTACH; the new fd goes back */
+				struct tether_direct dr = { .range_id = c.a, .offset = c.b,
+							    .len = c.c, .flags = (uint32_t)c.d,
+							    .fd = -1 };
+
+				r.ret = ioctl(ctl, TETHER_IOC_DIRECT_ATTACH, &dr);
+				r.err = errno;
+				if (fd >= 0)
+					close(fd);
+				send_msg(sock, &r, sizeof(r), r.ret ? -1 : dr.fd);
+				if (!r.ret)
+					close(dr.fd);
+				continue;
+			}
 			case D_QUIT:
 				_exit(0);
 			}
@@ -365,7 +387,7 @@ static pid_t dpid;
 
 static struct dreply dcall(int64_t op, int64_t a, int64_t b, int64_t c, int fd)
 {
-	struct dcmd cmd = { op, a, b, c };
+	struct dcmd cmd = { op, a, b, c, 0 };
 	struct dreply r = { .ret = -1, .err = EPIPE };
 
 	if (send_msg(dsock, &cmd, sizeof(cmd), fd) ||
@@ -707,6 +729,7 @@ struct child {
 	uint64_t rid[64];
 	uint64_t addr[64];
 	uint64_t exp_id;
+	int dfd;		/* its exporter fd's number in the fake daemon */
 };
 
 struct child_hello {
@@ -719,8 +742,11 @@ struct child_hello {
  * Fork a child that maps @nr ranges of @pages pages, registers them on its
  * own exporter fd and sends fd + ids.  Then it waits for commands:
  *   'u' munmap first page of every range (reports 'd' when done)
- *   'm' munmap range 0 (reports 'd')
+ *   'm' munmap the first page of range 0 (reports 'd')
+ *   'r' map a new page filled with 0x33 over the first page of range 0
+ *       (MAP_FIXED: an implicit munmap; reports 'd')
  *   'o' allocate memory until killed (OOM)
+ *   'n' nothing (reports 'd': the child has closed its own exporter fd)
  *   'x' exit(0)
  * If @cgroup is set, the child first moves itself there.
  */
@@ -773,6 +799,22 @@ static int spawn_child(struct child *c, int nr, int pages, const char *cgroup)
 					if (m != MAP_FAILED)
 						memset(m, 1, 1 << 20);
 				}
+			} else if (cmd == 'r') {
+				/* a new page over page 0 of range 0 */
+				char *m = mmap((void *)(uintptr_t)h.addr[0], P,
+					       PROT_READ | PROT_WRITE,
+					       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+				if (m == MAP_FAILED)
+					_exit(10);
+				memset(m, 0x33, P);
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
+			} else if (cmd == 'n') {	/* no-op: it is past close(fd) */
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
 			} else if (cmd == 'x') {
 				_exit(0);
 			}
@@ -819,6 +861,7 @@ static int attach_child(struct child *c)
 		return -1;
 	}
 	c->exp_id = r.v;
+	c->dfd = (int)r.v2;
 	return 0;
 }
 
@@ -1945,6 +1988,562 @@ static void test_oom(void)
 	rmdir(cg);
 }
 
+
+/* ------------------------------------------------------------------ */
+/* direct attachments: the exporter's own pages, zapped by the notifier */
+
+static sigjmp_buf probe_jmp;
+
+static void probe_signal(int sig)
+{
+	siglongjmp(probe_jmp, sig);
+}
+
+/*
+ * Read (@write 0) or write @val at @a.  Returns 0, or the signal the
+ * access got: SIGBUS (the module refused it), SIGSEGV (the VMA forbids it).
+ */
+static int probe(volatile char *a, int write, char val, char *out)
+{
+	struct sigaction sa = { .sa_handler = probe_signal }, oldbus, oldsegv;
+	int ret;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &oldbus);
+	sigaction(SIGSEGV, &sa, &oldsegv);
+	ret = sigsetjmp(probe_jmp, 1);
+	if (ret) {
+		/* the signal number */
+	} else if (write) {
+		*a = val;
+	} else {
+		char v = *a;
+
+		if (out)
+			*out = v;
+	}
+	sigaction(SIGBUS, &oldbus, NULL);
+	sigaction(SIGSEGV, &oldsegv, NULL);
+	return ret;
+}
+
+/* DIRECT_ATTACH by the fake daemon; returns the fd, or -1 with errno. */
+static int ddirect(uint64_t rid, uint64_t off, uint64_t len, uint32_t flags)
+{
+	struct dcmd cmd = { D_DIRECT, (int64_t)rid, (int64_t)off, (int64_t)len, flags };
+	struct dreply r = { .ret = -1, .err = EPIPE };
+	int fd = -1;
+
+	if (send_msg(dsock, &cmd, sizeof(cmd), -1) ||
+	    recv_msg(dsock, &r, sizeof(r), &fd) != sizeof(r)) {
+		fail("daemon", "lost the fake daemon (DIRECT_ATTACH): %s", strerror(errno));
+		exit(1);
+	}
+	if (r.ret) {
+		errno = (int)r.err;
+		return -1;
+	}
+	return fd;
+}
+
+static char *map_direct(int fd, size_t len, int prot, off_t off)
+{
+	char *q = mmap(NULL, len, prot, MAP_SHARED, fd, off);
+
+	return q == MAP_FAILED ? NULL : q;
+}
+
+/*
+ * Stores of the exporter are seen at once through the attachment, and
+ * the other way round: in the exporter's own process, and in another one.
+ */
+static void test_direct_stores(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	int fd, sv[2], st;
+	char *q, c;
+	pid_t pid;
+
+	dcall(D_PAUSE, 0, 0, 0, -1);	/* exits below wait for RELEASE acks */
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	fd = rid ? ddirect(rid, 0, 4 * P, TETHER_DIRECT_WRITE) : -1;
+	q = fd >= 0 ? map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+
+	if (!q) {
+		fail("direct_stores", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	if (q[0] != 0x5a || q[3 * P + 7] != 0x5a) {
+		fail("direct_stores", "attachment reads %#x, exporter holds 0x5a", q[0]);
+		goto out;
+	}
+	p[100] = 1;
+	q[2 * P + 5] = 7;
+	if (q[100] != 1 || p[2 * P + 5] != 7) {
+		fail("direct_stores", "same process: saw %d and %d, want 1 and 7", q[100],
+		     p[2 * P + 5]);
+		goto out;
+	}
+	/* Another process: the attachment fd is inherited, the mapping made there. */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv))
+		goto out;
+	pid = fork();
+	if (pid == 0) {
+		char *cq = map_direct(fd, 4 * P, PROT_READ | PROT_WRITE, 0);
+
+		close(sv[0]);
+		if (!cq || read(sv[1], &c, 1) != 1)
+			_exit(2);
+		c = cq[P + 1];			/* the parent stored 42 */
+		cq[P + 2] = 43;			/* the parent must see it */
+		if (write(sv[1], &c, 1) != 1)
+			_exit(3);
+		_exit(0);
+	}
+	close(sv[1]);
+	p[P + 1] = 42;
+	c = 0;
+	if (write(sv[0], &c, 1) != 1 || read(sv[0], &c, 1) != 1) {
+		fail("direct_stores", "lost the attaching child");
+	} else if (c != 42 || p[P + 2] != 43) {
+		fail("direct_stores", "other process: saw %d (want 42), exporter saw %d (want 43)",
+		     c, p[P + 2]);
+	} else {
+		pass("direct_stores");
+	}
+	close(sv[0]);
+	waitpid(pid, &st, 0);
+out:
+	munmap(q, 4 * P);
+	close(fd);
+}
+
+/*
+ * Memory the exporter never touched: a read through the attachment maps
+ * the zero page read-only; the exporter's first store (a COW from the
+ * zero page) is seen at once, and a store through the attachment after
+ * that read lands in the exporter's page, never in the zero page.
+ */
+static void test_direct_zero_page(void)
+{
+	char *p = mmap(NULL, 2 * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t rid = p != MAP_FAILED ? reg_range(efd, p, 2 * P) : 0;
+	int fd = rid ? ddirect(rid, 0, 2 * P, TETHER_DIRECT_WRITE) : -1;
+	char *q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	char *z = mmap(NULL, P, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (!q || z == MAP_FAILED) {
+		fail("direct_zero_page", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	if (q[10] != 0 || q[P + 10] != 0) {
+		fail("direct_zero_page", "untouched memory reads %d %d", q[10], q[P + 10]);
+	} else if ((p[10] = 5, q[10] != 5)) {
+		fail("direct_zero_page", "exporter's first store not seen: %d", q[10]);
+	} else if ((q[P + 10] = 6, p[P + 10] != 6)) {
+		fail("direct_zero_page", "store after a read of the zero page: exporter sees %d",
+		     p[P + 10]);
+	} else if (z[P / 2] != 0) {
+		fail("direct_zero_page", "the zero page changed: %d", z[P / 2]);
+	} else {
+		pass("direct_zero_page");
+	}
+	munmap(z, P);
+	munmap(q, 2 * P);
+	close(fd);
+}
+
+/*
+ * The exporter (another process) unmaps a page: once its munmap returned,
+ * the attachment's next access faults and gets SIGBUS, it never reads
+ * the freed page; a new page mapped there is what the attachment shows.
+ */
+static void test_direct_munmap(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	int fd = -1;
+
+	if (spawn_child(&c, 1, 2, NULL) || attach_child(&c)) {
+		fail("direct_munmap", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, 2 * P, TETHER_DIRECT_WRITE);
+	q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	if (!q) {
+		fail("direct_munmap", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		goto out;
+	}
+	if (probe(q, 0, 0, &v) || v != 0x5a) {	/* mapped now */
+		fail("direct_munmap", "first read: %s %#x", v ? "got" : "SIGBUS", v);
+		goto out;
+	}
+	if (child_cmd(&c, 'r', 1, 10000 * scale)) {
+		fail("direct_munmap", "child could not remap");
+		goto out;
+	}
+	v = 0;
+	if (probe(q, 0, 0, &v) || v != 0x33) {
+		fail("direct_munmap", "after the exporter mapped a new page: %s %#x (want 0x33)",
+		     v ? "read" : "SIGBUS", v);
+		goto out;
+	}
+	if (child_cmd(&c, 'm', 1, 10000 * scale)) {
+		fail("direct_munmap", "child could not munmap");
+		goto out;
+	}
+	v = 0;
+	if (probe(q, 0, 0, &v) != SIGBUS) {
+		fail("direct_munmap", "read %#x (no SIGBUS) from a page the exporter unmapped", v);
+	} else if (probe(q + P, 0, 0, &v) || v != 0x5a) {
+		fail("direct_munmap", "the page the exporter kept: %#x (want 0x5a)", v);
+	} else {
+		pass("direct_munmap");
+	}
+out:
+	if (q)
+		munmap(q, 2 * P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
+/*
+ * mprotect by the exporter zaps the attachment: a write the exporter may
+ * not do any more gets SIGBUS, reads go on; writable again, writes land.
+ */
+static void test_direct_mprotect(void)
+{
+	char *p = map_pages(2);
+	uint64_t rid = reg_range(efd, p, 2 * P);
+	int fd = rid ? ddirect(rid, 0, 2 * P, TETHER_DIRECT_WRITE) : -1;
+	char *q = fd >= 0 ? map_direct(fd, 2 * P, PROT_READ | PROT_WRITE, 0) : NULL;
+	char v = 0;
+
+	if (!q) {
+		fail("direct_mprotect", "DIRECT_ATTACH / mmap: %s", strerror(errno));
+		return;
+	}
+	q[0] = 1;			/* a writable pte now */
+	if (mprotect(p, P, PROT_READ)) {
+		fail("direct_mprotect", "mprotect: %s", strerror(errno));
+	} else if (probe(q, 1, 2, NULL) != SIGBUS) {
+		fail("direct_mprotect", "no SIGBUS for a write through the attachment after "
+		     "the exporter's mprotect(PROT_READ) returned (exporter sees %d)", p[0]);
+	} else if (probe(q, 0, 0, &v) || v != 1) {
+		fail("direct_mprotect", "read after mprotect(PROT_READ): %s %d",
+		     v ? "got" : "SIGBUS", v);
+	} else if (mprotect(p, P, PROT_READ | PROT_WRITE) || probe(q, 1, 3, NULL) ||
+		   p[0] != 3) {
+		fail("direct_mprotect", "writable again: exporter sees %d (want 3)", p[0]);
+	} else {
+		pass("direct_mprotect");
+	}
+	munmap(q, 2 * P);
+	close(fd);
+}
+
+static int write_param(const char *name, const char *val)
+{
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/tether/parameters/%s", name);
+	f = fopen(path, "w");
+	if (!f)
+		return -1;
+	if (fputs(val, f) < 0) {
+		fclose(f);
+		return -1;
+	}
+	return fclose(f) ? -1 : 0;
+}
+
+static long read_param(const char *name)
+{
+	char path[128], buf[32] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/module/tether/parameters/%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return buf[0] ? strtol(buf, NULL, 10) : -1;
+}
+
+struct race_reader {
+	char *q;
+	int sig;
+	char v;
+};
+
+static void *race_read(void *a)
+{
+	struct race_reader *r = a;
+
+	r->sig = probe(r->q, 0, 0, &r->v);
+	return NULL;
+}
+
+/*
+ * A fault looked the exporter's page up; before it inserts it, the
+ * exporter unmaps the page (the module's test_direct_hold hook stops the
+ * fault there; the test waits until it is held, no timing).  The insert
+ * comes after the zap, so the fault must take it back itself: the read
+ * gets SIGBUS, never the freed page.
+ */
+static void test_direct_fault_race(void)
+{
+	struct race_reader rr = { 0 };
+	pthread_t th;
+	struct child c;
+	double end;
+	int fd = -1, started = 0;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_fault_race", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, 0);
+	rr.q = fd >= 0 ? map_direct(fd, P, PROT_READ, 0) : NULL;
+	if (!rr.q || write_param("test_direct_hold", "1")) {
+		fail("direct_fault_race", "setup: %s", strerror(errno));
+		goto out;
+	}
+	if (pthread_create(&th, NULL, race_read, &rr)) {
+		fail("direct_fault_race", "pthread_create");
+		goto out_release;
+	}
+	started = 1;
+	end = now_ms() + 10000 * scale;
+	while (read_param("test_direct_held") != 1 && now_ms() < end)
+		usleep(1000);	/* polls for a state; no race depends on it */
+	if (read_param("test_direct_held") != 1) {
+		fail("direct_fault_race", "the fault never reached the hook");
+		goto out_release;
+	}
+	if (child_cmd(&c, 'm', 1, 10000 * scale)) {
+		fail("direct_fault_race", "child could not munmap");
+		goto out_release;
+	}
+	write_param("test_direct_hold", "0");
+	pthread_join(th, NULL);
+	started = 0;
+	if (rr.sig != SIGBUS)
+		fail("direct_fault_race", "read %#x (signal %d) from a page the exporter unmapped "
+		     "while the fault held it", rr.v, rr.sig);
+	else
+		pass("direct_fault_race");
+out_release:
+	write_param("test_direct_hold", "0");
+	if (started)
+		pthread_join(th, NULL);
+out:
+	if (rr.q)
+		munmap(rr.q, P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
+/*
+ * The export is withdrawn (the daemon closes the exporter fd) while the
+ * exporter lives on: the attachment is zapped and later accesses get
+ * SIGBUS, although the exporter's memory is still there.
+ */
+static void test_direct_export_closed(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	struct dreply r;
+	int fd = -1;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_export_closed", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, TETHER_DIRECT_WRITE);
+	q = fd >= 0 ? map_direct(fd, P, PROT_READ | PROT_WRITE, 0) : NULL;
+	if (!q || probe(q, 1, 0x11, NULL)) {
+		fail("direct_export_closed", "attachment: %s", strerror(errno));
+		goto out;
+	}
+	/* The daemon's copy must be the last: the child closes its own
+	 * after sending it, and may not have run since. */
+	if (child_cmd(&c, 'n', 1, 10000 * scale)) {
+		fail("direct_export_closed", "child does not answer");
+		goto out;
+	}
+	r = dcall(D_CLOSEFD, c.dfd, 0, 0, -1);
+	if (r.ret) {
+		fail("direct_export_closed", "close in the daemon: %s", strerror(r.err));
+	} else {
+		int nfd = ddirect(c.rid[0], 0, P, 0), nerr = errno;
+		int sig = probe(q, 0, 0, &v);
+
+		if (nfd >= 0)
+			close(nfd);
+		if (sig != SIGBUS || nfd >= 0 || nerr != ENOENT)
+			fail("direct_export_closed", "after the export was withdrawn: read %s %#x, "
+			     "a new DIRECT_ATTACH %s (want SIGBUS, ENOENT)",
+			     sig == SIGBUS ? "SIGBUS" : "got", v,
+			     nfd >= 0 ? "worked" : strerror(nerr));
+		else
+			pass("direct_export_closed");
+	}
+out:
+	if (q)
+		munmap(q, P);
+	if (fd >= 0)
+		close(fd);
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
+/* The exporter exits: every later access of its attachment gets SIGBUS. */
+static void test_direct_exit(void)
+{
+	struct child c;
+	char *q = NULL, v = 0;
+	int fd = -1, st;
+
+	if (spawn_child(&c, 1, 1, NULL) || attach_child(&c)) {
+		fail("direct_exit", "could not set up a child exporter");
+		return;
+	}
+	fd = ddirect(c.rid[0], 0, P, 0);
+	q = fd >= 0 ? map_direct(fd, P, PROT_READ, 0) : NULL;
+	if (!q || probe(q, 0, 0, &v) || v != 0x5a) {
+		fail("direct_exit", "read-only attachment: %s, read %#x", strerror(errno), v);
+		goto out;
+	}
+	child_cmd(&c, 'x', 0, 0);
+	st = wait_child(c.pid, 10000 * scale);
+	if (st < 0 || !WIFEXITED(st))
+		fail("direct_exit", "child did not exit");
+	else if (probe(q, 0, 0, &v) != SIGBUS)
+		fail("direct_exit", "read %#x (no SIGBUS) after the exporter exited", v);
+	else
+		pass("direct_exit");
+out:
+	if (q)
+		munmap(q, P);
+	if (fd >= 0)
+		close(fd);
+	close(c.sock);
+}
+
+/* Bad DIRECT_ATTACH requests and mappings: a clear errno, nothing created. */
+static void test_direct_bad_args(void)
+{
+	char *p = map_pages(4);
+	uint64_t rid = reg_range(efd, p, 4 * P);
+	static const struct {	/* x86-64: 4096-byte pages */
+		const char *what;
+		uint64_t off, len;
+		uint32_t flags;
+		int want;
+	} bad[] = {
+		{ "unknown flags", 0, 4096, 2, EINVAL },
+		{ "unaligned offset", 1, 4096, 0, EINVAL },
+		{ "zero length", 0, 0, 0, EINVAL },
+		{ "past the range", 4096, 4 * 4096, 0, EINVAL },
+		{ "wrapping", 4096, (uint64_t)-4096, 0, EINVAL },
+	};
+	struct tether_direct dr = { .range_id = rid, .len = P };
+	int probe_fd = dup(0), fd, ctl, ok = 1;
+	unsigned int i;
+	char *q;
+
+	close(probe_fd);	/* the lowest free fd: must stay free */
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		fd = ddirect(rid, bad[i].off, bad[i].len, bad[i].flags);
+		if (fd >= 0 || errno != bad[i].want) {
+			fail("direct_bad_args", "%s: %s (want %s)", bad[i].what,
+			     fd >= 0 ? "created" : strerror(errno), strerror(bad[i].want));
+			ok = 0;
+		}
+	}
+	if (ddirect(0xfffffff0ULL, 0, P, 0) >= 0 || errno != ENOENT) {
+		fail("direct_bad_args", "unknown range: %s (want ENOENT)", strerror(errno));
+		ok = 0;
+	}
+	if (ioctl(efd, TETHER_IOC_DIRECT_ATTACH, &dr) == 0 || errno != EBADFD) {
+		fail("direct_bad_args", "on an exporter fd: %s (want EBADFD)", strerror(errno));
+		ok = 0;
+	}
+	/* A control fd the exporter did not hand its fd to. */
+	ctl = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+	if (ctl < 0 || ioctl(ctl, TETHER_IOC_CONTROL) ||
+	    ioctl(ctl, TETHER_IOC_DIRECT_ATTACH, &dr) == 0 || errno != ENOENT) {
+		fail("direct_bad_args", "from a foreign control fd: %s (want ENOENT)",
+		     strerror(errno));
+		ok = 0;
+	}
+	if (ctl >= 0)
+		close(ctl);
+	fd = dup(0);
+	if (fd != probe_fd) {
+		fail("direct_bad_args", "a rejected call left fd %d open", probe_fd);
+		ok = 0;
+	}
+	close(fd);
+
+	/* Mappings of a read-only attachment of 2 pages at offset 1 page. */
+	fd = ddirect(rid, P, 2 * P, 0);
+	if (fd < 0) {
+		fail("direct_bad_args", "read-only DIRECT_ATTACH: %s", strerror(errno));
+		return;
+	}
+	if (mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED ||
+	    errno != EACCES) {
+		fail("direct_bad_args", "writable mapping of a read-only attachment: %s",
+		     strerror(errno));
+		ok = 0;
+	}
+	if (mmap(NULL, P, PROT_READ, MAP_PRIVATE, fd, 0) != MAP_FAILED || errno != EINVAL) {
+		fail("direct_bad_args", "MAP_PRIVATE: %s (want EINVAL)", strerror(errno));
+		ok = 0;
+	}
+	if (mmap(NULL, 2 * P, PROT_READ, MAP_SHARED, fd, P) != MAP_FAILED || errno != EINVAL) {
+		fail("direct_bad_args", "mapping past the end: %s (want EINVAL)", strerror(errno));
+		ok = 0;
+	}
+	q = map_direct(fd, 2 * P, PROT_READ, 0);
+	if (!q) {
+		fail("direct_bad_args", "read-only mapping: %s", strerror(errno));
+		ok = 0;
+	} else {
+		p[P] = 9;	/* offset 0 of the attachment is page 1 of the range */
+		if (q[0] != 9) {
+			fail("direct_bad_args", "offset: attachment shows %d (want 9)", q[0]);
+			ok = 0;
+		}
+		if (!mprotect(q, P, PROT_READ | PROT_WRITE) || errno != EACCES) {
+			fail("direct_bad_args", "mprotect(PROT_WRITE) of a read-only attachment: "
+			     "%s (want EACCES)", strerror(errno));
+			ok = 0;
+		}
+		if (probe(q, 1, 1, NULL) != SIGSEGV) {
+			fail("direct_bad_args", "a write through a read-only attachment got no SIGSEGV");
+			ok = 0;
+		}
+		munmap(q, 2 * P);
+	}
+	close(fd);
+	if (ok)
+		pass("direct_bad_args");
+}
+
 /* ------------------------------------------------------------------ */
 
 static void watchdog(int sig)
@@ -2011,9 +2610,17 @@ int main(void)
 	test_end_pairs();
 	test_alloc_failure();
 	test_oom();
+	test_direct_stores();
+	test_direct_zero_page();
+	test_direct_munmap();
+	test_direct_mprotect();
+	test_direct_exit();
+	test_direct_export_closed();
+	test_direct_fault_race();
+	test_direct_bad_args();
 
 	{
-		struct dcmd q = { D_QUIT, 0, 0, 0 };
+		struct dcmd q = { D_QUIT, 0, 0, 0, 0 };
 
 		send_msg(dsock, &q, sizeof(q), -1);
 		close(dsock);

@@ -57,6 +57,7 @@ struct tether_version {
 };
 
 #define TETHER_FEAT_SEQ		(1ULL << 0)	/* MARK returns seq, READ_RETRY exists */
+#define TETHER_FEAT_DIRECT	(1ULL << 1)	/* TETHER_IOC_DIRECT_ATTACH exists */
 
 /**
  * struct tether_range_reg - TETHER_IOC_REGISTER_RANGE (exporter fd)
@@ -166,6 +167,46 @@ struct tether_ack {
 	__u64 flags;
 };
 
+/**
+ * struct tether_direct - TETHER_IOC_DIRECT_ATTACH (control fd)
+ * @range_id: in: a range of an exporter attached to THIS control fd
+ * @offset:   in: page-aligned offset into the range
+ * @len:      in: page-aligned length, > 0, @offset + @len <= range length
+ * @flags:    in: 0 (read-only) or TETHER_DIRECT_WRITE
+ * @fd:       out: a new file descriptor (O_CLOEXEC) of the attachment
+ *
+ * A direct attachment maps the exporter's own pages, not a copy: mmap(2)
+ * of @fd (MAP_SHARED only; file offset 0 is @offset of the range; PROT_WRITE
+ * only with TETHER_DIRECT_WRITE) shows [@offset, @offset + @len) of the
+ * exporter's range, faulted in page by page from the exporter's page
+ * tables.  Every invalidation of the exporter's mm over that interval
+ * (munmap, madvise, mprotect, COW break, migration, swap-out) unmaps the
+ * pages from every mapping of @fd before the exporter's call goes on; the
+ * next access faults again and sees what the exporter has there then.
+ * An access gets SIGBUS when the exporter has no anonymous memory at that
+ * address (unmapped, a file mapping), when the exporter's protection
+ * forbids it (a write where the exporter may not write), after the
+ * exporter exited, and after its exporter fd was closed.  No page is
+ * pinned beyond one fault.  Only the daemon the exporter handed its
+ * exporter fd to (the control fd it is attached to) may create one; it
+ * passes @fd on to a process on the same node.  Closing @fd and unmapping
+ * every mapping of it ends the attachment.
+ *
+ * Errors: ENOENT (unknown range, or one not attached to this control fd),
+ * EINVAL (alignment, zero length, wrap, outside the range, unknown flags),
+ * ESRCH (the exporter exited or closed its exporter fd), EBADFD (not a
+ * control fd), EMFILE, ENOMEM, EFAULT.  A rejected call creates nothing.
+ */
+struct tether_direct {
+	__u64 range_id;
+	__u64 offset;
+	__u64 len;
+	__u32 flags;
+	__s32 fd;
+};
+
+#define TETHER_DIRECT_WRITE	(1U << 0)	/* mappings may be PROT_WRITE */
+
 /* struct tether_event.type: what the kernel is doing (mmu_notifier_event) */
 enum tether_event_type {
 	TETHER_EV_NONE            = 0,
@@ -251,5 +292,6 @@ struct tether_event {
 #define TETHER_IOC_READ_RETRY     _IOW(TETHER_IOC_MAGIC, 0x06, struct tether_seq)
 #define TETHER_IOC_ACK            _IOW(TETHER_IOC_MAGIC, 0x07, struct tether_ack)
 #define TETHER_IOC_RANGE_INFO     _IOWR(TETHER_IOC_MAGIC, 0x08, struct tether_range_info)
+#define TETHER_IOC_DIRECT_ATTACH  _IOWR(TETHER_IOC_MAGIC, 0x09, struct tether_direct)
 
 #endif /* _UAPI_LINUX_TETHER_H */
