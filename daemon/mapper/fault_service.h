@@ -132,6 +132,15 @@ class FaultService {
   absl::Status EndWindow(Attachment& att, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
 
+  // The home refused a write-back because the exporter's address is gone
+  // (ENXIO: a window reported it unmapped since the copy was read, or
+  // nothing is mapped there): the pages are counted lost, not kept dirty.
+  static bool IsGoneAtHome(const absl::Status& st);
+  // Sync's answer when the only thing it has to report is writes lost
+  // because the exporter unmapped their memory (EIO). Detach treats it as
+  // success, as XPMEM's detach of a dead range does (LocalApi).
+  static bool IsOnlyLostUnmapped(const absl::Status& st);
+
   uint64_t budget_bytes() const { return budget_pages_ * kPageSize; }
   uint64_t resident_bytes() const { return resident_pages_.load() * kPageSize; }
 
