@@ -199,6 +199,13 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
   absl::MutexLock lock(&att.mu);
   for (const Outcome& o : outcomes) {
     for (uint64_t p = o.first; p < o.first + o.count; ++p) {
+      if (o.gone && att.state[p] == PageState::kDirty) {
+        // Re-dirtied while the refused write was on its way: the store is
+        // on the same copy of the gone mapping, so it goes too — and the
+        // loss is reported now, not hidden behind this sync's OK.
+        att.state[p] = PageState::kWriteback;
+        --att.dirty;
+      }
       if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied, or taken by a window
       if (o.gone) {
         // Dropped: the client's next access fetches what the home has
