@@ -53,8 +53,6 @@
  *         attach APID OFF LEN       -> "ok addr=0xADDR"
  *         detach ADDR
  *         sync ADDR LEN | acquire ADDR LEN
- *         syncbg ADDR LEN           -> tether_sync on a second thread; "ok" at once
- *         syncwait                  -> joins it: its result, as sync's
  *         read ADDR                 -> "ok byte=B"
  *         write ADDR LEN BYTE       -> memset; "ok"
  *       Numbers may be decimal or 0x-hex. An access that raises SIGBUS
@@ -64,7 +62,6 @@
 #include <errno.h>
 #include <grp.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -506,28 +503,7 @@ static void api_error(const char* call) {
   printf("error: errno=%d %s %s: %s\n", e, errno_name(e), call, tether_strerror());
 }
 
-/* `syncbg`: a tether_sync on a second thread, so that a test can race it
- * with a detach of the same attachment (issue 16); `syncwait` joins it and
- * prints its result. */
-struct bg_sync {
-  void* addr;
-  size_t len;
-  int rc, err;
-  char msg[256];
-};
-
-static void* bg_sync_run(void* arg) {
-  struct bg_sync* b = arg;
-  b->rc = tether_sync(b->addr, b->len);
-  b->err = errno;
-  snprintf(b->msg, sizeof b->msg, "%s", b->rc != 0 ? tether_strerror() : "");
-  return NULL;
-}
-
 static int do_api(int argc, char** argv) {
-  pthread_t bg_thread;
-  struct bg_sync bg;
-  int bg_running = 0;
   const char* uid = arg(argc, argv, "--uid");
   if (uid) {
     uid_t u = (uid_t)num(uid, 65534);
@@ -603,22 +579,6 @@ static int do_api(int argc, char** argv) {
           sync ? tether_sync((void*)(uintptr_t)x1, x2) : tether_acquire((void*)(uintptr_t)x1, x2);
       if (rc != 0)
         api_error(sync ? "tether_sync" : "tether_acquire");
-      else
-        printf("ok\n");
-    } else if (strcmp(cmd, "syncbg") == 0 && n == 3 && !bg_running) {
-      bg.addr = (void*)(uintptr_t)x1;
-      bg.len = x2;
-      if (pthread_create(&bg_thread, NULL, bg_sync_run, &bg) != 0) {
-        api_error("pthread_create");
-      } else {
-        bg_running = 1;
-        printf("ok\n");
-      }
-    } else if (strcmp(cmd, "syncwait") == 0 && n == 1 && bg_running) {
-      pthread_join(bg_thread, NULL);
-      bg_running = 0;
-      if (bg.rc != 0)
-        printf("error: errno=%d %s tether_sync: %s\n", bg.err, errno_name(bg.err), bg.msg);
       else
         printf("ok\n");
     } else if (strcmp(cmd, "read") == 0 && n == 2) {
