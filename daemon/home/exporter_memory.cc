@@ -175,6 +175,14 @@ absl::Status ExporterMemory::Refused(uint64_t addr, char perm) const {
     return ErrnoStatus(EFAULT, absl::StrFormat("exporter memory at %#x could not be %s", addr,
                                                perm == 'w' ? "written" : "read"));
   }
+  // Nothing mapped there: the exporter unmapped it and the notifier did
+  // not report it gone (a write-back), or a read past what it maps. A
+  // write-back gets ENXIO, as one refused because a window reported the
+  // address gone (segment_serving.cc): the mapper counts its pages lost
+  // (there is nothing left to write to) instead of keeping them dirty
+  // for a sync that can never succeed. A read keeps EFAULT (a hole in a
+  // read-ahead, fault_install.cc).
+  if (perm == 'w') return ErrnoStatus(ENXIO, "exporter address not mapped");
   return ErrnoStatus(EFAULT, "exporter address not mapped");
 }
 

@@ -15,7 +15,9 @@
 // the kernel had already pinned the pages for when mprotect began may
 // still land while it runs, as with any write concurrent with mprotect.
 // A refusal becomes EACCES (mapped, not writable — or for a read, not
-// readable) or EFAULT (not mapped), told apart from /proc/<pid>/maps only
+// readable) or, not mapped, EFAULT for a read and ENXIO for a write (the
+// mapper then counts the pages lost: nowhere to write), told apart from
+// /proc/<pid>/maps only
 // once the call failed, off the fast path.
 //
 // process_vm_* name the process by pid, not by the mm the export was made
@@ -64,8 +66,10 @@ class ExporterMemory {
   // The mm the export was made from is gone (exit, exec). `addr`: where
   // to look (any address; one in the access, so that it is mapped).
   bool MmGone(uint64_t addr) const;
-  // Why an access at `addr` failed with EFAULT: EFAULT if nothing is
-  // mapped there, EACCES if the mapping lacks `perm` ('r' or 'w').
+  // Why an access at `addr` failed with EFAULT: nothing is mapped there
+  // (a read: EFAULT; a write: ENXIO, the write has nowhere to go), or the
+  // mapping lacks `perm` ('r' or 'w': EACCES), or it has it and still
+  // refused (EFAULT).
   absl::Status Refused(uint64_t addr, char perm) const;
 
   pid_t pid_;

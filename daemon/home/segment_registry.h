@@ -85,7 +85,14 @@ class SegmentRegistry : public BlockServer {
   // window still open asked: their marks are gone, but they may hold
   // copies until they answer that window, so this one must ask them too.
   absl::StatusOr<OpenedWindow> OpenWindow(uint64_t segid, uint64_t start, uint64_t end);
-  void CloseWindow(uint64_t segid, uint64_t window);
+  // Closes the window. `gone`: sub-ranges (segment offsets) whose address
+  // the change unmapped. Every grant records them (GrantRecord::unmapped):
+  // a write-back of a copy read before — held back by a failure, a retry
+  // or a put-back page that no later window asked about — is refused
+  // from now on (ENXIO), never landed in whatever the exporter maps there
+  // next. Under the same lock as the close: no write-back slips between.
+  void CloseWindow(uint64_t segid, uint64_t window,
+                   const std::vector<std::pair<uint64_t, uint64_t>>& gone = {});
   // Revokes every grant `node` holds on the segment: its later requests
   // and write-backs are refused ("revoked"), never applied.
   void FenceNode(uint64_t segid, uint32_t node, const std::string& why);
@@ -109,6 +116,13 @@ class SegmentRegistry : public BlockServer {
   struct GrantRecord {
     uint32_t node = 0;
     bool writable = false;
+    // Ranges reported gone (CloseWindow's `gone`: the exporter unmapped
+    // them) and not read through this grant since. A write-back into them
+    // carries a copy of a mapping that no longer exists: refused (ENXIO).
+    // A read takes its range out (the copy it returns is of the mapping
+    // there now). Empty unless an unmap happened: a read then costs one
+    // empty() check under the lock it takes anyway.
+    IntervalSet unmapped;
   };
   struct RecentWindow {
     uint64_t gen, start, end;

@@ -33,6 +33,7 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
   if (git == seg->grants.end() || git->second.node != peer_node)
     return ErrnoStatus(EACCES, "no grant for this node");
   if (write && !git->second.writable) return ErrnoStatus(EACCES, "read-only grant");
+  GrantRecord& g = git->second;
   if (!seg->memory) {
     return ErrnoStatus(seg->state == "removed" ? EIDRM : ESRCH,
                        absl::StrFormat("segment %#x: %s", segid, seg->state));
@@ -43,6 +44,19 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
     if (Overlap(offset, offset + len, w.start, w.end))
       return Retry("an invalidation window is open over this range");
   }
+  // A write-back carries a copy read through this grant. If the exporter
+  // unmapped the range since (a window's `gone`), that copy belongs to a
+  // mapping that no longer exists: landing it would write into whatever
+  // is mapped there now. The mapper counts the pages lost, as it does
+  // those a window's end reports gone (issue 14: a write-back held back
+  // past an unmap that did not ask its node, because a failed or retried
+  // write-back had left the page unmarked).
+  if (write && g.unmapped.Overlaps(offset, offset + len))
+    return ErrnoStatus(ENXIO, absl::StrFormat("segment %#x: the exporter unmapped [%#x, +%#x) "
+                                              "since this node read it; the write-back has "
+                                              "nowhere to go",
+                                              segid, offset, len));
+  if (!write && !g.unmapped.empty()) g.unmapped.Remove(offset, offset + len);
   // Before the read (G3), and before a write-back too: the writer keeps
   // the page it wrote (clean after a sync; or put back dirty when a
   // window's write-back failed and a later one succeeds), and a node that

@@ -70,10 +70,13 @@ absl::StatusOr<OpenedWindow> SegmentRegistry::OpenWindow(uint64_t segid, uint64_
   return w;
 }
 
-void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window) {
+void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window,
+                                  const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return;
+  for (auto& [id, g] : it->second->grants)
+    for (const auto& [g0, g1] : gone) g.unmapped.Add(g0, g1);
   it->second->windows.erase(window);
 }
 

@@ -206,7 +206,7 @@ void InvalidationCoordinator::WaitOutFences(uint64_t segid) {
 
 void InvalidationCoordinator::End(const InvalidationWindow& w,
                                   const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
-  registry_->CloseWindow(w.segid, w.id);
+  registry_->CloseWindow(w.segid, w.id, gone);
   InvalidationNotice n;
   n.kind = InvalidationNotice::Kind::kEnd;
   n.segid = w.segid;

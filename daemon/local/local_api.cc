@@ -293,6 +293,17 @@ absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
   }
   if (!revoked) st = faults_->Sync(*att, 0, att->size);
   faults_->Remove(att);
+  // Until here invalidation notices still reached it (AttachmentTable::
+  // Take): the sync may wait for a window's end to write kept-aside pages.
+  atts_->Detached(att->id);
+  // Writes lost only because the exporter unmapped their memory: there is
+  // nothing left to write them to, and XPMEM's detach of such a range
+  // succeeds, as a detach of a revoked attachment does here. tether_sync
+  // reports them (EIO); the log does here. Any other failure is returned.
+  if (FaultService::IsOnlyLostUnmapped(st)) {
+    TLOG_INFO("detach of attachment %#x: %s", att->id, st.message());
+    return absl::OkStatus();
+  }
   return st;
 }
 

@@ -28,7 +28,13 @@ std::shared_ptr<Attachment> AttachmentTable::Take(uint64_t id) {
   if (it == entries_.end()) return nullptr;
   std::shared_ptr<Attachment> att = std::move(it->second.att);
   entries_.erase(it);
+  detaching_[id] = att;
   return att;
+}
+
+void AttachmentTable::Detached(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  detaching_.erase(id);
 }
 
 std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeOwnedBy(uint64_t owner) {
@@ -36,6 +42,7 @@ std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeOwnedBy(uint64_t o
   absl::MutexLock lock(&mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->second.owner == owner) {
+      detaching_[it->first] = it->second.att;
       out.push_back(std::move(it->second.att));
       entries_.erase(it++);
     } else {
@@ -48,7 +55,10 @@ std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeOwnedBy(uint64_t o
 std::vector<std::shared_ptr<Attachment>> AttachmentTable::TakeAll() {
   std::vector<std::shared_ptr<Attachment>> out;
   absl::MutexLock lock(&mu_);
-  for (auto& [id, e] : entries_) out.push_back(std::move(e.att));
+  for (auto& [id, e] : entries_) {
+    detaching_[id] = e.att;
+    out.push_back(std::move(e.att));
+  }
   entries_.clear();
   return out;
 }
@@ -58,6 +68,8 @@ std::vector<std::shared_ptr<Attachment>> AttachmentTable::Of(uint64_t segid) {
   absl::MutexLock lock(&mu_);
   for (auto& [id, e] : entries_)
     if (e.att->segid == segid) out.push_back(e.att);
+  for (auto& [id, a] : detaching_)
+    if (a->segid == segid) out.push_back(a);
   return out;
 }
 
@@ -66,6 +78,8 @@ std::vector<std::shared_ptr<Attachment>> AttachmentTable::FromHome(uint32_t home
   absl::MutexLock lock(&mu_);
   for (auto& [id, e] : entries_)
     if (e.att->home == home) out.push_back(e.att);
+  for (auto& [id, a] : detaching_)
+    if (a->home == home) out.push_back(a);
   return out;
 }
 

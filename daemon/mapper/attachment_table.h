@@ -48,13 +48,21 @@ class AttachmentTable {
   uint64_t Insert(std::shared_ptr<Attachment> att, uint64_t owner, uint64_t apid);
   // The attachment `id` if it belongs to process `pid`, else null.
   std::shared_ptr<Attachment> Find(uint64_t id, pid_t pid);
-  // Removes and returns `id` (null if absent).
+  // Removes and returns `id` (null if absent). A taken attachment is being
+  // detached: no client request finds it any more, but Of and FromHome
+  // still do until Detached(id) — its detach writes back and waits for
+  // the windows over it, which only invalidation notices end (and a
+  // range_begin meanwhile must still drop its copies).
   std::shared_ptr<Attachment> Take(uint64_t id);
-  // Removes and returns every attachment of the local connection `owner`.
+  // Removes and returns every attachment of the local connection `owner`
+  // (being detached, as Take).
   std::vector<std::shared_ptr<Attachment>> TakeOwnedBy(uint64_t owner);
-  // Removes and returns all (daemon shutdown).
+  // Removes and returns all (daemon shutdown; being detached, as Take).
   std::vector<std::shared_ptr<Attachment>> TakeAll();
-  // Attachments of a segment (for invalidation notices).
+  // The detach of a taken attachment finished: forget it.
+  void Detached(uint64_t id);
+  // Attachments of a segment (for invalidation notices), those being
+  // detached included.
   std::vector<std::shared_ptr<Attachment>> Of(uint64_t segid);
   // Attachments whose segment's home is `home`, and the homes attachments
   // come from (the lease keeper: lease_keeper.h).
@@ -74,6 +82,8 @@ class AttachmentTable {
   absl::Mutex mu_;
   uint64_t next_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  // Taken, being detached (see Take).
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Attachment>> detaching_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

@@ -111,8 +111,12 @@ class FaultService {
   void Remove(const std::shared_ptr<Attachment>& att);
 
   // Writes back dirty pages in [offset, offset+len) of the attachment.
-  // Pages a window kept aside are written back by its end: Sync waits for
-  // that up to 10 s, then says EAGAIN (they are not at the home yet).
+  // Pages a window kept aside are written back by its end, pages another
+  // thread is writing back (kWriteback) by that thread: Sync waits for
+  // both up to 10 s, then says EAGAIN (they are not at the home yet), so
+  // that it never answers OK before every write-back it covers landed.
+  // Pages the home refuses as unmapped since read (ENXIO) are dropped and
+  // reported lost (EIO), once.
   absl::Status Sync(Attachment& att, uint64_t offset, uint64_t len);
   // Drops clean copies in the range, so the next access refetches.
   absl::Status Acquire(Attachment& att, uint64_t offset, uint64_t len);
@@ -128,9 +132,19 @@ class FaultService {
   // lets faults in the range fetch again. A page whose write-back fails
   // goes back into the attachment as a dirty page (the client reads its
   // own writes; the next Sync retries it and reports a failure), unless
-  // another window still holds it (kept aside for that window's end).
+  // another window still holds it (kept aside for that window's end), or
+  // the home refused it as unmapped since read (ENXIO: counted lost).
   absl::Status EndWindow(Attachment& att, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
+
+  // The home refused a write-back because the exporter's address is gone
+  // (ENXIO: a window reported it unmapped since the copy was read, or
+  // nothing is mapped there): the pages are counted lost, not kept dirty.
+  static bool IsGoneAtHome(const absl::Status& st);
+  // Sync's answer when the only thing it has to report is writes lost
+  // because the exporter unmapped their memory (EIO). Detach treats it as
+  // success, as XPMEM's detach of a dead range does (LocalApi).
+  static bool IsOnlyLostUnmapped(const absl::Status& st);
 
   uint64_t budget_bytes() const { return budget_pages_ * kPageSize; }
   uint64_t resident_bytes() const { return resident_pages_.load() * kPageSize; }

@@ -112,10 +112,18 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   // contents that include our own writes.
   absl::Status result;
   std::vector<std::pair<uint64_t, std::string>> failed;
+  uint64_t unmapped = 0;
   for (auto& [p, bytes] : writeback) {
     absl::Status st = WriteBackPages(
         att, p, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize));
-    if (!st.ok()) {
+    if (IsGoneAtHome(st)) {
+      // The home refused it: the exporter unmapped the address since this
+      // copy was read (a later change that did not ask this node, while
+      // the write-back waited). Nothing to write to; counted lost, as a
+      // page in `gone` is, and not put back (issue 14).
+      TLOG_INFO("attachment %#x: kept-aside page %d: %s", att.id, p, st.message());
+      ++unmapped;
+    } else if (!st.ok()) {
       TLOG_WARN("attachment %#x: write-back of kept-aside page %d after a window: %s", att.id, p,
                 st.ToString());
       failed.emplace_back(p, std::move(bytes));
@@ -125,6 +133,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   uint64_t redirtied = 0;
   absl::MutexLock lock(&att.mu);
   for (const auto& [p, bytes] : writeback) att.kept_writing.erase(p);  // settled below
+  att.lost_pages += unmapped;                                          // reported by the next sync
   for (auto& [p, bytes] : failed) {
     // Not at the home. Refetching the page from there would hide the
     // client's writes from it, and writing this copy later would land it

@@ -11,15 +11,42 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/log.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
 
+using mapping_ops::PunchHole;
 using mapping_ops::WriteProtect;
+
+namespace {
+constexpr char kLostUnmappedPayload[] = "tether.lost_unmapped";
+
+// Takes the attachment's count of writes lost because their address went
+// away (reported once). OK if there are none.
+absl::Status TakeLost(Attachment& att) ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+  if (att.lost_pages == 0) return absl::OkStatus();
+  absl::Status st =
+      ErrnoStatus(EIO, absl::StrFormat("%d page(s) of writes not yet synced were discarded: "
+                                       "the exporter unmapped that memory",
+                                       att.lost_pages));
+  st.SetPayload(kLostUnmappedPayload, absl::Cord("1"));
+  att.lost_pages = 0;
+  return st;
+}
+}  // namespace
+
+bool FaultService::IsGoneAtHome(const absl::Status& st) { return ToErrno(st) == ENXIO; }
+
+bool FaultService::IsOnlyLostUnmapped(const absl::Status& st) {
+  return st.GetPayload(kLostUnmappedPayload).has_value();
+}
 
 absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) {
   if (offset > att.size || len > att.size - offset)
@@ -49,9 +76,23 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         auto w = att.kept_writing.lower_bound(p0);
         return w != att.kept_writing.end() && *w < p1;
       };
-      while (kept_in_window() && clock_->Now() < deadline) {
+      // Pages another thread's write-back has in flight (the evictor's
+      // sync, another client thread's, a detach racing a sync): this sync
+      // would skip them (they are not kDirty) and return while they are
+      // on their way — a detach then returned before its write landed
+      // (issue 16). Wait until that write-back settles them: kClean
+      // (landed), or kDirty again (failed or superseded), which this sync
+      // then takes and writes or reports. O(pages) under the lock, like
+      // the scan for dirty pages below; sync is not the fault path.
+      auto writing = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+        for (uint64_t p = p0; p < p1; ++p)
+          if (att.state[p] == PageState::kWriteback) return true;
+        return false;
+      };
+      while ((kept_in_window() || writing()) && !att.revoked && clock_->Now() < deadline) {
         att.mu.Unlock();
-        // Held here (tests), no lock held: waiting for a window's end.
+        // Held here (tests), no lock held: waiting for a window's end or
+        // for another thread's write-back.
         TETHER_FAULT_POINT("fault_service.sync.wait_kept_aside");
         absl::SleepFor(absl::Milliseconds(1));
         att.mu.Lock();
@@ -62,6 +103,10 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         still_kept = ErrnoStatus(EAGAIN,
                                  "writes kept aside by an invalidation window open for more than "
                                  "10 s are not at the home yet; written back when it ends");
+      if (writing() && still_kept.ok())
+        still_kept = ErrnoStatus(EAGAIN,
+                                 "another write-back of these pages has been in flight for more "
+                                 "than 10 s; they are not known to be at the home yet");
       if (att.revoked) {
         std::string msg = "attachment revoked (" + att.revoke_reason + ")";
         if (att.lost_pages > 0)
@@ -70,13 +115,7 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         att.lost_pages = 0;
         return ErrnoStatus(EIDRM, msg);
       }
-      if (att.lost_pages > 0) {
-        lost =
-            ErrnoStatus(EIO, absl::StrFormat("%d page(s) of writes not yet synced were discarded: "
-                                             "the exporter unmapped that memory",
-                                             att.lost_pages));
-        att.lost_pages = 0;
-      }
+      if (lost.ok()) lost = TakeLost(att);
       for (uint64_t p = p0; p < p1;) {
         if (att.state[p] != PageState::kDirty) {
           ++p;
@@ -100,8 +139,17 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     if (superseded && result.ok() && clock_->Now() < deadline) continue;
     if (superseded && result.ok())
       result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
-    if (!lost.ok()) return lost;
-    return result.ok() ? still_kept : result;
+    {
+      // Pages this round's write-back found gone at the home (ENXIO).
+      absl::MutexLock lock(&att.mu);
+      if (lost.ok()) lost = TakeLost(att);
+    }
+    if (result.ok()) result = still_kept;
+    if (lost.ok()) return result;
+    if (result.ok()) return lost;
+    // Both: the failure is what the caller must act on (its pages stay
+    // dirty); the loss is reported in the same message, not dropped.
+    return WithErrno(ToErrno(result), absl::StrCat(result.message(), "; also ", lost.message()));
   }
 }
 
@@ -110,9 +158,17 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
                                          uint64_t epoch, bool* superseded) {
   absl::Status result;
   std::vector<uint8_t> buf;
-  std::vector<bool> ok(runs.size(), false);
-  for (size_t r = 0; r < runs.size(); ++r) {
-    auto [p, count] = runs[r];
+  struct Outcome {
+    uint64_t first, count;
+    bool ok, gone;
+  };
+  std::vector<Outcome> outcomes;
+  // A run the home finds gone (ENXIO) may be gone only in part (an unmap
+  // of some of its pages): it is sent again page by page, so that only
+  // the pages whose address is gone are counted lost.
+  std::vector<std::pair<uint64_t, uint64_t>> work = runs;
+  for (size_t r = 0; r < work.size(); ++r) {
+    auto [p, count] = work[r];
     buf.resize(count * kPageSize);
     ssize_t got = pread(att.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPageSize));
     absl::Status st;
@@ -122,18 +178,44 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
     } else {
       st = WriteBackPages(att, p, buf, &epoch, &run_superseded);
     }
-    ok[r] = st.ok();
-    if (run_superseded) {
+    bool gone = IsGoneAtHome(st);
+    if (gone && count > 1) {
+      for (uint64_t q = p; q < p + count; ++q) work.emplace_back(q, 1);
+      continue;
+    }
+    outcomes.push_back({p, count, st.ok(), gone});
+    if (gone) {
+      // Not an error of this sync: the exporter unmapped the memory, so
+      // there is nothing to write to (the contract holds while the address
+      // exists). Counted lost below and reported as such (EIO).
+      TLOG_INFO("attachment %#x: write-back of page %d: %s", att.id, p, st.message());
+    } else if (run_superseded) {
       *superseded = true;  // not an error: a later round or the window writes it
     } else if (!st.ok() && result.ok()) {
       result = st;
     }
   }
+  uint64_t dropped = 0;
   absl::MutexLock lock(&att.mu);
-  for (size_t r = 0; r < runs.size(); ++r) {
-    for (uint64_t p = runs[r].first; p < runs[r].first + runs[r].second; ++p) {
+  for (const Outcome& o : outcomes) {
+    for (uint64_t p = o.first; p < o.first + o.count; ++p) {
+      if (o.gone && att.state[p] == PageState::kDirty) {
+        // Re-dirtied while the refused write was on its way: the store is
+        // on the same copy of the gone mapping, so it goes too — and the
+        // loss is reported now, not hidden behind this sync's OK.
+        att.state[p] = PageState::kWriteback;
+        --att.dirty;
+      }
       if (att.state[p] != PageState::kWriteback) continue;  // re-dirtied, or taken by a window
-      if (ok[r]) {
+      if (o.gone) {
+        // Dropped: the client's next access fetches what the home has
+        // there now (or faults on nothing mapped), not this copy.
+        PunchHole(att.memfd, p * kPageSize, kPageSize);
+        att.state[p] = PageState::kAbsent;
+        --att.resident;
+        ++dropped;
+        ++att.lost_pages;
+      } else if (o.ok) {
         att.state[p] = PageState::kClean;
       } else {
         att.state[p] = PageState::kDirty;  // keep it: a later sync retries
@@ -141,6 +223,7 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
       }
     }
   }
+  resident_pages_ -= dropped;
   return result;
 }
 

@@ -5,8 +5,8 @@ C API on node 2, against a segment whose home is node 1, and each must be
 exactly the documented one. Where the error came from node 1, the message
 (tether_strerror) must name node 1. EPERM and EEXIST are checked at the
 home itself (remove and publish act only there). Not provoked: ESRCH and
-EAGAIN from the home (they need a race), EFAULT (a change the notifier
-cannot see), and the local resource errors (ENOMEM, EMFILE, ENOSPC, ...).
+EAGAIN from the home (they need a race), EFAULT (a protection change
+during the write), and the local resource errors (ENOMEM, EMFILE, ENOSPC, ...).
 
 The client is `tt api` (tests/tools/tt.c): one tether call per line,
 answering "ok ..." or "error: errno=N ENAME CALL: MESSAGE".

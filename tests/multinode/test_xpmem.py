@@ -216,6 +216,25 @@ def test_open_attachment_is_a_cached_copy(c):
     p.close()
 
 
+def test_detach_after_the_producer_unmapped_succeeds(c):
+    """Issue 16: xpmem_detach after the producer unmapped part of the range
+    the consumer wrote returned -1 (EIO, or EFAULT when the home found the
+    address unmapped at the write-back). XPMEM's detach of a dead range
+    succeeds: the writes to the unmapped part have nowhere to go (counted
+    lost, as tether_sync reports); those to memory still mapped land."""
+    p = Producer(c.node(1), 256 * 1024, 61)
+    m = Consumer(c.node(2), p.segid, length=256 * 1024)
+    expect(m.command("write 62 0 8192") == "ok", "write")
+    expect(m.command("write 63 %d 8192" % (192 * 1024)) == "ok", "write")
+    expect(p.command("unmap %d 65536" % (192 * 1024)) == "ok", "producer's munmap")
+    r = m.command("detach")
+    expect(r == "ok", "xpmem_detach after the producer unmapped part of the range: " + r)
+    expect(p.verify(62, 0, 8192) == "ok", "the write to memory still mapped did not land")
+    expect(m.command("release") == "ok", "release")
+    m.close()
+    p.close()
+
+
 def test_producer_sees_consumer_writes_after_detach(c):
     p = Producer(c.node(1), 256 * 1024, 51)
     for node, seed, off in ((c.node(1), 52, 0), (c.node(2), 53, 64 * 1024),

@@ -329,6 +329,45 @@ TEST_F(CoordinatorTest, AWriteBackMarksThePageSoTheNextWindowAsksTheWriter) {
   coord_.End(*w4);
 }
 
+// Issue 14 (session 9's note, item 1): node 2 kept a dirty page aside in
+// a window; its write-back after the window did not reach the home (lost,
+// or refused and retried), so the page had no mark there. A later change
+// unmapped the address without asking node 2, and the exporter mapped
+// other memory there. Node 2's write-back, when it finally came, landed in
+// that new memory. The home must refuse it (ENXIO: the address this copy
+// came from is gone), and must still take write-backs of the node's other
+// pages, and of this page once the node has read the new mapping.
+TEST_F(CoordinatorTest, AWriteBackHeldPastAnUnmapThatDidNotAskTheNodeIsRefused) {
+  ASSERT_TRUE(Fetch(2, 0).ok());
+  ASSERT_TRUE(Fetch(2, 4096).ok());
+  auto w = coord_.Begin(segid_, 0, 4096, "first change");
+  ASSERT_TRUE(w.ok());
+  ASSERT_EQ(w->acked, (std::vector<uint32_t>{2}));
+  coord_.End(*w);
+  // Node 2's write-back of page 0 after that window is held back. A
+  // second change unmaps page 0; it does not ask node 2 (no mark).
+  auto w2 = coord_.Begin(segid_, 0, 4096, "munmap");
+  ASSERT_TRUE(w2.ok());
+  EXPECT_TRUE(w2->acked.empty());
+  coord_.End(*w2, {{0, 4096}});
+  // The exporter maps new memory at the same address.
+  ASSERT_NE(
+      mmap(mem_, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+      MAP_FAILED);
+  mem_[0] = 0x11;
+  std::vector<uint8_t> page(4096, 0x5a);
+  absl::Status st = reg_.WriteBlocks(2, segid_, grants_[2], 0, page);
+  EXPECT_EQ(ToErrno(st), ENXIO) << st;
+  EXPECT_EQ(mem_[0], 0x11) << "node 2's old copy landed in the memory mapped there since";
+  // Its page 1 was not unmapped: written.
+  ASSERT_TRUE(reg_.WriteBlocks(2, segid_, grants_[2], 4096, page).ok());
+  EXPECT_EQ(mem_[4096], 0x5a);
+  // Once node 2 has read the new mapping, its copy is of that: written.
+  ASSERT_TRUE(Fetch(2, 0).ok());
+  ASSERT_TRUE(reg_.WriteBlocks(2, segid_, grants_[2], 0, page).ok());
+  EXPECT_EQ(mem_[0], 0x5a);
+}
+
 TEST_F(CoordinatorTest, RevokeAllTellsEveryGrantHolder) {
   coord_.RevokeAll(segid_, "exporter exited");
   int revokes = 0;

@@ -56,6 +56,8 @@ class FakeHome : public BlockServer {
     absl::MutexLock lock(&mu);
     if (refuse_writes) return Retry("window");
     if (fail_writes) return ErrnoStatus(EIO, "the home failed the write");
+    if (off < gone_end && gone_start < off + src.size())
+      return ErrnoStatus(ENXIO, "the exporter unmapped that range");
     std::memcpy(mem.data() + off, src.data(), src.size());
     ++writes;
     return absl::OkStatus();
@@ -67,6 +69,9 @@ class FakeHome : public BlockServer {
   bool refuse_writes = false;  // writes answer "retry" (a window at the home)
   bool fail_writes = false;    // writes fail (EIO)
   bool hold = false;           // read data waits (in flight) until it is cleared
+  // Writes overlapping [gone_start, gone_end) are refused as gone (ENXIO:
+  // the exporter unmapped that address since the mapper read it).
+  uint64_t gone_start = 0, gone_end = 0;
 };
 
 // Whether this process's page at `addr` is write-protected by userfaultfd
@@ -493,6 +498,97 @@ TEST_F(MapperWindowsTest, ASyncOutlivedByAWindowSaysEagainNotOk) {
   EXPECT_EQ(HomeByte(4 * kPage), 1);
   ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
   EXPECT_EQ(HomeByte(4 * kPage), 9);
+  EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+}
+
+// Issue 16: a write-back could land after tether_detach returned. Two
+// syncs of one attachment run at once (the evictor's and the detach's, or
+// two client threads): the first takes the dirty page (kWriteback) and is
+// held before it sends it. The second found nothing dirty — it skipped
+// pages in write-back — and returned OK, so detach returned while the
+// byte was not at the home yet. It must wait for that write-back to
+// settle (land, or fail and be taken again and reported).
+TEST_F(MapperWindowsTest, ASyncWaitsForAnotherSyncsWriteBackInFlight) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;  // dirty
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status first_st;
+  std::thread first([&] { first_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  ASSERT_EQ(State(4), PageState::kWriteback);
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status detach_st;
+  uint8_t home_at_return = 0;
+  std::thread detach([&] {
+    detach_st = faults_.Sync(*att_, 0, att_->size);  // what DetachEntry runs
+    home_at_return = HomeByte(4 * kPage);
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  first.join();
+  detach.join();
+  EXPECT_TRUE(waited) << "the second sync did not wait for the first one's write-back";
+  EXPECT_TRUE(first_st.ok()) << first_st;
+  EXPECT_TRUE(detach_st.ok()) << detach_st;
+  EXPECT_EQ(home_at_return, 9)
+      << "sync (detach) returned OK before the write-back reached the home";
+}
+
+// The same when the write-back in flight fails: the waiting sync takes the
+// page again (it is dirty once more) and reports the failure, never OK.
+TEST_F(MapperWindowsTest, ASyncWaitingForAFailedWriteBackReportsIt) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;  // dirty
+  SetHome(&FakeHome::fail_writes, true);
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status first_st;
+  std::thread first([&] { first_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  FaultPoints::Arm(kSyncWaits);
+  absl::Status detach_st;
+  std::thread detach([&] { detach_st = faults_.Sync(*att_, 0, att_->size); });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  first.join();
+  detach.join();
+  EXPECT_TRUE(waited) << "the second sync did not wait for the first one's write-back";
+  EXPECT_EQ(ToErrno(first_st), EIO) << first_st;
+  EXPECT_EQ(ToErrno(detach_st), EIO) << "a failed write-back was reported OK: " << detach_st;
+  EXPECT_EQ(State(4), PageState::kDirty) << "kept for a later sync";
+}
+
+// Issue 14 / 16: the home refuses a write-back because the exporter
+// unmapped the address since the page was read (ENXIO). There is nothing
+// to write it to: the page is counted lost and reported once (EIO, as for
+// pages a window's end reports gone), not kept dirty for syncs that can
+// never succeed; pages of the same run whose address exists are written.
+TEST_F(MapperWindowsTest, AWriteBackTheHomeFindsGoneIsReportedLostNotKeptDirty) {
+  map_[4 * kPage] = 9;  // pages 4 and 5 dirty: one run
+  map_[5 * kPage] = 8;
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.gone_start = 4 * kPage;
+    home_.gone_end = 5 * kPage;
+  }
+  absl::Status st = faults_.Sync(*att_, 0, att_->size);
+  EXPECT_EQ(ToErrno(st), EIO) << st;
+  EXPECT_NE(std::string(st.message()).find("unmapped"), std::string::npos) << st;
+  EXPECT_EQ(HomeByte(5 * kPage), 8) << "the page whose address exists was not written";
+  EXPECT_EQ(State(4), PageState::kAbsent) << "the gone page was kept";
+  st = faults_.Sync(*att_, 0, att_->size);
+  EXPECT_TRUE(st.ok()) << "reported once, then nothing is left to write: " << st;
+
+  // A kept-aside page whose write-back after the window finds it gone.
+  map_[4 * kPage] = 7;
+  faults_.BeginWindow(*att_, 5, 0, kPages);
+  (void)faults_.EndWindow(*att_, 5, {});
+  EXPECT_EQ(State(4), PageState::kAbsent) << "put back dirty, for syncs that can never succeed";
+  st = faults_.Sync(*att_, 0, att_->size);
+  EXPECT_EQ(ToErrno(st), EIO) << st;
   EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
 }
 

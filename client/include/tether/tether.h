@@ -69,7 +69,8 @@ int tether_release(tether_apid_t apid);
 /* Maps [offset, offset+size) of the segment; returns the address, or
  * TETHER_ATTACH_FAILED. vaddr != NULL asks for that address (MAP_FIXED). */
 void* tether_attach(tether_apid_t apid, off_t offset, size_t size, void* vaddr);
-/* Writes back, then unmaps the attachment that starts at vaddr. */
+/* Writes back, then unmaps the attachment that starts at vaddr. Returns
+ * once every write-back of the attachment landed at the home (or fails). */
 int tether_detach(void* vaddr);
 
 /* Writes the caller's stores in [addr, addr+size) back to the home.
@@ -78,7 +79,9 @@ int tether_detach(void* vaddr);
  * EACCES: the home refused the write (exporter memory not writable);
  * EHOSTUNREACH, ECONNREFUSED, ETIMEDOUT: the home cannot be reached (the
  * dirty pages are kept); ENOENT: the home restarted. tether_detach writes
- * back first and fails the same way, but the attachment is gone anyway. */
+ * back first and fails the same way, but the attachment is gone anyway —
+ * except EIO: writes lost only because the exporter unmapped their memory
+ * do not fail a detach (as XPMEM's detach of a dead range). */
 int tether_sync(void* addr, size_t size);
 /* Drops clean cached pages in the range: the next access refetches. */
 int tether_acquire(void* addr, size_t size);
