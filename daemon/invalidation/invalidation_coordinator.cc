@@ -102,11 +102,14 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
 }
 
 InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
+  InvalidationWindow w = FenceUnanswered(std::move(pending));
+  if (leases_) WaitOutFences(w.segid);
+  return w;
+}
+
+InvalidationWindow InvalidationCoordinator::FenceUnanswered(PendingBegin pending) {
   InvalidationWindow w = std::move(pending.window_);
-  if (!pending.replies_) {
-    if (leases_) WaitOutFences(w.segid);
-    return w;
-  }
+  if (!pending.replies_) return w;
   {
     PendingBegin::Replies& r = *pending.replies_;
     absl::MutexLock lock(&r.mu);
@@ -115,15 +118,14 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
     w.fenced = r.acks.failed();
   }
   if (!w.fenced.empty())
-    FenceAndWait(w.segid, w.fenced,
+    FenceAndHold(w.segid, w.fenced,
                  absl::StrFormat("did not acknowledge an invalidation of segment %#x within %d ms "
                                  "(%s)",
                                  w.segid, absl::ToInt64Milliseconds(pending.wait_), pending.why_));
-  if (leases_) WaitOutFences(w.segid);
   return w;
 }
 
-void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes,
+void InvalidationCoordinator::FenceAndHold(uint64_t segid, const std::vector<uint32_t>& nodes,
                                            const std::string& what) {
   for (uint32_t node : nodes) {
     std::string reason = absl::StrFormat("node %d %s", node, what);
@@ -154,35 +156,46 @@ void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uin
   }
 }
 
+absl::Time InvalidationCoordinator::FencesHeldUntil(uint64_t segid) {
+  // Every node fenced for this segment — by this Begin, by an overlapping
+  // one still waiting, or by an End whose range_end it missed — that has
+  // not acknowledged its REVOKE and whose lease as of the fence may still
+  // run. Not only one Begin's own: fencing dropped the node's cached
+  // marks, so a change of another range the node still holds asks nobody,
+  // and must not return before that node stops serving it.
+  if (!leases_) return absl::InfinitePast();
+  absl::Time now = leases_->clock()->Now();
+  absl::Time until = absl::InfinitePast();
+  FenceHolds& h = *holds_;
+  absl::MutexLock lock(&h.mu);
+  auto it = h.by_segid.find(segid);
+  if (it == h.by_segid.end()) return until;
+  auto& v = it->second;
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [now](const std::shared_ptr<FenceHold>& f) {
+                           return f->revoke_acked || f->expires <= now;
+                         }),
+          v.end());
+  for (const auto& f : v) until = std::max(until, f->expires);
+  if (v.empty()) h.by_segid.erase(it);
+  return until;
+}
+
 void InvalidationCoordinator::WaitOutFences(uint64_t segid) {
-  // Wait until every node fenced for this segment — by this Begin or by an
-  // overlapping one still waiting — acknowledged its REVOKE or its lease
-  // as of the fence ran out. Not only this Begin's own: fencing dropped
-  // the node's cached marks, so a change of another range the node still
-  // holds asks nobody, and must not return before that node stops serving
-  // it. Time is read from the lease table's clock after every wake-up; the
-  // timed wait only paces the loop (a FakeClock moves in steps).
+  // Time is read from the lease table's clock after every wake-up
+  // (FencesHeldUntil); the timed wait only paces the loop (a FakeClock
+  // moves in steps), and a REVOKE's ack wakes it early.
+  if (!leases_) return;
   FenceHolds& h = *holds_;
   bool waited = false;
   for (;;) {
-    absl::Time now = leases_->clock()->Now();
-    absl::Time until = absl::InfinitePast();
     uint64_t acks;
     {
       absl::MutexLock lock(&h.mu);
-      auto it = h.by_segid.find(segid);
-      if (it != h.by_segid.end()) {
-        auto& v = it->second;
-        v.erase(std::remove_if(v.begin(), v.end(),
-                               [now](const std::shared_ptr<FenceHold>& f) {
-                                 return f->revoke_acked || f->expires <= now;
-                               }),
-                v.end());
-        for (const auto& f : v) until = std::max(until, f->expires);
-        if (v.empty()) h.by_segid.erase(it);
-      }
       acks = h.revoke_acks;
     }
+    absl::Time until = FencesHeldUntil(segid);
+    absl::Time now = leases_->clock()->Now();
     if (until <= now) break;
     waited = true;
     // Held here (tests) with no lock held: Begin has read the clock and
@@ -241,7 +254,7 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
         TLOG_INFO("range_end of window %d to node %d: %s", id, node, st.ToString());
         absl::MutexLock lock(&life->mu);
         if (!life->self) return;
-        life->self->FenceAndWait(
+        life->self->FenceAndHold(
             segid, {node},
             absl::StrFormat("did not acknowledge the end of invalidation window %d of segment "
                             "%#x within %d s (%s)",

@@ -27,9 +27,14 @@
 // with a fan-out on one thread): StartBegin opens the window and sends
 // range_begin; the channel's replies arrive (PendingBegin::answered());
 // FinishBegin, once every node has answered or at the deadline, fences
-// the rest. Begin() is exactly StartBegin, a wait of up to the fan-out's
-// timeout (the ack deadline, or what is left of the caller's budget), and
-// FinishBegin.
+// the rest and, with leases, waits out the fences. Begin() is exactly
+// StartBegin, a wait of up to the fan-out's timeout (the ack deadline, or
+// what is left of the caller's budget), and FinishBegin. FinishBegin is in
+// turn two steps, for the same caller: FenceUnanswered (fences, no wait),
+// then WaitOutFences, which blocks until FencesHeldUntil(segid) — a moment
+// on the lease table's clock, which a REVOKE's ack moves back — has
+// passed; a caller that runs time itself asks FencesHeldUntil again when
+// its clock reaches that moment or a REVOKE is acknowledged.
 //
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
@@ -113,12 +118,28 @@ class InvalidationCoordinator {
   // fan-out's timeout is what is left of it, at most the ack deadline.
   // FinishBegin takes what has been answered by now: a node still waiting
   // is fenced, and with leases FinishBegin waits as Begin does (real time,
-  // paced; FenceAndWait) until each fenced node's lease ran out or it
-  // acknowledged the REVOKE.
+  // paced; WaitOutFences) until each fenced node's lease ran out or it
+  // acknowledged the REVOKE. It is FenceUnanswered, then (with leases)
+  // WaitOutFences(window.segid).
   absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
                                           const std::string& why,
                                           absl::Time deadline = absl::InfiniteFuture());
   InvalidationWindow FinishBegin(PendingBegin pending);
+  // FinishBegin's first step: fences every node that has not answered by
+  // now (FenceAndHold) and returns the window; never waits. The caller
+  // must not let the exporter go on before FencesHeldUntil has passed.
+  InvalidationWindow FenceUnanswered(PendingBegin pending);
+  // WaitOutFences' step: until when a node fenced for `segid` (by any
+  // Begin or End) may still serve copies of it, on the lease table's
+  // clock: the latest lease, as the home counts it, of the fenced nodes
+  // that have not acknowledged their REVOKE. InfinitePast when none may
+  // (and always without leases). Forgets the fences that no longer hold.
+  // Any thread; takes the fences' mutex, never waits.
+  absl::Time FencesHeldUntil(uint64_t segid);
+  // Blocks (real time, paced; the decision is FencesHeldUntil's, re-read
+  // after every wake-up) until FencesHeldUntil(segid) is not after the
+  // lease table's Now(). Returns at once without leases.
+  void WaitOutFences(uint64_t segid);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.
@@ -137,12 +158,9 @@ class InvalidationCoordinator {
   InvalidationChannel* const channel_;
   // Fences `nodes` for the segment and sends them REVOKE; with leases,
   // records until when each may still serve the segment (its lease as of
-  // the fence, unless it acknowledges the REVOKE first). `what` says what
-  // the node did not do (the reason, after "node N ").
-  void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& what);
-  // With leases: waits until no node fenced for `segid` may still serve it
-  // (every Begin on the segment, not only the one that fenced: see .cc).
-  void WaitOutFences(uint64_t segid);
+  // the fence, unless it acknowledges the REVOKE first: FencesHeldUntil).
+  // `what` says what the node did not do (the reason, after "node N ").
+  void FenceAndHold(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& what);
 
   const absl::Duration ack_deadline_;
   const HomeLeaseTable* const leases_;
@@ -158,7 +176,7 @@ class InvalidationCoordinator {
     absl::Mutex mu;
     absl::flat_hash_map<uint64_t, std::vector<std::shared_ptr<FenceHold>>> by_segid
         ABSL_GUARDED_BY(mu);
-    uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes the waits
+    uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes WaitOutFences
   };
   const std::shared_ptr<FenceHolds> holds_ = std::make_shared<FenceHolds>();
   // How a range_end's callback, which may run minutes after End() (on the
