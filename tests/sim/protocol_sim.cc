@@ -198,6 +198,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
     uint64_t wait_token = 0;    // the pending FencesHeldUntil re-check
     bool lease_wait = false;    // fan-out ended, waiting out fenced nodes' leases
     bool waited = false;        // it did wait
+    bool fenced_meanwhile = false;  // a node was fenced while it waited
     absl::Time t0;
     uint64_t p0 = 0, p1 = 0;
     std::vector<std::pair<uint64_t, uint64_t>> gone;  // segment offsets
@@ -450,9 +451,11 @@ void Simulation::Send(uint32_t node, const InvalidationNotice& notice, absl::Dur
     return;
   }
   if (notice.kind == InvalidationNotice::Kind::kRevoke) {
-    // Only FenceAndWait sends revocations here (a missed range_begin, or a
+    // Only FenceAndHold sends revocations here (a missed range_begin, or a
     // range_end never delivered): the oracle's record of fenced nodes.
     if (fenced_.insert(node).second) ++result_.stats.fenced;
+    for (auto& [id, c] : changes_)
+      if (c.lease_wait) c.fenced_meanwhile = true;
   }
   if (opt_.mutation == Mutation::kForgeAck && notice.kind == InvalidationNotice::Kind::kBegin)
     At(deadline_ - absl::Milliseconds(1), [finish] { finish(absl::OkStatus()); });
@@ -617,6 +620,7 @@ void Simulation::BeginReturned(uint64_t id) {
   if (c.waited) {
     ++result_.stats.lease_waits;
     if (w.fenced.empty()) ++result_.stats.lease_waits_for_others;
+    if (c.fenced_meanwhile) ++result_.stats.fenced_during_lease_wait;
   }
   TRACE("home: change %d: Begin returns after %dus", id, absl::ToInt64Microseconds(stall));
   // Every node fenced on the segment may hold what it read until its

@@ -110,6 +110,8 @@ struct SimStats {
   uint64_t renewals = 0, renewals_failed = 0;
   uint64_t lapse_revoked = 0, renewal_revoked = 0;
   uint64_t lease_waits = 0, lease_waits_for_others = 0;
+  // Begins during whose lease wait another node was fenced on the segment.
+  uint64_t fenced_during_lease_wait = 0;
   uint64_t interleaved_reads = 0;  // reads at the home with other events run inside them
   absl::Duration max_stall = absl::ZeroDuration();  // StartBegin to Begin's return
 };
