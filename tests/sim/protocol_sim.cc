@@ -19,19 +19,19 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/page.h"
+#include "daemon/common/segid.h"
 #include "daemon/home/exporter_memory.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
-#include "daemon/common/segid.h"
 #include "daemon/mapper/attachment.h"
 #include "daemon/mapper/attachment_table.h"
 #include "daemon/mapper/lease_keeper.h"
@@ -143,8 +143,8 @@ struct Node {
   std::unique_ptr<AttachmentTable> atts;
   std::unique_ptr<LeaseRenewer> renewer;
   std::unique_ptr<LeaseKeeper> keeper;  // last: destroyed first
-  uint64_t pass_token = 0;    // the keeper's pending pass; a wake-up replaces it
-  bool pass_overdue = false;  // a pass came due while the daemon was frozen
+  uint64_t pass_token = 0;              // the keeper's pending pass; a wake-up replaces it
+  bool pass_overdue = false;            // a pass came due while the daemon was frozen
 };
 
 // A line of the run's trace, with the virtual time; its arguments are
@@ -194,10 +194,10 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   };
   struct Change {
     std::optional<InvalidationCoordinator::PendingBegin> pending;
-    InvalidationWindow window;  // once the fan-out ended (FenceUnanswered)
-    uint64_t wait_token = 0;    // the pending FencesHeldUntil re-check
-    bool lease_wait = false;    // fan-out ended, waiting out fenced nodes' leases
-    bool waited = false;        // it did wait
+    InvalidationWindow window;      // once the fan-out ended (FenceUnanswered)
+    uint64_t wait_token = 0;        // the pending FencesHeldUntil re-check
+    bool lease_wait = false;        // fan-out ended, waiting out fenced nodes' leases
+    bool waited = false;            // it did wait
     bool fenced_meanwhile = false;  // a node was fenced while it waited
     absl::Time t0;
     uint64_t p0 = 0, p1 = 0;
@@ -497,8 +497,7 @@ void Simulation::TryNotice(Node& n, const InvalidationNotice& notice,
             [this, &n, notice, finish, resend] {
               HandleNotice(n, notice, [this, &n, finish, resend](absl::Status st) {
                 Message(
-                    n, /*to_node=*/false,
-                    [finish, st] { finish(st); },
+                    n, /*to_node=*/false, [finish, st] { finish(st); },
                     resend);  // the answer lost: the notice again (a duplicate is harmless)
               });
             },
@@ -588,7 +587,7 @@ void Simulation::CheckLeaseWait(uint64_t id) {
   auto it = changes_.find(id);
   if (it == changes_.end() || !it->second.lease_wait) return;
   Change& c = it->second;
-  absl::Time until = coord_->FencesHeldUntil(segid_);
+  absl::Time until = coord_->FencesHeldUntil(c.window);
   if (until <= Now()) {
     c.lease_wait = false;
     return BeginReturned(id);
@@ -626,12 +625,13 @@ void Simulation::BeginReturned(uint64_t id) {
   // Every node fenced on the segment may hold what it read until its
   // lease, as the home counts it as of the fence, ran out: at most one
   // lease (with the margin) after the fan-out ended.
-  absl::Duration bound = deadline_ + (opt_.leases ? kLeases.lease * (1 + kLeases.margin)
-                                                  : absl::ZeroDuration());
+  absl::Duration bound =
+      deadline_ + (opt_.leases ? kLeases.lease * (1 + kLeases.margin) : absl::ZeroDuration());
   if (stall > bound)
-    Fail("change %d: Begin returned after %dms, past the deadline plus a fenced node's lease "
-         "(%dms) (G2)",
-         id, absl::ToInt64Milliseconds(stall), absl::ToInt64Milliseconds(bound));
+    Fail(
+        "change %d: Begin returned after %dms, past the deadline plus a fenced node's lease "
+        "(%dms) (G2)",
+        id, absl::ToInt64Milliseconds(stall), absl::ToInt64Milliseconds(bound));
   // The kernel changes the pages once Begin returned; an exporter's own
   // bracket (tether_invalidate_begin/end) may hold them for seconds.
   absl::Duration work = rng_.Permille(15) ? rng_.Ms(9000, 14000) : rng_.Us(0, 3000);

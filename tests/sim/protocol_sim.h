@@ -79,14 +79,14 @@ struct SimOptions {
   // node can read what its clients hold until it handles the revocation:
   // the oracle excuses exactly those reads (and counts them).
   bool leases = false;
-  bool trace = false;         // keep a trace of the run: its last trace_lines lines
+  bool trace = false;  // keep a trace of the run: its last trace_lines lines
   size_t trace_lines = 400;
 };
 
 struct SimStats {
   uint64_t events = 0;
-  uint64_t reads = 0;            // client reads that returned contents
-  uint64_t stale_excused = 0;    // stale reads by fenced nodes (the documented G2 gap)
+  uint64_t reads = 0;          // client reads that returned contents
+  uint64_t stale_excused = 0;  // stale reads by fenced nodes (the documented G2 gap)
   // With leases: stale reads by the clients of a node whose daemon is
   // frozen past its lease, its keeper's pass overdue (the documented gap:
   // docs/consistency.md, "When a node goes silent").
