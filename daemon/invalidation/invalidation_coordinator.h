@@ -8,7 +8,8 @@
 // its grants are revoked (later requests and write-backs refused) and a
 // REVOKE is sent to it. A fenced node may still be serving its clients
 // the copies they hold (it is cut off, frozen, or just late), so with
-// leases (lease_table.h) Begin() then waits until each fenced node has
+// leases (lease_table.h) Begin() then waits until each node fenced on the
+// segment by the end of its fan-out (by it or by an earlier change) has
 // acknowledged the REVOKE or its lease, as this home counts it, has run
 // out — after which a node that could not renew has revoked them itself.
 // Begin() returns when every node has acked, or been fenced and is known

@@ -154,7 +154,7 @@ TEST_F(ProtocolSimTest, Seeds) {
 // documented gap).
 TEST_F(ProtocolSimTest, Leases) {
   if (getenv("TETHER_SIM_SEED")) return;  // Seeds replays it (TETHER_SIM_LEASES=1)
-  RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_LEASE_SEEDS", 2000), true);
+  RunSeeds(EnvU64("TETHER_SIM_FIRST", 1), EnvU64("TETHER_SIM_LEASE_SEEDS", 1000), true);
 }
 
 TEST_F(ProtocolSimTest, ReplayIsExact) {
