@@ -102,11 +102,14 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
 }
 
 InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
+  InvalidationWindow w = FenceUnanswered(std::move(pending));
+  if (leases_) WaitOutFences(w);
+  return w;
+}
+
+InvalidationWindow InvalidationCoordinator::FenceUnanswered(PendingBegin pending) {
   InvalidationWindow w = std::move(pending.window_);
-  if (!pending.replies_) {
-    if (leases_) WaitOutFences(w.segid);
-    return w;
-  }
+  if (!pending.replies_) return Snapshot(w);
   {
     PendingBegin::Replies& r = *pending.replies_;
     absl::MutexLock lock(&r.mu);
@@ -115,15 +118,30 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
     w.fenced = r.acks.failed();
   }
   if (!w.fenced.empty())
-    FenceAndWait(w.segid, w.fenced,
+    FenceAndHold(w.segid, w.fenced,
                  absl::StrFormat("did not acknowledge an invalidation of segment %#x within %d ms "
                                  "(%s)",
                                  w.segid, absl::ToInt64Milliseconds(pending.wait_), pending.why_));
-  if (leases_) WaitOutFences(w.segid);
+  return Snapshot(w);
+}
+
+InvalidationWindow InvalidationCoordinator::Snapshot(InvalidationWindow w) {
+  // The fences this window waits out: those made until now (its own
+  // included). A node fenced later — by a later Begin, or an End whose
+  // range_end it missed — holds no copy of this window's range that the
+  // window must wait for: this window asked it and it acked (it dropped
+  // the range first), or the window did not need to ask it (it held no
+  // copy, or its marks had been dropped by a fence made before, which is
+  // waited for); and since the window opened no read of the range is
+  // served. Waiting for later fences as well held the exporter's call past
+  // deadline + lease x (1 + margin) while nodes went silent one after the
+  // other (tests/sim, seed 58).
+  absl::MutexLock lock(&holds_->mu);
+  w.fences_before = holds_->fences;
   return w;
 }
 
-void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes,
+void InvalidationCoordinator::FenceAndHold(uint64_t segid, const std::vector<uint32_t>& nodes,
                                            const std::string& what) {
   for (uint32_t node : nodes) {
     std::string reason = absl::StrFormat("node %d %s", node, what);
@@ -135,6 +153,7 @@ void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uin
       hold = std::make_shared<FenceHold>();
       hold->expires = leases_->ExpiresAt(node);
       absl::MutexLock lock(&holds_->mu);
+      hold->seq = ++holds_->fences;
       holds_->by_segid[segid].push_back(hold);
     }
     stats_.fenced++;
@@ -154,35 +173,49 @@ void InvalidationCoordinator::FenceAndWait(uint64_t segid, const std::vector<uin
   }
 }
 
-void InvalidationCoordinator::WaitOutFences(uint64_t segid) {
-  // Wait until every node fenced for this segment — by this Begin or by an
-  // overlapping one still waiting — acknowledged its REVOKE or its lease
-  // as of the fence ran out. Not only this Begin's own: fencing dropped
-  // the node's cached marks, so a change of another range the node still
-  // holds asks nobody, and must not return before that node stops serving
-  // it. Time is read from the lease table's clock after every wake-up; the
-  // timed wait only paces the loop (a FakeClock moves in steps).
+absl::Time InvalidationCoordinator::FencesHeldUntil(const InvalidationWindow& w) {
+  // Every node fenced for this segment before the window's fan-out ended
+  // (Snapshot) — by this Begin, by an overlapping one still waiting, or by
+  // an End whose range_end it missed — that has not acknowledged its
+  // REVOKE and whose lease as of the fence may still run. Not only one
+  // Begin's own: fencing dropped the node's cached marks, so a change of
+  // another range the node still holds asks nobody, and must not return
+  // before that node stops serving it.
+  if (!leases_) return absl::InfinitePast();
+  const uint64_t segid = w.segid;
+  absl::Time now = leases_->clock()->Now();
+  absl::Time until = absl::InfinitePast();
+  FenceHolds& h = *holds_;
+  absl::MutexLock lock(&h.mu);
+  auto it = h.by_segid.find(segid);
+  if (it == h.by_segid.end()) return until;
+  auto& v = it->second;
+  v.erase(std::remove_if(v.begin(), v.end(),
+                         [now](const std::shared_ptr<FenceHold>& f) {
+                           return f->revoke_acked || f->expires <= now;
+                         }),
+          v.end());
+  for (const auto& f : v)
+    if (f->seq <= w.fences_before) until = std::max(until, f->expires);
+  if (v.empty()) h.by_segid.erase(it);
+  return until;
+}
+
+void InvalidationCoordinator::WaitOutFences(const InvalidationWindow& w) {
+  // Time is read from the lease table's clock after every wake-up
+  // (FencesHeldUntil); the timed wait only paces the loop (a FakeClock
+  // moves in steps), and a REVOKE's ack wakes it early.
+  if (!leases_) return;
   FenceHolds& h = *holds_;
   bool waited = false;
   for (;;) {
-    absl::Time now = leases_->clock()->Now();
-    absl::Time until = absl::InfinitePast();
     uint64_t acks;
     {
       absl::MutexLock lock(&h.mu);
-      auto it = h.by_segid.find(segid);
-      if (it != h.by_segid.end()) {
-        auto& v = it->second;
-        v.erase(std::remove_if(v.begin(), v.end(),
-                               [now](const std::shared_ptr<FenceHold>& f) {
-                                 return f->revoke_acked || f->expires <= now;
-                               }),
-                v.end());
-        for (const auto& f : v) until = std::max(until, f->expires);
-        if (v.empty()) h.by_segid.erase(it);
-      }
       acks = h.revoke_acks;
     }
+    absl::Time until = FencesHeldUntil(w);
+    absl::Time now = leases_->clock()->Now();
     if (until <= now) break;
     waited = true;
     // Held here (tests) with no lock held: Begin has read the clock and
@@ -200,7 +233,7 @@ void InvalidationCoordinator::WaitOutFences(uint64_t segid) {
   }
   if (waited) {
     stats_.lease_waits++;
-    TLOG_INFO("segment %#x: waited for the lease of fenced node(s) to run out", segid);
+    TLOG_INFO("segment %#x: waited for the lease of fenced node(s) to run out", w.segid);
   }
 }
 
@@ -241,7 +274,7 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
         TLOG_INFO("range_end of window %d to node %d: %s", id, node, st.ToString());
         absl::MutexLock lock(&life->mu);
         if (!life->self) return;
-        life->self->FenceAndWait(
+        life->self->FenceAndHold(
             segid, {node},
             absl::StrFormat("did not acknowledge the end of invalidation window %d of segment "
                             "%#x within %d s (%s)",

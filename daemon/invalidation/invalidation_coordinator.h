@@ -8,7 +8,8 @@
 // its grants are revoked (later requests and write-backs refused) and a
 // REVOKE is sent to it. A fenced node may still be serving its clients
 // the copies they hold (it is cut off, frozen, or just late), so with
-// leases (lease_table.h) Begin() then waits until each fenced node has
+// leases (lease_table.h) Begin() then waits until each node fenced on the
+// segment by the end of its fan-out (by it or by an earlier change) has
 // acknowledged the REVOKE or its lease, as this home counts it, has run
 // out — after which a node that could not renew has revoked them itself.
 // Begin() returns when every node has acked, or been fenced and is known
@@ -27,9 +28,14 @@
 // with a fan-out on one thread): StartBegin opens the window and sends
 // range_begin; the channel's replies arrive (PendingBegin::answered());
 // FinishBegin, once every node has answered or at the deadline, fences
-// the rest. Begin() is exactly StartBegin, a wait of up to the fan-out's
-// timeout (the ack deadline, or what is left of the caller's budget), and
-// FinishBegin.
+// the rest and, with leases, waits out the fences. Begin() is exactly
+// StartBegin, a wait of up to the fan-out's timeout (the ack deadline, or
+// what is left of the caller's budget), and FinishBegin. FinishBegin is in
+// turn two steps, for the same caller: FenceUnanswered (fences, no wait),
+// then WaitOutFences, which blocks until FencesHeldUntil(window) — a
+// moment on the lease table's clock, which a REVOKE's ack moves back — has
+// passed; a caller that runs time itself asks FencesHeldUntil again when
+// its clock reaches that moment or a REVOKE is acknowledged.
 //
 // Thread contract: Begin, End and RevokeAll may be called from any thread,
 // concurrently (the notifier source's workers, local clients' brackets,
@@ -65,6 +71,9 @@ struct InvalidationWindow {
   uint64_t start = 0, end = 0;
   std::vector<uint32_t> acked;  // to send range_end to
   std::vector<uint32_t> fenced;
+  // How many fences this coordinator had made when the fan-out ended
+  // (FenceUnanswered): the window waits out those, not later ones.
+  uint64_t fences_before = 0;
 };
 
 struct InvalidationStats {
@@ -113,12 +122,29 @@ class InvalidationCoordinator {
   // fan-out's timeout is what is left of it, at most the ack deadline.
   // FinishBegin takes what has been answered by now: a node still waiting
   // is fenced, and with leases FinishBegin waits as Begin does (real time,
-  // paced; FenceAndWait) until each fenced node's lease ran out or it
-  // acknowledged the REVOKE.
+  // paced; WaitOutFences) until each fenced node's lease ran out or it
+  // acknowledged the REVOKE. It is FenceUnanswered, then (with leases)
+  // WaitOutFences(window).
   absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
                                           const std::string& why,
                                           absl::Time deadline = absl::InfiniteFuture());
   InvalidationWindow FinishBegin(PendingBegin pending);
+  // FinishBegin's first step: fences every node that has not answered by
+  // now (FenceAndHold) and returns the window; never waits. The caller
+  // must not let the exporter go on before FencesHeldUntil has passed.
+  InvalidationWindow FenceUnanswered(PendingBegin pending);
+  // WaitOutFences' step: until when a node fenced for the window's
+  // segment (by any Begin or End) before the window's fan-out ended may
+  // still serve copies of it, on the lease table's clock: the latest
+  // lease, as the home counts it, of those fenced nodes that have not
+  // acknowledged their REVOKE. InfinitePast when none may (and always
+  // without leases). Forgets the fences that no longer hold. Any thread;
+  // takes the fences' mutex, never waits.
+  absl::Time FencesHeldUntil(const InvalidationWindow& window);
+  // Blocks (real time, paced; the decision is FencesHeldUntil's, re-read
+  // after every wake-up) until FencesHeldUntil(window) is not after the
+  // lease table's Now(). Returns at once without leases.
+  void WaitOutFences(const InvalidationWindow& window);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.
@@ -137,12 +163,11 @@ class InvalidationCoordinator {
   InvalidationChannel* const channel_;
   // Fences `nodes` for the segment and sends them REVOKE; with leases,
   // records until when each may still serve the segment (its lease as of
-  // the fence, unless it acknowledges the REVOKE first). `what` says what
-  // the node did not do (the reason, after "node N ").
-  void FenceAndWait(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& what);
-  // With leases: waits until no node fenced for `segid` may still serve it
-  // (every Begin on the segment, not only the one that fenced: see .cc).
-  void WaitOutFences(uint64_t segid);
+  // the fence, unless it acknowledges the REVOKE first: FencesHeldUntil).
+  // `what` says what the node did not do (the reason, after "node N ").
+  void FenceAndHold(uint64_t segid, const std::vector<uint32_t>& nodes, const std::string& what);
+  // Records in `w` the fences made so far (fences_before).
+  InvalidationWindow Snapshot(InvalidationWindow w);
 
   const absl::Duration ack_deadline_;
   const HomeLeaseTable* const leases_;
@@ -151,6 +176,7 @@ class InvalidationCoordinator {
   // A fenced node that may still serve a segment until `expires`.
   struct FenceHold {
     absl::Time expires;
+    uint64_t seq = 0;           // FenceHolds::fences when it was made (1, 2, ...)
     bool revoke_acked = false;  // guarded by FenceHolds::mu
   };
   // Shared with REVOKE callbacks, which may outlive the coordinator.
@@ -158,7 +184,8 @@ class InvalidationCoordinator {
     absl::Mutex mu;
     absl::flat_hash_map<uint64_t, std::vector<std::shared_ptr<FenceHold>>> by_segid
         ABSL_GUARDED_BY(mu);
-    uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes the waits
+    uint64_t revoke_acks ABSL_GUARDED_BY(mu) = 0;  // wakes WaitOutFences
+    uint64_t fences ABSL_GUARDED_BY(mu) = 0;       // holds made so far
   };
   const std::shared_ptr<FenceHolds> holds_ = std::make_shared<FenceHolds>();
   // How a range_end's callback, which may run minutes after End() (on the

@@ -40,11 +40,7 @@ void LeaseKeeper::Stop() {
 
 void LeaseKeeper::Loop() {
   for (;;) {
-    absl::Time next = Tick();
-    // The clock is the lease table's; the wait is real time, capped, and
-    // the next pass decides from the clock again (common/clock.h).
-    absl::Duration wait =
-        std::clamp(next - leases_->clock()->Now(), absl::Milliseconds(1), kMaxSleep);
+    absl::Duration wait = SleepAfter(Tick());
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(absl::Condition(
                              +[](LeaseKeeper* k) ABSL_EXCLUSIVE_LOCKS_REQUIRED(k->mu_) {
@@ -55,6 +51,19 @@ void LeaseKeeper::Loop() {
     if (stopping_) return;
     woken_ = false;
   }
+}
+
+absl::Duration LeaseKeeper::SleepAfter(absl::Time next) const {
+  // The clock is the lease table's; the wait is real time, capped, and
+  // the next pass decides from the clock again (common/clock.h).
+  return std::clamp(next - leases_->clock()->Now(), absl::Milliseconds(1), kMaxSleep);
+}
+
+bool LeaseKeeper::TakeWakeUp() {
+  absl::MutexLock lock(&mu_);
+  bool woken = woken_;
+  woken_ = false;
+  return woken;
 }
 
 std::vector<uint32_t> LeaseKeeper::Homes() {

@@ -22,7 +22,8 @@
 // thread). Start runs a thread that calls Tick() whenever something is
 // due and at least every 100 ms (to see new homes). Tick() may also be
 // called from any other thread (unit tests call it with a FakeClock and
-// no thread started). Renewal answers arrive on the renewer's threads
+// no thread started; the protocol simulation paces it as the thread does,
+// with SleepAfter and TakeWakeUp). Renewal answers arrive on the renewer's threads
 // (gRPC's) and revoke there. EnsureLease runs on local client threads.
 // mu_ guards only the keeper's own wake-up and log state and the count of
 // answers EnsureLease waits on; nothing is called under it. Revocations go through
@@ -66,6 +67,15 @@ class LeaseKeeper {
   // sends the renewals that are due. Returns when something is next due
   // (on the lease table's clock).
   absl::Time Tick();
+  // The keeper's thread is Tick, a sleep of SleepAfter(Tick's answer)
+  // unless woken, and again; it is woken when a renewal is answered (the
+  // next renewal is due later). A caller that runs the passes itself on a
+  // FakeClock (the protocol simulation, tests/sim/) paces them with these
+  // two instead of Start(): after each pass it sleeps SleepAfter, and it
+  // runs the next pass at once when TakeWakeUp (which clears the wake-up)
+  // says the thread would have been woken. Any thread.
+  absl::Duration SleepAfter(absl::Time next) const;
+  bool TakeWakeUp();
 
   // Before a new attachment from `home` is added (LocalApi::Attach, on a
   // local client's thread; blocks up to one lease of real time): OK once

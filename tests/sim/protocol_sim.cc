@@ -19,18 +19,22 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/page.h"
+#include "daemon/common/segid.h"
 #include "daemon/home/exporter_memory.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/invalidation_coordinator.h"
 #include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
 #include "daemon/mapper/attachment.h"
+#include "daemon/mapper/attachment_table.h"
+#include "daemon/mapper/lease_keeper.h"
 
 namespace tether {
 namespace sim {
@@ -52,99 +56,6 @@ const char* MutationName(Mutation m) {
 
 namespace {
 
-// --- leases -----------------------------------------------------------------
-
-class NoLeaseModel : public SimLease {
- public:
-  void HomeHeard(uint32_t, absl::Time) override {}
-  void MapperConfirmed(uint32_t, absl::Time) override {}
-  bool MapperMayRead(uint32_t, absl::Time) const override { return true; }
-  absl::Time FencedSafeAt(const std::vector<uint32_t>&, absl::Time now) const override {
-    return now;
-  }
-  bool ExcusesFencedReads() const override { return true; }
-  absl::Duration RenewEvery() const override { return absl::ZeroDuration(); }
-};
-
-// A node's lease runs `term` from the sending of its last request the home
-// answered; the home's view (from when it answered) is never shorter.
-class TermLeaseModel : public SimLease {
- public:
-  explicit TermLeaseModel(absl::Duration term) : term_(term) {}
-  void HomeHeard(uint32_t node, absl::Time now) override {
-    home_until_[node] = std::max(home_until_[node], now + term_);
-  }
-  void MapperConfirmed(uint32_t node, absl::Time sent) override {
-    mapper_until_[node] = std::max(mapper_until_[node], sent + term_);
-  }
-  bool MapperMayRead(uint32_t node, absl::Time now) const override {
-    auto it = mapper_until_.find(node);
-    return it != mapper_until_.end() && now < it->second;
-  }
-  absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const override {
-    absl::Time t = now;
-    for (uint32_t n : nodes) {
-      auto it = home_until_.find(n);
-      if (it != home_until_.end()) t = std::max(t, it->second);
-    }
-    return t;
-  }
-  bool ExcusesFencedReads() const override { return false; }
-  absl::Duration RenewEvery() const override { return term_ / 3; }
-
- private:
-  const absl::Duration term_;
-  std::map<uint32_t, absl::Time> home_until_, mapper_until_;
-};
-
-class RealLeaseTableAdapter : public SimLease {
- public:
-  RealLeaseTableAdapter(absl::Duration lease, Clock* clock)
-      : config_{lease, 0.1}, clock_(clock), home_(config_, clock) {}
-  // The tables read the (shared, simulated) clock themselves: `now` is it.
-  void HomeHeard(uint32_t node, absl::Time) override { home_.Granted(node); }
-  void MapperConfirmed(uint32_t node, absl::Time sent) override {
-    Table(node).Granted(kHomeNode, sent, config_.lease);
-  }
-  bool MapperMayRead(uint32_t node, absl::Time) const override {
-    auto it = mappers_.find(node);
-    return it != mappers_.end() && !it->second->Lapsed(kHomeNode);
-  }
-  absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const override {
-    absl::Time t = now;
-    for (uint32_t n : nodes) t = std::max(t, home_.ExpiresAt(n));
-    return t;
-  }
-  bool ExcusesFencedReads() const override { return false; }
-  absl::Duration RenewEvery() const override { return config_.lease / 3; }
-  bool AnyAnswerGrants() const override { return false; }
-  void Restarted(uint32_t node) override { mappers_.erase(node); }
-
- private:
-  static constexpr uint32_t kHomeNode = 1;
-  MapperLeaseTable& Table(uint32_t node) {
-    auto& t = mappers_[node];
-    if (!t) t = std::make_unique<MapperLeaseTable>(config_, clock_);
-    return *t;
-  }
-  const LeaseConfig config_;
-  Clock* const clock_;
-  HomeLeaseTable home_;
-  std::map<uint32_t, std::unique_ptr<MapperLeaseTable>> mappers_;
-};
-
-}  // namespace
-
-std::unique_ptr<SimLease> RealLeaseTables(absl::Duration lease, Clock* clock) {
-  return std::make_unique<RealLeaseTableAdapter>(lease, clock);
-}
-std::unique_ptr<SimLease> NoLeases() { return std::make_unique<NoLeaseModel>(); }
-std::unique_ptr<SimLease> ModelLeases(absl::Duration term) {
-  return std::make_unique<TermLeaseModel>(term);
-}
-
-namespace {
-
 constexpr uint32_t kHome = 1;
 constexpr uint32_t kProbe = 99;  // reads the home at the end: is a window left open?
 constexpr uint64_t kPage = kPageSize;
@@ -156,6 +67,10 @@ constexpr uint64_t kPage = kPageSize;
 constexpr absl::Duration kPoll = absl::Milliseconds(5);
 constexpr absl::Duration kWriteBudget = absl::Seconds(10);  // WriteBackPages, Sync
 constexpr absl::Duration kRun = absl::Seconds(20);          // random activity, then quiet
+// With leases: tetherd's margin, and a lease of 3 s (tetherd's default is
+// 2 s): longer than the longest ack deadline drawn (2 s), as tetherd
+// requires of its flags.
+constexpr LeaseConfig kLeases{absl::Seconds(3), 0.1};
 constexpr uint64_t kMaxEvents = 3'000'000;
 
 // What a page holds: the stamp of the exporter change that wrote it and
@@ -220,6 +135,16 @@ struct Node {
   absl::Status sync_lost, sync_still_kept;  // the sync in progress's EIO, EAGAIN
   // Oracle: the last store acknowledged to a client, per owned page.
   std::map<uint64_t, uint64_t> last_write;
+  // With leases, the daemon's own (new at every restart): its lease table,
+  // its attachment table (the keeper finds the attachment there), the
+  // renewer (the simulated network) and the keeper, whose passes the
+  // simulation runs as its thread would (KeeperPass).
+  std::unique_ptr<MapperLeaseTable> leases;
+  std::unique_ptr<AttachmentTable> atts;
+  std::unique_ptr<LeaseRenewer> renewer;
+  std::unique_ptr<LeaseKeeper> keeper;  // last: destroyed first
+  uint64_t pass_token = 0;              // the keeper's pending pass; a wake-up replaces it
+  bool pass_overdue = false;            // a pass came due while the daemon was frozen
 };
 
 // A line of the run's trace, with the virtual time; its arguments are
@@ -231,13 +156,11 @@ struct Node {
 
 class Simulation final : public InvalidationChannel, public SegmentObserver {
  public:
-  explicit Simulation(const SimOptions& o)
-      : opt_(o),
-        rng_(o.seed),
-        lease_(o.real_leases    ? RealLeaseTables(absl::Seconds(3), &clock_)
-               : o.model_leases ? ModelLeases(absl::Seconds(3))
-                                : NoLeases()) {}
+  explicit Simulation(const SimOptions& o) : opt_(o), rng_(o.seed) {
+    if (o.leases) home_leases_ = std::make_unique<HomeLeaseTable>(kLeases, &clock_);
+  }
   ~Simulation() override {
+    nodes_.clear();
     coord_.reset();
     reg_.reset();
     if (mem_) munmap(mem_, npages_ * kPage);
@@ -271,6 +194,11 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   };
   struct Change {
     std::optional<InvalidationCoordinator::PendingBegin> pending;
+    InvalidationWindow window;      // once the fan-out ended (FenceUnanswered)
+    uint64_t wait_token = 0;        // the pending FencesHeldUntil re-check
+    bool lease_wait = false;        // fan-out ended, waiting out fenced nodes' leases
+    bool waited = false;            // it did wait
+    bool fenced_meanwhile = false;  // a node was fenced while it waited
     absl::Time t0;
     uint64_t p0 = 0, p1 = 0;
     std::vector<std::pair<uint64_t, uint64_t>> gone;  // segment offsets
@@ -343,6 +271,9 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   // --- the home ---
   void StartChange();
   void FinishChange(uint64_t id);
+  void CheckLeaseWait(uint64_t id);
+  void CheckLeaseWaits();
+  void BeginReturned(uint64_t id);
   // `gone_before`: gone_gen_[p] when a node's write-back reached the
   // home's checks (a change may unmap the page while it is in flight).
   void Landed(uint64_t p, Content c, uint32_t node, uint64_t gone_before = 0);
@@ -359,8 +290,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   void ClientRead(Node& n, uint64_t p);
   void ClientWrite(Node& n, uint64_t p);
   void Fault(Node& n, uint64_t p);
-  void Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Content c, uint64_t home_gen,
-               absl::Time sent);
+  void Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Content c, uint64_t home_gen);
   void WakeReaders(Node& n, uint64_t p0, uint64_t p1);
   void Observe(Node& n, uint64_t p);
   void WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline, std::optional<uint64_t> epoch,
@@ -371,8 +301,15 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   void Crash(Node& n);
   void Restart(Node& n);
   void Attach(Node& n);
-  void Renew(Node& n);
   void ReportLoss(Node& n);
+
+  // --- leases (the daemon's LeaseKeeper, driven) ---
+  friend class SimRenewer;
+  void NewDaemon(Node& n);
+  void SchedulePass(Node& n, absl::Duration after);
+  void KeeperPass(Node& n, uint32_t inc, uint64_t token);
+  void KeeperRevoke(Node& n, Attachment& att, const std::string& why);
+  void RenewRequest(Node& n, absl::Duration timeout, LeaseRenewer::Done done);
 
   void RandomAction();
   void Quiesce();
@@ -380,8 +317,8 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
 
   const SimOptions opt_;
   Rng rng_;
-  std::unique_ptr<SimLease> lease_;
   FakeClock clock_;
+  std::unique_ptr<HomeLeaseTable> home_leases_;  // with leases
   absl::Time start_ = clock_.Now();
   std::priority_queue<Event, std::vector<Event>, Later> queue_;
   std::vector<std::function<void()>> slots_;
@@ -408,6 +345,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
   std::unique_ptr<SegmentRegistry> reg_;
   std::unique_ptr<InvalidationCoordinator> coord_;
   uint64_t segid_ = 0;
+  uint32_t home_incarnation_ = 0;  // the segid's
   uint64_t probe_grant_ = 0;
   std::map<uint64_t, Change> changes_;  // not yet completed
   uint64_t next_change_ = 1;
@@ -502,12 +440,16 @@ void Simulation::Send(uint32_t node, const InvalidationNotice& notice, absl::Dur
                       Done done) {
   // `done` runs exactly once: the answer, or the connection's failure.
   auto once = std::make_shared<Done>(std::move(done));
-  std::function<void(absl::Status)> finish = [this, once, node](absl::Status st) {
+  bool revoke = notice.kind == InvalidationNotice::Kind::kRevoke;
+  std::function<void(absl::Status)> finish = [this, once, node, revoke](absl::Status st) {
     if (!*once) return;
     Done d = std::move(*once);
     *once = nullptr;
     TRACE("home: answer from node %d: %s", node, st.ToString());
     std::move(d)(std::move(st));
+    // A REVOKE's ack wakes the coordinator's lease waits
+    // (WaitOutFences): they ask FencesHeldUntil again.
+    if (revoke) CheckLeaseWaits();
   };
   Node* target = nullptr;
   for (auto& n : nodes_)
@@ -517,9 +459,11 @@ void Simulation::Send(uint32_t node, const InvalidationNotice& notice, absl::Dur
     return;
   }
   if (notice.kind == InvalidationNotice::Kind::kRevoke) {
-    // Only FenceAndWait sends revocations here (a missed range_begin, or a
+    // Only FenceAndHold sends revocations here (a missed range_begin, or a
     // range_end never delivered): the oracle's record of fenced nodes.
     if (fenced_.insert(node).second) ++result_.stats.fenced;
+    for (auto& [id, c] : changes_)
+      if (c.lease_wait) c.fenced_meanwhile = true;
   }
   if (opt_.mutation == Mutation::kForgeAck && notice.kind == InvalidationNotice::Kind::kBegin)
     At(deadline_ - absl::Milliseconds(1), [finish] { finish(absl::OkStatus()); });
@@ -561,12 +505,7 @@ void Simulation::TryNotice(Node& n, const InvalidationNotice& notice,
             [this, &n, notice, finish, resend] {
               HandleNotice(n, notice, [this, &n, finish, resend](absl::Status st) {
                 Message(
-                    n, /*to_node=*/false,
-                    [this, &n, finish, st] {
-                      if (st.ok() && !fenced_.count(n.id) && lease_->AnyAnswerGrants())
-                        lease_->HomeHeard(n.id, Now());
-                      finish(st);
-                    },
+                    n, /*to_node=*/false, [finish, st] { finish(st); },
                     resend);  // the answer lost: the notice again (a duplicate is harmless)
               });
             },
@@ -646,16 +585,74 @@ void Simulation::FinishChange(uint64_t id) {
   if (it == changes_.end() || it->second.finished) return;
   Change& c = it->second;
   c.finished = true;
-  InvalidationWindow w = coord_->FinishBegin(*std::move(c.pending));
+  // Begin's steps after the fan-out (FinishBegin): fence who did not
+  // answer, then wait out the fenced nodes' leases on the simulated clock.
+  c.window = coord_->FenceUnanswered(*std::move(c.pending));
   c.pending.reset();
+  absl::Duration fanout = Now() - c.t0;
+  TRACE("home: change %d: fan-out ends after %dus: acked %s fenced %s", id,
+        absl::ToInt64Microseconds(fanout), absl::StrJoin(c.window.acked, ","),
+        absl::StrJoin(c.window.fenced, ","));
+  if (fanout > deadline_)
+    Fail("change %d: Begin's fan-out ended after %dms, past the %dms deadline (G2)", id,
+         absl::ToInt64Milliseconds(fanout), absl::ToInt64Milliseconds(deadline_));
+  c.lease_wait = true;
+  CheckLeaseWait(id);
+}
+
+// WaitOutFences, in steps: Begin returns once FencesHeldUntil has passed;
+// until then it is asked again when the clock reaches the moment it gave
+// (the daemon's paced wait) or when a REVOKE is acknowledged (CheckLeaseWaits:
+// the daemon's wake-up).
+void Simulation::CheckLeaseWait(uint64_t id) {
+  auto it = changes_.find(id);
+  if (it == changes_.end() || !it->second.lease_wait) return;
+  Change& c = it->second;
+  absl::Time until = coord_->FencesHeldUntil(c.window);
+  if (until <= Now()) {
+    c.lease_wait = false;
+    return BeginReturned(id);
+  }
+  if (!c.waited) {
+    c.waited = true;
+    TRACE("home: change %d waits out fenced nodes' leases, until %s", id,
+          absl::StrFormat("t=%.3fms", absl::ToDoubleMilliseconds(until - start_)));
+  }
+  uint64_t token = ++c.wait_token;
+  At(until - Now(), [this, id, token] {
+    auto it = changes_.find(id);
+    if (it != changes_.end() && it->second.wait_token == token) CheckLeaseWait(id);
+  });
+}
+
+void Simulation::CheckLeaseWaits() {
+  std::vector<uint64_t> waiting;
+  for (const auto& [id, c] : changes_)
+    if (c.lease_wait) waiting.push_back(id);
+  for (uint64_t id : waiting) CheckLeaseWait(id);
+}
+
+void Simulation::BeginReturned(uint64_t id) {
+  Change& c = changes_[id];
+  InvalidationWindow w = c.window;
   absl::Duration stall = Now() - c.t0;
   result_.stats.max_stall = std::max(result_.stats.max_stall, stall);
-  TRACE("home: change %d: Begin returns after %dus: acked %s fenced %s", id,
-        absl::ToInt64Microseconds(stall), absl::StrJoin(w.acked, ","),
-        absl::StrJoin(w.fenced, ","));
-  if (stall > deadline_)
-    Fail("change %d: Begin returned after %dms, past the %dms deadline (G2)", id,
-         absl::ToInt64Milliseconds(stall), absl::ToInt64Milliseconds(deadline_));
+  if (c.waited) {
+    ++result_.stats.lease_waits;
+    if (w.fenced.empty()) ++result_.stats.lease_waits_for_others;
+    if (c.fenced_meanwhile) ++result_.stats.fenced_during_lease_wait;
+  }
+  TRACE("home: change %d: Begin returns after %dus", id, absl::ToInt64Microseconds(stall));
+  // Every node fenced on the segment may hold what it read until its
+  // lease, as the home counts it as of the fence, ran out: at most one
+  // lease (with the margin) after the fan-out ended.
+  absl::Duration bound =
+      deadline_ + (opt_.leases ? kLeases.lease * (1 + kLeases.margin) : absl::ZeroDuration());
+  if (stall > bound)
+    Fail(
+        "change %d: Begin returned after %dms, past the deadline plus a fenced node's lease "
+        "(%dms) (G2)",
+        id, absl::ToInt64Milliseconds(stall), absl::ToInt64Milliseconds(bound));
   // The kernel changes the pages once Begin returned; an exporter's own
   // bracket (tether_invalidate_begin/end) may hold them for seconds.
   absl::Duration work = rng_.Permille(15) ? rng_.Ms(9000, 14000) : rng_.Us(0, 3000);
@@ -677,20 +674,12 @@ void Simulation::FinishChange(uint64_t id) {
       return;
     }
     coord_->End(w, c.gone);
-    // Every node fenced on the segment, not only those this window fenced:
-    // FenceNode drops a node's cached marks, so later windows do not ask
-    // it, yet it may read what it holds until its lease runs out.
-    std::vector<uint32_t> fenced(fenced_.begin(), fenced_.end());
-    absl::Time safe = lease_->FencedSafeAt(fenced, Now());
-    At(safe - Now(), [this, id] {
-      Change& c = changes_[id];
-      // The call returns: from now on no read may see a version older
-      // than what the change wrote.
-      for (uint64_t p = c.p0; p < c.p1; ++p) floor_[p] = std::max(floor_[p], c.gens[p - c.p0]);
-      ++result_.stats.changes;
-      TRACE("exporter: change %d returns", id);
-      changes_.erase(id);
-    });
+    // The call returns: from now on no read may see a version older than
+    // what the change wrote.
+    for (uint64_t p = c.p0; p < c.p1; ++p) floor_[p] = std::max(floor_[p], c.gens[p - c.p0]);
+    ++result_.stats.changes;
+    TRACE("exporter: change %d returns", id);
+    changes_.erase(id);
   });
 }
 
@@ -910,8 +899,15 @@ void Simulation::Observe(Node& n, uint64_t p) {
     absl::MutexLock lock(&n.att->mu);
     revoked = n.att->revoked;
   }
-  if (fenced_.count(n.id) && !revoked && lease_->ExcusesFencedReads()) {
-    ++result_.stats.stale_excused;  // the documented gap (G2): no leases yet
+  if (fenced_.count(n.id) && !revoked && !opt_.leases) {
+    ++result_.stats.stale_excused;  // the documented gap (G2) with leases off
+    return;
+  }
+  if (opt_.leases && n.pass_overdue && n.leases->Lapsed(kHome)) {
+    // The daemon is frozen past its lease: its keeper would have revoked,
+    // but does not run; its clients read what they hold until it runs
+    // again (docs/consistency.md, "When a node goes silent": documented).
+    ++result_.stats.frozen_excused;
     return;
   }
   Fail(
@@ -931,7 +927,7 @@ void Simulation::ClientRead(Node& n, uint64_t p) {
     s = n.att->state[p];
   }
   if (s == PageState::kClean || s == PageState::kDirty || s == PageState::kWriteback) {
-    if (lease_->MapperMayRead(n.id, Now())) Observe(n, p);
+    Observe(n, p);  // nothing checks a lease here: the keeper revokes
     return;
   }
   if (Now() < n.frozen_until) return;  // the fault would wait for the daemon
@@ -995,12 +991,11 @@ void Simulation::Fault(Node& n, uint64_t p) {
     gen = att->inval_gen;
     grant = att->grant;
   }
-  absl::Time sent = Now();
   TRACE("node %d: fetch page %d (inval_gen %d)", n.id, p, gen);
   uint32_t inc = n.inc;
   Message(
       n, /*to_node=*/false,
-      [this, &n, inc, p, gen, grant, sent] {
+      [this, &n, inc, p, gen, grant] {
         // One buffer per nesting level (BeforeRead may run a read inside
         // this one), reused: a page-sized allocation per request costs
         // ASan more than the rest of the request.
@@ -1012,32 +1007,30 @@ void Simulation::Fault(Node& n, uint64_t p) {
         uint64_t home_gen = st.ok() ? GenOf(p, c) : 0;
         TRACE("home: read of page %d for node %d: %s (stamp %d store %d)", p, node, st.ToString(),
               c.stamp, c.wid);
-        if (st.ok() && !fenced_.count(node) && lease_->AnyAnswerGrants())
-          lease_->HomeHeard(node, Now());
         if (!n.up || n.inc != inc) return;
         Message(
             n, /*to_node=*/true,
-            [this, &n, inc, p, gen, st, c, home_gen, sent] {
-              RunOnNode(n, inc, [this, &n, p, gen, st, c, home_gen, sent] {
-                Install(n, p, gen, st, c, home_gen, sent);
+            [this, &n, inc, p, gen, st, c, home_gen] {
+              RunOnNode(n, inc, [this, &n, p, gen, st, c, home_gen] {
+                Install(n, p, gen, st, c, home_gen);
               });
             },
-            [this, &n, p, gen, sent] {
-              NodeAt(n, absl::ZeroDuration(), [this, &n, p, gen, sent] {
-                Install(n, p, gen, absl::UnavailableError("connection lost"), Content{}, 0, sent);
+            [this, &n, p, gen] {
+              NodeAt(n, absl::ZeroDuration(), [this, &n, p, gen] {
+                Install(n, p, gen, absl::UnavailableError("connection lost"), Content{}, 0);
               });
             });
       },
-      [this, &n, p, gen, sent] {
-        NodeAt(n, absl::ZeroDuration(), [this, &n, p, gen, sent] {
-          Install(n, p, gen, absl::UnavailableError("connection lost"), Content{}, 0, sent);
+      [this, &n, p, gen] {
+        NodeAt(n, absl::ZeroDuration(), [this, &n, p, gen] {
+          Install(n, p, gen, absl::UnavailableError("connection lost"), Content{}, 0);
         });
       });
 }
 
 // FaultService::Install and FetchFailed, for one page.
 void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Content c,
-                         uint64_t home_gen, absl::Time sent) {
+                         uint64_t home_gen) {
   if (!n.att) return;
   std::shared_ptr<Attachment> att = n.att;
   if (!st.ok()) {
@@ -1059,18 +1052,14 @@ void Simulation::Install(Node& n, uint64_t p, uint64_t gen, absl::Status st, Con
     }
     return;
   }
-  if (lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
   bool installed = false;
   {
     absl::MutexLock lock(&att->mu);
     bool overtaken = att->BegunSince(gen, p, 1) && opt_.mutation != Mutation::kInstallStale;
-    // With leases, a copy whose lease ran out on its way (the node froze
-    // with the answer in flight) is not installed either.
-    bool expired = !lease_->MapperMayRead(n.id, Now());
-    if (overtaken || expired || att->revoked) {
+    if (overtaken || att->revoked) {
       att->AbandonFetch(p, 1);
       TRACE("node %d: fetch of page %d discarded (%s)", n.id, p,
-            expired ? "its lease ran out in flight" : "a range_begin overtook it");
+            att->revoked ? "revoked" : "a range_begin overtook it");
     } else if (att->state[p] == PageState::kFetching) {
       att->state[p] = PageState::kClean;
       ++att->resident;
@@ -1107,7 +1096,6 @@ void Simulation::WakeReaders(Node& n, uint64_t p0, uint64_t p1) {
     if (s == PageState::kClean || s == PageState::kDirty || s == PageState::kWriteback) {
       int count = it->second;
       n.readers.erase(it);
-      if (!lease_->MapperMayRead(n.id, Now())) continue;  // the lease ran out: no read
       for (int i = 0; i < count; ++i) Observe(n, p);
     } else if (!in_window && !quiet_) {
       Fault(n, p);
@@ -1124,9 +1112,7 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
   std::shared_ptr<Attachment> att = n.att;
   uint64_t grant = att->grant;
   uint32_t inc = n.inc;
-  absl::Time sent = Now();
-  auto answer = [this, &n, att, p, c, deadline, epoch, done, sent](absl::Status st, uint64_t gen) {
-    if (st.ok() && lease_->AnyAnswerGrants()) lease_->MapperConfirmed(n.id, sent);
+  auto answer = [this, &n, att, p, c, deadline, epoch, done](absl::Status st, uint64_t gen) {
     if (st.ok() || !IsRetry(st) || Now() > deadline) return done(st, false, gen);
     if (epoch) {
       bool superseded;
@@ -1153,7 +1139,6 @@ void Simulation::WriteBack(Node& n, uint64_t p, Content c, absl::Time deadline,
         if (st.ok()) {
           Landed(p, c, node, gone_before);
           gen = home_gen_[p];
-          if (!fenced_.count(node) && lease_->AnyAnswerGrants()) lease_->HomeHeard(node, Now());
         }
         if (!n.up || n.inc != inc) return;
         Message(
@@ -1331,6 +1316,11 @@ void Simulation::ReportLoss(Node& n) {
 
 void Simulation::Attach(Node& n) {
   Credentials cred{0, 0, 0, {}};
+  // PeerServer::Attach: the grant of a lease is recorded before the
+  // registry's fence check; PeerDirectory counts it from the request's
+  // sending (here: now, the attach being one step).
+  absl::Time sent = Now();
+  if (home_leases_) home_leases_->Granted(n.id);
   auto g = reg_->Attach(segid_, cred, /*write=*/true, n.id);
   if (!g.ok()) {
     TRACE("node %d: attach refused: %s", n.id, g.status().ToString());
@@ -1349,10 +1339,9 @@ void Simulation::Attach(Node& n) {
     att->state.assign(npages_, PageState::kAbsent);
   }
   n.att = att;
-  if (!lease_->AnyAnswerGrants()) {
-    // The Attach's answer grants a lease (PeerDirectory records it).
-    lease_->HomeHeard(n.id, Now());
-    lease_->MapperConfirmed(n.id, Now());
+  if (n.leases) {
+    n.leases->Granted(kHome, sent, kLeases.lease);
+    n.atts->Insert(att, /*owner=*/1, /*apid=*/1);
   }
   n.data.assign(npages_, Content{});
   n.base_gen.assign(npages_, 0);
@@ -1370,6 +1359,10 @@ void Simulation::Crash(Node& n) {
   n.up = false;
   ++n.inc;
   n.att = nullptr;
+  n.keeper.reset();  // the daemon's lease state dies with it
+  n.renewer.reset();
+  n.atts.reset();
+  n.leases.reset();
   ReportLoss(n);  // the clients see ENOTCONN
   At(rng_.Ms(100, 3000), [this, &n] { Restart(n); });
 }
@@ -1378,33 +1371,119 @@ void Simulation::Restart(Node& n) {
   n.up = true;
   n.frozen_until = Now();
   TRACE("node %d: daemon restarts", n.id);
-  lease_->Restarted(n.id);
+  NewDaemon(n);
   Attach(n);
-  Renew(n);
+  SchedulePass(n, absl::ZeroDuration());
 }
 
-// Lease renewals (ModelLeases, RealLeaseTables): a request the home answers.
-void Simulation::Renew(Node& n) {
-  absl::Duration every = lease_->RenewEvery();
-  if (every == absl::ZeroDuration() || quiet_) return;
+// --- leases: the daemon's LeaseKeeper, driven --------------------------------
+
+// The keeper's LeaseRenewer (PeerDirectory::Renew): the simulated network.
+class SimRenewer final : public LeaseRenewer {
+ public:
+  SimRenewer(Simulation* sim, Node* n) : sim_(sim), n_(n) {}
+  void Renew(uint32_t, absl::Duration timeout, Done done) override {
+    sim_->RenewRequest(*n_, timeout, std::move(done));
+  }
+
+ private:
+  Simulation* const sim_;
+  Node* const n_;
+};
+
+// A daemon starts on node `n` (at the beginning, or after a crash): with
+// leases, its tables and keeper are new, as Tetherd makes them.
+void Simulation::NewDaemon(Node& n) {
+  if (!opt_.leases) return;
+  n.leases = std::make_unique<MapperLeaseTable>(kLeases, &clock_);
+  n.atts = std::make_unique<AttachmentTable>(n.inc);
+  n.renewer = std::make_unique<SimRenewer>(this, &n);
+  n.keeper = std::make_unique<LeaseKeeper>(
+      n.id, n.leases.get(), n.renewer.get(), n.atts.get(),
+      [this, &n](Attachment& att, const std::string& why) { KeeperRevoke(n, att, why); },
+      /*homes=*/nullptr);
+  n.pass_overdue = false;
+}
+
+// The keeper's thread (LeaseKeeper::Loop): a pass, a sleep of SleepAfter
+// unless a renewal's answer wakes it, and again. Stopped with its daemon
+// (a pass due while the daemon is frozen runs when it thaws: the
+// documented gap, which Observe excuses only then) and, like the other
+// activity, once the run is quiet.
+void Simulation::SchedulePass(Node& n, absl::Duration after) {
+  if (!n.keeper) return;
+  uint64_t token = ++n.pass_token;
   uint32_t inc = n.inc;
-  absl::Time sent = Now();
-  NodeAt(n, absl::ZeroDuration(), [this, &n, inc, sent] {
-    Message(
-        n, false,
-        [this, &n, inc, sent] {
-          if (fenced_.count(n.id)) return;
-          lease_->HomeHeard(n.id, Now());
-          Message(
-              n, true,
-              [this, &n, inc, sent] {
-                RunOnNode(n, inc, [this, &n, sent] { lease_->MapperConfirmed(n.id, sent); });
-              },
-              nullptr);
-        },
-        nullptr);
-  });
-  NodeAt(n, every, [this, &n] { Renew(n); });
+  At(after, [this, &n, inc, token] { KeeperPass(n, inc, token); });
+}
+
+void Simulation::KeeperPass(Node& n, uint32_t inc, uint64_t token) {
+  if (!n.up || n.inc != inc || n.pass_token != token || quiet_) return;
+  if (Now() < n.frozen_until) {
+    n.pass_overdue = true;
+    Push(n.frozen_until, [this, &n, inc, token] { KeeperPass(n, inc, token); });
+    return;
+  }
+  n.pass_overdue = false;
+  absl::Time next = n.keeper->Tick();
+  SchedulePass(n, n.keeper->SleepAfter(next));
+}
+
+// The keeper's Revoker (FaultService::Revoke in the daemon).
+void Simulation::KeeperRevoke(Node& n, Attachment& att, const std::string& why) {
+  if (!n.att || n.att.get() != &att) {
+    Fail("node %d: the keeper revoked an attachment the node does not hold", n.id);
+    return;
+  }
+  {
+    absl::MutexLock lock(&att.mu);
+    if (att.revoked) return;
+  }
+  if (absl::StartsWith(why, "fenced:")) {
+    ++result_.stats.renewal_revoked;
+  } else {
+    ++result_.stats.lapse_revoked;
+  }
+  TRACE("node %d: lease keeper revokes", n.id);
+  Revoke(n, why);
+}
+
+// PeerDirectory::Renew and PeerServer::Renew over the simulated network:
+// the home records the grant, then reads the node's fences (in that
+// order, lease_table.h) and answers; `done` runs on the node's daemon
+// (postponed while it is frozen, dropped if it crashed), once: the answer,
+// a lost connection, or the call's deadline.
+void Simulation::RenewRequest(Node& n, absl::Duration timeout, LeaseRenewer::Done done) {
+  ++result_.stats.renewals;
+  auto once = std::make_shared<LeaseRenewer::Done>(std::move(done));
+  uint32_t inc = n.inc;
+  auto finish = [this, &n, inc, once](absl::StatusOr<LeaseRenewal> r) {
+    RunOnNode(n, inc, [this, &n, once, r] {
+      if (!*once) return;
+      LeaseRenewer::Done d = std::move(*once);
+      *once = nullptr;
+      if (!r.ok()) ++result_.stats.renewals_failed;
+      TRACE("node %d: renewal %s", n.id,
+            r.ok() ? absl::StrFormat("answered (%d fence(s))", r->fenced.size())
+                   : r.status().ToString());
+      std::move(d)(r);
+      if (n.keeper && n.keeper->TakeWakeUp()) SchedulePass(n, absl::ZeroDuration());
+    });
+  };
+  At(timeout, [finish] { finish(absl::DeadlineExceededError("renewal: deadline")); });
+  Message(
+      n, /*to_node=*/false,
+      [this, &n, finish] {
+        home_leases_->Granted(n.id);
+        LeaseRenewal r;
+        r.incarnation = home_incarnation_;
+        r.lease = kLeases.lease;
+        r.fenced = reg_->FencedSegments(n.id);
+        Message(
+            n, /*to_node=*/true, [finish, r] { finish(r); },
+            [finish] { finish(absl::UnavailableError("renewal: connection lost")); });
+      },
+      [finish] { finish(absl::UnavailableError("renewal: connection lost")); });
 }
 
 // --- the scenario -------------------------------------------------------------
@@ -1520,7 +1599,8 @@ SimResult Simulation::Run() {
     Fail("registry start: %s", st.ToString());
     return result_;
   }
-  coord_ = std::make_unique<InvalidationCoordinator>(kHome, reg_.get(), this, deadline_);
+  coord_ = std::make_unique<InvalidationCoordinator>(kHome, reg_.get(), this, deadline_,
+                                                     home_leases_.get());
   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
   auto memory = ExporterMemory::Open(pidfd, getpid());
   if (!memory.ok()) {
@@ -1535,6 +1615,12 @@ SimResult Simulation::Run() {
     return result_;
   }
   segid_ = *segid;
+  SegidParts parts;
+  if (!ParseSegid(segid_, &parts)) {
+    Fail("segid %#x does not parse", segid_);
+    return result_;
+  }
+  home_incarnation_ = parts.incarnation;
   probe_grant_ = reg_->Attach(segid_, owner, false, kProbe)->id;
   for (uint32_t i = 0; i < nnodes; ++i) {
     auto n = std::make_unique<Node>();
@@ -1544,8 +1630,9 @@ SimResult Simulation::Run() {
     nodes_.push_back(std::move(n));
   }
   for (auto& n : nodes_) {
+    NewDaemon(*n);
     Attach(*n);
-    Renew(*n);
+    SchedulePass(*n, absl::ZeroDuration());
   }
 
   // Random activity over kRun, then quiet; then every live node syncs.

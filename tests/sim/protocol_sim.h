@@ -8,8 +8,9 @@
 //   2. no acknowledged dirty write is lost while its address exists, and
 //      a sync that returns OK has its writes at the home; a loss (address
 //      gone, fenced, crashed) is reported to the writer (G1);
-//   3. the exporter's stall is bounded: Begin returns within the ack
-//      deadline of virtual time (G2);
+//   3. the exporter's stall is bounded: Begin's fan-out ends within the
+//      ack deadline of virtual time, and Begin returns within the deadline
+//      plus a fenced node's lease (G2);
 //   4. every window ends: none is open at the home or at a mapper once the
 //      run is quiet.
 //
@@ -18,8 +19,11 @@
 // grants, cached marks, fencing, the bracketing of reads), over a real
 // ExporterMemory (this process is the exporter), and the real
 // InvalidationCoordinator and AckCollector, driven step by step through
-// StartBegin/FinishBegin. The network (an InvalidationChannel and the
-// data requests) and the mapper nodes are modelled: a mapper's pages live
+// StartBegin, FenceUnanswered and FencesHeldUntil (Begin's steps), and
+// with leases the daemon's lease tables and each mapper node's
+// LeaseKeeper, whose passes and renewals run on the simulated clock and
+// network. The network (an InvalidationChannel, the data requests and the
+// renewals) and the mapper nodes are modelled: a mapper's pages live
 // in the daemon's own `Attachment` struct (its page states, windows,
 // inval_gen and recent range_begins, kept-aside pages, write-back epoch),
 // and the model follows FaultService's BeginWindow, EndWindow, Install,
@@ -37,12 +41,10 @@
 #define TETHER_TESTS_SIM_PROTOCOL_SIM_H_
 
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/time/time.h"
-#include "daemon/common/clock.h"
 
 namespace tether {
 namespace sim {
@@ -67,61 +69,28 @@ enum class Mutation {
 };
 const char* MutationName(Mutation m);
 
-// Leases: where the lease classes plug in (RealLeaseTables: the daemon's
-// lease_table.h; README, "Leases: the seam", says what is still
-// modelled). NoLeases() is tetherd with --lease_ms=0, whose documented gap
-// (G2) is that a fenced node can read what its clients hold until it
-// handles the revocation: the oracle excuses exactly those reads (and
-// counts them). ModelLeases() is a model of what leases must do — a node
-// reads only within a term of its last confirmed contact with the home,
-// and the exporter's call returns only once every node fenced on the
-// segment is past its term — under which the oracle excuses nothing.
-class SimLease {
- public:
-  virtual ~SimLease() = default;
-  // The home served or heard from an unfenced `node` at `now`.
-  virtual void HomeHeard(uint32_t node, absl::Time now) = 0;
-  // `node` got the answer to a request it sent at `sent`.
-  virtual void MapperConfirmed(uint32_t node, absl::Time sent) = 0;
-  // May a client on `node` read a page it holds, now?
-  virtual bool MapperMayRead(uint32_t node, absl::Time now) const = 0;
-  // `nodes` are fenced on the segment (by this change or an earlier one):
-  // the earliest moment an exporter's call that changes it may return.
-  virtual absl::Time FencedSafeAt(const std::vector<uint32_t>& nodes, absl::Time now) const = 0;
-  // Whether a stale read by a fenced node that has not handled its
-  // revocation is the documented gap (excused) or a violation.
-  virtual bool ExcusesFencedReads() const = 0;
-  // Renewal period for nodes with no other traffic (0: none).
-  virtual absl::Duration RenewEvery() const = 0;
-  // Whether any answer from the home extends a node's lease (the model),
-  // or only an Attach's or a renewal's (the daemon: RealLeaseTables).
-  virtual bool AnyAnswerGrants() const { return true; }
-  // `node`'s daemon restarted: its lease table starts empty.
-  virtual void Restarted(uint32_t node) {}
-};
-std::unique_ptr<SimLease> NoLeases();
-std::unique_ptr<SimLease> ModelLeases(absl::Duration term);
-// The daemon's own lease tables (lease_table.h) on the simulation's
-// clock: a HomeLeaseTable for the home and a MapperLeaseTable per mapper
-// node, with tetherd's margin (10 %). Granted only by an Attach's or a
-// renewal's answer; a node reads only while MapperLeaseTable::Lapsed says
-// no; the exporter's call waits until HomeLeaseTable::ExpiresAt of every
-// fenced node. `clock` must outlive it.
-std::unique_ptr<SimLease> RealLeaseTables(absl::Duration lease, Clock* clock);
-
 struct SimOptions {
   uint64_t seed = 1;
   Mutation mutation = Mutation::kNone;
-  bool model_leases = false;  // ModelLeases(3 s) instead of NoLeases()
-  bool real_leases = false;   // RealLeaseTables(3 s) instead of either
-  bool trace = false;         // keep a trace of the run: its last trace_lines lines
+  // tetherd's leases (3 s, margin 10 %): the daemon's HomeLeaseTable in
+  // the coordinator, and on each mapper node a MapperLeaseTable and a
+  // LeaseKeeper whose passes and renewals the simulation runs. Without:
+  // tetherd with --lease_ms=0, whose documented gap (G2) is that a fenced
+  // node can read what its clients hold until it handles the revocation:
+  // the oracle excuses exactly those reads (and counts them).
+  bool leases = false;
+  bool trace = false;  // keep a trace of the run: its last trace_lines lines
   size_t trace_lines = 400;
 };
 
 struct SimStats {
   uint64_t events = 0;
-  uint64_t reads = 0;                // client reads that returned contents
-  uint64_t stale_excused = 0;        // stale reads by fenced nodes (the documented G2 gap)
+  uint64_t reads = 0;          // client reads that returned contents
+  uint64_t stale_excused = 0;  // stale reads by fenced nodes (the documented G2 gap)
+  // With leases: stale reads by the clients of a node whose daemon is
+  // frozen past its lease, its keeper's pass overdue (the documented gap:
+  // docs/consistency.md, "When a node goes silent").
+  uint64_t frozen_excused = 0;
   uint64_t put_back_reads = 0;       // own writes put back after a failed write-back (by design)
   uint64_t put_back = 0;             // kept-aside pages put back dirty after a failed write-back
   uint64_t put_back_synced = 0;      // of which a sync wrote back, the node keeping the page
@@ -135,8 +104,18 @@ struct SimStats {
   uint64_t landed = 0;               // write-backs applied at the home
   uint64_t syncs_ok = 0, syncs_failed = 0;
   uint64_t crashes = 0, freezes = 0;
+  // Leases: renewals sent and failed (no answer in time, a lost
+  // connection); attachments the keeper revoked because the lease ran out
+  // or because a renewal's answer said the node is fenced; Begins that
+  // waited out a fenced node's lease, and of those, Begins that fenced
+  // nobody themselves (they wait for an earlier Begin's fence).
+  uint64_t renewals = 0, renewals_failed = 0;
+  uint64_t lapse_revoked = 0, renewal_revoked = 0;
+  uint64_t lease_waits = 0, lease_waits_for_others = 0;
+  // Begins during whose lease wait another node was fenced on the segment.
+  uint64_t fenced_during_lease_wait = 0;
   uint64_t interleaved_reads = 0;  // reads at the home with other events run inside them
-  absl::Duration max_stall = absl::ZeroDuration();
+  absl::Duration max_stall = absl::ZeroDuration();  // StartBegin to Begin's return
 };
 
 struct SimResult {

@@ -495,5 +495,47 @@ TEST_F(LeasedCoordinatorTest, AChangeDuringALeaseWaitWaitsForTheFencedNodeToo) {
       << "the change of page 8 returned before node 3's lease ran out, without asking it";
 }
 
+// Found by the protocol simulation once it drove the real lease wait
+// (tests/sim/README.md, seed 58 with leases): a Begin waited out every
+// fence of the segment, also those made after its own fan-out had ended,
+// so nodes going silent one after the other held the exporter's call past
+// deadline + lease x (1 + margin) (the bound tetherd checks against
+// tether.ko's ack_timeout_ms). It waits for the fences made up to the end
+// of its fan-out; a node fenced later acked it or held nothing of its
+// range. Driven through Begin's steps, on one thread.
+TEST_F(LeasedCoordinatorTest, ABeginWaitsOnlyForFencesMadeBeforeItsFanOutEnded) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(3);
+  ASSERT_TRUE(Fetch(3, 0).ok());
+  channel_.modes[3] = FakeChannel::kSilent;
+  auto first = leased_.StartBegin(segid_, 0, 4096, "first change");
+  ASSERT_TRUE(first.ok());
+  InvalidationWindow w1 = leased_.FenceUnanswered(*std::move(first));
+  ASSERT_EQ(w1.fenced, (std::vector<uint32_t>{3}));
+  EXPECT_EQ(leased_.FencesHeldUntil(w1), t0 + absl::Milliseconds(1100));
+  // While the first change waits, node 4 (renewed just now) goes silent
+  // and a change of another page fences it.
+  clock_.Set(t0 + absl::Milliseconds(900));
+  leases_.Granted(4);
+  ASSERT_TRUE(Fetch(4, 8 * 4096).ok());
+  channel_.modes[4] = FakeChannel::kSilent;
+  auto second = leased_.StartBegin(segid_, 8 * 4096, 9 * 4096, "second change");
+  ASSERT_TRUE(second.ok());
+  InvalidationWindow w2 = leased_.FenceUnanswered(*std::move(second));
+  ASSERT_EQ(w2.fenced, (std::vector<uint32_t>{4}));
+  EXPECT_EQ(leased_.FencesHeldUntil(w1), t0 + absl::Milliseconds(1100))
+      << "the first change now waits for node 4, fenced after its fan-out ended: past "
+         "deadline + lease x 1.1";
+  // The second waits for both: node 3 may still hold page 8 (its marks
+  // were dropped when it was fenced).
+  EXPECT_EQ(leased_.FencesHeldUntil(w2), t0 + absl::Milliseconds(2000));
+  clock_.Set(t0 + absl::Milliseconds(1100));
+  ASSERT_EQ(leased_.FencesHeldUntil(w1), absl::InfinitePast());
+  EXPECT_EQ(leased_.FencesHeldUntil(w2), t0 + absl::Milliseconds(2000));
+  leased_.WaitOutFences(w1);  // built on FencesHeldUntil: returns at once
+  clock_.Set(t0 + absl::Milliseconds(2000));
+  EXPECT_EQ(leased_.FencesHeldUntil(w2), absl::InfinitePast());
+}
+
 }  // namespace
 }  // namespace tether
