@@ -398,7 +398,9 @@ class LeasedCoordinatorTest : public CoordinatorTest {
     begin_ = std::thread([this] {
       auto w = leased_.Begin(segid_, 0, 4096, "test");
       EXPECT_TRUE(w.ok());
-      if (w.ok()) EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3}));
+      if (w.ok()) {
+        EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3}));
+      }
       done_.Notify();
     });
   }
