@@ -29,11 +29,20 @@ std::optional<absl::Duration> RetryPolicy::Next(const absl::Status& status, bool
 
 // A request and what its tries so far learned.
 struct DataPath::Attempt {
-  bool is_read = true;
-  uint32_t node = 0;
-  uint64_t segid = 0, grant = 0, offset = 0;
-  absl::Span<uint8_t> dst;
-  absl::Span<const uint8_t> src;
+  Attempt(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+          absl::Span<uint8_t> dst, absl::Span<const uint8_t> src)
+      : is_read(is_read),
+        node(node),
+        segid(segid),
+        grant(grant),
+        offset(offset),
+        dst(dst),
+        src(src) {}
+  const bool is_read;
+  const uint32_t node;
+  const uint64_t segid, grant, offset;
+  const absl::Span<uint8_t> dst;
+  const absl::Span<const uint8_t> src;
   Transport::Done done;
   // Set instead of `done` by ReadInPlace: handed the bytes where the
   // transport has them (`data`, set by the try that succeeded; valid only
@@ -191,13 +200,8 @@ void DataPath::ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64
     return;
   }
   // The same retries as Read (Finished): only the submission differs (Try).
-  auto a = std::make_shared<Attempt>();
-  a->is_read = true;
-  a->node = node;
-  a->segid = segid;
-  a->grant = grant;
-  a->offset = offset;
-  a->dst = dst;
+  auto a =
+      std::make_shared<Attempt>(true, node, segid, grant, offset, dst, absl::Span<const uint8_t>());
   a->read_done = std::move(done);
   Try(std::move(a));
 }
@@ -220,14 +224,7 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
                             : local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
-  auto a = std::make_shared<Attempt>();
-  a->is_read = is_read;
-  a->node = node;
-  a->segid = segid;
-  a->grant = grant;
-  a->offset = offset;
-  a->dst = dst;
-  a->src = src;
+  auto a = std::make_shared<Attempt>(is_read, node, segid, grant, offset, dst, src);
   a->done = std::move(done);
   Try(std::move(a));
 }
