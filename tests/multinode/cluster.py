@@ -87,11 +87,20 @@ class InteractiveClient:
 
     def command(self, line, timeout=30):
         """Returns the reply, or 'signal:N' if the process died by signal N."""
+        self.send(line)
+        return self.reply(timeout)
+
+    def send(self, line):
+        """Sends a command without waiting for its reply (see reply)."""
         try:
             self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass
+
+    def reply(self, timeout):
+        """The reply to the last command sent, 'timeout', or how the client
+        died ('signal:N', 'exit:N')."""
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not r:
             return "timeout"

@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -77,23 +76,6 @@ def restore_link(c):
                    timeout=30)
 
 
-def send(m, line):
-    m.proc.stdin.write(line + "\n")
-    m.proc.stdin.flush()
-
-
-def reply(m, timeout):
-    """The client's answer to the last command, 'timeout', or how it died."""
-    r, _, _ = select.select([m.proc.stdout], [], [], timeout)
-    if not r:
-        return "timeout"
-    out = m.proc.stdout.readline().strip()
-    if out:
-        return out
-    rc = m.proc.wait(10)
-    return "signal:%d" % -rc if rc < 0 else "exit:%d" % rc
-
-
 def count_in_log(node, text):
     return log_of(node).count(text)
 
@@ -136,13 +118,13 @@ def flap(c, seconds):
     cut_link(c)
     try:
         t0 = time.time()
-        send(m, "verify 1 %d %d" % (MiB, MiB))
+        m.send("verify 1 %d %d" % (MiB, MiB))
         # Fresh pages: nothing can answer them while the link is down.
-        r = reply(m, seconds)
+        r = m.reply(seconds)
         expect(r == "timeout", "answered while the link was down: %r" % r)
     finally:
         restore_link(c)
-    r = reply(m, 90)
+    r = m.reply(90)
     waited = time.time() - t0
     expect(r == "ok", "read across a %d s cut: %r (SIGBUS is 'signal:7')" % (seconds, r))
     print("INFO flap %d s: the read took %.1f s" % (seconds, waited), flush=True)
