@@ -65,6 +65,9 @@ class UffdNotifierSource : public NotifierSource {
   absl::Status BeforeRead(uint64_t segid, uint64_t start, uint64_t end) override;
   // Revokes every mapper of the segment (the coordinator's RevokeAll).
   void SegmentGone(uint64_t segid, const std::string& why) override;
+  // Unimplemented: a userfaultfd cannot map another process's pages.
+  absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
+                                   bool writable) override;
   void Stop() override;
 
  private:
