@@ -137,6 +137,38 @@ class MapperWindowsTest : public ::testing::Test {
     home_.*knob = v;
   }
 
+  // A second attachment of the same segment in this process (issue 16:
+  // it shares att_'s cache). Returns its mapping; RemoveSecond undoes it.
+  uint8_t* AddSecond(bool writable) {
+    second_ = std::make_shared<Attachment>();
+    second_->id = 8;
+    second_->segid = att_->segid;
+    second_->home = att_->home;
+    second_->size = att_->size;
+    second_->writable = writable;
+    second_->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
+    if (second_->uffd < 0 || ioctl(second_->uffd, UFFDIO_API, &api) != 0) return nullptr;
+    if (!faults_.Join(second_, second_->size).ok()) return nullptr;
+    auto* m =
+        static_cast<uint8_t*>(mmap(nullptr, second_->size, PROT_READ | (writable ? PROT_WRITE : 0),
+                                   MAP_SHARED, second_->cache->memfd, 0));
+    if (m == MAP_FAILED) return nullptr;
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uint64_t>(m), second_->size};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | (writable ? UFFDIO_REGISTER_MODE_WP : 0);
+    if (ioctl(second_->uffd, UFFDIO_REGISTER, &reg) != 0) return nullptr;
+    second_->vaddr = reinterpret_cast<uint64_t>(m);
+    if (!faults_.Add(second_).ok()) return nullptr;
+    second_map_ = m;
+    return m;
+  }
+  void RemoveSecond() {
+    faults_.Remove(second_);
+    munmap(second_map_, second_->size);
+    second_map_ = nullptr;
+  }
+
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
@@ -145,6 +177,8 @@ class MapperWindowsTest : public ::testing::Test {
       &data_, 64 << 20,
       [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }, &clock_};
   std::shared_ptr<Attachment> att_;
+  std::shared_ptr<Attachment> second_;  // AddSecond's
+  uint8_t* second_map_ = nullptr;
   uint8_t* map_ = nullptr;
 };
 
@@ -596,6 +630,68 @@ TEST_F(MapperWindowsTest, RevokeDropsEverything) {
   struct stat sb;
   ASSERT_EQ(fstat(att_->cache->memfd, &sb), 0);
   EXPECT_EQ(sb.st_size, 0) << "truncated: every access raises SIGBUS";
+}
+
+// Issue 16: a second attachment of the segment maps the same cache. A page
+// installed through the first (its uffd's UFFDIO_COPY) appears in the
+// second without a missing fault; a store through the second must still
+// fault first (the arming's uffd-wp marker), so that the page is dirty
+// and written back — else the store lands unseen and is never synced.
+TEST_F(MapperWindowsTest, AStoreThroughASecondAttachmentToAPageTheFirstInstalledIsTracked) {
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(true);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second_->cache, att_->cache) << "one cache per segment";
+  EXPECT_EQ(map_[0], 1);  // fetched and installed through att_
+  EXPECT_EQ(second[0], 1) << "the same page, no second fetch";
+  second[100] = 7;
+  EXPECT_EQ(map_[100], 7) << "seen through the first at once";
+  EXPECT_EQ(State(0), PageState::kDirty) << "the store through the second was not tracked";
+  ASSERT_TRUE(faults_.Sync(*second_, 0, second_->size).ok());
+  EXPECT_EQ(HomeByte(100), 7);
+  RemoveSecond();
+  EXPECT_EQ(map_[100], 7) << "the first keeps working after the second's detach";
+}
+
+// Issue 16: a write-back protects the page again in every writable
+// attachment before it reads it. A store through the second attachment
+// while the first's sync is on its way must re-dirty the page (and reach
+// the home at the next sync); protecting only the syncing attachment's
+// mapping would leave the second's PTE writable, and the store would be
+// lost.
+TEST_F(MapperWindowsTest, AStoreThroughTheOtherAttachmentDuringAWriteBackIsNotLost) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(true);
+  ASSERT_NE(second, nullptr);
+  map_[0] = 3;    // dirty through the first
+  second[0] = 4;  // and stored through the second (its PTE now writable)
+  FaultPoints::Arm(kBeforeSend);
+  std::thread syncer([&] { EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok()); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  second[200] = 9;  // the page was read for the write-back: this store is newer
+  FaultPoints::Release(kBeforeSend);
+  syncer.join();
+  EXPECT_EQ(State(0), PageState::kDirty) << "the racing store did not re-dirty the page";
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(0), 4);
+  EXPECT_EQ(HomeByte(200), 9) << "the store during the write-back was lost";
+  RemoveSecond();
+}
+
+// Issue 16: a read-only attachment shares the cache but never stores; a
+// page it installed is still tracked for the writable one.
+TEST_F(MapperWindowsTest, APageAReadOnlyAttachmentInstalledIsTrackedForTheWritableOne) {
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(false);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second[5 * kPage], 1);  // installed through the read-only attachment
+  map_[5 * kPage + 1] = 6;
+  EXPECT_EQ(second[5 * kPage + 1], 6);
+  EXPECT_EQ(State(5), PageState::kDirty);
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(5 * kPage + 1), 6);
+  RemoveSecond();
 }
 
 }  // namespace
