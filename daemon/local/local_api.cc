@@ -264,7 +264,8 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   }
   resp->mutable_attach()->set_attach_id(att->id);
   resp->mutable_attach()->set_writable(att->writable);
-  resp->mutable_attach()->set_map_offset(att->seg_offset);  // the memfd covers the segment
+  // Where the attachment's first page is in the cache's memfd.
+  resp->mutable_attach()->set_map_offset(static_cast<uint64_t>(att->cache->Off(att->first_page())));
   fds_out->push_back(memfd_copy);
   return absl::OkStatus();
 }

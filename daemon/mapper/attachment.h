@@ -102,14 +102,39 @@ enum class PageState : uint8_t {
 
 struct Attachment;
 
+// A state per page of a cache, indexed by segment page (from `base`).
+class PageStates {
+ public:
+  void Reset(uint64_t base, uint64_t n) {
+    base_ = base;
+    v_.assign(n, PageState::kAbsent);
+  }
+  PageState& operator[](uint64_t p) { return v_[p - base_]; }
+  const PageState& operator[](uint64_t p) const { return v_[p - base_]; }
+  auto begin() { return v_.begin(); }
+  auto end() { return v_.end(); }
+
+ private:
+  uint64_t base_ = 0;
+  std::vector<PageState> v_;
+};
+
 struct SegmentCache {
+  // Segments up to this size are cached whole (a memfd and a state per
+  // page of the segment: 1 byte per 4 KiB), shared by their attachments.
+  // Larger ones — XPMEM's whole-address-space segments, 128 TiB — get a
+  // cache per attachment covering only its range, as before issue 16.
+  static constexpr uint64_t kMaxSharedBytes = uint64_t{64} << 30;
+
   uint32_t home = 0;
   uint64_t segid = 0;
-  uint64_t seg_pages = 0;  // the memfd's size in pages (the segment's)
+  uint64_t base_page = 0;  // the segment page at memfd offset 0
+  uint64_t seg_pages = 0;  // the memfd's size in pages
+  bool shared = false;     // in FaultService's caches by segid
   int memfd = -1;
 
   absl::Mutex mu;
-  std::vector<PageState> state ABSL_GUARDED_BY(mu);  // per segment page
+  PageStates state ABSL_GUARDED_BY(mu);  // per segment page in [first(), end())
   // The attachments that map this cache (joined at attach, left at
   // FaultService::Remove). Those with vaddr 0 are not mapped yet.
   std::vector<std::shared_ptr<Attachment>> mappings ABSL_GUARDED_BY(mu);
@@ -153,7 +178,11 @@ struct SegmentCache {
   bool revoked ABSL_GUARDED_BY(mu) = false;
   std::string revoke_reason ABSL_GUARDED_BY(mu);
 
-  uint64_t pages() const { return seg_pages; }
+  // The segment pages this cache holds: [first(), end()).
+  uint64_t first() const { return base_page; }
+  uint64_t end() const { return base_page + seg_pages; }
+  // The memfd offset of segment page `p`.
+  off_t Off(uint64_t p) const { return static_cast<off_t>((p - base_page) * kPageSize); }
   bool InWindow(uint64_t page) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     for (const auto& [key, w] : windows)
       if (page >= w.first && page < w.second) return true;

@@ -18,21 +18,21 @@ uint64_t FaultService::EvictClean(SegmentCache& c, uint64_t want) {
   evictor_role_.AssertHere();
   uint64_t dropped = 0;
   absl::MutexLock lock(&c.mu);
-  uint64_t pages = c.pages();
+  const uint64_t pages = c.seg_pages;
   for (uint64_t scanned = 0; scanned < pages && dropped < want;) {
-    uint64_t p = c.evict_hand % pages;
+    uint64_t p = c.first() + c.evict_hand % pages;
     if (c.state[p] != PageState::kClean) {
-      c.evict_hand = p + 1;
+      c.evict_hand = p + 1 - c.first();
       ++scanned;
       continue;
     }
     uint64_t q = p;
-    while (q < pages && dropped + (q - p) < want && c.state[q] == PageState::kClean)
+    while (q < c.end() && dropped + (q - p) < want && c.state[q] == PageState::kClean)
       c.state[q++] = PageState::kAbsent;
-    PunchHole(c.memfd, p * kPageSize, (q - p) * kPageSize);
+    PunchHole(c.memfd, c.Off(p), (q - p) * kPageSize);
     dropped += q - p;
     scanned += q - p;
-    c.evict_hand = q;
+    c.evict_hand = q - c.first();
   }
   c.resident -= dropped;
   return dropped;
@@ -56,7 +56,7 @@ void FaultService::EvictLoop() {
       for (auto& c : caches) {
         uint64_t cur = resident_pages_.load();
         if (cur <= low_water) break;
-        uint64_t want = std::min<uint64_t>(cur - low_water, c->pages());
+        uint64_t want = std::min<uint64_t>(cur - low_water, c->seg_pages);
         resident_pages_ -= EvictClean(*c, want);
       }
       if (resident_pages_.load() <= low_water) break;
@@ -71,7 +71,7 @@ void FaultService::EvictLoop() {
           grant = c->write_grant;
         }
         if (!has_dirty) continue;
-        absl::Status st = SyncCache(*c, grant, 0, c->pages());
+        absl::Status st = SyncCache(*c, grant, c->first(), c->end());
         if (!st.ok())
           TLOG_WARN("evictor: write-back of segment %#x failed: %s", c->segid, st.ToString());
       }

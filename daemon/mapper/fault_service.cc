@@ -109,16 +109,22 @@ bool FaultService::ProbeSharing() {
 }
 
 absl::Status FaultService::Join(const std::shared_ptr<Attachment>& att, uint64_t segment_size) {
+  // Shared: the whole segment, by segid. Private (a kernel that cannot
+  // share, or a segment too large to hold a state per page of): the
+  // attachment's range only.
+  const bool shared = share_caches_ && segment_size <= SegmentCache::kMaxSharedBytes;
   while (true) {
     std::shared_ptr<SegmentCache> c;
-    if (share_caches_) {
+    if (shared) {
       absl::MutexLock lock(&mu_);
       auto it = caches_.find(att->segid);
       if (it != caches_.end()) c = it->second;
     }
     if (c) {
       absl::MutexLock lock(&c->mu);
-      if (!c->revoked && c->home == att->home && c->seg_pages * kPageSize >= segment_size) {
+      if (!c->revoked && c->home == att->home &&
+          c->Off(att->first_page() + att->pages()) <=
+              static_cast<off_t>(c->seg_pages * kPageSize)) {
         c->mappings.push_back(att);
         if (att->writable) c->write_grant = att->grant;
         att->cache = std::move(c);
@@ -130,18 +136,20 @@ absl::Status FaultService::Join(const std::shared_ptr<Attachment>& att, uint64_t
     auto fresh = std::make_shared<SegmentCache>();
     fresh->home = att->home;
     fresh->segid = att->segid;
-    fresh->seg_pages = segment_size / kPageSize;
+    fresh->shared = shared;
+    fresh->base_page = shared ? 0 : att->first_page();
+    fresh->seg_pages = shared ? segment_size / kPageSize : att->pages();
     fresh->memfd = memfd_create("tether-cache", MFD_CLOEXEC);
     if (fresh->memfd < 0) return ErrnoStatus(errno, "memfd_create");
-    if (ftruncate(fresh->memfd, static_cast<off_t>(segment_size)) != 0)
+    if (ftruncate(fresh->memfd, static_cast<off_t>(fresh->seg_pages * kPageSize)) != 0)
       return ErrnoStatus(errno, "size the cache memfd");
     {
       absl::MutexLock lock(&fresh->mu);
-      fresh->state.assign(fresh->seg_pages, PageState::kAbsent);
+      fresh->state.Reset(fresh->base_page, fresh->seg_pages);
       fresh->mappings.push_back(att);
       if (att->writable) fresh->write_grant = att->grant;
     }
-    if (share_caches_) {
+    if (shared) {
       absl::MutexLock lock(&mu_);
       auto& slot = caches_[att->segid];
       if (slot != c) continue;  // another attach made one: join that
@@ -219,7 +227,7 @@ void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
           continue;
         }
         c.state[p] = PageState::kAbsent;
-        mapping_ops::PunchHole(c.memfd, p * kPageSize, kPageSize);
+        mapping_ops::PunchHole(c.memfd, c.Off(p), kPageSize);
         --c.resident;
         ++dropped;
         ++p;
@@ -227,7 +235,7 @@ void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
     }
   }
   resident_pages_ -= dropped;
-  if (closed) {
+  if (closed && c.shared) {
     absl::MutexLock lock(&mu_);
     auto it = caches_.find(c.segid);
     if (it != caches_.end() && it->second == cache) caches_.erase(it);

@@ -24,7 +24,8 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
   uint64_t dropped = 0;
   {
     absl::MutexLock lock(&c.mu);
-    p1 = std::min(p1, c.pages());
+    p0 = std::max(p0, c.first());
+    p1 = std::min(p1, c.end());
     if (c.revoked || p0 >= p1) return;
     c.windows[key] = {p0, p1};
     ++c.inval_gen;
@@ -54,8 +55,7 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
         if (c.state[r] != PageState::kClean) {
           // Dirty data is never dropped while the address exists: keep it
           // aside, write it back after the window (G5: never inside it).
-          if (pread(c.memfd, page.data(), kPageSize, static_cast<off_t>(r * kPageSize)) ==
-              static_cast<ssize_t>(kPageSize)) {
+          if (pread(c.memfd, page.data(), kPageSize, c.Off(r)) == static_cast<ssize_t>(kPageSize)) {
             c.kept_aside[r] = page;
           } else {
             TLOG_WARN("segment %#x: read of dirty page %d for range_begin: %s", c.segid, r,
@@ -71,7 +71,7 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
       // yet punched out.
       TETHER_FAULT_POINT("fault_service.begin_window.after_read");
       // Out of every mapping at once: one page cache.
-      PunchHole(c.memfd, p * kPageSize, (q - p) * kPageSize);
+      PunchHole(c.memfd, c.Off(p), (q - p) * kPageSize);
       dropped += q - p;
       p = q;
     }
@@ -149,7 +149,7 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
     } else if (c.InOtherWindow(p, key)) {
       c.kept_aside[p] = std::move(bytes);
     } else if (c.state[p] == PageState::kAbsent &&
-               pwrite(c.memfd, bytes.data(), kPageSize, static_cast<off_t>(p * kPageSize)) ==
+               pwrite(c.memfd, bytes.data(), kPageSize, c.Off(p)) ==
                    static_cast<ssize_t>(kPageSize)) {
       c.state[p] = PageState::kDirty;
       ++c.dirty;
@@ -183,7 +183,7 @@ absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t le
       }
       uint64_t q = p;
       while (q < p1 && c.state[q] == PageState::kClean) c.state[q++] = PageState::kAbsent;
-      PunchHole(c.memfd, p * kPageSize, (q - p) * kPageSize);
+      PunchHole(c.memfd, c.Off(p), (q - p) * kPageSize);
       dropped += q - p;
       p = q;
     }
@@ -213,7 +213,7 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
   // in every attachment of the cache.
   if (ftruncate(c.memfd, 0) != 0) TLOG_WARN("revoke: ftruncate: %s", std::strerror(errno));
   resident_pages_ -= dropped;
-  WakeEverywhere(c, 0, c.pages(), nullptr);
+  WakeEverywhere(c, c.first(), c.end(), nullptr);
 }
 
 }  // namespace tether

@@ -176,7 +176,7 @@ absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
   for (size_t r = 0; r < work.size(); ++r) {
     auto [p, count] = work[r];
     buf.resize(count * kPageSize);
-    ssize_t got = pread(c.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPageSize));
+    ssize_t got = pread(c.memfd, buf.data(), buf.size(), c.Off(p));
     absl::Status st;
     bool run_superseded = false;
     if (got != static_cast<ssize_t>(buf.size())) {
@@ -219,7 +219,7 @@ absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
         // that re-dirtied it left its mm's PTE unprotected: protect it
         // first, so that the punch leaves a marker there (attachment.h).
         ProtectEverywhere(c, p, p + 1);
-        PunchHole(c.memfd, p * kPageSize, kPageSize);
+        PunchHole(c.memfd, c.Off(p), kPageSize);
         c.state[p] = PageState::kAbsent;
         --c.resident;
         ++dropped;

@@ -1345,7 +1345,7 @@ void Simulation::Attach(Node& n) {
   att->cache->seg_pages = npages_;
   {
     absl::MutexLock lock(&att->cache->mu);
-    att->cache->state.assign(npages_, PageState::kAbsent);
+    att->cache->state.Reset(0, npages_);
   }
   n.att = att;
   if (n.leases) {

@@ -337,10 +337,9 @@ TEST_F(LocalApiTest, DetachWritesDirtyPagesBackToTheRemoteHome) {
     std::shared_ptr<Attachment> att = atts_.Find(id, me_.cred.pid);
     ASSERT_NE(att, nullptr);
     std::string page(4096, fill);
-    // The memfd is the segment's cache: the attachment's page 2 is at its
-    // offset in the segment.
+    // The attachment's page 2, in its cache's memfd.
     const uint64_t p = att->first_page() + 2;
-    ASSERT_EQ(pwrite(att->cache->memfd, page.data(), page.size(), p * 4096), 4096);
+    ASSERT_EQ(pwrite(att->cache->memfd, page.data(), page.size(), att->cache->Off(p)), 4096);
     absl::MutexLock lock(&att->cache->mu);
     att->cache->state[p] = PageState::kDirty;
     att->cache->dirty = 1;
