@@ -228,23 +228,22 @@ void FaultService::FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t 
     PutBuffer(buf);
     return;
   }
-  // The first page is made to raise SIGBUS by the client library, in
-  // every attachment that maps it; faulters on the read-ahead pages retry
-  // on their own.
-  std::vector<std::shared_ptr<Attachment>> told;
+  // The first page is made to raise SIGBUS by the client library, in the
+  // attachment that fetched it (its faulter waits for that). In the cache
+  // it goes back to absent, not kPoisoned: other attachments of the cache
+  // (another process, or this one attaching again after the SIGBUS) must
+  // not find a page that never answers; their faulters are woken and fetch
+  // it themselves (and get their own SIGBUS, or the page if the home has
+  // one again). Faulters on the read-ahead pages retry on their own.
   {
     absl::MutexLock lock(&c.mu);
-    for (uint64_t i = 0; i < n; ++i)
-      if (c.state[first + i] == PageState::kFetching)
-        c.state[first + i] = i == 0 ? PageState::kPoisoned : PageState::kAbsent;
+    c.AbandonFetch(first, n);
     if (n > 1) WakeEverywhere(c, first + 1, first + n, nullptr);
-    for (const auto& m : c.mappings)
-      if (m->Covers(first)) told.push_back(m);
+    WakeEverywhere(c, first, first + 1, att.get());
   }
   PutBuffer(buf);
   TLOG_WARN("attachment %#x: fetch of segment page %d failed: %s", att->id, first, st.ToString());
-  for (const auto& m : told)
-    sigbus_(*m, (first - m->first_page()) * kPageSize, kPageSize, std::string(st.message()));
+  sigbus_(*att, (first - att->first_page()) * kPageSize, kPageSize, std::string(st.message()));
 }
 
 uint64_t FaultService::CopyIn(SegmentCache& c, Attachment& att, uint64_t first, uint64_t n,
