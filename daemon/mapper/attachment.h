@@ -43,8 +43,16 @@
 // faulters only when there are others. Whether the kernel leaves markers
 // on unpopulated shmem PTEs is probed when the daemon starts
 // (FaultService::Start); without them caches are not shared and each
-// attachment keeps its own, as before. Measured on 6.18 (the host) and
-// relied on for 6.1 and 6.12 (the VM tier runs the sharing tests there).
+// attachment keeps its own, as before. Measured on the host's 6.18
+// (tests/unit/mapper_windows_test.cc, tests/multinode/test_invalidation.py
+// test_one_cache_*); shmem has had uffd-wp markers since 5.19, and on 6.1
+// and 6.12 the probe decides (not yet run in the VM tier). Segments larger
+// than kMaxSharedBytes (XPMEM's whole address space) are not shared
+// either: a cache per attachment covers only its range.
+//
+// A page whose fetch failed goes back to kAbsent: the attachment that
+// fetched it raises SIGBUS (the client library maps an empty page over
+// it), and any other attachment that touches it fetches it itself.
 //
 // Thread contract.
 // - An Attachment's identity (id, segid, home, grant, seg_offset, size,
