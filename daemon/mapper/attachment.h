@@ -45,8 +45,8 @@
 // (FaultService::Start); without them caches are not shared and each
 // attachment keeps its own, as before. Measured on the host's 6.18
 // (tests/unit/mapper_windows_test.cc, tests/multinode/test_invalidation.py
-// test_one_cache_*); shmem has had uffd-wp markers since 5.19, and on 6.1
-// and 6.12 the probe decides (not yet run in the VM tier). Segments larger
+// test_one_cache_*), and on Debian's 6.1 and 6.12 in the VM tier (its
+// invalidation suite runs those multinode tests). Segments larger
 // than kMaxSharedBytes (XPMEM's whole address space) are not shared
 // either: a cache per attachment covers only its range.
 //
