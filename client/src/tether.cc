@@ -273,7 +273,9 @@ TETHER_EXPORT void* tether_attach(tether_apid_t apid, off_t offset, size_t size,
   if (fds.size() != 1) return undo(EPROTO, "tetherd sent no memfd", nullptr);
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
   int flags = MAP_SHARED | (vaddr ? MAP_FIXED : 0);
-  void* p = mmap(vaddr, size, prot, flags, fds[0], 0);
+  // The memfd is the segment's cache on this node, shared by every
+  // attachment of the segment here: map our part of it.
+  void* p = mmap(vaddr, size, prot, flags, fds[0], static_cast<off_t>(resp.attach().map_offset()));
   if (p == MAP_FAILED) return undo(errno, std::string("mmap: ") + std::strerror(errno), nullptr);
   // Not inherited by fork(): the child would see the memfd without our
   // uffd behind it, i.e. silent zero pages for everything not fetched.

@@ -252,16 +252,15 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   att->writable = a.grant.writable;
   att->pid = c.cred.pid;
   att->uffd = uffd;  // closed by ~Attachment from here on
-  att->memfd = memfd_create("tether-attachment", MFD_CLOEXEC);
-  if (att->memfd < 0) return ErrnoStatus(errno, "memfd_create");
-  if (ftruncate(att->memfd, static_cast<off_t>(r.size())) != 0)
-    return ErrnoStatus(errno, "size the attachment memfd");
-  {
-    absl::MutexLock lock(&att->mu);
-    att->state.assign(att->pages(), PageState::kAbsent);
+  // The segment's cache on this node: shared with its other attachments
+  // here, in any process (mapper/attachment.h).
+  RETURN_IF_ERROR(faults_->Join(att, a.grant.segment_size));
+  int memfd_copy = fcntl(att->cache->memfd, F_DUPFD_CLOEXEC, 0);
+  if (memfd_copy < 0) {
+    int err = errno;
+    faults_->Remove(att);
+    return ErrnoStatus(err, "dup memfd");
   }
-  int memfd_copy = fcntl(att->memfd, F_DUPFD_CLOEXEC, 0);
-  if (memfd_copy < 0) return ErrnoStatus(errno, "dup memfd");
   {
     // Under mu_, with the apid checked again: a Release of the same apid
     // meanwhile (another thread of the client) either saw this attachment
@@ -270,12 +269,15 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
     auto it = apids_.find(r.apid());
     if (it == apids_.end() || it->second.pid != c.cred.pid) {
       close(memfd_copy);
+      faults_->Remove(att);
       return ErrnoStatus(EINVAL, absl::StrFormat("apid %#x was released meanwhile", r.apid()));
     }
     atts_->Insert(att, c.id, r.apid());
   }
   resp->mutable_attach()->set_attach_id(att->id);
   resp->mutable_attach()->set_writable(att->writable);
+  // Where the attachment's first page is in the cache's memfd.
+  resp->mutable_attach()->set_map_offset(static_cast<uint64_t>(att->cache->Off(att->first_page())));
   fds_out->push_back(memfd_copy);
   return absl::OkStatus();
 }
@@ -360,8 +362,8 @@ absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
   absl::Status st;
   bool revoked;
   {
-    absl::MutexLock lock(&att->mu);
-    revoked = att->revoked;
+    absl::MutexLock lock(&att->cache->mu);
+    revoked = att->cache->revoked;
   }
   if (!revoked) st = faults_->Sync(*att, 0, att->size);
   faults_->Remove(att);

@@ -337,10 +337,12 @@ TEST_F(LocalApiTest, DetachWritesDirtyPagesBackToTheRemoteHome) {
     std::shared_ptr<Attachment> att = atts_.Find(id, me_.cred.pid);
     ASSERT_NE(att, nullptr);
     std::string page(4096, fill);
-    ASSERT_EQ(pwrite(att->memfd, page.data(), page.size(), 2 * 4096), 4096);
-    absl::MutexLock lock(&att->mu);
-    att->state[2] = PageState::kDirty;
-    att->dirty = 1;
+    // The attachment's page 2, in its cache's memfd.
+    const uint64_t p = att->first_page() + 2;
+    ASSERT_EQ(pwrite(att->cache->memfd, page.data(), page.size(), att->cache->Off(p)), 4096);
+    absl::MutexLock lock(&att->cache->mu);
+    att->cache->state[p] = PageState::kDirty;
+    att->cache->dirty = 1;
   };
   dirty(a1.attach().attach_id(), 'x');
   dirty(a2.attach().attach_id(), 'y');
