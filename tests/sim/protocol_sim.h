@@ -95,7 +95,9 @@ struct SimStats {
   uint64_t put_back = 0;             // kept-aside pages put back dirty after a failed write-back
   uint64_t put_back_synced = 0;      // of which a sync wrote back, the node keeping the page
   uint64_t refused_gone = 0;         // write-backs the home refused: address unmapped since read
-  uint64_t landed_across_unmap = 0;  // in flight at the home while a change unmapped the page
+  // Begins that waited for a write-back in flight over their range (it
+  // had passed the home's checks before the window opened).
+  uint64_t write_back_waits = 0;
   uint64_t notices_resent = 0;       // notices resent after a loss (a cut, a crash, a drop)
   uint64_t ends_resent = 0;          // of which range_ends
   uint64_t changes = 0;              // exporter changes (invalidations) that completed
