@@ -118,7 +118,8 @@ class ProtocolSimTest : public ::testing::Test {
         "fencing gap, %d of own writes put back), %d changes, %d nodes fenced, %d stores, %d "
         "write-backs landed, %d pages put back, syncs %d ok / %d failed, %d notices resent (%d "
         "range_ends), %d crashes, %d freezes, %d reads with events inside, %d write-backs refused "
-        "(address unmapped since read), %d Begins waited for a write-back in flight, longest stall %d "
+        "(address unmapped since read), %d Begins waited for a write-back in flight, longest stall "
+        "%d "
         "ms\n",
         count, absl::ToDoubleSeconds(absl::Now() - t0), total.events, total.reads,
         total.stale_excused, total.put_back_reads, total.changes, total.fenced, total.writes,

@@ -540,7 +540,7 @@ TEST_F(LeasedCoordinatorTest, ABeginWaitsOnlyForFencesMadeBeforeItsFanOutEnded) 
 }
 
 // Issue 14, the last open item (docs/architecture.md, "A write-back",
-// item 5): a write-back that passed the home's checks (grant, fence, no
+// item 6): a write-back that passed the home's checks (grant, fence, no
 // window, not unmapped since read) before a change began, and is still on
 // its way into the exporter (held just before process_vm_writev), must
 // not land after the change: Begin waits for it. Before, the change went
