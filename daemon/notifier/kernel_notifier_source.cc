@@ -500,7 +500,12 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
     Ack(ev.event_id);
     return;
   }
-  auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type), deadline);
+  // Only an UNMAP waits for write-backs in flight over the range: the
+  // other types hold mmap_lock for write or come from the write itself
+  // (a COW break); invalidation_coordinator.h, "Write-backs in flight".
+  auto w = coordinator_->Begin(
+      ex->segid, s, e, TypeName(ev.type), deadline,
+      ev.type == TETHER_EV_UNMAP ? InFlightWrites::kAwait : InFlightWrites::kDoNotAwait);
   if (!w.ok()) {
     Windowless(ev.event_id, ev.range_id);
     Ack(ev.event_id);
@@ -634,7 +639,10 @@ void KernelNotifierSource::HandleOverflow(const tether_event& ev) {
     for (auto& [segid, ex] : by_segid_) all.push_back(ex);
   }
   for (auto& ex : all) {
-    auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events");
+    // Not waiting for write-backs: the lost events may include one that a
+    // write-back in flight caused (a COW break) and waits for.
+    auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events",
+                                 absl::InfiniteFuture(), InFlightWrites::kDoNotAwait);
     if (!w.ok()) continue;
     Pending p{0, ex->range_id, ex->delta, ex->delta + ex->size, 0, 0, ex->size, *w};
     EndWindow(p, false);

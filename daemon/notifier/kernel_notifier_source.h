@@ -45,6 +45,10 @@
 //                        deadline). A BEGIN whose budget ran out in the
 //                        queue revokes every mapper of its segment instead of
 //                        opening a window.
+//                        An UNMAP's Begin also waits (bounded) for the
+//                        home's write-backs in flight over the range; other
+//                        types do not (invalidation_coordinator.h,
+//                        "Write-backs in flight").
 //   END               -> carries the event id of its BEGIN (begin_id; two
 //                        identical concurrent invalidations differ only in
 //                        it). Its window: UNMARK the range (the registry
