@@ -59,7 +59,7 @@ def cached(m, off, length):
         for line in f:
             parts = line.split()
             a, b = (int(x, 16) for x in parts[0].split("-"))
-            if "tether-attachment" in line and b - a == length:
+            if "tether-cache" in line and b - a == length:
                 pgoff = int(parts[2], 16)
                 fd = os.open("/proc/%d/map_files/%s" % (pid, parts[0]), os.O_RDONLY)
                 try:
@@ -68,7 +68,7 @@ def cached(m, off, length):
                     return False
                 finally:
                     os.close(fd)
-    raise AssertionError("no tether-attachment mapping of %d bytes in mapper %d" % (length, pid))
+    raise AssertionError("no tether-cache mapping of %d bytes in mapper %d" % (length, pid))
 
 
 def test_kernel_source_in_use(c):
@@ -619,7 +619,7 @@ SIGSEGV = 11
 def direct_mapping(m, length):
     """True if mapper m's attachment of `length` bytes is a tether.ko direct
     attachment (its file is "tether_direct"), False if it is a copy (the
-    daemon's "tether-attachment" memfd)."""
+    daemon's "tether-cache" memfd, the segment's cache on the node)."""
     with open("/proc/%d/maps" % m.proc.pid) as f:
         for line in f:
             parts = line.split()
@@ -628,7 +628,7 @@ def direct_mapping(m, length):
                 continue
             if "tether_direct" in line:
                 return True
-            if "tether-attachment" in line:
+            if "tether-cache" in line:
                 return False
     raise AssertionError("no attachment of %d bytes in mapper %d" % (length, m.proc.pid))
 
