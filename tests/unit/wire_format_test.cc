@@ -24,6 +24,9 @@ TEST(WireFormat, RoundTrip) {
   h.type = FrameType::kWriteReq;
   EncodeHeader(h, buf);
   EXPECT_EQ(PayloadLength(*DecodeHeader(buf, sizeof(buf))), 8192u);
+  h.type = FrameType::kWriteDiffReq;
+  EncodeHeader(h, buf);
+  EXPECT_EQ(PayloadLength(*DecodeHeader(buf, sizeof(buf))), 8192u);
 }
 
 TEST(WireFormat, LittleEndianLayout) {
@@ -51,7 +54,7 @@ TEST(WireFormat, RejectsBadHeaders) {
   std::memcpy(bad, buf, sizeof(bad));
   bad[6] = 0;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type 0
-  bad[6] = 9;
+  bad[6] = 10;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type past the last
   h.length = kMaxPayload + 1;
   EncodeHeader(h, bad);
