@@ -14,8 +14,8 @@
 //   that reports the mapping, before FaultService::Add; `faults` is a
 //   counter the fault thread bumps. Both atomic.
 // - `mu` guards everything else: the pages' state and counts, read-ahead,
-//   the eviction hand, windows and their history, kept-aside pages,
-//   revocation. The threads that take it: the fault thread (faults), the
+//   the eviction hand, windows and their history, kept-aside pages, the
+//   dirty pages' twins, revocation. The threads that take it: the fault thread (faults), the
 //   transports' threads (installing fetches), the evictor, the threads
 //   that deliver invalidation notices, local client threads (sync,
 //   acquire, detach) and tetherctl's (AttachmentTable::Summaries). It is
@@ -44,6 +44,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/page.h"
+#include "daemon/mapper/twin_store.h"
 
 namespace tether {
 
@@ -105,6 +106,9 @@ struct Attachment {
   // kept_aside, not yet at the home or put back. Sync waits for them as
   // for kept_aside, so that it never returns OK before they land.
   absl::btree_set<uint64_t> kept_writing ABSL_GUARDED_BY(mu);
+  // Twins of the dirty (and kept-aside) pages: what a write-back diffs
+  // against (twin_store.h).
+  TwinStore twins ABSL_GUARDED_BY(mu);
   // Dirty pages discarded because their address went away (reported by
   // the next sync).
   uint64_t lost_pages ABSL_GUARDED_BY(mu) = 0;

@@ -75,17 +75,34 @@ void FaultService::HandleWriteProtect(Attachment& att, uint64_t addr) {
   uint64_t p = (addr - base) / kPageSize;
   // Held here (tests), no lock held: the fault is read, att.mu not taken.
   TETHER_FAULT_POINT("fault_service.write_protect.before_lock");
-  absl::MutexLock lock(&att.mu);
-  PageState& s = att.state[p];
-  if (s == PageState::kClean || s == PageState::kWriteback) {
-    if (s == PageState::kWriteback) ++att.wb_epoch;  // the write-back in flight is older now
-    s = PageState::kDirty;
-    ++att.dirty;
+  int twins = 0;
+  {
+    absl::MutexLock lock(&att.mu);
+    PageState& s = att.state[p];
+    if (s == PageState::kClean) {
+      // The twin, before the protection is lifted: the page as the home
+      // has it, without this store (twin_store.h). One 4 KiB pread on the
+      // first store to a clean page only — not on missing faults, not on
+      // later stores — which a write-back's diff needs.
+      twins = att.twins.Take(att.memfd, p);
+    }
+    if (s == PageState::kClean || s == PageState::kWriteback) {
+      // (kWriteback keeps its twin: the base of the write-back in flight,
+      // replaced by what it sent once that lands.)
+      if (s == PageState::kWriteback) ++att.wb_epoch;  // the write-back in flight is older now
+      s = PageState::kDirty;
+      ++att.dirty;
+    }
+    if (s == PageState::kDirty) {
+      WriteProtect(att.uffd, addr, kPageSize, false);  // also wakes the writer
+    } else {
+      Wake(att.uffd, addr, kPageSize);  // evicted meanwhile: it refaults as missing
+    }
   }
-  if (s == PageState::kDirty) {
-    WriteProtect(att.uffd, addr, kPageSize, false);  // also wakes the writer
-  } else {
-    Wake(att.uffd, addr, kPageSize);  // evicted meanwhile: it refaults as missing
+  // Twins count against the cache budget (twin_store.h).
+  if (twins > 0 && resident_pages_.fetch_add(1) + 1 > budget_pages_) {
+    absl::MutexLock lock(&mu_);
+    evict_wanted_ = true;
   }
 }
 

@@ -67,7 +67,7 @@ void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
   uint64_t resident;
   {
     absl::MutexLock lock(&att->mu);
-    resident = att->resident;
+    resident = att->resident + att->twins.Clear();  // twins count too (twin_store.h)
     att->resident = 0;
     att->revoked = true;  // late completions install nothing
     if (att->revoke_reason.empty()) att->revoke_reason = "detached";

@@ -22,7 +22,7 @@ using mapping_ops::Wake;
 using mapping_ops::WriteProtect;
 
 void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1) {
-  uint64_t dropped = 0;
+  uint64_t dropped = 0, twins_dropped = 0;
   {
     absl::MutexLock lock(&att.mu);
     p1 = std::min(p1, att.pages());
@@ -62,6 +62,7 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
             TLOG_WARN("attachment %#x: read of dirty page %d for range_begin: %s", att.id, r,
                       std::strerror(errno));
             ++att.lost_pages;  // reported by the next sync, never silently
+            if (att.twins.Drop(r) < 0) ++twins_dropped;  // twins count against the budget
           }
           if (att.state[r] == PageState::kDirty) --att.dirty;
           if (att.state[r] == PageState::kWriteback) ++att.wb_epoch;  // the window's copy is newer
@@ -77,13 +78,15 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
     }
     att.resident -= dropped;
   }
-  resident_pages_ -= dropped;
+  resident_pages_ -= dropped + twins_dropped;
 }
 
 absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
                                      const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   std::vector<std::pair<uint64_t, std::string>> writeback;
+  std::vector<TwinStore::Twin> twins;  // writeback's, in order (null: sent whole)
   uint64_t p0, p1;
+  int64_t twin_delta = 0;
   {
     absl::MutexLock lock(&att.mu);
     auto it = att.windows.find(key);
@@ -95,6 +98,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
       for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
       if (is_gone) {
         ++att.lost_pages;
+        twin_delta += att.twins.Drop(k->first);
       } else if (att.InOtherWindow(k->first, key)) {
         // Another window over the page is still open (range_begin of a
         // later event came first): the home refuses writes there, and
@@ -103,6 +107,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
         continue;
       } else {
         att.kept_writing.insert(k->first);  // a sync waits for it (fault_writeback.cc)
+        twins.push_back(att.twins.Get(k->first));
         writeback.emplace_back(k->first, std::move(k->second));
       }
       k = att.kept_aside.erase(k);
@@ -113,9 +118,17 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   absl::Status result;
   std::vector<std::pair<uint64_t, std::string>> failed;
   uint64_t unmapped = 0;
-  for (auto& [p, bytes] : writeback) {
-    absl::Status st = WriteBackPages(
-        att, p, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize));
+  std::vector<uint64_t> landed;
+  std::vector<uint8_t> diff;
+  for (size_t i = 0; i < writeback.size(); ++i) {
+    auto& [p, bytes] = writeback[i];
+    // Only the bytes that differ from the page's twin (twin_store.h).
+    diff.clear();
+    EncodeDiff({twins[i]},
+               absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize),
+               &diff);
+    absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(att, p, diff);
+    if (st.ok()) landed.push_back(p);
     if (IsGoneAtHome(st)) {
       // The home refused it: the exporter unmapped the address since this
       // copy was read (a later change that did not ask this node, while
@@ -123,6 +136,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
       // page in `gone` is, and not put back (issue 14).
       TLOG_INFO("attachment %#x: kept-aside page %d: %s", att.id, p, st.message());
       ++unmapped;
+      landed.push_back(p);  // no twin needed any more either
     } else if (!st.ok()) {
       TLOG_WARN("attachment %#x: write-back of kept-aside page %d after a window: %s", att.id, p,
                 st.ToString());
@@ -134,6 +148,8 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   absl::MutexLock lock(&att.mu);
   for (const auto& [p, bytes] : writeback) att.kept_writing.erase(p);  // settled below
   att.lost_pages += unmapped;                                          // reported by the next sync
+  for (uint64_t p : landed) twin_delta += att.twins.Drop(p);
+
   for (auto& [p, bytes] : failed) {
     // Not at the home. Refetching the page from there would hide the
     // client's writes from it, and writing this copy later would land it
@@ -142,6 +158,7 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
     // client reads its own writes, and the next Sync writes the page back
     // (newest contents) or reports the failure. Another window open over
     // the page keeps it aside for its own end instead.
+    // (Its twin stays: the page is still dirty against it.)
     if (att.revoked) {
       ++att.lost_pages;  // the revocation reports it
     } else if (att.InOtherWindow(p, key)) {
@@ -157,9 +174,10 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
       TLOG_WARN("attachment %#x: kept-aside page %d could not be put back: %s", att.id, p,
                 std::strerror(errno));
       ++att.lost_pages;  // reported by the next sync
+      twin_delta += att.twins.Drop(p);
     }
   }
-  resident_pages_ += redirtied;
+  resident_pages_ += redirtied + static_cast<uint64_t>(twin_delta);
   att.windows.erase(key);
   uint64_t base = att.vaddr.load();
   if (!base) return result;
@@ -213,7 +231,7 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
     att.lost_pages += att.kept_aside.size();
     att.kept_aside.clear();
     att.windows.clear();
-    dropped = att.resident;
+    dropped = att.resident + att.twins.Clear();  // twins count too (twin_store.h)
     att.resident = 0;
     att.dirty = 0;
     std::fill(att.state.begin(), att.state.end(), PageState::kAbsent);
