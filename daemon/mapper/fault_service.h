@@ -107,6 +107,10 @@ class FaultService {
 
   absl::Status Start();
   void Stop();
+  // Before Start: write-backs carry whole pages instead of diffs (twins
+  // are still taken). Loses other writers' stores to the same page: only
+  // the write-back benchmark's baseline uses it (--writeback_diffs=false).
+  void SetWholePageWriteBack(bool whole) { whole_pages_ = whole; }
 
   // Starts serving faults of `att` (its vaddr is set).
   absl::Status Add(std::shared_ptr<Attachment> att);
@@ -198,8 +202,8 @@ class FaultService {
                               const uint64_t* epoch = nullptr, bool* superseded = nullptr);
   // Appends the diff of `pages` (twins.size() pages from index 0) against
   // their twins; a page without one goes whole.
-  static void EncodeDiff(const std::vector<TwinStore::Twin>& twins, absl::Span<const uint8_t> pages,
-                         std::vector<uint8_t>* diff);
+  void EncodeDiff(const std::vector<TwinStore::Twin>& twins, absl::Span<const uint8_t> pages,
+                  std::vector<uint8_t>* diff) const;
 
   // fault_eviction.cc. The evictor thread's.
   void EvictLoop();
@@ -215,6 +219,7 @@ class FaultService {
   const uint64_t budget_pages_;
   const SigbusSink sigbus_;
   Clock* const clock_;
+  bool whole_pages_ = false;  // SetWholePageWriteBack, before Start
 
   std::atomic<uint64_t> resident_pages_{0};
   std::atomic<bool> stopping_{false};

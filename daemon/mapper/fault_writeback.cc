@@ -157,10 +157,10 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
 }
 
 void FaultService::EncodeDiff(const std::vector<TwinStore::Twin>& twins,
-                              absl::Span<const uint8_t> pages, std::vector<uint8_t>* diff) {
+                              absl::Span<const uint8_t> pages, std::vector<uint8_t>* diff) const {
   for (size_t i = 0; i < twins.size(); ++i) {
     const uint8_t* page = pages.data() + i * kPageSize;
-    if (twins[i]) {
+    if (twins[i] && !whole_pages_) {
       AppendPageDiff(static_cast<uint32_t>(i), twins[i].get(), page, diff);
     } else {
       AppendWholePage(static_cast<uint32_t>(i), page, diff);
