@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
 #include <utility>
@@ -178,8 +179,12 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
   int64_t twin_delta = 0;
   // A run the home finds gone (ENXIO) may be gone only in part (an unmap
   // of some of its pages): it is sent again page by page, so that only
-  // the pages whose address is gone are counted lost.
-  std::vector<std::pair<uint64_t, uint64_t>> work = runs;
+  // the pages whose address is gone are counted lost. A diff spans at most
+  // kMaxDiffPages pages from its offset: longer runs go in pieces.
+  std::vector<std::pair<uint64_t, uint64_t>> work;
+  for (auto [p, count] : runs)
+    for (uint64_t q = p; q < p + count; q += kMaxDiffPages)
+      work.emplace_back(q, std::min<uint64_t>(kMaxDiffPages, p + count - q));
   for (size_t r = 0; r < work.size(); ++r) {
     auto [p, count] = work[r];
     buf.resize(count * kPageSize);

@@ -111,6 +111,20 @@ def test_writers_of_one_page_keep_each_others_bytes(c):
     for m in (a, b, h):
         expect(m.command("detach") == "ok", "detach")
     e.close()
+    # One byte in every page of 8 MiB: a dirty run longer than one diff
+    # may span (kMaxDiffPages, 4 MiB) goes in pieces, each from its own
+    # offset (a single diff of it was refused: EINVAL at the sync).
+    size = 8 * MiB
+    e = Exporter(c.node(1), size, 11)
+    a = Mapper(c.node(2), e.segid, length=size)
+    expect(a.command("verify 11 0 %d" % size) == "ok", "fetch")
+    expect(a.command("wstride 12 0 %d 4096" % size) == "ok", "stores")
+    r = a.command("sync")
+    expect(r == "ok", "sync of 2048 pages: %s" % r)
+    expect(e.command("vstride 12 0 %d 4096" % size) == "ok", "a page's byte lost")
+    expect(e.command("vstride 11 1 %d 4096" % (size - 1)) == "ok", "bytes not stored changed")
+    expect(a.command("detach") == "ok", "detach")
+    e.close()
 
 
 def test_detach_writes_back_and_dirty_pages_survive_eviction(c):
