@@ -260,7 +260,7 @@ def main():
     rows = []
     if a.rdma:
         rows += rdma_fault_bench(a, rounds, faults, size)
-    elif a.only != "munmap":
+    elif a.only not in ("munmap", "writeback"):
         rows += fault_bench(a, rounds, faults, size)
     if a.only not in ("fault", "writeback") and not a.rdma:
         rows += munmap_bench(a.build_dir, 5 if a.quick else 15)
