@@ -84,7 +84,6 @@ void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint6
 absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
                                      const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   std::vector<std::pair<uint64_t, std::string>> writeback;
-  std::vector<TwinStore::Twin> twins;  // writeback's, in order (null: sent whole)
   uint64_t p0, p1;
   int64_t twin_delta = 0;
   {
@@ -107,7 +106,6 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
         continue;
       } else {
         att.kept_writing.insert(k->first);  // a sync waits for it (fault_writeback.cc)
-        twins.push_back(att.twins.Get(k->first));
         writeback.emplace_back(k->first, std::move(k->second));
       }
       k = att.kept_aside.erase(k);
@@ -122,9 +120,15 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
   std::vector<uint8_t> diff;
   for (size_t i = 0; i < writeback.size(); ++i) {
     auto& [p, bytes] = writeback[i];
-    // Only the bytes that differ from the page's twin (twin_store.h).
+    // Whole, not a diff against the twin: the window's change may have
+    // replaced the home's bytes (DONTNEED zeroes them, a remap maps
+    // others), so the twin no longer says which bytes are the client's
+    // writes: a byte it stored with the twin's value would not be sent,
+    // and the client would read back the home's new byte instead of its
+    // own store. Another writer's bytes of such a page: the last
+    // write-back wins for the whole page, as before issue 16.
     diff.clear();
-    EncodeDiff({twins[i]},
+    EncodeDiff({TwinStore::Twin()},
                absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize),
                &diff);
     absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(att, p, diff);
