@@ -108,7 +108,7 @@ void EventChannel::Listen(int fd) {
     if (!ev.ParseFromArray(buf.data(), static_cast<int>(n))) continue;
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [addr, att] : atts_) {
-      if (att.id != ev.attach_id()) continue;
+      if (att.id != ev.attach_id() || att.direct) continue;
       if (ev.kind() == local::LocalEvent::SIGBUS_RANGE)
         Poison(att, ev.offset(), ev.length());
       else
@@ -118,6 +118,7 @@ void EventChannel::Listen(int fd) {
   // The daemon is gone: nobody will serve our faults any more.
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [addr, att] : atts_) {
+    if (att.direct) continue;  // needs no daemon (kernel/README.md)
     if (!att.dead) Poison(att, 0, att.size);
     att.dead = true;
   }

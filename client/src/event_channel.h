@@ -23,6 +23,9 @@ struct ClientAttachment {
   size_t size = 0;
   int uffd = -1;
   bool writable = false;
+  // A tether.ko direct attachment (the exporter's own pages; uffd -1): the
+  // module keeps it coherent without the daemon, so it is never poisoned.
+  bool direct = false;
   bool dead = false;  // made SIGBUS: the daemon is gone
 };
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -94,6 +95,39 @@ int OpenTetherExporterFd(void* vaddr, size_t size, uint64_t* range_id) {
   }
   *range_id = reg.range_id;
   return fd;
+}
+
+// Maps a direct attachment's fd (the exporter's own pages, tether.ko):
+// MAP_SHARED as is, read-only unless writable. No uffd, nothing for the
+// daemon to serve; detach just unmaps (and tells the daemon).
+void* AttachDirect(const tether::local::AttachResponse& r, std::vector<int>& fds, size_t size,
+                   void* vaddr) {
+  auto fail = [&](int err, const std::string& msg) {
+    tether::local::LocalRequest d;
+    d.mutable_detach()->set_attach_id(r.attach_id());
+    tether::local::LocalResponse dr;
+    tc::LocalChannel::Get().Call(d, {}, &dr);
+    for (int fd : fds) close(fd);
+    tc::SetError(err, msg);
+    return TETHER_ATTACH_FAILED;
+  };
+  if (fds.size() != 1) return fail(EPROTO, "tetherd sent no direct attachment fd");
+  int prot = PROT_READ | (r.writable() ? PROT_WRITE : 0);
+  int flags = MAP_SHARED | (vaddr ? MAP_FIXED : 0);
+  void* p = mmap(vaddr, size, prot, flags, fds[0], 0);
+  if (p == MAP_FAILED) return fail(errno, std::string("mmap: ") + std::strerror(errno));
+  // As XPMEM's attachments (VM_DONTCOPY), and as a copy here: a fork child
+  // inherits no attachment.
+  madvise(p, size, MADV_DONTFORK);
+  close(fds[0]);  // the mapping keeps the file
+  tc::ClientAttachment ca;
+  ca.id = r.attach_id();
+  ca.addr = reinterpret_cast<uintptr_t>(p);
+  ca.size = size;
+  ca.writable = r.writable();
+  ca.direct = true;
+  tc::EventChannel::Get().Add(ca);
+  return p;
 }
 
 bool Aligned(const void* p, size_t n) {
@@ -190,20 +224,37 @@ TETHER_EXPORT void* tether_attach(tether_apid_t apid, off_t offset, size_t size,
     return TETHER_ATTACH_FAILED;
   }
   if (tc::EventChannel::Get().Ensure() != 0) return TETHER_ATTACH_FAILED;
+  // Same-node attachments may come back as tether.ko direct attachments
+  // (no uffd needed); TETHER_ATTACH_COPY=1 asks for a copy always.
+  const char* force_copy = getenv("TETHER_ATTACH_COPY");
+  bool direct_ok = !(force_copy && force_copy[0] && std::strcmp(force_copy, "0") != 0);
   // We do not know writability until the daemon answers; ask for WP support
-  // always (the feature is only used on writable attachments).
+  // always (the feature is only used on writable attachments). Without a
+  // usable uffd only a direct attachment can be made: ask anyway.
   int uffd = OpenUserfaultfd(true);
-  if (uffd < 0) return TETHER_ATTACH_FAILED;
+  if (uffd < 0 && !direct_ok) return TETHER_ATTACH_FAILED;
+  int uffd_errno = errno;
+  std::string uffd_error = tc::g_last_error;
   tether::local::LocalRequest req;
   auto* a = req.mutable_attach();
   a->set_apid(static_cast<uint64_t>(apid));
   a->set_offset(static_cast<uint64_t>(offset));
   a->set_size(size);
+  a->set_direct_ok(direct_ok);
   tether::local::LocalResponse resp;
   std::vector<int> fds;
-  if (tc::LocalChannel::Get().Call(req, {uffd}, &resp, &fds) != 0) {
-    close(uffd);
+  std::vector<int> fds_sent;
+  if (uffd >= 0) fds_sent.push_back(uffd);
+  if (tc::LocalChannel::Get().Call(req, fds_sent, &resp, &fds) != 0) {
+    if (uffd >= 0)
+      close(uffd);
+    else if (tc::g_last_error.find("userfaultfd") != std::string::npos)
+      tc::SetError(uffd_errno, uffd_error);  // a copy was needed: say why we have no uffd
     return TETHER_ATTACH_FAILED;
+  }
+  if (resp.attach().kind() == tether::local::AttachResponse::DIRECT) {
+    if (uffd >= 0) close(uffd);
+    return AttachDirect(resp.attach(), fds, size, vaddr);
   }
   uint64_t id = resp.attach().attach_id();
   bool writable = resp.attach().writable();
@@ -222,7 +273,9 @@ TETHER_EXPORT void* tether_attach(tether_apid_t apid, off_t offset, size_t size,
   if (fds.size() != 1) return undo(EPROTO, "tetherd sent no memfd", nullptr);
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
   int flags = MAP_SHARED | (vaddr ? MAP_FIXED : 0);
-  void* p = mmap(vaddr, size, prot, flags, fds[0], 0);
+  // The memfd is the segment's cache on this node, shared by every
+  // attachment of the segment here: map our part of it.
+  void* p = mmap(vaddr, size, prot, flags, fds[0], static_cast<off_t>(resp.attach().map_offset()));
   if (p == MAP_FAILED) return undo(errno, std::string("mmap: ") + std::strerror(errno), nullptr);
   // Not inherited by fork(): the child would see the memfd without our
   // uffd behind it, i.e. silent zero pages for everything not fetched.
@@ -252,6 +305,16 @@ TETHER_EXPORT int tether_detach(void* vaddr) {
   tc::ClientAttachment ca;
   if (!tc::EventChannel::Get().Take(reinterpret_cast<uintptr_t>(vaddr), &ca))
     return tc::SetError(EINVAL, "no attachment starts at this address");
+  if (ca.direct) {
+    // The mapping is the exporter's memory: nothing to write back. The
+    // daemon only forgets its record (gone with it, if it went away).
+    munmap(vaddr, ca.size);
+    tether::local::LocalRequest req;
+    req.mutable_detach()->set_attach_id(ca.id);
+    tether::local::LocalResponse resp;
+    (void)tc::LocalChannel::Get().Call(req, {}, &resp);
+    return 0;
+  }
   int rc = 0;
   if (!ca.dead) {
     tether::local::LocalRequest req;
@@ -273,6 +336,9 @@ static int RangeRequest(void* addr, size_t size, bool sync) {
   uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   if (!tc::EventChannel::Get().Find(a, size, &ca))
     return tc::SetError(EINVAL, "range is not inside one attachment");
+  // A direct attachment's stores are in the exporter's memory, and it
+  // always shows the exporter's current contents.
+  if (ca.direct) return 0;
   if (ca.dead) return tc::SetError(ENOTCONN, "tetherd went away: the attachment is lost");
   uint64_t off = (a - ca.addr) & ~(kPage - 1);
   uint64_t end = a - ca.addr + size;

@@ -151,6 +151,9 @@ absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src)
 absl::Status ExporterMemory::WriteDiff(uint64_t addr, const std::vector<DiffPage>& pages) const {
   if (pages.empty()) return absl::OkStatus();
   if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
+  // Held here (tests), as Write's: a write-back (a diff, now) is about to
+  // be made; tests that hold a write-back in flight hold either kind.
+  TETHER_FAULT_POINT("exporter_memory.write.before_write");
   std::vector<iovec> local, remote;
   for (const DiffPage& page : pages) {
     const uint64_t page_addr = addr + page.index * kPageSize;

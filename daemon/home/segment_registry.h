@@ -13,7 +13,10 @@
 // shared_ptr to the segment's ExporterMemory, so a slow read never blocks
 // an export, a lookup or another segment's traffic. The observer is called
 // outside the lock. Start() starts the exit-watcher thread, which calls
-// SegmentGone() for exporters that exit; Stop() joins it.
+// SegmentGone() for exporters that exit; Stop() joins it. A write-back
+// is counted in flight from its checks until it returned; AwaitWriteBacks
+// blocks its caller (a Begin, never a thread that writes) until those
+// overlapping a range returned or a deadline.
 #ifndef TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
 #define TETHER_DAEMON_HOME_SEGMENT_REGISTRY_H_
 
@@ -22,12 +25,14 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "daemon/common/credentials.h"
 #include "daemon/common/interval_set.h"
 #include "daemon/common/wakeable_epoll.h"
@@ -93,6 +98,24 @@ class SegmentRegistry : public BlockServer {
   // next. Under the same lock as the close: no write-back slips between.
   void CloseWindow(uint64_t segid, uint64_t window,
                    const std::vector<std::pair<uint64_t, uint64_t>>& gone = {});
+  // Write-backs in flight (issue 14): WriteBlocks enters a write-back in
+  // the segment's count once it has passed the checks (grant, fence, no
+  // window over the range, not unmapped since read), under mu_ — the lock
+  // OpenWindow takes — and leaves it when ExporterMemory::Write returned.
+  // So when a window opens, every write-back of its range that could
+  // still land is in the count, and no new one gets past the checks. A
+  // Begin waits for those before the change goes on
+  // (InvalidationCoordinator::AwaitWriteBacks): otherwise a write already
+  // past the checks lands after the change — in the mapping an munmap
+  // and a new mmap put at the address, or after the change returned.
+  //
+  // True when no write-back in flight overlaps [start, end) (segment
+  // offsets). Never waits.
+  bool WriteBacksLanded(uint64_t segid, uint64_t start, uint64_t end) const;
+  // Blocks until WriteBacksLanded or `deadline`; returns which. The wait
+  // holds no lock (a condition variable on mu_); the writers it waits for
+  // need none of the caller's. See the coordinator for why it is bounded.
+  bool AwaitWriteBacks(uint64_t segid, uint64_t start, uint64_t end, absl::Time deadline);
   // Revokes every grant `node` holds on the segment: its later requests
   // and write-backs are refused ("revoked"), never applied.
   void FenceNode(uint64_t segid, uint32_t node, const std::string& why);
@@ -151,13 +174,40 @@ class SegmentRegistry : public BlockServer {
     std::string state = "live";
     std::shared_ptr<ExporterMemory> memory;  // null once removed or exited
     absl::flat_hash_map<uint64_t, GrantRecord> grants;
+    // Write-backs past Resolve's checks that have not returned yet:
+    // token -> [start, end) (segment offsets). Empty but for the
+    // microseconds a write-back runs.
+    absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> writing;
+  };
+  // Leaves a write-back's entry in Segment::writing when it goes out of
+  // scope (WriteBlocks: every return after Resolve).
+  class WriteInFlight {
+   public:
+    WriteInFlight(SegmentRegistry* reg, uint64_t segid, uint64_t token)
+        : reg_(reg), segid_(segid), token_(token) {}
+    ~WriteInFlight() { reg_->WriteLanded(segid_, token_); }
+    WriteInFlight(const WriteInFlight&) = delete;
+    WriteInFlight& operator=(const WriteInFlight&) = delete;
+
+   private:
+    SegmentRegistry* const reg_;
+    const uint64_t segid_, token_;
   };
 
   // Checks a data request and returns the memory to use and the address.
+  // A write (`writing` not null) that passes is entered in the segment's
+  // write-backs in flight, under the same lock as the checks; *writing is
+  // its token for WriteLanded.
   absl::StatusOr<std::shared_ptr<ExporterMemory>> Resolve(uint32_t peer_node, uint64_t segid,
                                                           uint64_t grant, uint64_t offset,
                                                           uint64_t len, bool write, uint64_t* addr,
-                                                          uint64_t* gen);
+                                                          uint64_t* gen,
+                                                          uint64_t* writing = nullptr);
+  // The write-back `token` returned (landed, or failed): wakes Begins
+  // waiting in AwaitWriteBacks.
+  void WriteLanded(uint64_t segid, uint64_t token);
+  bool WritingOverlaps(const Segment& seg, uint64_t start, uint64_t end) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True if a window overlapping [start, end) opened after `gen`.
   bool OpenedSince(uint64_t segid, uint64_t gen, uint64_t start, uint64_t end);
   void WatchExits();
@@ -171,6 +221,8 @@ class SegmentRegistry : public BlockServer {
   uint32_t next_local_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_grant_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_window_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_write_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::CondVar write_landed_;  // signalled by WriteLanded
   absl::flat_hash_map<uint64_t, std::unique_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> names_ ABSL_GUARDED_BY(mu_);
 

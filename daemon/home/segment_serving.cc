@@ -21,7 +21,7 @@ bool Overlap(uint64_t a0, uint64_t a1, uint64_t b0, uint64_t b1) { return a0 < b
 
 absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
     uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len, bool write,
-    uint64_t* addr, uint64_t* gen) {
+    uint64_t* addr, uint64_t* gen, uint64_t* writing) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
@@ -69,6 +69,12 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
   seg->cached[peer_node].Add(offset, offset + len);
   *addr = seg->vaddr + offset;
   *gen = seg->gen;
+  if (writing) {
+    // In flight from here on: a window opened from now on waits for it
+    // (segment_registry.h, "Write-backs in flight").
+    *writing = next_write_++;
+    seg->writing.emplace(*writing, std::make_pair(offset, offset + len));
+  }
   return seg->memory;
 }
 
@@ -89,9 +95,11 @@ absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uin
 
 absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
                                           uint64_t offset, absl::Span<const uint8_t> src) {
-  uint64_t addr = 0, gen = 0;
-  ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, src.size(), true, &addr, &gen));
+  uint64_t addr = 0, gen = 0, writing = 0;
+  ASSIGN_OR_RETURN(auto memory, Resolve(peer_node, segid, grant, offset, src.size(), true, &addr,
+                                        &gen, &writing));
+  // Counted in flight until this returns: a window opened meanwhile waits.
+  WriteInFlight in_flight(this, segid, writing);
   // The notifier source marks the range too (tether.ko forwards only the
   // invalidations of marked ranges, G3): a write-back leaves the writer
   // holding the page, as a read does. Off the fault path (write-backs
@@ -107,10 +115,23 @@ absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint
     return WithErrno(EINVAL, absl::StrFormat("segment %#x: write-back from node %d: %s", segid,
                                              peer_node, pages.status().message()));
   const uint64_t len = DiffSpanPages(*pages) * kPageSize;
-  uint64_t addr = 0, gen = 0;
-  ASSIGN_OR_RETURN(auto memory, Resolve(peer_node, segid, grant, offset, len, true, &addr, &gen));
+  uint64_t addr = 0, gen = 0, writing = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, len, true, &addr, &gen, &writing));
+  // In flight until this returns, as WriteBlocks' (a window opened
+  // meanwhile waits; without the guard its token would stay in the set).
+  WriteInFlight in_flight(this, segid, writing);
   if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + len));
   return memory->WriteDiff(addr, *pages);
+}
+
+void SegmentRegistry::WriteLanded(uint64_t segid, uint64_t token) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it != segments_.end()) it->second->writing.erase(token);
+  // One more lock round per write-back (off the fault path); the signal
+  // costs a load when no Begin waits.
+  write_landed_.SignalAll();
 }
 
 }  // namespace tether

@@ -80,6 +80,34 @@ void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window,
   it->second->windows.erase(window);
 }
 
+bool SegmentRegistry::WritingOverlaps(const Segment& seg, uint64_t start, uint64_t end) const {
+  for (const auto& [token, range] : seg.writing)
+    if (Overlap(start, end, range.first, range.second)) return true;
+  return false;
+}
+
+bool SegmentRegistry::WriteBacksLanded(uint64_t segid, uint64_t start, uint64_t end) const {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  return it == segments_.end() || !WritingOverlaps(*it->second, start, end);
+}
+
+bool SegmentRegistry::AwaitWriteBacks(uint64_t segid, uint64_t start, uint64_t end,
+                                      absl::Time deadline) {
+  // No write-back gets past Resolve into a range while a window is open
+  // over it, so the entries waited for are only those that were in flight
+  // when the window opened: the wait cannot be starved.
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    auto it = segments_.find(segid);
+    if (it == segments_.end() || !WritingOverlaps(*it->second, start, end)) return true;
+    if (write_landed_.WaitWithDeadline(&mu_, deadline)) {
+      it = segments_.find(segid);
+      return it == segments_.end() || !WritingOverlaps(*it->second, start, end);
+    }
+  }
+}
+
 void SegmentRegistry::FenceNode(uint64_t segid, uint32_t node, const std::string& why) {
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);

@@ -22,12 +22,14 @@ constexpr absl::Duration kRevokeTimeout = absl::Minutes(5);
 InvalidationCoordinator::InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                                                  InvalidationChannel* channel,
                                                  absl::Duration ack_deadline,
-                                                 const HomeLeaseTable* leases)
+                                                 const HomeLeaseTable* leases,
+                                                 absl::Duration write_back_wait)
     : home_node_(home_node),
       registry_(registry),
       channel_(channel),
       ack_deadline_(ack_deadline),
-      leases_(leases) {}
+      leases_(leases),
+      write_back_wait_(write_back_wait) {}
 
 InvalidationCoordinator::~InvalidationCoordinator() {
   // A range_end's callback still to come finds nobody to fence for; one
@@ -54,8 +56,9 @@ bool InvalidationCoordinator::PendingBegin::answered() const {
 absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid, uint64_t start,
                                                                   uint64_t end,
                                                                   const std::string& why,
-                                                                  absl::Time deadline) {
-  auto pending = StartBegin(segid, start, end, why, deadline);
+                                                                  absl::Time deadline,
+                                                                  InFlightWrites writes) {
+  auto pending = StartBegin(segid, start, end, why, deadline, writes);
   if (!pending.ok()) return pending.status();
   if (pending->replies_) {
     PendingBegin::Replies& r = *pending->replies_;
@@ -66,7 +69,8 @@ absl::StatusOr<InvalidationWindow> InvalidationCoordinator::Begin(uint64_t segid
 }
 
 absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::StartBegin(
-    uint64_t segid, uint64_t start, uint64_t end, const std::string& why, absl::Time deadline) {
+    uint64_t segid, uint64_t start, uint64_t end, const std::string& why, absl::Time deadline,
+    InFlightWrites writes) {
   // What is left of the caller's budget, never more than the ack deadline.
   const absl::Duration wait =
       std::max(absl::ZeroDuration(), std::min(ack_deadline_, deadline - absl::Now()));
@@ -81,6 +85,10 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
   w.id = opened->id;
   w.start = start;
   w.end = end;
+  // Counted from the opening, within the fan-out's deadline: the exporter
+  // waits no longer than it would for a silent mapper.
+  w.await_write_backs = writes == InFlightWrites::kAwait;
+  w.write_backs_until = absl::Now() + std::min(write_back_wait_, wait);
   if (opened->nodes.empty()) return p;  // nobody caches it: as cheap as unexported (G3)
 
   auto replies = std::make_shared<PendingBegin::Replies>(opened->nodes);
@@ -103,8 +111,28 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
 
 InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
   InvalidationWindow w = FenceUnanswered(std::move(pending));
+  AwaitWriteBacks(w);
   if (leases_) WaitOutFences(w);
   return w;
+}
+
+bool InvalidationCoordinator::WriteBacksLanded(const InvalidationWindow& w) const {
+  return !w.await_write_backs || registry_->WriteBacksLanded(w.segid, w.start, w.end);
+}
+
+void InvalidationCoordinator::AwaitWriteBacks(const InvalidationWindow& w) {
+  if (WriteBacksLanded(w)) return;  // the usual case: one lock round, no wait
+  stats_.write_back_waits++;
+  // Held here (tests) with no lock held: a write-back of the range that
+  // passed the registry's checks before the window opened has not returned.
+  TETHER_FAULT_POINT("invalidation.begin.write_back_wait");
+  if (registry_->AwaitWriteBacks(w.segid, w.start, w.end, w.write_backs_until)) return;
+  stats_.write_backs_outlasted++;
+  TLOG_WARN(
+      "segment %#x: a write-back into [%#x, %#x) is still in flight at the bound of this "
+      "change's wait for it; the change goes on and the write may land after it (blocked on the "
+      "exporter's mmap_lock?)",
+      w.segid, w.start, w.end);
 }
 
 InvalidationWindow InvalidationCoordinator::FenceUnanswered(PendingBegin pending) {

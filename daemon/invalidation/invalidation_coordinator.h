@@ -20,6 +20,41 @@
 // does not reach is fenced, so that every window a mapper opened ends.
 // Nothing here touches the exporter's memory (G5).
 //
+// Write-backs in flight (issue 14). A mapper's write-back that passed the
+// registry's checks before the window opened may still be inside
+// process_vm_writev: if the change went on, it would land after it — in
+// the mapping an munmap and a new mmap put at the address, or after the
+// change returned. So Begin, after the fan-out, waits until those
+// overlapping its range returned (SegmentRegistry::AwaitWriteBacks: they
+// land in the old mapping, or are refused because it is gone), for at most
+// `write_back_wait` counted from the window's opening and never past the
+// fan-out's own deadline, so the exporter's bound above does not grow. The
+// wait must not deadlock against the exporter's mmap_lock, which
+// process_vm_writev takes for reading while it pins the pages (it copies
+// with the lock dropped). Which changes can wait, by notifier source:
+//  - user-space source: every event is read after the kernel dropped
+//    mmap_lock (UNMAP and REMAP after the unmap / move, REMOVE after
+//    userfaultfd_remove released it): waiting is safe (kAwait).
+//  - tether.ko, UNMAP: munmap calls the notifier after it detached the
+//    VMAs and downgraded mmap_lock to read (6.1 and 6.12): a write-back
+//    not yet pinned takes the lock, finds nothing mapped and is refused
+//    (ENXIO); one already pinned finishes its copy into the old pages.
+//    kAwait. An mmap(MAP_FIXED) over the range, an mremap, or an munmap
+//    that cannot downgrade call it with mmap_lock held for write: a
+//    write-back not yet pinned is blocked on that lock until the ack, so
+//    the wait runs to its bound and the write lands after the change (in
+//    the new mapping, for MAP_FIXED) — the gap that remains, bounded
+//    instead of a deadlock.
+//  - tether.ko, every other type (kDoNotAwait): CLEAR includes the
+//    copy-on-write break and THP split that process_vm_writev itself
+//    causes (its own BEGIN: waiting would deadlock until the bound on every
+//    such write-back); a write racing a PROTECTION change is pinned after
+//    it (refused if read-only) or lands during it, as any write concurrent
+//    with mprotect; OVERFLOW may hold such a write's own event.
+// At the bound Begin goes on (the kernel is let go), logs a warning and
+// counts stats().write_backs_outlasted; the late write lands as any write
+// racing the change.
+//
 // Windows on disjoint ranges, or on other segments, proceed concurrently:
 // no lock is held while waiting.
 //
@@ -28,11 +63,13 @@
 // with a fan-out on one thread): StartBegin opens the window and sends
 // range_begin; the channel's replies arrive (PendingBegin::answered());
 // FinishBegin, once every node has answered or at the deadline, fences
-// the rest and, with leases, waits out the fences. Begin() is exactly
-// StartBegin, a wait of up to the fan-out's timeout (the ack deadline, or
-// what is left of the caller's budget), and FinishBegin. FinishBegin is in
-// turn two steps, for the same caller: FenceUnanswered (fences, no wait),
-// then WaitOutFences, which blocks until FencesHeldUntil(window) — a
+// the rest, waits for write-backs in flight and, with leases, waits out
+// the fences. Begin() is exactly StartBegin, a wait of up to the fan-out's
+// timeout (the ack deadline, or what is left of the caller's budget), and
+// FinishBegin. FinishBegin is in turn three steps, for the same caller:
+// FenceUnanswered (fences, no wait), AwaitWriteBacks (WriteBacksLanded is
+// its condition, for a caller that runs time itself), then WaitOutFences,
+// which blocks until FencesHeldUntil(window) — a
 // moment on the lease table's clock, which a REVOKE's ack moves back — has
 // passed; a caller that runs time itself asks FencesHeldUntil again when
 // its clock reaches that moment or a REVOKE is acknowledged.
@@ -74,7 +111,17 @@ struct InvalidationWindow {
   // How many fences this coordinator had made when the fan-out ended
   // (FenceUnanswered): the window waits out those, not later ones.
   uint64_t fences_before = 0;
+  // Whether FinishBegin waits for write-backs in flight over the range
+  // (InFlightWrites), and until when at most (real time).
+  bool await_write_backs = true;
+  absl::Time write_backs_until = absl::InfinitePast();
 };
+
+// Whether a change's Begin waits for write-backs in flight over its range
+// (see InvalidationCoordinator: only where the change does not hold the
+// exporter's mmap_lock in a way that write-back needs, and is not caused
+// by the write-back itself).
+enum class InFlightWrites { kAwait, kDoNotAwait };
 
 struct InvalidationStats {
   std::atomic<uint64_t> windows{0};
@@ -83,6 +130,11 @@ struct InvalidationStats {
   // Begins that waited for a fenced node's lease to run out (not for a
   // REVOKE's ack).
   std::atomic<uint64_t> lease_waits{0};
+  // Begins that found a write-back in flight over their range and waited
+  // for it; those whose wait ran to its bound (the write lands after the
+  // change).
+  std::atomic<uint64_t> write_back_waits{0};
+  std::atomic<uint64_t> write_backs_outlasted{0};
 };
 
 class InvalidationCoordinator {
@@ -105,34 +157,55 @@ class InvalidationCoordinator {
     absl::Duration wait_;  // the fan-out's timeout
   };
 
+  // A write-back is one process_vm_writev of a batch of pages: µs, a few
+  // ms when the exporter's pages must be faulted in. Longer means it is
+  // blocked on the exporter's mmap_lock, which the change holds (see
+  // above): waiting more would only hold the exporter.
+  static constexpr absl::Duration kWriteBackWait = absl::Milliseconds(100);
+
   // `leases` (null: no leases, fenced nodes are not waited for) must
   // outlive the coordinator; its clock is the one Begin's lease wait reads.
+  // `write_back_wait`: how long Begin waits at most for write-backs in
+  // flight, from the window's opening (tests set it long).
   InvalidationCoordinator(uint32_t home_node, SegmentRegistry* registry,
                           InvalidationChannel* channel, absl::Duration ack_deadline,
-                          const HomeLeaseTable* leases = nullptr);
+                          const HomeLeaseTable* leases = nullptr,
+                          absl::Duration write_back_wait = kWriteBackWait);
   ~InvalidationCoordinator();
 
   // Waits for mapper acks until the ack deadline or `deadline`, whichever
   // comes first (a caller whose event waited in a queue passes what is left
   // of its budget).
+  // `writes`: whether to wait for write-backs in flight (see above).
   absl::StatusOr<InvalidationWindow> Begin(uint64_t segid, uint64_t start, uint64_t end,
                                            const std::string& why,
-                                           absl::Time deadline = absl::InfiniteFuture());
+                                           absl::Time deadline = absl::InfiniteFuture(),
+                                           InFlightWrites writes = InFlightWrites::kAwait);
   // Begin's steps (see above). StartBegin's `deadline` is Begin's: the
   // fan-out's timeout is what is left of it, at most the ack deadline.
   // FinishBegin takes what has been answered by now: a node still waiting
   // is fenced, and with leases FinishBegin waits as Begin does (real time,
   // paced; WaitOutFences) until each fenced node's lease ran out or it
-  // acknowledged the REVOKE. It is FenceUnanswered, then (with leases)
-  // WaitOutFences(window).
+  // acknowledged the REVOKE. It is FenceUnanswered, AwaitWriteBacks, then
+  // (with leases) WaitOutFences(window).
   absl::StatusOr<PendingBegin> StartBegin(uint64_t segid, uint64_t start, uint64_t end,
                                           const std::string& why,
-                                          absl::Time deadline = absl::InfiniteFuture());
+                                          absl::Time deadline = absl::InfiniteFuture(),
+                                          InFlightWrites writes = InFlightWrites::kAwait);
   InvalidationWindow FinishBegin(PendingBegin pending);
   // FinishBegin's first step: fences every node that has not answered by
   // now (FenceAndHold) and returns the window; never waits. The caller
   // must not let the exporter go on before FencesHeldUntil has passed.
   InvalidationWindow FenceUnanswered(PendingBegin pending);
+  // AwaitWriteBacks' condition: every write-back that had passed the
+  // registry's checks when the window opened and overlaps its range has
+  // returned (or the window does not wait for them). Never waits.
+  bool WriteBacksLanded(const InvalidationWindow& window) const;
+  // Blocks until WriteBacksLanded(window) or window.write_backs_until;
+  // at the bound, logs and counts (stats().write_backs_outlasted) and
+  // returns: the change goes on. Takes no lock while waiting but the
+  // registry's, in a condition wait.
+  void AwaitWriteBacks(const InvalidationWindow& window);
   // WaitOutFences' step: until when a node fenced for the window's
   // segment (by any Begin or End) before the window's fan-out ended may
   // still serve copies of it, on the lease table's clock: the latest
@@ -171,6 +244,7 @@ class InvalidationCoordinator {
 
   const absl::Duration ack_deadline_;
   const HomeLeaseTable* const leases_;
+  const absl::Duration write_back_wait_;
   InvalidationStats stats_;
 
   // A fenced node that may still serve a segment until `expires`.

@@ -77,11 +77,15 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
     case local::LocalRequest::kAttachMapped: st = AttachMapped(conn, req.attach_mapped()); break;
     case local::LocalRequest::kDetach: st = Detach(conn, req.detach().attach_id()); break;
     case local::LocalRequest::kSync: {
+      // A direct attachment has nothing to write back: its stores are in
+      // the exporter's memory already.
+      if (FindDirect(req.sync().attach_id(), conn.cred.pid, false)) break;
       auto att = FindAttachment(conn, req.sync().attach_id());
       st = att.ok() ? faults_->Sync(**att, req.sync().offset(), req.sync().size()) : att.status();
       break;
     }
     case local::LocalRequest::kAcquire: {
+      if (FindDirect(req.acquire().attach_id(), conn.cred.pid, false)) break;
       auto att = FindAttachment(conn, req.acquire().attach_id());
       st = att.ok() ? faults_->Acquire(**att, req.acquire().offset(), req.acquire().size())
                     : att.status();
@@ -194,6 +198,8 @@ absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
     if (it == apids_.end() || it->second.pid != c.cred.pid)
       return ErrnoStatus(EINVAL, absl::StrFormat("no apid %#x in this process", apid));
     if (atts_->UsesApid(apid)) return ErrnoStatus(EBUSY, "apid still has attachments");
+    for (const auto& [id, d] : direct_)
+      if (d.apid == apid) return ErrnoStatus(EBUSY, "apid still has attachments");
     a = it->second;
     apids_.erase(it);
   }
@@ -226,6 +232,12 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   // Pages of a remote home are served only under a lease from it: make
   // sure of one before the attachment exists (lease_keeper.h).
   if (leases_ && a.home != node_id_) RETURN_IF_ERROR(leases_->EnsureLease(a.home));
+  // The home is this node: tether.ko may map the exporter's pages
+  // themselves (AttachDirect); otherwise, or where it cannot, a copy.
+  if (a.home == node_id_ && notifier_) {
+    ASSIGN_OR_RETURN(bool direct, AttachDirect(c, r, a, resp, fds_out));
+    if (direct) return absl::OkStatus();
+  }
   int uffd = TakeFd(fds, 0);
   if (uffd < 0 || !IsUserfaultfd(uffd)) {
     if (uffd >= 0) close(uffd);
@@ -240,16 +252,15 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
   att->writable = a.grant.writable;
   att->pid = c.cred.pid;
   att->uffd = uffd;  // closed by ~Attachment from here on
-  att->memfd = memfd_create("tether-attachment", MFD_CLOEXEC);
-  if (att->memfd < 0) return ErrnoStatus(errno, "memfd_create");
-  if (ftruncate(att->memfd, static_cast<off_t>(r.size())) != 0)
-    return ErrnoStatus(errno, "size the attachment memfd");
-  {
-    absl::MutexLock lock(&att->mu);
-    att->state.assign(att->pages(), PageState::kAbsent);
+  // The segment's cache on this node: shared with its other attachments
+  // here, in any process (mapper/attachment.h).
+  RETURN_IF_ERROR(faults_->Join(att, a.grant.segment_size));
+  int memfd_copy = fcntl(att->cache->memfd, F_DUPFD_CLOEXEC, 0);
+  if (memfd_copy < 0) {
+    int err = errno;
+    faults_->Remove(att);
+    return ErrnoStatus(err, "dup memfd");
   }
-  int memfd_copy = fcntl(att->memfd, F_DUPFD_CLOEXEC, 0);
-  if (memfd_copy < 0) return ErrnoStatus(errno, "dup memfd");
   {
     // Under mu_, with the apid checked again: a Release of the same apid
     // meanwhile (another thread of the client) either saw this attachment
@@ -258,14 +269,77 @@ absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachReque
     auto it = apids_.find(r.apid());
     if (it == apids_.end() || it->second.pid != c.cred.pid) {
       close(memfd_copy);
+      faults_->Remove(att);
       return ErrnoStatus(EINVAL, absl::StrFormat("apid %#x was released meanwhile", r.apid()));
     }
     atts_->Insert(att, c.id, r.apid());
   }
   resp->mutable_attach()->set_attach_id(att->id);
   resp->mutable_attach()->set_writable(att->writable);
+  // Where the attachment's first page is in the cache's memfd.
+  resp->mutable_attach()->set_map_offset(static_cast<uint64_t>(att->cache->Off(att->first_page())));
   fds_out->push_back(memfd_copy);
   return absl::OkStatus();
+}
+
+absl::StatusOr<bool> LocalApi::AttachDirect(const LocalConnection& c, const local::AttachRequest& r,
+                                            const Apid& a, local::LocalResponse* resp,
+                                            std::vector<int>* fds_out) {
+  // The exporter attaching its own segment: a copy in its own mm would
+  // deadlock its mprotect (and munmap) with tether.ko for the module's ack
+  // timeout: the call holds this mm's mmap_lock for writing while it waits
+  // for our window, and the window's work on the copy (write-protecting,
+  // dropping pages) needs that lock. So it gets a direct attachment, or a
+  // refusal; never a copy while the module watches the segment.
+  auto seg = registry_->Get(a.segid);
+  bool same_mm = seg.ok() && seg->pid == c.cred.pid;
+  if (!r.direct_ok() && !same_mm) return false;
+  absl::StatusOr<int> fd = notifier_->DirectAttach(a.segid, r.offset(), r.size(), a.grant.writable);
+  // No module (or one without direct attachments, or an exporter watched
+  // through a userfaultfd, which cannot see mprotect): a copy, as before.
+  if (absl::IsUnimplemented(fd.status())) return false;
+  if (absl::IsFailedPrecondition(fd.status())) {
+    if (!same_mm) return false;  // not all anonymous: the copy serves it
+    return ErrnoStatus(EOPNOTSUPP,
+                       absl::StrCat("attaching one's own segment needs a direct attachment with "
+                                    "tether.ko (a copy in the exporter's own address space "
+                                    "would stall its mprotect and munmap): ",
+                                    fd.status().message()));
+  }
+  if (!fd.ok()) return fd.status();
+  if (!r.direct_ok()) {
+    close(*fd);
+    return ErrnoStatus(EOPNOTSUPP,
+                       "attaching one's own segment needs a direct attachment with tether.ko, and "
+                       "this client asked for a copy (TETHER_ATTACH_COPY, or an old libtether)");
+  }
+  uint64_t id;
+  {
+    // As for a copy: the apid checked again under mu_ (Release).
+    absl::MutexLock lock(&mu_);
+    auto it = apids_.find(r.apid());
+    if (it == apids_.end() || it->second.pid != c.cred.pid) {
+      close(*fd);
+      return ErrnoStatus(EINVAL, absl::StrFormat("apid %#x was released meanwhile", r.apid()));
+    }
+    id = (uint64_t{incarnation_} << 32) | (uint64_t{1} << 31) | next_direct_++;
+    direct_[id] = Direct{c.cred.pid, c.id, r.apid()};
+  }
+  resp->mutable_attach()->set_attach_id(id);
+  resp->mutable_attach()->set_writable(a.grant.writable);
+  resp->mutable_attach()->set_kind(local::AttachResponse::DIRECT);
+  fds_out->push_back(*fd);
+  TLOG_DEBUG("segment %#x: direct attachment %#x [%#x, +%#x) for pid %d%s", a.segid, id, r.offset(),
+             r.size(), c.cred.pid, a.grant.writable ? ", writable" : "");
+  return true;
+}
+
+bool LocalApi::FindDirect(uint64_t id, pid_t pid, bool erase) {
+  absl::MutexLock lock(&mu_);
+  auto it = direct_.find(id);
+  if (it == direct_.end() || it->second.pid != pid) return false;
+  if (erase) direct_.erase(it);
+  return true;
 }
 
 absl::Status LocalApi::AttachMapped(const LocalConnection& c, const local::AttachMappedRequest& r) {
@@ -288,8 +362,8 @@ absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
   absl::Status st;
   bool revoked;
   {
-    absl::MutexLock lock(&att->mu);
-    revoked = att->revoked;
+    absl::MutexLock lock(&att->cache->mu);
+    revoked = att->cache->revoked;
   }
   if (!revoked) st = faults_->Sync(*att, 0, att->size);
   faults_->Remove(att);
@@ -308,6 +382,8 @@ absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
 }
 
 absl::Status LocalApi::Detach(const LocalConnection& c, uint64_t attach_id) {
+  // Direct: the client unmaps it; nothing was cached, nothing to write.
+  if (FindDirect(attach_id, c.cred.pid, true)) return absl::OkStatus();
   ASSIGN_OR_RETURN(auto att, FindAttachment(c, attach_id));
   // A concurrent detach of the same id (another thread) got it first.
   if (!atts_->Take(attach_id)) return ErrnoStatus(EINVAL, "attachment is being detached");
@@ -347,6 +423,12 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
       } else {
         ++it;
       }
+    }
+    for (auto it = direct_.begin(); it != direct_.end();) {
+      if (it->second.conn == conn.id)
+        direct_.erase(it++);
+      else
+        ++it;
     }
     for (auto it = apids_.begin(); it != apids_.end();) {
       if (it->second.conn == conn.id) {

@@ -3,7 +3,10 @@
 // event handle to the notifier source); map-side ones create grants
 // (apids) at the home, this node's registry or another node's through
 // RemoteHomes, and attachments (in the AttachmentTable) served by the
-// FaultService. It owns the apids, the exporters' invalidation brackets and
+// FaultService. Same-node attachments may instead be direct attachments
+// (tether.ko maps the exporter's pages themselves, see Attach): those are
+// only recorded here (direct_), since nothing serves or writes them back.
+// It owns the apids, the exporters' invalidation brackets and
 // the clients' event connections (SIGBUS requests).
 //
 // Thread contract: Handle and Disconnected run on LocalServer's threads,
@@ -76,6 +79,13 @@ class LocalApi : public LocalHandler {
   absl::Status Release(const LocalConnection& c, uint64_t apid);
   absl::Status Attach(const LocalConnection& c, const local::AttachRequest& r,
                       std::vector<int>& fds, local::LocalResponse* resp, std::vector<int>* fds_out);
+  // The direct branch of Attach: true if it answered with a direct
+  // attachment, false if the copy should be made; an error refuses.
+  absl::StatusOr<bool> AttachDirect(const LocalConnection& c, const local::AttachRequest& r,
+                                    const Apid& a, local::LocalResponse* resp,
+                                    std::vector<int>* fds_out);
+  // Whether `id` is a direct attachment of process `pid`; `erase`: forget it.
+  bool FindDirect(uint64_t id, pid_t pid, bool erase);
   absl::Status AttachMapped(const LocalConnection& c, const local::AttachMappedRequest& r);
   absl::Status Detach(const LocalConnection& c, uint64_t attach_id);
   absl::StatusOr<std::shared_ptr<Attachment>> FindAttachment(const LocalConnection& c, uint64_t id);
@@ -106,6 +116,16 @@ class LocalApi : public LocalHandler {
   absl::flat_hash_map<uint64_t, pid_t> event_conns_ ABSL_GUARDED_BY(mu_);
   uint64_t next_bracket_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<uint64_t, Bracket> brackets_ ABSL_GUARDED_BY(mu_);
+  // Direct attachments by id: (incarnation << 32) | 1 << 31 | counter, so
+  // that they never collide with the AttachmentTable's ids (its counter
+  // would need 2^31 attachments to reach bit 31).
+  struct Direct {
+    pid_t pid = 0;
+    uint64_t conn = 0;
+    uint64_t apid = 0;
+  };
+  uint32_t next_direct_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<uint64_t, Direct> direct_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

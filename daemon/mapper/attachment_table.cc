@@ -114,10 +114,19 @@ std::vector<AttachmentSummary> AttachmentTable::Summaries() {
     s.pid = a->pid;
     s.writable = a->writable;
     s.faults = a->faults.load();
-    absl::MutexLock lock(&a->mu);
-    s.resident_bytes = a->resident * kPageSize;
-    s.dirty_bytes = a->dirty * kPageSize;
-    s.state = a->revoked ? "revoked: " + a->revoke_reason : "mapped";
+    // The cache's pages inside this attachment's range (shared with the
+    // segment's other attachments on this node: attachment.h).
+    SegmentCache& c = *a->cache;
+    absl::MutexLock lock(&c.mu);
+    for (uint64_t p = a->first_page(); p < a->first_page() + a->pages(); ++p) {
+      PageState st = c.state[p];
+      s.resident_bytes +=
+          st == PageState::kClean || st == PageState::kDirty || st == PageState::kWriteback
+              ? kPageSize
+              : 0;
+      s.dirty_bytes += st == PageState::kDirty ? kPageSize : 0;
+    }
+    s.state = c.revoked ? "revoked: " + c.revoke_reason : "mapped";
     out.push_back(std::move(s));
   }
   return out;

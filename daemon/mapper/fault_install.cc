@@ -72,28 +72,32 @@ void FaultService::HandleWriteProtect(Attachment& att, uint64_t addr) {
   fault_role_.AssertHere();
   uint64_t base = att.vaddr.load();
   if (addr < base || addr >= base + att.size) return;
-  uint64_t p = (addr - base) / kPageSize;
-  // Held here (tests), no lock held: the fault is read, att.mu not taken.
+  SegmentCache& c = *att.cache;
+  uint64_t p = att.first_page() + (addr - base) / kPageSize;
+  // Held here (tests), no lock held: the fault is read, the cache's mu not taken.
   TETHER_FAULT_POINT("fault_service.write_protect.before_lock");
   int twins = 0;
   {
-    absl::MutexLock lock(&att.mu);
-    PageState& s = att.state[p];
+    absl::MutexLock lock(&c.mu);
+    PageState& s = c.state[p];
     if (s == PageState::kClean) {
-      // The twin, before the protection is lifted: the page as the home
-      // has it, without this store (twin_store.h). One 4 KiB pread on the
-      // first store to a clean page only — not on missing faults, not on
-      // later stores — which a write-back's diff needs.
-      twins = att.twins.Take(att.memfd, p);
+      // The twin, before the protection is lifted in any mapping: the page
+      // as the home has it, without this store (twin_store.h). One 4 KiB
+      // pread on the first store to a clean page only — not on missing
+      // faults, not on later stores, not on a store through another
+      // mapping of a page already dirty — which a write-back's diff needs.
+      twins = c.twins.Take(c.memfd, c.Off(p), p);
     }
     if (s == PageState::kClean || s == PageState::kWriteback) {
       // (kWriteback keeps its twin: the base of the write-back in flight,
       // replaced by what it sent once that lands.)
-      if (s == PageState::kWriteback) ++att.wb_epoch;  // the write-back in flight is older now
+      if (s == PageState::kWriteback) ++c.wb_epoch;  // the write-back in flight is older now
       s = PageState::kDirty;
-      ++att.dirty;
+      ++c.dirty;
     }
     if (s == PageState::kDirty) {
+      // Unprotected in this mm only: a store through another mapping of the
+      // page still faults here (and finds it dirty already).
       WriteProtect(att.uffd, addr, kPageSize, false);  // also wakes the writer
     } else {
       Wake(att.uffd, addr, kPageSize);  // evicted meanwhile: it refaults as missing
@@ -110,20 +114,23 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
   fault_role_.AssertHere();
   uint64_t base = att->vaddr.load();
   if (addr < base || addr >= base + att->size) return;
-  uint64_t p = (addr - base) / kPageSize;
-  // Up to kMaxAheadRequests requests of <= kMaxReadahead pages each.
+  SegmentCache& c = *att->cache;
+  const uint64_t off = att->first_page();
+  uint64_t p = (addr - base) / kPageSize;  // the attachment's page
+  // Up to kMaxAheadRequests requests of <= kMaxReadahead pages each, in
+  // segment pages.
   std::pair<uint64_t, uint64_t> requests[kMaxAheadRequests];
   size_t nreq = 0;
   uint64_t gen = 0;
   {
-    absl::MutexLock lock(&att->mu);
-    if (att->revoked) {
+    absl::MutexLock lock(&c.mu);
+    if (c.revoked) {
       // The memfd is truncated: the retry raises SIGBUS.
       Wake(att->uffd, addr, kPageSize);
       return;
     }
-    if (att->InWindow(p)) return;  // range_end wakes it
-    PageState s = att->state[p];
+    if (c.InWindow(off + p)) return;  // range_end wakes it
+    PageState s = c.state[off + p];
     if (s == PageState::kPoisoned) return;
     if (s != PageState::kAbsent && s != PageState::kFetching) {
       Wake(att->uffd, addr, kPageSize);
@@ -134,26 +141,28 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
     // mostly finds pages installed and the network stays busy.
     bool sequential = att->seq_lo != ~uint64_t{0} && p >= att->seq_lo && p <= att->next_seq_page;
     att->readahead = sequential ? std::min<uint32_t>(att->readahead * 2, kMaxAheadPages) : 1;
-    if (!sequential && s == PageState::kFetching) return;  // its install wakes us
+    // Its install wakes us (another attachment's fetch too: it wakes
+    // every mapping of the pages).
+    if (!sequential && s == PageState::kFetching) return;
     uint64_t limit = std::min<uint64_t>(att->pages(), p + att->readahead);
     for (uint64_t q = p; q < limit && nreq < kMaxAheadRequests;) {
-      if (att->state[q] != PageState::kAbsent) {
+      if (c.state[off + q] != PageState::kAbsent) {
         ++q;
         continue;
       }
       uint64_t n = 0;
-      while (q + n < limit && n < kMaxReadahead && att->state[q + n] == PageState::kAbsent &&
-             !att->InWindow(q + n)) {
-        att->state[q + n] = PageState::kFetching;
+      while (q + n < limit && n < kMaxReadahead && c.state[off + q + n] == PageState::kAbsent &&
+             !c.InWindow(off + q + n)) {
+        c.state[off + q + n] = PageState::kFetching;
         ++n;
       }
       if (n == 0) break;  // the next page is in a window
-      requests[nreq++] = {q, n};
+      requests[nreq++] = {off + q, n};
       q += n;
     }
     att->seq_lo = p;
     att->next_seq_page = std::max<uint64_t>(sequential ? att->next_seq_page : 0, limit);
-    gen = att->inval_gen;
+    gen = c.inval_gen;
   }
   for (size_t i = 0; i < nreq; ++i) {
     const uint64_t first = requests[i].first, n = requests[i].second;
@@ -162,8 +171,7 @@ void FaultService::HandleMissing(const std::shared_ptr<Attachment>& att, uint64_
     // registered slot the home wrote them into (one copy, UFFDIO_COPY's);
     // `buf` is where other transports put them.
     data_->ReadInPlace(
-        att->home, att->segid, att->grant, att->seg_offset + first * kPageSize,
-        absl::MakeSpan(buf, n * kPageSize),
+        att->home, att->segid, att->grant, first * kPageSize, absl::MakeSpan(buf, n * kPageSize),
         [this, att, first, n, buf, gen](absl::Status st, absl::Span<const uint8_t> data) {
           Install(att, first, n, buf, data.data(), gen, st);
         });
@@ -177,30 +185,32 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
     return;
   }
   CountBytes(Counters().fetched_bytes, n * kPageSize);
-  uint64_t base = att->vaddr.load();
+  SegmentCache& c = *att->cache;
   uint64_t installed = 0;
-  bool need_wake = false;
   {
-    // Installed under the attachment lock, so that a range_begin cannot
-    // zap between our generation check and the copy (stale install).
-    absl::MutexLock lock(&att->mu);
-    if (att->BegunSince(gen, first, n) || att->revoked) {
+    // Installed under the cache's lock, so that a range_begin cannot zap
+    // between our generation check and the copy (stale install).
+    absl::MutexLock lock(&c.mu);
+    bool need_wake = false;
+    if (c.BegunSince(gen, first, n) || c.revoked) {
       // A window over these pages opened while this fetch was in flight:
       // its data may predate it. Drop it; faulters outside windows fetch
       // again now.
-      att->AbandonFetch(first, n);
+      c.AbandonFetch(first, n);
       need_wake = true;
     } else {
-      installed = CopyIn(*att, base, first, n, data, &need_wake);
-      att->resident += installed;
+      installed = CopyIn(c, *att, first, n, data, &need_wake);
+      c.resident += installed;
     }
+    // The copy woke att's faulters; other attachments' faulters on these
+    // pages (they found them kFetching) are woken here — only when there
+    // are others, so the one-attachment path makes no extra call.
+    if (need_wake)
+      WakeEverywhere(c, first, first + n, nullptr);
+    else if (c.mappings.size() > 1)
+      WakeEverywhere(c, first, first + n, att.get());
   }
   PutBuffer(buf);
-  if (need_wake) {
-    absl::MutexLock lock(&att->mu);
-    for (uint64_t i = 0; i < n; ++i)
-      if (!att->InWindow(first + i)) Wake(att->uffd, base + (first + i) * kPageSize, kPageSize);
-  }
   if (resident_pages_.fetch_add(installed) + installed > budget_pages_) {
     absl::MutexLock lock(&mu_);
     evict_wanted_ = true;
@@ -209,13 +219,13 @@ void FaultService::Install(const std::shared_ptr<Attachment>& att, uint64_t firs
 
 void FaultService::FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n,
                                uint8_t* buf, const absl::Status& st) {
-  uint64_t base = att->vaddr.load();
+  SegmentCache& c = *att->cache;
   if (IsRetry(st)) {
     // The home has a window open over the range: fetch again shortly (or
     // at range_end, if this node is being invalidated too).
     {
-      absl::MutexLock lock(&att->mu);
-      att->AbandonFetch(first, n);
+      absl::MutexLock lock(&c.mu);
+      c.AbandonFetch(first, n);
     }
     PutBuffer(buf);
     RetryLater(att, first, n);
@@ -224,52 +234,56 @@ void FaultService::FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t 
   if (n > 1 && ToErrno(st) == EFAULT) {
     // Part of a read-ahead request is not mapped at the home (a hole in
     // the exporter's range): that says nothing about the page that
-    // faulted. Forget the request and the stream; the faulter refaults
-    // and fetches its page alone, and read-ahead starts again from there.
+    // faulted. Forget the request and the stream; the faulters refault
+    // and fetch their page alone, and read-ahead starts again from there.
     {
-      absl::MutexLock lock(&att->mu);
-      att->AbandonFetch(first, n);
+      absl::MutexLock lock(&c.mu);
+      c.AbandonFetch(first, n);
       att->seq_lo = ~uint64_t{0};
       att->readahead = 1;
+      WakeEverywhere(c, first, first + n, nullptr);
     }
     PutBuffer(buf);
-    Wake(att->uffd, base + first * kPageSize, n * kPageSize);
     return;
   }
+  // The first page is made to raise SIGBUS by the client library, in the
+  // attachment that fetched it (its faulter waits for that). In the cache
+  // it goes back to absent, not kPoisoned: other attachments of the cache
+  // (another process, or this one attaching again after the SIGBUS) must
+  // not find a page that never answers; their faulters are woken and fetch
+  // it themselves (and get their own SIGBUS, or the page if the home has
+  // one again). Faulters on the read-ahead pages retry on their own.
   {
-    absl::MutexLock lock(&att->mu);
-    for (uint64_t i = 0; i < n; ++i)
-      if (att->state[first + i] == PageState::kFetching)
-        att->state[first + i] = i == 0 ? PageState::kPoisoned : PageState::kAbsent;
+    absl::MutexLock lock(&c.mu);
+    c.AbandonFetch(first, n);
+    if (n > 1) WakeEverywhere(c, first + 1, first + n, nullptr);
+    WakeEverywhere(c, first, first + 1, att.get());
   }
   PutBuffer(buf);
-  TLOG_WARN("attachment %#x: fetch of page %d failed: %s", att->id, first, st.ToString());
-  // Faulters on the read-ahead pages retry on their own; the first page
-  // is made to raise SIGBUS by the client library.
-  if (n > 1) Wake(att->uffd, base + (first + 1) * kPageSize, (n - 1) * kPageSize);
-  sigbus_(*att, first * kPageSize, kPageSize, std::string(st.message()));
+  TLOG_WARN("attachment %#x: fetch of segment page %d failed: %s", att->id, first, st.ToString());
+  sigbus_(*att, (first - att->first_page()) * kPageSize, kPageSize, std::string(st.message()));
 }
 
-uint64_t FaultService::CopyIn(Attachment& att, uint64_t base, uint64_t first, uint64_t n,
+uint64_t FaultService::CopyIn(SegmentCache& c, Attachment& att, uint64_t first, uint64_t n,
                               const uint8_t* buf, bool* need_wake) {
   uint64_t installed = 0;
   uint64_t done = 0;
   while (done < n) {
-    uffdio_copy c{};
-    c.dst = base + (first + done) * kPageSize;
-    c.src = reinterpret_cast<uint64_t>(buf + done * kPageSize);
-    c.len = (n - done) * kPageSize;
-    c.mode = att.writable ? UFFDIO_COPY_MODE_WP : 0;
+    uffdio_copy cp{};
+    cp.dst = att.AddrOf(first + done);
+    cp.src = reinterpret_cast<uint64_t>(buf + done * kPageSize);
+    cp.len = (n - done) * kPageSize;
+    cp.mode = att.writable ? UFFDIO_COPY_MODE_WP : 0;
     int err = 0;
     uint64_t copied = n - done;
-    if (ioctl(att.uffd, UFFDIO_COPY, &c) != 0) {
+    if (ioctl(att.uffd, UFFDIO_COPY, &cp) != 0) {
       err = errno;
-      copied = c.copy > 0 ? static_cast<uint64_t>(c.copy) / kPageSize : 0;
+      copied = cp.copy > 0 ? static_cast<uint64_t>(cp.copy) / kPageSize : 0;
     }
     CountBytes(Counters().install_copy_bytes, copied * kPageSize);
     for (uint64_t i = done; i < done + copied; ++i) {
-      if (att.state[first + i] == PageState::kFetching) {
-        att.state[first + i] = PageState::kClean;
+      if (c.state[first + i] == PageState::kFetching) {
+        c.state[first + i] = PageState::kClean;
         ++installed;
       }
     }
@@ -277,16 +291,18 @@ uint64_t FaultService::CopyIn(Attachment& att, uint64_t base, uint64_t first, ui
     if (err == 0) break;
     if (err == EAGAIN) continue;
     if (err == EEXIST) {  // already in the page cache: keep it, wake faulters
-      if (att.state[first + done] == PageState::kFetching) {
-        att.state[first + done] = PageState::kClean;
+      if (c.state[first + done] == PageState::kFetching) {
+        c.state[first + done] = PageState::kClean;
         ++installed;
       }
       *need_wake = true;
       ++done;
       continue;
     }
-    // ENOENT/ESRCH/EFAULT: the client unmapped or exited.
-    att.AbandonFetch(first + done, n - done);
+    // ENOENT/ESRCH/EFAULT: the client unmapped or exited. Other
+    // attachments waiting on these pages refault and fetch them.
+    c.AbandonFetch(first + done, n - done);
+    *need_wake = true;
     break;
   }
   return installed;
@@ -318,10 +334,9 @@ void FaultService::RunDueRetries() {
   for (auto& r : due) {
     auto att = r.att.lock();
     if (!att) continue;
-    absl::MutexLock lock(&att->mu);
-    uint64_t base = att->vaddr.load();
-    for (uint64_t i = 0; i < r.n; ++i)
-      if (!att->InWindow(r.first + i)) Wake(att->uffd, base + (r.first + i) * kPageSize, kPageSize);
+    SegmentCache& c = *att->cache;
+    absl::MutexLock lock(&c.mu);
+    WakeEverywhere(c, r.first, r.first + r.n, nullptr);
   }
 }
 

@@ -4,11 +4,22 @@
 // fault_writeback.cc and fault_eviction.cc (fault_service.h has the map).
 #include "daemon/mapper/fault_service.h"
 
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "daemon/common/errors.h"
+#include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
 
@@ -26,6 +37,12 @@ FaultService::~FaultService() {
 
 absl::Status FaultService::Start() {
   RETURN_IF_ERROR(faults_.Open());
+  share_caches_ = ProbeSharing();
+  if (!share_caches_)
+    TLOG_WARN(
+        "this kernel leaves no uffd-wp marker on an unpopulated shmem PTE: attachments "
+        "of one segment on this node get a cache each (stores through one are not seen "
+        "through another until written back)");
   fault_thread_ = std::thread([this] {
     fault_role_.Bind();
     FaultLoop();
@@ -49,6 +66,100 @@ void FaultService::Stop() {
   faults_.Close();
 }
 
+bool FaultService::ProbeSharing() {
+  // The question (attachment.h, "Dirty tracking across mappings"): after
+  // UFFDIO_WRITEPROTECT over a shmem mapping that maps nothing yet, does a
+  // page that enters the page cache later map write-protected? Two
+  // mappings of a one-page memfd; the second is registered and protected
+  // while empty; the page is written through the first; a read through the
+  // second maps it, and pagemap says whether that PTE is uffd-wp (bit 57).
+  // A kernel without uffd-wp on shmem fails the register (also "no").
+  bool ok = false;
+  int memfd = memfd_create("tether-probe", MFD_CLOEXEC);
+  int uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  void* a = MAP_FAILED;
+  void* b = MAP_FAILED;
+  int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  do {
+    if (memfd < 0 || uffd < 0 || pm < 0 || ftruncate(memfd, kPageSize) != 0) break;
+    uffdio_api api{};
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+    if (ioctl(uffd, UFFDIO_API, &api) != 0) break;
+    a = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    b = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (a == MAP_FAILED || b == MAP_FAILED) break;
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uint64_t>(b), kPageSize};
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) break;
+    if (mapping_ops::WriteProtect(uffd, reinterpret_cast<uint64_t>(b), kPageSize, true) != 0) break;
+    static_cast<volatile char*>(a)[0] = 1;    // the page enters the cache through the other mapping
+    (void)static_cast<volatile char*>(b)[0];  // mapped from the marker, if there is one
+    uint64_t entry = 0;
+    off_t off = static_cast<off_t>(reinterpret_cast<uint64_t>(b) / kPageSize * sizeof(entry));
+    if (pread(pm, &entry, sizeof(entry), off) != sizeof(entry)) break;
+    ok = (entry >> 57) & 1;
+  } while (false);
+  if (a != MAP_FAILED) munmap(a, kPageSize);
+  if (b != MAP_FAILED) munmap(b, kPageSize);
+  for (int fd : {memfd, uffd, pm})
+    if (fd >= 0) close(fd);
+  return ok;
+}
+
+absl::Status FaultService::Join(const std::shared_ptr<Attachment>& att, uint64_t segment_size) {
+  // Shared: the whole segment, by segid. Private (a kernel that cannot
+  // share, or a segment too large to hold a state per page of): the
+  // attachment's range only.
+  const bool shared = share_caches_ && segment_size <= SegmentCache::kMaxSharedBytes;
+  while (true) {
+    std::shared_ptr<SegmentCache> c;
+    if (shared) {
+      absl::MutexLock lock(&mu_);
+      auto it = caches_.find(att->segid);
+      if (it != caches_.end()) c = it->second;
+    }
+    if (c) {
+      absl::MutexLock lock(&c->mu);
+      if (!c->revoked && c->home == att->home &&
+          c->Off(att->first_page() + att->pages()) <=
+              static_cast<off_t>(c->seg_pages * kPageSize)) {
+        c->mappings.push_back(att);
+        if (att->writable) c->write_grant = att->grant;
+        att->cache = std::move(c);
+        return absl::OkStatus();
+      }
+    }
+    // None open (or it was closed or revoked meanwhile): a new one, which
+    // replaces it — unless another attach put a new one in first.
+    auto fresh = std::make_shared<SegmentCache>();
+    fresh->home = att->home;
+    fresh->segid = att->segid;
+    fresh->shared = shared;
+    fresh->base_page = shared ? 0 : att->first_page();
+    fresh->seg_pages = shared ? segment_size / kPageSize : att->pages();
+    fresh->memfd = memfd_create("tether-cache", MFD_CLOEXEC);
+    if (fresh->memfd < 0) return ErrnoStatus(errno, "memfd_create");
+    if (ftruncate(fresh->memfd, static_cast<off_t>(fresh->seg_pages * kPageSize)) != 0)
+      return ErrnoStatus(errno, "size the cache memfd");
+    {
+      absl::MutexLock lock(&fresh->mu);
+      fresh->state.Reset(fresh->base_page, fresh->seg_pages);
+      fresh->mappings.push_back(att);
+      if (att->writable) fresh->write_grant = att->grant;
+    }
+    if (shared) {
+      absl::MutexLock lock(&mu_);
+      auto& slot = caches_[att->segid];
+      if (slot != c) continue;  // another attach made one: join that
+      slot = fresh;
+    }
+    att->cache = std::move(fresh);
+    return absl::OkStatus();
+  }
+}
+
 absl::Status FaultService::Add(std::shared_ptr<Attachment> att) {
   {
     absl::MutexLock lock(&mu_);
@@ -59,22 +170,103 @@ absl::Status FaultService::Add(std::shared_ptr<Attachment> att) {
     atts_.erase(att->id);
     return ErrnoStatus(ToErrno(st), "watch attachment uffd");
   }
+  SegmentCache& c = *att->cache;
+  absl::MutexLock lock(&c.mu);
+  // Arm every writable mapping once the cache has two: from now on pages
+  // one mapping installs appear in the others without a missing fault
+  // (attachment.h). Under the lock: no install runs meanwhile.
+  size_t mapped = 0;
+  for (const auto& m : c.mappings) mapped += m->vaddr.load() != 0;
+  if (mapped < 2) return absl::OkStatus();
+  for (const auto& m : c.mappings) {
+    if (!m->writable || m->armed || m->vaddr.load() == 0) continue;
+    if (int err = mapping_ops::WriteProtect(m->uffd, m->vaddr.load(), m->size, true); err != 0) {
+      // Only a client that unmapped or exited fails here; it faults no more.
+      TLOG_WARN("attachment %#x: arming its mapping: %s", m->id, std::strerror(err));
+    }
+    m->armed = true;
+  }
   return absl::OkStatus();
 }
 
 void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
   faults_.Remove(att->uffd);
-  uint64_t resident;
   {
-    absl::MutexLock lock(&att->mu);
-    resident = att->resident + att->twins.Clear();  // twins count too (twin_store.h)
-    att->resident = 0;
-    att->revoked = true;  // late completions install nothing
-    if (att->revoke_reason.empty()) att->revoke_reason = "detached";
+    absl::MutexLock lock(&mu_);
+    atts_.erase(att->id);
   }
-  resident_pages_ -= resident;
-  absl::MutexLock lock(&mu_);
-  atts_.erase(att->id);
+  std::shared_ptr<SegmentCache> cache = att->cache;
+  if (!cache) return;
+  SegmentCache& c = *cache;
+  uint64_t dropped = 0;
+  bool closed = false;
+  {
+    absl::MutexLock lock(&c.mu);
+    auto it = std::find(c.mappings.begin(), c.mappings.end(), att);
+    if (it == c.mappings.end()) return;  // removed before
+    c.mappings.erase(it);
+    if (c.mappings.empty()) {
+      // The last one: late completions install nothing, and the next
+      // attach of the segment makes a new cache.
+      dropped = c.resident + c.twins.Clear();  // twins count too (twin_store.h)
+      c.resident = 0;
+      closed = true;
+      if (!c.revoked) {
+        c.revoked = true;
+        c.revoke_reason = "detached";
+      }
+    } else {
+      // Clean pages only this attachment covered: nobody maps them now.
+      // (Dirty ones stay, written back by a later sync or the evictor.)
+      const uint64_t p0 = att->first_page(), p1 = p0 + att->pages();
+      for (uint64_t p = p0; p < p1;) {
+        bool covered = false;
+        for (const auto& m : c.mappings) covered |= m->Covers(p);
+        if (covered || c.state[p] != PageState::kClean) {
+          ++p;
+          continue;
+        }
+        c.state[p] = PageState::kAbsent;
+        mapping_ops::PunchHole(c.memfd, c.Off(p), kPageSize);
+        --c.resident;
+        ++dropped;
+        ++p;
+      }
+    }
+  }
+  resident_pages_ -= dropped;
+  if (closed && c.shared) {
+    absl::MutexLock lock(&mu_);
+    auto it = caches_.find(c.segid);
+    if (it != caches_.end() && it->second == cache) caches_.erase(it);
+  }
+}
+
+void FaultService::ProtectEverywhere(SegmentCache& c, uint64_t p0, uint64_t p1) {
+  for (const auto& m : c.mappings) {
+    if (!m->writable || m->vaddr.load() == 0) continue;
+    uint64_t a = std::max(p0, m->first_page()), b = std::min(p1, m->first_page() + m->pages());
+    if (a < b) mapping_ops::WriteProtect(m->uffd, m->AddrOf(a), (b - a) * kPageSize, true);
+  }
+}
+
+void FaultService::WakeEverywhere(SegmentCache& c, uint64_t p0, uint64_t p1,
+                                  const Attachment* except) {
+  for (const auto& m : c.mappings) {
+    if (m.get() == except || m->vaddr.load() == 0) continue;
+    uint64_t a = std::max(p0, m->first_page()), b = std::min(p1, m->first_page() + m->pages());
+    // One UFFDIO_WAKE per run of pages no window holds.
+    for (uint64_t p = a; p < b;) {
+      if (c.InWindow(p)) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p + 1;
+      while (q < b && !c.InWindow(q)) ++q;
+      mapping_ops::Wake(m->uffd, m->AddrOf(p), (q - p) * kPageSize);
+      p = q;
+    }
+  }
 }
 
 uint8_t* FaultService::GetBuffer() {

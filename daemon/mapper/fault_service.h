@@ -1,4 +1,6 @@
-// FaultService: serves the page faults of every local attachment.
+// FaultService: serves the page faults of every local attachment, over
+// one SegmentCache per segment on this node (attachment.h: every
+// attachment of a segment maps the same pages).
 //
 // One thread waits on all attachments' userfaultfds (epoll). A missing-page
 // fault marks the page (and a read-ahead window of absent pages after it,
@@ -18,10 +20,11 @@
 // the window and lands on the page fetched after it (range_begin) instead
 // of being lost.
 //
-// Cache budget: pages installed across all attachments of this node are
-// bounded. Past the budget an evictor thread punches clean pages out of the
-// memfds (the client's next access faults again) and writes dirty ones back
-// before evicting them.
+// Cache budget: pages installed across all caches of this node are
+// bounded (a page is counted once, however many attachments map it). Past
+// the budget an evictor thread punches clean pages out of the memfds (every
+// client's next access faults again) and writes dirty ones back before
+// evicting them.
 //
 // Where each part lives: fault_service.cc (start, stop, add, remove, fetch
 // buffers), fault_install.cc (the fault loop, missing and write-protect
@@ -31,8 +34,9 @@
 //
 // Thread contract.
 // - Start and Stop: the owner (Tetherd's main thread), not concurrently.
-//   Start once; Stop joins both threads, and runs again (a no-op) in the
-//   destructor. The rest may be called only between them.
+//   Start once (it probes whether the kernel lets caches be shared:
+//   attachment.h); Stop joins both threads, and runs again (a no-op) in
+//   the destructor. The rest may be called only between them.
 // - The fault thread (started by Start) runs FaultLoop, HandleMissing,
 //   HandleWriteProtect and RunDueRetries, and nothing else runs them: they
 //   assert it (ThreadRole, common/thread_role.h; Debug builds). It does
@@ -42,8 +46,8 @@
 //   this thread (data_path.h).
 // - The evictor thread (started by Start) runs EvictLoop and EvictClean
 //   (asserted), and Sync for attachments with dirty pages.
-// - Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take only
-//   the attachment's lock and this class's, and never wait for the
+// - Join, Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take
+//   only the cache's lock and this class's (never both at once), and never wait for the
 //   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
 // - Sync and EndWindow write back and wait for the home (DataPath::
@@ -59,14 +63,15 @@
 //   issues a request itself: a home's "retry" is queued for the fault
 //   thread (RetryLater).
 // - Locks: mu_ guards the attachments served and the evictor's wake-up,
-//   retry_mu_ the pending retries, pool_mu_ the buffer pool; each
-//   Attachment's mu its pages' state (attachment.h). No two of them are
-//   ever held at once. An attachment's lock is held across its uffd ioctls
-//   and memfd calls (so that a window cannot open between a check and a
-//   copy), never across the network or a callback. The rest: set at
-//   construction (data_, budget_pages_, sigbus_, clock_), atomic (resident_pages_,
-//   stopping_, the thread roles), thread-safe itself (faults_), or touched
-//   by Start and Stop only (the std::threads).
+//   the caches by segid, retry_mu_ the pending retries, pool_mu_ the
+//   buffer pool; each SegmentCache's mu its pages' state and its mappings
+//   (attachment.h). No two of them are ever held at once. A cache's lock
+//   is held across its mappings' uffd ioctls and memfd calls (so that a
+//   window cannot open between a check and a copy), never across the
+//   network or a callback. The rest: set at construction (data_,
+//   budget_pages_, sigbus_, clock_), set by Start (share_caches_), atomic
+//   (resident_pages_, stopping_, the thread roles), thread-safe itself
+//   (faults_), or touched by Start and Stop only (the std::threads).
 #ifndef TETHER_DAEMON_MAPPER_FAULT_SERVICE_H_
 #define TETHER_DAEMON_MAPPER_FAULT_SERVICE_H_
 
@@ -112,10 +117,20 @@ class FaultService {
   // the write-back benchmark's baseline uses it (--writeback_diffs=false).
   void SetWholePageWriteBack(bool whole) { whole_pages_ = whole; }
 
-  // Starts serving faults of `att` (its vaddr is set).
+  // Gives a new attachment (identity set, not yet shared) its cache: the
+  // segment's cache on this node if one is open (and caches are shared),
+  // else a new one, whose memfd is `segment_size` bytes. The client maps
+  // att->cache->memfd at att->seg_offset.
+  absl::Status Join(const std::shared_ptr<Attachment>& att, uint64_t segment_size);
+  // Starts serving faults of `att` (its vaddr is set). When its cache has
+  // another mapping, arms every writable mapping (attachment.h).
   absl::Status Add(std::shared_ptr<Attachment> att);
-  // Stops serving; in-flight fetches complete harmlessly.
+  // Stops serving; in-flight fetches complete harmlessly. The last
+  // attachment of a cache closes it; otherwise the clean pages no other
+  // attachment covers are dropped.
   void Remove(const std::shared_ptr<Attachment>& att);
+  // Whether attachments of one segment share a cache (Start's probe).
+  bool shares_caches() const { return share_caches_; }
 
   // Writes back dirty pages in [offset, offset+len) of the attachment.
   // Pages a window kept aside are written back by its end, pages another
@@ -127,13 +142,15 @@ class FaultService {
   absl::Status Sync(Attachment& att, uint64_t offset, uint64_t len);
   // Drops clean copies in the range, so the next access refetches.
   absl::Status Acquire(Attachment& att, uint64_t offset, uint64_t len);
-  // Revokes the whole attachment: every access raises SIGBUS from now on.
+  // Revokes the attachment's cache — every attachment of it: every access
+  // raises SIGBUS from now on.
   void Revoke(Attachment& att, const std::string& why);
 
-  // range_begin for pages [p0, p1) of the attachment: faults there wait,
+  // range_begin for segment pages [p0, p1) of the cache (once for all its
+  // attachments): faults there wait,
   // clean copies are dropped, dirty ones kept aside; in-flight fetches are
   // discarded when they complete. Returns once no copy is mapped.
-  void BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1);
+  void BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint64_t p1);
   // range_end: writes kept-aside pages back unless they fall in `gone`
   // (page ranges whose address no longer exists: counted as lost), then
   // lets faults in the range fetch again. A page whose write-back fails
@@ -141,7 +158,7 @@ class FaultService {
   // own writes; the next Sync retries it and reports a failure), unless
   // another window still holds it (kept aside for that window's end), or
   // the home refused it as unmapped since read (ENXIO: counted lost).
-  absl::Status EndWindow(Attachment& att, uint64_t key,
+  absl::Status EndWindow(SegmentCache& c, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
 
   // The home refused a write-back because the exporter's address is gone
@@ -168,17 +185,29 @@ class FaultService {
   void HandleMissing(const std::shared_ptr<Attachment>& att, uint64_t addr);
   void HandleWriteProtect(Attachment& att, uint64_t addr);
   // A fetch's completion (a transport's thread, or the fault thread):
-  // installs the n pages at `data` (valid while it runs: the transport's
-  // registered slot, or `buf`); `buf` goes back to the pool.
+  // installs the n segment pages from `first` at `data` (valid while it
+  // runs: the transport's registered slot, or `buf`) through `att`, the
+  // attachment that faulted; `buf` goes back to the pool.
   void Install(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
                const uint8_t* data, uint64_t gen, absl::Status st);
   // Install's failed fetches: "retry", a hole in a read-ahead, an error.
   void FetchFailed(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n, uint8_t* buf,
                    const absl::Status& st);
-  // UFFDIO_COPY of a fetch's pages into the client's mapping; returns how
-  // many pages became kClean. Sets *need_wake when faulters must be woken.
-  static uint64_t CopyIn(Attachment& att, uint64_t base, uint64_t first, uint64_t n,
-                         const uint8_t* buf, bool* need_wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu);
+  // UFFDIO_COPY of a fetch's pages (segment pages from `first`) through
+  // att's mapping into the cache; returns how many pages became kClean.
+  // Sets *need_wake when faulters must be woken.
+  static uint64_t CopyIn(SegmentCache& c, Attachment& att, uint64_t first, uint64_t n,
+                         const uint8_t* buf, bool* need_wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
+  // Write-protects segment pages [p0, p1) in every writable mapping of the
+  // cache that covers them (before a write-back or a window reads them).
+  static void ProtectEverywhere(SegmentCache& c, uint64_t p0, uint64_t p1)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
+  // Wakes the faulters on segment pages [p0, p1) (those outside windows)
+  // in every mapping of the cache but `except`.
+  static void WakeEverywhere(SegmentCache& c, uint64_t p0, uint64_t p1, const Attachment* except)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu);
+  // Whether this kernel leaves uffd-wp markers on unpopulated shmem PTEs.
+  static bool ProbeSharing();
   // Wakes [first, first+n) after a short delay (home said "retry").
   void RetryLater(const std::shared_ptr<Attachment>& att, uint64_t first, uint64_t n);
   void RunDueRetries();
@@ -188,7 +217,8 @@ class FaultService {
   // settles their state: kClean, or kDirty again if the write failed or
   // was superseded (*superseded: see WriteBackPages). `epoch` is
   // att.wb_epoch when the runs were taken.
-  absl::Status WriteBackRuns(Attachment& att,
+  absl::Status SyncCache(SegmentCache& c, uint64_t grant, uint64_t p0, uint64_t p1);
+  absl::Status WriteBackRuns(SegmentCache& c, uint64_t grant,
                              const std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t epoch,
                              bool* superseded);
   // Writes a page diff (page_diff.h) of the pages from `first`, retrying
@@ -198,8 +228,9 @@ class FaultService {
   // window that writes it back at its end), and this one must not land
   // after it. Without (a window's kept-aside pages) it retries until the
   // deadline.
-  absl::Status WriteBackPages(Attachment& att, uint64_t first, absl::Span<const uint8_t> diff,
-                              const uint64_t* epoch = nullptr, bool* superseded = nullptr);
+  absl::Status WriteBackPages(SegmentCache& c, uint64_t grant, uint64_t first,
+                              absl::Span<const uint8_t> diff, const uint64_t* epoch = nullptr,
+                              bool* superseded = nullptr);
   // Appends the diff of `pages` (twins.size() pages from index 0) against
   // their twins; a page without one goes whole.
   void EncodeDiff(const std::vector<TwinStore::Twin>& twins, absl::Span<const uint8_t> pages,
@@ -207,7 +238,7 @@ class FaultService {
 
   // fault_eviction.cc. The evictor thread's.
   void EvictLoop();
-  uint64_t EvictClean(Attachment& att, uint64_t want);
+  uint64_t EvictClean(SegmentCache& c, uint64_t want);
 
   // fault_service.cc. Read-ahead buffers: taken by the fault thread,
   // returned by completions.
@@ -236,6 +267,9 @@ class FaultService {
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Attachment>> atts_ ABSL_GUARDED_BY(mu_);
+  // The open caches, by segid (closed and revoked ones are replaced).
+  absl::flat_hash_map<uint64_t, std::shared_ptr<SegmentCache>> caches_ ABSL_GUARDED_BY(mu_);
+  bool share_caches_ = false;  // Start's probe
   bool evict_wanted_ ABSL_GUARDED_BY(mu_) = false;
 
   struct Retry {

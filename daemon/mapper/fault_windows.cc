@@ -19,96 +19,97 @@ namespace tether {
 
 using mapping_ops::PunchHole;
 using mapping_ops::Wake;
-using mapping_ops::WriteProtect;
 
-void FaultService::BeginWindow(Attachment& att, uint64_t key, uint64_t p0, uint64_t p1) {
+void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint64_t p1) {
   uint64_t dropped = 0, twins_dropped = 0;
   {
-    absl::MutexLock lock(&att.mu);
-    p1 = std::min(p1, att.pages());
-    if (att.revoked || p0 >= p1) return;
-    att.windows[key] = {p0, p1};
-    ++att.inval_gen;
-    att.recent_begins.push_back({att.inval_gen, p0, p1});
-    if (att.recent_begins.size() > Attachment::kRecentBegins) att.recent_begins.pop_front();
+    absl::MutexLock lock(&c.mu);
+    p0 = std::max(p0, c.first());
+    p1 = std::min(p1, c.end());
+    if (c.revoked || p0 >= p1) return;
+    c.windows[key] = {p0, p1};
+    ++c.inval_gen;
+    c.recent_begins.push_back({c.inval_gen, p0, p1});
+    if (c.recent_begins.size() > SegmentCache::kRecentBegins) c.recent_begins.pop_front();
     auto installed = [](PageState s) {
       return s == PageState::kClean || s == PageState::kDirty || s == PageState::kWriteback;
     };
-    const uint64_t base = att.vaddr.load();
     std::string page(kPageSize, '\0');
     for (uint64_t p = p0; p < p1;) {
-      if (!installed(att.state[p])) {
+      if (!installed(c.state[p])) {
         ++p;
         continue;
       }
       uint64_t q = p;
       bool dirty = false;
-      while (q < p1 && installed(att.state[q])) dirty |= att.state[q++] != PageState::kClean;
-      // Protect before reading, as write-back does: a store from now on
-      // faults, finds the page absent and waits for the window; after it
-      // the page is fetched again — with the kept-aside bytes, which
-      // EndWindow writes back before it wakes the range — and the store
-      // lands on that. Without this a store between the read and the
-      // punch would be lost.
-      if (dirty && base) WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
+      while (q < p1 && installed(c.state[q])) dirty |= c.state[q++] != PageState::kClean;
+      // Protect before reading, as write-back does, in every mapping: a
+      // store from now on faults, finds the page absent and waits for the
+      // window; after it the page is fetched again — with the kept-aside
+      // bytes, which EndWindow writes back before it wakes the range — and
+      // the store lands on that. Without this a store between the read and
+      // the punch would be lost. (It also leaves each mapping's PTE a
+      // marker after the punch: attachment.h.)
+      if (dirty) ProtectEverywhere(c, p, q);
       for (uint64_t r = p; r < q; ++r) {
-        if (att.state[r] != PageState::kClean) {
+        if (c.state[r] != PageState::kClean) {
           // Dirty data is never dropped while the address exists: keep it
           // aside, write it back after the window (G5: never inside it).
-          if (pread(att.memfd, page.data(), kPageSize, static_cast<off_t>(r * kPageSize)) ==
-              static_cast<ssize_t>(kPageSize)) {
-            att.kept_aside[r] = page;
+          if (pread(c.memfd, page.data(), kPageSize, c.Off(r)) == static_cast<ssize_t>(kPageSize)) {
+            c.kept_aside[r] = page;
           } else {
-            TLOG_WARN("attachment %#x: read of dirty page %d for range_begin: %s", att.id, r,
+            TLOG_WARN("segment %#x: read of dirty page %d for range_begin: %s", c.segid, r,
                       std::strerror(errno));
-            ++att.lost_pages;  // reported by the next sync, never silently
-            if (att.twins.Drop(r) < 0) ++twins_dropped;  // twins count against the budget
+            ++c.lost_pages;                            // reported by the next sync, never silently
+            if (c.twins.Drop(r) < 0) ++twins_dropped;  // twins count against the budget
           }
-          if (att.state[r] == PageState::kDirty) --att.dirty;
-          if (att.state[r] == PageState::kWriteback) ++att.wb_epoch;  // the window's copy is newer
+          if (c.state[r] == PageState::kDirty) --c.dirty;
+          if (c.state[r] == PageState::kWriteback) ++c.wb_epoch;  // the window's copy is newer
         }
-        att.state[r] = PageState::kAbsent;
+        c.state[r] = PageState::kAbsent;
       }
-      // Held here (tests) with att.mu held: the dirty pages are read, not
+      // Held here (tests) with c.mu held: the dirty pages are read, not
       // yet punched out.
       TETHER_FAULT_POINT("fault_service.begin_window.after_read");
-      PunchHole(att.memfd, p * kPageSize, (q - p) * kPageSize);
+      // Out of every mapping at once: one page cache.
+      PunchHole(c.memfd, c.Off(p), (q - p) * kPageSize);
       dropped += q - p;
       p = q;
     }
-    att.resident -= dropped;
+    c.resident -= dropped;
   }
   resident_pages_ -= dropped + twins_dropped;
 }
 
-absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
+absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
                                      const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   std::vector<std::pair<uint64_t, std::string>> writeback;
-  uint64_t p0, p1;
+  uint64_t p0, p1, grant;
   int64_t twin_delta = 0;
   {
-    absl::MutexLock lock(&att.mu);
-    auto it = att.windows.find(key);
-    if (it == att.windows.end()) return absl::OkStatus();  // duplicate or unknown
+    absl::MutexLock lock(&c.mu);
+    grant = c.write_grant;
+    auto it = c.windows.find(key);
+    if (it == c.windows.end()) return absl::OkStatus();  // duplicate or unknown
     p0 = it->second.first;
     p1 = it->second.second;
-    for (auto k = att.kept_aside.lower_bound(p0); k != att.kept_aside.end() && k->first < p1;) {
+    for (auto k = c.kept_aside.lower_bound(p0); k != c.kept_aside.end() && k->first < p1;) {
       bool is_gone = false;
       for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
       if (is_gone) {
-        ++att.lost_pages;
-        twin_delta += att.twins.Drop(k->first);
-      } else if (att.InOtherWindow(k->first, key)) {
+        ++c.lost_pages;
+        twin_delta += c.twins.Drop(k->first);
+      } else if (c.InOtherWindow(k->first, key)) {
         // Another window over the page is still open (range_begin of a
         // later event came first): the home refuses writes there, and
         // that event may replace or unmap the page. Its range_end decides.
         ++k;
         continue;
       } else {
-        att.kept_writing.insert(k->first);  // a sync waits for it (fault_writeback.cc)
+        c.kept_writing.insert(k->first);  // a sync waits for it (fault_writeback.cc)
         writeback.emplace_back(k->first, std::move(k->second));
       }
-      k = att.kept_aside.erase(k);
+      k = c.kept_aside.erase(k);
     }
   }
   // Written back before the range reopens, so that our next fault fetches
@@ -131,28 +132,28 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
     EncodeDiff({TwinStore::Twin()},
                absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize),
                &diff);
-    absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(att, p, diff);
+    absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(c, grant, p, diff);
     if (st.ok()) landed.push_back(p);
     if (IsGoneAtHome(st)) {
       // The home refused it: the exporter unmapped the address since this
       // copy was read (a later change that did not ask this node, while
       // the write-back waited). Nothing to write to; counted lost, as a
       // page in `gone` is, and not put back (issue 14).
-      TLOG_INFO("attachment %#x: kept-aside page %d: %s", att.id, p, st.message());
+      TLOG_INFO("segment %#x: kept-aside page %d: %s", c.segid, p, st.message());
       ++unmapped;
       landed.push_back(p);  // no twin needed any more either
     } else if (!st.ok()) {
-      TLOG_WARN("attachment %#x: write-back of kept-aside page %d after a window: %s", att.id, p,
+      TLOG_WARN("segment %#x: write-back of kept-aside page %d after a window: %s", c.segid, p,
                 st.ToString());
       failed.emplace_back(p, std::move(bytes));
       if (result.ok()) result = st;
     }
   }
   uint64_t redirtied = 0;
-  absl::MutexLock lock(&att.mu);
-  for (const auto& [p, bytes] : writeback) att.kept_writing.erase(p);  // settled below
-  att.lost_pages += unmapped;                                          // reported by the next sync
-  for (uint64_t p : landed) twin_delta += att.twins.Drop(p);
+  absl::MutexLock lock(&c.mu);
+  for (const auto& [p, bytes] : writeback) c.kept_writing.erase(p);  // settled below
+  c.lost_pages += unmapped;                                          // reported by the next sync
+  for (uint64_t p : landed) twin_delta += c.twins.Drop(p);
 
   for (auto& [p, bytes] : failed) {
     // Not at the home. Refetching the page from there would hide the
@@ -163,88 +164,77 @@ absl::Status FaultService::EndWindow(Attachment& att, uint64_t key,
     // (newest contents) or reports the failure. Another window open over
     // the page keeps it aside for its own end instead.
     // (Its twin stays: the page is still dirty against it.)
-    if (att.revoked) {
-      ++att.lost_pages;  // the revocation reports it
-    } else if (att.InOtherWindow(p, key)) {
-      att.kept_aside[p] = std::move(bytes);
-    } else if (att.state[p] == PageState::kAbsent &&
-               pwrite(att.memfd, bytes.data(), kPageSize, static_cast<off_t>(p * kPageSize)) ==
+    if (c.revoked) {
+      ++c.lost_pages;  // the revocation reports it
+    } else if (c.InOtherWindow(p, key)) {
+      c.kept_aside[p] = std::move(bytes);
+    } else if (c.state[p] == PageState::kAbsent &&
+               pwrite(c.memfd, bytes.data(), kPageSize, c.Off(p)) ==
                    static_cast<ssize_t>(kPageSize)) {
-      att.state[p] = PageState::kDirty;
-      ++att.dirty;
-      ++att.resident;
+      c.state[p] = PageState::kDirty;
+      ++c.dirty;
+      ++c.resident;
       ++redirtied;
     } else {
-      TLOG_WARN("attachment %#x: kept-aside page %d could not be put back: %s", att.id, p,
+      TLOG_WARN("segment %#x: kept-aside page %d could not be put back: %s", c.segid, p,
                 std::strerror(errno));
-      ++att.lost_pages;  // reported by the next sync
-      twin_delta += att.twins.Drop(p);
+      ++c.lost_pages;  // reported by the next sync
+      twin_delta += c.twins.Drop(p);
     }
   }
   resident_pages_ += redirtied + static_cast<uint64_t>(twin_delta);
-  att.windows.erase(key);
-  uint64_t base = att.vaddr.load();
-  if (!base) return result;
-  // One UFFDIO_WAKE per run of pages no other window still holds.
-  for (uint64_t p = p0; p < p1;) {
-    if (att.InWindow(p)) {
-      ++p;
-      continue;
-    }
-    uint64_t q = p + 1;
-    while (q < p1 && !att.InWindow(q)) ++q;
-    Wake(att.uffd, base + p * kPageSize, (q - p) * kPageSize);
-    p = q;
-  }
+  c.windows.erase(key);
+  WakeEverywhere(c, p0, p1, nullptr);
   return result;
 }
 
 absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t len) {
   if (offset > att.size || len > att.size - offset)
     return ErrnoStatus(EINVAL, "acquire range outside the attachment");
-  uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
+  SegmentCache& c = *att.cache;
+  const uint64_t off = att.first_page();
+  uint64_t p0 = off + offset / kPageSize, p1 = off + (offset + len + kPageSize - 1) / kPageSize;
   uint64_t dropped = 0;
   {
-    absl::MutexLock lock(&att.mu);
+    absl::MutexLock lock(&c.mu);
     for (uint64_t p = p0; p < p1;) {
-      if (att.state[p] != PageState::kClean) {
+      if (c.state[p] != PageState::kClean) {
         ++p;
         continue;
       }
       uint64_t q = p;
-      while (q < p1 && att.state[q] == PageState::kClean) att.state[q++] = PageState::kAbsent;
-      PunchHole(att.memfd, p * kPageSize, (q - p) * kPageSize);
+      while (q < p1 && c.state[q] == PageState::kClean) c.state[q++] = PageState::kAbsent;
+      PunchHole(c.memfd, c.Off(p), (q - p) * kPageSize);
       dropped += q - p;
       p = q;
     }
-    att.resident -= dropped;
+    c.resident -= dropped;
   }
   resident_pages_ -= dropped;
   return absl::OkStatus();
 }
 
 void FaultService::Revoke(Attachment& att, const std::string& why) {
+  SegmentCache& c = *att.cache;
   uint64_t dropped;
-  {
-    absl::MutexLock lock(&att.mu);
-    if (att.revoked) return;
-    att.revoked = true;
-    att.revoke_reason = why;
-    for (PageState st : att.state)
-      if (st == PageState::kDirty || st == PageState::kWriteback) ++att.lost_pages;
-    att.lost_pages += att.kept_aside.size();
-    att.kept_aside.clear();
-    att.windows.clear();
-    dropped = att.resident + att.twins.Clear();  // twins count too (twin_store.h)
-    att.resident = 0;
-    att.dirty = 0;
-    std::fill(att.state.begin(), att.state.end(), PageState::kAbsent);
-    // Truncating the memfd makes every access raise SIGBUS, held pages too.
-    if (ftruncate(att.memfd, 0) != 0) TLOG_WARN("revoke: ftruncate: %s", std::strerror(errno));
-  }
+  absl::MutexLock lock(&c.mu);
+  if (c.revoked) return;
+  c.revoked = true;
+  c.revoke_reason = why;
+  for (PageState st : c.state)
+    if (st == PageState::kDirty || st == PageState::kWriteback) ++c.lost_pages;
+  c.lost_pages += c.kept_aside.size();
+  c.kept_aside.clear();
+  c.windows.clear();
+  dropped = c.resident + c.twins.Clear();  // twins count too (twin_store.h)
+  c.resident = 0;
+  c.dirty = 0;
+  std::fill(c.state.begin(), c.state.end(), PageState::kAbsent);
+  // Truncating the memfd makes every access raise SIGBUS, held pages too,
+  // in every attachment of the cache.
+  if (ftruncate(c.memfd, 0) != 0) TLOG_WARN("revoke: ftruncate: %s", std::strerror(errno));
   resident_pages_ -= dropped;
-  uint64_t base = att.vaddr.load();
-  if (base) Wake(att.uffd, base, att.size);
+  WakeEverywhere(c, c.first(), c.end(), nullptr);
 }
 
 }  // namespace tether

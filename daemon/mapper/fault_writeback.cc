@@ -27,21 +27,20 @@
 namespace tether {
 
 using mapping_ops::PunchHole;
-using mapping_ops::WriteProtect;
 
 namespace {
 constexpr char kLostUnmappedPayload[] = "tether.lost_unmapped";
 
 // Takes the attachment's count of writes lost because their address went
 // away (reported once). OK if there are none.
-absl::Status TakeLost(Attachment& att) ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
-  if (att.lost_pages == 0) return absl::OkStatus();
+absl::Status TakeLost(SegmentCache& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
+  if (c.lost_pages == 0) return absl::OkStatus();
   absl::Status st =
       ErrnoStatus(EIO, absl::StrFormat("%d page(s) of writes not yet synced were discarded: "
                                        "the exporter unmapped that memory",
-                                       att.lost_pages));
+                                       c.lost_pages));
   st.SetPayload(kLostUnmappedPayload, absl::Cord("1"));
-  att.lost_pages = 0;
+  c.lost_pages = 0;
   return st;
 }
 }  // namespace
@@ -55,9 +54,15 @@ bool FaultService::IsOnlyLostUnmapped(const absl::Status& st) {
 absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) {
   if (offset > att.size || len > att.size - offset)
     return ErrnoStatus(EINVAL, "sync range outside the attachment");
+  // A read-only attachment stored nothing; pages of the range that another
+  // (writable) attachment of the cache dirtied are that one's to sync.
   if (!att.writable) return absl::OkStatus();
-  uint64_t p0 = offset / kPageSize, p1 = (offset + len + kPageSize - 1) / kPageSize;
-  uint64_t base = att.vaddr.load();
+  const uint64_t off = att.first_page();
+  return SyncCache(*att.cache, att.grant, off + offset / kPageSize,
+                   off + (offset + len + kPageSize - 1) / kPageSize);
+}
+
+absl::Status FaultService::SyncCache(SegmentCache& c, uint64_t grant, uint64_t p0, uint64_t p1) {
   absl::Status lost;
   absl::Status still_kept;  // EAGAIN: a window held kept-aside writes past the budget
   absl::Time deadline = clock_->Now() + absl::Seconds(10);
@@ -68,17 +73,17 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
     std::vector<std::pair<uint64_t, uint64_t>> runs;  // [first page, count)
     uint64_t epoch;
     {
-      absl::MutexLock lock(&att.mu);
+      absl::MutexLock lock(&c.mu);
       // Writes kept aside by an open window are written back (or found
       // lost, or put back dirty) when it ends: wait for that, bounded, so
       // that sync reports them — until the window's end has settled them,
       // not only taken them out of kept_aside to write them back.
-      auto kept_in_window = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
-        if (att.windows.empty()) return false;
-        auto k = att.kept_aside.lower_bound(p0);
-        if (k != att.kept_aside.end() && k->first < p1) return true;
-        auto w = att.kept_writing.lower_bound(p0);
-        return w != att.kept_writing.end() && *w < p1;
+      auto kept_in_window = [&c, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
+        if (c.windows.empty()) return false;
+        auto k = c.kept_aside.lower_bound(p0);
+        if (k != c.kept_aside.end() && k->first < p1) return true;
+        auto w = c.kept_writing.lower_bound(p0);
+        return w != c.kept_writing.end() && *w < p1;
       };
       // Pages another thread's write-back has in flight (the evictor's
       // sync, another client thread's, a detach racing a sync): this sync
@@ -88,18 +93,18 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
       // (landed), or kDirty again (failed or superseded), which this sync
       // then takes and writes or reports. O(pages) under the lock, like
       // the scan for dirty pages below; sync is not the fault path.
-      auto writing = [&att, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(att.mu) {
+      auto writing = [&c, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
         for (uint64_t p = p0; p < p1; ++p)
-          if (att.state[p] == PageState::kWriteback) return true;
+          if (c.state[p] == PageState::kWriteback) return true;
         return false;
       };
-      while ((kept_in_window() || writing()) && !att.revoked && clock_->Now() < deadline) {
-        att.mu.Unlock();
+      while ((kept_in_window() || writing()) && !c.revoked && clock_->Now() < deadline) {
+        c.mu.Unlock();
         // Held here (tests), no lock held: waiting for a window's end or
         // for another thread's write-back.
         TETHER_FAULT_POINT("fault_service.sync.wait_kept_aside");
         absl::SleepFor(absl::Milliseconds(1));
-        att.mu.Lock();
+        c.mu.Lock();
       }
       // Still kept aside: not at the home, so this sync cannot say OK
       // (docs/consistency.md, EAGAIN). The window's end writes them back.
@@ -111,42 +116,43 @@ absl::Status FaultService::Sync(Attachment& att, uint64_t offset, uint64_t len) 
         still_kept = ErrnoStatus(EAGAIN,
                                  "another write-back of these pages has been in flight for more "
                                  "than 10 s; they are not known to be at the home yet");
-      if (att.revoked) {
-        std::string msg = "attachment revoked (" + att.revoke_reason + ")";
-        if (att.lost_pages > 0)
-          msg += absl::StrFormat(": %d page(s) of writes not yet synced were discarded",
-                                 att.lost_pages);
-        att.lost_pages = 0;
+      if (c.revoked) {
+        std::string msg = "attachment revoked (" + c.revoke_reason + ")";
+        if (c.lost_pages > 0)
+          msg +=
+              absl::StrFormat(": %d page(s) of writes not yet synced were discarded", c.lost_pages);
+        c.lost_pages = 0;
         return ErrnoStatus(EIDRM, msg);
       }
-      if (lost.ok()) lost = TakeLost(att);
+      if (lost.ok()) lost = TakeLost(c);
       for (uint64_t p = p0; p < p1;) {
-        if (att.state[p] != PageState::kDirty) {
+        if (c.state[p] != PageState::kDirty) {
           ++p;
           continue;
         }
         uint64_t q = p;
-        while (q < p1 && att.state[q] == PageState::kDirty) {
-          att.state[q] = PageState::kWriteback;
+        while (q < p1 && c.state[q] == PageState::kDirty) {
+          c.state[q] = PageState::kWriteback;
           ++q;
         }
-        // Protect before reading: a store from now on faults and re-dirties.
-        WriteProtect(att.uffd, base + p * kPageSize, (q - p) * kPageSize, true);
-        att.dirty -= q - p;
+        // Protect before reading, in every mapping of the page: a store
+        // from now on, through any of them, faults and re-dirties.
+        ProtectEverywhere(c, p, q);
+        c.dirty -= q - p;
         runs.emplace_back(p, q - p);
         p = q;
       }
-      epoch = att.wb_epoch;
+      epoch = c.wb_epoch;
     }
     bool superseded = false;
-    absl::Status result = WriteBackRuns(att, runs, epoch, &superseded);
+    absl::Status result = WriteBackRuns(c, grant, runs, epoch, &superseded);
     if (superseded && result.ok() && clock_->Now() < deadline) continue;
     if (superseded && result.ok())
       result = ErrnoStatus(EAGAIN, "write-back kept being superseded; pages stay dirty");
     {
       // Pages this round's write-back found gone at the home (ENXIO).
-      absl::MutexLock lock(&att.mu);
-      if (lost.ok()) lost = TakeLost(att);
+      absl::MutexLock lock(&c.mu);
+      if (lost.ok()) lost = TakeLost(c);
     }
     if (result.ok()) result = still_kept;
     if (lost.ok()) return result;
@@ -169,7 +175,7 @@ void FaultService::EncodeDiff(const std::vector<TwinStore::Twin>& twins,
   }
 }
 
-absl::Status FaultService::WriteBackRuns(Attachment& att,
+absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
                                          const std::vector<std::pair<uint64_t, uint64_t>>& runs,
                                          uint64_t epoch, bool* superseded) {
   absl::Status result;
@@ -188,7 +194,7 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
   for (size_t r = 0; r < work.size(); ++r) {
     auto [p, count] = work[r];
     buf.resize(count * kPageSize);
-    ssize_t got = pread(att.memfd, buf.data(), buf.size(), static_cast<off_t>(p * kPageSize));
+    ssize_t got = pread(c.memfd, buf.data(), buf.size(), c.Off(p));
     absl::Status st;
     bool run_superseded = false;
     if (got != static_cast<ssize_t>(buf.size())) {
@@ -199,13 +205,13 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
       // Twins are never changed in place: diffed without the lock.
       twins.clear();
       {
-        absl::MutexLock lock(&att.mu);
-        for (uint64_t q = p; q < p + count; ++q) twins.push_back(att.twins.Get(q));
+        absl::MutexLock lock(&c.mu);
+        for (uint64_t q = p; q < p + count; ++q) twins.push_back(c.twins.Get(q));
       }
       diff.clear();
       EncodeDiff(twins, buf, &diff);
       // Nothing differs (stores of the bytes already there): nothing to send.
-      if (!diff.empty()) st = WriteBackPages(att, p, diff, &epoch, &run_superseded);
+      if (!diff.empty()) st = WriteBackPages(c, grant, p, diff, &epoch, &run_superseded);
     }
     bool gone = IsGoneAtHome(st);
     if (gone && count > 1) {
@@ -216,7 +222,7 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
       // Not an error of this sync: the exporter unmapped the memory, so
       // there is nothing to write to (the contract holds while the address
       // exists). Counted lost below and reported as such (EIO).
-      TLOG_INFO("attachment %#x: write-back of page %d: %s", att.id, p, st.message());
+      TLOG_INFO("segment %#x: write-back of page %d: %s", c.segid, p, st.message());
     } else if (run_superseded) {
       *superseded = true;  // not an error: a later round or the window writes it
     } else if (!st.ok() && result.ok()) {
@@ -225,40 +231,43 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
     // Settled run by run: a page re-dirtied while its write landed takes
     // the bytes sent as its twin, and `buf` holds them only until the
     // next run.
-    absl::MutexLock lock(&att.mu);
+    absl::MutexLock lock(&c.mu);
     for (uint64_t q = p; q < p + count; ++q) {
-      if (gone && att.state[q] == PageState::kDirty) {
+      if (gone && c.state[q] == PageState::kDirty) {
         // Re-dirtied while the refused write was on its way: the store is
         // on the same copy of the gone mapping, so it goes too — and the
         // loss is reported now, not hidden behind this sync's OK.
-        att.state[q] = PageState::kWriteback;
-        --att.dirty;
+        c.state[q] = PageState::kWriteback;
+        --c.dirty;
       }
-      if (att.state[q] != PageState::kWriteback) {
+      if (c.state[q] != PageState::kWriteback) {
         // Re-dirtied, or taken by a window. If this write landed, the
         // home has these bytes now: the next diff (the next sync's, or
         // the window's kept-aside write-back) is against them, so that a
         // byte stored back to its old value since is sent too.
-        if (st.ok() && (att.state[q] == PageState::kDirty || att.kept_aside.contains(q)))
-          twin_delta += att.twins.Set(q, buf.data() + (q - p) * kPageSize);
+        if (st.ok() && (c.state[q] == PageState::kDirty || c.kept_aside.contains(q)))
+          twin_delta += c.twins.Set(q, buf.data() + (q - p) * kPageSize);
         continue;
       }
       if (gone) {
         // Dropped: the client's next access fetches what the home has
-        // there now (or faults on nothing mapped), not this copy.
-        PunchHole(att.memfd, q * kPageSize, kPageSize);
-        att.state[q] = PageState::kAbsent;
-        --att.resident;
+        // there now (or faults on nothing mapped), not this copy. A store
+        // that re-dirtied it left its mm's PTE unprotected: protect it
+        // first, so that the punch leaves a marker there (attachment.h).
+        ProtectEverywhere(c, q, q + 1);
+        PunchHole(c.memfd, c.Off(q), kPageSize);
+        c.state[q] = PageState::kAbsent;
+        --c.resident;
         ++dropped;
-        ++att.lost_pages;
-        twin_delta += att.twins.Drop(q);
+        ++c.lost_pages;
+        twin_delta += c.twins.Drop(q);
       } else if (st.ok()) {
         // Clean and write-protected: the next store takes a new twin.
-        att.state[q] = PageState::kClean;
-        twin_delta += att.twins.Drop(q);
+        c.state[q] = PageState::kClean;
+        twin_delta += c.twins.Drop(q);
       } else {
-        att.state[q] = PageState::kDirty;  // keep it (and its twin): a later sync retries
-        ++att.dirty;
+        c.state[q] = PageState::kDirty;  // keep it (and its twin): a later sync retries
+        ++c.dirty;
       }
     }
   }
@@ -268,7 +277,7 @@ absl::Status FaultService::WriteBackRuns(Attachment& att,
   return result;
 }
 
-absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
+absl::Status FaultService::WriteBackPages(SegmentCache& c, uint64_t grant, uint64_t first,
                                           absl::Span<const uint8_t> diff, const uint64_t* epoch,
                                           bool* superseded) {
   // The home refuses writes inside one of its windows (Retry): retry for
@@ -277,8 +286,7 @@ absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
   while (true) {
     // Held here (tests), no lock held: the write-back is about to be sent.
     TETHER_FAULT_POINT("fault_service.writeback.before_send");
-    absl::Status st = data_->WriteDiffSync(att.home, att.segid, att.grant,
-                                           att.seg_offset + first * kPageSize, diff);
+    absl::Status st = data_->WriteDiffSync(c.home, c.segid, grant, first * kPageSize, diff);
     if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;
     // Held here (tests), no lock held: the home refused, not yet retried.
     TETHER_FAULT_POINT("fault_service.writeback.before_retry");
@@ -286,8 +294,8 @@ absl::Status FaultService::WriteBackPages(Attachment& att, uint64_t first,
       // A sync's copy: a store or a window may have made a newer one
       // since (the home's window usually means ours opens too). Sending
       // this one after that would land older contents over newer.
-      absl::MutexLock lock(&att.mu);
-      if (att.wb_epoch != *epoch) {
+      absl::MutexLock lock(&c.mu);
+      if (c.wb_epoch != *epoch) {
         *superseded = true;
         return st;
       }

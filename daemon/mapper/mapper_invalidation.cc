@@ -43,27 +43,29 @@ absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
   uint64_t key = (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
   absl::Status result;
   absl::Time t0 = absl::Now();
+  // Once per cache: the segment's attachments on this node share one
+  // (attachment.h), or have one each on a kernel that cannot share.
+  std::vector<SegmentCache*> done;
   for (const auto& att : attachments_->Of(n.segid)) {
     if (n.kind == InvalidationNotice::Kind::kRevoke) {
       faults_->Revoke(*att, n.reason.empty() ? "revoked by the home" : n.reason);
       continue;
     }
-    uint64_t a0 = att->seg_offset, a1 = att->seg_offset + att->size;
-    uint64_t s = std::max(n.start, a0), e = std::min(n.end, a1);
-    if (s >= e) continue;
-    uint64_t p0 = (s - a0) / kPageSize, p1 = (e - a0 + kPageSize - 1) / kPageSize;
+    SegmentCache& c = *att->cache;
+    if (std::find(done.begin(), done.end(), &c) != done.end()) continue;
+    done.push_back(&c);
+    // Segment pages (the cache's), clipped to the segment by the cache.
+    uint64_t p0 = n.start / kPageSize, p1 = (n.end + kPageSize - 1) / kPageSize;
+    if (p0 >= p1) continue;
     if (n.kind == InvalidationNotice::Kind::kBegin) {
-      faults_->BeginWindow(*att, key, p0, p1);
+      faults_->BeginWindow(c, key, p0, p1);
     } else {
-      std::vector<std::pair<uint64_t, uint64_t>> gone;  // in attachment pages
-      for (const auto& [g0, g1] : n.gone) {
-        uint64_t gs = std::max(g0, a0), ge = std::min(g1, a1);
-        if (gs < ge)
-          gone.emplace_back((gs - a0) / kPageSize, (ge - a0 + kPageSize - 1) / kPageSize);
-      }
-      absl::Status st = faults_->EndWindow(*att, key, gone);
+      std::vector<std::pair<uint64_t, uint64_t>> gone;  // in segment pages
+      for (const auto& [g0, g1] : n.gone)
+        if (g0 < g1) gone.emplace_back(g0 / kPageSize, (g1 + kPageSize - 1) / kPageSize);
+      absl::Status st = faults_->EndWindow(c, key, gone);
       if (!st.ok()) {
-        TLOG_WARN("attachment %#x: write-back after a window failed: %s", att->id, st.ToString());
+        TLOG_WARN("segment %#x: write-back after a window failed: %s", c.segid, st.ToString());
         result = st;
       }
     }

@@ -12,11 +12,11 @@ namespace {
 std::shared_ptr<uint8_t[]> NewPage() { return std::shared_ptr<uint8_t[]>(new uint8_t[kPageSize]); }
 }  // namespace
 
-int TwinStore::Take(int memfd, uint64_t p) {
+int TwinStore::Take(int memfd, off_t off, uint64_t p) {
   std::shared_ptr<uint8_t[]> page = NewPage();
   ssize_t n;
   do {
-    n = pread(memfd, page.get(), kPageSize, static_cast<off_t>(p * kPageSize));
+    n = pread(memfd, page.get(), kPageSize, off);
   } while (n < 0 && errno == EINTR);
   if (n != static_cast<ssize_t>(kPageSize)) {
     TLOG_WARN("twin of page %d: %s; the page will be written back whole", p,

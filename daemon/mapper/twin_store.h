@@ -1,4 +1,4 @@
-// TwinStore: the twins of one attachment's dirty pages (issue 16: no lost
+// TwinStore: the twins of one segment cache's dirty pages (issue 16: no lost
 // updates between writers of one page; common/page_diff.h).
 //
 // A twin is a page as the home last had it from this mapper's point of
@@ -25,13 +25,19 @@
 // Take/Drop moves resident_pages_), so past the budget the evictor writes
 // dirty pages back, which drops their twins.
 //
-// Thread contract: none of its own. It lives in its Attachment, guarded by
-// the attachment's mu (every method is called with it held; the caller
+// Pages are segment pages (SegmentCache's index): a cache shared by several
+// mappings keeps one twin per page, taken at the write-protect fault of
+// whichever writable mapping stores to the clean page first.
+//
+// Thread contract: none of its own. It lives in its SegmentCache, guarded
+// by the cache's mu (every method is called with it held; the caller
 // adjusts FaultService's count by the returned deltas). Get hands out a
 // shared reference: a twin is never changed in place (Set and Take put a
 // new one), so a write-back may diff against it after releasing mu.
 #ifndef TETHER_DAEMON_MAPPER_TWIN_STORE_H_
 #define TETHER_DAEMON_MAPPER_TWIN_STORE_H_
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -45,10 +51,10 @@ class TwinStore {
  public:
   using Twin = std::shared_ptr<const uint8_t[]>;
 
-  // Takes page `p`'s twin from the attachment's memfd (its contents now),
-  // replacing any older one. Returns the change in twins held (0 or 1); a
+  // Takes page `p`'s twin from the cache's memfd at `off` (its contents
+  // now), replacing any older one. Returns the change in twins held (0 or 1); a
   // failed read leaves none (the page then goes whole).
-  int Take(int memfd, uint64_t p);
+  int Take(int memfd, off_t off, uint64_t p);
   // Page `p`'s twin becomes `bytes` (kPageSize: what a write-back sent).
   // Returns the change in twins held (0 or 1).
   int Set(uint64_t p, const uint8_t* bytes);

@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "daemon/common/errors.h"
@@ -38,6 +40,36 @@ const char* TypeName(uint32_t type) {
     case TETHER_EV_EXCLUSIVE: return "exclusive access";
     default: return "kernel memory event";
   }
+}
+
+// Whether [start, end) of process `pid` is all anonymous private memory
+// (what the module's direct attachments serve: vma_is_anonymous), from
+// /proc/<pid>/maps: no path or [heap] / [stack] / [anon:name], inode 0. A
+// hole, a file, a MAP_SHARED anonymous (shmem) or special mapping is not.
+absl::StatusOr<bool> AllAnonymous(pid_t pid, uint64_t start, uint64_t end) {
+  std::string path = absl::StrFormat("/proc/%d/maps", pid);
+  FILE* f = fopen(path.c_str(), "re");
+  if (!f) return ErrnoStatus(errno, "open " + path);
+  uint64_t covered = start;  // [start, covered) is known to be anonymous
+  char line[4096];
+  while (covered < end && fgets(line, sizeof(line), f)) {
+    unsigned long long lo = 0, hi = 0, inode = 0;
+    char perms[8] = {}, name[4096] = {};
+    int consumed = 0;
+    if (sscanf(line, "%llx-%llx %7s %*s %*s %llu%n", &lo, &hi, perms, &inode, &consumed) < 4)
+      continue;
+    if (hi <= covered) continue;
+    if (lo > covered) break;  // a hole
+    sscanf(line + consumed, " %4095[^\n]", name);
+    std::string n(name);
+    bool anon =
+        inode == 0 && perms[3] == 'p' &&
+        (n.empty() || n == "[heap]" || n.rfind("[stack", 0) == 0 || n.rfind("[anon:", 0) == 0);
+    if (!anon) break;
+    covered = hi;
+  }
+  fclose(f);
+  return covered >= end;
 }
 }  // namespace
 
@@ -78,17 +110,18 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
   // The deadline (plus a fenced node's lease) against the module's
   // ack_timeout_ms is checked once, at start-up (main.cc), which refuses a
   // configuration the module would cut short.
-  return std::unique_ptr<KernelNotifierSource>(
-      new KernelNotifierSource(registry, coordinator, fd, stop_fd));
+  return std::unique_ptr<KernelNotifierSource>(new KernelNotifierSource(
+      registry, coordinator, fd, stop_fd, (v.features & TETHER_FEAT_DIRECT) != 0));
 }
 
 KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
                                            InvalidationCoordinator* coordinator, int ctl_fd,
-                                           int stop_fd)
+                                           int stop_fd, bool direct)
     : registry_(registry),
       coordinator_(coordinator),
       ctl_fd_(ctl_fd),
       stop_fd_(stop_fd),
+      direct_(direct),
       fallback_(registry, coordinator) {}
 
 absl::Status KernelNotifierSource::Start() {
@@ -248,6 +281,47 @@ absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, ui
   absl::MutexLock lock(&ex->marks_mu);
   if (ex->unmarks == unmarks) ex->marked.Add(m.offset, m.offset + m.len);
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> KernelNotifierSource::DirectAttach(uint64_t segid, uint64_t offset,
+                                                       uint64_t len, bool writable) {
+  std::shared_ptr<Export> ex;
+  bool fallback = false;
+  {
+    absl::MutexLock lock(&mu_);
+    fallback = fallback_segids_.contains(segid);
+    auto it = by_segid_.find(segid);
+    if (it != by_segid_.end()) ex = it->second;
+  }
+  if (fallback) return fallback_.DirectAttach(segid, offset, len, writable);
+  if (!direct_)
+    return absl::UnimplementedError("tether.ko has no direct attachments (TETHER_FEAT_DIRECT)");
+  if (!ex)
+    return absl::UnimplementedError(
+        absl::StrFormat("segment %#x: no /dev/tether range of its exporter", segid));
+  if (ex->released)
+    return ErrnoStatus(ESRCH,
+                       absl::StrFormat("segment %#x: the exporter's address space is gone", segid));
+  ASSIGN_OR_RETURN(auto seg, registry_->Get(segid));
+  ASSIGN_OR_RETURN(bool anon, AllAnonymous(ex->pid, seg.vaddr + offset, seg.vaddr + offset + len));
+  if (!anon)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "segment %#x: [%#x, +%#x) is not all anonymous private memory of the exporter", segid,
+        offset, len));
+  tether_direct d{};
+  d.range_id = ex->range_id;
+  d.offset = offset + ex->delta;
+  d.len = len;
+  d.flags = writable ? TETHER_DIRECT_WRITE : 0;
+  d.fd = -1;
+  if (ioctl(ctl_fd_, TETHER_IOC_DIRECT_ATTACH, &d) != 0) {
+    int err = errno;
+    // The exporter fd was closed meanwhile (segment gone): as a released one.
+    return ErrnoStatus(
+        err == ENOENT ? ESRCH : err,
+        absl::StrFormat("segment %#x: DIRECT_ATTACH [%#x, +%#x)", segid, offset, len));
+  }
+  return d.fd;
 }
 
 void KernelNotifierSource::Forget(uint64_t segid) {
@@ -426,7 +500,12 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
     Ack(ev.event_id);
     return;
   }
-  auto w = coordinator_->Begin(ex->segid, s, e, TypeName(ev.type), deadline);
+  // Only an UNMAP waits for write-backs in flight over the range: the
+  // other types hold mmap_lock for write or come from the write itself
+  // (a COW break); invalidation_coordinator.h, "Write-backs in flight".
+  auto w = coordinator_->Begin(
+      ex->segid, s, e, TypeName(ev.type), deadline,
+      ev.type == TETHER_EV_UNMAP ? InFlightWrites::kAwait : InFlightWrites::kDoNotAwait);
   if (!w.ok()) {
     Windowless(ev.event_id, ev.range_id);
     Ack(ev.event_id);
@@ -560,7 +639,10 @@ void KernelNotifierSource::HandleOverflow(const tether_event& ev) {
     for (auto& [segid, ex] : by_segid_) all.push_back(ex);
   }
   for (auto& ex : all) {
-    auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events");
+    // Not waiting for write-backs: the lost events may include one that a
+    // write-back in flight caused (a COW break) and waits for.
+    auto w = coordinator_->Begin(ex->segid, 0, ex->size, "lost kernel events",
+                                 absl::InfiniteFuture(), InFlightWrites::kDoNotAwait);
     if (!w.ok()) continue;
     Pending p{0, ex->range_id, ex->delta, ex->delta + ex->size, 0, 0, ex->size, *w};
     EndWindow(p, false);

@@ -45,6 +45,10 @@
 //                        deadline). A BEGIN whose budget ran out in the
 //                        queue revokes every mapper of its segment instead of
 //                        opening a window.
+//                        An UNMAP's Begin also waits (bounded) for the
+//                        home's write-backs in flight over the range; other
+//                        types do not (invalidation_coordinator.h,
+//                        "Write-backs in flight").
 //   END               -> carries the event id of its BEGIN (begin_id; two
 //                        identical concurrent invalidations differ only in
 //                        it). Its window: UNMARK the range (the registry
@@ -99,6 +103,17 @@
 // for reads in flight: Begin() only opens a registry window and waits for
 // mapper acks; the reads themselves run on transport threads.
 //
+// Direct attachments (DirectAttach, on local client threads): where the
+// module announced TETHER_FEAT_DIRECT, DIRECT_ATTACH on the control fd
+// makes a file that maps the exporter's pages themselves; the module keeps
+// it coherent alone (it zaps it in invalidate_range_start), so nothing here
+// tracks it, and closing the exporter fd (Forget: the segment is gone)
+// makes it SIGBUS. The module serves only the exporter's anonymous memory:
+// a range that is not all anonymous private memory when asked (a file or
+// shared mapping, a hole) answers FailedPrecondition, and the caller serves
+// a copy instead. mu_ is not held across the ioctl (it allocates; reclaim
+// could wait for the event thread, which takes mu_).
+//
 // Exporters that sent a userfaultfd instead (no /dev/tether access in their
 // mount namespace, old libtether) are handed to an embedded
 // UffdNotifierSource, so a mixed node still watches everything it can.
@@ -152,6 +167,8 @@ class KernelNotifierSource : public NotifierSource {
   // Forget()s it.
   void SegmentGone(uint64_t segid, const std::string& why) override;
   void Stop() override;
+  absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
+                                   bool writable) override;
 
  private:
   // The segment is gone (removed, or its exporter exited): closes its
@@ -194,7 +211,7 @@ class KernelNotifierSource : public NotifierSource {
   };
 
   KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator, int ctl_fd,
-                       int stop_fd);
+                       int stop_fd, bool direct);
   // The event thread: reads the control fd; HandleEvent, HandleEnd,
   // HandleRelease and HandleOverflow run only there (asserted). Blockable
   // BEGINs go to the workers (HandleBegin, BeginWorker).
@@ -231,6 +248,7 @@ class KernelNotifierSource : public NotifierSource {
   InvalidationCoordinator* const coordinator_;
   const int ctl_fd_;
   const int stop_fd_;
+  const bool direct_;            // the module has DIRECT_ATTACH (TETHER_FEAT_DIRECT)
   UffdNotifierSource fallback_;  // exporters that sent a userfaultfd
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_segid_ ABSL_GUARDED_BY(mu_);

@@ -10,8 +10,14 @@
 // segment is gone (SegmentGone: revoke every mapper through the
 // coordinator, drop the exporter's event handle).
 //
+// It may also hand out direct attachments (DirectAttach): a file that maps
+// the exporter's pages themselves rather than a copy, which only tether.ko
+// can make (docs/architecture.md, "Same-node attachments and direct
+// attachments").
+//
 // Thread contract: constructed and wired before Start(), which starts the
-// source's own threads; AddExporter runs on local client threads,
+// source's own threads; AddExporter and DirectAttach run on local client
+// threads,
 // BeforeRead on transport threads, SegmentGone on the registry's threads —
 // all concurrently. Stop() joins every thread the source started.
 #ifndef TETHER_DAEMON_NOTIFIER_NOTIFIER_SOURCE_H_
@@ -22,6 +28,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "daemon/home/segment_observer.h"
 
 namespace tether {
@@ -39,6 +46,16 @@ class NotifierSource : public SegmentObserver {
   virtual absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
                                    uint64_t tether_range_id) = 0;
   virtual void Stop() = 0;
+  // A direct attachment of [offset, offset + len) of segment `segid`
+  // (page aligned, inside the segment; the caller checked): a new fd
+  // (O_CLOEXEC, the caller owns it) to mmap MAP_SHARED, PROT_WRITE only if
+  // `writable`. Answers Unimplemented where this source cannot make one
+  // (no tether.ko, a module without TETHER_FEAT_DIRECT, an exporter watched
+  // through a userfaultfd), FailedPrecondition where the module could not
+  // serve the range (not all of it is the exporter's anonymous memory):
+  // the caller then serves a copy. Any other error is the attach's.
+  virtual absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
+                                           bool writable) = 0;
 };
 
 }  // namespace tether

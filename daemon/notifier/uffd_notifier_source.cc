@@ -115,6 +115,11 @@ void UffdNotifierSource::SegmentGone(uint64_t segid, const std::string& why) {
   coordinator_->RevokeAll(segid, why);
 }
 
+absl::StatusOr<int> UffdNotifierSource::DirectAttach(uint64_t segid, uint64_t, uint64_t, bool) {
+  return absl::UnimplementedError(
+      absl::StrFormat("segment %#x: direct attachments need tether.ko", segid));
+}
+
 absl::Status UffdNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint64_t end) {
   SegmentWatch w;
   {

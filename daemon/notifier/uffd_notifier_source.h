@@ -11,7 +11,10 @@
 //                           thread is blocked until we read it
 //   begin windows        -> for every segment of the exporter (we cannot
 //                           know the range before reading: conservative),
-//                           concurrently: one ack deadline for all of them
+//                           concurrently: one ack deadline for all of them;
+//                           each also waits (bounded) for the home's
+//                           write-backs in flight over its segment: the
+//                           exporter holds no mmap_lock while it waits here
 //   read the events      -> the kernel goes on: REMOVE zaps after this,
 //                           UNMAP/REMAP already happened
 //   REMOVE: wait until the zap is visible in /proc/<pid>/pagemap, at most
@@ -65,6 +68,9 @@ class UffdNotifierSource : public NotifierSource {
   absl::Status BeforeRead(uint64_t segid, uint64_t start, uint64_t end) override;
   // Revokes every mapper of the segment (the coordinator's RevokeAll).
   void SegmentGone(uint64_t segid, const std::string& why) override;
+  // Unimplemented: a userfaultfd cannot map another process's pages.
+  absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
+                                   bool writable) override;
   void Stop() override;
 
  private:

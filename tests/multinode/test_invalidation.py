@@ -11,9 +11,12 @@ import subprocess
 import sys
 import time
 
+import json
+
 import remote
 from cluster import Exporter, Mapper
 from harness import expect, run, with_nodes
+from test_errors import Api
 
 SIGBUS = 7
 MiB = 1 << 20
@@ -325,6 +328,123 @@ def test_stale_read_race(c):
     m = re.search(r"checked=(\d+)", r.stdout)
     expect(m is not None and int(m.group(1)) >= min_checked,
            "too few reads that could have been stale (want >= %d): %s" % (min_checked, r.stdout))
+
+
+# One cache per segment per node (issue 16): every attachment of a segment
+# on a node, in one process or in several, maps the same cached pages.
+
+def fetched(node):
+    """The node's fetched_bytes counter (page contents a home answered)."""
+    r = node.ctl("--json", "status")
+    expect(r.returncode == 0, "tetherctl status: " + r.stdout + r.stderr)
+    return json.loads(r.stdout)["counters"]["fetched_bytes"]
+
+
+def home_bytes(node, segid, offsets):
+    """The home's contents at `offsets`, read through a fresh attachment on
+    `node` (another node than the writers': nothing cached there)."""
+    a = Api(node)
+    apid, addr = a.attach(segid, 65536, write=False)
+    out = [int(a.ok("read %#x" % (addr + o))["byte"]) for o in offsets]
+    a.close()
+    return out
+
+
+def test_one_cache_two_attachments_in_one_process(c):
+    e = Exporter(c.node(1), 65536, 3)
+    a = Api(c.node(2))
+    apid = a.ok("get %d rw" % e.segid)["apid"]
+    x = int(a.ok("attach %s 0 65536" % apid)["addr"], 16)
+    y = int(a.ok("attach %s 0 65536" % apid)["addr"], 16)
+    z = int(a.ok("attach %s 4096 8192" % apid)["addr"], 16)  # segment pages 1-2
+    f0 = fetched(c.node(2))
+    b = a.ok("read %#x" % x)["byte"]
+    f1 = fetched(c.node(2))
+    expect(f1 - f0 == 4096, "the first read fetched one page (%d bytes)" % (f1 - f0))
+    expect(a.ok("read %#x" % y)["byte"] == b, "the second attachment reads the same page")
+    expect(fetched(c.node(2)) == f1, "one fetch served both attachments")
+    # Stores through one are seen through the other at once (no sync).
+    a.ok("write %#x 1 65" % (x + 100))
+    expect(a.ok("read %#x" % (y + 100))["byte"] == "65", "y sees x's store")
+    a.ok("write %#x 1 66" % (y + 200))
+    expect(a.ok("read %#x" % (x + 200))["byte"] == "66", "x sees y's store")
+    a.ok("write %#x 1 67" % z)  # segment offset 4096
+    expect(a.ok("read %#x" % (x + 4096))["byte"] == "67", "x sees z's store (another offset)")
+    expect(a.ok("read %#x" % (y + 4096))["byte"] == "67", "y sees z's store")
+    # One write-back carries both stores of page 0 (one copy, one twin;
+    # with a copy each, only the page diffs would keep both).
+    a.ok("sync %#x 65536" % x)
+    a.ok("sync %#x 65536" % y)
+    a.ok("sync %#x 8192" % z)
+    expect(home_bytes(c.node(3), e.segid, [100, 200, 4096]) == [65, 66, 67],
+           "the home has every store through every attachment")
+    # Detach of one leaves the others working, on cached and new pages.
+    a.ok("detach %#x" % x)
+    expect(a.ok("read %#x" % (y + 100))["byte"] == "65", "y after x's detach")
+    a.ok("write %#x 1 68" % (y + 8 * 4096))
+    expect(a.ok("read %#x" % (y + 8 * 4096))["byte"] == "68", "y writes a new page")
+    a.ok("sync %#x 65536" % y)
+    expect(home_bytes(c.node(3), e.segid, [8 * 4096]) == [68], "y's write-back after x left")
+    a.close()
+    e.close()
+
+
+def test_one_cache_two_processes_on_one_node(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m1 = Mapper(c.node(2), e.segid, length=MiB)
+    m2 = Mapper(c.node(2), e.segid, length=MiB)
+    f0 = fetched(c.node(2))
+    expect(m1.command("verify 1 0 4096") == "ok", "m1 reads")
+    f1 = fetched(c.node(2))
+    expect(m2.command("verify 1 0 4096") == "ok", "m2 reads")
+    expect(fetched(c.node(2)) == f1 and f1 > f0, "one fetch served both processes")
+    expect(m1.command("write 9 0 4096") == "ok", "m1 writes page 0")
+    expect(m2.command("verify 9 0 4096") == "ok", "m2 sees m1's store at once")
+    expect(m2.command("write 10 4096 4096") == "ok", "m2 writes page 1")
+    expect(m1.command("verify 10 4096 4096") == "ok", "m1 sees m2's store at once")
+    expect(m1.command("sync") == "ok", "m1 syncs")
+    expect(e.verify(9, 0, 4096) == "ok", "page 0 at the home")
+    expect(e.verify(10, 4096, 4096) == "ok", "page 1 at the home (m2's store, m1's sync)")
+    # Invalidation drops the one copy, for both: clean cached pages 4-7
+    # replaced at the home, then madvised away.
+    for m in (m1, m2):
+        expect(m.command("verify 1 16384 16384") == "ok", "cached before")
+    ms(e.command("remap 7 16384 8192"))
+    ms(e.command("dontneed 24576 8192"))
+    for m in (m1, m2):
+        expect(m.command("verify 7 16384 8192") == "ok", "new contents after remap, both")
+        expect(m.command("read 24576") == "byte 0", "zero after DONTNEED, both")
+    # A detach leaves the other process working.
+    expect(m1.command("detach") == "ok", "m1 detaches")
+    expect(m2.command("verify 9 0 4096") == "ok", "m2 after m1 left")
+    expect(m2.command("write 11 65536 4096") == "ok", "m2 writes a new page")
+    expect(m2.command("sync") == "ok", "m2 syncs")
+    expect(e.verify(11, 65536, 4096) == "ok", "m2's write-back")
+    m1.close()
+    m2.close()
+    e.close()
+
+
+def test_one_cache_read_only_and_writable(c):
+    e = Exporter(c.node(1), 65536, 5)
+    ro = Api(c.node(2))
+    rw = Api(c.node(2))
+    _, r = ro.attach(e.segid, 65536, write=False)
+    _, w = rw.attach(e.segid, 65536)
+    # Page 3 enters the cache through the read-only attachment; the
+    # writable one's store to it must still be seen (and written back).
+    ro.ok("read %#x" % (r + 3 * 4096))
+    rw.ok("write %#x 1 77" % (w + 3 * 4096))
+    expect(ro.ok("read %#x" % (r + 3 * 4096))["byte"] == "77", "the reader sees the store")
+    rw.ok("sync %#x 65536" % w)
+    expect(home_bytes(c.node(3), e.segid, [3 * 4096]) == [77],
+           "a store to a page the read-only attachment installed is written back")
+    # The read-only attachment stays read-only: its store faults (SIGSEGV).
+    ro.send("write %#x 1 1" % r)
+    expect(ro.reply(10) == "signal:11", "a store through the read-only attachment")
+    expect(rw.ok("read %#x" % (w + 3 * 4096))["byte"] == "77", "the writer is unaffected")
+    rw.close()
+    e.close()
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def test_own_segment_and_fork_child(c):
 def test_open_attachment_is_a_cached_copy(c):
     # What docs/xpmem.md states: an attachment held open keeps the pages it
     # already read; the producer's later stores show after a new attach.
-    # Same node and across nodes alike.
+    # Same node and across nodes alike (the host tier, without tether.ko:
+    # with it a same-node attachment is direct, tests/vm/daemon_test.py).
     p = Producer(c.node(1), 64 * 1024, 41)
     cons = [Consumer(c.node(1), p.segid, length=64 * 1024),
             Consumer(c.node(2), p.segid, length=64 * 1024)]

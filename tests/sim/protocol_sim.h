@@ -91,17 +91,19 @@ struct SimStats {
   // frozen past its lease, its keeper's pass overdue (the documented gap:
   // docs/consistency.md, "When a node goes silent").
   uint64_t frozen_excused = 0;
-  uint64_t put_back_reads = 0;       // own writes put back after a failed write-back (by design)
-  uint64_t put_back = 0;             // kept-aside pages put back dirty after a failed write-back
-  uint64_t put_back_synced = 0;      // of which a sync wrote back, the node keeping the page
-  uint64_t refused_gone = 0;         // write-backs the home refused: address unmapped since read
-  uint64_t landed_across_unmap = 0;  // in flight at the home while a change unmapped the page
-  uint64_t notices_resent = 0;       // notices resent after a loss (a cut, a crash, a drop)
-  uint64_t ends_resent = 0;          // of which range_ends
-  uint64_t changes = 0;              // exporter changes (invalidations) that completed
-  uint64_t fenced = 0;               // nodes fenced
-  uint64_t writes = 0;               // stores acknowledged to clients
-  uint64_t landed = 0;               // write-backs applied at the home
+  uint64_t put_back_reads = 0;   // own writes put back after a failed write-back (by design)
+  uint64_t put_back = 0;         // kept-aside pages put back dirty after a failed write-back
+  uint64_t put_back_synced = 0;  // of which a sync wrote back, the node keeping the page
+  uint64_t refused_gone = 0;     // write-backs the home refused: address unmapped since read
+  // Begins that waited for a write-back in flight over their range (it
+  // had passed the home's checks before the window opened).
+  uint64_t write_back_waits = 0;
+  uint64_t notices_resent = 0;  // notices resent after a loss (a cut, a crash, a drop)
+  uint64_t ends_resent = 0;     // of which range_ends
+  uint64_t changes = 0;         // exporter changes (invalidations) that completed
+  uint64_t fenced = 0;          // nodes fenced
+  uint64_t writes = 0;          // stores acknowledged to clients
+  uint64_t landed = 0;          // write-backs applied at the home
   uint64_t syncs_ok = 0, syncs_failed = 0;
   uint64_t crashes = 0, freezes = 0;
   // Leases: renewals sent and failed (no answer in time, a lost

@@ -77,7 +77,7 @@ void Add(SimStats& total, const SimStats& s) {
   total.freezes += s.freezes;
   total.interleaved_reads += s.interleaved_reads;
   total.refused_gone += s.refused_gone;
-  total.landed_across_unmap += s.landed_across_unmap;
+  total.write_back_waits += s.write_back_waits;
   total.renewals += s.renewals;
   total.renewals_failed += s.renewals_failed;
   total.lapse_revoked += s.lapse_revoked;
@@ -118,13 +118,14 @@ class ProtocolSimTest : public ::testing::Test {
         "fencing gap, %d of own writes put back), %d changes, %d nodes fenced, %d stores, %d "
         "write-backs landed, %d pages put back, syncs %d ok / %d failed, %d notices resent (%d "
         "range_ends), %d crashes, %d freezes, %d reads with events inside, %d write-backs refused "
-        "(address unmapped since read), %d in flight across an unmap (excused), longest stall %d "
+        "(address unmapped since read), %d Begins waited for a write-back in flight, longest stall "
+        "%d "
         "ms\n",
         count, absl::ToDoubleSeconds(absl::Now() - t0), total.events, total.reads,
         total.stale_excused, total.put_back_reads, total.changes, total.fenced, total.writes,
         total.landed, total.put_back, total.syncs_ok, total.syncs_failed, total.notices_resent,
         total.ends_resent, total.crashes, total.freezes, total.interleaved_reads,
-        total.refused_gone, total.landed_across_unmap, absl::ToInt64Milliseconds(total.max_stall));
+        total.refused_gone, total.write_back_waits, absl::ToInt64Milliseconds(total.max_stall));
     if (leases)
       absl::PrintF(
           "leases: %d renewals (%d failed), %d attachments revoked by a lapsed lease, %d by a "
@@ -178,8 +179,9 @@ TEST_F(ProtocolSimTest, ReplayIsExact) {
 
 TEST_F(ProtocolSimTest, MutationsAreCaught) {
   // Most are caught within a few seeds; a sync outlived by a window needs
-  // a rare long bracket and a sync during it (seed 267).
-  constexpr uint64_t kWithin = 400;
+  // a rare long bracket and a sync during it (seed 617; 267 until write-backs
+  // in flight at the home were bounded to the model's kWriteInFlight).
+  constexpr uint64_t kWithin = 700;
   for (Mutation m : {Mutation::kAckBeforeDrop, Mutation::kInstallStale, Mutation::kDropDirtyAtBegin,
                      Mutation::kForgeAck, Mutation::kIgnoreDeadline, Mutation::kForgetEnd,
                      Mutation::kSyncIgnoresWritingBack, Mutation::kSyncOkPastBudget}) {
@@ -260,10 +262,24 @@ TEST_F(DefectSeedsTest, APutBackPageIsInvalidatedLikeAFetchedOne) {
 // "node 3's write-back of store 7 (made on a copy of generation 4) landed
 // on page 4, which a change unmapped at generation 7"). The home refuses
 // it (ENXIO) and the node counts the page lost; the oracle checks every
-// landing against the page's last unmap. Seeds 1-100 do not reach it.
+// landing against the page's last unmap. Seeds 1-100 do not reach it;
+// seed 601 does since a write-back's time at the home is bounded
+// (kWriteInFlight, issue 14's in-flight item), which moved seed 260's run.
 TEST_F(DefectSeedsTest, AWriteBackHeldPastAnUnmapIsRefused) {
-  EXPECT_GT(RunSeedList({260}).refused_gone, 0u)
-      << "seed 260 no longer has a write-back refused as unmapped";
+  EXPECT_GT(RunSeedList({601}).refused_gone, 0u)
+      << "seed 601 no longer has a write-back refused as unmapped";
+}
+
+// Issue 14's last item: a change whose window opened while a write-back
+// of its range was past the home's checks (in flight) waits for it before
+// it goes on (seed 1754; 10 of seeds 1-10,000 reach it). The model rarely
+// unmaps the page in such a change within a write's time at the home, so
+// these seeds pass without the wait too; the unit test
+// WriteBackInFlightTest.AnUnmapWaitsForAWriteBackAlreadyPastTheChecks is
+// the one that fails without it. This keeps the scenario reached.
+TEST_F(DefectSeedsTest, ABeginWaitsForAWriteBackInFlight) {
+  EXPECT_GT(RunSeedList({1754}).write_back_waits, 0u)
+      << "seed 1754 no longer has a Begin wait for a write-back in flight";
 }
 
 // With leases, a Begin waited for every node fenced on the segment until

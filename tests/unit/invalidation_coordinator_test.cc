@@ -539,5 +539,129 @@ TEST_F(LeasedCoordinatorTest, ABeginWaitsOnlyForFencesMadeBeforeItsFanOutEnded) 
   EXPECT_EQ(leased_.FencesHeldUntil(w2), absl::InfinitePast());
 }
 
+// Issue 14, the last open item (docs/architecture.md, "A write-back",
+// item 6): a write-back that passed the home's checks (grant, fence, no
+// window, not unmapped since read) before a change began, and is still on
+// its way into the exporter (held just before process_vm_writev), must
+// not land after the change: Begin waits for it. Before, the change went
+// on at once, and the write then landed in the mapping the exporter made
+// after its munmap.
+class WriteBackInFlightTest : public CoordinatorTest {
+ protected:
+  void TearDown() override {
+    FaultPoints::ReleaseAll();
+    if (writer_.joinable()) writer_.join();
+    CoordinatorTest::TearDown();
+  }
+  // Node 2 writes 0xee over page 1; held past the registry's checks.
+  void StartHeldWriteBack() {
+    FaultPoints::Arm("exporter_memory.write.before_write");
+    writer_ = std::thread([this] {
+      std::vector<uint8_t> buf(4096, 0xee);
+      wrote_ = reg_.WriteBlocks(2, segid_, grants_[2], 4096, buf);
+    });
+    ASSERT_TRUE(
+        FaultPoints::WaitUntilReached("exporter_memory.write.before_write", absl::Seconds(10)));
+  }
+  void LetTheWriteBackGo() {
+    FaultPoints::Release("exporter_memory.write.before_write");
+    writer_.join();
+  }
+  std::thread writer_;
+  absl::Status wrote_;
+};
+
+TEST_F(WriteBackInFlightTest, AnUnmapWaitsForAWriteBackAlreadyPastTheChecks) {
+  // Long enough that only the write's return ends the wait here.
+  InvalidationCoordinator coord{1, &reg_, &channel_, absl::Seconds(30), nullptr, absl::Seconds(30)};
+  FaultPoints::Arm("invalidation.begin.write_back_wait");
+  ASSERT_NO_FATAL_FAILURE(StartHeldWriteBack());
+  // The exporter unmaps pages 0-1 and maps new memory there, as the kernel
+  // notifier source brackets it: Begin, the change, End.
+  absl::Notification changed;
+  std::thread exporter([&] {
+    auto w = coord.Begin(segid_, 0, 2 * 4096, "munmap");
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_EQ(munmap(mem_, 2 * 4096), 0);
+    ASSERT_EQ(mmap(mem_, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                   -1, 0),
+              mem_);
+    coord.End(*w, {{0, 2 * 4096}});
+    changed.Notify();
+  });
+  // Either the change goes on past the write-back in flight (the defect)
+  // or its Begin stops to wait for it.
+  bool waits = false;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!changed.HasBeenNotified() && !waits && absl::Now() < give_up)
+    waits =
+        FaultPoints::WaitUntilReached("invalidation.begin.write_back_wait", absl::Milliseconds(10));
+  EXPECT_TRUE(waits) << "the change went on while a write-back that had passed the home's "
+                        "checks before it began was still in flight";
+  FaultPoints::Release("invalidation.begin.write_back_wait");
+  EXPECT_FALSE(changed.HasBeenNotified());
+  LetTheWriteBackGo();
+  exporter.join();
+  EXPECT_TRUE(wrote_.ok()) << wrote_;  // into the old mapping, before the change
+  EXPECT_EQ(mem_[4096], 0) << "the write-back landed in the mapping made after the change";
+  EXPECT_EQ(coord.stats().write_back_waits.load(), 1u);
+  EXPECT_EQ(coord.stats().write_backs_outlasted.load(), 0u);
+}
+
+// The wait is bounded (a write-back blocked on the exporter's mmap_lock,
+// which the change holds, cannot return before the ack): at the bound the
+// change goes on, and it is counted.
+TEST_F(WriteBackInFlightTest, TheWaitForAWriteBackEndsAtItsBound) {
+  InvalidationCoordinator coord{
+      1, &reg_, &channel_, absl::Seconds(30), nullptr, absl::Milliseconds(50)};
+  ASSERT_NO_FATAL_FAILURE(StartHeldWriteBack());
+  const absl::Time t0 = absl::Now();
+  auto w = coord.Begin(segid_, 0, 2 * 4096, "munmap");
+  const absl::Duration took = absl::Now() - t0;
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_GE(took, absl::Milliseconds(50));
+  EXPECT_LT(took, absl::Seconds(10));
+  EXPECT_EQ(coord.stats().write_back_waits.load(), 1u);
+  EXPECT_EQ(coord.stats().write_backs_outlasted.load(), 1u);
+  // Never past the fan-out's own deadline, either.
+  InvalidationCoordinator quick{
+      1, &reg_, &channel_, absl::Milliseconds(20), nullptr, absl::Seconds(30)};
+  auto w2 = quick.Begin(segid_, 4096, 2 * 4096, "munmap");
+  ASSERT_TRUE(w2.ok()) << w2.status();
+  EXPECT_EQ(quick.stats().write_backs_outlasted.load(), 1u);
+  LetTheWriteBackGo();
+  EXPECT_TRUE(wrote_.ok()) << wrote_;
+  coord.End(*w);
+  quick.End(*w2);
+}
+
+// Only the changes that can wait do (kernel notifier source: an UNMAP;
+// not a CLEAR, which the write-back itself may cause by breaking COW), and
+// only for write-backs over their range.
+TEST_F(WriteBackInFlightTest, ChangesThatMustNotWaitOrOtherRangesDoNot) {
+  InvalidationCoordinator coord{1, &reg_, &channel_, absl::Seconds(30), nullptr, absl::Seconds(30)};
+  ASSERT_NO_FATAL_FAILURE(StartHeldWriteBack());
+  auto clear = coord.Begin(segid_, 0, 2 * 4096, "COW break", absl::InfiniteFuture(),
+                           InFlightWrites::kDoNotAwait);
+  ASSERT_TRUE(clear.ok()) << clear.status();
+  coord.End(*clear);
+  auto other = coord.Begin(segid_, 2 * 4096, 3 * 4096, "munmap elsewhere");
+  ASSERT_TRUE(other.ok()) << other.status();
+  coord.End(*other);
+  EXPECT_EQ(coord.stats().write_back_waits.load(), 0u);
+  EXPECT_FALSE(reg_.WriteBacksLanded(segid_, 4096, 4097));
+  EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, 4096));
+  LetTheWriteBackGo();
+  EXPECT_TRUE(wrote_.ok()) << wrote_;
+  EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, kSize));
+  // One refused by its checks is never counted in flight.
+  auto w = coord.Begin(segid_, 0, kSize, "munmap");
+  ASSERT_TRUE(w.ok());
+  std::vector<uint8_t> buf(4096, 0xee);
+  EXPECT_TRUE(IsRetry(reg_.WriteBlocks(2, segid_, grants_[2], 4096, buf)));
+  EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, kSize));
+  coord.End(*w);
+}
+
 }  // namespace
 }  // namespace tether

@@ -337,10 +337,12 @@ TEST_F(LocalApiTest, DetachWritesDirtyPagesBackToTheRemoteHome) {
     std::shared_ptr<Attachment> att = atts_.Find(id, me_.cred.pid);
     ASSERT_NE(att, nullptr);
     std::string page(4096, fill);
-    ASSERT_EQ(pwrite(att->memfd, page.data(), page.size(), 2 * 4096), 4096);
-    absl::MutexLock lock(&att->mu);
-    att->state[2] = PageState::kDirty;
-    att->dirty = 1;
+    // The attachment's page 2, in its cache's memfd.
+    const uint64_t p = att->first_page() + 2;
+    ASSERT_EQ(pwrite(att->cache->memfd, page.data(), page.size(), att->cache->Off(p)), 4096);
+    absl::MutexLock lock(&att->cache->mu);
+    att->cache->state[p] = PageState::kDirty;
+    att->cache->dirty = 1;
   };
   dirty(a1.attach().attach_id(), 'x');
   dirty(a2.attach().attach_id(), 'y');
@@ -536,6 +538,210 @@ TEST_F(LocalApiTest, AnExportNeedsTheCallersOwnPidfd) {
   make.mutable_make()->set_size(0);
   EXPECT_EQ(Call(me_, make, {PidfdOpen(getpid())}).err(), EINVAL) << "size zero";
   EXPECT_TRUE(registry_.List().empty());
+}
+
+// Same-node attachments and tether.ko's direct attachments
+// (docs/architecture.md, "Same-node attachments and direct attachments"):
+// the notifier source is scripted; its "direct attachment" is a memfd.
+class FakeNotifier : public NotifierSource {
+ public:
+  absl::Status Start() override { return absl::OkStatus(); }
+  absl::Status AddExporter(uint64_t, pid_t, int pidfd, int fd, uint64_t) override {
+    close(pidfd);
+    if (fd >= 0) close(fd);
+    return absl::OkStatus();
+  }
+  void Stop() override {}
+  absl::Status BeforeRead(uint64_t, uint64_t, uint64_t) override { return absl::OkStatus(); }
+  void SegmentGone(uint64_t, const std::string&) override {}
+  absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
+                                   bool writable) override {
+    calls.push_back({segid, offset, len, writable});
+    if (!answer.ok()) return answer;
+    return memfd_create("fake-direct", MFD_CLOEXEC);
+  }
+  struct CallArgs {
+    uint64_t segid, offset, len;
+    bool writable;
+  };
+  absl::Status answer;
+  std::vector<CallArgs> calls;
+};
+
+class LocalApiDirectTest : public LocalApiTest {
+ protected:
+  LocalApiDirectTest() {
+    peer_ = me_;  // same uid, another process of this node
+    peer_.id = 3;
+    peer_.cred.pid = getpid() + 2;  // not other_'s
+  }
+  // Exports [mem_, +kSegSize) of this process (me_): its segid.
+  uint64_t Export() {
+    int pidfd = PidfdOpen(getpid());
+    EXPECT_GE(pidfd, 0) << std::strerror(errno);
+    local::LocalRequest make;
+    make.mutable_make()->set_vaddr(reinterpret_cast<uint64_t>(mem_));
+    make.mutable_make()->set_size(kSegSize);
+    make.mutable_make()->set_permit_mode(0600);
+    local::LocalResponse resp = Call(me_, make, {pidfd});
+    EXPECT_EQ(resp.err(), 0) << resp.message();
+    return resp.make().segid();
+  }
+  uint64_t GetLocal(const LocalConnection& c, uint64_t segid, bool write) {
+    local::LocalResponse resp = Call(c, GetReq(segid, write));
+    EXPECT_EQ(resp.err(), 0) << resp.message();
+    return resp.get().apid();
+  }
+  static local::LocalRequest DirectReq(uint64_t apid, uint64_t off, uint64_t len,
+                                       bool direct_ok = true) {
+    local::LocalRequest r = AttachReq(apid, off, len);
+    r.mutable_attach()->set_direct_ok(direct_ok);
+    return r;
+  }
+  ~LocalApiDirectTest() override { munmap(mem_, kSegSize); }
+
+  void* mem_ = mmap(nullptr, kSegSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  FakeNotifier notifier_;
+  LocalApi api_{kSelf, kIncarnation, &registry_, &remotes_, &faults_, &atts_, &notifier_, nullptr};
+  LocalConnection peer_;
+
+  // LocalApiTest::Call with this fixture's api_.
+  local::LocalResponse Call(const LocalConnection& c, const local::LocalRequest& req,
+                            std::vector<int> fds = {}, std::vector<int>* fds_out = nullptr) {
+    local::LocalResponse resp;
+    std::vector<int> out;
+    api_.Handle(c, req, fds, &resp, &out);
+    for (int fd : fds)
+      if (fd >= 0) close(fd);
+    if (fds_out) {
+      *fds_out = out;
+    } else {
+      for (int fd : out) close(fd);
+    }
+    return resp;
+  }
+};
+
+// Another process of the home node gets the module's fd, with the grant's
+// permission; nothing enters the AttachmentTable (nothing to serve or write
+// back): sync and acquire answer at once, release waits for the detach.
+TEST_F(LocalApiDirectTest, ASameNodeAttachmentIsDirect) {
+  TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
+  const uint64_t segid = Export();
+  const uint64_t apid = GetLocal(peer_, segid, /*write=*/true);
+  std::vector<int> fds;
+  local::LocalResponse resp = Call(peer_, DirectReq(apid, 4096, 8192), {}, &fds);
+  ASSERT_EQ(resp.err(), 0) << resp.message();
+  EXPECT_EQ(resp.attach().kind(), local::AttachResponse::DIRECT);
+  EXPECT_TRUE(resp.attach().writable());
+  ASSERT_EQ(fds.size(), 1u) << "the direct attachment's fd";
+  close(fds[0]);
+  ASSERT_EQ(notifier_.calls.size(), 1u);
+  EXPECT_EQ(notifier_.calls[0].segid, segid);
+  EXPECT_EQ(notifier_.calls[0].offset, 4096u);
+  EXPECT_EQ(notifier_.calls[0].len, 8192u);
+  EXPECT_TRUE(notifier_.calls[0].writable);
+  EXPECT_TRUE(atts_.Summaries().empty()) << "a direct attachment is not served by the mapper";
+  const uint64_t id = resp.attach().attach_id();
+
+  local::LocalRequest sync;
+  sync.mutable_sync()->set_attach_id(id);
+  sync.mutable_sync()->set_size(8192);
+  EXPECT_EQ(Call(peer_, sync).err(), 0) << "nothing to write back";
+  local::LocalRequest acquire;
+  acquire.mutable_acquire()->set_attach_id(id);
+  acquire.mutable_acquire()->set_size(8192);
+  EXPECT_EQ(Call(peer_, acquire).err(), 0);
+  EXPECT_EQ(Call(other_, sync).err(), EINVAL) << "another process's attachment";
+  local::LocalRequest mapped;
+  mapped.mutable_attach_mapped()->set_attach_id(id);
+  mapped.mutable_attach_mapped()->set_vaddr(0x100000);
+  EXPECT_EQ(Call(peer_, mapped).err(), EINVAL) << "a direct attachment is not registered";
+  EXPECT_EQ(Call(peer_, ReleaseReq(apid)).err(), EBUSY) << "the apid still has an attachment";
+  EXPECT_EQ(Call(me_, DetachReq(id)).err(), EINVAL) << "not the exporter's attachment";
+  EXPECT_EQ(Call(peer_, DetachReq(id)).err(), 0);
+  EXPECT_EQ(Call(peer_, DetachReq(id)).err(), EINVAL) << "detached already";
+  EXPECT_EQ(Call(peer_, ReleaseReq(apid)).err(), 0);
+  EXPECT_EQ(tcp_.count(), 0u);
+
+  // A read-only permit: the module is asked for a read-only attachment.
+  const uint64_t ro = GetLocal(peer_, segid, /*write=*/false);
+  resp = Call(peer_, DirectReq(ro, 0, kSegSize));
+  ASSERT_EQ(resp.err(), 0) << resp.message();
+  EXPECT_EQ(resp.attach().kind(), local::AttachResponse::DIRECT);
+  EXPECT_FALSE(resp.attach().writable());
+  ASSERT_EQ(notifier_.calls.size(), 2u);
+  EXPECT_FALSE(notifier_.calls[1].writable);
+  // The client's exit drops it, and its apid.
+  api_.Disconnected(peer_);
+  EXPECT_EQ(Call(peer_, DetachReq(resp.attach().attach_id())).err(), EINVAL);
+}
+
+// Where the module cannot (no module: Unimplemented; not all anonymous:
+// FailedPrecondition) or the client did not ask, another process gets the
+// copy, as before.
+TEST_F(LocalApiDirectTest, OtherwiseAnotherProcessGetsACopy) {
+  TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
+  int probe = NewUffd();
+  TETHER_REQUIRE_KERNEL_FEATURE(MissingUserfaultfd(probe));
+  close(probe);
+  const uint64_t segid = Export();
+  const uint64_t apid = GetLocal(peer_, segid, true);
+  const absl::Status answers[] = {absl::UnimplementedError("no tether.ko"),
+                                  absl::FailedPreconditionError("a file mapping")};
+  for (const absl::Status& answer : answers) {
+    notifier_.answer = answer;
+    local::LocalResponse resp = Call(peer_, DirectReq(apid, 0, kSegSize), {NewUffd()});
+    ASSERT_EQ(resp.err(), 0) << answer << ": " << resp.message();
+    EXPECT_EQ(resp.attach().kind(), local::AttachResponse::COPY) << answer;
+    EXPECT_EQ(atts_.Summaries().size(), 1u) << answer;
+    EXPECT_EQ(Call(peer_, DetachReq(resp.attach().attach_id())).err(), 0);
+  }
+  notifier_.answer = absl::OkStatus();
+  size_t asked = notifier_.calls.size();
+  local::LocalResponse resp =
+      Call(peer_, DirectReq(apid, 0, kSegSize, /*direct_ok=*/false), {NewUffd()});
+  ASSERT_EQ(resp.err(), 0) << resp.message();
+  EXPECT_EQ(resp.attach().kind(), local::AttachResponse::COPY);
+  EXPECT_EQ(notifier_.calls.size(), asked) << "a client that cannot map one is not given one";
+  EXPECT_EQ(Call(peer_, DetachReq(resp.attach().attach_id())).err(), 0);
+  // Any other error of the module is the attach's.
+  notifier_.answer = ErrnoStatus(ESRCH, "the exporter exited");
+  EXPECT_EQ(Call(peer_, DirectReq(apid, 0, kSegSize), {NewUffd()}).err(), ESRCH);
+  EXPECT_TRUE(atts_.Summaries().empty());
+}
+
+// Issue 16: the exporter's copy of its own segment stalls its mprotect
+// with tether.ko (its mmap_lock is held while the module waits for the
+// daemon's window over that copy). So with the module watching it: a
+// direct attachment, or EOPNOTSUPP; without the module, the copy.
+TEST_F(LocalApiDirectTest, TheExportersOwnSegmentIsDirectOrRefused) {
+  TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
+  int probe = NewUffd();
+  TETHER_REQUIRE_KERNEL_FEATURE(MissingUserfaultfd(probe));
+  close(probe);
+  const uint64_t segid = Export();
+  const uint64_t apid = GetLocal(me_, segid, true);
+  local::LocalResponse resp = Call(me_, DirectReq(apid, 0, kSegSize), {NewUffd()});
+  ASSERT_EQ(resp.err(), 0) << resp.message();
+  EXPECT_EQ(resp.attach().kind(), local::AttachResponse::DIRECT);
+  EXPECT_EQ(Call(me_, DetachReq(resp.attach().attach_id())).err(), 0);
+
+  resp = Call(me_, DirectReq(apid, 0, kSegSize, /*direct_ok=*/false), {NewUffd()});
+  EXPECT_EQ(resp.err(), EOPNOTSUPP) << "a copy was asked for: " << resp.message();
+  EXPECT_NE(resp.message().find("own segment"), std::string::npos) << resp.message();
+  notifier_.answer = absl::FailedPreconditionError("not all anonymous");
+  resp = Call(me_, DirectReq(apid, 0, kSegSize), {NewUffd()});
+  EXPECT_EQ(resp.err(), EOPNOTSUPP) << resp.message();
+  EXPECT_NE(resp.message().find("not all anonymous"), std::string::npos) << resp.message();
+  EXPECT_TRUE(atts_.Summaries().empty()) << "a refused attach adds nothing";
+
+  notifier_.answer = absl::UnimplementedError("no tether.ko");
+  resp = Call(me_, DirectReq(apid, 0, kSegSize), {NewUffd()});
+  ASSERT_EQ(resp.err(), 0) << resp.message();
+  EXPECT_EQ(resp.attach().kind(), local::AttachResponse::COPY) << "without the module: a copy";
+  EXPECT_EQ(Call(me_, DetachReq(resp.attach().attach_id())).err(), 0);
+  EXPECT_EQ(Call(me_, ReleaseReq(apid)).err(), 0);
 }
 
 }  // namespace

@@ -104,22 +104,17 @@ class MapperWindowsTest : public ::testing::Test {
     att_->size = kPages * kPage;
     att_->writable = true;
     TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingUserfaultfdWp());
-    att_->memfd = memfd_create("t", MFD_CLOEXEC);
-    ASSERT_EQ(ftruncate(att_->memfd, att_->size), 0);
+    ASSERT_TRUE(faults_.Join(att_, att_->size).ok());  // its cache: the memfd
     att_->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
     ASSERT_GE(att_->uffd, 0);
     uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
     ASSERT_EQ(ioctl(att_->uffd, UFFDIO_API, &api), 0);
     map_ = static_cast<uint8_t*>(
-        mmap(nullptr, att_->size, PROT_READ | PROT_WRITE, MAP_SHARED, att_->memfd, 0));
+        mmap(nullptr, att_->size, PROT_READ | PROT_WRITE, MAP_SHARED, att_->cache->memfd, 0));
     uffdio_register reg{};
     reg.range = {reinterpret_cast<uint64_t>(map_), att_->size};
     reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
     ASSERT_EQ(ioctl(att_->uffd, UFFDIO_REGISTER, &reg), 0);
-    {
-      absl::MutexLock lock(&att_->mu);
-      att_->state.assign(kPages, PageState::kAbsent);
-    }
     att_->vaddr = reinterpret_cast<uint64_t>(map_);
     ASSERT_TRUE(faults_.Add(att_).ok());
   }
@@ -130,8 +125,8 @@ class MapperWindowsTest : public ::testing::Test {
     munmap(map_, kPages * kPage);
   }
   PageState State(uint64_t p) {
-    absl::MutexLock lock(&att_->mu);
-    return att_->state[p];
+    absl::MutexLock lock(&att_->cache->mu);
+    return att_->cache->state[p];
   }
   uint8_t HomeByte(uint64_t off) {
     absl::MutexLock lock(&home_.mu);
@@ -142,6 +137,38 @@ class MapperWindowsTest : public ::testing::Test {
     home_.*knob = v;
   }
 
+  // A second attachment of the same segment in this process (issue 16:
+  // it shares att_'s cache). Returns its mapping; RemoveSecond undoes it.
+  uint8_t* AddSecond(bool writable) {
+    second_ = std::make_shared<Attachment>();
+    second_->id = 8;
+    second_->segid = att_->segid;
+    second_->home = att_->home;
+    second_->size = att_->size;
+    second_->writable = writable;
+    second_->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
+    if (second_->uffd < 0 || ioctl(second_->uffd, UFFDIO_API, &api) != 0) return nullptr;
+    if (!faults_.Join(second_, second_->size).ok()) return nullptr;
+    auto* m =
+        static_cast<uint8_t*>(mmap(nullptr, second_->size, PROT_READ | (writable ? PROT_WRITE : 0),
+                                   MAP_SHARED, second_->cache->memfd, 0));
+    if (m == MAP_FAILED) return nullptr;
+    uffdio_register reg{};
+    reg.range = {reinterpret_cast<uint64_t>(m), second_->size};
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | (writable ? UFFDIO_REGISTER_MODE_WP : 0);
+    if (ioctl(second_->uffd, UFFDIO_REGISTER, &reg) != 0) return nullptr;
+    second_->vaddr = reinterpret_cast<uint64_t>(m);
+    if (!faults_.Add(second_).ok()) return nullptr;
+    second_map_ = m;
+    return m;
+  }
+  void RemoveSecond() {
+    faults_.Remove(second_);
+    munmap(second_map_, second_->size);
+    second_map_ = nullptr;
+  }
+
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
@@ -150,6 +177,8 @@ class MapperWindowsTest : public ::testing::Test {
       &data_, 64 << 20,
       [this](const Attachment&, uint64_t, uint64_t, const std::string&) { ++sigbus_; }, &clock_};
   std::shared_ptr<Attachment> att_;
+  std::shared_ptr<Attachment> second_;  // AddSecond's
+  uint8_t* second_map_ = nullptr;
   uint8_t* map_ = nullptr;
 };
 
@@ -158,14 +187,14 @@ TEST_F(MapperWindowsTest, FaultsFetchAndWindowsZap) {
   EXPECT_EQ(State(0), PageState::kClean);
   home_.Fill(2);
   EXPECT_EQ(map_[0], 1);  // cached copy (no coherence without a window)
-  faults_.BeginWindow(*att_, 100, 0, 4);
+  faults_.BeginWindow(*att_->cache, 100, 0, 4);
   EXPECT_EQ(State(0), PageState::kAbsent);
   // A read inside the window blocks until range_end.
   std::atomic<int> seen{-1};
   std::thread reader([&] { seen = map_[1]; });
   absl::SleepFor(absl::Milliseconds(50));
   EXPECT_EQ(seen.load(), -1) << "a fault inside a window must wait";
-  ASSERT_TRUE(faults_.EndWindow(*att_, 100, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 100, {}).ok());
   reader.join();
   EXPECT_EQ(seen.load(), 2);  // fetched after the window: the new contents
   EXPECT_EQ(map_[0], 2);
@@ -174,13 +203,13 @@ TEST_F(MapperWindowsTest, FaultsFetchAndWindowsZap) {
 TEST_F(MapperWindowsTest, DirtyPagesAreKeptAsideAndWrittenBackAfterTheWindow) {
   map_[4 * kPage] = 9;  // missing fault, then write-protect fault: dirty
   EXPECT_EQ(State(4), PageState::kDirty);
-  faults_.BeginWindow(*att_, 5, 0, kPages);
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);
   EXPECT_EQ(State(4), PageState::kAbsent);
   {
     absl::MutexLock lock(&home_.mu);
     EXPECT_EQ(home_.writes, 0) << "never written back inside the window (G5)";
   }
-  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 5, {}).ok());
   {
     absl::MutexLock lock(&home_.mu);
     EXPECT_EQ(home_.mem[4 * kPage], 9);
@@ -190,8 +219,8 @@ TEST_F(MapperWindowsTest, DirtyPagesAreKeptAsideAndWrittenBackAfterTheWindow) {
 
 TEST_F(MapperWindowsTest, DirtyPagesOfAGoneAddressAreReportedLost) {
   map_[2 * kPage] = 7;
-  faults_.BeginWindow(*att_, 6, 2, 3);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 6, {{2, 3}}).ok());
+  faults_.BeginWindow(*att_->cache, 6, 2, 3);
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 6, {{2, 3}}).ok());
   {
     absl::MutexLock lock(&home_.mu);
     EXPECT_EQ(home_.mem[2 * kPage], 1) << "discarded, not written over the gone address";
@@ -202,19 +231,19 @@ TEST_F(MapperWindowsTest, DirtyPagesOfAGoneAddressAreReportedLost) {
 }
 
 TEST_F(MapperWindowsTest, OverlappingWindowsKeepTheUnionBlocked) {
-  faults_.BeginWindow(*att_, 1, 0, 4);
-  faults_.BeginWindow(*att_, 2, 2, 6);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 1, {}).ok());
+  faults_.BeginWindow(*att_->cache, 1, 0, 4);
+  faults_.BeginWindow(*att_->cache, 2, 2, 6);
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 1, {}).ok());
   std::atomic<int> seen{-1};
   std::thread reader([&] { seen = map_[3 * kPage]; });  // still in window 2
   absl::SleepFor(absl::Milliseconds(50));
   EXPECT_EQ(seen.load(), -1);
   EXPECT_EQ(map_[0], 1);  // page 0 is open again
-  ASSERT_TRUE(faults_.EndWindow(*att_, 2, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 2, {}).ok());
   reader.join();
   EXPECT_EQ(seen.load(), 1);
   // duplicate or unknown END: nothing happens
-  EXPECT_TRUE(faults_.EndWindow(*att_, 2, {}).ok());
+  EXPECT_TRUE(faults_.EndWindow(*att_->cache, 2, {}).ok());
 }
 
 TEST_F(MapperWindowsTest, KeptAsidePagesWaitForTheLastWindowOverThem) {
@@ -224,14 +253,14 @@ TEST_F(MapperWindowsTest, KeptAsidePagesWaitForTheLastWindowOverThem) {
   // window 2, which may unmap or replace it): window 2's end decides.
   map_[3 * kPage] = 5;
   EXPECT_EQ(State(3), PageState::kDirty);
-  faults_.BeginWindow(*att_, 1, 0, 4);
-  faults_.BeginWindow(*att_, 2, 2, 6);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 1, {}).ok());
+  faults_.BeginWindow(*att_->cache, 1, 0, 4);
+  faults_.BeginWindow(*att_->cache, 2, 2, 6);
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 1, {}).ok());
   {
     absl::MutexLock lock(&home_.mu);
     EXPECT_EQ(home_.writes, 0) << "written back while another window was open";
   }
-  ASSERT_TRUE(faults_.EndWindow(*att_, 2, {{3, 4}}).ok());  // window 2 unmapped it
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 2, {{3, 4}}).ok());  // window 2 unmapped it
   {
     absl::MutexLock lock(&home_.mu);
     EXPECT_EQ(home_.writes, 0);
@@ -241,10 +270,10 @@ TEST_F(MapperWindowsTest, KeptAsidePagesWaitForTheLastWindowOverThem) {
 
   // The same with window 2 ending without unmapping: written back then.
   map_[8 * kPage] = 6;
-  faults_.BeginWindow(*att_, 3, 8, 9);
-  faults_.BeginWindow(*att_, 4, 8, 10);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 3, {}).ok());
-  ASSERT_TRUE(faults_.EndWindow(*att_, 4, {}).ok());
+  faults_.BeginWindow(*att_->cache, 3, 8, 9);
+  faults_.BeginWindow(*att_->cache, 4, 8, 10);
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 3, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 4, {}).ok());
   absl::MutexLock lock(&home_.mu);
   EXPECT_EQ(home_.writes, 1);
   EXPECT_EQ(home_.mem[8 * kPage], 6);
@@ -285,7 +314,7 @@ TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
   };
   for (int i = 0; i < 200 && reads() == 0; ++i) absl::SleepFor(absl::Milliseconds(5));
   ASSERT_EQ(reads(), 1) << "the fetch of page 8 is in flight";
-  faults_.BeginWindow(*att_, 1, 0, 4);  // pages 0-3: not page 8
+  faults_.BeginWindow(*att_->cache, 1, 0, 4);  // pages 0-3: not page 8
   {
     absl::MutexLock lock(&home_.mu);
     home_.hold = false;
@@ -294,7 +323,7 @@ TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
   EXPECT_EQ(seen.load(), 1);
   EXPECT_EQ(reads(), 1) << "installed as fetched, not fetched twice";
   EXPECT_EQ(State(8), PageState::kClean);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 1, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 1, {}).ok());
 
   // Now a window over the page in flight: its data may predate the window.
   {
@@ -304,7 +333,7 @@ TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
   std::thread reader2([&] { seen = map_[12 * kPage]; });
   for (int i = 0; i < 200 && reads() == 1; ++i) absl::SleepFor(absl::Milliseconds(5));
   ASSERT_EQ(reads(), 2) << "the fetch of page 12 is in flight";
-  faults_.BeginWindow(*att_, 2, 10, 14);
+  faults_.BeginWindow(*att_->cache, 2, 10, 14);
   home_.Fill(7);  // what the exporter holds after the event
   {
     absl::MutexLock lock(&home_.mu);
@@ -312,7 +341,7 @@ TEST_F(MapperWindowsTest, AWindowDiscardsOnlyTheFetchesItOverlaps) {
   }
   absl::SleepFor(absl::Milliseconds(20));
   EXPECT_NE(State(12), PageState::kClean) << "a fetch that the window overlapped was installed";
-  ASSERT_TRUE(faults_.EndWindow(*att_, 2, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 2, {}).ok());
   reader2.join();
   EXPECT_EQ(seen.load(), 7) << "fetched again after the window: the new contents";
   EXPECT_EQ(reads(), 3);
@@ -329,7 +358,7 @@ TEST_F(MapperWindowsTest, AStoreRacingRangeBeginIsNotLost) {
   map_[4 * kPage] = 9;  // dirty
   ASSERT_EQ(State(4), PageState::kDirty);
   FaultPoints::Arm(kAfterRead);
-  std::thread begin([&] { faults_.BeginWindow(*att_, 5, 0, kPages); });
+  std::thread begin([&] { faults_.BeginWindow(*att_->cache, 5, 0, kPages); });
   ASSERT_TRUE(FaultPoints::WaitUntilReached(kAfterRead, absl::Seconds(10)));
   // range_begin has read page 4 (with att.mu held) and not punched it yet.
   std::thread store;
@@ -346,7 +375,7 @@ TEST_F(MapperWindowsTest, AStoreRacingRangeBeginIsNotLost) {
   }
   FaultPoints::Release(kAfterRead);
   begin.join();
-  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 5, {}).ok());
   if (store.joinable()) store.join();
   EXPECT_EQ(map_[4 * kPage], 9);
   EXPECT_EQ(map_[4 * kPage + 1], 10) << "the client's store was lost";
@@ -360,9 +389,9 @@ TEST_F(MapperWindowsTest, AStoreRacingRangeBeginIsNotLost) {
 // write, the next sync reports the failure, a later one writes it back.
 TEST_F(MapperWindowsTest, AFailedWriteBackAfterAWindowIsReportedAndRetried) {
   map_[4 * kPage] = 9;  // dirty
-  faults_.BeginWindow(*att_, 5, 0, kPages);
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);
   SetHome(&FakeHome::fail_writes, true);
-  EXPECT_FALSE(faults_.EndWindow(*att_, 5, {}).ok());
+  EXPECT_FALSE(faults_.EndWindow(*att_->cache, 5, {}).ok());
   EXPECT_EQ(map_[4 * kPage], 9) << "the client reads the home's older copy, not its own write";
   absl::Status st = faults_.Sync(*att_, 0, att_->size);
   EXPECT_FALSE(st.ok()) << "sync says OK while a write it covers never reached the home";
@@ -388,9 +417,9 @@ TEST_F(MapperWindowsTest, ASyncRetryDoesNotLandAnOlderCopyAfterTheWindow) {
   // The sync sent [9, 0] and was refused. The client stores again (a
   // write-protect fault: the page is dirty again).
   map_[4 * kPage + 1] = 10;
-  faults_.BeginWindow(*att_, 5, 0, kPages);  // keeps [9, 10] aside
-  SetHome(&FakeHome::refuse_writes, false);  // the home's window ends
-  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);  // keeps [9, 10] aside
+  SetHome(&FakeHome::refuse_writes, false);         // the home's window ends
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 5, {}).ok());
   EXPECT_EQ(HomeByte(4 * kPage + 1), 10);
   FaultPoints::Release(kBeforeRetry);
   sync.join();
@@ -449,14 +478,14 @@ TEST_F(MapperWindowsTest, RangeEndReturnsWhileItsWriteBackIsBlocked) {
 TEST_F(MapperWindowsTest, ASyncWaitsForAWindowsEndStillWritingBack) {
   const char* kBeforeRetry = "fault_service.writeback.before_retry";
   const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
-  map_[4 * kPage] = 9;                       // dirty
-  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside
+  map_[4 * kPage] = 9;                              // dirty
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);  // kept aside
   // range_end's write-back is refused once (a window at the home) and held
   // before its retry: out of kept_aside, not yet at the home.
   SetHome(&FakeHome::refuse_writes, true);
   FaultPoints::Arm(kBeforeRetry);
   absl::Status end_st;
-  std::thread end([&] { end_st = faults_.EndWindow(*att_, 5, {}); });
+  std::thread end([&] { end_st = faults_.EndWindow(*att_->cache, 5, {}); });
   ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeRetry, absl::Seconds(10)));
   FaultPoints::Arm(kSyncWaits);
   absl::Status sync_st;
@@ -484,8 +513,8 @@ TEST_F(MapperWindowsTest, ASyncWaitsForAWindowsEndStillWritingBack) {
 // (docs/consistency.md); the window's end writes the page back.
 TEST_F(MapperWindowsTest, ASyncOutlivedByAWindowSaysEagainNotOk) {
   const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
-  map_[4 * kPage] = 9;                       // dirty
-  faults_.BeginWindow(*att_, 5, 0, kPages);  // kept aside; the window stays open
+  map_[4 * kPage] = 9;                              // dirty
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);  // kept aside; the window stays open
   FaultPoints::Arm(kSyncWaits);
   absl::Status sync_st;
   std::thread sync([&] { sync_st = faults_.Sync(*att_, 0, att_->size); });
@@ -496,7 +525,7 @@ TEST_F(MapperWindowsTest, ASyncOutlivedByAWindowSaysEagainNotOk) {
   EXPECT_EQ(ToErrno(sync_st), EAGAIN)
       << "sync said " << sync_st << " while a write it covers is kept aside, not at the home";
   EXPECT_EQ(HomeByte(4 * kPage), 1);
-  ASSERT_TRUE(faults_.EndWindow(*att_, 5, {}).ok());
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 5, {}).ok());
   EXPECT_EQ(HomeByte(4 * kPage), 9);
   EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
 }
@@ -584,8 +613,8 @@ TEST_F(MapperWindowsTest, AWriteBackTheHomeFindsGoneIsReportedLostNotKeptDirty) 
 
   // A kept-aside page whose write-back after the window finds it gone.
   map_[4 * kPage] = 7;
-  faults_.BeginWindow(*att_, 5, 0, kPages);
-  (void)faults_.EndWindow(*att_, 5, {});
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);
+  (void)faults_.EndWindow(*att_->cache, 5, {});
   EXPECT_EQ(State(4), PageState::kAbsent) << "put back dirty, for syncs that can never succeed";
   st = faults_.Sync(*att_, 0, att_->size);
   EXPECT_EQ(ToErrno(st), EIO) << st;
@@ -599,8 +628,70 @@ TEST_F(MapperWindowsTest, RevokeDropsEverything) {
   EXPECT_EQ(ToErrno(st), EIDRM) << st;
   EXPECT_NE(std::string(st.message()).find("fenced: test"), std::string::npos);
   struct stat sb;
-  ASSERT_EQ(fstat(att_->memfd, &sb), 0);
+  ASSERT_EQ(fstat(att_->cache->memfd, &sb), 0);
   EXPECT_EQ(sb.st_size, 0) << "truncated: every access raises SIGBUS";
+}
+
+// Issue 16: a second attachment of the segment maps the same cache. A page
+// installed through the first (its uffd's UFFDIO_COPY) appears in the
+// second without a missing fault; a store through the second must still
+// fault first (the arming's uffd-wp marker), so that the page is dirty
+// and written back — else the store lands unseen and is never synced.
+TEST_F(MapperWindowsTest, AStoreThroughASecondAttachmentToAPageTheFirstInstalledIsTracked) {
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(true);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second_->cache, att_->cache) << "one cache per segment";
+  EXPECT_EQ(map_[0], 1);  // fetched and installed through att_
+  EXPECT_EQ(second[0], 1) << "the same page, no second fetch";
+  second[100] = 7;
+  EXPECT_EQ(map_[100], 7) << "seen through the first at once";
+  EXPECT_EQ(State(0), PageState::kDirty) << "the store through the second was not tracked";
+  ASSERT_TRUE(faults_.Sync(*second_, 0, second_->size).ok());
+  EXPECT_EQ(HomeByte(100), 7);
+  RemoveSecond();
+  EXPECT_EQ(map_[100], 7) << "the first keeps working after the second's detach";
+}
+
+// Issue 16: a write-back protects the page again in every writable
+// attachment before it reads it. A store through the second attachment
+// while the first's sync is on its way must re-dirty the page (and reach
+// the home at the next sync); protecting only the syncing attachment's
+// mapping would leave the second's PTE writable, and the store would be
+// lost.
+TEST_F(MapperWindowsTest, AStoreThroughTheOtherAttachmentDuringAWriteBackIsNotLost) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(true);
+  ASSERT_NE(second, nullptr);
+  map_[0] = 3;    // dirty through the first
+  second[0] = 4;  // and stored through the second (its PTE now writable)
+  FaultPoints::Arm(kBeforeSend);
+  std::thread syncer([&] { EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok()); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  second[200] = 9;  // the page was read for the write-back: this store is newer
+  FaultPoints::Release(kBeforeSend);
+  syncer.join();
+  EXPECT_EQ(State(0), PageState::kDirty) << "the racing store did not re-dirty the page";
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(0), 4);
+  EXPECT_EQ(HomeByte(200), 9) << "the store during the write-back was lost";
+  RemoveSecond();
+}
+
+// Issue 16: a read-only attachment shares the cache but never stores; a
+// page it installed is still tracked for the writable one.
+TEST_F(MapperWindowsTest, APageAReadOnlyAttachmentInstalledIsTrackedForTheWritableOne) {
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  uint8_t* second = AddSecond(false);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second[5 * kPage], 1);  // installed through the read-only attachment
+  map_[5 * kPage + 1] = 6;
+  EXPECT_EQ(second[5 * kPage + 1], 6);
+  EXPECT_EQ(State(5), PageState::kDirty);
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(5 * kPage + 1), 6);
+  RemoveSecond();
 }
 
 }  // namespace

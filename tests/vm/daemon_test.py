@@ -609,6 +609,152 @@ def _oom_test(c, stall_home):
                 time.sleep(0.1)
 
 
+
+# Same-node attachments with tether.ko: direct attachments (issue 16,
+# docs/architecture.md "Same-node attachments and direct attachments"). The
+# mapper on the exporter's node maps the exporter's pages themselves.
+SIGSEGV = 11
+
+
+def direct_mapping(m, length):
+    """True if mapper m's attachment of `length` bytes is a tether.ko direct
+    attachment (its file is "tether_direct"), False if it is a copy (the
+    daemon's "tether-attachment" memfd)."""
+    with open("/proc/%d/maps" % m.proc.pid) as f:
+        for line in f:
+            parts = line.split()
+            a, b = (int(x, 16) for x in parts[0].split("-"))
+            if b - a != length:
+                continue
+            if "tether_direct" in line:
+                return True
+            if "tether-attachment" in line:
+                return False
+    raise AssertionError("no attachment of %d bytes in mapper %d" % (length, m.proc.pid))
+
+
+class CopyMapper(Mapper):
+    """A same-node mapper that asks for a copy (TETHER_ATTACH_COPY=1)."""
+
+    def __init__(self, node, segid, length):
+        args = ["env", "TETHER_ATTACH_COPY=1", node.cluster.tt, "map", "--segid", str(segid),
+                "--len", str(length), "--interactive", "--quiet"]
+        InteractiveClient.__init__(self, node, args, "copy mapper")
+
+
+def test_same_node_attachment_is_direct(c):
+    """Stores of either side are seen by the other at once: no sync, no
+    acquire, no fetch; nothing cached, nothing marked at the home."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(1), e.segid, length=MiB)
+    expect(direct_mapping(m, MiB), "a same-node attachment with tether.ko is not direct")
+    expect(m.command("verify 1 0 %d" % MiB) == "ok", "the exporter's contents")
+    # Repeatedly, so that a copy (which would keep the first contents until
+    # an acquire) cannot pass by chance.
+    for seed in (2, 3, 4):
+        expect(e.command("fill %d 4096 8192" % seed) == "ok", "exporter fill")
+        expect(m.command("verify %d 4096 8192" % seed) == "ok",
+               "the exporter's store (seed %d) is not seen at once" % seed)
+        expect(m.command("write %d 65536 4096" % (seed + 10)) == "ok", "mapper write")
+        expect(e.verify(seed + 10, 65536, 4096) == "ok",
+               "the mapper's store (seed %d) is not in the exporter at once" % (seed + 10))
+    expect(m.command("sync") == "ok", "sync of a direct attachment")
+    expect(m.command("acquire") == "ok", "acquire of a direct attachment")
+    m.close()
+    expect(e.verify(1, 0, 4096) == "ok", "pages nobody wrote are unchanged")
+    e.close()
+
+
+def test_same_node_munmap_zaps_direct_attachment(c):
+    """The exporter's munmap returns at once (nothing cached, no window) and
+    has zapped the attachment before it returned: the next access of the
+    unmapped page raises SIGBUS; memory mapped there again is seen."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(1), e.segid, length=MiB)
+    expect(direct_mapping(m, MiB), "not a direct attachment")
+    expect(m.command("verify 1 0 65536") == "ok", "mapped before")
+    took = ms(e.command("munmap 4096 4096"))
+    expect(took < DEADLINE_MS, "munmap took %.0f ms: it waited for a window" % took)
+    expect(ms(e.command("remap 7 8192 4096")) < DEADLINE_MS, "remap")
+    expect(m.command("verify 7 8192 4096") == "ok", "new memory at the address is seen at once")
+    expect(m.command("verify 1 0 4096") == "ok", "page 0 is still the exporter's")
+    r = m.command("read 4096")
+    expect(r == "signal:%d" % SIGBUS, "access to the unmapped page: %s (want SIGBUS)" % r)
+    e.close()
+
+
+def test_same_node_mprotect_reaches_direct_attachment(c):
+    """mprotect(PROT_READ) by the exporter returns at once and the
+    attachment's next write raises SIGBUS (the exporter may not write
+    there); reads still see the page."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(1), e.segid, length=MiB)
+    expect(m.command("write 5 16384 4096") == "ok", "write before")
+    took = ms(e.command("mprotect 16384 4096 r"))
+    expect(took < DEADLINE_MS, "mprotect took %.0f ms" % took)
+    expect(m.command("verify 5 16384 4096") == "ok", "reads after mprotect(PROT_READ)")
+    r = m.command("write 6 16384 1")
+    expect(r == "signal:%d" % SIGBUS, "write after the exporter's mprotect(PROT_READ): " + r)
+    e.close()
+
+
+def test_same_node_read_only_attachment_cannot_write(c):
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(1), e.segid, length=MiB, rdonly=True)
+    expect(direct_mapping(m, MiB), "not a direct attachment")
+    expect(m.command("verify 1 0 65536") == "ok", "reads")
+    r = m.command("write 9 0 1")
+    expect(r == "signal:%d" % SIGSEGV, "a store through a read-only attachment: " + r)
+    expect(e.verify(1, 0, 4096) == "ok", "the exporter's page changed")
+    e.close()
+
+
+def test_same_node_copy_when_asked(c):
+    """TETHER_ATTACH_COPY=1 keeps the copy for another process of the node:
+    served by the daemon (cached in its memfd) and written back at sync."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = CopyMapper(c.node(1), e.segid, MiB)
+    expect(not direct_mapping(m, MiB), "TETHER_ATTACH_COPY=1 got a direct attachment")
+    expect(m.command("verify 1 0 8192") == "ok", "reads")
+    expect(cached(m, 0, MiB), "the copy caches page 0")
+    expect(m.command("write 4 0 4096") == "ok", "write")
+    expect(m.command("sync") == "ok", "sync")
+    expect(e.verify(4, 0, 4096) == "ok", "the copy's write-back")
+    m.close()
+    e.close()
+
+
+def test_own_segment_copy_is_refused(c):
+    """A copy of one's own segment in one's own address space would stall
+    the exporter's mprotect for the module's ack timeout (its mmap_lock is
+    held while it waits for the daemon, whose window work needs it): with
+    tether.ko such an attach is a direct attachment, or refused clearly."""
+    node = c.node(1)
+    p = subprocess.Popen(node.netns_cmd(["env", "TETHER_ATTACH_COPY=1", c.tt, "api"]),
+                         env=node.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        expect(p.stdout.readline().strip() == "ready", "tt api did not start")
+
+        def call(line):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            return p.stdout.readline().strip()
+        r = call("make 65536 0600")
+        expect(r.startswith("ok segid="), r)
+        segid = int(r.split("=")[1])
+        r = call("get %d rw" % segid)
+        expect(r.startswith("ok apid="), r)
+        apid = int(r.split("=")[1])
+        r = call("attach %d 0 65536" % apid)
+        expect(r.startswith("error: errno=95 EOPNOTSUPP tether_attach") and "own segment" in r,
+               "own-segment copy: " + r)
+        expect(call("release %d" % apid) == "ok", "release after the refused attach")
+    finally:
+        p.stdin.close()
+        p.wait(10)
+
+
 if __name__ == "__main__":
     # TETHER_VM_DAEMON_OOM=0 leaves the two OOM-kill tests out (G4, ~20 s).
     oom = os.environ.get("TETHER_VM_DAEMON_OOM", "1") != "0"

@@ -106,13 +106,16 @@ if [ -n "$RELEASE" ]; then
   # tier runs it with the userfaultfd source).
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
     daemon_suite xpmem "$REPO/tests/multinode/test_xpmem.py" whole_address_space
-  # Opt-in (TETHER_VM_SUITES=xpmem): the validation program with tether.ko,
-  # whose own-segment checks time the exporter's mprotect and munmap of
-  # pages its own attachment holds (issue 16; mprotect is seen only here).
-  # Not in the default run while own_mprotect_returns fails (the mprotect
-  # waits out ack_timeout_ms: tests/vm/README.md).
-  if suite xpmem; then
-    daemon_suite xpmem "$REPO/tests/multinode/test_xpmem.py" validation
+  # XPMEM programs on the exporter's node with tether.ko, where attachments
+  # are direct (issue 16): the validation program on each node, whose
+  # own-segment checks time the exporter's mprotect and munmap of pages its
+  # own attachment holds (mprotect is seen only here; neither may wait for
+  # the daemon), same-node sharing, own segment and fork child.
+  # TETHER_VM_SUITES=xpmem runs them without the rest of the daemon suite.
+  if [ -z "${TETHER_VM_DAEMON_K:-}" ] && { suite daemon || suite xpmem; }; then
+    for k in validation share_same_node own_segment_and_fork_child; do
+      daemon_suite "xpmem-$k" "$REPO/tests/multinode/test_xpmem.py" "$k"
+    done
   fi
 fi
 # The rdma tier (issue 5): the host tier's core and invalidation suites

@@ -18,6 +18,9 @@
  * Consistency (docs/consistency.md): home memory is authoritative. A mapper
  * sees the home's contents as of its last fault or tether_acquire(); its
  * writes reach the home at tether_sync(), tether_detach() or process exit.
+ * On the home node with tether.ko an attachment of anonymous memory maps
+ * the exporter's pages themselves (a direct attachment): both sides see
+ * each other's stores at once ($TETHER_ATTACH_COPY=1: a copy instead).
  *
  * The library talks to the local tetherd at $TETHER_SOCKET (default
  * /run/tether/tetherd.sock). All functions are thread-safe.
@@ -67,7 +70,9 @@ tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type, void*
 int tether_release(tether_apid_t apid);
 
 /* Maps [offset, offset+size) of the segment; returns the address, or
- * TETHER_ATTACH_FAILED. vaddr != NULL asks for that address (MAP_FIXED). */
+ * TETHER_ATTACH_FAILED. vaddr != NULL asks for that address (MAP_FIXED).
+ * EOPNOTSUPP: with tether.ko, the exporter attaching its own segment where
+ * no direct attachment can be made (docs/consistency.md). */
 void* tether_attach(tether_apid_t apid, off_t offset, size_t size, void* vaddr);
 /* Writes back, then unmaps the attachment that starts at vaddr. Returns
  * once every write-back of the attachment landed at the home (or fails). */
