@@ -69,6 +69,9 @@ ABSL_FLAG(std::string, rdma_source, "",
           "an address of an RDMA device's netdev or IPoIB interface. Default: the route's");
 ABSL_FLAG(std::string, peers, "", "other nodes: id=host:port,id=host:port (their peer_listen)");
 ABSL_FLAG(uint64_t, cache_budget_mb, 256, "bytes of remote pages this node may hold, in MiB");
+ABSL_FLAG(bool, writeback_diffs, true,
+          "write back only the bytes a mapper changed (page diffs); false: whole pages, which "
+          "loses other writers' stores to the same page (benchmarks only: tests/bench)");
 ABSL_FLAG(int32_t, rpc_timeout_ms, 5000, "deadline of node-to-node control calls");
 ABSL_FLAG(int32_t, invalidate_deadline_ms, 2000,
           "how long a home waits for mappers to acknowledge an invalidation before fencing "
@@ -188,6 +191,7 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
     }
   }
   cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
+  cfg.writeback_diffs = absl::GetFlag(FLAGS_writeback_diffs);
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);
   if (cfg.invalidate_deadline_ms <= 0) return bad("--invalidate_deadline_ms must be positive");

@@ -101,6 +101,7 @@ absl::Status Tetherd::Build() {
       [this](const Attachment& att, uint64_t off, uint64_t len, const std::string& why) {
         local_api_->SendSigbus(att, off, len, why);
       });
+  faults_->SetWholePageWriteBack(!config_.writeback_diffs);
   mapper_invalidation_ = std::make_unique<MapperInvalidation>(faults_.get(), attachments_.get());
   // Homes' range_begin/range_end come on our data listener (the fast path)
   // or by gRPC; ours go out the same two ways.

@@ -54,6 +54,8 @@ struct TetherdConfig {
   std::string rdma_source;    // "host:0"; "" for the route's
   std::vector<PeerConfig> peers;
   uint64_t cache_budget_bytes = 256ull << 20;
+  // false: write-backs carry whole pages (the benchmark's baseline).
+  bool writeback_diffs = true;
   int rpc_timeout_ms = 5000;
   // How long a home waits for mappers to acknowledge a range_begin before
   // fencing them (G2 in docs/architecture.md).

@@ -5,7 +5,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <string>
 
@@ -144,6 +146,49 @@ absl::Status ExporterMemory::Write(uint64_t addr, absl::Span<const uint8_t> src)
       });
   if (ToErrno(st) == EFAULT) return Refused(failed_at, 'w');
   return st;
+}
+
+absl::Status ExporterMemory::WriteDiff(uint64_t addr, const std::vector<DiffPage>& pages) const {
+  if (pages.empty()) return absl::OkStatus();
+  if (MmGone(addr)) return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
+  // Held here (tests), as Write's: a write-back (a diff, now) is about to
+  // be made; tests that hold a write-back in flight hold either kind.
+  TETHER_FAULT_POINT("exporter_memory.write.before_write");
+  std::vector<iovec> local, remote;
+  for (const DiffPage& page : pages) {
+    const uint64_t page_addr = addr + page.index * kPageSize;
+    local.clear();
+    remote.clear();
+    for (const DiffRun& run : page.runs) {
+      local.push_back({const_cast<uint8_t*>(run.data.data()), run.data.size()});
+      remote.push_back({reinterpret_cast<void*>(page_addr + run.offset), run.data.size()});
+    }
+    absl::MutexLock lock(&page_locks_[(page_addr / kPageSize) % kPageLocks]);
+    // Held here (tests), with this page's lock held: a diff is about to be
+    // written.
+    TETHER_FAULT_POINT("exporter_memory.write_diff.before_page");
+    // local[i] and remote[i] have the same length: a partial write ends at
+    // the same place in both.
+    size_t i = 0;
+    while (i < local.size()) {
+      size_t n = std::min<size_t>(local.size() - i, IOV_MAX);
+      ssize_t done = process_vm_writev(pid_, &local[i], n, &remote[i], n, 0);
+      if (done < 0 && errno == EINTR) continue;
+      if (done < 0 && errno == ESRCH) return ErrnoStatus(ESRCH, "the exporter exited");
+      if (done < 0 && errno != EFAULT) return ErrnoStatus(errno, "write exporter memory");
+      if (done <= 0) return Refused(reinterpret_cast<uint64_t>(remote[i].iov_base), 'w');
+      CountBytes(Counters().exporter_copy_bytes, static_cast<uint64_t>(done));
+      auto left = static_cast<size_t>(done);
+      while (left > 0 && left >= local[i].iov_len) left -= local[i++].iov_len;
+      if (left > 0) {
+        local[i].iov_base = static_cast<uint8_t*>(local[i].iov_base) + left;
+        local[i].iov_len -= left;
+        remote[i].iov_base = static_cast<uint8_t*>(remote[i].iov_base) + left;
+        remote[i].iov_len -= left;
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ExporterMemory::Refused(uint64_t addr, char perm) const {

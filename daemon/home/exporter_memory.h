@@ -30,10 +30,20 @@
 // write (writes cannot be taken back; one still lands in the new image
 // if the exec completes between that check and the call, a few µs).
 //
-// Thread contract: Read and Write may run concurrently from any thread (the
-// fds are only read after Open); they may block on the exporter's mm (page
-// faults, mmap_lock), so never call them on a thread that answers
-// invalidation events (G5, docs/architecture.md).
+// WriteDiff writes a page diff (common/page_diff.h): only the changed
+// bytes, one process_vm_writev per page (its runs as iovecs; a page of
+// more than IOV_MAX runs takes several), under that page's lock (one of
+// kPageLocks, by address), so that two write-backs of one page never
+// interleave: each page's diff lands whole before or after another's, and
+// a byte both wrote ends with the later one (last writer wins). The
+// exporter's own stores are not ordered by it: they land between or
+// around the runs, and only bytes a diff carries are written over.
+//
+// Thread contract: Read, Write and WriteDiff may run concurrently from any
+// thread (the fds are only read after Open; the page locks are leaves,
+// held across one page's writes only); they may block on the exporter's
+// mm (page faults, mmap_lock), so never call them on a thread that
+// answers invalidation events (G5, docs/architecture.md).
 #ifndef TETHER_DAEMON_HOME_EXPORTER_MEMORY_H_
 #define TETHER_DAEMON_HOME_EXPORTER_MEMORY_H_
 
@@ -42,8 +52,12 @@
 #include <cstdint>
 #include <memory>
 
+#include <vector>
+
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/page_diff.h"
 
 namespace tether {
 
@@ -55,6 +69,9 @@ class ExporterMemory {
 
   absl::Status Read(uint64_t addr, absl::Span<uint8_t> dst) const;
   absl::Status Write(uint64_t addr, absl::Span<const uint8_t> src) const;
+  // Writes decoded diff `pages` (DecodeDiff) at `addr` (where page index 0
+  // starts), a page at a time under its page lock.
+  absl::Status WriteDiff(uint64_t addr, const std::vector<DiffPage>& pages) const;
   // True while the exporter runs (its pidfd is not readable yet).
   bool Alive() const;
   pid_t pid() const { return pid_; }
@@ -76,6 +93,9 @@ class ExporterMemory {
   int pidfd_;
   int mem_fd_;  // /proc/<pid>/mem, bound to the export's mm; read by MmGone only
   int maps_fd_;
+  // Serialize write-backs of one page (WriteDiff), by page address.
+  static constexpr size_t kPageLocks = 64;
+  mutable absl::Mutex page_locks_[kPageLocks];
 };
 
 // The pid a pidfd refers to (from /proc/self/fdinfo), or -1.

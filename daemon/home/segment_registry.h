@@ -134,6 +134,11 @@ class SegmentRegistry : public BlockServer {
                           absl::Span<uint8_t> dst) override;
   absl::Status WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
                            absl::Span<const uint8_t> src) override;
+  // The diff is decoded (and refused whole if malformed) before anything
+  // is checked or written; the range checked (grant, bounds, windows,
+  // unmapped since read) is the pages it spans.
+  absl::Status WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
+                         absl::Span<const uint8_t> diff) override;
 
  private:
   struct GrantRecord {

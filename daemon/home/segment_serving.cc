@@ -11,6 +11,7 @@
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -105,6 +106,23 @@ absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, ui
   // only); already-marked ranges cost no ioctl.
   if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + src.size()));
   return memory->Write(addr, src);
+}
+
+absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                        uint64_t offset, absl::Span<const uint8_t> diff) {
+  auto pages = DecodeDiff(diff);
+  if (!pages.ok())
+    return WithErrno(EINVAL, absl::StrFormat("segment %#x: write-back from node %d: %s", segid,
+                                             peer_node, pages.status().message()));
+  const uint64_t len = DiffSpanPages(*pages) * kPageSize;
+  uint64_t addr = 0, gen = 0, writing = 0;
+  ASSIGN_OR_RETURN(auto memory,
+                   Resolve(peer_node, segid, grant, offset, len, true, &addr, &gen, &writing));
+  // In flight until this returns, as WriteBlocks' (a window opened
+  // meanwhile waits; without the guard its token would stay in the set).
+  WriteInFlight in_flight(this, segid, writing);
+  if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + len));
+  return memory->WriteDiff(addr, *pages);
 }
 
 void SegmentRegistry::WriteLanded(uint64_t segid, uint64_t token) {

@@ -66,13 +66,13 @@
 // - A SegmentCache's identity (home, segid, memfd, seg_pages) is written
 //   before it is shared. `mu` guards everything else: the pages' state and
 //   counts, the eviction hand, windows and their history, kept-aside
-//   pages, the mappings, revocation. The threads that take it: the fault
-//   thread (faults), the transports' threads (installing fetches), the
-//   evictor, the threads that deliver invalidation notices, local client
-//   threads (attach, sync, acquire, detach) and tetherctl's (Summaries). It
-//   is held across uffd ioctls (of any of its mappings) and memfd calls,
-//   never across the network, and no other lock is taken under it but the
-//   logger's (a leaf).
+//   pages, the dirty pages' twins, the mappings, revocation. The threads
+//   that take it: the fault thread (faults), the transports' threads
+//   (installing fetches), the evictor, the threads that deliver
+//   invalidation notices, local client threads (attach, sync, acquire,
+//   detach) and tetherctl's (Summaries). It is held across uffd ioctls (of
+//   any of its mappings) and memfd calls, never across the network, and no
+//   other lock is taken under it but the logger's (a leaf).
 // - InWindow, AbandonFetch, BegunSince, InOtherWindow need `mu` held
 //   (annotated). The destructors (closing the fds) run on whichever thread
 //   drops the last reference, possibly a transport's thread completing a
@@ -96,6 +96,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/page.h"
+#include "daemon/mapper/twin_store.h"
 
 namespace tether {
 
@@ -178,6 +179,9 @@ struct SegmentCache {
   // kept_aside, not yet at the home or put back. Sync waits for them as
   // for kept_aside, so that it never returns OK before they land.
   absl::btree_set<uint64_t> kept_writing ABSL_GUARDED_BY(mu);
+  // Twins of the dirty (and kept-aside) pages: what a write-back diffs
+  // against (twin_store.h).
+  TwinStore twins ABSL_GUARDED_BY(mu);
   // Dirty pages discarded because their address went away (reported by
   // the next sync of any of its attachments).
   uint64_t lost_pages ABSL_GUARDED_BY(mu) = 0;

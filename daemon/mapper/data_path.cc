@@ -6,12 +6,15 @@
 
 #include <map>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -52,6 +55,7 @@ struct DataPath::Attempt {
   int failures = 0;
   absl::Time first_failure;
   bool token_retried = false;  // a stale-token refusal was answered with a new Hello
+  bool diff = false;           // a write whose `src` is a page diff (WriteDiff)
 };
 
 // Runs scheduled retries at their time on one thread (the default
@@ -165,15 +169,15 @@ std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
 Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read,
                                    uint64_t segid, uint64_t grant, uint64_t offset,
                                    absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                                   Transport::Done done) {
-  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src,
+                                   Transport::Done done, bool diff) {
+  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src, diff,
           done = std::move(done)](absl::Status st) mutable {
     if (st.ok() || !IsSetupFailure(st)) {
       std::move(done)(std::move(st));
       return;
     }
     NoteRdmaSetupFailure(*ep, st);
-    SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
+    SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done), diff);
   };
 }
 
@@ -216,15 +220,24 @@ void DataPath::Write(uint32_t node, uint64_t segid, uint64_t grant, uint64_t off
   Submit(false, node, segid, grant, offset, {}, src, std::move(done));
 }
 
+void DataPath::WriteDiff(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                         absl::Span<const uint8_t> diff, Transport::Done done) {
+  Submit(false, node, segid, grant, offset, {}, diff, std::move(done), true);
+}
+
 void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-                      absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                      Transport::Done done) {
+                      absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done,
+                      bool diff) {
   if (node == local_node_) {
+    // This node's own home: the registry applies a diff as it does one
+    // from another node (page by page, under its page locks).
     std::move(done)(is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
+                    : diff  ? local_server_->WriteDiff(node, segid, grant, offset, src)
                             : local_server_->WriteBlocks(node, segid, grant, offset, src));
     return;
   }
   auto a = std::make_shared<Attempt>(is_read, node, segid, grant, offset, dst, src);
+  a->diff = diff;
   a->done = std::move(done);
   Try(std::move(a));
 }
@@ -321,9 +334,9 @@ void DataPath::Try(std::shared_ptr<Attempt> a) {
   Transport* transport = tcp_;
   if (UseRdma(node, *ep)) {
     transport = rdma_;
-    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done));
+    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done), a->diff);
   }
-  SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done));
+  SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done), a->diff);
 }
 
 void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep) {
@@ -358,9 +371,11 @@ void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const Data
 
 void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                         uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                        absl::Span<const uint8_t> src, Transport::Done done) {
+                        absl::Span<const uint8_t> src, Transport::Done done, bool diff) {
   if (is_read) {
     transport->Read(ep, segid, grant, offset, dst, std::move(done));
+  } else if (diff) {
+    transport->WriteDiff(ep, segid, grant, offset, src, std::move(done));
   } else {
     transport->Write(ep, segid, grant, offset, src, std::move(done));
   }
@@ -382,6 +397,32 @@ absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant, 
   for (size_t off = 0; off < src.size(); off += kMaxPayload) {
     size_t len = std::min<size_t>(kMaxPayload, src.size() - off);
     Write(node, segid, grant, offset + off, src.subspan(off, len), [st](absl::Status s) {
+      absl::MutexLock lock(&st->mu);
+      if (!s.ok() && st->status.ok()) st->status = s;
+      if (--st->left == 0) st->done.Notify();
+    });
+  }
+  st->done.WaitForNotification();
+  absl::MutexLock lock(&st->mu);
+  return st->status;
+}
+
+absl::Status DataPath::WriteDiffSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                                     absl::Span<const uint8_t> diff) {
+  // As WriteSync: pieces (cut at page entries, each a diff of the same
+  // base offset) all in flight at once; the first error wins.
+  struct State {
+    absl::Mutex mu;
+    absl::Status status;
+    size_t left;
+    absl::Notification done;
+  };
+  std::vector<std::pair<size_t, size_t>> pieces = SplitDiff(diff, kMaxPayload);
+  if (pieces.empty()) return absl::OkStatus();
+  auto st = std::make_shared<State>();
+  st->left = pieces.size();
+  for (auto [off, len] : pieces) {
+    WriteDiff(node, segid, grant, offset, diff.subspan(off, len), [st](absl::Status s) {
       absl::MutexLock lock(&st->mu);
       if (!s.ok() && st->status.ok()) st->status = s;
       if (--st->left == 0) st->done.Notify();

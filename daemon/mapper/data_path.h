@@ -35,7 +35,7 @@
 // re-sent one.
 //
 // Thread contract.
-// - Read and Write: any thread (the fault thread's fetches, write-back
+// - Read, Write and WriteDiff: any thread (the fault thread's fetches, write-back
 //   callers); they do not wait for the transfer. For this node's own home
 //   they call its BlockServer inline (a read or write of the exporter's
 //   memory). On the calling thread, without a lock held, they may also
@@ -51,7 +51,7 @@
 //   transport inline). After an rdma set-up failure, FallBack's wrapper
 //   reissues the request over tcp from the thread that reported the
 //   failure, and `done` runs where tcp completes it.
-// - WriteSync blocks until every piece is answered: never on a transport's
+// - WriteSync and WriteDiffSync block until every piece is answered: never on a transport's
 //   thread (its own completion would wait behind it), nor on the fault
 //   thread (it never waits for the network).
 // - TransportFor: any thread (PeerDirectory asks it for tetherctl status).
@@ -146,13 +146,24 @@ class DataPath {
   // Synchronous write-back helper: splits into transport-sized pieces.
   absl::Status WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                          absl::Span<const uint8_t> src);
+  // A write-back as a page diff of the pages from `offset` (common/
+  // page_diff.h): to this node's BlockServer::WriteDiff inline, or
+  // Transport::WriteDiff; retried as Write is.
+  void WriteDiff(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                 absl::Span<const uint8_t> diff, Transport::Done done);
+  // WriteSync for a diff: cut at page entries into pieces of at most
+  // kMaxPayload, all in flight at once.
+  absl::Status WriteDiffSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                             absl::Span<const uint8_t> diff);
 
  private:
   bool UseRdma(uint32_t node, const DataEndpoint& ep);
   // Read (`dst`) or write (`src`): to the local BlockServer, or over the
   // transport chosen for `node`.
+  // `diff`: a write whose `src` is a page diff.
   void Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-              absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done);
+              absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Transport::Done done,
+              bool diff = false);
   struct Attempt;
   class Timer;
   // One try of `a` (the first, or a retry), with its result to Finished.
@@ -166,13 +177,13 @@ class DataPath {
   void TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const DataEndpoint> ep);
   static void SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_read, uint64_t segid,
                        uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                       absl::Span<const uint8_t> src, Transport::Done done);
+                       absl::Span<const uint8_t> src, Transport::Done done, bool diff);
   // After an rdma set-up failure: `node` uses tcp for kRdmaRetryAfter.
   void NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& st);
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                           absl::Span<const uint8_t> src, Transport::Done done);
+                           absl::Span<const uint8_t> src, Transport::Done done, bool diff);
 
   const uint32_t local_node_;
   BlockServer* const local_server_;

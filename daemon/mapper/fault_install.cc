@@ -76,19 +76,37 @@ void FaultService::HandleWriteProtect(Attachment& att, uint64_t addr) {
   uint64_t p = att.first_page() + (addr - base) / kPageSize;
   // Held here (tests), no lock held: the fault is read, the cache's mu not taken.
   TETHER_FAULT_POINT("fault_service.write_protect.before_lock");
-  absl::MutexLock lock(&c.mu);
-  PageState& s = c.state[p];
-  if (s == PageState::kClean || s == PageState::kWriteback) {
-    if (s == PageState::kWriteback) ++c.wb_epoch;  // the write-back in flight is older now
-    s = PageState::kDirty;
-    ++c.dirty;
+  int twins = 0;
+  {
+    absl::MutexLock lock(&c.mu);
+    PageState& s = c.state[p];
+    if (s == PageState::kClean) {
+      // The twin, before the protection is lifted in any mapping: the page
+      // as the home has it, without this store (twin_store.h). One 4 KiB
+      // pread on the first store to a clean page only — not on missing
+      // faults, not on later stores, not on a store through another
+      // mapping of a page already dirty — which a write-back's diff needs.
+      twins = c.twins.Take(c.memfd, c.Off(p), p);
+    }
+    if (s == PageState::kClean || s == PageState::kWriteback) {
+      // (kWriteback keeps its twin: the base of the write-back in flight,
+      // replaced by what it sent once that lands.)
+      if (s == PageState::kWriteback) ++c.wb_epoch;  // the write-back in flight is older now
+      s = PageState::kDirty;
+      ++c.dirty;
+    }
+    if (s == PageState::kDirty) {
+      // Unprotected in this mm only: a store through another mapping of the
+      // page still faults here (and finds it dirty already).
+      WriteProtect(att.uffd, addr, kPageSize, false);  // also wakes the writer
+    } else {
+      Wake(att.uffd, addr, kPageSize);  // evicted meanwhile: it refaults as missing
+    }
   }
-  if (s == PageState::kDirty) {
-    // Unprotected in this mm only: a store through another mapping of the
-    // page still faults here (and finds it dirty already).
-    WriteProtect(att.uffd, addr, kPageSize, false);  // also wakes the writer
-  } else {
-    Wake(att.uffd, addr, kPageSize);  // evicted meanwhile: it refaults as missing
+  // Twins count against the cache budget (twin_store.h).
+  if (twins > 0 && resident_pages_.fetch_add(1) + 1 > budget_pages_) {
+    absl::MutexLock lock(&mu_);
+    evict_wanted_ = true;
   }
 }
 

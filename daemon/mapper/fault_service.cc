@@ -208,7 +208,7 @@ void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
     if (c.mappings.empty()) {
       // The last one: late completions install nothing, and the next
       // attach of the segment makes a new cache.
-      dropped = c.resident;
+      dropped = c.resident + c.twins.Clear();  // twins count too (twin_store.h)
       c.resident = 0;
       closed = true;
       if (!c.revoked) {

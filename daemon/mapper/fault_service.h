@@ -11,7 +11,10 @@
 // are in flight at once: the fault thread never waits for the network.
 //
 // Dirty tracking: a store to a clean (write-protected) page raises a WP
-// fault; the page becomes kDirty and is unprotected. Write-back and
+// fault; the page's twin is taken (twin_store.h), then it becomes kDirty
+// and is unprotected. A write-back sends only the bytes that differ from
+// the twins (a page diff, common/page_diff.h), so that stores other
+// writers made to other bytes of the page at the home survive. Write-back and
 // range_begin protect again first, then read the page from the memfd, so
 // a store racing with them re-dirties the page (write-back) or waits for
 // the window and lands on the page fetched after it (range_begin) instead
@@ -109,6 +112,10 @@ class FaultService {
 
   absl::Status Start();
   void Stop();
+  // Before Start: write-backs carry whole pages instead of diffs (twins
+  // are still taken). Loses other writers' stores to the same page: only
+  // the write-back benchmark's baseline uses it (--writeback_diffs=false).
+  void SetWholePageWriteBack(bool whole) { whole_pages_ = whole; }
 
   // Gives a new attachment (identity set, not yet shared) its cache: the
   // segment's cache on this node if one is open (and caches are shared),
@@ -164,6 +171,7 @@ class FaultService {
   static bool IsOnlyLostUnmapped(const absl::Status& st);
 
   uint64_t budget_bytes() const { return budget_pages_ * kPageSize; }
+  // Pages installed plus twins (twin_store.h): what the budget bounds.
   uint64_t resident_bytes() const { return resident_pages_.load() * kPageSize; }
 
  private:
@@ -213,16 +221,20 @@ class FaultService {
   absl::Status WriteBackRuns(SegmentCache& c, uint64_t grant,
                              const std::vector<std::pair<uint64_t, uint64_t>>& runs, uint64_t epoch,
                              bool* superseded);
-  // Writes `data` at page `first`, retrying the home's "retry" for a
-  // bounded time. With `epoch` (a sync's kWriteback pages) it retries only
+  // Writes a page diff (page_diff.h) of the pages from `first`, retrying
+  // the home's "retry" for a bounded time. With `epoch` (a sync's kWriteback pages) it retries only
   // while att.wb_epoch still equals *epoch; else it gives up and sets
   // *superseded: a newer copy exists (re-dirtied, or kept aside by a
   // window that writes it back at its end), and this one must not land
   // after it. Without (a window's kept-aside pages) it retries until the
   // deadline.
   absl::Status WriteBackPages(SegmentCache& c, uint64_t grant, uint64_t first,
-                              absl::Span<const uint8_t> data, const uint64_t* epoch = nullptr,
+                              absl::Span<const uint8_t> diff, const uint64_t* epoch = nullptr,
                               bool* superseded = nullptr);
+  // Appends the diff of `pages` (twins.size() pages from index 0) against
+  // their twins; a page without one goes whole.
+  void EncodeDiff(const std::vector<TwinStore::Twin>& twins, absl::Span<const uint8_t> pages,
+                  std::vector<uint8_t>* diff) const;
 
   // fault_eviction.cc. The evictor thread's.
   void EvictLoop();
@@ -238,6 +250,7 @@ class FaultService {
   const uint64_t budget_pages_;
   const SigbusSink sigbus_;
   Clock* const clock_;
+  bool whole_pages_ = false;  // SetWholePageWriteBack, before Start
 
   std::atomic<uint64_t> resident_pages_{0};
   std::atomic<bool> stopping_{false};

@@ -21,7 +21,7 @@ using mapping_ops::PunchHole;
 using mapping_ops::Wake;
 
 void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint64_t p1) {
-  uint64_t dropped = 0;
+  uint64_t dropped = 0, twins_dropped = 0;
   {
     absl::MutexLock lock(&c.mu);
     p0 = std::max(p0, c.first());
@@ -60,7 +60,8 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
           } else {
             TLOG_WARN("segment %#x: read of dirty page %d for range_begin: %s", c.segid, r,
                       std::strerror(errno));
-            ++c.lost_pages;  // reported by the next sync, never silently
+            ++c.lost_pages;                            // reported by the next sync, never silently
+            if (c.twins.Drop(r) < 0) ++twins_dropped;  // twins count against the budget
           }
           if (c.state[r] == PageState::kDirty) --c.dirty;
           if (c.state[r] == PageState::kWriteback) ++c.wb_epoch;  // the window's copy is newer
@@ -77,13 +78,14 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
     }
     c.resident -= dropped;
   }
-  resident_pages_ -= dropped;
+  resident_pages_ -= dropped + twins_dropped;
 }
 
 absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
                                      const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   std::vector<std::pair<uint64_t, std::string>> writeback;
   uint64_t p0, p1, grant;
+  int64_t twin_delta = 0;
   {
     absl::MutexLock lock(&c.mu);
     grant = c.write_grant;
@@ -96,6 +98,7 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
       for (const auto& g : gone) is_gone |= k->first >= g.first && k->first < g.second;
       if (is_gone) {
         ++c.lost_pages;
+        twin_delta += c.twins.Drop(k->first);
       } else if (c.InOtherWindow(k->first, key)) {
         // Another window over the page is still open (range_begin of a
         // later event came first): the home refuses writes there, and
@@ -114,10 +117,23 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
   absl::Status result;
   std::vector<std::pair<uint64_t, std::string>> failed;
   uint64_t unmapped = 0;
-  for (auto& [p, bytes] : writeback) {
-    absl::Status st = WriteBackPages(
-        c, grant, p,
-        absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize));
+  std::vector<uint64_t> landed;
+  std::vector<uint8_t> diff;
+  for (size_t i = 0; i < writeback.size(); ++i) {
+    auto& [p, bytes] = writeback[i];
+    // Whole, not a diff against the twin: the window's change may have
+    // replaced the home's bytes (DONTNEED zeroes them, a remap maps
+    // others), so the twin no longer says which bytes are the client's
+    // writes: a byte it stored with the twin's value would not be sent,
+    // and the client would read back the home's new byte instead of its
+    // own store. Another writer's bytes of such a page: the last
+    // write-back wins for the whole page, as before issue 16.
+    diff.clear();
+    EncodeDiff({TwinStore::Twin()},
+               absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize),
+               &diff);
+    absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(c, grant, p, diff);
+    if (st.ok()) landed.push_back(p);
     if (IsGoneAtHome(st)) {
       // The home refused it: the exporter unmapped the address since this
       // copy was read (a later change that did not ask this node, while
@@ -125,6 +141,7 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
       // page in `gone` is, and not put back (issue 14).
       TLOG_INFO("segment %#x: kept-aside page %d: %s", c.segid, p, st.message());
       ++unmapped;
+      landed.push_back(p);  // no twin needed any more either
     } else if (!st.ok()) {
       TLOG_WARN("segment %#x: write-back of kept-aside page %d after a window: %s", c.segid, p,
                 st.ToString());
@@ -136,6 +153,8 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
   absl::MutexLock lock(&c.mu);
   for (const auto& [p, bytes] : writeback) c.kept_writing.erase(p);  // settled below
   c.lost_pages += unmapped;                                          // reported by the next sync
+  for (uint64_t p : landed) twin_delta += c.twins.Drop(p);
+
   for (auto& [p, bytes] : failed) {
     // Not at the home. Refetching the page from there would hide the
     // client's writes from it, and writing this copy later would land it
@@ -144,6 +163,7 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
     // client reads its own writes, and the next Sync writes the page back
     // (newest contents) or reports the failure. Another window open over
     // the page keeps it aside for its own end instead.
+    // (Its twin stays: the page is still dirty against it.)
     if (c.revoked) {
       ++c.lost_pages;  // the revocation reports it
     } else if (c.InOtherWindow(p, key)) {
@@ -159,9 +179,10 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
       TLOG_WARN("segment %#x: kept-aside page %d could not be put back: %s", c.segid, p,
                 std::strerror(errno));
       ++c.lost_pages;  // reported by the next sync
+      twin_delta += c.twins.Drop(p);
     }
   }
-  resident_pages_ += redirtied;
+  resident_pages_ += redirtied + static_cast<uint64_t>(twin_delta);
   c.windows.erase(key);
   WakeEverywhere(c, p0, p1, nullptr);
   return result;
@@ -205,7 +226,7 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
   c.lost_pages += c.kept_aside.size();
   c.kept_aside.clear();
   c.windows.clear();
-  dropped = c.resident;
+  dropped = c.resident + c.twins.Clear();  // twins count too (twin_store.h)
   c.resident = 0;
   c.dirty = 0;
   std::fill(c.state.begin(), c.state.end(), PageState::kAbsent);

@@ -1,11 +1,14 @@
 // FaultService, sync and write-back: dirty pages are write-protected again
 // before they are read from the memfd and sent to the home, so that a
 // store racing the write-back re-dirties its page instead of being lost;
-// a home's "retry" (a window there) is retried for a bounded time.
+// only the bytes that differ from each page's twin are sent (a page diff:
+// other writers' bytes of the page survive at the home); a home's "retry"
+// (a window there) is retried for a bounded time.
 #include "daemon/mapper/fault_service.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
 #include <utility>
@@ -18,6 +21,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -159,20 +163,34 @@ absl::Status FaultService::SyncCache(SegmentCache& c, uint64_t grant, uint64_t p
   }
 }
 
+void FaultService::EncodeDiff(const std::vector<TwinStore::Twin>& twins,
+                              absl::Span<const uint8_t> pages, std::vector<uint8_t>* diff) const {
+  for (size_t i = 0; i < twins.size(); ++i) {
+    const uint8_t* page = pages.data() + i * kPageSize;
+    if (twins[i] && !whole_pages_) {
+      AppendPageDiff(static_cast<uint32_t>(i), twins[i].get(), page, diff);
+    } else {
+      AppendWholePage(static_cast<uint32_t>(i), page, diff);
+    }
+  }
+}
+
 absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
                                          const std::vector<std::pair<uint64_t, uint64_t>>& runs,
                                          uint64_t epoch, bool* superseded) {
   absl::Status result;
-  std::vector<uint8_t> buf;
-  struct Outcome {
-    uint64_t first, count;
-    bool ok, gone;
-  };
-  std::vector<Outcome> outcomes;
+  std::vector<uint8_t> buf, diff;
+  std::vector<TwinStore::Twin> twins;
+  uint64_t dropped = 0;
+  int64_t twin_delta = 0;
   // A run the home finds gone (ENXIO) may be gone only in part (an unmap
   // of some of its pages): it is sent again page by page, so that only
-  // the pages whose address is gone are counted lost.
-  std::vector<std::pair<uint64_t, uint64_t>> work = runs;
+  // the pages whose address is gone are counted lost. A diff spans at most
+  // kMaxDiffPages pages from its offset: longer runs go in pieces.
+  std::vector<std::pair<uint64_t, uint64_t>> work;
+  for (auto [p, count] : runs)
+    for (uint64_t q = p; q < p + count; q += kMaxDiffPages)
+      work.emplace_back(q, std::min<uint64_t>(kMaxDiffPages, p + count - q));
   for (size_t r = 0; r < work.size(); ++r) {
     auto [p, count] = work[r];
     buf.resize(count * kPageSize);
@@ -182,14 +200,24 @@ absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
     if (got != static_cast<ssize_t>(buf.size())) {
       st = ErrnoStatus(got < 0 ? errno : EIO, "read back dirty pages");
     } else {
-      st = WriteBackPages(c, grant, p, buf, &epoch, &run_superseded);
+      // Only the bytes that differ from the twins go (twin_store.h): the
+      // home keeps what other writers stored in the rest of the pages.
+      // Twins are never changed in place: diffed without the lock.
+      twins.clear();
+      {
+        absl::MutexLock lock(&c.mu);
+        for (uint64_t q = p; q < p + count; ++q) twins.push_back(c.twins.Get(q));
+      }
+      diff.clear();
+      EncodeDiff(twins, buf, &diff);
+      // Nothing differs (stores of the bytes already there): nothing to send.
+      if (!diff.empty()) st = WriteBackPages(c, grant, p, diff, &epoch, &run_superseded);
     }
     bool gone = IsGoneAtHome(st);
     if (gone && count > 1) {
       for (uint64_t q = p; q < p + count; ++q) work.emplace_back(q, 1);
       continue;
     }
-    outcomes.push_back({p, count, st.ok(), gone});
     if (gone) {
       // Not an error of this sync: the exporter unmapped the memory, so
       // there is nothing to write to (the contract holds while the address
@@ -200,44 +228,57 @@ absl::Status FaultService::WriteBackRuns(SegmentCache& c, uint64_t grant,
     } else if (!st.ok() && result.ok()) {
       result = st;
     }
-  }
-  uint64_t dropped = 0;
-  absl::MutexLock lock(&c.mu);
-  for (const Outcome& o : outcomes) {
-    for (uint64_t p = o.first; p < o.first + o.count; ++p) {
-      if (o.gone && c.state[p] == PageState::kDirty) {
+    // Settled run by run: a page re-dirtied while its write landed takes
+    // the bytes sent as its twin, and `buf` holds them only until the
+    // next run.
+    absl::MutexLock lock(&c.mu);
+    for (uint64_t q = p; q < p + count; ++q) {
+      if (gone && c.state[q] == PageState::kDirty) {
         // Re-dirtied while the refused write was on its way: the store is
         // on the same copy of the gone mapping, so it goes too — and the
         // loss is reported now, not hidden behind this sync's OK.
-        c.state[p] = PageState::kWriteback;
+        c.state[q] = PageState::kWriteback;
         --c.dirty;
       }
-      if (c.state[p] != PageState::kWriteback) continue;  // re-dirtied, or taken by a window
-      if (o.gone) {
+      if (c.state[q] != PageState::kWriteback) {
+        // Re-dirtied, or taken by a window. If this write landed, the
+        // home has these bytes now: the next diff (the next sync's, or
+        // the window's kept-aside write-back) is against them, so that a
+        // byte stored back to its old value since is sent too.
+        if (st.ok() && (c.state[q] == PageState::kDirty || c.kept_aside.contains(q)))
+          twin_delta += c.twins.Set(q, buf.data() + (q - p) * kPageSize);
+        continue;
+      }
+      if (gone) {
         // Dropped: the client's next access fetches what the home has
         // there now (or faults on nothing mapped), not this copy. A store
         // that re-dirtied it left its mm's PTE unprotected: protect it
         // first, so that the punch leaves a marker there (attachment.h).
-        ProtectEverywhere(c, p, p + 1);
-        PunchHole(c.memfd, c.Off(p), kPageSize);
-        c.state[p] = PageState::kAbsent;
+        ProtectEverywhere(c, q, q + 1);
+        PunchHole(c.memfd, c.Off(q), kPageSize);
+        c.state[q] = PageState::kAbsent;
         --c.resident;
         ++dropped;
         ++c.lost_pages;
-      } else if (o.ok) {
-        c.state[p] = PageState::kClean;
+        twin_delta += c.twins.Drop(q);
+      } else if (st.ok()) {
+        // Clean and write-protected: the next store takes a new twin.
+        c.state[q] = PageState::kClean;
+        twin_delta += c.twins.Drop(q);
       } else {
-        c.state[p] = PageState::kDirty;  // keep it: a later sync retries
+        c.state[q] = PageState::kDirty;  // keep it (and its twin): a later sync retries
         ++c.dirty;
       }
     }
   }
+  // Twins count against the cache budget (twin_store.h).
+  resident_pages_ += static_cast<uint64_t>(twin_delta);
   resident_pages_ -= dropped;
   return result;
 }
 
 absl::Status FaultService::WriteBackPages(SegmentCache& c, uint64_t grant, uint64_t first,
-                                          absl::Span<const uint8_t> data, const uint64_t* epoch,
+                                          absl::Span<const uint8_t> diff, const uint64_t* epoch,
                                           bool* superseded) {
   // The home refuses writes inside one of its windows (Retry): retry for
   // a bounded time, since windows close within the ack deadline.
@@ -245,7 +286,7 @@ absl::Status FaultService::WriteBackPages(SegmentCache& c, uint64_t grant, uint6
   while (true) {
     // Held here (tests), no lock held: the write-back is about to be sent.
     TETHER_FAULT_POINT("fault_service.writeback.before_send");
-    absl::Status st = data_->WriteSync(c.home, c.segid, grant, first * kPageSize, data);
+    absl::Status st = data_->WriteDiffSync(c.home, c.segid, grant, first * kPageSize, diff);
     if (st.ok() || !IsRetry(st) || absl::Now() > deadline) return st;
     // Held here (tests), no lock held: the home refused, not yet retried.
     TETHER_FAULT_POINT("fault_service.writeback.before_retry");

@@ -6,12 +6,15 @@
 // connection ends (FailChunks).
 #include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/transport/rdma_transport_internal.h"
 #include "daemon/transport/rdma_wire.h"
 
@@ -87,11 +90,13 @@ void PumpLocked(Conn* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu) {
     absl::Span<uint8_t> buf = c->pool->slot(*slot);
     if (!op.is_read) copies[ncopies++] = {buf.data(), op.src.data() + ch.op_offset, ch.length};
     RdmaMessage m;
-    m.header.type = op.is_read ? FrameType::kReadReq : FrameType::kWriteReq;
+    m.header.type = op.is_read ? FrameType::kReadReq
+                    : op.diff  ? FrameType::kWriteDiffReq
+                               : FrameType::kWriteReq;
     m.header.req_id = req_id;
     m.header.segid = op.segid;
     m.header.grant = op.grant;
-    m.header.offset = op.offset + ch.op_offset;
+    m.header.offset = op.diff ? op.offset : op.offset + ch.op_offset;
     m.header.length = ch.length;
     m.addr = reinterpret_cast<uintptr_t>(buf.data());
     m.rkey = c->pool_mr->rkey;
@@ -294,7 +299,7 @@ bool CompleteRead(Conn* c, uint32_t i, uint32_t imm, uint32_t byte_len, std::str
 
 void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
                            uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                           Done done, ReadDone in_place) {
+                           Done done, ReadDone in_place, bool diff) {
   size_t len = is_read ? dst.size() : src.size();
   auto fail = [&](absl::Status st) {
     if (in_place) {
@@ -315,6 +320,7 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
   Connection* c = conn_or->get();
   auto op = std::make_shared<Connection::Op>();
   op->is_read = is_read;
+  op->diff = diff;
   op->segid = segid;
   op->grant = grant;
   op->offset = offset;
@@ -323,6 +329,7 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
   op->done = std::move(done);
   op->in_place = std::move(in_place);
   std::string why;
+  bool too_small = false;
   {
     absl::MutexLock lock(&c->mu);
     // Queued (and posted at once if connected and a slot is free; else by
@@ -331,14 +338,33 @@ void RdmaTransport::Submit(const DataEndpoint& home, bool is_read, uint64_t segi
       // More than one slot: the chunks are copied into `dst` as they
       // arrive. (slot_bytes under mu, as for the chunks below.)
       if (op->in_place && len > c->slot_bytes) Connection::CopyInsteadOfInPlace(*op);
-      op->chunks_left = static_cast<uint32_t>((len + c->slot_bytes - 1) / c->slot_bytes);
-      for (uint64_t off = 0; off < len; off += c->slot_bytes)
-        c->waiting.push_back(
-            {op, off, static_cast<uint32_t>(std::min<uint64_t>(c->slot_bytes, len - off))});
-      PumpLocked(c);
-      return;
+      std::vector<std::pair<size_t, size_t>> pieces;
+      if (diff) {
+        // A diff is cut only between page entries: each piece must be a
+        // diff the home can decode alone.
+        pieces = SplitDiff(src, c->slot_bytes);
+        for (auto [off, n] : pieces) too_small |= n > c->slot_bytes;
+      } else {
+        for (uint64_t off = 0; off < len; off += c->slot_bytes)
+          pieces.emplace_back(off, std::min<uint64_t>(c->slot_bytes, len - off));
+      }
+      if (!too_small) {
+        op->chunks_left = static_cast<uint32_t>(pieces.size());
+        for (auto [off, n] : pieces) c->waiting.push_back({op, off, static_cast<uint32_t>(n)});
+        PumpLocked(c);
+        return;
+      }
     }
     why = c->why;
+  }
+  if (too_small) {
+    // Nothing sent: DataPath sends it over tcp (a set-up failure).
+    op->status = SetupFailure(ErrnoStatus(
+        EMSGSIZE, absl::StrCat("rdma slots to node ", home.node_id,
+                               " are smaller than a page's "
+                               "diff (--rdma_slot_kb); a diff write-back goes over tcp")));
+    Connection::Complete(*op, {});
+    return;
   }
   op->status = NotSent(absl::UnavailableError(
       absl::StrCat("rdma connection to node ", home.node_id, " lost: ", why)));

@@ -151,7 +151,10 @@ void RunExporterJob(const ExporterJob& job) {
       if (c->fence->current != c->generation) {
         why = absl::StrCat("replaced by a newer connection from node ", c->node);
       } else {
-        st = c->server->WriteBlocks(c->node, h.segid, h.grant, h.offset, buf);
+        // A diff is decoded and checked whole before anything is written.
+        st = h.type == FrameType::kWriteDiffReq
+                 ? c->server->WriteDiff(c->node, h.segid, h.grant, h.offset, buf)
+                 : c->server->WriteBlocks(c->node, h.segid, h.grant, h.offset, buf);
       }
     }
     if (why.empty() && !PostResponse(c, job.slot, job.m, ToWireStatus(st), data_len))
@@ -204,8 +207,8 @@ bool ServeRequest(Conn* c, uint32_t i, uint32_t byte_len, std::string* why) {
     *why = "cannot repost a receive";
     return false;
   }
-  if (!m.ok() ||
-      (m->header.type != FrameType::kReadReq && m->header.type != FrameType::kWriteReq)) {
+  if (!m.ok() || (m->header.type != FrameType::kReadReq && m->header.type != FrameType::kWriteReq &&
+                  m->header.type != FrameType::kWriteDiffReq)) {
     *why = m.ok() ? "a response sent to the home" : std::string(m.status().message());
     return false;
   }

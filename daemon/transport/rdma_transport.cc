@@ -117,6 +117,11 @@ void RdmaTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t gra
   Submit(home, false, segid, grant, offset, {}, src, std::move(done));
 }
 
+void RdmaTransport::WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                              uint64_t offset, absl::Span<const uint8_t> diff, Done done) {
+  Submit(home, false, segid, grant, offset, {}, diff, std::move(done), nullptr, true);
+}
+
 void RdmaTransport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
                                 uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {
   Submit(home, true, segid, grant, offset, dst, {}, nullptr, std::move(done));

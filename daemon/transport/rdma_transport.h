@@ -181,6 +181,12 @@ class RdmaTransport : public Transport {
             absl::Span<uint8_t> dst, Done done) override;
   void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Done done) override;
+  // Cut at page entries into slot-sized WRITE_DIFF_REQs (SplitDiff), each
+  // a diff of `offset`; a connection whose slot is smaller than one page's
+  // entry (kMaxDiffEntry: --rdma_slot_kb=4) fails it as a set-up failure,
+  // so DataPath sends it over tcp.
+  void WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                 absl::Span<const uint8_t> diff, Done done) override;
   // A read of at most one slot hands `done` the requester's slot itself
   // (the home wrote into it; released when `done` returns): no copy out of
   // registered memory. Larger reads are split and copied into `dst`.
@@ -197,10 +203,11 @@ class RdmaTransport : public Transport {
   struct ExporterPool;  // rdma_transport_internal.h
 
   // rdma_requester.cc: a Read or Write, on the caller's thread.
-  // `in_place` (reads of at most one slot only) replaces `done`.
+  // `in_place` (reads of at most one slot only) replaces `done`. `diff`:
+  // a write whose `src` is a page diff (WriteDiff).
   void Submit(const DataEndpoint& home, bool is_read, uint64_t segid, uint64_t grant,
               uint64_t offset, absl::Span<uint8_t> dst, absl::Span<const uint8_t> src, Done done,
-              ReadDone in_place = nullptr) ABSL_LOCKS_EXCLUDED(mu_);
+              ReadDone in_place = nullptr, bool diff = false) ABSL_LOCKS_EXCLUDED(mu_);
   // rdma_connection.cc. The live connection to `home` (this incarnation),
   // or a new one being set up by its own thread (never blocks): on the
   // caller's thread. An error only for an endpoint no connect could use.

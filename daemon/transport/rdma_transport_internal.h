@@ -118,6 +118,9 @@ struct RdmaTransport::Connection {
   // A caller's request; split into chunks of at most one slot each.
   struct Op {
     bool is_read = true;
+    // A write of a page diff: each chunk is a WRITE_DIFF_REQ of the whole
+    // op's `offset` (its pieces are diffs of the same base, SplitDiff).
+    bool diff = false;
     uint64_t segid = 0, grant = 0, offset = 0;
     absl::Span<uint8_t> dst;
     absl::Span<const uint8_t> src;

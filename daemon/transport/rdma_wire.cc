@@ -21,7 +21,9 @@ T Get(const uint8_t* p) {
   for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(p[i]) << (8 * i);
   return v;
 }
-bool IsRequest(FrameType t) { return t == FrameType::kReadReq || t == FrameType::kWriteReq; }
+bool IsRequest(FrameType t) {
+  return t == FrameType::kReadReq || t == FrameType::kWriteReq || t == FrameType::kWriteDiffReq;
+}
 }  // namespace
 
 void EncodeRdmaMessage(const RdmaMessage& m, uint8_t out[kRdmaMessageSize]) {

@@ -7,7 +7,8 @@
 // requester's slot is:
 //
 //   off size field
-//    0  48   FrameHeader (READ_REQ, READ_RESP, WRITE_REQ, WRITE_RESP)
+//    0  48   FrameHeader (READ_REQ, READ_RESP, WRITE_REQ, WRITE_DIFF_REQ,
+//             WRITE_RESP)
 //   48   8   addr      requester's slot address (requests; 0 in responses)
 //   56   4   rkey      its remote key (requests; 0 in responses)
 //   60   4   reserved  must be 0
@@ -82,8 +83,10 @@ namespace tether {
 constexpr size_t kRdmaMessageSize = 64;
 constexpr uint32_t kRdmaConnectMagic = 0x44525454;  // "TTRD"
 // 2: reads answered by WRITE_WITH_IMM; 3: kWireRetry; 4: negotiated queue
-// depth and slot size, accept and reject private data.
-constexpr uint16_t kRdmaWireVersion = 4;
+// depth and slot size, accept and reject private data; 5: WRITE_DIFF_REQ
+// (a page diff in the requester's slot, fetched by RDMA READ as a write's
+// bytes are).
+constexpr uint16_t kRdmaWireVersion = 5;
 constexpr size_t kRdmaPrivateDataSize = 20 + kDataTokenSize;
 constexpr size_t kRdmaAcceptDataSize = 16;
 constexpr size_t kRdmaRejectDataSize = 8;

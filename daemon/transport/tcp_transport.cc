@@ -253,7 +253,7 @@ void TcpTransport::ServeLoop(int fd) {
     if (!ReadFull(fd, buf, sizeof(buf))) break;
     auto h = DecodeHeader(buf, sizeof(buf));
     if (!h.ok() || (h->type != FrameType::kReadReq && h->type != FrameType::kWriteReq &&
-                    h->type != FrameType::kNoticeReq)) {
+                    h->type != FrameType::kWriteDiffReq && h->type != FrameType::kNoticeReq)) {
       TLOG_WARN("data connection from node %d: protocol error (%s); closing", peer,
                 h.ok() ? "unexpected frame type" : std::string(h.status().message()));
       break;
@@ -283,7 +283,11 @@ void TcpTransport::ServeLoop(int fd) {
     } else {
       resp.type = FrameType::kWriteResp;
       if (!ReadFull(fd, data.data(), data.size())) break;
-      absl::Status st = server_->WriteBlocks(peer, h->segid, h->grant, h->offset, data);
+      // A diff is decoded and checked whole by the home before anything of
+      // it is written (a malformed one is refused: EINVAL).
+      absl::Status st = h->type == FrameType::kWriteDiffReq
+                            ? server_->WriteDiff(peer, h->segid, h->grant, h->offset, data)
+                            : server_->WriteBlocks(peer, h->segid, h->grant, h->offset, data);
       if (!st.ok()) resp.status = ToWireStatus(st);
       resp.length = 0;
       if (!SendFrame(fd, resp, {})) break;
@@ -582,6 +586,12 @@ void TcpTransport::Read(const DataEndpoint& home, uint64_t segid, uint64_t grant
 void TcpTransport::Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
                          absl::Span<const uint8_t> src, Done done) {
   Send(home, static_cast<int>(FrameType::kWriteReq), segid, grant, offset, {}, src,
+       std::move(done));
+}
+
+void TcpTransport::WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant,
+                             uint64_t offset, absl::Span<const uint8_t> diff, Done done) {
+  Send(home, static_cast<int>(FrameType::kWriteDiffReq), segid, grant, offset, {}, diff,
        std::move(done));
 }
 

@@ -73,6 +73,8 @@ class TcpTransport : public Transport, public NoticeTransport {
             absl::Span<uint8_t> dst, Done done) override;
   void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
              absl::Span<const uint8_t> src, Done done) override;
+  void WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                 absl::Span<const uint8_t> diff, Done done) override;
   void Disconnect(uint32_t node) override;
   void Shutdown() override;
 

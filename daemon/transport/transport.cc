@@ -1,6 +1,9 @@
 #include "daemon/transport/transport.h"
 
 #include "absl/strings/cord.h"
+#include "daemon/common/errors.h"
+#include "daemon/common/page.h"
+#include "daemon/common/page_diff.h"
 
 namespace tether {
 namespace {
@@ -17,6 +20,20 @@ bool Tagged(const absl::Status& status, const char* payload) {
   return !status.ok() && status.GetPayload(payload).has_value();
 }
 }  // namespace
+
+absl::Status BlockServer::WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                    uint64_t offset, absl::Span<const uint8_t> diff) {
+  auto pages = DecodeDiff(diff);
+  if (!pages.ok()) return WithErrno(EINVAL, pages.status().message());
+  for (const DiffPage& page : *pages) {
+    for (const DiffRun& run : page.runs) {
+      absl::Status st = WriteBlocks(peer_node, segid, grant,
+                                    offset + page.index * kPageSize + run.offset, run.data);
+      if (!st.ok()) return st;
+    }
+  }
+  return absl::OkStatus();
+}
 
 void Transport::ReadInPlace(const DataEndpoint& home, uint64_t segid, uint64_t grant,
                             uint64_t offset, absl::Span<uint8_t> dst, ReadDone done) {

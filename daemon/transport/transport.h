@@ -32,6 +32,14 @@ class BlockServer {
                                   uint64_t offset, absl::Span<uint8_t> dst) = 0;
   virtual absl::Status WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
                                    uint64_t offset, absl::Span<const uint8_t> src) = 0;
+  // A write-back as a page diff (common/page_diff.h) of the pages from
+  // `offset`: only the changed bytes are written, each page's at once with
+  // respect to other write-backs. A malformed diff is refused (EINVAL)
+  // and nothing of it is written. This default (the unit tests' in-memory
+  // homes) decodes it and writes each run with WriteBlocks; SegmentRegistry
+  // applies it a page at a time (ExporterMemory::WriteDiff).
+  virtual absl::Status WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant,
+                                 uint64_t offset, absl::Span<const uint8_t> diff);
 };
 
 // Implemented by every node for the invalidation notices a home sends over
@@ -84,6 +92,12 @@ class Transport {
                     absl::Span<uint8_t> dst, Done done) = 0;
   virtual void Write(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
                      absl::Span<const uint8_t> src, Done done) = 0;
+  // A write-back as a page diff of the pages from `offset` (page_diff.h;
+  // at most kMaxPayload bytes, this node's own encoding): the home's
+  // BlockServer::WriteDiff. tcp sends it as one WRITE_DIFF_REQ; rdma cuts
+  // it at entry boundaries into slot-sized WRITE_DIFF_REQs (SplitDiff).
+  virtual void WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                         absl::Span<const uint8_t> diff, Done done) = 0;
   // A read whose completion may be handed the bytes where the transport
   // received them (rdma: its registered slot, held until `done` returns)
   // instead of in `dst`: a caller that only copies them on (the mapper's

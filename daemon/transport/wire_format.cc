@@ -40,7 +40,7 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
   FrameHeader h;
   uint16_t type = Get<uint16_t>(buf + 6);
   if (type < static_cast<uint16_t>(FrameType::kHello) ||
-      type > static_cast<uint16_t>(FrameType::kNoticeResp))
+      type > static_cast<uint16_t>(FrameType::kWriteDiffReq))
     return absl::InvalidArgumentError(absl::StrFormat("unknown frame type %d", type));
   h.type = static_cast<FrameType>(type);
   h.req_id = Get<uint64_t>(buf + 8);
@@ -64,6 +64,7 @@ size_t PayloadLength(const FrameHeader& h) {
   switch (h.type) {
     case FrameType::kHello:
     case FrameType::kWriteReq:
+    case FrameType::kWriteDiffReq:
     case FrameType::kNoticeReq: return h.length;
     case FrameType::kReadResp: return h.status == 0 ? h.length : 0;
     default: return 0;

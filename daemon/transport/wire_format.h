@@ -19,8 +19,10 @@
 // in `segid`. NOTICE_REQ (home -> mapper node, on a connection the home
 // opened to the mapper's listener) carries an encoded invalidation notice
 // (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
-// answers it with a status and no payload. Decode validates everything a peer could get wrong;
-// nothing past the header is trusted before that.
+// answers it with a status and no payload. WRITE_DIFF_REQ carries a page
+// diff (common/page_diff.h) of the pages from `offset`, which the home
+// decodes and checks before it writes anything; WRITE_RESP answers it. Decode validates everything
+// a peer could get wrong; nothing past the header is trusted before that.
 //
 // Thread contract: none needed; functions of their arguments only, callable
 // from any thread.
@@ -36,7 +38,9 @@
 namespace tether {
 
 constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
-constexpr uint16_t kWireVersion = 2;         // 2: "retry" is kWireRetry, not EAGAIN
+// 2: "retry" is kWireRetry, not EAGAIN; 3: WRITE_DIFF_REQ (a node of
+// version 2 would refuse it, so it refuses the hello instead).
+constexpr uint16_t kWireVersion = 3;
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;
@@ -51,6 +55,7 @@ enum class FrameType : uint16_t {
   kWriteResp = 6,
   kNoticeReq = 7,
   kNoticeResp = 8,
+  kWriteDiffReq = 9,  // answered by WRITE_RESP
 };
 
 struct FrameHeader {

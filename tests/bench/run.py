@@ -245,7 +245,7 @@ def main():
     ap.add_argument("--build-dir", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
-    ap.add_argument("--only", choices=["fault", "munmap"])
+    ap.add_argument("--only", choices=["fault", "munmap", "writeback"])
     ap.add_argument("--rdma", action="store_true",
                     help="the rdma transport's fault bench instead (issue 5): needs a Soft-RoCE "
                          "or real verbs device and perftest; run by tests/vm/run --bench")
@@ -260,10 +260,12 @@ def main():
     rows = []
     if a.rdma:
         rows += rdma_fault_bench(a, rounds, faults, size)
-    elif a.only != "munmap":
+    elif a.only not in ("munmap", "writeback"):
         rows += fault_bench(a, rounds, faults, size)
-    if a.only != "fault" and not a.rdma:
+    if a.only not in ("fault", "writeback") and not a.rdma:
         rows += munmap_bench(a.build_dir, 5 if a.quick else 15)
+    if a.only in (None, "writeback") and not a.rdma:
+        rows += writeback_bench(a.build_dir, 3 if a.quick else 7, (16 if a.quick else 64) * MiB)
     print("\n%-30s %10s %-5s  %-44s %10s %7s %7s %s" %
           ("benchmark", "value", "unit", "baseline", "baseline", "ratio", "target", "pass"))
     for name, v, unit, base, bv, ratio, target, ok in rows:
@@ -285,6 +287,51 @@ def main():
 # the zero page, `uffd-null`) gives a second floor, reported beside it.
 NULL_FAULT = "null uffd fault (memfd, 4 KiB)"
 UFFD_SEQ = "mapper side alone: uffd installs, no network"
+
+
+def tx_bytes(node):
+    """Bytes the node's interfaces (lo aside) sent: what went on the wire."""
+    out = subprocess.run(node.netns_cmd(["cat", "/proc/net/dev"]), capture_output=True,
+                         text=True, check=True).stdout
+    total = 0
+    for line in out.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() != "lo":
+            total += int(rest.split()[8])
+    return total
+
+
+def writeback_bench(build_dir, rounds, size):
+    """Write-back bandwidth with page diffs (issue 16) against whole pages,
+    in the same run: `tether_bench map-sync` (every page fetched, then a
+    store to one byte per page, or to every byte, and a timed sync of the
+    whole mapping) on node 2 of a 2-node cluster whose daemons send diffs,
+    then of one whose daemons send whole pages (--writeback_diffs=false).
+    Also what node 2 put on the wire per page written back (its
+    interfaces' tx bytes over the run / pages synced: TCP/IP headers and
+    the fetches' requests included)."""
+    pages = size // 4096
+    res = {}
+    for mode, extra in (("diff", ()), ("whole", ("--writeback_diffs=false",))):
+        with Cluster(2, build_dir=build_dir, extra_args=extra) as c:
+            n1, n2 = c.node(1), c.node(2)
+            e = Exporter(n1, size, 3)
+            for what, stride in (("1b", 4096), ("all", 1)):
+                before = tx_bytes(n2)
+                r = bench(n2, "map-sync", e.segid, size, stride, rounds)
+                res[(mode, what)] = (r["map_sync_mbps"],
+                                     (tx_bytes(n2) - before) / float(pages * rounds))
+            e.close()
+    rows = []
+    for what, label in (("1b", "1 byte changed per page"), ("all", "every byte changed")):
+        d, w = res[("diff", what)], res[("whole", what)]
+        rows.append(("writeback_bw_%s_diff" % what, d[0], "MB/s",
+                     "whole pages, same sync (%s)" % label, w[0], d[0] / w[0], "report", True))
+        rows.append(("writeback_wire_per_page_%s" % what, d[1], "B",
+                     "whole pages (%s)" % label, w[1], d[1] / w[1], "report", True))
+    print("(write-back bench: %d MiB synced, median of %d rounds per case; wire: node 2's tx "
+          "bytes per page synced)" % (size // MiB, rounds))
+    return rows
 
 
 def fault_bench(a, rounds, faults, size):

@@ -23,6 +23,11 @@
 //   tcp-stream HOST:PORT MB  raw TCP stream, server to client
 //   map-random SEGID LEN N   N random 4 KiB page faults through a mapping
 //   map-seq SEGID LEN        sequential read of a whole mapping
+//   map-sync SEGID LEN STRIDE N
+//                            write-back bandwidth: a writable mapping, every
+//                            page fetched first; then N rounds of a store to
+//                            every STRIDE-th byte (4096: one byte per page;
+//                            1: every byte) and a timed tether_sync of it all
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -385,6 +390,29 @@ int MapSeq(int64_t segid, size_t len) {
   return 0;
 }
 
+int MapSync(int64_t segid, size_t len, size_t stride, int rounds) {
+  tether_apid_t apid = tether_get(segid, TETHER_RDWR, TETHER_PERMIT_MODE, nullptr);
+  if (apid < 0) Die("tether_get");
+  void* v = tether_attach(apid, 0, len, nullptr);
+  if (v == TETHER_ATTACH_FAILED) Die("tether_attach");
+  auto* p = static_cast<volatile uint8_t*>(v);
+  uint64_t sum = 0;
+  for (size_t i = 0; i < len; i += kPage) sum += p[i];  // fetched: twins taken from these
+  std::vector<double> mbps;
+  for (int r = 0; r < rounds; ++r) {
+    for (size_t i = 0; i < len; i += stride) p[i] = static_cast<uint8_t>(p[i] + 1 + r);
+    auto t0 = Clock::now();
+    if (tether_sync(v, len) != 0) Die("tether_sync");
+    mbps.push_back(len / Us(Clock::now() - t0));
+  }
+  std::sort(mbps.begin(), mbps.end());
+  std::printf("map_sync_mbps=%.1f checksum=%llu\n", mbps[mbps.size() / 2],
+              static_cast<unsigned long long>(sum & 0xff));
+  tether_detach(v);
+  tether_release(apid);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -403,6 +431,9 @@ int main(int argc, char** argv) {
   if (mode == "tcp-stream" && argc >= 4) return TcpStream(argv[2], std::atoi(argv[3]));
   if (mode == "map-random" && argc >= 5)
     return MapRandom(std::atoll(argv[2]), std::strtoull(argv[3], nullptr, 0), std::atoi(argv[4]));
+  if (mode == "map-sync" && argc >= 6)
+    return MapSync(std::atoll(argv[2]), std::strtoull(argv[3], nullptr, 0),
+                   std::strtoull(argv[4], nullptr, 0), std::atoi(argv[5]));
   if (mode == "map-seq" && argc >= 4)
     return MapSeq(std::atoll(argv[2]), std::strtoull(argv[3], nullptr, 0));
   return 2;

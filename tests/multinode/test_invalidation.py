@@ -371,8 +371,8 @@ def test_one_cache_two_attachments_in_one_process(c):
     a.ok("write %#x 1 67" % z)  # segment offset 4096
     expect(a.ok("read %#x" % (x + 4096))["byte"] == "67", "x sees z's store (another offset)")
     expect(a.ok("read %#x" % (y + 4096))["byte"] == "67", "y sees z's store")
-    # One write-back carries both stores of page 0 (two copies: the last
-    # whole page written back would win, and one store would be lost).
+    # One write-back carries both stores of page 0 (one copy, one twin;
+    # with a copy each, only the page diffs would keep both).
     a.ok("sync %#x 65536" % x)
     a.ok("sync %#x 65536" % y)
     a.ok("sync %#x 8192" % z)

@@ -7,6 +7,7 @@
  *       without calling tether at all, "segid=0": a benchmark baseline):
  *         verify SEED OFF LEN   -> "ok" | "mismatch at OFF"
  *         fill SEED OFF LEN     -> rewrites that part; "ok"
+ *         vstride SEED OFF LEN K -> verify SEED of every K-th byte from OFF
  *         munmap OFF LEN        -> "ok MS" (how long the call took)
  *         dontneed OFF LEN      -> madvise(MADV_DONTNEED); "ok MS"
  *         remap SEED OFF LEN    -> new memory over the range (MAP_FIXED), filled
@@ -35,6 +36,7 @@
  *       allocation of the attachment's backing memfd seen ("max_blocks=N").
  *       --interactive: after attaching, print "ready" and obey stdin lines:
  *         read OFF | verify SEED OFF LEN | write SEED OFF LEN | sync |
+ *         wstride SEED OFF LEN K (every K-th byte from OFF) |
  *         acquire | detach   (offsets relative to the attachment)
  *       An access that raises SIGBUS kills the process (exit by signal).
  *   tt api [--uid U]
@@ -90,6 +92,22 @@ static void fill(uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   }
 }
 
+/* Every K-th byte of [off, off+len): pattern(seed) (the others untouched),
+ * or the first of them that differs (-1: none). Writers of interleaved
+ * bytes of one page (issue 16). */
+static void fill_stride(uint8_t* p, uint64_t off, uint64_t len, uint64_t k, uint64_t seed) {
+  for (uint64_t i = 0; i < len; i += k) fill(p + i, off + i, 1, seed);
+}
+static int64_t check_stride(const uint8_t* p, uint64_t off, uint64_t len, uint64_t k,
+                            uint64_t seed) {
+  for (uint64_t i = 0; i < len; i += k) {
+    uint8_t b;
+    fill(&b, off + i, 1, seed);
+    if (p[i] != b) return (int64_t)(off + i);
+  }
+  return -1;
+}
+
 static int64_t check(const uint8_t* p, uint64_t off, uint64_t len, uint64_t seed) {
   uint8_t buf[4096];
   for (uint64_t i = 0; i < len; i += sizeof buf) {
@@ -142,13 +160,25 @@ static int do_export(int argc, char** argv) {
   fflush(stdout);
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
-    uint64_t s, off, len;
+    uint64_t s, off, len, k;
     int64_t handle;
     if (sscanf(line, "verify %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len) == 3) {
       if (off > size || len > size - off) {
         printf("error: range\n");
       } else {
         int64_t bad = check(mem + off, off, len, s);
+        if (bad < 0)
+          printf("ok\n");
+        else
+          printf("mismatch at %" PRId64 "\n", bad);
+      }
+    } else if (sscanf(line, "vstride %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &off, &len,
+                      &k) == 4 &&
+               k > 0) {
+      if (off > size || len > size - off) {
+        printf("error: range\n");
+      } else {
+        int64_t bad = check_stride(mem + off, off, len, k, s);
         if (bad < 0)
           printf("ok\n");
         else
@@ -345,7 +375,7 @@ static int interactive(uint8_t* p, uint64_t len, tether_apid_t apid) {
   fflush(stdout);
   char line[256];
   while (fgets(line, sizeof line, stdin)) {
-    uint64_t s, o, l;
+    uint64_t s, o, l, k;
     if (sscanf(line, "read %" SCNu64, &o) == 1) {
       if (o >= len) {
         printf("error: range\n");
@@ -359,6 +389,11 @@ static int interactive(uint8_t* p, uint64_t len, tether_apid_t apid) {
         printf("ok\n");
       else
         printf("mismatch at %" PRId64 "\n", bad);
+    } else if (sscanf(line, "wstride %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l,
+                      &k) == 4 &&
+               k > 0) {
+      fill_stride(p + o, o, l, k, s);
+      printf("ok\n");
     } else if (sscanf(line, "write %" SCNu64 " %" SCNu64 " %" SCNu64, &s, &o, &l) == 3) {
       fill(p + o, o, l, s);
       printf("ok\n");

@@ -78,6 +78,7 @@ namespace tether {
 struct FakeRequest {
   enum class Kind { kRead, kWrite, kNotify };
   Kind kind = Kind::kRead;
+  bool diff = false;      // kWrite: a page diff (WriteDiff; `size` is its encoded size)
   std::string transport;  // the fake's name(): which transport it went over
   uint64_t seq = 0;       // order among all fakes' requests in this process
   uint32_t node = 0;      // the home (Read/Write) or the mapper node (Notify)
@@ -263,6 +264,16 @@ class FakeTransport : public Transport, public NoticeTransport {
     p.src = src;
     Submit(std::move(p), std::move(done));
   }
+  void WriteDiff(const DataEndpoint& home, uint64_t segid, uint64_t grant, uint64_t offset,
+                 absl::Span<const uint8_t> diff, Done done) override {
+    Pending p;
+    p.req = Describe(FakeRequest::Kind::kWrite, home.node_id, segid, grant, offset, diff.size(),
+                     diff.data());
+    p.req.diff = true;
+    p.req.token = home.token;
+    p.src = diff;
+    Submit(std::move(p), std::move(done));
+  }
   // Fails the held requests to `node` with ConnectionLost().
   void Disconnect(uint32_t node) override {
     std::vector<Pending> lost;
@@ -382,8 +393,9 @@ class FakeTransport : public Transport, public NoticeTransport {
                       : absl::OkStatus();
           break;
         case FakeRequest::Kind::kWrite:
-          st = blocks ? blocks->WriteBlocks(local_node_, r.segid, r.grant, r.offset, p.src)
-                      : absl::OkStatus();
+          st = !blocks  ? absl::OkStatus()
+               : r.diff ? blocks->WriteDiff(local_node_, r.segid, r.grant, r.offset, p.src)
+                        : blocks->WriteBlocks(local_node_, r.segid, r.grant, r.offset, p.src);
           break;
         case FakeRequest::Kind::kNotify:
           st = notices ? notices->Notice(

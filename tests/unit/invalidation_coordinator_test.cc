@@ -20,6 +20,7 @@
 #include "daemon/common/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -661,6 +662,33 @@ TEST_F(WriteBackInFlightTest, ChangesThatMustNotWaitOrOtherRangesDoNot) {
   EXPECT_TRUE(IsRetry(reg_.WriteBlocks(2, segid_, grants_[2], 4096, buf)));
   EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, kSize));
   coord.End(*w);
+}
+
+// A write-back that carries a page diff (SegmentRegistry::WriteDiff, what
+// mappers send since issue 16) is in flight as a whole-page one is: a
+// Begin over its range sees it until it returns, and its entry leaves the
+// set when it does. Before (the twindiff/onecache merge), WriteDiff never
+// entered the set, and had it entered it without the guard, every later
+// Begin over the range would have waited out its bound.
+TEST_F(WriteBackInFlightTest, ADiffWriteBackIsInFlightUntilItReturns) {
+  FaultPoints::Arm("exporter_memory.write.before_write");
+  writer_ = std::thread([this] {
+    std::vector<uint8_t> twin(4096, 0), page(4096, 0), diff;
+    page[100] = 0xee;  // one changed byte of page 1
+    AppendPageDiff(0, twin.data(), page.data(), &diff);
+    wrote_ = reg_.WriteDiff(2, segid_, grants_[2], 4096, diff);
+  });
+  ASSERT_TRUE(
+      FaultPoints::WaitUntilReached("exporter_memory.write.before_write", absl::Seconds(10)))
+      << "the diff write-back never reached the exporter's write";
+  EXPECT_FALSE(reg_.WriteBacksLanded(segid_, 4096, 2 * 4096))
+      << "a diff write-back past the checks is not counted in flight";
+  EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, 4096));  // only its own range
+  LetTheWriteBackGo();
+  EXPECT_TRUE(wrote_.ok()) << wrote_;
+  EXPECT_EQ(mem_[4096 + 100], 0xee);
+  EXPECT_TRUE(reg_.WriteBacksLanded(segid_, 0, kSize))
+      << "the diff write-back returned but is still counted in flight";
 }
 
 }  // namespace

@@ -694,5 +694,48 @@ TEST_F(MapperWindowsTest, APageAReadOnlyAttachmentInstalledIsTrackedForTheWritab
   RemoveSecond();
 }
 
+// A cache over part of a segment too large to share (XPMEM's whole address
+// space) starts at the attachment's first segment page (base_page), not at
+// memfd offset 0's segment page: the twin of segment page p is read at the
+// cache's offset of p. Read at p * kPage instead, it is some other page
+// (here a hole: zeros), every byte of the page differs from it, and the
+// write-back overwrites what another writer stored in the page's other
+// bytes at the home meanwhile.
+TEST_F(MapperWindowsTest, ATwinInACacheOverPartOfAHugeSegmentIsThatPages) {
+  auto big = std::make_shared<Attachment>();
+  big->id = 9;
+  big->segid = 2;  // its own cache
+  big->home = 1;
+  big->seg_offset = 4 * kPage;
+  big->size = 8 * kPage;
+  big->writable = true;
+  big->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+  ASSERT_GE(big->uffd, 0);
+  uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
+  ASSERT_EQ(ioctl(big->uffd, UFFDIO_API, &api), 0);
+  ASSERT_TRUE(faults_.Join(big, SegmentCache::kMaxSharedBytes * 2).ok());
+  ASSERT_EQ(big->cache->first(), 4u) << "a cache over the attachment's range only";
+  auto* m = static_cast<uint8_t*>(
+      mmap(nullptr, big->size, PROT_READ | PROT_WRITE, MAP_SHARED, big->cache->memfd, 0));
+  ASSERT_NE(m, MAP_FAILED);
+  uffdio_register reg{};
+  reg.range = {reinterpret_cast<uint64_t>(m), big->size};
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
+  ASSERT_EQ(ioctl(big->uffd, UFFDIO_REGISTER, &reg), 0);
+  big->vaddr = reinterpret_cast<uint64_t>(m);
+  ASSERT_TRUE(faults_.Add(big).ok());
+  m[0] = 9;  // segment page 4: fetched (all 1s), then its twin taken, then dirty
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.mem[4 * kPage + 100] = 5;  // another writer's byte of that page
+  }
+  EXPECT_TRUE(faults_.Sync(*big, 0, big->size).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "our store";
+  EXPECT_EQ(HomeByte(4 * kPage + 100), 5)
+      << "the write-back carried bytes we never stored (a twin of the wrong page)";
+  faults_.Remove(big);
+  munmap(m, big->size);
+}
+
 }  // namespace
 }  // namespace tether

@@ -20,6 +20,7 @@
 
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/page_diff.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/status_macros.h"
 
@@ -126,6 +127,78 @@ TEST_F(RegistryTest, WriteRacingMprotectDoesNotLand) {
   EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096)) << "the write went through PROT_READ";
   EXPECT_EQ(mem_[8191], static_cast<uint8_t>(8191));
   mprotect(mem_ + 4096, 4096, PROT_READ | PROT_WRITE);
+}
+
+// Two writers of different bytes of one page, and the exporter itself,
+// all survive: each write-back carries only the bytes its writer changed
+// since it read the page (issue 16). Whole pages, as before, lost all but
+// the last writer's.
+TEST_F(RegistryTest, DiffWriteBacksOfOnePageKeepEveryWritersBytes) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto a = reg_.Attach(*segid, owner_, true, 5);
+  auto b = reg_.Attach(*segid, owner_, true, 6);
+  ASSERT_TRUE(a.ok() && b.ok());
+  // Both read page 1 (their twins), then store: A the even bytes of the
+  // first half, B the odd ones; the exporter the second half.
+  std::vector<uint8_t> twin(mem_ + 4096, mem_ + 8192), pa = twin, pb = twin;
+  for (size_t i = 0; i < 2048; ++i)
+    (i % 2 ? pb : pa)[i] = static_cast<uint8_t>(i % 2 ? 0xbb : 0xaa);
+  std::memset(mem_ + 4096 + 2048, 0xee, 2048);
+  std::vector<uint8_t> da, db;
+  ASSERT_GT(AppendPageDiff(0, twin.data(), pa.data(), &da), 0u);
+  ASSERT_GT(AppendPageDiff(0, twin.data(), pb.data(), &db), 0u);
+  ASSERT_TRUE(reg_.WriteDiff(5, *segid, a->id, 4096, da).ok());
+  ASSERT_TRUE(reg_.WriteDiff(6, *segid, b->id, 4096, db).ok());
+  for (size_t i = 0; i < 4096; ++i) {
+    uint8_t want = i >= 2048 ? 0xee : i % 2 ? 0xbb : 0xaa;
+    ASSERT_EQ(mem_[4096 + i], want) << "byte " << i << " of the page lost its write";
+  }
+  EXPECT_EQ(mem_[4095], static_cast<uint8_t>(4095));  // pages around it untouched
+  EXPECT_EQ(mem_[8192], static_cast<uint8_t>(8192));
+}
+
+// A page of 2048 one-byte runs (more iovecs than one process_vm_writev
+// takes, IOV_MAX) lands whole; a diff of several pages lands at their
+// offsets.
+TEST_F(RegistryTest, DiffWithManyRunsAndPages) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  ASSERT_TRUE(rw.ok());
+  std::vector<uint8_t> diff;
+  std::vector<uint8_t> t2(mem_ + 2 * 4096, mem_ + 3 * 4096), p2 = t2;
+  for (size_t i = 1; i < 4096; i += 2) p2[i] = 0x11;
+  std::vector<uint8_t> t4(mem_ + 4 * 4096, mem_ + 5 * 4096), p4(4096, 0x44);
+  AppendPageDiff(1, t2.data(), p2.data(), &diff);  // offset 4096: page index 1 = page 2
+  AppendPageDiff(3, t4.data(), p4.data(), &diff);
+  ASSERT_TRUE(reg_.WriteDiff(5, *segid, rw->id, 4096, diff).ok());
+  EXPECT_EQ(std::memcmp(mem_ + 2 * 4096, p2.data(), 4096), 0);
+  EXPECT_EQ(std::memcmp(mem_ + 4 * 4096, p4.data(), 4096), 0);
+  EXPECT_EQ(mem_[3 * 4096], static_cast<uint8_t>(3 * 4096));  // page 3 not in the diff
+}
+
+// A malformed diff is refused whole (EINVAL), even after a valid entry:
+// nothing of it is written. So is one past the segment or on a read-only
+// grant.
+TEST_F(RegistryTest, BadDiffWritesNothing) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  auto ro = reg_.Attach(*segid, owner_, false, 5);
+  ASSERT_TRUE(rw.ok() && ro.ok());
+  std::vector<uint8_t> page(4096, 0x99), twin(4096, 0), diff;
+  AppendPageDiff(0, twin.data(), page.data(), &diff);
+  std::vector<uint8_t> bad = diff;
+  bad.push_back(1);  // a cut entry after a valid one
+  absl::Status st = reg_.WriteDiff(5, *segid, rw->id, 4096, bad);
+  EXPECT_EQ(ToErrno(st), EINVAL) << st;
+  EXPECT_NE(st.message().find("malformed page diff"), std::string::npos) << st;
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096)) << "written although refused";
+  EXPECT_EQ(ToErrno(reg_.WriteDiff(5, *segid, rw->id, kSize, diff)), EINVAL);
+  EXPECT_EQ(ToErrno(reg_.WriteDiff(5, *segid, ro->id, 4096, diff)), EACCES);
+  EXPECT_EQ(ToErrno(reg_.WriteDiff(5, *segid, rw->id, 4096, {})), EINVAL);
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
 }
 
 // The notifier source is told of a write-back as of a read (tether.ko

@@ -24,6 +24,9 @@ TEST(WireFormat, RoundTrip) {
   h.type = FrameType::kWriteReq;
   EncodeHeader(h, buf);
   EXPECT_EQ(PayloadLength(*DecodeHeader(buf, sizeof(buf))), 8192u);
+  h.type = FrameType::kWriteDiffReq;
+  EncodeHeader(h, buf);
+  EXPECT_EQ(PayloadLength(*DecodeHeader(buf, sizeof(buf))), 8192u);
 }
 
 TEST(WireFormat, LittleEndianLayout) {
@@ -51,7 +54,7 @@ TEST(WireFormat, RejectsBadHeaders) {
   std::memcpy(bad, buf, sizeof(bad));
   bad[6] = 0;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type 0
-  bad[6] = 9;
+  bad[6] = 10;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type past the last
   h.length = kMaxPayload + 1;
   EncodeHeader(h, bad);
@@ -88,7 +91,9 @@ TEST(WireFormat, RandomBytesNeverCrash) {
   for (int i = 0; i < 200000; ++i) {
     for (auto& b : buf) b = static_cast<uint8_t>(rng());
     if (i % 2) {  // plausible headers: get past magic, version, type and limits
-      std::memcpy(buf, "TTHR\x02\x00", 6);  // kWireVersion
+      std::memcpy(buf, "TTHR", 4);
+      buf[4] = static_cast<uint8_t>(kWireVersion);
+      buf[5] = 0;
       buf[6] = static_cast<uint8_t>(2 + rng() % 5);
       buf[7] = 0;
       buf[42] = buf[43] = 0;
