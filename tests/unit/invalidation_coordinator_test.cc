@@ -164,25 +164,29 @@ TEST_F(CoordinatorTest, SilentAndDeadNodesAreFenced) {
 // (issue 14 defect 2): Begin waits no longer than that, and fences a node
 // that has not answered by then, exactly as at the full deadline.
 TEST_F(CoordinatorTest, BeginWaitsOnlyForWhatIsLeftOfTheCallersBudget) {
+  // A coordinator whose own deadline (5 s) is far above the caller's budget
+  // (20 ms), so that "waited the full deadline" and "a loaded machine was
+  // slow" cannot be confused: the bound checked is a second.
+  InvalidationCoordinator coord{1, &reg_, &channel_, absl::Seconds(5)};
   for (uint32_t n : {2u, 3u}) ASSERT_TRUE(Fetch(n, 0).ok());
   channel_.modes[3] = FakeChannel::kSilent;
   absl::Time t0 = absl::Now();
-  auto w = coord_.Begin(segid_, 0, 4096, "test", t0 + absl::Milliseconds(20));
+  auto w = coord.Begin(segid_, 0, 4096, "test", t0 + absl::Milliseconds(20));
   absl::Duration took = absl::Now() - t0;
   ASSERT_TRUE(w.ok());
-  EXPECT_LT(took, absl::Milliseconds(90)) << "waited the full 100 ms deadline";
+  EXPECT_LT(took, absl::Seconds(1)) << "waited the full 5 s deadline";
   EXPECT_EQ(w->acked, (std::vector<uint32_t>{2}));
   EXPECT_EQ(w->fenced, (std::vector<uint32_t>{3}));
-  coord_.End(*w);
+  coord.End(*w);
   // a budget already spent: nobody silent is waited for at all
   channel_.modes[2] = FakeChannel::kSilent;
   ASSERT_TRUE(Fetch(2, 0).ok());
   t0 = absl::Now();
-  w = coord_.Begin(segid_, 0, 4096, "test", t0 - absl::Seconds(1));
+  w = coord.Begin(segid_, 0, 4096, "test", t0 - absl::Seconds(1));
   ASSERT_TRUE(w.ok());
-  EXPECT_LT(absl::Now() - t0, absl::Milliseconds(50));
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(1));
   EXPECT_EQ(w->fenced, (std::vector<uint32_t>{2}));
-  coord_.End(*w);
+  coord.End(*w);
 }
 
 TEST_F(CoordinatorTest, DisjointWindowsDoNotSerialize) {
