@@ -1,6 +1,7 @@
 // tetherctl: look at a node's tetherd (status, segments, attachments,
-// name lookup) over its admin socket ($TETHER_ADMIN_SOCKET or
-// /run/tether/admin.sock). Tables by default, --json for scripts.
+// name lookup) and have it reload its TLS files, over its admin socket
+// ($TETHER_ADMIN_SOCKET or /run/tether/admin.sock). Tables by default,
+// --json for scripts.
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>

@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
@@ -35,9 +37,10 @@ bool CallerIsNode(bool tls, grpc::ServerContext* ctx, uint32_t node, const char*
   if (!tls) return true;
   auto auth = ctx->auth_context();
   if (auth && auth->IsPeerAuthenticated() && CallerNamesNode(*auth, node)) return true;
-  TLOG_WARN("TLS: refused %s from %s speaking for node %d: its certificate names %s, not %s", what,
-            ctx->peer(), node, auth ? CallerNames(*auth) : std::string("nothing"),
-            NodeCertName(node));
+  std::string names = auth ? CallerNames(*auth) : std::string("nothing");
+  if (ShouldLogRefusal(absl::StrCat(what, " ", node, " ", names)))
+    TLOG_WARN("TLS: refused %s from %s speaking for node %d: its certificate names %s, not %s",
+              what, ctx->peer(), node, names, NodeCertName(node));
   return false;
 }
 

@@ -134,19 +134,6 @@ bool IsNodeName(absl::string_view name) {
          id >= 1 && id <= 0x7fff && name == std::to_string(id);
 }
 
-// A refused handshake is retried by gRPC every second while the channel is
-// wanted: log each distinct refusal at most once a minute.
-bool ShouldLog(const std::string& key) {
-  static absl::Mutex mu(absl::kConstInit);
-  static auto* last = new absl::flat_hash_map<std::string, absl::Time>();
-  absl::MutexLock lock(&mu);
-  absl::Time now = absl::Now();
-  auto [it, fresh] = last->try_emplace(key, now);
-  if (!fresh && now - it->second < absl::Minutes(1)) return false;
-  it->second = now;
-  return true;
-}
-
 // Runs after the chain checked out against the CA. The client side's
 // target name is the node the channel was made for (SetTargetNode).
 class NodeNameVerifier : public grpc::experimental::ExternalCertificateVerifier {
@@ -169,7 +156,7 @@ class NodeNameVerifier : public grpc::experimental::ExternalCertificateVerifier 
       std::string msg =
           absl::StrCat("the peer reached as ", want, " presented a certificate for ", shown,
                        ", not ", want, ": connection refused (another node's certificate?)");
-      if (ShouldLog(msg)) TLOG_WARN("TLS: %s", msg);
+      if (ShouldLogRefusal(msg)) TLOG_WARN("TLS: %s", msg);
       *sync_status = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, msg);
       return true;
     }
@@ -181,7 +168,7 @@ class NodeNameVerifier : public grpc::experimental::ExternalCertificateVerifier 
     }
     std::string msg =
         absl::StrCat("refused a connection whose certificate names no tether node (", shown, ")");
-    if (ShouldLog(msg)) TLOG_WARN("TLS: %s", msg);
+    if (ShouldLogRefusal(msg)) TLOG_WARN("TLS: %s", msg);
     *sync_status = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, msg);
     return true;
   }
@@ -197,6 +184,20 @@ std::string Date(absl::Time t) {
 }
 
 }  // namespace
+
+// A refused handshake is retried by gRPC every second while the channel is
+// wanted, and a refused node renews every third of a lease: log each
+// distinct refusal at most once a minute.
+bool ShouldLogRefusal(const std::string& key) {
+  static absl::Mutex mu(absl::kConstInit);
+  static auto* last = new absl::flat_hash_map<std::string, absl::Time>();
+  absl::MutexLock lock(&mu);
+  absl::Time now = absl::Now();
+  auto [it, fresh] = last->try_emplace(key, now);
+  if (!fresh && now - it->second < absl::Minutes(1)) return false;
+  it->second = now;
+  return true;
+}
 
 absl::StatusOr<CertInfo> CheckTlsMaterial(const std::string& ca_pem, const std::string& cert_pem,
                                           const std::string& key_pem, uint32_t node,
@@ -370,6 +371,11 @@ void TlsIdentity::WarnIfExpiring() const {
   absl::Duration window = absl::Hours(24) * config_.expiry_warn_days;
   auto warn = [&](const char* what, absl::Time t) {
     if (t - now > window) return;
+    if (t <= now) {
+      TLOG_WARN("TLS: %s expired %s: peers refuse it; make a new one and reload (docs/security.md)",
+                what, Date(t));
+      return;
+    }
     TLOG_WARN(
         "TLS: %s expires %s (in %d days; warning at %d, --tls_expiry_warn_days): make a new one "
         "and reload (docs/security.md, \"Rotation\")",

@@ -114,6 +114,9 @@ class TlsIdentity {
 bool CallerNamesNode(const grpc::AuthContext& auth, uint32_t node);
 // The tether node names a caller's certificate carries, for messages.
 std::string CallerNames(const grpc::AuthContext& auth);
+// Whether to log a refusal described by `key` now: the first time, then at
+// most once a minute (a refused peer retries every second).
+bool ShouldLogRefusal(const std::string& key);
 
 }  // namespace tether
 
