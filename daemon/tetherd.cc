@@ -58,12 +58,11 @@ absl::Status Tetherd::Start() {
   SetLogPrefix(absl::StrFormat("tetherd[node %d]", config_.node_id));
   if (!config_.tls.insecure) {
     // The checked copies live next to the admin socket (/run/tether).
-    std::string admin_dir =
-        config_.admin_socket.substr(0, config_.admin_socket.find_last_of('/') == std::string::npos
-                                           ? 0
-                                           : config_.admin_socket.find_last_of('/'));
-    ASSIGN_OR_RETURN(
-        tls_, TlsIdentity::Load(config_.tls, config_.node_id, admin_dir.empty() ? "." : admin_dir));
+    size_t slash = config_.admin_socket.rfind('/');
+    std::string dir = slash == std::string::npos ? "."
+                      : slash == 0               ? "/"
+                                                 : config_.admin_socket.substr(0, slash);
+    ASSIGN_OR_RETURN(tls_, TlsIdentity::Load(config_.tls, config_.node_id, dir));
   }
   RETURN_IF_ERROR(Build());
   RETURN_IF_ERROR(StartThreads(token));

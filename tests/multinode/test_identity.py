@@ -176,8 +176,26 @@ def test_reload_rotates_the_certificate(c):
         time.sleep(0.2)
     expect(seen == new, "after SIGHUP node 1 presents serial %s, not the new %s" % (seen, new))
     expect(status(n1)["tls"]["serial"] == new, "tetherctl status shows the old certificate")
-    # A new connection from node 2 (restarted: new channels) works.
+    # As a client too: node 2's place taken by a recorder with node 2's real
+    # certificate; node 1's new connection to it presents the new one.
     expect(n2.stop() == 0, "node 2 did not stop cleanly")
+    rec = n2.popen([impostor_path(c), "serve", "%s:7600" % n2.ip, c.certs + "/ca.pem",
+                    "%s/node-2.pem" % c.certs, "%s/node-2.key" % c.certs, "2"],
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    c.extra_procs = getattr(c, "extra_procs", []) + [rec]
+    expect(rec.stdout.readline().strip() == "ready", "the recorder did not start")
+    r = n1.ctl("segments", "--cluster")
+    expect(r.returncode == 0, "tetherctl segments --cluster: " + r.stdout + r.stderr)
+    rec.kill()
+    out = rec.communicate(timeout=10)[0]
+    m = re.search(r"^served ListSegments from \S+ cert=(.*)$", out, re.M)
+    expect(m, "node 1 did not reach node 2's address: " + out)
+    client_pem = os.path.join(c.dir, "client.pem")
+    with open(client_pem, "w") as f:
+        f.write(m.group(1).replace("|", "\n"))
+    expect(cert_serial(client_pem) == new, "node 1 presents serial %s as a client, not the new %s"
+           % (cert_serial(client_pem), new))
+    # A new connection from node 2 (restarted: new channels) works.
     n2.start()
     e = Exporter(n1, 64 * 1024, 9)
     map_ok(n2, "--segid", e.segid, "--len", 64 * 1024, "--verify", 9)
@@ -212,7 +230,8 @@ def test_expiry_is_warned_about(c):
     c.make_certs("node", c.ca_dir, c.certs, 1, "--days", 2)
     r = n1.ctl("reload")
     expect(r.returncode == 0, "tetherctl reload: " + r.stdout + r.stderr)
-    wait_log(n1, r"TLS: this node's certificate expires \d{4}-\d\d-\d\d \d\d:\d\d UTC \(in 1 "
+    # Whole days left, rounded down: 1, or 2 within the second it was made.
+    wait_log(n1, r"TLS: this node's certificate expires \d{4}-\d\d-\d\d \d\d:\d\d UTC \(in [12] "
              r"days; warning at 30")
     st = status(n1)
     expect(st["tls"]["days_left"] <= 2, "tetherctl status: %s" % st["tls"])
@@ -223,7 +242,8 @@ def test_expiry_is_warned_about(c):
     expect(log_of(n1).count("this node's certificate expires") > before,
            "no expiry warning at start")
     r = n1.ctl("status")
-    expect("(1 days)" in r.stdout, "tetherctl status:\n" + r.stdout)
+    expect(re.search(r"certificate\s+serial \S+, expires .* \([12] days\)", r.stdout),
+           "tetherctl status:\n" + r.stdout)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@
 //
 //   peer_impostor serve LISTEN CA CERT KEY CLAIM_ID
 //       A Peer service (mutual TLS) that answers Hello as node CLAIM_ID and
-//       prints "served METHOD from PEER" for every call that reaches it:
-//       a call that reaches it is a handshake the caller should have
-//       refused. Prints "ready" once listening; runs until killed.
+//       prints "served METHOD from PEER cert=PEM" for every call that
+//       reaches it: a call that reaches it is a handshake the caller should
+//       have refused (or, with the real node's certificate, a recorder of
+//       which certificate the caller presents). Prints "ready" once
+//       listening; runs until killed.
 //   peer_impostor call TARGET CA CERT KEY SERVER_ID AS_ID
 //       Calls Hello on node SERVER_ID at TARGET (checking the server's
 //       certificate names tether-node-SERVER_ID), speaking for node AS_ID;
@@ -55,8 +57,17 @@ class Impostor final : public tether::peer::Peer::Service {
   }
 
  private:
+  // Also prints the caller's certificate (PEM, its newlines as '|'): the
+  // rotation test reads which certificate a node presents as a client.
   static void Served(const char* method, grpc::ServerContext* ctx) {
-    std::printf("served %s from %s\n", method, ctx->peer().c_str());
+    std::string pem;
+    if (auto auth = ctx->auth_context()) {
+      for (const auto& v : auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME))
+        pem.assign(v.data(), v.size());
+    }
+    for (char& ch : pem)
+      if (ch == '\n') ch = '|';
+    std::printf("served %s from %s cert=%s\n", method, ctx->peer().c_str(), pem.c_str());
     std::fflush(stdout);
   }
   const uint32_t claim_;
