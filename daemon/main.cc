@@ -1,11 +1,11 @@
 // tetherd: the tether node daemon. Configuration by flags, or a config file
 // of the same flags (--flagfile=/etc/tether/tetherd.conf, one per line).
 #include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/log.h"
+#include "daemon/config_check.h"
 #include "daemon/tetherd.h"
 
 ABSL_FLAG(uint32_t, node_id, 0, "this node's id, 1..32767, unique in the cluster");
@@ -86,9 +87,14 @@ ABSL_FLAG(int32_t, lease_margin_pct, 10,
           "lease * (1 - margin) from when it asked, a home as lease * (1 + margin) from when "
           "it granted");
 ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
-ABSL_FLAG(std::string, tls_ca, "", "cluster CA certificate (PEM file)");
-ABSL_FLAG(std::string, tls_cert, "", "this node's certificate (PEM file)");
+ABSL_FLAG(std::string, tls_ca, "",
+          "cluster CA certificate(s) (PEM file); read again on SIGHUP and tetherctl reload");
+ABSL_FLAG(std::string, tls_cert, "",
+          "this node's certificate (PEM file; its DNS SAN must be tether-node-<node_id>)");
 ABSL_FLAG(std::string, tls_key, "", "this node's private key (PEM file)");
+ABSL_FLAG(int32_t, tls_expiry_warn_days, 30,
+          "warn in the log (at start, on reload, daily) when this node's certificate or the CA "
+          "expires within this many days (0..3650; 0: never)");
 ABSL_FLAG(bool, verbose, false, "debug logging");
 
 namespace {
@@ -96,15 +102,6 @@ namespace {
 // tether.ko's default ack_timeout_ms (kernel/README.md), used when the
 // module is not loaded.
 constexpr int64_t kModuleAckTimeoutMs = 5000;
-
-bool ReadFile(const std::string& path, std::string* out) {
-  std::ifstream f(path);
-  if (!f) return false;
-  std::stringstream ss;
-  ss << f.rdbuf();
-  *out = ss.str();
-  return true;
-}
 
 int Fail(const std::string& msg) {
   std::fprintf(stderr, "tetherd: %s\n", msg.c_str());
@@ -190,7 +187,12 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
       return bad("--rdma_source must be a numeric IPv4 or IPv6 address");
     }
   }
-  cfg.cache_budget_bytes = absl::GetFlag(FLAGS_cache_budget_mb) << 20;
+  // Up to 16 TiB: more would overflow in bytes long before any host has it.
+  const uint64_t budget_mb = absl::GetFlag(FLAGS_cache_budget_mb);
+  if (budget_mb == 0 || budget_mb > (uint64_t{1} << 24))
+    return bad(
+        absl::StrFormat("--cache_budget_mb must be 1..%d (got %d)", uint64_t{1} << 24, budget_mb));
+  cfg.cache_budget_bytes = budget_mb << 20;
   cfg.writeback_diffs = absl::GetFlag(FLAGS_writeback_diffs);
   cfg.rpc_timeout_ms = absl::GetFlag(FLAGS_rpc_timeout_ms);
   cfg.invalidate_deadline_ms = absl::GetFlag(FLAGS_invalidate_deadline_ms);
@@ -218,17 +220,12 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
         "silent mapper node still serves old pages. Shorten the deadline or the lease",
         cfg.invalidate_deadline_ms, cfg.lease_ms, cfg.lease_margin_pct, worst, ack_timeout_ms));
   cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
-  if (!cfg.tls.insecure) {
-    if (absl::GetFlag(FLAGS_tls_ca).empty() || absl::GetFlag(FLAGS_tls_cert).empty() ||
-        absl::GetFlag(FLAGS_tls_key).empty())
-      return bad(
-          "node-to-node TLS needs --tls_ca, --tls_cert and --tls_key "
-          "(deploy/make-certs makes them), or --insecure_peers for plaintext");
-    if (!ReadFile(absl::GetFlag(FLAGS_tls_ca), &cfg.tls.ca_pem) ||
-        !ReadFile(absl::GetFlag(FLAGS_tls_cert), &cfg.tls.cert_pem) ||
-        !ReadFile(absl::GetFlag(FLAGS_tls_key), &cfg.tls.key_pem))
-      return bad("cannot read the TLS files");
-  }
+  cfg.tls.ca_path = absl::GetFlag(FLAGS_tls_ca);
+  cfg.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
+  cfg.tls.key_path = absl::GetFlag(FLAGS_tls_key);
+  cfg.tls.expiry_warn_days = absl::GetFlag(FLAGS_tls_expiry_warn_days);
+  // What concerns several flags, the peer list and the files.
+  if (absl::Status st = tether::CheckConfig(cfg); !st.ok()) return st;
   return cfg;
 }
 
@@ -272,8 +269,19 @@ int main(int argc, char** argv) {
     daemon.Stop();
     return Fail(std::string(st.message()));
   }
-  int sig = 0;
-  while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+  // SIGHUP: read the TLS files again (a bad set is logged and the one in
+  // use stays). Once a day: warn if the certificate or CA expires soon.
+  for (;;) {
+    timespec day = {24 * 3600, 0};
+    int sig = sigtimedwait(&set, nullptr, &day);
+    if (sig == SIGHUP) {
+      TLOG_INFO("SIGHUP: reloading the TLS files");
+      daemon.ReloadTls().IgnoreError();  // logged by ReloadTls
+    } else if (sig < 0 && errno == EAGAIN) {
+      daemon.CheckTlsExpiry();
+    } else if (sig == SIGTERM || sig == SIGINT) {
+      break;
+    }
   }
   daemon.Stop();
   return 0;

@@ -56,6 +56,14 @@ absl::Status Tetherd::Start() {
   if (getrandom(token.data(), token.size(), 0) != static_cast<ssize_t>(token.size()))
     return ErrnoStatus(errno, "getrandom");
   SetLogPrefix(absl::StrFormat("tetherd[node %d]", config_.node_id));
+  if (!config_.tls.insecure) {
+    // The checked copies live next to the admin socket (/run/tether).
+    size_t slash = config_.admin_socket.rfind('/');
+    std::string dir = slash == std::string::npos ? "."
+                      : slash == 0               ? "/"
+                                                 : config_.admin_socket.substr(0, slash);
+    ASSIGN_OR_RETURN(tls_, TlsIdentity::Load(config_.tls, config_.node_id, dir));
+  }
   RETURN_IF_ERROR(Build());
   RETURN_IF_ERROR(StartThreads(token));
   RETURN_IF_ERROR(StartServers(token));
@@ -85,7 +93,7 @@ absl::Status Tetherd::Build() {
   transport_ = std::make_unique<TcpTransport>(config_.node_id);
   RETURN_IF_ERROR(MakeRdma());
   peers_ = std::make_unique<PeerDirectory>(
-      config_.node_id, incarnation_, config_.peers, config_.tls, config_.rpc_timeout_ms,
+      config_.node_id, incarnation_, config_.peers, tls_.get(), config_.rpc_timeout_ms,
       [this](uint32_t node, const DataEndpoint& ep) { return data_path_->TransportFor(node, ep); },
       mapper_leases_.get());
   DataPath::Options data_opts;
@@ -156,9 +164,9 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   hello.data_address = transport_->bound_address();
   hello.rdma_address = rdma_address_;
   hello.data_secret = token;
-  ASSIGN_OR_RETURN(peer_server_, PeerServer::Start(config_.peer_listen, config_.tls,
-                                                   registry_.get(), mapper_invalidation_.get(),
-                                                   channel_.get(), hello, home_leases_.get()));
+  ASSIGN_OR_RETURN(peer_server_, PeerServer::Start(config_.peer_listen, tls_.get(), registry_.get(),
+                                                   mapper_invalidation_.get(), channel_.get(),
+                                                   hello, home_leases_.get()));
   DaemonInfo info;
   info.node_id = config_.node_id;
   info.incarnation = incarnation_;
@@ -168,6 +176,8 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   info.rdma_address = rdma_address_;
   info.budget_bytes = [this] { return faults_->budget_bytes(); };
   info.resident_bytes = [this] { return faults_->resident_bytes(); };
+  info.tls = tls_.get();
+  info.reload_tls = [this] { return ReloadTls(); };
   info.uptime_ms = [this] {
     return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - started_));
   };
@@ -264,7 +274,20 @@ void Tetherd::Stop() {
   registry_.reset();
   mapper_leases_.reset();
   home_leases_.reset();
+  tls_.reset();
   TLOG_INFO("stopped");
+}
+
+absl::Status Tetherd::ReloadTls() {
+  if (!tls_) {
+    TLOG_INFO("reload: nothing to reload (--insecure_peers)");
+    return ErrnoStatus(EINVAL, "this node runs without TLS (--insecure_peers)");
+  }
+  return tls_->Reload();
+}
+
+void Tetherd::CheckTlsExpiry() {
+  if (tls_) tls_->WarnIfExpiring();
 }
 
 }  // namespace tether

@@ -26,7 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "daemon/peer/peer_directory.h"
-#include "daemon/peer/tls_config.h"
+#include "daemon/peer/tls_identity.h"
 
 namespace tether {
 
@@ -93,6 +93,13 @@ class Tetherd {
   absl::Status Start();
   // Stops accepting work, writes attachments' dirty pages back, shuts down.
   void Stop();
+  // Reads the TLS files again (SIGHUP, tetherctl reload): new connections
+  // use them if they check out; else the ones in use stay (tls_identity.h).
+  // Any thread, after Start() succeeded.
+  absl::Status ReloadTls();
+  // Logs a warning when the certificate or the CA expires soon (main
+  // calls it daily). Any thread, after Start() succeeded.
+  void CheckTlsExpiry();
 
  private:
   // Start() in three steps: build and wire every part (no thread runs);
@@ -106,6 +113,7 @@ class Tetherd {
   TetherdConfig config_;
   uint32_t incarnation_ = 0;
   absl::Time started_;
+  std::unique_ptr<TlsIdentity> tls_;  // null with --insecure_peers
   std::unique_ptr<SegmentRegistry> registry_;
   std::unique_ptr<HomeLeaseTable> home_leases_;      // leases this home granted
   std::unique_ptr<MapperLeaseTable> mapper_leases_;  // leases this node holds

@@ -1,6 +1,7 @@
 // tetherctl: look at a node's tetherd (status, segments, attachments,
-// name lookup) over its admin socket ($TETHER_ADMIN_SOCKET or
-// /run/tether/admin.sock). Tables by default, --json for scripts.
+// name lookup) and have it reload its TLS files, over its admin socket
+// ($TETHER_ADMIN_SOCKET or /run/tether/admin.sock). Tables by default,
+// --json for scripts.
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
@@ -11,6 +12,8 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "admin.grpc.pb.h"
 
 namespace {
@@ -23,7 +26,8 @@ void Usage() {
                "  status                 daemon, cache and peers\n"
                "  segments [--cluster]   exported segments (this node, or all nodes)\n"
                "  attachments            this node's mappings of segments\n"
-               "  lookup NAME            segid of a published name\n");
+               "  lookup NAME            segid of a published name\n"
+               "  reload                 read the TLS certificate, key and CA again (as SIGHUP)\n");
 }
 
 std::string JsonEscape(const std::string& s) {
@@ -47,6 +51,20 @@ int Fail(const grpc::Status& st, const std::string& socket) {
   return 1;
 }
 
+std::string Date(int64_t unix_seconds) {
+  return absl::FormatTime("%Y-%m-%d %H:%M UTC", absl::FromUnixSeconds(unix_seconds),
+                          absl::UTCTimeZone());
+}
+
+std::string TlsJson(const tether::admin::StatusResponse& r) {
+  if (!r.has_tls()) return "null";
+  const auto& t = r.tls();
+  return absl::StrFormat(
+      R"({"serial":"%s","sha256":"%s","not_after":%d,"ca_not_after":%d,"days_left":%d})",
+      t.serial(), t.sha256(), t.not_after_unix(), t.ca_not_after_unix(),
+      (t.not_after_unix() - absl::ToUnixSeconds(absl::Now())) / 86400);
+}
+
 void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
   if (json) {
     std::vector<std::string> peers;
@@ -63,12 +81,12 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
                         c.served_bytes(), c.exporter_copy_bytes(), c.serve_copy_bytes());
     absl::PrintF(R"({"node_id":%d,"incarnation":%d,"local_socket":"%s","peer_address":"%s",)"
                  R"("data_address":"%s","rdma_address":"%s","cache_budget_bytes":%d,)"
-                 R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s],"counters":%s})"
+                 R"("cache_resident_bytes":%d,"uptime_ms":%d,"peers":[%s],"counters":%s,"tls":%s})"
                  "\n",
                  r.node_id(), r.incarnation(), JsonEscape(r.local_socket()),
                  JsonEscape(r.peer_address()), JsonEscape(r.data_address()),
                  JsonEscape(r.rdma_address()), r.cache_budget_bytes(), r.cache_resident_bytes(),
-                 r.uptime_ms(), absl::StrJoin(peers, ","), counters);
+                 r.uptime_ms(), absl::StrJoin(peers, ","), counters, TlsJson(r));
     return;
   }
   absl::PrintF("node %u (incarnation %#lx), up %.1f s\n", r.node_id(),
@@ -80,6 +98,15 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
                                            : r.rdma_address().c_str());
   absl::PrintF("  cache         %.1f of %.1f MiB\n", r.cache_resident_bytes() / 1048576.0,
                r.cache_budget_bytes() / 1048576.0);
+  if (r.has_tls()) {
+    const auto& t = r.tls();
+    absl::PrintF("  certificate   serial %s, expires %s (%d days)\n  cluster CA    expires %s\n",
+                 t.serial(), Date(t.not_after_unix()),
+                 (t.not_after_unix() - absl::ToUnixSeconds(absl::Now())) / 86400,
+                 Date(t.ca_not_after_unix()));
+  } else {
+    absl::PrintF("  certificate   - (plaintext between nodes: --insecure_peers)\n");
+  }
   absl::PrintF("\n%-6s %-24s %-9s %-10s %s\n", "PEER", "ADDRESS", "TRANSPORT", "STATE", "ERROR");
   for (const auto& p : r.peers())
     absl::PrintF("%-6u %-24s %-9s %-10s %s\n", p.node_id(), p.address().c_str(),
@@ -179,6 +206,17 @@ int main(int argc, char** argv) {
     } else {
       PrintAttachments(r, json);
     }
+    return 0;
+  }
+  if (cmd == "reload" && args.size() == 1) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    tether::admin::ReloadRequest req;
+    tether::admin::ReloadResponse r;
+    auto st = stub->Reload(&ctx, req, &r);
+    if (!st.ok()) return Fail(st, socket);
+    absl::PrintF("reloaded: certificate serial %s, expires %s\n", r.tls().serial(),
+                 Date(r.tls().not_after_unix()));
     return 0;
   }
   if (cmd == "lookup" && args.size() == 2) {

@@ -41,6 +41,7 @@ class AdminServiceImpl final : public admin::Admin::Service {
     resp->set_cache_budget_bytes(info_.budget_bytes());
     resp->set_cache_resident_bytes(info_.resident_bytes());
     resp->set_uptime_ms(info_.uptime_ms());
+    if (info_.tls) TlsToProto(info_.tls->Info(), resp->mutable_tls());
     const DataCounters& c = Counters();
     auto* counters = resp->mutable_counters();
     counters->set_fetched_bytes(c.fetched_bytes.load(std::memory_order_relaxed));
@@ -96,7 +97,22 @@ class AdminServiceImpl final : public admin::Admin::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status Reload(grpc::ServerContext*, const admin::ReloadRequest*,
+                      admin::ReloadResponse* resp) override {
+    absl::Status st = info_.reload_tls();
+    if (!st.ok()) return ToGrpc(st);
+    if (info_.tls) TlsToProto(info_.tls->Info(), resp->mutable_tls());
+    return grpc::Status::OK;
+  }
+
  private:
+  static void TlsToProto(const CertInfo& c, admin::TlsStatus* out) {
+    out->set_serial(c.serial);
+    out->set_sha256(c.sha256);
+    out->set_not_after_unix(absl::ToUnixSeconds(c.not_after));
+    out->set_ca_not_after_unix(absl::ToUnixSeconds(c.ca_not_after));
+  }
+
   DaemonInfo info_;
   SegmentRegistry* registry_;
   PeerDirectory* peers_;

@@ -3,7 +3,8 @@
 //
 // Thread contract: Start() builds and starts the gRPC server; requests run
 // on gRPC's pool, concurrently, and only read (the registry, peers and
-// attachment table are thread-safe). Shutdown() waits for them.
+// attachment table are thread-safe; Reload calls the daemon's
+// thread-safe ReloadTls). Shutdown() waits for them.
 #ifndef TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 #define TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 
@@ -15,6 +16,7 @@
 #include "daemon/home/segment_registry.h"
 #include "daemon/mapper/attachment_table.h"
 #include "daemon/peer/peer_directory.h"
+#include "daemon/peer/tls_identity.h"
 
 namespace tether {
 
@@ -23,6 +25,10 @@ struct DaemonInfo {
   uint64_t incarnation = 0;
   std::string local_socket, peer_address, data_address, rdma_address;
   std::function<uint64_t()> budget_bytes, resident_bytes, uptime_ms;
+  // Null with --insecure_peers; else it outlives the server.
+  const TlsIdentity* tls = nullptr;
+  // tetherctl reload: Tetherd::ReloadTls.
+  std::function<absl::Status()> reload_tls;
 };
 
 class AdminServer {

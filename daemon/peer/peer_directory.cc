@@ -81,32 +81,26 @@ struct PeerDirectory::Impl {
 };
 
 PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
-                             std::vector<PeerConfig> peers, TlsConfig tls, int rpc_timeout_ms,
-                             TransportNamer namer, MapperLeaseTable* leases)
+                             std::vector<PeerConfig> peers, const TlsIdentity* tls,
+                             int rpc_timeout_ms, TransportNamer namer, MapperLeaseTable* leases)
     : impl_(std::make_unique<Impl>()) {
   impl_->leases = leases;
   impl_->namer = std::move(namer);
   impl_->local_node = local_node;
   impl_->incarnation = incarnation;
   impl_->rpc_timeout_ms = rpc_timeout_ms;
-  std::shared_ptr<grpc::ChannelCredentials> creds;
-  grpc::ChannelArguments args;
-  if (tls.insecure) {
-    creds = grpc::InsecureChannelCredentials();
-  } else {
-    grpc::SslCredentialsOptions opts;
-    opts.pem_root_certs = tls.ca_pem;
-    opts.pem_private_key = tls.key_pem;
-    opts.pem_cert_chain = tls.cert_pem;
-    creds = grpc::SslCredentials(opts);
-    args.SetSslTargetNameOverride(kNodeCertName);
-  }
-  // Reconnect quickly after a peer restarts (default backoff reaches 2 min).
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  std::shared_ptr<grpc::ChannelCredentials> creds =
+      tls ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
   absl::MutexLock lock(&impl_->mu);
   for (auto& pc : peers) {
     if (pc.node_id == local_node) continue;
+    grpc::ChannelArguments args;
+    // Reconnect quickly after a peer restarts (default backoff reaches 2 min).
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    // The handshake must present this peer's certificate, not any
+    // node's: a node's answer about its own id proves nothing.
+    if (tls) TlsIdentity::SetTargetNode(pc.node_id, &args);
     auto p = std::make_unique<Impl::Peer>();
     p->config = pc;
     p->channel = grpc::CreateCustomChannel(pc.address, creds, args);

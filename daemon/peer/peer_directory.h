@@ -25,7 +25,7 @@
 #include "daemon/home/segment_types.h"
 #include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
-#include "daemon/peer/tls_config.h"
+#include "daemon/peer/tls_identity.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
@@ -50,9 +50,11 @@ class PeerDirectory : public RemoteHomes, public LeaseRenewer {
   using TransportNamer = std::function<std::string(uint32_t node, const DataEndpoint& ep)>;
 
   // `leases` (may be null: no leases) records the lease each Attach
-  // grants; it must outlive the directory.
+  // grants; it must outlive the directory. `tls` null: plaintext
+  // (--insecure_peers); else it outlives the directory, and each peer's
+  // channel accepts only that peer's certificate.
   PeerDirectory(uint32_t local_node, uint64_t incarnation, std::vector<PeerConfig> peers,
-                TlsConfig tls, int rpc_timeout_ms, TransportNamer namer,
+                const TlsIdentity* tls, int rpc_timeout_ms, TransportNamer namer,
                 MapperLeaseTable* leases = nullptr);
   ~PeerDirectory() override;
 

@@ -2,10 +2,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
 #include "daemon/peer/notice_codec.h"
+#include "daemon/peer/tls_identity.h"
 #include "daemon/transport/data_token.h"
 #include "peer.grpc.pb.h"
 
@@ -26,28 +29,34 @@ void ToProto(const SegmentSummary& s, peer::SegmentInfo* out) {
 }
 
 // With mutual TLS, a request that speaks for node N must come from node N's
-// certificate (CN "tether node N", deploy/make-certs): a node cannot attach
+// certificate (DNS SAN "tether-node-N", tls_config.h): a node cannot attach
 // in another's name, nor invalidate or revoke another home's segments.
-// Plaintext mode (--insecure_peers) has no identity to check.
-bool CallerIsNode(grpc::ServerContext* ctx, uint32_t node) {
+// Plaintext mode (--insecure_peers) has no identity to check; with TLS a
+// call without a verified certificate is refused.
+bool CallerIsNode(bool tls, grpc::ServerContext* ctx, uint32_t node, const char* what) {
+  if (!tls) return true;
   auto auth = ctx->auth_context();
-  if (!auth || !auth->IsPeerAuthenticated()) return true;
-  std::string want = "tether node " + std::to_string(node);
-  for (const auto& cn : auth->FindPropertyValues("x509_common_name"))
-    if (std::string(cn.data(), cn.size()) == want) return true;
+  if (auth && auth->IsPeerAuthenticated() && CallerNamesNode(*auth, node)) return true;
+  std::string names = auth ? CallerNames(*auth) : std::string("nothing");
+  if (ShouldLogRefusal(absl::StrCat(what, " ", node, " ", names)))
+    TLOG_WARN("TLS: refused %s from %s speaking for node %d: its certificate names %s, not %s",
+              what, ctx->peer(), node, names, NodeCertName(node));
   return false;
 }
 
 grpc::Status NotThatNode(uint32_t node) {
   return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                      "the caller's certificate is not node " + std::to_string(node) + "'s", "13");
+                      "the caller's certificate is not node " + std::to_string(node) + "'s (" +
+                          NodeCertName(node) + ")",
+                      "13");
 }
 
 class PeerServiceImpl final : public peer::Peer::Service {
  public:
-  PeerServiceImpl(SegmentRegistry* registry, InvalidationTarget* mapper,
+  PeerServiceImpl(bool tls, SegmentRegistry* registry, InvalidationTarget* mapper,
                   InvalidationChannel* notices, HelloInfo hello, HomeLeaseTable* leases)
-      : registry_(registry),
+      : tls_(tls),
+        registry_(registry),
         mapper_(mapper),
         notices_(notices),
         hello_(std::move(hello)),
@@ -55,7 +64,8 @@ class PeerServiceImpl final : public peer::Peer::Service {
 
   grpc::Status Invalidate(grpc::ServerContext* ctx, const peer::InvalidateRequest* req,
                           peer::InvalidateResponse*) override {
-    if (!CallerIsNode(ctx, req->home_node())) return NotThatNode(req->home_node());
+    if (!CallerIsNode(tls_, ctx, req->home_node(), "Invalidate"))
+      return NotThatNode(req->home_node());
     auto n = FromProto(*req);
     if (!n.ok()) return ToGrpc(n.status());
     return ToGrpc(mapper_->Handle(*n));
@@ -67,7 +77,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
     // holder of node N's certificate learns node N's token.
     if (req->node_id() == 0 || req->node_id() > 0x7fff || req->node_id() == hello_.node_id)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad caller node id", "22");
-    if (!CallerIsNode(ctx, req->node_id())) return NotThatNode(req->node_id());
+    if (!CallerIsNode(tls_, ctx, req->node_id(), "Hello")) return NotThatNode(req->node_id());
     resp->set_node_id(hello_.node_id);
     resp->set_incarnation(hello_.incarnation);
     resp->set_data_address(hello_.data_address);
@@ -78,7 +88,8 @@ class PeerServiceImpl final : public peer::Peer::Service {
 
   grpc::Status Attach(grpc::ServerContext* ctx, const peer::AttachRequest* req,
                       peer::AttachResponse* resp) override {
-    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
+    if (!CallerIsNode(tls_, ctx, req->mapper_node(), "Attach"))
+      return NotThatNode(req->mapper_node());
     Credentials cred;
     cred.uid = req->cred().uid();
     cred.gid = req->cred().gid();
@@ -102,7 +113,8 @@ class PeerServiceImpl final : public peer::Peer::Service {
     if (req->mapper_node() == 0 || req->mapper_node() > 0x7fff ||
         req->mapper_node() == hello_.node_id)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
-    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
+    if (!CallerIsNode(tls_, ctx, req->mapper_node(), "Renew"))
+      return NotThatNode(req->mapper_node());
     // Grant first, then read the fences: a fence that the answer misses
     // was made after this grant, and its coordinator waits for this lease.
     leases_->Granted(req->mapper_node());
@@ -118,7 +130,8 @@ class PeerServiceImpl final : public peer::Peer::Service {
 
   grpc::Status Detach(grpc::ServerContext* ctx, const peer::DetachRequest* req,
                       peer::DetachResponse*) override {
-    if (!CallerIsNode(ctx, req->mapper_node())) return NotThatNode(req->mapper_node());
+    if (!CallerIsNode(tls_, ctx, req->mapper_node(), "Detach"))
+      return NotThatNode(req->mapper_node());
     // Grants are bound to the node id recorded at Attach.
     return ToGrpc(registry_->Detach(req->segid(), req->remote_attach_id(), req->mapper_node()));
   }
@@ -139,6 +152,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
   }
 
  private:
+  const bool tls_;
   SegmentRegistry* registry_;
   InvalidationTarget* mapper_;
   InvalidationChannel* notices_;
@@ -169,22 +183,14 @@ void PeerServer::Shutdown() {
 }
 
 absl::StatusOr<std::unique_ptr<PeerServer>> PeerServer::Start(
-    const std::string& address, const TlsConfig& tls, SegmentRegistry* registry,
+    const std::string& address, const TlsIdentity* tls, SegmentRegistry* registry,
     InvalidationTarget* mapper, InvalidationChannel* notices, HelloInfo hello,
     HomeLeaseTable* leases) {
   auto impl = std::make_unique<Impl>();
-  impl->service =
-      std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello), leases);
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (tls.insecure) {
-    creds = grpc::InsecureServerCredentials();
-  } else {
-    grpc::SslServerCredentialsOptions opts(
-        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    opts.pem_root_certs = tls.ca_pem;
-    opts.pem_key_cert_pairs.push_back({tls.key_pem, tls.cert_pem});
-    creds = grpc::SslServerCredentials(opts);
-  }
+  impl->service = std::make_unique<PeerServiceImpl>(tls != nullptr, registry, mapper, notices,
+                                                    std::move(hello), leases);
+  std::shared_ptr<grpc::ServerCredentials> creds =
+      tls ? tls->ServerCredentials() : grpc::InsecureServerCredentials();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(address, creds, &port);

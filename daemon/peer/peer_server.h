@@ -18,7 +18,7 @@
 #include "daemon/home/segment_registry.h"
 #include "daemon/invalidation/lease_table.h"
 #include "daemon/invalidation/notice.h"
-#include "daemon/peer/tls_config.h"
+#include "daemon/peer/tls_identity.h"
 
 namespace tether {
 
@@ -32,8 +32,9 @@ struct HelloInfo {
 
 class PeerServer {
  public:
+  // `tls` null: plaintext (--insecure_peers); else it outlives the server.
   static absl::StatusOr<std::unique_ptr<PeerServer>> Start(const std::string& address,
-                                                           const TlsConfig& tls,
+                                                           const TlsIdentity* tls,
                                                            SegmentRegistry* registry,
                                                            InvalidationTarget* mapper,
                                                            InvalidationChannel* notices,

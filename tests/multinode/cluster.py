@@ -283,6 +283,9 @@ class Cluster:
             os.chmod(self.sockdir, 0o711)
         self.dir = tempfile.mkdtemp(prefix="tether-cluster-", dir=shared)
         os.chmod(self.dir, 0o711)  # unprivileged test clients reach the sockets
+        # The CA (its key) stays in its own directory; the nodes' files
+        # (node-N.pem/.key, ca.pem) are in certs/ (deploy/make-certs).
+        self.ca_dir = os.path.join(self.dir, "ca")
         self.certs = os.path.join(self.dir, "certs")
         self.budgets = budgets or {}
         self.nodes = [Node(self, i) for i in range(1, n + 1)]
@@ -301,6 +304,10 @@ class Cluster:
     def node(self, i):
         return self.nodes[i - 1]
 
+    def make_certs(self, *args):
+        """deploy/make-certs ARGS... (ca CA_DIR | node CA_DIR OUT_DIR ID... [--days N])."""
+        sh(os.path.join(REPO, "deploy", "make-certs"), *[str(a) for a in args])
+
     def __enter__(self):
         try:
             self.start()
@@ -314,8 +321,8 @@ class Cluster:
 
     def start(self):
         if self.tls:
-            sh(os.path.join(REPO, "deploy", "make-certs"), self.certs,
-               *[str(i) for i in range(1, self.n + 1)])
+            self.make_certs("ca", self.ca_dir)
+            self.make_certs("node", self.ca_dir, self.certs, *range(1, self.n + 1))
         if self.pair:
             for node in self.nodes:
                 node.start(self.budgets.get(node.id, 256))

@@ -114,11 +114,8 @@ struct NodeAnswers {
   }
 };
 
-TlsConfig Insecure() {
-  TlsConfig tls;
-  tls.insecure = true;
-  return tls;
-}
+// Plaintext gRPC: no TlsIdentity.
+const TlsIdentity* Insecure() { return nullptr; }
 
 class ChannelTest : public ::testing::Test {
  protected:

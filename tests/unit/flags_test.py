@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Every bad flag is refused at start (issue 17): tetherd run with a table of
+bad flag sets must exit with status 2 and a message naming what is wrong,
+before it opens a socket. A case that tetherd accepts would start a daemon:
+it is killed after a few seconds and reported as accepted.
+
+Run by ctest (label unit): flags_test.py --build-dir BUILD."""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build-dir", required=True)
+    args = ap.parse_args()
+    tetherd = os.path.join(args.build_dir, "daemon", "tetherd")
+    tmp = tempfile.mkdtemp(prefix="tether-flags-")
+    try:
+        return run_cases(tetherd, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_cases(tetherd, tmp):
+    ca, certs = os.path.join(tmp, "ca"), os.path.join(tmp, "certs")
+    mk = os.path.join(REPO, "deploy", "make-certs")
+    subprocess.run([mk, "ca", ca], check=True)
+    subprocess.run([mk, "node", ca, certs, "1", "2"], check=True)
+    unreadable = os.path.join(tmp, "missing.pem")
+    garbage = os.path.join(tmp, "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not a certificate\n")
+    base = ["--node_id=1", "--local_socket=%s/l.sock" % tmp, "--admin_socket=%s/a.sock" % tmp,
+            "--peer_listen=127.0.0.1:0", "--rdma=off"]
+    tls = ["--tls_ca=%s/ca.pem" % certs, "--tls_cert=%s/node-1.pem" % certs,
+           "--tls_key=%s/node-1.key" % certs]
+    insecure = ["--insecure_peers"]
+    # (name, flags, what the message must contain)
+    cases = [
+        ("node id 0", ["--node_id=0"] + insecure, "--node_id must be 1..32767"),
+        ("node id too big", ["--node_id=40000"] + insecure, "--node_id must be 1..32767"),
+        ("own id in peers", ["--peers=1=10.0.0.1:7600,2=10.0.0.2:7600"] + insecure,
+         "--peers names this node's own id"),
+        ("duplicate peer id", ["--peers=2=10.0.0.2:7600,2=10.0.0.3:7600"] + insecure,
+         "--peers names node 2 twice"),
+        ("duplicate peer address", ["--peers=2=10.0.0.2:7600,3=10.0.0.2:7600"] + insecure,
+         "the same address"),
+        ("peer id out of range", ["--peers=40000=10.0.0.2:7600"] + insecure,
+         "is not in 1..32767"),
+        ("peer without port", ["--peers=2=10.0.0.2"] + insecure, "is not host:port"),
+        ("peer syntax", ["--peers=2:10.0.0.2:7600"] + insecure, "bad --peers entry"),
+        ("cache budget overflow", ["--cache_budget_mb=18446744073709551615"] + insecure,
+         "--cache_budget_mb must be 1.."),
+        ("cache budget zero", ["--cache_budget_mb=0"] + insecure, "--cache_budget_mb must be 1.."),
+        ("negative rpc timeout", ["--rpc_timeout_ms=-5"] + insecure,
+         "--rpc_timeout_ms must be 1..600000"),
+        ("zero rpc timeout", ["--rpc_timeout_ms=0"] + insecure,
+         "--rpc_timeout_ms must be 1..600000"),
+        ("negative invalidate deadline", ["--invalidate_deadline_ms=-1"] + insecure,
+         "--invalidate_deadline_ms must be"),
+        ("negative lease", ["--lease_ms=-10"] + insecure, "--lease_ms must be 0"),
+        ("lease margin", ["--lease_margin_pct=0"] + insecure, "--lease_margin_pct must be 1..50"),
+        ("deadline + lease beyond the module's ack timeout",
+         ["--lease_ms=60000"] + insecure,
+         "must stay below tether.ko's ack_timeout_ms"),
+        ("negative data retry", ["--data_retry_ms=-1"] + insecure, "--data_retry_ms must be"),
+        ("rdma timeout below two heartbeats",
+         ["--rdma_heartbeat_ms=1000", "--rdma_timeout_ms=1500"] + insecure,
+         "--rdma_timeout_ms must be at least 2 x"),
+        ("bad peer_listen", ["--peer_listen=nowhere"] + insecure, "--peer_listen must be host:port"),
+        ("same socket twice", ["--admin_socket=%s/l.sock" % tmp] + insecure,
+         "must be different paths"),
+        ("insecure together with TLS files", insecure + tls,
+         "--insecure_peers (plaintext) together with --tls_ca"),
+        ("no TLS and not insecure", [], "node-to-node TLS needs --tls_ca"),
+        ("unreadable TLS file", tls[:2] + ["--tls_key=" + unreadable],
+         "cannot read --tls_key %s: No such file" % unreadable),
+        ("CA file not a certificate", ["--tls_ca=" + garbage] + tls[1:],
+         "the CA file holds no PEM certificate"),
+        ("another node's certificate",
+         tls[:1] + ["--tls_cert=%s/node-2.pem" % certs, "--tls_key=%s/node-2.key" % certs],
+         "not this node (tether-node-1)"),
+        ("key of another certificate", tls[:2] + ["--tls_key=%s/node-2.key" % certs],
+         "the key file's key is not the certificate's"),
+        ("expiry warning days", ["--tls_expiry_warn_days=-1"] + tls,
+         "--tls_expiry_warn_days must be 0..3650"),
+    ]
+    failed = 0
+    for name, flags, want in cases:
+        cmd = [tetherd] + base + flags
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+            rc, err = r.returncode, r.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, err = "none (still running after 5 s: accepted)", (e.stderr or b"").decode()
+        ok = rc == 2 and want in err
+        if not ok:
+            failed += 1
+            print("FAIL %s: %s\n  exit status %s, wanted 2 with %r; stderr:\n  %s" %
+                  (name, " ".join(flags), rc, want, err.strip()[-600:].replace("\n", "\n  ")))
+        else:
+            print("PASS %s: %s" % (name, err.strip().splitlines()[-1]))
+        for sock in ("l.sock", "a.sock"):
+            try:
+                os.unlink(os.path.join(tmp, sock))
+            except OSError:
+                pass
+    print("%d passed, %d failed" % (len(cases) - failed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
