@@ -21,8 +21,9 @@ NOBODY = 65534
 CAP_DAC_READ_SEARCH, CAP_IPC_LOCK, CAP_SYS_PTRACE = 2, 14, 19
 
 
-@with_nodes(2)
-def test_remote_root_is_squashed_by_default(c):
+# tetherd's default (no --trusted_peers); cluster.py trusts all by default.
+@with_nodes(2, daemon_args=("--trusted_peers=",))
+def test_remote_root_is_squashed(c):
     n1, n2 = c.node(1), c.node(2)
     owner = Api(n1)  # root on node 1 exports a segment only root may use
     segid = int(owner.ok("make 65536 0600")["segid"])
@@ -32,7 +33,7 @@ def test_remote_root_is_squashed_by_default(c):
     root2.err("get %d ro" % segid, errno.EACCES, says=("uid 65534",))
 
 
-@with_nodes(2, daemon_args={1: ("--trusted_peers=2",)})
+@with_nodes(2, daemon_args={1: ("--trusted_peers=2",), 2: ("--trusted_peers=",)})
 def test_trusted_peer_keeps_its_root(c):
     n1, n2 = c.node(1), c.node(2)
     owner = Api(n1)
@@ -47,7 +48,7 @@ def test_trusted_peer_keeps_its_root(c):
     Api(n1).err("get %d rw" % segid2, errno.EACCES, says=("squashed",))
 
 
-@with_nodes(2)
+@with_nodes(2, daemon_args=("--trusted_peers=",))
 def test_names_belong_to_their_owner(c):
     n1, n2 = c.node(1), c.node(2)
     alice = Api(n1, uid=1000)
@@ -118,5 +119,5 @@ def test_daemon_keeps_only_the_capabilities_it_needs(c):
 
 
 if __name__ == "__main__":
-    run([test_remote_root_is_squashed_by_default, test_trusted_peer_keeps_its_root,
+    run([test_remote_root_is_squashed, test_trusted_peer_keeps_its_root,
          test_names_belong_to_their_owner, test_daemon_keeps_only_the_capabilities_it_needs])
