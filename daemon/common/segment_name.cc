@@ -44,8 +44,8 @@ size_t PrintableAt(absl::string_view s, size_t i) {
   }
   static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
   if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  if (cp < 0xa0) return 0;                                    // C1 controls (0x9b is CSI)
-  if (cp == 0x2028 || cp == 0x2029) return 0;                 // line, paragraph separators
+  if (cp < 0xa0) return 0;                     // C1 controls (0x9b is CSI)
+  if (cp == 0x2028 || cp == 0x2029) return 0;  // line, paragraph separators
   if ((cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x200e ||
       cp == 0x200f || cp == 0x061c)
     return 0;  // bidirectional controls ("Trojan Source")

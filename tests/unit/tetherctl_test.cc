@@ -19,7 +19,9 @@
 
 namespace {
 
-const char kEvil[] = "\x1b]0;pwned\x07\x1b[2J\xc2\x9b" "31mred";  // OSC title, clear, C1 CSI
+const char kEvil[] =
+    "\x1b]0;pwned\x07\x1b[2J\xc2\x9b"
+    "31mred";  // OSC title, clear, C1 CSI
 
 class FakeAdmin : public tether::admin::Admin::Service {
   grpc::Status List(grpc::ServerContext*, const tether::admin::ListRequest*,
