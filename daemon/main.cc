@@ -17,8 +17,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "daemon/common/capabilities.h"
 #include "daemon/common/log.h"
 #include "daemon/config_check.h"
 #include "daemon/tetherd.h"
@@ -96,6 +98,14 @@ ABSL_FLAG(int32_t, tls_expiry_warn_days, 30,
           "warn in the log (at start, on reload, daily) when this node's certificate or the CA "
           "expires within this many days (0..3650; 0: never)");
 ABSL_FLAG(bool, verbose, false, "debug logging");
+ABSL_FLAG(uint32_t, local_max_connections_per_uid, 128,
+          "local client connections (one daemon thread each) one uid may hold; over it a "
+          "connection is refused with EAGAIN (0: no bound)");
+ABSL_FLAG(uint32_t, local_max_connections, 1024,
+          "local client connections of all users together (0: no bound)");
+ABSL_FLAG(std::string, trusted_peers, "",
+          "node ids (1,3) whose root is root here; a remote uid/gid 0 from any other node acts "
+          "as nobody (65534)");
 
 namespace {
 
@@ -187,6 +197,15 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
       return bad("--rdma_source must be a numeric IPv4 or IPv6 address");
     }
   }
+  cfg.local_max_connections_per_uid = absl::GetFlag(FLAGS_local_max_connections_per_uid);
+  cfg.local_max_connections = absl::GetFlag(FLAGS_local_max_connections);
+  for (absl::string_view item :
+       absl::StrSplit(absl::GetFlag(FLAGS_trusted_peers), ',', absl::SkipWhitespace())) {
+    uint32_t node;
+    if (!absl::SimpleAtoi(item, &node) || node == 0 || node > 0x7fff)
+      return bad("bad --trusted_peers entry '" + std::string(item) + "' (want node ids 1..32767)");
+    cfg.trusted_peers.push_back(node);
+  }
   // Up to 16 TiB: more would overflow in bytes long before any host has it.
   const uint64_t budget_mb = absl::GetFlag(FLAGS_cache_budget_mb);
   if (budget_mb == 0 || budget_mb > (uint64_t{1} << 24))
@@ -252,6 +271,24 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<tether::TetherdConfig> cfg = ConfigFromFlags();
   if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
+
+  // Least privilege (common/capabilities.h): before any thread exists, as
+  // capabilities are per thread and inherited by the threads made later.
+  {
+    bool low_port = false;
+    for (const std::string* addr : {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen}) {
+      uint32_t port = 0;
+      size_t colon = addr->rfind(':');
+      if (colon != std::string::npos && absl::SimpleAtoi(addr->substr(colon + 1), &port) &&
+          port > 0 && port < 1024)
+        low_port = true;
+    }
+    auto kept = tether::DropCapabilities(
+        tether::NeededCapabilities(cfg->rdma != tether::RdmaMode::kOff, low_port));
+    if (!kept.ok()) return Fail("dropping capabilities: " + kept.status().ToString());
+    TLOG_INFO("capabilities: kept %s; every other one dropped (bounding set too)",
+              kept->empty() ? "none" : absl::StrJoin(*kept, ","));
+  }
 
   // Signals are taken synchronously by this thread; every other thread
   // inherits the mask.

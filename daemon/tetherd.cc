@@ -81,6 +81,7 @@ absl::Status Tetherd::Start() {
 // interfaces or through this object, never through setters on running parts.
 absl::Status Tetherd::Build() {
   registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
+  registry_->SetTrustedPeers(config_.trusted_peers);
   LeaseConfig leases;
   leases.lease = absl::Milliseconds(config_.lease_ms);
   leases.margin = config_.lease_margin_pct / 100.0;
@@ -184,7 +185,10 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   ASSIGN_OR_RETURN(admin_server_,
                    AdminServer::Start(config_.admin_socket, std::move(info), registry_.get(),
                                       peers_.get(), attachments_.get()));
-  local_server_ = std::make_unique<LocalServer>(local_api_.get());
+  LocalLimits limits;
+  limits.max_connections_per_uid = config_.local_max_connections_per_uid;
+  limits.max_connections = config_.local_max_connections;
+  local_server_ = std::make_unique<LocalServer>(local_api_.get(), limits);
   return local_server_->Start(config_.local_socket);
 }
 

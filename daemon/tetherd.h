@@ -64,6 +64,11 @@ struct TetherdConfig {
   int lease_ms = 2000;
   int lease_margin_pct = 10;
   TlsConfig tls;
+  // Bounds on local connections (local_server.h); 0: none.
+  uint32_t local_max_connections_per_uid = 128;
+  uint32_t local_max_connections = 1024;
+  // Nodes whose remote root is not squashed (SegmentRegistry::SetTrustedPeers).
+  std::vector<uint32_t> trusted_peers;
 };
 
 class SegmentRegistry;

@@ -52,8 +52,12 @@ int EventChannel::Ensure() {
   local::LocalResponse resp;
   std::string message;
   if (!RoundTrip(fd, req, {}, &resp, nullptr, &message) || resp.err() != 0) {
+    // RoundTrip failed with EAGAIN: tetherd refused the connection, over
+    // its bound of connections (local_server.h).
+    bool over_bound = !message.empty() && errno == EAGAIN;
     close(fd);
-    return SetError(ENOTCONN, "tetherd refused the event channel: " + message + resp.message());
+    return SetError(over_bound ? EAGAIN : ENOTCONN,
+                    "tetherd refused the event channel: " + message + resp.message());
   }
   fd_ = fd;
   running_ = true;

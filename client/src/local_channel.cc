@@ -66,9 +66,18 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
   do {
     n = sendmsg(fd, &mh, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
+  // A connection tetherd refused (over its bound of connections per uid or
+  // in total) was answered with one frame (connection_closed, err EAGAIN)
+  // and closed, before or after this request arrived: the send may fail,
+  // or the first receive report the reset (a close with our request unread
+  // in its queue); that frame is still to be read after either.
+  int recv_flags = MSG_CMSG_CLOEXEC;
   if (n < 0) {
-    *message = std::string("send to tetherd: ") + std::strerror(errno);
-    return false;
+    if (errno != EPIPE && errno != ECONNRESET) {
+      *message = std::string("send to tetherd: ") + std::strerror(errno);
+      return false;
+    }
+    recv_flags |= MSG_DONTWAIT;
   }
   std::string in(64 * 1024, '\0');
   iovec riov{in.data(), in.size()};
@@ -79,10 +88,14 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
   rmh.msg_control = rcbuf;
   rmh.msg_controllen = sizeof(rcbuf);
   do {
-    n = recvmsg(fd, &rmh, MSG_CMSG_CLOEXEC);
+    n = recvmsg(fd, &rmh, recv_flags);
+    if (n < 0 && errno == ECONNRESET && !(recv_flags & MSG_DONTWAIT)) {
+      recv_flags |= MSG_DONTWAIT;  // the reset is reported once; the frame may follow
+      errno = EINTR;
+    }
   } while (n < 0 && errno == EINTR);
   if (n <= 0) {
-    if (n == 0) errno = ECONNRESET;
+    if (n == 0 || errno == EAGAIN) errno = ECONNRESET;
     *message = std::string("tetherd closed the connection: ") + std::strerror(errno);
     return false;
   }
@@ -101,6 +114,11 @@ bool RoundTrip(int fd, const local::LocalRequest& req, const std::vector<int>& f
   if (!resp->ParseFromArray(in.data(), static_cast<int>(n))) {
     errno = EPROTO;
     *message = "malformed response from tetherd";
+    return false;
+  }
+  if (resp->connection_closed()) {  // the refusal: the connection is gone
+    errno = resp->err() != 0 ? resp->err() : ECONNRESET;
+    *message = "tetherd refused the connection: " + resp->message();
     return false;
   }
   return true;

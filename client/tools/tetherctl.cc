@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "admin.grpc.pb.h"
+#include "daemon/common/segment_name.h"
 
 namespace {
 
@@ -45,9 +46,20 @@ std::string JsonEscape(const std::string& s) {
   return out;
 }
 
+// A segment name as a terminal may show it: names come from daemons that
+// may be older than the rule that they be printable (segment_name.h), or
+// from another node's, so anything not printable is written as \xNN.
+std::string Printable(const std::string& name) { return tether::EscapeName(name); }
+
+// In JSON: the name itself when it is printable (it round-trips), else its
+// escaped form (a script sees the backslashes rather than the bytes).
+std::string JsonName(const std::string& name) {
+  return JsonEscape(tether::ValidateSegmentName(name).ok() ? name : Printable(name));
+}
+
 int Fail(const grpc::Status& st, const std::string& socket) {
-  std::fprintf(stderr, "tetherctl: %s (daemon admin socket %s)\n", st.error_message().c_str(),
-               socket.c_str());
+  std::fprintf(stderr, "tetherctl: %s (daemon admin socket %s)\n",
+               Printable(st.error_message()).c_str(), socket.c_str());
   return 1;
 }
 
@@ -120,7 +132,7 @@ void PrintSegments(const tether::admin::ListResponse& r, bool json) {
                    R"("mode":%d,"name":"%s","attachments":%d,"state":"%s"})"
                    "\n",
                    s.segid(), (s.segid() >> 48) & 0x7fff, s.size(), s.vaddr(), s.pid(), s.uid(),
-                   s.gid(), s.mode(), JsonEscape(s.name()), s.attachments(), JsonEscape(s.state()));
+                   s.gid(), s.mode(), JsonName(s.name()), s.attachments(), JsonEscape(s.state()));
     return;
   }
   absl::PrintF("%-20s %-5s %-12s %-8s %-6s %-6s %-16s %s\n", "SEGID", "NODE", "SIZE", "PID", "MODE",
@@ -129,7 +141,8 @@ void PrintSegments(const tether::admin::ListResponse& r, bool json) {
     absl::PrintF("%-20ld %-5lu %-12lu %-8d %-6o %-6u %-16s %s\n", static_cast<long>(s.segid()),
                  static_cast<unsigned long>((s.segid() >> 48) & 0x7fff),
                  static_cast<unsigned long>(s.size()), s.pid(), s.mode(), s.attachments(),
-                 s.name().empty() ? "-" : s.name().c_str(), s.state().c_str());
+                 s.name().empty() ? "-" : Printable(s.name()).c_str(),
+                 Printable(s.state()).c_str());
 }
 
 void PrintAttachments(const tether::admin::ListResponse& r, bool json) {
@@ -230,9 +243,9 @@ int main(int argc, char** argv) {
     if (json)
       absl::PrintF(R"({"name":"%s","segid":%d,"size":%d})"
                    "\n",
-                   JsonEscape(args[1]), r.segid(), r.size());
+                   JsonName(args[1]), r.segid(), r.size());
     else
-      absl::PrintF("%s: segid %ld, %lu bytes\n", args[1].c_str(), static_cast<long>(r.segid()),
+      absl::PrintF("%s: segid %ld, %lu bytes\n", Printable(args[1]), static_cast<long>(r.segid()),
                    static_cast<unsigned long>(r.size()));
     return 0;
   }

@@ -12,6 +12,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/segment_name.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -22,7 +23,6 @@ namespace {
 // really has fails its first read (EFAULT), or tether.ko's check against
 // the process's own limit.
 constexpr uint64_t kUserAddressLimit = uint64_t{1} << 56;
-constexpr size_t kMaxNameLength = 255;
 }  // namespace
 
 SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
@@ -150,8 +150,14 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
 
 absl::Status SegmentRegistry::Publish(uint64_t segid, const std::string& name,
                                       const Credentials& caller) {
-  if (name.empty() || name.size() > kMaxNameLength)
-    return ErrnoStatus(EINVAL, "segment names are 1..255 bytes");
+  RETURN_IF_ERROR(ValidateSegmentName(name));
+  // "OWNER/..." is OWNER's (segment_name.h): resolved before the lock, as
+  // it may ask NSS.
+  ASSIGN_OR_RETURN(std::optional<uint32_t> name_owner, NameOwner(name));
+  if (name_owner && *name_owner != caller.uid && caller.uid != 0)
+    return ErrnoStatus(EPERM, absl::StrFormat("segment name '%s' belongs to uid %d (the part "
+                                              "before '/'); uid %d may not publish it",
+                                              EscapeName(name), *name_owner, caller.uid));
   absl::MutexLock lock(&mu_);
   auto it = segments_.find(segid);
   if (it == segments_.end() || it->second->state != "live")
@@ -161,16 +167,18 @@ absl::Status SegmentRegistry::Publish(uint64_t segid, const std::string& name,
     return ErrnoStatus(EPERM, "only the segment's owner may publish it");
   auto [nit, inserted] = names_.emplace(name, segid);
   if (!inserted && nit->second != segid)
-    return ErrnoStatus(EEXIST, absl::StrCat("name '", name, "' is taken"));
+    return ErrnoStatus(EEXIST, absl::StrCat("name '", EscapeName(name), "' is taken"));
   if (!seg->name.empty() && seg->name != name) names_.erase(seg->name);
   seg->name = name;
   return absl::OkStatus();
 }
 
 absl::StatusOr<SegmentSummary> SegmentRegistry::Lookup(const std::string& name) const {
+  RETURN_IF_ERROR(ValidateSegmentName(name));
   absl::MutexLock lock(&mu_);
   auto it = names_.find(name);
-  if (it == names_.end()) return ErrnoStatus(ENOENT, absl::StrCat("no segment named '", name, "'"));
+  if (it == names_.end())
+    return ErrnoStatus(ENOENT, absl::StrCat("no segment named '", EscapeName(name), "'"));
   const Segment& s = *segments_.at(it->second);
   SegmentSummary out;
   out.segid = s.segid;
@@ -180,9 +188,22 @@ absl::StatusOr<SegmentSummary> SegmentRegistry::Lookup(const std::string& name) 
   return out;
 }
 
-absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& cred, bool write,
+void SegmentRegistry::SetTrustedPeers(std::vector<uint32_t> nodes) {
+  absl::MutexLock lock(&mu_);
+  trusted_peers_ = std::move(nodes);
+}
+
+absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& caller, bool write,
                                               uint32_t mapper_node) {
   absl::MutexLock lock(&mu_);
+  // A mapper on another node is who its daemon says it is; its root is
+  // anyone's root, so it acts as nobody unless its node is trusted
+  // (--trusted_peers, docs/security.md). This node's own callers are
+  // checked as SO_PEERCRED says.
+  const bool squash =
+      mapper_node != node_id_ &&
+      std::find(trusted_peers_.begin(), trusted_peers_.end(), mapper_node) == trusted_peers_.end();
+  const Credentials cred = squash ? SquashRoot(caller) : caller;
   auto it = segments_.find(segid);
   if (it == segments_.end()) return ErrnoStatus(ENOENT, absl::StrFormat("no segment %#x", segid));
   Segment* seg = it->second.get();
@@ -193,10 +214,15 @@ absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials&
     return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
                                               mapper_node, fit->second));
   if (!PermitAllows(seg->mode, seg->uid, seg->gid, cred, write ? 6 : 4))
-    return ErrnoStatus(EACCES, absl::StrFormat("segment %#x (mode %o, owner %d:%d) does not "
-                                               "permit %s by uid %d",
-                                               segid, seg->mode, seg->uid, seg->gid,
-                                               write ? "read-write" : "read", cred.uid));
+    return ErrnoStatus(
+        EACCES, absl::StrFormat(
+                    "segment %#x (mode %o, owner %d:%d) does not "
+                    "permit %s by uid %d%s",
+                    segid, seg->mode, seg->uid, seg->gid, write ? "read-write" : "read", cred.uid,
+                    cred.uid != caller.uid ? absl::StrFormat(" (root of node %d, squashed: it is "
+                                                             "not in --trusted_peers)",
+                                                             mapper_node)
+                                           : ""));
   Grant g;
   g.id = next_grant_++;
   g.segment_size = seg->size;

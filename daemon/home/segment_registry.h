@@ -65,6 +65,10 @@ class SegmentRegistry : public BlockServer {
   absl::Status Publish(uint64_t segid, const std::string& name, const Credentials& caller);
   absl::StatusOr<SegmentSummary> Lookup(const std::string& name) const;
 
+  // The other nodes whose root is root here (--trusted_peers); a remote
+  // mapper's uid 0 and gid 0 from any other node are squashed to nobody
+  // before the permit check (credentials.h, SquashRoot). Empty by default.
+  void SetTrustedPeers(std::vector<uint32_t> nodes);
   // Permission to map: checks the permit with `cred`; the grant is bound to
   // `mapper_node` (data requests from other nodes are refused).
   absl::StatusOr<Grant> Attach(uint64_t segid, const Credentials& cred, bool write,
@@ -225,6 +229,7 @@ class SegmentRegistry : public BlockServer {
   absl::CondVar write_landed_;  // signalled by WriteLanded
   absl::flat_hash_map<uint64_t, std::unique_ptr<Segment>> segments_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, uint64_t> names_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> trusted_peers_ ABSL_GUARDED_BY(mu_);
 
   // Tells the observer (outside mu_) that the segment stopped being live.
   void Gone(uint64_t segid, const std::string& why);

@@ -16,6 +16,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/segment_name.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/exporter_memory.h"
 
@@ -391,7 +392,7 @@ absl::Status LocalApi::Detach(const LocalConnection& c, uint64_t attach_id) {
 }
 
 absl::Status LocalApi::Lookup(const std::string& name, local::LocalResponse* resp) {
-  if (name.empty() || name.size() > 255) return ErrnoStatus(EINVAL, "bad segment name");
+  RETURN_IF_ERROR(ValidateSegmentName(name));
   auto local_hit = registry_->Lookup(name);
   if (local_hit.ok()) {
     resp->mutable_lookup()->set_segid(local_hit->segid);

@@ -1,5 +1,6 @@
 #include "daemon/local/local_server.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
@@ -68,31 +70,65 @@ void LocalServer::AcceptLoop() {
       }
       return;
     }
-    auto conn = std::make_shared<LocalConnection>();
-    conn->id = next_id_++;
-    conn->fd = fd;
-    ucred uc{};
-    socklen_t len = sizeof(uc);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) != 0) {
+    auto cred = PeerCredentials(fd);
+    if (!cred.ok()) {
+      TLOG_WARN("local connection refused: %s", cred.status().ToString());
       close(fd);
       continue;
     }
-    conn->cred.pid = uc.pid;
-    conn->cred.uid = uc.uid;
-    conn->cred.gid = uc.gid;
-    gid_t groups[64];
-    len = sizeof(groups);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0)
-      conn->cred.groups.assign(groups, groups + len / sizeof(gid_t));
-    absl::MutexLock lock(&mu_);
-    if (stopping_) {
-      close(fd);
-      return;
+    auto conn = std::make_shared<LocalConnection>();
+    conn->id = next_id_++;
+    conn->fd = fd;
+    conn->cred = std::move(*cred);
+    std::string refused;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) {
+        close(fd);
+        return;
+      }
+      uint32_t& mine = per_uid_[conn->cred.uid];
+      if (limits_.max_connections && conns_.size() >= limits_.max_connections) {
+        refused = absl::StrCat("tetherd has ", conns_.size(),
+                               " local connections, its bound (--local_max_connections)");
+      } else if (limits_.max_connections_per_uid && mine >= limits_.max_connections_per_uid) {
+        refused = absl::StrCat("uid ", conn->cred.uid, " has ", mine,
+                               " connections to tetherd, its bound "
+                               "(--local_max_connections_per_uid)");
+      } else {
+        ++mine;
+        conns_[conn->id] = conn;
+        // Detached: Stop() waits for conns_ to drain instead of joining.
+        std::thread([this, conn] { Serve(conn); }).detach();
+      }
+      if (mine == 0) per_uid_.erase(conn->cred.uid);
     }
-    conns_[conn->id] = conn;
-    // Detached: Stop() waits for conns_ to drain instead of joining.
-    std::thread([this, conn] { Serve(conn); }).detach();
+    if (!refused.empty()) Refuse(fd, conn->cred, refused);
   }
+}
+
+void LocalServer::Refuse(int fd, const Credentials& cred, const std::string& why) {
+  local::LocalResponse resp;
+  resp.set_version(1);
+  resp.set_err(EAGAIN);
+  resp.set_message(why);
+  resp.set_connection_closed(true);
+  // Non-blocking: a client that never reads must not stall the accept loop
+  // (a fresh connection's queue has room for this one frame anyway).
+  int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  (void)SendFrame(fd, resp);
+  close(fd);
+  int64_t now = absl::ToUnixSeconds(absl::Now());
+  int64_t& last = refusal_logged_[cred.uid];
+  if (last == 0 || now - last >= 10) {
+    last = now;
+    TLOG_WARN(
+        "local connection of pid %d (uid %u) refused: %s (logged at most once per 10 s "
+        "per uid)",
+        cred.pid, cred.uid, why);
+  }
+  if (refusal_logged_.size() > 4096) refusal_logged_.clear();  // bounded
 }
 
 bool LocalServer::SendFrame(int fd, const google::protobuf::Message& msg,
@@ -167,6 +203,8 @@ void LocalServer::Serve(std::shared_ptr<LocalConnection> conn) {
   handler_->Disconnected(*conn);
   absl::MutexLock lock(&mu_);
   conns_.erase(conn->id);
+  auto it = per_uid_.find(conn->cred.uid);
+  if (it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
   close(conn->fd);
 }
 

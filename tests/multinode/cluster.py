@@ -193,6 +193,12 @@ class Node:
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
                 "--rpc_timeout_ms=3000"] + list(extra)
+        # A test cluster is one administrative domain and its clients run as
+        # root: every node trusts the others' root (no root squash), unless
+        # the test says otherwise (test_trust.py: --trusted_peers=...).
+        if not any(str(a).startswith("--trusted_peers") for a in extra):
+            args.append("--trusted_peers=" + ",".join(str(n.id) for n in c.nodes
+                                                       if n.id != self.id))
         if c.rdma:
             args.append("--rdma=on")
         if c.tls:

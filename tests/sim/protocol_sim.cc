@@ -1365,7 +1365,7 @@ void Simulation::ReportLoss(Node& n) {
 }
 
 void Simulation::Attach(Node& n) {
-  Credentials cred{0, 0, 0, {}};
+  Credentials cred{0, 1000, 1000, {}};  // the owner: not root, which would be squashed
   // PeerServer::Attach: the grant of a lease is recorded before the
   // registry's fence check; PeerDirectory counts it from the request's
   // sending (here: now, the attach being one step).
@@ -1663,7 +1663,7 @@ SimResult Simulation::Run() {
     Fail("exporter memory: %s", memory.status().ToString());
     return result_;
   }
-  Credentials owner{getpid(), 0, 0, {}};
+  Credentials owner{getpid(), 1000, 1000, {}};
   auto segid = reg_->Make(owner, reinterpret_cast<uint64_t>(mem_), npages_ * kPage, 0600,
                           *std::move(memory));
   if (!segid.ok()) {

@@ -73,7 +73,8 @@ class CoordinatorTest : public ::testing::Test {
     int pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
     auto m = ExporterMemory::Open(pidfd, getpid());
     ASSERT_TRUE(m.ok());
-    Credentials owner{getpid(), 0, 0, {}};
+    // Not root: a remote root would be squashed to nobody (credentials.h).
+    Credentials owner{getpid(), 1000, 1000, {}};
     auto segid = reg_.Make(owner, reinterpret_cast<uint64_t>(mem_), kSize, 0600, std::move(*m));
     ASSERT_TRUE(segid.ok());
     segid_ = *segid;

@@ -22,6 +22,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/page_diff.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/segment_name.h"
 #include "daemon/common/status_macros.h"
 
 namespace tether {
@@ -333,6 +334,81 @@ TEST_F(RegistryTest, RemovePublishLookup) {
   EXPECT_EQ(ToErrno(reg_.Attach(*segid, owner_, false, 5).status()), ENOENT);
   ASSERT_TRUE(reg_.Detach(*segid, g->id, 5).ok());
   EXPECT_TRUE(reg_.List().empty());  // forgotten once the last grant is gone
+}
+
+// Names are owned (segment_name.h): "OWNER/..." only by OWNER or root; a
+// name held by a segment is not another segment's to take.
+TEST_F(RegistryTest, NamesBelongToTheirOwner) {
+  auto mine = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0644, Self());
+  ASSERT_TRUE(mine.ok());
+  Credentials stranger{0, 3000, 300, {}};
+  auto theirs = reg_.Make(stranger, reinterpret_cast<uint64_t>(mem_), kSize, 0644, Self());
+  ASSERT_TRUE(theirs.ok());
+  // The stranger squats the owner's prefix first: refused.
+  absl::Status st = reg_.Publish(*theirs, "1000/db", stranger);
+  EXPECT_EQ(ToErrno(st), EPERM) << st;
+  EXPECT_EQ(ToErrno(reg_.Publish(*theirs, "root/db", stranger)), EPERM);  // by user name
+  ASSERT_TRUE(reg_.Publish(*mine, "1000/db", owner_).ok());
+  EXPECT_EQ(reg_.Lookup("1000/db")->segid, *mine);
+  // Its own prefix, by number or by name, is the stranger's.
+  EXPECT_TRUE(reg_.Publish(*theirs, "3000/db", stranger).ok());
+  // Root may publish any owner's name (here: taken, so EEXIST, not EPERM).
+  EXPECT_EQ(ToErrno(reg_.Publish(*theirs, "1000/db", Credentials{0, 0, 0, {}})), EEXIST);
+  // A name held by another segment: neither taken nor replaced.
+  ASSERT_TRUE(reg_.Publish(*mine, "plain", owner_).ok());
+  EXPECT_EQ(ToErrno(reg_.Publish(*theirs, "plain", stranger)), EEXIST);
+  EXPECT_EQ(reg_.Lookup("plain")->segid, *mine);
+  // An owner that is no user: refused, saying so.
+  st = reg_.Publish(*mine, "no-such-user-zz9/db", owner_);
+  EXPECT_EQ(ToErrno(st), EINVAL) << st;
+  EXPECT_NE(st.message().find("no user"), std::string::npos) << st;
+}
+
+// Names are printable UTF-8: nothing a terminal would act on.
+TEST_F(RegistryTest, NamesMustBePrintable) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0644, Self());
+  ASSERT_TRUE(segid.ok());
+  for (const std::string bad :
+       {std::string("\x1b[31mred"), std::string("a\nb"), std::string("del\x7f"),
+        std::string("nul\0x", 5),
+        std::string("c1\xc2\x9b"
+                    "31m"),
+        std::string("\xc0\xaf"), std::string("\xed\xa0\x80"), std::string("\xff"),
+        std::string("cut\xe2\x82"), std::string("bidi\xe2\x80\xae"), std::string(256, 'a'),
+        std::string()}) {
+    absl::Status st = reg_.Publish(*segid, bad, owner_);
+    EXPECT_EQ(ToErrno(st), EINVAL) << EscapeName(bad) << ": " << st;
+    EXPECT_EQ(ToErrno(reg_.Lookup(bad).status()), EINVAL) << EscapeName(bad);
+    // The message escapes what it quotes.
+    EXPECT_EQ(st.message().find('\x1b'), absl::string_view::npos) << st;
+  }
+  EXPECT_TRUE(reg_.Publish(*segid, "caf\xc3\xa9 \xe6\x97\xa5\xf0\x9f\x98\x80", owner_).ok());
+  EXPECT_TRUE(reg_.Publish(*segid, std::string(255, 'a'), owner_).ok());
+  EXPECT_EQ(EscapeName("a\x1b[2J\\\xc2\x9b\xc3\xa9"), "a\\x1b[2J\\\\\\xc2\\x9b\xc3\xa9");
+}
+
+// A remote mapper's root acts as nobody unless its node is trusted; this
+// node's own root is checked as itself.
+TEST_F(RegistryTest, RemoteRootIsSquashed) {
+  Credentials root{0, 0, 0, {0}};
+  auto segid = reg_.Make(root, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto remote = reg_.Attach(*segid, root, true, 5);
+  EXPECT_EQ(ToErrno(remote.status()), EACCES) << remote.status();
+  EXPECT_NE(remote.status().message().find("squashed"), absl::string_view::npos) << remote.status();
+  EXPECT_TRUE(reg_.Attach(*segid, root, true, 3).ok());  // node 3 is this node
+  // Group 0 goes too: a remote non-root user in group 0 is in nogroup.
+  auto g0 = reg_.Make(root, reinterpret_cast<uint64_t>(mem_), kSize, 0060, Self());
+  ASSERT_TRUE(g0.ok());
+  EXPECT_EQ(ToErrno(reg_.Attach(*g0, Credentials{0, 1000, 100, {0}}, true, 5).status()), EACCES);
+  // A segment open to others is open to the squashed root too.
+  auto open = reg_.Make(root, reinterpret_cast<uint64_t>(mem_), kSize, 0606, Self());
+  ASSERT_TRUE(open.ok());
+  EXPECT_TRUE(reg_.Attach(*open, root, true, 5).ok());
+  reg_.SetTrustedPeers({5});
+  EXPECT_TRUE(reg_.Attach(*segid, root, true, 5).ok());
+  EXPECT_TRUE(reg_.Attach(*g0, Credentials{0, 1000, 100, {0}}, true, 5).ok());
+  EXPECT_EQ(ToErrno(reg_.Attach(*segid, root, true, 6).status()), EACCES);  // 6 is not trusted
 }
 
 TEST_F(RegistryTest, ExporterExitIsNoticed) {

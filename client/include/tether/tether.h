@@ -10,10 +10,13 @@
  * thread's last error. An error decided by the segment's home on another
  * node arrives with the errno the home chose, and its message names that
  * node. Every call but tether_version/_strerror can fail with EINVAL (bad
- * argument) and ENOTCONN (the local tetherd is not running); the table of
+ * argument), ENOTCONN (the local tetherd is not running) and EAGAIN (the
+ * calling uid, or all users together, hold as many connections to tetherd
+ * as it allows: --local_max_connections_per_uid, --local_max_connections;
+ * retry after closing some, e.g. in exited processes); the table of
  * what else each call returns, and when, is in docs/consistency.md,
  * "Errors (errno) a program should expect". Below, per call, the errnos
- * beyond those two.
+ * beyond those three.
  *
  * Consistency (docs/consistency.md): home memory is authoritative. A mapper
  * sees the home's contents as of its last fault or tether_acquire(); its
