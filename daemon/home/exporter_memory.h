@@ -57,6 +57,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/page.h"
 #include "daemon/common/page_diff.h"
 
 namespace tether {
@@ -72,6 +73,12 @@ class ExporterMemory {
   // Writes decoded diff `pages` (DecodeDiff) at `addr` (where page index 0
   // starts), a page at a time under its page lock.
   absl::Status WriteDiff(uint64_t addr, const std::vector<DiffPage>& pages) const;
+  // The lock WriteDiff holds across one page's writes (page_addr: the
+  // page's address in the exporter): a notifier source that writes a
+  // diff itself (SegmentObserver::GuardedWrite) holds it too.
+  absl::Mutex& PageLock(uint64_t page_addr) const {
+    return page_locks_[(page_addr / kPageSize) % kPageLocks];
+  }
   // True while the exporter runs (its pidfd is not readable yet).
   bool Alive() const;
   pid_t pid() const { return pid_; }

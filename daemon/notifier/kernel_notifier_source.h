@@ -169,6 +169,11 @@ class KernelNotifierSource : public NotifierSource {
   void Stop() override;
   absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
                                    bool writable) override;
+  // Write-backs through TETHER_IOC_WRITE where the module has it
+  // (TETHER_FEAT_WRITE); see "Write-backs" above.
+  absl::StatusOr<WriteGuard> BeforeWrite(uint64_t segid, uint64_t start, uint64_t end) override;
+  absl::Status GuardedWrite(uint64_t segid, const WriteGuard& guard,
+                            absl::Span<const WritePiece> pieces) override;
 
  private:
   // The segment is gone (removed, or its exporter exited): closes its
@@ -211,7 +216,22 @@ class KernelNotifierSource : public NotifierSource {
   };
 
   KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator, int ctl_fd,
-                       int stop_fd, bool direct);
+                       int stop_fd, bool direct, bool write);
+  // A segment's export and whether the user-space source watches it
+  // instead, looked up together under mu_ (BeforeRead, BeforeWrite,
+  // GuardedWrite, DirectAttach).
+  struct Found {
+    std::shared_ptr<Export> ex;
+    bool fallback = false;
+  };
+  Found Lookup(uint64_t segid);
+  // f.ex, or why its memory cannot be watched (released, no range).
+  absl::StatusOr<std::shared_ptr<Export>> Watched(uint64_t segid, const Found& f);
+  // MARKs [start, end) (segment offsets) cached in the module, unless
+  // already marked and not `always`; the sequence MARK returned (0 when
+  // it was not asked), Retry() when odd.
+  absl::StatusOr<uint64_t> Mark(Export& ex, uint64_t segid, uint64_t start, uint64_t end,
+                                bool always);
   // The event thread: reads the control fd; HandleEvent, HandleEnd,
   // HandleRelease and HandleOverflow run only there (asserted). Blockable
   // BEGINs go to the workers (HandleBegin, BeginWorker).
@@ -249,6 +269,7 @@ class KernelNotifierSource : public NotifierSource {
   const int ctl_fd_;
   const int stop_fd_;
   const bool direct_;            // the module has DIRECT_ATTACH (TETHER_FEAT_DIRECT)
+  const bool write_;             // the module has WRITE (TETHER_FEAT_WRITE)
   UffdNotifierSource fallback_;  // exporters that sent a userfaultfd
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_segid_ ABSL_GUARDED_BY(mu_);
