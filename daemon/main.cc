@@ -277,8 +277,9 @@ int main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_test_fault_socket).empty()) {
     const char* hooks = getenv("TETHER_TEST_HOOKS");
     if (!hooks || std::string(hooks) != "1")
-      return Fail("--test_fault_socket is for tests only (it lets a local user hold the daemon's "
-                  "threads): refused unless TETHER_TEST_HOOKS=1 is set");
+      return Fail(
+          "--test_fault_socket is for tests only (it lets a local user hold the daemon's "
+          "threads): refused unless TETHER_TEST_HOOKS=1 is set");
     auto s = tether::FaultPointServer::Start(absl::GetFlag(FLAGS_test_fault_socket));
     if (!s.ok()) return Fail(std::string(s.status().message()));
     fault_points = std::move(*s);

@@ -19,8 +19,7 @@
 
 namespace tether {
 
-absl::StatusOr<std::unique_ptr<FaultPointServer>> FaultPointServer::Start(
-    const std::string& path) {
+absl::StatusOr<std::unique_ptr<FaultPointServer>> FaultPointServer::Start(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(addr.sun_path))

@@ -30,6 +30,12 @@
 // write (writes cannot be taken back; one still lands in the new image
 // if the exec completes between that check and the call, a few µs).
 //
+// With tether.ko (TETHER_FEAT_WRITE) the home's write-backs do not come
+// here: the notifier source writes them through the module, which refuses
+// a write whose range changed since the home checked it
+// (SegmentObserver::GuardedWrite, SegmentRegistry::WriteBack); Write and
+// WriteDiff serve the user-space source and older modules.
+//
 // WriteDiff writes a page diff (common/page_diff.h): only the changed
 // bytes, one process_vm_writev per page (its runs as iovecs; a page of
 // more than IOV_MAX runs takes several), under that page's lock (one of

@@ -101,7 +101,8 @@ class SegmentRegistry : public BlockServer {
   // Write-backs in flight (issue 14): WriteBlocks enters a write-back in
   // the segment's count once it has passed the checks (grant, fence, no
   // window over the range, not unmapped since read), under mu_ — the lock
-  // OpenWindow takes — and leaves it when ExporterMemory::Write returned.
+  // OpenWindow takes — and leaves it when its write (ExporterMemory, or
+  // the notifier source's GuardedWrite) returned.
   // So when a window opens, every write-back of its range that could
   // still land is in the count, and no new one gets past the checks. A
   // Begin waits for those before the change goes on
@@ -216,10 +217,10 @@ class SegmentRegistry : public BlockServer {
   // there changed since the guard) is checked again from the start: a
   // window still open is Retry(), a range the exporter unmapped ENXIO,
   // otherwise the units not yet written are tried again.
-  absl::Status WriteBack(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
-                         uint64_t len, const std::vector<WriteUnit>& units,
-                         const std::function<absl::Status(const ExporterMemory&, uint64_t)>&
-                             unguarded);
+  absl::Status WriteBack(
+      uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
+      const std::vector<WriteUnit>& units,
+      const std::function<absl::Status(const ExporterMemory&, uint64_t)>& unguarded);
   // Checks a data request and returns the memory to use and the address.
   // A write (`writing` not null) that passes is entered in the segment's
   // write-backs in flight, under the same lock as the checks; *writing is

@@ -104,10 +104,9 @@ absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, ui
     u.pieces.push_back({offset + done, src.subspan(done, std::min(kUnit, src.size() - done))});
     units.push_back(std::move(u));
   }
-  return WriteBack(peer_node, segid, grant, offset, src.size(), units,
-                   [&](const ExporterMemory& memory, uint64_t addr) {
-                     return memory.Write(addr, src);
-                   });
+  return WriteBack(
+      peer_node, segid, grant, offset, src.size(), units,
+      [&](const ExporterMemory& memory, uint64_t addr) { return memory.Write(addr, src); });
 }
 
 absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant,
@@ -126,10 +125,9 @@ absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint
     for (const DiffRun& run : page.runs) u.pieces.push_back({u.page + run.offset, run.data});
     if (!u.pieces.empty()) units.push_back(std::move(u));
   }
-  return WriteBack(peer_node, segid, grant, offset, len, units,
-                   [&](const ExporterMemory& memory, uint64_t addr) {
-                     return memory.WriteDiff(addr, *pages);
-                   });
+  return WriteBack(
+      peer_node, segid, grant, offset, len, units,
+      [&](const ExporterMemory& memory, uint64_t addr) { return memory.WriteDiff(addr, *pages); });
 }
 
 absl::Status SegmentRegistry::WriteBack(
@@ -182,11 +180,12 @@ absl::Status SegmentRegistry::WriteBack(
     TETHER_FAULT_POINT("segment_registry.write_back.after_write");
     if (ToErrno(st) != ESTALE) return st;
     if (attempt == kWriteAttempts)
-      return Retry(absl::StrFormat("segment %#x: the exporter's memory at [%#x, +%#x) changed "
-                                   "during each of %d write attempts",
-                                   segid, offset, len, attempt));
-    TLOG_DEBUG("segment %#x: write-back to [%#x, +%#x) refused (%s); checking again", segid,
-               offset, len, st.message());
+      return Retry(
+          absl::StrFormat("segment %#x: the exporter's memory at [%#x, +%#x) changed "
+                          "during each of %d write attempts",
+                          segid, offset, len, attempt));
+    TLOG_DEBUG("segment %#x: write-back to [%#x, +%#x) refused (%s); checking again", segid, offset,
+               len, st.message());
   }
 }
 

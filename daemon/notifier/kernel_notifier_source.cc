@@ -111,10 +111,9 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
   // The deadline (plus a fenced node's lease) against the module's
   // ack_timeout_ms is checked once, at start-up (main.cc), which refuses a
   // configuration the module would cut short.
-  return std::unique_ptr<KernelNotifierSource>(
-      new KernelNotifierSource(registry, coordinator, fd, stop_fd,
-                               (v.features & TETHER_FEAT_DIRECT) != 0,
-                               (v.features & TETHER_FEAT_WRITE) != 0));
+  return std::unique_ptr<KernelNotifierSource>(new KernelNotifierSource(
+      registry, coordinator, fd, stop_fd, (v.features & TETHER_FEAT_DIRECT) != 0,
+      (v.features & TETHER_FEAT_WRITE) != 0));
 }
 
 KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,

@@ -114,6 +114,22 @@
 // a copy instead. mu_ is not held across the ioctl (it allocates; reclaim
 // could wait for the event thread, which takes mu_).
 //
+// Write-backs (issue 14; BeforeWrite and GuardedWrite, on the threads that
+// serve write-backs): where the module announced TETHER_FEAT_WRITE, the
+// home writes a mapper's write-back through TETHER_IOC_WRITE instead of
+// process_vm_writev. BeforeWrite, after the registry's checks, MARKs the
+// range (always: the ioctl's sequence is the guard; one per write-back,
+// none on the fault path) and returns the sequence; GuardedWrite passes it
+// with the pieces. The module checks it under the exporter's mmap_lock and
+// refuses the write (ESTALE, nothing written) if the range changed since:
+// an mmap(MAP_FIXED) or mremap that held mmap_lock for writing across our
+// ack cannot have a write that was waiting for it land in the new mapping
+// (the registry then checks the request again: SegmentRegistry::WriteBack).
+// Errors are ExporterMemory::Write's (EACCES not writable, ENXIO nothing
+// mapped, ESRCH exited); ENOENT (the exporter fd was closed meanwhile)
+// becomes ESTALE, so the registry finds out why. A module without the
+// feature: BeforeRead's mark, unguarded (ExporterMemory writes).
+//
 // Exporters that sent a userfaultfd instead (no /dev/tether access in their
 // mount namespace, old libtether) are handed to an embedded
 // UffdNotifierSource, so a mixed node still watches everything it can.

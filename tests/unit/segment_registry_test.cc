@@ -390,8 +390,8 @@ TEST_F(GuardedWriteTest, DiffWriteBacksGoThroughTheSourceAPageAtATime) {
     if (src_.writes == 2) src_.refusals = 1;  // the second page, once
   };
   ASSERT_TRUE(reg_g_.WriteDiff(5, segid_, grant_, 4096, diff).ok());
-  EXPECT_EQ(src_.written, (std::vector<std::pair<uint64_t, uint64_t>>{{4096 + 10, 2},
-                                                                       {8192 + 4000, 1}}));
+  EXPECT_EQ(src_.written,
+            (std::vector<std::pair<uint64_t, uint64_t>>{{4096 + 10, 2}, {8192 + 4000, 1}}));
   EXPECT_EQ(src_.writes, 3);
   EXPECT_EQ(mem_[4096 + 10], 0xa1);
   EXPECT_EQ(mem_[8192 + 4000], 0xb1);
