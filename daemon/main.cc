@@ -5,7 +5,10 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/capabilities.h"
+#include "daemon/common/fault_point_server.h"
 #include "daemon/common/log.h"
 #include "daemon/config_check.h"
 #include "daemon/tetherd.h"
@@ -106,6 +110,9 @@ ABSL_FLAG(uint32_t, local_max_connections, 1024,
 ABSL_FLAG(std::string, trusted_peers, "",
           "node ids (1,3) whose root is root here; a remote uid/gid 0 from any other node acts "
           "as nobody (65534)");
+ABSL_FLAG(std::string, test_fault_socket, "",
+          "TESTS ONLY: a Unix socket through which a test arms and releases the daemon's fault "
+          "points (daemon/common/fault_point_server.h); refused unless TETHER_TEST_HOOKS=1");
 
 namespace {
 
@@ -300,9 +307,23 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // Test-only remote control of fault points: never in a normal start.
+  std::unique_ptr<tether::FaultPointServer> fault_points;
+  if (!absl::GetFlag(FLAGS_test_fault_socket).empty()) {
+    const char* hooks = getenv("TETHER_TEST_HOOKS");
+    if (!hooks || std::string(hooks) != "1")
+      return Fail(
+          "--test_fault_socket is for tests only (it lets a local user hold the daemon's "
+          "threads): refused unless TETHER_TEST_HOOKS=1 is set");
+    auto s = tether::FaultPointServer::Start(absl::GetFlag(FLAGS_test_fault_socket));
+    if (!s.ok()) return Fail(std::string(s.status().message()));
+    fault_points = std::move(*s);
+  }
+
   tether::Tetherd daemon(*std::move(cfg));
   absl::Status st = daemon.Start();
   if (!st.ok()) {
+    if (fault_points) fault_points->Stop();
     daemon.Stop();
     return Fail(std::string(st.message()));
   }
@@ -320,6 +341,8 @@ int main(int argc, char** argv) {
       break;
     }
   }
+  // Held threads first: the daemon's Stop() joins them.
+  if (fault_points) fault_points->Stop();
   daemon.Stop();
   return 0;
 }

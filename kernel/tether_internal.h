@@ -34,6 +34,8 @@ static_assert(sizeof(struct tether_range_info) == 32);
 static_assert(sizeof(struct tether_ack) == 16);
 static_assert(sizeof(struct tether_event) == 72);
 static_assert(sizeof(struct tether_direct) == 32);
+static_assert(sizeof(struct tether_write_seg) == 24);
+static_assert(sizeof(struct tether_write) == 40);
 
 #define TETHER_MAX_RANGES	65536	/* per exporter */
 #define TETHER_MAX_MARKS	65536	/* separate marked intervals per range */
@@ -414,6 +416,12 @@ int tether_range_read_retry(struct tether_ctl *ctl, struct tether_range *range,
 int tether_range_info(struct tether_ctl *ctl, struct tether_range *range,
 		      struct tether_range_info *info);
 bool tether_mm_busy(struct tether_mm *tm, u64 start, u64 end);
+int tether_range_write_check(struct tether_ctl *ctl, struct tether_range *range,
+			     u64 s, u64 e, u64 seq);
+
+/* tether_write.c */
+int tether_write(struct tether_ctl *ctl, struct tether_range *range,
+		 struct tether_write *req);
 
 /* tether_direct.c */
 int tether_direct_init(void);

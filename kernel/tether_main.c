@@ -188,7 +188,8 @@ static long tether_ioc_version(void __user *uarg)
 	struct tether_version v = {
 		.abi_version = TETHER_ABI_VERSION,
 		.event_size = sizeof(struct tether_event),
-		.features = TETHER_FEAT_SEQ | TETHER_FEAT_DIRECT,
+		.features = TETHER_FEAT_SEQ | TETHER_FEAT_DIRECT |
+			    TETHER_FEAT_WRITE,
 	};
 
 	return copy_to_user(uarg, &v, sizeof(v)) ? -EFAULT : 0;
@@ -343,13 +344,15 @@ out_fput:
 
 /**
  * tether_ioc_range() - MARK_CACHED, UNMARK_CACHED, READ_RETRY, RANGE_INFO,
- * DIRECT_ATTACH
+ * DIRECT_ATTACH, WRITE
  * @tf:   file private data (must be a control fd)
  * @cmd:  the command
  * @uarg: its argument
  *
  * Context: process context, may sleep; takes tf->lock (role), xa_lock
- * (lookup), then tm->lock, none nested; see tether_range_mark().
+ * (lookup), then tm->lock, none nested; see tether_range_mark().  WRITE
+ * takes the exporter's mmap_lock (read) with tm->lock inside it
+ * (tether_write()).
  */
 static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 			     void __user *uarg)
@@ -359,6 +362,7 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 		struct tether_seq seq;
 		struct tether_range_info info;
 		struct tether_direct direct;
+		struct tether_write write;
 	} u;
 	struct tether_range *range;
 	struct tether_ctl *ctl;
@@ -414,6 +418,17 @@ static long tether_ioc_range(struct tether_file *tf, unsigned int cmd,
 					   u.direct.flags & TETHER_DIRECT_WRITE,
 					   &((struct tether_direct __user *)uarg)->fd);
 		break;
+	case TETHER_IOC_WRITE:
+		/* Make sure the count can be written back before writing. */
+		if (copy_to_user(uarg, &u.write, sizeof(u.write))) {
+			ret = -EFAULT;
+			break;
+		}
+		ret = tether_write(ctl, range, &u.write);
+		if (put_user(u.write.written,
+			     &((struct tether_write __user *)uarg)->written) && !ret)
+			ret = -EFAULT;
+		break;
 	default:
 		WARN_ON_ONCE(1);
 		ret = -ENOTTY;
@@ -443,6 +458,7 @@ static long tether_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case TETHER_IOC_READ_RETRY:
 	case TETHER_IOC_RANGE_INFO:
 	case TETHER_IOC_DIRECT_ATTACH:
+	case TETHER_IOC_WRITE:
 		return tether_ioc_range(tf, cmd, uarg);
 	case TETHER_IOC_ACK: {
 		struct tether_ack req;

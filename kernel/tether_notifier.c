@@ -1347,6 +1347,44 @@ int tether_range_read_retry(struct tether_ctl *ctl, struct tether_range *range,
 }
 
 /**
+ * tether_range_write_check() - may a write-back still be made? (WRITE)
+ * @ctl:   control
+ * @range: looked-up range
+ * @s:     start offset into the range of the pages to be written
+ * @e:     end offset (exclusive, page aligned)
+ * @seq:   value MARK_CACHED returned before the daemon's checks
+ *
+ * The write side of READ_RETRY (tether_write.c): no forwarded
+ * invalidation of the range since @seq, none overlapping [@s, @e) in
+ * progress.  The caller holds the exporter's mmap_lock, so the answer
+ * holds until it drops it for every invalidation that replaces mappings.
+ *
+ * Context: process context, the exporter's mmap_lock held for read;
+ * takes tm->lock.
+ * Return: 0 (write), -ESTALE (refuse), -ENOENT, -ESRCH.
+ */
+int tether_range_write_check(struct tether_ctl *ctl, struct tether_range *range,
+			     u64 s, u64 e, u64 seq)
+{
+	struct tether_exporter *exp = range->exp;
+	struct tether_mm *tm = exp->tm;
+	int ret;
+
+	mmap_assert_locked(exp->mm);
+	spin_lock(&tm->lock);
+	if (exp->ctl != ctl)
+		ret = -ENOENT;
+	else if (tm->mm_gone)
+		ret = -ESRCH;
+	else if ((seq & 1) || tether_range_seq(tm, range, s, e) != seq)
+		ret = -ESTALE;
+	else
+		ret = 0;
+	spin_unlock(&tm->lock);
+	return ret;
+}
+
+/**
  * tether_range_info() - RANGE_INFO
  * @ctl:   control
  * @range: looked-up range

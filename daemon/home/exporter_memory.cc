@@ -163,7 +163,7 @@ absl::Status ExporterMemory::WriteDiff(uint64_t addr, const std::vector<DiffPage
       local.push_back({const_cast<uint8_t*>(run.data.data()), run.data.size()});
       remote.push_back({reinterpret_cast<void*>(page_addr + run.offset), run.data.size()});
     }
-    absl::MutexLock lock(&page_locks_[(page_addr / kPageSize) % kPageLocks]);
+    absl::MutexLock lock(&PageLock(page_addr));
     // Held here (tests), with this page's lock held: a diff is about to be
     // written.
     TETHER_FAULT_POINT("exporter_memory.write_diff.before_page");

@@ -30,6 +30,12 @@
 // write (writes cannot be taken back; one still lands in the new image
 // if the exec completes between that check and the call, a few µs).
 //
+// With tether.ko (TETHER_FEAT_WRITE) the home's write-backs do not come
+// here: the notifier source writes them through the module, which refuses
+// a write whose range changed since the home checked it
+// (SegmentObserver::GuardedWrite, SegmentRegistry::WriteBack); Write and
+// WriteDiff serve the user-space source and older modules.
+//
 // WriteDiff writes a page diff (common/page_diff.h): only the changed
 // bytes, one process_vm_writev per page (its runs as iovecs; a page of
 // more than IOV_MAX runs takes several), under that page's lock (one of
@@ -57,6 +63,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "daemon/common/page.h"
 #include "daemon/common/page_diff.h"
 
 namespace tether {
@@ -72,6 +79,12 @@ class ExporterMemory {
   // Writes decoded diff `pages` (DecodeDiff) at `addr` (where page index 0
   // starts), a page at a time under its page lock.
   absl::Status WriteDiff(uint64_t addr, const std::vector<DiffPage>& pages) const;
+  // The lock WriteDiff holds across one page's writes (page_addr: the
+  // page's address in the exporter): a notifier source that writes a
+  // diff itself (SegmentObserver::GuardedWrite) holds it too.
+  absl::Mutex& PageLock(uint64_t page_addr) const {
+    return page_locks_[(page_addr / kPageSize) % kPageLocks];
+  }
   // True while the exporter runs (its pidfd is not readable yet).
   bool Alive() const;
   pid_t pid() const { return pid_; }

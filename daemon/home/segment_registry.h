@@ -105,7 +105,8 @@ class SegmentRegistry : public BlockServer {
   // Write-backs in flight (issue 14): WriteBlocks enters a write-back in
   // the segment's count once it has passed the checks (grant, fence, no
   // window over the range, not unmapped since read), under mu_ — the lock
-  // OpenWindow takes — and leaves it when ExporterMemory::Write returned.
+  // OpenWindow takes — and leaves it when its write (ExporterMemory, or
+  // the notifier source's GuardedWrite) returned.
   // So when a window opens, every write-back of its range that could
   // still land is in the count, and no new one gets past the checks. A
   // Begin waits for those before the change goes on
@@ -143,6 +144,10 @@ class SegmentRegistry : public BlockServer {
   // unmapped since read) is the pages it spans.
   absl::Status WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset,
                          absl::Span<const uint8_t> diff) override;
+  // A refused guarded write is checked and tried again at most this many
+  // times in one request; then the mapper gets Retry() (its own retries
+  // are bounded and spaced): no loop here can spin.
+  static constexpr int kWriteAttempts = 3;
 
  private:
   struct GrantRecord {
@@ -198,6 +203,28 @@ class SegmentRegistry : public BlockServer {
     const uint64_t segid_, token_;
   };
 
+  // One unit of a write-back written through a guarding notifier source
+  // (SegmentObserver::GuardedWrite): its pieces in one call, under the
+  // exporter's page lock of segment offset `page` when `locked` (a diff's
+  // page: ExporterMemory::WriteDiff's rule, two diffs of a page never
+  // interleave). A unit is written whole or refused whole.
+  struct WriteUnit {
+    bool locked = false;
+    uint64_t page = 0;
+    std::vector<SegmentObserver::WritePiece> pieces;
+  };
+  // The write-back protocol of WriteBlocks and WriteDiff: the checks
+  // (Resolve, entering it in flight), BeforeWrite; then `unguarded`
+  // (ExporterMemory) at the address Resolve gave, or, where the source
+  // guards writes (tether.ko), the registry's windows once more and
+  // `units` through the source. A refusal (ESTALE: the exporter's memory
+  // there changed since the guard) is checked again from the start: a
+  // window still open is Retry(), a range the exporter unmapped ENXIO,
+  // otherwise the units not yet written are tried again.
+  absl::Status WriteBack(
+      uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
+      const std::vector<WriteUnit>& units,
+      const std::function<absl::Status(const ExporterMemory&, uint64_t)>& unguarded);
   // Checks a data request and returns the memory to use and the address.
   // A write (`writing` not null) that passes is entered in the segment's
   // write-backs in flight, under the same lock as the checks; *writing is

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page_diff.h"
 #include "daemon/common/status_macros.h"
@@ -95,17 +96,17 @@ absl::Status SegmentRegistry::ReadBlocks(uint32_t peer_node, uint64_t segid, uin
 
 absl::Status SegmentRegistry::WriteBlocks(uint32_t peer_node, uint64_t segid, uint64_t grant,
                                           uint64_t offset, absl::Span<const uint8_t> src) {
-  uint64_t addr = 0, gen = 0, writing = 0;
-  ASSIGN_OR_RETURN(auto memory, Resolve(peer_node, segid, grant, offset, src.size(), true, &addr,
-                                        &gen, &writing));
-  // Counted in flight until this returns: a window opened meanwhile waits.
-  WriteInFlight in_flight(this, segid, writing);
-  // The notifier source marks the range too (tether.ko forwards only the
-  // invalidations of marked ranges, G3): a write-back leaves the writer
-  // holding the page, as a read does. Off the fault path (write-backs
-  // only); already-marked ranges cost no ioctl.
-  if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + src.size()));
-  return memory->Write(addr, src);
+  // Guarded, in pieces the module takes at once (TETHER_WRITE_MAX_LEN).
+  constexpr size_t kUnit = 1 << 20;
+  std::vector<WriteUnit> units;
+  for (size_t done = 0; done < src.size(); done += kUnit) {
+    WriteUnit u;
+    u.pieces.push_back({offset + done, src.subspan(done, std::min(kUnit, src.size() - done))});
+    units.push_back(std::move(u));
+  }
+  return WriteBack(
+      peer_node, segid, grant, offset, src.size(), units,
+      [&](const ExporterMemory& memory, uint64_t addr) { return memory.Write(addr, src); });
 }
 
 absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint64_t grant,
@@ -115,14 +116,77 @@ absl::Status SegmentRegistry::WriteDiff(uint32_t peer_node, uint64_t segid, uint
     return WithErrno(EINVAL, absl::StrFormat("segment %#x: write-back from node %d: %s", segid,
                                              peer_node, pages.status().message()));
   const uint64_t len = DiffSpanPages(*pages) * kPageSize;
-  uint64_t addr = 0, gen = 0, writing = 0;
-  ASSIGN_OR_RETURN(auto memory,
-                   Resolve(peer_node, segid, grant, offset, len, true, &addr, &gen, &writing));
-  // In flight until this returns, as WriteBlocks' (a window opened
-  // meanwhile waits; without the guard its token would stay in the set).
-  WriteInFlight in_flight(this, segid, writing);
-  if (observer_) RETURN_IF_ERROR(observer_->BeforeRead(segid, offset, offset + len));
-  return memory->WriteDiff(addr, *pages);
+  // Guarded: a page at a time under its page lock, as ExporterMemory's.
+  std::vector<WriteUnit> units;
+  for (const DiffPage& page : *pages) {
+    WriteUnit u;
+    u.locked = true;
+    u.page = offset + page.index * kPageSize;
+    for (const DiffRun& run : page.runs) u.pieces.push_back({u.page + run.offset, run.data});
+    if (!u.pieces.empty()) units.push_back(std::move(u));
+  }
+  return WriteBack(
+      peer_node, segid, grant, offset, len, units,
+      [&](const ExporterMemory& memory, uint64_t addr) { return memory.WriteDiff(addr, *pages); });
+}
+
+absl::Status SegmentRegistry::WriteBack(
+    uint32_t peer_node, uint64_t segid, uint64_t grant, uint64_t offset, uint64_t len,
+    const std::vector<WriteUnit>& units,
+    const std::function<absl::Status(const ExporterMemory&, uint64_t)>& unguarded) {
+  size_t next = 0;  // units written (kept across refusals: each lands once)
+  for (int attempt = 1;; ++attempt) {
+    uint64_t addr = 0, gen = 0, writing = 0;
+    ASSIGN_OR_RETURN(auto memory,
+                     Resolve(peer_node, segid, grant, offset, len, true, &addr, &gen, &writing));
+    // Counted in flight until this attempt returns: a window opened
+    // meanwhile waits (without the guard its token would stay in the set).
+    WriteInFlight in_flight(this, segid, writing);
+    // The notifier source marks the range too (tether.ko forwards only
+    // the invalidations of marked ranges, G3): a write-back leaves the
+    // writer holding the page, as a read does. Off the fault path.
+    SegmentObserver::WriteGuard guard;
+    if (observer_) {
+      ASSIGN_OR_RETURN(guard, observer_->BeforeWrite(segid, offset, offset + len));
+    }
+    if (!guard.guarded) {
+      absl::Status st = unguarded(*memory, addr);
+      TETHER_FAULT_POINT("segment_registry.write_back.after_write");  // as below
+      return st;
+    }
+    // The guard was taken after Resolve: a window opened in between (its
+    // change may even be over, its sequence moves already counted in the
+    // guard) is caught here instead. From the guard on, the source refuses
+    // the write if the exporter's memory there changes.
+    absl::Status st;
+    if (OpenedSince(segid, gen, offset, offset + len)) {
+      st = ErrnoStatus(ESTALE, "an invalidation window opened since the checks");
+    } else {
+      // Held here (tests): the write is about to be made (the name of
+      // ExporterMemory::Write's point: tests hold either path).
+      TETHER_FAULT_POINT("exporter_memory.write.before_write");
+      for (; next < units.size(); ++next) {
+        const WriteUnit& u = units[next];
+        if (u.locked) {
+          absl::MutexLock lock(&memory->PageLock(addr - offset + u.page));
+          st = observer_->GuardedWrite(segid, guard, u.pieces);
+        } else {
+          st = observer_->GuardedWrite(segid, guard, u.pieces);
+        }
+        if (!st.ok()) break;
+      }
+    }
+    // Held here (tests): the write was made or refused, still in flight.
+    TETHER_FAULT_POINT("segment_registry.write_back.after_write");
+    if (ToErrno(st) != ESTALE) return st;
+    if (attempt == kWriteAttempts)
+      return Retry(
+          absl::StrFormat("segment %#x: the exporter's memory at [%#x, +%#x) changed "
+                          "during each of %d write attempts",
+                          segid, offset, len, attempt));
+    TLOG_DEBUG("segment %#x: write-back to [%#x, +%#x) refused (%s); checking again", segid, offset,
+               len, st.message());
+  }
 }
 
 void SegmentRegistry::WriteLanded(uint64_t segid, uint64_t token) {

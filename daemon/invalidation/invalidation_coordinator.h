@@ -42,9 +42,11 @@
 //    kAwait. An mmap(MAP_FIXED) over the range, an mremap, or an munmap
 //    that cannot downgrade call it with mmap_lock held for write: a
 //    write-back not yet pinned is blocked on that lock until the ack, so
-//    the wait runs to its bound and the write lands after the change (in
-//    the new mapping, for MAP_FIXED) — the gap that remains, bounded
-//    instead of a deadlock.
+//    the wait runs to its bound (a deadlock otherwise). The write then
+//    comes after the change: a module with TETHER_FEAT_WRITE refuses it
+//    (the home writes through TETHER_IOC_WRITE, which checks the range's
+//    sequence under mmap_lock: SegmentRegistry::WriteBack); with an older
+//    module it lands in the new mapping, for MAP_FIXED.
 //  - tether.ko, every other type (kDoNotAwait): CLEAR includes the
 //    copy-on-write break and THP split that process_vm_writev itself
 //    causes (its own BEGIN: waiting would deadlock until the bound on every

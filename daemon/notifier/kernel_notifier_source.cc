@@ -15,6 +15,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
@@ -111,17 +112,19 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
   // ack_timeout_ms is checked once, at start-up (main.cc), which refuses a
   // configuration the module would cut short.
   return std::unique_ptr<KernelNotifierSource>(new KernelNotifierSource(
-      registry, coordinator, fd, stop_fd, (v.features & TETHER_FEAT_DIRECT) != 0));
+      registry, coordinator, fd, stop_fd, (v.features & TETHER_FEAT_DIRECT) != 0,
+      (v.features & TETHER_FEAT_WRITE) != 0));
 }
 
 KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
                                            InvalidationCoordinator* coordinator, int ctl_fd,
-                                           int stop_fd, bool direct)
+                                           int stop_fd, bool direct, bool write)
     : registry_(registry),
       coordinator_(coordinator),
       ctl_fd_(ctl_fd),
       stop_fd_(stop_fd),
       direct_(direct),
+      write_(write),
       fallback_(registry, coordinator) {}
 
 absl::Status KernelNotifierSource::Start() {
@@ -236,38 +239,51 @@ absl::Status KernelNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pi
   return absl::OkStatus();
 }
 
-absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint64_t end) {
-  std::shared_ptr<Export> ex;
-  bool fallback = false;
-  {
-    absl::MutexLock lock(&mu_);
-    fallback = fallback_segids_.contains(segid);
-    auto it = by_segid_.find(segid);
-    if (it != by_segid_.end()) ex = it->second;
-  }
-  if (fallback) return fallback_.BeforeRead(segid, start, end);
-  if (ex && ex->released)
+KernelNotifierSource::Found KernelNotifierSource::Lookup(uint64_t segid) {
+  Found f;
+  absl::MutexLock lock(&mu_);
+  f.fallback = fallback_segids_.contains(segid);
+  auto it = by_segid_.find(segid);
+  if (it != by_segid_.end()) f.ex = it->second;
+  return f;
+}
+
+absl::StatusOr<std::shared_ptr<KernelNotifierSource::Export>> KernelNotifierSource::Watched(
+    uint64_t segid, const Found& f) {
+  if (f.ex && f.ex->released)
     return ErrnoStatus(ESRCH,
                        absl::StrFormat("segment %#x: the exporter's address space is gone", segid));
-  if (!ex)
+  if (!f.ex)
     return ErrnoStatus(EOPNOTSUPP, absl::StrFormat("segment %#x: the exporter's memory events "
                                                    "cannot be seen (no /dev/tether range "
                                                    "attached): refusing to hand out copies",
                                                    segid));
+  return f.ex;
+}
+
+absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint64_t end) {
+  Found f = Lookup(segid);
+  if (f.fallback) return fallback_.BeforeRead(segid, start, end);
+  ASSIGN_OR_RETURN(std::shared_ptr<Export> ex, Watched(segid, f));
+  return Mark(*ex, segid, start, end, /*always=*/false).status();
+}
+
+absl::StatusOr<uint64_t> KernelNotifierSource::Mark(Export& ex, uint64_t segid, uint64_t start,
+                                                    uint64_t end, bool always) {
   uint64_t s = start / kPageSize * kPageSize,
-           e = std::min<uint64_t>((end + kPageSize - 1) / kPageSize * kPageSize, ex->size);
+           e = std::min<uint64_t>((end + kPageSize - 1) / kPageSize * kPageSize, ex.size);
   if (s >= e) return ErrnoStatus(EINVAL, "empty watch range");
   tether_mark m{};
-  m.range_id = ex->range_id;
-  m.offset = s + ex->delta;
+  m.range_id = ex.range_id;
+  m.offset = s + ex.delta;
   m.len = e - s;
   // Marked before: the module forwards every event that overlaps it, so
   // the registry's windows cover this read (the fast path of every fault).
   uint64_t unmarks = 0;
   {
-    absl::MutexLock lock(&ex->marks_mu);
-    if (ex->marked.Contains(m.offset, m.offset + m.len)) return absl::OkStatus();
-    unmarks = ex->unmarks;
+    absl::MutexLock lock(&ex.marks_mu);
+    if (!always && ex.marked.Contains(m.offset, m.offset + m.len)) return 0;
+    unmarks = ex.unmarks;
   }
   if (ioctl(ctl_fd_, TETHER_IOC_MARK_CACHED, &m) != 0) {
     int err = errno;
@@ -278,22 +294,78 @@ absl::Status KernelNotifierSource::BeforeRead(uint64_t segid, uint64_t start, ui
   // Odd: an invalidation of the exporter's mm started before the mark and is
   // still running; it was not forwarded and no END will tell us when it ends.
   if (m.seq & 1) return Retry("an invalidation of the exporter's memory is in progress");
-  absl::MutexLock lock(&ex->marks_mu);
-  if (ex->unmarks == unmarks) ex->marked.Add(m.offset, m.offset + m.len);
+  absl::MutexLock lock(&ex.marks_mu);
+  if (ex.unmarks == unmarks) ex.marked.Add(m.offset, m.offset + m.len);
+  return m.seq;
+}
+
+absl::StatusOr<SegmentObserver::WriteGuard> KernelNotifierSource::BeforeWrite(uint64_t segid,
+                                                                              uint64_t start,
+                                                                              uint64_t end) {
+  Found f = Lookup(segid);
+  if (f.fallback) return fallback_.BeforeWrite(segid, start, end);
+  ASSIGN_OR_RETURN(std::shared_ptr<Export> ex, Watched(segid, f));
+  if (!write_) {
+    // A module without TETHER_IOC_WRITE: ExporterMemory writes (the gap
+    // under MAP_FIXED / mremap stays, bounded; docs/architecture.md).
+    RETURN_IF_ERROR(Mark(*ex, segid, start, end, /*always=*/false).status());
+    return WriteGuard{};
+  }
+  // Always asked (one ioctl per write-back, never on the fault path): the
+  // sequence the module checks the write against.
+  ASSIGN_OR_RETURN(uint64_t seq, Mark(*ex, segid, start, end, /*always=*/true));
+  return WriteGuard{true, seq};
+}
+
+absl::Status KernelNotifierSource::GuardedWrite(uint64_t segid, const WriteGuard& guard,
+                                                absl::Span<const WritePiece> pieces) {
+  Found f = Lookup(segid);
+  if (f.fallback || !write_ || !guard.guarded)
+    return absl::InternalError("GuardedWrite without a guard from tether.ko");
+  // Gone since the guard (the exporter fd was closed): checked again.
+  if (!f.ex) return ErrnoStatus(ESTALE, "the segment's tether.ko range is gone");
+  const Export& ex = *f.ex;
+  std::vector<tether_write_seg> segs;
+  segs.reserve(std::min<size_t>(pieces.size(), TETHER_WRITE_MAX_SEGS));
+  size_t i = 0;
+  while (i < pieces.size()) {
+    segs.clear();
+    for (; i < pieces.size() && segs.size() < TETHER_WRITE_MAX_SEGS; ++i) {
+      tether_write_seg g{};
+      g.offset = pieces[i].offset + ex.delta;
+      g.len = pieces[i].data.size();
+      g.buf = reinterpret_cast<uint64_t>(pieces[i].data.data());
+      segs.push_back(g);
+    }
+    tether_write w{};
+    w.range_id = ex.range_id;
+    w.seq = guard.seq;
+    w.segs = reinterpret_cast<uint64_t>(segs.data());
+    w.nr_segs = static_cast<uint32_t>(segs.size());
+    int rc = ioctl(ctl_fd_, TETHER_IOC_WRITE, &w);
+    int err = rc != 0 ? errno : 0;
+    CountBytes(Counters().exporter_copy_bytes, w.written);
+    switch (err) {
+      case 0: break;
+      case ESTALE:
+        return ErrnoStatus(ESTALE, "tether.ko: the exporter's memory changed since the check");
+      case ENOENT: return ErrnoStatus(ESTALE, "the segment's tether.ko range is gone");
+      case ESRCH: return ErrnoStatus(ESRCH, "the exporter exited or exec'd");
+      case EACCES: return ErrnoStatus(EACCES, "exporter mapping is not writable");
+      // Nothing mapped there (or nothing to be had): the write-back has
+      // nowhere to go (ExporterMemory::Refused's answer).
+      case EFAULT: return ErrnoStatus(ENXIO, "exporter address not mapped");
+      default: return ErrnoStatus(err, "tether.ko: WRITE");
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<int> KernelNotifierSource::DirectAttach(uint64_t segid, uint64_t offset,
                                                        uint64_t len, bool writable) {
-  std::shared_ptr<Export> ex;
-  bool fallback = false;
-  {
-    absl::MutexLock lock(&mu_);
-    fallback = fallback_segids_.contains(segid);
-    auto it = by_segid_.find(segid);
-    if (it != by_segid_.end()) ex = it->second;
-  }
-  if (fallback) return fallback_.DirectAttach(segid, offset, len, writable);
+  Found f = Lookup(segid);
+  std::shared_ptr<Export> ex = f.ex;
+  if (f.fallback) return fallback_.DirectAttach(segid, offset, len, writable);
   if (!direct_)
     return absl::UnimplementedError("tether.ko has no direct attachments (TETHER_FEAT_DIRECT)");
   if (!ex)

@@ -114,6 +114,22 @@
 // a copy instead. mu_ is not held across the ioctl (it allocates; reclaim
 // could wait for the event thread, which takes mu_).
 //
+// Write-backs (issue 14; BeforeWrite and GuardedWrite, on the threads that
+// serve write-backs): where the module announced TETHER_FEAT_WRITE, the
+// home writes a mapper's write-back through TETHER_IOC_WRITE instead of
+// process_vm_writev. BeforeWrite, after the registry's checks, MARKs the
+// range (always: the ioctl's sequence is the guard; one per write-back,
+// none on the fault path) and returns the sequence; GuardedWrite passes it
+// with the pieces. The module checks it under the exporter's mmap_lock and
+// refuses the write (ESTALE, nothing written) if the range changed since:
+// an mmap(MAP_FIXED) or mremap that held mmap_lock for writing across our
+// ack cannot have a write that was waiting for it land in the new mapping
+// (the registry then checks the request again: SegmentRegistry::WriteBack).
+// Errors are ExporterMemory::Write's (EACCES not writable, ENXIO nothing
+// mapped, ESRCH exited); ENOENT (the exporter fd was closed meanwhile)
+// becomes ESTALE, so the registry finds out why. A module without the
+// feature: BeforeRead's mark, unguarded (ExporterMemory writes).
+//
 // Exporters that sent a userfaultfd instead (no /dev/tether access in their
 // mount namespace, old libtether) are handed to an embedded
 // UffdNotifierSource, so a mixed node still watches everything it can.
@@ -169,6 +185,11 @@ class KernelNotifierSource : public NotifierSource {
   void Stop() override;
   absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
                                    bool writable) override;
+  // Write-backs through TETHER_IOC_WRITE where the module has it
+  // (TETHER_FEAT_WRITE); see "Write-backs" above.
+  absl::StatusOr<WriteGuard> BeforeWrite(uint64_t segid, uint64_t start, uint64_t end) override;
+  absl::Status GuardedWrite(uint64_t segid, const WriteGuard& guard,
+                            absl::Span<const WritePiece> pieces) override;
 
  private:
   // The segment is gone (removed, or its exporter exited): closes its
@@ -211,7 +232,22 @@ class KernelNotifierSource : public NotifierSource {
   };
 
   KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator, int ctl_fd,
-                       int stop_fd, bool direct);
+                       int stop_fd, bool direct, bool write);
+  // A segment's export and whether the user-space source watches it
+  // instead, looked up together under mu_ (BeforeRead, BeforeWrite,
+  // GuardedWrite, DirectAttach).
+  struct Found {
+    std::shared_ptr<Export> ex;
+    bool fallback = false;
+  };
+  Found Lookup(uint64_t segid);
+  // f.ex, or why its memory cannot be watched (released, no range).
+  absl::StatusOr<std::shared_ptr<Export>> Watched(uint64_t segid, const Found& f);
+  // MARKs [start, end) (segment offsets) cached in the module, unless
+  // already marked and not `always`; the sequence MARK returned (0 when
+  // it was not asked), Retry() when odd.
+  absl::StatusOr<uint64_t> Mark(Export& ex, uint64_t segid, uint64_t start, uint64_t end,
+                                bool always);
   // The event thread: reads the control fd; HandleEvent, HandleEnd,
   // HandleRelease and HandleOverflow run only there (asserted). Blockable
   // BEGINs go to the workers (HandleBegin, BeginWorker).
@@ -249,6 +285,7 @@ class KernelNotifierSource : public NotifierSource {
   const int ctl_fd_;
   const int stop_fd_;
   const bool direct_;            // the module has DIRECT_ATTACH (TETHER_FEAT_DIRECT)
+  const bool write_;             // the module has WRITE (TETHER_FEAT_WRITE)
   UffdNotifierSource fallback_;  // exporters that sent a userfaultfd
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Export>> by_segid_ ABSL_GUARDED_BY(mu_);

@@ -216,7 +216,12 @@ static int do_export(int argc, char** argv) {
                  ? -1
                  : 0;
       } else {
-        void* away = mremap(mem + off, len, len, MREMAP_MAYMOVE);
+        /* To a place of its own: mremap to the same size without
+         * MREMAP_FIXED leaves the range where it is (a no-op). */
+        void* dst = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* away = dst == MAP_FAILED
+                         ? MAP_FAILED
+                         : mremap(mem + off, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
         rc = away == MAP_FAILED ? -1 : 0;
         if (rc == 0)
           rc = mmap(mem + off, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,

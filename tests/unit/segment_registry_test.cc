@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -233,6 +234,169 @@ TEST_F(RegistryTest, AWriteBackIsShownToTheNotifierSourceLikeARead) {
   EXPECT_TRUE(IsRetry(reg.WriteBlocks(5, *segid, rw->id, 8192, buf)));
   EXPECT_EQ(mem_[8192], static_cast<uint8_t>(8192)) << "written though the source refused";
   reg.Stop();
+}
+
+// A notifier source that guards write-backs (tether.ko's TETHER_IOC_WRITE,
+// scripted): BeforeWrite hands out a guard, GuardedWrite writes into this
+// process's memory unless the script refuses it (ESTALE), after running
+// the script's change (what the exporter does while the write is held).
+struct GuardingSource : SegmentObserver {
+  absl::Status BeforeRead(uint64_t, uint64_t, uint64_t) override { return absl::OkStatus(); }
+  void SegmentGone(uint64_t, const std::string&) override {}
+  absl::StatusOr<WriteGuard> BeforeWrite(uint64_t, uint64_t start, uint64_t end) override {
+    ++guards;
+    if (on_guard) on_guard();
+    return WriteGuard{true, 2 * guards};
+  }
+  absl::Status GuardedWrite(uint64_t, const WriteGuard& guard,
+                            absl::Span<const WritePiece> pieces) override {
+    ++writes;
+    if (on_write) on_write();
+    if (refusals > 0) {
+      --refusals;
+      return ErrnoStatus(ESTALE, "scripted: the exporter's memory changed");
+    }
+    for (const WritePiece& p : pieces) {
+      std::memcpy(base + p.offset, p.data.data(), p.data.size());
+      written.emplace_back(p.offset, p.data.size());
+    }
+    return absl::OkStatus();
+  }
+  uint8_t* base = nullptr;
+  int guards = 0, writes = 0, refusals = 0;
+  std::function<void()> on_guard, on_write;
+  std::vector<std::pair<uint64_t, uint64_t>> written;
+};
+
+class GuardedWriteTest : public RegistryTest {
+ protected:
+  void SetUp() override {
+    RegistryTest::SetUp();
+    src_.base = mem_;
+    ASSERT_TRUE(reg_g_.Start(&src_).ok());
+    auto segid = reg_g_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+    ASSERT_TRUE(segid.ok());
+    segid_ = *segid;
+    auto rw = reg_g_.Attach(segid_, owner_, true, 5);
+    ASSERT_TRUE(rw.ok());
+    grant_ = rw->id;
+    std::memset(buf_, 0xee, sizeof(buf_));
+  }
+  void TearDown() override {
+    reg_g_.Stop();
+    RegistryTest::TearDown();
+  }
+  // What mmap(MAP_FIXED) over [start, end) does to the registry: a window
+  // opens and closes with the range reported gone.
+  void UnmapWindow(uint64_t start, uint64_t end) {
+    auto w = reg_g_.OpenWindow(segid_, start, end);
+    ASSERT_TRUE(w.ok());
+    reg_g_.CloseWindow(segid_, w->id, {{start, end}});
+  }
+
+  GuardingSource src_;
+  SegmentRegistry reg_g_{3, 0x79};
+  uint64_t segid_ = 0, grant_ = 0;
+  uint8_t buf_[4096];
+};
+
+// Issue 14: the write-back passed the checks; while it was held the
+// exporter mapped something else over the page (MAP_FIXED: the change
+// held mmap_lock for writing across the ack, so the home's wait for the
+// write-back ran out). The source refuses the write; the registry checks
+// again, finds the range unmapped since the writer read it, and answers
+// ENXIO (the mapper counts the page lost) — never writes the old object's
+// bytes into the new mapping.
+TEST_F(GuardedWriteTest, ARefusedWriteBackIntoAReplacedMappingIsLost) {
+  src_.on_write = [&] { UnmapWindow(4096, 8192); };
+  src_.refusals = 1;
+  absl::Status st = reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_);
+  EXPECT_EQ(ToErrno(st), ENXIO) << st;
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096)) << "written into the new mapping";
+  EXPECT_EQ(src_.writes, 1) << "tried again after the range was reported gone";
+  EXPECT_EQ(src_.guards, 1);
+}
+
+// Refused while the change's window is still open: Retry (the mapper
+// comes back after it closed, and then learns the range is gone).
+TEST_F(GuardedWriteTest, ARefusalDuringAWindowIsRetry) {
+  uint64_t window = 0;
+  src_.on_write = [&] {
+    auto w = reg_g_.OpenWindow(segid_, 4096, 8192);
+    ASSERT_TRUE(w.ok());
+    window = w->id;
+  };
+  src_.refusals = 1;
+  absl::Status st = reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_);
+  EXPECT_TRUE(IsRetry(st)) << st;
+  EXPECT_EQ(src_.writes, 1);
+  reg_g_.CloseWindow(segid_, window, {{4096, 8192}});
+  src_.on_write = nullptr;
+  EXPECT_EQ(ToErrno(reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_)), ENXIO);
+  EXPECT_EQ(src_.writes, 1) << "written after the range was reported gone";
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
+}
+
+// Refused for a change that kept the mapping (madvise, a COW break,
+// mprotect back and forth): checked again and written, once.
+TEST_F(GuardedWriteTest, ARefusalForAChangeThatKeptTheMappingIsWrittenAgain) {
+  src_.on_write = [&] {
+    if (src_.writes > 1) return;
+    auto w = reg_g_.OpenWindow(segid_, 4096, 8192);
+    ASSERT_TRUE(w.ok());
+    reg_g_.CloseWindow(segid_, w->id);
+  };
+  src_.refusals = 1;
+  ASSERT_TRUE(reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_).ok());
+  EXPECT_EQ(src_.writes, 2);
+  EXPECT_EQ(src_.guards, 2) << "the second attempt needs a new guard";
+  EXPECT_EQ(mem_[4096], 0xee);
+}
+
+// A source that refuses every time: bounded attempts, then Retry to the
+// mapper — no loop at the home can spin.
+TEST_F(GuardedWriteTest, EndlessRefusalsEndInRetry) {
+  src_.refusals = 1000;
+  absl::Status st = reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_);
+  EXPECT_TRUE(IsRetry(st)) << st;
+  EXPECT_EQ(src_.writes, SegmentRegistry::kWriteAttempts);
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
+}
+
+// The guard is taken after the checks: a window that opened (and even
+// closed) between them is caught by the registry's second look, and the
+// write is checked again instead of being made.
+TEST_F(GuardedWriteTest, AWindowBetweenTheChecksAndTheGuardIsCaught) {
+  src_.on_guard = [&] {
+    if (src_.guards == 1) UnmapWindow(4096, 8192);
+  };
+  EXPECT_EQ(ToErrno(reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_)), ENXIO);
+  EXPECT_EQ(src_.writes, 0);
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
+}
+
+// Diff write-backs go through the source too, a page at a time (each
+// page's runs in one call), and a refusal in the middle resumes with the
+// page that was refused, not from the start.
+TEST_F(GuardedWriteTest, DiffWriteBacksGoThroughTheSourceAPageAtATime) {
+  std::vector<uint8_t> twin0(mem_ + 4096, mem_ + 8192), twin1(mem_ + 8192, mem_ + 12288);
+  std::vector<uint8_t> cur0 = twin0, cur1 = twin1;
+  cur0[10] = 0xa1;
+  cur0[11] = 0xa2;
+  cur1[4000] = 0xb1;
+  std::vector<uint8_t> diff;
+  AppendPageDiff(0, twin0.data(), cur0.data(), &diff);
+  AppendPageDiff(1, twin1.data(), cur1.data(), &diff);
+  src_.on_write = [&] {
+    if (src_.writes == 2) src_.refusals = 1;  // the second page, once
+  };
+  ASSERT_TRUE(reg_g_.WriteDiff(5, segid_, grant_, 4096, diff).ok());
+  EXPECT_EQ(src_.written,
+            (std::vector<std::pair<uint64_t, uint64_t>>{{4096 + 10, 2}, {8192 + 4000, 1}}));
+  EXPECT_EQ(src_.writes, 3);
+  EXPECT_EQ(mem_[4096 + 10], 0xa1);
+  EXPECT_EQ(mem_[8192 + 4000], 0xb1);
+  EXPECT_EQ(mem_[4096 + 12], static_cast<uint8_t>(4096 + 12));
 }
 
 // Reads respect the exporter's protections too: a page it made PROT_NONE

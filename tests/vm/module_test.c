@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,7 +155,7 @@ static ssize_t recv_msg(int sock, void *buf, size_t len, int *fd)
 enum {
 	D_ATTACH = 1, D_MARK, D_UNMARK, D_ACKDELAY, D_CLOSE_AFTER, D_REOPEN,
 	D_EVENTS, D_CLEAR, D_RETRY, D_INFO, D_QUIT, D_PAUSE, D_ACKNOW, D_DIRECT,
-	D_CLOSEFD,
+	D_CLOSEFD, D_WRITE,
 };
 
 struct dcmd {
@@ -371,6 +372,39 @@ static void daemon_main(int sock)
 				if (!r.ret)
 					close(dr.fd);
 				continue;
+			}
+			case D_WRITE: {	/* WRITE; see dwrite() for c.c's bits */
+				static char wbuf[(1 << 20) + 8192];
+				struct tether_write_seg sg[2];
+				struct tether_write w = { .range_id = c.a, .seq = c.d,
+							  .segs = (uintptr_t)sg, .nr_segs = 1 };
+				uint64_t len = c.c & 0xffffffffull;
+				int mode = (int)((c.c >> 32) & 0xff);
+
+				memset(wbuf, (int)((c.c >> 40) & 0xff), sizeof(wbuf));
+				sg[0].offset = c.b;
+				sg[0].len = len;
+				sg[0].buf = (uintptr_t)wbuf;
+				sg[1] = sg[0];
+				sg[1].offset = c.b + len + 1;
+				if (mode == 1)
+					w.flags = 1;
+				else if (mode == 2)
+					w.nr_segs = 0;
+				else if (mode == 3)
+					sg[0].buf = 1;	/* unreadable */
+				else if (mode == 4)
+					w.segs = 1;
+				else if (mode == 5)
+					w.nr_segs = TETHER_WRITE_MAX_SEGS + 1;
+				else if (mode == 6)
+					w.nr_segs = 2;
+				else if (mode == 7)
+					w.written = 12345;	/* must be overwritten */
+				r.ret = ioctl(ctl, TETHER_IOC_WRITE, &w);
+				r.err = errno;
+				r.v = w.written;
+				break;
 			}
 			case D_QUIT:
 				_exit(0);
@@ -745,6 +779,8 @@ struct child_hello {
  *   'm' munmap the first page of range 0 (reports 'd')
  *   'r' map a new page filled with 0x33 over the first page of range 0
  *       (MAP_FIXED: an implicit munmap; reports 'd')
+ *   'M' move page 1 of range 0 over its page 0 (mremap; reports 'd')
+ *   'p' / 'w' make page 0 of range 0 read-only / writable (reports 'd')
  *   'o' allocate memory until killed (OOM)
  *   'n' nothing (reports 'd': the child has closed its own exporter fd)
  *   'x' exit(0)
@@ -808,6 +844,24 @@ static int spawn_child(struct child *c, int nr, int pages, const char *cgroup)
 				if (m == MAP_FAILED)
 					_exit(10);
 				memset(m, 0x33, P);
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
+			} else if (cmd == 'M') {
+				/* page 1 of range 0 moved over page 0 (mremap) */
+				void *a = (void *)(uintptr_t)h.addr[0];
+				void *m = mremap((char *)a + P, P, P,
+						 MREMAP_MAYMOVE | MREMAP_FIXED, a);
+
+				if (m == MAP_FAILED)
+					_exit(11);
+				cmd = 'd';
+				if (write(sv[1], &cmd, 1) != 1)
+					_exit(9);
+			} else if (cmd == 'p' || cmd == 'w') {
+				/* page 0 of range 0 read-only / writable again */
+				mprotect((void *)(uintptr_t)h.addr[0], P,
+					 cmd == 'p' ? PROT_READ : PROT_READ | PROT_WRITE);
 				cmd = 'd';
 				if (write(sv[1], &cmd, 1) != 1)
 					_exit(9);
@@ -2546,6 +2600,231 @@ static void test_direct_bad_args(void)
 
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* (m) issue 14: TETHER_IOC_WRITE                                      */
+
+/*
+ * The fake daemon's WRITE of @len bytes of @fill at @off of range @rid,
+ * checked against @seq; @mode: 0 plain, 1 flags, 2 no pieces, 3 an
+ * unreadable buffer, 4 an unreadable piece array, 5 too many pieces,
+ * 6 two pieces (the second one byte after the first), 7 a stale count
+ * in `written` on input.  Returns the ioctl's result, errno in *err and
+ * the count written in *written.
+ */
+static int dwrite(uint64_t rid, uint64_t off, uint64_t len, int fill, int mode, uint64_t seq,
+		  int *err, uint64_t *written)
+{
+	struct dcmd cmd = { D_WRITE, (int64_t)rid, (int64_t)off,
+			    (int64_t)(len | (uint64_t)mode << 32 | (uint64_t)(fill & 0xff) << 40),
+			    (int64_t)seq };
+	struct dreply r = { .ret = -1, .err = EPIPE };
+
+	if (send_msg(dsock, &cmd, sizeof(cmd), -1) ||
+	    recv_msg(dsock, &r, sizeof(r), NULL) != sizeof(r)) {
+		fail("daemon", "lost the fake daemon (WRITE): %s", strerror(errno));
+		exit(1);
+	}
+	*err = r.ret ? (int)r.err : 0;
+	*written = r.v;
+	return (int)r.ret;
+}
+
+/* @len bytes of child @c's memory at @addr (the test is its parent, root) */
+static int peek(struct child *c, uint64_t addr, void *buf, size_t len)
+{
+	struct iovec l = { buf, len }, rm = { (void *)(uintptr_t)addr, len };
+
+	return process_vm_readv(c->pid, &l, 1, &rm, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+/* every byte of @len at child @c's @addr is @v */
+static int all_bytes(struct child *c, uint64_t addr, size_t len, int v)
+{
+	static char b[1 << 16];
+	size_t i;
+
+	if (len > sizeof(b) || peek(c, addr, b, len))
+		return 0;
+	for (i = 0; i < len; i++)
+		if (b[i] != (char)v)
+			return 0;
+	return 1;
+}
+
+static uint64_t dseq(uint64_t rid, uint64_t off, uint64_t len)
+{
+	return dcall(D_MARK, (int64_t)rid, (int64_t)off, (int64_t)len, -1).v;
+}
+
+/*
+ * A write that passed the daemon's checks and is made only after the
+ * exporter replaced the mapping (mmap MAP_FIXED, mremap: both hold
+ * mmap_lock for writing across the ack, so a process_vm_writev waiting
+ * for that lock landed in the NEW mapping) is refused with ESTALE and
+ * writes nothing; a write with a current sequence lands, at any byte
+ * alignment and across a page boundary.
+ */
+static void test_write(void)
+{
+	struct child c;
+	uint64_t seq, written;
+	int err, ret;
+
+	if (spawn_child(&c, 1, 4, NULL) || attach_child(&c)) {
+		fail("write", "could not set up a child exporter");
+		return;
+	}
+	dcall(D_ACKDELAY, 0, 0, 0, -1);
+	seq = dseq(c.rid[0], 0, 4 * P);
+	ret = dwrite(c.rid[0], 100, 10, 0x77, 0, seq, &err, &written);
+	if (ret || written != 10 || !all_bytes(&c, c.addr[0] + 100, 10, 0x77) ||
+	    !all_bytes(&c, c.addr[0], 100, 0x5a) || !all_bytes(&c, c.addr[0] + 110, 10, 0x5a))
+		fail("write_lands", "WRITE -> %d (%s), written %llu", ret, strerror(err),
+		     (unsigned long long)written);
+	else
+		pass("write_lands");
+	ret = dwrite(c.rid[0], 3 * P - 5, 10, 0x78, 6, seq, &err, &written);
+	if (ret || written != 20 || !all_bytes(&c, c.addr[0] + 3 * P - 5, 10, 0x78) ||
+	    !all_bytes(&c, c.addr[0] + 3 * P + 5, 1, 0x5a) ||
+	    !all_bytes(&c, c.addr[0] + 3 * P + 6, 10, 0x78))
+		fail("write_pieces_across_pages", "WRITE -> %d (%s), written %llu", ret,
+		     strerror(err), (unsigned long long)written);
+	else
+		pass("write_pieces_across_pages");
+
+	/* MAP_FIXED over page 0 after the sequence was taken */
+	seq = dseq(c.rid[0], 0, 4 * P);
+	if (child_cmd(&c, 'r', 1, 10000 * scale)) {
+		fail("write_after_map_fixed_refused", "child could not remap");
+		goto out;
+	}
+	ret = dwrite(c.rid[0], 0, P, 0x11, 0, seq, &err, &written);
+	if (ret != -1 || err != ESTALE || written || !all_bytes(&c, c.addr[0], P, 0x33))
+		fail("write_after_map_fixed_refused",
+		     "WRITE with the sequence from before mmap(MAP_FIXED) -> %d (%s), written %llu; "
+		     "the new mapping %s", ret, strerror(err), (unsigned long long)written,
+		     all_bytes(&c, c.addr[0], P, 0x33) ? "is intact" : "was written");
+	else
+		pass("write_after_map_fixed_refused");
+	/* the same sequence with a fresh one is fine again */
+	seq = dseq(c.rid[0], 0, 4 * P);
+	ret = dwrite(c.rid[0], 0, 1, 0x12, 0, seq | 1, &err, &written);
+	if (ret != -1 || err != ESTALE || !all_bytes(&c, c.addr[0], 1, 0x33))
+		fail("write_odd_seq_refused", "WRITE with an odd sequence -> %d (%s)", ret,
+		     strerror(err));
+	else
+		pass("write_odd_seq_refused");
+
+	/* mremap of page 1 over page 0 */
+	seq = dseq(c.rid[0], 0, 4 * P);
+	if (child_cmd(&c, 'M', 1, 10000 * scale)) {
+		fail("write_after_mremap_refused", "child could not mremap");
+		goto out;
+	}
+	ret = dwrite(c.rid[0], 0, P, 0x13, 0, seq, &err, &written);
+	if (ret != -1 || err != ESTALE || written || !all_bytes(&c, c.addr[0], P, 0x5a))
+		fail("write_after_mremap_refused",
+		     "WRITE with the sequence from before mremap -> %d (%s), written %llu",
+		     ret, strerror(err), (unsigned long long)written);
+	else
+		pass("write_after_mremap_refused");
+
+	/* protections: read-only page 0 (page 1 is gone since the mremap) */
+	if (child_cmd(&c, 'p', 1, 10000 * scale)) {
+		fail("write_read_only", "child could not mprotect");
+		goto out;
+	}
+	seq = dseq(c.rid[0], 0, 4 * P);
+	ret = dwrite(c.rid[0], 0, 8, 0x14, 0, seq, &err, &written);
+	if (ret != -1 || err != EACCES || written || !all_bytes(&c, c.addr[0], P, 0x5a))
+		fail("write_read_only", "WRITE into a PROT_READ page -> %d (%s), written %llu",
+		     ret, strerror(err), (unsigned long long)written);
+	else
+		pass("write_read_only");
+	ret = dwrite(c.rid[0], P, 8, 0x14, 0, seq, &err, &written);
+	if (ret != -1 || err != EFAULT || written)
+		fail("write_unmapped", "WRITE where nothing is mapped -> %d (%s), written %llu",
+		     ret, strerror(err), (unsigned long long)written);
+	else
+		pass("write_unmapped");
+	child_cmd(&c, 'w', 1, 10000 * scale);
+
+	/* bad input: a clear error, nothing written */
+	seq = dseq(c.rid[0], 0, 4 * P);
+	{
+		static const struct { const char *what; uint64_t rid, off, len; int mode, want; } b[] = {
+			{ "flags", 0, 0, 8, 1, EINVAL },
+			{ "no pieces", 0, 0, 8, 2, EINVAL },
+			{ "too many pieces", 0, 0, 8, 5, EINVAL },
+			{ "empty piece", 0, 0, 0, 0, EINVAL },
+			{ "past the range", 0, 4 * 4096 - 4, 8, 0, EINVAL },
+			{ "wrapping", 0, ~0ull - 3, 8, 0, EINVAL },
+			{ "over TETHER_WRITE_MAX_LEN", 0, 0, (1 << 20) + 1, 0, EINVAL },
+			{ "unreadable buffer", 0, 0, 8, 3, EFAULT },
+			{ "unreadable pieces", 0, 0, 8, 4, EFAULT },
+			{ "unknown range", 999999, 0, 8, 0, ENOENT },
+			{ "range id 0", ~0ull, 0, 8, 0, ENOENT },
+		};
+		int i, bad = 0;
+
+		for (i = 0; i < (int)(sizeof(b) / sizeof(b[0])); i++) {
+			uint64_t rid = b[i].rid == 0 ? c.rid[0] : b[i].rid == ~0ull ? 0 : b[i].rid;
+
+			ret = dwrite(rid, b[i].off, b[i].len, 0x15, b[i].mode, seq, &err, &written);
+			if (ret != -1 || err != b[i].want || written) {
+				fail("write_bad_args", "%s: %d (%s), written %llu, want %s", b[i].what,
+				     ret, strerror(err), (unsigned long long)written,
+				     strerror(b[i].want));
+				bad = 1;
+			}
+		}
+		/* on an exporter fd, and from a control fd it is not attached to */
+		{
+			struct tether_write_seg sg = { 0, 8, (uintptr_t)&bad };
+			struct tether_write w = { .range_id = c.rid[0], .seq = seq,
+						  .segs = (uintptr_t)&sg, .nr_segs = 1 };
+			int other = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+
+			if (ioctl(efd, TETHER_IOC_WRITE, &w) != -1 || errno != EBADFD) {
+				fail("write_bad_args", "WRITE on an exporter fd: %s", strerror(errno));
+				bad = 1;
+			}
+			if (other < 0 || ioctl(other, TETHER_IOC_CONTROL) ||
+			    ioctl(other, TETHER_IOC_WRITE, &w) != -1 || errno != ENOENT) {
+				fail("write_bad_args", "WRITE from a foreign control fd: %s",
+				     strerror(errno));
+				bad = 1;
+			}
+			if (other >= 0)
+				close(other);
+		}
+		if (!all_bytes(&c, c.addr[0], P, 0x5a)) {
+			fail("write_bad_args", "a refused WRITE changed the exporter's memory");
+			bad = 1;
+		}
+		ret = dwrite(c.rid[0], 0, 8, 0x16, 7, seq, &err, &written);
+		if (ret || written != 8 || !all_bytes(&c, c.addr[0], 8, 0x16)) {
+			fail("write_bad_args", "a valid WRITE afterwards: %d (%s), written %llu", ret,
+			     strerror(err), (unsigned long long)written);
+			bad = 1;
+		}
+		if (!bad)
+			pass("write_bad_args");
+	}
+	{
+		struct tether_version v;
+
+		if (ioctl(efd, TETHER_IOC_GET_VERSION, &v) || !(v.features & TETHER_FEAT_WRITE))
+			fail("write_feature", "GET_VERSION does not announce TETHER_FEAT_WRITE");
+		else
+			pass("write_feature");
+	}
+out:
+	child_cmd(&c, 'x', 0, 0);
+	wait_child(c.pid, 10000 * scale);
+	close(c.sock);
+}
+
 static void watchdog(int sig)
 {
 	(void)sig;
@@ -2618,6 +2897,7 @@ int main(void)
 	test_direct_export_closed();
 	test_direct_fault_race();
 	test_direct_bad_args();
+	test_write();
 
 	{
 		struct dcmd q = { D_QUIT, 0, 0, 0, 0 };

@@ -29,10 +29,13 @@
  * padding that must be zero on input, and are identical for 32- and 64-bit
  * user space.  Any change to a structure or a command is a new
  * TETHER_ABI_VERSION; user space checks it with TETHER_IOC_GET_VERSION.
+ * A new command is announced by a TETHER_FEAT_* bit instead (DIRECT_ATTACH,
+ * WRITE): a daemon that does not know it never calls it.
  *
  * Addresses and lengths (start, len, offset) must be multiples of the page
- * size; len must not be zero and start + len must not wrap nor pass the end
- * of the user address space.  Offsets are relative to the registered range.
+ * size (TETHER_IOC_WRITE's pieces excepted); len must not be zero and
+ * start + len must not wrap nor pass the end of the user address space.
+ * Offsets are relative to the registered range.
  */
 #ifndef _UAPI_LINUX_TETHER_H
 #define _UAPI_LINUX_TETHER_H
@@ -58,6 +61,7 @@ struct tether_version {
 
 #define TETHER_FEAT_SEQ		(1ULL << 0)	/* MARK returns seq, READ_RETRY exists */
 #define TETHER_FEAT_DIRECT	(1ULL << 1)	/* TETHER_IOC_DIRECT_ATTACH exists */
+#define TETHER_FEAT_WRITE	(1ULL << 2)	/* TETHER_IOC_WRITE exists */
 
 /**
  * struct tether_range_reg - TETHER_IOC_REGISTER_RANGE (exporter fd)
@@ -207,6 +211,68 @@ struct tether_direct {
 
 #define TETHER_DIRECT_WRITE	(1U << 0)	/* mappings may be PROT_WRITE */
 
+/**
+ * struct tether_write_seg - one piece of a TETHER_IOC_WRITE
+ * @offset: in: byte offset into the range (any alignment)
+ * @len:    in: bytes, > 0; @offset + @len <= range length
+ * @buf:    in: address of the bytes in the caller's own memory
+ */
+struct tether_write_seg {
+	__u64 offset;
+	__u64 len;
+	__u64 buf;
+};
+
+#define TETHER_WRITE_MAX_SEGS	1024		/* pieces per TETHER_IOC_WRITE */
+#define TETHER_WRITE_MAX_LEN	(1U << 20)	/* bytes per TETHER_IOC_WRITE */
+
+/**
+ * struct tether_write - TETHER_IOC_WRITE (control fd)
+ * @range_id: in: a range of an exporter attached to THIS control fd
+ * @seq:      in: what TETHER_IOC_MARK_CACHED returned for an interval that
+ *            covers every piece, taken BEFORE the caller decided the write
+ *            may be made (its own checks)
+ * @segs:     in: address of an array of @nr_segs struct tether_write_seg
+ * @nr_segs:  in: 1..TETHER_WRITE_MAX_SEGS
+ * @flags:    in: must be 0
+ * @written:  out: bytes written (all of them on success; on EFAULT/EACCES
+ *            the pieces before the one refused, that one up to the page
+ *            refused)
+ *
+ * Writes the pieces into the exporter's memory, as process_vm_writev(2)
+ * would, but refuses the write whole (ESTALE, nothing written) if an
+ * invalidation of the exporter's mm overlapping the range began since
+ * @seq was taken, or one overlapping the pieces' span is in progress: the
+ * check and the write are made under the exporter's mmap_lock (read), so
+ * no munmap, mmap(MAP_FIXED) or mremap can replace the mapping between
+ * them.  A write that passed the caller's checks, held up while the
+ * exporter replaced the mapping (with mmap_lock held for writing, across
+ * the daemon's ack), thus never lands in the new mapping.  The range's
+ * sequence moves only with forwarded invalidations, hence MARK (which both
+ * marks the interval and returns the sequence).  The exporter's
+ * protections are respected (no FOLL_FORCE): a page it may not write is
+ * EACCES, an address it has nothing mapped at (or that cannot be faulted
+ * in) EFAULT.  The bytes are copied from @buf before the exporter's lock
+ * is taken, so the total is bounded (TETHER_WRITE_MAX_LEN).
+ *
+ * Errors: ESTALE (an invalidation began since @seq, @seq is odd, or one is
+ * in progress: nothing written), ENOENT (unknown range, or one not
+ * attached to this control fd), EINVAL (flags, @nr_segs, a piece empty,
+ * wrapping or outside the range, total over TETHER_WRITE_MAX_LEN), ESRCH
+ * (the exporter's address space is gone), EFAULT (@segs or a @buf
+ * unreadable: nothing written; an exporter page unmapped), EACCES (an
+ * exporter page not writable), ENOMEM, EINTR (fatal signal), EBADFD (not
+ * a control fd).  Bad input is refused before anything is written.
+ */
+struct tether_write {
+	__u64 range_id;
+	__u64 seq;
+	__u64 segs;
+	__u32 nr_segs;
+	__u32 flags;
+	__u64 written;
+};
+
 /* struct tether_event.type: what the kernel is doing (mmu_notifier_event) */
 enum tether_event_type {
 	TETHER_EV_NONE            = 0,
@@ -293,5 +359,6 @@ struct tether_event {
 #define TETHER_IOC_ACK            _IOW(TETHER_IOC_MAGIC, 0x07, struct tether_ack)
 #define TETHER_IOC_RANGE_INFO     _IOWR(TETHER_IOC_MAGIC, 0x08, struct tether_range_info)
 #define TETHER_IOC_DIRECT_ATTACH  _IOWR(TETHER_IOC_MAGIC, 0x09, struct tether_direct)
+#define TETHER_IOC_WRITE          _IOWR(TETHER_IOC_MAGIC, 0x0a, struct tether_write)
 
 #endif /* _UAPI_LINUX_TETHER_H */

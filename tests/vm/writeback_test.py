@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""VM tier, issue 14: a mapper's write-back held between the home's checks
+and its write while the exporter replaces or unmaps the page, with
+tether.ko and a real tetherd.
+
+The lever: the home tetherd (node 1) runs with --test_fault_socket (test
+only: refused unless TETHER_TEST_HOOKS=1, daemon/common/fault_point_server.h),
+through which this script arms daemon/common/fault_points.h points, waits
+until a daemon thread is held at one and releases it — the same named
+steps the unit tests hold, never a sleep that hopes for the race:
+
+  exporter_memory.write.before_write   the write-back passed the checks,
+                                       the write is about to be made
+  segment_registry.write_back.after_write  it was made or refused
+  invalidation.begin.write_back_wait   a BEGIN found a write-back in flight
+                                       over its range, before its bounded wait
+
+    python3 tests/vm/writeback_test.py --build-dir build/release [-k NAME]
+"""
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "multinode"))
+from cluster import Exporter, Mapper  # noqa: E402
+from harness import expect, run, with_nodes  # noqa: E402
+
+MiB = 1 << 20
+PAGE = 4096
+EIO = 5
+FAULTS = "/tmp/tether-writeback-faults.sock"
+BEFORE_WRITE = "exporter_memory.write.before_write"
+AFTER_WRITE = "segment_registry.write_back.after_write"
+BEGIN_WAITS = "invalidation.begin.write_back_wait"
+HOME = {1: ("--test_fault_socket=" + FAULTS,)}
+# The daemons inherit it (cluster.Node.env copies os.environ).
+os.environ["TETHER_TEST_HOOKS"] = "1"
+
+
+class Faults:
+    """The home's fault point socket: one command line, one answer line."""
+
+    def __init__(self, path=FAULTS):
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.f = self.s.makefile("rw")
+
+    def call(self, line):
+        self.f.write(line + "\n")
+        self.f.flush()
+        return self.f.readline().strip()
+
+    def arm(self, name):
+        expect(self.call("arm " + name) == "ok", "arm " + name)
+
+    def wait(self, name, seconds=20):
+        return self.call("wait %s %d" % (name, seconds * 1000)) == "reached"
+
+    def release(self, name):
+        self.call("release " + name)
+
+    def close(self):
+        try:
+            self.call("release_all")
+        finally:
+            self.s.close()
+
+
+def send(e, line):
+    """Sends an exporter command without waiting for its answer."""
+    e.proc.stdin.write(line + "\n")
+    e.proc.stdin.flush()
+
+
+def answered(e, timeout):
+    """The exporter's answer to the command sent, or None within timeout s."""
+    r, _, _ = select.select([e.proc.stdout], [], [], timeout)
+    return e.proc.stdout.readline().strip() if r else None
+
+
+def held_write_back(c):
+    """Exporter on node 1 (the home, fault socket), a mapper on node 2 that
+    dirtied page 0, and its sync's write-back held at BEFORE_WRITE."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    expect(m.command("verify 1 0 8192") == "ok", "the mapper reads pages 0 and 1")
+    expect(m.command("write 9 0 4096") == "ok", "the mapper dirties page 0")
+    f = Faults()
+    f.arm(BEFORE_WRITE)
+    m.send("sync")
+    expect(f.wait(BEFORE_WRITE), "the sync's write-back never reached the home's write")
+    return e, m, f
+
+
+def replaced_while_held(c, change, seed):
+    e, m, f = held_write_back(c)
+    try:
+        # The change holds mmap_lock for writing through the notifier: the
+        # home's wait for the held write-back runs out (100 ms), it acks,
+        # the new mapping is installed. Then the write is let go.
+        r = e.command(change)
+        expect(r.startswith("ok "), "%s: %s" % (change, r))
+        if change.startswith("mremap"):
+            expect(e.command("fill %d 0 4096" % seed) == "ok", "fill the new page")
+        f.release(BEFORE_WRITE)
+        r = m.reply(30)
+        if r == "ok":
+            # The home refused the write (ENXIO) after node 2 had taken the
+            # page aside for the change's window but before it handled the
+            # window's end, which counts the page lost: then the next sync
+            # reports it (it waits for that end first).
+            r = m.command("sync")
+        expect(r.startswith("error: errno=%d" % EIO),
+               "the mapper's sync after its page was replaced: %r (want EIO: lost)" % r)
+        expect(e.verify(seed, 0, PAGE) == "ok",
+               "the old page's write-back landed in the mapping %s put there" % change.split()[0])
+        expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
+        expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+    finally:
+        f.close()
+        m.close()
+        e.close()
+
+
+@with_nodes(3, daemon_args=HOME)
+def test_write_back_held_across_map_fixed_is_lost(c):
+    """mmap(MAP_FIXED) of new memory (pattern 5) over page 0 while its
+    write-back is held: the new page stays pattern 5, the sync says EIO."""
+    replaced_while_held(c, "remap 5 0 4096", 5)
+
+
+@with_nodes(3, daemon_args=HOME)
+def test_write_back_held_across_mremap_is_lost(c):
+    """mremap moves page 0 away (zeros mapped in its place, then filled
+    with pattern 6) while its write-back is held."""
+    replaced_while_held(c, "mremap 0 4096", 6)
+
+
+@with_nodes(3, daemon_args=HOME)
+def test_munmap_returns_after_the_write_back_in_flight(c):
+    """The UNMAP ordering against the real module: munmap of a page whose
+    write-back is held. The home's BEGIN must wait for it (munmap calls the
+    notifier with mmap_lock downgraded to read, so the write can go on):
+    munmap returns only after the write was made in the old mapping or
+    refused; never after it, into what is mapped there next."""
+    e, m, f = held_write_back(c)
+    try:
+        f.arm(BEGIN_WAITS)
+        f.arm(AFTER_WRITE)
+        send(e, "munmap 0 4096")
+        expect(f.wait(BEGIN_WAITS),
+               "the home's BEGIN for the munmap did not wait for the write-back in flight")
+        expect(answered(e, 0) is None, "munmap returned while the write-back was held")
+        f.release(BEFORE_WRITE)
+        expect(f.wait(AFTER_WRITE), "the write-back did not go on during the munmap")
+        expect(answered(e, 0.2) is None, "munmap returned before the write-back returned")
+        f.release(AFTER_WRITE)
+        f.release(BEGIN_WAITS)
+        r = answered(e, 30)
+        expect(r is not None and r.startswith("ok "), "munmap: %r" % r)
+        r = m.reply(30)
+        expect(r.startswith("error: errno=%d" % EIO) or r == "ok",
+               "the mapper's sync: %r (want EIO, or ok if it landed before the unmap)" % r)
+        # New memory at the address: nothing lands in it later.
+        expect(e.command("remap 7 0 4096").startswith("ok "), "remap after the munmap")
+        expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+        expect(e.verify(7, 0, PAGE) == "ok", "a write-back landed in the new mapping")
+    finally:
+        f.close()
+        m.close()
+        e.close()
+
+
+@with_nodes(1)
+def test_fault_socket_refused_without_test_hooks(c):
+    """--test_fault_socket is for tests only: a start without
+    TETHER_TEST_HOOKS=1 fails with a clear message and listens for nothing."""
+    env = dict(os.environ)
+    env.pop("TETHER_TEST_HOOKS", None)
+    path = "/tmp/tether-writeback-refused.sock"
+    r = subprocess.run([c.tetherd, "--node_id=9", "--insecure_peers",
+                        "--test_fault_socket=" + path], env=env, capture_output=True,
+                       text=True, timeout=30)
+    expect(r.returncode == 2 and "TETHER_TEST_HOOKS=1" in r.stderr,
+           "tetherd --test_fault_socket without TETHER_TEST_HOOKS: rc %d, %r" %
+           (r.returncode, r.stderr[-300:]))
+    expect(not os.path.exists(path), "the fault socket was created anyway")
+
+
+if __name__ == "__main__":
+    run([v for k, v in sorted(globals().items()) if k.startswith("test_")])
