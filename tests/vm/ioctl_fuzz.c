@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -69,8 +70,47 @@ static unsigned int below(unsigned int n) { return n ? (unsigned int)(rnd() % n)
 static int fds[MAXFDS];
 static struct { char *addr; size_t len; } maps[MAXMAPS];
 static uint64_t ids[MAXIDS];	/* range, exporter and event ids seen */
-static unsigned long ops, ioctl_ok, counts[64];
+static unsigned long ops, ioctl_ok, counts[64], oks[64];
 static int is_child;
+
+/*
+ * A read through a tether fd's mapping may get SIGBUS, by design (a direct
+ * attachment whose exporter unmapped or protected the page, or exited):
+ * counted, not fatal.  Any other signal is.
+ */
+static sigjmp_buf bus_jmp;
+static volatile sig_atomic_t bus_armed;
+static unsigned long sigbus_seen;
+
+static void on_sigbus(int sig)
+{
+	if (bus_armed)
+		siglongjmp(bus_jmp, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void touch(void *m)
+{
+	bus_armed = 1;
+	if (sigsetjmp(bus_jmp, 1) == 0)
+		(void)*(volatile char *)m;
+	else
+		sigbus_seen++;
+	bus_armed = 0;
+}
+
+/*
+ * The parent's reads are bounded: poll said readable, but a forked child
+ * sharing the fd may take the events first, and a blocking read would
+ * then wait forever.  SIGALRM (no SA_RESTART) interrupts it.
+ */
+static unsigned long reads_interrupted;
+
+static void on_sigalrm(int sig)
+{
+	(void)sig;
+}
 
 static void remember(uint64_t id)
 {
@@ -123,6 +163,58 @@ static uint64_t pick_value(void)
 	}
 }
 
+/* A page-aligned [start, start + len) inside one of our mappings. */
+static void pick_span(uint64_t *start, uint64_t *len)
+{
+	int i = below(MAXMAPS);
+	size_t pages, first;
+
+	if (!maps[i].addr) {
+		*start = pick_addr() & ~(PAGE - 1);
+		*len = PAGE;
+		return;
+	}
+	pages = maps[i].len / PAGE;
+	first = below(pages);
+	*start = (uint64_t)maps[i].addr + first * PAGE;
+	*len = PAGE * (1 + below(pages - first));
+}
+
+/*
+ * Half the time, the arguments of a known ioctl are well formed (ids it
+ * was handed, spans of its own mappings, its fds, zero flags and
+ * padding), so that calls get past the argument checks to the state
+ * behind them; one slot may still be noise.  An ioctl this does not know
+ * (a new one in the header) gets structured noise only.
+ */
+static void plausible(unsigned long cmd, uint64_t *arg)
+{
+	memset(arg, 0, 64);
+	if (cmd == TETHER_IOC_REGISTER_RANGE) {
+		pick_span(&arg[0], &arg[1]);
+	} else if (cmd == TETHER_IOC_ATTACH) {
+		struct tether_attach *a = (struct tether_attach *)arg;
+
+		a->fd = pick_fd();
+	} else if (cmd == TETHER_IOC_MARK_CACHED || cmd == TETHER_IOC_UNMARK_CACHED ||
+		   cmd == TETHER_IOC_DIRECT_ATTACH) {
+		arg[0] = ids[below(MAXIDS)];
+		arg[1] = below(4) ? 0 : (uint64_t)below(8) * PAGE;
+		arg[2] = below(4) ? PAGE : PAGE * (1 + below(8));
+		if (cmd == TETHER_IOC_DIRECT_ATTACH)
+			arg[3] = below(2);	/* flags (WRITE), fd out */
+	} else if (cmd == TETHER_IOC_READ_RETRY || cmd == TETHER_IOC_RANGE_INFO) {
+		arg[0] = ids[below(MAXIDS)];
+		arg[1] = below(2) ? 0 : 2 * below(8);
+	} else if (cmd == TETHER_IOC_ACK) {
+		arg[0] = ids[below(MAXIDS)];
+	} else {
+		return;
+	}
+	if (below(4) == 0)
+		arg[below(4)] = pick_value();
+}
+
 static void do_ioctl(void)
 {
 	/* The argument: 8 slots of structured noise, in a page whose end may
@@ -147,6 +239,8 @@ static void do_ioctl(void)
 	if (which < NIOCTLS) {
 		cmd = ioctls[which].cmd;
 		counts[which]++;
+		if (below(2) && (char *)arg + 64 <= buf + PAGE)
+			plausible(cmd, arg);
 	} else if (which == NIOCTLS) {	/* ours, an unknown number */
 		cmd = _IOC(below(4), TETHER_IOC_MAGIC, 0x0a + below(0x40), below(64));
 	} else {	/* a known number with the wrong size/direction */
@@ -161,6 +255,8 @@ static void do_ioctl(void)
 	r = ioctl(fd, cmd, p);
 	if (r >= 0) {
 		ioctl_ok++;
+		if (which < NIOCTLS)
+			oks[which]++;
 		if (p == arg)
 			for (i = 0; i < 4 && (char *)&arg[i] < buf + PAGE; i++)
 				remember(arg[i]);
@@ -170,7 +266,7 @@ static void do_ioctl(void)
 				       below(2) ? PROT_READ : PROT_READ | PROT_WRITE,
 				       MAP_SHARED, r, (off_t)below(4) * PAGE);
 			if (m != MAP_FAILED) {
-				((volatile char *)m)[0];
+				touch(m);
 				if (below(2))
 					munmap(m, PAGE);
 			}
@@ -185,8 +281,11 @@ static void do_ioctl(void)
 		if (d->fd > 2 && fcntl(d->fd, F_GETFD) >= 0) {
 			void *m = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, d->fd, 0);
 
-			if (m != MAP_FAILED && below(2))
-				munmap(m, PAGE);
+			if (m != MAP_FAILED) {
+				touch(m);
+				if (below(2))
+					munmap(m, PAGE);
+			}
 			close(d->fd);
 		}
 	}
@@ -202,7 +301,14 @@ static void do_read(void)
 
 	if (fd < 0 || poll(&p, 1, 0) != 1)
 		return;
+	if (!is_child)
+		alarm(1);
 	n = read(fd, below(16) ? (void *)ev : NULL, len);
+	if (!is_child) {
+		alarm(0);
+		if (n < 0 && errno == EINTR)
+			reads_interrupted++;
+	}
 	for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(ev[0]); i++) {
 		struct tether_ack ack = { ev[i].event_id, 0 };
 
@@ -294,8 +400,10 @@ static void do_mmap_fd(void)
 	if (fd < 0)
 		return;
 	m = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, (off_t)below(2) * PAGE);
-	if (m != MAP_FAILED)
+	if (m != MAP_FAILED) {
+		touch(m);
 		munmap(m, PAGE);
+	}
 }
 
 static pid_t children[8];
@@ -333,6 +441,7 @@ static void do_fork(void)
 	if (pid == 0) {	/* fuzz on for a moment with the inherited fds and maps */
 		is_child = 1;
 		rng ^= (uint64_t)getpid() << 17;
+		signal(SIGALRM, SIG_DFL);	/* its deadline: 2 s */
 		alarm(2);
 		for (int n = 0, m = below(200); n < m; n++) {
 			switch (below(5)) {
@@ -373,6 +482,13 @@ int main(int argc, char **argv)
 	fflush(stdout);
 	for (int i = 0; i < MAXFDS; i++)
 		fds[i] = -1;
+	signal(SIGBUS, on_sigbus);
+	{
+		struct sigaction sa = { .sa_handler = on_sigalrm };	/* no SA_RESTART */
+
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGALRM, &sa, NULL);
+	}
 	end = now() + secs;
 	while (now() < end) {
 		for (int n = 0; n < 64; n++, ops++) {
@@ -404,9 +520,11 @@ int main(int argc, char **argv)
 	for (int i = 0; i < MAXFDS; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	printf("INFO ioctl_fuzz: %lu operations, %lu ioctls succeeded; per ioctl:", ops, ioctl_ok);
+	printf("INFO ioctl_fuzz: %lu operations, %lu ioctls succeeded, %lu SIGBUS on tether "
+	       "mappings, %lu reads interrupted; per ioctl (ok/calls):", ops, ioctl_ok, sigbus_seen,
+	       reads_interrupted);
 	for (size_t i = 0; i < NIOCTLS; i++)
-		printf(" %s=%lu", ioctls[i].name + 11, counts[i]);
+		printf(" %s=%lu/%lu", ioctls[i].name + 11, oks[i], counts[i]);
 	printf("\nPASS ioctl_fuzz: seed %llu, %lu operations, no fuzzer process crashed\n",
 	       (unsigned long long)seed, ops);
 	return 0;
