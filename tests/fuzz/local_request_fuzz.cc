@@ -27,6 +27,7 @@
 // an address the request names) then happens to the helper, as it would to
 // a real client that asked for it, and not to the fuzzer's own memory.
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <signal.h>
@@ -36,6 +37,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -89,7 +91,11 @@ void StartClient() {
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (m == MAP_FAILED) _exit(1);
     char c;
-    while (read(sv[1], &c, 1) == 1) {
+    ssize_t got;
+    // Exits only when the fuzzer is gone (its exit status says why
+    // otherwise: 100 + errno).
+    while ((got = read(sv[1], &c, 1)) == 1 || (got < 0 && errno == EINTR)) {
+      if (got != 1) continue;
       int fd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
       uffdio_api api{UFFD_API, 0, 0};
       if (fd >= 0 && ioctl(fd, UFFDIO_API, &api) != 0) {
@@ -110,7 +116,10 @@ void StartClient() {
       cm->cmsg_type = SCM_RIGHTS;
       cm->cmsg_len = CMSG_LEN(sizeof(int));
       std::memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-      if (sendmsg(sv[1], &mh, MSG_NOSIGNAL) != 1) _exit(0);
+      ssize_t sent;
+      while ((sent = sendmsg(sv[1], &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+      }
+      if (sent != 1) _exit(100 + errno);
       close(fd);
     }
     _exit(0);
@@ -131,7 +140,10 @@ int ClientUffd() {
   alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))] = {};
   mh.msg_control = cbuf;
   mh.msg_controllen = sizeof(cbuf);
-  if (recvmsg(client_sock, &mh, MSG_CMSG_CLOEXEC) != 1) FuzzHome::Die("client helper gone");
+  ssize_t n;
+  while ((n = recvmsg(client_sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (n != 1) FuzzHome::Die("client helper gone");
   cmsghdr* cm = CMSG_FIRSTHDR(&mh);
   if (!cm || cm->cmsg_type != SCM_RIGHTS) FuzzHome::Die("client helper sent no fd");
   int fd;
@@ -266,6 +278,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     d->api.Disconnected(me);
     if (used_other) d->api.Disconnected(other);
     d->api.DetachAll();
+  }
+  // The client is alive: nothing the daemon did to its memory or through
+  // its fds killed it.
+  int st = 0;
+  if (waitpid(client_pid, &st, WNOHANG) == client_pid) {
+    fprintf(stderr, "local_request_fuzz: the client process died (%s %d)\n",
+            WIFSIGNALED(st) ? "signal" : "exit", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    __builtin_trap();
   }
   // Every fd the handler took is closed once its daemon is gone.
   int now = OpenFds();

@@ -163,6 +163,16 @@ static uint64_t pick_value(void)
 	}
 }
 
+/* An ioctl whose arguments plausible() knows. */
+static int known(unsigned long cmd)
+{
+	return cmd == TETHER_IOC_GET_VERSION || cmd == TETHER_IOC_REGISTER_RANGE ||
+	       cmd == TETHER_IOC_CONTROL || cmd == TETHER_IOC_ATTACH ||
+	       cmd == TETHER_IOC_MARK_CACHED || cmd == TETHER_IOC_UNMARK_CACHED ||
+	       cmd == TETHER_IOC_READ_RETRY || cmd == TETHER_IOC_ACK ||
+	       cmd == TETHER_IOC_RANGE_INFO || cmd == TETHER_IOC_DIRECT_ATTACH;
+}
+
 /* A page-aligned [start, start + len) inside one of our mappings. */
 static void pick_span(uint64_t *start, uint64_t *len)
 {
@@ -257,7 +267,13 @@ static void do_ioctl(void)
 		ioctl_ok++;
 		if (which < NIOCTLS)
 			oks[which]++;
-		if (p == arg)
+		/* The ids it hands out; of an ioctl this does not know, any
+		 * small output. */
+		if (p == arg && cmd == TETHER_IOC_REGISTER_RANGE)
+			remember(arg[3]);
+		else if (p == arg && cmd == TETHER_IOC_ATTACH)
+			remember(arg[2]);
+		else if (p == arg && which < NIOCTLS && !known(cmd))
 			for (i = 0; i < 4 && (char *)&arg[i] < buf + PAGE; i++)
 				remember(arg[i]);
 		/* A returned fd (a direct attachment): use it a little. */
