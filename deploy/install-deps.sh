@@ -15,6 +15,9 @@ pkgs=(
   libibverbs-dev librdmacm-dev
   iproute2 procps util-linux bc openssl python3 kmod
   clang-format
+  # libFuzzer (tests/fuzz): Debian 12's clang 14, its runtimes
+  # (libclang_rt.fuzzer, asan, ubsan) and llvm-symbolizer for readable stacks.
+  clang libclang-rt-dev llvm
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64

@@ -21,8 +21,8 @@
  *    unread BEGIN is never dropped: the daemon would see only its END and
  *    keep serving the old contents.
  *
- * Events come from a kmem_cache (charged to the caller's memory cgroup:
- * /dev/tether is 0666) backed by a small mempool and are always allocated
+ * Events come from a kmem_cache (charged to the exporter's memory cgroup,
+ * tether_kevent_alloc_charged()) backed by a small mempool and are always allocated
  * without direct reclaim: notifier callbacks may run inside reclaim
  * (try_to_unmap) or in the OOM reaper, and invalidate_range_start runs
  * under the mmu notifier lockdep map that fs_reclaim is ordered after, so
@@ -37,6 +37,7 @@
 #include <linux/mempool.h>
 #include <linux/poll.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -90,6 +91,34 @@ struct tether_kevent *tether_kevent_alloc(gfp_t gfp)
 	INIT_LIST_HEAD(&ev->node);
 	INIT_LIST_HEAD(&ev->wnode);
 	init_completion(&ev->done);
+	return ev;
+}
+
+/**
+ * tether_kevent_alloc_charged() - allocate an event charged to @memcg
+ * @memcg: the exporter's memory cgroup (tether_exporter.memcg), or NULL
+ * @gfp:   as for tether_kevent_alloc()
+ *
+ * The cache is SLAB_ACCOUNT, so an event is charged to the allocating
+ * task's memory cgroup, and the task that makes the kernel invalidate an
+ * exporter's range is often not the exporter: kswapd or khugepaged (no
+ * cgroup: the root's), the daemon closing the last reference to an
+ * exporter fd it was sent, another process's process_madvise().  Events
+ * exist because of the exporter, so they are charged to its cgroup.  A
+ * charge that fails (the cgroup at its limit; no reclaim from here) takes
+ * an event from the mempool reserve, which was charged once, at module
+ * load, to whoever loaded it: a cgroup at its limit still gets its BEGINs.
+ *
+ * Context: as for tether_kevent_alloc().
+ * Return: the event or NULL.
+ */
+struct tether_kevent *tether_kevent_alloc_charged(struct mem_cgroup *memcg,
+						  gfp_t gfp)
+{
+	struct mem_cgroup *old = set_active_memcg(memcg);
+	struct tether_kevent *ev = tether_kevent_alloc(gfp);
+
+	set_active_memcg(old);
 	return ev;
 }
 

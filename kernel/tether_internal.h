@@ -271,6 +271,9 @@ struct tether_mm {
  * @attach_gen: bumped at every attach/detach
  * @registered: @tm is set (written under the file mutex)
  * @closing:    the exporter file is being released
+ * @memcg:      the memory cgroup of the process that opened the exporter
+ *              fd (a reference; NULL without memcg): its events are
+ *              charged to it, whoever makes the kernel change the mm
  */
 struct tether_exporter {
 	struct kref ref;
@@ -286,6 +289,7 @@ struct tether_exporter {
 	u64 attach_gen;
 	bool registered;
 	bool closing;
+	struct mem_cgroup *memcg;
 };
 
 /**
@@ -378,7 +382,10 @@ struct tether_ival {
 /* tether_ctl.c */
 int tether_kevent_cache_init(void);
 void tether_kevent_cache_exit(void);
+struct mem_cgroup;
 struct tether_kevent *tether_kevent_alloc(gfp_t gfp);
+struct tether_kevent *tether_kevent_alloc_charged(struct mem_cgroup *memcg,
+						 gfp_t gfp);
 void tether_kevent_free(struct tether_kevent *ev);
 struct tether_ctl *tether_ctl_create(void);
 void tether_ctl_get(struct tether_ctl *ctl);

@@ -543,11 +543,17 @@ static const struct file_operations tether_fops = {
 	.llseek		= noop_llseek,
 };
 
+/*
+ * No .mode: the node is created 0600 root (the kernel's default for a misc
+ * device).  Who else may open it is the administrator's choice, made by
+ * the udev rule deploy/60-tether.rules (group tether, 0660), not the
+ * module's: every exporter fd costs kernel memory and every control fd can
+ * make exporters wait (up to ack_timeout_ms per invalidation).
+ */
 static struct miscdevice tether_misc = {
 	.minor	= MISC_DYNAMIC_MINOR,
 	.name	= "tether",
 	.fops	= &tether_fops,
-	.mode	= 0666,
 };
 
 static int __init tether_init(void)

@@ -153,6 +153,7 @@
  * ==========================================================================
  */
 #include <linux/atomic.h>
+#include <linux/memcontrol.h>
 #include <linux/sched.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
@@ -661,8 +662,8 @@ static int tether_mn_start(struct mmu_notifier *mn,
 		if (!exp->ctl || !tether_marks_overlap(range, s, e))
 			continue;
 		bt = tether_batch_for(b, exp);
-		ev = tether_kevent_alloc(GFP_NOWAIT);
-		end = tether_kevent_alloc(GFP_NOWAIT);
+		ev = tether_kevent_alloc_charged(exp->memcg, GFP_NOWAIT);
+		end = tether_kevent_alloc_charged(exp->memcg, GFP_NOWAIT);
 		if (!ev || !end) {
 			if (ev)
 				tether_kevent_free(ev);
@@ -775,6 +776,7 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 	struct tether_exporter *exp;
 	struct tether_kevent *ev, *tmp;
 	struct tether_range *range;
+	struct mem_cgroup *memcg;
 	unsigned int n = 0, i;
 	LIST_HEAD(prealloc);
 	LIST_HEAD(waitlist);
@@ -789,12 +791,18 @@ static void tether_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
 		if (exp->ctl)
 			n += exp->nr_ranges;
 	spin_unlock(&tm->lock);
+	/*
+	 * The last mmput may be another task's (a /proc reader's): charge
+	 * the mm's own cgroup, that of the exporters' process.
+	 */
+	memcg = get_mem_cgroup_from_mm(mm);
 	for (i = 0; i < n; i++) {
-		ev = tether_kevent_alloc(GFP_KERNEL);
+		ev = tether_kevent_alloc_charged(memcg, GFP_KERNEL);
 		if (!ev)
 			break;
 		list_add_tail(&ev->node, &prealloc);
 	}
+	mem_cgroup_put(memcg);
 
 	spin_lock(&tm->lock);
 	if (WARN_ON_ONCE(tm->mm_gone)) {	/* called once per subscription */
@@ -906,6 +914,7 @@ struct tether_exporter *tether_exporter_create(void)
 	INIT_LIST_HEAD(&exp->range_list);
 	INIT_LIST_HEAD(&exp->ctl_node);
 	exp->id = atomic64_inc_return(&tether_next_exporter_id);
+	exp->memcg = get_mem_cgroup_from_mm(current->mm);
 	return exp;
 }
 
@@ -938,6 +947,7 @@ static void tether_exporter_free(struct kref *ref)
 		mmu_notifier_put(&exp->tm->mn);
 	if (exp->mm)
 		mmdrop(exp->mm);
+	mem_cgroup_put(exp->memcg);
 	kfree(exp);
 }
 
@@ -1027,7 +1037,7 @@ int tether_exporter_add_range(struct tether_exporter *exp,
 	INIT_LIST_HEAD(&range->marks);
 
 	ret = xa_alloc_cyclic(&tether_ranges, &id, range,
-			      XA_LIMIT(1, U32_MAX), &next_id, GFP_KERNEL);
+			      XA_LIMIT(1, U32_MAX), &next_id, GFP_KERNEL_ACCOUNT);
 	if (ret < 0)
 		goto err_free;
 
@@ -1112,7 +1122,7 @@ void tether_exporter_teardown(struct tether_exporter *exp)
 
 	/* No range can be added: REGISTER on this file cannot run now. */
 	for (i = 0; i < exp->nr_ranges; i++) {
-		ev = tether_kevent_alloc(GFP_KERNEL);
+		ev = tether_kevent_alloc_charged(exp->memcg, GFP_KERNEL);
 		if (!ev)
 			break;
 		list_add_tail(&ev->node, &prealloc);

@@ -166,6 +166,12 @@ class PeerServiceImpl final : public peer::Peer::Service {
 
 }  // namespace
 
+std::unique_ptr<grpc::Service> NewPeerService(SegmentRegistry* registry, InvalidationTarget* mapper,
+                                              InvalidationChannel* notices, HelloInfo hello,
+                                              HomeLeaseTable* leases) {
+  return std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello), leases);
+}
+
 struct PeerServer::Impl {
   std::unique_ptr<PeerServiceImpl> service;
   std::unique_ptr<grpc::Server> server;

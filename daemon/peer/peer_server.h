@@ -20,6 +20,10 @@
 #include "daemon/invalidation/notice.h"
 #include "daemon/peer/tls_identity.h"
 
+namespace grpc {
+class Service;
+}
+
 namespace tether {
 
 struct HelloInfo {
@@ -29,6 +33,13 @@ struct HelloInfo {
   std::string rdma_address;  // rdma transport; empty without a verbs device
   std::string data_secret;   // derives each caller's data token
 };
+
+// The Peer service without a server (its methods called directly, with a
+// default grpc::ServerContext: no peer certificate to check): for the fuzz
+// target tests/fuzz/peer_service_fuzz.cc. A peer::Peer::Service.
+std::unique_ptr<grpc::Service> NewPeerService(SegmentRegistry* registry, InvalidationTarget* mapper,
+                                              InvalidationChannel* notices, HelloInfo hello,
+                                              HomeLeaseTable* leases);
 
 class PeerServer {
  public:

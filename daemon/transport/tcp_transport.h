@@ -88,6 +88,14 @@ class TcpTransport : public Transport, public NoticeTransport {
   // for the network.)
   absl::Status Connect(const DataEndpoint& peer) override;
 
+  // Serves one connected socket on the calling thread, as the thread of an
+  // accepted connection does (hello first, then requests in arrival order),
+  // until the peer closes it or breaks the protocol; closes `fd`. Only after
+  // Listen (its secret and servers). For the fuzz target
+  // (tests/fuzz/tcp_serve_fuzz.cc), which feeds it bytes over a socketpair:
+  // the request loop, without a network.
+  void ServeConnection(int fd) { ServeLoop(fd); }
+
  private:
   struct Connection;
   struct Pending {

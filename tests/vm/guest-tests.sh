@@ -40,6 +40,14 @@ else
 fi
 i=0; while [ ! -c /dev/tether ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 [ -c /dev/tether ] || { echo "FAIL devnode: /dev/tether did not appear"; exit 1; }
+# The module makes the node 0600 root (the kernel's default): group and
+# mode are deploy/60-tether.rules's to give (no udev in this guest: devtmpfs
+# as the module made it). The tests run as root.
+if suite module; then
+  m=$(stat -c '%a %U' /dev/tether)
+  if [ "$m" = "600 root" ]; then echo "PASS devnode_mode: /dev/tether is 0600 root"
+  else echo "FAIL devnode_mode: /dev/tether is '$m', not '600 root' (the module must not open it to all)"; fi
+fi
 dmesg | grep 'tether: ABI' | sed 's/^/INFO /'
 if [ "${TETHER_VM_BENCH:-0}" = 1 ]; then
   # tests/vm/run --bench: the benchmark only ($TEST is tests/vm/plain_mm,
@@ -71,6 +79,40 @@ elif suite module; then
   TETHER_TEST_SCALE=$SCALE timeout $((300 * SCALE)) "$TEST"
   rc=$?
   [ $rc -eq 124 ] && echo "FAIL module_test: timed out"
+  # Random ioctls, closes, mmaps and forks against /dev/tether
+  # (ioctl_fuzz.c), TETHER_VM_IOCTL_FUZZ_SECONDS (25) from a seed it prints
+  # (TETHER_VM_IOCTL_FUZZ_SEED replays one); the host checks the kernel
+  # log afterwards. A short ack timeout: the fuzzer waits for acks only it
+  # could send.
+  fuzz_to=$(cat /sys/module/tether/parameters/ack_timeout_ms)
+  echo 100 > /sys/module/tether/parameters/ack_timeout_ms
+  fuzz_s=${TETHER_VM_IOCTL_FUZZ_SECONDS:-25}
+  (cd /tmp && exec "$(dirname "$TEST")/ioctl_fuzz" "$fuzz_s" "${TETHER_VM_IOCTL_FUZZ_SEED:-0}") &
+  fpid=$! waited=0
+  while kill -0 $fpid 2>/dev/null && [ $waited -lt $((fuzz_s * 4 + 60)) ]; do
+    sleep 1; waited=$((waited + 1))
+  done
+  if kill -0 $fpid 2>/dev/null; then
+    # Stuck: where each of its processes is, and every blocked task into
+    # the kernel log (sysrq w), before killing them.
+    echo "FAIL ioctl_fuzz: did not finish in ${waited} s (a process stuck in the module?)"
+    for d in /proc/[0-9]*; do
+      [ "$(cat $d/comm 2>/dev/null)" = ioctl_fuzz ] || continue
+      echo "INFO   pid ${d#/proc/}: $(grep '^State' $d/status), wchan $(cat $d/wchan)"
+      sed 's/^/INFO     /' $d/stack 2>/dev/null
+    done
+    echo w > /proc/sysrq-trigger
+    for d in /proc/[0-9]*; do
+      [ "$(cat $d/comm 2>/dev/null)" = ioctl_fuzz ] && kill -9 "${d#/proc/}"
+    done
+    wait $fpid
+    rc=1
+  else
+    wait $fpid
+    frc=$?
+    [ $frc -ne 0 ] && { echo "FAIL ioctl_fuzz: exit $frc"; rc=1; }
+  fi
+  echo "$fuzz_to" > /sys/module/tether/parameters/ack_timeout_ms
 else
   rc=0
 fi

@@ -2044,6 +2044,137 @@ static void test_oom(void)
 
 
 /* ------------------------------------------------------------------ */
+/* (j) events are charged to the exporter's memory cgroup              */
+
+static int cg_write(const char *cg, const char *file, const char *val)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", cg, file);
+	f = fopen(path, "w");
+	if (!f || fprintf(f, "%s\n", val) < 0 || fclose(f))
+		return -1;
+	return 0;
+}
+
+static long long cg_current(const char *cg)
+{
+	char path[256];
+	long long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/memory.current", cg);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%lld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/*
+ * An exporter in cgroup A registers many ranges; the fake daemon, moved
+ * into cgroup B, holds the last reference to its exporter fd and closes
+ * it: the exporter's teardown allocates one RELEASE per range on the
+ * daemon's thread, and (paused) the daemon leaves them queued.  They must
+ * be charged to A, the exporter's, not to B, whose task happened to
+ * allocate them (SLAB_ACCOUNT alone charged B: ~768 KiB here).
+ */
+static void test_memcg_charge(void)
+{
+	const char *a = "/sys/fs/cgroup/tether_kev_exporter";
+	const char *b = "/sys/fs/cgroup/tether_kev_daemon";
+	enum { NR = 4096 };
+	long long b0, b1, a0, a1;
+	int sv[2], fd = -1, dfd;
+	struct dreply r;
+	char pid[32], cmd;
+	pid_t child;
+
+	if (cg_write("/sys/fs/cgroup", "cgroup.subtree_control", "+memory")) {
+		fail("memcg_setup", "cannot enable the memory controller");
+		return;
+	}
+	mkdir(a, 0755);
+	mkdir(b, 0755);
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
+		fail("memcg_setup", "socketpair: %s", strerror(errno));
+		return;
+	}
+	child = fork();
+	if (child == 0) {
+		char *p;
+		int efd, i;
+
+		close(sv[0]);
+		snprintf(pid, sizeof(pid), "%d", getpid());
+		if (cg_write(a, "cgroup.procs", pid))
+			_exit(5);
+		efd = open(TETHER_DEVICE, O_RDWR | O_CLOEXEC);
+		p = map_pages(NR);
+		if (efd < 0 || !p)
+			_exit(6);
+		for (i = 0; i < NR; i++) {
+			struct tether_range_reg reg = { .start = (uintptr_t)p + i * P, .len = P };
+
+			if (ioctl(efd, TETHER_IOC_REGISTER_RANGE, &reg))
+				_exit(7);
+		}
+		if (send_msg(sv[1], "f", 1, efd))
+			_exit(8);
+		close(efd);
+		(void)!read(sv[1], &cmd, 1);	/* stays alive, in A, until told */
+		_exit(0);
+	}
+	close(sv[1]);
+	if (recv_msg(sv[0], &cmd, 1, &fd) != 1 || fd < 0) {
+		fail("memcg_setup", "the exporter child did not send its fd");
+		goto out;
+	}
+	r = dcall(D_ATTACH, 0, 0, 0, fd);
+	close(fd);
+	if (r.ret) {
+		fail("memcg_setup", "ATTACH: %s", strerror(r.err));
+		goto out;
+	}
+	dfd = (int)r.v2;
+	snprintf(pid, sizeof(pid), "%d", dpid);
+	if (cg_write(b, "cgroup.procs", pid)) {
+		fail("memcg_setup", "cannot move the fake daemon into %s", b);
+		goto out;
+	}
+	dcall(D_PAUSE, 1, 0, 0, -1);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+	a0 = cg_current(a);
+	b0 = cg_current(b);
+	r = dcall(D_CLOSEFD, dfd, 0, 0, -1);	/* the last reference: teardown */
+	a1 = cg_current(a);
+	b1 = cg_current(b);
+	info("memcg: %d RELEASEs queued; exporter's cgroup %+lld bytes, daemon's %+lld bytes",
+	     NR, a1 - a0, b1 - b0);
+	if (r.ret)
+		fail("memcg_charge", "closing the exporter fd: %s", strerror(r.err));
+	else if (b1 - b0 >= 384 << 10)
+		fail("memcg_charge",
+		     "the daemon's cgroup was charged %lld bytes for the exporter's %d events",
+		     b1 - b0, NR);
+	else
+		pass("memcg_charge");
+	dcall(D_PAUSE, 0, 0, 0, -1);
+	usleep(200000);
+	dcall(D_CLEAR, 0, 0, 0, -1);
+out:
+	snprintf(pid, sizeof(pid), "%d", dpid);	/* the daemon back */
+	cg_write("/sys/fs/cgroup", "cgroup.procs", pid);
+	close(sv[0]);	/* the child exits */
+	wait_child(child, 10000);
+	rmdir(a);
+	rmdir(b);
+}
+
+/* ------------------------------------------------------------------ */
 /* direct attachments: the exporter's own pages, zapped by the notifier */
 
 static sigjmp_buf probe_jmp;
@@ -2889,6 +3020,7 @@ int main(void)
 	test_end_pairs();
 	test_alloc_failure();
 	test_oom();
+	test_memcg_charge();
 	test_direct_stores();
 	test_direct_zero_page();
 	test_direct_munmap();
