@@ -169,7 +169,8 @@ class PeerServiceImpl final : public peer::Peer::Service {
 std::unique_ptr<grpc::Service> NewPeerService(SegmentRegistry* registry, InvalidationTarget* mapper,
                                               InvalidationChannel* notices, HelloInfo hello,
                                               HomeLeaseTable* leases) {
-  return std::make_unique<PeerServiceImpl>(registry, mapper, notices, std::move(hello), leases);
+  return std::make_unique<PeerServiceImpl>(/*tls=*/false, registry, mapper, notices,
+                                           std::move(hello), leases);
 }
 
 struct PeerServer::Impl {

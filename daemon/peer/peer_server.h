@@ -35,7 +35,8 @@ struct HelloInfo {
 };
 
 // The Peer service without a server (its methods called directly, with a
-// default grpc::ServerContext: no peer certificate to check): for the fuzz
+// default grpc::ServerContext: no peer certificate to check, as with
+// --insecure_peers): for the fuzz
 // target tests/fuzz/peer_service_fuzz.cc. A peer::Peer::Service.
 std::unique_ptr<grpc::Service> NewPeerService(SegmentRegistry* registry, InvalidationTarget* mapper,
                                               InvalidationChannel* notices, HelloInfo hello,

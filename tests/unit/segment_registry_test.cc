@@ -246,7 +246,7 @@ struct GuardingSource : SegmentObserver {
   absl::StatusOr<WriteGuard> BeforeWrite(uint64_t, uint64_t start, uint64_t end) override {
     ++guards;
     if (on_guard) on_guard();
-    return WriteGuard{true, 2 * guards};
+    return WriteGuard{true, 2 * static_cast<uint64_t>(guards)};
   }
   absl::Status GuardedWrite(uint64_t, const WriteGuard& guard,
                             absl::Span<const WritePiece> pieces) override {
@@ -532,7 +532,7 @@ TEST_F(RegistryTest, NamesBelongToTheirOwner) {
 TEST_F(RegistryTest, NamesMustBePrintable) {
   auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0644, Self());
   ASSERT_TRUE(segid.ok());
-  for (const std::string bad :
+  for (const std::string& bad :
        {std::string("\x1b[31mred"), std::string("a\nb"), std::string("del\x7f"),
         std::string("nul\0x", 5),
         std::string("c1\xc2\x9b"
