@@ -359,14 +359,9 @@ absl::StatusOr<std::shared_ptr<Attachment>> LocalApi::FindAttachment(const Local
 }
 
 absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
-  absl::Status st;
-  bool revoked;
-  {
-    absl::MutexLock lock(&att->cache->mu);
-    revoked = att->cache->revoked;
-  }
-  if (!revoked) st = faults_->Sync(*att, 0, att->size);
-  faults_->Remove(att);
+  // Writes back the range's dirty pages and those no other attachment of
+  // the shared cache would write back, waits for them, and stops serving.
+  absl::Status st = faults_->Detach(att);
   // Until here invalidation notices still reached it (AttachmentTable::
   // Take): the sync may wait for a window's end to write kept-aside pages.
   atts_->Detached(att->id);
