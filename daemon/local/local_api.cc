@@ -324,6 +324,15 @@ absl::StatusOr<bool> LocalApi::AttachDirect(const LocalConnection& c, const loca
     }
     id = (uint64_t{incarnation_} << 32) | (uint64_t{1} << 31) | next_direct_++;
     direct_[id] = Direct{c.cred.pid, c.id, r.apid()};
+    AttachmentSummary listed;  // for tetherctl (AttachmentTable::Summaries)
+    listed.id = id;
+    listed.segid = a.segid;
+    listed.offset = r.offset();
+    listed.size = r.size();
+    listed.pid = c.cred.pid;
+    listed.writable = a.grant.writable;
+    listed.state = "mapped (the exporter's pages)";
+    atts_->NoteDirect(listed);
   }
   resp->mutable_attach()->set_attach_id(id);
   resp->mutable_attach()->set_writable(a.grant.writable);
@@ -338,7 +347,10 @@ bool LocalApi::FindDirect(uint64_t id, pid_t pid, bool erase) {
   absl::MutexLock lock(&mu_);
   auto it = direct_.find(id);
   if (it == direct_.end() || it->second.pid != pid) return false;
-  if (erase) direct_.erase(it);
+  if (erase) {
+    direct_.erase(it);
+    atts_->ForgetDirect(id);
+  }
   return true;
 }
 
@@ -420,9 +432,10 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
       }
     }
     for (auto it = direct_.begin(); it != direct_.end();) {
-      if (it->second.conn == conn.id)
+      if (it->second.conn == conn.id) {
+        atts_->ForgetDirect(it->first);
         direct_.erase(it++);
-      else
+      } else
         ++it;
     }
     for (auto it = apids_.begin(); it != apids_.end();) {

@@ -221,8 +221,11 @@ absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
     for (const auto& m : c.mappings) last &= m == att;
     const uint64_t p0 = last ? c.first() : att->first_page();
     const uint64_t p1 = last ? c.end() : att->first_page() + att->pages();
+    // Its own range was just tried if it is writable: after a failure
+    // (reported) not again — only what lies outside it.
+    const bool skip_own = att->writable && !st.ok();
     auto orphan = [&](uint64_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
-      if (c.state[p] != PageState::kDirty) return false;
+      if (c.state[p] != PageState::kDirty || (skip_own && att->Covers(p))) return false;
       for (const auto& m : c.mappings)
         if (m != att && m->writable && m->Covers(p)) return false;
       return true;
