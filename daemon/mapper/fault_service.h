@@ -50,8 +50,8 @@
 //   only the cache's lock and this class's (never both at once), and never wait for the
 //   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
-// - Sync and EndWindow write back and wait for the home (DataPath::
-//   WriteSync): only threads that may block — local client threads, the
+// - Sync, Detach and EndWindow write back and wait for the home (DataPath::
+//   WriteDiffSync): only threads that may block — local client threads, the
 //   evictor, MapperInvalidation's range_end thread (every EndWindow: never
 //   the thread that delivered the range_end, G5 in docs/architecture.md),
 //   Tetherd::Stop — never the fault thread or a transport's thread.
