@@ -145,23 +145,28 @@ void PrintSegments(const tether::admin::ListResponse& r, bool json) {
                  Printable(s.state()).c_str());
 }
 
+// An older daemon sends no kind: its attachments are all copies.
+std::string Kind(const tether::admin::AttachmentInfo& a) {
+  return a.kind().empty() ? "copy" : a.kind();
+}
+
 void PrintAttachments(const tether::admin::ListResponse& r, bool json) {
   if (json) {
     for (const auto& a : r.attachments())
       absl::PrintF(R"({"attach_id":%d,"segid":%d,"offset":%d,"size":%d,"pid":%d,"writable":%s,)"
-                   R"("resident_bytes":%d,"dirty_bytes":%d,"faults":%d,"state":"%s"})"
+                   R"("kind":"%s","resident_bytes":%d,"dirty_bytes":%d,"faults":%d,"state":"%s"})"
                    "\n",
                    a.attach_id(), a.segid(), a.offset(), a.size(), a.pid(),
-                   a.writable() ? "true" : "false", a.resident_bytes(), a.dirty_bytes(), a.faults(),
-                   JsonEscape(a.state()));
+                   a.writable() ? "true" : "false", JsonEscape(Kind(a)), a.resident_bytes(),
+                   a.dirty_bytes(), a.faults(), JsonEscape(a.state()));
     return;
   }
-  absl::PrintF("%-20s %-20s %-8s %-12s %-3s %-10s %-10s %-8s %s\n", "ATTACHMENT", "SEGID", "PID",
-               "SIZE", "RW", "RESIDENT", "DIRTY", "FAULTS", "STATE");
+  absl::PrintF("%-20s %-20s %-8s %-12s %-3s %-6s %-10s %-10s %-8s %s\n", "ATTACHMENT", "SEGID",
+               "PID", "SIZE", "RW", "KIND", "RESIDENT", "DIRTY", "FAULTS", "STATE");
   for (const auto& a : r.attachments())
-    absl::PrintF("%-20lu %-20ld %-8d %-12lu %-3s %-10lu %-10lu %-8lu %s\n",
+    absl::PrintF("%-20lu %-20ld %-8d %-12lu %-3s %-6s %-10lu %-10lu %-8lu %s\n",
                  static_cast<unsigned long>(a.attach_id()), static_cast<long>(a.segid()), a.pid(),
-                 static_cast<unsigned long>(a.size()), a.writable() ? "rw" : "r",
+                 static_cast<unsigned long>(a.size()), a.writable() ? "rw" : "r", Kind(a).c_str(),
                  static_cast<unsigned long>(a.resident_bytes()),
                  static_cast<unsigned long>(a.dirty_bytes()),
                  static_cast<unsigned long>(a.faults()), a.state().c_str());

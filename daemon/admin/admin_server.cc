@@ -83,6 +83,7 @@ class AdminServiceImpl final : public admin::Admin::Service {
       out->set_dirty_bytes(a.dirty_bytes);
       out->set_faults(a.faults);
       out->set_state(a.state);
+      out->set_kind(a.kind);
     }
     return grpc::Status::OK;
   }

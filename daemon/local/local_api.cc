@@ -325,6 +325,15 @@ absl::StatusOr<bool> LocalApi::AttachDirect(const LocalConnection& c, const loca
     }
     id = (uint64_t{incarnation_} << 32) | (uint64_t{1} << 31) | next_direct_++;
     direct_[id] = Direct{c.cred.pid, c.id, r.apid()};
+    AttachmentSummary listed;  // for tetherctl (AttachmentTable::Summaries)
+    listed.id = id;
+    listed.segid = a.segid;
+    listed.offset = r.offset();
+    listed.size = r.size();
+    listed.pid = c.cred.pid;
+    listed.writable = a.grant.writable;
+    listed.state = "mapped (the exporter's pages)";
+    atts_->NoteDirect(listed);
   }
   resp->mutable_attach()->set_attach_id(id);
   resp->mutable_attach()->set_writable(a.grant.writable);
@@ -339,7 +348,10 @@ bool LocalApi::FindDirect(uint64_t id, pid_t pid, bool erase) {
   absl::MutexLock lock(&mu_);
   auto it = direct_.find(id);
   if (it == direct_.end() || it->second.pid != pid) return false;
-  if (erase) direct_.erase(it);
+  if (erase) {
+    direct_.erase(it);
+    atts_->ForgetDirect(id);
+  }
   return true;
 }
 
@@ -360,14 +372,9 @@ absl::StatusOr<std::shared_ptr<Attachment>> LocalApi::FindAttachment(const Local
 }
 
 absl::Status LocalApi::DetachEntry(const std::shared_ptr<Attachment>& att) {
-  absl::Status st;
-  bool revoked;
-  {
-    absl::MutexLock lock(&att->cache->mu);
-    revoked = att->cache->revoked;
-  }
-  if (!revoked) st = faults_->Sync(*att, 0, att->size);
-  faults_->Remove(att);
+  // Writes back the range's dirty pages and those no other attachment of
+  // the shared cache would write back, waits for them, and stops serving.
+  absl::Status st = faults_->Detach(att);
   // Until here invalidation notices still reached it (AttachmentTable::
   // Take): the sync may wait for a window's end to write kept-aside pages.
   atts_->Detached(att->id);
@@ -426,9 +433,10 @@ void LocalApi::Disconnected(const LocalConnection& conn) {
       }
     }
     for (auto it = direct_.begin(); it != direct_.end();) {
-      if (it->second.conn == conn.id)
+      if (it->second.conn == conn.id) {
+        atts_->ForgetDirect(it->first);
         direct_.erase(it++);
-      else
+      } else
         ++it;
     }
     for (auto it = apids_.begin(); it != apids_.end();) {

@@ -147,8 +147,10 @@ struct SegmentCache {
   // The attachments that map this cache (joined at attach, left at
   // FaultService::Remove). Those with vaddr 0 are not mapped yet.
   std::vector<std::shared_ptr<Attachment>> mappings ABSL_GUARDED_BY(mu);
-  // The grant of the last writable attachment: what write-backs not made
-  // for one attachment (a window's kept-aside pages, the evictor) use.
+  // The grant of the last writable attachment (handed to a remaining
+  // writable one when it is removed): what write-backs not made for one
+  // attachment (a window's kept-aside pages, the evictor, a detach's
+  // pages no other attachment covers) use.
   uint64_t write_grant ABSL_GUARDED_BY(mu) = 0;
   uint64_t evict_hand ABSL_GUARDED_BY(mu) = 0;
   uint64_t resident ABSL_GUARDED_BY(mu) = 0;  // pages installed

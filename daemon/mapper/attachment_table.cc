@@ -98,13 +98,26 @@ bool AttachmentTable::UsesApid(uint64_t apid) {
   return false;
 }
 
+void AttachmentTable::NoteDirect(const AttachmentSummary& s) {
+  absl::MutexLock lock(&mu_);
+  AttachmentSummary& d = direct_[s.id];
+  d = s;
+  d.kind = "direct";
+}
+
+void AttachmentTable::ForgetDirect(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  direct_.erase(id);
+}
+
 std::vector<AttachmentSummary> AttachmentTable::Summaries() {
   std::vector<std::shared_ptr<Attachment>> atts;
+  std::vector<AttachmentSummary> out;
   {
     absl::MutexLock lock(&mu_);
     for (auto& [id, e] : entries_) atts.push_back(e.att);
+    for (auto& [id, d] : direct_) out.push_back(d);
   }
-  std::vector<AttachmentSummary> out;
   for (auto& a : atts) {
     AttachmentSummary s;
     s.id = a->id;

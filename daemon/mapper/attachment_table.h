@@ -2,7 +2,9 @@
 // record of what is attached, by which process, through which apid. The
 // client-request handler (local/) adds and removes entries; mapper-side
 // invalidation finds a segment's attachments here, the lease keeper a
-// home's; tetherctl lists them.
+// home's; tetherctl lists them — direct attachments too (same-node,
+// through tether.ko: the exporter's own pages, no cache; local/ keeps
+// their state and notes them here only so that they are listed).
 //
 // Thread contract: every method may be called from any thread — local
 // client threads (attach, detach, a client's exit), the threads that
@@ -35,6 +37,9 @@ struct AttachmentSummary {
   bool writable = false;
   uint64_t resident_bytes = 0, dirty_bytes = 0, faults = 0;
   std::string state;
+  // "copy" (a cache this daemon serves) or "direct" (tether.ko maps the
+  // exporter's pages: nothing resident, dirty or faulted here).
+  std::string kind = "copy";
 };
 
 class AttachmentTable {
@@ -70,7 +75,12 @@ class AttachmentTable {
   std::vector<uint32_t> Homes();
   // Whether any attachment was made through `apid`.
   bool UsesApid(uint64_t apid);
+  // Every attachment, direct ones included, for tetherctl.
   std::vector<AttachmentSummary> Summaries();
+  // A direct attachment made (`s.id` set; kind "direct") / gone: listed
+  // only (local/ serves it).
+  void NoteDirect(const AttachmentSummary& s);
+  void ForgetDirect(uint64_t id);
 
  private:
   struct Entry {
@@ -84,6 +94,8 @@ class AttachmentTable {
   absl::flat_hash_map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);
   // Taken, being detached (see Take).
   absl::flat_hash_map<uint64_t, std::shared_ptr<Attachment>> detaching_ ABSL_GUARDED_BY(mu_);
+  // Direct attachments, for Summaries only.
+  absl::flat_hash_map<uint64_t, AttachmentSummary> direct_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -381,22 +382,23 @@ void DataPath::SubmitOn(Transport* transport, const DataEndpoint& ep, bool is_re
   }
 }
 
-absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
-                                 absl::Span<const uint8_t> src) {
-  // All pieces in flight at once; the first error wins.
+namespace {
+// Sends `n` pieces all at once (`send(i, done)` issues piece i) and waits
+// until every one is answered; the first error wins. WriteSync's and
+// WriteDiffSync's wait: the pieces' answers arrive on transport threads
+// in any order.
+absl::Status AllInFlight(size_t n, absl::FunctionRef<void(size_t, Transport::Done)> send) {
   struct State {
     absl::Mutex mu;
     absl::Status status;
     size_t left;
     absl::Notification done;
   };
-  size_t pieces = (src.size() + kMaxPayload - 1) / kMaxPayload;
-  if (pieces == 0) return absl::OkStatus();
+  if (n == 0) return absl::OkStatus();
   auto st = std::make_shared<State>();
-  st->left = pieces;
-  for (size_t off = 0; off < src.size(); off += kMaxPayload) {
-    size_t len = std::min<size_t>(kMaxPayload, src.size() - off);
-    Write(node, segid, grant, offset + off, src.subspan(off, len), [st](absl::Status s) {
+  st->left = n;
+  for (size_t i = 0; i < n; ++i) {
+    send(i, [st](absl::Status s) {
       absl::MutexLock lock(&st->mu);
       if (!s.ok() && st->status.ok()) st->status = s;
       if (--st->left == 0) st->done.Notify();
@@ -406,31 +408,27 @@ absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant, 
   absl::MutexLock lock(&st->mu);
   return st->status;
 }
+}  // namespace
+
+absl::Status DataPath::WriteSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
+                                 absl::Span<const uint8_t> src) {
+  // Pieces of at most kMaxPayload.
+  const size_t pieces = (src.size() + kMaxPayload - 1) / kMaxPayload;
+  return AllInFlight(pieces, [&](size_t i, Transport::Done done) {
+    const size_t off = i * kMaxPayload;
+    Write(node, segid, grant, offset + off,
+          src.subspan(off, std::min<size_t>(kMaxPayload, src.size() - off)), std::move(done));
+  });
+}
 
 absl::Status DataPath::WriteDiffSync(uint32_t node, uint64_t segid, uint64_t grant, uint64_t offset,
                                      absl::Span<const uint8_t> diff) {
-  // As WriteSync: pieces (cut at page entries, each a diff of the same
-  // base offset) all in flight at once; the first error wins.
-  struct State {
-    absl::Mutex mu;
-    absl::Status status;
-    size_t left;
-    absl::Notification done;
-  };
-  std::vector<std::pair<size_t, size_t>> pieces = SplitDiff(diff, kMaxPayload);
-  if (pieces.empty()) return absl::OkStatus();
-  auto st = std::make_shared<State>();
-  st->left = pieces.size();
-  for (auto [off, len] : pieces) {
-    WriteDiff(node, segid, grant, offset, diff.subspan(off, len), [st](absl::Status s) {
-      absl::MutexLock lock(&st->mu);
-      if (!s.ok() && st->status.ok()) st->status = s;
-      if (--st->left == 0) st->done.Notify();
-    });
-  }
-  st->done.WaitForNotification();
-  absl::MutexLock lock(&st->mu);
-  return st->status;
+  // Pieces cut at page entries, each a diff of the same base offset.
+  const std::vector<std::pair<size_t, size_t>> pieces = SplitDiff(diff, kMaxPayload);
+  return AllInFlight(pieces.size(), [&](size_t i, Transport::Done done) {
+    WriteDiff(node, segid, grant, offset, diff.subspan(pieces[i].first, pieces[i].second),
+              std::move(done));
+  });
 }
 
 }  // namespace tether

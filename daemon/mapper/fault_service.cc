@@ -16,7 +16,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/mapper/mapping_ops.h"
@@ -189,6 +192,90 @@ absl::Status FaultService::Add(std::shared_ptr<Attachment> att) {
   return absl::OkStatus();
 }
 
+absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
+  SegmentCache& c = *att->cache;
+  bool revoked;
+  {
+    absl::MutexLock lock(&c.mu);
+    revoked = c.revoked;
+  }
+  if (revoked) {
+    // Nothing can be written any more (a sync reports the revocation).
+    Remove(att);
+    return absl::OkStatus();
+  }
+  absl::Status st = Sync(*att, 0, att->size);
+  // Held here (tests), no lock held: its range is synced, it still maps
+  // the cache (a store through it now dirties a page again).
+  TETHER_FAULT_POINT("fault_service.detach.after_sync");
+  // The dirty pages nobody else would write back once it is gone: runs of
+  // kDirty pages that no other writable mapping covers, in its range or,
+  // for the last mapping, the whole cache. (Pages in flight, kWriteback,
+  // are another write-back's: SyncCache waits for them.)
+  std::vector<std::pair<uint64_t, uint64_t>> orphans;  // [p0, p1)
+  uint64_t grant;
+  {
+    absl::MutexLock lock(&c.mu);
+    grant = att->writable ? att->grant : c.write_grant;
+    bool last = true;
+    for (const auto& m : c.mappings) last &= m == att;
+    const uint64_t p0 = last ? c.first() : att->first_page();
+    const uint64_t p1 = last ? c.end() : att->first_page() + att->pages();
+    // Its own range was just tried if it is writable: after a failure
+    // (reported) not again — only what lies outside it.
+    const bool skip_own = att->writable && !st.ok();
+    auto orphan = [&](uint64_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
+      if (c.state[p] != PageState::kDirty || (skip_own && att->Covers(p))) return false;
+      for (const auto& m : c.mappings)
+        if (m != att && m->writable && m->Covers(p)) return false;
+      return true;
+    };
+    // O(pages) under the lock, as Sync's scan: detach is not the fault path.
+    for (uint64_t p = p0; p < p1;) {
+      if (!orphan(p)) {
+        ++p;
+        continue;
+      }
+      uint64_t q = p + 1;
+      while (q < p1 && orphan(q)) ++q;
+      orphans.emplace_back(p, q);
+      p = q;
+    }
+  }
+  for (auto [p0, p1] : orphans) {
+    absl::Status o = SyncCache(c, grant, p0, p1);
+    if (o.ok()) continue;
+    // Writes lost only to an unmap keep their mark (detach forgives them:
+    // LocalApi); any other failure says which pages.
+    if (!IsOnlyLostUnmapped(o))
+      o = WithErrno(ToErrno(o), absl::StrFormat("write-back of segment pages [%d, %d), which no "
+                                                "other attachment covers: %s",
+                                                p0, p1, o.message()));
+    if (st.ok()) {
+      st = o;
+      continue;
+    }
+    // Both failed: the one the caller must act on leads, the other is
+    // reported in the same message.
+    const absl::Status& first = IsOnlyLostUnmapped(st) ? o : st;
+    const absl::Status& then = IsOnlyLostUnmapped(st) ? st : o;
+    if (!IsOnlyLostUnmapped(first))
+      st = WithErrno(ToErrno(first), absl::StrCat(first.message(), "; also ", then.message()));
+  }
+  {
+    // Revoked while it wrote back: as a detach of a revoked attachment,
+    // it succeeds (docs/consistency.md: EIDRM); a sync reports the loss.
+    absl::MutexLock lock(&c.mu);
+    revoked = c.revoked;
+  }
+  Remove(att);
+  if (revoked && !st.ok()) {
+    TLOG_INFO("detach of attachment %#x: %s", att->id, st.message());
+    return absl::OkStatus();
+  }
+  return st;
+}
+
 void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
   faults_.Remove(att->uffd);
   {
@@ -205,6 +292,12 @@ void FaultService::Remove(const std::shared_ptr<Attachment>& att) {
     auto it = std::find(c.mappings.begin(), c.mappings.end(), att);
     if (it == c.mappings.end()) return;  // removed before
     c.mappings.erase(it);
+    // Write-backs made for no attachment (the evictor's, a window's
+    // kept-aside pages) use a grant a remaining writable attachment holds:
+    // this one's may be released at the home next.
+    if (att->writable && c.write_grant == att->grant)
+      for (const auto& m : c.mappings)
+        if (m->writable) c.write_grant = m->grant;
     if (c.mappings.empty()) {
       // The last one: late completions install nothing, and the next
       // attach of the segment makes a new cache.

@@ -50,8 +50,8 @@
 //   only the cache's lock and this class's (never both at once), and never wait for the
 //   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
-// - Sync and EndWindow write back and wait for the home (DataPath::
-//   WriteSync): only threads that may block — local client threads, the
+// - Sync, Detach and EndWindow write back and wait for the home (DataPath::
+//   WriteDiffSync): only threads that may block — local client threads, the
 //   evictor, MapperInvalidation's range_end thread (every EndWindow: never
 //   the thread that delivered the range_end, G5 in docs/architecture.md),
 //   Tetherd::Stop — never the fault thread or a transport's thread.
@@ -125,6 +125,16 @@ class FaultService {
   // Starts serving faults of `att` (its vaddr is set). When its cache has
   // another mapping, arms every writable mapping (attachment.h).
   absl::Status Add(std::shared_ptr<Attachment> att);
+  // Detach (and a client's exit): writes back the dirty pages of the
+  // attachment's range (Sync), then — since one cache serves every
+  // attachment of the segment on this node — the dirty pages no other
+  // writable attachment covers: in its range (a store that raced the
+  // detach, pages a read-only attachment's range holds), and, when it is
+  // the cache's last attachment, anywhere in the cache (pages an earlier
+  // detach could not write back). Nobody would sync those afterwards, and
+  // the last Remove drops them. Returns once each write-back landed, or
+  // the first failure (which pages, in its message); then Remove.
+  absl::Status Detach(const std::shared_ptr<Attachment>& att);
   // Stops serving; in-flight fetches complete harmlessly. The last
   // attachment of a cache closes it; otherwise the clean pages no other
   // attachment covers are dropped.

@@ -121,15 +121,25 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
   std::vector<uint8_t> diff;
   for (size_t i = 0; i < writeback.size(); ++i) {
     auto& [p, bytes] = writeback[i];
-    // Whole, not a diff against the twin: the window's change may have
-    // replaced the home's bytes (DONTNEED zeroes them, a remap maps
-    // others), so the twin no longer says which bytes are the client's
-    // writes: a byte it stored with the twin's value would not be sent,
-    // and the client would read back the home's new byte instead of its
-    // own store. Another writer's bytes of such a page: the last
-    // write-back wins for the whole page, as before issue 16.
+    // A diff against the page's twin (kept with it while it was aside),
+    // as every write-back: only the bytes this node changed since it
+    // fetched the page go, so that what other writers (other nodes, the
+    // exporter) stored in the rest of the page meanwhile survives. Before
+    // issue 16's last part it went whole, because the window's change may
+    // have replaced the home's bytes (DONTNEED zeroes them, a remap maps
+    // others) — but the change came after the client's stores, so the
+    // home's new bytes are the newer ones wherever the client did not
+    // store: a diff is what true sharing would leave (the client's
+    // changed bytes over the new page), where the whole page put the old
+    // contents back over the change. A store of a byte's own old value is
+    // no change and is not sent (docs/consistency.md).
+    TwinStore::Twin twin;
+    {
+      absl::MutexLock lock(&c.mu);
+      twin = c.twins.Get(p);
+    }
     diff.clear();
-    EncodeDiff({TwinStore::Twin()},
+    EncodeDiff({twin},
                absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(bytes.data()), kPageSize),
                &diff);
     absl::Status st = diff.empty() ? absl::OkStatus() : WriteBackPages(c, grant, p, diff);

@@ -31,10 +31,22 @@ using mapping_ops::PunchHole;
 namespace {
 constexpr char kLostUnmappedPayload[] = "tether.lost_unmapped";
 
-// Takes the attachment's count of writes lost because their address went
-// away (reported once). OK if there are none.
+// Takes the cache's count of writes lost (reported once). OK if there
+// are none. Lost because the cache was revoked (fenced, the exporter gone)
+// — a revocation while a write-back was on its way counts the pages it
+// dropped — they are reported as that (EIDRM, with the reason), never as
+// an unmap: detach forgives writes lost to an unmap (IsOnlyLostUnmapped),
+// not to a revocation, and the caller must see why its data is gone.
 absl::Status TakeLost(SegmentCache& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
   if (c.lost_pages == 0) return absl::OkStatus();
+  if (c.revoked) {
+    absl::Status st = ErrnoStatus(
+        EIDRM, absl::StrFormat("attachment revoked (%s): %d page(s) of writes not yet synced "
+                               "were discarded",
+                               c.revoke_reason, c.lost_pages));
+    c.lost_pages = 0;
+    return st;
+  }
   absl::Status st =
       ErrnoStatus(EIO, absl::StrFormat("%d page(s) of writes not yet synced were discarded: "
                                        "the exporter unmapped that memory",
@@ -117,12 +129,8 @@ absl::Status FaultService::SyncCache(SegmentCache& c, uint64_t grant, uint64_t p
                                  "another write-back of these pages has been in flight for more "
                                  "than 10 s; they are not known to be at the home yet");
       if (c.revoked) {
-        std::string msg = "attachment revoked (" + c.revoke_reason + ")";
-        if (c.lost_pages > 0)
-          msg +=
-              absl::StrFormat(": %d page(s) of writes not yet synced were discarded", c.lost_pages);
-        c.lost_pages = 0;
-        return ErrnoStatus(EIDRM, msg);
+        absl::Status st = TakeLost(c);
+        return st.ok() ? ErrnoStatus(EIDRM, "attachment revoked (" + c.revoke_reason + ")") : st;
       }
       if (lost.ok()) lost = TakeLost(c);
       for (uint64_t p = p0; p < p1;) {

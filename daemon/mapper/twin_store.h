@@ -12,9 +12,8 @@
 //
 // Lifetime of page p's twin: Take at the first store to a clean page;
 // kept while p is kDirty or kWriteback, and while a window keeps p's
-// bytes aside (that write-back sends the page whole: the window's change
-// may have replaced the home's bytes; the twin serves if the page is put
-// back dirty after a failed write-back); Set to the
+// bytes aside (that write-back after the window is a diff against it too,
+// and if it fails the page is put back dirty with it); Set to the
 // sent bytes when a write-back lands on a page stored to again meanwhile;
 // Drop when the page is clean again (the next store takes a new twin),
 // dropped as lost, or written back from kept-aside; Clear at revocation

@@ -186,7 +186,7 @@ class LocalApiTest : public ::testing::Test {
                             std::vector<int> fds = {}, std::vector<int>* fds_out = nullptr) {
     local::LocalResponse resp;
     std::vector<int> out;
-    api_.Handle(c, req, fds, &resp, &out);
+    Api().Handle(c, req, fds, &resp, &out);
     for (int fd : fds)
       if (fd >= 0) close(fd);
     if (fds_out) {
@@ -220,6 +220,9 @@ class LocalApiTest : public ::testing::Test {
                        [](const Attachment&, uint64_t, uint64_t, const std::string&) {}};
   LocalApi api_{kSelf, kIncarnation, &registry_, &remotes_, &faults_, &atts_, nullptr, nullptr};
   LocalConnection me_, other_;
+
+  // The LocalApi that Call asks (a fixture with a notifier has its own).
+  virtual LocalApi& Api() { return api_; }
 };
 
 TEST_F(LocalApiTest, GetOfAnotherNodesSegmentAsksItsHome) {
@@ -605,26 +608,13 @@ class LocalApiDirectTest : public LocalApiTest {
   LocalApi api_{kSelf, kIncarnation, &registry_, &remotes_, &faults_, &atts_, &notifier_, nullptr};
   LocalConnection peer_;
 
-  // LocalApiTest::Call with this fixture's api_.
-  local::LocalResponse Call(const LocalConnection& c, const local::LocalRequest& req,
-                            std::vector<int> fds = {}, std::vector<int>* fds_out = nullptr) {
-    local::LocalResponse resp;
-    std::vector<int> out;
-    api_.Handle(c, req, fds, &resp, &out);
-    for (int fd : fds)
-      if (fd >= 0) close(fd);
-    if (fds_out) {
-      *fds_out = out;
-    } else {
-      for (int fd : out) close(fd);
-    }
-    return resp;
-  }
+  LocalApi& Api() override { return api_; }
 };
 
 // Another process of the home node gets the module's fd, with the grant's
-// permission; nothing enters the AttachmentTable (nothing to serve or write
-// back): sync and acquire answer at once, release waits for the detach.
+// permission; nothing is served or written back (the AttachmentTable only
+// lists it, for tetherctl, with its kind): sync and acquire answer at once,
+// release waits for the detach.
 TEST_F(LocalApiDirectTest, ASameNodeAttachmentIsDirect) {
   TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
   const uint64_t segid = Export();
@@ -641,8 +631,17 @@ TEST_F(LocalApiDirectTest, ASameNodeAttachmentIsDirect) {
   EXPECT_EQ(notifier_.calls[0].offset, 4096u);
   EXPECT_EQ(notifier_.calls[0].len, 8192u);
   EXPECT_TRUE(notifier_.calls[0].writable);
-  EXPECT_TRUE(atts_.Summaries().empty()) << "a direct attachment is not served by the mapper";
   const uint64_t id = resp.attach().attach_id();
+  std::vector<AttachmentSummary> listed = atts_.Summaries();
+  ASSERT_EQ(listed.size(), 1u) << "tetherctl attachments does not list the direct attachment";
+  EXPECT_EQ(listed[0].kind, "direct");
+  EXPECT_EQ(listed[0].id, id);
+  EXPECT_EQ(listed[0].segid, segid);
+  EXPECT_EQ(listed[0].offset, 4096u);
+  EXPECT_EQ(listed[0].size, 8192u);
+  EXPECT_EQ(listed[0].pid, peer_.cred.pid);
+  EXPECT_TRUE(listed[0].writable);
+  EXPECT_FALSE(atts_.UsesApid(apid)) << "nothing the mapper serves";
 
   local::LocalRequest sync;
   sync.mutable_sync()->set_attach_id(id);
@@ -661,6 +660,7 @@ TEST_F(LocalApiDirectTest, ASameNodeAttachmentIsDirect) {
   EXPECT_EQ(Call(me_, DetachReq(id)).err(), EINVAL) << "not the exporter's attachment";
   EXPECT_EQ(Call(peer_, DetachReq(id)).err(), 0);
   EXPECT_EQ(Call(peer_, DetachReq(id)).err(), EINVAL) << "detached already";
+  EXPECT_TRUE(atts_.Summaries().empty()) << "listed after its detach";
   EXPECT_EQ(Call(peer_, ReleaseReq(apid)).err(), 0);
   EXPECT_EQ(tcp_.count(), 0u);
 
@@ -673,8 +673,10 @@ TEST_F(LocalApiDirectTest, ASameNodeAttachmentIsDirect) {
   ASSERT_EQ(notifier_.calls.size(), 2u);
   EXPECT_FALSE(notifier_.calls[1].writable);
   // The client's exit drops it, and its apid.
+  EXPECT_EQ(atts_.Summaries().size(), 1u);
   api_.Disconnected(peer_);
   EXPECT_EQ(Call(peer_, DetachReq(resp.attach().attach_id())).err(), EINVAL);
+  EXPECT_TRUE(atts_.Summaries().empty()) << "listed after its client's exit";
 }
 
 // Where the module cannot (no module: Unimplemented; not all anonymous:

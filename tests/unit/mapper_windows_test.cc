@@ -138,21 +138,23 @@ class MapperWindowsTest : public ::testing::Test {
   }
 
   // A second attachment of the same segment in this process (issue 16:
-  // it shares att_'s cache). Returns its mapping; RemoveSecond undoes it.
-  uint8_t* AddSecond(bool writable) {
+  // it shares att_'s cache), over `pages` pages from segment page `first`.
+  // Returns its mapping; RemoveSecond undoes it.
+  uint8_t* AddSecond(bool writable, uint64_t first = 0, uint64_t pages = kPages) {
     second_ = std::make_shared<Attachment>();
     second_->id = 8;
     second_->segid = att_->segid;
     second_->home = att_->home;
-    second_->size = att_->size;
+    second_->seg_offset = first * kPage;
+    second_->size = pages * kPage;
     second_->writable = writable;
     second_->uffd = static_cast<int>(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
     uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
     if (second_->uffd < 0 || ioctl(second_->uffd, UFFDIO_API, &api) != 0) return nullptr;
     if (!faults_.Join(second_, second_->size).ok()) return nullptr;
-    auto* m =
-        static_cast<uint8_t*>(mmap(nullptr, second_->size, PROT_READ | (writable ? PROT_WRITE : 0),
-                                   MAP_SHARED, second_->cache->memfd, 0));
+    auto* m = static_cast<uint8_t*>(
+        mmap(nullptr, second_->size, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED,
+             second_->cache->memfd, static_cast<off_t>(second_->seg_offset)));
     if (m == MAP_FAILED) return nullptr;
     uffdio_register reg{};
     reg.range = {reinterpret_cast<uint64_t>(m), second_->size};
@@ -692,6 +694,125 @@ TEST_F(MapperWindowsTest, APageAReadOnlyAttachmentInstalledIsTrackedForTheWritab
   ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
   EXPECT_EQ(HomeByte(5 * kPage + 1), 6);
   RemoveSecond();
+}
+
+// Issue 16: one cache serves every attachment of the segment on this node,
+// so a detach that writes back only its own range leaves dirty pages no
+// remaining attachment covers (here: its write-back failed, and was
+// reported) with nobody to write them back — and the cache's last detach
+// dropped them while their address exists. The last detach writes back
+// every dirty page of the cache first.
+TEST_F(MapperWindowsTest, TheLastDetachWritesBackPagesAnEarlierDetachLeftDirty) {
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  ASSERT_NE(AddSecond(false, 0, 4), nullptr);  // read-only, pages 0-3: keeps the cache
+  map_[9 * kPage] = 9;                         // dirty, only att_ covers it
+  SetHome(&FakeHome::fail_writes, true);
+  absl::Status st = faults_.Detach(att_);
+  EXPECT_EQ(ToErrno(st), EIO) << "the failed write-back was not reported: " << st;
+  SetHome(&FakeHome::fail_writes, false);
+  st = faults_.Detach(second_);
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(HomeByte(9 * kPage), 9)
+      << "the last detach dropped a dirty page an earlier detach could not write back";
+  munmap(second_map_, second_->size);
+  second_map_ = nullptr;
+}
+
+// Issue 16: detach returns only after every write-back of its attachment
+// landed, with another attachment of the segment keeping the cache open;
+// a store through it after its range was synced (a thread racing the
+// detach) is written back too, not left in the cache for nobody.
+TEST_F(MapperWindowsTest, ADetachReturnsOnlyAfterItsWriteBacksLanded) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kAfterSync = "fault_service.detach.after_sync";
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  ASSERT_NE(AddSecond(true, 0, 4), nullptr);  // writable, pages 0-3 only
+  map_[9 * kPage] = 9;
+  FaultPoints::Arm(kBeforeSend);
+  FaultPoints::Arm(kAfterSync);
+  std::atomic<bool> returned{false};
+  absl::Status st;
+  uint8_t home_at_return[2] = {0, 0};
+  std::thread detach([&] {
+    st = faults_.Detach(att_);
+    home_at_return[0] = HomeByte(9 * kPage);
+    home_at_return[1] = HomeByte(9 * kPage + 1);
+    returned = true;
+  });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  EXPECT_FALSE(returned.load()) << "detach returned while its write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kAfterSync, absl::Seconds(10)));
+  map_[9 * kPage + 1] = 10;  // through the detaching attachment, after its sync
+  FaultPoints::Arm(kBeforeSend);
+  FaultPoints::Release(kAfterSync);
+  bool sent_again = FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(5));
+  EXPECT_FALSE(returned.load() && sent_again) << "detach returned while its write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  detach.join();
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(home_at_return[0], 9) << "detach returned before its write-back landed";
+  EXPECT_EQ(home_at_return[1], 10)
+      << "a store through the detaching attachment after its sync was left in the cache";
+  RemoveSecond();
+}
+
+// Issue 16: a page a window caught dirty (kept aside) is written back as a
+// diff against its twin, not whole: another writer's bytes of the page
+// stored at the home meanwhile (the exporter's, another node's) survive.
+TEST_F(MapperWindowsTest, AKeptAsidePageGoesBackAsADiff) {
+  map_[4 * kPage] = 9;  // fetched (all 1s: the twin), then stored: dirty
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.mem[4 * kPage + 100] = 5;  // another writer's byte of the page
+  }
+  ASSERT_TRUE(faults_.EndWindow(*att_->cache, 5, {}).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "our store";
+  EXPECT_EQ(HomeByte(4 * kPage + 100), 5)
+      << "the kept-aside write-back carried bytes we never stored (whole page)";
+  EXPECT_EQ(map_[4 * kPage + 100], 5) << "refetched after the window";
+}
+
+// Issue 16: a kept-aside page whose write-back after the window failed is
+// put back dirty with its twin: the next sync's diff holds every byte this
+// node changed since the fetch (before and after the window) and nothing
+// else, so another writer's byte stored at the home meanwhile survives.
+TEST_F(MapperWindowsTest, APagePutBackDirtyKeepsTheTwinItWasFetchedWith) {
+  map_[4 * kPage] = 9;  // twin: all 1s
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);
+  SetHome(&FakeHome::fail_writes, true);
+  EXPECT_FALSE(faults_.EndWindow(*att_->cache, 5, {}).ok());
+  ASSERT_EQ(State(4), PageState::kDirty) << "put back dirty";
+  SetHome(&FakeHome::fail_writes, false);
+  {
+    absl::MutexLock lock(&home_.mu);
+    home_.mem[4 * kPage + 100] = 5;  // another writer's byte
+  }
+  map_[4 * kPage + 200] = 7;  // stored after the window
+  ASSERT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "a byte stored before the window was not sent";
+  EXPECT_EQ(HomeByte(4 * kPage + 200), 7) << "a byte stored after the window was not sent";
+  EXPECT_EQ(HomeByte(4 * kPage + 100), 5) << "the diff carried a byte this node never changed";
+}
+
+// Issue 16: a revocation while a sync's write-back is on its way discards
+// the pages; the sync reports the revocation and its reason (EIDRM), not
+// "the exporter unmapped that memory" — which detach would forgive.
+TEST_F(MapperWindowsTest, PagesLostToARevocationDuringASyncAreReportedAsRevoked) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  map_[4 * kPage] = 9;
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status st;
+  std::thread syncer([&] { st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  faults_.Revoke(*att_, "fenced: test");
+  FaultPoints::Release(kBeforeSend);
+  syncer.join();
+  EXPECT_EQ(ToErrno(st), EIDRM) << st;
+  EXPECT_NE(std::string(st.message()).find("revoked (fenced: test)"), std::string::npos) << st;
+  EXPECT_EQ(std::string(st.message()).find("unmapped"), std::string::npos) << st;
+  EXPECT_FALSE(FaultService::IsOnlyLostUnmapped(st)) << "detach would call this a success";
 }
 
 // A cache over part of a segment too large to share (XPMEM's whole address

@@ -660,6 +660,10 @@ def test_same_node_attachment_is_direct(c):
                "the mapper's store (seed %d) is not in the exporter at once" % (seed + 10))
     expect(m.command("sync") == "ok", "sync of a direct attachment")
     expect(m.command("acquire") == "ok", "acquire of a direct attachment")
+    # tetherctl lists it, with its kind (issue 16).
+    r = c.node(1).ctl("--json", "attachments")
+    expect('"segid":%d' % e.segid in r.stdout and '"kind":"direct"' in r.stdout,
+           "tetherctl attachments does not list the direct attachment: " + r.stdout)
     m.close()
     expect(e.verify(1, 0, 4096) == "ok", "pages nobody wrote are unchanged")
     e.close()
