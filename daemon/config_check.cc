@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/common/segid.h"
 
 namespace tether {
 namespace {
@@ -18,10 +19,8 @@ absl::Status Bad(const std::string& msg) { return absl::InvalidArgumentError(msg
 
 // "host:port" or "[v6]:port" with a port in [min_port, 65535].
 bool HostPort(const std::string& s, int min_port) {
-  size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  int port = 0;
-  if (!absl::SimpleAtoi(s.substr(colon + 1), &port)) return false;
+  if (s.rfind(':') == 0) return false;  // no host
+  int port = PortOf(s);
   return port >= min_port && port <= 65535;
 }
 
@@ -34,8 +33,15 @@ absl::Status Readable(const char* flag, const std::string& path) {
 
 }  // namespace
 
+int PortOf(const std::string& address) {
+  size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) return -1;
+  return port;
+}
+
 absl::Status CheckConfig(const TetherdConfig& c) {
-  if (c.node_id == 0 || c.node_id > 0x7fff)
+  if (c.node_id == 0 || c.node_id > kMaxNodeId)
     return Bad(absl::StrCat("--node_id must be 1..32767 (got ", c.node_id, ")"));
   if (c.local_socket.empty() || c.admin_socket.empty())
     return Bad("--local_socket and --admin_socket must not be empty");
@@ -48,7 +54,7 @@ absl::Status CheckConfig(const TetherdConfig& c) {
   absl::flat_hash_map<uint32_t, std::string> ids;
   absl::flat_hash_map<std::string, uint32_t> addresses;
   for (const PeerConfig& p : c.peers) {
-    if (p.node_id == 0 || p.node_id > 0x7fff)
+    if (p.node_id == 0 || p.node_id > kMaxNodeId)
       return Bad(absl::StrCat("--peers: node id ", p.node_id, " is not in 1..32767"));
     if (p.node_id == c.node_id)
       return Bad(absl::StrCat("--peers names this node's own id (", p.node_id, "=", p.address,

@@ -10,6 +10,8 @@
 #ifndef TETHER_DAEMON_CONFIG_CHECK_H_
 #define TETHER_DAEMON_CONFIG_CHECK_H_
 
+#include <string>
+
 #include "absl/status/status.h"
 #include "daemon/tetherd.h"
 
@@ -18,6 +20,12 @@ namespace tether {
 // InvalidArgument naming the flag(s) at fault; OK if the configuration can
 // run.
 absl::Status CheckConfig(const TetherdConfig& config);
+
+// The port of "host:port" or "[v6]:port", or -1 if `address` does not end
+// in ":<number>". CheckConfig's address checks and main()'s choice of
+// capabilities (a port below 1024 needs CAP_NET_BIND_SERVICE) both read
+// ports through it.
+int PortOf(const std::string& address);
 
 }  // namespace tether
 

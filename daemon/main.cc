@@ -26,6 +26,7 @@
 #include "daemon/common/capabilities.h"
 #include "daemon/common/fault_point_server.h"
 #include "daemon/common/log.h"
+#include "daemon/common/segid.h"
 #include "daemon/config_check.h"
 #include "daemon/tetherd.h"
 
@@ -209,7 +210,7 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   for (absl::string_view item :
        absl::StrSplit(absl::GetFlag(FLAGS_trusted_peers), ',', absl::SkipWhitespace())) {
     uint32_t node;
-    if (!absl::SimpleAtoi(item, &node) || node == 0 || node > 0x7fff)
+    if (!absl::SimpleAtoi(item, &node) || node == 0 || node > tether::kMaxNodeId)
       return bad("bad --trusted_peers entry '" + std::string(item) + "' (want node ids 1..32767)");
     cfg.trusted_peers.push_back(node);
   }
@@ -284,11 +285,8 @@ int main(int argc, char** argv) {
   {
     bool low_port = false;
     for (const std::string* addr : {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen}) {
-      uint32_t port = 0;
-      size_t colon = addr->rfind(':');
-      if (colon != std::string::npos && absl::SimpleAtoi(addr->substr(colon + 1), &port) &&
-          port > 0 && port < 1024)
-        low_port = true;
+      int port = tether::PortOf(*addr);
+      if (port > 0 && port < 1024) low_port = true;
     }
     auto kept = tether::DropCapabilities(
         tether::NeededCapabilities(cfg->rdma != tether::RdmaMode::kOff, low_port));
