@@ -142,6 +142,9 @@ absl::Status SegmentRegistry::WriteBack(
     // Counted in flight until this attempt returns: a window opened
     // meanwhile waits (without the guard its token would stay in the set).
     WriteInFlight in_flight(this, segid, writing);
+    // Held here (tests), no lock held: past the checks, before the
+    // notifier source's guard (a change the notifier saw late happens here).
+    TETHER_FAULT_POINT("segment_registry.write_back.before_guard");
     // The notifier source marks the range too (tether.ko forwards only
     // the invalidations of marked ranges, G3): a write-back leaves the
     // writer holding the page, as a read does. Off the fault path.

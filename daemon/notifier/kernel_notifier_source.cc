@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
@@ -444,6 +445,9 @@ void KernelNotifierSource::Run() {
                  p[0].revents);
       break;
     }
+    // Held here (tests), no lock held: events are queued and not read yet
+    // (the module's wait for an ack runs out meanwhile: a LATE BEGIN).
+    TETHER_FAULT_POINT("kernel_notifier.event_thread.before_read");
     while (!stopping_) {
       ssize_t r = read(ctl_fd_, evs, sizeof(evs));
       if (r < 0 && errno == EINTR) continue;
@@ -555,6 +559,8 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
     RevokeRange(*ex, ev.start, ev.end,
                 late ? "exporter's memory changed without waiting for this node (late event)"
                      : "exporter's memory torn down (OOM)");
+    // Held here (tests): the windowless BEGIN was handled.
+    TETHER_FAULT_POINT("kernel_notifier.windowless_begin.handled");
     Ack(ev.event_id);
     return;
   }

@@ -15,6 +15,18 @@ steps the unit tests hold, never a sleep that hopes for the race:
   invalidation.begin.write_back_wait   a BEGIN found a write-back in flight
                                        over its range, before its bounded wait
 
+A write-back kept across a window's END (issue 14, the last two holes):
+the mapper (node 2) runs with a fault socket of its own, through which the
+kept-aside write-back after a window is held before it is sent
+
+  fault_service.writeback.before_send  (mapper) about to send a write-back
+  segment_registry.write_back.before_guard  (home) past the checks, before
+                                       tether.ko's MARK guard
+  kernel_notifier.event_thread.before_read  (home) events queued, not read:
+                                       with ack_timeout_ms=100 the BEGIN
+                                       goes LATE
+  kernel_notifier.windowless_begin.handled  (home) a LATE BEGIN handled
+
     python3 tests/vm/writeback_test.py --build-dir build/release [-k NAME]
 """
 import os
@@ -32,11 +44,19 @@ from harness import expect, run, with_nodes  # noqa: E402
 MiB = 1 << 20
 PAGE = 4096
 EIO = 5
+EIDRM = 43
 FAULTS = "/tmp/tether-writeback-faults.sock"
 BEFORE_WRITE = "exporter_memory.write.before_write"
 AFTER_WRITE = "segment_registry.write_back.after_write"
 BEGIN_WAITS = "invalidation.begin.write_back_wait"
+MAPPER_FAULTS = "/tmp/tether-writeback-faults-2.sock"
+SEND = "fault_service.writeback.before_send"
+BEFORE_GUARD = "segment_registry.write_back.before_guard"
+BEFORE_READ = "kernel_notifier.event_thread.before_read"
+LATE_HANDLED = "kernel_notifier.windowless_begin.handled"
+ACK_TIMEOUT = "/sys/module/tether/parameters/ack_timeout_ms"
 HOME = {1: ("--test_fault_socket=" + FAULTS,)}
+BOTH = {1: ("--test_fault_socket=" + FAULTS,), 2: ("--test_fault_socket=" + MAPPER_FAULTS,)}
 # The daemons inherit it (cluster.Node.env copies os.environ).
 os.environ["TETHER_TEST_HOOKS"] = "1"
 
@@ -170,6 +190,111 @@ def test_munmap_returns_after_the_write_back_in_flight(c):
         expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
         expect(e.verify(7, 0, PAGE) == "ok", "a write-back landed in the new mapping")
     finally:
+        f.close()
+        m.close()
+        e.close()
+
+
+def kept_across_end(c, changes, seed):
+    """Page 0 dirtied on node 2, a madvise(DONTNEED) window over it: node 2
+    keeps it aside and writes it back after the window's END — held at
+    its send. Meanwhile the exporter replaces page 0 (`changes`). The END
+    unmarked page 0 in tether.ko before the fix: the replacement was not
+    forwarded, nothing told the home, and the held write-back landed in the
+    new page. Now the range stays marked while a writable copy may exist:
+    the replacement opens a window that reports page 0 gone, and the
+    write-back is refused (ENXIO): lost, never landed."""
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    mf = Faults(MAPPER_FAULTS)
+    try:
+        expect(m.command("verify 1 0 8192") == "ok", "the mapper reads pages 0 and 1")
+        expect(m.command("write 9 0 4096") == "ok", "the mapper dirties page 0")
+        mf.arm(SEND)
+        r = e.command("dontneed 0 4096")
+        expect(r.startswith("ok "), "dontneed: %s" % r)
+        expect(mf.wait(SEND), "node 2 did not write page 0 back after the window's end")
+        for change in changes:
+            r = e.command(change)
+            expect(r.startswith("ok"), "%s: %s" % (change, r))
+        mf.release(SEND)
+        r = m.command("sync")
+        expect(r.startswith("error: errno=%d" % EIO),
+               "the mapper's sync after page 0 was replaced: %r (want EIO: lost)" % r)
+        expect(e.verify(seed, 0, PAGE) == "ok",
+               "the write-back kept across the END landed in the new page (%s)" %
+               "; ".join(changes))
+        expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
+        expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+    finally:
+        mf.close()
+        m.close()
+        e.close()
+
+
+@with_nodes(3, daemon_args=BOTH)
+def test_kept_across_end_then_map_fixed_is_lost(c):
+    """mmap(MAP_FIXED) of new memory (pattern 5) over page 0 after the END."""
+    kept_across_end(c, ["remap 5 0 4096"], 5)
+
+
+@with_nodes(3, daemon_args=BOTH)
+def test_kept_across_end_then_munmap_mmap_is_lost(c):
+    """munmap of page 0, then new memory (pattern 7) mapped there."""
+    kept_across_end(c, ["munmap 0 4096", "remap 7 0 4096"], 7)
+
+
+@with_nodes(3, daemon_args=BOTH)
+def test_kept_across_end_then_mremap_is_lost(c):
+    """mremap moves page 0 away; zeros mapped in its place, filled with 6."""
+    kept_across_end(c, ["mremap 0 4096", "fill 6 0 4096"], 6)
+
+
+@with_nodes(3, daemon_args=HOME)
+def test_write_back_across_late_begin_is_lost(c):
+    """A write-back past the home's checks (held before tether.ko's guard);
+    the home's event thread is held before it reads, so the BEGIN of the
+    exporter's MAP_FIXED over page 0 times out in the module
+    (ack_timeout_ms=100) and reaches the daemon LATE, after the change.
+    The LATE BEGIN opened no window before the fix: the write-back's
+    second look found nothing, tether.ko's sequence (taken after the
+    change) matched, and it landed in the new page. Now the LATE BEGIN is
+    recorded as a window opened and closed (page 0 gone): the write-back
+    is refused and re-checked (ENXIO), never landed."""
+    with open(ACK_TIMEOUT) as f:
+        saved = f.read().strip()
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    f = Faults()
+    try:
+        expect(m.command("verify 1 0 8192") == "ok", "the mapper reads pages 0 and 1")
+        expect(m.command("write 9 0 4096") == "ok", "the mapper dirties page 0")
+        f.arm(BEFORE_GUARD)
+        m.send("sync")
+        expect(f.wait(BEFORE_GUARD), "the sync's write-back never reached the home")
+        with open(ACK_TIMEOUT, "w") as t:
+            t.write("100")
+        f.arm(BEFORE_READ)
+        send(e, "remap 5 0 4096")
+        expect(f.wait(BEFORE_READ), "the home's event thread did not wake for the BEGIN")
+        r = answered(e, 30)
+        expect(r is not None and r.startswith("ok "), "remap (its BEGIN timed out): %r" % r)
+        f.arm(LATE_HANDLED)
+        f.release(BEFORE_READ)
+        expect(f.wait(LATE_HANDLED), "the home did not handle the BEGIN as LATE")
+        f.release(LATE_HANDLED)
+        f.release(BEFORE_GUARD)
+        r = m.reply(30)
+        # Lost to the unmap (EIO), or reported with the revocation the
+        # LATE BEGIN sent (EIDRM); never OK.
+        expect(r.startswith("error: errno=%d " % EIO) or r.startswith("error: errno=%d " % EIDRM),
+               "the mapper's sync across a LATE BEGIN: %r (want EIO or EIDRM)" % r)
+        expect(e.verify(5, 0, PAGE) == "ok",
+               "the write-back resolved before a LATE BEGIN landed in the new page")
+        expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
+    finally:
+        with open(ACK_TIMEOUT, "w") as t:
+            t.write(saved)
         f.close()
         m.close()
         e.close()
