@@ -147,7 +147,7 @@ if [ -n "$RELEASE" ]; then
   # across the exporter's mmap(MAP_FIXED), mremap and munmap.
   # TETHER_VM_SUITES=writeback runs it without the rest of the daemon suite.
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! { suite daemon || suite writeback; } ||
-    daemon_suite writeback "$REPO/tests/vm/writeback_test.py"
+    daemon_suite writeback "$REPO/tests/vm/writeback_test.py" "${TETHER_VM_WRITEBACK_K:-}"
   [ -n "${TETHER_VM_DAEMON_K:-}" ] || ! suite invalidation ||
     daemon_suite invalidation "$REPO/tests/multinode/test_invalidation.py" "${TETHER_VM_INVALIDATION_K:-}"
   # XPMEM's whole-address-space export with tether.ko watching it (the host
