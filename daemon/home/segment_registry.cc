@@ -227,7 +227,7 @@ absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials&
   g.id = next_grant_++;
   g.segment_size = seg->size;
   g.writable = write;
-  seg->grants.emplace(g.id, GrantRecord{mapper_node, write, {}});
+  seg->grants.emplace(g.id, GrantRecord{mapper_node, write, {}, {}});
   return g;
 }
 

@@ -102,6 +102,24 @@ class SegmentRegistry : public BlockServer {
   // next. Under the same lock as the close: no write-back slips between.
   void CloseWindow(uint64_t segid, uint64_t window,
                    const std::vector<std::pair<uint64_t, uint64_t>>& gone = {});
+  // The parts of [start, end) (segment offsets) where a node may hold a
+  // dirty copy: read or written through a writable grant that still
+  // exists. A notifier source that forwards only the changes of marked
+  // ranges (tether.ko) keeps these marked across a window's end, so that
+  // a later change of them opens a window (and an unmap reports them
+  // gone) instead of passing unseen under a write-back kept past the end
+  // (issue 14). Sorted, disjoint.
+  std::vector<std::pair<uint64_t, uint64_t>> WritableCopies(uint64_t segid, uint64_t start,
+                                                            uint64_t end) const;
+  // A change of [start, end) (segment offsets) that no window covered: the
+  // notifier source learnt of it after the kernel had made it (tether.ko's
+  // LATE BEGIN), or not as a window at all (the OOM reaper's, a lost
+  // event). Recorded as a window opened and closed at once: a write-back
+  // that passed its checks before is refused by its second look
+  // (OpenedSince) and checked again; `gone` (the change unmapped the range)
+  // records it in every grant, as CloseWindow's `gone` does. Nobody is
+  // asked: the caller revokes every mapper of the segment.
+  void RecordChange(uint64_t segid, uint64_t start, uint64_t end, bool gone);
   // Write-backs in flight (issue 14): WriteBlocks enters a write-back in
   // the segment's count once it has passed the checks (grant, fence, no
   // window over the range, not unmapped since read), under mu_ — the lock
@@ -160,6 +178,12 @@ class SegmentRegistry : public BlockServer {
     // there now). Empty unless an unmap happened: a read then costs one
     // empty() check under the lock it takes anyway.
     IntervalSet unmapped;
+    // What the node read or wrote through this grant while it is
+    // writable: there it may hold a dirty copy (kept aside by a window and
+    // put back after a failed write-back, or a write-back on its way)
+    // until the grant ends (Detach, FenceNode). WritableCopies() answers
+    // from it; empty for read-only grants.
+    IntervalSet copies;
   };
   struct RecentWindow {
     uint64_t gen, start, end;

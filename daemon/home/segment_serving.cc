@@ -68,6 +68,11 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
   // the node while it reads (and may write back over) a page whose
   // contents changed (issue 14, the protocol simulation's seed 137).
   seg->cached[peer_node].Add(offset, offset + len);
+  // A copy through a writable grant may come back dirty, past any window:
+  // its range stays watched while the grant lasts (WritableCopies). An
+  // in-memory set under the lock taken anyway: no syscall on the fault
+  // path.
+  if (g.writable) g.copies.Add(offset, offset + len);
   *addr = seg->vaddr + offset;
   *gen = seg->gen;
   if (writing) {

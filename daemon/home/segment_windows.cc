@@ -80,6 +80,34 @@ void SegmentRegistry::CloseWindow(uint64_t segid, uint64_t window,
   it->second->windows.erase(window);
 }
 
+std::vector<std::pair<uint64_t, uint64_t>> SegmentRegistry::WritableCopies(uint64_t segid,
+                                                                           uint64_t start,
+                                                                           uint64_t end) const {
+  IntervalSet held;
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end() || start >= end) return {};
+  for (const auto& [id, g] : it->second->grants)
+    for (const auto& [c0, c1] : g.copies.Intersect(start, end)) held.Add(c0, c1);
+  return held.ToVector();
+}
+
+void SegmentRegistry::RecordChange(uint64_t segid, uint64_t start, uint64_t end, bool gone) {
+  absl::MutexLock lock(&mu_);
+  auto it = segments_.find(segid);
+  if (it == segments_.end()) return;
+  Segment* seg = it->second.get();
+  start = std::min(start, seg->size);
+  end = std::min(end, seg->size);
+  if (start >= end) return;
+  // OpenWindow's bookkeeping for OpenedSince, then CloseWindow's.
+  ++seg->gen;
+  seg->recent.push_back({seg->gen, start, end});
+  if (seg->recent.size() > kRecentWindows) seg->recent.erase(seg->recent.begin());
+  if (gone)
+    for (auto& [id, g] : seg->grants) g.unmapped.Add(start, end);
+}
+
 bool SegmentRegistry::WritingOverlaps(const Segment& seg, uint64_t start, uint64_t end) const {
   for (const auto& [token, range] : seg.writing)
     if (Overlap(start, end, range.first, range.second)) return true;

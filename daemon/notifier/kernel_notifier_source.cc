@@ -512,11 +512,18 @@ void KernelNotifierSource::Windowless(uint64_t event_id, uint64_t range_id) {
   if (!ended) windowless_[event_id] = range_id;
 }
 
-void KernelNotifierSource::RevokeRange(Export& ex, uint64_t start, uint64_t end,
+void KernelNotifierSource::RevokeRange(Export& ex, uint64_t start, uint64_t end, uint32_t type,
                                        const std::string& why) {
   // No window covers it: reads must ask the module again (odd sequence)
   // instead of trusting the cached mark. The module's mark stays.
   ex.Forget(start / kPageSize * kPageSize, (end + kPageSize - 1) / kPageSize * kPageSize);
+  // The change happened (or will) without a window: the registry records
+  // it as one opened and closed, so that a write-back past its checks
+  // before it is refused and checked again (issue 14: a LATE BEGIN), and
+  // an unmap is recorded gone in every grant.
+  uint64_t s = start > ex.delta ? start - ex.delta : 0;
+  uint64_t e = end > ex.delta ? std::min<uint64_t>(end - ex.delta, ex.size) : 0;
+  if (s < e) registry_->RecordChange(ex.segid, s, e, type == TETHER_EV_UNMAP);
   coordinator_->RevokeAll(ex.segid, why);
 }
 
@@ -527,7 +534,7 @@ void KernelNotifierSource::RevokeUnhandled(const BeginEvent& ev) {
         "segment %#x: %s of [%#x, %#x) not handled before stopping: revoking all "
         "attachments",
         ex->segid, TypeName(ev.type), ev.start, ev.end);
-    RevokeRange(*ex, ev.start, ev.end, "home daemon stopped during an invalidation");
+    RevokeRange(*ex, ev.start, ev.end, ev.type, "home daemon stopped during an invalidation");
   }
   Ack(ev.event_id);
 }
@@ -556,7 +563,7 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
               ex->segid, late ? "late" : "non-blockable", TypeName(ev.type), s, e,
               late ? "the kernel stopped waiting before this daemon read it" : "OOM reaper");
     Windowless(ev.event_id, ev.range_id);
-    RevokeRange(*ex, ev.start, ev.end,
+    RevokeRange(*ex, ev.start, ev.end, ev.type,
                 late ? "exporter's memory changed without waiting for this node (late event)"
                      : "exporter's memory torn down (OOM)");
     // Held here (tests): the windowless BEGIN was handled.
@@ -574,7 +581,7 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
               ex->segid, TypeName(ev.type), s, e,
               absl::ToInt64Milliseconds(absl::Now() - ev.read_at));
     Windowless(ev.event_id, ev.range_id);
-    RevokeRange(*ex, ev.start, ev.end, "invalidation not handled within the deadline");
+    RevokeRange(*ex, ev.start, ev.end, ev.type, "invalidation not handled within the deadline");
     Ack(ev.event_id);
     return;
   }
@@ -648,26 +655,50 @@ void KernelNotifierSource::HandleEnd(const tether_event& ev) {
       "segment %#x: END of %s of [%#x, %#x) without its BEGIN (event %d): revoking all "
       "attachments",
       ex->segid, TypeName(ev.type), ev.start, ev.end, ev.begin_id);
-  RevokeRange(*ex, ev.start, ev.end, "lost kernel event");
+  RevokeRange(*ex, ev.start, ev.end, ev.type, "lost kernel event");
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> KernelNotifierSource::Unmarkable(const Export* ex,
+                                                                            uint64_t start,
+                                                                            uint64_t end) {
+  IntervalSet out;
+  out.Add(start, end);
+  if (!ex) return out.ToVector();
+  // Segment offsets of [start, end) (range offsets), clamped to the segment.
+  uint64_t s = start > ex->delta ? start - ex->delta : 0;
+  uint64_t e = end > ex->delta ? std::min<uint64_t>(end - ex->delta, ex->size) : 0;
+  if (s >= e) return out.ToVector();
+  for (const auto& [c0, c1] : registry_->WritableCopies(ex->segid, s, e))
+    out.Remove(c0 / kPageSize * kPageSize + ex->delta,
+               (c1 + kPageSize - 1) / kPageSize * kPageSize + ex->delta);
+  return out.ToVector();
 }
 
 void KernelNotifierSource::EndWindow(const Pending& p, bool gone) {
   // Nobody caches the range any more (OpenWindow dropped every node's
   // marks): unmark it in the module (G3) while the window still refuses
-  // reads, so that no read after End() loses its mark.
+  // reads, so that no read after End() loses its mark — except where a
+  // writable grant may still hold a dirty copy (Unmarkable): a writer
+  // keeps a page kept aside past the window when its write-back fails or
+  // is on its way, and an unmarked range's later munmap / MAP_FIXED /
+  // mremap would not be forwarded, so nothing would stop that write-back
+  // landing in the new mapping (issue 14).
   if (!stopping_) {
-    tether_mark m{};
-    m.range_id = p.range_id;
-    m.offset = p.start / kPageSize * kPageSize;
-    m.len = (p.end + kPageSize - 1) / kPageSize * kPageSize - m.offset;
+    const uint64_t r0 = p.start / kPageSize * kPageSize,
+                   r1 = (p.end + kPageSize - 1) / kPageSize * kPageSize;
     std::shared_ptr<Export> ex = FindRange(p.range_id);
-    if (ex) ex->Forget(m.offset, m.offset + m.len);
-    if (m.len && ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT &&
-        errno != ESRCH)
-      TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
-    // Bump again: a BeforeRead() that read the count between the two bumps may
-    // have MARKed before this UNMARK, and must not cache its mark.
-    if (ex) ex->Forget(m.offset, m.offset + m.len);
+    for (const auto& [u0, u1] : Unmarkable(ex.get(), r0, r1)) {
+      tether_mark m{};
+      m.range_id = p.range_id;
+      m.offset = u0;
+      m.len = u1 - u0;
+      if (ex) ex->Forget(u0, u1);
+      if (ioctl(ctl_fd_, TETHER_IOC_UNMARK_CACHED, &m) != 0 && errno != ENOENT && errno != ESRCH)
+        TLOG_DEBUG("tether.ko: UNMARK range %d: %s", p.range_id, strerror(errno));
+      // Bump again: a BeforeRead() that read the count between the two bumps may
+      // have MARKed before this UNMARK, and must not cache its mark.
+      if (ex) ex->Forget(u0, u1);
+    }
   }
   std::vector<std::pair<uint64_t, uint64_t>> gone_offsets;
   if (gone) gone_offsets.emplace_back(p.seg_start, p.seg_end);

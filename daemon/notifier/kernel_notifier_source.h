@@ -53,7 +53,10 @@
 //                        identical concurrent invalidations differ only in
 //                        it). Its window: UNMARK the range (the registry
 //                        dropped every node's cached marks when the window
-//                        opened, so nobody caches it any more) and then
+//                        opened, so nobody caches it any more) but for what
+//                        a writable grant read or wrote (a writer may keep a
+//                        dirty page past the window, and a later change of
+//                        it must still open a window: Unmarkable), and then
 //                        coordinator->End(), with the range reported gone for
 //                        UNMAP events (mappers discard dirty data kept aside
 //                        for it). UNMARK comes first: a read that starts after
@@ -97,7 +100,12 @@
 // copies, not references to the exporter's pages; for a moment a mapper may
 // still read what the dying process held. Its RELEASE revokes again.
 // A LATE BEGIN (TETHER_EVF_LATE: the module gave up waiting before we read
-// it, so the kernel already went on) is handled the same way.
+// it, so the kernel already went on) is handled the same way. Both (and
+// every other revocation instead of a window) are recorded in the
+// registry as a window opened and closed at once (RecordChange; the range
+// gone for an UNMAP) before the revocations go: a write-back that passed
+// the registry's checks before the change is refused by its second look
+// and checked again, never landed in what the change mapped there.
 //
 // G5 - the event thread never touches the exporter's memory and never waits
 // for reads in flight: Begin() only opens a registry window and waits for
@@ -212,7 +220,8 @@ class KernelNotifierSource : public NotifierSource {
     // our event thread). Instead every forgetting bumps `unmarks` before and
     // after its UNMARK, and BeforeRead() caches a MARK only if no forgetting
     // overlapped it. Forgotten: at END (UNMARK while the window still
-    // refuses reads) and at a non-blockable BEGIN (no window covers it).
+    // refuses reads; what stays marked for writable copies stays here
+    // too) and at a non-blockable BEGIN (no window covers it).
     absl::Mutex marks_mu;
     IntervalSet marked ABSL_GUARDED_BY(marks_mu);
     uint64_t unmarks ABSL_GUARDED_BY(marks_mu) = 0;
@@ -269,8 +278,14 @@ class KernelNotifierSource : public NotifierSource {
   void Windowless(uint64_t event_id, uint64_t range_id);
   // Revokes every mapper of `ex`'s segment and forgets the cached marks of
   // [start, end) (range offsets): no window covers the range, so reads must
-  // ask the module again.
-  void RevokeRange(Export& ex, uint64_t start, uint64_t end, const std::string& why);
+  // ask the module again. The registry records the change
+  // (SegmentRegistry::RecordChange; gone if `type` is an UNMAP).
+  void RevokeRange(Export& ex, uint64_t start, uint64_t end, uint32_t type, const std::string& why);
+  // The parts of [start, end) (range offsets, page aligned) a window's end
+  // may unmark in the module: all but what a writable grant may hold dirty
+  // (SegmentRegistry::WritableCopies). `ex` null: all of it.
+  std::vector<std::pair<uint64_t, uint64_t>> Unmarkable(const Export* ex, uint64_t start,
+                                                        uint64_t end);
   // A blockable BEGIN nobody will handle (stopping): revoke, then ACK.
   void RevokeUnhandled(const BeginEvent& ev);
   void Ack(uint64_t event_id);

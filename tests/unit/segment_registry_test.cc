@@ -375,6 +375,64 @@ TEST_F(GuardedWriteTest, AWindowBetweenTheChecksAndTheGuardIsCaught) {
   EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
 }
 
+// Issue 14, a LATE BEGIN: the notifier source learnt of an unmap only
+// after the kernel made it, and recorded it without a window
+// (RecordChange) between a write-back's checks and its guard. The second
+// look sees it: checked again, refused as gone, nothing written.
+TEST_F(GuardedWriteTest, AChangeRecordedWithoutAWindowIsCaught) {
+  src_.on_guard = [&] {
+    if (src_.guards == 1) reg_g_.RecordChange(segid_, 4096, 8192, /*gone=*/true);
+  };
+  EXPECT_EQ(ToErrno(reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_)), ENXIO);
+  EXPECT_EQ(src_.writes, 0);
+  EXPECT_EQ(mem_[4096], static_cast<uint8_t>(4096));
+}
+
+// The same for a change that kept the mapping (not gone): checked again
+// and written, with a new guard.
+TEST_F(GuardedWriteTest, AChangeRecordedWithoutAWindowThatKeptTheMappingIsWrittenAgain) {
+  src_.on_guard = [&] {
+    if (src_.guards == 1) reg_g_.RecordChange(segid_, 4096, 8192, /*gone=*/false);
+  };
+  ASSERT_TRUE(reg_g_.WriteBlocks(5, segid_, grant_, 4096, buf_).ok());
+  EXPECT_EQ(src_.guards, 2);
+  EXPECT_EQ(src_.writes, 1);
+  EXPECT_EQ(mem_[4096], 0xee);
+}
+
+// Issue 14: what a writable grant read or wrote may come back dirty past
+// any window, so it is reported (and kept marked in tether.ko) until the
+// grant ends; read-only grants hold nothing dirty. Bad ranges: empty.
+TEST_F(RegistryTest, WritableCopiesLastAsLongAsTheWritableGrant) {
+  auto segid = reg_.Make(owner_, reinterpret_cast<uint64_t>(mem_), kSize, 0600, Self());
+  ASSERT_TRUE(segid.ok());
+  auto ro = reg_.Attach(*segid, owner_, false, 6);
+  auto rw = reg_.Attach(*segid, owner_, true, 5);
+  auto rw7 = reg_.Attach(*segid, owner_, true, 7);
+  ASSERT_TRUE(ro.ok() && rw.ok() && rw7.ok());
+  using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+  uint8_t buf[4096];
+  ASSERT_TRUE(reg_.ReadBlocks(6, *segid, ro->id, 0, buf).ok());
+  EXPECT_EQ(reg_.WritableCopies(*segid, 0, kSize), Ranges{}) << "a read-only copy counted";
+  ASSERT_TRUE(reg_.ReadBlocks(5, *segid, rw->id, 8192, buf).ok());
+  std::memset(buf, 0xee, sizeof(buf));
+  ASSERT_TRUE(reg_.WriteBlocks(7, *segid, rw7->id, 16384, buf).ok());
+  EXPECT_EQ(reg_.WritableCopies(*segid, 0, kSize), (Ranges{{8192, 12288}, {16384, 20480}}));
+  EXPECT_EQ(reg_.WritableCopies(*segid, 10000, 17000), (Ranges{{10000, 12288}, {16384, 17000}}));
+  // A window clears the cached marks (the node is asked), not this: a
+  // dirty page kept aside may outlive it.
+  auto w = reg_.OpenWindow(*segid, 0, kSize);
+  ASSERT_TRUE(w.ok());
+  reg_.CloseWindow(*segid, w->id);
+  EXPECT_EQ(reg_.WritableCopies(*segid, 0, kSize), (Ranges{{8192, 12288}, {16384, 20480}}));
+  ASSERT_TRUE(reg_.Detach(*segid, rw->id, 5).ok());
+  EXPECT_EQ(reg_.WritableCopies(*segid, 0, kSize), (Ranges{{16384, 20480}}));
+  reg_.FenceNode(*segid, 7, "test");
+  EXPECT_EQ(reg_.WritableCopies(*segid, 0, kSize), Ranges{});
+  EXPECT_EQ(reg_.WritableCopies(*segid, 8, 8), Ranges{});
+  EXPECT_EQ(reg_.WritableCopies(*segid + 1, 0, kSize), Ranges{});
+}
+
 // Diff write-backs go through the source too, a page at a time (each
 // page's runs in one call), and a refusal in the middle resumes with the
 // page that was refused, not from the start.
