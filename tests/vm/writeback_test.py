@@ -26,6 +26,7 @@ kept-aside write-back after a window is held before it is sent
                                        with ack_timeout_ms=100 the BEGIN
                                        goes LATE
   kernel_notifier.windowless_begin.handled  (home) a LATE BEGIN handled
+  fault_service.writeback.before_retry  (mapper) the home answered Retry
 
     python3 tests/vm/writeback_test.py --build-dir build/release [-k NAME]
 """
@@ -54,6 +55,7 @@ SEND = "fault_service.writeback.before_send"
 BEFORE_GUARD = "segment_registry.write_back.before_guard"
 BEFORE_READ = "kernel_notifier.event_thread.before_read"
 LATE_HANDLED = "kernel_notifier.windowless_begin.handled"
+RETRY = "fault_service.writeback.before_retry"
 ACK_TIMEOUT = "/sys/module/tether/parameters/ack_timeout_ms"
 HOME = {1: ("--test_fault_socket=" + FAULTS,)}
 BOTH = {1: ("--test_fault_socket=" + FAULTS,), 2: ("--test_fault_socket=" + MAPPER_FAULTS,)}
@@ -295,6 +297,55 @@ def test_write_back_across_late_begin_is_lost(c):
     finally:
         with open(ACK_TIMEOUT, "w") as t:
             t.write(saved)
+        f.close()
+        m.close()
+        e.close()
+
+
+@with_nodes(3, daemon_args=BOTH)
+def test_write_back_after_an_unread_late_begin_is_lost(c):
+    """The write-back starts only after the change: the exporter's
+    MAP_FIXED over page 0 went LATE (the home's event thread held before
+    it reads, ack_timeout_ms=100) and returned; then node 2 syncs page 0.
+    Its checks and tether.ko's guard both come after the change, so
+    neither can tell. Before the fix the home took it and it landed in
+    the new page; now the home answers Retry while tether.ko has events it
+    has not read (or is handling, or a BEGIN of the range waits for a
+    worker), and once the LATE BEGIN is read the retry is refused as
+    gone."""
+    with open(ACK_TIMEOUT) as f:
+        saved = f.read().strip()
+    e = Exporter(c.node(1), MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    f = Faults()
+    mf = Faults(MAPPER_FAULTS)
+    try:
+        expect(m.command("verify 1 0 8192") == "ok", "the mapper reads pages 0 and 1")
+        expect(m.command("write 9 0 4096") == "ok", "the mapper dirties page 0")
+        with open(ACK_TIMEOUT, "w") as t:
+            t.write("100")
+        f.arm(BEFORE_READ)
+        send(e, "remap 5 0 4096")
+        expect(f.wait(BEFORE_READ), "the home's event thread did not wake for the BEGIN")
+        r = answered(e, 30)
+        expect(r is not None and r.startswith("ok "), "remap (its BEGIN timed out): %r" % r)
+        mf.arm(RETRY)
+        m.send("sync")
+        expect(mf.wait(RETRY, 10),
+               "the home took a write-back while the LATE BEGIN of a change before it was "
+               "still unread")
+        f.release(BEFORE_READ)
+        mf.release(RETRY)
+        r = m.reply(30)
+        expect(r.startswith("error: errno=%d " % EIO) or r.startswith("error: errno=%d " % EIDRM),
+               "the mapper's sync after an unread LATE BEGIN: %r (want EIO or EIDRM)" % r)
+        expect(e.verify(5, 0, PAGE) == "ok",
+               "a write-back checked after a LATE BEGIN the home had not read landed in the "
+               "new page")
+    finally:
+        with open(ACK_TIMEOUT, "w") as t:
+            t.write(saved)
+        mf.close()
         f.close()
         m.close()
         e.close()
