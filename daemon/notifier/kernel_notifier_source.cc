@@ -315,7 +315,31 @@ absl::StatusOr<SegmentObserver::WriteGuard> KernelNotifierSource::BeforeWrite(ui
   // Always asked (one ioctl per write-back, never on the fault path): the
   // sequence the module checks the write against.
   ASSIGN_OR_RETURN(uint64_t seq, Mark(*ex, segid, start, end, /*always=*/true));
+  RETURN_IF_ERROR(EventsSeen(*ex));
   return WriteGuard{true, seq};
+}
+
+absl::Status KernelNotifierSource::EventsSeen(const Export& ex) {
+  // The module checks the write against changes after the MARK. A change
+  // before it is the registry's to know (a window, or RecordChange), but
+  // only once this daemon read and handled its BEGIN: one the module gave
+  // up waiting for (LATE) may be complete already, the write-back checked
+  // after it, and the MARK taken after it too. So every event queued
+  // before the MARK must have been handled by now. In this order: an event
+  // still queued makes the control fd readable; one read since is being
+  // handled while reading_ is set (set before the read, cleared after the
+  // batch was handled); a blockable BEGIN handed to a worker is in
+  // in_flight_ until its window is open or the change recorded.
+  // One poll(2) and one mutex per write-back (not the fault path); Retry
+  // sends the mapper back, for the moment the event thread needs.
+  pollfd p{ctl_fd_, POLLIN, 0};
+  if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
+    return Retry("tether.ko has events this daemon has not read yet");
+  if (reading_) return Retry("this daemon is handling tether.ko events");
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, f] : in_flight_)
+    if (f.range_id == ex.range_id) return Retry("a BEGIN of the range waits for a worker");
+  return absl::OkStatus();
 }
 
 absl::Status KernelNotifierSource::GuardedWrite(uint64_t segid, const WriteGuard& guard,
@@ -449,12 +473,15 @@ void KernelNotifierSource::Run() {
     // (the module's wait for an ack runs out meanwhile: a LATE BEGIN).
     TETHER_FAULT_POINT("kernel_notifier.event_thread.before_read");
     while (!stopping_) {
+      // Before the read, until the batch was handled (EventsSeen).
+      reading_ = true;
       ssize_t r = read(ctl_fd_, evs, sizeof(evs));
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) break;  // EAGAIN: drained
       for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(tether_event); ++i)
         HandleEvent(evs[i]);
     }
+    reading_ = false;
   }
 }
 
@@ -580,8 +607,9 @@ void KernelNotifierSource::HandleBegin(const BeginEvent& ev, uint64_t overflows)
     TLOG_WARN("segment %#x: %s of [%#x, %#x) waited %d ms for a worker: revoking all attachments",
               ex->segid, TypeName(ev.type), s, e,
               absl::ToInt64Milliseconds(absl::Now() - ev.read_at));
-    Windowless(ev.event_id, ev.range_id);
+    // Recorded before it leaves in_flight_ (EventsSeen).
     RevokeRange(*ex, ev.start, ev.end, ev.type, "invalidation not handled within the deadline");
+    Windowless(ev.event_id, ev.range_id);
     Ack(ev.event_id);
     return;
   }

@@ -133,6 +133,12 @@
 // an mmap(MAP_FIXED) or mremap that held mmap_lock for writing across our
 // ack cannot have a write that was waiting for it land in the new mapping
 // (the registry then checks the request again: SegmentRegistry::WriteBack).
+// A change the module made before the MARK is the registry's to know,
+// once this daemon handled its BEGIN: BeforeWrite answers Retry() while
+// events queued before its MARK are unread, being handled, or a BEGIN of
+// the range waits for a worker (EventsSeen), so a write-back checked after
+// a LATE BEGIN's change is refused once that BEGIN is recorded, never
+// landed in what the change mapped there.
 // Errors are ExporterMemory::Write's (EACCES not writable, ENXIO nothing
 // mapped, ESRCH exited); ENOENT (the exporter fd was closed meanwhile)
 // becomes ESTALE, so the registry finds out why. A module without the
@@ -200,6 +206,10 @@ class KernelNotifierSource : public NotifierSource {
                             absl::Span<const WritePiece> pieces) override;
 
  private:
+  struct Export;
+  // Retry() unless every event the module queued before now was handled
+  // (BeforeWrite, after its MARK): see "Write-backs" above.
+  absl::Status EventsSeen(const Export& ex);
   // The segment is gone (removed, or its exporter exited): closes its
   // exporter fd (the module unregisters the range) and ends windows still
   // open on it.
@@ -322,6 +332,9 @@ class KernelNotifierSource : public NotifierSource {
   WorkQueue<std::pair<BeginEvent, uint64_t>> begins_;
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
+  // The event thread read (or is about to read) events it has not handled
+  // yet (EventsSeen).
+  std::atomic<bool> reading_{false};
   ThreadRole event_thread_;
   std::thread thread_;
 };
