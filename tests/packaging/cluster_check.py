@@ -8,10 +8,13 @@ installed make-certs); the tcp data port is the fixed 7601 of
 docs/operations.md. The clients are `consumer` and `xpmem_consumer`, built
 by the caller against the installed -dev packages with pkg-config:
 
-  cluster_check.py CONSUMER XPMEM_CONSUMER
+  cluster_check.py CONSUMER XPMEM_CONSUMER CRAY_CONSUMER
+
+(CRAY_CONSUMER: xpmem_consumer.c built with `pkg-config cray-xpmem`.)
 
 Node 1 exports a named segment; node 2 reads it through libtether, node 3
-through libxpmem; node 1 rewrites it and both read the new contents.
+through libxpmem; node 1 rewrites it and both read the new contents, node 2
+also through the cray-xpmem build.
 Prints one line per check and "N passed, N failed"; exits 1 on a failure.
 """
 import json
@@ -28,7 +31,7 @@ NAME = "packaging-check"
 
 
 def main():
-    consumer, xconsumer = sys.argv[1], sys.argv[2]
+    consumer, xconsumer, cray = sys.argv[1], sys.argv[2], sys.argv[3]
     passed = failed = 0
 
     def check(ok, what, detail=""):
@@ -75,11 +78,11 @@ def main():
                   "node %d: consumer (libtether, pkg-config tether) reads seed %s" %
                   (node.id, seed), r.stdout + r.stderr)
 
-        def xread(node, seed):
-            r = node.run([xconsumer, segid, SIZE, seed], timeout=60)
+        def xread(node, seed, prog=xconsumer, pc="xpmem"):
+            r = node.run([prog, segid, SIZE, seed], timeout=60)
             check(r.returncode == 0 and r.stdout.strip() == "ok",
-                  "node %d: xpmem_consumer (libxpmem, pkg-config xpmem) reads seed %s" %
-                  (node.id, seed), r.stdout + r.stderr)
+                  "node %d: xpmem_consumer (libxpmem, pkg-config %s) reads seed %s" %
+                  (node.id, pc, seed), r.stdout + r.stderr)
 
         read(c.node(2), "11")
         xread(c.node(3), "11")
@@ -88,6 +91,7 @@ def main():
         check(exporter.stdout.readline().strip() == "ok", "node 1: exporter rewrites")
         read(c.node(2), "12")
         xread(c.node(3), "12")
+        xread(c.node(2), "12", cray, "cray-xpmem")
     except Exception as e:  # a cluster that does not start is a failure, loudly
         check(False, "cluster from the installed packages", repr(e))
         for n in c.nodes:
