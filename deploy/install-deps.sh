@@ -18,6 +18,9 @@ pkgs=(
   # libFuzzer (tests/fuzz): Debian 12's clang 14, its runtimes
   # (libclang_rt.fuzzer, asan, ubsan) and llvm-symbolizer for readable stacks.
   clang libclang-rt-dev llvm
+  # Debian packages (deploy/build-debs, tests/packaging/run): debhelper with
+  # the dkms addon, lintian; dkms itself builds tether.ko from tether-dkms.
+  debhelper dh-dkms dkms lintian libssl-dev
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64

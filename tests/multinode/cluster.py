@@ -189,10 +189,11 @@ class Node:
         peers = ",".join("%d=%s:7600" % (n.id, n.ip) for n in c.nodes if n.id != self.id)
         # extra_args: for every node, or a dict of them by node id
         extra = c.extra_args.get(self.id, ()) if isinstance(c.extra_args, dict) else c.extra_args
-        args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
-                "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
-                "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
-                "--rpc_timeout_ms=3000"] + list(extra)
+        args = [c.tetherd] + (["--flagfile=" + c.flagfile] if c.flagfile else [])
+        args += ["--node_id=%d" % self.id, "--local_socket=" + self.sock,
+                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
+                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
+                 "--rpc_timeout_ms=3000"] + list(extra)
         # A test cluster is one administrative domain and its clients run as
         # root: every node trusts the others' root (no root squash), unless
         # the test says otherwise (test_trust.py: --trusted_peers=...).
@@ -251,13 +252,32 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, n=3, build_dir=None, budgets=None, tls=True, extra_args=()):
+    def __init__(self, n=3, build_dir=None, budgets=None, tls=True, extra_args=(),
+                 bin_path=None, flagfile=None):
+        """bin_path: a PATH-like list of directories to take tetherd and
+        tetherctl from instead of a build tree (tests/packaging/run: the
+        installed /usr/sbin:/usr/bin); such a cluster has no `tt`.
+        flagfile: every tetherd starts with --flagfile=THIS first (the
+        installed /etc/tether/tetherd.conf); the cluster's own flags after it
+        override what they name."""
         self.extra_args = extra_args
-        build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR", os.path.join(REPO, "build"))
-        self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
-        self.tetherctl = os.path.join(build_dir, "client", "tetherctl")
-        self.tt = os.path.join(build_dir, "tests", "tt")
-        for f in (self.tetherd, self.tetherctl, self.tt):
+        self.flagfile = flagfile
+        self.make_certs_path = os.path.join(REPO, "deploy", "make-certs")
+        if bin_path:
+            self.tetherd = shutil.which("tetherd", path=bin_path)
+            self.tetherctl = shutil.which("tetherctl", path=bin_path)
+            if not self.tetherd or not self.tetherctl:
+                raise RuntimeError("no tetherd/tetherctl in %s" % bin_path)
+            self.tt = None
+            wanted = (self.tetherd, self.tetherctl)
+        else:
+            build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR",
+                                                    os.path.join(REPO, "build"))
+            self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
+            self.tetherctl = os.path.join(build_dir, "client", "tetherctl")
+            self.tt = os.path.join(build_dir, "tests", "tt")
+            wanted = (self.tetherd, self.tetherctl, self.tt)
+        for f in wanted:
             if not os.path.exists(f):
                 raise RuntimeError("missing %s: build first" % f)
         self.n = n
@@ -312,7 +332,7 @@ class Cluster:
 
     def make_certs(self, *args):
         """deploy/make-certs ARGS... (ca CA_DIR | node CA_DIR OUT_DIR ID... [--days N])."""
-        sh(os.path.join(REPO, "deploy", "make-certs"), *[str(a) for a in args])
+        sh(self.make_certs_path, *[str(a) for a in args])
 
     def __enter__(self):
         try:
