@@ -6,6 +6,7 @@
 
 #include "admin.grpc.pb.h"
 #include "daemon/common/data_counters.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/peer/grpc_status.h"
 
 namespace tether {
@@ -152,6 +153,8 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
   builder.RegisterService(impl->service.get());
   impl->server = builder.BuildAndStart();
   if (!impl->server) return ErrnoStatus(EADDRNOTAVAIL, "start the Admin service on " + socket_path);
+  // Listening already: a test holds here to connect as another user.
+  TETHER_FAULT_POINT("admin_server.start.listening");
   // Admin shows every segment and attachment of the node: root only.
   chmod(socket_path.c_str(), 0600);
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
