@@ -15,6 +15,8 @@ pkgs=(
   libibverbs-dev librdmacm-dev
   iproute2 procps util-linux bc openssl python3 kmod
   clang-format
+  # tests/check-man: groff -man -ww over docs/man/.
+  groff groff-base
   # libFuzzer (tests/fuzz): Debian 12's clang 14, its runtimes
   # (libclang_rt.fuzzer, asan, ubsan) and llvm-symbolizer for readable stacks.
   clang libclang-rt-dev llvm

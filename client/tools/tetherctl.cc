@@ -51,6 +51,10 @@ std::string JsonEscape(const std::string& s) {
 // from another node's, so anything not printable is written as \xNN.
 std::string Printable(const std::string& name) { return tether::EscapeName(name); }
 
+// Any other text from a daemon in JSON (peers' addresses and errors):
+// printable as in the table, then JSON-escaped.
+std::string JsonText(const std::string& s) { return JsonEscape(Printable(s)); }
+
 // In JSON: the name itself when it is printable (it round-trips), else its
 // escaped form (a script sees the backslashes rather than the bytes).
 std::string JsonName(const std::string& name) {
@@ -83,8 +87,8 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
     for (const auto& p : r.peers())
       peers.push_back(absl::StrFormat(
           R"({"node_id":%d,"address":"%s","transport":"%s","reachable":%s,"error":"%s"})",
-          p.node_id(), JsonEscape(p.address()), p.transport(), p.reachable() ? "true" : "false",
-          JsonEscape(p.error())));
+          p.node_id(), JsonText(p.address()), JsonText(p.transport()),
+          p.reachable() ? "true" : "false", JsonText(p.error())));
     const auto& c = r.counters();
     std::string counters =
         absl::StrFormat(R"({"fetched_bytes":%d,"fetch_copy_bytes":%d,"install_copy_bytes":%d,)"
@@ -120,9 +124,10 @@ void PrintStatus(const tether::admin::StatusResponse& r, bool json) {
     absl::PrintF("  certificate   - (plaintext between nodes: --insecure_peers)\n");
   }
   absl::PrintF("\n%-6s %-24s %-9s %-10s %s\n", "PEER", "ADDRESS", "TRANSPORT", "STATE", "ERROR");
+  // A peer's error is what it (or anything on the way to it) answered.
   for (const auto& p : r.peers())
-    absl::PrintF("%-6u %-24s %-9s %-10s %s\n", p.node_id(), p.address().c_str(),
-                 p.transport().c_str(), p.reachable() ? "up" : "down", p.error().c_str());
+    absl::PrintF("%-6u %-24s %-9s %-10s %s\n", p.node_id(), Printable(p.address()),
+                 Printable(p.transport()), p.reachable() ? "up" : "down", Printable(p.error()));
 }
 
 void PrintSegments(const tether::admin::ListResponse& r, bool json) {
@@ -145,7 +150,8 @@ void PrintSegments(const tether::admin::ListResponse& r, bool json) {
                  Printable(s.state()).c_str());
 }
 
-// An older daemon sends no kind: its attachments are all copies.
+// An older daemon sends no kind: its attachments are all copies. A state
+// may carry a home's revocation reason: printed as Printable.
 std::string Kind(const tether::admin::AttachmentInfo& a) {
   return a.kind().empty() ? "copy" : a.kind();
 }
@@ -158,7 +164,7 @@ void PrintAttachments(const tether::admin::ListResponse& r, bool json) {
                    "\n",
                    a.attach_id(), a.segid(), a.offset(), a.size(), a.pid(),
                    a.writable() ? "true" : "false", JsonEscape(Kind(a)), a.resident_bytes(),
-                   a.dirty_bytes(), a.faults(), JsonEscape(a.state()));
+                   a.dirty_bytes(), a.faults(), JsonText(a.state()));
     return;
   }
   absl::PrintF("%-20s %-20s %-8s %-12s %-3s %-6s %-10s %-10s %-8s %s\n", "ATTACHMENT", "SEGID",
@@ -169,7 +175,7 @@ void PrintAttachments(const tether::admin::ListResponse& r, bool json) {
                  static_cast<unsigned long>(a.size()), a.writable() ? "rw" : "r", Kind(a).c_str(),
                  static_cast<unsigned long>(a.resident_bytes()),
                  static_cast<unsigned long>(a.dirty_bytes()),
-                 static_cast<unsigned long>(a.faults()), a.state().c_str());
+                 static_cast<unsigned long>(a.faults()), Printable(a.state()));
 }
 
 }  // namespace

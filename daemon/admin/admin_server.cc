@@ -6,6 +6,7 @@
 
 #include "admin.grpc.pb.h"
 #include "daemon/common/data_counters.h"
+#include "daemon/common/fault_points.h"
 #include "daemon/peer/grpc_status.h"
 
 namespace tether {
@@ -150,10 +151,23 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
   int port = 0;
   builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(impl->service.get());
+  // Admin shows every segment and attachment of the node and reloads its
+  // TLS files: root's only (tetherd runs as root), from the moment the
+  // socket exists. gRPC binds it with the mode the umask leaves, so it is
+  // made under umask 077 rather than only chmod-ed once listening, which
+  // left it as open as the umask tetherd inherited (0000: anyone) until
+  // then. The umask is process-wide: Start runs on the start-up thread
+  // (Tetherd::StartServers), and 077 only takes permissions away from a
+  // file another thread makes meanwhile (a TLS reload's 0700/0600 copies
+  // keep theirs).
+  mode_t old_umask = umask(0077);
   impl->server = builder.BuildAndStart();
+  umask(old_umask);
   if (!impl->server) return ErrnoStatus(EADDRNOTAVAIL, "start the Admin service on " + socket_path);
-  // Admin shows every segment and attachment of the node: root only.
-  chmod(socket_path.c_str(), 0600);
+  // Listening already: a test holds here to connect as another user.
+  TETHER_FAULT_POINT("admin_server.start.listening");
+  if (chmod(socket_path.c_str(), 0600) != 0)
+    return ErrnoStatus(errno, "chmod 0600 the Admin socket " + socket_path);
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
 }
 

@@ -1,7 +1,11 @@
 // AdminServer: the gRPC Admin service tetherctl talks to, on the daemon's
 // admin Unix socket (local administration only; never on the network).
+// The socket is root's alone (mode 0600 from its creation): the service
+// lists every user's segments and attachments and has no per-caller
+// check, so only root may connect (docs/security.md, "Local users").
 //
-// Thread contract: Start() builds and starts the gRPC server; requests run
+// Thread contract: Start() builds and starts the gRPC server, on the
+// daemon's start-up thread (it sets the process's umask for a moment); requests run
 // on gRPC's pool, concurrently, and only read (the registry, peers and
 // attachment table are thread-safe; Reload calls the daemon's
 // thread-safe ReloadTls). Shutdown() waits for them.

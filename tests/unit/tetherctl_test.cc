@@ -4,6 +4,7 @@
 // must show them as \xNN, never write the control bytes (which would let
 // whoever names a segment recolour, retitle or rewrite the operator's
 // terminal). The JSON output must stay valid and show them escaped too.
+// The same for `status`: peer addresses and the errors peers answered.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,6 +25,18 @@ const char kEvil[] =
     "31mred";  // OSC title, clear, C1 CSI
 
 class FakeAdmin : public tether::admin::Admin::Service {
+  // A peer's address is the operator's (--peers), but its error is what the
+  // peer (or anything on the path to it) answered: both may carry escapes.
+  grpc::Status Status(grpc::ServerContext*, const tether::admin::StatusRequest*,
+                      tether::admin::StatusResponse* resp) override {
+    resp->set_node_id(1);
+    auto* p = resp->add_peers();
+    p->set_node_id(2);
+    p->set_address(absl::StrCat("10.0.0.2:7600", kEvil));
+    p->set_transport("tcp");
+    p->set_error(absl::StrCat("node 2 refused: ", kEvil));
+    return grpc::Status::OK;
+  }
   grpc::Status List(grpc::ServerContext*, const tether::admin::ListRequest*,
                     tether::admin::ListResponse* resp) override {
     auto* s = resp->add_segments();
@@ -93,6 +106,23 @@ TEST_F(TetherctlTest, SegmentNamesAreEscapedInJson) {
   EXPECT_FALSE(HasControlBytes(out)) << out;
   // In JSON the escape's backslash is itself escaped.
   EXPECT_NE(out.find(R"("name":"\\x1b]0;pwned)"), std::string::npos) << out;
+}
+
+TEST_F(TetherctlTest, PeerAddressesAndErrorsAreEscapedInStatus) {
+  int rc = 0;
+  std::string out = RunTetherctl(socket_, "status", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_FALSE(HasControlBytes(out)) << out;
+  EXPECT_NE(out.find("10.0.0.2:7600\\x1b]0;pwned"), std::string::npos) << out;
+  EXPECT_NE(out.find("node 2 refused: \\x1b]0;pwned"), std::string::npos) << out;
+}
+
+TEST_F(TetherctlTest, PeerAddressesAndErrorsAreEscapedInStatusJson) {
+  int rc = 0;
+  std::string out = RunTetherctl(socket_, "--json status", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_FALSE(HasControlBytes(out)) << out;
+  EXPECT_NE(out.find(R"("error":"node 2 refused: \\x1b]0;pwned)"), std::string::npos) << out;
 }
 
 TEST_F(TetherctlTest, ErrorMessagesAreEscaped) {
