@@ -210,14 +210,14 @@ absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
   TETHER_FAULT_POINT("fault_service.detach.after_sync");
   // The dirty pages nobody else would write back once it is gone: runs of
   // kDirty pages that no other writable mapping covers, in its range or,
-  // for the last mapping, the whole cache. (Pages in flight, kWriteback,
-  // are another write-back's: SyncCache waits for them.) So are the pages
-  // a window keeps aside or its end is writing back (kAbsent meanwhile):
-  // no later sync would wait for them, and a last detach closes the cache
-  // — it returned while such a write was on its way, and a failure after
-  // that was counted lost for nobody (issue 14). SyncCache over them
-  // waits until the window's end settled them, and takes and reports a
-  // page put back dirty.
+  // for the last mapping, the whole cache. So are the pages there that
+  // another write-back has in flight (kWriteback: the evictor's), that a
+  // window keeps aside or that its end is writing back (kAbsent
+  // meanwhile): no later sync would wait for them, and a last detach
+  // closes the cache — it returned while such a write was on its way,
+  // and a failure after that was reported to nobody (issue 14). SyncCache
+  // over them waits until they settle, and takes and reports a page put
+  // back dirty.
   std::vector<std::pair<uint64_t, uint64_t>> orphans;  // [p0, p1)
   uint64_t grant;
   {
@@ -233,7 +233,9 @@ absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
     const bool any_kept = !c.kept_aside.empty() || !c.kept_writing.empty();
     auto orphan = [&](uint64_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
       const bool kept = any_kept && (c.kept_aside.contains(p) || c.kept_writing.contains(p));
-      if ((c.state[p] != PageState::kDirty && !kept) || (skip_own && att->Covers(p))) return false;
+      const bool pending =
+          c.state[p] == PageState::kDirty || c.state[p] == PageState::kWriteback || kept;
+      if (!pending || (skip_own && att->Covers(p))) return false;
       for (const auto& m : c.mappings)
         if (m != att && m->writable && m->Covers(p)) return false;
       return true;

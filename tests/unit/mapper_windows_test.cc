@@ -901,6 +901,48 @@ TEST_F(MapperWindowsTest, TheLastDetachReportsAWindowsFailedWriteBackOutsideItsR
   LastDetachDuringAWindowsWriteBack(/*fail=*/true);
 }
 
+// The same for a page another write-back has in flight (kWriteback) when
+// the last detach looks: the evictor's sync of the whole cache, which
+// takes the pages an earlier detach left dirty. (SyncCache through the
+// detached writer's attachment stands for the evictor's call here: the
+// same function over the same cache.)
+TEST_F(MapperWindowsTest, TheLastDetachWaitsForAnotherWriteBackOutsideItsRange) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  ASSERT_NE(AddSecond(false, 0, 4), nullptr);  // read-only, pages 0-3: keeps the cache
+  map_[9 * kPage] = 9;                         // dirty, only att_ covers it
+  SetHome(&FakeHome::fail_writes, true);
+  ASSERT_EQ(ToErrno(faults_.Detach(att_)), EIO);  // reported; page 9 stays dirty
+  SetHome(&FakeHome::fail_writes, false);
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status evict_st;
+  std::thread evictor([&] { evict_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  ASSERT_EQ(State(9), PageState::kWriteback);
+  FaultPoints::Arm(kSyncWaits);
+  std::atomic<bool> returned{false};
+  absl::Status st;
+  uint8_t home_at_return = 0;
+  std::thread detach([&] {
+    st = faults_.Detach(second_);
+    home_at_return = HomeByte(9 * kPage);
+    returned = true;
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  EXPECT_FALSE(returned.load()) << "the last detach returned while a write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  evictor.join();
+  detach.join();
+  munmap(second_map_, second_->size);
+  second_map_ = nullptr;
+  EXPECT_TRUE(waited) << "the last detach did not wait for the write-back in flight";
+  EXPECT_TRUE(evict_st.ok()) << evict_st;
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(home_at_return, 9) << "the last detach returned before the write landed";
+}
+
 // Issue 16: a page a window caught dirty (kept aside) is written back as a
 // diff against its twin, not whole: another writer's bytes of the page
 // stored at the home meanwhile (the exporter's, another node's) survive.
