@@ -131,8 +131,9 @@ class FaultService {
   // writable attachment covers: in its range (a store that raced the
   // detach, pages a read-only attachment's range holds), and, when it is
   // the cache's last attachment, anywhere in the cache (pages an earlier
-  // detach could not write back). Nobody would sync those afterwards, and
-  // the last Remove drops them. Returns once each write-back landed, or
+  // detach could not write back) — pages a window keeps aside or its end
+  // is writing back too (it waits for them). Nobody would sync those
+  // afterwards, and the last Remove drops them. Returns once each write-back landed, or
   // the first failure (which pages, in its message); then Remove.
   absl::Status Detach(const std::shared_ptr<Attachment>& att);
   // Stops serving; in-flight fetches complete harmlessly. The last
