@@ -40,9 +40,8 @@ void ServiceNotifier::StartWatchdog(std::function<absl::Status()> probe) {
   // Half the interval (sd_watchdog_enabled(3)): one late ping is not a kill.
   TLOG_INFO("watchdog: every %s (WatchdogSec=%s)", absl::FormatDuration(interval / 2),
             absl::FormatDuration(interval));
-  watchdog_ = std::thread([this, period = interval / 2, probe = std::move(probe)] {
-    WatchdogLoop(period, probe);
-  });
+  watchdog_ = std::thread(
+      [this, period = interval / 2, probe = std::move(probe)] { WatchdogLoop(period, probe); });
 }
 
 void ServiceNotifier::WatchdogLoop(absl::Duration period, std::function<absl::Status()> probe) {
