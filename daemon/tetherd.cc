@@ -3,7 +3,11 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
 #include "daemon/common/clock.h"
@@ -123,13 +127,21 @@ absl::Status Tetherd::Build() {
   // The notifier source: tether.ko where /dev/tether exists (every kernel
   // memory event, mprotect and kernel-internal ones included), else the
   // user-space one (userfaultfd events; see the table in daemon/README.md).
-  if (KernelNotifierSource::Available()) {
+  // --notifier=kernel insists on the module, --notifier=user never uses it.
+  const bool kernel = config_.notifier != NotifierMode::kUser && KernelNotifierSource::Available();
+  if (config_.notifier == NotifierMode::kKernel && !kernel)
+    return ErrnoStatus(ENODEV, absl::StrCat("--notifier=kernel but ", KernelNotifierSource::kDevice,
+                                            " does not exist: load tether.ko (modprobe tether; "
+                                            "tether-dkms builds it for the running kernel)"));
+  if (kernel) {
     ASSIGN_OR_RETURN(notifier_, KernelNotifierSource::Open(registry_.get(), coordinator_.get()));
     TLOG_INFO("notifier source: tether.ko (%s)", KernelNotifierSource::kDevice);
   } else {
     notifier_ = std::make_unique<UffdNotifierSource>(registry_.get(), coordinator_.get());
-    TLOG_INFO("notifier source: user space (userfaultfd; %s absent)",
-              KernelNotifierSource::kDevice);
+    TLOG_INFO("notifier source: user space (userfaultfd; %s)",
+              config_.notifier == NotifierMode::kUser
+                  ? "--notifier=user"
+                  : absl::StrCat(KernelNotifierSource::kDevice, " absent"));
   }
   lease_keeper_ = std::make_unique<LeaseKeeper>(
       config_.node_id, mapper_leases_.get(), peers_.get(), attachments_.get(),
@@ -178,7 +190,7 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   info.budget_bytes = [this] { return faults_->budget_bytes(); };
   info.resident_bytes = [this] { return faults_->resident_bytes(); };
   info.tls = tls_.get();
-  info.reload_tls = [this] { return ReloadTls(); };
+  info.reload = [this] { return Reload(); };
   info.uptime_ms = [this] {
     return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - started_));
   };
@@ -280,6 +292,56 @@ void Tetherd::Stop() {
   home_leases_.reset();
   tls_.reset();
   TLOG_INFO("stopped");
+}
+
+std::string Tetherd::PeerInUse(uint32_t node) {
+  std::vector<uint32_t> homes = local_api_->RemoteHomesInUse();
+  if (std::find(homes.begin(), homes.end(), node) != homes.end())
+    return "this node maps segments it homes";
+  for (const SegmentSummary& seg : registry_->List()) {
+    std::vector<uint32_t> mappers = registry_->GrantNodes(seg.segid);
+    if (std::find(mappers.begin(), mappers.end(), node) != mappers.end())
+      return absl::StrFormat("it maps segment %#x homed here", seg.segid);
+  }
+  return "";
+}
+
+absl::StatusOr<std::string> Tetherd::Reload() {
+  absl::MutexLock lock(&reload_mu_);
+  absl::Status first;
+  std::string summary = "peers: unchanged (given on the command line, not in a --flagfile)";
+  if (config_.read_peers) {
+    absl::StatusOr<std::vector<PeerConfig>> peers = config_.read_peers();
+    absl::StatusOr<PeerDirectory::Change> change =
+        peers.ok() ? peers_->Reconfigure(*peers, [this](uint32_t n) { return PeerInUse(n); })
+                   : peers.status();
+    if (!change.ok()) {
+      TLOG_ERROR("reload: %s; the peer list in use stays", change.status().message());
+      first = WithErrno(ToErrno(change.status()),
+                        absl::StrCat("peers not reloaded: ", change.status().message()));
+      summary = "peers: not reloaded";
+    } else {
+      auto ids = [](const std::vector<uint32_t>& v) {
+        return v.empty() ? std::string("none") : absl::StrJoin(v, ",");
+      };
+      summary = absl::StrCat("peers: added ", ids(change->added), "; removed ",
+                             ids(change->removed), "; new address ", ids(change->moved));
+      TLOG_INFO("reload: %s (now %s)", summary, absl::StrJoin(peers_->Nodes(), ","));
+    }
+  }
+  if (tls_) {
+    absl::Status st = ReloadTls();
+    if (!st.ok() && first.ok()) first = st;
+  }
+  if (!first.ok()) return first;
+  return summary;
+}
+
+absl::Status Tetherd::CheckAlive() {
+  // Takes the registry's lock; a deadlock there blocks this call, and the
+  // watchdog's silence gets the daemon restarted.
+  registry_->List();
+  return admin_server_->Ping(absl::Seconds(5));
 }
 
 absl::Status Tetherd::ReloadTls() {

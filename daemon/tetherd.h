@@ -19,11 +19,14 @@
 #ifndef TETHER_DAEMON_TETHERD_H_
 #define TETHER_DAEMON_TETHERD_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/peer/peer_directory.h"
 #include "daemon/peer/tls_identity.h"
@@ -31,6 +34,12 @@
 namespace tether {
 
 enum class RdmaMode { kAuto, kOn, kOff };
+// The notifier source (--notifier): auto takes tether.ko where /dev/tether
+// exists, else user space; kernel refuses to start without the module
+// (an operator who relies on what only the module sees, mprotect and
+// kernel-internal changes, would otherwise silently lose it after a
+// kernel upgrade left the module unbuilt); user never opens /dev/tether.
+enum class NotifierMode { kAuto, kKernel, kUser };
 
 struct TetherdConfig {
   uint32_t node_id = 0;
@@ -69,6 +78,11 @@ struct TetherdConfig {
   uint32_t local_max_connections = 1024;
   // Nodes whose remote root is not squashed (SegmentRegistry::SetTrustedPeers).
   std::vector<uint32_t> trusted_peers;
+  NotifierMode notifier = NotifierMode::kAuto;
+  // Reload(): the peer list the config file names now, checked as at start
+  // (main reads the --flagfile again); null: the peers came from the
+  // command line, and a reload leaves them as they are.
+  std::function<absl::StatusOr<std::vector<PeerConfig>>()> read_peers;
 };
 
 class SegmentRegistry;
@@ -98,10 +112,20 @@ class Tetherd {
   absl::Status Start();
   // Stops accepting work, writes attachments' dirty pages back, shuts down.
   void Stop();
-  // Reads the TLS files again (SIGHUP, tetherctl reload): new connections
-  // use them if they check out; else the ones in use stay (tls_identity.h).
-  // Any thread, after Start() succeeded.
+  // SIGHUP and tetherctl reload: reads the peer list (read_peers) and the
+  // TLS files again. Each part stays as it was if its new version does not
+  // check out (a bad file, a dropped peer still in use: logged, and the
+  // error returned); new connections use new TLS files (tls_identity.h).
+  // Returns what changed, for tetherctl. Any thread, after Start()
+  // succeeded; reloads are serialized.
+  absl::StatusOr<std::string> Reload();
+  // The TLS half of Reload().
   absl::Status ReloadTls();
+  // The watchdog's probe (main, service_notify.h): OK if the admin server
+  // answers an RPC and the segment registry's lock can be taken. Blocks
+  // while either is stuck, which is what the watchdog is there to notice.
+  // Any thread, after Start() succeeded.
+  absl::Status CheckAlive();
   // Logs a warning when the certificate or the CA expires soon (main
   // calls it daily). Any thread, after Start() succeeded.
   void CheckTlsExpiry();
@@ -115,7 +139,10 @@ class Tetherd {
   absl::Status StartServers(const std::string& token);
   absl::Status MakeRdma();  // rdma_: null without a usable verbs device
   absl::Status StartRdma(const std::string& secret);
+  // Why `node` must not leave the peer list ("" if it may): Reload().
+  std::string PeerInUse(uint32_t node);
   TetherdConfig config_;
+  absl::Mutex reload_mu_;  // one Reload() at a time
   uint32_t incarnation_ = 0;
   absl::Time started_;
   std::unique_ptr<TlsIdentity> tls_;  // null with --insecure_peers

@@ -13,6 +13,8 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libibverbs-dev librdmacm-dev
+  # tetherd's sd_notify readiness and watchdog (Type=notify)
+  libsystemd-dev
   iproute2 procps util-linux bc openssl python3 kmod
   clang-format
   # tests/check-man: groff -man -ww over docs/man/.

@@ -1,5 +1,6 @@
 // tetherctl: look at a node's tetherd (status, segments, attachments,
-// name lookup) and have it reload its TLS files, over its admin socket
+// name lookup), have it reload its peer list and TLS files, and set its
+// log level, over its admin socket
 // ($TETHER_ADMIN_SOCKET or /run/tether/admin.sock). Tables by default,
 // --json for scripts.
 #include <grpcpp/grpcpp.h>
@@ -22,13 +23,16 @@ namespace {
 using tether::admin::Admin;
 
 void Usage() {
-  std::fprintf(stderr,
-               "usage: tetherctl [--socket PATH] [--json] COMMAND\n"
-               "  status                 daemon, cache and peers\n"
-               "  segments [--cluster]   exported segments (this node, or all nodes)\n"
-               "  attachments            this node's mappings of segments\n"
-               "  lookup NAME            segid of a published name\n"
-               "  reload                 read the TLS certificate, key and CA again (as SIGHUP)\n");
+  std::fprintf(
+      stderr,
+      "usage: tetherctl [--socket PATH] [--json] COMMAND\n"
+      "  status                 daemon, cache and peers\n"
+      "  segments [--cluster]   exported segments (this node, or all nodes)\n"
+      "  attachments            this node's mappings of segments\n"
+      "  lookup NAME            segid of a published name\n"
+      "  reload                 read the peer list and the TLS certificate, key and CA\n"
+      "                         again (as SIGHUP)\n"
+      "  log-level [LEVEL]      the daemon's log level; set it: debug|info|warning|error\n");
 }
 
 std::string JsonEscape(const std::string& s) {
@@ -239,8 +243,21 @@ int main(int argc, char** argv) {
     tether::admin::ReloadResponse r;
     auto st = stub->Reload(&ctx, req, &r);
     if (!st.ok()) return Fail(st, socket);
-    absl::PrintF("reloaded: certificate serial %s, expires %s\n", r.tls().serial(),
-                 Date(r.tls().not_after_unix()));
+    absl::PrintF("reloaded: %s\n", r.peers());
+    if (r.has_tls())
+      absl::PrintF("reloaded: certificate serial %s, expires %s\n", r.tls().serial(),
+                   Date(r.tls().not_after_unix()));
+    return 0;
+  }
+  if (cmd == "log-level" && args.size() <= 2) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline());
+    tether::admin::LogLevelRequest req;
+    if (args.size() == 2) req.set_level(args[1]);
+    tether::admin::LogLevelResponse r;
+    auto st = stub->LogLevel(&ctx, req, &r);
+    if (!st.ok()) return Fail(st, socket);
+    absl::PrintF(json ? "{\"level\":\"%s\"}\n" : "log level: %s\n", r.level());
     return 0;
   }
   if (cmd == "lookup" && args.size() == 2) {

@@ -4,9 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <optional>
 #include "admin.grpc.pb.h"
+
 #include "daemon/common/data_counters.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/log.h"
 #include "daemon/peer/grpc_status.h"
 
 namespace tether {
@@ -101,9 +104,27 @@ class AdminServiceImpl final : public admin::Admin::Service {
 
   grpc::Status Reload(grpc::ServerContext*, const admin::ReloadRequest*,
                       admin::ReloadResponse* resp) override {
-    absl::Status st = info_.reload_tls();
-    if (!st.ok()) return ToGrpc(st);
+    absl::StatusOr<std::string> st = info_.reload();
+    if (!st.ok()) return ToGrpc(st.status());
+    resp->set_peers(*st);
     if (info_.tls) TlsToProto(info_.tls->Info(), resp->mutable_tls());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LogLevel(grpc::ServerContext*, const admin::LogLevelRequest* req,
+                        admin::LogLevelResponse* resp) override {
+    if (!req->level().empty()) {
+      std::optional<tether::LogLevel> level = ParseLogLevel(req->level());
+      if (!level)
+        return grpc::Status(
+            grpc::StatusCode::INVALID_ARGUMENT,
+            "log level must be debug, info, warning or error (got '" + req->level() + "')");
+      if (*level != GetLogLevel())
+        TLOG_WARN("log level: %s (was %s; tetherctl log-level)", LogLevelName(*level),
+                  LogLevelName(GetLogLevel()));
+      SetLogLevel(*level);
+    }
+    resp->set_level(LogLevelName(GetLogLevel()));
     return grpc::Status::OK;
   }
 
@@ -126,7 +147,17 @@ class AdminServiceImpl final : public admin::Admin::Service {
 struct AdminServer::Impl {
   std::unique_ptr<AdminServiceImpl> service;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<admin::Admin::Stub> self;  // Ping's client, through the socket
 };
+
+absl::Status AdminServer::Ping(absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+  admin::LogLevelRequest req;
+  admin::LogLevelResponse resp;
+  return FromGrpc(impl_->self->LogLevel(&ctx, req, &resp), "the admin server");
+}
 
 AdminServer::AdminServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AdminServer::~AdminServer() { Shutdown(); }
@@ -168,6 +199,8 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Start(const std::strin
   TETHER_FAULT_POINT("admin_server.start.listening");
   if (chmod(socket_path.c_str(), 0600) != 0)
     return ErrnoStatus(errno, "chmod 0600 the Admin socket " + socket_path);
+  impl->self = admin::Admin::NewStub(
+      grpc::CreateChannel("unix:" + socket_path, grpc::InsecureChannelCredentials()));
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
 }
 

@@ -8,7 +8,8 @@
 // daemon's start-up thread (it sets the process's umask for a moment); requests run
 // on gRPC's pool, concurrently, and only read (the registry, peers and
 // attachment table are thread-safe; Reload calls the daemon's
-// thread-safe ReloadTls). Shutdown() waits for them.
+// thread-safe Reload; LogLevel sets common/log.h's atomic level).
+// Shutdown() waits for them.
 #ifndef TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 #define TETHER_DAEMON_ADMIN_ADMIN_SERVER_H_
 
@@ -17,6 +18,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "daemon/home/segment_registry.h"
 #include "daemon/mapper/attachment_table.h"
 #include "daemon/peer/peer_directory.h"
@@ -31,8 +33,8 @@ struct DaemonInfo {
   std::function<uint64_t()> budget_bytes, resident_bytes, uptime_ms;
   // Null with --insecure_peers; else it outlives the server.
   const TlsIdentity* tls = nullptr;
-  // tetherctl reload: Tetherd::ReloadTls.
-  std::function<absl::Status()> reload_tls;
+  // tetherctl reload: Tetherd::Reload (what changed in the peer list).
+  std::function<absl::StatusOr<std::string>()> reload;
 };
 
 class AdminServer {
@@ -44,6 +46,9 @@ class AdminServer {
                                                             AttachmentTable* attachments);
   ~AdminServer();
   void Shutdown();
+  // Asks the server, through its socket, for the log level: OK if it
+  // answers within `timeout` (tetherd's watchdog probe). Any thread.
+  absl::Status Ping(absl::Duration timeout);
 
  private:
   struct Impl;

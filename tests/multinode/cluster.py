@@ -140,6 +140,10 @@ class Node:
         self.admin = os.path.join(sockdir, "a%d.sock" % node_id)
         self.log = os.path.join(cluster.dir, "n%d.log" % node_id)
         self.daemon = None
+        # A config file holding this node's --peers line (test_reload.py):
+        # start() passes --flagfile=peers_file instead of --peers, so that a
+        # reload reads the file again.
+        self.peers_file = None
 
     def env(self, client=True):
         e = dict(os.environ)
@@ -192,7 +196,8 @@ class Node:
         args = [c.tetherd] + (["--flagfile=" + c.flagfile] if c.flagfile else [])
         args += ["--node_id=%d" % self.id, "--local_socket=" + self.sock,
                  "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
-                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
+                 ("--flagfile=" + self.peers_file) if self.peers_file else ("--peers=" + peers),
+                 "--cache_budget_mb=%d" % budget_mb,
                  "--rpc_timeout_ms=3000"] + list(extra)
         # A test cluster is one administrative domain and its clients run as
         # root: every node trusts the others' root (no root squash), unless

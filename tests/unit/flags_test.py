@@ -90,7 +90,15 @@ def run_cases(tetherd, tmp):
          "the key file's key is not the certificate's"),
         ("expiry warning days", ["--tls_expiry_warn_days=-1"] + tls,
          "--tls_expiry_warn_days must be 0..3650"),
+        ("notifier source", ["--notifier=module"] + insecure,
+         "--notifier must be auto, kernel or user"),
+        ("log level", ["--log_level=loud"] + insecure,
+         "--log_level must be debug, info, warning or error"),
     ]
+    if not os.path.exists("/dev/tether"):
+        # Insisting on tether.ko where it is not loaded: refused at start.
+        cases.append(("kernel notifier without tether.ko", ["--notifier=kernel"] + insecure,
+                      "--notifier=kernel but /dev/tether does not exist"))
     failed = 0
     for name, flags, want in cases:
         cmd = [tetherd] + base + flags
