@@ -65,7 +65,7 @@ class AdminServerTest : public ::testing::Test {
     info.budget_bytes = [] { return uint64_t{0}; };
     info.resident_bytes = [] { return uint64_t{0}; };
     info.uptime_ms = [] { return uint64_t{0}; };
-    info.reload_tls = [] { return absl::OkStatus(); };
+    info.reload = [] { return absl::StatusOr<std::string>(std::string()); };
     auto s = AdminServer::Start(path_, std::move(info), &registry_, &peers_, &attachments_);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
