@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, local_socket, "/run/tether/tetherd.sock",
           "client socket path (clients: TETHER_SOCKET)");
 ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
           "tetherctl socket path (tetherctl: TETHER_ADMIN_SOCKET)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9640",
+          "Prometheus endpoint (GET /metrics) host:port, localhost by default; \"\" disables "
+          "(docs/metrics.md)");
 ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
 ABSL_FLAG(std::string, data_listen, "",
           "tcp data transport address (default: peer host, "
@@ -133,6 +136,7 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.node_id = absl::GetFlag(FLAGS_node_id);
   cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
   cfg.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  cfg.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   cfg.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   cfg.data_listen = absl::GetFlag(FLAGS_data_listen);
   if (cfg.data_listen.empty()) {

@@ -191,6 +191,8 @@ class Node:
         extra = c.extra_args.get(self.id, ()) if isinstance(c.extra_args, dict) else c.extra_args
         args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
+                # its own address: in a flat cluster every node shares 127.0.0.1
+                "--metrics_listen=%s:9640" % self.ip,
                 "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
                 "--rpc_timeout_ms=3000"] + list(extra)
         # A test cluster is one administrative domain and its clients run as
