@@ -19,6 +19,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -137,6 +138,11 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
   cfg.admin_socket = absl::GetFlag(FLAGS_admin_socket);
   cfg.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!cfg.metrics_listen.empty()) {
+    if (absl::Status st = tether::CheckMetricsAddress(cfg.metrics_listen); !st.ok())
+      return bad(absl::StrCat("--metrics_listen: ", st.message(),
+                              " (HOST:PORT with a numeric address, or \"\" for none)"));
+  }
   cfg.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   cfg.data_listen = absl::GetFlag(FLAGS_data_listen);
   if (cfg.data_listen.empty()) {
@@ -288,7 +294,8 @@ int main(int argc, char** argv) {
   // capabilities are per thread and inherited by the threads made later.
   {
     bool low_port = false;
-    for (const std::string* addr : {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen}) {
+    for (const std::string* addr :
+         {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen, &cfg->metrics_listen}) {
       int port = tether::PortOf(*addr);
       if (port > 0 && port < 1024) low_port = true;
     }

@@ -96,17 +96,19 @@ std::string HttpResponseFor(const HttpRequest& req, const std::function<std::str
                   req.method == "HEAD");
 }
 
-absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& address, std::function<std::string()> render) {
+namespace {
+
+absl::Status ParseAddress(const std::string& address, sockaddr_storage* out, socklen_t* out_len,
+                          int* out_family, std::string* out_host) {
+  sockaddr_storage& ss = *out;
+  socklen_t& len = *out_len;
+  int& family = *out_family;
   size_t colon = address.rfind(':');
   if (colon == std::string::npos) return ErrnoStatus(EINVAL, "metrics address " + address);
   std::string host = address.substr(0, colon);
   uint32_t port;
   if (!absl::SimpleAtoi(address.substr(colon + 1), &port) || port > 65535)
     return ErrnoStatus(EINVAL, "metrics address " + address + ": bad port");
-  sockaddr_storage ss{};
-  socklen_t len;
-  int family;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
     a6->sin6_family = family = AF_INET6;
@@ -122,6 +124,27 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
       return ErrnoStatus(EINVAL, "metrics address " + address + ": bad IPv4 address");
     len = sizeof(*a4);
   }
+  *out_host = host;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckMetricsAddress(const std::string& address) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  int family;
+  std::string host;
+  return ParseAddress(address, &ss, &len, &family, &host);
+}
+
+absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
+    const std::string& address, std::function<std::string()> render) {
+  sockaddr_storage ss{};
+  socklen_t len;
+  int family;
+  std::string host;
+  if (absl::Status st = ParseAddress(address, &ss, &len, &family, &host); !st.ok()) return st;
   int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return ErrnoStatus(errno, "metrics socket");
   int one = 1;

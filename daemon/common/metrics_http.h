@@ -54,6 +54,10 @@ HttpRequest ParseHttpRequest(absl::string_view buf);
 // called only for GET /metrics.
 std::string HttpResponseFor(const HttpRequest& req, const std::function<std::string()>& render);
 
+// Whether `address` is one MetricsHttpServer::Start accepts ("HOST:PORT",
+// a numeric IPv4 address or [IPv6], port 0..65535): tetherd's flag check.
+absl::Status CheckMetricsAddress(const std::string& address);
+
 class MetricsHttpServer {
  public:
   static constexpr absl::Duration kReadTimeout = absl::Seconds(5);

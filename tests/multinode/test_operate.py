@@ -172,10 +172,10 @@ def test_revoke_fences_every_mapper_and_keeps_the_segment(c):
     for m in (m2, m3):
         expect(m.command("verify 3 0 65536") == "ok", "read before the revoke")
     # Refused: not homed here, no such segment, not a segid.
-    r = n2.ctl("--json", "revoke", e.segid)
+    r = n2.ctl("--json", "revoke", str(e.segid))
     expect(r.returncode == 1 and "homed on node 1" in json.loads(r.stdout)["error"],
            "revoke on another node: " + r.stdout + r.stderr)
-    r = n1.ctl("--json", "revoke", e.segid + 1)
+    r = n1.ctl("--json", "revoke", str(e.segid + 1))
     expect(r.returncode == 1 and json.loads(r.stdout)["errno"] == ENOENT,
            "revoke of no segment: " + r.stdout + r.stderr)
     r = n1.ctl("revoke", "matrix")
