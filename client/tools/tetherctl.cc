@@ -168,7 +168,13 @@ int CmdStatus(Ctl& ctl) {
   admin::StatusResponse r;
   auto st = ctl.stub->Status(Context().get(), admin::StatusRequest(), &r);
   if (!st.ok()) return Fail(ctl, st);
-  for (auto& p : *r.mutable_peers()) p.set_error(Printable(p.error()));
+  // What a peer (or anything on the way to it) answered: printable only,
+  // in the table and the JSON alike.
+  for (auto& p : *r.mutable_peers()) {
+    p.set_address(Printable(p.address()));
+    p.set_transport(Printable(p.transport()));
+    p.set_error(Printable(p.error()));
+  }
   if (ctl.json) {
     PrintJson(r);
     return kExitOk;
@@ -263,7 +269,10 @@ int CmdSegments(Ctl& ctl) {
     s.set_state(Printable(s.state()));
   }
   list.mutable_segments()->Swap(r.mutable_segments());
-  for (auto& p : *r.mutable_unreachable()) p.set_error(Printable(p.error()));
+  for (auto& p : *r.mutable_unreachable()) {
+    p.set_address(Printable(p.address()));
+    p.set_error(Printable(p.error()));
+  }
   list.mutable_unreachable()->Swap(r.mutable_unreachable());
   if (ctl.json) {
     PrintJson(list);
@@ -293,8 +302,8 @@ int CmdAttachments(Ctl& ctl) {
   if (!st.ok()) return Fail(ctl, st);
   admin::AttachmentList list;
   for (auto& a : *r.mutable_attachments()) {
-    a.set_kind(Kind(a));
-    a.set_state(Printable(a.state()));
+    a.set_kind(Printable(Kind(a)));
+    a.set_state(Printable(a.state()));  // may carry a home's revocation reason
   }
   list.mutable_attachments()->Swap(r.mutable_attachments());
   if (ctl.json) {
