@@ -27,6 +27,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -48,6 +49,9 @@ ABSL_FLAG(std::string, local_socket, "/run/tether/tetherd.sock",
           "client socket path (clients: TETHER_SOCKET)");
 ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
           "tetherctl socket path (tetherctl: TETHER_ADMIN_SOCKET)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9640",
+          "Prometheus endpoint (GET /metrics) host:port, localhost by default; \"\" disables "
+          "(docs/metrics.md)");
 ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
 ABSL_FLAG(std::string, data_listen, "",
           "tcp data transport address host:port (default: the --peer_listen host, port 7601; "
@@ -175,6 +179,12 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.node_id = absl::GetFlag(FLAGS_node_id);
   cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
   cfg.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  cfg.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!cfg.metrics_listen.empty()) {
+    if (absl::Status st = tether::CheckMetricsAddress(cfg.metrics_listen); !st.ok())
+      return bad(absl::StrCat("--metrics_listen: ", st.message(),
+                              " (HOST:PORT with a numeric address, or \"\" for none)"));
+  }
   cfg.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   cfg.data_listen = absl::GetFlag(FLAGS_data_listen);
   if (cfg.data_listen.empty()) {
@@ -437,7 +447,8 @@ int main(int argc, char** argv) {
   // capabilities are per thread and inherited by the threads made later.
   {
     bool low_port = false;
-    for (const std::string* addr : {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen}) {
+    for (const std::string* addr :
+         {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen, &cfg->metrics_listen}) {
       int port = tether::PortOf(*addr);
       if (port > 0 && port < 1024) low_port = true;
     }

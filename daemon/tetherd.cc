@@ -11,6 +11,8 @@
 #include "absl/time/clock.h"
 #include "daemon/admin/admin_server.h"
 #include "daemon/common/clock.h"
+#include "daemon/common/data_counters.h"
+#include "daemon/common/drain.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
@@ -25,6 +27,7 @@
 #include "daemon/mapper/fault_service.h"
 #include "daemon/mapper/lease_keeper.h"
 #include "daemon/mapper/mapper_invalidation.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/notifier/uffd_notifier_source.h"
 #include "daemon/peer/notice_receiver.h"
@@ -136,8 +139,10 @@ absl::Status Tetherd::Build() {
   if (kernel) {
     ASSIGN_OR_RETURN(notifier_, KernelNotifierSource::Open(registry_.get(), coordinator_.get()));
     TLOG_INFO("notifier source: tether.ko (%s)", KernelNotifierSource::kDevice);
+    notifier_name_ = "tether.ko";
   } else {
     notifier_ = std::make_unique<UffdNotifierSource>(registry_.get(), coordinator_.get());
+    notifier_name_ = "userfaultfd";
     TLOG_INFO("notifier source: user space (userfaultfd; %s)",
               config_.notifier == NotifierMode::kUser
                   ? "--notifier=user"
@@ -194,6 +199,19 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   info.uptime_ms = [this] {
     return static_cast<uint64_t>(absl::ToInt64Milliseconds(absl::Now() - started_));
   };
+  info.write_back_all = [this] { return WriteBackAll(); };
+  info.revoke = [this](uint64_t segid, const std::string& why) {
+    return absl::StatusOr<std::vector<uint32_t>>(coordinator_->RevokeGrants(segid, why));
+  };
+  info.notifier_source = notifier_name_;
+  RegisterMetrics();
+  if (!config_.metrics_listen.empty()) {
+    ASSIGN_OR_RETURN(metrics_http_, MetricsHttpServer::Start(config_.metrics_listen, [] {
+                       return metrics::Default().Render();
+                     }));
+    info.metrics_address = metrics_http_->bound_address();
+    TLOG_INFO("metrics: http://%s/metrics", metrics_http_->bound_address());
+  }
   ASSIGN_OR_RETURN(admin_server_,
                    AdminServer::Start(config_.admin_socket, std::move(info), registry_.get(),
                                       peers_.get(), attachments_.get()));
@@ -255,6 +273,9 @@ void Tetherd::Stop() {
   if (local_server_) local_server_->Stop();  // clients' attachments detach
   if (local_api_) local_api_->DetachAll();
   if (admin_server_) admin_server_->Shutdown();
+  if (metrics_http_) metrics_http_->Stop();
+  // The registry outlives this daemon: forget what reads its parts.
+  metrics::Default().ClearFunctions();
   if (peer_server_) peer_server_->Shutdown();
   if (lease_keeper_) lease_keeper_->Stop();
   if (notifier_) notifier_->Stop();
@@ -273,6 +294,7 @@ void Tetherd::Stop() {
   registry_->Stop();
   local_server_.reset();
   admin_server_.reset();
+  metrics_http_.reset();
   peer_server_.reset();
   notifier_.reset();
   coordinator_.reset();
@@ -342,6 +364,82 @@ absl::Status Tetherd::CheckAlive() {
   // watchdog's silence gets the daemon restarted.
   registry_->List();
   return admin_server_->Ping(absl::Seconds(5));
+}
+
+void Tetherd::RegisterMetrics() {
+  metrics::Registry& r = metrics::Default();
+  Mapper();  // the mapper side's metrics exist (at 0) from the start
+  auto gauge = [&r](const char* name, const char* help, std::function<double()> fn,
+                    metrics::Labels labels = {}) {
+    r.SetGaugeFunction(name, help, labels, std::move(fn));
+  };
+  auto counter = [&r](const char* name, const char* help, const std::atomic<uint64_t>& v,
+                      metrics::Labels labels = {}) {
+    r.SetCounterFunction(name, help, labels,
+                         [&v] { return static_cast<double>(v.load(std::memory_order_relaxed)); });
+  };
+  gauge("tether_info", "this daemon: node id and incarnation (value 1)", [] { return 1.0; },
+        {{"node", absl::StrCat(config_.node_id)},
+         {"incarnation", absl::StrFormat("%#x", incarnation_)}});
+  gauge("tether_uptime_seconds", "since the daemon started",
+        [this] { return absl::ToDoubleSeconds(absl::Now() - started_); });
+  gauge("tether_notifier_source",
+        "the notifier source in use (value 1): tether.ko, or userfaultfd without the module",
+        [] { return 1.0; }, {{"source", notifier_name_}});
+  gauge("tether_draining", "1 while the node drains (tetherctl drain)",
+        [] { return Drain().draining() ? 1.0 : 0.0; });
+  gauge("tether_cache_budget_bytes", "the cache budget (--cache_budget_mb)",
+        [this] { return static_cast<double>(faults_->budget_bytes()); });
+  gauge("tether_cache_resident_bytes", "pages cached on this node now (copies and twins)",
+        [this] { return static_cast<double>(faults_->resident_bytes()); });
+  gauge("tether_segments_exported", "segments homed on this node now",
+        [this] { return static_cast<double>(registry_->List().size()); });
+  gauge("tether_attachments", "attachments on this node now (copies and direct)",
+        [this] { return static_cast<double>(attachments_->Summaries().size()); });
+  gauge("tether_fenced_nodes",
+        "nodes fenced now for at least one segment homed here (they may not attach it again)",
+        [this] {
+          std::vector<uint32_t> nodes = peers_->Nodes();
+          nodes.push_back(config_.node_id);
+          double n = 0;
+          for (uint32_t node : nodes) n += registry_->FencedSegments(node).empty() ? 0 : 1;
+          return n;
+        });
+  const InvalidationStats& s = coordinator_->stats();
+  counter("tether_home_invalidations_total",
+          "invalidation windows opened on segments homed here (one per range_begin fan-out)",
+          s.windows);
+  counter("tether_invalidation_notices_sent_total",
+          "range_begin, range_end and REVOKE notices sent to mapper nodes", s.notices_sent);
+  counter("tether_fences_total",
+          "(segment, node) fences: a mapper node missed a range_begin's deadline, or an operator "
+          "revoked the segment",
+          s.fenced);
+  counter("tether_fence_lease_waits_total",
+          "range_begins that waited for a fenced node's lease to run out", s.lease_waits);
+  const DataCounters& d = Counters();
+  counter("tether_served_bytes_total",
+          "page contents this home read for mappers' requests (this node's own included)",
+          d.served_bytes);
+  const char* copies = "CPU copies of page contents, in bytes, by where they are made";
+  counter("tether_copied_bytes_total", copies, d.fetch_copy_bytes, {{"where", "fetch"}});
+  counter("tether_copied_bytes_total", copies, d.install_copy_bytes, {{"where", "install"}});
+  counter("tether_copied_bytes_total", copies, d.exporter_copy_bytes, {{"where", "exporter"}});
+  counter("tether_copied_bytes_total", copies, d.serve_copy_bytes, {{"where", "serve"}});
+}
+
+absl::StatusOr<uint64_t> Tetherd::WriteBackAll() {
+  const uint64_t before = Mapper().written_back_total->Value();
+  absl::Status first;
+  for (uint32_t home : attachments_->Homes()) {
+    for (const auto& att : attachments_->FromHome(home)) {
+      if (!att->writable) continue;
+      absl::Status st = faults_->Sync(*att, 0, att->size);
+      if (!st.ok() && first.ok()) first = st;
+    }
+  }
+  if (!first.ok()) return first;
+  return Mapper().written_back_total->Value() - before;
 }
 
 absl::Status Tetherd::ReloadTls() {

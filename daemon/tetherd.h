@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/metrics_http.h"
 #include "daemon/peer/peer_directory.h"
 #include "daemon/peer/tls_identity.h"
 
@@ -45,6 +46,8 @@ struct TetherdConfig {
   uint32_t node_id = 0;
   std::string local_socket;
   std::string admin_socket;
+  // The Prometheus endpoint (GET /metrics), "host:port"; empty: none.
+  std::string metrics_listen = "127.0.0.1:9640";
   std::string peer_listen;  // gRPC host:port
   std::string data_listen;  // tcp transport host:port
   // The rdma transport: used with peers that have one too (auto: when a
@@ -168,6 +171,13 @@ class Tetherd {
   std::unique_ptr<LocalServer> local_server_;
   std::unique_ptr<PeerServer> peer_server_;
   std::unique_ptr<AdminServer> admin_server_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // null with --metrics_listen=""
+  std::string notifier_name_;                        // "tether.ko" or "userfaultfd"
+  // The daemon's gauges and counters kept elsewhere, in the registry
+  // (docs/metrics.md); before the servers start.
+  void RegisterMetrics();
+  // tetherctl drain: Sync of every writable copy attachment.
+  absl::StatusOr<uint64_t> WriteBackAll();
 };
 
 }  // namespace tether

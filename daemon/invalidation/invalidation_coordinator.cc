@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/common/metrics.h"
 #include "daemon/invalidation/ack_collector.h"
 
 namespace tether {
@@ -80,6 +81,7 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
   PendingBegin p;
   p.why_ = why;
   p.wait_ = wait;
+  p.opened_ = absl::Now();
   InvalidationWindow& w = p.window_;
   w.segid = segid;
   w.id = opened->id;
@@ -145,6 +147,14 @@ InvalidationWindow InvalidationCoordinator::FenceUnanswered(PendingBegin pending
     w.acked = r.acks.acked();
     w.fenced = r.acks.failed();
   }
+  // How long the mappers took to drop their copies (or the deadline ran
+  // out for those fenced now): the part of a change's delay tether adds.
+  static metrics::Histogram* const latency = metrics::Default().GetHistogram(
+      "tether_home_invalidation_seconds",
+      "from opening an invalidation window to every mapper node holding a copy having "
+      "acknowledged the range_begin or been fenced (windows with copies to drop only)",
+      metrics::Histogram::LatencyBounds());
+  latency->Observe(absl::Now() - pending.opened_);
   if (!w.fenced.empty())
     FenceAndHold(w.segid, w.fenced,
                  absl::StrFormat("did not acknowledge an invalidation of segment %#x within %d ms "
@@ -308,6 +318,13 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
                             "%#x within %d s (%s)",
                             id, segid, absl::ToInt64Seconds(kRevokeTimeout), st.message()));
       });
+}
+
+std::vector<uint32_t> InvalidationCoordinator::RevokeGrants(uint64_t segid,
+                                                            const std::string& why) {
+  std::vector<uint32_t> nodes = registry_->GrantNodes(segid);
+  FenceAndHold(segid, nodes, why);
+  return nodes;
 }
 
 void InvalidationCoordinator::RevokeAll(uint64_t segid, const std::string& why) {

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/common/drain.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
@@ -119,6 +120,8 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
 
 absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& r,
                             std::vector<int>& fds, local::LocalResponse* resp) {
+  // (Descriptors not taken are closed by the caller.)
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "exports"));
   int pidfd = TakeFd(fds, 0);
   if (pidfd < 0) return ErrnoStatus(EINVAL, "export needs the caller's pidfd");
   if (r.size() == 0) {
@@ -169,6 +172,7 @@ absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
   SegidParts parts;
   if (!ParseSegid(r.segid(), &parts))
     return ErrnoStatus(EINVAL, absl::StrFormat("%#x is not a segid", r.segid()));
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "attachments"));
   Grant grant;
   if (parts.node == node_id_) {
     if (parts.incarnation != incarnation_)
@@ -215,6 +219,7 @@ absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
 absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachRequest& r,
                               std::vector<int>& fds, local::LocalResponse* resp,
                               std::vector<int>* fds_out) {
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "attachments"));
   Apid a;
   {
     absl::MutexLock lock(&mu_);

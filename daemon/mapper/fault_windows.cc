@@ -13,6 +13,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -231,6 +232,7 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
   if (c.revoked) return;
   c.revoked = true;
   c.revoke_reason = why;
+  Mapper().revoked_copies->Add();
   for (PageState st : c.state)
     if (st == PageState::kDirty || st == PageState::kWriteback) ++c.lost_pages;
   c.lost_pages += c.kept_aside.size();

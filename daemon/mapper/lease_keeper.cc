@@ -6,6 +6,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
+#include "daemon/mapper/mapper_metrics.h"
 
 namespace tether {
 namespace {
@@ -95,6 +96,7 @@ absl::Time LeaseKeeper::Tick() {
       first = lapsed_.insert(h).second;
     }
     if (first) TLOG_WARN("%s; revoking %d attachment(s)", why, atts.size());
+    if (first) Mapper().lease_expiries->Add(atts.size());
     for (const auto& att : atts) revoke_(*att, why);
   }
   for (auto [h, sent] : leases_->StartRenewals(homes)) SendRenewal(h, sent);

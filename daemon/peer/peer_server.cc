@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "daemon/common/drain.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
@@ -96,6 +97,9 @@ class PeerServiceImpl final : public peer::Peer::Service {
     cred.groups.assign(req->cred().groups().begin(), req->cred().groups().end());
     if (req->mapper_node() == 0 || req->mapper_node() == hello_.node_id)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
+    // A draining home grants nothing new (common/drain.h).
+    if (absl::Status st = Drain().Accepting(hello_.node_id, "attachments"); !st.ok())
+      return ToGrpc(st);
     // The grant is recorded before the registry's fence check (lease_table.h).
     leases_->Granted(req->mapper_node());
     auto g = registry_->Attach(req->segid(), cred, req->write(), req->mapper_node());

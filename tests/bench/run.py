@@ -154,7 +154,8 @@ def daemon_counters(node):
     r = node.ctl("status", "--json")
     if r.returncode != 0:
         raise RuntimeError("tetherctl status: %s" % (r.stdout + r.stderr))
-    return json.loads(r.stdout)["counters"]
+    # protobuf's JSON mapping writes uint64 as strings
+    return {k: int(v) for k, v in json.loads(r.stdout)["counters"].items()}
 
 
 def daemon_ctxsw(node):

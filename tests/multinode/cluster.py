@@ -196,6 +196,8 @@ class Node:
         args = [c.tetherd] + (["--flagfile=" + c.flagfile] if c.flagfile else [])
         args += ["--node_id=%d" % self.id, "--local_socket=" + self.sock,
                  "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
+                 # its own address: in a flat cluster every node shares 127.0.0.1
+                 "--metrics_listen=%s:9640" % self.ip,
                  ("--flagfile=" + self.peers_file) if self.peers_file else ("--peers=" + peers),
                  "--cache_budget_mb=%d" % budget_mb,
                  "--rpc_timeout_ms=3000"] + list(extra)

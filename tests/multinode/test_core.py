@@ -2,6 +2,7 @@
 """Host multi-node tests of the core (issue: export/map over TCP): real
 tetherd daemons in network namespaces, real gRPC with mutual TLS, the tcp
 transport, and real client processes (tests/tools/tt.c on libtether)."""
+import json
 import random
 import re
 import signal
@@ -150,7 +151,9 @@ def test_names_and_tetherctl(c):
     r = c.node(2).ctl("lookup", "matrix-a")
     expect(r.returncode == 0 and str(e.segid) in r.stdout, "lookup: " + r.stdout + r.stderr)
     r = c.node(2).ctl("--json", "segments", "--cluster")
-    expect(r.returncode == 0 and '"segid":%d' % e.segid in r.stdout, "segments: " + r.stdout)
+    # protobuf's JSON mapping: 64-bit integers are strings
+    expect(r.returncode == 0 and str(e.segid) in
+           [s["segid"] for s in json.loads(r.stdout)["segments"]], "segments: " + r.stdout)
     r = c.node(2).ctl("status")
     # the rdma tier (TETHER_CLUSTER_RDMA=1) must show rdma, the host tier tcp
     want = "rdma" if c.rdma else "tcp"
@@ -159,7 +162,8 @@ def test_names_and_tetherctl(c):
     m = Mapper(c.node(2), e.segid, length=MiB)
     expect(m.command("verify 8 0 8192") == "ok", "interactive verify")
     r = c.node(2).ctl("--json", "attachments")
-    expect('"segid":%d' % e.segid in r.stdout and '"resident_bytes":' in r.stdout,
+    atts = json.loads(r.stdout)["attachments"] if r.returncode == 0 else []
+    expect([a for a in atts if a["segid"] == str(e.segid) and "resident_bytes" in a],
            "attachments: " + r.stdout)
     m.close()
     r = c.node(2).ctl("lookup", "no-such-name")

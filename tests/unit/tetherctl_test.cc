@@ -133,4 +133,41 @@ TEST_F(TetherctlTest, ErrorMessagesAreEscaped) {
   EXPECT_NE(out.find("\\x1b[2J"), std::string::npos) << out;
 }
 
+// Errors under --json are one JSON object on stdout (error, errno), and a
+// daemon that is not there gets exit 3 and a hint (issue 18).
+TEST_F(TetherctlTest, ErrorsAreJsonUnderJson) {
+  int rc = 0;
+  std::string out = RunTetherctl(socket_, "--json lookup db", &rc);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_FALSE(HasControlBytes(out)) << out;
+  EXPECT_EQ(out.rfind("{", 0), 0u) << out;
+  EXPECT_NE(out.find(R"("error":"no segment named )"), std::string::npos) << out;
+  // Escaped (\x1b), then JSON-escaped (\\x1b).
+  EXPECT_NE(out.find(R"(\\x1b[2J)"), std::string::npos) << out;
+}
+
+TEST(Tetherctl, NoDaemonGivesAHintAndExit3) {
+  int rc = 0;
+  std::string out = RunTetherctl("/nonexistent/admin.sock", "status", &rc);
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find("tetherd is not running (no socket at /nonexistent/admin.sock)"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("systemctl status tetherd"), std::string::npos) << out;
+  out = RunTetherctl("/nonexistent/admin.sock", "--json status", &rc);
+  EXPECT_EQ(rc, 3) << out;
+  EXPECT_NE(out.find(R"("errno":2)"), std::string::npos) << out;
+  EXPECT_NE(out.find(R"("hint":"tetherd is not running)"), std::string::npos) << out;
+}
+
+TEST(Tetherctl, BadUsageIsExit2) {
+  int rc = 0;
+  RunTetherctl("/nonexistent/admin.sock", "frobnicate", &rc);
+  EXPECT_EQ(rc, 2);
+  RunTetherctl("/nonexistent/admin.sock", "revoke notasegid", &rc);
+  EXPECT_EQ(rc, 2);
+  RunTetherctl("/nonexistent/admin.sock", "status --bogus", &rc);
+  EXPECT_EQ(rc, 2);
+}
+
 }  // namespace
