@@ -59,12 +59,14 @@ def map_ok(node, *args):
 
 
 class Tap:
-    """Every TCP segment on the cluster's wire while it runs (the hub's
-    bridge; in the flat cluster, lo)."""
+    """Every TCP segment to and from `node` while it runs: its link's port
+    on the hub's bridge (a bridge device itself sees only what is addressed
+    to it); in the flat cluster, lo."""
 
-    def __init__(self, c):
+    def __init__(self, c, node):
         self.out = tempfile.mktemp(prefix="tether-tap-", suffix=".json")
-        cmd = [sys.executable, WIRETAP, "tap", "lo" if c.flat else "br0", self.out]
+        iface = "lo" if c.flat else "%sp%d" % (c.prefix, node.id)
+        cmd = [sys.executable, WIRETAP, "tap", iface, self.out]
         if not c.flat:
             cmd = ["ip", "netns", "exec", c.hub] + cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -117,7 +119,7 @@ def test_a_replayed_handshake_is_refused(c):
     picks is new, so the recorded proof is wrong) and say so in its log."""
     n1, n2 = c.node(1), c.node(2)
     addr = data_address(n1)
-    tap = Tap(c)
+    tap = Tap(c, n2)
     e = Exporter(n1, 1 * MiB, 77)
     map_ok(n2, "--segid", e.segid, "--len", 1 * MiB, "--verify", 77)  # normal traffic works
     segs = tap.stop()
