@@ -62,6 +62,9 @@ class LocalApi : public LocalHandler {
   // The other nodes this node holds grants (apids) from: the lease keeper
   // renews their leases (mapper/lease_keeper.h). Any thread.
   std::vector<uint32_t> RemoteHomesInUse();
+  // The grants this node holds from `home`, to hand back to it after it
+  // restarted (LeaseKeeper::RestartHandling). Any thread.
+  std::vector<HeldGrant> GrantsFrom(uint32_t home);
 
  private:
   struct Apid {
@@ -70,6 +73,7 @@ class LocalApi : public LocalHandler {
     Grant grant;
     pid_t pid = 0;  // apids belong to the process that got them (XPMEM)
     uint64_t conn = 0;
+    Credentials cred;  // as the home checked them (GrantsFrom sends them again)
   };
 
   absl::Status Make(const LocalConnection& c, const local::MakeRequest& r, std::vector<int>& fds,
