@@ -171,6 +171,8 @@ absl::Status Tetherd::Build() {
   };
   rh.forget_endpoint = [this](uint32_t home) { peers_->Forget(home); };
   lease_keeper_->SetRestartHandling(std::move(rh));
+  local_api_->SetExporterHold(
+      static_cast<uint32_t>(int64_t{config_.lease_ms} * (100 + config_.lease_margin_pct) / 100));
   // Restarted with the segment epoch of an earlier run: until that run's
   // leases ran out, no exporter's change returns (lease_table.h).
   if (!state_->fresh()) home_leases_->Restarted();
@@ -323,6 +325,9 @@ void Tetherd::Stop() {
 
 void Tetherd::SuspendMappers() {
   if (!coordinator_ || !peer_server_) return;  // never started
+  // Without leases mappers renew nothing and so never learn that a new
+  // daemon took the segments back: suspended, they would wait for good.
+  if (config_.lease_ms == 0) return;
   // Once this daemon is gone nobody can invalidate mappers' copies, and a
   // restarted one does not know who holds them: every node that may cache
   // part of a live segment drops its clean copies now (a range_begin over

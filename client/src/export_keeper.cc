@@ -70,6 +70,14 @@ void ExportKeeper::AddName(uint64_t segid, const std::string& name) {
     it->second.names.push_back(name);
 }
 
+void ExportKeeper::ReleaseHandles() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [segid, e] : exports_) {
+    if (e.events_fd >= 0) close(e.events_fd);
+    e.events_fd = -1;
+  }
+}
+
 void ExportKeeper::ForgetAll() {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& [segid, e] : exports_)
@@ -83,7 +91,18 @@ bool ExportKeeper::Reregister(int fd) {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [segid, e] : exports_) todo.push_back(e);
   }
-  for (const ClientExport& e : todo) {
+  for (ClientExport& e : todo) {
+    Reopen reopen = reopen_.load();
+    if (e.events_fd < 0 && reopen && reopen(&e) >= 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = exports_.find(e.segid);
+      if (it == exports_.end()) {
+        close(e.events_fd);
+        continue;
+      }
+      it->second.events_fd = e.events_fd;
+      it->second.tether_range_id = e.tether_range_id;
+    }
     int pidfd = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
     if (pidfd < 0) continue;  // tried again at the next restart; nothing else to do
     local::LocalRequest req;
@@ -118,8 +137,9 @@ bool ExportKeeper::Reregister(int fd) {
 }
 
 void ExportKeeper::Watch() {
-  bool recovering = false;
+  bool recovering = false, held = false;
   auto deadline = std::chrono::steady_clock::now();
+  auto hold_until = deadline;
   auto backoff = std::chrono::milliseconds(50);
   for (;;) {
     int fd = ConnectDaemon();
@@ -129,6 +149,10 @@ void ExportKeeper::Watch() {
         recovering = true;
         deadline = std::chrono::steady_clock::now() + Grace();
         backoff = std::chrono::milliseconds(50);
+      }
+      if (held && std::chrono::steady_clock::now() >= hold_until) {
+        ReleaseHandles();  // mappers stopped serving by now: the unmap may go on
+        held = false;
       }
       if (std::chrono::steady_clock::now() >= deadline) {
         // No daemon within the grace: the exports are gone for good; our
@@ -142,7 +166,12 @@ void ExportKeeper::Watch() {
         }
         continue;
       }
-      std::this_thread::sleep_for(backoff);
+      auto nap = backoff;
+      if (held)
+        nap = std::min(nap, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                hold_until - std::chrono::steady_clock::now()) +
+                                std::chrono::milliseconds(1));
+      std::this_thread::sleep_for(std::max(nap, std::chrono::milliseconds(1)));
       backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
       continue;
     }
@@ -158,6 +187,8 @@ void ExportKeeper::Watch() {
     }
     close(fd);
     recovering = true;
+    held = true;
+    hold_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(hold_ms_.load());
     deadline = std::chrono::steady_clock::now() + Grace();
     backoff = std::chrono::milliseconds(50);
     std::lock_guard<std::mutex> lock(mu_);

@@ -16,13 +16,16 @@
 // gives up: the handles are closed.
 //
 // Why our own copy of the handle: while no daemon holds it, the exporter's
-// munmap/madvise of exported memory must not go on unseen. With a
-// userfaultfd, an unmap event waits until someone reads it: held by us,
-// it waits until the new daemon (which receives the same fd) reads it and
-// invalidates mappers — at most until we give up. With tether.ko the range
-// stays registered on the same fd, which the new daemon attaches again
-// (docs/consistency.md, "When the home daemon restarts", says what the
-// module does meanwhile).
+// munmap/madvise of exported memory must not go on before mappers stopped
+// serving copies. With a userfaultfd, an unmap event waits until someone
+// reads it: held by us, it waits until the new daemon (which receives the
+// same fd) reads it and invalidates — or until the hold the daemon named
+// (MakeResponse.hold_ms: its lease * (1 + margin), by when every mapper's
+// lease from it has run out and it suspended) has passed since the daemon
+// went; then we close our copies (the unmap goes on) and register again
+// later with a new handle. With tether.ko nothing waits without a daemon
+// (docs/consistency.md, "When the home daemon restarts"); the same rule
+// keeps the code one.
 //
 // Thread contract: Add/Forget/AddName from any thread (one mutex); the
 // watcher thread is started by the first Add and runs for the process's
@@ -32,6 +35,7 @@
 #ifndef TETHER_CLIENT_SRC_EXPORT_KEEPER_H_
 #define TETHER_CLIENT_SRC_EXPORT_KEEPER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -61,6 +65,12 @@ class ExportKeeper {
   // munmap never waits on it).
   void Forget(uint64_t segid);
   void AddName(uint64_t segid, const std::string& name);
+  // Opens a new event handle for an export whose old one was closed (the
+  // hold passed): sets events_fd and tether_range_id; -1 on failure.
+  // tether.cc's (it knows /dev/tether and userfaultfd); set once.
+  using Reopen = int (*)(ClientExport* exp);
+  void SetReopen(Reopen fn) { reopen_.store(fn); }
+  void SetHold(uint32_t ms) { hold_ms_.store(ms); }
 
  private:
   void Watch();
@@ -68,6 +78,8 @@ class ExportKeeper {
   // daemon went away meanwhile.
   bool Reregister(int fd);
   void ForgetAll();
+  // The hold passed with no daemon: closes our copies of the handles.
+  void ReleaseHandles();
   static void BeforeFork();
   static void AfterForkParent();
   static void AfterForkChild();
@@ -75,6 +87,8 @@ class ExportKeeper {
   std::mutex mu_;
   std::map<uint64_t, ClientExport> exports_;  // by segid
   bool watching_ = false;
+  std::atomic<Reopen> reopen_{nullptr};
+  std::atomic<uint32_t> hold_ms_{0};
 };
 
 }  // namespace tether::client

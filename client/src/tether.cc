@@ -131,6 +131,22 @@ void* AttachDirect(const tether::local::AttachResponse& r, std::vector<int>& fds
   return p;
 }
 
+// ExportKeeper's Reopen: a new event handle for an export registered again
+// after the old one was closed (export_keeper.h).
+int ReopenEvents(tc::ClientExport* e) {
+  uint64_t range_id = 0;
+  int fd = e->tether_range_id != 0
+               ? OpenTetherExporterFd(reinterpret_cast<void*>(e->vaddr), e->size, &range_id)
+               : -1;
+  if (fd < 0) {
+    range_id = 0;
+    fd = OpenEventsUserfaultfd();
+  }
+  e->events_fd = fd;
+  e->tether_range_id = range_id;
+  return fd;
+}
+
 bool Aligned(const void* p, size_t n) {
   return (reinterpret_cast<uintptr_t>(p) % kPage) == 0 && n % kPage == 0;
 }
@@ -191,6 +207,8 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   exp.mode = static_cast<uint32_t>(mode);
   exp.events_fd = events;
   exp.tether_range_id = range_id;
+  tc::ExportKeeper::Get().SetReopen(&ReopenEvents);
+  tc::ExportKeeper::Get().SetHold(resp.make().hold_ms());
   tc::ExportKeeper::Get().Add(exp);
   return static_cast<tether_segid_t>(resp.make().segid());
 }

@@ -4,8 +4,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <vector>
 
@@ -45,7 +45,8 @@ absl::Status Parse(const std::string& text, uint32_t* node, uint32_t* epoch, uin
       else
         ok = absl::SimpleAtoi(kv[1], out);
     }
-    if (!ok) return absl::InvalidArgumentError(absl::StrFormat("line %d is not \"%s N\"", i + 1, key));
+    if (!ok)
+      return absl::InvalidArgumentError(absl::StrFormat("line %d is not \"%s N\"", i + 1, key));
     return absl::OkStatus();
   };
   uint64_t n = 0, e = 0;
@@ -103,15 +104,15 @@ absl::StatusOr<std::unique_ptr<NodeState>> NodeState::Open(const std::string& di
     uint64_t reserved = 0;
     absl::Status st = Parse(text, &file_node, &s->epoch_, &reserved);
     if (!st.ok())
-      return ErrnoStatus(EINVAL, absl::StrFormat(
-                                     "the state file %s is corrupt (%s); remove it to start "
-                                     "fresh (segments exported before this restart are then lost)",
-                                     s->path_, st.message()));
+      return ErrnoStatus(
+          EINVAL, absl::StrFormat("the state file %s is corrupt (%s); remove it to start "
+                                  "fresh (segments exported before this restart are then lost)",
+                                  s->path_, st.message()));
     if (file_node != node_id)
-      return ErrnoStatus(EINVAL, absl::StrFormat(
-                                     "the state file %s belongs to node %d, this is node %d: give "
-                                     "each node its own --state_dir (or remove the file)",
-                                     s->path_, file_node, node_id));
+      return ErrnoStatus(
+          EINVAL, absl::StrFormat("the state file %s belongs to node %d, this is node %d: give "
+                                  "each node its own --state_dir (or remove the file)",
+                                  s->path_, file_node, node_id));
     if (reserved >= kLocalLimit) return ErrnoStatus(ENOSPC, "segment ids of this epoch exhausted");
     s->next_ = reserved;  // ids below may be held by segments of earlier runs
   }
@@ -130,8 +131,8 @@ absl::Status NodeState::Write(uint64_t reserved) {
   std::string tmp = path_ + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot write the state file ", tmp));
-  std::string text = absl::StrFormat("tether-state 1\nnode %d\nepoch %#x\nreserved %d\n",
-                                     node_id_, epoch_, reserved);
+  std::string text = absl::StrFormat("tether-state 1\nnode %d\nepoch %#x\nreserved %d\n", node_id_,
+                                     epoch_, reserved);
   absl::Status st = WriteAll(fd, text);
   if (st.ok() && fsync(fd) != 0) st = ErrnoStatus(errno, "fsync");
   close(fd);

@@ -37,7 +37,8 @@ SegmentRegistry::SegmentRegistry(uint32_t node_id, NodeState* state, absl::Time 
   uint32_t base = 0;
   while (base == 0)
     if (getrandom(&base, sizeof(base), 0) != sizeof(base)) base = static_cast<uint32_t>(getpid());
-  next_grant_ = (uint64_t{base} << 32) | 1;
+  grant_base_ = uint64_t{base} << 32;
+  next_grant_ = grant_base_ | 1;
 }
 
 SegmentRegistry::~SegmentRegistry() { Stop(); }

@@ -288,6 +288,7 @@ class SegmentRegistry : public BlockServer {
   // Grant ids start at a random multiple of 2^32 each run, so that the
   // grants mappers reclaim after a restart never collide with new ones.
   uint64_t next_grant_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t grant_base_ = 0;  // this run's (set at construction)
   uint64_t next_window_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_write_ ABSL_GUARDED_BY(mu_) = 1;
   absl::CondVar write_landed_;  // signalled by WriteLanded

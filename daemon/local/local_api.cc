@@ -166,6 +166,7 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     close(pidfd_copy);
   }
   resp->mutable_make()->set_segid(*segid);
+  resp->mutable_make()->set_hold_ms(hold_ms_);
   return absl::OkStatus();
 }
 

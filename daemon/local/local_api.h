@@ -65,6 +65,9 @@ class LocalApi : public LocalHandler {
   // The grants this node holds from `home`, to hand back to it after it
   // restarted (LeaseKeeper::RestartHandling). Any thread.
   std::vector<HeldGrant> GrantsFrom(uint32_t home);
+  // MakeResponse.hold_ms (lease * (1 + margin); 0 without leases). Before
+  // the local server starts.
+  void SetExporterHold(uint32_t ms) { hold_ms_ = ms; }
 
  private:
   struct Apid {
@@ -98,6 +101,7 @@ class LocalApi : public LocalHandler {
 
   const uint32_t node_id_;
   const uint32_t incarnation_;
+  uint32_t hold_ms_ = 0;  // set before the server starts, read-only after
   SegmentRegistry* const registry_;
   RemoteHomes* const remotes_;
   FaultService* const faults_;

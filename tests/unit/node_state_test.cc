@@ -93,10 +93,11 @@ TEST_F(NodeStateTest, CorruptFileIsAClearError) {
 }
 
 TEST_F(NodeStateTest, TruncatedAndOutOfRangeFilesAreErrors) {
-  for (const char* text : {"", "tether-state 1\nnode 1\n", "tether-state 2\nnode 1\nepoch 0x1\nreserved 1\n",
-                           "tether-state 1\nnode 1\nepoch 0x0\nreserved 1\n",
-                           "tether-state 1\nnode 1\nepoch 0x10000\nreserved 1\n",
-                           "tether-state 1\nnode 1\nepoch 0x5\nreserved 0\n"}) {
+  for (const char* text :
+       {"", "tether-state 1\nnode 1\n", "tether-state 2\nnode 1\nepoch 0x1\nreserved 1\n",
+        "tether-state 1\nnode 1\nepoch 0x0\nreserved 1\n",
+        "tether-state 1\nnode 1\nepoch 0x10000\nreserved 1\n",
+        "tether-state 1\nnode 1\nepoch 0x5\nreserved 0\n"}) {
     WriteFile(text);
     auto s = NodeState::Open(dir_, 1);
     EXPECT_FALSE(s.ok()) << "accepted: " << text;
