@@ -248,21 +248,25 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, bool reclaimed,
     restarted = it != incarnation_.end() && it->second != r->incarnation && restart_.suspend;
     incarnation_[home] = r->incarnation;
   }
-  auto atts = attachments_->FromHome(home);
-  for (const auto& att : atts) {
+  auto all = attachments_->FromHome(home);
+  std::vector<std::shared_ptr<Attachment>> atts;  // those not revoked here
+  for (const auto& att : all) {
     SegidParts parts;
-    if (ParseSegid(att->segid, &parts) && parts.incarnation != epoch) {
-      revoke_(*att, absl::StrFormat("node %d restarted (segment epoch %#x, the segment's was %#x): "
-                                    "the segment is gone",
-                                    home, epoch, parts.incarnation));
-      continue;
-    }
-    for (const auto& [segid, why] : r->fenced)
-      if (segid == att->segid) revoke_(*att, "fenced: " + why);
-    for (const auto& [segid, why] : r->gone)
-      if (segid == att->segid)
-        revoke_(*att, absl::StrFormat("node %d restarted and did not take the segment back: %s",
-                                      home, why));
+    std::string why;
+    if (ParseSegid(att->segid, &parts) && parts.incarnation != epoch)
+      why = absl::StrFormat(
+          "node %d restarted (segment epoch %#x, the segment's was %#x): the "
+          "segment is gone",
+          home, epoch, parts.incarnation);
+    for (const auto& [segid, w] : r->fenced)
+      if (why.empty() && segid == att->segid) why = "fenced: " + w;
+    for (const auto& [segid, w] : r->gone)
+      if (why.empty() && segid == att->segid)
+        why = absl::StrFormat("node %d restarted and did not take the segment back: %s", home, w);
+    if (why.empty())
+      atts.push_back(att);
+    else
+      revoke_(*att, why);
   }
   if (restarted) {
     // Nobody could invalidate our copies while it was down: drop them now,
