@@ -111,6 +111,13 @@ ABSL_FLAG(int32_t, lease_margin_pct, 10,
           "clock-rate margin of leases, percent (1..50): a mapper counts its lease as "
           "lease * (1 - margin) from when it asked, a home as lease * (1 + margin) from when "
           "it granted");
+ABSL_FLAG(std::string, state_dir, "/var/lib/tether",
+          "where this node's segment epoch and counter persist, so that a restarted tetherd "
+          "keeps its exporters' segids (node.state; the unit's StateDirectory). One per node");
+ABSL_FLAG(int32_t, restart_grace_ms, 30000,
+          "after a restart, how long exporters' libraries may register their segments again; "
+          "a mapper node waits as long for a silent home before it revokes its attachments "
+          "(1000..600000)");
 ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
 ABSL_FLAG(std::string, tls_ca, "",
           "cluster CA certificate(s) (PEM file); read again on SIGHUP and tetherctl reload");
@@ -290,6 +297,11 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
         "tether.ko's ack_timeout_ms (%d ms): the module would let the exporter go on while a "
         "silent mapper node still serves old pages. Shorten the deadline or the lease",
         cfg.invalidate_deadline_ms, cfg.lease_ms, cfg.lease_margin_pct, worst, ack_timeout_ms));
+  cfg.state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (cfg.state_dir.empty()) return bad("--state_dir must name a directory");
+  cfg.restart_grace_ms = absl::GetFlag(FLAGS_restart_grace_ms);
+  if (cfg.restart_grace_ms < 1000 || cfg.restart_grace_ms > 600000)
+    return bad("--restart_grace_ms must be 1000..600000");
   cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
   cfg.tls.ca_path = absl::GetFlag(FLAGS_tls_ca);
   cfg.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);

@@ -1,7 +1,9 @@
 #include "daemon/tetherd.h"
 
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <algorithm>
 
@@ -15,6 +17,7 @@
 #include "daemon/common/drain.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
+#include "daemon/common/node_state.h"
 #include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/home/segment_registry.h"
@@ -59,6 +62,12 @@ absl::Status Tetherd::Start() {
     if (getrandom(&inc, sizeof(inc), 0) != sizeof(inc)) return ErrnoStatus(errno, "getrandom");
   }
   incarnation_ = inc;
+  // The unit's StateDirectory exists; a hand-started daemon may name a
+  // directory whose parent does.
+  if (!config_.state_dir.empty() && mkdir(config_.state_dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return ErrnoStatus(errno,
+                       absl::StrCat("cannot create the state directory ", config_.state_dir));
+  ASSIGN_OR_RETURN(state_, NodeState::Open(config_.state_dir, config_.node_id));
   std::string token(kDataTokenSize, '\0');
   if (getrandom(token.data(), token.size(), 0) != static_cast<ssize_t>(token.size()))
     return ErrnoStatus(errno, "getrandom");
@@ -75,9 +84,15 @@ absl::Status Tetherd::Start() {
   RETURN_IF_ERROR(StartThreads(token));
   RETURN_IF_ERROR(StartServers(token));
   TLOG_INFO(
-      "up: incarnation %#x, peers on %s, data on %s (tcp)%s, local socket %s, cache "
+      "up: incarnation %#x, segment epoch %#x (%s), peers on %s, data on %s (tcp)%s, local socket "
+      "%s, cache "
       "budget %d MiB",
-      incarnation_, config_.peer_listen, transport_->bound_address(),
+      incarnation_, state_->epoch(),
+      state_->fresh() ? absl::StrCat("new: ", state_->path())
+                      : absl::StrFormat("kept from %s; segments of the earlier run may register "
+                                        "again for %d ms",
+                                        state_->path(), config_.restart_grace_ms),
+      config_.peer_listen, transport_->bound_address(),
       rdma_address_.empty() ? "" : absl::StrCat(" and ", rdma_address_, " (rdma)"),
       config_.local_socket, config_.cache_budget_bytes >> 20);
   return absl::OkStatus();
@@ -87,7 +102,10 @@ absl::Status Tetherd::Start() {
 // source; the peer directory and the data path) are wired through
 // interfaces or through this object, never through setters on running parts.
 absl::Status Tetherd::Build() {
-  registry_ = std::make_unique<SegmentRegistry>(config_.node_id, incarnation_);
+  registry_ = std::make_unique<SegmentRegistry>(
+      config_.node_id, state_.get(),
+      state_->fresh() ? absl::InfinitePast()
+                      : started_ + absl::Milliseconds(config_.restart_grace_ms));
   registry_->SetTrustedPeers(config_.trusted_peers);
   LeaseConfig leases;
   leases.lease = absl::Milliseconds(config_.lease_ms);
@@ -155,6 +173,26 @@ absl::Status Tetherd::Build() {
   local_api_ = std::make_unique<LocalApi>(config_.node_id, incarnation_, registry_.get(),
                                           peers_.get(), faults_.get(), attachments_.get(),
                                           notifier_.get(), coordinator_.get(), lease_keeper_.get());
+  // A home that goes silent or restarts: suspend, hand grants back, resume
+  // (mapper/lease_keeper.h; docs/consistency.md, "When the home daemon
+  // restarts").
+  LeaseKeeper::RestartHandling rh;
+  rh.grace = absl::Milliseconds(config_.restart_grace_ms);
+  rh.held_grants = [this](uint32_t home) { return local_api_->GrantsFrom(home); };
+  rh.suspend = [this](Attachment& att) { faults_->Suspend(*att.cache); };
+  rh.resume = [this](Attachment& att, bool restarted) {
+    absl::Status st = faults_->Resume(*att.cache, restarted);
+    if (!st.ok())
+      TLOG_WARN("segment %#x: write-back on resuming it failed (the pages stay dirty): %s",
+                att.segid, st.ToString());
+  };
+  rh.forget_endpoint = [this](uint32_t home) { peers_->Forget(home); };
+  lease_keeper_->SetRestartHandling(std::move(rh));
+  local_api_->SetExporterHold(
+      static_cast<uint32_t>(int64_t{config_.lease_ms} * (100 + config_.lease_margin_pct) / 100));
+  // Restarted with the segment epoch of an earlier run: until that run's
+  // leases ran out, no exporter's change returns (lease_table.h).
+  if (!state_->fresh()) home_leases_->Restarted();
   return absl::OkStatus();
 }
 
@@ -179,6 +217,7 @@ absl::Status Tetherd::StartServers(const std::string& token) {
   HelloInfo hello;
   hello.node_id = config_.node_id;
   hello.incarnation = incarnation_;
+  hello.segment_epoch = state_->epoch();
   hello.data_address = transport_->bound_address();
   hello.rdma_address = rdma_address_;
   hello.data_secret = token;
@@ -270,6 +309,7 @@ absl::Status Tetherd::StartRdma(const std::string& secret) {
 void Tetherd::Stop() {
   if (!registry_) return;
   TLOG_INFO("shutting down");
+  SuspendMappers();
   if (local_server_) local_server_->Stop();  // clients' attachments detach
   if (local_api_) local_api_->DetachAll();
   if (admin_server_) admin_server_->Shutdown();
@@ -313,6 +353,7 @@ void Tetherd::Stop() {
   mapper_leases_.reset();
   home_leases_.reset();
   tls_.reset();
+  state_.reset();
   TLOG_INFO("stopped");
 }
 
@@ -440,6 +481,39 @@ absl::StatusOr<uint64_t> Tetherd::WriteBackAll() {
   }
   if (!first.ok()) return first;
   return Mapper().written_back_total->Value() - before;
+}
+
+void Tetherd::SuspendMappers() {
+  if (!coordinator_ || !peer_server_) return;  // never started
+  // Without leases mappers renew nothing and so never learn that a new
+  // daemon took the segments back: suspended, they would wait for good.
+  if (config_.lease_ms == 0) return;
+  // Once this daemon is gone nobody can invalidate mappers' copies, and a
+  // restarted one does not know who holds them: every node that may cache
+  // part of a live segment drops its clean copies now (a range_begin over
+  // the whole segment; dirty pages kept aside, faults wait) and holds them
+  // until this node's next run answers its renewal, or its grace runs out
+  // (mapper/lease_keeper.h). No range_end follows. All segments at once,
+  // for at most the ack deadline: a node that does not answer by then
+  // (cut off, frozen, down) is not fenced or waited for — its own lease
+  // runs out and it suspends by itself (docs/consistency.md says what it
+  // may read meanwhile).
+  std::vector<InvalidationCoordinator::PendingBegin> pending;
+  for (const SegmentSummary& s : registry_->List()) {
+    if (s.state != "live" || s.grants == 0) continue;
+    auto p = coordinator_->StartBegin(s.segid, 0, s.size, "the home daemon is stopping",
+                                      absl::InfiniteFuture(), InFlightWrites::kDoNotAwait);
+    if (p.ok()) pending.push_back(std::move(*p));
+  }
+  if (pending.empty()) return;
+  // Every fan-out runs at once; their answers are awaited up to the ack
+  // deadline together (polled: shutdown, not a hot path).
+  const absl::Time until = absl::Now() + absl::Milliseconds(config_.invalidate_deadline_ms);
+  while (absl::Now() < until &&
+         !std::all_of(pending.begin(), pending.end(),
+                      [](const InvalidationCoordinator::PendingBegin& p) { return p.answered(); }))
+    absl::SleepFor(absl::Milliseconds(5));
+  TLOG_INFO("mappers of %d segment(s) suspended until this node's daemon is back", pending.size());
 }
 
 absl::Status Tetherd::ReloadTls() {

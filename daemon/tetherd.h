@@ -79,6 +79,14 @@ struct TetherdConfig {
   // Bounds on local connections (local_server.h); 0: none.
   uint32_t local_max_connections_per_uid = 128;
   uint32_t local_max_connections = 1024;
+  // Where the segment epoch and counter persist across restarts
+  // (common/node_state.h); required.
+  std::string state_dir;
+  // How long after a start exporters' libraries may register segments of
+  // the earlier run again, and mappers wait for a home to come back before
+  // they revoke its attachments (docs/consistency.md, "When the home
+  // daemon restarts").
+  int restart_grace_ms = 30000;
   // Nodes whose remote root is not squashed (SegmentRegistry::SetTrustedPeers).
   std::vector<uint32_t> trusted_peers;
   NotifierMode notifier = NotifierMode::kAuto;
@@ -89,6 +97,7 @@ struct TetherdConfig {
 };
 
 class SegmentRegistry;
+class NodeState;
 class PeerServer;
 class AdminServer;
 class LocalServer;
@@ -142,11 +151,15 @@ class Tetherd {
   absl::Status StartServers(const std::string& token);
   absl::Status MakeRdma();  // rdma_: null without a usable verbs device
   absl::Status StartRdma(const std::string& secret);
+  // Stop's first step: every mapper of a live segment drops its clean
+  // copies before this daemon goes (an upgrade, a restart).
+  void SuspendMappers();
   // Why `node` must not leave the peer list ("" if it may): Reload().
   std::string PeerInUse(uint32_t node);
   TetherdConfig config_;
-  absl::Mutex reload_mu_;  // one Reload() at a time
-  uint32_t incarnation_ = 0;
+  absl::Mutex reload_mu_;             // one Reload() at a time
+  uint32_t incarnation_ = 0;          // this run's (random): peers see restarts by it
+  std::unique_ptr<NodeState> state_;  // the segment epoch, kept across runs
   absl::Time started_;
   std::unique_ptr<TlsIdentity> tls_;  // null with --insecure_peers
   std::unique_ptr<SegmentRegistry> registry_;

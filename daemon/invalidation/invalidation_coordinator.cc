@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/metrics.h"
@@ -115,7 +116,23 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
   InvalidationWindow w = FenceUnanswered(std::move(pending));
   AwaitWriteBacks(w);
   if (leases_) WaitOutFences(w);
+  if (leases_) WaitOutRestart(w);
   return w;
+}
+
+void InvalidationCoordinator::WaitOutRestart(const InvalidationWindow& w) {
+  // A daemon that restarted with its segment epoch does not know which
+  // nodes still hold copies its earlier run served: until every lease the
+  // earlier run granted has run out, a node may serve one it cannot reach
+  // with a range_begin (lease_table.h). Only in the first lease * (1 +
+  // margin) after such a restart; never otherwise (one lock round).
+  absl::Time until = leases_->QuietUntil();
+  if (until <= leases_->clock()->Now()) return;
+  TLOG_INFO("segment %#x: change held until the leases of before the restart ran out (%d ms)",
+            w.segid, absl::ToInt64Milliseconds(until - leases_->clock()->Now()));
+  while (leases_->clock()->Now() < until)
+    absl::SleepFor(std::min(until - leases_->clock()->Now(), absl::Milliseconds(10)));
+  stats_.lease_waits++;
 }
 
 bool InvalidationCoordinator::WriteBacksLanded(const InvalidationWindow& w) const {

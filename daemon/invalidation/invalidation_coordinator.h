@@ -221,6 +221,9 @@ class InvalidationCoordinator {
   // after every wake-up) until FencesHeldUntil(window) is not after the
   // lease table's Now(). Returns at once without leases.
   void WaitOutFences(const InvalidationWindow& window);
+  // After a restart that kept the segment epoch: blocks until every lease
+  // of the earlier run has run out (HomeLeaseTable::QuietUntil). FinishBegin.
+  void WaitOutRestart(const InvalidationWindow& window);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.

@@ -172,6 +172,16 @@ class FaultService {
   absl::Status EndWindow(SegmentCache& c, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
 
+  // The window key of a suspension (LeaseKeeper: the home's lease lapsed,
+  // or it restarted): one over the whole cache, opened by this node.
+  static constexpr uint64_t kSuspendWindow = ~uint64_t{0};
+  // Suspends the cache: BeginWindow(kSuspendWindow) over all of it.
+  void Suspend(SegmentCache& c);
+  // Ends the suspension; `all`: also every other window still open (a
+  // restarted home's predecessor opened them; their range_ends will never
+  // come), kept-aside pages written back first.
+  absl::Status Resume(SegmentCache& c, bool all);
+
   // The home refused a write-back because the exporter's address is gone
   // (ENXIO: a window reported it unmapped since the copy was read, or
   // nothing is mapped there): the pages are counted lost, not kept dirty.

@@ -82,6 +82,34 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
   resident_pages_ -= dropped + twins_dropped;
 }
 
+void FaultService::Suspend(SegmentCache& c) {
+  uint64_t p0, p1;
+  {
+    absl::MutexLock lock(&c.mu);
+    p0 = c.first();
+    p1 = c.end();
+  }
+  BeginWindow(c, kSuspendWindow, p0, p1);
+}
+
+absl::Status FaultService::Resume(SegmentCache& c, bool all) {
+  std::vector<uint64_t> keys;
+  {
+    absl::MutexLock lock(&c.mu);
+    for (const auto& [key, range] : c.windows)
+      if (all && key != kSuspendWindow) keys.push_back(key);
+  }
+  // The old windows first (their pages written back while the suspension
+  // still holds faults), the suspension last.
+  absl::Status result;
+  for (uint64_t key : keys) {
+    absl::Status st = EndWindow(c, key, {});
+    if (!st.ok()) result = st;
+  }
+  absl::Status st = EndWindow(c, kSuspendWindow, {});
+  return st.ok() ? result : st;
+}
+
 absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
                                      const std::vector<std::pair<uint64_t, uint64_t>>& gone) {
   std::vector<std::pair<uint64_t, std::string>> writeback;

@@ -250,21 +250,21 @@ absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid, const
   grpc::Status st = stub->Attach(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st, absl::StrFormat("attach segment %#x at node %d", segid, node));
   if (impl_->leases) impl_->leases->Granted(node, sent, absl::Milliseconds(resp.lease_ms()));
-  // A segid names its home's incarnation: a peer that restarted since we
-  // said Hello listens on new data ports with a new secret. Hello again.
-  SegidParts parts;
-  if (ParseSegid(segid, &parts)) {
+  // A peer that restarted since we said Hello listens on new data ports
+  // with a new secret: the answer names its run's incarnation; Hello again.
+  {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->peers.find(node);
-    if (it != impl_->peers.end() && it->second->endpoint &&
-        it->second->incarnation != parts.incarnation) {
+    if (it != impl_->peers.end() && it->second->endpoint && resp.incarnation() != 0 &&
+        it->second->incarnation != resp.incarnation()) {
       TLOG_INFO("node %d restarted (incarnation %#x, was %#x): new data endpoint", node,
-                parts.incarnation, it->second->incarnation);
+                resp.incarnation(), it->second->incarnation);
       it->second->endpoint.reset();
     }
   }
   Grant g;
   g.id = resp.remote_attach_id();
+  g.incarnation = resp.incarnation();
   g.segment_size = resp.segment_size();
   g.writable = resp.writable();
   return g;
@@ -397,6 +397,11 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n, absl:
 }
 
 void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) {
+  RenewReclaiming(home, timeout, {}, std::move(done));
+}
+
+void PeerDirectory::RenewReclaiming(uint32_t home, absl::Duration timeout,
+                                    std::vector<HeldGrant> grants, LeaseRenewer::Done done) {
   auto stub = impl_->Stub(home);
   if (!stub.ok()) {
     std::move(done)(stub.status());
@@ -414,6 +419,15 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
   // Fail fast when the home is unreachable: the next renewal retries, and
   // the lease keeper's expiry does not depend on this call returning.
   call->req.set_mapper_node(impl_->local_node);
+  for (const HeldGrant& g : grants) {
+    auto* h = call->req.add_reclaim();
+    h->set_segid(g.segid);
+    h->set_grant(g.grant);
+    h->set_write(g.write);
+    h->mutable_cred()->set_uid(g.uid);
+    h->mutable_cred()->set_gid(g.gid);
+    for (uint32_t x : g.groups) h->mutable_cred()->add_groups(x);
+  }
   call->done = std::move(done);
   if (!impl_->Track(&call->ctx)) {
     std::move(call->done)(absl::UnavailableError("daemon shutting down"));
@@ -425,8 +439,11 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
     if (st.ok()) {
       LeaseRenewal r;
       r.incarnation = call->resp.incarnation();
+      r.epoch = call->resp.segment_epoch();
       r.lease = absl::Milliseconds(call->resp.lease_ms());
       for (const auto& f : call->resp.fenced()) r.fenced.emplace_back(f.segid(), f.reason());
+      for (const auto& f : call->resp.gone()) r.gone.emplace_back(f.segid(), f.reason());
+      r.pending.assign(call->resp.pending().begin(), call->resp.pending().end());
       std::move(call->done)(std::move(r));
     } else {
       std::move(call->done)(FromGrpc(st, absl::StrCat("renew the lease at node ", home)));

@@ -97,6 +97,9 @@ class PeerDirectory : public RemoteHomes, public LeaseRenewer {
                   InvalidationChannel::Done done);
   // LeaseRenewer: asks `home` to renew this node's lease (async).
   void Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) override;
+  // The same, handing `grants` back to a home that restarted (peer.proto).
+  void RenewReclaiming(uint32_t home, absl::Duration timeout, std::vector<HeldGrant> grants,
+                       LeaseRenewer::Done done) override;
   // Cancels in-flight notices and renewals and waits until their callbacks ran: no gRPC
   // call may outlive the daemon (its threads would run during exit).
   void Shutdown();

@@ -159,8 +159,9 @@ int Handshake(const std::string& hp, int n) {
     close(fd);
   }
   double c = P50(conn), r = P50(reads);
-  printf("conn_read_p50_us=%.1f read_p50_us=%.1f raw_connect_rr_p50_us=%.1f handshake_p50_us=%.1f\n",
-         c, r, P50(raw), c - r);
+  printf(
+      "conn_read_p50_us=%.1f read_p50_us=%.1f raw_connect_rr_p50_us=%.1f handshake_p50_us=%.1f\n",
+      c, r, P50(raw), c - r);
   return 0;
 }
 

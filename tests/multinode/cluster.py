@@ -139,6 +139,9 @@ class Node:
         self.sock = os.path.join(sockdir, "n%d.sock" % node_id)
         self.admin = os.path.join(sockdir, "a%d.sock" % node_id)
         self.log = os.path.join(cluster.dir, "n%d.log" % node_id)
+        # Each daemon's own state directory (its segment epoch survives a
+        # restart of that daemon: docs/consistency.md).
+        self.state_dir = os.path.join(sockdir, "state-n%d" % node_id)
         self.daemon = None
         # A config file holding this node's --peers line (test_reload.py):
         # start() passes --flagfile=peers_file instead of --peers, so that a
@@ -200,7 +203,7 @@ class Node:
                  "--metrics_listen=%s:9640" % self.ip,
                  ("--flagfile=" + self.peers_file) if self.peers_file else ("--peers=" + peers),
                  "--cache_budget_mb=%d" % budget_mb,
-                 "--rpc_timeout_ms=3000"] + list(extra)
+                 "--rpc_timeout_ms=3000", "--state_dir=" + self.state_dir] + list(extra)
         # A test cluster is one administrative domain and its clients run as
         # root: every node trusts the others' root (no root squash), unless
         # the test says otherwise (test_trust.py: --trusted_peers=...).
@@ -216,10 +219,12 @@ class Node:
         else:
             args.append("--insecure_peers")
         if self.agent:
-            self.run(["sh", "-c", "mkdir -p %s && rm -f %s" % (os.path.dirname(self.sock),
-                                                               self.sock)])
-        elif os.path.exists(self.sock):
-            os.unlink(self.sock)
+            self.run(["sh", "-c", "mkdir -p %s %s && rm -f %s" % (
+                os.path.dirname(self.sock), self.state_dir, self.sock)])
+        else:
+            os.makedirs(self.state_dir, exist_ok=True)
+            if os.path.exists(self.sock):
+                os.unlink(self.sock)
         logf = open(self.log, "a")
         self.daemon = self.popen(args, stdout=logf, stderr=logf, env=self.env(client=False))
         deadline = time.time() + 30

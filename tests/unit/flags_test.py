@@ -37,7 +37,7 @@ def run_cases(tetherd, tmp):
     with open(garbage, "w") as f:
         f.write("not a certificate\n")
     base = ["--node_id=1", "--local_socket=%s/l.sock" % tmp, "--admin_socket=%s/a.sock" % tmp,
-            "--peer_listen=127.0.0.1:0", "--rdma=off"]
+            "--peer_listen=127.0.0.1:0", "--rdma=off", "--state_dir=%s/state" % tmp]
     tls = ["--tls_ca=%s/ca.pem" % certs, "--tls_cert=%s/node-1.pem" % certs,
            "--tls_key=%s/node-1.key" % certs]
     insecure = ["--insecure_peers"]
@@ -73,6 +73,9 @@ def run_cases(tetherd, tmp):
         ("deadline + lease beyond the module's ack timeout",
          ["--lease_ms=60000"] + insecure,
          "must stay below tether.ko's ack_timeout_ms"),
+        ("restart grace too short", ["--restart_grace_ms=10"] + insecure,
+         "--restart_grace_ms must be 1000..600000"),
+        ("empty state dir", ["--state_dir="] + insecure, "--state_dir must name a directory"),
         ("negative data retry", ["--data_retry_ms=-1"] + insecure, "--data_retry_ms must be"),
         ("rdma timeout below two heartbeats",
          ["--rdma_heartbeat_ms=1000", "--rdma_timeout_ms=1500"] + insecure,
