@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
@@ -31,11 +33,26 @@ absl::Status WriteAll(int fd, const std::string& s) {
   return absl::OkStatus();
 }
 
+// A file larger than this is not one tetherd wrote (kMaxSegments lines of
+// at most 50 bytes, and the header).
+constexpr size_t kMaxFileBytes = 64u << 20;
+
+bool ParseNumber(const std::string& text, int base, uint64_t* out) {
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *out, base);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
 // Parses the file's text; a message saying what is wrong otherwise.
-absl::Status Parse(const std::string& text, uint32_t* node, uint32_t* epoch, uint64_t* reserved) {
+// Version 1 has no segment table.
+absl::Status Parse(const std::string& text, uint32_t* node, uint32_t* epoch, uint64_t* reserved,
+                   std::map<uint32_t, NodeState::SegmentOwner>* segments) {
   std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
-  if (lines.size() != 4 || lines[0] != "tether-state 1")
-    return absl::InvalidArgumentError("not a tether state file (version 1, 4 lines)");
+  const bool v1 = !lines.empty() && lines[0] == "tether-state 1";
+  if (lines.size() < 4 || (!v1 && lines[0] != "tether-state 2") || (v1 && lines.size() != 4))
+    return absl::InvalidArgumentError("not a tether state file (version 2, or 1 of 4 lines)");
+  if (lines.size() - 4 > NodeState::kMaxSegments)
+    return absl::InvalidArgumentError("more segment lines than kMaxSegments");
   auto field = [&](int i, const char* key, uint64_t* out) -> absl::Status {
     std::vector<std::string> kv = absl::StrSplit(lines[i], ' ');
     bool ok = kv.size() == 2 && kv[0] == key;
@@ -57,6 +74,26 @@ absl::Status Parse(const std::string& text, uint32_t* node, uint32_t* epoch, uin
   if (e == 0 || e > 0xffff) return absl::InvalidArgumentError("epoch out of range (1..0xffff)");
   if (*reserved == 0 || *reserved > kLocalLimit)
     return absl::InvalidArgumentError("reservation out of range");
+  for (size_t i = 4; i < lines.size(); ++i) {
+    // "segment LOCAL UID GID MODE" (mode in octal): a segment made below
+    // the reservation, recorded once.
+    std::vector<std::string> f = absl::StrSplit(lines[i], ' ');
+    uint64_t local = 0, uid = 0, gid = 0, mode = 0;
+    if (f.size() != 5 || f[0] != "segment" || !ParseNumber(f[1], 10, &local) ||
+        !ParseNumber(f[2], 10, &uid) || !ParseNumber(f[3], 10, &gid) ||
+        !ParseNumber(f[4], 8, &mode) || local == 0 || local >= *reserved || uid > UINT32_MAX ||
+        gid > UINT32_MAX || mode > 0777 ||
+        !segments
+             ->emplace(
+                 static_cast<uint32_t>(local),
+                 NodeState::SegmentOwner{static_cast<uint32_t>(uid), static_cast<uint32_t>(gid),
+                                         static_cast<uint32_t>(mode)})
+             .second)
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "line %d is not \"segment LOCAL UID GID MODE\" of a segment below the reservation, "
+          "listed once",
+          i + 1));
+  }
   *node = static_cast<uint32_t>(n);
   *epoch = static_cast<uint32_t>(e);
   return absl::OkStatus();
@@ -94,15 +131,18 @@ absl::StatusOr<std::unique_ptr<NodeState>> NodeState::Open(const std::string& di
     s->next_ = 1;
   } else {
     std::string text;
-    char buf[256];
+    char buf[4096];
     size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0 && text.size() < 4096) text.append(buf, n);
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0 && text.size() <= kMaxFileBytes)
+      text.append(buf, n);
     bool err = ferror(f);
     fclose(f);
     if (err) return ErrnoStatus(EIO, absl::StrCat("cannot read the state file ", s->path_));
     uint32_t file_node = 0;
     uint64_t reserved = 0;
-    absl::Status st = Parse(text, &file_node, &s->epoch_, &reserved);
+    absl::Status st = text.size() > kMaxFileBytes
+                          ? absl::InvalidArgumentError("larger than 64 MiB")
+                          : Parse(text, &file_node, &s->epoch_, &reserved, &s->earlier_);
     if (!st.ok())
       return ErrnoStatus(
           EINVAL, absl::StrFormat("the state file %s is corrupt (%s); remove it to start "
@@ -131,8 +171,11 @@ absl::Status NodeState::Write(uint64_t reserved) {
   std::string tmp = path_ + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("cannot write the state file ", tmp));
-  std::string text = absl::StrFormat("tether-state 1\nnode %d\nepoch %#x\nreserved %d\n", node_id_,
+  std::string text = absl::StrFormat("tether-state 2\nnode %d\nepoch %#x\nreserved %d\n", node_id_,
                                      epoch_, reserved);
+  for (const auto* table : {&earlier_, &live_})
+    for (const auto& [local, o] : *table)
+      absl::StrAppendFormat(&text, "segment %d %d %d %#o\n", local, o.uid, o.gid, o.mode);
   absl::Status st = WriteAll(fd, text);
   if (st.ok() && fsync(fd) != 0) st = ErrnoStatus(errno, "fsync");
   close(fd);
@@ -152,6 +195,35 @@ absl::Status NodeState::Write(uint64_t reserved) {
   }
   reserved_ = reserved;
   return absl::OkStatus();
+}
+
+std::optional<NodeState::SegmentOwner> NodeState::Earlier(uint32_t local) const {
+  auto it = earlier_.find(local);
+  if (it == earlier_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::map<uint32_t, NodeState::SegmentOwner> NodeState::Segments() const {
+  std::map<uint32_t, SegmentOwner> all = earlier_;
+  all.insert(live_.begin(), live_.end());
+  return all;
+}
+
+absl::Status NodeState::AddSegment(uint32_t local, const SegmentOwner& owner) {
+  std::optional<SegmentOwner> was = Earlier(local);
+  earlier_.erase(local);
+  live_[local] = owner;
+  absl::Status st = Write(reserved_);
+  if (!st.ok()) {  // as before: the file still says so
+    live_.erase(local);
+    if (was) earlier_[local] = *was;
+  }
+  return st;
+}
+
+absl::Status NodeState::RemoveSegment(uint32_t local) {
+  if (live_.erase(local) + earlier_.erase(local) == 0) return absl::OkStatus();
+  return Write(reserved_);
 }
 
 absl::StatusOr<uint32_t> NodeState::NextLocal() {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -79,6 +80,7 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
     }
     if (seg->state == "live") {
       seg->state = "exporter exited";
+      Unpersist(segid);
       notify = true;
       TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
                 seg->grants.size());
@@ -125,7 +127,30 @@ absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(uint32_t local, state_->NextLocal());
   seg->segid = MakeSegid(node_id_, state_->epoch(), local);
-  return Insert(std::move(seg), std::move(memory), "exported");
+  // Recorded before the segid is handed out: a restart after this point
+  // lets only this owner register it again (Reregister). One file write
+  // per export, under mu_ as NextLocal's: a Make stalls this node's
+  // reads for an fsync of a small file (exports are rare; the table must
+  // be on disk before the exporter can hold the segid).
+  DropEarlierIfLate();
+  RETURN_IF_ERROR(state_->AddSegment(local, {owner.uid, owner.gid, mode}));
+  auto segid = Insert(std::move(seg), std::move(memory), "exported");
+  if (!segid.ok()) Unpersist(MakeSegid(node_id_, state_->epoch(), local));
+  return segid;
+}
+
+void SegmentRegistry::DropEarlierIfLate() {
+  if (absl::Now() >= reregister_until_) state_->DropEarlier();
+}
+
+void SegmentRegistry::Unpersist(uint64_t segid) {
+  SegidParts parts;
+  if (!ParseSegid(segid, &parts)) return;
+  DropEarlierIfLate();
+  // A failed write leaves the line in the file until the next write; it
+  // lets at most this segment's owner register a dead segment again.
+  absl::Status st = state_->RemoveSegment(parts.local);
+  if (!st.ok()) TLOG_WARN("segment %#x: %s", segid, st.ToString());
 }
 
 absl::StatusOr<uint64_t> SegmentRegistry::Insert(std::unique_ptr<Segment> seg,
@@ -173,7 +198,31 @@ absl::StatusOr<uint64_t> SegmentRegistry::Reregister(const Credentials& owner, u
   absl::MutexLock lock(&mu_);
   if (segments_.contains(segid))
     return ErrnoStatus(EEXIST, absl::StrFormat("segment %#x is registered already", segid));
-  return Insert(std::move(seg), std::move(memory), "registered again after the restart:");
+  // Only what node.state recorded as live when the earlier run stopped,
+  // and only by the uid that made it: mappers hand their grants of this
+  // segid back to whatever is registered under it (issue 18/17).
+  std::optional<NodeState::SegmentOwner> was = state_->Earlier(parts.local);
+  if (!was)
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x was not live when this node's "
+                                               "daemon stopped (removed, or its exporter exited)",
+                                               segid));
+  if (was->uid != owner.uid)
+    return ErrnoStatus(EACCES, absl::StrFormat("segment %#x belongs to uid %d; uid %d may not "
+                                               "register it again",
+                                               segid, was->uid, owner.uid));
+  ASSIGN_OR_RETURN(uint64_t id, Insert(std::move(seg), std::move(memory),
+                                       "registered again after the restart:"));
+  // Recorded again for the next restart; on failure undone, so that the
+  // exporter's library sees the error (and no segid outlives what the
+  // file says).
+  absl::Status st = state_->AddSegment(parts.local, {owner.uid, owner.gid, mode});
+  if (!st.ok()) {
+    auto it = segments_.find(id);
+    if (it->second->memory) exits_.Remove(it->second->memory->pidfd());
+    segments_.erase(it);
+    return st;
+  }
+  return id;
 }
 
 absl::Status SegmentRegistry::ReclaimGrant(uint64_t segid, uint64_t grant, const Credentials& cred,
@@ -217,6 +266,7 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
       memory = std::move(seg->memory);
     }
     seg->state = "removed";
+    Unpersist(segid);
     TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
   }
   Gone(segid, "segment removed by its exporter");

@@ -73,8 +73,11 @@ class SegmentRegistry : public BlockServer {
   // A restarted daemon: the exporter's library registers a segment of an
   // earlier run again under its segid (docs/consistency.md, "When the
   // home daemon restarts"). ENOENT unless the segid is this node's, of
-  // this epoch, made by an earlier run (below NodeState::first_local) and
-  // the grace since the start has not run out; EEXIST if it is live.
+  // this epoch, made by an earlier run (below NodeState::first_local),
+  // live when that run stopped (node.state's segment table: not removed,
+  // its exporter had not exited) and the grace since the start has not
+  // run out; EACCES unless `owner` has the uid that made it (root too:
+  // only the original owner); EEXIST if it is live.
   // Every mapper node that held grants before the restart reclaims them
   // (ReclaimGrant) after it dropped its clean copies.
   absl::StatusOr<uint64_t> Reregister(const Credentials& owner, uint64_t segid, uint64_t vaddr,
@@ -294,6 +297,12 @@ class SegmentRegistry : public BlockServer {
   void WatchExits();
   void ExporterExited(uint64_t segid);
   void MaybeForget(Segment* seg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Segment `segid` is no longer live: drops it from node.state's table,
+  // so that no later run lets it be registered again.
+  void Unpersist(uint64_t segid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before a change of node.state's table: once the grace ran out, the
+  // earlier run's segments that did not come back are dropped with it.
+  void DropEarlierIfLate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // The checks Attach and ReclaimGrant share: the segment, live, not
   // fenced for the node, its permit.
@@ -305,7 +314,7 @@ class SegmentRegistry : public BlockServer {
 
   const uint32_t node_id_;
   std::unique_ptr<NodeState> own_state_;  // the unit tests' (ephemeral)
-  NodeState* const state_;                // guarded by mu_ (NextLocal)
+  NodeState* const state_;                // guarded by mu_ (every call)
   const absl::Time reregister_until_;
 
   mutable absl::Mutex mu_;
