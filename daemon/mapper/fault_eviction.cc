@@ -8,7 +8,6 @@
 #include <algorithm>
 
 #include "daemon/common/log.h"
-#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -36,7 +35,6 @@ uint64_t FaultService::EvictClean(SegmentCache& c, uint64_t want) {
     c.evict_hand = q - c.first();
   }
   c.resident -= dropped;
-  Mapper().evicted_pages->Add(dropped);
   return dropped;
 }
 
