@@ -1,49 +1,67 @@
 // tetherd: the tether node daemon. Configuration by flags, or a config file
-// of the same flags (--flagfile=/etc/tether/tetherd.conf, one per line).
+// of the same flags (--flagfile=/etc/tether/tetherd.conf, one per line;
+// docs/man/tetherd.8, docs/man/tetherd.conf.5).
 #include <arpa/inet.h>
 #include <errno.h>
 #include <signal.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include <grpc/support/log.h>
+#include <linux/tether.h>  // kernel/include/uapi: TETHER_ABI_VERSION
+
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "daemon/common/capabilities.h"
 #include "daemon/common/fault_point_server.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/status_macros.h"
 #include "daemon/config_check.h"
+#include "daemon/notifier/kernel_notifier_source.h"
+#include "daemon/service_notify.h"
 #include "daemon/tetherd.h"
+#include "tetherd_version.h"
 
 ABSL_FLAG(uint32_t, node_id, 0, "this node's id, 1..32767, unique in the cluster");
 ABSL_FLAG(std::string, local_socket, "/run/tether/tetherd.sock",
           "client socket path (clients: TETHER_SOCKET)");
 ABSL_FLAG(std::string, admin_socket, "/run/tether/admin.sock",
           "tetherctl socket path (tetherctl: TETHER_ADMIN_SOCKET)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9640",
+          "Prometheus endpoint (GET /metrics) host:port, localhost by default; \"\" disables "
+          "(docs/metrics.md)");
 ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address host:port");
 ABSL_FLAG(std::string, data_listen, "",
-          "tcp data transport address (default: peer host, "
-          "any port)");
+          "tcp data transport address host:port (default: the --peer_listen host, port 7601; "
+          "port 0: any)");
 ABSL_FLAG(std::string, rdma, "auto",
           "rdma data transport: auto (when a verbs device has an active port), on "
           "(required), off");
 ABSL_FLAG(std::string, rdma_listen, "",
-          "rdma_cm address host:port (default: the data host, any port); the host must be an "
+          "rdma_cm address host:port (default: the --data_listen host, port 7602; port 0: "
+          "any); the host must be an "
           "address of the RDMA device's netdev (RoCE) or its IPoIB interface");
 ABSL_FLAG(uint32_t, rdma_queue_depth, 32, "rdma requests in flight per peer (1..1024)");
 ABSL_FLAG(uint32_t, rdma_slot_kb, 256,
@@ -93,6 +111,13 @@ ABSL_FLAG(int32_t, lease_margin_pct, 10,
           "clock-rate margin of leases, percent (1..50): a mapper counts its lease as "
           "lease * (1 - margin) from when it asked, a home as lease * (1 + margin) from when "
           "it granted");
+ABSL_FLAG(std::string, state_dir, "/var/lib/tether",
+          "where this node's segment epoch and counter persist, so that a restarted tetherd "
+          "keeps its exporters' segids (node.state; the unit's StateDirectory). One per node");
+ABSL_FLAG(int32_t, restart_grace_ms, 30000,
+          "after a restart, how long exporters' libraries may register their segments again; "
+          "a mapper node waits as long for a silent home before it revokes its attachments "
+          "(1000..600000)");
 ABSL_FLAG(bool, insecure_peers, false, "plaintext gRPC between nodes (no TLS): tests only");
 ABSL_FLAG(std::string, tls_ca, "",
           "cluster CA certificate(s) (PEM file); read again on SIGHUP and tetherctl reload");
@@ -102,7 +127,15 @@ ABSL_FLAG(std::string, tls_key, "", "this node's private key (PEM file)");
 ABSL_FLAG(int32_t, tls_expiry_warn_days, 30,
           "warn in the log (at start, on reload, daily) when this node's certificate or the CA "
           "expires within this many days (0..3650; 0: never)");
-ABSL_FLAG(bool, verbose, false, "debug logging");
+ABSL_FLAG(bool, verbose, false, "debug logging (the same as --log_level=debug)");
+ABSL_FLAG(std::string, log_level, "info",
+          "debug, info, warning or error; changeable at run time: tetherctl log-level");
+ABSL_FLAG(std::string, notifier, "auto",
+          "the notifier source: auto (tether.ko where /dev/tether exists, else user space), "
+          "kernel (refuse to start without tether.ko), user (userfaultfd only)");
+ABSL_FLAG(bool, check_config, false,
+          "check the flags and the files they name, print the result and exit (0: good, 2: "
+          "bad) without starting anything; also spelled --check-config");
 ABSL_FLAG(uint32_t, local_max_connections_per_uid, 128,
           "local client connections (one daemon thread each) one uid may hold; over it a "
           "connection is refused with EAGAIN (0: no bound)");
@@ -121,9 +154,29 @@ namespace {
 // module is not loaded.
 constexpr int64_t kModuleAckTimeoutMs = 5000;
 
+// The data ports' defaults: fixed, so that a firewall rule can name them
+// (docs/man/tetherd.8, docs/operations.md). --peer_listen's is 7600.
+constexpr int kDataPort = 7601;
+constexpr int kRdmaPort = 7602;
+
 int Fail(const std::string& msg) {
   std::fprintf(stderr, "tetherd: %s\n", msg.c_str());
   return 2;
+}
+
+// --peers' value: id=host:port,... (CheckConfig checks the ids and addresses).
+absl::StatusOr<std::vector<tether::PeerConfig>> ParsePeers(const std::string& value) {
+  std::vector<tether::PeerConfig> peers;
+  for (absl::string_view item : absl::StrSplit(value, ',', absl::SkipWhitespace())) {
+    std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
+    tether::PeerConfig pc;
+    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 || kv[1].empty())
+      return absl::InvalidArgumentError("bad --peers entry '" + std::string(item) +
+                                        "' (want id=host:port)");
+    pc.address = kv[1];
+    peers.push_back(pc);
+  }
+  return peers;
 }
 
 // The daemon's configuration from the flags; an error names the bad flag.
@@ -133,21 +186,19 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.node_id = absl::GetFlag(FLAGS_node_id);
   cfg.local_socket = absl::GetFlag(FLAGS_local_socket);
   cfg.admin_socket = absl::GetFlag(FLAGS_admin_socket);
+  cfg.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!cfg.metrics_listen.empty()) {
+    if (absl::Status st = tether::CheckMetricsAddress(cfg.metrics_listen); !st.ok())
+      return bad(absl::StrCat("--metrics_listen: ", st.message(),
+                              " (HOST:PORT with a numeric address, or \"\" for none)"));
+  }
   cfg.peer_listen = absl::GetFlag(FLAGS_peer_listen);
   cfg.data_listen = absl::GetFlag(FLAGS_data_listen);
   if (cfg.data_listen.empty()) {
     size_t colon = cfg.peer_listen.rfind(':');
-    cfg.data_listen = cfg.peer_listen.substr(0, colon) + ":0";
+    cfg.data_listen = cfg.peer_listen.substr(0, colon) + ":" + std::to_string(kDataPort);
   }
-  for (absl::string_view item :
-       absl::StrSplit(absl::GetFlag(FLAGS_peers), ',', absl::SkipWhitespace())) {
-    std::vector<std::string> kv = absl::StrSplit(item, absl::MaxSplits('=', 1));
-    tether::PeerConfig pc;
-    if (kv.size() != 2 || !absl::SimpleAtoi(kv[0], &pc.node_id) || pc.node_id == 0 || kv[1].empty())
-      return bad("bad --peers entry '" + std::string(item) + "' (want id=host:port)");
-    pc.address = kv[1];
-    cfg.peers.push_back(pc);
-  }
+  ASSIGN_OR_RETURN(cfg.peers, ParsePeers(absl::GetFlag(FLAGS_peers)));
   const std::string rdma = absl::GetFlag(FLAGS_rdma);
   if (rdma == "auto") {
     cfg.rdma = tether::RdmaMode::kAuto;
@@ -161,7 +212,7 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   cfg.rdma_listen = absl::GetFlag(FLAGS_rdma_listen);
   if (cfg.rdma_listen.empty()) {
     size_t colon = cfg.data_listen.rfind(':');
-    cfg.rdma_listen = cfg.data_listen.substr(0, colon) + ":0";
+    cfg.rdma_listen = cfg.data_listen.substr(0, colon) + ":" + std::to_string(kRdmaPort);
   }
   cfg.rdma_queue_depth = absl::GetFlag(FLAGS_rdma_queue_depth);
   cfg.rdma_slot_kb = absl::GetFlag(FLAGS_rdma_slot_kb);
@@ -246,14 +297,94 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
         "tether.ko's ack_timeout_ms (%d ms): the module would let the exporter go on while a "
         "silent mapper node still serves old pages. Shorten the deadline or the lease",
         cfg.invalidate_deadline_ms, cfg.lease_ms, cfg.lease_margin_pct, worst, ack_timeout_ms));
+  cfg.state_dir = absl::GetFlag(FLAGS_state_dir);
+  if (cfg.state_dir.empty()) return bad("--state_dir must name a directory");
+  cfg.restart_grace_ms = absl::GetFlag(FLAGS_restart_grace_ms);
+  if (cfg.restart_grace_ms < 1000 || cfg.restart_grace_ms > 600000)
+    return bad("--restart_grace_ms must be 1000..600000");
   cfg.tls.insecure = absl::GetFlag(FLAGS_insecure_peers);
   cfg.tls.ca_path = absl::GetFlag(FLAGS_tls_ca);
   cfg.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
   cfg.tls.key_path = absl::GetFlag(FLAGS_tls_key);
   cfg.tls.expiry_warn_days = absl::GetFlag(FLAGS_tls_expiry_warn_days);
+  const std::string notifier = absl::GetFlag(FLAGS_notifier);
+  if (notifier == "auto") {
+    cfg.notifier = tether::NotifierMode::kAuto;
+  } else if (notifier == "kernel") {
+    cfg.notifier = tether::NotifierMode::kKernel;
+  } else if (notifier == "user") {
+    cfg.notifier = tether::NotifierMode::kUser;
+  } else {
+    return bad("--notifier must be auto, kernel or user");
+  }
+  if (!tether::ParseLogLevel(absl::GetFlag(FLAGS_log_level)))
+    return bad("--log_level must be debug, info, warning or error");
   // What concerns several flags, the peer list and the files.
   if (absl::Status st = tether::CheckConfig(cfg); !st.ok()) return st;
   return cfg;
+}
+
+std::string VersionString() {
+  return absl::StrFormat(
+      "tetherd %s (git %s), tether.ko ABI %d (linux/tether.h TETHER_ABI_VERSION)\n",
+      TETHERD_VERSION, TETHERD_GIT_REVISION, TETHER_ABI_VERSION);
+}
+
+// gRPC's own log lines (gpr_log) go through tether's sink: the same format
+// and journal priorities as the daemon's. gRPC filters by its own
+// verbosity first (GRPC_VERBOSITY, default ERROR).
+void GrpcLogToSink(gpr_log_func_args* args) {
+  tether::LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? tether::LogLevel::kError
+                           : args->severity == GPR_LOG_SEVERITY_INFO ? tether::LogLevel::kInfo
+                                                                     : tether::LogLevel::kDebug;
+  const char* file = args->file ? strrchr(args->file, '/') : nullptr;
+  if (tether::LogEnabled(level))
+    tether::LogLine(
+        level, absl::StrFormat("grpc %s:%d: %s", file ? file + 1 : (args->file ? args->file : "?"),
+                               args->line, args->message ? args->message : ""));
+}
+
+// The --flagfile values on the command line (absl reads them and keeps
+// no list): a reload reads them again. "--check-config" is rewritten to
+// absl's spelling, --check_config, on the way.
+std::vector<std::string> ScanArgs(int argc, char** argv, bool* peers_on_command_line) {
+  std::vector<std::string> files;
+  *peers_on_command_line = false;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (a == "--check-config") {
+      static char spelled[] = "--check_config";
+      argv[i] = spelled;
+      continue;
+    }
+    if (absl::ConsumePrefix(&a, "--") || absl::ConsumePrefix(&a, "-")) {
+      if (absl::ConsumePrefix(&a, "flagfile=")) {
+        files.emplace_back(a);
+      } else if (a == "flagfile" && i + 1 < argc) {
+        files.emplace_back(argv[++i]);
+      } else if (a == "peers" || absl::StartsWith(a, "peers=")) {
+        *peers_on_command_line = true;
+      }
+    }
+  }
+  return files;
+}
+
+// The --peers value the flag files hold now (the last one wins, as when
+// absl read them); "" if none names it.
+absl::StatusOr<std::string> PeersInFiles(const std::vector<std::string>& files) {
+  std::string value;
+  for (const std::string& f : files) {
+    std::ifstream in(f);
+    if (!in) return absl::NotFoundError("cannot read " + f + ": " + strerror(errno));
+    std::string line;
+    while (std::getline(in, line)) {
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (absl::ConsumePrefix(&l, "--peers=") || absl::ConsumePrefix(&l, "-peers="))
+        value = std::string(l);
+    }
+  }
+  return value;
 }
 
 }  // namespace
@@ -273,18 +404,63 @@ int main(int argc, char** argv) {
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler(absl::FailureSignalHandlerOptions());
 #endif
-  absl::SetProgramUsageMessage("tether node daemon. See docs/ and deploy/tetherd.conf.");
+  absl::SetProgramUsageMessage(
+      "the tether node daemon.\n"
+      "Usage: tetherd [--flagfile=/etc/tether/tetherd.conf] [--FLAG=VALUE ...]\n"
+      "       tetherd --check-config [--flagfile=F] | --version | --help\n"
+      "See tetherd(8) and tetherd.conf(5).");
+  absl::FlagsUsageConfig usage;
+  // absl lists only flags defined in a file named after the program
+  // (tetherd.cc); ours are here.
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "daemon/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = VersionString;
+  usage.normalize_filename = [](absl::string_view f) { return std::string(f); };
+  absl::SetFlagsUsageConfig(usage);
+  bool peers_on_command_line = false;
+  const std::vector<std::string> flagfiles = ScanArgs(argc, argv, &peers_on_command_line);
   absl::ParseCommandLine(argc, argv);
+  tether::SetLogFormat(tether::DetectLogFormat(STDERR_FILENO));
+  gpr_set_log_function(GrpcLogToSink);
+  tether::SetLogLevel(
+      tether::ParseLogLevel(absl::GetFlag(FLAGS_log_level)).value_or(tether::LogLevel::kInfo));
   if (absl::GetFlag(FLAGS_verbose)) tether::SetLogLevel(tether::LogLevel::kDebug);
 
   absl::StatusOr<tether::TetherdConfig> cfg = ConfigFromFlags();
+  if (absl::GetFlag(FLAGS_check_config)) {
+    if (cfg.ok() && cfg->notifier == tether::NotifierMode::kKernel &&
+        !tether::KernelNotifierSource::Available())
+      cfg = absl::FailedPreconditionError(
+          absl::StrCat("--notifier=kernel but ", tether::KernelNotifierSource::kDevice,
+                       " does not exist: load tether.ko (modprobe tether)"));
+    if (!cfg.ok()) return Fail("config: " + std::string(cfg.status().message()));
+    std::printf("tetherd: config OK: node %u, peers on %s, data on %s (tcp), %zu peer(s)%s\n",
+                cfg->node_id, cfg->peer_listen.c_str(), cfg->data_listen.c_str(), cfg->peers.size(),
+                flagfiles.empty() ? "" : (", from " + absl::StrJoin(flagfiles, ",")).c_str());
+    return 0;
+  }
   if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
+  tether::SetLogPrefix(absl::StrFormat("tetherd[node %d]", cfg->node_id));
+  if (!flagfiles.empty() && !peers_on_command_line) {
+    // A reload reads the peers from the files again, checked as at start.
+    cfg->read_peers = [files = flagfiles,
+                       base = *cfg]() -> absl::StatusOr<std::vector<tether::PeerConfig>> {
+      ASSIGN_OR_RETURN(std::string value, PeersInFiles(files));
+      tether::TetherdConfig next = base;
+      ASSIGN_OR_RETURN(next.peers, ParsePeers(value));
+      RETURN_IF_ERROR(tether::CheckConfig(next));
+      return next.peers;
+    };
+  }
 
   // Least privilege (common/capabilities.h): before any thread exists, as
   // capabilities are per thread and inherited by the threads made later.
   {
     bool low_port = false;
-    for (const std::string* addr : {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen}) {
+    for (const std::string* addr :
+         {&cfg->peer_listen, &cfg->data_listen, &cfg->rdma_listen, &cfg->metrics_listen}) {
       int port = tether::PortOf(*addr);
       if (port > 0 && port < 1024) low_port = true;
     }
@@ -319,26 +495,38 @@ int main(int argc, char** argv) {
   }
 
   tether::Tetherd daemon(*std::move(cfg));
+  tether::ServiceNotifier service;
+  service.Status("starting");
   absl::Status st = daemon.Start();
   if (!st.ok()) {
     if (fault_points) fault_points->Stop();
     daemon.Stop();
     return Fail(std::string(st.message()));
   }
-  // SIGHUP: read the TLS files again (a bad set is logged and the one in
-  // use stays). Once a day: warn if the certificate or CA expires soon.
+  // Every socket listens and the notifier source runs: systemctl start
+  // returns now.
+  service.Ready("serving");
+  service.StartWatchdog([&daemon] { return daemon.CheckAlive(); });
+  // SIGHUP: read the peer list and the TLS files again (a bad set is
+  // logged and the one in use stays). Once a day: warn if the certificate
+  // or CA expires soon.
   for (;;) {
     timespec day = {24 * 3600, 0};
     int sig = sigtimedwait(&set, nullptr, &day);
     if (sig == SIGHUP) {
-      TLOG_INFO("SIGHUP: reloading the TLS files");
-      daemon.ReloadTls().IgnoreError();  // logged by ReloadTls
+      TLOG_INFO("SIGHUP: reloading the peer list and the TLS files");
+      service.Reloading();
+      absl::StatusOr<std::string> r = daemon.Reload();  // failures logged by Reload
+      service.Ready(r.ok() ? "serving; reloaded"
+                           : "serving; last reload failed: " + std::string(r.status().message()));
     } else if (sig < 0 && errno == EAGAIN) {
       daemon.CheckTlsExpiry();
     } else if (sig == SIGTERM || sig == SIGINT) {
       break;
     }
   }
+  service.Stopping();
+  service.StopWatchdog();
   // Held threads first: the daemon's Stop() joins them.
   if (fault_points) fault_points->Stop();
   daemon.Stop();

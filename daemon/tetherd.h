@@ -19,23 +19,35 @@
 #ifndef TETHER_DAEMON_TETHERD_H_
 #define TETHER_DAEMON_TETHERD_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "daemon/common/metrics_http.h"
 #include "daemon/peer/peer_directory.h"
 #include "daemon/peer/tls_identity.h"
 
 namespace tether {
 
 enum class RdmaMode { kAuto, kOn, kOff };
+// The notifier source (--notifier): auto takes tether.ko where /dev/tether
+// exists, else user space; kernel refuses to start without the module
+// (an operator who relies on what only the module sees, mprotect and
+// kernel-internal changes, would otherwise silently lose it after a
+// kernel upgrade left the module unbuilt); user never opens /dev/tether.
+enum class NotifierMode { kAuto, kKernel, kUser };
 
 struct TetherdConfig {
   uint32_t node_id = 0;
   std::string local_socket;
   std::string admin_socket;
+  // The Prometheus endpoint (GET /metrics), "host:port"; empty: none.
+  std::string metrics_listen = "127.0.0.1:9640";
   std::string peer_listen;  // gRPC host:port
   std::string data_listen;  // tcp transport host:port
   // The rdma transport: used with peers that have one too (auto: when a
@@ -67,11 +79,25 @@ struct TetherdConfig {
   // Bounds on local connections (local_server.h); 0: none.
   uint32_t local_max_connections_per_uid = 128;
   uint32_t local_max_connections = 1024;
+  // Where the segment epoch and counter persist across restarts
+  // (common/node_state.h); required.
+  std::string state_dir;
+  // How long after a start exporters' libraries may register segments of
+  // the earlier run again, and mappers wait for a home to come back before
+  // they revoke its attachments (docs/consistency.md, "When the home
+  // daemon restarts").
+  int restart_grace_ms = 30000;
   // Nodes whose remote root is not squashed (SegmentRegistry::SetTrustedPeers).
   std::vector<uint32_t> trusted_peers;
+  NotifierMode notifier = NotifierMode::kAuto;
+  // Reload(): the peer list the config file names now, checked as at start
+  // (main reads the --flagfile again); null: the peers came from the
+  // command line, and a reload leaves them as they are.
+  std::function<absl::StatusOr<std::vector<PeerConfig>>()> read_peers;
 };
 
 class SegmentRegistry;
+class NodeState;
 class PeerServer;
 class AdminServer;
 class LocalServer;
@@ -98,10 +124,20 @@ class Tetherd {
   absl::Status Start();
   // Stops accepting work, writes attachments' dirty pages back, shuts down.
   void Stop();
-  // Reads the TLS files again (SIGHUP, tetherctl reload): new connections
-  // use them if they check out; else the ones in use stay (tls_identity.h).
-  // Any thread, after Start() succeeded.
+  // SIGHUP and tetherctl reload: reads the peer list (read_peers) and the
+  // TLS files again. Each part stays as it was if its new version does not
+  // check out (a bad file, a dropped peer still in use: logged, and the
+  // error returned); new connections use new TLS files (tls_identity.h).
+  // Returns what changed, for tetherctl. Any thread, after Start()
+  // succeeded; reloads are serialized.
+  absl::StatusOr<std::string> Reload();
+  // The TLS half of Reload().
   absl::Status ReloadTls();
+  // The watchdog's probe (main, service_notify.h): OK if the admin server
+  // answers an RPC and the segment registry's lock can be taken. Blocks
+  // while either is stuck, which is what the watchdog is there to notice.
+  // Any thread, after Start() succeeded.
+  absl::Status CheckAlive();
   // Logs a warning when the certificate or the CA expires soon (main
   // calls it daily). Any thread, after Start() succeeded.
   void CheckTlsExpiry();
@@ -115,8 +151,15 @@ class Tetherd {
   absl::Status StartServers(const std::string& token);
   absl::Status MakeRdma();  // rdma_: null without a usable verbs device
   absl::Status StartRdma(const std::string& secret);
+  // Stop's first step: every mapper of a live segment drops its clean
+  // copies before this daemon goes (an upgrade, a restart).
+  void SuspendMappers();
+  // Why `node` must not leave the peer list ("" if it may): Reload().
+  std::string PeerInUse(uint32_t node);
   TetherdConfig config_;
-  uint32_t incarnation_ = 0;
+  absl::Mutex reload_mu_;             // one Reload() at a time
+  uint32_t incarnation_ = 0;          // this run's (random): peers see restarts by it
+  std::unique_ptr<NodeState> state_;  // the segment epoch, kept across runs
   absl::Time started_;
   std::unique_ptr<TlsIdentity> tls_;  // null with --insecure_peers
   std::unique_ptr<SegmentRegistry> registry_;
@@ -141,6 +184,13 @@ class Tetherd {
   std::unique_ptr<LocalServer> local_server_;
   std::unique_ptr<PeerServer> peer_server_;
   std::unique_ptr<AdminServer> admin_server_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;  // null with --metrics_listen=""
+  std::string notifier_name_;                        // "tether.ko" or "userfaultfd"
+  // The daemon's gauges and counters kept elsewhere, in the registry
+  // (docs/metrics.md); before the servers start.
+  void RegisterMetrics();
+  // tetherctl drain: Sync of every writable copy attachment.
+  absl::StatusOr<uint64_t> WriteBackAll();
 };
 
 }  // namespace tether

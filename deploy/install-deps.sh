@@ -13,11 +13,18 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libibverbs-dev librdmacm-dev
+  # tetherd's sd_notify readiness and watchdog (Type=notify)
+  libsystemd-dev
   iproute2 procps util-linux bc openssl python3 kmod
   clang-format
+  # tests/check-man: groff -man -ww over docs/man/.
+  groff groff-base
   # libFuzzer (tests/fuzz): Debian 12's clang 14, its runtimes
   # (libclang_rt.fuzzer, asan, ubsan) and llvm-symbolizer for readable stacks.
   clang libclang-rt-dev llvm
+  # Debian packages (deploy/build-debs, tests/packaging/run): debhelper with
+  # the dkms addon, lintian; dkms itself builds tether.ko from tether-dkms.
+  debhelper dh-dkms dkms lintian libssl-dev
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "client/src/event_channel.h"
+#include "client/src/export_keeper.h"
 #include "client/src/local_channel.h"
 #include "local.pb.h"
 
@@ -130,6 +131,22 @@ void* AttachDirect(const tether::local::AttachResponse& r, std::vector<int>& fds
   return p;
 }
 
+// ExportKeeper's Reopen: a new event handle for an export registered again
+// after the old one was closed (export_keeper.h).
+int ReopenEvents(tc::ClientExport* e) {
+  uint64_t range_id = 0;
+  int fd = e->tether_range_id != 0
+               ? OpenTetherExporterFd(reinterpret_cast<void*>(e->vaddr), e->size, &range_id)
+               : -1;
+  if (fd < 0) {
+    range_id = 0;
+    fd = OpenEventsUserfaultfd();
+  }
+  e->events_fd = fd;
+  e->tether_range_id = range_id;
+  return fd;
+}
+
 bool Aligned(const void* p, size_t n) {
   return (reinterpret_cast<uintptr_t>(p) % kPage) == 0 && n % kPage == 0;
 }
@@ -162,11 +179,13 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   m->set_size(size);
   m->set_permit_mode(static_cast<uint32_t>(mode));
   tether::local::LocalResponse resp;
-  // The daemon's event handle for this mm, for the daemon only (we keep no
-  // copy: if the daemon dies, the registration goes with it and our
-  // munmap/madvise never wait on a reader that is gone): a /dev/tether fd
-  // with the range registered where tether.ko is loaded, else a
-  // userfaultfd (munmap/madvise/mremap events).
+  // The daemon's event handle for this mm: a /dev/tether fd with the
+  // range registered where tether.ko is loaded, else a userfaultfd
+  // (munmap/madvise/mremap events). We keep a copy (ExportKeeper): if the
+  // daemon restarts, the new one gets the same handle with the export
+  // registered again, and meanwhile no unmap goes on unseen; the copy is
+  // closed by tether_remove, or once no daemon came back within the grace
+  // (export_keeper.h).
   uint64_t range_id = 0;
   int events = OpenTetherExporterFd(vaddr, size, &range_id);
   if (events >= 0)
@@ -177,8 +196,20 @@ TETHER_EXPORT tether_segid_t tether_make(void* vaddr, size_t size, int permit_ty
   if (events >= 0) fds.push_back(events);
   int rc = tc::LocalChannel::Get().Call(req, fds, &resp);
   close(pidfd);
-  if (events >= 0) close(events);
-  if (rc != 0) return -1;
+  if (rc != 0) {
+    if (events >= 0) close(events);
+    return -1;
+  }
+  tc::ClientExport exp;
+  exp.segid = resp.make().segid();
+  exp.vaddr = reinterpret_cast<uint64_t>(vaddr);
+  exp.size = size;
+  exp.mode = static_cast<uint32_t>(mode);
+  exp.events_fd = events;
+  exp.tether_range_id = range_id;
+  tc::ExportKeeper::Get().SetReopen(&ReopenEvents);
+  tc::ExportKeeper::Get().SetHold(resp.make().hold_ms());
+  tc::ExportKeeper::Get().Add(exp);
   return static_cast<tether_segid_t>(resp.make().segid());
 }
 
@@ -187,7 +218,9 @@ TETHER_EXPORT int tether_remove(tether_segid_t segid) {
   tether::local::LocalRequest req;
   req.mutable_remove()->set_segid(static_cast<uint64_t>(segid));
   tether::local::LocalResponse resp;
-  return tc::LocalChannel::Get().Call(req, {}, &resp);
+  int rc = tc::LocalChannel::Get().Call(req, {}, &resp);
+  if (rc == 0) tc::ExportKeeper::Get().Forget(static_cast<uint64_t>(segid));
+  return rc;
 }
 
 TETHER_EXPORT tether_apid_t tether_get(tether_segid_t segid, int flags, int permit_type,
@@ -398,7 +431,10 @@ TETHER_EXPORT int tether_publish(tether_segid_t segid, const char* name) {
   req.mutable_publish()->set_segid(static_cast<uint64_t>(segid));
   req.mutable_publish()->set_name(name);
   tether::local::LocalResponse resp;
-  return tc::LocalChannel::Get().Call(req, {}, &resp);
+  int rc = tc::LocalChannel::Get().Call(req, {}, &resp);
+  // Published again by the library after a daemon restart (export_keeper.h).
+  if (rc == 0) tc::ExportKeeper::Get().AddName(static_cast<uint64_t>(segid), name);
+  return rc;
 }
 
 TETHER_EXPORT tether_segid_t tether_lookup(const char* name, size_t* size_out) {

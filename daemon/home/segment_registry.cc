@@ -1,10 +1,12 @@
 #include "daemon/home/segment_registry.h"
 
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -25,8 +27,20 @@ namespace {
 constexpr uint64_t kUserAddressLimit = uint64_t{1} << 56;
 }  // namespace
 
-SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t incarnation)
-    : node_id_(node_id), incarnation_(incarnation) {}
+SegmentRegistry::SegmentRegistry(uint32_t node_id, uint32_t epoch)
+    : node_id_(node_id),
+      own_state_(NodeState::Ephemeral(node_id, epoch)),
+      state_(own_state_.get()),
+      reregister_until_(absl::InfinitePast()) {}
+
+SegmentRegistry::SegmentRegistry(uint32_t node_id, NodeState* state, absl::Time reregister_until)
+    : node_id_(node_id), state_(state), reregister_until_(reregister_until) {
+  uint32_t base = 0;
+  while (base == 0)
+    if (getrandom(&base, sizeof(base), 0) != sizeof(base)) base = static_cast<uint32_t>(getpid());
+  grant_base_ = uint64_t{base} << 32;
+  next_grant_ = grant_base_ | 1;
+}
 
 SegmentRegistry::~SegmentRegistry() { Stop(); }
 
@@ -66,6 +80,7 @@ void SegmentRegistry::ExporterExited(uint64_t segid) {
     }
     if (seg->state == "live") {
       seg->state = "exporter exited";
+      Unpersist(segid);
       notify = true;
       TLOG_INFO("segment %#x: exporter pid %d exited; %d grants revoked", segid, seg->pid,
                 seg->grants.size());
@@ -110,18 +125,130 @@ absl::StatusOr<uint64_t> SegmentRegistry::Make(const Credentials& owner, uint64_
   seg->gid = owner.gid;
   seg->mode = mode;
   absl::MutexLock lock(&mu_);
-  if (next_local_ == 0) return ErrnoStatus(ENOSPC, "segment ids exhausted");
-  seg->segid = MakeSegid(node_id_, incarnation_, next_local_++);
+  ASSIGN_OR_RETURN(uint32_t local, state_->NextLocal());
+  seg->segid = MakeSegid(node_id_, state_->epoch(), local);
+  // Recorded before the segid is handed out: a restart after this point
+  // lets only this owner register it again (Reregister). One file write
+  // per export, under mu_ as NextLocal's: a Make stalls this node's
+  // reads for an fsync of a small file (exports are rare; the table must
+  // be on disk before the exporter can hold the segid).
+  DropEarlierIfLate();
+  RETURN_IF_ERROR(state_->AddSegment(local, {owner.uid, owner.gid, mode}));
+  auto segid = Insert(std::move(seg), std::move(memory), "exported");
+  if (!segid.ok()) Unpersist(MakeSegid(node_id_, state_->epoch(), local));
+  return segid;
+}
+
+void SegmentRegistry::DropEarlierIfLate() {
+  if (absl::Now() >= reregister_until_) state_->DropEarlier();
+}
+
+void SegmentRegistry::Unpersist(uint64_t segid) {
+  SegidParts parts;
+  if (!ParseSegid(segid, &parts)) return;
+  DropEarlierIfLate();
+  // A failed write leaves the line in the file until the next write; it
+  // lets at most this segment's owner register a dead segment again.
+  absl::Status st = state_->RemoveSegment(parts.local);
+  if (!st.ok()) TLOG_WARN("segment %#x: %s", segid, st.ToString());
+}
+
+absl::StatusOr<uint64_t> SegmentRegistry::Insert(std::unique_ptr<Segment> seg,
+                                                 std::unique_ptr<ExporterMemory> memory,
+                                                 const char* how) {
   if (exits_.is_open()) {  // not in unit tests that never Start()
     absl::Status st = exits_.Add(memory->pidfd(), seg->segid);
     if (!st.ok()) return ErrnoStatus(ToErrno(st), "watch exporter pidfd");
   }
   seg->memory = std::move(memory);
   uint64_t segid = seg->segid;
-  TLOG_INFO("segment %#x: exported [%#x, +%d) of pid %d, mode %o", segid, vaddr, size, seg->pid,
-            mode);
+  TLOG_INFO("segment %#x: %s [%#x, +%d) of pid %d, mode %o", segid, how, seg->vaddr, seg->size,
+            seg->pid, seg->mode);
   segments_.emplace(segid, std::move(seg));
   return segid;
+}
+
+absl::StatusOr<uint64_t> SegmentRegistry::Reregister(const Credentials& owner, uint64_t segid,
+                                                     uint64_t vaddr, uint64_t size, uint32_t mode,
+                                                     std::unique_ptr<ExporterMemory> memory) {
+  SegidParts parts;
+  if (!ParseSegid(segid, &parts))
+    return ErrnoStatus(EINVAL, absl::StrFormat("%#x is not a segid", segid));
+  if (parts.node != node_id_ || parts.incarnation != state_->epoch() ||
+      parts.local >= state_->first_local())
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x was not made by an earlier run of "
+                                               "this node's daemon (node %d, epoch %#x)",
+                                               segid, node_id_, state_->epoch()));
+  if (absl::Now() >= reregister_until_)
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: too late to register it again (the "
+                                               "grace after the daemon's restart ran out)",
+                                               segid));
+  // The same checks as a new export (Make), on a copy of the arguments.
+  if (size == 0 || vaddr % kPageSize != 0 || size % kPageSize != 0 || vaddr + size < vaddr ||
+      vaddr + size > kUserAddressLimit || (mode & ~0777u) || !memory)
+    return ErrnoStatus(EINVAL, "bad export range, mode or memory");
+  auto seg = std::make_unique<Segment>();
+  seg->segid = segid;
+  seg->vaddr = vaddr;
+  seg->size = size;
+  seg->pid = memory->pid();
+  seg->uid = owner.uid;
+  seg->gid = owner.gid;
+  seg->mode = mode;
+  absl::MutexLock lock(&mu_);
+  if (segments_.contains(segid))
+    return ErrnoStatus(EEXIST, absl::StrFormat("segment %#x is registered already", segid));
+  // Only what node.state recorded as live when the earlier run stopped,
+  // and only by the uid that made it: mappers hand their grants of this
+  // segid back to whatever is registered under it (issue 18/17).
+  std::optional<NodeState::SegmentOwner> was = state_->Earlier(parts.local);
+  if (!was)
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x was not live when this node's "
+                                               "daemon stopped (removed, or its exporter exited)",
+                                               segid));
+  if (was->uid != owner.uid)
+    return ErrnoStatus(EACCES, absl::StrFormat("segment %#x belongs to uid %d; uid %d may not "
+                                               "register it again",
+                                               segid, was->uid, owner.uid));
+  ASSIGN_OR_RETURN(uint64_t id, Insert(std::move(seg), std::move(memory),
+                                       "registered again after the restart:"));
+  // Recorded again for the next restart; on failure undone, so that the
+  // exporter's library sees the error (and no segid outlives what the
+  // file says).
+  absl::Status st = state_->AddSegment(parts.local, {owner.uid, owner.gid, mode});
+  if (!st.ok()) {
+    auto it = segments_.find(id);
+    if (it->second->memory) exits_.Remove(it->second->memory->pidfd());
+    segments_.erase(it);
+    return st;
+  }
+  return id;
+}
+
+absl::Status SegmentRegistry::ReclaimGrant(uint64_t segid, uint64_t grant, const Credentials& cred,
+                                           bool write, uint32_t mapper_node) {
+  absl::MutexLock lock(&mu_);
+  if (!segments_.contains(segid)) {
+    SegidParts parts;
+    if (ParseSegid(segid, &parts) && parts.node == node_id_ &&
+        parts.incarnation == state_->epoch() && parts.local < state_->first_local() &&
+        absl::Now() < reregister_until_)
+      return ErrnoStatus(EAGAIN, absl::StrFormat("segment %#x is not registered again yet", segid));
+  }
+  ASSIGN_OR_RETURN(Segment * seg, CheckGrant(segid, cred, write, mapper_node));
+  auto it = seg->grants.find(grant);
+  if (it != seg->grants.end()) {
+    if (it->second.node != mapper_node || it->second.writable != write)
+      return ErrnoStatus(EINVAL, absl::StrFormat("grant %#x is another one", grant));
+    return absl::OkStatus();  // reclaimed before (a renewal sent twice)
+  }
+  // What the node held before the restart is not known here: a writable
+  // grant may hold a dirty copy of any page of the segment, so all of it
+  // stays marked in tether.ko until the grant ends (GrantRecord::copies).
+  GrantRecord record{mapper_node, write, {}, {}};
+  if (write) record.copies.Add(0, seg->size);
+  seg->grants.emplace(grant, std::move(record));
+  return absl::OkStatus();
 }
 
 absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) {
@@ -139,6 +266,7 @@ absl::Status SegmentRegistry::Remove(uint64_t segid, const Credentials& caller) 
       memory = std::move(seg->memory);
     }
     seg->state = "removed";
+    Unpersist(segid);
     TLOG_INFO("segment %#x: removed (%d grants revoked)", segid, seg->grants.size());
   }
   Gone(segid, "segment removed by its exporter");
@@ -196,6 +324,19 @@ void SegmentRegistry::SetTrustedPeers(std::vector<uint32_t> nodes) {
 absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials& caller, bool write,
                                               uint32_t mapper_node) {
   absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(Segment * seg, CheckGrant(segid, caller, write, mapper_node));
+  Grant g;
+  g.id = next_grant_++;
+  g.segment_size = seg->size;
+  g.writable = write;
+  seg->grants.emplace(g.id, GrantRecord{mapper_node, write, {}, {}});
+  return g;
+}
+
+absl::StatusOr<SegmentRegistry::Segment*> SegmentRegistry::CheckGrant(uint64_t segid,
+                                                                      const Credentials& caller,
+                                                                      bool write,
+                                                                      uint32_t mapper_node) {
   // A mapper on another node is who its daemon says it is; its root is
   // anyone's root, so it acts as nobody unless its node is trusted
   // (--trusted_peers, docs/security.md). This node's own callers are
@@ -223,12 +364,7 @@ absl::StatusOr<Grant> SegmentRegistry::Attach(uint64_t segid, const Credentials&
                                                              "not in --trusted_peers)",
                                                              mapper_node)
                                            : ""));
-  Grant g;
-  g.id = next_grant_++;
-  g.segment_size = seg->size;
-  g.writable = write;
-  seg->grants.emplace(g.id, GrantRecord{mapper_node, write, {}, {}});
-  return g;
+  return seg;
 }
 
 absl::Status SegmentRegistry::Detach(uint64_t segid, uint64_t grant, uint32_t mapper_node) {

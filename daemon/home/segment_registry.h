@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "daemon/common/credentials.h"
 #include "daemon/common/interval_set.h"
+#include "daemon/common/node_state.h"
 #include "daemon/common/wakeable_epoll.h"
 #include "daemon/home/exporter_memory.h"
 #include "daemon/home/segment_observer.h"
@@ -50,8 +51,16 @@ struct OpenedWindow {
 
 class SegmentRegistry : public BlockServer {
  public:
-  SegmentRegistry(uint32_t node_id, uint32_t incarnation);
+  // Segids of segment epoch `epoch`, nothing persisted (unit tests).
+  SegmentRegistry(uint32_t node_id, uint32_t epoch);
+  // The daemon's: segids of `state`'s epoch and counter (node_state.h;
+  // must outlive the registry). Segments of an earlier run may be
+  // registered again (Reregister) until `reregister_until`.
+  SegmentRegistry(uint32_t node_id, NodeState* state, absl::Time reregister_until);
   ~SegmentRegistry() override;
+
+  // The segment epoch of this node's segids (segid.h's incarnation field).
+  uint32_t epoch() const { return state_->epoch(); }
 
   // Starts the thread that notices exporters exiting (pidfd poll).
   // `observer` (may be null in unit tests) is asked before every read and
@@ -61,6 +70,26 @@ class SegmentRegistry : public BlockServer {
 
   absl::StatusOr<uint64_t> Make(const Credentials& owner, uint64_t vaddr, uint64_t size,
                                 uint32_t mode, std::unique_ptr<ExporterMemory> memory);
+  // A restarted daemon: the exporter's library registers a segment of an
+  // earlier run again under its segid (docs/consistency.md, "When the
+  // home daemon restarts"). ENOENT unless the segid is this node's, of
+  // this epoch, made by an earlier run (below NodeState::first_local),
+  // live when that run stopped (node.state's segment table: not removed,
+  // its exporter had not exited) and the grace since the start has not
+  // run out; EACCES unless `owner` has the uid that made it (root too:
+  // only the original owner); EEXIST if it is live.
+  // Every mapper node that held grants before the restart reclaims them
+  // (ReclaimGrant) after it dropped its clean copies.
+  absl::StatusOr<uint64_t> Reregister(const Credentials& owner, uint64_t segid, uint64_t vaddr,
+                                      uint64_t size, uint32_t mode,
+                                      std::unique_ptr<ExporterMemory> memory);
+  // A mapper node's grant from before the restart, taken back under its
+  // id (a lease renewal carries it: peer.proto's HeldGrant): the permit is
+  // checked again as Attach does. ENOENT if the segment is not live (or
+  // from another epoch), EAGAIN if it is one of an earlier run not (yet)
+  // registered again within the grace; EACCES, EIDRM as Attach.
+  absl::Status ReclaimGrant(uint64_t segid, uint64_t grant, const Credentials& cred, bool write,
+                            uint32_t mapper_node);
   absl::Status Remove(uint64_t segid, const Credentials& caller);
   absl::Status Publish(uint64_t segid, const std::string& name, const Credentials& caller);
   absl::StatusOr<SegmentSummary> Lookup(const std::string& name) const;
@@ -268,13 +297,31 @@ class SegmentRegistry : public BlockServer {
   void WatchExits();
   void ExporterExited(uint64_t segid);
   void MaybeForget(Segment* seg) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Segment `segid` is no longer live: drops it from node.state's table,
+  // so that no later run lets it be registered again.
+  void Unpersist(uint64_t segid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before a change of node.state's table: once the grace ran out, the
+  // earlier run's segments that did not come back are dropped with it.
+  void DropEarlierIfLate() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The checks Attach and ReclaimGrant share: the segment, live, not
+  // fenced for the node, its permit.
+  absl::StatusOr<Segment*> CheckGrant(uint64_t segid, const Credentials& caller, bool write,
+                                      uint32_t mapper_node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> Insert(std::unique_ptr<Segment> seg,
+                                  std::unique_ptr<ExporterMemory> memory, const char* how)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const uint32_t node_id_;
-  const uint32_t incarnation_;
+  std::unique_ptr<NodeState> own_state_;  // the unit tests' (ephemeral)
+  NodeState* const state_;                // guarded by mu_ (every call)
+  const absl::Time reregister_until_;
 
   mutable absl::Mutex mu_;
-  uint32_t next_local_ ABSL_GUARDED_BY(mu_) = 1;
+  // Grant ids start at a random multiple of 2^32 each run, so that the
+  // grants mappers reclaim after a restart never collide with new ones.
   uint64_t next_grant_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t grant_base_ = 0;  // this run's (set at construction)
   uint64_t next_window_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_write_ ABSL_GUARDED_BY(mu_) = 1;
   absl::CondVar write_landed_;  // signalled by WriteLanded

@@ -32,6 +32,11 @@ absl::StatusOr<std::shared_ptr<ExporterMemory>> SegmentRegistry::Resolve(
     return ErrnoStatus(EIDRM, absl::StrFormat("segment %#x: revoked for node %d (%s)", segid,
                                               peer_node, fit->second));
   auto git = seg->grants.find(grant);
+  if (git == seg->grants.end() && (grant >> 32) != (grant_base_ >> 32))
+    return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x: grant %#x is of before this "
+                                               "daemon's restart and was not handed back (the "
+                                               "mapper node renews no lease: --lease_ms=0?)",
+                                               segid, grant));
   if (git == seg->grants.end() || git->second.node != peer_node)
     return ErrnoStatus(EACCES, "no grant for this node");
   if (write && !git->second.writable) return ErrnoStatus(EACCES, "read-only grant");

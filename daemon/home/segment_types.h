@@ -31,6 +31,7 @@ struct SegmentRange {
 
 struct Grant {
   uint64_t id = 0;
+  uint64_t incarnation = 0;  // of the home daemon's run that granted it (0: unknown)
   uint64_t segment_size = 0;
   bool writable = false;
 };

@@ -8,8 +8,10 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/common/metrics.h"
 #include "daemon/invalidation/ack_collector.h"
 
 namespace tether {
@@ -80,6 +82,7 @@ absl::StatusOr<InvalidationCoordinator::PendingBegin> InvalidationCoordinator::S
   PendingBegin p;
   p.why_ = why;
   p.wait_ = wait;
+  p.opened_ = absl::Now();
   InvalidationWindow& w = p.window_;
   w.segid = segid;
   w.id = opened->id;
@@ -113,7 +116,23 @@ InvalidationWindow InvalidationCoordinator::FinishBegin(PendingBegin pending) {
   InvalidationWindow w = FenceUnanswered(std::move(pending));
   AwaitWriteBacks(w);
   if (leases_) WaitOutFences(w);
+  if (leases_) WaitOutRestart(w);
   return w;
+}
+
+void InvalidationCoordinator::WaitOutRestart(const InvalidationWindow& w) {
+  // A daemon that restarted with its segment epoch does not know which
+  // nodes still hold copies its earlier run served: until every lease the
+  // earlier run granted has run out, a node may serve one it cannot reach
+  // with a range_begin (lease_table.h). Only in the first lease * (1 +
+  // margin) after such a restart; never otherwise (one lock round).
+  absl::Time until = leases_->QuietUntil();
+  if (until <= leases_->clock()->Now()) return;
+  TLOG_INFO("segment %#x: change held until the leases of before the restart ran out (%d ms)",
+            w.segid, absl::ToInt64Milliseconds(until - leases_->clock()->Now()));
+  while (leases_->clock()->Now() < until)
+    absl::SleepFor(std::min(until - leases_->clock()->Now(), absl::Milliseconds(10)));
+  stats_.lease_waits++;
 }
 
 bool InvalidationCoordinator::WriteBacksLanded(const InvalidationWindow& w) const {
@@ -145,6 +164,14 @@ InvalidationWindow InvalidationCoordinator::FenceUnanswered(PendingBegin pending
     w.acked = r.acks.acked();
     w.fenced = r.acks.failed();
   }
+  // How long the mappers took to drop their copies (or the deadline ran
+  // out for those fenced now): the part of a change's delay tether adds.
+  static metrics::Histogram* const latency = metrics::Default().GetHistogram(
+      "tether_home_invalidation_seconds",
+      "from opening an invalidation window to every mapper node holding a copy having "
+      "acknowledged the range_begin or been fenced (windows with copies to drop only)",
+      metrics::Histogram::LatencyBounds());
+  latency->Observe(absl::Now() - pending.opened_);
   if (!w.fenced.empty())
     FenceAndHold(w.segid, w.fenced,
                  absl::StrFormat("did not acknowledge an invalidation of segment %#x within %d ms "
@@ -308,6 +335,13 @@ void InvalidationCoordinator::End(const InvalidationWindow& w,
                             "%#x within %d s (%s)",
                             id, segid, absl::ToInt64Seconds(kRevokeTimeout), st.message()));
       });
+}
+
+std::vector<uint32_t> InvalidationCoordinator::RevokeGrants(uint64_t segid,
+                                                            const std::string& why) {
+  std::vector<uint32_t> nodes = registry_->GrantNodes(segid);
+  FenceAndHold(segid, nodes, why);
+  return nodes;
 }
 
 void InvalidationCoordinator::RevokeAll(uint64_t segid, const std::string& why) {

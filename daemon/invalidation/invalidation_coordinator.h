@@ -157,6 +157,7 @@ class InvalidationCoordinator {
     InvalidationWindow window_;
     std::string why_;
     absl::Duration wait_;  // the fan-out's timeout
+    absl::Time opened_;    // for the latency histogram (docs/metrics.md)
   };
 
   // A write-back is one process_vm_writev of a batch of pages: µs, a few
@@ -220,6 +221,9 @@ class InvalidationCoordinator {
   // after every wake-up) until FencesHeldUntil(window) is not after the
   // lease table's Now(). Returns at once without leases.
   void WaitOutFences(const InvalidationWindow& window);
+  // After a restart that kept the segment epoch: blocks until every lease
+  // of the earlier run has run out (HomeLeaseTable::QuietUntil). FinishBegin.
+  void WaitOutRestart(const InvalidationWindow& window);
   // `gone`: sub-ranges (segment offsets) that no longer exist in the
   // exporter (unmap): mappers discard dirty data kept aside for them
   // instead of writing it back over whatever is mapped there later.
@@ -228,6 +232,14 @@ class InvalidationCoordinator {
   // The segment is gone (removed, exporter exited): every node holding a
   // grant revokes its attachments. Does not wait.
   void RevokeAll(uint64_t segid, const std::string& why);
+  // An operator's revoke (`tetherctl revoke`): every node holding a grant
+  // on the segment is fenced for it, as a node that missed a range_begin
+  // is — its grants go, its later requests are refused, it is sent REVOKE
+  // (its attachments' next access raises SIGBUS) and it may not attach
+  // the segment again (EIDRM) — with `why` as the reason. The segment and
+  // the exporter's memory are untouched. Returns the nodes fenced. Does
+  // not wait.
+  std::vector<uint32_t> RevokeGrants(uint64_t segid, const std::string& why);
 
   const InvalidationStats& stats() const { return stats_; }
   absl::Duration ack_deadline() const { return ack_deadline_; }

@@ -15,9 +15,23 @@ void HomeLeaseTable::Granted(uint32_t node) {
 absl::Time HomeLeaseTable::ExpiresAt(uint32_t node) const {
   if (!config_.enabled()) return absl::InfinitePast();
   absl::MutexLock lock(&mu_);
+  absl::Time granted = quiet_until_ - config_.lease * (1 + config_.margin);
   auto it = granted_.find(node);
-  if (it == granted_.end()) return absl::InfinitePast();
-  return it->second + config_.lease * (1 + config_.margin);
+  if (it != granted_.end()) granted = std::max(granted, it->second);
+  if (granted == absl::InfinitePast()) return absl::InfinitePast();
+  return granted + config_.lease * (1 + config_.margin);
+}
+
+void HomeLeaseTable::Restarted() {
+  if (!config_.enabled()) return;
+  absl::Time now = clock_->Now();
+  absl::MutexLock lock(&mu_);
+  quiet_until_ = now + config_.lease * (1 + config_.margin);
+}
+
+absl::Time HomeLeaseTable::QuietUntil() const {
+  absl::MutexLock lock(&mu_);
+  return quiet_until_;
 }
 
 void MapperLeaseTable::Granted(uint32_t home, absl::Time sent, absl::Duration lease) {

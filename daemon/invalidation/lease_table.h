@@ -25,10 +25,19 @@
 // back, while the coordinator reads the lease AFTER it fenced: whichever
 // comes first, M either revokes or the home waits.
 //
-// A mapper that cannot renew in time revokes every attachment it holds
-// from that home itself (its clients get SIGBUS, tether_sync reports the
-// discarded writes). A home that restarted answers with a new incarnation:
-// M revokes at once the attachments of segments of the old one.
+// A mapper that cannot renew in time stops serving that home's pages
+// itself: it *suspends* the home's attachments (drops clean copies, keeps
+// dirty pages aside, faults wait), and revokes them (its clients get
+// SIGBUS, tether_sync reports the discarded writes) only if the home has
+// not answered within the restart grace. A home that restarted answers
+// with a new incarnation: with the same segment epoch (its state
+// directory kept it) M suspends, reclaims its grants, and resumes the
+// segments the home took back; with another epoch it revokes at once.
+// The restarted home in turn lets no exporter's change return before
+// every lease of its earlier run has run out (HomeLeaseTable::Restarted):
+// by then every mapper either lapsed (and suspended) or renewed with it
+// (and suspended first), so none serves a copy the new home cannot
+// invalidate (docs/consistency.md, "When the home daemon restarts").
 //
 // These two classes are only the bookkeeping: a clock, a mutex, no thread
 // and no I/O, so that unit tests and the protocol simulation (tests/sim)
@@ -75,6 +84,15 @@ class HomeLeaseTable {
   // leases are off. Read it after fencing the node.
   absl::Time ExpiresAt(uint32_t node) const;
 
+  // This daemon restarted with the segment epoch of an earlier run: mapper
+  // nodes may hold leases the earlier run granted, up to lease * (1 +
+  // margin) from now. Every node counts as granted now.
+  void Restarted();
+  // Until when leases of the earlier run may last (InfinitePast if the
+  // daemon did not restart so, or leases are off). The coordinator lets
+  // no Begin return before (InvalidationCoordinator::FinishBegin).
+  absl::Time QuietUntil() const;
+
   const LeaseConfig& config() const { return config_; }
   Clock* clock() const { return clock_; }
 
@@ -83,13 +101,28 @@ class HomeLeaseTable {
   Clock* const clock_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, absl::Time> granted_ ABSL_GUARDED_BY(mu_);
+  absl::Time quiet_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // What a home answered a renewal with.
 struct LeaseRenewal {
   uint64_t incarnation = 0;                              // the home daemon's, now
+  uint32_t epoch = 0;                                    // its segment epoch (0: unknown)
   absl::Duration lease = absl::ZeroDuration();           // zero: the home has leases off
   std::vector<std::pair<uint64_t, std::string>> fenced;  // segids this node is fenced for, why
+  // Answers to reclaimed grants (RenewReclaiming): segids the home could
+  // not take back (why), and those of segments not registered again yet.
+  std::vector<std::pair<uint64_t, std::string>> gone;
+  std::vector<uint64_t> pending;
+};
+
+// A grant this node holds, sent again to a home that restarted.
+struct HeldGrant {
+  uint64_t segid = 0;
+  uint64_t grant = 0;
+  bool write = false;
+  uint32_t uid = 0, gid = 0;
+  std::vector<uint32_t> groups;
 };
 
 // How the mapper side reaches a home to renew (PeerDirectory implements it
@@ -100,6 +133,12 @@ class LeaseRenewer {
   using Done = absl::AnyInvocable<void(absl::StatusOr<LeaseRenewal>) &&>;
   virtual ~LeaseRenewer() = default;
   virtual void Renew(uint32_t home, absl::Duration timeout, Done done) = 0;
+  // A renewal that also hands `grants` back to a home that restarted
+  // (peer.proto, HeldGrant). A renewer that cannot sends a plain renewal.
+  virtual void RenewReclaiming(uint32_t home, absl::Duration timeout, std::vector<HeldGrant> grants,
+                               Done done) {
+    Renew(home, timeout, std::move(done));
+  }
 };
 
 // The mapper's side: for each home, until when its lease is good (on this

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/common/drain.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
@@ -119,6 +120,8 @@ void LocalApi::Handle(const LocalConnection& conn, const local::LocalRequest& re
 
 absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& r,
                             std::vector<int>& fds, local::LocalResponse* resp) {
+  // (Descriptors not taken are closed by the caller.)
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "exports"));
   int pidfd = TakeFd(fds, 0);
   if (pidfd < 0) return ErrnoStatus(EINVAL, "export needs the caller's pidfd");
   if (r.size() == 0) {
@@ -146,7 +149,12 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     if (events_fd >= 0) close(events_fd);
     return ErrnoStatus(err, "dup the exporter's pidfd");
   }
-  auto segid = registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(), std::move(*memory));
+  // segid set: the exporter's library registers an export of before this
+  // daemon's restart again (SegmentRegistry::Reregister).
+  auto segid = r.segid() != 0 ? registry_->Reregister(c.cred, r.segid(), r.vaddr(), r.size(),
+                                                      r.permit_mode(), std::move(*memory))
+                              : registry_->Make(c.cred, r.vaddr(), r.size(), r.permit_mode(),
+                                                std::move(*memory));
   if (!segid.ok()) {
     if (events_fd >= 0) close(events_fd);
     close(pidfd_copy);
@@ -161,6 +169,7 @@ absl::Status LocalApi::Make(const LocalConnection& c, const local::MakeRequest& 
     close(pidfd_copy);
   }
   resp->mutable_make()->set_segid(*segid);
+  resp->mutable_make()->set_hold_ms(hold_ms_);
   return absl::OkStatus();
 }
 
@@ -169,11 +178,12 @@ absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
   SegidParts parts;
   if (!ParseSegid(r.segid(), &parts))
     return ErrnoStatus(EINVAL, absl::StrFormat("%#x is not a segid", r.segid()));
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "attachments"));
   Grant grant;
   if (parts.node == node_id_) {
-    if (parts.incarnation != incarnation_)
-      return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x is from before this daemon's "
-                                                 "restart",
+    if (parts.incarnation != registry_->epoch())
+      return ErrnoStatus(ENOENT, absl::StrFormat("segment %#x is of another segment epoch of "
+                                                 "this node (its state was lost)",
                                                  r.segid()));
     ASSIGN_OR_RETURN(grant, registry_->Attach(r.segid(), c.cred, r.write(), node_id_));
   } else {
@@ -182,10 +192,13 @@ absl::Status LocalApi::Get(const LocalConnection& c, const local::GetRequest& r,
                                                  "cluster",
                                                  r.segid(), parts.node));
     ASSIGN_OR_RETURN(grant, remotes_->Attach(parts.node, r.segid(), c.cred, r.write()));
+    // Which run of the home granted it: a renewal answered by another one
+    // shows the home restarted (LeaseKeeper).
+    if (leases_) leases_->NoteIncarnation(parts.node, grant.incarnation);
   }
   absl::MutexLock lock(&mu_);
   uint64_t apid = (uint64_t{incarnation_} << 32) | next_apid_++;
-  apids_[apid] = Apid{r.segid(), parts.node, grant, c.cred.pid, c.id};
+  apids_[apid] = Apid{r.segid(), parts.node, grant, c.cred.pid, c.id, c.cred};
   resp->mutable_get()->set_apid(apid);
   resp->mutable_get()->set_size(grant.segment_size);
   return absl::OkStatus();
@@ -215,6 +228,7 @@ absl::Status LocalApi::Release(const LocalConnection& c, uint64_t apid) {
 absl::Status LocalApi::Attach(const LocalConnection& c, const local::AttachRequest& r,
                               std::vector<int>& fds, local::LocalResponse* resp,
                               std::vector<int>* fds_out) {
+  RETURN_IF_ERROR(Drain().Accepting(node_id_, "attachments"));
   Apid a;
   {
     absl::MutexLock lock(&mu_);
@@ -536,6 +550,23 @@ std::vector<uint32_t> LocalApi::RemoteHomesInUse() {
   for (const auto& [id, a] : apids_)
     if (a.home != node_id_ && std::find(out.begin(), out.end(), a.home) == out.end())
       out.push_back(a.home);
+  return out;
+}
+
+std::vector<HeldGrant> LocalApi::GrantsFrom(uint32_t home) {
+  std::vector<HeldGrant> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, a] : apids_) {
+    if (a.home != home || a.home == node_id_) continue;
+    HeldGrant g;
+    g.segid = a.segid;
+    g.grant = a.grant.id;
+    g.write = a.grant.writable;
+    g.uid = a.cred.uid;
+    g.gid = a.cred.gid;
+    g.groups = a.cred.groups;
+    out.push_back(std::move(g));
+  }
   return out;
 }
 

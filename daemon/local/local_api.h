@@ -62,6 +62,12 @@ class LocalApi : public LocalHandler {
   // The other nodes this node holds grants (apids) from: the lease keeper
   // renews their leases (mapper/lease_keeper.h). Any thread.
   std::vector<uint32_t> RemoteHomesInUse();
+  // The grants this node holds from `home`, to hand back to it after it
+  // restarted (LeaseKeeper::RestartHandling). Any thread.
+  std::vector<HeldGrant> GrantsFrom(uint32_t home);
+  // MakeResponse.hold_ms (lease * (1 + margin); 0 without leases). Before
+  // the local server starts.
+  void SetExporterHold(uint32_t ms) { hold_ms_ = ms; }
 
  private:
   struct Apid {
@@ -70,6 +76,7 @@ class LocalApi : public LocalHandler {
     Grant grant;
     pid_t pid = 0;  // apids belong to the process that got them (XPMEM)
     uint64_t conn = 0;
+    Credentials cred;  // as the home checked them (GrantsFrom sends them again)
   };
 
   absl::Status Make(const LocalConnection& c, const local::MakeRequest& r, std::vector<int>& fds,
@@ -94,6 +101,7 @@ class LocalApi : public LocalHandler {
 
   const uint32_t node_id_;
   const uint32_t incarnation_;
+  uint32_t hold_ms_ = 0;  // set before the server starts, read-only after
   SegmentRegistry* const registry_;
   RemoteHomes* const remotes_;
   FaultService* const faults_;

@@ -16,6 +16,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page_diff.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/transport/wire_format.h"
 
 namespace tether {
@@ -57,7 +58,23 @@ struct DataPath::Attempt {
   absl::Time first_failure;
   bool token_retried = false;  // a stale-token refusal was answered with a new Hello
   bool diff = false;           // a write whose `src` is a page diff (WriteDiff)
+  // The transport of the try that completed (the metrics' label). Set by
+  // Try before submitting, and by the fallback to tcp — which runs before
+  // that try's completion, on the same chain — read in Finished.
+  MapperMetrics::Via via = MapperMetrics::kTcp;
 };
+
+namespace {
+// Bytes moved by a request that succeeded, by home and transport: two
+// relaxed adds on a lock-free table (mapper_metrics.h), per request.
+void CountMoved(bool is_read, uint32_t node, MapperMetrics::Via via, size_t bytes) {
+  const MapperMetrics& m = Mapper();
+  (is_read ? m.fetched_bytes : m.written_back_bytes)
+      ->Get(MapperMetrics::DataKey(node, via))
+      ->Add(bytes);
+  if (!is_read) m.written_back_total->Add(bytes);
+}
+}  // namespace
 
 // Runs scheduled retries at their time on one thread (the default
 // Scheduler). Thread contract: Schedule from any thread; Stop once.
@@ -170,14 +187,15 @@ std::string DataPath::TransportFor(uint32_t node, const DataEndpoint& ep) {
 Transport::Done DataPath::FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read,
                                    uint64_t segid, uint64_t grant, uint64_t offset,
                                    absl::Span<uint8_t> dst, absl::Span<const uint8_t> src,
-                                   Transport::Done done, bool diff) {
-  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src, diff,
+                                   Transport::Done done, bool diff, MapperMetrics::Via* via) {
+  return [this, ep = std::move(ep), is_read, segid, grant, offset, dst, src, diff, via,
           done = std::move(done)](absl::Status st) mutable {
     if (st.ok() || !IsSetupFailure(st)) {
       std::move(done)(std::move(st));
       return;
     }
     NoteRdmaSetupFailure(*ep, st);
+    if (via) *via = MapperMetrics::kTcp;
     SubmitOn(tcp_, *ep, is_read, segid, grant, offset, dst, src, std::move(done), diff);
   };
 }
@@ -189,6 +207,7 @@ void DataPath::NoteRdmaSetupFailure(const DataEndpoint& ep, const absl::Status& 
     first = tcp_until_.find(ep.node_id) == tcp_until_.end();
     tcp_until_[ep.node_id] = {clock_->Now() + rdma_retry_after_, ep.incarnation};
   }
+  Mapper().rdma_fallbacks->Add();
   if (first)
     TLOG_WARN("node %d: %s; using tcp for %s", ep.node_id, st.message(),
               absl::FormatDuration(rdma_retry_after_));
@@ -201,6 +220,7 @@ void DataPath::ReadInPlace(uint32_t node, uint64_t segid, uint64_t grant, uint64
     absl::Status st = local_server_->ReadBlocks(node, segid, grant, offset, dst);
     absl::Span<const uint8_t> data;
     if (st.ok()) data = dst;
+    if (st.ok()) CountMoved(true, node, MapperMetrics::kLocal, dst.size());
     std::move(done)(std::move(st), data);
     return;
   }
@@ -232,9 +252,12 @@ void DataPath::Submit(bool is_read, uint32_t node, uint64_t segid, uint64_t gran
   if (node == local_node_) {
     // This node's own home: the registry applies a diff as it does one
     // from another node (page by page, under its page locks).
-    std::move(done)(is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
-                    : diff  ? local_server_->WriteDiff(node, segid, grant, offset, src)
-                            : local_server_->WriteBlocks(node, segid, grant, offset, src));
+    absl::Status st = is_read ? local_server_->ReadBlocks(node, segid, grant, offset, dst)
+                      : diff  ? local_server_->WriteDiff(node, segid, grant, offset, src)
+                              : local_server_->WriteBlocks(node, segid, grant, offset, src);
+    if (st.ok())
+      CountMoved(is_read, node, MapperMetrics::kLocal, is_read ? dst.size() : src.size());
+    std::move(done)(std::move(st));
     return;
   }
   auto a = std::make_shared<Attempt>(is_read, node, segid, grant, offset, dst, src);
@@ -304,6 +327,7 @@ void DataPath::Finished(std::shared_ptr<Attempt> a, absl::Status st) {
               absl::FormatDuration(absl::Floor(now - a->first_failure, absl::Milliseconds(1))),
               st.message());
   }
+  if (st.ok()) CountMoved(a->is_read, a->node, a->via, a->is_read ? a->dst.size() : a->src.size());
   if (a->read_done) {
     absl::Span<const uint8_t> data = st.ok() ? a->data : absl::Span<const uint8_t>();
     std::move(a->read_done)(std::move(st), data);
@@ -333,9 +357,11 @@ void DataPath::Try(std::shared_ptr<Attempt> a) {
     return;
   }
   Transport* transport = tcp_;
+  a->via = MapperMetrics::kTcp;
   if (UseRdma(node, *ep)) {
     transport = rdma_;
-    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done), a->diff);
+    a->via = MapperMetrics::kRdma;
+    done = FallBack(ep, is_read, segid, grant, offset, dst, src, std::move(done), a->diff, &a->via);
   }
   SubmitOn(transport, *ep, is_read, segid, grant, offset, dst, src, std::move(done), a->diff);
 }
@@ -344,6 +370,7 @@ void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const Data
   // tcp (or after an rdma set-up failure, as FallBack): a plain Read into
   // `dst`, whose bytes are then the answer.
   auto by_tcp = [this](std::shared_ptr<Attempt> a, const DataEndpoint& ep) {
+    a->via = MapperMetrics::kTcp;
     tcp_->Read(ep, a->segid, a->grant, a->offset, a->dst, [this, a](absl::Status st) mutable {
       if (st.ok()) a->data = a->dst;
       Finished(std::move(a), std::move(st));
@@ -355,6 +382,7 @@ void DataPath::TryInPlace(std::shared_ptr<Attempt> a, std::shared_ptr<const Data
   }
   const uint64_t segid = a->segid, grant = a->grant, offset = a->offset;
   const absl::Span<uint8_t> dst = a->dst;
+  a->via = MapperMetrics::kRdma;
   rdma_->ReadInPlace(
       *ep, segid, grant, offset, dst,
       [this, a, ep, by_tcp](absl::Status st, absl::Span<const uint8_t> data) mutable {

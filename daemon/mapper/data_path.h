@@ -81,6 +81,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "daemon/common/clock.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
@@ -183,7 +184,8 @@ class DataPath {
   // Wraps `done`: an rdma set-up failure reissues the request over tcp.
   Transport::Done FallBack(std::shared_ptr<const DataEndpoint> ep, bool is_read, uint64_t segid,
                            uint64_t grant, uint64_t offset, absl::Span<uint8_t> dst,
-                           absl::Span<const uint8_t> src, Transport::Done done, bool diff);
+                           absl::Span<const uint8_t> src, Transport::Done done, bool diff,
+                           MapperMetrics::Via* via);
 
   const uint32_t local_node_;
   BlockServer* const local_server_;

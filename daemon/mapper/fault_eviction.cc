@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "daemon/common/log.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -35,6 +36,7 @@ uint64_t FaultService::EvictClean(SegmentCache& c, uint64_t want) {
     c.evict_hand = q - c.first();
   }
   c.resident -= dropped;
+  Mapper().evicted_pages->Add(dropped);
   return dropped;
 }
 

@@ -210,8 +210,14 @@ absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
   TETHER_FAULT_POINT("fault_service.detach.after_sync");
   // The dirty pages nobody else would write back once it is gone: runs of
   // kDirty pages that no other writable mapping covers, in its range or,
-  // for the last mapping, the whole cache. (Pages in flight, kWriteback,
-  // are another write-back's: SyncCache waits for them.)
+  // for the last mapping, the whole cache. So are the pages there that
+  // another write-back has in flight (kWriteback: the evictor's), that a
+  // window keeps aside or that its end is writing back (kAbsent
+  // meanwhile): no later sync would wait for them, and a last detach
+  // closes the cache — it returned while such a write was on its way,
+  // and a failure after that was reported to nobody (issue 14). SyncCache
+  // over them waits until they settle, and takes and reports a page put
+  // back dirty.
   std::vector<std::pair<uint64_t, uint64_t>> orphans;  // [p0, p1)
   uint64_t grant;
   {
@@ -224,8 +230,12 @@ absl::Status FaultService::Detach(const std::shared_ptr<Attachment>& att) {
     // Its own range was just tried if it is writable: after a failure
     // (reported) not again — only what lies outside it.
     const bool skip_own = att->writable && !st.ok();
+    const bool any_kept = !c.kept_aside.empty() || !c.kept_writing.empty();
     auto orphan = [&](uint64_t p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
-      if (c.state[p] != PageState::kDirty || (skip_own && att->Covers(p))) return false;
+      const bool kept = any_kept && (c.kept_aside.contains(p) || c.kept_writing.contains(p));
+      const bool pending =
+          c.state[p] == PageState::kDirty || c.state[p] == PageState::kWriteback || kept;
+      if (!pending || (skip_own && att->Covers(p))) return false;
       for (const auto& m : c.mappings)
         if (m != att && m->writable && m->Covers(p)) return false;
       return true;

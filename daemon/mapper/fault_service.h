@@ -131,8 +131,9 @@ class FaultService {
   // writable attachment covers: in its range (a store that raced the
   // detach, pages a read-only attachment's range holds), and, when it is
   // the cache's last attachment, anywhere in the cache (pages an earlier
-  // detach could not write back). Nobody would sync those afterwards, and
-  // the last Remove drops them. Returns once each write-back landed, or
+  // detach could not write back) — pages a window keeps aside or its end
+  // is writing back too (it waits for them). Nobody would sync those
+  // afterwards, and the last Remove drops them. Returns once each write-back landed, or
   // the first failure (which pages, in its message); then Remove.
   absl::Status Detach(const std::shared_ptr<Attachment>& att);
   // Stops serving; in-flight fetches complete harmlessly. The last
@@ -170,6 +171,16 @@ class FaultService {
   // the home refused it as unmapped since read (ENXIO: counted lost).
   absl::Status EndWindow(SegmentCache& c, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
+
+  // The window key of a suspension (LeaseKeeper: the home's lease lapsed,
+  // or it restarted): one over the whole cache, opened by this node.
+  static constexpr uint64_t kSuspendWindow = ~uint64_t{0};
+  // Suspends the cache: BeginWindow(kSuspendWindow) over all of it.
+  void Suspend(SegmentCache& c);
+  // Ends the suspension; `all`: also every other window still open (a
+  // restarted home's predecessor opened them; their range_ends will never
+  // come), kept-aside pages written back first.
+  absl::Status Resume(SegmentCache& c, bool all);
 
   // The home refused a write-back because the exporter's address is gone
   // (ENXIO: a window reported it unmapped since the copy was read, or

@@ -13,6 +13,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/mapper/mapper_metrics.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -79,6 +80,34 @@ void FaultService::BeginWindow(SegmentCache& c, uint64_t key, uint64_t p0, uint6
     c.resident -= dropped;
   }
   resident_pages_ -= dropped + twins_dropped;
+}
+
+void FaultService::Suspend(SegmentCache& c) {
+  uint64_t p0, p1;
+  {
+    absl::MutexLock lock(&c.mu);
+    p0 = c.first();
+    p1 = c.end();
+  }
+  BeginWindow(c, kSuspendWindow, p0, p1);
+}
+
+absl::Status FaultService::Resume(SegmentCache& c, bool all) {
+  std::vector<uint64_t> keys;
+  {
+    absl::MutexLock lock(&c.mu);
+    for (const auto& [key, range] : c.windows)
+      if (all && key != kSuspendWindow) keys.push_back(key);
+  }
+  // The old windows first (their pages written back while the suspension
+  // still holds faults), the suspension last.
+  absl::Status result;
+  for (uint64_t key : keys) {
+    absl::Status st = EndWindow(c, key, {});
+    if (!st.ok()) result = st;
+  }
+  absl::Status st = EndWindow(c, kSuspendWindow, {});
+  return st.ok() ? result : st;
 }
 
 absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
@@ -231,6 +260,7 @@ void FaultService::Revoke(Attachment& att, const std::string& why) {
   if (c.revoked) return;
   c.revoked = true;
   c.revoke_reason = why;
+  Mapper().revoked_copies->Add();
   for (PageState st : c.state)
     if (st == PageState::kDirty || st == PageState::kWriteback) ++c.lost_pages;
   c.lost_pages += c.kept_aside.size();

@@ -89,13 +89,17 @@ absl::Status FaultService::SyncCache(SegmentCache& c, uint64_t grant, uint64_t p
       // Writes kept aside by an open window are written back (or found
       // lost, or put back dirty) when it ends: wait for that, bounded, so
       // that sync reports them — until the window's end has settled them,
-      // not only taken them out of kept_aside to write them back.
+      // not only taken them out of kept_aside to write them back. A page
+      // in kept_writing is waited for whether or not a window is still
+      // open: it is a write on its way to the home, whatever opened it.
+      // (EndWindow closes its window only after settling them, so today
+      // one is; the sync does not rely on that order — issue 14.)
       auto kept_in_window = [&c, p0, p1]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(c.mu) {
+        auto w = c.kept_writing.lower_bound(p0);
+        if (w != c.kept_writing.end() && *w < p1) return true;
         if (c.windows.empty()) return false;
         auto k = c.kept_aside.lower_bound(p0);
-        if (k != c.kept_aside.end() && k->first < p1) return true;
-        auto w = c.kept_writing.lower_bound(p0);
-        return w != c.kept_writing.end() && *w < p1;
+        return k != c.kept_aside.end() && k->first < p1;
       };
       // Pages another thread's write-back has in flight (the evictor's
       // sync, another client thread's, a detach racing a sync): this sync

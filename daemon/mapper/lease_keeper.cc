@@ -6,6 +6,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
+#include "daemon/mapper/mapper_metrics.h"
 
 namespace tether {
 namespace {
@@ -85,6 +86,10 @@ absl::Time LeaseKeeper::Tick() {
     }
     auto atts = attachments_->FromHome(h);
     if (atts.empty()) continue;
+    if (restart_.suspend) {
+      SuspendLapsed(h, atts);
+      continue;
+    }
     std::string why = absl::StrFormat(
         "the lease from node %d ran out (no renewal answered in time): its pages are no longer "
         "served",
@@ -95,20 +100,90 @@ absl::Time LeaseKeeper::Tick() {
       first = lapsed_.insert(h).second;
     }
     if (first) TLOG_WARN("%s; revoking %d attachment(s)", why, atts.size());
+    if (first) Mapper().lease_expiries->Add(atts.size());
     for (const auto& att : atts) revoke_(*att, why);
   }
   for (auto [h, sent] : leases_->StartRenewals(homes)) SendRenewal(h, sent);
-  return leases_->NextEvent(homes);
+  RunResumes();
+  absl::Time next = leases_->NextEvent(homes);
+  absl::MutexLock lock(&mu_);
+  // A suspended home is looked at again soon: its grace, its resumes.
+  if (!suspended_.empty()) next = std::min(next, leases_->clock()->Now() + kMaxSleep);
+  return next;
+}
+
+void LeaseKeeper::SuspendLapsed(uint32_t home,
+                                const std::vector<std::shared_ptr<Attachment>>& atts) {
+  const absl::Time now = leases_->clock()->Now();
+  bool first = false;
+  absl::Time since;
+  {
+    absl::MutexLock lock(&mu_);
+    auto [it, inserted] = suspended_.emplace(home, now);
+    first = inserted;
+    since = it->second;
+    lapsed_.insert(home);
+  }
+  if (first) {
+    TLOG_WARN(
+        "the lease from node %d ran out (no renewal answered in time): %d attachment(s) "
+        "suspended — clean copies dropped, dirty pages held, faults wait — until it "
+        "answers, for up to %d ms (--restart_grace_ms)",
+        home, atts.size(), absl::ToInt64Milliseconds(restart_.grace));
+    for (const auto& att : atts) restart_.suspend(*att);
+    return;
+  }
+  if (now - since < restart_.grace) {
+    // Attachments made since (none can be: EnsureLease refuses) or whose
+    // cache a resume reopened: suspended too. BeginWindow is idempotent.
+    return;
+  }
+  std::string why = absl::StrFormat(
+      "the lease from node %d ran out and it did not answer within the restart grace (%d ms): "
+      "its pages are no longer served",
+      home, absl::ToInt64Milliseconds(restart_.grace));
+  TLOG_WARN("%s; revoking %d attachment(s)", why, atts.size());
+  for (const auto& att : atts) revoke_(*att, why);
+  absl::MutexLock lock(&mu_);
+  suspended_.erase(home);
+  reclaiming_.erase(home);
+}
+
+void LeaseKeeper::RunResumes() {
+  std::vector<std::pair<uint64_t, bool>> todo;
+  {
+    absl::MutexLock lock(&mu_);
+    todo.swap(resume_);
+  }
+  for (const auto& [segid, restarted] : todo)
+    for (const auto& att : attachments_->Of(segid)) restart_.resume(*att, restarted);
 }
 
 void LeaseKeeper::SendRenewal(uint32_t home, absl::Time sent) {
-  renewer_->Renew(
-      home, leases_->config().lease / 2,
-      [this, home, sent](absl::StatusOr<LeaseRenewal> r) { OnRenewal(home, sent, std::move(r)); });
+  bool reclaim;
+  {
+    absl::MutexLock lock(&mu_);
+    reclaim = reclaiming_.contains(home);
+  }
+  auto done = [this, home, sent, reclaim](absl::StatusOr<LeaseRenewal> r) {
+    OnRenewal(home, sent, reclaim, std::move(r));
+  };
+  if (reclaim && restart_.held_grants) {
+    renewer_->RenewReclaiming(home, leases_->config().lease / 2, restart_.held_grants(home),
+                              std::move(done));
+    return;
+  }
+  renewer_->Renew(home, leases_->config().lease / 2, std::move(done));
 }
 
 bool LeaseKeeper::Fresh(uint32_t home) const {
   return leases_->ValidUntil(home) - leases_->clock()->Now() > leases_->config().lease / 3;
+}
+
+void LeaseKeeper::NoteIncarnation(uint32_t home, uint64_t incarnation) {
+  if (incarnation == 0) return;
+  absl::MutexLock lock(&mu_);
+  incarnation_.emplace(home, incarnation);
 }
 
 absl::Status LeaseKeeper::EnsureLease(uint32_t home) {
@@ -146,7 +221,8 @@ absl::Status LeaseKeeper::EnsureLease(uint32_t home) {
   }
 }
 
-void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<LeaseRenewal> r) {
+void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, bool reclaimed,
+                            absl::StatusOr<LeaseRenewal> r) {
   if (!r.ok()) {
     leases_->RenewFailed(home);
     bool first;
@@ -164,22 +240,86 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<Lease
     failing_.erase(home);
   }
   // Before the new lease counts: drop what the home no longer lets this
-  // node hold.
-  for (const auto& att : attachments_->FromHome(home)) {
+  // node hold. A segid carries its home's segment epoch (a home of before
+  // segment epochs answers none: its incarnation is the segids').
+  const uint64_t epoch = r->epoch != 0 ? r->epoch : r->incarnation;
+  bool restarted = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = incarnation_.find(home);
+    restarted = it != incarnation_.end() && it->second != r->incarnation && restart_.suspend;
+    incarnation_[home] = r->incarnation;
+  }
+  auto all = attachments_->FromHome(home);
+  std::vector<std::shared_ptr<Attachment>> atts;  // those not revoked here
+  for (const auto& att : all) {
     SegidParts parts;
-    if (ParseSegid(att->segid, &parts) && parts.incarnation != r->incarnation) {
-      revoke_(*att, absl::StrFormat("node %d restarted (incarnation %#x, the segment's was %#x): "
-                                    "the segment is gone",
-                                    home, r->incarnation, parts.incarnation));
-      continue;
+    std::string why;
+    if (ParseSegid(att->segid, &parts) && parts.incarnation != epoch)
+      why = absl::StrFormat(
+          "node %d restarted (segment epoch %#x, the segment's was %#x): the "
+          "segment is gone",
+          home, epoch, parts.incarnation);
+    for (const auto& [segid, w] : r->fenced)
+      if (why.empty() && segid == att->segid) why = "fenced: " + w;
+    for (const auto& [segid, w] : r->gone)
+      if (why.empty() && segid == att->segid)
+        why = absl::StrFormat("node %d restarted and did not take the segment back: %s", home, w);
+    if (why.empty())
+      atts.push_back(att);
+    else
+      revoke_(*att, why);
+  }
+  if (restarted) {
+    // Nobody could invalidate our copies while it was down: drop them now,
+    // before the new lease counts, and hand the grants back.
+    TLOG_INFO(
+        "node %d restarted (incarnation %#x) with its segment epoch: suspending its %d "
+        "attachment(s) and handing their grants back",
+        home, r->incarnation, atts.size());
+    for (const auto& att : atts) restart_.suspend(*att);
+    if (restart_.forget_endpoint) restart_.forget_endpoint(home);
+    absl::MutexLock lock(&mu_);
+    suspended_.emplace(home, leases_->clock()->Now());
+    reclaiming_.insert(home);
+  } else if (restart_.suspend) {
+    absl::MutexLock lock(&mu_);
+    if (reclaiming_.contains(home) && reclaimed) {
+      // The reclaim's answer: resume every segment the home took back
+      // (not gone, not pending); ask again for the pending ones.
+      absl::flat_hash_set<uint64_t> skip(r->pending.begin(), r->pending.end());
+      for (const auto& g : r->gone) skip.insert(g.first);
+      absl::flat_hash_set<uint64_t> queued;
+      for (const auto& att : atts)
+        if (!skip.contains(att->segid) && queued.insert(att->segid).second)
+          resume_.emplace_back(att->segid, true);
+      if (r->pending.empty()) {
+        reclaiming_.erase(home);
+        suspended_.erase(home);
+      }
+      woken_ = true;
+    } else if (!reclaiming_.contains(home) && suspended_.erase(home) > 0) {
+      // The same daemon answers again (it was frozen, or cut off): what
+      // it fenced is revoked above; the rest fetch again.
+      TLOG_INFO("node %d answers again: resuming its attachments", home);
+      absl::flat_hash_set<uint64_t> queued;
+      for (const auto& att : atts)
+        if (queued.insert(att->segid).second) resume_.emplace_back(att->segid, false);
+      woken_ = true;
     }
-    for (const auto& [segid, why] : r->fenced)
-      if (segid == att->segid) revoke_(*att, "fenced: " + why);
   }
   leases_->Renewed(home, sent, r->lease);
-  absl::MutexLock lock(&mu_);
-  woken_ = true;  // the next renewal is due later now
-  ++answers_;
+  bool reclaim_now;
+  {
+    absl::MutexLock lock(&mu_);
+    reclaim_now = restarted;
+    woken_ = true;  // the next renewal is due later now
+    ++answers_;
+  }
+  if (reclaim_now) {
+    absl::Time s = leases_->StartRenewalNow(home);
+    if (s != absl::InfinitePast()) SendRenewal(home, s);
+  }
 }
 
 }  // namespace tether

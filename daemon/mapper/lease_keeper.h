@@ -13,6 +13,20 @@
 // once, those of segments from an older incarnation of a home that
 // restarted.
 //
+// With restart handling (SetRestartHandling; tetherd always sets it) a
+// lapsed lease first *suspends* the home's attachments instead: clean
+// copies dropped, dirty pages kept aside, faults wait (a window over the
+// whole cache, FaultService::kSuspendWindow). The home may be restarting:
+// if it answers within the grace with the same incarnation (it was frozen
+// or cut off), the keeper revokes what it fenced and resumes the rest; with
+// a new incarnation and the same segment epoch (restarted, state kept), it
+// suspends (if the lease had not lapsed yet), hands its grants back
+// (LeaseRenewer::RenewReclaiming) and resumes each segment the home took
+// back — the kept-aside dirty pages are written back, faults fetch the
+// new home's contents — and revokes those the home says are gone. A home
+// still silent after the grace: revoked as above. Resuming writes back, so
+// it runs on the keeper's thread (Tick), never on a renewal's.
+//
 // What it cannot do: a keeper that does not run (the daemon stopped or
 // paused) revokes nothing; its clients go on reading what they hold until
 // it runs again, and then it revokes at its first pass
@@ -38,6 +52,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -55,10 +70,26 @@ class LeaseKeeper {
   // Revokes one attachment (FaultService::Revoke in the daemon).
   using Revoker = std::function<void(Attachment&, const std::string& why)>;
 
+  // What the keeper does to a home's attachments around a restart
+  // (tetherd: FaultService windows, LocalApi's grants, PeerDirectory).
+  struct RestartHandling {
+    absl::Duration grace = absl::ZeroDuration();  // --restart_grace_ms
+    std::function<std::vector<HeldGrant>(uint32_t home)> held_grants;
+    std::function<void(Attachment&)> suspend;
+    // `restarted`: also end every window the old home left open (its
+    // range_ends will never come).
+    std::function<void(Attachment&, bool restarted)> resume;
+    std::function<void(uint32_t home)> forget_endpoint;
+  };
+
   // Every pointer must outlive the keeper.
   LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* renewer,
               AttachmentTable* attachments, Revoker revoke, HomesInUse homes);
   ~LeaseKeeper();
+
+  // Before Start. Without it a lapsed lease revokes at once (the unit
+  // tests' and the protocol simulation's keeper).
+  void SetRestartHandling(RestartHandling h) { restart_ = std::move(h); }
 
   void Start();
   void Stop();
@@ -85,11 +116,19 @@ class LeaseKeeper {
   // a lease (a home reconnecting after a partition) would give an
   // attachment that the next pass revokes at once.
   absl::Status EnsureLease(uint32_t home);
+  // The incarnation of the home run that granted this node a grant (an
+  // Attach's answer), if none is known yet: a later renewal answered by
+  // another run shows the home restarted. Any thread.
+  void NoteIncarnation(uint32_t home, uint64_t incarnation);
 
  private:
   std::vector<uint32_t> Homes();
-  void OnRenewal(uint32_t home, absl::Time sent, absl::StatusOr<LeaseRenewal> r);
+  void OnRenewal(uint32_t home, absl::Time sent, bool reclaimed, absl::StatusOr<LeaseRenewal> r);
   void SendRenewal(uint32_t home, absl::Time sent);
+  // Tick's part with restart handling: suspends a lapsed home's
+  // attachments, revokes them after the grace; resumes what renewals let.
+  void SuspendLapsed(uint32_t home, const std::vector<std::shared_ptr<Attachment>>& atts);
+  void RunResumes();
   bool Fresh(uint32_t home) const;
   void Loop();
 
@@ -106,6 +145,14 @@ class LeaseKeeper {
   uint64_t answers_ ABSL_GUARDED_BY(mu_) = 0;                   // renewals answered or failed
   absl::flat_hash_set<uint32_t> lapsed_ ABSL_GUARDED_BY(mu_);   // logged as lapsed
   absl::flat_hash_set<uint32_t> failing_ ABSL_GUARDED_BY(mu_);  // logged as failing
+  RestartHandling restart_;                                     // set before Start, read-only after
+  // Restart handling's state, per home.
+  absl::flat_hash_map<uint32_t, uint64_t> incarnation_ ABSL_GUARDED_BY(mu_);  // last answered
+  absl::flat_hash_map<uint32_t, absl::Time> suspended_ ABSL_GUARDED_BY(mu_);  // since (clock)
+  absl::flat_hash_set<uint32_t> reclaiming_ ABSL_GUARDED_BY(mu_);  // restarted, grants to send
+  // Segments to resume on the keeper's thread, and whether their home
+  // restarted (end the old home's windows too).
+  std::vector<std::pair<uint64_t, bool>> resume_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -6,6 +6,7 @@
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
+#include "daemon/mapper/mapper_metrics.h"
 
 namespace tether {
 
@@ -69,6 +70,15 @@ absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
         result = st;
       }
     }
+  }
+  switch (n.kind) {
+    case InvalidationNotice::Kind::kBegin:
+      Mapper().notices_begin->Add();
+      Mapper().begin_latency->Observe(absl::Now() - t0);
+      break;
+    case InvalidationNotice::Kind::kEnd: Mapper().notices_end->Add(); break;
+    case InvalidationNotice::Kind::kRevoke: Mapper().notices_revoke->Add(); break;
+    default: break;
   }
   TLOG_DEBUG("notice kind %d for segment %#x [%#x, %#x): handled in %d us",
              static_cast<int>(n.kind), n.segid, n.start, n.end,

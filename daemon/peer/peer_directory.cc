@@ -36,7 +36,9 @@ struct PeerDirectory::Impl {
   struct Peer {
     PeerConfig config;
     std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<peer::Peer::Stub> stub;
+    // Shared: a call in flight keeps its stub (and channel) alive after a
+    // reload dropped the peer (Reconfigure).
+    std::shared_ptr<peer::Peer::Stub> stub;
     std::shared_ptr<const DataEndpoint> endpoint;  // null until Hello
     uint64_t incarnation = 0;
     std::string last_error;
@@ -70,14 +72,32 @@ struct PeerDirectory::Impl {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(rpc_timeout_ms));
   }
 
-  absl::StatusOr<peer::Peer::Stub*> Stub(uint32_t node) {
+  absl::StatusOr<std::shared_ptr<peer::Peer::Stub>> Stub(uint32_t node) {
     absl::MutexLock lock(&mu);
     auto it = peers.find(node);
     if (it == peers.end())
       return ErrnoStatus(EHOSTUNREACH,
                          absl::StrCat("node ", node, " is not in this node's peer list"));
-    return it->second->stub.get();
+    return it->second->stub;
   }
+
+  std::unique_ptr<Peer> MakePeer(const PeerConfig& pc) const {
+    grpc::ChannelArguments args;
+    // Reconnect quickly after a peer restarts (default backoff reaches 2 min).
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    // The handshake must present this peer's certificate, not any
+    // node's: a node's answer about its own id proves nothing.
+    if (tls) TlsIdentity::SetTargetNode(pc.node_id, &args);
+    auto p = std::make_unique<Peer>();
+    p->config = pc;
+    p->channel = grpc::CreateCustomChannel(pc.address, creds, args);
+    p->stub = peer::Peer::NewStub(p->channel);
+    return p;
+  }
+
+  const TlsIdentity* tls = nullptr;
+  std::shared_ptr<grpc::ChannelCredentials> creds;
 };
 
 PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
@@ -89,24 +109,54 @@ PeerDirectory::PeerDirectory(uint32_t local_node, uint64_t incarnation,
   impl_->local_node = local_node;
   impl_->incarnation = incarnation;
   impl_->rpc_timeout_ms = rpc_timeout_ms;
-  std::shared_ptr<grpc::ChannelCredentials> creds =
-      tls ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
+  impl_->tls = tls;
+  impl_->creds = tls ? tls->ChannelCredentials() : grpc::InsecureChannelCredentials();
   absl::MutexLock lock(&impl_->mu);
   for (auto& pc : peers) {
     if (pc.node_id == local_node) continue;
-    grpc::ChannelArguments args;
-    // Reconnect quickly after a peer restarts (default backoff reaches 2 min).
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    // The handshake must present this peer's certificate, not any
-    // node's: a node's answer about its own id proves nothing.
-    if (tls) TlsIdentity::SetTargetNode(pc.node_id, &args);
-    auto p = std::make_unique<Impl::Peer>();
-    p->config = pc;
-    p->channel = grpc::CreateCustomChannel(pc.address, creds, args);
-    p->stub = peer::Peer::NewStub(p->channel);
-    impl_->peers.emplace(pc.node_id, std::move(p));
+    impl_->peers.emplace(pc.node_id, impl_->MakePeer(pc));
   }
+}
+
+absl::StatusOr<PeerDirectory::Change> PeerDirectory::Reconfigure(
+    const std::vector<PeerConfig>& peers, const std::function<std::string(uint32_t)>& in_use) {
+  absl::flat_hash_map<uint32_t, const PeerConfig*> want;
+  for (const PeerConfig& pc : peers)
+    if (pc.node_id != impl_->local_node) want[pc.node_id] = &pc;
+  Change change;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    for (auto& [id, p] : impl_->peers) {
+      auto it = want.find(id);
+      if (it == want.end())
+        change.removed.push_back(id);
+      else if (it->second->address != p->config.address)
+        change.moved.push_back(id);
+    }
+    for (auto& [id, pc] : want)
+      if (!impl_->peers.contains(id)) change.added.push_back(id);
+  }
+  std::sort(change.added.begin(), change.added.end());
+  std::sort(change.removed.begin(), change.removed.end());
+  std::sort(change.moved.begin(), change.moved.end());
+  // Checked outside mu (in_use takes other parts' locks). A segment that
+  // comes into use between the check and the swap below fails as it would
+  // with an unreachable peer; the operator's reload raced their own users.
+  for (const std::vector<uint32_t>* ids : {&change.removed, &change.moved}) {
+    for (uint32_t id : *ids) {
+      std::string why = in_use ? in_use(id) : "";
+      if (!why.empty())
+        return ErrnoStatus(
+            EBUSY,
+            absl::StrCat("node ", id, ids == &change.moved ? " would move" : " would be dropped",
+                         " but ", why, "; detach those first (the old peer list stays)"));
+    }
+  }
+  absl::MutexLock lock(&impl_->mu);
+  for (uint32_t id : change.removed) impl_->peers.erase(id);
+  for (uint32_t id : change.moved) impl_->peers[id] = impl_->MakePeer(*want.at(id));
+  for (uint32_t id : change.added) impl_->peers.emplace(id, impl_->MakePeer(*want.at(id)));
+  return change;
 }
 
 PeerDirectory::~PeerDirectory() { Shutdown(); }
@@ -140,7 +190,7 @@ absl::StatusOr<std::shared_ptr<const DataEndpoint>> PeerDirectory::Endpoint(uint
       return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " is not in the peer list"));
     if (it->second->endpoint) return it->second->endpoint;
   }
-  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  ASSIGN_OR_RETURN(auto stub, impl_->Stub(node));
   grpc::ClientContext ctx;
   impl_->SetDeadline(&ctx);
   peer::HelloRequest req;
@@ -149,7 +199,11 @@ absl::StatusOr<std::shared_ptr<const DataEndpoint>> PeerDirectory::Endpoint(uint
   peer::HelloResponse resp;
   grpc::Status st = stub->Hello(&ctx, req, &resp);
   absl::MutexLock lock(&impl_->mu);
-  auto& p = *impl_->peers.at(node);
+  auto it = impl_->peers.find(node);
+  // Dropped (or given a new address) by a reload during the call.
+  if (it == impl_->peers.end() || it->second->stub != stub)
+    return ErrnoStatus(EHOSTUNREACH, absl::StrCat("node ", node, " left the peer list"));
+  auto& p = *it->second;
   if (!st.ok()) {
     p.last_error = st.error_message();
     return FromGrpc(st, absl::StrCat("hello to node ", node));
@@ -180,7 +234,7 @@ void PeerDirectory::Forget(uint32_t node) {
 
 absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid, const Credentials& cred,
                                             bool write) {
-  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  ASSIGN_OR_RETURN(auto stub, impl_->Stub(node));
   grpc::ClientContext ctx;
   impl_->SetDeadline(&ctx);
   peer::AttachRequest req;
@@ -196,28 +250,28 @@ absl::StatusOr<Grant> PeerDirectory::Attach(uint32_t node, uint64_t segid, const
   grpc::Status st = stub->Attach(&ctx, req, &resp);
   if (!st.ok()) return FromGrpc(st, absl::StrFormat("attach segment %#x at node %d", segid, node));
   if (impl_->leases) impl_->leases->Granted(node, sent, absl::Milliseconds(resp.lease_ms()));
-  // A segid names its home's incarnation: a peer that restarted since we
-  // said Hello listens on new data ports with a new secret. Hello again.
-  SegidParts parts;
-  if (ParseSegid(segid, &parts)) {
+  // A peer that restarted since we said Hello listens on new data ports
+  // with a new secret: the answer names its run's incarnation; Hello again.
+  {
     absl::MutexLock lock(&impl_->mu);
     auto it = impl_->peers.find(node);
-    if (it != impl_->peers.end() && it->second->endpoint &&
-        it->second->incarnation != parts.incarnation) {
+    if (it != impl_->peers.end() && it->second->endpoint && resp.incarnation() != 0 &&
+        it->second->incarnation != resp.incarnation()) {
       TLOG_INFO("node %d restarted (incarnation %#x, was %#x): new data endpoint", node,
-                parts.incarnation, it->second->incarnation);
+                resp.incarnation(), it->second->incarnation);
       it->second->endpoint.reset();
     }
   }
   Grant g;
   g.id = resp.remote_attach_id();
+  g.incarnation = resp.incarnation();
   g.segment_size = resp.segment_size();
   g.writable = resp.writable();
   return g;
 }
 
 absl::Status PeerDirectory::Detach(uint32_t node, uint64_t segid, uint64_t grant) {
-  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  ASSIGN_OR_RETURN(auto stub, impl_->Stub(node));
   grpc::ClientContext ctx;
   impl_->SetDeadline(&ctx);
   peer::DetachRequest req;
@@ -231,7 +285,9 @@ absl::Status PeerDirectory::Detach(uint32_t node, uint64_t segid, uint64_t grant
 
 absl::StatusOr<SegmentSummary> PeerDirectory::Lookup(const std::string& name) {
   for (uint32_t node : Nodes()) {
-    ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+    auto stub_or = impl_->Stub(node);
+    if (!stub_or.ok()) continue;  // dropped by a reload meanwhile
+    auto stub = *std::move(stub_or);
     grpc::ClientContext ctx;
     impl_->SetDeadline(&ctx);
     peer::LookupRequest req;
@@ -250,7 +306,7 @@ absl::StatusOr<SegmentSummary> PeerDirectory::Lookup(const std::string& name) {
 }
 
 absl::StatusOr<std::vector<SegmentSummary>> PeerDirectory::ListSegments(uint32_t node) {
-  ASSIGN_OR_RETURN(auto* stub, impl_->Stub(node));
+  ASSIGN_OR_RETURN(auto stub, impl_->Stub(node));
   grpc::ClientContext ctx;
   impl_->SetDeadline(&ctx);
   peer::ListSegmentsRequest req;
@@ -284,7 +340,9 @@ std::vector<PeerState> PeerDirectory::States() {
     PeerState s;
     s.node_id = node;
     absl::MutexLock lock(&impl_->mu);
-    s.address = impl_->peers.at(node)->config.address;
+    auto it = impl_->peers.find(node);
+    if (it == impl_->peers.end()) continue;  // dropped by a reload meanwhile
+    s.address = it->second->config.address;
     s.transport = !ep.ok() ? "" : impl_->namer ? impl_->namer(node, **ep) : "tcp";
     s.reachable = ep.ok();
     if (!ep.ok()) s.error = std::string(ep.status().message());
@@ -339,6 +397,11 @@ void PeerDirectory::Invalidate(uint32_t node, const InvalidationNotice& n, absl:
 }
 
 void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) {
+  RenewReclaiming(home, timeout, {}, std::move(done));
+}
+
+void PeerDirectory::RenewReclaiming(uint32_t home, absl::Duration timeout,
+                                    std::vector<HeldGrant> grants, LeaseRenewer::Done done) {
   auto stub = impl_->Stub(home);
   if (!stub.ok()) {
     std::move(done)(stub.status());
@@ -356,6 +419,15 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
   // Fail fast when the home is unreachable: the next renewal retries, and
   // the lease keeper's expiry does not depend on this call returning.
   call->req.set_mapper_node(impl_->local_node);
+  for (const HeldGrant& g : grants) {
+    auto* h = call->req.add_reclaim();
+    h->set_segid(g.segid);
+    h->set_grant(g.grant);
+    h->set_write(g.write);
+    h->mutable_cred()->set_uid(g.uid);
+    h->mutable_cred()->set_gid(g.gid);
+    for (uint32_t x : g.groups) h->mutable_cred()->add_groups(x);
+  }
   call->done = std::move(done);
   if (!impl_->Track(&call->ctx)) {
     std::move(call->done)(absl::UnavailableError("daemon shutting down"));
@@ -367,8 +439,11 @@ void PeerDirectory::Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::D
     if (st.ok()) {
       LeaseRenewal r;
       r.incarnation = call->resp.incarnation();
+      r.epoch = call->resp.segment_epoch();
       r.lease = absl::Milliseconds(call->resp.lease_ms());
       for (const auto& f : call->resp.fenced()) r.fenced.emplace_back(f.segid(), f.reason());
+      for (const auto& f : call->resp.gone()) r.gone.emplace_back(f.segid(), f.reason());
+      r.pending.assign(call->resp.pending().begin(), call->resp.pending().end());
       std::move(call->done)(std::move(r));
     } else {
       std::move(call->done)(FromGrpc(st, absl::StrCat("renew the lease at node ", home)));

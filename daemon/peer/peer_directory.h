@@ -75,6 +75,19 @@ class PeerDirectory : public RemoteHomes, public LeaseRenewer {
   absl::StatusOr<std::vector<SegmentSummary>> ListSegments(uint32_t node);
   std::vector<PeerState> States();
 
+  // What a reload changed (Reconfigure): node ids, each list sorted.
+  struct Change {
+    std::vector<uint32_t> added, removed, moved;  // moved: a new address
+  };
+  // Replaces the peer list (SIGHUP, tetherctl reload). Added peers are
+  // reachable at once. A peer dropped or given a new address must not be in
+  // use: `in_use(node)` says why it is ("this node maps 2 segments it
+  // homes"), or "" if not; the first one in use refuses the whole reload
+  // with EBUSY and keeps the old list. Calls in flight to a dropped peer
+  // finish on their own channel. Any thread.
+  absl::StatusOr<Change> Reconfigure(const std::vector<PeerConfig>& peers,
+                                     const std::function<std::string(uint32_t node)>& in_use);
+
   // Starts connecting to the peer (TCP and TLS) if not connected; does not
   // wait.
   void Connect(uint32_t node);
@@ -84,6 +97,9 @@ class PeerDirectory : public RemoteHomes, public LeaseRenewer {
                   InvalidationChannel::Done done);
   // LeaseRenewer: asks `home` to renew this node's lease (async).
   void Renew(uint32_t home, absl::Duration timeout, LeaseRenewer::Done done) override;
+  // The same, handing `grants` back to a home that restarted (peer.proto).
+  void RenewReclaiming(uint32_t home, absl::Duration timeout, std::vector<HeldGrant> grants,
+                       LeaseRenewer::Done done) override;
   // Cancels in-flight notices and renewals and waits until their callbacks ran: no gRPC
   // call may outlive the daemon (its threads would run during exit).
   void Shutdown();

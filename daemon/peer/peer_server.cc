@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "daemon/common/drain.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
 #include "daemon/peer/grpc_status.h"
@@ -80,6 +82,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
     if (!CallerIsNode(tls_, ctx, req->node_id(), "Hello")) return NotThatNode(req->node_id());
     resp->set_node_id(hello_.node_id);
     resp->set_incarnation(hello_.incarnation);
+    resp->set_segment_epoch(hello_.segment_epoch);
     resp->set_data_address(hello_.data_address);
     resp->set_rdma_address(hello_.rdma_address);
     resp->set_data_token(DataTokenFor(hello_.data_secret, req->node_id()));
@@ -96,6 +99,9 @@ class PeerServiceImpl final : public peer::Peer::Service {
     cred.groups.assign(req->cred().groups().begin(), req->cred().groups().end());
     if (req->mapper_node() == 0 || req->mapper_node() == hello_.node_id)
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad mapper node id", "22");
+    // A draining home grants nothing new (common/drain.h).
+    if (absl::Status st = Drain().Accepting(hello_.node_id, "attachments"); !st.ok())
+      return ToGrpc(st);
     // The grant is recorded before the registry's fence check (lease_table.h).
     leases_->Granted(req->mapper_node());
     auto g = registry_->Attach(req->segid(), cred, req->write(), req->mapper_node());
@@ -105,6 +111,7 @@ class PeerServiceImpl final : public peer::Peer::Service {
     resp->set_segment_size(g->segment_size);
     resp->set_writable(g->writable);
     resp->set_lease_ms(LeaseMs());
+    resp->set_incarnation(hello_.incarnation);
     return grpc::Status::OK;
   }
 
@@ -119,7 +126,27 @@ class PeerServiceImpl final : public peer::Peer::Service {
     // was made after this grant, and its coordinator waits for this lease.
     leases_->Granted(req->mapper_node());
     resp->set_incarnation(hello_.incarnation);
+    resp->set_segment_epoch(hello_.segment_epoch);
     resp->set_lease_ms(LeaseMs());
+    // Grants of before this daemon's restart (peer.proto, HeldGrant): the
+    // mapper dropped its clean copies of them before it sent them.
+    for (const auto& h : req->reclaim()) {
+      Credentials cred;
+      cred.uid = h.cred().uid();
+      cred.gid = h.cred().gid();
+      cred.groups.assign(h.cred().groups().begin(), h.cred().groups().end());
+      absl::Status st =
+          registry_->ReclaimGrant(h.segid(), h.grant(), cred, h.write(), req->mapper_node());
+      if (st.ok()) continue;
+      if (ToErrno(st) == EAGAIN) {
+        resp->add_pending(h.segid());
+        continue;
+      }
+      auto* g = resp->add_gone();
+      g->set_segid(h.segid());
+      g->set_reason(std::string(st.message()));
+    }
+    if (req->reclaim_size() > 0) notices_->Prepare(req->mapper_node());
     for (auto& [segid, why] : registry_->FencedSegments(req->mapper_node())) {
       auto* f = resp->add_fenced();
       f->set_segid(segid);

@@ -29,9 +29,10 @@ namespace tether {
 struct HelloInfo {
   uint32_t node_id = 0;
   uint64_t incarnation = 0;
-  std::string data_address;  // tcp transport
-  std::string rdma_address;  // rdma transport; empty without a verbs device
-  std::string data_secret;   // derives each caller's data token
+  uint32_t segment_epoch = 0;  // common/node_state.h
+  std::string data_address;    // tcp transport
+  std::string rdma_address;    // rdma transport; empty without a verbs device
+  std::string data_secret;     // derives each caller's data token
 };
 
 // The Peer service without a server (its methods called directly, with a

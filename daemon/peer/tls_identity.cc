@@ -1,5 +1,6 @@
 #include "daemon/peer/tls_identity.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -14,6 +15,7 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -125,6 +128,71 @@ absl::Status WriteFile(const std::string& path, const std::string& data) {
   }
   if (close(fd) != 0) return ErrnoStatus(errno, "write " + path);
   return absl::OkStatus();
+}
+
+constexpr absl::string_view kStagedPrefix = "tls-staged.";
+
+// mkdtemp's names for Load's template: the prefix and six letters or digits.
+bool IsStagingName(absl::string_view name) {
+  if (name.size() != kStagedPrefix.size() + 6 || !absl::StartsWith(name, kStagedPrefix))
+    return false;
+  for (char c : name.substr(kStagedPrefix.size()))
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c))) return false;
+  return true;
+}
+
+// Removes the staging directories under `dir` that a tetherd which never
+// ran its destructor (SIGKILL, a crash, the OOM killer) left behind. Only
+// ours: named as Load names them, a directory (not a link to one) owned by
+// this euid, and not locked — every TlsIdentity holds an flock on its own
+// directory while it lives (several tetherds may share `dir`: the test
+// clusters' a1.sock, a2.sock), and the kernel drops the lock however its
+// holder dies. A directory whose maker has not locked it yet is taken
+// too: that maker sees it gone and makes another (Load).
+void RemoveStaleStaging(const std::string& dir) {
+  DIR* d = opendir(dir.c_str());
+  if (!d) return;  // Load's mkdtemp reports what is wrong with dir
+  std::vector<std::string> stale;
+  while (dirent* e = readdir(d)) {
+    if (!IsStagingName(e->d_name)) continue;
+    std::string path = absl::StrCat(dir, "/", e->d_name);
+    int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && st.st_uid == geteuid() && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);  // under the lock: no Load takes it meanwhile
+      if (ec)
+        TLOG_WARN("TLS: cannot remove %s, left by a tetherd that did not exit: %s", path,
+                  ec.message());
+      else
+        TLOG_INFO("TLS: removed %s, left by a tetherd that did not exit", path);
+    }
+    close(fd);
+  }
+  closedir(d);
+}
+
+// mkdtemp under `dir`, locked (see RemoveStaleStaging): the directory's
+// path, and its locked fd in *lock_fd.
+absl::StatusOr<std::string> MakeStagingDir(const std::string& dir, int* lock_fd) {
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    std::string path = absl::StrCat(dir, "/", kStagedPrefix, "XXXXXX");
+    if (!mkdtemp(path.data()))
+      return ErrnoStatus(errno, "make a private directory for the TLS files under " + dir);
+    int fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) continue;  // another tetherd's start took it for stale: make another
+    struct stat held {
+    }, now{};
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &held) == 0 &&
+        stat(path.c_str(), &now) == 0 && held.st_ino == now.st_ino && held.st_dev == now.st_dev) {
+      *lock_fd = fd;
+      return path;
+    }
+    close(fd);  // taken for stale meanwhile (locked by its remover, or gone)
+  }
+  return ErrnoStatus(EAGAIN, "make a private directory for the TLS files under " + dir +
+                                 ": other tetherds starting there removed it 5 times");
 }
 
 // The names that identify a tether node in a certificate's DNS SANs.
@@ -259,22 +327,24 @@ absl::StatusOr<CertInfo> CheckTlsMaterial(const std::string& ca_pem, const std::
   return info;
 }
 
-TlsIdentity::TlsIdentity(TlsConfig config, uint32_t node, std::string dir)
-    : config_(std::move(config)), node_(node), dir_(std::move(dir)) {}
+TlsIdentity::TlsIdentity(TlsConfig config, uint32_t node, std::string dir, int lock_fd)
+    : config_(std::move(config)), node_(node), dir_(std::move(dir)), lock_fd_(lock_fd) {}
 
 TlsIdentity::~TlsIdentity() {
   provider_.reset();  // its thread stops reading the files first
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
+  close(lock_fd_);  // after: no other start takes the directory for stale meanwhile
 }
 
 absl::StatusOr<std::unique_ptr<TlsIdentity>> TlsIdentity::Load(const TlsConfig& config,
                                                                uint32_t node,
                                                                const std::string& runtime_dir) {
-  std::string tmpl = (runtime_dir.empty() ? std::string(".") : runtime_dir) + "/tls-staged.XXXXXX";
-  if (!mkdtemp(tmpl.data()))
-    return ErrnoStatus(errno, "make a private directory for the TLS files under " + runtime_dir);
-  std::unique_ptr<TlsIdentity> id(new TlsIdentity(config, node, tmpl));
+  std::string dir = runtime_dir.empty() ? std::string(".") : runtime_dir;
+  RemoveStaleStaging(dir);
+  int lock_fd = -1;
+  ASSIGN_OR_RETURN(std::string staged, MakeStagingDir(dir, &lock_fd));
+  std::unique_ptr<TlsIdentity> id(new TlsIdentity(config, node, staged, lock_fd));
   std::string ca, cert, key;
   auto info = id->ReadAndCheck(&ca, &cert, &key);
   if (!info.ok()) return info.status();

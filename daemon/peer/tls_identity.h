@@ -13,7 +13,9 @@
 // operator's files: it would take a half-written or mismatched set, and
 // an unreadable file would leave no certificate at all. It watches checked
 // copies in a private directory (0700, under the admin socket's directory,
-// removed on exit), which Reload() replaces in one rename of a symlink, so
+// removed on exit; one a killed tetherd left is removed at the next Load,
+// which tells it from a running tetherd's by the flock each holds on its
+// own), which Reload() replaces in one rename of a symlink, so
 // the provider sees the old set or the new one, never a mix; it picks the
 // change up within kRefreshSeconds. Connections made before keep their
 // handshake; new ones present the new certificate.
@@ -72,7 +74,9 @@ class TlsIdentity {
   // The provider looks at its files this often.
   static constexpr int kRefreshSeconds = 1;
 
-  // Reads and checks config's files, stages them under `runtime_dir`.
+  // Reads and checks config's files, stages them under `runtime_dir`
+  // (first removing the staging directories of ours there that no live
+  // TlsIdentity holds: left by a tetherd killed before its destructor).
   static absl::StatusOr<std::unique_ptr<TlsIdentity>> Load(const TlsConfig& config, uint32_t node,
                                                            const std::string& runtime_dir);
   ~TlsIdentity();
@@ -94,7 +98,7 @@ class TlsIdentity {
   static void SetTargetNode(uint32_t node, grpc::ChannelArguments* args);
 
  private:
-  TlsIdentity(TlsConfig config, uint32_t node, std::string dir);
+  TlsIdentity(TlsConfig config, uint32_t node, std::string dir, int lock_fd);
   absl::StatusOr<CertInfo> ReadAndCheck(std::string* ca, std::string* cert, std::string* key) const;
   absl::Status Stage(const std::string& ca, const std::string& cert, const std::string& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -102,6 +106,9 @@ class TlsIdentity {
   const TlsConfig config_;
   const uint32_t node_;
   const std::string dir_;  // private staging directory
+  // dir_ opened and flock-ed while this lives: a start of another tetherd
+  // in the same directory takes only unlocked ones for stale (Load).
+  const int lock_fd_;
   mutable absl::Mutex mu_;
   CertInfo info_ ABSL_GUARDED_BY(mu_);
   int generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -44,8 +44,9 @@ absl::StatusOr<RdmaMessage> DecodeRdmaMessage(const uint8_t* buf, size_t len, ui
   m.rkey = Get<uint32_t>(buf + 56);
   if (Get<uint32_t>(buf + 60) != 0) return absl::InvalidArgumentError("reserved bits set");
   FrameType t = m.header.type;
-  if (t == FrameType::kHello || t == FrameType::kHelloAck)
-    return absl::InvalidArgumentError("hello frames are not used over rdma");
+  if (t == FrameType::kHello || t == FrameType::kHelloAck || t == FrameType::kAuth ||
+      t == FrameType::kAuthAck)
+    return absl::InvalidArgumentError("handshake frames are not used over rdma");
   if (IsRequest(t)) {
     if (m.header.length == 0 || m.header.length > max_length)
       return absl::InvalidArgumentError(

@@ -131,6 +131,25 @@ bool SendFrame(int fd, const FrameHeader& h, absl::Span<const uint8_t> payload) 
   return WriteFullV(fd, iov, payload.empty() ? 1 : 2);
 }
 
+// "host:port" of the socket's peer, for log lines.
+std::string PeerAddress(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    return absl::StrCat(host, ":", ntohs(a->sin_port));
+  }
+  if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    return absl::StrCat("[", host, "]:", ntohs(a->sin6_port));
+  }
+  return "a local socket";
+}
+
 void TuneSocket(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -217,35 +236,24 @@ void TcpTransport::AcceptLoop() {
 
 void TcpTransport::ServeLoop(int fd) {
   uint8_t buf[kFrameHeaderSize];
-  uint8_t token[kDataTokenSize];
   std::vector<uint8_t> data;
   uint32_t peer = 0;
   // Authenticate first: nothing else is read from an unauthenticated peer.
   // A bounded wait so that a silent connection cannot hold a thread forever.
   struct timeval tv = {5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (!ReadFull(fd, buf, sizeof(buf))) goto out;
   {
-    auto h = DecodeHeader(buf, sizeof(buf));
-    if (!h.ok() || h->type != FrameType::kHello) {
-      TLOG_WARN("data connection: bad hello: %s",
-                h.ok() ? "not a hello" : std::string(h.status().message()));
+    absl::StatusOr<uint32_t> authed = AcceptHandshake(fd);
+    if (!authed.ok()) {
+      // Said once per connection: the reason, and who connected. A
+      // wrong proof is answered (AUTH_ACK EACCES) so that an honest
+      // peer with a stale token hears why; a broken stream is not.
+      if (!absl::IsAborted(authed.status()))
+        TLOG_WARN("data connection from %s: %s", PeerAddress(fd),
+                  std::string(authed.status().message()));
       goto out;
     }
-    if (!ReadFull(fd, token, sizeof(token))) goto out;
-    if (h->segid == 0 || h->segid > 0x7fff ||
-        !DataTokenValid(secret_, static_cast<uint32_t>(h->segid), token)) {
-      TLOG_WARN("data connection: rejected a peer with a wrong token or node id");
-      FrameHeader nack{FrameType::kHelloAck, h->req_id, 0, 0, 0, 0, EACCES};
-      SendFrame(fd, nack, {});
-      goto out;
-    }
-    peer = static_cast<uint32_t>(h->segid);
-    // Holds the answer to a hello (no lock held): a test's requester is
-    // then waiting for it.
-    TETHER_FAULT_POINT("tcp.serve.before_hello_ack");
-    FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, 0, 0};
-    if (!SendFrame(fd, ack, {})) goto out;
+    peer = *authed;
   }
   tv = {0, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -302,6 +310,107 @@ out:
   close(fd);
 }
 
+absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
+  // A stream that ends or times out mid-handshake is Aborted (not logged:
+  // port scanners and peers shutting down do that).
+  auto cut = [] { return absl::AbortedError("connection closed during the handshake"); };
+  uint8_t buf[kFrameHeaderSize];
+  uint8_t dialer_nonce[kAuthNonceSize], listener_nonce[kAuthNonceSize];
+  uint8_t proof[kAuthProofSize];
+  if (!ReadFull(fd, buf, sizeof(buf))) return cut();
+  auto h = DecodeHeader(buf, sizeof(buf));
+  if (!h.ok() || h->type != FrameType::kHello)
+    return ErrnoStatus(EPROTO,
+                       absl::StrCat("bad hello: ", h.ok() ? "not a hello" : h.status().message()));
+  static_assert(kHelloPayload == kAuthNonceSize && kAuthPayload == kAuthProofSize &&
+                    kHelloAckPayload == kAuthNonceSize + kAuthProofSize,
+                "handshake payloads");
+  if (!ReadFull(fd, dialer_nonce, sizeof(dialer_nonce))) return cut();
+  auto refuse = [&](FrameType type, uint64_t req_id, std::string why) {
+    FrameHeader nack{type, req_id, 0, 0, 0, 0, EACCES};
+    SendFrame(fd, nack, {});
+    return ErrnoStatus(EACCES, std::move(why));
+  };
+  if (h->segid == 0 || h->segid > 0x7fff)
+    return refuse(FrameType::kHelloAck, h->req_id,
+                  absl::StrCat("refused: claims node id ", h->segid, ", not a node id"));
+  const uint32_t claimed = static_cast<uint32_t>(h->segid);
+  if (h->grant != local_node_)
+    return refuse(FrameType::kHelloAck, h->req_id,
+                  absl::StrCat("refused: node ", claimed, " meant to reach node ", h->grant,
+                               ", this is node ", local_node_, " (a stale address?)"));
+  const std::string token = DataTokenFor(secret_, claimed);
+  RETURN_IF_ERROR(FreshNonce(listener_nonce));
+  std::string mine = DataAuthProof(token, "tcp", AuthRole::kListener, claimed, local_node_,
+                                   dialer_nonce, listener_nonce);
+  // Holds the answer to a hello (no lock held): a test's requester is
+  // then waiting for it.
+  TETHER_FAULT_POINT("tcp.serve.before_hello_ack");
+  uint8_t ack_payload[kHelloAckPayload];
+  std::memcpy(ack_payload, listener_nonce, kAuthNonceSize);
+  std::memcpy(ack_payload + kAuthNonceSize, mine.data(), kAuthProofSize);
+  FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, kHelloAckPayload, 0};
+  if (!SendFrame(fd, ack, ack_payload)) return cut();
+  if (!ReadFull(fd, buf, sizeof(buf))) return cut();
+  auto a = DecodeHeader(buf, sizeof(buf));
+  if (!a.ok() || a->type != FrameType::kAuth)
+    return ErrnoStatus(EPROTO, absl::StrCat("node ", claimed, ": bad auth: ",
+                                            a.ok() ? "not an auth" : a.status().message()));
+  if (!ReadFull(fd, proof, sizeof(proof))) return cut();
+  if (!DataAuthProofValid(token, "tcp", AuthRole::kDialer, claimed, local_node_, dialer_nonce,
+                          listener_nonce, proof))
+    return refuse(FrameType::kAuthAck, a->req_id,
+                  absl::StrCat("refused: claims node ", claimed,
+                               " but its proof is wrong (a wrong or stale data token, or a "
+                               "replayed handshake)"));
+  FrameHeader done{FrameType::kAuthAck, a->req_id, local_node_, 0, 0, 0, 0};
+  if (!SendFrame(fd, done, {})) return cut();
+  return claimed;
+}
+
+absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
+  uint8_t dialer_nonce[kAuthNonceSize];
+  RETURN_IF_ERROR(FreshNonce(dialer_nonce));
+  FrameHeader hello{FrameType::kHello, 0, local_node_, home.node_id, 0, kHelloPayload, 0};
+  if (!SendFrame(fd, hello, dialer_nonce)) return ErrnoStatus(errno, "hello to");
+  uint8_t buf[kFrameHeaderSize];
+  if (!ReadFull(fd, buf, sizeof(buf))) return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");
+  auto ack = DecodeHeader(buf, sizeof(buf));
+  if (!ack.ok() || ack->type != FrameType::kHelloAck)
+    return ErrnoStatus(EPROTO, "bad hello ack from");
+  if (ack->status != 0) return ErrnoStatus(static_cast<int>(ack->status), "hello rejected by");
+  uint8_t payload[kHelloAckPayload];
+  if (!ReadFull(fd, payload, sizeof(payload)))
+    return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");
+  const uint8_t* listener_nonce = payload;
+  if (ack->segid != home.node_id)
+    return ErrnoStatus(EACCES, absl::StrCat("wrong node (it says it is node ", ack->segid,
+                                            ") answered the hello at"));
+  if (!DataAuthProofValid(home.token, "tcp", AuthRole::kListener, local_node_, home.node_id,
+                          dialer_nonce, listener_nonce, payload + kAuthNonceSize)) {
+    // Not the home we got the token from: an impostor, or a home that
+    // restarted since its Hello (a new secret). Nothing of ours went out.
+    TLOG_WARN(
+        "data connection to node %d at %s: its proof is wrong (an impostor, or it "
+        "restarted since its Hello): refused",
+        home.node_id, home.address);
+    return ErrnoStatus(EACCES, "failed authentication (wrong proof) of");
+  }
+  std::string proof = DataAuthProof(home.token, "tcp", AuthRole::kDialer, local_node_, home.node_id,
+                                    dialer_nonce, listener_nonce);
+  FrameHeader auth{FrameType::kAuth, 1, local_node_, 0, 0, kAuthPayload, 0};
+  if (!SendFrame(fd, auth,
+                 absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(proof.data()), proof.size())))
+    return ErrnoStatus(errno, "auth to");
+  if (!ReadFull(fd, buf, sizeof(buf)))
+    return ErrnoStatus(errno ? errno : ECONNRESET, "auth answer from");
+  auto done = DecodeHeader(buf, sizeof(buf));
+  if (!done.ok() || done->type != FrameType::kAuthAck)
+    return ErrnoStatus(EPROTO, "bad auth answer from");
+  if (done->status != 0) return ErrnoStatus(static_cast<int>(done->status), "rejected by");
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> TcpTransport::Dial(const DataEndpoint& home, bool notices, Connection* conn) {
   if (home.address.empty())
     return absl::UnavailableError(absl::StrCat("node ", home.node_id, " has no data address"));
@@ -347,18 +456,10 @@ absl::StatusOr<int> TcpTransport::Dial(const DataEndpoint& home, bool notices, C
     int bytes = static_cast<int>(8 * (kMaxNoticePayload + kFrameHeaderSize));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
   }
-  FrameHeader hello{FrameType::kHello, 0, local_node_, 0, 0, kDataTokenSize, 0};
-  if (!SendFrame(fd, hello,
-                 absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(home.token.data()),
-                                     home.token.size())))
-    return fail(errno, "hello to");
   struct timeval tv = {5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  uint8_t buf[kFrameHeaderSize];
-  if (!ReadFull(fd, buf, sizeof(buf))) return fail(errno ? errno : ECONNRESET, "hello from");
-  auto ack = DecodeHeader(buf, sizeof(buf));
-  if (!ack.ok() || ack->type != FrameType::kHelloAck) return fail(EPROTO, "bad hello ack from");
-  if (ack->status != 0) return fail(static_cast<int>(ack->status), "rejected by");
+  if (absl::Status st = DialHandshake(fd, home); !st.ok())
+    return fail(ToErrno(st), std::string(st.message()));
   tv = {0, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   return fd;

@@ -107,6 +107,13 @@ class TcpTransport : public Transport, public NoticeTransport {
   // Blocks up to ~8 s (connect 3 s, hello answer 5 s). With `conn`, the
   // socket is published in conn->fd while it connects.
   absl::StatusOr<int> Dial(const DataEndpoint& home, bool notices, Connection* conn);
+  // The handshake (wire_format.h) on a connected socket whose reads time
+  // out: as the dialer, proving this node knows its token at `home` and
+  // checking that `home` does; as the listener (AcceptHandshake), the
+  // other half, returning the node the peer proved to be. Errors say why
+  // (EACCES: a wrong proof or node id; Aborted: the stream ended).
+  absl::Status DialHandshake(int fd, const DataEndpoint& home);
+  absl::StatusOr<uint32_t> AcceptHandshake(int fd);
   // The notice connection to `home`, made on the calling thread if there
   // is none.
   absl::StatusOr<std::shared_ptr<Connection>> NoticeConnection(const DataEndpoint& home);

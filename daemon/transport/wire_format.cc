@@ -40,7 +40,7 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
   FrameHeader h;
   uint16_t type = Get<uint16_t>(buf + 6);
   if (type < static_cast<uint16_t>(FrameType::kHello) ||
-      type > static_cast<uint16_t>(FrameType::kWriteDiffReq))
+      type > static_cast<uint16_t>(FrameType::kAuthAck))
     return absl::InvalidArgumentError(absl::StrFormat("unknown frame type %d", type));
   h.type = static_cast<FrameType>(type);
   h.req_id = Get<uint64_t>(buf + 8);
@@ -52,8 +52,12 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
   if (h.length > kMaxPayload)
     return absl::InvalidArgumentError(absl::StrFormat("frame length %d over limit", h.length));
   if (h.offset + h.length < h.offset) return absl::InvalidArgumentError("offset overflow");
-  if (h.type == FrameType::kHello && h.length != kDataTokenSize)
-    return absl::InvalidArgumentError("hello without a token");
+  if (h.type == FrameType::kHello && h.length != kHelloPayload)
+    return absl::InvalidArgumentError("hello without a nonce");
+  if (h.type == FrameType::kHelloAck && h.length != (h.status == 0 ? kHelloAckPayload : 0))
+    return absl::InvalidArgumentError("hello ack without a nonce and proof");
+  if (h.type == FrameType::kAuth && h.length != kAuthPayload)
+    return absl::InvalidArgumentError("auth without a proof");
   if (h.type == FrameType::kNoticeReq && (h.length == 0 || h.length > kMaxNoticePayload))
     return absl::InvalidArgumentError(absl::StrFormat("notice of %d bytes", h.length));
   if (h.status > 4095) return absl::InvalidArgumentError("bad status value");
@@ -63,6 +67,8 @@ absl::StatusOr<FrameHeader> DecodeHeader(const uint8_t* buf, size_t len) {
 size_t PayloadLength(const FrameHeader& h) {
   switch (h.type) {
     case FrameType::kHello:
+    case FrameType::kHelloAck:
+    case FrameType::kAuth:
     case FrameType::kWriteReq:
     case FrameType::kWriteDiffReq:
     case FrameType::kNoticeReq: return h.length;

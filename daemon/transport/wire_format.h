@@ -15,9 +15,17 @@
 //   40   4   length    payload length (<= kMaxPayload)
 //   44   4   status    0, a positive errno, or kWireRetry (errors.h; responses only)
 //
-// HELLO carries the 32-byte data token as payload and the sender's node id
-// in `segid`. NOTICE_REQ (home -> mapper node, on a connection the home
-// opened to the mapper's listener) carries an encoded invalidation notice
+// A connection opens with a handshake in which each side proves it knows
+// the dialer's data token (data_token.h) without sending it:
+//   dialer   -> HELLO      segid = dialer node, grant = the listener node it
+//                          means; payload: the dialer's nonce (32 bytes)
+//   listener -> HELLO_ACK  status 0: segid = listener node; payload: the
+//                          listener's nonce, then its proof (64 bytes);
+//                          else a status (EACCES: bad node id), no payload
+//   dialer   -> AUTH       payload: the dialer's proof (32 bytes)
+//   listener -> AUTH_ACK   status 0, or EACCES (wrong proof); no payload
+// Nothing else is read from, or sent to, a peer before that. NOTICE_REQ (home -> mapper node, on a
+// connection the home opened to the mapper's listener) carries an encoded invalidation notice
 // (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
 // answers it with a status and no payload. WRITE_DIFF_REQ carries a page
 // diff (common/page_diff.h) of the pages from `offset`, which the home
@@ -39,8 +47,9 @@ namespace tether {
 
 constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
 // 2: "retry" is kWireRetry, not EAGAIN; 3: WRITE_DIFF_REQ (a node of
-// version 2 would refuse it, so it refuses the hello instead).
-constexpr uint16_t kWireVersion = 3;
+// version 2 would refuse it, so it refuses the hello instead); 4: the
+// nonce handshake (HELLO no longer carries the token; AUTH, AUTH_ACK).
+constexpr uint16_t kWireVersion = 4;
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;
@@ -56,7 +65,14 @@ enum class FrameType : uint16_t {
   kNoticeReq = 7,
   kNoticeResp = 8,
   kWriteDiffReq = 9,  // answered by WRITE_RESP
+  kAuth = 10,
+  kAuthAck = 11,
 };
+// The handshake's payloads (kAuthNonceSize and kAuthProofSize, data_token.h,
+// are both 32).
+constexpr uint32_t kHelloPayload = 32;
+constexpr uint32_t kHelloAckPayload = 64;
+constexpr uint32_t kAuthPayload = 32;
 
 struct FrameHeader {
   FrameType type = FrameType::kHello;

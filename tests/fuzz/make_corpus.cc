@@ -76,7 +76,10 @@ std::string Diff(bool whole) {
 
 void WireAndCodecs(uint64_t segid) {
   Put("wire_format_fuzz", "read_req", Header(FrameType::kReadReq, 1, segid, 1, 0, 4096));
-  Put("wire_format_fuzz", "hello", Header(FrameType::kHello, 0, kFuzzPeer, 0, 0, kDataTokenSize));
+  Put("wire_format_fuzz", "hello", Header(FrameType::kHello, 0, kFuzzPeer, 1, 0, kHelloPayload));
+  Put("wire_format_fuzz", "hello_ack",
+      Header(FrameType::kHelloAck, 0, kFuzzPeer, 0, 0, kHelloAckPayload));
+  Put("wire_format_fuzz", "auth", Header(FrameType::kAuth, 0, kFuzzPeer, 0, 0, kAuthPayload));
   Put("wire_format_fuzz", "write_resp_retry",
       Header(FrameType::kWriteResp, 9, segid, 1, 0, 0, kWireRetry));
   RdmaMessage m;
@@ -104,7 +107,7 @@ void WireAndCodecs(uint64_t segid) {
   Put("page_diff_fuzz", "whole", Diff(true));
 }
 
-// tcp_serve_fuzz: byte 0 bit 0 = "send a valid hello first".
+// tcp_serve_fuzz: byte 0 bit 0 = "play an honest handshake first".
 void TcpServe(const FuzzHome& home) {
   const std::string payload(4096, 'x');
   std::string diff = Diff(false);
@@ -122,10 +125,19 @@ void TcpServe(const FuzzHome& home) {
   Put("tcp_serve_fuzz", "notice",
       "\x01" + Header(FrameType::kNoticeReq, 5, 0, 0, 0, static_cast<uint32_t>(notice.size())) +
           notice);
-  // Unauthenticated: a hello with a wrong token, and a request first.
-  Put("tcp_serve_fuzz", "bad_token",
-      std::string("\x00", 1) + Header(FrameType::kHello, 0, kFuzzPeer, 0, 0, kDataTokenSize) +
-          std::string(kDataTokenSize, 'T'));
+  // Unauthenticated: a hello and an auth whose proof is wrong (any proof
+  // sent blind is: the home's nonce is fresh), a hello for another node,
+  // and a request first.
+  Put("tcp_serve_fuzz", "bad_proof",
+      std::string("\x00", 1) +
+          Header(FrameType::kHello, 0, kFuzzPeer, kFuzzNode, 0, kHelloPayload) +
+          std::string(kHelloPayload, 'N') +
+          Header(FrameType::kAuth, 1, kFuzzPeer, 0, 0, kAuthPayload) +
+          std::string(kAuthPayload, 'P'));
+  Put("tcp_serve_fuzz", "hello_for_another_node",
+      std::string("\x00", 1) +
+          Header(FrameType::kHello, 0, kFuzzPeer, kFuzzNode + 1, 0, kHelloPayload) +
+          std::string(kHelloPayload, 'N'));
   Put("tcp_serve_fuzz", "no_hello",
       std::string("\x00", 1) + Header(FrameType::kReadReq, 1, home.segid, home.grant, 0, 4096));
 }

@@ -62,7 +62,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   LeaseConfig config;
   config.lease = absl::Seconds(10);
   HomeLeaseTable leases(config, Clock::Real());
-  HelloInfo hello{kFuzzNode, kFuzzIncarnation, "127.0.0.1:7000", "", "fuzz-data-secret-0123456789"};
+  HelloInfo hello;
+  hello.node_id = kFuzzNode;
+  hello.incarnation = kFuzzIncarnation;
+  hello.data_address = "127.0.0.1:7000";
+  hello.data_secret = "fuzz-data-secret-0123456789";
   std::unique_ptr<grpc::Service> base =
       NewPeerService(&home.registry, &target, &channel, hello, &leases);
   auto* svc = static_cast<peer::Peer::Service*>(base.get());

@@ -2,12 +2,15 @@
 // loop each accepted connection runs (TcpTransport::ServeConnection), fed
 // the fuzzer's bytes over a socketpair, against a real home (FuzzHome: a
 // SegmentRegistry exporting this process's memory). Reaches the hello and
-// its token check, the frame decoder, and READ, WRITE, WRITE_DIFF and
-// NOTICE requests served by the registry, with no network.
+// the handshake's checks (wire_format.h: HELLO, AUTH), the frame decoder,
+// and READ, WRITE, WRITE_DIFF and NOTICE requests served by the registry,
+// with no network.
 //
-// Input: byte 0 bit 0 set: the harness first sends a valid hello (node
-// kFuzzPeer, its real token), so that the fuzzer spends its time behind
-// authentication; the rest is written to the socket as it is. A helper
+// Input: byte 0 bit 0 set: the harness first plays an honest dialer's
+// handshake (node kFuzzPeer, its real token: HELLO, then AUTH with the
+// proof for the home's fresh nonce), so that the fuzzer spends its time
+// behind authentication; the rest is written to the socket as it is. A
+// helper
 // thread writes the input and reads (discards) every answer, so the server
 // never blocks on a full socket; then it closes its end, and the loop must
 // return.
@@ -30,8 +33,45 @@ namespace {
 
 const std::string kSecret = "tether-fuzz-data-secret-0123456789";
 
+bool ReadAll(int fd, uint8_t* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// The dialer's half of the handshake as node kFuzzPeer: false if the home
+// did not take it (then the input goes in as it is anyway).
+bool Handshake(int fd) {
+  using namespace tether;
+  uint8_t nonce[kAuthNonceSize] = {};
+  FrameHeader hello{FrameType::kHello, 1, kFuzzPeer, kFuzzNode, 0, kHelloPayload, 0};
+  uint8_t h[kFrameHeaderSize];
+  EncodeHeader(hello, h);
+  if (write(fd, h, sizeof(h)) != ssize_t(sizeof(h)) ||
+      write(fd, nonce, sizeof(nonce)) != ssize_t(sizeof(nonce)))
+    return false;
+  uint8_t ack[kFrameHeaderSize + kHelloAckPayload];
+  if (!ReadAll(fd, ack, kFrameHeaderSize)) return false;
+  auto a = DecodeHeader(ack, kFrameHeaderSize);
+  if (!a.ok() || a->status != 0 || !ReadAll(fd, ack + kFrameHeaderSize, kHelloAckPayload))
+    return false;
+  std::string proof = DataAuthProof(DataTokenFor(kSecret, kFuzzPeer), "tcp", AuthRole::kDialer,
+                                    kFuzzPeer, kFuzzNode, nonce, ack + kFrameHeaderSize);
+  FrameHeader auth{FrameType::kAuth, 2, kFuzzPeer, 0, 0, kAuthPayload, 0};
+  EncodeHeader(auth, h);
+  if (write(fd, h, sizeof(h)) != ssize_t(sizeof(h)) ||
+      write(fd, proof.data(), proof.size()) != ssize_t(proof.size()))
+    return false;
+  return ReadAll(fd, h, sizeof(h));  // AUTH_ACK
+}
+
 // Writes `in`, reads until the server closes; one thread, poll-driven.
-void Drive(int fd, std::vector<uint8_t> in) {
+void Drive(int fd, bool handshake, std::vector<uint8_t> in) {
+  if (handshake) Handshake(fd);
   size_t off = 0;
   std::vector<uint8_t> sink(1 << 16);
   bool wr_open = true;
@@ -69,18 +109,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   if (size == 0) return 0;
   std::vector<uint8_t> in;
-  if (data[0] & 1) {
-    FrameHeader hello{FrameType::kHello, 1, kFuzzPeer, 0, 0, kDataTokenSize, 0};
-    uint8_t h[kFrameHeaderSize];
-    EncodeHeader(hello, h);
-    in.insert(in.end(), h, h + sizeof(h));
-    std::string token = DataTokenFor(kSecret, kFuzzPeer);
-    in.insert(in.end(), token.begin(), token.end());
-  }
   in.insert(in.end(), data + 1, data + size);
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) FuzzHome::Die("socketpair");
-  std::thread peer(Drive, sv[1], std::move(in));
+  std::thread peer(Drive, sv[1], (data[0] & 1) != 0, std::move(in));
   tcp->ServeConnection(sv[0]);
   peer.join();
   return 0;

@@ -139,7 +139,14 @@ class Node:
         self.sock = os.path.join(sockdir, "n%d.sock" % node_id)
         self.admin = os.path.join(sockdir, "a%d.sock" % node_id)
         self.log = os.path.join(cluster.dir, "n%d.log" % node_id)
+        # Each daemon's own state directory (its segment epoch survives a
+        # restart of that daemon: docs/consistency.md).
+        self.state_dir = os.path.join(sockdir, "state-n%d" % node_id)
         self.daemon = None
+        # A config file holding this node's --peers line (test_reload.py):
+        # start() passes --flagfile=peers_file instead of --peers, so that a
+        # reload reads the file again.
+        self.peers_file = None
 
     def env(self, client=True):
         e = dict(os.environ)
@@ -189,10 +196,14 @@ class Node:
         peers = ",".join("%d=%s:7600" % (n.id, n.ip) for n in c.nodes if n.id != self.id)
         # extra_args: for every node, or a dict of them by node id
         extra = c.extra_args.get(self.id, ()) if isinstance(c.extra_args, dict) else c.extra_args
-        args = [c.tetherd, "--node_id=%d" % self.id, "--local_socket=" + self.sock,
-                "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
-                "--peers=" + peers, "--cache_budget_mb=%d" % budget_mb,
-                "--rpc_timeout_ms=3000"] + list(extra)
+        args = [c.tetherd] + (["--flagfile=" + c.flagfile] if c.flagfile else [])
+        args += ["--node_id=%d" % self.id, "--local_socket=" + self.sock,
+                 "--admin_socket=" + self.admin, "--peer_listen=%s:7600" % self.ip,
+                 # its own address: in a flat cluster every node shares 127.0.0.1
+                 "--metrics_listen=%s:9640" % self.ip,
+                 ("--flagfile=" + self.peers_file) if self.peers_file else ("--peers=" + peers),
+                 "--cache_budget_mb=%d" % budget_mb,
+                 "--rpc_timeout_ms=3000", "--state_dir=" + self.state_dir] + list(extra)
         # A test cluster is one administrative domain and its clients run as
         # root: every node trusts the others' root (no root squash), unless
         # the test says otherwise (test_trust.py: --trusted_peers=...).
@@ -208,10 +219,12 @@ class Node:
         else:
             args.append("--insecure_peers")
         if self.agent:
-            self.run(["sh", "-c", "mkdir -p %s && rm -f %s" % (os.path.dirname(self.sock),
-                                                               self.sock)])
-        elif os.path.exists(self.sock):
-            os.unlink(self.sock)
+            self.run(["sh", "-c", "mkdir -p %s %s && rm -f %s" % (
+                os.path.dirname(self.sock), self.state_dir, self.sock)])
+        else:
+            os.makedirs(self.state_dir, exist_ok=True)
+            if os.path.exists(self.sock):
+                os.unlink(self.sock)
         logf = open(self.log, "a")
         self.daemon = self.popen(args, stdout=logf, stderr=logf, env=self.env(client=False))
         deadline = time.time() + 30
@@ -251,13 +264,32 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, n=3, build_dir=None, budgets=None, tls=True, extra_args=()):
+    def __init__(self, n=3, build_dir=None, budgets=None, tls=True, extra_args=(),
+                 bin_path=None, flagfile=None):
+        """bin_path: a PATH-like list of directories to take tetherd and
+        tetherctl from instead of a build tree (tests/packaging/run: the
+        installed /usr/sbin:/usr/bin); such a cluster has no `tt`.
+        flagfile: every tetherd starts with --flagfile=THIS first (the
+        installed /etc/tether/tetherd.conf); the cluster's own flags after it
+        override what they name."""
         self.extra_args = extra_args
-        build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR", os.path.join(REPO, "build"))
-        self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
-        self.tetherctl = os.path.join(build_dir, "client", "tetherctl")
-        self.tt = os.path.join(build_dir, "tests", "tt")
-        for f in (self.tetherd, self.tetherctl, self.tt):
+        self.flagfile = flagfile
+        self.make_certs_path = os.path.join(REPO, "deploy", "make-certs")
+        if bin_path:
+            self.tetherd = shutil.which("tetherd", path=bin_path)
+            self.tetherctl = shutil.which("tetherctl", path=bin_path)
+            if not self.tetherd or not self.tetherctl:
+                raise RuntimeError("no tetherd/tetherctl in %s" % bin_path)
+            self.tt = None
+            wanted = (self.tetherd, self.tetherctl)
+        else:
+            build_dir = build_dir or os.environ.get("TETHER_BUILD_DIR",
+                                                    os.path.join(REPO, "build"))
+            self.tetherd = os.path.join(build_dir, "daemon", "tetherd")
+            self.tetherctl = os.path.join(build_dir, "client", "tetherctl")
+            self.tt = os.path.join(build_dir, "tests", "tt")
+            wanted = (self.tetherd, self.tetherctl, self.tt)
+        for f in wanted:
             if not os.path.exists(f):
                 raise RuntimeError("missing %s: build first" % f)
         self.n = n
@@ -312,7 +344,7 @@ class Cluster:
 
     def make_certs(self, *args):
         """deploy/make-certs ARGS... (ca CA_DIR | node CA_DIR OUT_DIR ID... [--days N])."""
-        sh(os.path.join(REPO, "deploy", "make-certs"), *[str(a) for a in args])
+        sh(self.make_certs_path, *[str(a) for a in args])
 
     def __enter__(self):
         try:

@@ -346,7 +346,7 @@ def fetched(node):
     """The node's fetched_bytes counter (page contents a home answered)."""
     r = node.ctl("--json", "status")
     expect(r.returncode == 0, "tetherctl status: " + r.stdout + r.stderr)
-    return json.loads(r.stdout)["counters"]["fetched_bytes"]
+    return int(json.loads(r.stdout)["counters"]["fetched_bytes"])  # uint64: a JSON string
 
 
 def home_bytes(node, segid, offsets):

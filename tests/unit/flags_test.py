@@ -37,7 +37,7 @@ def run_cases(tetherd, tmp):
     with open(garbage, "w") as f:
         f.write("not a certificate\n")
     base = ["--node_id=1", "--local_socket=%s/l.sock" % tmp, "--admin_socket=%s/a.sock" % tmp,
-            "--peer_listen=127.0.0.1:0", "--rdma=off"]
+            "--peer_listen=127.0.0.1:0", "--rdma=off", "--state_dir=%s/state" % tmp]
     tls = ["--tls_ca=%s/ca.pem" % certs, "--tls_cert=%s/node-1.pem" % certs,
            "--tls_key=%s/node-1.key" % certs]
     insecure = ["--insecure_peers"]
@@ -58,6 +58,10 @@ def run_cases(tetherd, tmp):
         ("cache budget overflow", ["--cache_budget_mb=18446744073709551615"] + insecure,
          "--cache_budget_mb must be 1.."),
         ("cache budget zero", ["--cache_budget_mb=0"] + insecure, "--cache_budget_mb must be 1.."),
+        ("metrics address by name", ["--metrics_listen=localhost:9640"] + insecure,
+         "--metrics_listen: metrics address localhost:9640: bad IPv4 address"),
+        ("metrics port", ["--metrics_listen=127.0.0.1:96400"] + insecure,
+         "--metrics_listen: metrics address 127.0.0.1:96400: bad port"),
         ("negative rpc timeout", ["--rpc_timeout_ms=-5"] + insecure,
          "--rpc_timeout_ms must be 1..600000"),
         ("zero rpc timeout", ["--rpc_timeout_ms=0"] + insecure,
@@ -69,6 +73,9 @@ def run_cases(tetherd, tmp):
         ("deadline + lease beyond the module's ack timeout",
          ["--lease_ms=60000"] + insecure,
          "must stay below tether.ko's ack_timeout_ms"),
+        ("restart grace too short", ["--restart_grace_ms=10"] + insecure,
+         "--restart_grace_ms must be 1000..600000"),
+        ("empty state dir", ["--state_dir="] + insecure, "--state_dir must name a directory"),
         ("negative data retry", ["--data_retry_ms=-1"] + insecure, "--data_retry_ms must be"),
         ("rdma timeout below two heartbeats",
          ["--rdma_heartbeat_ms=1000", "--rdma_timeout_ms=1500"] + insecure,
@@ -90,7 +97,15 @@ def run_cases(tetherd, tmp):
          "the key file's key is not the certificate's"),
         ("expiry warning days", ["--tls_expiry_warn_days=-1"] + tls,
          "--tls_expiry_warn_days must be 0..3650"),
+        ("notifier source", ["--notifier=module"] + insecure,
+         "--notifier must be auto, kernel or user"),
+        ("log level", ["--log_level=loud"] + insecure,
+         "--log_level must be debug, info, warning or error"),
     ]
+    if not os.path.exists("/dev/tether"):
+        # Insisting on tether.ko where it is not loaded: refused at start.
+        cases.append(("kernel notifier without tether.ko", ["--notifier=kernel"] + insecure,
+                      "--notifier=kernel but /dev/tether does not exist"))
     failed = 0
     for name, flags, want in cases:
         cmd = [tetherd] + base + flags

@@ -4,6 +4,7 @@
 // renewal from a restarted home, on a renewal that lists a fence.
 #include "daemon/mapper/lease_keeper.h"
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <thread>
@@ -27,6 +28,15 @@ class FakeRenewer : public LeaseRenewer {
     absl::MutexLock lock(&mu);
     calls.emplace_back(home, std::move(done));
   }
+  void RenewReclaiming(uint32_t home, absl::Duration d, std::vector<HeldGrant> grants,
+                       Done done) override {
+    {
+      absl::MutexLock lock(&mu);
+      reclaimed.push_back(grants);
+    }
+    Renew(home, d, std::move(done));
+  }
+  std::vector<std::vector<HeldGrant>> reclaimed ABSL_GUARDED_BY(mu);
   // Answers the oldest pending renewal to `home`.
   void Answer(uint32_t home, absl::StatusOr<LeaseRenewal> r) {
     Done d;
@@ -194,6 +204,139 @@ TEST_F(LeaseKeeperTest, LeasesOffRevokeNothingAndSendNothing) {
   EXPECT_EQ(renewer_.Calls(), 0u);
   EXPECT_TRUE(revoked_.empty());
   EXPECT_TRUE(keeper.EnsureLease(2).ok());
+}
+
+// Restart handling (what tetherd wires): the keeper's decisions, with the
+// suspension, resumption and grants as recorded calls.
+class RestartKeeperTest : public LeaseKeeperTest {
+ protected:
+  void SetUp() override {
+    LeaseKeeper::RestartHandling h;
+    h.grace = absl::Seconds(2);
+    h.held_grants = [this](uint32_t home) {
+      std::vector<HeldGrant> v;
+      for (const auto& att : atts_.FromHome(home)) v.push_back(HeldGrant{att->segid, 77, true});
+      return v;
+    };
+    h.suspend = [this](Attachment& att) { suspended_.push_back(att.id); };
+    h.resume = [this](Attachment& att, bool restarted) {
+      resumed_.emplace_back(att.id, restarted);
+    };
+    h.forget_endpoint = [this](uint32_t home) { forgotten_.push_back(home); };
+    keeper_.SetRestartHandling(std::move(h));
+  }
+  LeaseRenewal Answer(uint64_t incarnation, uint32_t epoch) {
+    LeaseRenewal r = LeaseKeeperTest::Answer(incarnation);
+    r.epoch = epoch;
+    return r;
+  }
+  size_t Reclaims() {
+    absl::MutexLock lock(&renewer_.mu);
+    return renewer_.reclaimed.size();
+  }
+  std::vector<uint64_t> suspended_;
+  std::vector<std::pair<uint64_t, bool>> resumed_;
+  std::vector<uint32_t> forgotten_;
+};
+
+TEST_F(RestartKeeperTest, ALapsedLeaseSuspendsAndRevokesOnlyAfterTheGrace) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(2, t0, kLease);
+  auto a = Attach(2, 1);
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  renewer_.Answer(2, absl::UnavailableError("home down"));
+  clock_.Set(t0 + absl::Milliseconds(810));
+  keeper_.Tick();
+  EXPECT_EQ(suspended_, std::vector<uint64_t>{a->id});  // no copy served any more
+  EXPECT_EQ(Why(a), "");                                // but not revoked: it may be restarting
+  clock_.Set(t0 + absl::Milliseconds(810 + 1999));
+  keeper_.Tick();
+  EXPECT_EQ(Why(a), "");
+  clock_.Set(t0 + absl::Milliseconds(810 + 2000));
+  keeper_.Tick();
+  EXPECT_NE(Why(a).find("restart grace"), std::string::npos) << Why(a);
+  EXPECT_TRUE(resumed_.empty());
+}
+
+TEST_F(RestartKeeperTest, TheSameHomeAnsweringAgainResumesWhatItDidNotFence) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(2, t0, kLease);
+  auto a = Attach(2, 1), b = Attach(2, 2);
+  keeper_.NoteIncarnation(2, kIncarnation);
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  renewer_.Answer(2, absl::UnavailableError("cut off"));
+  clock_.Set(t0 + absl::Milliseconds(810));
+  keeper_.Tick();
+  ASSERT_EQ(suspended_.size(), 2u);
+  ASSERT_TRUE(renewer_.WaitForCall(2));
+  LeaseRenewal r = Answer(kIncarnation, kIncarnation);
+  r.fenced.emplace_back(a->segid, "missed a range_begin");
+  renewer_.Answer(2, r);
+  EXPECT_EQ(Why(a), "fenced: missed a range_begin");
+  keeper_.Tick();  // the resumes run on the keeper's thread
+  EXPECT_EQ(Why(b), "");
+  std::vector<std::pair<uint64_t, bool>> want{{b->id, false}};
+  EXPECT_EQ(resumed_, want);
+  EXPECT_EQ(Reclaims(), 0u);  // not restarted: its grants are still there
+}
+
+TEST_F(RestartKeeperTest, ARestartedHomeWithItsEpochIsSuspendedReclaimedAndResumed) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(2, t0, kLease);
+  auto a = Attach(2, 1), b = Attach(2, 2);
+  keeper_.NoteIncarnation(2, kIncarnation);  // the attach's answer
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  // Answered by a new run with the same segment epoch, long before the
+  // lease ends: suspended before the new lease counts, grants handed back.
+  renewer_.Answer(2, Answer(kIncarnation + 7, kIncarnation));
+  EXPECT_EQ(Why(a), "");
+  EXPECT_EQ(Why(b), "");
+  EXPECT_EQ(suspended_.size(), 2u);
+  EXPECT_EQ(forgotten_, std::vector<uint32_t>{2});  // its data port and token are new
+  ASSERT_EQ(Reclaims(), 1u);
+  {
+    absl::MutexLock lock(&renewer_.mu);
+    EXPECT_EQ(renewer_.reclaimed[0].size(), 2u);
+  }
+  // The home has b back already; a's exporter has not registered it yet.
+  LeaseRenewal r = Answer(kIncarnation + 7, kIncarnation);
+  r.pending.push_back(a->segid);
+  renewer_.Answer(2, r);
+  keeper_.Tick();
+  std::vector<std::pair<uint64_t, bool>> want{{b->id, true}};
+  EXPECT_EQ(resumed_, want);
+  // The next renewal hands a's grant back again; now the home has it.
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  ASSERT_EQ(Reclaims(), 2u);
+  renewer_.Answer(2, Answer(kIncarnation + 7, kIncarnation));
+  keeper_.Tick();
+  // a resumed now (b again too: harmless, its suspension has ended)
+  ASSERT_EQ(resumed_.size(), 3u);
+  EXPECT_EQ(std::count(resumed_.begin(), resumed_.end(), std::make_pair(a->id, true)), 1);
+  // Reclaimed: the renewals after are plain ones.
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  renewer_.Answer(2, Answer(kIncarnation + 7, kIncarnation));
+  EXPECT_EQ(Reclaims(), 2u);
+  EXPECT_TRUE(revoked_.empty());
+}
+
+TEST_F(RestartKeeperTest, ARestartedHomeThatDoesNotTakeASegmentBackRevokesIt) {
+  absl::Time t0 = clock_.Now();
+  leases_.Granted(2, t0, kLease);
+  auto a = Attach(2, 1);
+  keeper_.NoteIncarnation(2, kIncarnation);
+  clock_.Advance(absl::Milliseconds(300));
+  keeper_.Tick();
+  renewer_.Answer(2, Answer(kIncarnation + 7, kIncarnation));
+  LeaseRenewal r = Answer(kIncarnation + 7, kIncarnation);
+  r.gone.emplace_back(a->segid, "no segment");
+  renewer_.Answer(2, r);
+  EXPECT_NE(Why(a).find("did not take the segment back: no segment"), std::string::npos) << Why(a);
 }
 
 // A grant whose tether_get took most of the lease (a home reconnecting

@@ -171,6 +171,52 @@ class MapperWindowsTest : public ::testing::Test {
     second_map_ = nullptr;
   }
 
+  // Issue 14 (syncwait): the last detach of the cache — a read-only
+  // attachment of pages 0-3 — while a window's end is writing back page 9,
+  // which only att_ (detached before, its write-back failed) covered. The
+  // detach must return only after that write settled: landed (OK), or
+  // failed (`fail`), then reported (EIO).
+  void LastDetachDuringAWindowsWriteBack(bool fail) {
+    const char* kBeforeSend = "fault_service.writeback.before_send";
+    const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+    ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+    ASSERT_NE(AddSecond(false, 0, 4), nullptr);  // read-only, pages 0-3: keeps the cache
+    map_[9 * kPage] = 9;                         // dirty, only att_ covers it
+    SetHome(&FakeHome::fail_writes, true);
+    ASSERT_EQ(ToErrno(faults_.Detach(att_)), EIO);  // reported; page 9 stays dirty
+    SetHome(&FakeHome::fail_writes, false);
+    faults_.BeginWindow(*att_->cache, 5, 0, kPages);  // page 9 kept aside
+    SetHome(&FakeHome::fail_writes, fail);
+    FaultPoints::Arm(kBeforeSend);
+    absl::Status end_st;
+    std::thread end([&] { end_st = faults_.EndWindow(*att_->cache, 5, {}); });
+    ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+    FaultPoints::Arm(kSyncWaits);
+    std::atomic<bool> returned{false};
+    absl::Status st;
+    uint8_t home_at_return = 0;
+    std::thread detach([&] {
+      st = faults_.Detach(second_);
+      home_at_return = HomeByte(9 * kPage);
+      returned = true;
+    });
+    bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+    EXPECT_FALSE(returned.load()) << "the last detach returned while a write-back was held";
+    FaultPoints::Release(kBeforeSend);
+    FaultPoints::Release(kSyncWaits);
+    end.join();
+    detach.join();
+    munmap(second_map_, second_->size);
+    second_map_ = nullptr;
+    EXPECT_TRUE(waited) << "the last detach did not wait for the window's write-back";
+    if (fail) {
+      EXPECT_EQ(ToErrno(st), EIO) << "a failed write-back was reported as " << st;
+    } else {
+      EXPECT_TRUE(st.ok()) << st;
+      EXPECT_EQ(home_at_return, 9) << "the last detach returned before the write landed";
+    }
+  }
+
   FakeHome home_;
   DataPath data_{1, &home_, nullptr, nullptr, &NoPeers};
   std::atomic<int> sigbus_{0};
@@ -592,6 +638,88 @@ TEST_F(MapperWindowsTest, ASyncWaitingForAFailedWriteBackReportsIt) {
   EXPECT_EQ(State(4), PageState::kDirty) << "kept for a later sync";
 }
 
+// Issue 14 (syncwait): a tether_sync issued right after a window's END
+// has been handed over — the END queued, its kept-aside write-back on its
+// way to the home, held before it is sent — must not answer OK before that
+// write lands: another node that reads after the sync returned would see
+// the home's older bytes. (Reported as: the sync checked kept_writing only
+// while a window was open. EndWindow keeps its window open until the
+// write-back settled, so the sync waits; this pins that down.)
+TEST_F(MapperWindowsTest, ASyncAfterRangeEndWaitsForItsWriteBackInFlight) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  AttachmentTable table(1);
+  table.Insert(att_, 1, 1);
+  MapperInvalidation inval(&faults_, &table);
+  inval.Start();
+  map_[4 * kPage] = 9;  // dirty
+  InvalidationNotice n;
+  n.kind = InvalidationNotice::Kind::kBegin;
+  n.segid = att_->segid;
+  n.start = 0;
+  n.end = att_->size;
+  n.window = 5;
+  n.home_node = 1;
+  ASSERT_TRUE(inval.Handle(n).ok());  // kept aside
+  FaultPoints::Arm(kBeforeSend);
+  n.kind = InvalidationNotice::Kind::kEnd;
+  ASSERT_TRUE(inval.Handle(n).ok());  // queued: returns at once
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  FaultPoints::Arm(kSyncWaits);
+  std::atomic<bool> returned{false};
+  absl::Status sync_st;
+  uint8_t home_at_return = 0;
+  std::thread sync([&] {
+    sync_st = faults_.Sync(*att_, 0, att_->size);
+    home_at_return = HomeByte(4 * kPage);
+    returned = true;
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  EXPECT_FALSE(returned.load()) << "sync returned while the window's write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  sync.join();
+  inval.Stop();
+  EXPECT_TRUE(waited) << "the sync did not wait for the window's write-back";
+  EXPECT_TRUE(sync_st.ok()) << sync_st;
+  EXPECT_EQ(home_at_return, 9) << "sync returned OK before the kept-aside write reached the home";
+}
+
+// The same when that write-back fails: the window's end puts the page
+// back dirty, and the waiting sync takes it and reports the failure (EIO)
+// — never an OK for a write that is not at the home.
+TEST_F(MapperWindowsTest, ASyncAfterRangeEndReportsItsFailedWriteBack) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  map_[4 * kPage] = 9;                              // dirty
+  faults_.BeginWindow(*att_->cache, 5, 0, kPages);  // kept aside
+  SetHome(&FakeHome::fail_writes, true);
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status end_st;
+  std::thread end([&] { end_st = faults_.EndWindow(*att_->cache, 5, {}); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  FaultPoints::Arm(kSyncWaits);
+  std::atomic<bool> returned{false};
+  absl::Status sync_st;
+  std::thread sync([&] {
+    sync_st = faults_.Sync(*att_, 0, att_->size);
+    returned = true;
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  EXPECT_FALSE(returned.load()) << "sync returned while the window's write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  end.join();
+  sync.join();
+  EXPECT_TRUE(waited) << "the sync did not wait for the window's write-back";
+  EXPECT_EQ(ToErrno(end_st), EIO) << end_st;
+  EXPECT_EQ(ToErrno(sync_st), EIO) << "a failed write-back was reported as " << sync_st;
+  EXPECT_EQ(State(4), PageState::kDirty) << "kept for a later sync";
+  SetHome(&FakeHome::fail_writes, false);
+  EXPECT_TRUE(faults_.Sync(*att_, 0, att_->size).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9);
+}
+
 // Issue 14 / 16: the home refuses a write-back because the exporter
 // unmapped the address since the page was read (ENXIO). There is nothing
 // to write it to: the page is counted lost and reported once (EIO, as for
@@ -755,6 +883,64 @@ TEST_F(MapperWindowsTest, ADetachReturnsOnlyAfterItsWriteBacksLanded) {
   EXPECT_EQ(home_at_return[1], 10)
       << "a store through the detaching attachment after its sync was left in the cache";
   RemoveSecond();
+}
+
+// Issue 14 (syncwait), detach: the cache's last detach writes back the
+// dirty pages nobody else would — but it looked at kDirty pages only. A
+// page a window kept aside (or whose write-back after the window is on
+// its way) is kAbsent, so a last detach whose own range does not hold it
+// (here: a read-only attachment of pages 0-3; the writer of page 9 left
+// earlier, its write-back failed and reported) returned OK before that
+// write landed, and closed the cache: a failure after that was counted
+// lost for nobody. It must wait for it, and report its failure.
+TEST_F(MapperWindowsTest, TheLastDetachWaitsForAWindowsWriteBackOutsideItsRange) {
+  LastDetachDuringAWindowsWriteBack(/*fail=*/false);
+}
+
+TEST_F(MapperWindowsTest, TheLastDetachReportsAWindowsFailedWriteBackOutsideItsRange) {
+  LastDetachDuringAWindowsWriteBack(/*fail=*/true);
+}
+
+// The same for a page another write-back has in flight (kWriteback) when
+// the last detach looks: the evictor's sync of the whole cache, which
+// takes the pages an earlier detach left dirty. (SyncCache through the
+// detached writer's attachment stands for the evictor's call here: the
+// same function over the same cache.)
+TEST_F(MapperWindowsTest, TheLastDetachWaitsForAnotherWriteBackOutsideItsRange) {
+  const char* kBeforeSend = "fault_service.writeback.before_send";
+  const char* kSyncWaits = "fault_service.sync.wait_kept_aside";
+  ASSERT_TRUE(faults_.shares_caches()) << "this kernel cannot share caches";
+  ASSERT_NE(AddSecond(false, 0, 4), nullptr);  // read-only, pages 0-3: keeps the cache
+  map_[9 * kPage] = 9;                         // dirty, only att_ covers it
+  SetHome(&FakeHome::fail_writes, true);
+  ASSERT_EQ(ToErrno(faults_.Detach(att_)), EIO);  // reported; page 9 stays dirty
+  SetHome(&FakeHome::fail_writes, false);
+  FaultPoints::Arm(kBeforeSend);
+  absl::Status evict_st;
+  std::thread evictor([&] { evict_st = faults_.Sync(*att_, 0, att_->size); });
+  ASSERT_TRUE(FaultPoints::WaitUntilReached(kBeforeSend, absl::Seconds(10)));
+  ASSERT_EQ(State(9), PageState::kWriteback);
+  FaultPoints::Arm(kSyncWaits);
+  std::atomic<bool> returned{false};
+  absl::Status st;
+  uint8_t home_at_return = 0;
+  std::thread detach([&] {
+    st = faults_.Detach(second_);
+    home_at_return = HomeByte(9 * kPage);
+    returned = true;
+  });
+  bool waited = FaultPoints::WaitUntilReached(kSyncWaits, absl::Seconds(5));
+  EXPECT_FALSE(returned.load()) << "the last detach returned while a write-back was held";
+  FaultPoints::Release(kBeforeSend);
+  FaultPoints::Release(kSyncWaits);
+  evictor.join();
+  detach.join();
+  munmap(second_map_, second_->size);
+  second_map_ = nullptr;
+  EXPECT_TRUE(waited) << "the last detach did not wait for the write-back in flight";
+  EXPECT_TRUE(evict_st.ok()) << evict_st;
+  EXPECT_TRUE(st.ok()) << st;
+  EXPECT_EQ(home_at_return, 9) << "the last detach returned before the write landed";
 }
 
 // Issue 16: a page a window caught dirty (kept aside) is written back as a

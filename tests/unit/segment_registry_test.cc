@@ -12,15 +12,18 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include <gtest/gtest.h>
 
 #include "tests/unit/kernel_feature.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/node_state.h"
 #include "daemon/common/page_diff.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/segment_name.h"
@@ -669,6 +672,67 @@ TEST_F(RegistryTest, ExporterExitIsNoticed) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(state, "exporter exited");
+}
+
+// A restarted daemon (docs/consistency.md, "When the home daemon
+// restarts") lets a segment of the earlier run be registered again under
+// its segid only by its owner: otherwise a local user could claim the
+// segid of another user's segment that has not come back yet, and the
+// mappers handing their grants back would read the impostor's memory.
+// Never-made and removed segids are not claimable either.
+TEST_F(RegistryTest, OnlyTheOwnerMayRegisterASegmentAgainAfterARestart) {
+  char tmpl[] = "/tmp/segment_registry_test.XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const uint64_t vaddr = reinterpret_cast<uint64_t>(mem_);
+  uint64_t kept = 0, removed = 0;
+  uint32_t epoch = 0;
+  {
+    auto state = NodeState::Open(dir, 3);
+    ASSERT_TRUE(state.ok()) << state.status();
+    epoch = (*state)->epoch();
+    SegmentRegistry run1(3, state->get(), absl::InfinitePast());
+    kept = *run1.Make(owner_, vaddr, kSize, 0600, Self());
+    removed = *run1.Make(owner_, vaddr, kSize, 0600, Self());
+    ASSERT_TRUE(run1.Remove(removed, owner_).ok());
+  }
+  auto restarted = [&](absl::Time grace_until) {
+    auto state = NodeState::Open(dir, 3);
+    EXPECT_TRUE(state.ok()) << state.status();
+    return std::make_pair(std::move(*state), grace_until);
+  };
+  {
+    auto [state, until] = restarted(absl::Now() + absl::Hours(1));
+    ASSERT_EQ(state->epoch(), epoch);
+    SegmentRegistry run2(3, state.get(), until);
+    Credentials stranger{0, 1001, 100, {}};
+    auto st = run2.Reregister(stranger, kept, vaddr, kSize, 0666, Self());
+    EXPECT_EQ(ToErrno(st.status()), EACCES) << st.status();
+    EXPECT_NE(st.status().message().find(absl::StrFormat("%#x", kept)), std::string::npos)
+        << st.status();
+    Credentials root{0, 0, 0, {}};
+    EXPECT_EQ(ToErrno(run2.Reregister(root, kept, vaddr, kSize, 0666, Self()).status()), EACCES);
+    EXPECT_EQ(ToErrno(run2.Reregister(owner_, removed, vaddr, kSize, 0600, Self()).status()),
+              ENOENT);
+    const uint64_t never = MakeSegid(3, epoch, state->first_local() - 1);
+    EXPECT_EQ(ToErrno(run2.Reregister(owner_, never, vaddr, kSize, 0600, Self()).status()), ENOENT);
+    EXPECT_TRUE(run2.List().empty());  // the refusals registered nothing
+    auto ok = run2.Reregister(owner_, kept, vaddr, kSize, 0600, Self());
+    ASSERT_TRUE(ok.ok()) << ok.status();
+    EXPECT_EQ(*ok, kept);
+  }
+  {
+    // Registered again, it is persisted again: the next restart keeps it.
+    auto [state, until] = restarted(absl::Now() + absl::Hours(1));
+    SegmentRegistry run3(3, state.get(), until);
+    EXPECT_EQ(
+        ToErrno(run3.Reregister(Credentials{0, 1001, 100, {}}, kept, vaddr, kSize, 0666, Self())
+                    .status()),
+        EACCES);
+    EXPECT_TRUE(run3.Reregister(owner_, kept, vaddr, kSize, 0600, Self()).ok());
+  }
+  unlink((dir + "/node.state").c_str());
+  rmdir(dir.c_str());
 }
 
 }  // namespace

@@ -2,8 +2,11 @@
 // many requests in flight, token authentication, errors, peer loss.
 #include "daemon/transport/tcp_transport.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -14,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/common/errors.h"
@@ -215,6 +219,170 @@ TEST(TcpTransport, AnotherNodesTokenIsRefused) {
   EXPECT_EQ(ToErrno(st), EACCES) << st;
   EXPECT_TRUE(ReadSync(mapper, Ep(home.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
   EXPECT_EQ(server.last_peer.load(), 2u);
+}
+
+// A raw client socket to `addr` (blocking, 5 s read timeout).
+int RawConnect(const std::string& addr) {
+  socklen_t len = 0;
+  auto ss = NumericSocketAddress(addr, &len);
+  if (!ss.ok()) return -1;
+  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&*ss), len) != 0) {
+    close(fd);
+    return -1;
+  }
+  struct timeval tv = {5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  return fd;
+}
+
+bool RawRead(int fd, uint8_t* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+std::vector<uint8_t> Frame(FrameType type, uint64_t segid, uint64_t grant, uint32_t status,
+                           const std::string& payload) {
+  FrameHeader h{type, 1, segid, grant, 0, static_cast<uint32_t>(payload.size()), status};
+  std::vector<uint8_t> out(kFrameHeaderSize);
+  EncodeHeader(h, out.data());
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+// The listener's answer to a header; its payload in *payload.
+FrameHeader ReadAnswer(int fd, std::string* payload) {
+  uint8_t buf[kFrameHeaderSize];
+  EXPECT_TRUE(RawRead(fd, buf, sizeof(buf)));
+  auto h = DecodeHeader(buf, sizeof(buf));
+  EXPECT_TRUE(h.ok()) << h.status();
+  if (!h.ok()) return FrameHeader{};
+  payload->assign(PayloadLength(*h), '\0');
+  EXPECT_TRUE(RawRead(fd, reinterpret_cast<uint8_t*>(payload->data()), payload->size()));
+  return *h;
+}
+
+// What node 2 sends home node 1 in an honest handshake (HELLO, then AUTH
+// with the proof for the listener's nonce), recorded; and the answer.
+struct Recorded {
+  std::vector<uint8_t> sent;
+  uint32_t auth_status = ~0u;
+};
+Recorded HonestHandshake(const std::string& addr, const std::string& token) {
+  Recorded r;
+  int fd = RawConnect(addr);
+  EXPECT_GE(fd, 0);
+  std::string nonce(kAuthNonceSize, '\0');
+  EXPECT_TRUE(FreshNonce(reinterpret_cast<uint8_t*>(nonce.data())).ok());
+  auto hello = Frame(FrameType::kHello, 2, 1, 0, nonce);
+  EXPECT_EQ(write(fd, hello.data(), hello.size()), ssize_t(hello.size()));
+  r.sent = hello;
+  std::string ack_payload;
+  FrameHeader ack = ReadAnswer(fd, &ack_payload);
+  EXPECT_EQ(ack.type, FrameType::kHelloAck);
+  EXPECT_EQ(ack.status, 0u);
+  EXPECT_EQ(ack_payload.size(), kHelloAckPayload);
+  if (ack_payload.size() != kHelloAckPayload) {
+    close(fd);
+    return r;
+  }
+  auto* ln = reinterpret_cast<const uint8_t*>(ack_payload.data());
+  auto* dn = reinterpret_cast<const uint8_t*>(nonce.data());
+  // The home proves itself first.
+  EXPECT_TRUE(
+      DataAuthProofValid(token, "tcp", AuthRole::kListener, 2, 1, dn, ln, ln + kAuthNonceSize));
+  std::string proof = DataAuthProof(token, "tcp", AuthRole::kDialer, 2, 1, dn, ln);
+  auto auth = Frame(FrameType::kAuth, 2, 0, 0, proof);
+  EXPECT_EQ(write(fd, auth.data(), auth.size()), ssize_t(auth.size()));
+  r.sent.insert(r.sent.end(), auth.begin(), auth.end());
+  std::string none;
+  FrameHeader done = ReadAnswer(fd, &none);
+  EXPECT_EQ(done.type, FrameType::kAuthAck);
+  r.auth_status = done.status;
+  close(fd);
+  return r;
+}
+
+// Nothing of a recorded handshake is any use on a new connection: the
+// home's nonce is new, so the recorded proof is wrong (EACCES), and the
+// token itself never crossed the wire.
+TEST(TcpTransport, AReplayedHandshakeIsRefused) {
+  MemoryServer server(1 << 16);
+  TcpTransport home(1);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  const std::string token = DataTokenFor(kToken, 2);
+  Recorded honest = HonestHandshake(home.bound_address(), token);
+  ASSERT_EQ(honest.auth_status, 0u);  // the recording is of a good handshake
+  std::string sent(honest.sent.begin(), honest.sent.end());
+  EXPECT_EQ(sent.find(token), std::string::npos) << "the token crossed the wire";
+
+  int fd = RawConnect(home.bound_address());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, honest.sent.data(), honest.sent.size()), ssize_t(honest.sent.size()));
+  std::string payload;
+  FrameHeader ack = ReadAnswer(fd, &payload);
+  EXPECT_EQ(ack.type, FrameType::kHelloAck);
+  FrameHeader verdict = ReadAnswer(fd, &payload);
+  EXPECT_EQ(verdict.type, FrameType::kAuthAck);
+  EXPECT_EQ(verdict.status, uint32_t(EACCES)) << "a replayed handshake was accepted";
+  // And nothing is served on it.
+  auto req = Frame(FrameType::kReadReq, 1, 1, 0, "");
+  FrameHeader r{FrameType::kReadReq, 7, 1, 1, 0, 4096, 0};
+  EncodeHeader(r, req.data());
+  (void)!write(fd, req.data(), kFrameHeaderSize);
+  uint8_t byte;
+  EXPECT_LE(read(fd, &byte, 1), 0);
+  close(fd);
+}
+
+// The mapper checks the home too: a listener that answers the hello with
+// an acknowledgement recorded from the real home (a replayed HELLO_ACK)
+// fails the mapper's check, and the mapper sends no proof of its own.
+TEST(TcpTransport, AReplayedHelloAckIsRefusedByTheMapper) {
+  MemoryServer server(1 << 16);
+  TcpTransport home(1), mapper(2);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  // Record a real HELLO_ACK.
+  int fd = RawConnect(home.bound_address());
+  ASSERT_GE(fd, 0);
+  auto hello = Frame(FrameType::kHello, 2, 1, 0, std::string(kAuthNonceSize, 'n'));
+  ASSERT_EQ(write(fd, hello.data(), hello.size()), ssize_t(hello.size()));
+  std::string ack_payload;
+  FrameHeader ack = ReadAnswer(fd, &ack_payload);
+  ASSERT_EQ(ack.status, 0u);
+  close(fd);
+  // A fake home that plays it back to whoever connects.
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(listen(lfd, 4), 0);
+  socklen_t slen = sizeof(sa);
+  getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &slen);
+  std::atomic<bool> got_auth{false};
+  std::thread fake([&] {
+    int c = accept(lfd, nullptr, nullptr);
+    uint8_t buf[kFrameHeaderSize + kHelloPayload];
+    if (!RawRead(c, buf, sizeof(buf))) return;
+    auto replay = Frame(FrameType::kHelloAck, 1, 0, 0, ack_payload);
+    (void)!write(c, replay.data(), replay.size());
+    uint8_t more;
+    if (read(c, &more, 1) > 0) got_auth = true;
+    close(c);
+  });
+  std::vector<uint8_t> buf(4096);
+  absl::Status st = ReadSync(mapper, Ep(absl::StrCat("127.0.0.1:", ntohs(sa.sin_port))), 1, 0,
+                             absl::MakeSpan(buf));
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  fake.join();
+  close(lfd);
+  EXPECT_FALSE(got_auth.load()) << "the mapper answered an unproven home";
 }
 
 TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {

@@ -30,13 +30,13 @@ TEST(WireFormat, RoundTrip) {
 }
 
 TEST(WireFormat, LittleEndianLayout) {
-  FrameHeader h{FrameType::kHello, 1, 2, 3, 4, kDataTokenSize, 0};
+  FrameHeader h{FrameType::kHello, 1, 2, 3, 4, kHelloPayload, 0};
   uint8_t buf[kFrameHeaderSize];
   EncodeHeader(h, buf);
   EXPECT_EQ(std::memcmp(buf, "TTHR", 4), 0);
   EXPECT_EQ(buf[4], kWireVersion);
   EXPECT_EQ(buf[6], 1);
-  EXPECT_EQ(buf[40], kDataTokenSize);
+  EXPECT_EQ(buf[40], kHelloPayload);
 }
 
 TEST(WireFormat, RejectsBadHeaders) {
@@ -54,7 +54,7 @@ TEST(WireFormat, RejectsBadHeaders) {
   std::memcpy(bad, buf, sizeof(bad));
   bad[6] = 0;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type 0
-  bad[6] = 10;
+  bad[6] = 12;
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // type past the last
   h.length = kMaxPayload + 1;
   EncodeHeader(h, bad);
@@ -65,7 +65,20 @@ TEST(WireFormat, RejectsBadHeaders) {
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // offset overflow
   FrameHeader hello{FrameType::kHello, 1, 1, 0, 0, 16, 0};
   EncodeHeader(hello, bad);
-  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // hello with a short token
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // hello with a short nonce
+  FrameHeader hello_ack{FrameType::kHelloAck, 1, 1, 0, 0, 32, 0};
+  EncodeHeader(hello_ack, bad);
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // accepting ack without nonce and proof
+  hello_ack.length = kHelloAckPayload;
+  hello_ack.status = EACCES;
+  EncodeHeader(hello_ack, bad);
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // refusing ack with a payload
+  hello_ack.status = 0;
+  EncodeHeader(hello_ack, bad);
+  EXPECT_EQ(PayloadLength(*DecodeHeader(bad, sizeof(bad))), kHelloAckPayload);
+  FrameHeader auth{FrameType::kAuth, 1, 1, 0, 0, 31, 0};
+  EncodeHeader(auth, bad);
+  EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // auth with a short proof
   FrameHeader notice{FrameType::kNoticeReq, 1, 0, 0, 0, kMaxNoticePayload + 1, 0};
   EncodeHeader(notice, bad);
   EXPECT_FALSE(DecodeHeader(bad, sizeof(bad)).ok());  // notice over its limit

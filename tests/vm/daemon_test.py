@@ -662,7 +662,7 @@ def test_same_node_attachment_is_direct(c):
     expect(m.command("acquire") == "ok", "acquire of a direct attachment")
     # tetherctl lists it, with its kind (issue 16).
     r = c.node(1).ctl("--json", "attachments")
-    expect('"segid":%d' % e.segid in r.stdout and '"kind":"direct"' in r.stdout,
+    expect('"segid":"%d"' % e.segid in r.stdout and '"kind":"direct"' in r.stdout,
            "tetherctl attachments does not list the direct attachment: " + r.stdout)
     m.close()
     expect(e.verify(1, 0, 4096) == "ok", "pages nobody wrote are unchanged")

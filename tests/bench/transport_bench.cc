@@ -1,0 +1,177 @@
+// transport_bench: what a tcp data connection's handshake costs (issue 17),
+// measured on the daemon's own TcpTransport between two network namespaces.
+// One line of key=value figures for tests/bench/run.py.
+//
+//   serve HOST:PORT        a home: TcpTransport listening at HOST:PORT with a
+//                          fixed bench secret and an in-memory BlockServer,
+//                          and a raw TCP echo of 48-byte frames at PORT+1
+//   handshake HOST:PORT N  the mapper: N times a new connection (a new
+//                          transport's first 4 KiB Read: connect, the nonce
+//                          handshake, the read), a read on it, and N
+//                          raw TCP connects with one 48-byte round trip (the
+//                          shape of the old token hello: connect + 1 RTT)
+//
+// Prints conn_read_p50_us, read_p50_us, raw_connect_rr_p50_us,
+// handshake_p50_us (conn_read minus read: connect plus handshake).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "daemon/common/errors.h"
+#include "daemon/transport/data_token.h"
+#include "daemon/transport/socket_address.h"
+#include "daemon/transport/tcp_transport.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+const std::string kSecret = "tether-bench-data-secret-0123456789";
+
+class Memory : public tether::BlockServer {
+ public:
+  absl::Status ReadBlocks(uint32_t, uint64_t, uint64_t, uint64_t off,
+                          absl::Span<uint8_t> dst) override {
+    std::memset(dst.data(), static_cast<int>(off & 0xff), dst.size());
+    return absl::OkStatus();
+  }
+  absl::Status WriteBlocks(uint32_t, uint64_t, uint64_t, uint64_t,
+                           absl::Span<const uint8_t>) override {
+    return absl::OkStatus();
+  }
+};
+
+double P50(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double Us(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+std::string WithPort(const std::string& hp, int delta) {
+  size_t colon = hp.rfind(':');
+  return hp.substr(0, colon + 1) + std::to_string(std::stoi(hp.substr(colon + 1)) + delta);
+}
+
+int Serve(const std::string& hp) {
+  Memory mem;
+  tether::TcpTransport home(1);
+  absl::Status st = home.Listen(hp, kSecret, &mem, nullptr);
+  if (!st.ok()) {
+    fprintf(stderr, "listen: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
+  socklen_t len = 0;
+  auto ss = tether::NumericSocketAddress(WithPort(hp, 1), &len);
+  int lfd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(lfd, reinterpret_cast<sockaddr*>(&*ss), len) != 0 || listen(lfd, 64) != 0) {
+    perror("echo listen");
+    return 1;
+  }
+  printf("ready\n");
+  fflush(stdout);
+  while (true) {
+    int c = accept(lfd, nullptr, nullptr);
+    if (c < 0) continue;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    uint8_t buf[48];
+    size_t got = 0;
+    while (got < sizeof(buf)) {
+      ssize_t n = read(c, buf + got, sizeof(buf) - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    if (got == sizeof(buf)) (void)!write(c, buf, sizeof(buf));
+    close(c);
+  }
+}
+
+absl::Status ReadSync(tether::TcpTransport& t, const tether::DataEndpoint& ep,
+                      std::vector<uint8_t>& buf) {
+  absl::Notification n;
+  absl::Status result;
+  t.Read(ep, 1, 1, 0, absl::MakeSpan(buf), [&](absl::Status st) {
+    result = st;
+    n.Notify();
+  });
+  n.WaitForNotification();
+  return result;
+}
+
+int Handshake(const std::string& hp, int n) {
+  tether::DataEndpoint ep;
+  ep.node_id = 1;
+  ep.address = hp;
+  ep.token = tether::DataTokenFor(kSecret, 2);
+  std::vector<uint8_t> buf(4096);
+  std::vector<double> conn, reads, raw;
+  for (int i = 0; i < n; ++i) {
+    // A new transport each time: a new connection (Disconnect would leave
+    // the old one to finish closing under the next Read).
+    tether::TcpTransport mapper(2);
+    auto t0 = Clock::now();
+    absl::Status st = ReadSync(mapper, ep, buf);
+    auto t1 = Clock::now();
+    if (!st.ok()) {
+      fprintf(stderr, "read: %s\n", std::string(st.message()).c_str());
+      return 1;
+    }
+    conn.push_back(Us(t0, t1));
+    t0 = Clock::now();
+    st = ReadSync(mapper, ep, buf);
+    reads.push_back(Us(t0, Clock::now()));
+    // The old hello's shape: connect, one 48-byte frame each way.
+    socklen_t len = 0;
+    auto ss = tether::NumericSocketAddress(WithPort(hp, 1), &len);
+    t0 = Clock::now();
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&*ss), len) != 0) {
+      perror("connect");
+      return 1;
+    }
+    uint8_t frame[48] = {};
+    (void)!write(fd, frame, sizeof(frame));
+    size_t got = 0;
+    while (got < sizeof(frame)) {
+      ssize_t r = read(fd, frame + got, sizeof(frame) - got);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    raw.push_back(Us(t0, Clock::now()));
+    close(fd);
+  }
+  double c = P50(conn), r = P50(reads);
+  printf(
+      "conn_read_p50_us=%.1f read_p50_us=%.1f raw_connect_rr_p50_us=%.1f handshake_p50_us=%.1f\n",
+      c, r, P50(raw), c - r);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);  // as tetherd: a peer that goes is an error return, not a signal
+  if (argc >= 3 && std::string(argv[1]) == "serve") return Serve(argv[2]);
+  if (argc >= 4 && std::string(argv[1]) == "handshake")
+    return Handshake(argv[2], std::atoi(argv[3]));
+  fprintf(stderr, "usage: transport_bench serve HOST:PORT | handshake HOST:PORT N\n");
+  return 2;
+}
