@@ -1,6 +1,7 @@
 #include "client/src/export_keeper.h"
 
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -50,8 +51,47 @@ void ExportKeeper::Add(const ClientExport& exp) {
   std::lock_guard<std::mutex> lock(mu_);
   exports_[exp.segid] = exp;
   if (watching_) return;
-  watching_ = true;
-  std::thread([this] { Watch(); }).detach();
+  watching_ = StartWatcher();
+}
+
+bool ExportKeeper::StartWatcher() {
+  // The watcher's stack is ours, with an inaccessible page on each side.
+  // A default thread stack is mapped next to whatever the process mapped
+  // last — typically the memory it just exported — with a guard page at
+  // its bottom only, so its top merges into the exported memory's VMA;
+  // stack activity in that VMA then reaches the kernel's notifier as
+  // changes of exported pages (tests/vm/daemon_test.py caught mappers
+  // dropping pages no call of the exporter touched). The guards keep the
+  // stack a mapping of its own. Never unmapped: the thread lives as long
+  // as the process, or returns when nothing is exported (and a later
+  // export starts a new one; a few such stacks at most).
+  constexpr size_t kStack = 256 << 10, kGuard = 4096;
+  void* region = mmap(nullptr, kStack + 2 * kGuard, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (region == MAP_FAILED) return false;
+  char* stack = static_cast<char*>(region) + kGuard;
+  if (mprotect(stack, kStack, PROT_READ | PROT_WRITE) != 0) {
+    munmap(region, kStack + 2 * kGuard);
+    return false;
+  }
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstack(&attr, stack, kStack);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t tid;
+  int rc = pthread_create(
+      &tid, &attr,
+      [](void* self) -> void* {
+        static_cast<ExportKeeper*>(self)->Watch();
+        return nullptr;
+      },
+      this);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    munmap(region, kStack + 2 * kGuard);
+    return false;
+  }
+  return true;
 }
 
 void ExportKeeper::Forget(uint64_t segid) {

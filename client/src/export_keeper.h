@@ -73,6 +73,9 @@ class ExportKeeper {
   void SetHold(uint32_t ms) { hold_ms_.store(ms); }
 
  private:
+  // Starts the watcher thread (Watch) on its own guarded stack; false if
+  // it could not (the exports then do not survive a daemon restart).
+  bool StartWatcher();
   void Watch();
   // Registers every export with a daemon that just answered; false if the
   // daemon went away meanwhile.

@@ -118,6 +118,19 @@ def held_write_back(c):
     return e, m, f
 
 
+def expect_lost(e, m, reply, seed, landed):
+    """The end of every "page 0 replaced under a write-back" case: the
+    mapper's last reply (its write or sync) reports the page lost (EIO),
+    the exporter's page 0 holds what the replacement put there (`seed`),
+    not the write-back (`landed` says how it would have got there), the
+    rest of the exporter is unchanged and the mapper still reads page 1."""
+    expect(reply.startswith("error: errno=%d" % EIO),
+           "the mapper's sync after page 0 was replaced: %r (want EIO: lost)" % reply)
+    expect(e.verify(seed, 0, PAGE) == "ok", landed)
+    expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
+    expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+
+
 def replaced_while_held(c, change, seed):
     e, m, f = held_write_back(c)
     try:
@@ -136,12 +149,8 @@ def replaced_while_held(c, change, seed):
             # window's end, which counts the page lost: then the next sync
             # reports it (it waits for that end first).
             r = m.command("sync")
-        expect(r.startswith("error: errno=%d" % EIO),
-               "the mapper's sync after its page was replaced: %r (want EIO: lost)" % r)
-        expect(e.verify(seed, 0, PAGE) == "ok",
-               "the old page's write-back landed in the mapping %s put there" % change.split()[0])
-        expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
-        expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+        expect_lost(e, m, r, seed, "the old page's write-back landed in the mapping %s put "
+                    "there" % change.split()[0])
     finally:
         f.close()
         m.close()
@@ -220,14 +229,9 @@ def kept_across_end(c, changes, seed):
             r = e.command(change)
             expect(r.startswith("ok"), "%s: %s" % (change, r))
         mf.release(SEND)
-        r = m.command("sync")
-        expect(r.startswith("error: errno=%d" % EIO),
-               "the mapper's sync after page 0 was replaced: %r (want EIO: lost)" % r)
-        expect(e.verify(seed, 0, PAGE) == "ok",
-               "the write-back kept across the END landed in the new page (%s)" %
-               "; ".join(changes))
-        expect(e.verify(1, PAGE, MiB - PAGE) == "ok", "the rest of the exporter changed")
-        expect(m.command("verify 1 4096 4096") == "ok", "the mapper still reads page 1")
+        expect_lost(e, m, m.command("sync"), seed,
+                    "the write-back kept across the END landed in the new page (%s)" %
+                    "; ".join(changes))
     finally:
         mf.close()
         m.close()
