@@ -3,6 +3,7 @@ a fresh cluster, prints PASS/FAIL lines and a closing 'N passed, N failed'
 line, and exits non-zero on any failure. Select tests with -k SUBSTRING."""
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -93,3 +94,35 @@ def with_nodes(n, budgets=None, daemon_args=()):
         fn.daemon_args = daemon_args
         return fn
     return deco
+
+
+SCRAPE = ("import sys, urllib.request\n"
+          "r = urllib.request.urlopen('http://%s:9640/metrics', timeout=10)\n"
+          "sys.stdout.write(r.headers['Content-Type'] + '\\n' + r.read().decode())\n")
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
+
+
+def scrape(node):
+    """{'name{labels}': value} from the node's /metrics (as a scraper
+    sees it, from inside the node's namespace), after checking the
+    format: HELP and TYPE before each family's samples, every sample
+    line parses."""
+    r = node.run(["python3", "-c", SCRAPE % node.ip], timeout=30)
+    expect(r.returncode == 0, "GET /metrics on node %d: %s" % (node.id, r.stdout + r.stderr))
+    ctype, _, body = r.stdout.partition("\n")
+    expect(ctype.startswith("text/plain; version=0.0.4"), "Content-Type: " + ctype)
+    out, typed = {}, set()
+    for line in body.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("#") or not line:
+            continue
+        m = SAMPLE.match(line)
+        expect(m, "node %d: a sample line that does not parse: %r" % (node.id, line))
+        family = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
+        expect(m.group(1) in typed or family in typed,
+               "node %d: %s has no TYPE line before it" % (node.id, m.group(1)))
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
