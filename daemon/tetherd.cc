@@ -404,7 +404,11 @@ absl::Status Tetherd::CheckAlive() {
   // Takes the registry's lock; a deadlock there blocks this call, and the
   // watchdog's silence gets the daemon restarted.
   registry_->List();
-  return admin_server_->Ping(absl::Seconds(5));
+  RETURN_IF_ERROR(admin_server_->Ping(absl::Seconds(5)));
+  // The notifier source's event thread: wedged, or stopped on an error,
+  // exporters' changes are no longer forwarded (their calls wait out the
+  // module's ack timeout and mappers are revoked): a restart is better.
+  return notifier_->Ping(absl::Seconds(5));
 }
 
 void Tetherd::RegisterMetrics() {

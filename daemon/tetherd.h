@@ -134,8 +134,10 @@ class Tetherd {
   // The TLS half of Reload().
   absl::Status ReloadTls();
   // The watchdog's probe (main, service_notify.h): OK if the admin server
-  // answers an RPC and the segment registry's lock can be taken. Blocks
-  // while either is stuck, which is what the watchdog is there to notice.
+  // answers an RPC, the segment registry's lock can be taken and the
+  // notifier source's event thread comes round (NotifierSource::Ping).
+  // Blocks while one is stuck (up to 5 s each for the last two), which is
+  // what the watchdog is there to notice.
   // Any thread, after Start() succeeded.
   absl::Status CheckAlive();
   // Logs a warning when the certificate or the CA expires soon (main

@@ -14,7 +14,9 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
@@ -104,26 +106,30 @@ absl::StatusOr<std::unique_ptr<KernelNotifierSource>> KernelNotifierSource::Open
     return ErrnoStatus(err, device + ": CONTROL");
   }
   int stop_fd = eventfd(0, EFD_CLOEXEC);
-  if (stop_fd < 0) {
+  int ping_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd < 0 || ping_fd < 0) {
     int err = errno;
     close(fd);
+    if (stop_fd >= 0) close(stop_fd);
+    if (ping_fd >= 0) close(ping_fd);
     return ErrnoStatus(err, "eventfd");
   }
   // The deadline (plus a fenced node's lease) against the module's
   // ack_timeout_ms is checked once, at start-up (main.cc), which refuses a
   // configuration the module would cut short.
   return std::unique_ptr<KernelNotifierSource>(new KernelNotifierSource(
-      registry, coordinator, fd, stop_fd, (v.features & TETHER_FEAT_DIRECT) != 0,
+      registry, coordinator, fd, stop_fd, ping_fd, (v.features & TETHER_FEAT_DIRECT) != 0,
       (v.features & TETHER_FEAT_WRITE) != 0));
 }
 
 KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
                                            InvalidationCoordinator* coordinator, int ctl_fd,
-                                           int stop_fd, bool direct, bool write)
+                                           int stop_fd, int ping_fd, bool direct, bool write)
     : registry_(registry),
       coordinator_(coordinator),
       ctl_fd_(ctl_fd),
       stop_fd_(stop_fd),
+      ping_fd_(ping_fd),
       direct_(direct),
       write_(write),
       fallback_(registry, coordinator) {}
@@ -144,6 +150,7 @@ void KernelNotifierSource::SegmentGone(uint64_t segid, const std::string& why) {
 KernelNotifierSource::~KernelNotifierSource() {
   Stop();
   close(stop_fd_);
+  close(ping_fd_);
 }
 
 void KernelNotifierSource::Stop() {
@@ -456,18 +463,58 @@ std::vector<KernelNotifierSource::Pending> KernelNotifierSource::TakePending(uin
   return out;
 }
 
+absl::Status KernelNotifierSource::Ping(absl::Duration timeout) {
+  uint64_t seen;
+  {
+    absl::MutexLock lock(&turns_mu_);
+    if (!ended_.empty()) return absl::InternalError(ended_);
+    seen = turns_;
+  }
+  uint64_t one = 1;
+  (void)!write(ping_fd_, &one, sizeof(one));
+  absl::MutexLock lock(&turns_mu_);
+  auto turned = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(turns_mu_) {
+    return turns_ != seen || !ended_.empty();
+  };
+  if (!turns_mu_.AwaitWithTimeout(absl::Condition(&turned), timeout))
+    return absl::DeadlineExceededError(
+        absl::StrCat("tether.ko events: the event thread has not come round its loop in ",
+                     absl::FormatDuration(timeout), " (held in an event's handling)"));
+  if (!ended_.empty()) return absl::InternalError(ended_);
+  return absl::OkStatus();
+}
+
 void KernelNotifierSource::Run() {
   event_thread_.Bind();
   tether_event evs[16];
+  auto end = [this](std::string why) {
+    TLOG_ERROR("%s", why);
+    absl::MutexLock lock(&turns_mu_);
+    ended_ = std::move(why);
+  };
   while (!stopping_) {
-    pollfd p[2] = {{ctl_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    int n = poll(p, 2, -1);
+    pollfd p[3] = {{ctl_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}, {ping_fd_, POLLIN, 0}};
+    int n = poll(p, 3, -1);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 || p[1].revents) break;
-    if (p[0].revents & (POLLERR | POLLNVAL)) {
-      TLOG_ERROR("tether.ko control fd: poll error %#x; kernel events are no longer seen",
-                 p[0].revents);
+    if (p[1].revents) break;
+    if (n < 0) {
+      end(absl::StrCat("tether.ko control fd: poll: ", strerror(errno),
+                       "; kernel events are no longer seen"));
       break;
+    }
+    if (p[0].revents & (POLLERR | POLLNVAL)) {
+      end(absl::StrFormat("tether.ko control fd: poll error %#x; kernel events are no longer seen",
+                          p[0].revents));
+      break;
+    }
+    if (p[2].revents) {  // a watchdog's Ping: this turn answers it
+      uint64_t v;
+      (void)!read(ping_fd_, &v, sizeof(v));
+    }
+    if (!(p[0].revents & POLLIN)) {
+      absl::MutexLock lock(&turns_mu_);
+      ++turns_;
+      continue;
     }
     // Held here (tests), no lock held: events are queued and not read yet
     // (the module's wait for an ack runs out meanwhile: a LATE BEGIN).
@@ -482,6 +529,8 @@ void KernelNotifierSource::Run() {
         HandleEvent(evs[i]);
     }
     reading_ = false;
+    absl::MutexLock lock(&turns_mu_);
+    ++turns_;
   }
 }
 

@@ -197,6 +197,10 @@ class KernelNotifierSource : public NotifierSource {
   // Forget()s it.
   void SegmentGone(uint64_t segid, const std::string& why) override;
   void Stop() override;
+  // Wakes the event thread (ping_fd_) and waits until it came round its
+  // loop: a thread held in an event's handling, or one that stopped on an
+  // error of the control fd, fails the watchdog, which is what it is for.
+  absl::Status Ping(absl::Duration timeout) override;
   absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
                                    bool writable) override;
   // Write-backs through TETHER_IOC_WRITE where the module has it
@@ -251,7 +255,7 @@ class KernelNotifierSource : public NotifierSource {
   };
 
   KernelNotifierSource(SegmentRegistry* registry, InvalidationCoordinator* coordinator, int ctl_fd,
-                       int stop_fd, bool direct, bool write);
+                       int stop_fd, int ping_fd, bool direct, bool write);
   // A segment's export and whether the user-space source watches it
   // instead, looked up together under mu_ (BeforeRead, BeforeWrite,
   // GuardedWrite, DirectAttach).
@@ -309,6 +313,7 @@ class KernelNotifierSource : public NotifierSource {
   InvalidationCoordinator* const coordinator_;
   const int ctl_fd_;
   const int stop_fd_;
+  const int ping_fd_;            // Ping() wakes the event thread through it
   const bool direct_;            // the module has DIRECT_ATTACH (TETHER_FEAT_DIRECT)
   const bool write_;             // the module has WRITE (TETHER_FEAT_WRITE)
   UffdNotifierSource fallback_;  // exporters that sent a userfaultfd
@@ -337,6 +342,11 @@ class KernelNotifierSource : public NotifierSource {
   std::atomic<bool> reading_{false};
   ThreadRole event_thread_;
   std::thread thread_;
+  // The event thread's turns of its loop (Ping waits for one), and why it
+  // ended if it did so on its own (an error of the control fd).
+  absl::Mutex turns_mu_;
+  uint64_t turns_ ABSL_GUARDED_BY(turns_mu_) = 0;
+  std::string ended_ ABSL_GUARDED_BY(turns_mu_);
 };
 
 }  // namespace tether

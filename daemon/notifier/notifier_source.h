@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "daemon/home/segment_observer.h"
 
 namespace tether {
@@ -46,6 +47,12 @@ class NotifierSource : public SegmentObserver {
   virtual absl::Status AddExporter(uint64_t segid, pid_t pid, int pidfd, int fd,
                                    uint64_t tether_range_id) = 0;
   virtual void Stop() = 0;
+  // The watchdog's question (tetherd's CheckAlive, service_notify.h): is
+  // the source still seeing the kernel's memory events? OK once the thread
+  // that reads them has come round its loop after this call (it is not
+  // wedged, and it did not stop on an error); an error naming why not
+  // after `timeout` at most. Any thread, after Start().
+  virtual absl::Status Ping(absl::Duration timeout) = 0;
   // A direct attachment of [offset, offset + len) of segment `segid`
   // (page aligned, inside the segment; the caller checked): a new fd
   // (O_CLOEXEC, the caller owns it) to mmap MAP_SHARED, PROT_WRITE only if

@@ -193,6 +193,11 @@ absl::Status UffdNotifierSource::BeforeRead(uint64_t segid, uint64_t start, uint
                                      segid, a0, a1));
 }
 
+absl::Status UffdNotifierSource::Ping(absl::Duration) {
+  if (stopping_) return absl::UnavailableError("the userfaultfd notifier source is stopping");
+  return absl::OkStatus();
+}
+
 void UffdNotifierSource::Run(std::shared_ptr<Exporter> ex) {
   while (!stopping_) {
     pollfd p[3] = {{ex->uffd, POLLIN, 0}, {ex->pidfd, POLLIN, 0}, {ex->stop_fd, POLLIN, 0}};

@@ -72,6 +72,10 @@ class UffdNotifierSource : public NotifierSource {
   absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,
                                    bool writable) override;
   void Stop() override;
+  // OK while started: each exporter has a thread of its own whose waits the
+  // coordinator's deadline bounds, so there is no one thread to wedge, and
+  // a thread that stops (its exporter exited) has nothing left to see.
+  absl::Status Ping(absl::Duration timeout) override;
 
  private:
   struct Exporter {

@@ -555,6 +555,7 @@ class FakeNotifier : public NotifierSource {
     return absl::OkStatus();
   }
   void Stop() override {}
+  absl::Status Ping(absl::Duration) override { return absl::OkStatus(); }
   absl::Status BeforeRead(uint64_t, uint64_t, uint64_t) override { return absl::OkStatus(); }
   void SegmentGone(uint64_t, const std::string&) override {}
   absl::StatusOr<int> DirectAttach(uint64_t segid, uint64_t offset, uint64_t len,

@@ -14,6 +14,7 @@ must already be gone. Needs root (map_files), which the VM has.
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ DEADLINE_MS = 500
 # Not shorter: renewals must be answered within it on emulated machines.
 LEASE_MS = 2000
 FAST = ("--invalidate_deadline_ms=%d" % DEADLINE_MS, "--lease_ms=%d" % LEASE_MS)
+BEFORE_READ = "kernel_notifier.event_thread.before_read"
 
 
 def ms(reply):
@@ -484,6 +486,77 @@ def test_stop_revokes_queued_begins(c):
             e.close()
         except Exception:  # its daemon is gone
             e.kill()
+
+
+@with_nodes(2)
+def test_watchdog_sees_a_held_event_thread(c):
+    """systemd's watchdog (Type=notify, WatchdogSec) is fed only while the
+    daemon works; the probe used to ask the admin server and the registry
+    lock alone, so a home whose tether.ko event thread was wedged kept
+    saying WATCHDOG=1 while every exporter's change waited out the module's
+    ack timeout. The home runs with a stand-in NOTIFY_SOCKET (WATCHDOG_USEC
+    2 s: a probe every second) and its event thread is held before it reads
+    an exporter's BEGIN (kernel_notifier.event_thread.before_read): the
+    probe must fail naming the notifier ("STATUS=watchdog probe failing:
+    ... tether.ko events"), and WATCHDOG=1 must come again once it is let
+    go."""
+    from writeback_test import Faults  # noqa: E402 (its fault socket client)
+    faults = "/tmp/tether-watchdog-faults.sock"
+    notify = "/tmp/tether-watchdog-notify.sock"
+    if os.path.exists(notify):
+        os.unlink(notify)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(notify)
+    home = c.node(1)
+    home.stop()
+    saved_env = dict(os.environ)
+    extra = c.extra_args
+    os.environ.update(NOTIFY_SOCKET=notify, WATCHDOG_USEC="2000000", TETHER_TEST_HOOKS="1")
+    c.extra_args = tuple(extra) + ("--test_fault_socket=" + faults,)
+    try:
+        home.start()
+    finally:
+        c.extra_args = extra
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+    def next_message(want, timeout):
+        """The first datagram containing `want` within timeout s, or None."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                m = sock.recv(4096).decode()
+            except socket.timeout:
+                return None
+            if want in m:
+                return m
+        return None
+
+    e = Exporter(home, MiB, 1)
+    m = Mapper(c.node(2), e.segid, length=MiB)
+    f = Faults(faults)
+    try:
+        expect(next_message("WATCHDOG=1", 10) is not None, "no WATCHDOG=1 from a healthy home")
+        expect(m.command("verify 1 0 4096") == "ok", "the mapper reads page 0")
+        f.arm(BEFORE_READ)
+        t = threading.Thread(target=lambda: e.command("munmap 0 4096"))
+        t.start()
+        expect(f.wait(BEFORE_READ), "the home's event thread did not wake for the BEGIN")
+        failing = next_message("STATUS=watchdog probe failing", 20)
+        expect(failing is not None and "tether.ko events" in failing,
+               "the watchdog probe did not see the held event thread: %r" % failing)
+        f.release(BEFORE_READ)
+        t.join(30)
+        expect(next_message("WATCHDOG=1", 15) is not None,
+               "no WATCHDOG=1 after the event thread was let go")
+        expect(home.daemon.poll() is None, "the home died")
+    finally:
+        f.close()
+        m.close()
+        e.close()
+        sock.close()
+        os.unlink(notify)
 
 
 @with_nodes(2)
