@@ -467,8 +467,12 @@ int main(int argc, char** argv) {
     auto kept = tether::DropCapabilities(
         tether::NeededCapabilities(cfg->rdma != tether::RdmaMode::kOff, low_port));
     if (!kept.ok()) return Fail("dropping capabilities: " + kept.status().ToString());
-    TLOG_INFO("capabilities: kept %s; every other one dropped (bounding set too)",
-              kept->empty() ? "none" : absl::StrJoin(*kept, ","));
+    // The bounding set as it is now, not as hoped: narrowing it needs
+    // CAP_SETPCAP, which the unit's CapabilityBoundingSet= does not give.
+    std::vector<std::string> bounding = tether::BoundingSet();
+    TLOG_INFO("capabilities: kept %s, every other one dropped; bounding set: %s",
+              kept->empty() ? "none" : absl::StrJoin(*kept, ","),
+              bounding.empty() ? "empty" : absl::StrJoin(bounding, ","));
   }
 
   // Signals are taken synchronously by this thread; every other thread

@@ -25,6 +25,9 @@ pkgs=(
   # Debian packages (deploy/build-debs, tests/packaging/run): debhelper with
   # the dkms addon, lintian; dkms itself builds tether.ko from tether-dkms.
   debhelper dh-dkms dkms lintian libssl-dev
+  # tests/packaging/run boots a systemd-nspawn container to run the
+  # installed tetherd.service under a real systemd (PID 1 here is not).
+  systemd-container
 )
 if (( want_vm )); then
   pkgs+=(qemu-system-x86 busybox-static linux-image-amd64 linux-headers-amd64

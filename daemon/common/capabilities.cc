@@ -96,6 +96,13 @@ std::string CapabilityName(int cap) {
   return absl::StrCat("cap_", cap);
 }
 
+std::vector<std::string> BoundingSet() {
+  std::vector<std::string> out;
+  for (int cap = 0, last = LastCap(); cap <= last; ++cap)
+    if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1) out.push_back(CapabilityName(cap));
+  return out;
+}
+
 absl::StatusOr<std::vector<std::string>> DropCapabilities(const std::vector<int>& keep) {
   // Per-thread state: a thread started before this would keep everything.
   if (int n = Threads(); n != 1)

@@ -41,6 +41,12 @@ std::vector<int> NeededCapabilities(bool rdma, bool low_port);
 // started.
 absl::StatusOr<std::vector<std::string>> DropCapabilities(const std::vector<int>& keep);
 
+// The names of the capabilities in this thread's bounding set, in number
+// order: what an exec could still gain. Without CAP_SETPCAP (tetherd under
+// its unit, whose CapabilityBoundingSet= lacks it) DropCapabilities cannot
+// narrow it, so it stays what systemd set.
+std::vector<std::string> BoundingSet();
+
 // The lowercase name of capability `cap` ("cap_ipc_lock").
 std::string CapabilityName(int cap);
 
