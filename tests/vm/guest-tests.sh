@@ -10,7 +10,8 @@
 # collects them).
 KB=$1 TEST=$2 SCALE=${3:-1} RELEASE=${4:-}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-echo "INFO kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s"
+echo "INFO kernel $(uname -r), uptime $(cut -d' ' -f1 /proc/uptime)s, clocksource" \
+  "$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)"
 # Pin the kernel-internal event sources the tests do not ask for (docs/architecture.md, "The invalidation contract":
 # NUMA hinting and THP policy), so that events come only when a test makes them.
 [ -w /proc/sys/kernel/numa_balancing ] && echo 0 > /proc/sys/kernel/numa_balancing
