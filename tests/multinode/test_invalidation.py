@@ -15,7 +15,7 @@ import json
 
 import remote
 from cluster import Exporter, Mapper
-from harness import expect, run, with_nodes
+from harness import expect, freeze, run, with_nodes
 from test_errors import Api
 
 SIGBUS = 7
@@ -178,7 +178,7 @@ def test_fencing_a_frozen_mapper(c):
     expect(m2.command("verify 1 0 65536") == "ok", "node 2 caches")
     expect(m3.command("verify 1 0 65536") == "ok", "node 3 caches")
     expect(m2.command("write 9 32768 4096") == "ok", "node 2 dirties page 8")
-    c.node(2).daemon.send_signal(signal.SIGSTOP)
+    freeze(c.node(2))
     try:
         r = e.command("invbegin 0 4096")
         took = ms(r)
@@ -235,7 +235,7 @@ def test_segments_of_one_exporter_cost_one_deadline(c):
     for m in maps:
         r = m.command("read 0")
         expect(r.startswith("byte"), "node 2 caches each segment: " + r)
-    c.node(2).daemon.send_signal(signal.SIGSTOP)
+    freeze(c.node(2))
     try:
         took = ms(e.command("dontneed 0 %d" % MiB))
     finally:
