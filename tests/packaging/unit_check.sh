@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The installed tetherd.service under a real systemd (tests/packaging/run,
 # step 7): run by tether-check.service inside a systemd-nspawn container
-# booted from this machine's own root (an overlay: nothing it writes is
-# kept), whose PID 1 is systemd. The unit is the package's, as installed,
+# booted on this machine's /usr with a fresh tmpfs root (nothing it writes
+# is kept), whose PID 1 is systemd. The unit is the package's, as installed,
 # with one drop-in (unit_check.conf: a 3 s watchdog, and the user-space
 # notifier source: the container shares this machine's kernel, which has no
 # tether.ko).
