@@ -241,6 +241,10 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
   if (cfg.rdma_ack_timeout != -1 && (cfg.rdma_ack_timeout < 1 || cfg.rdma_ack_timeout > 31))
     return bad("--rdma_ack_timeout must be 1..31 (or -1)");
   cfg.rdma_source = absl::GetFlag(FLAGS_rdma_source);
+  // Tests replay a genuine rdma connect request (tests/vm/rdma_test.py):
+  // under the test hooks only, the requester logs the bytes it sends.
+  if (const char* hooks = getenv("TETHER_TEST_HOOKS"); hooks && std::string(hooks) == "1")
+    cfg.rdma_log_connect_requests = true;
   if (!cfg.rdma_source.empty()) {
     // A host only: rdma_cm picks the port.
     in6_addr a6;

@@ -281,6 +281,7 @@ absl::Status Tetherd::MakeRdma() {
   opts.tos = config_.rdma_tos;
   opts.ack_timeout = config_.rdma_ack_timeout;
   opts.source = config_.rdma_source;
+  opts.log_connect_requests = config_.rdma_log_connect_requests;
   // A bad value is a start-up error even with --rdma=auto: the operator
   // asked for it, and quietly running without it (a ToS outside the
   // lossless class) would hurt later.

@@ -61,9 +61,10 @@ struct TetherdConfig {
   int32_t data_retry_ms = 30000;        // DataPath::Options::retry_budget
   int32_t rdma_retry_after_ms = 30000;  // DataPath::Options::rdma_retry_after
   uint32_t rdma_max_connections = 256;
-  int rdma_tos = -1;          // -1: rdma_cm's default
-  int rdma_ack_timeout = -1;  // -1: rdma_cm's default
-  std::string rdma_source;    // "host:0"; "" for the route's
+  int rdma_tos = -1;                       // -1: rdma_cm's default
+  int rdma_ack_timeout = -1;               // -1: rdma_cm's default
+  std::string rdma_source;                 // "host:0"; "" for the route's
+  bool rdma_log_connect_requests = false;  // tests only: TETHER_TEST_HOOKS=1
   std::vector<PeerConfig> peers;
   uint64_t cache_budget_bytes = 256ull << 20;
   // false: write-backs carry whole pages (the benchmark's baseline).

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <deque>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "daemon/common/errors.h"
@@ -210,7 +211,8 @@ absl::Status RdmaTransport::Connection::CreateQueuePair(const std::string& what)
 }
 
 absl::Status RdmaTransport::Connection::CreateBuffers(const std::string& what) {
-  ctrl_bytes = (2 * static_cast<size_t>(depth) * kRdmaMessageSize + 4095) & ~size_t{4095};
+  // [depth receives][depth sends][the requester's AUTH]
+  ctrl_bytes = ((2 * static_cast<size_t>(depth) + 1) * kRdmaMessageSize + 4095) & ~size_t{4095};
   void* p = mmap(nullptr, ctrl_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return SetupError(errno, absl::StrCat(what, ": mmap"));
   madvise(p, ctrl_bytes, MADV_DONTFORK);
@@ -325,6 +327,13 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
         *why = "bad completion";
         break;
       }
+      if (c->role == Conn::Role::kHome && !c->authenticated.load(std::memory_order_relaxed)) {
+        // Nothing is served before the dialer's proof: its first message
+        // must be AUTH (a heartbeat, a request or a write is refused).
+        const uint32_t len = w.opcode == IBV_WC_RECV ? w.byte_len : 0;
+        if (c->CheckAuth(idx, len, why)) c->Authenticated();
+        break;
+      }
       if (w.opcode == IBV_WC_RECV && w.byte_len == 0) {
         // A heartbeat (home) or its answer (requester): every message
         // carries at least a header, so nothing else is empty.
@@ -347,6 +356,7 @@ void HandleCompletion(Conn* c, const ibv_wc& w, std::string* why) {
       }
       break;
     case kSendRequest: break;  // the response completes the request
+    case kSendAuth: break;     // not answered: the requests behind it are
     case kHeartbeat: break;    // a heartbeat's answer went out
     case kSendResponse:
       if (idx >= c->depth) {
@@ -439,6 +449,17 @@ int CheckLiveness(Conn* c, uint64_t* seen_completions, std::string* why)
     c->heartbeat_answered = false;
     l.HeartbeatAnswered(now);
   }
+  if (c->role == Conn::Role::kHome && !c->authenticated.load(std::memory_order_relaxed)) {
+    // A dialer that does not prove itself (a replayed connect request has
+    // nothing to prove it with) holds its queue pair and pool only briefly.
+    if (now >= c->auth_deadline) {
+      *why = absl::StrCat("no proof (AUTH) within ", kRdmaAuthTimeoutMs,
+                          " ms of the accept: dropped (a replayed connect request?)");
+      return 0;
+    }
+    return static_cast<int>(
+        std::min<int64_t>(1000, absl::ToInt64Milliseconds(c->auth_deadline - now) + 1));
+  }
   bool outstanding = false;
   if (c->role == Conn::Role::kRequester) {
     absl::MutexLock lock(&c->mu);
@@ -464,13 +485,6 @@ void RunConnection(Conn* c, int spin_us, PeerLiveness::Options live,
   c->liveness.emplace(
       c->role == Conn::Role::kHome ? PeerLiveness::Role::kHome : PeerLiveness::Role::kRequester,
       live, absl::Now());
-  if (c->role == Conn::Role::kHome && c->fence) {
-    // Newer than every connection from this node before it: from now on
-    // their write-backs are refused (WriteFetched), after any one that is
-    // being written now.
-    absl::MutexLock lock(&c->fence->mu);
-    c->fence->current = std::max(c->fence->current, c->generation);
-  }
   uint64_t seen_completions = 0;
   std::string why;
   ibv_wc wc[32];
@@ -774,29 +788,44 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   rdma_cm_id* id = ev->id;
   auto data = DecodeRdmaConnectData(ev->param.conn.private_data, ev->param.conn.private_data_len);
   const rdma_conn_param offered = ev->param.conn;  // the pointers in it die with the ack
-  // Authenticate before anything is allocated for the peer.
+  // The connect request proves nothing yet (it is a nonce and a claim,
+  // and may be a recorded one): the dialer proves itself in its AUTH, the
+  // connection's first message, after our accept carried our nonce and
+  // proof (rdma_wire.h). Until then the connection serves nothing, lives
+  // kRdmaAuthTimeoutMs at most, and counts against
+  // kRdmaMaxUnauthenticated, so replayed requests cannot pin memory.
   std::optional<RdmaRejectReason> refuse;
+  std::string refusal;
   if (!data.ok()) {
     refuse = ReasonFor(data.status());
-  } else if (!DataTokenValid(secret_, data->node,
-                             reinterpret_cast<const uint8_t*>(data->token.data()))) {
-    refuse = RdmaRejectReason::kBadToken;
+    refusal = std::string(data.status().message());
+  } else if (data->home != local_node_) {
+    refuse = RdmaRejectReason::kUnknownNode;
+    refusal = absl::StrCat("it meant node ", data->home, ", this is node ", local_node_,
+                           " (a stale address?)");
   } else if (shutting_down_) {
     refuse = RdmaRejectReason::kShuttingDown;
   } else {
     absl::MutexLock lock(&mu_);
     ReapLocked();
-    size_t homes = std::count_if(all_conns_.begin(), all_conns_.end(),
-                                 [](const auto& c) { return c->role == Connection::Role::kHome; });
-    if (homes >= options_.max_connections) refuse = RdmaRejectReason::kTooManyConnections;
+    size_t homes = 0, unauthenticated = 0;
+    for (const auto& c : all_conns_) {
+      if (c->role != Connection::Role::kHome) continue;
+      ++homes;
+      if (!c->authenticated.load() && !c->finished.load()) ++unauthenticated;
+    }
+    if (homes >= options_.max_connections) {
+      refuse = RdmaRejectReason::kTooManyConnections;
+    } else if (unauthenticated >= kRdmaMaxUnauthenticated) {
+      refuse = RdmaRejectReason::kTooManyConnections;
+      refusal = absl::StrCat(unauthenticated, " connections are still waiting for their proof");
+    }
   }
   rdma_ack_cm_event(ev);
   if (refuse) {
-    TLOG_WARN("rdma: refused a connection%s: %s",
+    TLOG_WARN("rdma: refused a connection%s: %s%s",
               data.ok() ? absl::StrCat(" from node ", data->node) : std::string(),
-              *refuse == RdmaRejectReason::kBadToken || data.ok()
-                  ? std::string(RdmaRejectReasonName(*refuse))
-                  : std::string(data.status().message()));
+              RdmaRejectReasonName(*refuse), refusal.empty() ? "" : ": " + refusal);
     Reject(id, *refuse);
     rdma_destroy_id(id);
     return true;
@@ -814,17 +843,24 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   c->server = server_;
   c->exporter = exporter_.get();
   c->id = id;
-  absl::Status st;
-  c->cm = rdma_create_event_channel();
-  if (c->cm == nullptr || rdma_migrate_id(id, c->cm) != 0) {
-    st = ErrnoStatus(errno, "rdma_migrate_id");
-  } else {
-    st = c->CreateResources(absl::StrCat("rdma connection from node ", c->node));
+  c->auth_request = *data;
+  c->auth_token = DataTokenFor(secret_, data->node);
+  if (const sockaddr* peer = rdma_get_peer_addr(id); peer != nullptr)
+    c->peer_address = SocketAddressString(peer);
+  absl::Status st = FreshNonce(c->home_nonce.data());
+  if (st.ok()) {
+    c->cm = rdma_create_event_channel();
+    if (c->cm == nullptr || rdma_migrate_id(id, c->cm) != 0)
+      st = ErrnoStatus(errno, "rdma_migrate_id");
+    else
+      st = c->CreateResources(absl::StrCat("rdma connection from node ", c->node));
   }
   if (st.ok()) st = ApplyFabricOptions(id, options_, "rdma accept");
   if (st.ok()) {
+    RdmaAcceptData answer{use, c->home_nonce, {}};
+    answer.proof = RdmaProof(c->auth_token, AuthRole::kListener, c->auth_request, c->home_nonce);
     uint8_t priv[kRdmaAcceptDataSize];
-    EncodeRdmaAcceptData(use, priv);
+    EncodeRdmaAcceptData(answer, priv);
     rdma_conn_param param{};
     param.private_data = priv;
     param.private_data_len = sizeof(priv);
@@ -840,28 +876,18 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   if (use.depth != data->depth || use.slot_bytes != data->slot_bytes)
     TLOG_INFO("rdma: node %d asked for queue depth %d and %d KiB slots; using %d and %d KiB",
               c->node, data->depth, data->slot_bytes / 1024, use.depth, use.slot_bytes / 1024);
-  TLOG_INFO("rdma: data connection from node %d on %s", c->node,
-            ibv_get_device_name(id->verbs->device));
+  TLOG_INFO("rdma: data connection from node %d on %s (%s), waiting for its proof", c->node,
+            ibv_get_device_name(id->verbs->device), c->peer_address);
+  c->auth_deadline = absl::Now() + absl::Milliseconds(kRdmaAuthTimeoutMs);
   absl::MutexLock lock(&mu_);
   if (shutting_down_) return false;
   ReapLocked();
-  // One connection per requester node: a node connects again only when it
-  // gave up its connection (lost, timed out, or it restarted), so the old
-  // one is dead from its side; free it now instead of after our timeout.
+  // Its place among the node's connections; it fences off and replaces
+  // the older ones only once it proved itself (Authenticated).
   std::shared_ptr<NodeFence>& fence = fences_[c->node];
   if (!fence) fence = std::make_shared<NodeFence>();
   c->fence = fence;
   c->generation = next_generation_++;
-  for (const auto& old : all_conns_) {
-    if (old->role != Connection::Role::kHome || old->node != c->node) continue;
-    {
-      absl::MutexLock clock(&old->mu);
-      if (old->dead) continue;
-      old->dead = true;
-      old->why = absl::StrCat("replaced by a new connection from node ", c->node);
-    }
-    old->Wake();
-  }
   Connection* raw = c.get();
   const PeerLiveness::Options live = LivenessOptions(options_);
   c->thread = std::thread([this, raw, spin_us, live] {
@@ -870,6 +896,50 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   });
   all_conns_.push_back(std::move(c));
   return true;
+}
+
+bool RdmaTransport::Connection::CheckAuth(uint32_t i, uint32_t byte_len, std::string* why) {
+  thread_role.AssertHere();
+  absl::Status st =
+      CheckRdmaDialerAuth(auth_token, auth_request, home_nonce, recv_msg(i), byte_len);
+  auth_token.clear();  // one try: a wrong first message ends the connection
+  if (!st.ok()) {
+    TLOG_WARN("rdma: data connection from %s: %s", peer_address, st.message());
+    *why = std::string(st.message());
+    return false;
+  }
+  if (absl::Status posted = PostRecv(i); !posted.ok()) {
+    *why = std::string(posted.message());
+    return false;
+  }
+  return true;
+}
+
+void RdmaTransport::Connection::Authenticated() {
+  authenticated.store(true);
+  TLOG_INFO("rdma: node %d at %s proved itself; serving its connection", node, peer_address);
+  if (fence) {
+    // Newer than every connection from this node before it: from now on
+    // their write-backs are refused (WriteFetched), after any one that is
+    // being written now.
+    absl::MutexLock lock(&fence->mu);
+    fence->current = std::max(fence->current, generation);
+  }
+  // One connection per requester node: a node connects again only when it
+  // gave up its connection (lost, timed out, or it restarted), so the old
+  // one is dead from its side; free it now instead of after our timeout.
+  absl::MutexLock lock(&owner->mu_);
+  for (const auto& old : owner->all_conns_) {
+    if (old.get() == this || old->role != Role::kHome || old->node != node) continue;
+    if (old->generation > generation) continue;  // a newer one proved itself first
+    {
+      absl::MutexLock clock(&old->mu);
+      if (old->dead) continue;
+      old->dead = true;
+      old->why = absl::StrCat("replaced by a new connection from node ", node);
+    }
+    old->Wake();
+  }
 }
 
 void RdmaTransport::ReapLocked() {
@@ -1015,8 +1085,14 @@ absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {
   // answer (below).
   RETURN_IF_ERROR(c->CreateQueuePair(what));
   const RdmaNegotiated asked{c->depth, c->slot_bytes};
+  RdmaConnectData req{local_node_, home.node_id, {}, asked.depth, asked.slot_bytes};
+  RETURN_IF_ERROR(FreshNonce(req.nonce.data()));
   uint8_t priv[kRdmaPrivateDataSize];
-  EncodeRdmaConnectData({local_node_, home.token, asked.depth, asked.slot_bytes}, priv);
+  EncodeRdmaConnectData(req, priv);
+  if (options_.log_connect_requests)
+    TLOG_INFO("rdma: test hook: connect request to node %d: private data %s", home.node_id,
+              absl::BytesToHexString(
+                  absl::string_view(reinterpret_cast<const char*>(priv), sizeof(priv))));
   rdma_conn_param param{};
   param.private_data = priv;
   param.private_data_len = sizeof(priv);
@@ -1033,14 +1109,37 @@ absl::Status RdmaTransport::Connect(Connection* c, const DataEndpoint& home) {
   // and slot_bytes change here, on the connection's thread, under mu:
   // Submit cuts requests queued meanwhile to slot_bytes under mu, and
   // ConnectAndRun cuts them again if the home allowed smaller slots.
-  auto use = DecodeRdmaAcceptData(answer.data(), answer.size(), asked);
-  if (!use.ok()) return SetupError(EPROTO, absl::StrCat(what, ": ", use.status().message()));
+  auto accept = DecodeRdmaAcceptData(answer.data(), answer.size(), asked);
+  if (!accept.ok()) return SetupError(EPROTO, absl::StrCat(what, ": ", accept.status().message()));
+  // The home proves it knows our token before we send it anything but our
+  // nonce; the caller disconnects (DestroyVerbs) on a wrong proof.
+  if (absl::Status proof = CheckRdmaHomeProof(home.token, req, *accept); !proof.ok()) {
+    TLOG_WARN("rdma: data connection to node %d at %s: %s: refused", home.node_id,
+              home.rdma_address, proof.message());
+    return proof;
+  }
+  const RdmaNegotiated* use = &accept->use;
   {
     absl::MutexLock lock(&c->mu);
     c->depth = use->depth;
     c->slot_bytes = use->slot_bytes;
   }
   RETURN_IF_ERROR(c->CreateBuffers(what));
+  // Our proof, as the connection's first message: the home serves nothing
+  // before it. Posted before `connected` (ConnectAndRun), so no request
+  // can overtake it; RC delivers in order.
+  EncodeRdmaAuthMessage(RdmaProof(home.token, AuthRole::kDialer, req, accept->nonce),
+                        c->auth_msg());
+  ibv_sge sge{reinterpret_cast<uintptr_t>(c->auth_msg()), kRdmaMessageSize, c->ctrl_mr->lkey};
+  ibv_send_wr wr{};
+  wr.wr_id = WrId(kSendAuth, 0);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED | (c->use_inline ? IBV_SEND_INLINE : 0);
+  ibv_send_wr* bad = nullptr;
+  if (int err = ibv_post_send(c->id->qp, &wr, &bad); err != 0)
+    return SetupError(err, absl::StrCat(what, ": ibv_post_send (auth)"));
   if (use->depth != asked.depth || use->slot_bytes != asked.slot_bytes)
     TLOG_INFO("rdma: node %d allows queue depth %d and %d KiB slots (we asked for %d and %d KiB)",
               home.node_id, use->depth, use->slot_bytes / 1024, asked.depth,

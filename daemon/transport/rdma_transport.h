@@ -40,10 +40,14 @@
 //   the exporter and the home's registered slot); mapper, one for a
 //   ReadInPlace of up to a slot (UFFDIO_COPY from the registered slot),
 //   two otherwise (slot → dst, then the caller's).
-// - Authentication: the connect request's private data carries the
-//   requester's node id and the home's data token for that node, learned
-//   over the mutually authenticated control plane (data_token.h); a
-//   mismatch is rejected before any resource is created for the peer.
+// - Authentication: a challenge and response both ways (rdma_wire.h,
+//   data_token.h): the connect request carries the requester's node id
+//   and nonce, the accept the home's nonce and its proof of the token the
+//   home gave that node over the mutually authenticated control plane,
+//   and the requester's first message its own proof. The token never
+//   crosses the fabric; the home serves nothing before the proof, drops a
+//   connection without one after kRdmaAuthTimeoutMs and holds at most
+//   kRdmaMaxUnauthenticated such connections.
 // - Negotiation: the connect request also carries the requester's queue
 //   depth and slot size, and the accept what the connection uses (the
 //   smaller of each side's Options). A refusal says why in the reject's
@@ -157,6 +161,10 @@ class RdmaTransport : public Transport {
     int tos = -1;          // RDMA_OPTION_ID_TOS on every id (0..255); -1: rdma_cm's default
     int ack_timeout = -1;  // RDMA_OPTION_ID_ACK_TIMEOUT, 4.096 µs × 2^n (1..31); -1: default
     std::string source;    // numeric host:port to connect from ("" or port 0: any)
+    // Tests only (TETHER_TEST_HOOKS=1): log each connect request's private
+    // data, so that a test can replay a genuine one (tests/vm/rdma_test.py).
+    // It holds no secret since wire version 6: a node id, a nonce, sizes.
+    bool log_connect_requests = false;
   };
 
   // Checks `o` (a bad value is a start-up error that names it); a source
@@ -172,7 +180,7 @@ class RdmaTransport : public Transport {
   ~RdmaTransport() override;
 
   const char* name() const override { return "rdma"; }
-  // `secret` derives the per-node tokens that connect requests must carry.
+  // `secret` derives the per-node tokens whose proofs connections must show.
   absl::Status Listen(const std::string& address, std::string secret, BlockServer* server,
                       NoticeServer* notices) override;
   std::string bound_address() const override;

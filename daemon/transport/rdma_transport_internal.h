@@ -77,6 +77,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "daemon/common/thread_role.h"
 #include "daemon/common/work_queue.h"
@@ -94,13 +95,15 @@ inline constexpr uint32_t kSignalEvery = 8;
 
 // wr_id: kind in the high half, ring or pool slot index in the low half.
 // kHeartbeat: a home's answer to a heartbeat (a zero-length SEND; the
-// requester's heartbeat itself goes out as a kSendRequest).
+// requester's heartbeat itself goes out as a kSendRequest). kSendAuth: the
+// requester's AUTH.
 enum WrKind : uint32_t {
   kRecv = 1,
   kSendRequest = 2,
   kSendResponse = 3,
   kRdmaRead = 4,
-  kHeartbeat = 5
+  kHeartbeat = 5,
+  kSendAuth = 6  // the requester's AUTH (rdma_wire.h), its connection's first SEND
 };
 inline uint64_t WrId(WrKind kind, uint32_t index) { return (uint64_t{kind} << 32) | index; }
 inline WrKind KindOf(uint64_t wr_id) { return static_cast<WrKind>(wr_id >> 32); }
@@ -211,6 +214,19 @@ struct RdmaTransport::Connection {
   // the order of connections from that node (Accept numbers them).
   std::shared_ptr<NodeFence> fence;
   uint64_t generation = 0;
+  // Home side, the handshake (rdma_wire.h): the dialer's connect request
+  // (its node ids and nonce), our nonce, its data token here (cleared once
+  // used), and when the connection is dropped if its AUTH has not checked
+  // out by then. Set before the connection is shared, then the
+  // connection's thread's. `authenticated`: AUTH checked out, requests
+  // are served; set by the connection's thread, read by the listener
+  // thread (it caps the connections still waiting for their AUTH).
+  RdmaConnectData auth_request;
+  AuthNonce home_nonce{};
+  std::string auth_token;
+  absl::Time auth_deadline = absl::InfiniteFuture();
+  std::atomic<bool> authenticated{false};
+  std::string peer_address;  // for log lines ("10.0.0.2:40312"; home side)
   // The connection's thread only: completions seen (a sign of life, read by
   // the liveness check without a clock read per completion), a heartbeat's
   // answer not yet told to `liveness`, and the liveness state itself.
@@ -273,6 +289,9 @@ struct RdmaTransport::Connection {
   uint8_t* send_msg(uint32_t i) const {
     return ctrl + static_cast<size_t>(depth + i) * kRdmaMessageSize;
   }
+  // The requester's AUTH, after the send messages: a buffer of its own, so
+  // that the requests that follow it at once never overwrite it in flight.
+  uint8_t* auth_msg() const { return ctrl + 2 * static_cast<size_t>(depth) * kRdmaMessageSize; }
 
   // On the setting-up thread, before the connection is shared (hence no mu
   // for the tables it sizes). CreateResources is both parts, for a home
@@ -284,6 +303,15 @@ struct RdmaTransport::Connection {
   absl::Status CreateBuffers(const std::string& what) ABSL_NO_THREAD_SAFETY_ANALYSIS;
   // On the connection's thread (or in CreateResources).
   absl::Status PostRecv(uint32_t i);
+  // Home side, on the connection's thread: the first message arrived in
+  // receive slot `i`; it must be the dialer's AUTH with the right proof
+  // (false and `why` otherwise: the connection is dropped, nothing served).
+  bool CheckAuth(uint32_t i, uint32_t byte_len, std::string* why);
+  // Home side, once AUTH checked out: from now on this connection speaks
+  // for its node. Only now does it fence off the node's older connections'
+  // write-backs and replace those connections: a replayed connect request,
+  // which never gets this far, can neither.
+  void Authenticated() ABSL_LOCKS_EXCLUDED(mu);
   // The device's async fd is readable (on the connection's thread).
   void AsyncEventsReady(ibv_context* v) { owner->ReadAsyncEvents(v); }
   // Any thread: makes the connection's thread look at `dead` and the

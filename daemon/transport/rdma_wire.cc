@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/common/errors.h"
+#include "daemon/transport/data_token.h"
 #include "daemon/transport/transport.h"
 
 namespace tether {
@@ -68,10 +69,10 @@ void EncodeRdmaConnectData(const RdmaConnectData& d, uint8_t out[kRdmaPrivateDat
   Put<uint16_t>(out + 4, kRdmaWireVersion);
   Put<uint16_t>(out + 6, 0);
   Put<uint32_t>(out + 8, d.node);
-  std::memset(out + 12, 0, kDataTokenSize);
-  std::memcpy(out + 12, d.token.data(), std::min(d.token.size(), kDataTokenSize));
-  Put<uint32_t>(out + 12 + kDataTokenSize, d.depth);
-  Put<uint32_t>(out + 16 + kDataTokenSize, d.slot_bytes);
+  Put<uint32_t>(out + 12, d.home);
+  std::memcpy(out + 16, d.nonce.data(), kAuthNonceSize);
+  Put<uint32_t>(out + 16 + kAuthNonceSize, d.depth);
+  Put<uint32_t>(out + 20 + kAuthNonceSize, d.slot_bytes);
 }
 
 absl::Status CheckRdmaLimits(uint32_t depth, uint32_t slot_bytes) {
@@ -104,11 +105,14 @@ absl::StatusOr<RdmaConnectData> DecodeRdmaConnectData(const void* data, size_t l
     return absl::InvalidArgumentError("connect request: reserved bits set");
   RdmaConnectData d;
   d.node = Get<uint32_t>(buf + 8);
+  d.home = Get<uint32_t>(buf + 12);
   if (d.node == 0 || d.node > 0x7fff)
     return absl::OutOfRangeError(absl::StrFormat("connect request: bad node id %d", d.node));
-  d.token.assign(reinterpret_cast<const char*>(buf + 12), kDataTokenSize);
-  d.depth = Get<uint32_t>(buf + 12 + kDataTokenSize);
-  d.slot_bytes = Get<uint32_t>(buf + 16 + kDataTokenSize);
+  if (d.home == 0 || d.home > 0x7fff)
+    return absl::OutOfRangeError(absl::StrFormat("connect request: bad home node id %d", d.home));
+  std::memcpy(d.nonce.data(), buf + 16, kAuthNonceSize);
+  d.depth = Get<uint32_t>(buf + 16 + kAuthNonceSize);
+  d.slot_bytes = Get<uint32_t>(buf + 20 + kAuthNonceSize);
   if (absl::Status st = CheckRdmaLimits(d.depth, d.slot_bytes); !st.ok())
     return absl::InvalidArgumentError(absl::StrCat("connect request: ", st.message()));
   return d;
@@ -119,18 +123,22 @@ RdmaNegotiated NegotiateRdma(uint32_t asked_depth, uint32_t asked_slot, uint32_t
   return {std::min(asked_depth, home_depth), std::min(asked_slot, home_slot)};
 }
 
-void EncodeRdmaAcceptData(const RdmaNegotiated& n, uint8_t out[kRdmaAcceptDataSize]) {
+void EncodeRdmaAcceptData(const RdmaAcceptData& a, uint8_t out[kRdmaAcceptDataSize]) {
   Put<uint32_t>(out + 0, kRdmaAcceptMagic);
   Put<uint16_t>(out + 4, kRdmaWireVersion);
   Put<uint16_t>(out + 6, 0);
-  Put<uint32_t>(out + 8, n.depth);
-  Put<uint32_t>(out + 12, n.slot_bytes);
+  Put<uint32_t>(out + 8, a.use.depth);
+  Put<uint32_t>(out + 12, a.use.slot_bytes);
+  std::memcpy(out + 16, a.nonce.data(), kAuthNonceSize);
+  std::memcpy(out + 16 + kAuthNonceSize, a.proof.data(), kAuthProofSize);
 }
 
-absl::StatusOr<RdmaNegotiated> DecodeRdmaAcceptData(const void* data, size_t len,
+absl::StatusOr<RdmaAcceptData> DecodeRdmaAcceptData(const void* data, size_t len,
                                                     const RdmaNegotiated& asked) {
   const auto* buf = static_cast<const uint8_t*>(data);
-  if (buf == nullptr || len < kRdmaAcceptDataSize)
+  // The magic and version first: a home of another version must read as
+  // "version", not "short".
+  if (buf == nullptr || len < 8)
     return absl::InvalidArgumentError(
         absl::StrFormat("accept without tether's private data (%d bytes)", len));
   if (Get<uint32_t>(buf) != kRdmaAcceptMagic)
@@ -139,16 +147,82 @@ absl::StatusOr<RdmaNegotiated> DecodeRdmaAcceptData(const void* data, size_t len
   if (version != kRdmaWireVersion)
     return absl::FailedPreconditionError(
         absl::StrFormat("accept: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  if (len < kRdmaAcceptDataSize)
+    return absl::InvalidArgumentError(
+        absl::StrFormat("accept: %d bytes of private data, want %d", len, kRdmaAcceptDataSize));
   if (Get<uint16_t>(buf + 6) != 0) return absl::InvalidArgumentError("accept: reserved bits set");
-  RdmaNegotiated n{Get<uint32_t>(buf + 8), Get<uint32_t>(buf + 12)};
-  if (absl::Status st = CheckRdmaLimits(n.depth, n.slot_bytes); !st.ok())
+  RdmaAcceptData a;
+  a.use = {Get<uint32_t>(buf + 8), Get<uint32_t>(buf + 12)};
+  if (absl::Status st = CheckRdmaLimits(a.use.depth, a.use.slot_bytes); !st.ok())
     return absl::InvalidArgumentError(absl::StrCat("accept: ", st.message()));
   // Our pool was built for what we asked: more would overrun it.
-  if (n.depth > asked.depth || n.slot_bytes > asked.slot_bytes)
+  if (a.use.depth > asked.depth || a.use.slot_bytes > asked.slot_bytes)
     return absl::InvalidArgumentError(
-        absl::StrFormat("accept: depth %d and slot %d exceed the %d and %d asked for", n.depth,
-                        n.slot_bytes, asked.depth, asked.slot_bytes));
-  return n;
+        absl::StrFormat("accept: depth %d and slot %d exceed the %d and %d asked for", a.use.depth,
+                        a.use.slot_bytes, asked.depth, asked.slot_bytes));
+  std::memcpy(a.nonce.data(), buf + 16, kAuthNonceSize);
+  std::memcpy(a.proof.data(), buf + 16 + kAuthNonceSize, kAuthProofSize);
+  return a;
+}
+
+void EncodeRdmaAuthMessage(const AuthProof& proof, uint8_t out[kRdmaMessageSize]) {
+  std::memset(out, 0, kRdmaMessageSize);
+  Put<uint32_t>(out + 0, kRdmaAuthMagic);
+  Put<uint16_t>(out + 4, kRdmaWireVersion);
+  std::memcpy(out + 8, proof.data(), kAuthProofSize);
+}
+
+absl::StatusOr<AuthProof> DecodeRdmaAuthMessage(const uint8_t* buf, size_t len) {
+  if (buf == nullptr || len != kRdmaMessageSize)
+    return absl::InvalidArgumentError(absl::StrFormat("auth message of %d bytes", len));
+  if (Get<uint32_t>(buf) != kRdmaAuthMagic)
+    return absl::InvalidArgumentError("not an auth message (a request before the proof?)");
+  uint16_t version = Get<uint16_t>(buf + 4);
+  if (version != kRdmaWireVersion)
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "auth message: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  for (size_t i : {size_t{6}, size_t{7}})
+    if (buf[i] != 0) return absl::InvalidArgumentError("auth message: reserved bits set");
+  for (size_t i = 8 + kAuthProofSize; i < kRdmaMessageSize; ++i)
+    if (buf[i] != 0) return absl::InvalidArgumentError("auth message: reserved bits set");
+  AuthProof p;
+  std::memcpy(p.data(), buf + 8, kAuthProofSize);
+  return p;
+}
+
+AuthProof RdmaProof(absl::string_view token, AuthRole role, const RdmaConnectData& req,
+                    const AuthNonce& home_nonce) {
+  std::string p = DataAuthProof(token, kRdmaAuthTransport, role, req.node, req.home,
+                                req.nonce.data(), home_nonce.data());
+  AuthProof out{};
+  std::memcpy(out.data(), p.data(), std::min(p.size(), out.size()));
+  return out;
+}
+
+absl::Status CheckRdmaHomeProof(absl::string_view token, const RdmaConnectData& req,
+                                const RdmaAcceptData& accept) {
+  if (DataAuthProofValid(token, kRdmaAuthTransport, AuthRole::kListener, req.node, req.home,
+                         req.nonce.data(), accept.nonce.data(), accept.proof.data()))
+    return absl::OkStatus();
+  // Not the home we got the token from. Nothing of ours went out but the
+  // nonce; the requester learns the token again (Hello) before it retries.
+  return StaleToken(WithErrno(
+      EACCES, absl::StrCat("node ", req.home,
+                           "'s proof is wrong: an impostor, or a home that restarted with a "
+                           "new token")));
+}
+
+absl::Status CheckRdmaDialerAuth(absl::string_view token, const RdmaConnectData& req,
+                                 const AuthNonce& home_nonce, const uint8_t* msg, size_t len) {
+  const std::string refused = absl::StrCat(
+      "refused: claims node ", req.node,
+      " but its proof is wrong (a wrong or stale data token, or a replayed handshake)");
+  absl::StatusOr<AuthProof> proof = DecodeRdmaAuthMessage(msg, len);
+  if (!proof.ok()) return WithErrno(EACCES, absl::StrCat(refused, ": ", proof.status().message()));
+  if (!DataAuthProofValid(token, kRdmaAuthTransport, AuthRole::kDialer, req.node, req.home,
+                          req.nonce.data(), home_nonce.data(), proof->data()))
+    return WithErrno(EACCES, refused);
+  return absl::OkStatus();
 }
 
 const char* RdmaRejectReasonName(RdmaRejectReason r) {

@@ -49,4 +49,19 @@ absl::StatusOr<sockaddr_storage> NumericSocketAddress(const std::string& address
   return ss;
 }
 
+std::string SocketAddressString(const sockaddr* addr) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (addr != nullptr && addr->sa_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(addr);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    return absl::StrCat(host, ":", ntohs(a->sin_port));
+  }
+  if (addr != nullptr && addr->sa_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(addr);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    return absl::StrCat("[", host, "]:", ntohs(a->sin6_port));
+  }
+  return "?";
+}
+
 }  // namespace tether

@@ -25,6 +25,10 @@ absl::Status ParseHostPort(const std::string& address, std::string* host, uint16
 absl::StatusOr<sockaddr_storage> NumericSocketAddress(const std::string& address,
                                                       socklen_t* len = nullptr);
 
+// "host:port" / "[v6]:port" of an IPv4 or IPv6 address, for log lines
+// ("?" for another family or null).
+std::string SocketAddressString(const sockaddr* addr);
+
 }  // namespace tether
 
 #endif  // TETHER_DAEMON_TRANSPORT_SOCKET_ADDRESS_H_

@@ -89,13 +89,22 @@ void WireAndCodecs(uint64_t segid) {
   uint8_t buf[kRdmaMessageSize];
   EncodeRdmaMessage(m, buf);
   Put("rdma_wire_fuzz", "write_req", Bytes(buf, sizeof(buf)));
-  RdmaConnectData cd{kFuzzPeer, DataTokenFor("secret-secret-secret", kFuzzPeer), 64, 256 * 1024};
+  RdmaConnectData cd{kFuzzPeer, 1, {}, 64, 256 * 1024};
+  cd.nonce.fill(0x11);
   uint8_t pd[kRdmaPrivateDataSize];
   EncodeRdmaConnectData(cd, pd);
   Put("rdma_wire_fuzz", "connect_data", Bytes(pd, sizeof(pd)));
+  const std::string rdma_token = DataTokenFor("secret-secret-secret", kFuzzPeer);
+  AuthNonce home_nonce;
+  home_nonce.fill(0x22);
+  RdmaAcceptData accept{RdmaNegotiated{64, 256 * 1024}, home_nonce,
+                        RdmaProof(rdma_token, AuthRole::kListener, cd, home_nonce)};
   uint8_t ad[kRdmaAcceptDataSize];
-  EncodeRdmaAcceptData(RdmaNegotiated{64, 256 * 1024}, ad);
+  EncodeRdmaAcceptData(accept, ad);
   Put("rdma_wire_fuzz", "accept_data", Bytes(ad, sizeof(ad)));
+  uint8_t auth[kRdmaMessageSize];
+  EncodeRdmaAuthMessage(RdmaProof(rdma_token, AuthRole::kDialer, cd, home_nonce), auth);
+  Put("rdma_wire_fuzz", "auth", Bytes(auth, sizeof(auth)));
   uint8_t rd[kRdmaRejectDataSize];
   EncodeRdmaRejectData(RdmaRejectReason::kBadToken, rd);
   Put("rdma_wire_fuzz", "reject_data", Bytes(rd, sizeof(rd)));

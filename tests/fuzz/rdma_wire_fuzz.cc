@@ -1,8 +1,9 @@
 // libFuzzer target for the rdma transport's control messages and its
-// connect, accept and reject private data (clang only: -DTETHER_FUZZ=ON). rdma_wire_test also feeds
-// the message decoder random bytes on every run.
+// connect, accept and reject private data and the requester's AUTH (clang only: -DTETHER_FUZZ=ON).
+// rdma_wire_test also feeds the message decoder random bytes on every run.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "daemon/transport/rdma_wire.h"
 
@@ -25,15 +26,35 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     tether::EncodeRdmaConnectData(*d, out);
     auto again = tether::DecodeRdmaConnectData(out, sizeof(out));
     if (!again.ok() || again->depth != d->depth || again->slot_bytes != d->slot_bytes ||
-        again->token != d->token)
+        again->home != d->home || again->nonce != d->nonce)
       __builtin_trap();
   }
   // The home's answer, against a request for the largest values.
   const tether::RdmaNegotiated asked{tether::kRdmaMaxQueueDepth, tether::kMaxPayload};
-  auto n = tether::DecodeRdmaAcceptData(data, size, asked);
-  if (n.ok() && (!tether::CheckRdmaLimits(n->depth, n->slot_bytes).ok() || n->depth > asked.depth ||
-                 n->slot_bytes > asked.slot_bytes))
-    __builtin_trap();
+  auto a = tether::DecodeRdmaAcceptData(data, size, asked);
+  if (a.ok()) {
+    const tether::RdmaNegotiated& n = a->use;
+    if (!tether::CheckRdmaLimits(n.depth, n.slot_bytes).ok() || n.depth > asked.depth ||
+        n.slot_bytes > asked.slot_bytes)
+      __builtin_trap();
+    uint8_t out[tether::kRdmaAcceptDataSize];
+    tether::EncodeRdmaAcceptData(*a, out);
+    auto again = tether::DecodeRdmaAcceptData(out, sizeof(out), asked);
+    if (!again.ok() || again->nonce != a->nonce || again->proof != a->proof) __builtin_trap();
+  }
+  // The requester's AUTH, the first message a home reads, and the home's
+  // check of it (any bytes: refused unless they are the proof).
+  auto proof = tether::DecodeRdmaAuthMessage(data, size);
+  if (proof.ok()) {
+    uint8_t out[tether::kRdmaMessageSize];
+    tether::EncodeRdmaAuthMessage(*proof, out);
+    auto again = tether::DecodeRdmaAuthMessage(out, sizeof(out));
+    if (!again.ok() || *again != *proof) __builtin_trap();
+  }
+  const tether::RdmaConnectData req{2, 1, {}, 32, 256 * 1024};
+  const std::string token(tether::kDataTokenSize, 't');
+  if (tether::CheckRdmaDialerAuth(token, req, tether::AuthNonce{}, data, size).ok())
+    __builtin_trap();  // a forged proof for a token nobody gave the input
   auto r = tether::DecodeRdmaRejectData(data, size);
   if (r.ok()) {
     uint8_t out[tether::kRdmaRejectDataSize];

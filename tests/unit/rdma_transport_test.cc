@@ -19,6 +19,8 @@
 // Everything waits on notifications with a bound, never on a sleep.
 #include "daemon/transport/rdma_transport.h"
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -29,8 +31,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "daemon/common/data_counters.h"
+#include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/transport/data_token.h"
+#include "daemon/transport/transport.h"
 
 namespace tether {
 namespace {
@@ -216,6 +220,57 @@ TEST(RdmaNegotiationTest, AReadQueuedWhileConnectingIsCutToTheSlotSizeTheHomeAll
   EXPECT_TRUE(in_dst) << "cut in chunks, the read is copied into the caller's buffer";
   requester.Shutdown();
   home.Shutdown();
+}
+
+// Issue 17: a listener at the home's address that does not know the token
+// (an impostor, or the home restarted with a new secret) cannot pass the
+// accept's proof: the requester refuses it before it sends anything but its
+// nonce, with an error that says so, tagged StaleToken (DataPath asks the
+// home for the token again), not a set-up failure (tcp would not be
+// another home). Nothing is served: the impostor's BlockServer is never
+// called.
+TEST(RdmaHandshakeTest, AnImpostorHomeIsRefusedByTheRequester) {
+  const char* addr = std::getenv("TETHER_RDMA_TEST_ADDR");
+  ASSERT_NE(addr, nullptr) << "TETHER_RDMA_TEST_ADDR: the IPv4 address of an rdma device";
+  struct CountingHome : BlockServer {
+    absl::Status ReadBlocks(uint32_t, uint64_t, uint64_t, uint64_t, absl::Span<uint8_t>) override {
+      ++calls;
+      return absl::OkStatus();
+    }
+    absl::Status WriteBlocks(uint32_t, uint64_t, uint64_t, uint64_t,
+                             absl::Span<const uint8_t>) override {
+      ++calls;
+      return absl::OkStatus();
+    }
+    std::atomic<int> calls{0};
+  } impostor_server;
+  RdmaTransport impostor(kHome);
+  RdmaTransport requester(kRequester);
+  ASSERT_TRUE(
+      impostor.Listen(std::string(addr) + ":0", std::string(32, 'x'), &impostor_server, nullptr)
+          .ok());
+  DataEndpoint ep;
+  ep.node_id = kHome;
+  ep.rdma_address = impostor.bound_address();
+  ep.token = DataTokenFor(std::string(32, 's'), kRequester);  // the real home's token
+  std::vector<uint8_t> dst(4096);
+  Result r;
+  requester.Read(ep, kSegid, kGrant, 0, absl::MakeSpan(dst), [&](absl::Status st) {
+    r.status = st;
+    r.done.Notify();
+  });
+  ASSERT_TRUE(r.done.WaitForNotificationWithTimeout(kBound));
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_EQ(ToErrno(r.status), EACCES) << r.status;
+  EXPECT_TRUE(IsStaleToken(r.status)) << r.status;
+  EXPECT_FALSE(IsSetupFailure(r.status)) << r.status;
+  EXPECT_NE(r.status.message().find(
+                "node 1's proof is wrong: an impostor, or a home that restarted with a new token"),
+            absl::string_view::npos)
+      << r.status;
+  EXPECT_EQ(impostor_server.calls.load(), 0) << "the impostor served a request";
+  requester.Shutdown();
+  impostor.Shutdown();
 }
 
 }  // namespace

@@ -106,18 +106,26 @@ TEST(RdmaWire, RandomBytesNeverDecodeToSomethingUnsafe) {
   SUCCEED() << accepted << " accepted";
 }
 
-RdmaConnectData Connect(uint32_t node = 42) {
-  return {node, std::string(kDataTokenSize, 't'), 32, kSlot};
+AuthNonce Nonce(uint8_t fill) {
+  AuthNonce n;
+  n.fill(fill);
+  return n;
+}
+
+RdmaConnectData Connect(uint32_t node = 42, uint32_t home = 1) {
+  return {node, home, Nonce('d'), 32, kSlot};
 }
 
 TEST(RdmaWire, ConnectDataRoundTripsAndRejectsGarbage) {
   uint8_t buf[56] = {};  // rdma_cm hands over zero-padded private data
   static_assert(kRdmaPrivateDataSize <= 56, "the REQ's private data holds 56 bytes");
-  EncodeRdmaConnectData({42, std::string(kDataTokenSize, 't'), 7, 64 * 1024}, buf);
+  static_assert(kRdmaPrivateDataSize == 56, "every byte of the REQ's private data is used");
+  EncodeRdmaConnectData({42, 3, Nonce('n'), 7, 64 * 1024}, buf);
   auto d = DecodeRdmaConnectData(buf, sizeof(buf));
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_EQ(d->node, 42u);
-  EXPECT_EQ(d->token, std::string(kDataTokenSize, 't'));
+  EXPECT_EQ(d->home, 3u);
+  EXPECT_EQ(d->nonce, Nonce('n'));
   EXPECT_EQ(d->depth, 7u);
   EXPECT_EQ(d->slot_bytes, 64u * 1024);
   EXPECT_FALSE(DecodeRdmaConnectData(buf, kRdmaPrivateDataSize - 1).ok());
@@ -128,6 +136,10 @@ TEST(RdmaWire, ConnectDataRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));  // node 0
   EncodeRdmaConnectData(Connect(0x8000), buf);
   EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));  // 15 bits
+  EncodeRdmaConnectData(Connect(42, 0), buf);  // meant for nobody
+  EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));
+  EncodeRdmaConnectData(Connect(42, 0x8000), buf);
+  EXPECT_TRUE(absl::IsOutOfRange(DecodeRdmaConnectData(buf, sizeof(buf)).status()));
   EncodeRdmaConnectData(Connect(), buf);
   buf[4] = 9;  // version
   EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaConnectData(buf, sizeof(buf)).status()));
@@ -161,11 +173,17 @@ TEST(RdmaWire, ConnectDataRefusesBadDepthAndSlotSize) {
     EXPECT_TRUE(absl::IsInvalidArgument(st)) << depth << " " << slot << ": " << st;
     EXPECT_NE(st.message().find("connect request"), absl::string_view::npos) << st;
   }
-  // A version-3 request (44 bytes, no depth or slot) is a version
-  // mismatch, not a short request: the home must say so.
+  // A version-3 request (44 bytes, no depth or slot) or a version-5 one
+  // (52 bytes, the token in it) is a version mismatch, not a short
+  // request: the home must say so (its reject: kVersionMismatch, and the
+  // old requester goes over tcp instead of hanging).
   EncodeRdmaConnectData(Connect(), buf);
   buf[4] = 3;
   EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaConnectData(buf, 44).status()));
+  buf[4] = 5;
+  absl::Status v5 = DecodeRdmaConnectData(buf, 52).status();
+  EXPECT_TRUE(absl::IsFailedPrecondition(v5)) << v5;
+  EXPECT_NE(v5.message().find("wire version 5, this node speaks 6"), absl::string_view::npos) << v5;
   EXPECT_FALSE(DecodeRdmaConnectData(buf, 7).ok());  // not even a version
 }
 
@@ -194,30 +212,164 @@ TEST(RdmaWire, NegotiationTakesTheSmallerOfEachAndStaysWithinLimits) {
 TEST(RdmaWire, AcceptDataRoundTripsAndIsRefusedWhenLargerThanAsked) {
   const RdmaNegotiated asked{32, kSlot};
   uint8_t buf[196] = {};  // the REP's private data, zero-padded
-  EncodeRdmaAcceptData({16, 64 * 1024}, buf);
-  auto n = DecodeRdmaAcceptData(buf, sizeof(buf), asked);
-  ASSERT_TRUE(n.ok()) << n.status();
-  EXPECT_EQ(n->depth, 16u);
-  EXPECT_EQ(n->slot_bytes, 64u * 1024);
+  auto accept = [](RdmaNegotiated use) {
+    RdmaAcceptData a{use, Nonce('h'), {}};
+    a.proof.fill('p');
+    return a;
+  };
+  EncodeRdmaAcceptData(accept({16, 64 * 1024}), buf);
+  auto a = DecodeRdmaAcceptData(buf, sizeof(buf), asked);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->use.depth, 16u);
+  EXPECT_EQ(a->use.slot_bytes, 64u * 1024);
+  EXPECT_EQ(a->nonce, Nonce('h'));
+  EXPECT_EQ(a->proof, accept({}).proof);
   EXPECT_TRUE(DecodeRdmaAcceptData(buf, kRdmaAcceptDataSize, asked).ok());
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, kRdmaAcceptDataSize - 1, asked).ok());  // truncated
   EXPECT_FALSE(DecodeRdmaAcceptData(nullptr, 0, asked).ok());  // an old home: no answer
   uint8_t zero[196] = {};
   EXPECT_FALSE(DecodeRdmaAcceptData(zero, sizeof(zero), asked).ok());
-  EncodeRdmaAcceptData({33, kSlot}, buf);  // more than asked: would overrun our pool
+  EncodeRdmaAcceptData(accept({33, kSlot}), buf);  // more than asked: would overrun our pool
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
-  EncodeRdmaAcceptData({32, kSlot + 4096}, buf);
+  EncodeRdmaAcceptData(accept({32, kSlot + 4096}), buf);
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
-  EncodeRdmaAcceptData({0, kSlot}, buf);  // zero depth
+  EncodeRdmaAcceptData(accept({0, kSlot}), buf);  // zero depth
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
-  EncodeRdmaAcceptData({32, 1000}, buf);  // not whole pages
+  EncodeRdmaAcceptData(accept({32, 1000}), buf);  // not whole pages
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
-  EncodeRdmaAcceptData({32, kSlot}, buf);
+  EncodeRdmaAcceptData(accept({32, kSlot}), buf);
   buf[4] = 3;  // version
   EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaAcceptData(buf, sizeof(buf), asked).status()));
-  EncodeRdmaAcceptData({32, kSlot}, buf);
+  EncodeRdmaAcceptData(accept({32, kSlot}), buf);
   buf[0] ^= 1;  // magic (a connect request's data is not an answer)
   EXPECT_FALSE(DecodeRdmaAcceptData(buf, sizeof(buf), asked).ok());
+  // A version-5 home's 16-byte accept (no nonce, no proof): a version
+  // error, not a short answer.
+  EncodeRdmaAcceptData(accept({32, kSlot}), buf);
+  buf[4] = 5;
+  EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaAcceptData(buf, 16, asked).status()));
+}
+
+TEST(RdmaWire, AuthMessageRoundTripsAndIsNeverARequest) {
+  AuthProof proof;
+  proof.fill(0xa5);
+  uint8_t buf[kRdmaMessageSize];
+  EncodeRdmaAuthMessage(proof, buf);
+  auto got = DecodeRdmaAuthMessage(buf, sizeof(buf));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, proof);
+  // Not a control message either: a home that is past the handshake drops
+  // a second AUTH as garbage.
+  EXPECT_FALSE(DecodeRdmaMessage(buf, sizeof(buf), kSlot).ok());
+  EXPECT_FALSE(DecodeRdmaAuthMessage(buf, sizeof(buf) - 1).ok());  // short
+  EXPECT_FALSE(DecodeRdmaAuthMessage(buf, 0).ok());                // a heartbeat
+  EXPECT_FALSE(DecodeRdmaAuthMessage(nullptr, 0).ok());
+  buf[4] = 5;  // version
+  EXPECT_TRUE(absl::IsFailedPrecondition(DecodeRdmaAuthMessage(buf, sizeof(buf)).status()));
+  EncodeRdmaAuthMessage(proof, buf);
+  buf[6] = 1;  // reserved
+  EXPECT_FALSE(DecodeRdmaAuthMessage(buf, sizeof(buf)).ok());
+  EncodeRdmaAuthMessage(proof, buf);
+  buf[63] = 1;  // reserved tail
+  EXPECT_FALSE(DecodeRdmaAuthMessage(buf, sizeof(buf)).ok());
+  // A request where the AUTH should be.
+  EncodeRdmaMessage(Request(), buf);
+  absl::Status st = DecodeRdmaAuthMessage(buf, sizeof(buf)).status();
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("not an auth message"), absl::string_view::npos) << st;
+}
+
+// The handshake of issue 17: the connect request carries no token, only a
+// nonce; each side's proof covers both nonces, so a recorded connect
+// request (or a recorded AUTH) proves nothing on a new connection, where
+// the home draws a new nonce.
+TEST(RdmaHandshake, ProofsCheckOutOnlyForTheirOwnConnectionAndRole) {
+  const std::string secret(32, 's');
+  const std::string token = DataTokenFor(secret, 2);
+  const RdmaConnectData req{2, 1, Nonce('d'), 32, kSlot};
+  const AuthNonce home_nonce = Nonce('h');
+  // The genuine handshake.
+  RdmaAcceptData accept{
+      {32, kSlot}, home_nonce, RdmaProof(token, AuthRole::kListener, req, home_nonce)};
+  EXPECT_TRUE(CheckRdmaHomeProof(token, req, accept).ok());
+  uint8_t auth[kRdmaMessageSize];
+  EncodeRdmaAuthMessage(RdmaProof(token, AuthRole::kDialer, req, home_nonce), auth);
+  EXPECT_TRUE(CheckRdmaDialerAuth(token, req, home_nonce, auth, sizeof(auth)).ok());
+
+  // The home's side: a replayed connect request meets a new home nonce, so
+  // the recorded AUTH (or anything else) is refused, with the log line.
+  absl::Status st = CheckRdmaDialerAuth(token, req, Nonce('H'), auth, sizeof(auth));
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  EXPECT_EQ(st.message(),
+            "refused: claims node 2 but its proof is wrong (a wrong or stale data token, or a "
+            "replayed handshake)");
+  // A dialer with another node's token, or a stale one (the home restarted).
+  const std::string wrong = DataTokenFor(std::string(32, 'x'), 2);
+  uint8_t bad[kRdmaMessageSize];
+  EncodeRdmaAuthMessage(RdmaProof(wrong, AuthRole::kDialer, req, home_nonce), bad);
+  EXPECT_FALSE(CheckRdmaDialerAuth(token, req, home_nonce, bad, sizeof(bad)).ok());
+  // The home's own proof sent back (reflection): another role.
+  EncodeRdmaAuthMessage(accept.proof, bad);
+  EXPECT_FALSE(CheckRdmaDialerAuth(token, req, home_nonce, bad, sizeof(bad)).ok());
+  // A tcp proof of the same nonces: another transport.
+  std::string tcp =
+      DataAuthProof(token, "tcp", AuthRole::kDialer, 2, 1, req.nonce.data(), home_nonce.data());
+  AuthProof tcp_proof;
+  std::copy(tcp.begin(), tcp.end(), tcp_proof.begin());
+  EncodeRdmaAuthMessage(tcp_proof, bad);
+  EXPECT_FALSE(CheckRdmaDialerAuth(token, req, home_nonce, bad, sizeof(bad)).ok());
+  // Claiming another node with node 2's proof.
+  RdmaConnectData as3 = req;
+  as3.node = 3;
+  EXPECT_FALSE(
+      CheckRdmaDialerAuth(DataTokenFor(secret, 3), as3, home_nonce, auth, sizeof(auth)).ok());
+  // A request, a heartbeat, or nothing where the AUTH should be.
+  uint8_t request[kRdmaMessageSize];
+  EncodeRdmaMessage(Request(), request);
+  st = CheckRdmaDialerAuth(token, req, home_nonce, request, sizeof(request));
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  EXPECT_NE(st.message().find("refused: claims node 2 but its proof is wrong"),
+            absl::string_view::npos)
+      << st;
+  EXPECT_FALSE(CheckRdmaDialerAuth(token, req, home_nonce, auth, 0).ok());
+  EXPECT_FALSE(CheckRdmaDialerAuth(token, req, home_nonce, nullptr, 0).ok());
+
+  // The requester's side: a home that does not know the token (an
+  // impostor at its address, or a home that restarted with a new secret).
+  RdmaAcceptData impostor = accept;
+  impostor.proof = RdmaProof(wrong, AuthRole::kListener, req, home_nonce);
+  st = CheckRdmaHomeProof(token, req, impostor);
+  EXPECT_EQ(ToErrno(st), EACCES) << st;
+  EXPECT_TRUE(IsStaleToken(st)) << st;  // DataPath learns the token again
+  EXPECT_FALSE(IsSetupFailure(st)) << st;
+  EXPECT_EQ(st.message(),
+            "node 1's proof is wrong: an impostor, or a home that restarted with a new token");
+  // A recorded accept replayed to a new connect (a new dialer nonce).
+  RdmaConnectData again = req;
+  again.nonce = Nonce('D');
+  EXPECT_FALSE(CheckRdmaHomeProof(token, again, accept).ok());
+  // The dialer's proof offered as the home's.
+  impostor.proof = RdmaProof(token, AuthRole::kDialer, req, home_nonce);
+  EXPECT_FALSE(CheckRdmaHomeProof(token, req, impostor).ok());
+}
+
+// The token never crosses the fabric: not in the connect request, the
+// accept or the AUTH.
+TEST(RdmaHandshake, TheTokenIsInNoMessage) {
+  const std::string token = DataTokenFor(std::string(32, 's'), 2);
+  const RdmaConnectData req{2, 1, Nonce('d'), 32, kSlot};
+  const AuthNonce home_nonce = Nonce('h');
+  uint8_t pd[kRdmaPrivateDataSize], ad[kRdmaAcceptDataSize], auth[kRdmaMessageSize];
+  EncodeRdmaConnectData(req, pd);
+  EncodeRdmaAcceptData(
+      {{32, kSlot}, home_nonce, RdmaProof(token, AuthRole::kListener, req, home_nonce)}, ad);
+  EncodeRdmaAuthMessage(RdmaProof(token, AuthRole::kDialer, req, home_nonce), auth);
+  for (auto [p, n] : {std::pair<const uint8_t*, size_t>{pd, sizeof(pd)},
+                      {ad, sizeof(ad)},
+                      {auth, sizeof(auth)}}) {
+    std::string bytes(reinterpret_cast<const char*>(p), n);
+    EXPECT_EQ(bytes.find(token.substr(0, 8)), std::string::npos);
+  }
 }
 
 TEST(RdmaWire, RejectReasonsRoundTripAndGarbageIsNotAReason) {
