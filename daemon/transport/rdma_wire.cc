@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "daemon/common/errors.h"
+#include "daemon/common/status_macros.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/transport.h"
 
@@ -25,6 +26,20 @@ T Get(const uint8_t* p) {
 bool IsRequest(FrameType t) {
   return t == FrameType::kReadReq || t == FrameType::kWriteReq || t == FrameType::kWriteDiffReq;
 }
+// The first 6 bytes of every tether rdma message but a reject: its magic
+// and the wire version. Checked before its length, so that a peer of
+// another version (which may send fewer bytes) hears "version", not
+// "short". `buf` holds at least 6 bytes.
+absl::Status CheckMagicAndVersion(const uint8_t* buf, uint32_t magic, const char* what,
+                                  const char* bad_magic) {
+  if (Get<uint32_t>(buf) != magic) return absl::InvalidArgumentError(bad_magic);
+  uint16_t version = Get<uint16_t>(buf + 4);
+  if (version != kRdmaWireVersion)
+    return absl::FailedPreconditionError(absl::StrFormat("%s: wire version %d, this node speaks %d",
+                                                         what, version, kRdmaWireVersion));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void EncodeRdmaMessage(const RdmaMessage& m, uint8_t out[kRdmaMessageSize]) {
@@ -92,12 +107,8 @@ absl::StatusOr<RdmaConnectData> DecodeRdmaConnectData(const void* data, size_t l
   if (buf == nullptr || len < 8)
     return absl::InvalidArgumentError(
         absl::StrFormat("connect request without tether's private data (%d bytes)", len));
-  if (Get<uint32_t>(buf) != kRdmaConnectMagic)
-    return absl::InvalidArgumentError("connect request: bad magic");
-  uint16_t version = Get<uint16_t>(buf + 4);
-  if (version != kRdmaWireVersion)
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "connect request: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  RETURN_IF_ERROR(CheckMagicAndVersion(buf, kRdmaConnectMagic, "connect request",
+                                       "connect request: bad magic"));
   if (len < kRdmaPrivateDataSize)
     return absl::InvalidArgumentError(absl::StrFormat(
         "connect request: %d bytes of private data, want %d", len, kRdmaPrivateDataSize));
@@ -141,12 +152,7 @@ absl::StatusOr<RdmaAcceptData> DecodeRdmaAcceptData(const void* data, size_t len
   if (buf == nullptr || len < 8)
     return absl::InvalidArgumentError(
         absl::StrFormat("accept without tether's private data (%d bytes)", len));
-  if (Get<uint32_t>(buf) != kRdmaAcceptMagic)
-    return absl::InvalidArgumentError("accept: bad magic");
-  uint16_t version = Get<uint16_t>(buf + 4);
-  if (version != kRdmaWireVersion)
-    return absl::FailedPreconditionError(
-        absl::StrFormat("accept: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  RETURN_IF_ERROR(CheckMagicAndVersion(buf, kRdmaAcceptMagic, "accept", "accept: bad magic"));
   if (len < kRdmaAcceptDataSize)
     return absl::InvalidArgumentError(
         absl::StrFormat("accept: %d bytes of private data, want %d", len, kRdmaAcceptDataSize));
@@ -175,12 +181,8 @@ void EncodeRdmaAuthMessage(const AuthProof& proof, uint8_t out[kRdmaMessageSize]
 absl::StatusOr<AuthProof> DecodeRdmaAuthMessage(const uint8_t* buf, size_t len) {
   if (buf == nullptr || len != kRdmaMessageSize)
     return absl::InvalidArgumentError(absl::StrFormat("auth message of %d bytes", len));
-  if (Get<uint32_t>(buf) != kRdmaAuthMagic)
-    return absl::InvalidArgumentError("not an auth message (a request before the proof?)");
-  uint16_t version = Get<uint16_t>(buf + 4);
-  if (version != kRdmaWireVersion)
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "auth message: wire version %d, this node speaks %d", version, kRdmaWireVersion));
+  RETURN_IF_ERROR(CheckMagicAndVersion(buf, kRdmaAuthMagic, "auth message",
+                                       "not an auth message (a request before the proof?)"));
   for (size_t i : {size_t{6}, size_t{7}})
     if (buf[i] != 0) return absl::InvalidArgumentError("auth message: reserved bits set");
   for (size_t i = 8 + kAuthProofSize; i < kRdmaMessageSize; ++i)
