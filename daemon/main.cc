@@ -42,6 +42,7 @@
 #include "daemon/notifier/kernel_notifier_source.h"
 #include "daemon/service_notify.h"
 #include "daemon/tetherd.h"
+#include "daemon/transport/data_encryption.h"
 #include "tetherd_version.h"
 
 ABSL_FLAG(uint32_t, node_id, 0, "this node's id, 1..32767, unique in the cluster");
@@ -56,6 +57,10 @@ ABSL_FLAG(std::string, peer_listen, "0.0.0.0:7600", "gRPC Peer service address h
 ABSL_FLAG(std::string, data_listen, "",
           "tcp data transport address host:port (default: the --peer_listen host, port 7601; "
           "port 0: any)");
+ABSL_FLAG(std::string, data_encryption, "off",
+          "encrypt tcp data connections: on (kernel TLS 1.3, AES-128-GCM, keyed by the data "
+          "handshake; needs the kernel's TLS, `modprobe tls`; rdma, which has no encryption, is "
+          "then not used) or off (a peer that asks for encryption still gets it)");
 ABSL_FLAG(std::string, rdma, "auto",
           "rdma data transport: auto (when a verbs device has an active port), on "
           "(required), off");
@@ -199,7 +204,13 @@ absl::StatusOr<tether::TetherdConfig> ConfigFromFlags() {
     cfg.data_listen = cfg.peer_listen.substr(0, colon) + ":" + std::to_string(kDataPort);
   }
   ASSIGN_OR_RETURN(cfg.peers, ParsePeers(absl::GetFlag(FLAGS_peers)));
+  const std::string encryption = absl::GetFlag(FLAGS_data_encryption);
+  if (encryption != "on" && encryption != "off") return bad("--data_encryption must be on or off");
+  cfg.data_encryption = encryption == "on";
   const std::string rdma = absl::GetFlag(FLAGS_rdma);
+  if (cfg.data_encryption && rdma == "on")
+    return bad(
+        "--data_encryption=on and --rdma=on: rdma moves pages unencrypted; use --rdma=auto or off");
   if (rdma == "auto") {
     cfg.rdma = tether::RdmaMode::kAuto;
   } else if (rdma == "on") {
@@ -433,12 +444,20 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_verbose)) tether::SetLogLevel(tether::LogLevel::kDebug);
 
   absl::StatusOr<tether::TetherdConfig> cfg = ConfigFromFlags();
+  // Asked for encryption: try kernel TLS now, while we may still hold
+  // CAP_NET_ADMIN, with which the kernel loads the tls module on first use
+  // (after the capabilities are dropped it would not). The answer is kept.
+  if (cfg.ok() && cfg->data_encryption) (void)tether::KtlsAvailable();
   if (absl::GetFlag(FLAGS_check_config)) {
     if (cfg.ok() && cfg->notifier == tether::NotifierMode::kKernel &&
         !tether::KernelNotifierSource::Available())
       cfg = absl::FailedPreconditionError(
           absl::StrCat("--notifier=kernel but ", tether::KernelNotifierSource::kDevice,
                        " does not exist: load tether.ko (modprobe tether)"));
+    if (cfg.ok() && cfg->data_encryption) {
+      if (absl::Status can = tether::KtlsAvailable(); !can.ok())
+        cfg = absl::FailedPreconditionError(absl::StrCat("--data_encryption=on: ", can.message()));
+    }
     if (!cfg.ok()) return Fail("config: " + std::string(cfg.status().message()));
     std::printf("tetherd: config OK: node %u, peers on %s, data on %s (tcp), %zu peer(s)%s\n",
                 cfg->node_id, cfg->peer_listen.c_str(), cfg->data_listen.c_str(), cfg->peers.size(),

@@ -36,6 +36,7 @@
 #include "daemon/peer/notice_receiver.h"
 #include "daemon/peer/peer_invalidation_channel.h"
 #include "daemon/peer/peer_server.h"
+#include "daemon/transport/data_encryption.h"
 #include "daemon/transport/rdma_transport.h"
 #include "daemon/transport/tcp_transport.h"
 #include "daemon/transport/wire_format.h"
@@ -117,6 +118,14 @@ absl::Status Tetherd::Build() {
         "leases off (--lease_ms=0): a mapper node that is cut off or crashed keeps serving "
         "its clients the pages they hold after the exporter changed them");
   transport_ = std::make_unique<TcpTransport>(config_.node_id);
+  if (config_.data_encryption) {
+    if (absl::Status can = KtlsAvailable(); !can.ok())
+      return absl::Status(can.code(), absl::StrCat("--data_encryption=on: ", can.message()));
+    transport_->SetEncryption(true);
+    TLOG_INFO(
+        "data connections: encrypted (kernel TLS 1.3, AES-128-GCM, keys from each connection's "
+        "handshake)");
+  }
   RETURN_IF_ERROR(MakeRdma());
   peers_ = std::make_unique<PeerDirectory>(
       config_.node_id, incarnation_, config_.peers, tls_.get(), config_.rpc_timeout_ms,
@@ -264,6 +273,10 @@ absl::Status Tetherd::StartServers(const std::string& token) {
 absl::Status Tetherd::MakeRdma() {
   if (config_.rdma == RdmaMode::kOff) {
     TLOG_INFO("rdma transport: off (--rdma=off)");
+    return absl::OkStatus();
+  }
+  if (config_.data_encryption) {  // main.cc refused --rdma=on with it
+    TLOG_INFO("rdma transport: not used (--data_encryption=on: rdma moves pages unencrypted)");
     return absl::OkStatus();
   }
   if (!RdmaTransport::DeviceAvailable(&rdma_device_)) {

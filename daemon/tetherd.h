@@ -53,6 +53,9 @@ struct TetherdConfig {
   // The rdma transport: used with peers that have one too (auto: when a
   // verbs device with an active port exists; on: required; off: never).
   RdmaMode rdma = RdmaMode::kAuto;
+  // Encrypt tcp data and notice connections with kernel TLS
+  // (transport/data_encryption.h); rdma is then not used (it has none).
+  bool data_encryption = false;
   std::string rdma_listen;  // rdma_cm host:port
   uint32_t rdma_queue_depth = 32;
   uint32_t rdma_slot_kb = 256;

@@ -45,13 +45,18 @@ absl::Status FreshNonce(uint8_t* out) {
   return absl::OkStatus();
 }
 
-std::string DataAuthProof(absl::string_view token, absl::string_view transport, AuthRole role,
-                          uint32_t dialer, uint32_t listener, const uint8_t* dialer_nonce,
-                          const uint8_t* listener_nonce) {
-  static constexpr absl::string_view kLabel = "tether data auth v1";
+namespace {
+
+// HMAC-SHA256(token, label || transport || role || dialer node || listener
+// node || dialer nonce || listener nonce): the proofs and the key material
+// differ only in their label.
+std::string HandshakeMac(absl::string_view label, absl::string_view token,
+                         absl::string_view transport, AuthRole role, uint32_t dialer,
+                         uint32_t listener, const uint8_t* dialer_nonce,
+                         const uint8_t* listener_nonce) {
   // Every field has a fixed size or a length before it, so no two
   // different inputs make the same message.
-  std::vector<uint8_t> msg(kLabel.begin(), kLabel.end());
+  std::vector<uint8_t> msg(label.begin(), label.end());
   msg.push_back(static_cast<uint8_t>(transport.size()));
   msg.insert(msg.end(), transport.begin(), transport.end());
   msg.push_back(static_cast<uint8_t>(role));
@@ -63,8 +68,24 @@ std::string DataAuthProof(absl::string_view token, absl::string_view transport, 
   unsigned int len = 0;
   HMAC(EVP_sha256(), token.data(), static_cast<int>(token.size()), msg.data(), msg.size(), out,
        &len);
-  static_assert(kAuthProofSize == 32, "SHA-256 output is the proof");
-  return std::string(reinterpret_cast<const char*>(out), kAuthProofSize);
+  static_assert(kAuthProofSize == 32 && kDataKeyMaterialSize == 32, "SHA-256 output");
+  return std::string(reinterpret_cast<const char*>(out), 32);
+}
+
+}  // namespace
+
+std::string DataAuthProof(absl::string_view token, absl::string_view transport, AuthRole role,
+                          uint32_t dialer, uint32_t listener, const uint8_t* dialer_nonce,
+                          const uint8_t* listener_nonce) {
+  return HandshakeMac("tether data auth v1", token, transport, role, dialer, listener, dialer_nonce,
+                      listener_nonce);
+}
+
+std::string DataKeyMaterial(absl::string_view token, absl::string_view transport, AuthRole sender,
+                            uint32_t dialer, uint32_t listener, const uint8_t* dialer_nonce,
+                            const uint8_t* listener_nonce) {
+  return HandshakeMac("tether data key v1", token, transport, sender, dialer, listener,
+                      dialer_nonce, listener_nonce);
 }
 
 bool DataAuthProofValid(absl::string_view token, absl::string_view transport, AuthRole role,

@@ -34,6 +34,7 @@ namespace tether {
 
 constexpr size_t kAuthNonceSize = 32;
 constexpr size_t kAuthProofSize = 32;
+constexpr size_t kDataKeyMaterialSize = 32;
 
 // kDataTokenSize (32) bytes.
 std::string DataTokenFor(absl::string_view secret, uint32_t node);
@@ -58,6 +59,16 @@ std::string DataAuthProof(absl::string_view token, absl::string_view transport, 
 bool DataAuthProofValid(absl::string_view token, absl::string_view transport, AuthRole role,
                         uint32_t dialer, uint32_t listener, const uint8_t* dialer_nonce,
                         const uint8_t* listener_nonce, const uint8_t* proof);
+
+// Key material for one direction of an encrypted data connection
+// (data_encryption.h): HMAC-SHA256(token, "tether data key v1" || the same
+// fields as a proof, with `sender` the side that encrypts with it),
+// kDataKeyMaterialSize bytes. Its own label, so no proof that crossed the
+// wire is ever a key; fresh nonces on both sides make every connection's
+// keys new, so a record sequence number is never used twice under a key.
+std::string DataKeyMaterial(absl::string_view token, absl::string_view transport, AuthRole sender,
+                            uint32_t dialer, uint32_t listener, const uint8_t* dialer_nonce,
+                            const uint8_t* listener_nonce);
 
 }  // namespace tether
 

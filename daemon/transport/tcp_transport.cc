@@ -19,6 +19,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/transport/data_encryption.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
 #include "daemon/transport/wire_format.h"
@@ -60,6 +61,11 @@ struct TcpTransport::Connection {
 };
 
 namespace {
+
+// What the handshake's proofs name as the transport of an encrypted
+// connection, so that neither side can be talked out of encryption: a
+// flag flipped on the wire makes both proofs fail.
+constexpr absl::string_view kEncryptedProofTransport = "tcp+ktls";
 
 // Reads exactly len bytes; false on EOF or error (errno set, 0 on EOF).
 bool ReadFull(int fd, void* buf, size_t len) {
@@ -326,11 +332,14 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
                     kHelloAckPayload == kAuthNonceSize + kAuthProofSize,
                 "handshake payloads");
   if (!ReadFull(fd, dialer_nonce, sizeof(dialer_nonce))) return cut();
-  auto refuse = [&](FrameType type, uint64_t req_id, std::string why) {
-    FrameHeader nack{type, req_id, 0, 0, 0, 0, EACCES};
+  auto refuse = [&](FrameType type, uint64_t req_id, std::string why, int err = EACCES) {
+    FrameHeader nack{type, req_id, 0, 0, 0, 0, static_cast<uint32_t>(err)};
     SendFrame(fd, nack, {});
-    return ErrnoStatus(EACCES, std::move(why));
+    return ErrnoStatus(err, std::move(why));
   };
+  if ((h->offset & ~kHelloEncrypt) != 0)
+    return refuse(FrameType::kHelloAck, h->req_id,
+                  absl::StrCat("refused: unknown hello flags ", absl::Hex(h->offset)), EPROTO);
   if (h->segid == 0 || h->segid > 0x7fff)
     return refuse(FrameType::kHelloAck, h->req_id,
                   absl::StrCat("refused: claims node id ", h->segid, ", not a node id"));
@@ -339,9 +348,23 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
     return refuse(FrameType::kHelloAck, h->req_id,
                   absl::StrCat("refused: node ", claimed, " meant to reach node ", h->grant,
                                ", this is node ", local_node_, " (a stale address?)"));
+  // Encrypted when either side asks (data_encryption.h): a cluster turns
+  // it on one node at a time. Both proofs sign the answer.
+  const bool encrypted = encrypt_ || (h->offset & kHelloEncrypt) != 0;
+  if (encrypted) {
+    if (absl::Status can = KtlsAvailable(); !can.ok())
+      return refuse(
+          FrameType::kHelloAck, h->req_id,
+          absl::StrCat("refused: ",
+                       encrypt_ ? std::string("data encryption is on here")
+                                : absl::StrCat("node ", claimed, " asks for data encryption"),
+                       ", which this node cannot do: ", can.message()),
+          EPROTONOSUPPORT);
+  }
+  const absl::string_view transport = encrypted ? kEncryptedProofTransport : "tcp";
   const std::string token = DataTokenFor(secret_, claimed);
   RETURN_IF_ERROR(FreshNonce(listener_nonce));
-  std::string mine = DataAuthProof(token, "tcp", AuthRole::kListener, claimed, local_node_,
+  std::string mine = DataAuthProof(token, transport, AuthRole::kListener, claimed, local_node_,
                                    dialer_nonce, listener_nonce);
   // Holds the answer to a hello (no lock held): a test's requester is
   // then waiting for it.
@@ -349,7 +372,8 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
   uint8_t ack_payload[kHelloAckPayload];
   std::memcpy(ack_payload, listener_nonce, kAuthNonceSize);
   std::memcpy(ack_payload + kAuthNonceSize, mine.data(), kAuthProofSize);
-  FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, kHelloAckPayload, 0};
+  FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, encrypted ? kHelloEncrypt : 0,
+                  kHelloAckPayload,     0};
   if (!SendFrame(fd, ack, ack_payload)) return cut();
   if (!ReadFull(fd, buf, sizeof(buf))) return cut();
   auto a = DecodeHeader(buf, sizeof(buf));
@@ -357,7 +381,7 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
     return ErrnoStatus(EPROTO, absl::StrCat("node ", claimed, ": bad auth: ",
                                             a.ok() ? "not an auth" : a.status().message()));
   if (!ReadFull(fd, proof, sizeof(proof))) return cut();
-  if (!DataAuthProofValid(token, "tcp", AuthRole::kDialer, claimed, local_node_, dialer_nonce,
+  if (!DataAuthProofValid(token, transport, AuthRole::kDialer, claimed, local_node_, dialer_nonce,
                           listener_nonce, proof))
     return refuse(FrameType::kAuthAck, a->req_id,
                   absl::StrCat("refused: claims node ", claimed,
@@ -365,20 +389,43 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
                                "replayed handshake)"));
   FrameHeader done{FrameType::kAuthAck, a->req_id, local_node_, 0, 0, 0, 0};
   if (!SendFrame(fd, done, {})) return cut();
+  // The last plaintext byte either way has crossed: from here on, records.
+  if (encrypted) {
+    absl::Status st = EncryptConnection(fd, token, AuthRole::kListener, claimed, local_node_,
+                                        dialer_nonce, listener_nonce);
+    if (!st.ok())
+      return ErrnoStatus(ToErrno(st), absl::StrCat("node ", claimed,
+                                                   ": encrypting the connection: ", st.message()));
+  }
   return claimed;
 }
 
 absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
   uint8_t dialer_nonce[kAuthNonceSize];
   RETURN_IF_ERROR(FreshNonce(dialer_nonce));
-  FrameHeader hello{FrameType::kHello, 0, local_node_, home.node_id, 0, kHelloPayload, 0};
+  FrameHeader hello{FrameType::kHello, 0, local_node_, home.node_id, encrypt_ ? kHelloEncrypt : 0,
+                    kHelloPayload,     0};
   if (!SendFrame(fd, hello, dialer_nonce)) return ErrnoStatus(errno, "hello to");
   uint8_t buf[kFrameHeaderSize];
   if (!ReadFull(fd, buf, sizeof(buf))) return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");
   auto ack = DecodeHeader(buf, sizeof(buf));
   if (!ack.ok() || ack->type != FrameType::kHelloAck)
     return ErrnoStatus(EPROTO, "bad hello ack from");
+  if (ack->status == EPROTONOSUPPORT)
+    return ErrnoStatus(EPROTONOSUPPORT,
+                       "data encryption asked for, and not possible (no kernel TLS: see "
+                       "its log) at");
   if (ack->status != 0) return ErrnoStatus(static_cast<int>(ack->status), "hello rejected by");
+  const bool encrypted = (ack->offset & kHelloEncrypt) != 0;
+  if (encrypt_ && !encrypted)
+    return ErrnoStatus(EPROTO, "data encryption asked for, a plaintext connection offered by");
+  if (encrypted && !encrypt_) {
+    // The home asks for it: we follow if this kernel can.
+    if (absl::Status can = KtlsAvailable(); !can.ok())
+      return ErrnoStatus(EPROTONOSUPPORT, absl::StrCat("this node cannot encrypt (", can.message(),
+                                                       ") as data encryption is asked for by"));
+  }
+  const absl::string_view transport = encrypted ? kEncryptedProofTransport : "tcp";
   uint8_t payload[kHelloAckPayload];
   if (!ReadFull(fd, payload, sizeof(payload)))
     return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");
@@ -386,7 +433,7 @@ absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
   if (ack->segid != home.node_id)
     return ErrnoStatus(EACCES, absl::StrCat("wrong node (it says it is node ", ack->segid,
                                             ") answered the hello at"));
-  if (!DataAuthProofValid(home.token, "tcp", AuthRole::kListener, local_node_, home.node_id,
+  if (!DataAuthProofValid(home.token, transport, AuthRole::kListener, local_node_, home.node_id,
                           dialer_nonce, listener_nonce, payload + kAuthNonceSize)) {
     // Not the home we got the token from: an impostor, or a home that
     // restarted since its Hello (a new secret). Nothing of ours went out.
@@ -396,8 +443,8 @@ absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
         home.node_id, home.address);
     return ErrnoStatus(EACCES, "failed authentication (wrong proof) of");
   }
-  std::string proof = DataAuthProof(home.token, "tcp", AuthRole::kDialer, local_node_, home.node_id,
-                                    dialer_nonce, listener_nonce);
+  std::string proof = DataAuthProof(home.token, transport, AuthRole::kDialer, local_node_,
+                                    home.node_id, dialer_nonce, listener_nonce);
   FrameHeader auth{FrameType::kAuth, 1, local_node_, 0, 0, kAuthPayload, 0};
   if (!SendFrame(fd, auth,
                  absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(proof.data()), proof.size())))
@@ -408,6 +455,13 @@ absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
   if (!done.ok() || done->type != FrameType::kAuthAck)
     return ErrnoStatus(EPROTO, "bad auth answer from");
   if (done->status != 0) return ErrnoStatus(static_cast<int>(done->status), "rejected by");
+  if (encrypted) {
+    absl::Status st = EncryptConnection(fd, home.token, AuthRole::kDialer, local_node_,
+                                        home.node_id, dialer_nonce, listener_nonce);
+    if (!st.ok())
+      return ErrnoStatus(ToErrno(st),
+                         absl::StrCat("encrypting (", st.message(), ") the connection to"));
+  }
   return absl::OkStatus();
 }
 

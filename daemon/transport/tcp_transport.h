@@ -66,6 +66,11 @@ class TcpTransport : public Transport, public NoticeTransport {
   ~TcpTransport() override;
 
   const char* name() const override { return "tcp"; }
+  // Encrypt every connection this transport makes or accepts
+  // (data_encryption.h; a peer that asks gets it either way). Before
+  // Listen and any request. The caller checked KtlsAvailable first:
+  // without kernel TLS every connection would be refused.
+  void SetEncryption(bool on) { encrypt_ = on; }
   absl::Status Listen(const std::string& address, std::string secret, BlockServer* server,
                       NoticeServer* notices) override;
   std::string bound_address() const override;
@@ -135,6 +140,7 @@ class TcpTransport : public Transport, public NoticeTransport {
   void ServeLoop(int fd);
 
   const uint32_t local_node_;
+  bool encrypt_ = false;  // SetEncryption: written before any thread reads it
   std::atomic<uint64_t> next_req_id_{1};
   std::atomic<bool> shutting_down_{false};
 

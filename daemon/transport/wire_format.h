@@ -18,13 +18,23 @@
 // A connection opens with a handshake in which each side proves it knows
 // the dialer's data token (data_token.h) without sending it:
 //   dialer   -> HELLO      segid = dialer node, grant = the listener node it
-//                          means; payload: the dialer's nonce (32 bytes)
-//   listener -> HELLO_ACK  status 0: segid = listener node; payload: the
+//                          means, offset = flags (kHelloEncrypt: the dialer
+//                          asks for encryption); payload: the dialer's
+//                          nonce (32 bytes)
+//   listener -> HELLO_ACK  status 0: segid = listener node, offset =
+//                          kHelloEncrypt if the connection is to be
+//                          encrypted (either side asked); payload: the
 //                          listener's nonce, then its proof (64 bytes);
-//                          else a status (EACCES: bad node id), no payload
+//                          else a status (EACCES: bad node id;
+//                          EPROTONOSUPPORT: encryption asked for, and this
+//                          kernel has no TLS; EPROTO: unknown flags), no
+//                          payload
 //   dialer   -> AUTH       payload: the dialer's proof (32 bytes)
 //   listener -> AUTH_ACK   status 0, or EACCES (wrong proof); no payload
-// Nothing else is read from, or sent to, a peer before that. NOTICE_REQ (home -> mapper node, on a
+// Both proofs sign whether the connection is encrypted. If it is, every
+// byte after AUTH_ACK, both ways, is a kernel TLS record
+// (data_encryption.h). Nothing else is read from, or sent to, a peer
+// before that. NOTICE_REQ (home -> mapper node, on a
 // connection the home opened to the mapper's listener) carries an encoded invalidation notice
 // (daemon/peer/notice_codec.h, <= kMaxNoticePayload bytes); NOTICE_RESP
 // answers it with a status and no payload. WRITE_DIFF_REQ carries a page
@@ -48,8 +58,11 @@ namespace tether {
 constexpr uint32_t kWireMagic = 0x52485454;  // "TTHR"
 // 2: "retry" is kWireRetry, not EAGAIN; 3: WRITE_DIFF_REQ (a node of
 // version 2 would refuse it, so it refuses the hello instead); 4: the
-// nonce handshake (HELLO no longer carries the token; AUTH, AUTH_ACK).
-constexpr uint16_t kWireVersion = 4;
+// nonce handshake (HELLO no longer carries the token; AUTH, AUTH_ACK); 5:
+// HELLO flags (kHelloEncrypt), signed into the proofs.
+constexpr uint16_t kWireVersion = 5;
+// HELLO and HELLO_ACK `offset`: encrypt the connection.
+constexpr uint64_t kHelloEncrypt = 1;
 constexpr size_t kFrameHeaderSize = 48;
 constexpr uint32_t kMaxPayload = 4u << 20;
 constexpr size_t kDataTokenSize = 32;

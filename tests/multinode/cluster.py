@@ -230,7 +230,13 @@ class Node:
         deadline = time.time() + 30
         while not self.has_socket():
             if self.daemon.poll() is not None:
-                raise RuntimeError("tetherd %d exited: see %s" % (self.id, self.log))
+                try:  # the log goes with the cluster's directory: its end here
+                    with open(self.log) as f:
+                        tail = "".join(f.readlines()[-5:])
+                except OSError:
+                    tail = ""
+                raise RuntimeError("tetherd %d exited (status %s): see %s; it ends:\n%s" %
+                                   (self.id, self.daemon.returncode, self.log, tail))
             if time.time() > deadline:
                 raise RuntimeError("tetherd %d did not start" % self.id)
             time.sleep(0.05)

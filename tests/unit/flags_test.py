@@ -8,6 +8,7 @@ Run by ctest (label unit): flags_test.py --build-dir BUILD."""
 import argparse
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,21 @@ def main():
         return run_cases(tetherd, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ktls_available():
+    """Whether this kernel takes the TLS ULP on a connected TCP socket."""
+    with socket.socket() as lst, socket.socket() as cli:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        cli.connect(lst.getsockname())
+        srv, _ = lst.accept()
+        with srv:
+            try:
+                cli.setsockopt(socket.SOL_TCP, 31, b"tls")  # TCP_ULP
+                return True
+            except OSError:
+                return False
 
 
 def run_cases(tetherd, tmp):
@@ -101,7 +117,15 @@ def run_cases(tetherd, tmp):
          "--notifier must be auto, kernel or user"),
         ("log level", ["--log_level=loud"] + insecure,
          "--log_level must be debug, info, warning or error"),
+        ("data encryption value", ["--data_encryption=yes"] + insecure,
+         "--data_encryption must be on or off"),
+        ("data encryption with rdma on", ["--data_encryption=on", "--rdma=on"] + insecure,
+         "--data_encryption=on and --rdma=on: rdma moves pages unencrypted"),
     ]
+    if not ktls_available():
+        # Asking for encryption where the kernel has no TLS: refused at start.
+        cases.append(("data encryption without kernel TLS", ["--data_encryption=on"] + insecure,
+                      "--data_encryption=on: this kernel cannot encrypt tcp connections"))
     if not os.path.exists("/dev/tether"):
         # Insisting on tether.ko where it is not loaded: refused at start.
         cases.append(("kernel notifier without tether.ko", ["--notifier=kernel"] + insecure,

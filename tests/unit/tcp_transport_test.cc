@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/transport/data_encryption.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
 #include "daemon/transport/wire_format.h"
@@ -383,6 +385,156 @@ TEST(TcpTransport, AReplayedHelloAckIsRefusedByTheMapper) {
   fake.join();
   close(lfd);
   EXPECT_FALSE(got_auth.load()) << "the mapper answered an unproven home";
+}
+
+// Whether a connection is encrypted is asked in HELLO's flags, answered in
+// HELLO_ACK's and signed into both proofs ("tcp+ktls" instead of "tcp"),
+// so a flag flipped on the wire (a downgrade) fails the proofs. Unknown
+// flags are refused.
+TEST(TcpTransport, HelloFlagsAreSignedIntoTheProofs) {
+  MemoryServer server(1 << 16);
+  TcpTransport home(1);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  const std::string token = DataTokenFor(kToken, 2);
+  int fd = RawConnect(home.bound_address());
+  ASSERT_GE(fd, 0);
+  const std::string nonce(kAuthNonceSize, 'n');
+  auto hello = Frame(FrameType::kHello, 2, 1, 0, nonce);
+  ASSERT_EQ(write(fd, hello.data(), hello.size()), ssize_t(hello.size()));
+  std::string payload;
+  FrameHeader ack = ReadAnswer(fd, &payload);
+  close(fd);
+  ASSERT_EQ(ack.status, 0u);
+  ASSERT_EQ(payload.size(), kHelloAckPayload);
+  EXPECT_EQ(ack.offset, 0u) << "a plaintext hello to a plaintext home: not encrypted";
+  auto* dn = reinterpret_cast<const uint8_t*>(nonce.data());
+  auto* ln = reinterpret_cast<const uint8_t*>(payload.data());
+  EXPECT_TRUE(
+      DataAuthProofValid(token, "tcp", AuthRole::kListener, 2, 1, dn, ln, ln + kAuthNonceSize));
+  EXPECT_FALSE(
+      DataAuthProofValid(token, "tcp+ktls", AuthRole::kListener, 2, 1, dn, ln, ln + kAuthNonceSize))
+      << "the proof does not sign the encryption answer";
+  // A flag this version does not know: refused, with EPROTO.
+  fd = RawConnect(home.bound_address());
+  ASSERT_GE(fd, 0);
+  std::vector<uint8_t> odd(kFrameHeaderSize);
+  EncodeHeader(FrameHeader{FrameType::kHello, 1, 2, 1, kHelloEncrypt << 1, kHelloPayload, 0},
+               odd.data());
+  odd.insert(odd.end(), nonce.begin(), nonce.end());
+  ASSERT_EQ(write(fd, odd.data(), odd.size()), ssize_t(odd.size()));
+  FrameHeader refused = ReadAnswer(fd, &payload);
+  close(fd);
+  EXPECT_EQ(refused.type, FrameType::kHelloAck);
+  EXPECT_EQ(refused.status, uint32_t(EPROTO));
+}
+
+// --data_encryption on either side. Where this kernel has TLS (the VM
+// tier's Debian kernels), the connection carries reads and writes
+// encrypted whichever side asked; where it has none (this CI host), a
+// connection that asks is refused with the reason, never made in
+// plaintext, and plaintext connections go on working. Each branch checks
+// what this kernel must do; the VM tier's daemon suite checks the wire.
+TEST(TcpTransport, EncryptedWhereTheKernelCanRefusedWhereNot) {
+  MemoryServer server(1 << 16);
+  TcpTransport home(1), asking(2), plain(2);
+  asking.SetEncryption(true);
+  ASSERT_TRUE(home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  TcpTransport asking_home(1), follower(2);
+  asking_home.SetEncryption(true);
+  ASSERT_TRUE(asking_home.Listen("127.0.0.1:0", kToken, &server, nullptr).ok());
+  std::vector<uint8_t> buf(8192);
+  const absl::Status can = KtlsAvailable();
+  if (std::getenv("TETHER_REQUIRE_KTLS") != nullptr) ASSERT_TRUE(can.ok()) << can;  // the VM tier
+  absl::Status by_mapper = ReadSync(asking, Ep(home.bound_address()), 1, 4096, absl::MakeSpan(buf));
+  absl::Status by_home =
+      ReadSync(follower, Ep(asking_home.bound_address()), 1, 0, absl::MakeSpan(buf));
+  if (can.ok()) {
+    ASSERT_TRUE(by_mapper.ok()) << by_mapper;
+    ASSERT_TRUE(by_home.ok()) << by_home;
+    EXPECT_EQ(std::memcmp(buf.data(), server.mem.data(), buf.size()), 0);
+    std::vector<uint8_t> data(12288, 0x3c);
+    absl::Notification n;
+    absl::Status wst;
+    asking.Write(Ep(home.bound_address()), 1, 5, 8192, data, [&](absl::Status st) {
+      wst = st;
+      n.Notify();
+    });
+    n.WaitForNotification();
+    ASSERT_TRUE(wst.ok()) << wst;
+    EXPECT_EQ(std::memcmp(server.mem.data() + 8192, data.data(), data.size()), 0);
+  } else {
+    EXPECT_NE(std::string(can.message()).find("modprobe tls"), std::string::npos) << can;
+    EXPECT_EQ(ToErrno(by_mapper), EPROTONOSUPPORT) << by_mapper;
+    EXPECT_NE(std::string(by_mapper.message()).find("data encryption"), std::string::npos)
+        << by_mapper;
+    EXPECT_EQ(ToErrno(by_home), EPROTONOSUPPORT) << by_home;
+    EXPECT_TRUE(ReadSync(plain, Ep(home.bound_address()), 1, 0, absl::MakeSpan(buf)).ok());
+  }
+}
+
+// EncryptConnection seals what crosses the socket: with kernel TLS on one
+// end of a loopback pair only, the other end reads TLS 1.3 records
+// (application data, 0x17 0x03 0x03), never the plaintext; with it on both
+// ends, the plaintext arrives. Where the kernel has no TLS, it says so.
+TEST(DataEncryption, RecordsOnTheWire) {
+  if (std::getenv("TETHER_REQUIRE_KTLS") != nullptr) ASSERT_TRUE(KtlsAvailable().ok());
+  if (absl::Status can = KtlsAvailable(); !can.ok()) {
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    uint8_t n[kAuthNonceSize] = {};
+    EXPECT_FALSE(EncryptConnection(fds[0], kToken, AuthRole::kDialer, 2, 1, n, n).ok());  // not tcp
+    close(fds[0]);
+    close(fds[1]);
+    EXPECT_NE(std::string(can.message()).find("CONFIG_TLS"), std::string::npos) << can;
+    return;
+  }
+  auto pair = [](int* a, int* b) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(sa);
+    ASSERT_EQ(bind(l, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    ASSERT_EQ(listen(l, 1), 0);
+    getsockname(l, reinterpret_cast<sockaddr*>(&sa), &len);
+    *a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(connect(*a, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+    *b = accept(l, nullptr, nullptr);
+    close(l);
+    struct timeval tv = {5, 0};
+    setsockopt(*b, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(*a, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  };
+  uint8_t dn[kAuthNonceSize], ln[kAuthNonceSize];
+  ASSERT_TRUE(FreshNonce(dn).ok());
+  ASSERT_TRUE(FreshNonce(ln).ok());
+  const std::string token = DataTokenFor(kToken, 2);
+  const std::string secret = "page contents nobody on the wire may read";
+  int a, b;
+  pair(&a, &b);
+  ASSERT_TRUE(EncryptConnection(a, token, AuthRole::kDialer, 2, 1, dn, ln).ok());
+  EXPECT_TRUE(IsEncrypted(a));
+  EXPECT_FALSE(IsEncrypted(b));
+  ASSERT_EQ(write(a, secret.data(), secret.size()), ssize_t(secret.size()));
+  std::string wire(5 + secret.size() + 1 + 16, '\0');  // header, text, type, tag
+  ASSERT_TRUE(RawRead(b, reinterpret_cast<uint8_t*>(wire.data()), wire.size()));
+  EXPECT_EQ(wire.substr(0, 3), std::string("\x17\x03\x03"));
+  EXPECT_EQ(wire.find(secret), std::string::npos) << "plaintext on the wire";
+  close(a);
+  close(b);
+  pair(&a, &b);
+  ASSERT_TRUE(EncryptConnection(a, token, AuthRole::kDialer, 2, 1, dn, ln).ok());
+  ASSERT_TRUE(EncryptConnection(b, token, AuthRole::kListener, 2, 1, dn, ln).ok());
+  ASSERT_EQ(write(a, secret.data(), secret.size()), ssize_t(secret.size()));
+  std::string got(secret.size(), '\0');
+  ASSERT_TRUE(RawRead(b, reinterpret_cast<uint8_t*>(got.data()), got.size()));
+  EXPECT_EQ(got, secret);
+  ASSERT_EQ(write(b, "ok", 2), 2);  // and back, under the other direction's key
+  char two[2];
+  ASSERT_TRUE(RawRead(a, reinterpret_cast<uint8_t*>(two), 2));
+  EXPECT_EQ(std::string(two, 2), "ok");
+  close(a);
+  close(b);
 }
 
 TEST(TcpTransport, PeerLossFailsPendingAndReconnects) {

@@ -170,6 +170,20 @@ if [ -n "$RELEASE" ]; then
     done
   fi
 fi
+# Kernel TLS for --data_encryption (issue 17): the transport's encryption
+# unit tests, on a kernel that has it (the host tier's may not: there they
+# check the refusal instead); TETHER_REQUIRE_KTLS makes a missing kTLS a
+# failure here.
+if [ -n "$RELEASE" ] && suite daemon && [ -z "${TETHER_VM_DAEMON_K:-}" ]; then
+  if TETHER_REQUIRE_KTLS=1 timeout $((120 * SCALE)) "$RELEASE/tests/tcp_transport_test" \
+      --gtest_filter='*Encrypt*:*HelloFlags*:DataEncryption.*' > /tmp/tcp_transport_test.log 2>&1; then
+    echo "PASS tcp_transport_test (kernel TLS): $(grep -c '^\[       OK' /tmp/tcp_transport_test.log) tests"
+  else
+    sed 's/^/    /' /tmp/tcp_transport_test.log | tail -40
+    echo "FAIL tcp_transport_test (kernel TLS)"
+    rc=1
+  fi
+fi
 # The rdma tier (issue 5): the host tier's core and invalidation suites
 # again, with the rdma transport on a Soft-RoCE device. Soft-RoCE works only
 # in the initial network namespace on 6.1, so the 3 nodes are flat: one
