@@ -62,7 +62,10 @@ class InvalidationChannel {
 class InvalidationTarget {
  public:
   virtual ~InvalidationTarget() = default;
-  // Returns once the node holds no copy of the range and blocks faults in it.
+  // BEGIN: returns once the node holds no copy of the range and blocks
+  // faults in it. END: must not wait (for the network, or a home's
+  // answer): it may only queue, in arrival order, what it has to write
+  // back (NoticeReceiver calls it on a notice connection's serving thread).
   virtual absl::Status Handle(const InvalidationNotice& notice) = 0;
 };
 

@@ -22,8 +22,9 @@
 // serving thread (the fast path, answered after Handle returns), gRPC's
 // pool, or the home's own coordinator for this node's mappers (a
 // tether.ko begin worker, a user-space source's thread, a local client
-// thread bracketing its own export); END and REVOKE on the notice
-// receiver's thread, gRPC's pool or, for this node's mappers, whichever
+// thread bracketing its own export); END on a notice connection's serving
+// thread, REVOKE on the notice receiver's thread, either on gRPC's pool
+// or, for this node's mappers, whichever
 // thread called the coordinator (tether.ko's event thread, the exporter
 // exit watcher, a notifier source's thread, a local client). BEGIN must
 // not block on the network; END only queues (before Start and after Stop

@@ -4,16 +4,18 @@
 //
 // range_begin is handled on the connection's serving thread before the
 // answer: the ack means what it means over gRPC (copies dropped, faults
-// blocked). range_end and revocations are answered at once and handled in
-// order on our own thread: range_end writes kept-aside pages back to the
-// home, which must not hold up the next range_begin queued behind it on
-// the same connection (the home would fence us for it). A home's notice
-// connection carries nothing else, so range_begin never waits behind a
-// read either.
+// blocked). range_end is handed to the target on that thread too, which
+// only queues it (InvalidationTarget's contract: its write-backs of
+// kept-aside pages wait for the home, and must not hold up the next
+// range_begin queued behind it on the same connection — the home would
+// fence us for it); each END then costs the exporter's path one thread
+// hop, not two. Revocations are answered at once and handled in order on
+// our own thread. A home's notice connection carries nothing else, so
+// range_begin never waits behind a read either.
 //
 // Thread contract: Notice() runs on notice connections' serving threads,
-// concurrently; Start() starts the one thread that handles range_end and
-// revocations in arrival order; Stop() drains it and joins.
+// concurrently; Start() starts the one thread that handles revocations in
+// arrival order; Stop() drains it and joins.
 #ifndef TETHER_DAEMON_PEER_NOTICE_RECEIVER_H_
 #define TETHER_DAEMON_PEER_NOTICE_RECEIVER_H_
 

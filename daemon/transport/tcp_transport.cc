@@ -372,8 +372,8 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
   uint8_t ack_payload[kHelloAckPayload];
   std::memcpy(ack_payload, listener_nonce, kAuthNonceSize);
   std::memcpy(ack_payload + kAuthNonceSize, mine.data(), kAuthProofSize);
-  FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, encrypted ? kHelloEncrypt : 0,
-                  kHelloAckPayload,     0};
+  FrameHeader ack{FrameType::kHelloAck, h->req_id, local_node_, 0, 0, kHelloAckPayload, 0};
+  ack.offset = encrypted ? kHelloEncrypt : 0;
   if (!SendFrame(fd, ack, ack_payload)) return cut();
   if (!ReadFull(fd, buf, sizeof(buf))) return cut();
   auto a = DecodeHeader(buf, sizeof(buf));
@@ -403,8 +403,8 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
 absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
   uint8_t dialer_nonce[kAuthNonceSize];
   RETURN_IF_ERROR(FreshNonce(dialer_nonce));
-  FrameHeader hello{FrameType::kHello, 0, local_node_, home.node_id, encrypt_ ? kHelloEncrypt : 0,
-                    kHelloPayload,     0};
+  FrameHeader hello{FrameType::kHello, 0, local_node_, home.node_id, 0, kHelloPayload, 0};
+  hello.offset = encrypt_ ? kHelloEncrypt : 0;  // the flags
   if (!SendFrame(fd, hello, dialer_nonce)) return ErrnoStatus(errno, "hello to");
   uint8_t buf[kFrameHeaderSize];
   if (!ReadFull(fd, buf, sizeof(buf))) return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");

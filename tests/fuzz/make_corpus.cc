@@ -147,6 +147,17 @@ void TcpServe(const FuzzHome& home) {
       std::string("\x00", 1) +
           Header(FrameType::kHello, 0, kFuzzPeer, kFuzzNode + 1, 0, kHelloPayload) +
           std::string(kHelloPayload, 'N'));
+  // A hello that asks for encryption (refused where the kernel has no
+  // TLS; answered with the flag where it has), and one with flags this
+  // version does not know.
+  Put("tcp_serve_fuzz", "hello_encrypt",
+      std::string("\x00", 1) +
+          Header(FrameType::kHello, 0, kFuzzPeer, kFuzzNode, kHelloEncrypt, kHelloPayload) +
+          std::string(kHelloPayload, 'N'));
+  Put("tcp_serve_fuzz", "hello_unknown_flags",
+      std::string("\x00", 1) +
+          Header(FrameType::kHello, 0, kFuzzPeer, kFuzzNode, 6, kHelloPayload) +
+          std::string(kHelloPayload, 'N'));
   Put("tcp_serve_fuzz", "no_hello",
       std::string("\x00", 1) + Header(FrameType::kReadReq, 1, home.segid, home.grant, 0, 4096));
 }

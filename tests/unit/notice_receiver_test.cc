@@ -127,7 +127,9 @@ class FakeTarget : public InvalidationTarget {
   absl::Status answer;
 };
 
-TEST(NoticeReceiver, BeginInlineEndOnItsOwnThreadInOrder) {
+// BEGIN and END are handed to the target on the serving thread (the target
+// queues an END: notice.h), REVOKE on the receiver's own thread, in order.
+TEST(NoticeReceiver, BeginAndEndInlineRevokeOnItsOwnThread) {
   FakeTarget target;
   NoticeReceiver rx(&target);
   rx.Start();
@@ -138,14 +140,16 @@ TEST(NoticeReceiver, BeginInlineEndOnItsOwnThreadInOrder) {
   ASSERT_EQ(target.handled(), 1u);  // before the answer: the ack means it
   EXPECT_EQ(target.threads[0], std::this_thread::get_id());
   ASSERT_TRUE(rx.Notice(3, Bytes(EncodeNotice(e))).ok());
+  ASSERT_EQ(target.handled(), 2u);  // handed over before the answer
+  EXPECT_EQ(target.kinds[1], InvalidationNotice::Kind::kEnd);
+  EXPECT_EQ(target.threads[1], std::this_thread::get_id());
   ASSERT_TRUE(rx.Notice(3, Bytes(EncodeNotice(r))).ok());
   rx.Stop();  // handles what is queued first
   ASSERT_EQ(target.handled(), 3u);
-  EXPECT_EQ(target.kinds[1], InvalidationNotice::Kind::kEnd);
   EXPECT_EQ(target.kinds[2], InvalidationNotice::Kind::kRevoke);
-  EXPECT_NE(target.threads[1], std::this_thread::get_id());
-  // Stopped: nothing more is queued.
-  EXPECT_FALSE(rx.Notice(3, Bytes(EncodeNotice(e))).ok());
+  EXPECT_NE(target.threads[2], std::this_thread::get_id());
+  // Stopped: no revocation is queued any more.
+  EXPECT_FALSE(rx.Notice(3, Bytes(EncodeNotice(r))).ok());
 }
 
 TEST(NoticeReceiver, RefusalsChangeNothing) {
