@@ -46,7 +46,8 @@
 //   this thread (data_path.h).
 // - The evictor thread (started by Start) runs EvictLoop and EvictClean
 //   (asserted), and Sync for attachments with dirty pages.
-// - Join, Add, Remove, Acquire, Revoke, BeginWindow: any thread; they take
+// - Join, Add, Remove, Acquire, Revoke, BeginWindow,
+//   EndWindowIfNothingToWriteBack: any thread; they take
 //   only the cache's lock and this class's (never both at once), and never wait for the
 //   network (BeginWindow is called on a notice connection's serving thread,
 //   before its ack).
@@ -171,6 +172,13 @@ class FaultService {
   // the home refused it as unmapped since read (ENXIO: counted lost).
   absl::Status EndWindow(SegmentCache& c, uint64_t key,
                          const std::vector<std::pair<uint64_t, uint64_t>>& gone);
+  // range_end of a window that has nothing to write back — no page in its
+  // range kept aside or on its way to the home (most windows: no page was
+  // dirty) — reopens the range and returns true; such an end waits for
+  // nothing, so any thread may call this (the one that delivered the
+  // range_end). False, changing nothing, if the window has write-backs to
+  // do: EndWindow's, on a thread that may wait. True for an unknown window.
+  bool EndWindowIfNothingToWriteBack(SegmentCache& c, uint64_t key);
 
   // The window key of a suspension (LeaseKeeper: the home's lease lapsed,
   // or it restarted): one over the whole cache, opened by this node.

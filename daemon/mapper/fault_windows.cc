@@ -227,6 +227,26 @@ absl::Status FaultService::EndWindow(SegmentCache& c, uint64_t key,
   return result;
 }
 
+bool FaultService::EndWindowIfNothingToWriteBack(SegmentCache& c, uint64_t key) {
+  absl::MutexLock lock(&c.mu);
+  auto it = c.windows.find(key);
+  if (it == c.windows.end()) return true;  // duplicate or unknown
+  const auto [p0, p1] = it->second;
+  // Under c.mu, as BeginWindow keeps pages aside and EndWindow moves them
+  // to kept_writing: nothing can join either set between this check and
+  // the window's end. A page still being written back by an older window's
+  // end keeps that window open meanwhile (EndWindow erases its window
+  // last), so its faults keep waiting whatever this window does; waiting
+  // for it here anyway keeps the two ends in order.
+  auto aside = c.kept_aside.lower_bound(p0);
+  if (aside != c.kept_aside.end() && aside->first < p1) return false;
+  auto writing = c.kept_writing.lower_bound(p0);
+  if (writing != c.kept_writing.end() && *writing < p1) return false;
+  c.windows.erase(it);
+  WakeEverywhere(c, p0, p1, nullptr);
+  return true;
+}
+
 absl::Status FaultService::Acquire(Attachment& att, uint64_t offset, uint64_t len) {
   if (offset > att.size || len > att.size - offset)
     return ErrnoStatus(EINVAL, "acquire range outside the attachment");

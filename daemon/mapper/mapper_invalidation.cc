@@ -31,17 +31,43 @@ void MapperInvalidation::RunEnds() {
 }
 
 absl::Status MapperInvalidation::Handle(const InvalidationNotice& n) {
-  // END: queued, applied on our thread (see the header). A refused push
-  // (stopping) is applied here instead.
-  if (n.kind == InvalidationNotice::Kind::kEnd && queueing_ && ends_.Push(n))
-    return absl::OkStatus();
+  // END: ended here if no cache has anything to write back for it (it
+  // waits for nothing: the common case costs no thread hop), else queued
+  // and applied on our thread (see the header). A refused push (stopping)
+  // is applied here instead.
+  if (n.kind == InvalidationNotice::Kind::kEnd && queueing_) {
+    if (EndWithoutWriteBack(n)) {
+      Mapper().notices_end->Add();
+      return absl::OkStatus();
+    }
+    if (ends_.Push(n)) return absl::OkStatus();
+  }
   return Apply(n);
 }
 
-absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
+uint64_t MapperInvalidation::WindowKey(const InvalidationNotice& n) {
   // Windows are keyed by segid and window id: segids are unique across the
   // cluster and window ids per segment's home.
-  uint64_t key = (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
+  return (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
+}
+
+bool MapperInvalidation::EndWithoutWriteBack(const InvalidationNotice& n) {
+  const uint64_t key = WindowKey(n);
+  bool all = true;
+  std::vector<SegmentCache*> done;
+  for (const auto& att : attachments_->Of(n.segid)) {
+    SegmentCache& c = *att->cache;
+    if (std::find(done.begin(), done.end(), &c) != done.end()) continue;
+    done.push_back(&c);
+    // A cache that has write-backs keeps its window for Apply, on our
+    // thread; the others are ended already, and Apply finds them so.
+    all &= faults_->EndWindowIfNothingToWriteBack(c, key);
+  }
+  return all;
+}
+
+absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
+  const uint64_t key = WindowKey(n);
   absl::Status result;
   absl::Time t0 = absl::Now();
   // Once per cache: the segment's attachments on this node share one

@@ -4,8 +4,11 @@
 // ack; END writes kept-aside dirty pages back and reopens the range;
 // REVOKE makes the whole attachment raise SIGBUS.
 //
-// END is not applied on the thread that delivers it but queued for this
-// class's own thread, in arrival order. Its write-backs wait for the home,
+// An END with write-backs to do (a page was dirty: kept aside at its
+// BEGIN) is not applied on the thread that delivers it but queued for this
+// class's own thread, in arrival order; one without (the common case) ends
+// at once on the delivering thread, since it waits for nothing
+// (FaultService::EndWindowIfNothingToWriteBack). A queued END's write-backs wait for the home,
 // and for this node's own mappers the home is this daemon, reached by a
 // direct call on whichever thread ended the window — for tether.ko, the
 // thread that reads the module's events: a write into the exporter that
@@ -59,6 +62,10 @@ class MapperInvalidation : public InvalidationTarget {
 
  private:
   absl::Status Apply(const InvalidationNotice& notice);
+  // An END whose every cache has nothing to write back, ended on the
+  // calling thread; false if some cache has (left for Apply).
+  bool EndWithoutWriteBack(const InvalidationNotice& notice);
+  static uint64_t WindowKey(const InvalidationNotice& notice);
   void RunEnds();
 
   FaultService* const faults_;

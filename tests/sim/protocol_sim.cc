@@ -290,6 +290,7 @@ class Simulation final : public InvalidationChannel, public SegmentObserver {
                     std::function<void(absl::Status)> reply);
   void BeginWindow(Node& n, uint64_t key, uint64_t p0, uint64_t p1);
   void PumpInbox(Node& n);
+  bool EndIfNothingToWriteBack(Node& n, uint64_t key);
   void EndWindow(Node& n, uint64_t key, std::vector<std::pair<uint64_t, uint64_t>> gone,
                  std::function<void()> done);
   void Revoke(Node& n, const std::string& why);
@@ -726,8 +727,10 @@ void Simulation::BeginReturned(uint64_t id) {
 // --- mapper nodes ---------------------------------------------------------------
 
 // MapperInvalidation::Handle and the serving thread: range_begin is handled
-// before it is answered; range_end and revocations are answered at once
-// and queued for the notice receiver (NoticeReceiver), in order.
+// before it is answered; range_end and revocations are answered at once;
+// a range_end whose window has nothing to write back ends there and then
+// (FaultService::EndWindowIfNothingToWriteBack), the others and
+// revocations are queued for the node's ordered thread.
 void Simulation::HandleNotice(Node& n, const InvalidationNotice& notice,
                               std::function<void(absl::Status)> reply) {
   uint64_t key = (notice.segid * 0x9e3779b97f4a7c15ull) ^ notice.window;
@@ -744,8 +747,31 @@ void Simulation::HandleNotice(Node& n, const InvalidationNotice& notice,
     return;
   }
   reply(absl::OkStatus());
+  if (notice.kind == InvalidationNotice::Kind::kEnd && EndIfNothingToWriteBack(n, key)) return;
   n.inbox.push_back(notice);
   PumpInbox(n);
+}
+
+// FaultService::EndWindowIfNothingToWriteBack.
+bool Simulation::EndIfNothingToWriteBack(Node& n, uint64_t key) {
+  if (!n.att) return true;
+  uint64_t p0, p1;
+  {
+    absl::MutexLock lock(&n.att->cache->mu);
+    SegmentCache& c = *n.att->cache;
+    auto it = c.windows.find(key);
+    if (it == c.windows.end()) return true;
+    p0 = it->second.first;
+    p1 = it->second.second;
+    auto aside = c.kept_aside.lower_bound(p0);
+    if (aside != c.kept_aside.end() && aside->first < p1) return false;
+    auto writing = c.kept_writing.lower_bound(p0);
+    if (writing != c.kept_writing.end() && *writing < p1) return false;
+    c.windows.erase(it);
+  }
+  TRACE("node %d: range_end window ended at once (nothing to write back)", n.id);
+  WakeReaders(n, p0, p1);
+  return true;
 }
 
 // FaultService::BeginWindow.

@@ -517,6 +517,50 @@ TEST_F(MapperWindowsTest, RangeEndReturnsWhileItsWriteBackIsBlocked) {
   EXPECT_EQ(map_[4 * kPage], 9);
 }
 
+// A range_end with nothing to write back (no page of its range kept aside
+// or still being written back) ends on the delivering thread — the common
+// case costs no thread hop — while one with a kept-aside page is left for
+// EndWindow on a thread that may wait, and changes nothing meanwhile.
+TEST_F(MapperWindowsTest, ARangeEndWithNothingToWriteBackEndsAtOnce) {
+  SegmentCache& c = *att_->cache;
+  map_[4 * kPage] = 9;              // dirty: kept aside by window 5
+  faults_.BeginWindow(c, 5, 4, 5);  // page 4
+  faults_.BeginWindow(c, 6, 0, 2);  // pages 0..1, clean
+  EXPECT_FALSE(faults_.EndWindowIfNothingToWriteBack(c, 5));
+  EXPECT_TRUE(faults_.EndWindowIfNothingToWriteBack(c, 6));
+  EXPECT_TRUE(faults_.EndWindowIfNothingToWriteBack(c, 77));  // unknown: nothing to do
+  {
+    absl::MutexLock lock(&c.mu);
+    EXPECT_EQ(c.windows.count(5), 1u) << "a window with a kept-aside page was ended";
+    EXPECT_EQ(c.windows.count(6), 0u);
+    EXPECT_EQ(c.kept_aside.count(4), 1u);
+  }
+  EXPECT_EQ(map_[0], 1) << "the clean range did not reopen";  // refetched
+  // Through MapperInvalidation, started: the clean window's END has ended
+  // it when Handle returns; the dirty one's is queued and lands.
+  AttachmentTable table(1);
+  table.Insert(att_, 1, 1);
+  MapperInvalidation inval(&faults_, &table);
+  inval.Start();
+  InvalidationNotice n;
+  n.kind = InvalidationNotice::Kind::kBegin;
+  n.segid = att_->segid;
+  n.start = 8 * kPage;
+  n.end = 10 * kPage;
+  n.window = 7;
+  n.home_node = 1;
+  ASSERT_TRUE(inval.Handle(n).ok());
+  n.kind = InvalidationNotice::Kind::kEnd;
+  ASSERT_TRUE(inval.Handle(n).ok());
+  {
+    absl::MutexLock lock(&c.mu);
+    EXPECT_EQ(c.windows.size(), 1u) << "the clean window was not ended on the delivering thread";
+  }
+  inval.Stop();
+  ASSERT_TRUE(faults_.EndWindow(c, 5, {}).ok());
+  EXPECT_EQ(HomeByte(4 * kPage), 9) << "the kept-aside write was lost";
+}
+
 // Found by the protocol simulation (tests/sim/README.md, seed 6 before the
 // fix): range_end takes a kept-aside page out of kept_aside, then writes
 // it back. A sync that looked in between saw nothing kept aside and
