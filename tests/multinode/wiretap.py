@@ -130,7 +130,7 @@ def replay(addr, hexbytes):
     print(json.dumps(frames))
 
 
-def dial(addr, node, listener, token_hex, version=4):
+def dial(addr, node, listener, token_hex, version=5):  # kWireVersion (wire_format.h)
     token = bytes.fromhex(token_hex)
     s = connect(addr)
     dnonce = os.urandom(32)
