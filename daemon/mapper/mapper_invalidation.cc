@@ -1,7 +1,9 @@
 #include "daemon/mapper/mapper_invalidation.h"
 
 #include <algorithm>
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
@@ -51,18 +53,22 @@ uint64_t MapperInvalidation::WindowKey(const InvalidationNotice& n) {
   return (n.segid * 0x9e3779b97f4a7c15ull) ^ n.window;
 }
 
+std::vector<std::shared_ptr<SegmentCache>> MapperInvalidation::CachesOf(uint64_t segid) {
+  // The segment's attachments on this node share one (attachment.h), or
+  // have one each on a kernel that cannot share.
+  std::vector<std::shared_ptr<SegmentCache>> caches;
+  for (const auto& att : attachments_->Of(segid))
+    if (std::find(caches.begin(), caches.end(), att->cache) == caches.end())
+      caches.push_back(att->cache);
+  return caches;
+}
+
 bool MapperInvalidation::EndWithoutWriteBack(const InvalidationNotice& n) {
   const uint64_t key = WindowKey(n);
   bool all = true;
-  std::vector<SegmentCache*> done;
-  for (const auto& att : attachments_->Of(n.segid)) {
-    SegmentCache& c = *att->cache;
-    if (std::find(done.begin(), done.end(), &c) != done.end()) continue;
-    done.push_back(&c);
-    // A cache that has write-backs keeps its window for Apply, on our
-    // thread; the others are ended already, and Apply finds them so.
-    all &= faults_->EndWindowIfNothingToWriteBack(c, key);
-  }
+  // A cache that has write-backs keeps its window for Apply, on our
+  // thread; the others are ended already, and Apply finds them so.
+  for (const auto& c : CachesOf(n.segid)) all &= faults_->EndWindowIfNothingToWriteBack(*c, key);
   return all;
 }
 
@@ -70,23 +76,18 @@ absl::Status MapperInvalidation::Apply(const InvalidationNotice& n) {
   const uint64_t key = WindowKey(n);
   absl::Status result;
   absl::Time t0 = absl::Now();
-  // Once per cache: the segment's attachments on this node share one
-  // (attachment.h), or have one each on a kernel that cannot share.
-  std::vector<SegmentCache*> done;
-  for (const auto& att : attachments_->Of(n.segid)) {
-    if (n.kind == InvalidationNotice::Kind::kRevoke) {
+  // Segment pages (the cache's), clipped to the segment by the cache.
+  const uint64_t p0 = n.start / kPageSize, p1 = (n.end + kPageSize - 1) / kPageSize;
+  if (n.kind == InvalidationNotice::Kind::kRevoke) {
+    for (const auto& att : attachments_->Of(n.segid))
       faults_->Revoke(*att, n.reason.empty() ? "revoked by the home" : n.reason);
-      continue;
-    }
-    SegmentCache& c = *att->cache;
-    if (std::find(done.begin(), done.end(), &c) != done.end()) continue;
-    done.push_back(&c);
-    // Segment pages (the cache's), clipped to the segment by the cache.
-    uint64_t p0 = n.start / kPageSize, p1 = (n.end + kPageSize - 1) / kPageSize;
-    if (p0 >= p1) continue;
-    if (n.kind == InvalidationNotice::Kind::kBegin) {
-      faults_->BeginWindow(c, key, p0, p1);
-    } else {
+  } else if (p0 < p1) {
+    for (const auto& cache : CachesOf(n.segid)) {  // once per cache, not per attachment
+      SegmentCache& c = *cache;
+      if (n.kind == InvalidationNotice::Kind::kBegin) {
+        faults_->BeginWindow(c, key, p0, p1);
+        continue;
+      }
       std::vector<std::pair<uint64_t, uint64_t>> gone;  // in segment pages
       for (const auto& [g0, g1] : n.gone)
         if (g0 < g1) gone.emplace_back(g0 / kPageSize, (g1 + kPageSize - 1) / kPageSize);

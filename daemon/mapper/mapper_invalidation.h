@@ -39,7 +39,9 @@
 #define TETHER_DAEMON_MAPPER_MAPPER_INVALIDATION_H_
 
 #include <atomic>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "daemon/common/work_queue.h"
 #include "daemon/invalidation/notice.h"
@@ -66,6 +68,9 @@ class MapperInvalidation : public InvalidationTarget {
   // calling thread; false if some cache has (left for Apply).
   bool EndWithoutWriteBack(const InvalidationNotice& notice);
   static uint64_t WindowKey(const InvalidationNotice& notice);
+  // The segment's caches on this node, each once (held: an attachment may
+  // go meanwhile).
+  std::vector<std::shared_ptr<SegmentCache>> CachesOf(uint64_t segid);
   void RunEnds();
 
   FaultService* const faults_;
