@@ -23,9 +23,6 @@
 namespace tether {
 namespace {
 
-// The transport string both sides sign into the key material.
-constexpr absl::string_view kKeyTransport = "tcp+ktls";
-
 void FillCrypto(const std::string& material, tls12_crypto_info_aes_gcm_128* ci) {
   static_assert(TLS_CIPHER_AES_GCM_128_KEY_SIZE + TLS_CIPHER_AES_GCM_128_SALT_SIZE +
                         TLS_CIPHER_AES_GCM_128_IV_SIZE <=
@@ -105,10 +102,10 @@ absl::Status EncryptConnection(int fd, absl::string_view token, AuthRole self, u
   const AuthRole peer = self == AuthRole::kDialer ? AuthRole::kListener : AuthRole::kDialer;
   tls12_crypto_info_aes_gcm_128 tx, rx;
   FillCrypto(
-      DataKeyMaterial(token, kKeyTransport, self, dialer, listener, dialer_nonce, listener_nonce),
+      DataKeyMaterial(token, kEncryptedTcp, self, dialer, listener, dialer_nonce, listener_nonce),
       &tx);
   FillCrypto(
-      DataKeyMaterial(token, kKeyTransport, peer, dialer, listener, dialer_nonce, listener_nonce),
+      DataKeyMaterial(token, kEncryptedTcp, peer, dialer, listener, dialer_nonce, listener_nonce),
       &rx);
   absl::Status st = Install(fd, tx, rx);
   OPENSSL_cleanse(&tx, sizeof(tx));

@@ -43,6 +43,11 @@
 
 namespace tether {
 
+// The transport an encrypted tcp connection names in its handshake's
+// proofs (instead of "tcp": neither side can be talked out of encryption,
+// a flag flipped on the wire fails both proofs) and in its key material.
+inline constexpr absl::string_view kEncryptedTcp = "tcp+ktls";
+
 // OK when this kernel can encrypt a TCP connection with TLS 1.3
 // AES-128-GCM in both directions; else why not ("the kernel has no TLS
 // (CONFIG_TLS; modprobe tls): ...").

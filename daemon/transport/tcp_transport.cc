@@ -62,11 +62,6 @@ struct TcpTransport::Connection {
 
 namespace {
 
-// What the handshake's proofs name as the transport of an encrypted
-// connection, so that neither side can be talked out of encryption: a
-// flag flipped on the wire makes both proofs fail.
-constexpr absl::string_view kEncryptedProofTransport = "tcp+ktls";
-
 // Reads exactly len bytes; false on EOF or error (errno set, 0 on EOF).
 bool ReadFull(int fd, void* buf, size_t len) {
   auto* p = static_cast<uint8_t*>(buf);
@@ -361,7 +356,7 @@ absl::StatusOr<uint32_t> TcpTransport::AcceptHandshake(int fd) {
                        ", which this node cannot do: ", can.message()),
           EPROTONOSUPPORT);
   }
-  const absl::string_view transport = encrypted ? kEncryptedProofTransport : "tcp";
+  const absl::string_view transport = encrypted ? kEncryptedTcp : "tcp";
   const std::string token = DataTokenFor(secret_, claimed);
   RETURN_IF_ERROR(FreshNonce(listener_nonce));
   std::string mine = DataAuthProof(token, transport, AuthRole::kListener, claimed, local_node_,
@@ -425,7 +420,7 @@ absl::Status TcpTransport::DialHandshake(int fd, const DataEndpoint& home) {
       return ErrnoStatus(EPROTONOSUPPORT, absl::StrCat("this node cannot encrypt (", can.message(),
                                                        ") as data encryption is asked for by"));
   }
-  const absl::string_view transport = encrypted ? kEncryptedProofTransport : "tcp";
+  const absl::string_view transport = encrypted ? kEncryptedTcp : "tcp";
   uint8_t payload[kHelloAckPayload];
   if (!ReadFull(fd, payload, sizeof(payload)))
     return ErrnoStatus(errno ? errno : ECONNRESET, "hello from");
