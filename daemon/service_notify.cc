@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "daemon/common/log.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 namespace {
@@ -40,8 +41,10 @@ void ServiceNotifier::StartWatchdog(std::function<absl::Status()> probe) {
   // Half the interval (sd_watchdog_enabled(3)): one late ping is not a kill.
   TLOG_INFO("watchdog: every %s (WatchdogSec=%s)", absl::FormatDuration(interval / 2),
             absl::FormatDuration(interval));
-  watchdog_ = std::thread(
-      [this, period = interval / 2, probe = std::move(probe)] { WatchdogLoop(period, probe); });
+  watchdog_ = std::thread([this, period = interval / 2, probe = std::move(probe)] {
+    NameThisThread("tt-watchdog");
+    WatchdogLoop(period, probe);
+  });
 }
 
 void ServiceNotifier::WatchdogLoop(absl::Duration period, std::function<absl::Status()> probe) {

@@ -16,6 +16,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 
@@ -43,7 +44,10 @@ absl::StatusOr<std::unique_ptr<FaultPointServer>> FaultPointServer::Start(const 
     return ErrnoStatus(err, "eventfd");
   }
   std::unique_ptr<FaultPointServer> s(new FaultPointServer(path, fd, stop_fd));
-  s->thread_ = std::thread([p = s.get()] { p->Run(); });
+  s->thread_ = std::thread([p = s.get()] {
+    NameThisThread("tt-faultpoints");
+    p->Run();
+  });
   TLOG_WARN("test fault points: listening on %s (tests only)", path);
   return s;
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 namespace {
@@ -168,7 +169,10 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   }
   auto server = std::unique_ptr<MetricsHttpServer>(
       new MetricsHttpServer(fd, wake, absl::StrCat(host, ":", bound_port), std::move(render)));
-  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  server->thread_ = std::thread([s = server.get()] {
+    NameThisThread("tt-metrics");
+    s->Serve();
+  });
   return server;
 }
 

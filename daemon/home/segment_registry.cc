@@ -16,6 +16,7 @@
 #include "daemon/common/segid.h"
 #include "daemon/common/segment_name.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 namespace {
@@ -47,7 +48,10 @@ SegmentRegistry::~SegmentRegistry() { Stop(); }
 absl::Status SegmentRegistry::Start(SegmentObserver* observer) {
   observer_ = observer;
   RETURN_IF_ERROR(exits_.Open());
-  watcher_ = std::thread([this] { WatchExits(); });
+  watcher_ = std::thread([this] {
+    NameThisThread("tt-exits");
+    WatchExits();
+  });
   return absl::OkStatus();
 }
 

@@ -14,6 +14,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 
@@ -41,7 +42,10 @@ absl::Status LocalServer::Start(const std::string& path) {
   }
   path_ = path;
   listen_fd_ = fd;
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  accept_thread_ = std::thread([this] {
+    NameThisThread("tt-local-accept");
+    AcceptLoop();
+  });
   return absl::OkStatus();
 }
 
@@ -99,7 +103,10 @@ void LocalServer::AcceptLoop() {
         ++mine;
         conns_[conn->id] = conn;
         // Detached: Stop() waits for conns_ to drain instead of joining.
-        std::thread([this, conn] { Serve(conn); }).detach();
+        std::thread([this, conn] {
+          NameThisThread("tt-local");
+          Serve(conn);
+        }).detach();
       }
       if (mine == 0) per_uid_.erase(conn->cred.uid);
     }

@@ -16,6 +16,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page_diff.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/mapper/mapper_metrics.h"
 #include "daemon/transport/wire_format.h"
 
@@ -80,7 +81,11 @@ void CountMoved(bool is_read, uint32_t node, MapperMetrics::Via via, size_t byte
 // Scheduler). Thread contract: Schedule from any thread; Stop once.
 class DataPath::Timer {
  public:
-  Timer() : thread_([this] { Loop(); }) {}
+  Timer()
+      : thread_([this] {
+          NameThisThread("tt-retry");
+          Loop();
+        }) {}
   ~Timer() { Stop(); }
   void Schedule(absl::Duration delay, absl::AnyInvocable<void(bool)> fn) {
     {

@@ -22,6 +22,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/mapper/mapping_ops.h"
 
 namespace tether {
@@ -47,10 +48,12 @@ absl::Status FaultService::Start() {
         "of one segment on this node get a cache each (stores through one are not seen "
         "through another until written back)");
   fault_thread_ = std::thread([this] {
+    NameThisThread("tt-fault");
     fault_role_.Bind();
     FaultLoop();
   });
   evict_thread_ = std::thread([this] {
+    NameThisThread("tt-evict");
     evictor_role_.Bind();
     EvictLoop();
   });

@@ -6,13 +6,19 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/segid.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/mapper/mapper_metrics.h"
 
 namespace tether {
 namespace {
-// The keeper looks for new homes at least this often. Cheap: a pass with
-// nothing due reads two tables and sends nothing.
-constexpr absl::Duration kMaxSleep = absl::Milliseconds(100);
+// The keeper sleeps until something is due (a renewal, an expiry) and is
+// woken by grants and renewal answers; this is a backstop only. A pass with
+// nothing due is cheap (two tables read, nothing sent), but an idle daemon
+// should not wake ten times a second for it.
+constexpr absl::Duration kMaxSleep = absl::Seconds(5);
+// While a home is suspended (lease lapsed, restart grace running) the
+// keeper looks again this often: its grace, its resumes.
+constexpr absl::Duration kSuspendedPoll = absl::Milliseconds(100);
 }  // namespace
 
 LeaseKeeper::LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* renewer,
@@ -22,13 +28,26 @@ LeaseKeeper::LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* 
       renewer_(renewer),
       attachments_(attachments),
       revoke_(std::move(revoke)),
-      homes_(std::move(homes)) {}
+      homes_(std::move(homes)) {
+  leases_->SetGrantListener([this] { Wake(); });
+}
 
-LeaseKeeper::~LeaseKeeper() { Stop(); }
+LeaseKeeper::~LeaseKeeper() {
+  leases_->SetGrantListener(nullptr);  // waits out a call in progress
+  Stop();
+}
+
+void LeaseKeeper::Wake() {
+  absl::MutexLock lock(&mu_);
+  woken_ = true;
+}
 
 void LeaseKeeper::Start() {
   if (!leases_->config().enabled() || thread_.joinable()) return;
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    NameThisThread("tt-lease");
+    Loop();
+  });
 }
 
 void LeaseKeeper::Stop() {
@@ -108,7 +127,7 @@ absl::Time LeaseKeeper::Tick() {
   absl::Time next = leases_->NextEvent(homes);
   absl::MutexLock lock(&mu_);
   // A suspended home is looked at again soon: its grace, its resumes.
-  if (!suspended_.empty()) next = std::min(next, leases_->clock()->Now() + kMaxSleep);
+  if (!suspended_.empty()) next = std::min(next, leases_->clock()->Now() + kSuspendedPoll);
   return next;
 }
 
@@ -233,6 +252,7 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, bool reclaimed,
     if (first) TLOG_INFO("lease renewal at node %d failed: %s", home, r.status().ToString());
     absl::MutexLock lock(&mu_);
     ++answers_;
+    woken_ = true;  // the retry is due after a pause (MapperLeaseTable::RenewFailed)
     return;
   }
   {

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/mapper/mapper_metrics.h"
 
 namespace tether {
@@ -16,7 +17,10 @@ MapperInvalidation::~MapperInvalidation() { Stop(); }
 
 void MapperInvalidation::Start() {
   queueing_ = true;
-  thread_ = std::thread([this] { RunEnds(); });
+  thread_ = std::thread([this] {
+    NameThisThread("tt-ends");
+    RunEnds();
+  });
 }
 
 void MapperInvalidation::Stop() {

@@ -23,6 +23,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 namespace {
@@ -136,8 +137,16 @@ KernelNotifierSource::KernelNotifierSource(SegmentRegistry* registry,
 
 absl::Status KernelNotifierSource::Start() {
   RETURN_IF_ERROR(fallback_.Start());
-  thread_ = std::thread([this] { Run(); });
-  for (int i = 0; i < kBeginWorkers; ++i) workers_.emplace_back([this] { BeginWorker(); });
+  thread_ = std::thread([this] {
+    NameThisThread("tt-kn-read");
+    Run();
+  });
+  for (int i = 0; i < kBeginWorkers; ++i) {
+    workers_.emplace_back([this] {
+      NameThisThread("tt-kn-begin");
+      BeginWorker();
+    });
+  }
   return absl::OkStatus();
 }
 

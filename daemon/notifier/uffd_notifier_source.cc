@@ -25,6 +25,7 @@
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 
 namespace tether {
 namespace {
@@ -105,7 +106,10 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   exporters_[pid] = ex;
   segments_[segid] = {ex, seg->vaddr, seg->size};
   ++running_;
-  std::thread([this, ex] { Run(ex); }).detach();
+  std::thread([this, ex] {
+    NameThisThread("tt-uffd");
+    Run(ex);
+  }).detach();
   return absl::OkStatus();
 }
 
@@ -242,7 +246,10 @@ void UffdNotifierSource::HandleEvents(Exporter& ex) {
   std::vector<std::thread> helpers;
   for (size_t i = 1; i < std::min(segs.size(), kMaxConcurrentBegins); ++i) {
     try {
-      helpers.emplace_back(begin_some);
+      helpers.emplace_back([&] {
+        NameThisThread("tt-uffd-begin");
+        begin_some();
+      });
     } catch (const std::system_error& e) {
       // Out of threads: the ones running take the rest (slower, not wrong).
       TLOG_WARN("pid %d: %d helper thread(s) to begin windows: %s", ex.pid, helpers.size(),

@@ -6,6 +6,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/peer/notice_codec.h"
 
 namespace tether {
@@ -13,7 +14,10 @@ namespace tether {
 NoticeReceiver::NoticeReceiver(InvalidationTarget* target) : target_(target) {}
 
 void NoticeReceiver::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("tt-notice-rx");
+    Run();
+  });
 }
 
 NoticeReceiver::~NoticeReceiver() { Stop(); }

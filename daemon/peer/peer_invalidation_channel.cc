@@ -6,6 +6,7 @@
 
 #include "absl/time/clock.h"
 #include "daemon/common/log.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/peer/notice_codec.h"
 #include "daemon/peer/peer_directory.h"
 #include "daemon/transport/transport.h"
@@ -20,7 +21,10 @@ PeerInvalidationChannel::PeerInvalidationChannel(uint32_t self, PeerDirectory* p
     : self_(self), peers_(peers), fast_(fast), local_(local) {}
 
 void PeerInvalidationChannel::Start() {
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("tt-peer-inval");
+    Run();
+  });
 }
 
 PeerInvalidationChannel::~PeerInvalidationChannel() { Stop(); }

@@ -24,6 +24,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/rdma_transport_internal.h"
 #include "daemon/transport/rdma_wire.h"
@@ -891,6 +892,7 @@ bool RdmaTransport::Accept(rdma_cm_event* ev, int spin_us) {
   Connection* raw = c.get();
   const PeerLiveness::Options live = LivenessOptions(options_);
   c->thread = std::thread([this, raw, spin_us, live] {
+    NameThisThread("tt-rdma-serve");
     RunConnection(raw, spin_us, live, shutting_down_);
     raw->finished = true;
   });
@@ -994,6 +996,7 @@ absl::StatusOr<std::shared_ptr<RdmaTransport::Connection>> RdmaTransport::GetCon
   conns_[home.node_id] = c;
   Connection* raw = c.get();
   c->thread = std::thread([this, raw, home] {
+    NameThisThread("tt-rdma-dial");
     ConnectAndRun(raw, home);
     raw->finished = true;
   });

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/transport/rdma_transport_internal.h"
 #include "daemon/transport/socket_address.h"
 
@@ -96,12 +97,16 @@ absl::Status RdmaTransport::Listen(const std::string& address, std::string secre
     exporter_ = std::make_unique<ExporterPool>();
     for (int i = 0; i < workers; ++i) {
       exporter_->threads.emplace_back([pool = exporter_.get()] {
+        NameThisThread("tt-rdma-export");
         while (auto job = pool->jobs.Pop()) RunExporterJob(*job);
       });
     }
   }
   listener_ = std::move(l);
-  listen_thread_ = std::thread([this] { ListenLoop(); });
+  listen_thread_ = std::thread([this] {
+    NameThisThread("tt-rdma-listen");
+    ListenLoop();
+  });
   return absl::OkStatus();
 }
 

@@ -19,6 +19,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/status_macros.h"
+#include "daemon/common/thread_name.h"
 #include "daemon/transport/data_encryption.h"
 #include "daemon/transport/data_token.h"
 #include "daemon/transport/socket_address.h"
@@ -206,7 +207,10 @@ absl::Status TcpTransport::Listen(const std::string& address, std::string secret
   secret_ = std::move(secret);
   server_ = server;
   notice_server_ = notices;
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  accept_thread_ = std::thread([this] {
+    NameThisThread("tt-tcp-accept");
+    AcceptLoop();
+  });
   return absl::OkStatus();
 }
 
@@ -231,7 +235,10 @@ void TcpTransport::AcceptLoop() {
       return;
     }
     server_fds_.push_back(fd);
-    threads_.emplace_back([this, fd] { ServeLoop(fd); });
+    threads_.emplace_back([this, fd] {
+      NameThisThread("tt-tcp-serve");
+      ServeLoop(fd);
+    });
   }
 }
 
@@ -550,7 +557,10 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::NoticeCo
     close(fd);
     return it->second;
   }
-  conn->receiver = std::thread([this, conn] { ReceiveLoop(conn); });
+  conn->receiver = std::thread([this, conn] {
+    NameThisThread("tt-tcp-notice");
+    ReceiveLoop(conn);
+  });
   ReapLocked();
   all_conns_.push_back(conn);
   return conn;
@@ -571,7 +581,10 @@ absl::StatusOr<std::shared_ptr<TcpTransport::Connection>> TcpTransport::DataConn
   auto it = conns_.find(home.node_id);
   if (it != conns_.end()) return it->second;  // live, or being set up: one per node
   conns_.emplace(home.node_id, conn);
-  conn->receiver = std::thread([this, conn, home] { DialThenReceive(conn, home); });
+  conn->receiver = std::thread([this, conn, home] {
+    NameThisThread("tt-tcp-data");
+    DialThenReceive(conn, home);
+  });
   ReapLocked();
   all_conns_.push_back(conn);
   return conn;

@@ -8,11 +8,12 @@ existing ones kept, dirty pages written back); `tetherctl revoke SEGID`
 untouched); tetherctl's errors (JSON, the hint when tetherd is not
 running) and `segments --cluster` naming the peers it could not reach."""
 import json
+import os
 import signal
 import time
 
 from cluster import Exporter, Mapper
-from harness import expect, freeze, run, scrape
+from harness import Failure, expect, freeze, run, scrape
 
 MiB = 1 << 20
 EBUSY, ENOENT, SIGBUS = 16, 2, 7
@@ -198,6 +199,42 @@ def test_tetherctl_errors_and_unreachable_peers(c):
     finally:
         n3.daemon.send_signal(signal.SIGCONT)
     e.close()
+
+
+def thread_names(pid):
+    names = set()
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                names.add(f.read().strip())
+        except OSError:  # a thread that just ended
+            pass
+    return names
+
+
+def test_threads_carry_their_names(c):
+    # docs/architecture.md, "Threads of tetherd": top -H, gdb and perf tell
+    # them apart by name, and the VM bench counts context switches by it.
+    n1, n2 = c.node(1), c.node(2)
+    if n1.agent or n2.agent:
+        raise Failure("needs local tetherds (their /proc)")
+    e = Exporter(n1, 64 * 1024, 5)
+    m = Mapper(n2, e.segid, length=64 * 1024)
+    try:
+        expect(m.command("verify 5 0 %d" % (64 * 1024)).startswith("ok"), "mapper read")
+        both = ("tt-fault", "tt-evict", "tt-exits", "tt-local-accept", "tt-local", "tt-ends",
+                "tt-notice-rx", "tt-peer-inval", "tt-retry", "tt-lease")
+        want = {1: set(both), 2: set(both)}
+        if not c.rdma:  # node 2 read over a tcp data connection node 1 served
+            want[1] |= {"tt-tcp-accept", "tt-tcp-serve"}
+            want[2] |= {"tt-tcp-data"}
+        for n in (n1, n2):
+            have = thread_names(n.daemon.pid)
+            expect(want[n.id] <= have, "node %d: threads %s missing (it has %s)" %
+                   (n.id, sorted(want[n.id] - have), sorted(have)))
+    finally:
+        m.close()
+        e.close()
 
 
 if __name__ == "__main__":

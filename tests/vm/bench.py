@@ -29,6 +29,7 @@ Figures (microseconds, medians of interleaved rounds: TCG is noisy):
     python3 tests/vm/bench.py --table F      # print F's table
 """
 import argparse
+import collections
 import json
 import os
 import platform
@@ -125,17 +126,19 @@ def daemon_counts(node):
     calls: /proc/PID/io syscr + syscw) of node's tetherd so far: structural
     costs, the same on any machine."""
     pid = node.daemon.pid  # `ip netns exec` execs tetherd: the same pid
-    switches = 0
+    by_name = collections.Counter()  # tetherd names its threads (tt-...)
     for tid in os.listdir("/proc/%d/task" % pid):
         try:
             with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
-                switches += sum(int(line.split()[1]) for line in f
-                                if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+                status = f.read().splitlines()
         except OSError:  # a thread that just ended
-            pass
+            continue
+        name = status[0].split(None, 1)[1] if status and status[0].startswith("Name:") else "?"
+        by_name[name] += sum(int(line.split()[1]) for line in status
+                             if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
     with open("/proc/%d/io" % pid) as f:
         io = dict(line.split(":") for line in f)
-    return switches, int(io["syscr"]) + int(io["syscw"])
+    return sum(by_name.values()), int(io["syscr"]) + int(io["syscw"]), by_name
 
 
 def measure(build_dir, plain_bin, rounds, warmup):
@@ -146,6 +149,7 @@ def measure(build_dir, plain_bin, rounds, warmup):
     # per 1-mapper munmap, around the call only (the refetch before it is
     # not counted): each daemon's context switches and read/write calls
     counts = {k: [] for k in ("home_sw", "home_rw", "mapper_sw", "mapper_rw")}
+    threads = {"home": [], "mapper": []}  # the context switches by thread name
     plain = subprocess.Popen(NO_ASLR + [plain_bin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
 
@@ -186,6 +190,9 @@ def measure(build_dir, plain_bin, rounds, warmup):
                     for i, side in enumerate(("home", "mapper")):
                         counts[side + "_sw"].append(after[i][0] - before[i][0])
                         counts[side + "_rw"].append(after[i][1] - before[i][1])
+                        d = after[i][2].copy()
+                        d.subtract(before[i][2])
+                        threads[side].append(d)
                 seed[which] += 1
                 ms(e.command("remap %d 0 %d" % (seed[which], LEN)), which + " remap")
                 return {"e0": "munmap0", "e1": "munmap1", "tn": "tt_munmap"}[which], t
@@ -265,6 +272,13 @@ def measure(build_dir, plain_bin, rounds, warmup):
     print("per 1-mapper munmap (medians): home tetherd %g context switches, %g read/write "
           "calls; mapper tetherd %g, %g" % (cnt["home_sw"], cnt["home_rw"], cnt["mapper_sw"],
                                             cnt["mapper_rw"]))
+    for side in ("home", "mapper"):  # which threads switch: where an extra hand-off is
+        per = threads[side][warmup:]
+        names = sorted({n for d in per for n in d})
+        print("  %s tetherd context switches by thread (median, mean): %s" % (side, ", ".join(
+            "%s %g/%.2f" % (n, statistics.median(d[n] for d in per),
+                            statistics.mean(d[n] for d in per))
+            for n in names if any(d[n] for d in per))))
     structural = [
         row("vm_munmap_1mib_1_mapper_%s_%s" % (side, what), cnt["%s_%s" % (side, k)],
             "count (hardware-independent)", 1.0, "report", unit="n")
