@@ -17,10 +17,13 @@
 #include <grpc/support/log.h>
 #include <linux/tether.h>  // kernel/include/uapi: TETHER_ABI_VERSION
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/debugging/failure_signal_handler.h"
 #include "absl/debugging/symbolize.h"
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"  // FindCommandLineFlag
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/statusor.h"
@@ -385,6 +388,102 @@ std::vector<std::string> ScanArgs(int argc, char** argv, bool* peers_on_command_
   return files;
 }
 
+// absl's parser exits with status 1, in its own words, on an unknown flag
+// or a value its type cannot take; tetherd's contract is status 2 with the
+// flag named for every bad flag (tetherd(8)). So the command line and the
+// flag files are read once first, with absl's own registry and parsers.
+// This sets each flag it reads, in the order ParseCommandLine will (a flag
+// file's lines where its --flagfile is), so ParseCommandLine sets the same
+// values again; a FlagSaver would log every restored flag to stderr.
+// Forms as absl takes them: --name=value, -name=value, --name value
+// (not for a bool), --name / --noname (a bool), "--" ends the flags; a
+// flag file holds one --name=value per line, # comments and blank lines.
+class FlagSyntaxCheck {
+ public:
+  absl::Status Check(int argc, char** argv) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    for (const std::string& a : args) {  // --undefok=a,b names flags absl lets pass
+      absl::string_view v = a;
+      if ((absl::ConsumePrefix(&v, "--undefok=") || absl::ConsumePrefix(&v, "-undefok=")))
+        for (absl::string_view n : absl::StrSplit(v, ',', absl::SkipEmpty()))
+          undefok_.insert(std::string(n));
+    }
+    return CheckList(args, "the command line", /*from_file=*/false, 0);
+  }
+
+ private:
+  absl::Status CheckList(const std::vector<std::string>& args, const std::string& where,
+                         bool from_file, int depth) {
+    for (size_t i = 0; i < args.size(); ++i) {
+      absl::string_view a = args[i];
+      if (a == "--") break;  // the rest is not flags
+      if (!absl::ConsumePrefix(&a, "--") && !absl::ConsumePrefix(&a, "-")) {
+        if (from_file)
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": '", args[i], "' is not a flag (--name=value)"));
+        continue;  // a positional argument: tetherd takes none, absl ignores them
+      }
+      const size_t eq = a.find('=');
+      const std::string name(a.substr(0, eq));
+      const bool has_value = eq != absl::string_view::npos;
+      std::string value = has_value ? std::string(a.substr(eq + 1)) : "";
+      // absl's usage flags, which its registry does not list: absl handles them.
+      if (name == "help" || name == "helpfull" || name == "helpshort" || name == "helppackage" ||
+          name == "helpon" || name == "helpmatch" || name == "version" || name == "only_check_args")
+        continue;
+      absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+      if (flag == nullptr && !has_value && absl::StartsWith(name, "no")) {
+        absl::CommandLineFlag* b = absl::FindCommandLineFlag(name.substr(2));
+        if (b != nullptr && b->IsOfType<bool>()) continue;  // --nofoo
+      }
+      if (flag == nullptr) {
+        if (undefok_.contains(name) ||
+            (absl::StartsWith(name, "no") && undefok_.contains(name.substr(2))))
+          continue;
+        return absl::InvalidArgumentError(
+            absl::StrCat("unknown flag --", name, " (", where, "; tetherd --help lists them)"));
+      }
+      if (flag->IsRetired()) continue;  // absl warns and goes on
+      if (!has_value) {
+        if (flag->IsOfType<bool>()) continue;
+        if (from_file || i + 1 >= args.size())
+          return absl::InvalidArgumentError(
+              absl::StrCat("--", name, " needs a value (--", name, "=VALUE; ", where, ")"));
+        value = args[++i];
+      }
+      if (name == "flagfile") {
+        for (absl::string_view file : absl::StrSplit(value, ',', absl::SkipEmpty()))
+          RETURN_IF_ERROR(CheckFile(std::string(file), depth + 1));
+        continue;
+      }
+      if (name == "fromenv" || name == "tryfromenv" || name == "undefok") continue;
+      std::string error;
+      if (!flag->ParseFrom(value, &error))
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", name, "=", value, ": ", error, " (", where, ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckFile(const std::string& file, int depth) {
+    if (depth > 8) return absl::InvalidArgumentError("flag files nest deeper than 8: " + file);
+    std::ifstream in(file);
+    if (!in)
+      return absl::NotFoundError(
+          absl::StrCat("cannot read flag file ", file, ": ", strerror(errno)));
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      absl::string_view l = absl::StripAsciiWhitespace(line);
+      if (l.empty() || l[0] == '#') continue;
+      RETURN_IF_ERROR(CheckList({std::string(l)}, absl::StrCat(file, " line ", n),
+                                /*from_file=*/true, depth));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::flat_hash_set<std::string> undefok_;
+};
+
 // The --peers value the flag files hold now (the last one wins, as when
 // absl read them); "" if none names it.
 absl::StatusOr<std::string> PeersInFiles(const std::vector<std::string>& files) {
@@ -436,6 +535,8 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig(usage);
   bool peers_on_command_line = false;
   const std::vector<std::string> flagfiles = ScanArgs(argc, argv, &peers_on_command_line);
+  if (absl::Status syntax = FlagSyntaxCheck().Check(argc, argv); !syntax.ok())
+    return Fail(std::string(syntax.message()));
   absl::ParseCommandLine(argc, argv);
   tether::SetLogFormat(tether::DetectLogFormat(STDERR_FILENO));
   gpr_set_log_function(GrpcLogToSink);

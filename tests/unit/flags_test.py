@@ -52,6 +52,11 @@ def run_cases(tetherd, tmp):
     garbage = os.path.join(tmp, "garbage.pem")
     with open(garbage, "w") as f:
         f.write("not a certificate\n")
+    conf_unknown, conf_bad = os.path.join(tmp, "unknown.conf"), os.path.join(tmp, "bad.conf")
+    with open(conf_unknown, "w") as f:
+        f.write("# tetherd.conf\n\n--cache_budget=64\n")
+    with open(conf_bad, "w") as f:
+        f.write("--rpc_timeout_ms=5s\n")
     base = ["--node_id=1", "--local_socket=%s/l.sock" % tmp, "--admin_socket=%s/a.sock" % tmp,
             "--peer_listen=127.0.0.1:0", "--rdma=off", "--state_dir=%s/state" % tmp]
     tls = ["--tls_ca=%s/ca.pem" % certs, "--tls_cert=%s/node-1.pem" % certs,
@@ -121,6 +126,19 @@ def run_cases(tetherd, tmp):
          "--data_encryption must be on or off"),
         ("data encryption with rdma on", ["--data_encryption=on", "--rdma=on"] + insecure,
          "--data_encryption=on and --rdma=on: rdma moves pages unencrypted"),
+        # What absl's own parser would refuse with status 1: tetherd says which
+        # flag, and where it came from, with 2.
+        ("unknown flag", ["--node=1"] + insecure, "unknown flag --node (the command line"),
+        ("unknown bool flag negated", ["--noverbosity"] + insecure, "unknown flag --noverbosity"),
+        ("value of the wrong type", ["--node_id=one"] + insecure, "--node_id=one: "),
+        ("bool value", ["--insecure_peers=maybe"], "--insecure_peers=maybe: "),
+        ("flag without its value", insecure + ["--lease_ms"], "--lease_ms needs a value"),
+        ("unknown flag in a flag file", ["--flagfile=%s" % conf_unknown] + insecure,
+         "unknown flag --cache_budget (%s line 3" % conf_unknown),
+        ("bad value in a flag file", ["--flagfile=%s" % conf_bad] + insecure,
+         "--rpc_timeout_ms=5s: "),
+        ("flag file missing", ["--flagfile=%s/none.conf" % tmp] + insecure,
+         "cannot read flag file %s/none.conf" % tmp),
     ]
     if not ktls_available():
         # Asking for encryption where the kernel has no TLS: refused at start.
@@ -131,6 +149,17 @@ def run_cases(tetherd, tmp):
         cases.append(("kernel notifier without tether.ko", ["--notifier=kernel"] + insecure,
                       "--notifier=kernel but /dev/tether does not exist"))
     failed = 0
+    # absl's usage flags still pass the check and do what they do
+    for flags, want in ((["--version"], "tetherd "), (["--help"], "the tether node daemon"),
+                        (["--helpfull"], "--node_id")):
+        r = subprocess.run([tetherd] + flags, capture_output=True, text=True, timeout=5)
+        out = r.stdout + r.stderr
+        if want not in out or "unknown flag" in out:
+            failed += 1
+            print("FAIL %s: exit status %d, wanted %r in:\n  %s" %
+                  (flags[0], r.returncode, want, out.strip()[-400:]))
+        else:
+            print("PASS %s: exit status %d" % (flags[0], r.returncode))
     for name, flags, want in cases:
         cmd = [tetherd] + base + flags
         try:
@@ -150,7 +179,7 @@ def run_cases(tetherd, tmp):
                 os.unlink(os.path.join(tmp, sock))
             except OSError:
                 pass
-    print("%d passed, %d failed" % (len(cases) - failed, failed))
+    print("%d passed, %d failed" % (len(cases) + 3 - failed, failed))
     return 1 if failed else 0
 
 

@@ -127,18 +127,23 @@ def daemon_counts(node):
     costs, the same on any machine."""
     pid = node.daemon.pid  # `ip netns exec` execs tetherd: the same pid
     by_name = collections.Counter()  # tetherd names its threads (tt-...)
+    cpu_by_name = collections.Counter()
     for tid in os.listdir("/proc/%d/task" % pid):
         try:
             with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
                 status = f.read().splitlines()
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                cpu_ns = int(f.read().split()[0])  # time on a CPU, ns
         except OSError:  # a thread that just ended
             continue
         name = status[0].split(None, 1)[1] if status and status[0].startswith("Name:") else "?"
+        cpu_by_name[name] += cpu_ns
         by_name[name] += sum(int(line.split()[1]) for line in status
                              if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
     with open("/proc/%d/io" % pid) as f:
         io = dict(line.split(":") for line in f)
-    return sum(by_name.values()), int(io["syscr"]) + int(io["syscw"]), by_name
+    return (sum(by_name.values()), int(io["syscr"]) + int(io["syscw"]), by_name,
+            sum(cpu_by_name.values()), cpu_by_name)
 
 
 def measure(build_dir, plain_bin, rounds, warmup):
@@ -148,8 +153,10 @@ def measure(build_dir, plain_bin, rounds, warmup):
     res = {k: [] for k in keys}
     # per 1-mapper munmap, around the call only (the refetch before it is
     # not counted): each daemon's context switches and read/write calls
-    counts = {k: [] for k in ("home_sw", "home_rw", "mapper_sw", "mapper_rw")}
+    counts = {k: [] for k in ("home_sw", "home_rw", "home_cpu", "mapper_sw", "mapper_rw",
+                              "mapper_cpu")}
     threads = {"home": [], "mapper": []}  # the context switches by thread name
+    cpu_threads = {"home": [], "mapper": []}  # and the CPU time (ns)
     plain = subprocess.Popen(NO_ASLR + [plain_bin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
 
@@ -193,6 +200,10 @@ def measure(build_dir, plain_bin, rounds, warmup):
                         d = after[i][2].copy()
                         d.subtract(before[i][2])
                         threads[side].append(d)
+                        counts[side + "_cpu"].append((after[i][3] - before[i][3]) / 1e6)  # ms
+                        d = after[i][4].copy()
+                        d.subtract(before[i][4])
+                        cpu_threads[side].append(d)
                 seed[which] += 1
                 ms(e.command("remap %d 0 %d" % (seed[which], LEN)), which + " remap")
                 return {"e0": "munmap0", "e1": "munmap1", "tn": "tt_munmap"}[which], t
@@ -270,8 +281,9 @@ def measure(build_dir, plain_bin, rounds, warmup):
     rtt_b = "raw TCP 4 KiB RTT on the veth (p50)"
     cnt = {k: statistics.median(v[warmup:]) for k, v in counts.items()}
     print("per 1-mapper munmap (medians): home tetherd %g context switches, %g read/write "
-          "calls; mapper tetherd %g, %g" % (cnt["home_sw"], cnt["home_rw"], cnt["mapper_sw"],
-                                            cnt["mapper_rw"]))
+          "calls, %.0f us on a CPU; mapper tetherd %g, %g, %.0f us" %
+          (cnt["home_sw"], cnt["home_rw"], cnt["home_cpu"] * 1000, cnt["mapper_sw"],
+           cnt["mapper_rw"], cnt["mapper_cpu"] * 1000))
     for side in ("home", "mapper"):  # which threads switch: where an extra hand-off is
         per = threads[side][warmup:]
         names = sorted({n for d in per for n in d})
@@ -279,11 +291,22 @@ def measure(build_dir, plain_bin, rounds, warmup):
             "%s %g/%.2f" % (n, statistics.median(d[n] for d in per),
                             statistics.mean(d[n] for d in per))
             for n in names if any(d[n] for d in per))))
+        per = cpu_threads[side][warmup:]
+        names = sorted({n for d in per for n in d})
+        print("  %s tetherd CPU us by thread (median, mean): %s" % (side, ", ".join(
+            "%s %.0f/%.0f" % (n, statistics.median(d[n] for d in per) / 1000,
+                              statistics.mean(d[n] for d in per) / 1000)
+            for n in names if any(d[n] for d in per))))
     structural = [
         row("vm_munmap_1mib_1_mapper_%s_%s" % (side, what), cnt["%s_%s" % (side, k)],
             "count (hardware-independent)", 1.0, "report", unit="n")
         for side in ("home", "mapper")
-        for k, what in (("sw", "ctx_switches"), ("rw", "rw_syscalls"))]
+        for k, what in (("sw", "ctx_switches"), ("rw", "rw_syscalls"))] + [
+        # CPU time of all its threads (schedstat) around the call: machine-
+        # bound, so beside the same run's munmap without tether
+        row("vm_munmap_1mib_1_mapper_%s_cpu" % side, cnt["%s_cpu" % side] * 1000.0, base_m,
+            med["tt_munmap"], "report")
+        for side in ("home", "mapper")]
     return crypto + structural + [
         row("vm_munmap_1mib_0_mappers", med["munmap0"], base_m, tm, "<= 1.1"),
         row("vm_dontneed_1mib_0_mappers", med["dontneed0"], base_d, td, "<= 1.1"),
