@@ -18,6 +18,7 @@
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
+#include "daemon/common/poll_now.h"
 
 namespace tether {
 
@@ -86,7 +87,7 @@ bool ExporterMemory::MmGone(uint64_t addr) const {
 
 bool ExporterMemory::Alive() const {
   pollfd p{pidfd_, POLLIN, 0};
-  return poll(&p, 1, 0) == 0;
+  return PollNow(&p, 1) == 0;  // POLLIN: the process exited
 }
 
 namespace {

@@ -22,6 +22,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
+#include "daemon/common/poll_now.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/common/thread_name.h"
 
@@ -349,7 +350,8 @@ absl::Status KernelNotifierSource::EventsSeen(const Export& ex) {
   // One poll(2) and one mutex per write-back (not the fault path); Retry
   // sends the mapper back, for the moment the event thread needs.
   pollfd p{ctl_fd_, POLLIN, 0};
-  if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
+  const int n = PollNow(&p, 1);
+  if (n < 0 || (n > 0 && (p.revents & POLLIN)))  // queued, or cannot tell: later
     return Retry("tether.ko has events this daemon has not read yet");
   if (reading_) return Retry("this daemon is handling tether.ko events");
   absl::MutexLock lock(&mu_);

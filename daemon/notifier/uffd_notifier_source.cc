@@ -24,6 +24,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/log.h"
 #include "daemon/common/page.h"
+#include "daemon/common/poll_now.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/common/thread_name.h"
 
@@ -101,7 +102,7 @@ absl::Status UffdNotifierSource::AddExporter(uint64_t segid, pid_t pid, int pidf
   ex->maps = open(absl::StrFormat("/proc/%d/maps", pid).c_str(), O_RDONLY | O_CLOEXEC);
   ex->stop_fd = eventfd(0, EFD_CLOEXEC);
   pollfd p{pidfd, POLLIN, 0};
-  if (ex->pagemap < 0 || ex->maps < 0 || ex->stop_fd < 0 || poll(&p, 1, 0) != 0)
+  if (ex->pagemap < 0 || ex->maps < 0 || ex->stop_fd < 0 || PollNow(&p, 1) != 0)
     return ErrnoStatus(ex->pagemap < 0 || ex->maps < 0 ? errno : ESRCH, "watch exporter " + path);
   exporters_[pid] = ex;
   segments_[segid] = {ex, seg->vaddr, seg->size};

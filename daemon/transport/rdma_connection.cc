@@ -23,6 +23,7 @@
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
 #include "daemon/common/log.h"
+#include "daemon/common/poll_now.h"
 #include "daemon/common/status_macros.h"
 #include "daemon/common/thread_name.h"
 #include "daemon/transport/data_token.h"
@@ -737,7 +738,7 @@ void RdmaTransport::ListenLoop() {
   if (listener_->id == nullptr) return;
   pollfd p{listener_->cm->fd, POLLIN, 0};
   rdma_cm_event* ev = nullptr;
-  while (poll(&p, 1, 0) == 1 && rdma_get_cm_event(listener_->cm, &ev) == 0) {
+  while (PollNow(&p, 1) == 1 && rdma_get_cm_event(listener_->cm, &ev) == 0) {
     rdma_cm_id* id = ev->id;
     bool request = ev->event == RDMA_CM_EVENT_CONNECT_REQUEST;
     rdma_ack_cm_event(ev);

@@ -9,11 +9,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "daemon/common/data_counters.h"
 #include "daemon/common/errors.h"
 #include "daemon/common/fault_points.h"
@@ -54,6 +57,10 @@ struct TcpTransport::Connection {
   absl::Mutex mu;
   absl::flat_hash_map<uint64_t, Pending> pending ABSL_GUARDED_BY(mu);
   bool dead ABSL_GUARDED_BY(mu) = false;
+  // Why the set-up failed, when it did: a request that finds the
+  // connection dead before it left conns_ gets this answer too (refused
+  // stays refused), not "lost".
+  absl::Status setup_failure ABSL_GUARDED_BY(mu);
   bool connecting ABSL_GUARDED_BY(mu) = false;
   std::vector<Queued> queued ABSL_GUARDED_BY(mu);
   // Started under the transport's mu_; joined under it (GetConnection's
@@ -497,7 +504,14 @@ absl::StatusOr<int> TcpTransport::Dial(const DataEndpoint& home, bool notices, C
   if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     if (errno != EINPROGRESS) return fail(errno, "connect to");
     pollfd p{fd, POLLOUT, 0};
-    if (poll(&p, 1, 3000) != 1) return fail(ETIMEDOUT, "connect to");
+    const absl::Time give_up = absl::Now() + absl::Seconds(3);
+    int n;
+    do {  // a signal is not a timeout
+      n = poll(
+          &p, 1,
+          static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(give_up - absl::Now()))));
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) return fail(n == 0 ? ETIMEDOUT : errno, "connect to");
     int err = 0;
     socklen_t elen = sizeof(err);
     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen);
@@ -613,18 +627,6 @@ void TcpTransport::DialThenReceive(std::shared_ptr<Connection> conn, DataEndpoin
     ReceiveLoop(conn);
     return;
   }
-  std::vector<Connection::Queued> queued;
-  {
-    absl::MutexLock lock(&conn->mu);
-    conn->connecting = false;
-    conn->dead = true;
-    queued.swap(conn->queued);
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = conns_.find(conn->node);
-    if (it != conns_.end() && it->second == conn) conns_.erase(it);
-  }
   // Nothing was sent (DataPath may send it again), unless the home said
   // no: refused (no listener) or rejected our hello; a retry would only
   // hear that again.
@@ -633,6 +635,19 @@ void TcpTransport::DialThenReceive(std::shared_ptr<Connection> conn, DataEndpoin
   bool refused = err == ECONNREFUSED || err == EACCES || err == EPERM ||
                  absl::StrContains(st.message(), "rejected by");
   if (!refused && !absl::IsInvalidArgument(st)) st = NotSent(st);
+  std::vector<Connection::Queued> queued;
+  {
+    absl::MutexLock lock(&conn->mu);
+    conn->connecting = false;
+    conn->dead = true;
+    conn->setup_failure = st;
+    queued.swap(conn->queued);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = conns_.find(conn->node);
+    if (it != conns_.end() && it->second == conn) conns_.erase(it);
+  }
   for (auto& q : queued) std::move(q.done)(st);
 }
 
@@ -660,8 +675,12 @@ void TcpTransport::SendOn(std::shared_ptr<Connection> conn, int type, uint64_t s
   {
     absl::MutexLock lock(&conn->mu);
     if (conn->dead) {
-      std::move(done)(NotSent(
-          absl::UnavailableError(absl::StrCat("connection to node ", conn->node, " lost"))));
+      // Found in conns_ between its failed set-up and its removal: that
+      // set-up's answer (tests: AFailedSetUpAnswersTheQueuedRequests).
+      std::move(done)(!conn->setup_failure.ok()
+                          ? conn->setup_failure
+                          : NotSent(absl::UnavailableError(
+                                absl::StrCat("connection to node ", conn->node, " lost"))));
       return;
     }
     if (conn->connecting && !flushing) {

@@ -2,6 +2,7 @@
 // child act as exporters.
 #include "daemon/home/segment_registry.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -25,6 +26,7 @@
 #include "daemon/common/fault_points.h"
 #include "daemon/common/node_state.h"
 #include "daemon/common/page_diff.h"
+#include "daemon/common/poll_now.h"
 #include "daemon/common/segid.h"
 #include "daemon/common/segment_name.h"
 #include "daemon/common/status_macros.h"
@@ -733,6 +735,29 @@ TEST_F(RegistryTest, OnlyTheOwnerMayRegisterASegmentAgainAfterARestart) {
   }
   unlink((dir + "/node.state").c_str());
   rmdir(dir.c_str());
+}
+
+// A zero-timeout poll(2) answers -1/EINTR when a signal arrives with
+// nothing ready: read as "the pidfd is not quiet", a live exporter looked
+// exited (the fuzzer found it: libFuzzer's SIGALRM). The poll fails with
+// EINTR here on purpose, once.
+int interrupted_polls = 0;
+int PollInterruptedOnce(pollfd* fds, nfds_t n, int timeout_ms) {
+  if (interrupted_polls++ == 0) {
+    errno = EINTR;
+    return -1;
+  }
+  return ::poll(fds, n, timeout_ms);
+}
+
+TEST(ExporterMemoryTest, ASignalDoesNotMakeALiveExporterLookExited) {
+  TETHER_REQUIRE_KERNEL_FEATURE(testing_support::MissingPidfdOpen());
+  interrupted_polls = 0;
+  poll_now_syscall_for_test = PollInterruptedOnce;
+  auto m = ExporterMemory::Open(PidfdOpen(getpid()), getpid());
+  poll_now_syscall_for_test = ::poll;
+  EXPECT_EQ(interrupted_polls, 2);  // interrupted, then asked again
+  EXPECT_TRUE(m.ok()) << m.status();
 }
 
 }  // namespace
