@@ -99,6 +99,13 @@ def restart_keeps_segments(c, sig):
     bound = LEASE_MS / 1000.0 + 1.0 + 2 * LEASE_MS / 3000.0 + SLACK_S + 2.0
     expect(longest < bound, "the reader waited %.1f s; bound %.1f s (docs)" % (longest, bound))
     # The same segid, its name published again, the writer's write landed.
+    # Node 3 learns of the restart from its own lease renewal (every
+    # lease/3, on its own schedule): until then it still holds the old
+    # run's data secret, and a sync it sends meets the handshake's refusal
+    # (EACCES, the page stays dirty). So its sync is asked for once node 3
+    # too has suspended and handed its grants back, as node 2 has.
+    expect(wait_log(n3, "node 1 restarted", LEASE_MS / 1000.0 + 10 * SLACK_S),
+           "node 3 never noticed node 1's restart")
     r = writer.command("sync")
     expect(r == "ok", "node 3's sync after the restart: " + r)
     expect(e.verify(7, 131072, 4096) == "ok", "node 3's write did not land at the exporter")
