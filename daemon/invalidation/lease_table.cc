@@ -36,21 +36,12 @@ absl::Time HomeLeaseTable::QuietUntil() const {
 
 void MapperLeaseTable::Granted(uint32_t home, absl::Time sent, absl::Duration lease) {
   if (!config_.enabled()) return;
-  {
-    absl::MutexLock lock(&mu_);
-    Lease& l = leases_[home];
-    l.last_sent = std::max(l.last_sent, sent);
-    l.unbounded = lease <= absl::ZeroDuration();
-    l.lease = lease;
-    if (!l.unbounded) l.valid_until = std::max(l.valid_until, sent + lease * (1 - config_.margin));
-  }
-  absl::MutexLock lock(&listener_mu_);
-  if (listener_) listener_();
-}
-
-void MapperLeaseTable::SetGrantListener(std::function<void()> listener) {
-  absl::MutexLock lock(&listener_mu_);
-  listener_ = std::move(listener);
+  absl::MutexLock lock(&mu_);
+  Lease& l = leases_[home];
+  l.last_sent = std::max(l.last_sent, sent);
+  l.unbounded = lease <= absl::ZeroDuration();
+  l.lease = lease;
+  if (!l.unbounded) l.valid_until = std::max(l.valid_until, sent + lease * (1 - config_.margin));
 }
 
 absl::Time MapperLeaseTable::RenewDue(const Lease& l) const {
@@ -59,9 +50,7 @@ absl::Time MapperLeaseTable::RenewDue(const Lease& l) const {
   // busy home) before the lease ends.
   absl::Time due = l.last_sent + len / 3;
   if (!l.unbounded) due = std::min(due, l.valid_until);
-  // After a failed renewal, a pause before the next: a home that refuses
-  // connections at once is asked ten times a lease, not in a tight loop.
-  return std::max(due, l.retry_at);
+  return due;
 }
 
 std::vector<std::pair<uint32_t, absl::Time>> MapperLeaseTable::StartRenewals(
@@ -91,22 +80,13 @@ absl::Time MapperLeaseTable::StartRenewalNow(uint32_t home) {
 
 void MapperLeaseTable::Renewed(uint32_t home, absl::Time sent, absl::Duration lease) {
   Granted(home, sent, lease);
-  absl::MutexLock lock(&mu_);
-  auto it = leases_.find(home);
-  if (it == leases_.end()) return;
-  it->second.in_flight = false;
-  it->second.retry_at = absl::InfinitePast();
+  RenewFailed(home);  // clears in_flight
 }
 
 void MapperLeaseTable::RenewFailed(uint32_t home) {
-  absl::Time now = clock_->Now();
   absl::MutexLock lock(&mu_);
   auto it = leases_.find(home);
-  if (it == leases_.end()) return;
-  Lease& l = it->second;
-  l.in_flight = false;
-  absl::Duration len = l.unbounded || l.lease <= absl::ZeroDuration() ? config_.lease : l.lease;
-  l.retry_at = now + std::min(kRenewRetryPause, len / 10);
+  if (it != leases_.end()) it->second.in_flight = false;
 }
 
 absl::Time MapperLeaseTable::ValidUntil(uint32_t home) const {

@@ -51,7 +51,6 @@
 #define TETHER_DAEMON_INVALIDATION_LEASE_TABLE_H_
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -152,12 +151,6 @@ class MapperLeaseTable {
   // granted with `lease` (the home's length; zero: that home has leases
   // off, and its lease never expires here).
   void Granted(uint32_t home, absl::Time sent, absl::Duration lease);
-  // Called after every Granted, outside the table's lock, so that whoever
-  // renews (the LeaseKeeper) looks at its homes again: a home it has not
-  // seen yet has a renewal due a third of a lease from now. The listener
-  // is called under listener_mu_, so clearing it (nullptr) waits out a call
-  // in progress and none comes after: clear it before the listener dies.
-  void SetGrantListener(std::function<void()> listener);
 
   // The homes among `homes` to renew now: their lease is a third used up
   // (or lapsed) and no renewal is in flight. Marks them in flight, sent
@@ -168,11 +161,7 @@ class MapperLeaseTable {
   // returns its send time; InfinitePast if one is in flight already.
   absl::Time StartRenewalNow(uint32_t home);
   void Renewed(uint32_t home, absl::Time sent, absl::Duration lease);
-  // The renewal failed: the next is due after a pause (kRenewRetryPause, or
-  // a tenth of the lease if that is shorter), then as often until one is
-  // answered or the lease lapses.
   void RenewFailed(uint32_t home);
-  static constexpr absl::Duration kRenewRetryPause = absl::Milliseconds(100);
 
   // Whether the lease from `home` has lapsed now. A home that never
   // granted one counts as lapsed: a node holds attachments only from
@@ -198,15 +187,12 @@ class MapperLeaseTable {
     absl::Duration lease = absl::ZeroDuration();  // the home's; zero: unbounded
     bool unbounded = false;                       // the home has leases off
     bool in_flight = false;
-    absl::Time retry_at = absl::InfinitePast();  // after a failed renewal
   };
   absl::Time RenewDue(const Lease& l) const;
   const LeaseConfig config_;
   Clock* const clock_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex listener_mu_ ABSL_ACQUIRED_BEFORE(mu_);
-  std::function<void()> listener_ ABSL_GUARDED_BY(listener_mu_);
 };
 
 }  // namespace tether

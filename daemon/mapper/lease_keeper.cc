@@ -11,14 +11,9 @@
 
 namespace tether {
 namespace {
-// The keeper sleeps until something is due (a renewal, an expiry) and is
-// woken by grants and renewal answers; this is a backstop only. A pass with
-// nothing due is cheap (two tables read, nothing sent), but an idle daemon
-// should not wake ten times a second for it.
-constexpr absl::Duration kMaxSleep = absl::Seconds(5);
-// While a home is suspended (lease lapsed, restart grace running) the
-// keeper looks again this often: its grace, its resumes.
-constexpr absl::Duration kSuspendedPoll = absl::Milliseconds(100);
+// The keeper looks for new homes at least this often. Cheap: a pass with
+// nothing due reads two tables and sends nothing.
+constexpr absl::Duration kMaxSleep = absl::Milliseconds(100);
 }  // namespace
 
 LeaseKeeper::LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* renewer,
@@ -28,19 +23,9 @@ LeaseKeeper::LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* 
       renewer_(renewer),
       attachments_(attachments),
       revoke_(std::move(revoke)),
-      homes_(std::move(homes)) {
-  leases_->SetGrantListener([this] { Wake(); });
-}
+      homes_(std::move(homes)) {}
 
-LeaseKeeper::~LeaseKeeper() {
-  leases_->SetGrantListener(nullptr);  // waits out a call in progress
-  Stop();
-}
-
-void LeaseKeeper::Wake() {
-  absl::MutexLock lock(&mu_);
-  woken_ = true;
-}
+LeaseKeeper::~LeaseKeeper() { Stop(); }
 
 void LeaseKeeper::Start() {
   if (!leases_->config().enabled() || thread_.joinable()) return;
@@ -127,7 +112,7 @@ absl::Time LeaseKeeper::Tick() {
   absl::Time next = leases_->NextEvent(homes);
   absl::MutexLock lock(&mu_);
   // A suspended home is looked at again soon: its grace, its resumes.
-  if (!suspended_.empty()) next = std::min(next, leases_->clock()->Now() + kSuspendedPoll);
+  if (!suspended_.empty()) next = std::min(next, leases_->clock()->Now() + kMaxSleep);
   return next;
 }
 
@@ -252,7 +237,6 @@ void LeaseKeeper::OnRenewal(uint32_t home, absl::Time sent, bool reclaimed,
     if (first) TLOG_INFO("lease renewal at node %d failed: %s", home, r.status().ToString());
     absl::MutexLock lock(&mu_);
     ++answers_;
-    woken_ = true;  // the retry is due after a pause (MapperLeaseTable::RenewFailed)
     return;
   }
   {

@@ -34,8 +34,7 @@
 //
 // Thread contract: Start() and Stop() from the owner (Tetherd's main
 // thread). Start runs a thread that calls Tick() whenever something is
-// due, when woken (a renewal answered, a grant recorded) and at least
-// every few seconds (a backstop). Tick() may also be
+// due and at least every 100 ms (to see new homes). Tick() may also be
 // called from any other thread (unit tests call it with a FakeClock and
 // no thread started; the protocol simulation paces it as the thread does,
 // with SleepAfter and TakeWakeUp). Renewal answers arrive on the renewer's threads
@@ -83,8 +82,7 @@ class LeaseKeeper {
     std::function<void(uint32_t home)> forget_endpoint;
   };
 
-  // Every pointer must outlive the keeper. The keeper listens to `leases`'
-  // grants (MapperLeaseTable::SetGrantListener) until it is destroyed.
+  // Every pointer must outlive the keeper.
   LeaseKeeper(uint32_t self, MapperLeaseTable* leases, LeaseRenewer* renewer,
               AttachmentTable* attachments, Revoker revoke, HomesInUse homes);
   ~LeaseKeeper();
@@ -102,10 +100,7 @@ class LeaseKeeper {
   absl::Time Tick();
   // The keeper's thread is Tick, a sleep of SleepAfter(Tick's answer)
   // unless woken, and again; it is woken when a renewal is answered (the
-  // next renewal is due later) and when the lease table records a grant
-  // (an Attach's: maybe a home it does not renew yet), so it sleeps until
-  // something is due — not on a short poll: an idle node's keeper does not
-  // wake at all, a mapper's once per renewal. A caller that runs the passes itself on a
+  // next renewal is due later). A caller that runs the passes itself on a
   // FakeClock (the protocol simulation, tests/sim/) paces them with these
   // two instead of Start(): after each pass it sleeps SleepAfter, and it
   // runs the next pass at once when TakeWakeUp (which clears the wake-up)
@@ -136,7 +131,6 @@ class LeaseKeeper {
   void RunResumes();
   bool Fresh(uint32_t home) const;
   void Loop();
-  void Wake();
 
   const uint32_t self_;
   MapperLeaseTable* const leases_;

@@ -1422,9 +1422,6 @@ void Simulation::Attach(Node& n) {
   if (n.leases) {
     n.leases->Granted(kHome, sent, kLeases.lease);
     n.atts->Insert(att, /*owner=*/1, /*apid=*/1);
-    // The grant wakes the keeper's thread (it sleeps until something is
-    // due): it renews this home from now on.
-    if (n.keeper && n.keeper->TakeWakeUp()) SchedulePass(n, absl::ZeroDuration());
   }
   n.data.assign(npages_, Content{});
   n.base_gen.assign(npages_, 0);

@@ -141,34 +141,6 @@ TEST_F(LeaseKeeperTest, RenewsEachHomeInUseEveryThirdOfTheLease) {
   EXPECT_TRUE(revoked_.empty());
 }
 
-// The keeper's thread sleeps until something is due, not on a short poll:
-// an idle node's keeper does not wake, a grant (an attach's) wakes it to
-// renew a new home, and a failed renewal is retried after a pause.
-TEST_F(LeaseKeeperTest, SleepsUntilSomethingIsDueAndAGrantWakesIt) {
-  EXPECT_EQ(keeper_.SleepAfter(keeper_.Tick()), absl::Seconds(5));  // nothing: the backstop
-  EXPECT_FALSE(keeper_.TakeWakeUp());
-  absl::Time t0 = clock_.Now();
-  leases_.Granted(2, t0, kLease);  // the attach's grant
-  EXPECT_TRUE(keeper_.TakeWakeUp());
-  EXPECT_FALSE(keeper_.TakeWakeUp());  // taken
-  Attach(2, 1);
-  EXPECT_EQ(keeper_.SleepAfter(keeper_.Tick()), absl::Milliseconds(300));
-  clock_.Advance(absl::Milliseconds(300));
-  keeper_.Tick();
-  renewer_.Answer(2, absl::UnavailableError("connection refused"));
-  EXPECT_TRUE(keeper_.TakeWakeUp());  // to sleep until the retry instead
-  EXPECT_EQ(keeper_.SleepAfter(keeper_.Tick()), absl::Milliseconds(90));  // a tenth of the lease
-  EXPECT_EQ(renewer_.Pending(2), 0);
-  clock_.Advance(absl::Milliseconds(90));
-  keeper_.Tick();
-  EXPECT_EQ(renewer_.Pending(2), 1);
-  renewer_.Answer(2, Answer());
-  EXPECT_TRUE(keeper_.TakeWakeUp());
-  EXPECT_EQ(leases_.ValidUntil(2), t0 + absl::Milliseconds(390 + 810));
-  EXPECT_EQ(keeper_.SleepAfter(keeper_.Tick()), absl::Milliseconds(300));
-  EXPECT_TRUE(revoked_.empty());
-}
-
 TEST_F(LeaseKeeperTest, ALapsedLeaseRevokesEveryAttachmentFromThatHome) {
   absl::Time t0 = clock_.Now();
   leases_.Granted(2, t0, kLease);
