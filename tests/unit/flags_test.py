@@ -150,8 +150,9 @@ def run_cases(tetherd, tmp):
                       "--notifier=kernel but /dev/tether does not exist"))
     failed = 0
     # absl's usage flags still pass the check and do what they do
-    for flags, want in ((["--version"], "tetherd "), (["--help"], "the tether node daemon"),
-                        (["--helpfull"], "--node_id")):
+    usage = ((["--version"], "tetherd "), (["--help"], "the tether node daemon"),
+             (["--helpfull"], "--node_id"))
+    for flags, want in usage:
         r = subprocess.run([tetherd] + flags, capture_output=True, text=True, timeout=5)
         out = r.stdout + r.stderr
         if want not in out or "unknown flag" in out:
@@ -179,7 +180,7 @@ def run_cases(tetherd, tmp):
                 os.unlink(os.path.join(tmp, sock))
             except OSError:
                 pass
-    print("%d passed, %d failed" % (len(cases) + 3 - failed, failed))
+    print("%d passed, %d failed" % (len(cases) + len(usage) - failed, failed))
     return 1 if failed else 0
 
 

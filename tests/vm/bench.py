@@ -122,28 +122,34 @@ def encryption(c, build_dir):
 
 
 def daemon_counts(node):
-    """(context switches of all its threads, read- and write-type system
-    calls: /proc/PID/io syscr + syscw) of node's tetherd so far: structural
-    costs, the same on any machine."""
+    """Node's tetherd so far, by thread name (tetherd names its threads,
+    tt-...): (context switches, CPU time in us: /proc/PID/task/*/schedstat),
+    and its read- and write-type system calls (/proc/PID/io syscr + syscw).
+    Switches and calls are structural costs, the same on any machine."""
     pid = node.daemon.pid  # `ip netns exec` execs tetherd: the same pid
-    by_name = collections.Counter()  # tetherd names its threads (tt-...)
-    cpu_by_name = collections.Counter()
+    switches, cpu_us = collections.Counter(), collections.Counter()
     for tid in os.listdir("/proc/%d/task" % pid):
         try:
             with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
                 status = f.read().splitlines()
             with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
-                cpu_ns = int(f.read().split()[0])  # time on a CPU, ns
+                cpu = int(f.read().split()[0]) / 1000.0  # time on a CPU, ns -> us
         except OSError:  # a thread that just ended
             continue
         name = status[0].split(None, 1)[1] if status and status[0].startswith("Name:") else "?"
-        cpu_by_name[name] += cpu_ns
-        by_name[name] += sum(int(line.split()[1]) for line in status
+        cpu_us[name] += cpu
+        switches[name] += sum(int(line.split()[1]) for line in status
                              if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
     with open("/proc/%d/io" % pid) as f:
         io = dict(line.split(":") for line in f)
-    return (sum(by_name.values()), int(io["syscr"]) + int(io["syscw"]), by_name,
-            sum(cpu_by_name.values()), cpu_by_name)
+    return switches, cpu_us, int(io["syscr"]) + int(io["syscw"])
+
+
+def since(after, before):
+    """What a Counter of daemon_counts moved by, per thread name."""
+    d = after.copy()
+    d.subtract(before)
+    return d
 
 
 def measure(build_dir, plain_bin, rounds, warmup):
@@ -155,8 +161,8 @@ def measure(build_dir, plain_bin, rounds, warmup):
     # not counted): each daemon's context switches and read/write calls
     counts = {k: [] for k in ("home_sw", "home_rw", "home_cpu", "mapper_sw", "mapper_rw",
                               "mapper_cpu")}
-    threads = {"home": [], "mapper": []}  # the context switches by thread name
-    cpu_threads = {"home": [], "mapper": []}  # and the CPU time (ns)
+    # the same, by thread name: (side, "sw" or "cpu") -> a Counter per call
+    threads = {(side, k): [] for side in ("home", "mapper") for k in ("sw", "cpu")}
     plain = subprocess.Popen(NO_ASLR + [plain_bin], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
 
@@ -195,15 +201,11 @@ def measure(build_dir, plain_bin, rounds, warmup):
                 if which == "e1":
                     after = (daemon_counts(home), daemon_counts(far))
                     for i, side in enumerate(("home", "mapper")):
-                        counts[side + "_sw"].append(after[i][0] - before[i][0])
-                        counts[side + "_rw"].append(after[i][1] - before[i][1])
-                        d = after[i][2].copy()
-                        d.subtract(before[i][2])
-                        threads[side].append(d)
-                        counts[side + "_cpu"].append((after[i][3] - before[i][3]) / 1e6)  # ms
-                        d = after[i][4].copy()
-                        d.subtract(before[i][4])
-                        cpu_threads[side].append(d)
+                        for j, k in enumerate(("sw", "cpu")):
+                            d = since(after[i][j], before[i][j])
+                            threads[(side, k)].append(d)
+                            counts["%s_%s" % (side, k)].append(sum(d.values()))
+                        counts[side + "_rw"].append(after[i][2] - before[i][2])
                 seed[which] += 1
                 ms(e.command("remap %d 0 %d" % (seed[which], LEN)), which + " remap")
                 return {"e0": "munmap0", "e1": "munmap1", "tn": "tt_munmap"}[which], t
@@ -282,21 +284,17 @@ def measure(build_dir, plain_bin, rounds, warmup):
     cnt = {k: statistics.median(v[warmup:]) for k, v in counts.items()}
     print("per 1-mapper munmap (medians): home tetherd %g context switches, %g read/write "
           "calls, %.0f us on a CPU; mapper tetherd %g, %g, %.0f us" %
-          (cnt["home_sw"], cnt["home_rw"], cnt["home_cpu"] * 1000, cnt["mapper_sw"],
-           cnt["mapper_rw"], cnt["mapper_cpu"] * 1000))
-    for side in ("home", "mapper"):  # which threads switch: where an extra hand-off is
-        per = threads[side][warmup:]
-        names = sorted({n for d in per for n in d})
-        print("  %s tetherd context switches by thread (median, mean): %s" % (side, ", ".join(
-            "%s %g/%.2f" % (n, statistics.median(d[n] for d in per),
-                            statistics.mean(d[n] for d in per))
-            for n in names if any(d[n] for d in per))))
-        per = cpu_threads[side][warmup:]
-        names = sorted({n for d in per for n in d})
-        print("  %s tetherd CPU us by thread (median, mean): %s" % (side, ", ".join(
-            "%s %.0f/%.0f" % (n, statistics.median(d[n] for d in per) / 1000,
-                              statistics.mean(d[n] for d in per) / 1000)
-            for n in names if any(d[n] for d in per))))
+          (cnt["home_sw"], cnt["home_rw"], cnt["home_cpu"], cnt["mapper_sw"],
+           cnt["mapper_rw"], cnt["mapper_cpu"]))
+    # which threads switch and spend: where an extra hand-off or check is
+    for side in ("home", "mapper"):
+        for k, what, fmt in (("sw", "context switches", "%s %g/%.2f"),
+                             ("cpu", "CPU us", "%s %.0f/%.0f")):
+            per = threads[(side, k)][warmup:]
+            names = sorted({n for d in per for n in d if any(x[n] for x in per)})
+            print("  %s tetherd %s by thread (median, mean): %s" % (side, what, ", ".join(
+                fmt % (n, statistics.median(d[n] for d in per), statistics.mean(d[n] for d in per))
+                for n in names)))
     structural = [
         row("vm_munmap_1mib_1_mapper_%s_%s" % (side, what), cnt["%s_%s" % (side, k)],
             "count (hardware-independent)", 1.0, "report", unit="n")
@@ -304,7 +302,7 @@ def measure(build_dir, plain_bin, rounds, warmup):
         for k, what in (("sw", "ctx_switches"), ("rw", "rw_syscalls"))] + [
         # CPU time of all its threads (schedstat) around the call: machine-
         # bound, so beside the same run's munmap without tether
-        row("vm_munmap_1mib_1_mapper_%s_cpu" % side, cnt["%s_cpu" % side] * 1000.0, base_m,
+        row("vm_munmap_1mib_1_mapper_%s_cpu" % side, cnt["%s_cpu" % side], base_m,
             med["tt_munmap"], "report")
         for side in ("home", "mapper")]
     return crypto + structural + [
